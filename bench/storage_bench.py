@@ -1,0 +1,211 @@
+"""Storage benchmark: DSM's front door against raw stdlib sqlite3, in the same run, same durability.
+
+For each repetition and each durability setting it measures, interleaved so both sides share the noise:
+  raw   single-commit upserts/s (one autocommit statement per row, the peers/sqlite_bench.py table shape:
+        key TEXT PRIMARY KEY, 100-byte value, 32-byte meta), point reads/s, batched upserts/s;
+  dsm   single-writer `await storage.put` /s, `await storage.get` /s (random present keys), and the
+        total put/s of 64 concurrent writer tasks (group commit), each put returning only once committed.
+Reports medians over repetitions, per-operation p50/p99 latencies, and the ratios the targets are set on.
+
+Usage: python bench/storage_bench.py [--reps 5] [--single 5000] [--reads 50000] [--loop asyncio|uvloop]
+       [--durability process,fsync] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dsm import StorageConfig, StorageFactory
+
+SYNC = {"process": "NORMAL", "fsync": "FULL"}
+VALUE = os.urandom(100)
+META = os.urandom(32)
+UPSERT = (
+    "INSERT INTO kv(key, value, meta) VALUES (?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, meta = excluded.meta"
+)
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def raw_sqlite(workdir: str, durability: str, keys: list[str], read_keys: list[str], batched: int) -> dict[str, float]:
+    path = os.path.join(workdir, "raw.db")
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(f"PRAGMA synchronous={SYNC[durability]}")
+    con.execute("CREATE TABLE kv(key TEXT PRIMARY KEY, value BLOB, meta BLOB)")
+    lat = []
+    t0 = time.perf_counter()
+    for k in keys:
+        s = time.perf_counter()
+        con.execute(UPSERT, (k, VALUE, META))
+        lat.append(time.perf_counter() - s)
+    single = len(keys) / (time.perf_counter() - t0)
+    rows = [(f"k{i:08d}", VALUE, META) for i in range(batched)]
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), 1000):
+        con.execute("BEGIN")
+        con.executemany(UPSERT, rows[i : i + 1000])
+        con.execute("COMMIT")
+    batch_rate = batched / (time.perf_counter() - t0)
+    query = "SELECT value, meta FROM kv WHERE key = ?"
+    rlat = []
+    t0 = time.perf_counter()
+    for k in read_keys:
+        s = time.perf_counter()
+        con.execute(query, (k,)).fetchone()
+        rlat.append(time.perf_counter() - s)
+    reads = len(read_keys) / (time.perf_counter() - t0)
+    con.close()
+    return {
+        "put_per_s": single,
+        "put_p50_us": pct(lat, 50) * 1e6,
+        "put_p99_us": pct(lat, 99) * 1e6,
+        "batched_put_per_s": batch_rate,
+        "get_per_s": reads,
+        "get_p50_us": pct(rlat, 50) * 1e6,
+        "get_p99_us": pct(rlat, 99) * 1e6,
+    }
+
+
+async def dsm_node(
+    workdir: str, durability: str, keys: list[str], read_keys: list[str], fill: int, writers: int, per_writer: int
+) -> dict[str, float]:
+    config = StorageConfig(data_dir=os.path.join(workdir, "dsm"), durability=durability)
+    factory = StorageFactory(config)
+    storage = await factory.create_epidemic_storage("bench-node", backing_storage=factory.create_sql_storage())
+    try:
+        lat = []
+        t0 = time.perf_counter()
+        for k in keys:
+            s = time.perf_counter()
+            await storage.put(k, VALUE)
+            lat.append(time.perf_counter() - s)
+        single = len(keys) / (time.perf_counter() - t0)
+
+        async def fill_part(part: int) -> None:
+            for i in range(part, fill, writers):
+                await storage.put(f"k{i:08d}", VALUE)
+
+        await asyncio.gather(*(fill_part(p) for p in range(writers)))
+
+        rlat = []
+        t0 = time.perf_counter()
+        for k in read_keys:
+            s = time.perf_counter()
+            result = await storage.get(k)
+            rlat.append(time.perf_counter() - s)
+            assert result is not None and result.value == VALUE
+        reads = len(read_keys) / (time.perf_counter() - t0)
+
+        clat: list[float] = []
+
+        async def writer(w: int) -> None:
+            rnd = random.Random(w)
+            for _ in range(per_writer):
+                s = time.perf_counter()
+                await storage.put(f"c{rnd.randrange(fill):08d}", VALUE)
+                clat.append(time.perf_counter() - s)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        concurrent = writers * per_writer / (time.perf_counter() - t0)
+    finally:
+        await storage.close()
+    return {
+        "put_per_s": single,
+        "put_p50_us": pct(lat, 50) * 1e6,
+        "put_p99_us": pct(lat, 99) * 1e6,
+        "get_per_s": reads,
+        "get_p50_us": pct(rlat, 50) * 1e6,
+        "get_p99_us": pct(rlat, 99) * 1e6,
+        "concurrent_put_per_s": concurrent,
+        "concurrent_put_p50_us": pct(clat, 50) * 1e6,
+        "concurrent_put_p99_us": pct(clat, 99) * 1e6,
+    }
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--single", type=int, default=5000, help="single-writer puts per repetition")
+    ap.add_argument("--reads", type=int, default=50000, help="point reads per repetition")
+    ap.add_argument("--keyspace", type=int, default=20000, help="keys filled before reads")
+    ap.add_argument("--writers", type=int, default=64)
+    ap.add_argument("--per-writer", type=int, default=300)
+    ap.add_argument("--durability", default="process,fsync")
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument("--json", default="", help="write the results here as JSON")
+    a = ap.parse_args()
+    runner: Callable[[Any], Any] = asyncio.run
+    if a.loop == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
+    rnd = random.Random(42)
+    results: dict[str, Any] = {"sqlite": sqlite3.sqlite_version, "loop": a.loop, "args": vars(a), "modes": {}}
+    print(f"sqlite {sqlite3.sqlite_version}, loop {a.loop}, {a.reps} reps; medians (p50/p99 latency in us)")
+    for durability in a.durability.split(","):
+        single = a.single if durability == "process" else max(500, a.single // 5)
+        raw_runs, dsm_runs = [], []
+        for _rep in range(a.reps):
+            workdir = tempfile.mkdtemp(prefix="dsm-bench-")
+            try:
+                keys = [f"k{rnd.randrange(a.keyspace):08d}" for _ in range(single)]
+                read_keys = [f"k{rnd.randrange(a.keyspace):08d}" for _ in range(a.reads)]
+                raw_runs.append(raw_sqlite(workdir, durability, keys, read_keys, a.keyspace))
+                dsm_runs.append(
+                    runner(dsm_node(workdir, durability, keys, read_keys, a.keyspace, a.writers, a.per_writer))
+                )
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+        raw, dsm = median_of(raw_runs), median_of(dsm_runs)
+        ratios = {
+            "put_vs_raw_single": dsm["put_per_s"] / raw["put_per_s"],
+            "get_vs_raw_read": dsm["get_per_s"] / raw["get_per_s"],
+            "concurrent_put_vs_raw_single": dsm["concurrent_put_per_s"] / raw["put_per_s"],
+        }
+        results["modes"][durability] = {"raw": raw, "dsm": dsm, "ratios": ratios, "raw_runs": raw_runs, "dsm_runs": dsm_runs}
+        print(f"\ndurability={durability} (SQLite synchronous={SYNC[durability]})")
+        print(f"  {'':34s} {'raw sqlite3':>22s} {'DSM front door':>22s} {'ratio':>7s}")
+        print(
+            f"  {'single-writer put/s':34s} {raw['put_per_s']:10.0f} ({raw['put_p50_us']:.0f}/{raw['put_p99_us']:.0f})"
+            f"{'':3s} {dsm['put_per_s']:10.0f} ({dsm['put_p50_us']:.0f}/{dsm['put_p99_us']:.0f})"
+            f"{'':3s} {ratios['put_vs_raw_single']:6.0%}"
+        )
+        print(
+            f"  {'get/s':34s} {raw['get_per_s']:10.0f} ({raw['get_p50_us']:.0f}/{raw['get_p99_us']:.0f})"
+            f"{'':5s} {dsm['get_per_s']:10.0f} ({dsm['get_p50_us']:.0f}/{dsm['get_p99_us']:.0f})"
+            f"{'':5s} {ratios['get_vs_raw_read']:6.0%}"
+        )
+        print(
+            f"  {f'{a.writers} concurrent writers, total put/s':34s} {'(vs single-commit)':>22s}"
+            f" {dsm['concurrent_put_per_s']:10.0f} ({dsm['concurrent_put_p50_us']:.0f}/{dsm['concurrent_put_p99_us']:.0f})"
+            f" {ratios['concurrent_put_vs_raw_single']:6.0%}"
+        )
+        print(f"  {'raw batched upserts/s (1000/txn)':34s} {raw['batched_put_per_s']:10.0f}")
+    if a.json:
+        with open(a.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""DSM: a distributed key-value storage node.
+
+Every node keeps a full replica in a SQL database (SQLite by default, PostgreSQL as an option); nodes keep
+each other up to date with an epidemic protocol over a small-world overlay. The public API:
+
+    from dsm import StorageConfig, StorageFactory
+
+    factory = StorageFactory(StorageConfig(data_dir="data"))
+    storage = await factory.create_epidemic_storage("node-1", backing_storage=factory.create_sql_storage())
+    await storage.put("k", b"v")
+    result = await storage.get("k")      # ReadResult: .value, .siblings, .context
+    await storage.delete("k")
+    await storage.close()
+"""
+
+from dsm.config import StorageConfig
+from dsm.errors import (
+    ClockSkewError,
+    ClosedError,
+    ConfigError,
+    DSMError,
+    InvalidContextError,
+    InvalidInputError,
+    InvalidKeyError,
+    InvalidValueError,
+    StorageCorruptError,
+    StorageError,
+    StorageLockedError,
+    StorageReadOnlyError,
+    StorageUnavailableError,
+)
+from dsm.factory import StorageFactory
+from dsm.node import EpidemicStorage
+from dsm.storage import BackingStore
+from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackingStore",
+    "ClockSkewError",
+    "ClosedError",
+    "ConfigError",
+    "DSMError",
+    "EpidemicStorage",
+    "InvalidContextError",
+    "InvalidInputError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "NodeInfo",
+    "ReadResult",
+    "Sibling",
+    "StorageConfig",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageFactory",
+    "StorageLockedError",
+    "StorageReadOnlyError",
+    "StorageUnavailableError",
+    "WriteResult",
+    "__version__",
+]

@@ -1,0 +1,335 @@
+"""`StorageConfig`: every setting of a DSM node, its unit, default and trade-off, in one place.
+
+Settings come from, weakest first: the defaults below, a TOML file (top-level keys named as the fields),
+environment variables (`DSM_` + the field name in upper case, e.g. `DSM_GOSSIP_INTERVAL_MS=2000`) and
+keyword arguments (what the command line's flags become). `StorageConfig.load` applies that precedence;
+constructing `StorageConfig(...)` directly uses only defaults and keywords. An invalid value raises
+`ConfigError` naming the field, the value and what is allowed, at construction time.
+
+`dsm config` prints the table of settings with their documentation (generated from `FIELD_DOCS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsm.errors import ConfigError
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """The configuration of one DSM node. Immutable; see the module docstring for how it is loaded."""
+
+    # --- identity (from the specification) ---
+    node_id: str = field(
+        default="",
+        metadata=_doc(
+            "Unique, stable name of the node (1-128 of A-Z a-z 0-9 . _ : @ -); its hash places the node "
+            "on the ring. Keep it across restarts: a node's writes are identified by it. May be left empty "
+            "in the config and given to create_epidemic_storage instead."
+        ),
+    )
+    region: str = field(
+        default="default",
+        metadata=_doc("Geographic region (1-64 of A-Z a-z 0-9 . _ -), for regional consistency levels."),
+    )
+
+    # --- protocol (names and defaults from the specification) ---
+    gossip_interval_ms: int = field(
+        default=5000,
+        metadata=_doc(
+            "Base period of gossip rounds, ms. Shorter converges faster and costs more messages when idle. "
+            "The adaptive period moves between gossip_interval_min_ms and gossip_interval_max_ms."
+        ),
+    )
+    gossip_interval_min_ms: int = field(
+        default=200,
+        metadata=_doc("Shortest adaptive gossip period, ms (busy cluster): bounds message rate per node."),
+    )
+    gossip_interval_max_ms: int = field(
+        default=30000,
+        metadata=_doc("Longest adaptive gossip period, ms (idle cluster): bounds repair delay when idle."),
+    )
+    anti_entropy_interval_ms: int = field(
+        default=60000,
+        metadata=_doc(
+            "Period of full reconciliation with one peer, ms. Shorter repairs long partitions sooner at the "
+            "cost of a digest exchange per period."
+        ),
+    )
+    gossip_fanout: int = field(
+        default=3,
+        metadata=_doc("Peers contacted per gossip round (1-32). Higher converges in fewer rounds, costs more."),
+    )
+    max_immediate_neighbors: int = field(
+        default=16,
+        metadata=_doc(
+            "Near links: the closest nodes on the ring, half on each side (2-256, even). More links keep the "
+            "overlay connected under more failures and cost more connections."
+        ),
+    )
+    max_long_links: int = field(
+        default=16,
+        metadata=_doc("Long-range links drawn by harmonic distance (0-256). More links shorten routes."),
+    )
+
+    # --- running a node ---
+    data_dir: str = field(
+        default="dsm-data",
+        metadata=_doc("Directory for the node's files (the SQLite database when storage_url is empty)."),
+    )
+    storage_url: str = field(
+        default="",
+        metadata=_doc(
+            "Backing store: empty for SQLite at <data_dir>/dsm.sqlite3; 'sqlite:///abs/path.db' or "
+            "'sqlite:rel/path.db'; 'postgresql://user@host:port/db' (needs the 'postgres' extra); "
+            "'memory:' (nothing survives a restart; tests and simulations)."
+        ),
+    )
+    listen_addr: str = field(
+        default="127.0.0.1:7400",
+        metadata=_doc("host:port the node listens on for other nodes (TCP)."),
+    )
+    advertise_addr: str = field(
+        default="",
+        metadata=_doc("host:port other nodes should use to reach this one; empty means listen_addr."),
+    )
+    http_addr: str = field(
+        default="127.0.0.1:7480",
+        metadata=_doc("host:port of the client HTTP API."),
+    )
+    durability: str = field(
+        default="process",
+        metadata=_doc(
+            "'process': an acknowledged write survives a crash or kill -9 of the node process (SQLite WAL "
+            "with synchronous=NORMAL; PostgreSQL synchronous_commit=off, the server holds it). 'fsync': "
+            "every acknowledged write is also on stable storage and survives power loss (SQLite "
+            "synchronous=FULL; PostgreSQL synchronous_commit=on); single-writer throughput drops "
+            "to the disk's fsync rate, concurrent writers share fsyncs."
+        ),
+    )
+    conflict_resolution: str = field(
+        default="lww",
+        metadata=_doc(
+            "'lww': concurrent writes resolve to the highest (HLC timestamp, node id), identically on every "
+            "node. 'siblings': concurrent values are kept and returned together until a write that read "
+            "them resolves them."
+        ),
+    )
+
+    # --- limits ---
+    max_key_bytes: int = field(
+        default=1 * KIB,
+        metadata=_doc("Longest key, in UTF-8 bytes (1 - 64 KiB)."),
+    )
+    max_value_bytes: int = field(
+        default=1 * MIB,
+        metadata=_doc("Largest value, bytes (0 - 64 MiB). Larger values cost memory in every message."),
+    )
+    max_siblings: int = field(
+        default=16,
+        metadata=_doc(
+            "Most concurrent versions a write may leave on a key (1-1024, siblings mode); a write beyond it "
+            "supersedes the oldest. Bounds read size under heavy concurrent blind writes."
+        ),
+    )
+    max_context_entries: int = field(
+        default=64,
+        metadata=_doc(
+            "Most entries in a version's causal context (1-4096). Beyond it the oldest entries are dropped, "
+            "which can only cause a false conflict, never a lost write."
+        ),
+    )
+    max_context_bytes: int = field(
+        default=16 * KIB,
+        metadata=_doc("Largest context token a client may send, bytes (64 B - 1 MiB)."),
+    )
+    max_clock_offset_ms: int = field(
+        default=10000,
+        metadata=_doc(
+            "How far ahead of our wall clock a remote or client timestamp may be before it is rejected, ms. "
+            "Larger tolerates worse clock sync; smaller limits how far a bad clock can skew last-writer-wins."
+        ),
+    )
+    write_batch_max: int = field(
+        default=512,
+        metadata=_doc(
+            "Most writes grouped into one storage commit (1-100000). Larger batches raise throughput under "
+            "many concurrent writers and lengthen each commit."
+        ),
+    )
+    write_queue_max: int = field(
+        default=8192,
+        metadata=_doc(
+            "Most writes waiting for a commit (1-1000000); further writers wait (backpressure) rather than "
+            "grow memory without bound."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # --- derived values ---
+    @property
+    def advertised(self) -> str:
+        """The address other nodes use to reach this one."""
+        return self.advertise_addr or self.listen_addr
+
+    def resolved_storage_url(self) -> str:
+        """The storage URL with the default (SQLite under data_dir) filled in."""
+        if self.storage_url:
+            return self.storage_url
+        return "sqlite:///" + str((Path(self.data_dir) / "dsm.sqlite3").resolve())
+
+    def replace(self, **changes: Any) -> StorageConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        _check_known(changes)
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def load(
+        toml_path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> StorageConfig:
+        """Builds a config from a TOML file, `DSM_*` environment variables and keyword overrides.
+
+        Args:
+            toml_path: a TOML file whose top-level keys are field names, or None.
+            env: the environment to read `DSM_*` variables from (default: `os.environ`).
+            **overrides: field values that win over everything else (None values are ignored).
+
+        Returns:
+            the validated config.
+
+        Raises:
+            ConfigError: a file that cannot be read or parsed, an unknown setting or an invalid value.
+        """
+        values: dict[str, Any] = {}
+        if toml_path is not None:
+            try:
+                with open(toml_path, "rb") as handle:
+                    document = tomllib.load(handle)
+            except OSError as exc:
+                raise ConfigError("config file", str(toml_path), f"a readable TOML file ({exc})") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError("config file", str(toml_path), f"valid TOML ({exc})") from exc
+            _check_known(document)
+            values.update(document)
+        environment = os.environ if env is None else env
+        for f in dataclasses.fields(StorageConfig):
+            raw = environment.get("DSM_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = _from_text(f.name, raw)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        _check_known(given)
+        values.update(given)
+        return StorageConfig(**values)
+
+
+#: Field name -> documentation, in declaration order (for `dsm config` and the README).
+FIELD_DOCS: dict[str, str] = {f.name: f.metadata["doc"] for f in dataclasses.fields(StorageConfig)}
+_FIELD_TYPES: dict[str, type] = {
+    f.name: (int if f.type in ("int", int) else str) for f in dataclasses.fields(StorageConfig)
+}
+
+
+def _check_known(values: Mapping[str, Any]) -> None:
+    for name, value in values.items():
+        if name not in _FIELD_TYPES:
+            raise ConfigError(name, value, "an unknown setting; known: " + ", ".join(_FIELD_TYPES))
+
+
+def _from_text(name: str, raw: str) -> Any:
+    if _FIELD_TYPES[name] is int:
+        try:
+            return int(raw.strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(name, raw, "an integer") from None
+    return raw
+
+
+def _int_in(config: StorageConfig, name: str, low: int, high: int) -> int:
+    value = getattr(config, name)
+    if type(value) is not int:
+        raise ConfigError(name, value, f"an integer from {low} to {high}")
+    if not low <= value <= high:
+        raise ConfigError(name, value, f"an integer from {low} to {high}")
+    return value
+
+
+def _str(config: StorageConfig, name: str) -> str:
+    value = getattr(config, name)
+    if not isinstance(value, str):
+        raise ConfigError(name, value, "a string")
+    return value
+
+
+def _address(config: StorageConfig, name: str, allow_empty: bool = False) -> None:
+    value = _str(config, name)
+    if allow_empty and not value:
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(name, value, "host:port with a port from 0 to 65535")
+
+
+def _validate(c: StorageConfig) -> None:
+    node_id = _str(c, "node_id")
+    if node_id and not _NODE_ID.match(node_id):
+        raise ConfigError("node_id", node_id, "1-128 characters of A-Z a-z 0-9 . _ : @ -, not starting with one of . _ : @ -")
+    if not _REGION.match(_str(c, "region")):
+        raise ConfigError("region", c.region, "1-64 characters of A-Z a-z 0-9 . _ -")
+    day_ms = 86_400_000
+    _int_in(c, "gossip_interval_min_ms", 1, day_ms)
+    _int_in(c, "gossip_interval_max_ms", 1, day_ms)
+    interval = _int_in(c, "gossip_interval_ms", 1, day_ms)
+    if not c.gossip_interval_min_ms <= interval <= c.gossip_interval_max_ms:
+        raise ConfigError(
+            "gossip_interval_ms",
+            interval,
+            f"a period between gossip_interval_min_ms ({c.gossip_interval_min_ms}) and "
+            f"gossip_interval_max_ms ({c.gossip_interval_max_ms})",
+        )
+    _int_in(c, "anti_entropy_interval_ms", 1, 7 * day_ms)
+    _int_in(c, "gossip_fanout", 1, 32)
+    if _int_in(c, "max_immediate_neighbors", 2, 256) % 2:
+        raise ConfigError("max_immediate_neighbors", c.max_immediate_neighbors, "an even number (half on each side)")
+    _int_in(c, "max_long_links", 0, 256)
+    if not _str(c, "data_dir"):
+        raise ConfigError("data_dir", c.data_dir, "a non-empty directory path")
+    url = _str(c, "storage_url")
+    if url and not url.startswith(("sqlite:", "postgresql://", "postgres://", "memory:")):
+        raise ConfigError("storage_url", url, "empty, sqlite:///path, sqlite:path, postgresql://..., or memory:")
+    _address(c, "listen_addr")
+    _address(c, "advertise_addr", allow_empty=True)
+    _address(c, "http_addr")
+    if _str(c, "durability") not in ("process", "fsync"):
+        raise ConfigError("durability", c.durability, "'process' or 'fsync'")
+    if _str(c, "conflict_resolution") not in ("lww", "siblings"):
+        raise ConfigError("conflict_resolution", c.conflict_resolution, "'lww' or 'siblings'")
+    _int_in(c, "max_key_bytes", 1, 64 * KIB)
+    _int_in(c, "max_value_bytes", 0, 64 * MIB)
+    _int_in(c, "max_siblings", 1, 1024)
+    _int_in(c, "max_context_entries", 1, 4096)
+    _int_in(c, "max_context_bytes", 64, MIB)
+    _int_in(c, "max_clock_offset_ms", 1, day_ms)
+    _int_in(c, "write_batch_max", 1, 100_000)
+    _int_in(c, "write_queue_max", 1, 1_000_000)

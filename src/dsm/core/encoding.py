@@ -1,0 +1,129 @@
+"""Canonical byte encodings of versions, version sets and client contexts, and their digests.
+
+Replicas compare digests of what they store to find differences (anti-entropy), so two replicas holding
+the same version set must produce the same bytes: versions are encoded newest dot first, vector entries
+sorted by node id, with msgpack's shortest integer forms. Decoding validates shape and types and raises
+`DecodeError` (a `ValueError`) for anything else; callers turn it into the error that blames the right side
+(a corrupt store, a bad client token, a bad peer frame).
+
+Layout (msgpack): a version set is `[FORMAT, [version, ...]]`; a version is
+`[timestamp, node, [node, counter, node, counter, ...], value-or-nil]`. A client context token is the
+URL-safe base64 (no padding) of `[FORMAT, [node, counter, ...]]`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Any
+
+import msgpack
+
+from dsm.core.vclock import VersionVector
+from dsm.core.versions import Dot, Version, VersionSet
+
+FORMAT = 1
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid DSM encoding."""
+
+
+def _flat(vector: VersionVector) -> list[Any]:
+    out: list[Any] = []
+    for node, counter in vector.entries:
+        out.append(node)
+        out.append(counter)
+    return out
+
+
+_EMPTY_VECTOR = VersionVector()
+
+
+def _vector(flat: Any) -> VersionVector:
+    if not isinstance(flat, list) or len(flat) % 2:
+        raise DecodeError("a version vector must be a flat list of node, counter pairs")
+    if not flat:
+        return _EMPTY_VECTOR
+    pairs = []
+    previous = ""
+    for i in range(0, len(flat), 2):
+        node, counter = flat[i], flat[i + 1]
+        if not isinstance(node, str) or not node or type(counter) is not int or counter <= 0:
+            raise DecodeError(f"bad version vector entry {node!r}: {counter!r}")
+        if node <= previous:
+            raise DecodeError("version vector entries must be sorted by node id, each node once")
+        previous = node
+        pairs.append((node, counter))
+    return VersionVector(tuple(pairs))
+
+
+def encode_versions(versions: VersionSet) -> bytes:
+    """The canonical bytes of a version set."""
+    body = [[v.dot.timestamp, v.dot.node, _flat(v.context), v.value] for v in versions.versions]
+    return msgpack.packb([FORMAT, body], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_versions(data: bytes) -> VersionSet:
+    """Parses `encode_versions` output.
+
+    Raises:
+        DecodeError: the bytes are not a canonical version set.
+    """
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"not a msgpack version set: {exc}") from exc
+    if not isinstance(doc, list) or len(doc) != 2 or doc[0] != FORMAT or not isinstance(doc[1], list):
+        raise DecodeError("not a version set of a known format")
+    versions = []
+    for item in doc[1]:
+        if not isinstance(item, list) or len(item) != 4:
+            raise DecodeError("a version must have 4 fields")
+        timestamp, node, context, value = item
+        if type(timestamp) is not int or timestamp <= 0 or not isinstance(node, str) or not node:
+            raise DecodeError(f"bad version dot {timestamp!r}, {node!r}")
+        if value is not None and not isinstance(value, bytes):
+            raise DecodeError("a version value must be bytes or nil")
+        vector = _vector(context) if context else _EMPTY_VECTOR
+        if vector.entries and vector.covers(timestamp, node):
+            raise DecodeError("a version's context covers its own dot")
+        versions.append(Version(Dot(timestamp, node), vector, value))
+    return VersionSet(tuple(versions))
+
+
+def digest(key: str, encoded_versions: bytes) -> int:
+    """A signed 64-bit digest of one stored key and its encoded version set (for anti-entropy)."""
+    h = hashlib.blake2b(key.encode(), digest_size=8, person=b"dsm-key")
+    h.update(b"\x00")
+    h.update(encoded_versions)
+    return int.from_bytes(h.digest(), "big", signed=True)
+
+
+def encode_context(vector: VersionVector) -> str:
+    """The opaque token a client gets from a read and may pass back to a write."""
+    packed = msgpack.packb([FORMAT, _flat(vector)], use_bin_type=True)
+    return base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
+
+
+def decode_context(token: str, max_bytes: int) -> VersionVector:
+    """Parses a context token.
+
+    Args:
+        token: what `encode_context` produced.
+        max_bytes: the largest token accepted, checked before decoding.
+
+    Raises:
+        DecodeError: the token is oversized or malformed.
+    """
+    if len(token) > max_bytes:
+        raise DecodeError(f"context token is {len(token)} bytes; at most {max_bytes} are accepted")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        doc = msgpack.unpackb(raw, raw=False, use_list=True)
+    except (ValueError, binascii.Error, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"context token is not valid: {exc}") from exc
+    if not isinstance(doc, list) or len(doc) != 2 or doc[0] != FORMAT:
+        raise DecodeError("context token is not of a known format")
+    return _vector(doc[1])

@@ -1,0 +1,187 @@
+"""Versions of one key and their merge: siblings, dominance, last-writer-wins.
+
+A `Version` is one write: its *dot* (the writer's HLC timestamp and the writer's node id, unique in the
+cluster), the causal context the writer had seen (a `VersionVector`) and the value, or `None` for a
+tombstone (a delete). A `VersionSet` is what a replica stores for a key.
+
+Rules:
+- Version `v` is *dominated* by `w` when `w`'s context covers `v`'s dot: `w` was written by someone who had
+  read `v`. The merge of two sets is the union (identified by dot) without the dominated versions. That is a
+  function of the union alone, so it is commutative, associative and idempotent (a join-semilattice), and
+  replicas that have seen the same versions hold the same set, whatever the order of arrival.
+- Because a writer advances its clock past every timestamp in the context it writes with, a version always
+  has a larger dot than any version it dominates. So the largest dot of a set is never dominated.
+- Resolution `LWW` keeps only that largest dot: the winner by (HLC timestamp, node id), identical on every
+  node; the merge is then a maximum over a total order, again a semilattice. `SIBLINGS` keeps every
+  undominated version until a write that has read them supersedes them.
+- Sibling sets are bounded on the write path only: a coordinator whose write would leave more than
+  `max_siblings` versions extends the new version's context to cover the oldest ones, exactly as if the
+  client had read them. The merge itself never drops an undominated version, so it stays a semilattice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from dsm.core.vclock import VersionVector
+
+
+class Resolution(Enum):
+    """How concurrent versions of a key are resolved."""
+
+    LWW = "lww"
+    SIBLINGS = "siblings"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Dot:
+    """The identity of one write: the writer's HLC timestamp, then its node id (the LWW order)."""
+
+    timestamp: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One write of a key.
+
+    Attributes:
+        dot: who wrote it, and when.
+        context: what the writer had seen of this key.
+        value: the bytes written, or None for a tombstone.
+    """
+
+    dot: Dot
+    context: VersionVector
+    value: bytes | None
+
+    def __post_init__(self) -> None:
+        assert not self.context.entries or not self.context.covers(self.dot.timestamp, self.dot.node), (
+            "a version cannot cover itself"
+        )
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.value is None
+
+    def dominated_by(self, other: Version) -> bool:
+        return other.context.covers(self.dot.timestamp, self.dot.node)
+
+    def _tiebreak(self) -> tuple[tuple[tuple[str, int], ...], bool, bytes]:
+        # Two versions with one dot should not exist; if a faulty peer sends one, every node picks the
+        # same copy, so the merge stays deterministic.
+        return (self.context.entries, self.value is not None, self.value or b"")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSet:
+    """The versions a replica holds for one key, newest dot first. Build with `VersionSet.of`."""
+
+    versions: tuple[Version, ...] = ()
+
+    @staticmethod
+    def of(versions: Iterable[Version], resolution: Resolution = Resolution.SIBLINGS) -> VersionSet:
+        """The canonical set of the given versions: deduplicated by dot, dominated ones dropped."""
+        by_dot: dict[Dot, Version] = {}
+        for version in versions:
+            seen = by_dot.get(version.dot)
+            if seen is None or version._tiebreak() > seen._tiebreak():
+                by_dot[version.dot] = version
+        ordered = sorted(by_dot.values(), key=lambda v: v.dot, reverse=True)
+        if resolution is Resolution.LWW:
+            return VersionSet(tuple(ordered[:1]))
+        kept = tuple(v for v in ordered if not any(v.dominated_by(w) for w in ordered if w is not v))
+        return VersionSet(kept)
+
+    def merge(self, other: VersionSet, resolution: Resolution) -> VersionSet:
+        """The join of two sets (commutative, associative, idempotent)."""
+        if not other.versions:
+            return self if resolution is Resolution.SIBLINGS else VersionSet.of(self.versions, resolution)
+        return VersionSet.of((*self.versions, *other.versions), resolution)
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def __bool__(self) -> bool:
+        return bool(self.versions)
+
+    @property
+    def winner(self) -> Version | None:
+        """The version with the largest dot: the last-writer-wins choice, the same on every node."""
+        return self.versions[0] if self.versions else None
+
+    @property
+    def live(self) -> tuple[Version, ...]:
+        """The versions that are not tombstones, newest first."""
+        return tuple(v for v in self.versions if v.value is not None)
+
+    @property
+    def max_timestamp(self) -> int:
+        return self.versions[0].dot.timestamp if self.versions else 0
+
+    def context(self) -> VersionVector:
+        """The causal context of a read of this set: covers every version in it and what they had seen."""
+        pairs: list[tuple[str, int]] = []
+        for version in self.versions:
+            pairs.append((version.dot.node, version.dot.timestamp))
+            pairs.extend(version.context.entries)
+        return VersionVector.of(pairs)
+
+
+def write(
+    current: VersionSet,
+    dot: Dot,
+    context: VersionVector,
+    value: bytes | None,
+    resolution: Resolution,
+    max_siblings: int,
+    max_context_entries: int,
+) -> VersionSet:
+    """The coordinator's write: a new version merged into the key's current set.
+
+    Args:
+        current: what this replica holds for the key.
+        dot: the new version's identity; its timestamp must exceed every timestamp in `current` and
+            `context` (the caller issues it from the hybrid logical clock after observing both).
+        context: what the client had read (empty for a blind write).
+        value: the bytes, or None for a delete.
+        resolution: LWW or SIBLINGS.
+        max_siblings: the most versions the key may hold after this write (SIBLINGS).
+        max_context_entries: the most entries the new version's context may hold.
+
+    Returns:
+        the key's new version set, which contains the new version.
+    """
+    assert max_siblings >= 1 and max_context_entries >= 1
+    assert dot.timestamp > current.max_timestamp and dot.timestamp > context.max_timestamp()
+    if resolution is Resolution.LWW:
+        return VersionSet((Version(dot, context.prune(max_context_entries), value),))
+    superseded = [v for v in current.versions if context.covers(v.dot.timestamp, v.dot.node)]
+    survivors = [v for v in current.versions if not context.covers(v.dot.timestamp, v.dot.node)]
+    excess = len(survivors) + 1 - max_siblings
+    if excess > 0:
+        # The oldest survivors are superseded as if the client had read them (see module comment).
+        superseded.extend(sorted(survivors, key=lambda v: v.dot)[:excess])
+    new = Version(dot, _bounded_context(context, superseded, max_context_entries), value)
+    return VersionSet.of((*current.versions, new), resolution)
+
+
+def _bounded_context(
+    context: VersionVector, superseded: list[Version], max_entries: int
+) -> VersionVector:
+    """Cuts a write's context to `max_entries`, never dropping what supersedes the key's current versions.
+
+    The entries that cover `superseded` are kept first (dropping them would resurrect versions the client
+    replaced); the rest are filled with the newest remaining entries. The result holds at most
+    max(max_entries, len(superseded)) entries.
+    """
+    required = VersionVector.of((v.dot.node, v.dot.timestamp) for v in superseded).merge(
+        VersionVector.of((node, context.get(node)) for node in {v.dot.node for v in superseded})
+    )
+    room = max_entries - len(required)
+    others = [(n, c) for n, c in context.entries if required.get(n) == 0]
+    if room <= 0 or not others:
+        return required
+    return required.merge(VersionVector(tuple(others)).prune(room))

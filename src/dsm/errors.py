@@ -1,0 +1,107 @@
+"""The one hierarchy of errors DSM raises.
+
+Every error a caller can see derives from `DSMError`. The tree says whose fault it is (in the manner of
+h11's Local/RemoteProtocolError): `InvalidInputError` is the caller's misuse and is raised at once;
+`StorageError` is the backing store's condition (unavailable, corrupt, read-only, locked);
+`ClockSkewError` blames a remote clock; `ConfigError` names the bad configuration field. Invariants that
+must never break are `assert`ed, not raised as these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ClockSkewError",
+    "ClosedError",
+    "ConfigError",
+    "DSMError",
+    "InvalidContextError",
+    "InvalidInputError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageLockedError",
+    "StorageReadOnlyError",
+    "StorageUnavailableError",
+]
+
+
+class DSMError(Exception):
+    """Base class of every error DSM raises on purpose."""
+
+
+class ConfigError(DSMError, ValueError):
+    """A configuration value is invalid.
+
+    Attributes:
+        field: the name of the offending setting.
+        value: the value that was given.
+        allowed: a human description of what is allowed.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid config {field}={value!r}: {allowed}")
+
+
+class InvalidInputError(DSMError, ValueError):
+    """The caller passed something DSM does not accept (wrong type, too large, malformed)."""
+
+
+class InvalidKeyError(InvalidInputError):
+    """A key is not a `str`, is empty, is not valid UTF-8 or is longer than `max_key_bytes`."""
+
+
+class InvalidValueError(InvalidInputError):
+    """A value is not bytes-like or is longer than `max_value_bytes`."""
+
+
+class InvalidContextError(InvalidInputError):
+    """A version context token is malformed, oversized, or claims a time too far in the future."""
+
+
+class ClockSkewError(DSMError):
+    """A remote hybrid-logical-clock reading is further ahead of the local wall clock than allowed.
+
+    Attributes:
+        remote_ms: the physical part of the remote reading, in Unix milliseconds.
+        local_ms: the local wall clock at the time, in Unix milliseconds.
+        max_offset_ms: the configured bound (`max_clock_offset_ms`).
+    """
+
+    def __init__(self, remote_ms: int, local_ms: int, max_offset_ms: int) -> None:
+        self.remote_ms = remote_ms
+        self.local_ms = local_ms
+        self.max_offset_ms = max_offset_ms
+        super().__init__(
+            f"remote clock is {remote_ms - local_ms} ms ahead of the local wall clock; "
+            f"at most {max_offset_ms} ms (max_clock_offset_ms) is accepted"
+        )
+
+
+class ClosedError(DSMError):
+    """The storage was closed; no further operations are accepted."""
+
+
+class StorageError(DSMError):
+    """The backing store failed. Data already committed is untouched."""
+
+
+class StorageUnavailableError(StorageError):
+    """The backing store cannot be reached or opened (for example PostgreSQL is down)."""
+
+
+class StorageCorruptError(StorageError):
+    """The backing store's file or rows are not what DSM wrote (not a database, bad row encoding)."""
+
+
+class StorageReadOnlyError(StorageError):
+    """The backing store refuses writes (read-only file, directory or database)."""
+
+
+class StorageLockedError(StorageError):
+    """Another process holds the data directory; two nodes must never share one store."""

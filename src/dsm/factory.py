@@ -1,0 +1,81 @@
+"""`StorageFactory`: the front door of the specification.
+
+    factory = StorageFactory(config)
+    backing = factory.create_sql_storage()
+    storage = await factory.create_epidemic_storage(node_id, node_info, bootstrap_nodes, backing)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dsm.config import StorageConfig
+from dsm.errors import ConfigError
+from dsm.node import EpidemicStorage
+from dsm.storage import BackingStore, open_store
+from dsm.types import NodeInfo
+
+
+class StorageFactory:
+    """Creates backing stores and nodes from one `StorageConfig`.
+
+    Args:
+        config: the node configuration (default: all defaults).
+    """
+
+    def __init__(self, config: StorageConfig | None = None) -> None:
+        self.config = config if config is not None else StorageConfig()
+
+    def create_sql_storage(self) -> BackingStore:
+        """The configured SQL backing store, not yet opened (the node opens it).
+
+        SQLite at `<data_dir>/dsm.sqlite3` unless `storage_url` names another SQLite file, a PostgreSQL
+        database (`postgresql://...`) or `memory:`.
+
+        Raises:
+            ConfigError: the storage URL is not understood.
+        """
+        return open_store(self.config.resolved_storage_url(), self.config.durability)
+
+    async def create_epidemic_storage(
+        self,
+        node_id: str | None = None,
+        node_info: NodeInfo | None = None,
+        bootstrap_nodes: Sequence[str] = (),
+        backing_storage: BackingStore | None = None,
+    ) -> EpidemicStorage:
+        """Creates and starts a node.
+
+        Args:
+            node_id: the node's id (default: the config's `node_id`).
+            node_info: what the node advertises (default: from the config).
+            bootstrap_nodes: host:port addresses of existing members to join through. This build runs a
+                single node; joining a cluster arrives with the network runtime, and until then a
+                non-empty list is refused rather than ignored.
+            backing_storage: the store (default: `create_sql_storage()`).
+
+        Returns:
+            the started node; close it with `await storage.close()` (or use `async with`).
+
+        Raises:
+            ConfigError: no node id, an invalid one, or bootstrap nodes given.
+            StorageError: the store cannot be opened.
+        """
+        config = self.config
+        if node_id is not None:
+            config = config.replace(node_id=node_id)
+        if not config.node_id:
+            raise ConfigError("node_id", config.node_id, "a node id, in the config or as an argument")
+        if bootstrap_nodes:
+            raise ConfigError(
+                "bootstrap_nodes",
+                list(bootstrap_nodes),
+                "empty: this build runs single nodes; clustering arrives with the network runtime",
+            )
+        info = node_info if node_info is not None else NodeInfo()
+        if info.region is not None and info.region != config.region:
+            config = config.replace(region=info.region)
+        store = backing_storage if backing_storage is not None else self.create_sql_storage()
+        node = EpidemicStorage(config, info, store)
+        await node.start()
+        return node

@@ -1,0 +1,221 @@
+"""The PostgreSQL backing store (psycopg 3, async), for those who run a PostgreSQL server.
+
+Same schema as SQLite. Keys use the "C" collation so their order is byte order, the same as the other
+backends, whatever the database's locale. Two connections: one for writes (each batch one transaction,
+sent with psycopg's pipelined `executemany`) and one for reads, so reads never wait behind a commit.
+Durability 'process' sets `synchronous_commit = off` on the write session: a commit is acknowledged once
+the server holds it, so our process dying loses nothing, and a crash of the *server* may lose the last
+fraction of a second; 'fsync' keeps `synchronous_commit = on`.
+
+Single user: the write session holds a PostgreSQL advisory lock named after the table set, so a second node
+pointed at the same database fails with `StorageLockedError` instead of corrupting merges. A connection
+that breaks is reopened on the next call; the call that saw it break raises `StorageUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dsm.errors import (
+    ClosedError,
+    StorageCorruptError,
+    StorageError,
+    StorageLockedError,
+    StorageReadOnlyError,
+    StorageUnavailableError,
+)
+from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
+
+_LOCK_ID = 0x44534D5F4B560001  # 'DSM_KV' + 1: the advisory lock (per database) of the dsm_kv table set
+_SCHEMA = (
+    'CREATE TABLE IF NOT EXISTS dsm_kv (key TEXT COLLATE "C" PRIMARY KEY, versions BYTEA NOT NULL,'
+    " digest BIGINT NOT NULL, ts BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
+)
+_UPSERT = (
+    "INSERT INTO dsm_kv(key, versions, digest, ts) VALUES (%s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
+    " versions = excluded.versions, digest = excluded.digest, ts = excluded.ts"
+)
+_META_UPSERT = (
+    "INSERT INTO dsm_meta(name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
+
+
+def redact(url: str) -> str:
+    """The URL without its password."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+class PostgresStore:
+    """A `BackingStore` in a PostgreSQL database.
+
+    Args:
+        url: a libpq URL, `postgresql://user[:password]@host:port/dbname`.
+        durability: 'process' or 'fsync' (see the module docstring).
+        connect_timeout_s: how long to wait for the server when connecting.
+    """
+
+    def __init__(self, url: str, durability: str = "process", connect_timeout_s: int = 5) -> None:
+        if durability not in ("process", "fsync"):
+            raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
+        self._dsn = url.replace("postgres://", "postgresql://", 1)
+        self.url = redact(self._dsn)
+        self.durability = durability
+        self.connect_timeout_s = connect_timeout_s
+        self._w: Any = None
+        self._r: Any = None
+        self._opened = False
+        self._psycopg: Any = None
+
+    def _error(self, exc: Exception, doing: str) -> StorageError:
+        psycopg = self._psycopg
+        where = f"PostgreSQL {self.url}: {doing} failed: {str(exc).strip()}"
+        if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction | psycopg.errors.InsufficientPrivilege):
+            return StorageReadOnlyError(where)
+        if isinstance(exc, psycopg.errors.DataCorrupted | psycopg.errors.IndexCorrupted):
+            return StorageCorruptError(where)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return StorageUnavailableError(where)
+        return StorageError(where)
+
+    async def _connect(self, doing: str) -> Any:
+        try:
+            return await self._psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, connect_timeout=self.connect_timeout_s
+            )
+        except self._psycopg.Error as exc:
+            raise self._error(exc, doing) from exc
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise StorageUnavailableError(
+                "PostgreSQL storage needs psycopg 3: pip install 'dsm[postgres]'"
+            ) from exc
+        self._psycopg = psycopg
+        self._w = await self._connect("connect")
+        try:
+            await self._prepare_writer(self._w)
+            self._r = await self._connect("connect")
+        except BaseException:
+            await self._w.close()
+            self._w = None
+            raise
+        self._opened = True
+
+    async def _prepare_writer(self, con: Any) -> None:
+        try:
+            locked = await (await con.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,))).fetchone()
+            if not locked[0]:
+                raise StorageLockedError(
+                    f"PostgreSQL {self.url} is in use by another DSM node (advisory lock held); "
+                    "two nodes must not share a database"
+                )
+            sync = "on" if self.durability == "fsync" else "off"
+            await con.execute(f"SET synchronous_commit = {sync}")
+            async with con.transaction():
+                for statement in _SCHEMA:
+                    await con.execute(statement)
+                cur = await con.execute("SELECT value FROM dsm_meta WHERE name = %s", (META_SCHEMA,))
+                row = await cur.fetchone()
+                if row is None:
+                    await con.execute(_META_UPSERT, (META_SCHEMA, str(SCHEMA_VERSION).encode()))
+                elif bytes(row[0]) != str(SCHEMA_VERSION).encode():
+                    raise StorageCorruptError(
+                        f"PostgreSQL {self.url}: schema version {bytes(row[0])!r}; this DSM reads {SCHEMA_VERSION}"
+                    )
+        except self._psycopg.Error as exc:
+            raise self._error(exc, "prepare schema") from exc
+
+    async def close(self) -> None:
+        self._opened = False
+        for con in (self._r, self._w):
+            if con is not None and not con.closed:
+                try:
+                    await con.close()
+                except self._psycopg.Error:
+                    pass
+        self._r = self._w = None
+
+    async def _writer(self) -> Any:
+        if not self._opened:
+            raise ClosedError(f"PostgreSQL store {self.url} is closed")
+        if self._w.closed or self._w.broken:
+            await self._w.close()
+            self._w = await self._connect("reconnect")
+            await self._prepare_writer(self._w)
+        return self._w
+
+    async def _reader(self) -> Any:
+        if not self._opened:
+            raise ClosedError(f"PostgreSQL store {self.url} is closed")
+        if self._r.closed or self._r.broken:
+            await self._r.close()
+            self._r = await self._connect("reconnect")
+        return self._r
+
+    async def _fetch(self, doing: str, sql: str, args: Sequence[Any]) -> list[Any]:
+        con = await self._reader()
+        try:
+            cur = await con.execute(sql, args)
+            return list(await cur.fetchall())
+        except self._psycopg.Error as exc:
+            raise self._error(exc, doing) from exc
+
+    async def read(self, key: str) -> bytes | None:
+        rows = await self._fetch("read", "SELECT versions FROM dsm_kv WHERE key = %s", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def read_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        rows = await self._fetch("read", "SELECT key, versions FROM dsm_kv WHERE key = ANY(%s)", (list(keys),))
+        return {k: bytes(v) for k, v in rows}
+
+    async def read_meta(self, name: str) -> bytes | None:
+        rows = await self._fetch("read_meta", "SELECT value FROM dsm_meta WHERE name = %s", (name,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def scan(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
+        if end is None:
+            rows = await self._fetch(
+                "scan", "SELECT key, digest FROM dsm_kv WHERE key >= %s ORDER BY key LIMIT %s", (start, limit)
+            )
+        else:
+            rows = await self._fetch(
+                "scan",
+                "SELECT key, digest FROM dsm_kv WHERE key >= %s AND key < %s ORDER BY key LIMIT %s",
+                (start, end, limit),
+            )
+        return [(k, int(d)) for k, d in rows]
+
+    async def range_digest(self, start: str = "", end: str | None = None) -> RangeDigest:
+        cols = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
+        if end is None:
+            rows = await self._fetch("range_digest", f"SELECT {cols} FROM dsm_kv WHERE key >= %s", (start,))
+        else:
+            rows = await self._fetch(
+                "range_digest", f"SELECT {cols} FROM dsm_kv WHERE key >= %s AND key < %s", (start, end)
+            )
+        count, low, high = rows[0]
+        return RangeDigest.from_sums(int(count), int(low), int(high))
+
+    async def count(self) -> int:
+        rows = await self._fetch("count", "SELECT count(*) FROM dsm_kv", ())
+        return int(rows[0][0])
+
+    async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
+        con = await self._writer()
+        try:
+            async with con.transaction():
+                async with con.cursor() as cur:
+                    await cur.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
+                    if meta:
+                        await cur.executemany(_META_UPSERT, list(meta.items()))
+        except self._psycopg.Error as exc:
+            raise self._error(exc, "write") from exc

@@ -1,0 +1,341 @@
+"""The SQLite backing store (stdlib `sqlite3`, WAL journal): the default, embedded in the node process.
+
+How it keeps the event loop responsive, measured in `bench/storage_bench.py`: with durability 'process'
+(synchronous=NORMAL) a commit only appends to the WAL file and takes tens of microseconds, so point reads
+and commits run inline on the caller's thread, where a thread hop would cost ~130 us per call. Commits are
+bounded by the node's `write_batch_max`. What can take milliseconds runs on a background thread with its own
+connection: WAL checkpoints (automatic checkpoints are off on the write connection; the store asks for a
+passive checkpoint every `CHECKPOINT_ROWS` written rows), whole-range scans and digests. With durability
+'fsync' (synchronous=FULL) every commit waits for the disk, so commits run on a dedicated writer thread;
+concurrent writers then share each fsync through the node's group commit.
+
+Durability: WAL with synchronous=NORMAL loses nothing a committed transaction wrote if the *process* dies
+(the WAL is in the OS page cache); synchronous=FULL also survives power loss.
+
+Only one process may use a database: an exclusive `flock` on `<path>.lock` is held while the store is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dsm.errors import (
+    ClosedError,
+    StorageCorruptError,
+    StorageError,
+    StorageLockedError,
+    StorageReadOnlyError,
+    StorageUnavailableError,
+)
+from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
+
+T = TypeVar("T")
+
+#: Rows written between two requests for a passive WAL checkpoint (about 1,000 pages of 100-byte rows).
+CHECKPOINT_ROWS = 4000
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS dsm_kv ("
+    " key TEXT PRIMARY KEY NOT NULL, versions BLOB NOT NULL,"
+    " digest INTEGER NOT NULL, ts INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+)
+_UPSERT = (
+    "INSERT INTO dsm_kv(key, versions, digest, ts) VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
+    " versions = excluded.versions, digest = excluded.digest, ts = excluded.ts"
+)
+_META_UPSERT = (
+    "INSERT INTO dsm_meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
+)
+_IN_CHUNK = 500
+
+
+def translate(exc: sqlite3.Error, path: str, doing: str) -> StorageError:
+    """Maps a sqlite3 error onto the DSM hierarchy with a message naming the file and the operation."""
+    text = str(exc)
+    lowered = text.lower()
+    where = f"SQLite {path}: {doing} failed: {text}"
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return StorageCorruptError(where)
+    if "readonly" in lowered or "read-only" in lowered:
+        return StorageReadOnlyError(where)
+    if "locked" in lowered or "busy" in lowered:
+        return StorageLockedError(where)
+    if "unable to open" in lowered or "disk i/o" in lowered:
+        return StorageUnavailableError(where)
+    return StorageError(where)
+
+
+class SQLiteStore:
+    """A `BackingStore` in one SQLite database file.
+
+    Args:
+        path: the database file; its directory is created if missing.
+        durability: 'process' (synchronous=NORMAL) or 'fsync' (synchronous=FULL).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], durability: str = "process") -> None:
+        if durability not in ("process", "fsync"):
+            raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
+        self.path = str(path)
+        self.url = "sqlite:///" + str(Path(self.path).resolve())
+        self.durability = durability
+        self._write_con: sqlite3.Connection | None = None
+        self._read_con: sqlite3.Connection | None = None
+        self._lock_file: Any = None
+        # One background thread (own connection) for checkpoints, scans and digests; in fsync mode a
+        # second thread for commits.
+        self._background: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._background_cons: list[sqlite3.Connection] = []
+        self._rows_since_checkpoint = 0
+        self._checkpoint: concurrent.futures.Future[None] | None = None
+
+    # --- life cycle ---
+
+    async def open(self) -> None:
+        if self._write_con is not None:
+            return
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailableError(f"SQLite {self.path}: cannot create its directory: {exc}") from exc
+        self._take_lock()
+        try:
+            self._write_con = self._connect(writer=True)
+            self._read_con = self._connect(writer=False)
+        except BaseException:
+            self._close_connections()
+            self._release_lock()
+            raise
+        self._background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsm-sqlite-bg")
+        if self.durability == "fsync":
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsm-sqlite-wr")
+
+    def _take_lock(self) -> None:
+        lock_path = self.path + ".lock"
+        try:
+            handle = open(lock_path, "a+b")  # noqa: SIM115 - held for the store's lifetime
+        except OSError as exc:
+            raise StorageUnavailableError(f"SQLite {self.path}: cannot open lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise StorageLockedError(
+                f"SQLite {self.path} is in use by another process (lock {lock_path}); "
+                "two nodes must not share a data directory"
+            ) from None
+        self._lock_file = handle
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _connect(self, writer: bool) -> sqlite3.Connection:
+        doing = "opening for writing" if writer else "opening for reading"
+        try:
+            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, doing) from exc
+        try:
+            con.execute("PRAGMA busy_timeout = 5000")
+            if writer:
+                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(f"SQLite {self.path}: cannot switch to WAL journal (got {mode!r})")
+                sync = "FULL" if self.durability == "fsync" else "NORMAL"
+                con.execute(f"PRAGMA synchronous = {sync}")
+                con.execute("PRAGMA wal_autocheckpoint = 0")
+                self._create_schema(con)
+            else:
+                con.execute("PRAGMA query_only = 1")
+            return con
+        except sqlite3.Error as exc:
+            con.close()
+            raise translate(exc, self.path, doing) from exc
+        except BaseException:
+            con.close()
+            raise
+
+    def _create_schema(self, con: sqlite3.Connection) -> None:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                con.execute(statement)
+            row = con.execute("SELECT value FROM dsm_meta WHERE name = ?", (META_SCHEMA,)).fetchone()
+            if row is None:
+                con.execute(_META_UPSERT, (META_SCHEMA, str(SCHEMA_VERSION).encode()))
+            elif row[0] != str(SCHEMA_VERSION).encode():
+                raise StorageCorruptError(
+                    f"SQLite {self.path}: schema version {bytes(row[0])!r}; this DSM reads version {SCHEMA_VERSION}"
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._write_con is None:
+            return
+        for executor in (self._writer, self._background):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._writer = self._background = None
+        with contextlib.suppress(sqlite3.Error):
+            # Fold the WAL into the database so a reopen does not replay it; harmless if it fails.
+            self._write_con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._close_connections()
+        self._release_lock()
+
+    def _close_connections(self) -> None:
+        for con in (self._read_con, self._write_con, *self._background_cons):
+            if con is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    con.close()
+        self._read_con = self._write_con = None
+        self._background_cons = []
+
+    # --- helpers ---
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._read_con is None:
+            raise ClosedError(f"SQLite store {self.path} is closed")
+        return self._read_con
+
+    def _background_con(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            con.execute("PRAGMA busy_timeout = 5000")
+            self._local.con = con
+            self._background_cons.append(con)
+        return con
+
+    async def _in_background(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._background is None:
+            raise ClosedError(f"SQLite store {self.path} is closed")
+
+        def run() -> T:
+            try:
+                return fn(self._background_con())
+            except sqlite3.Error as exc:
+                raise translate(exc, self.path, doing) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._background, run)
+
+    # --- reads ---
+
+    async def read(self, key: str) -> bytes | None:
+        try:
+            row = self._reader().execute("SELECT versions FROM dsm_kv WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, "read") from exc
+        return None if row is None else bytes(row[0])
+
+    async def read_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        con = self._reader()
+        found: dict[str, bytes] = {}
+        try:
+            for i in range(0, len(keys), _IN_CHUNK):
+                chunk = list(keys[i : i + _IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                for key, versions in con.execute(
+                    f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk
+                ):
+                    found[key] = bytes(versions)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, "read") from exc
+        return found
+
+    async def read_meta(self, name: str) -> bytes | None:
+        try:
+            row = self._reader().execute("SELECT value FROM dsm_meta WHERE name = ?", (name,)).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, "read_meta") from exc
+        return None if row is None else bytes(row[0])
+
+    async def scan(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
+        def run(con: sqlite3.Connection) -> list[tuple[str, int]]:
+            if end is None:
+                sql, args = "SELECT key, digest FROM dsm_kv WHERE key >= ? ORDER BY key LIMIT ?", (start, limit)
+            else:
+                sql = "SELECT key, digest FROM dsm_kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
+                args = (start, end, limit)  # type: ignore[assignment]
+            return [(k, d) for k, d in con.execute(sql, args)]
+
+        return await self._in_background("scan", run)
+
+    async def range_digest(self, start: str = "", end: str | None = None) -> RangeDigest:
+        def run(con: sqlite3.Connection) -> RangeDigest:
+            # sum() of 32-bit halves stays an exact int64 up to 2**31 keys (total() would round to a float).
+            cols = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
+            if end is None:
+                row = con.execute(f"SELECT {cols} FROM dsm_kv WHERE key >= ?", (start,)).fetchone()
+            else:
+                row = con.execute(f"SELECT {cols} FROM dsm_kv WHERE key >= ? AND key < ?", (start, end)).fetchone()
+            return RangeDigest.from_sums(int(row[0]), int(row[1]), int(row[2]))
+
+        return await self._in_background("range_digest", run)
+
+    async def count(self) -> int:
+        return await self._in_background("count", lambda con: int(con.execute("SELECT count(*) FROM dsm_kv").fetchone()[0]))
+
+    # --- writes ---
+
+    async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
+        if self._write_con is None:
+            raise ClosedError(f"SQLite store {self.path} is closed")
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._write_sync, rows, meta)
+        else:
+            self._write_sync(rows, meta)
+        self._rows_since_checkpoint += len(rows)
+        if self._rows_since_checkpoint >= CHECKPOINT_ROWS:
+            self._request_checkpoint()
+
+    def _write_sync(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None) -> None:
+        con = self._write_con
+        assert con is not None
+        try:
+            if len(rows) == 1 and not meta:
+                # One statement in autocommit mode is its own transaction: one call instead of three.
+                r = rows[0]
+                con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp))
+                return
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
+            if meta:
+                con.executemany(_META_UPSERT, list(meta.items()))
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if con.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+            raise translate(exc, self.path, "write") from exc
+
+    def _request_checkpoint(self) -> None:
+        if self._background is None or (self._checkpoint is not None and not self._checkpoint.done()):
+            return
+        self._rows_since_checkpoint = 0
+
+        def run() -> None:
+            # A failed passive checkpoint loses nothing: the WAL keeps the data and the next one retries.
+            with contextlib.suppress(sqlite3.Error):
+                self._background_con().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        self._checkpoint = self._background.submit(run)

@@ -1,0 +1,118 @@
+"""Public value types of the front door: what a node is told about itself and what reads/writes return."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dsm.core.encoding import encode_context
+from dsm.core.hlc import physical_ms
+from dsm.core.versions import VersionSet
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a node advertises about itself.
+
+    Attributes:
+        addresses: host:port addresses other nodes may use to reach it (empty: the config's advertise
+            address).
+        region: its region (None: the config's region).
+        metadata: free-form string pairs, shown to other members.
+    """
+
+    addresses: tuple[str, ...] = ()
+    region: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Sibling:
+    """One value of a key, with who wrote it and when.
+
+    Attributes:
+        value: the bytes written.
+        timestamp: the writer's hybrid-logical-clock timestamp (see `dsm.core.hlc`).
+        writer: the node id that accepted the write.
+    """
+
+    value: bytes
+    timestamp: int
+    writer: str
+
+    @property
+    def written_at_ms(self) -> int:
+        """The physical part of the timestamp: Unix milliseconds at the writer (approximately)."""
+        return physical_ms(self.timestamp)
+
+
+class ReadResult:
+    """The result of a `get` of a key that holds a value.
+
+    Attributes:
+        key: the key read.
+        siblings: the concurrent values, newest (the last-writer-wins choice) first. Always one value in
+            'lww' mode; possibly several in 'siblings' mode.
+    """
+
+    __slots__ = ("_siblings", "_versions", "key")
+
+    def __init__(self, key: str, versions: VersionSet) -> None:
+        assert versions.live, "a ReadResult needs at least one live value"
+        self.key = key
+        self._versions = versions
+        self._siblings: tuple[Sibling, ...] | None = None
+
+    @property
+    def siblings(self) -> tuple[Sibling, ...]:
+        """The concurrent values, newest first (built on first use: most readers only want `value`)."""
+        if self._siblings is None:
+            self._siblings = tuple(
+                [Sibling(v.value, v.dot.timestamp, v.dot.node) for v in self._versions.versions if v.value is not None]
+            )
+        return self._siblings
+
+    @property
+    def value(self) -> bytes:
+        """The newest value: the winner by (timestamp, writer), the same on every node."""
+        for version in self._versions.versions:
+            if version.value is not None:
+                return version.value
+        raise AssertionError("unreachable: checked in __init__")
+
+    @property
+    def conflict(self) -> bool:
+        """True when several concurrent values are held (siblings mode)."""
+        return len(self.siblings) > 1
+
+    @property
+    def context(self) -> str:
+        """The opaque version context of this read. Pass it to `put`/`delete` to supersede what was read."""
+        return encode_context(self._versions.context())
+
+    def __repr__(self) -> str:
+        return f"ReadResult(key={self.key!r}, siblings={self.siblings!r})"
+
+
+class WriteResult:
+    """The acknowledgement of a `put` or `delete`: durable on this node when returned.
+
+    Attributes:
+        key: the key written.
+        timestamp: the new version's hybrid-logical-clock timestamp.
+    """
+
+    __slots__ = ("_versions", "key", "timestamp")
+
+    def __init__(self, key: str, timestamp: int, versions: VersionSet) -> None:
+        self.key = key
+        self.timestamp = timestamp
+        self._versions = versions
+
+    @property
+    def context(self) -> str:
+        """The version context right after this write; pass it to the next write of the key to supersede it."""
+        return encode_context(self._versions.context())
+
+    def __repr__(self) -> str:
+        return f"WriteResult(key={self.key!r}, timestamp={self.timestamp})"
