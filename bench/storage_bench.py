@@ -83,7 +83,13 @@ def raw_sqlite(workdir: str, durability: str, keys: list[str], read_keys: list[s
 
 
 async def dsm_node(
-    workdir: str, durability: str, keys: list[str], read_keys: list[str], fill: int, writers: int, per_writer: int
+    workdir: str,
+    durability: str,
+    keys: list[str],
+    read_keys: list[str],
+    fill: int,
+    writers: int,
+    per_writer: int,
 ) -> dict[str, float]:
     config = StorageConfig(data_dir=os.path.join(workdir, "dsm"), durability=durability)
     factory = StorageFactory(config)
@@ -139,6 +145,28 @@ async def dsm_node(
     }
 
 
+def report(
+    durability: str, raw: dict[str, float], dsm: dict[str, float], ratios: dict[str, float], writers: int
+) -> None:
+    """Prints one durability setting's medians as a Markdown table (pasted into BENCHMARKS.md)."""
+
+    def cell(side: dict[str, float], op: str) -> str:
+        return f"{side[op + '_per_s']:,.0f}/s (p50 {side[op + '_p50_us']:.0f} us, p99 {side[op + '_p99_us']:.0f} us)"
+
+    print(f"\n**durability={durability}** (SQLite synchronous={SYNC[durability]})\n")
+    print("| operation | raw sqlite3 | DSM front door | DSM / raw | target |")
+    print("| --- | --- | --- | --- | --- |")
+    print(
+        f"| single-writer put | {cell(raw, 'put')} | {cell(dsm, 'put')} | {ratios['put_vs_raw_single']:.0%} | >= 50% |"
+    )
+    print(f"| get (point read) | {cell(raw, 'get')} | {cell(dsm, 'get')} | {ratios['get_vs_raw_read']:.0%} | >= 50% |")
+    print(
+        f"| {writers} concurrent writers, total put | single-commit: {raw['put_per_s']:,.0f}/s | "
+        f"{cell(dsm, 'concurrent_put')} | {ratios['concurrent_put_vs_raw_single']:.0%} | > 100% |"
+    )
+    print(f"| batched upsert, 1000 per txn | {raw['batched_put_per_s']:,.0f}/s | | | (ceiling) |")
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -183,25 +211,14 @@ def main() -> None:
             "get_vs_raw_read": dsm["get_per_s"] / raw["get_per_s"],
             "concurrent_put_vs_raw_single": dsm["concurrent_put_per_s"] / raw["put_per_s"],
         }
-        results["modes"][durability] = {"raw": raw, "dsm": dsm, "ratios": ratios, "raw_runs": raw_runs, "dsm_runs": dsm_runs}
-        print(f"\ndurability={durability} (SQLite synchronous={SYNC[durability]})")
-        print(f"  {'':34s} {'raw sqlite3':>22s} {'DSM front door':>22s} {'ratio':>7s}")
-        print(
-            f"  {'single-writer put/s':34s} {raw['put_per_s']:10.0f} ({raw['put_p50_us']:.0f}/{raw['put_p99_us']:.0f})"
-            f"{'':3s} {dsm['put_per_s']:10.0f} ({dsm['put_p50_us']:.0f}/{dsm['put_p99_us']:.0f})"
-            f"{'':3s} {ratios['put_vs_raw_single']:6.0%}"
-        )
-        print(
-            f"  {'get/s':34s} {raw['get_per_s']:10.0f} ({raw['get_p50_us']:.0f}/{raw['get_p99_us']:.0f})"
-            f"{'':5s} {dsm['get_per_s']:10.0f} ({dsm['get_p50_us']:.0f}/{dsm['get_p99_us']:.0f})"
-            f"{'':5s} {ratios['get_vs_raw_read']:6.0%}"
-        )
-        print(
-            f"  {f'{a.writers} concurrent writers, total put/s':34s} {'(vs single-commit)':>22s}"
-            f" {dsm['concurrent_put_per_s']:10.0f} ({dsm['concurrent_put_p50_us']:.0f}/{dsm['concurrent_put_p99_us']:.0f})"
-            f" {ratios['concurrent_put_vs_raw_single']:6.0%}"
-        )
-        print(f"  {'raw batched upserts/s (1000/txn)':34s} {raw['batched_put_per_s']:10.0f}")
+        results["modes"][durability] = {
+            "raw": raw,
+            "dsm": dsm,
+            "ratios": ratios,
+            "raw_runs": raw_runs,
+            "dsm_runs": dsm_runs,
+        }
+        report(durability, raw, dsm, ratios, a.writers)
     if a.json:
         with open(a.json, "w") as handle:
             json.dump(results, handle, indent=1)

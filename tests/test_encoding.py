@@ -228,9 +228,7 @@ def test_encoding_follows_the_documented_layout_newest_dot_first(state: VersionS
 
 @SETTINGS
 @given(data=st.data(), resolution=st.sampled_from([LWW, SIBLINGS]))
-def test_equal_sets_built_in_different_orders_encode_identically(
-    data: st.DataObject, resolution: Resolution
-) -> None:
+def test_equal_sets_built_in_different_orders_encode_identically(data: st.DataObject, resolution: Resolution) -> None:
     cluster = data.draw(clusters(resolution))
     chosen = data.draw(st.lists(st.sampled_from(cluster.snapshots), max_size=5))
     one, other = merged(chosen, resolution), merged(data.draw(st.permutations(chosen)), resolution)
@@ -301,9 +299,7 @@ def test_decode_arbitrary_bytes_raises_only_decode_error(data: bytes) -> None:
 
 
 @SETTINGS
-@given(
-    state=version_sets(), edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=3)
-)
+@given(state=version_sets(), edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=3))
 def test_decode_corrupted_valid_encoding_raises_only_decode_error(
     state: VersionSet, edits: list[tuple[int, int]]
 ) -> None:
@@ -378,9 +374,7 @@ def test_non_canonical_vectors_are_rejected(flat: Any) -> None:
 
 @SETTINGS
 @given(
-    pairs=st.lists(
-        st.tuples(st.sampled_from(["a", "b", "c", ""]), st.integers(min_value=-1, max_value=3)), max_size=4
-    )
+    pairs=st.lists(st.tuples(st.sampled_from(["a", "b", "c", ""]), st.integers(min_value=-1, max_value=3)), max_size=4)
 )
 def test_vector_decodes_exactly_when_sorted_unique_and_positive(pairs: list[tuple[str, int]]) -> None:
     flat = [x for pair in pairs for x in pair]

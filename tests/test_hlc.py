@@ -152,9 +152,7 @@ def test_more_than_65536_events_in_one_millisecond_stay_strictly_increasing() ->
     history=st.lists(st.integers(min_value=-5000, max_value=5000), max_size=20),
     step=st.integers(min_value=1, max_value=100_000),
 )
-def test_clock_falls_back_to_wall_clock_as_soon_as_it_catches_up(
-    wall: int, history: list[int], step: int
-) -> None:
+def test_clock_falls_back_to_wall_clock_as_soon_as_it_catches_up(wall: int, history: list[int], step: int) -> None:
     clock = HybridLogicalClock(max_offset_ms=0)
     for delta in history:
         clock.now(max(0, wall + delta))
@@ -273,9 +271,7 @@ def test_check_never_changes_the_clock(last: int, wall: int, max_offset: int, re
     wall=walls,
     use_observe=st.booleans(),
 )
-def test_advance_to_is_a_floor_for_every_later_timestamp(
-    last: int, floor: int, wall: int, use_observe: bool
-) -> None:
+def test_advance_to_is_a_floor_for_every_later_timestamp(last: int, floor: int, wall: int, use_observe: bool) -> None:
     clock = HybridLogicalClock(max_offset_ms=0, last=last)
     clock.advance_to(floor)
     assert clock.last == max(last, floor)

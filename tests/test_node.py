@@ -177,7 +177,14 @@ async def test_default_limits_are_1_kib_keys_and_1_mib_values(open_node) -> None
 async def test_bad_contexts_are_refused(open_node) -> None:  # type: ignore[no-untyped-def]
     node = await open_node(max_context_bytes=200)
     future = encode_context(VersionVector.of({"n9": pack(2**46)}))  # far in the future
-    for bad in [b"bytes", 12, "not base64 !!", "A" * 201, encode_context(VersionVector()) + "garbage", future]:
+    for bad in [
+        b"bytes",
+        12,
+        "not base64 !!",
+        "A" * 201,
+        encode_context(VersionVector()) + "garbage",
+        future,
+    ]:
         with pytest.raises(InvalidContextError):
             await node.put("k", b"v", context=bad)
         with pytest.raises(InvalidContextError):
@@ -266,4 +273,4 @@ async def test_node_info_region_and_async_with(make_store) -> None:  # type: ign
 
 def test_default_factory_store_is_sqlite_under_data_dir(tmp_path: Path, make_store) -> None:  # type: ignore[no-untyped-def]
     store = StorageFactory(StorageConfig(data_dir=str(tmp_path))).create_sql_storage()
-    assert store.url == "sqlite:///" + str(tmp_path / "dsm.sqlite3")
+    assert store.url == "sqlite://" + str(tmp_path / "dsm.sqlite3")

@@ -127,7 +127,9 @@ async def test_large_batch_is_atomic_and_complete(store: BackingStore) -> None:
     assert found == {r.key: r.versions for r in rows}
 
 
-async def test_second_open_of_same_store_is_refused(make_store: Callable[[], BackingStore], store: BackingStore) -> None:
+async def test_second_open_of_same_store_is_refused(
+    make_store: Callable[[], BackingStore], store: BackingStore
+) -> None:
     if store.url == "memory:":
         # A memory store is private to its object: a second holder is the same object, which is fine.
         assert make_store() is store

@@ -190,9 +190,7 @@ def test_max_timestamp_is_largest_entry_or_zero(mapping: dict[str, int]) -> None
 
 @SETTINGS
 @given(vector=vectors, max_entries=st.integers(min_value=0, max_value=8))
-def test_prune_keeps_at_most_n_entries_pointwise_below_original(
-    vector: VersionVector, max_entries: int
-) -> None:
+def test_prune_keeps_at_most_n_entries_pointwise_below_original(vector: VersionVector, max_entries: int) -> None:
     pruned = vector.prune(max_entries)
     assert len(pruned) == min(len(vector), max_entries)
     assert is_canonical(pruned)
@@ -203,9 +201,7 @@ def test_prune_keeps_at_most_n_entries_pointwise_below_original(
 
 @SETTINGS
 @given(vector=vectors, max_entries=st.integers(min_value=0, max_value=8))
-def test_prune_keeps_the_newest_entries_ties_to_smaller_node_id(
-    vector: VersionVector, max_entries: int
-) -> None:
+def test_prune_keeps_the_newest_entries_ties_to_smaller_node_id(vector: VersionVector, max_entries: int) -> None:
     pruned = vector.prune(max_entries)
     kept = set(pruned.entries)
     dropped = [entry for entry in vector.entries if entry not in kept]

@@ -125,9 +125,7 @@ def draw_subset(draw: st.DrawFn, items: Sequence[T], min_size: int = 0) -> list[
     if not items:
         return []
     indices = draw(
-        st.lists(
-            st.integers(min_value=0, max_value=len(items) - 1), unique=True, min_size=min_size, max_size=6
-        )
+        st.lists(st.integers(min_value=0, max_value=len(items) - 1), unique=True, min_size=min_size, max_size=6)
     )
     return [items[i] for i in indices]
 
@@ -186,9 +184,7 @@ def histories(
 
 
 @st.composite
-def history_and_states(
-    draw: st.DrawFn, resolution: Resolution, count: int
-) -> tuple[History, list[VersionSet]]:
+def history_and_states(draw: st.DrawFn, resolution: Resolution, count: int) -> tuple[History, list[VersionSet]]:
     history = draw(histories(resolution))
     return history, [draw_state(draw, history) for _ in range(count)]
 
@@ -366,9 +362,7 @@ def test_lww_tie_on_timestamp_is_broken_by_node_id() -> None:
 @both_resolutions
 @SETTINGS
 @given(data=st.data())
-def test_context_covers_every_version_in_the_set_and_what_they_saw(
-    resolution: Resolution, data: st.DataObject
-) -> None:
+def test_context_covers_every_version_in_the_set_and_what_they_saw(resolution: Resolution, data: st.DataObject) -> None:
     _, (state,) = data.draw(history_and_states(resolution, 1))
     context = state.context()
     for v in state.versions:
@@ -428,9 +422,7 @@ def write_cases(
         read = draw_read(draw, history, current)
         context = read.context() if read is not None else VersionVector()
     dot = history.issue(draw, writer, current, context)
-    return WriteCase(
-        history, current, dot, context, draw(values), draw(max_siblings), draw(max_context_entries)
-    )
+    return WriteCase(history, current, dot, context, draw(values), draw(max_siblings), draw(max_context_entries))
 
 
 def do_write(case: WriteCase, resolution: Resolution) -> tuple[VersionSet, Version]:
@@ -455,9 +447,7 @@ def superseded_by(case: WriteCase, result: VersionSet) -> list[Version]:
 @both_resolutions
 @SETTINGS
 @given(data=st.data())
-def test_write_result_contains_the_new_version_and_is_canonical(
-    resolution: Resolution, data: st.DataObject
-) -> None:
+def test_write_result_contains_the_new_version_and_is_canonical(resolution: Resolution, data: st.DataObject) -> None:
     case = data.draw(write_cases(resolution))
     result, new = do_write(case, resolution)
     assert new.value == case.value
@@ -471,9 +461,7 @@ def test_write_result_contains_the_new_version_and_is_canonical(
 @both_resolutions
 @SETTINGS
 @given(data=st.data())
-def test_write_removes_every_version_covered_by_the_passed_context(
-    resolution: Resolution, data: st.DataObject
-) -> None:
+def test_write_removes_every_version_covered_by_the_passed_context(resolution: Resolution, data: st.DataObject) -> None:
     case = data.draw(write_cases(resolution))
     result, new = do_write(case, resolution)
     for v in case.current.versions:
@@ -585,9 +573,7 @@ def test_write_result_merges_with_any_replica_like_a_normal_version(
     versions=histories(SIBLINGS, bounds=(100, 100)).map(lambda h: h.versions),
     order=st.randoms(use_true_random=False),
 )
-def test_versions_written_within_bounds_merge_the_same_in_any_order(
-    versions: list[Version], order: Random
-) -> None:
+def test_versions_written_within_bounds_merge_the_same_in_any_order(versions: list[Version], order: Random) -> None:
     shuffled = list(versions)
     order.shuffle(shuffled)
     assert replica(shuffled, SIBLINGS) == replica(versions, SIBLINGS) == VersionSet.of(versions, SIBLINGS)
@@ -602,9 +588,7 @@ def test_versions_written_within_bounds_merge_the_same_in_any_order(
 _V = write(EMPTY, Dot(1, "a"), VersionVector(), b"v", SIBLINGS, 8, 8).versions[0]
 _W = write(VersionSet((_V,)), Dot(2, "b"), VersionSet((_V,)).context(), None, SIBLINGS, 8, 8).versions[0]
 _X_SIBLINGS_BOUND = write(VersionSet((_W,)), Dot(3, "c"), VersionVector(), b"x", SIBLINGS, 1, 8).versions[0]
-_X_CONTEXT_BOUND = write(
-    VersionSet((_W,)), Dot(3, "c"), VersionSet((_W,)).context(), b"x", SIBLINGS, 8, 1
-).versions[0]
+_X_CONTEXT_BOUND = write(VersionSet((_W,)), Dot(3, "c"), VersionSet((_W,)).context(), b"x", SIBLINGS, 8, 1).versions[0]
 
 _BUG_BOUNDS = (
     "BUG: write()'s bounds (max_siblings / max_context_entries) give the new version a context that covers "
@@ -615,9 +599,7 @@ _BUG_BOUNDS = (
 
 
 @pytest.mark.xfail(strict=True, reason=_BUG_BOUNDS)
-@pytest.mark.parametrize(
-    "x", [_X_SIBLINGS_BOUND, _X_CONTEXT_BOUND], ids=["max_siblings", "max_context_entries"]
-)
+@pytest.mark.parametrize("x", [_X_SIBLINGS_BOUND, _X_CONTEXT_BOUND], ids=["max_siblings", "max_context_entries"])
 def test_bounded_write_keeps_siblings_merge_associative(x: Version) -> None:
     assert _W.dominated_by(x) and _V.dominated_by(_W)
     v, w, newest = VersionSet((_V,)), VersionSet((_W,)), VersionSet((x,))
@@ -633,9 +615,7 @@ def test_bounded_write_keeps_siblings_merge_associative(x: Version) -> None:
     order=st.randoms(use_true_random=False),
 )
 @example(versions=[_V, _W, _X_SIBLINGS_BOUND], order=Random(0))
-def test_versions_written_with_tight_bounds_merge_the_same_in_any_order(
-    versions: list[Version], order: Random
-) -> None:
+def test_versions_written_with_tight_bounds_merge_the_same_in_any_order(versions: list[Version], order: Random) -> None:
     shuffled = list(versions)
     order.shuffle(shuffled)
     assert replica(shuffled, SIBLINGS) == VersionSet.of(versions, SIBLINGS)

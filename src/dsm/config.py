@@ -196,7 +196,7 @@ class StorageConfig:
         """The storage URL with the default (SQLite under data_dir) filled in."""
         if self.storage_url:
             return self.storage_url
-        return "sqlite:///" + str((Path(self.data_dir) / "dsm.sqlite3").resolve())
+        return "sqlite://" + str((Path(self.data_dir) / "dsm.sqlite3").resolve())
 
     def replace(self, **changes: Any) -> StorageConfig:
         """A copy with some fields changed (validated like a new config)."""
@@ -294,7 +294,11 @@ def _address(config: StorageConfig, name: str, allow_empty: bool = False) -> Non
 def _validate(c: StorageConfig) -> None:
     node_id = _str(c, "node_id")
     if node_id and not _NODE_ID.match(node_id):
-        raise ConfigError("node_id", node_id, "1-128 characters of A-Z a-z 0-9 . _ : @ -, not starting with one of . _ : @ -")
+        raise ConfigError(
+            "node_id",
+            node_id,
+            "1-128 characters of A-Z a-z 0-9 . _ : @ -, not starting with one of . _ : @ -",
+        )
     if not _REGION.match(_str(c, "region")):
         raise ConfigError("region", c.region, "1-64 characters of A-Z a-z 0-9 . _ -")
     day_ms = 86_400_000

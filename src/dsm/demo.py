@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import tempfile
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -41,7 +40,9 @@ async def run_demo(data_dir: str | None, keep: bool, console: Console) -> None:
             update = await storage.put("answer", b"forty-two", context=(await storage.get("answer")).context)  # type: ignore[union-attr]
             console.print(f"put    'answer'     with the read's context -> supersedes 42 at HLC {update.timestamp}")
             await storage.delete("temporary")
-            console.print(f"delete 'temporary'  -> get returns {await storage.get('temporary')!r} (a tombstone is kept)")
+            console.print(
+                f"delete 'temporary'  -> get returns {await storage.get('temporary')!r} (a tombstone is kept)"
+            )
             started = time.perf_counter()
             await asyncio.gather(*(storage.put(f"bulk/{i:04d}", b"x" * 100) for i in range(2000)))
             elapsed = time.perf_counter() - started
@@ -62,4 +63,4 @@ async def run_demo(data_dir: str | None, keep: bool, console: Console) -> None:
         if temporary and not keep:
             shutil.rmtree(directory, ignore_errors=True)
         elif keep or not temporary:
-            console.print(f"data kept in {Path(directory).resolve()}")
+            console.print(f"data kept in {directory}")

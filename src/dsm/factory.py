@@ -1,8 +1,8 @@
 """`StorageFactory`: the front door of the specification.
 
-    factory = StorageFactory(config)
-    backing = factory.create_sql_storage()
-    storage = await factory.create_epidemic_storage(node_id, node_info, bootstrap_nodes, backing)
+factory = StorageFactory(config)
+backing = factory.create_sql_storage()
+storage = await factory.create_epidemic_storage(node_id, node_info, bootstrap_nodes, backing)
 """
 
 from __future__ import annotations

@@ -282,7 +282,9 @@ class EpidemicStorage:
         try:
             return decode_versions(encoded)
         except DecodeError as exc:
-            raise StorageCorruptError(f"{self.store.url}: stored versions of key {key!r} are unreadable: {exc}") from None
+            raise StorageCorruptError(
+                f"{self.store.url}: stored versions of key {key!r} are unreadable: {exc}"
+            ) from None
 
     # --- group commit ---
 
@@ -375,7 +377,13 @@ class EpidemicStorage:
             dot = Dot(hlc.now(wall), node_id)
             item.timestamp = dot.timestamp
             item.after = states[item.key] = write(
-                current, dot, item.context, item.value, self._resolution, config.max_siblings, config.max_context_entries
+                current,
+                dot,
+                item.context,
+                item.value,
+                self._resolution,
+                config.max_siblings,
+                config.max_context_entries,
             )
         rows = []
         for key, versions in states.items():  # every key here is one the batch wrote

@@ -168,9 +168,7 @@ def write(
     return VersionSet.of((*current.versions, new), resolution)
 
 
-def _bounded_context(
-    context: VersionVector, superseded: list[Version], max_entries: int
-) -> VersionVector:
+def _bounded_context(context: VersionVector, superseded: list[Version], max_entries: int) -> VersionVector:
     """Cuts a write's context to `max_entries`, never dropping what supersedes the key's current versions.
 
     The entries that cover `superseded` are kept first (dropping them would resurrect versions the client

@@ -14,6 +14,7 @@ that breaks is reopened on the next call; the call that saw it break raises `Sto
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -94,9 +95,7 @@ class PostgresStore:
         try:
             import psycopg
         except ImportError as exc:
-            raise StorageUnavailableError(
-                "PostgreSQL storage needs psycopg 3: pip install 'dsm[postgres]'"
-            ) from exc
+            raise StorageUnavailableError("PostgreSQL storage needs psycopg 3: pip install 'dsm[postgres]'") from exc
         self._psycopg = psycopg
         self._w = await self._connect("connect")
         try:
@@ -136,10 +135,8 @@ class PostgresStore:
         self._opened = False
         for con in (self._r, self._w):
             if con is not None and not con.closed:
-                try:
+                with contextlib.suppress(self._psycopg.Error):
                     await con.close()
-                except self._psycopg.Error:
-                    pass
         self._r = self._w = None
 
     async def _writer(self) -> Any:
@@ -212,10 +209,9 @@ class PostgresStore:
     async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
         con = await self._writer()
         try:
-            async with con.transaction():
-                async with con.cursor() as cur:
-                    await cur.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
-                    if meta:
-                        await cur.executemany(_META_UPSERT, list(meta.items()))
+            async with con.transaction(), con.cursor() as cur:
+                await cur.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
+                if meta:
+                    await cur.executemany(_META_UPSERT, list(meta.items()))
         except self._psycopg.Error as exc:
             raise self._error(exc, "write") from exc

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -53,9 +54,7 @@ _UPSERT = (
     "INSERT INTO dsm_kv(key, versions, digest, ts) VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
     " versions = excluded.versions, digest = excluded.digest, ts = excluded.ts"
 )
-_META_UPSERT = (
-    "INSERT INTO dsm_meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
-)
+_META_UPSERT = "INSERT INTO dsm_meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
 _IN_CHUNK = 500
 
 
@@ -87,7 +86,7 @@ class SQLiteStore:
         if durability not in ("process", "fsync"):
             raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
         self.path = str(path)
-        self.url = "sqlite:///" + str(Path(self.path).resolve())
+        self.url = "sqlite://" + str(Path(self.path).resolve())
         self.durability = durability
         self._write_con: sqlite3.Connection | None = None
         self._read_con: sqlite3.Connection | None = None
@@ -106,10 +105,7 @@ class SQLiteStore:
     async def open(self) -> None:
         if self._write_con is not None:
             return
-        try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageUnavailableError(f"SQLite {self.path}: cannot create its directory: {exc}") from exc
+        self._prepare_directory()
         self._take_lock()
         try:
             self._write_con = self._connect(writer=True)
@@ -122,11 +118,26 @@ class SQLiteStore:
         if self.durability == "fsync":
             self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsm-sqlite-wr")
 
+    def _prepare_directory(self) -> None:
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailableError(f"SQLite {self.path}: cannot create its directory: {exc}") from exc
+        if not os.access(self.path if os.path.exists(self.path) else Path(self.path).parent, os.W_OK):
+            raise StorageReadOnlyError(
+                f"SQLite {self.path}: the database file is read-only; the node needs write access"
+            )
+
     def _take_lock(self) -> None:
         lock_path = self.path + ".lock"
         try:
             handle = open(lock_path, "a+b")  # noqa: SIM115 - held for the store's lifetime
         except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StorageReadOnlyError(
+                    f"SQLite {self.path}: the data directory is read-only ({exc.strerror}); "
+                    "the node needs to write its database, WAL and lock files there"
+                ) from exc
             raise StorageUnavailableError(f"SQLite {self.path}: cannot open lock file {lock_path}: {exc}") from exc
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -254,9 +265,7 @@ class SQLiteStore:
             for i in range(0, len(keys), _IN_CHUNK):
                 chunk = list(keys[i : i + _IN_CHUNK])
                 marks = ",".join("?" * len(chunk))
-                for key, versions in con.execute(
-                    f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk
-                ):
+                for key, versions in con.execute(f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk):
                     found[key] = bytes(versions)
         except sqlite3.Error as exc:
             raise translate(exc, self.path, "read") from exc
@@ -272,7 +281,10 @@ class SQLiteStore:
     async def scan(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         def run(con: sqlite3.Connection) -> list[tuple[str, int]]:
             if end is None:
-                sql, args = "SELECT key, digest FROM dsm_kv WHERE key >= ? ORDER BY key LIMIT ?", (start, limit)
+                sql, args = (
+                    "SELECT key, digest FROM dsm_kv WHERE key >= ? ORDER BY key LIMIT ?",
+                    (start, limit),
+                )
             else:
                 sql = "SELECT key, digest FROM dsm_kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
                 args = (start, end, limit)  # type: ignore[assignment]
@@ -293,7 +305,9 @@ class SQLiteStore:
         return await self._in_background("range_digest", run)
 
     async def count(self) -> int:
-        return await self._in_background("count", lambda con: int(con.execute("SELECT count(*) FROM dsm_kv").fetchone()[0]))
+        return await self._in_background(
+            "count", lambda con: int(con.execute("SELECT count(*) FROM dsm_kv").fetchone()[0])
+        )
 
     # --- writes ---
 
