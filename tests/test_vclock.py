@@ -7,9 +7,7 @@ Checked against the rules in the module docstring:
   mirror each other, EQUAL and CONCURRENT are symmetric); EQUAL means equal vectors;
 - `of` drops zero entries, takes the maximum of duplicate nodes and keeps entries sorted by node id, so
   equal mappings give equal (and equally hashed) vectors whatever the input order;
-- `covers` means "the entry for the writer is at least the dot's timestamp";
-- `prune` keeps at most N entries, the newest ones (ties: smaller node id first), and its result is
-  pointwise at most the original (pruning only forgets).
+- `covers` means "the entry for the writer is at least the dot's timestamp".
 """
 
 from __future__ import annotations
@@ -186,43 +184,6 @@ def test_merge_covers_exactly_what_either_input_covers(
 @given(mapping=mappings)
 def test_max_timestamp_is_largest_entry_or_zero(mapping: dict[str, int]) -> None:
     assert VersionVector.of(mapping).max_timestamp() == max(mapping.values(), default=0)
-
-
-@SETTINGS
-@given(vector=vectors, max_entries=st.integers(min_value=0, max_value=8))
-def test_prune_keeps_at_most_n_entries_pointwise_below_original(vector: VersionVector, max_entries: int) -> None:
-    pruned = vector.prune(max_entries)
-    assert len(pruned) == min(len(vector), max_entries)
-    assert is_canonical(pruned)
-    assert pruned.compare(vector) in (Ordering.BEFORE, Ordering.EQUAL)
-    # Pruning only forgets entries; it never changes one.
-    assert all(vector.get(node) == counter for node, counter in pruned.entries)
-
-
-@SETTINGS
-@given(vector=vectors, max_entries=st.integers(min_value=0, max_value=8))
-def test_prune_keeps_the_newest_entries_ties_to_smaller_node_id(vector: VersionVector, max_entries: int) -> None:
-    pruned = vector.prune(max_entries)
-    kept = set(pruned.entries)
-    dropped = [entry for entry in vector.entries if entry not in kept]
-    for node, counter in dropped:
-        for kept_node, kept_counter in kept:
-            assert kept_counter >= counter
-            if kept_counter == counter:
-                assert kept_node < node
-    assert pruned.max_timestamp() == (vector.max_timestamp() if max_entries else 0)
-
-
-@SETTINGS
-@given(vector=vectors, extra=st.integers(min_value=0, max_value=4))
-def test_prune_is_identity_when_vector_is_small_enough(vector: VersionVector, extra: int) -> None:
-    assert vector.prune(len(vector) + extra) == vector
-
-
-@SETTINGS
-@given(vector=vectors, a=st.integers(min_value=0, max_value=8), b=st.integers(min_value=0, max_value=8))
-def test_pruning_twice_equals_pruning_to_the_smaller_bound(vector: VersionVector, a: int, b: int) -> None:
-    assert vector.prune(a).prune(b) == vector.prune(min(a, b))
 
 
 @SETTINGS

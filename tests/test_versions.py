@@ -6,8 +6,8 @@ a hybrid logical clock. A write is coordinated by a node on its own replica; its
 write), and its dot comes from the writer's clock after `advance_to` past the coordinator's state and the
 context, exactly as `EpidemicStorage._commit` does. Replicas replicate whole version sets (possibly stale
 ones) to each other. Replica states used in the properties are merges of random subsets of the states
-replicas have held. (Versions delivered one by one, then read, are not valid histories here: see
-`test_write_never_supersedes_a_sibling_its_client_did_not_read`.)
+replicas have held. (Versions delivered one by one, then read, are not valid histories: the module's rule
+is that replicas exchange whole version sets.)
 
 Checked against the rules in the module docstring, for both resolutions (LWW and SIBLINGS):
 - merge is commutative, associative and idempotent, the empty set is its identity, and replicas that
@@ -19,10 +19,11 @@ Checked against the rules in the module docstring, for both resolutions (LWW and
   had (transitively) seen: no lost concurrent write;
 - `VersionSet.context()` covers every version of the set and everything they had seen;
 - `write`: the new version is in the result, the versions covered by the passed context are gone, a blind
-  SIBLINGS write keeps the old versions as siblings, the `max_siblings` and `max_context_entries` bounds
-  hold, and bounding never resurrects a version that the write superseded.
+  SIBLINGS write keeps the old versions as siblings, the `max_siblings` bound holds, contexts stay causally
+  closed, and bounding never resurrects a version that the write superseded (nor anything it had superseded).
 
-Tests marked xfail(strict=True) pin bugs found in `dsm.core` (see their reasons).
+The regression tests at the end pin two bugs found by these properties and since fixed (contexts cut to a
+size bound, and forced supersession without the superseded version's closure).
 """
 
 from __future__ import annotations
@@ -151,13 +152,13 @@ def histories(
     draw: st.DrawFn,
     resolution: Resolution | None = None,
     max_steps: int = 10,
-    bounds: tuple[int, int] | None = None,
+    bounds: int | None = None,
 ) -> History:
     """A valid history: nodes write on their own replica and replicate whole version sets to each other.
 
     A write's context is the context of a state its client read (or empty); its dot comes from the writer's
     clock advanced past the coordinator's state and the context. Without `bounds` the new version keeps the
-    client's context; with `bounds` = (max_siblings, max_context_entries) the write goes through `write`.
+    client's context; with `bounds` = max_siblings the write goes through `write`.
     """
     resolution = resolution if resolution is not None else draw(st.sampled_from([LWW, SIBLINGS]))
     history = new_history(draw, resolution)
@@ -175,7 +176,7 @@ def histories(
         if bounds is None:
             after = current.merge(VersionSet((Version(dot, context, value),)), resolution)
         else:
-            after = write(current, dot, context, value, resolution, *bounds)
+            after = write(current, dot, context, value, resolution, bounds)
         superseded = VersionSet(tuple(v for v in current.versions if v.dot not in dots(after)))
         history.knows[dot] = history.seen(read or EMPTY) | history.seen(superseded)
         history.versions.extend(v for v in after.versions if v.dot == dot)
@@ -395,11 +396,9 @@ class WriteCase:
     context: VersionVector
     value: bytes | None
     max_siblings: int
-    max_context_entries: int
 
 
 SIBLING_BOUNDS = st.integers(min_value=1, max_value=5)
-CONTEXT_BOUNDS = st.integers(min_value=1, max_value=4)
 
 
 @st.composite
@@ -408,7 +407,6 @@ def write_cases(
     resolution: Resolution,
     read_kind: str | None = None,
     max_siblings: st.SearchStrategy[int] = SIBLING_BOUNDS,
-    max_context_entries: st.SearchStrategy[int] = CONTEXT_BOUNDS,
 ) -> WriteCase:
     """A write coordinated by a node on its replica of a valid history, with the dot `_commit` issues."""
     history = draw(histories(resolution))
@@ -422,7 +420,7 @@ def write_cases(
         read = draw_read(draw, history, current)
         context = read.context() if read is not None else VersionVector()
     dot = history.issue(draw, writer, current, context)
-    return WriteCase(history, current, dot, context, draw(values), draw(max_siblings), draw(max_context_entries))
+    return WriteCase(history, current, dot, context, draw(values), draw(max_siblings))
 
 
 def do_write(case: WriteCase, resolution: Resolution) -> tuple[VersionSet, Version]:
@@ -433,7 +431,6 @@ def do_write(case: WriteCase, resolution: Resolution) -> tuple[VersionSet, Versi
         case.value,
         resolution,
         case.max_siblings,
-        case.max_context_entries,
     )
     new = [v for v in result.versions if v.dot == case.dot]
     assert len(new) == 1
@@ -491,7 +488,7 @@ def test_read_modify_write_replaces_everything_that_was_read(data: st.DataObject
 @SETTINGS
 @given(data=st.data())
 def test_write_within_bounds_keeps_the_client_context_unchanged(data: st.DataObject) -> None:
-    case = data.draw(write_cases(SIBLINGS, max_siblings=st.just(100), max_context_entries=st.just(100)))
+    case = data.draw(write_cases(SIBLINGS, max_siblings=st.just(100)))
     result, new = do_write(case, SIBLINGS)
     assert new.context == case.context
     assert set(result.versions) == {new, *(v for v in case.current.versions if not covers(case.context, v))}
@@ -514,24 +511,26 @@ def test_write_respects_max_siblings(data: st.DataObject) -> None:
 @both_resolutions
 @SETTINGS
 @given(data=st.data())
-def test_write_respects_max_context_entries(resolution: Resolution, data: st.DataObject) -> None:
+def test_new_context_is_causally_closed(resolution: Resolution, data: st.DataObject) -> None:
     case = data.draw(write_cases(resolution))
-    result, new = do_write(case, resolution)
-    assert len(new.context) <= max(case.max_context_entries, len(superseded_by(case, result)))
-    if resolution is LWW:
-        assert len(new.context) <= case.max_context_entries
+    _, new = do_write(case, resolution)
+    # Whatever the new version supersedes, it also covers everything that version had superseded.
+    for v in case.current.versions:
+        if v.dominated_by(new):
+            assert all(new.context.covers(counter, node) for node, counter in v.context.entries)
 
 
 @both_resolutions
 @SETTINGS
 @given(data=st.data())
-def test_bounded_context_claims_only_what_the_client_read_or_the_write_superseded(
+def test_new_context_claims_only_what_the_client_read_or_the_write_superseded(
     resolution: Resolution, data: st.DataObject
 ) -> None:
     case = data.draw(write_cases(resolution))
     result, new = do_write(case, resolution)
-    superseded = superseded_by(case, result)
-    allowed = case.context.merge(VersionVector.of([(v.dot.node, v.dot.timestamp) for v in superseded]))
+    allowed = case.context
+    for v in superseded_by(case, result):
+        allowed = allowed.merge(v.context).merge(VersionVector.of([(v.dot.node, v.dot.timestamp)]))
     assert all(counter <= allowed.get(node) for node, counter in new.context.entries)
 
 
@@ -542,7 +541,6 @@ def test_bounding_never_resurrects_a_superseded_version(data: st.DataObject) -> 
         write_cases(
             SIBLINGS,
             max_siblings=st.integers(min_value=1, max_value=3),
-            max_context_entries=st.integers(min_value=1, max_value=2),
         )
     )
     result, new = do_write(case, SIBLINGS)
@@ -561,7 +559,7 @@ def test_bounding_never_resurrects_a_superseded_version(data: st.DataObject) -> 
 def test_write_result_merges_with_any_replica_like_a_normal_version(
     resolution: Resolution, data: st.DataObject
 ) -> None:
-    case = data.draw(write_cases(resolution, max_siblings=st.just(100), max_context_entries=st.just(100)))
+    case = data.draw(write_cases(resolution, max_siblings=st.just(100)))
     result, _ = do_write(case, resolution)
     other = draw_state(data.draw, case.history)
     assert result.merge(other, resolution) == other.merge(result, resolution)
@@ -570,7 +568,7 @@ def test_write_result_merges_with_any_replica_like_a_normal_version(
 
 @SETTINGS
 @given(
-    versions=histories(SIBLINGS, bounds=(100, 100)).map(lambda h: h.versions),
+    versions=histories(SIBLINGS, bounds=100).map(lambda h: h.versions),
     order=st.randoms(use_true_random=False),
 )
 def test_versions_written_within_bounds_merge_the_same_in_any_order(versions: list[Version], order: Random) -> None:
@@ -579,67 +577,33 @@ def test_versions_written_within_bounds_merge_the_same_in_any_order(versions: li
     assert replica(shuffled, SIBLINGS) == replica(versions, SIBLINGS) == VersionSet.of(versions, SIBLINGS)
 
 
-# --- known bugs -------------------------------------------------------------------------------------------
+# --- regressions of fixed bugs ----------------------------------------------------------------------------
 
 # `v` is written blind by node a; `w` is a delete by node b whose client had read `v`; `x` is written by
-# node c on a replica holding only `w`: a blind write with max_siblings=1 (so `write` supersedes `w` by
-# putting w's dot in x's context), or a read-modify-write with max_context_entries=1 (so the entry for `a`
-# is pruned). Either way x covers w but not v, which w had superseded.
-_V = write(EMPTY, Dot(1, "a"), VersionVector(), b"v", SIBLINGS, 8, 8).versions[0]
-_W = write(VersionSet((_V,)), Dot(2, "b"), VersionSet((_V,)).context(), None, SIBLINGS, 8, 8).versions[0]
-_X_SIBLINGS_BOUND = write(VersionSet((_W,)), Dot(3, "c"), VersionVector(), b"x", SIBLINGS, 1, 8).versions[0]
-_X_CONTEXT_BOUND = write(VersionSet((_W,)), Dot(3, "c"), VersionSet((_W,)).context(), b"x", SIBLINGS, 8, 1).versions[0]
-
-_BUG_BOUNDS = (
-    "BUG: write()'s bounds (max_siblings / max_context_entries) give the new version a context that covers "
-    "a version w but not what w superseded (w.context), so dominance is not transitive and the SIBLINGS "
-    "merge is not associative: the set depends on the order of arrival, and a version superseded by an "
-    "earlier write (here a value its reader deleted) comes back as a sibling"
-)
+# node c on a replica holding only `w`: a blind write with max_siblings=1, so `write` supersedes `w` to make
+# room. x must then cover v too (which w had superseded): before the fix, it covered w's dot only, and
+# ({v} merge {w}) merge {x} = {x} while {v} merge ({w} merge {x}) = {x, v}, the deleted value back.
+_V = write(EMPTY, Dot(1, "a"), VersionVector(), b"v", SIBLINGS, 8).versions[0]
+_W = write(VersionSet((_V,)), Dot(2, "b"), VersionSet((_V,)).context(), None, SIBLINGS, 8).versions[0]
+_X = write(VersionSet((_W,)), Dot(3, "c"), VersionVector(), b"x", SIBLINGS, 1).versions[0]
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG_BOUNDS)
-@pytest.mark.parametrize("x", [_X_SIBLINGS_BOUND, _X_CONTEXT_BOUND], ids=["max_siblings", "max_context_entries"])
-def test_bounded_write_keeps_siblings_merge_associative(x: Version) -> None:
-    assert _W.dominated_by(x) and _V.dominated_by(_W)
-    v, w, newest = VersionSet((_V,)), VersionSet((_W,)), VersionSet((x,))
-    left = v.merge(w, SIBLINGS).merge(newest, SIBLINGS)  # {x}
-    right = v.merge(w.merge(newest, SIBLINGS), SIBLINGS)  # {x, v}: the deleted value is back
-    assert left == right
+def test_sibling_bound_supersedes_with_the_whole_closure() -> None:
+    assert _W.dominated_by(_X) and _V.dominated_by(_W) and _V.dominated_by(_X)
+    v, w, newest = VersionSet((_V,)), VersionSet((_W,)), VersionSet((_X,))
+    left = v.merge(w, SIBLINGS).merge(newest, SIBLINGS)
+    right = v.merge(w.merge(newest, SIBLINGS), SIBLINGS)
+    assert left == right == newest
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG_BOUNDS)
 @SETTINGS
 @given(
-    versions=histories(SIBLINGS, bounds=(1, 1)).map(lambda h: h.versions),
+    versions=histories(SIBLINGS, bounds=1).map(lambda h: h.versions),
     order=st.randoms(use_true_random=False),
 )
-@example(versions=[_V, _W, _X_SIBLINGS_BOUND], order=Random(0))
+@example(versions=[_V, _W, _X], order=Random(0))
 def test_versions_written_with_tight_bounds_merge_the_same_in_any_order(versions: list[Version], order: Random) -> None:
     shuffled = list(versions)
     order.shuffle(shuffled)
     assert replica(shuffled, SIBLINGS) == VersionSet.of(versions, SIBLINGS)
     assert replica(reversed(versions), SIBLINGS) == VersionSet.of(versions, SIBLINGS)
-
-
-_BUG_PARTIAL = (
-    "BUG (latent): a context entry (node, t) is read as 'has seen every write of node up to t', but one "
-    "coordinator writes concurrent siblings; a replica that received a newer sibling without an older one "
-    "(versions delivered one by one, as the module docstring allows) serves a read whose context then "
-    "supersedes the older sibling the client never saw: a lost concurrent write"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_BUG_PARTIAL)
-def test_write_never_supersedes_a_sibling_its_client_did_not_read() -> None:
-    older = Version(Dot(1, "a"), VersionVector(), b"older")  # blind writes by two clients, both via node a
-    newer = Version(Dot(2, "a"), VersionVector(), b"newer")
-    assert replica([older, newer], SIBLINGS).versions == (newer, older)  # siblings on node a
-    partial = replica([newer], SIBLINGS)  # node b received only `newer` so far
-    read = partial.context()
-    clock = HybridLogicalClock(max_offset_ms=1000)
-    clock.advance_to(read.max_timestamp())
-    dot = Dot(clock.now(1), "b")
-    after = write(partial, dot, read, b"update of newer", SIBLINGS, 8, 8)
-    # The client read only `newer`; `older` is concurrent with its write and must survive as a sibling.
-    assert older.dot in dots(after.merge(VersionSet((older,)), SIBLINGS))

@@ -69,3 +69,7 @@ def show_config(toml_path: str | None) -> None:
 def version() -> None:
     """Prints the version."""
     click.echo(__version__)
+
+
+if __name__ == "__main__":
+    main()

@@ -150,16 +150,12 @@ class StorageConfig:
             "supersedes the oldest. Bounds read size under heavy concurrent blind writes."
         ),
     )
-    max_context_entries: int = field(
-        default=64,
-        metadata=_doc(
-            "Most entries in a version's causal context (1-4096). Beyond it the oldest entries are dropped, "
-            "which can only cause a false conflict, never a lost write."
-        ),
-    )
     max_context_bytes: int = field(
-        default=16 * KIB,
-        metadata=_doc("Largest context token a client may send, bytes (64 B - 1 MiB)."),
+        default=64 * KIB,
+        metadata=_doc(
+            "Largest context token a client may send, bytes (64 B - 16 MiB). A context holds one entry (about "
+            "20-30 bytes) per node that coordinated writes of the key; raise it if thousands of nodes do."
+        ),
     )
     max_clock_offset_ms: int = field(
         default=10000,
@@ -332,8 +328,7 @@ def _validate(c: StorageConfig) -> None:
     _int_in(c, "max_key_bytes", 1, 64 * KIB)
     _int_in(c, "max_value_bytes", 0, 64 * MIB)
     _int_in(c, "max_siblings", 1, 1024)
-    _int_in(c, "max_context_entries", 1, 4096)
-    _int_in(c, "max_context_bytes", 64, MIB)
+    _int_in(c, "max_context_bytes", 64, 16 * MIB)
     _int_in(c, "max_clock_offset_ms", 1, day_ms)
     _int_in(c, "write_batch_max", 1, 100_000)
     _int_in(c, "write_queue_max", 1, 1_000_000)

@@ -383,7 +383,6 @@ class EpidemicStorage:
                 item.value,
                 self._resolution,
                 config.max_siblings,
-                config.max_context_entries,
             )
         rows = []
         for key, versions in states.items():  # every key here is one the batch wrote

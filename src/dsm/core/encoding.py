@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from dsm.core.hlc import MAX_TIMESTAMP
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Version, VersionSet
 
@@ -50,7 +51,7 @@ def _vector(flat: Any) -> VersionVector:
     previous = ""
     for i in range(0, len(flat), 2):
         node, counter = flat[i], flat[i + 1]
-        if not isinstance(node, str) or not node or type(counter) is not int or counter <= 0:
+        if not isinstance(node, str) or not node or type(counter) is not int or not 0 < counter <= MAX_TIMESTAMP:
             raise DecodeError(f"bad version vector entry {node!r}: {counter!r}")
         if node <= previous:
             raise DecodeError("version vector entries must be sorted by node id, each node once")
@@ -66,30 +67,46 @@ def encode_versions(versions: VersionSet) -> bytes:
 
 
 def decode_versions(data: bytes) -> VersionSet:
-    """Parses `encode_versions` output.
+    """Parses `encode_versions` output, accepting only canonical encodings.
+
+    Canonical: the format tag is the integer 1; versions are in strictly descending dot order (so no dot
+    appears twice); no version is dominated by another of the set; contexts are lists of entries sorted by
+    node id; timestamps fit the clock's range. Anything else is not what a DSM node writes, and accepting it
+    would let two replicas with the same versions hold different bytes (and digests).
 
     Raises:
         DecodeError: the bytes are not a canonical version set.
     """
     try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        doc = msgpack.unpackb(data)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"not a msgpack version set: {exc}") from exc
-    if not isinstance(doc, list) or len(doc) != 2 or doc[0] != FORMAT or not isinstance(doc[1], list):
+    if not isinstance(doc, list) or len(doc) != 2 or type(doc[0]) is not int or doc[0] != FORMAT:
         raise DecodeError("not a version set of a known format")
-    versions = []
+    if not isinstance(doc[1], list):
+        raise DecodeError("a version set's versions must be a list")
+    versions: list[Version] = []
+    previous: Dot | None = None
     for item in doc[1]:
         if not isinstance(item, list) or len(item) != 4:
             raise DecodeError("a version must have 4 fields")
         timestamp, node, context, value = item
-        if type(timestamp) is not int or timestamp <= 0 or not isinstance(node, str) or not node:
+        if type(timestamp) is not int or not 0 < timestamp <= MAX_TIMESTAMP or not isinstance(node, str) or not node:
             raise DecodeError(f"bad version dot {timestamp!r}, {node!r}")
         if value is not None and not isinstance(value, bytes):
             raise DecodeError("a version value must be bytes or nil")
-        vector = _vector(context) if context else _EMPTY_VECTOR
+        dot = Dot(timestamp, node)
+        if previous is not None and not dot < previous:
+            raise DecodeError("versions must be in strictly descending dot order")
+        previous = dot
+        vector = _vector(context)
         if vector.entries and vector.covers(timestamp, node):
             raise DecodeError("a version's context covers its own dot")
-        versions.append(Version(Dot(timestamp, node), vector, value))
+        versions.append(Version(dot, vector, value))
+    if len(versions) > 1:
+        for v in versions:
+            if any(v.dominated_by(w) for w in versions if w is not v):
+                raise DecodeError("a version set holds a version that another of its versions supersedes")
     return VersionSet(tuple(versions))
 
 
@@ -119,11 +136,13 @@ def decode_context(token: str, max_bytes: int) -> VersionVector:
     """
     if len(token) > max_bytes:
         raise DecodeError(f"context token is {len(token)} bytes; at most {max_bytes} are accepted")
+    if not token.isascii():
+        raise DecodeError("context token must be ASCII (URL-safe base64)")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         doc = msgpack.unpackb(raw, raw=False, use_list=True)
     except (ValueError, binascii.Error, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"context token is not valid: {exc}") from exc
-    if not isinstance(doc, list) or len(doc) != 2 or doc[0] != FORMAT:
+    if not isinstance(doc, list) or len(doc) != 2 or type(doc[0]) is not int or doc[0] != FORMAT:
         raise DecodeError("context token is not of a known format")
     return _vector(doc[1])

@@ -9,10 +9,9 @@ Invariants:
 - A vector is immutable, has no zero entries and keeps its entries sorted by node id, so equal vectors
   compare, hash and encode identically on every node.
 - `merge` is the pointwise maximum: commutative, associative and idempotent.
-- Size bound: a vector holds at most one entry per node that ever wrote the key; contexts attached to new
-  versions are cut to `max_context_entries` (`prune`), dropping the entries with the oldest timestamps.
-  Pruning only ever makes a version *not* cover something it saw, so the worst outcome is a false conflict
-  (an extra sibling, or a last-writer-wins decision), never a lost concurrent write.
+- Size bound: a vector holds at most one entry per node that ever coordinated a write of the key (clients
+  never appear), so its size is bounded by the cluster's. Vectors are never cut: see `versions.py` for why
+  a cut would break the merge.
 """
 
 from __future__ import annotations
@@ -93,13 +92,6 @@ class VersionVector:
         if greater:
             return Ordering.AFTER
         return Ordering.EQUAL
-
-    def prune(self, max_entries: int) -> VersionVector:
-        """Keeps the `max_entries` entries with the newest timestamps (ties: smaller node id first)."""
-        if len(self.entries) <= max_entries:
-            return self
-        newest = sorted(self.entries, key=lambda item: (-item[1], item[0]))[:max_entries]
-        return VersionVector(tuple(sorted(newest)))
 
     def max_timestamp(self) -> int:
         """The largest timestamp in the vector (0 when empty)."""

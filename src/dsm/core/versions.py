@@ -6,17 +6,28 @@ tombstone (a delete). A `VersionSet` is what a replica stores for a key.
 
 Rules:
 - Version `v` is *dominated* by `w` when `w`'s context covers `v`'s dot: `w` was written by someone who had
-  read `v`. The merge of two sets is the union (identified by dot) without the dominated versions. That is a
-  function of the union alone, so it is commutative, associative and idempotent (a join-semilattice), and
-  replicas that have seen the same versions hold the same set, whatever the order of arrival.
+  read `v`. The merge of two sets is the union (identified by dot) without the dominated versions.
+- Contexts are *causally closed*: a context that covers a version also covers everything that version's
+  context covers. Contexts handed to clients are joins of whole read results (`VersionSet.context`), and
+  `write` only ever adds whole closures, so dominance is transitive. Then the merge keeps the maximal
+  elements of the union under a strict partial order, which makes it commutative, associative and
+  idempotent (a join-semilattice): replicas that have seen the same versions hold the same set, whatever
+  the order of arrival. (Cutting contexts to a size bound breaks closure, and with it associativity and
+  the guarantee that a superseded value stays gone; contexts are therefore never cut.)
+- A vector entry (node, t) stands for "every write that `node` coordinated for this key up to t". That is
+  sound because replicas exchange a key's *whole version set*, never single versions: a coordinator writes
+  on its own full copy of the key, so any set holding one of its versions also holds its older concurrent
+  siblings, or something that dominates them. The replication protocol must keep this rule.
+- Size bound: a context holds at most one entry per node that ever coordinated a write of the key (clients
+  never appear in it), so it is bounded by the cluster's size, as with Dynamo-style vector clocks.
 - Because a writer advances its clock past every timestamp in the context it writes with, a version always
   has a larger dot than any version it dominates. So the largest dot of a set is never dominated.
 - Resolution `LWW` keeps only that largest dot: the winner by (HLC timestamp, node id), identical on every
   node; the merge is then a maximum over a total order, again a semilattice. `SIBLINGS` keeps every
   undominated version until a write that has read them supersedes them.
 - Sibling sets are bounded on the write path only: a coordinator whose write would leave more than
-  `max_siblings` versions extends the new version's context to cover the oldest ones, exactly as if the
-  client had read them. The merge itself never drops an undominated version, so it stays a semilattice.
+  `max_siblings` versions supersedes the oldest ones by adding their closures to the new version's context,
+  exactly as if the client had read them. The merge itself never drops an undominated version.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from dsm.core.vclock import VersionVector
 
@@ -35,9 +47,12 @@ class Resolution(Enum):
     SIBLINGS = "siblings"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Dot:
-    """The identity of one write: the writer's HLC timestamp, then its node id (the LWW order)."""
+class Dot(NamedTuple):
+    """The identity of one write: the writer's HLC timestamp, then its node id (the LWW order).
+
+    A named tuple: it is built for every version decoded on every read, and tuples compare in exactly the
+    last-writer-wins order.
+    """
 
     timestamp: int
     node: str
@@ -57,10 +72,8 @@ class Version:
     context: VersionVector
     value: bytes | None
 
-    def __post_init__(self) -> None:
-        assert not self.context.entries or not self.context.covers(self.dot.timestamp, self.dot.node), (
-            "a version cannot cover itself"
-        )
+    # Invariant (checked where versions are made, `write` and the decoder, not here on the read path):
+    # a version's context never covers its own dot.
 
     @property
     def is_tombstone(self) -> bool:
@@ -137,7 +150,6 @@ def write(
     value: bytes | None,
     resolution: Resolution,
     max_siblings: int,
-    max_context_entries: int,
 ) -> VersionSet:
     """The coordinator's write: a new version merged into the key's current set.
 
@@ -145,41 +157,26 @@ def write(
         current: what this replica holds for the key.
         dot: the new version's identity; its timestamp must exceed every timestamp in `current` and
             `context` (the caller issues it from the hybrid logical clock after observing both).
-        context: what the client had read (empty for a blind write).
+        context: what the client had read (empty for a blind write); causally closed.
         value: the bytes, or None for a delete.
         resolution: LWW or SIBLINGS.
         max_siblings: the most versions the key may hold after this write (SIBLINGS).
-        max_context_entries: the most entries the new version's context may hold.
 
     Returns:
         the key's new version set, which contains the new version.
     """
-    assert max_siblings >= 1 and max_context_entries >= 1
+    assert max_siblings >= 1
     assert dot.timestamp > current.max_timestamp and dot.timestamp > context.max_timestamp()
     if resolution is Resolution.LWW:
-        return VersionSet((Version(dot, context.prune(max_context_entries), value),))
-    superseded = [v for v in current.versions if context.covers(v.dot.timestamp, v.dot.node)]
+        # The context's timestamps are all below the dot's (asserted above), so it cannot cover the dot.
+        return VersionSet((Version(dot, context, value),))
     survivors = [v for v in current.versions if not context.covers(v.dot.timestamp, v.dot.node)]
     excess = len(survivors) + 1 - max_siblings
     if excess > 0:
-        # The oldest survivors are superseded as if the client had read them (see module comment).
-        superseded.extend(sorted(survivors, key=lambda v: v.dot)[:excess])
-    new = Version(dot, _bounded_context(context, superseded, max_context_entries), value)
+        # The oldest survivors are superseded as if the client had read them: their whole closure (dot and
+        # context) joins the new version's context, which keeps contexts causally closed.
+        for oldest in sorted(survivors, key=lambda v: v.dot)[:excess]:
+            context = context.merge(oldest.context).merge(VersionVector.of([(oldest.dot.node, oldest.dot.timestamp)]))
+    new = Version(dot, context, value)
+    assert not new.context.covers(dot.timestamp, dot.node), "a version cannot cover itself"
     return VersionSet.of((*current.versions, new), resolution)
-
-
-def _bounded_context(context: VersionVector, superseded: list[Version], max_entries: int) -> VersionVector:
-    """Cuts a write's context to `max_entries`, never dropping what supersedes the key's current versions.
-
-    The entries that cover `superseded` are kept first (dropping them would resurrect versions the client
-    replaced); the rest are filled with the newest remaining entries. The result holds at most
-    max(max_entries, len(superseded)) entries.
-    """
-    required = VersionVector.of((v.dot.node, v.dot.timestamp) for v in superseded).merge(
-        VersionVector.of((node, context.get(node)) for node in {v.dot.node for v in superseded})
-    )
-    room = max_entries - len(required)
-    others = [(n, c) for n, c in context.entries if required.get(n) == 0]
-    if room <= 0 or not others:
-        return required
-    return required.merge(VersionVector(tuple(others)).prune(room))
