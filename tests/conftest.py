@@ -18,12 +18,12 @@ import pytest
 from dsm.storage import BackingStore, MemoryStore
 from dsm.storage.postgres import PostgresStore
 from dsm.storage.sqlite import SQLiteStore
-from support import PostgresServer, _pg_bin, skip_or_fail
+from support import PostgresServer, pg_bin, skip_or_fail
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    bin_dir = _pg_bin()
+    bin_dir = pg_bin()
     if bin_dir is None:
         skip_or_fail("PostgreSQL server binaries (initdb, pg_ctl) not found; set DSM_PG_BIN")
     try:

@@ -23,7 +23,7 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _pg_bin() -> Path | None:
+def pg_bin() -> Path | None:
     for candidate in PG_BIN_DIRS:
         if candidate and (Path(candidate) / "initdb").exists():
             return Path(candidate)
