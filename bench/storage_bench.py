@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dsm import StorageConfig, StorageFactory
+from dsm.storage.sqlite import SQLiteStore
 
 SYNC = {"process": "NORMAL", "fsync": "FULL"}
 VALUE = os.urandom(100)
@@ -90,10 +91,14 @@ async def dsm_node(
     fill: int,
     writers: int,
     per_writer: int,
+    commits: str = "default",
 ) -> dict[str, float]:
     config = StorageConfig(data_dir=os.path.join(workdir, "dsm"), durability=durability)
     factory = StorageFactory(config)
-    storage = await factory.create_epidemic_storage("bench-node", backing_storage=factory.create_sql_storage())
+    backing = factory.create_sql_storage()
+    if commits != "default":
+        backing = SQLiteStore(os.path.join(workdir, "dsm", "dsm.sqlite3"), durability, commits == "thread")
+    storage = await factory.create_epidemic_storage("bench-node", backing_storage=backing)
     stalls: list[float] = []
     phase = Phase()
     monitor = asyncio.create_task(watch_loop(stalls, phase))
@@ -222,6 +227,12 @@ def main() -> None:
     ap.add_argument("--durability", default="process,fsync")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--json", default="", help="write the results here as JSON")
+    ap.add_argument(
+        "--commits",
+        choices=["default", "inline", "thread"],
+        default="default",
+        help="where SQLite commits run (default: inline for process, a writer thread for fsync)",
+    )
     a = ap.parse_args()
     runner: Callable[[Any], Any] = asyncio.run
     if a.loop == "uvloop":
@@ -230,7 +241,10 @@ def main() -> None:
         runner = uvloop.run
     rnd = random.Random(42)
     results: dict[str, Any] = {"sqlite": sqlite3.sqlite_version, "loop": a.loop, "args": vars(a), "modes": {}}
-    print(f"sqlite {sqlite3.sqlite_version}, loop {a.loop}, {a.reps} reps; medians (p50/p99 latency in us)")
+    print(
+        f"sqlite {sqlite3.sqlite_version}, loop {a.loop}, commits {a.commits}, {a.reps} reps;"
+        " medians (p50/p99 latency in us)"
+    )
     for durability in a.durability.split(","):
         single = a.single if durability == "process" else max(500, a.single // 5)
         raw_runs, dsm_runs = [], []
@@ -241,7 +255,9 @@ def main() -> None:
                 read_keys = [f"k{rnd.randrange(a.keyspace):08d}" for _ in range(a.reads)]
                 raw_runs.append(raw_sqlite(workdir, durability, keys, read_keys, a.keyspace))
                 dsm_runs.append(
-                    runner(dsm_node(workdir, durability, keys, read_keys, a.keyspace, a.writers, a.per_writer))
+                    runner(
+                        dsm_node(workdir, durability, keys, read_keys, a.keyspace, a.writers, a.per_writer, a.commits)
+                    )
                 )
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -80,14 +80,20 @@ class SQLiteStore:
     Args:
         path: the database file; its directory is created if missing.
         durability: 'process' (synchronous=NORMAL) or 'fsync' (synchronous=FULL).
+        commit_in_thread: run commits on a writer thread (default: only with 'fsync', whose commits wait
+            for the disk). Inline fsync commits double single-writer throughput here but stall the event
+            loop for each fsync (BENCHMARKS.md has the measurements).
     """
 
-    def __init__(self, path: str | os.PathLike[str], durability: str = "process") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], durability: str = "process", commit_in_thread: bool | None = None
+    ) -> None:
         if durability not in ("process", "fsync"):
             raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
         self.path = str(path)
         self.url = "sqlite://" + str(Path(self.path).resolve())
         self.durability = durability
+        self.commit_in_thread = durability == "fsync" if commit_in_thread is None else commit_in_thread
         self._write_con: sqlite3.Connection | None = None
         self._read_con: sqlite3.Connection | None = None
         self._lock_file: Any = None
@@ -115,7 +121,7 @@ class SQLiteStore:
             self._release_lock()
             raise
         self._background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsm-sqlite-bg")
-        if self.durability == "fsync":
+        if self.commit_in_thread:
             self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsm-sqlite-wr")
 
     def _prepare_directory(self) -> None:
