@@ -63,7 +63,8 @@ async def test_truncated_database_file_is_reported(tmp_path: Path) -> None:
             await node.count()
         finally:
             await node.close()
-    assert isinstance(caught.value, StorageCorruptError | StorageError)
+    # SQLite reports a cut-off file as malformed or "not a database", or fails to read pages past its end.
+    assert isinstance(caught.value, StorageCorruptError | StorageUnavailableError) or "disk" in str(caught.value)
     assert "dsm.sqlite3" in str(caught.value)
 
 
@@ -169,7 +170,7 @@ async def test_read_only_database_file_is_reported_and_untouched(tmp_path: Path)
 
 
 async def test_unreachable_postgres_is_reported_quickly() -> None:
-    store = PostgresStore(f"postgresql://nobody:secret@127.0.0.1:{free_port()}/none", connect_timeout_s=2)
+    store = PostgresStore(f"postgresql://nobody:secret@127.0.0.1:{free_port()}/none", timeout_s=2)
     try:
         import psycopg  # noqa: F401
     except ImportError:

@@ -46,6 +46,8 @@ from dsm.core.hlc import MAX_TIMESTAMP, HybridLogicalClock
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, Version, VersionSet
 
+KEY_TAG = encoding._key_tag("k")  # the tag of tokens read from key "k"
+
 SETTINGS = settings(max_examples=150, deadline=None)
 
 NODES = ("a", "b", "c", "ü")
@@ -362,7 +364,7 @@ def test_non_canonical_vectors_are_rejected(flat: Any) -> None:
     with pytest.raises(DecodeError):
         decode_versions(_with_context(flat))
     with pytest.raises(DecodeError):
-        decode_context(base64.urlsafe_b64encode(pack([FORMAT, flat])).decode().rstrip("="), 1000)
+        decode_context(base64.urlsafe_b64encode(pack([FORMAT, KEY_TAG, flat])).decode().rstrip("="), 1000, "k")
 
 
 @SETTINGS
@@ -375,7 +377,7 @@ def test_vector_decodes_exactly_when_sorted_unique_and_positive(pairs: list[tupl
     valid = names == sorted(set(names)) and all(node and counter > 0 for node, counter in pairs)
     if valid:
         assert decode_versions(_with_context(flat)).versions[0].context == VersionVector(tuple(pairs))
-        assert decode_context(encode_context(VersionVector(tuple(pairs))), 1000).entries == tuple(pairs)
+        assert decode_context(encode_context(VersionVector(tuple(pairs)), "k"), 1000, "k").entries == tuple(pairs)
     else:
         with pytest.raises(DecodeError):
             decode_versions(_with_context(flat))
@@ -416,21 +418,32 @@ def test_unknown_formats_are_rejected(document: Any) -> None:
 @SETTINGS
 @given(vector=vectors)
 def test_context_token_round_trips_and_is_url_safe_without_padding(vector: VersionVector) -> None:
-    token = encode_context(vector)
+    token = encode_context(vector, "some/key")
     assert re.fullmatch(r"[A-Za-z0-9_-]*", token)
-    assert decode_context(token, max_bytes=len(token)) == vector
+    assert decode_context(token, max_bytes=len(token), key="some/key") == vector
+
+
+@SETTINGS
+@given(vector=vectors, key=st.text(min_size=1, max_size=20), other=st.text(min_size=1, max_size=20))
+def test_context_token_is_refused_for_another_key(vector: VersionVector, key: str, other: str) -> None:
+    token = encode_context(vector, key)
+    if other == key:
+        assert decode_context(token, 10_000, other) == vector
+    else:
+        with pytest.raises(DecodeError, match="another key"):
+            decode_context(token, 10_000, other)
 
 
 @SETTINGS
 @given(state=version_sets())
 def test_context_token_of_a_read_round_trips(state: VersionSet) -> None:
     context = state.context()
-    assert decode_context(encode_context(context), max_bytes=4096) == context
+    assert decode_context(encode_context(context, "k"), max_bytes=4096, key="k") == context
 
 
 @SETTINGS
 @given(
-    token=st.one_of(st.text(min_size=1, max_size=40), vectors.map(encode_context).filter(bool)),
+    token=st.one_of(st.text(min_size=1, max_size=40), vectors.map(lambda v: encode_context(v, "k"))),
     shortfall=st.integers(min_value=1, max_value=40),
 )
 def test_token_longer_than_max_bytes_is_rejected_before_decoding(token: str, shortfall: int) -> None:
@@ -441,7 +454,7 @@ def test_token_longer_than_max_bytes_is_rejected_before_decoding(token: str, sho
         mock.patch.object(encoding.msgpack, "unpackb", side_effect=forbidden) as unpack,
         pytest.raises(DecodeError),
     ):
-        decode_context(token, max_bytes=max_bytes)
+        decode_context(token, max_bytes=max_bytes, key="k")
     b64.assert_not_called()
     unpack.assert_not_called()
 
@@ -450,18 +463,26 @@ def test_token_longer_than_max_bytes_is_rejected_before_decoding(token: str, sho
 @given(token=st.one_of(st.text(max_size=40), st.text(alphabet="ABCDEFabcdef0123456789-_=+/", max_size=40)))
 def test_garbage_tokens_raise_only_decode_error(token: str) -> None:
     try:
-        result = decode_context(token, max_bytes=1000)
+        result = decode_context(token, max_bytes=1000, key="k")
     except DecodeError:
         return
     assert isinstance(result, VersionVector)
 
 
 @SETTINGS
-@given(payload=st.one_of(st.binary(max_size=40), documents.map(pack), near_documents().map(pack)))
+@given(
+    payload=st.one_of(
+        st.binary(max_size=40),
+        documents.map(pack),
+        near_documents().map(pack),
+        # Well-formed tokens for key "k" around a garbage vector, so the vector checks are reached too.
+        near_documents().map(lambda d: pack([FORMAT, KEY_TAG, d])),
+    )
+)
 def test_well_encoded_garbage_tokens_raise_only_decode_error(payload: bytes) -> None:
     token = base64.urlsafe_b64encode(payload).decode("ascii").rstrip("=")
     try:
-        result = decode_context(token, max_bytes=10_000)
+        result = decode_context(token, max_bytes=10_000, key="k")
     except DecodeError:
         return
     assert isinstance(result, VersionVector)

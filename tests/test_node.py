@@ -82,7 +82,7 @@ async def test_timestamps_increase_and_context_covers_the_write(open_node) -> No
     assert stamps == sorted(stamps) and len(set(stamps)) == 50
     result = await node.get("k")
     assert result is not None and result.value == bytes([49])
-    assert decode_context(result.context, 4096).covers(stamps[-1], "n1")
+    assert decode_context(result.context, 4096, "k").covers(stamps[-1], "n1")
 
 
 async def test_lww_blind_writes_keep_the_newest(open_node) -> None:  # type: ignore[no-untyped-def]
@@ -176,13 +176,14 @@ async def test_default_limits_are_1_kib_keys_and_1_mib_values(open_node) -> None
 
 async def test_bad_contexts_are_refused(open_node) -> None:  # type: ignore[no-untyped-def]
     node = await open_node(max_context_bytes=200)
-    future = encode_context(VersionVector.of({"n9": pack(2**46)}))  # far in the future
+    future = encode_context(VersionVector.of({"n9": pack(2**46)}), "k")  # far in the future
     for bad in [
         b"bytes",
         12,
         "not base64 !!",
         "A" * 201,
-        encode_context(VersionVector()) + "garbage",
+        encode_context(VersionVector(), "k") + "garbage",
+        encode_context(VersionVector(), "another key"),
         future,
     ]:
         with pytest.raises(InvalidContextError):

@@ -171,6 +171,20 @@ class StorageConfig:
             "many concurrent writers and lengthen each commit."
         ),
     )
+    write_batch_max_bytes: int = field(
+        default=4 * MIB,
+        metadata=_doc(
+            "Most value bytes grouped into one storage commit (64 KiB - 1 GiB; a single larger write still "
+            "commits alone). Bounds how long one commit keeps the event loop busy with large values."
+        ),
+    )
+    storage_timeout_ms: int = field(
+        default=10000,
+        metadata=_doc(
+            "Deadline of each call to a networked store (PostgreSQL), ms. A server that stops answering fails "
+            "calls with StorageUnavailableError after this long instead of hanging them."
+        ),
+    )
     write_queue_max: int = field(
         default=8192,
         metadata=_doc(
@@ -283,7 +297,7 @@ def _address(config: StorageConfig, name: str, allow_empty: bool = False) -> Non
     if allow_empty and not value:
         return
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(name, value, "host:port with a port from 0 to 65535")
 
 
@@ -313,9 +327,11 @@ def _validate(c: StorageConfig) -> None:
     if _int_in(c, "max_immediate_neighbors", 2, 256) % 2:
         raise ConfigError("max_immediate_neighbors", c.max_immediate_neighbors, "an even number (half on each side)")
     _int_in(c, "max_long_links", 0, 256)
-    if not _str(c, "data_dir"):
-        raise ConfigError("data_dir", c.data_dir, "a non-empty directory path")
+    if not _str(c, "data_dir") or "\x00" in c.data_dir:
+        raise ConfigError("data_dir", c.data_dir, "a non-empty directory path without NUL characters")
     url = _str(c, "storage_url")
+    if "\x00" in url:
+        raise ConfigError("storage_url", url, "a URL without NUL characters")
     if url and not url.startswith(("sqlite:", "postgresql://", "postgres://", "memory:")):
         raise ConfigError("storage_url", url, "empty, sqlite:///path, sqlite:path, postgresql://..., or memory:")
     _address(c, "listen_addr")
@@ -331,4 +347,6 @@ def _validate(c: StorageConfig) -> None:
     _int_in(c, "max_context_bytes", 64, 16 * MIB)
     _int_in(c, "max_clock_offset_ms", 1, day_ms)
     _int_in(c, "write_batch_max", 1, 100_000)
+    _int_in(c, "write_batch_max_bytes", 64 * KIB, 1024 * MIB)
+    _int_in(c, "storage_timeout_ms", 100, day_ms)
     _int_in(c, "write_queue_max", 1, 1_000_000)

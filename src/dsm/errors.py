@@ -104,4 +104,5 @@ class StorageReadOnlyError(StorageError):
 
 
 class StorageLockedError(StorageError):
-    """Another process holds the data directory; two nodes must never share one store."""
+    """The store is in use: another node holds it (two nodes must never share one store), or the database
+    stayed locked or busy beyond its timeout."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dsm.config import StorageConfig
-from dsm.errors import ConfigError
+from dsm.errors import ConfigError, InvalidInputError
 from dsm.node import EpidemicStorage
 from dsm.storage import BackingStore, open_store
 from dsm.types import NodeInfo
@@ -35,7 +35,8 @@ class StorageFactory:
         Raises:
             ConfigError: the storage URL is not understood.
         """
-        return open_store(self.config.resolved_storage_url(), self.config.durability)
+        config = self.config
+        return open_store(config.resolved_storage_url(), config.durability, config.storage_timeout_ms)
 
     async def create_epidemic_storage(
         self,
@@ -59,6 +60,7 @@ class StorageFactory:
 
         Raises:
             ConfigError: no node id, an invalid one, or bootstrap nodes given.
+            InvalidInputError: node_info or bootstrap_nodes of the wrong type.
             StorageError: the store cannot be opened.
         """
         config = self.config
@@ -66,12 +68,16 @@ class StorageFactory:
             config = config.replace(node_id=node_id)
         if not config.node_id:
             raise ConfigError("node_id", config.node_id, "a node id, in the config or as an argument")
+        if isinstance(bootstrap_nodes, str) or not all(isinstance(a, str) for a in bootstrap_nodes):
+            raise InvalidInputError("bootstrap_nodes must be a sequence of 'host:port' strings")
         if bootstrap_nodes:
             raise ConfigError(
                 "bootstrap_nodes",
                 list(bootstrap_nodes),
                 "empty: this build runs single nodes; clustering arrives with the network runtime",
             )
+        if node_info is not None and not isinstance(node_info, NodeInfo):
+            raise InvalidInputError(f"node_info must be a dsm.NodeInfo, not {type(node_info).__name__}")
         info = node_info if node_info is not None else NodeInfo()
         if info.region is not None and info.region != config.region:
             config = config.replace(region=info.region)

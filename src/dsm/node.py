@@ -10,9 +10,16 @@ commit. A call returns only after its commit: an acknowledged write is durable t
 At most `write_queue_max` writes wait at once; further writers wait for room (backpressure).
 
 Clock floor: the store's metadata holds `hlc_reserved` (Unix ms), and every stored timestamp is at most
-that; the writer moves it ahead (by `HLC_RESERVE_MS`) in the same transaction as the write that needs it.
-A reopened node starts its clock above it, so it never issues a timestamp at or below one it issued before,
-even if the wall clock went back across the restart.
+that; the writer moves it ahead (by `HLC_RESERVE_MS`) in the same transaction as the write that needs it, and
+a clean close sets it to just above the last timestamp. On start, if the reservation is not behind the wall
+clock (a crash within the reservation window, or a wall clock that went back), the exact newest stored
+timestamp is read (`max_timestamp`, a scan) and the clock starts above it. So a reopened node never issues a
+timestamp at or below one it stored, and never jumps ahead of the wall clock further than it must.
+
+Queue accounting: a write holds one of `write_queue_max` places from the moment it is queued until its
+commit has finished (or it is dropped), whatever happens to its caller. A caller cancelled before its write
+is taken into a batch drops the write; one cancelled later leaves the write to commit (its outcome is then
+unknown to that caller, as with any timeout).
 
 Networking (membership, gossip, anti-entropy) arrives with the protocol issues; this node runs alone.
 """
@@ -20,6 +27,7 @@ Networking (membership, gossip, anti-entropy) arrives with the protocol issues; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -35,7 +43,7 @@ from dsm.core.encoding import (
     digest,
     encode_versions,
 )
-from dsm.core.hlc import HybridLogicalClock, pack, physical_ms
+from dsm.core.hlc import MAX_TIMESTAMP, HybridLogicalClock, physical_ms
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, VersionSet, write
 from dsm.errors import (
@@ -54,7 +62,7 @@ from dsm.types import NodeInfo, ReadResult, WriteResult
 log = logging.getLogger("dsm.node")
 
 #: How far ahead of the newest timestamp the clock floor is reserved, ms (one metadata write per period).
-HLC_RESERVE_MS = 60_000
+HLC_RESERVE_MS = 10_000
 META_HLC = "hlc_reserved"
 _EMPTY = VersionSet()
 _NO_CONTEXT = VersionVector()
@@ -74,6 +82,8 @@ class _Write:
     #: The key's version set right after this write (set by the commit; its context is the write's result).
     after: VersionSet = field(default=VersionSet())
     timestamp: int = 0
+    #: Set by the commit when this write alone failed (its key's stored row is unreadable).
+    error: DSMError | None = None
 
 
 class EpidemicStorage:
@@ -107,6 +117,7 @@ class EpidemicStorage:
         # The writer task sleeps on this future while the queue is empty; a submit wakes it.
         self._wake: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._state = "new"
 
     # --- life cycle ---
@@ -121,13 +132,7 @@ class EpidemicStorage:
             return
         await self.store.open()
         try:
-            reserved = await self.store.read_meta(META_HLC)
-            if reserved is not None:
-                try:
-                    self._reserved_ms = int(reserved.decode("ascii"))
-                except (UnicodeDecodeError, ValueError):
-                    raise StorageCorruptError(f"{self.store.url}: bad {META_HLC} metadata {reserved!r}") from None
-                self._hlc.advance_to(pack(self._reserved_ms))
+            await self._restore_clock()
         except BaseException:
             await self.store.close()
             raise
@@ -135,25 +140,51 @@ class EpidemicStorage:
         self._state = "running"
         log.info("node %s started on %s", self.node_id, self.store.url)
 
+    async def _restore_clock(self) -> None:
+        """Starts the clock above every stored timestamp (see "Clock floor" in the module docstring)."""
+        raw = await self.store.read_meta(META_HLC)
+        if raw is None:
+            return
+        try:
+            reserved = int(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            reserved = -1
+        if not 0 <= reserved <= physical_ms(MAX_TIMESTAMP) - HLC_RESERVE_MS:
+            raise StorageCorruptError(f"{self.store.url}: bad {META_HLC} metadata {raw[:40]!r}")
+        self._reserved_ms = reserved
+        if reserved >= self._wall_ms():
+            self._hlc.advance_to(await self.store.max_timestamp())
+
     async def close(self) -> None:
-        """Stops accepting operations, commits every queued write, closes the store. Idempotent."""
-        if self._state in ("closing", "closed"):
-            return
-        if self._state == "new":
-            self._state = "closed"
-            return
-        self._state = "closing"
+        """Stops accepting operations, commits every queued write, closes the store. Idempotent.
+
+        Safe to cancel and to call again: the shutdown runs as one task that every call awaits.
+        """
+        if self._closing is None:
+            if self._state == "new":
+                self._state = "closed"
+                return
+            self._state = "closing"
+            self._closing = asyncio.create_task(self._shutdown(), name=f"dsm-close-{self.node_id}")
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self) -> None:
         self._wake_writer()
         writer = self._writer
         assert writer is not None
-        # The writer commits everything already queued, then returns; it is never cancelled mid-commit,
-        # which would leave its batch's writers waiting forever and a transaction half done.
-        await asyncio.shield(writer)
         try:
-            await self.store.close()
+            # The writer commits everything already queued, then returns; it is never cancelled mid-commit,
+            # which would leave its batch's writers waiting forever and a transaction half done.
+            await writer
+            # A clean close leaves the exact clock floor, so the next start needs no scan.
+            with contextlib.suppress(StorageError):
+                await self.store.write([], {META_HLC: str(physical_ms(self._hlc.last) + 1).encode("ascii")})
         finally:
-            self._state = "closed"
-        log.info("node %s closed", self.node_id)
+            try:
+                await self.store.close()
+            finally:
+                self._state = "closed"
+                log.info("node %s closed", self.node_id)
 
     async def __aenter__(self) -> EpidemicStorage:
         await self.start()
@@ -195,21 +226,28 @@ class EpidemicStorage:
     def _check_value(self, value: object) -> bytes:
         if not isinstance(value, bytes | bytearray | memoryview):
             raise InvalidValueError(f"a value must be bytes, bytearray or memoryview, not {type(value).__name__}")
-        data = bytes(value)
+        try:
+            data = bytes(value)
+        except (ValueError, TypeError) as exc:  # a released memoryview, for one
+            raise InvalidValueError(f"the value cannot be read as bytes: {exc}") from None
         if len(data) > self.config.max_value_bytes:
             raise InvalidValueError(
                 f"value is {len(data)} bytes; at most {self.config.max_value_bytes} (max_value_bytes)"
             )
         return data
 
-    def _check_context(self, context: object) -> VersionVector:
+    def _check_context(self, context: object, key: str) -> VersionVector:
         if context is None:
-            return VersionVector()
+            return _NO_CONTEXT
         if not isinstance(context, str):
             raise InvalidContextError(f"a context must be the str token a read returned, not {type(context).__name__}")
         try:
-            vector = decode_context(context, self.config.max_context_bytes)
-            self._hlc.check(vector.max_timestamp(), self._wall_ms())
+            vector = decode_context(context, self.config.max_context_bytes, key)
+            newest = vector.max_timestamp()
+            # What this clock has issued or observed is never "from the future", however far ahead of the
+            # wall clock it runs; anything newer must be within max_clock_offset_ms of it.
+            if newest > self._hlc.last:
+                self._hlc.check(newest, self._wall_ms())
         except DecodeError as exc:
             raise InvalidContextError(str(exc)) from None
         except ClockSkewError as exc:
@@ -262,8 +300,9 @@ class EpidemicStorage:
             StorageError: the commit failed; the write is not acknowledged (and nothing else is lost).
         """
         self._check_open()
-        vector = _NO_CONTEXT if context is None else self._check_context(context)
-        return await self._submit(self._check_key(key), self._check_value(value), vector)
+        key = self._check_key(key)
+        vector = _NO_CONTEXT if context is None else self._check_context(context, key)
+        return await self._submit(key, self._check_value(value), vector)
 
     async def delete(self, key: str, *, context: str | None = None) -> WriteResult:
         """Deletes a key by writing a tombstone (durable on this node before returning).
@@ -271,7 +310,8 @@ class EpidemicStorage:
         Args and Raises: as `put`, without a value.
         """
         self._check_open()
-        return await self._submit(self._check_key(key), None, self._check_context(context))
+        key = self._check_key(key)
+        return await self._submit(key, None, self._check_context(context, key))
 
     async def count(self) -> int:
         """The number of keys stored on this node, tombstones included."""
@@ -289,28 +329,30 @@ class EpidemicStorage:
     # --- group commit ---
 
     async def _submit(self, key: str, value: bytes | None, context: VersionVector) -> WriteResult:
-        loop = asyncio.get_running_loop()
-        if self._queued >= self.config.write_queue_max:
-            room = loop.create_future()
-            self._room_waiters.append(room)
-            try:
-                await room
-            except asyncio.CancelledError:
-                # A cancelled waiter that was already handed room passes it on.
-                if room.done() and not room.cancelled():
-                    self._release()
-                raise
-        else:
-            self._queued += 1
-        try:
-            if self._state != "running":
-                raise ClosedError(f"node {self.node_id} is {self._state}; no operations are accepted")
-            item = _Write(key, value, context, loop.create_future())
-            self._pending.append(item)
-            self._wake_writer()
-            return await item.future
-        finally:
+        await self._take_place()
+        if self._state != "running":
             self._release()
+            raise ClosedError(f"node {self.node_id} is {self._state}; no operations are accepted")
+        item = _Write(key, value, context, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._wake_writer()
+        # The place is given back by the writer when the write leaves the queue (committed, failed or
+        # dropped because this caller was cancelled first), never here: see "Queue accounting".
+        return await item.future
+
+    async def _take_place(self) -> None:
+        if self._queued < self.config.write_queue_max:
+            self._queued += 1
+            return
+        room = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(room)
+        try:
+            await room
+        except asyncio.CancelledError:
+            # A cancelled waiter that was already handed a place passes it on.
+            if room.done() and not room.cancelled():
+                self._release()
+            raise
 
     def _wake_writer(self) -> None:
         wake = self._wake
@@ -326,6 +368,24 @@ class EpidemicStorage:
                 return
         self._queued -= 1
 
+    def _next_batch(self) -> list[_Write]:
+        """Takes up to `write_batch_max` queued writes (and `write_batch_max_bytes` of values), dropping those
+        whose callers were cancelled."""
+        batch: list[_Write] = []
+        limit, byte_limit, size = self.config.write_batch_max, self.config.write_batch_max_bytes, 0
+        pending = self._pending
+        while pending and len(batch) < limit:
+            item = pending[0]
+            if item.future.cancelled():
+                pending.popleft()
+                self._release()
+                continue
+            size += len(item.value or b"")
+            if batch and size > byte_limit:
+                break  # the next batch starts with it
+            batch.append(pending.popleft())
+        return batch
+
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -335,42 +395,58 @@ class EpidemicStorage:
                 self._wake = loop.create_future()
                 await self._wake
             while self._pending:
-                if len(self._pending) <= self.config.write_batch_max:
-                    batch = list(self._pending)
-                    self._pending.clear()
-                else:
-                    batch = [self._pending.popleft() for _ in range(self.config.write_batch_max)]
+                batch = self._next_batch()
+                failure: DSMError | None = None
                 try:
-                    await self._commit(batch)
+                    if batch:
+                        await self._commit(batch)
                 except DSMError as exc:
                     log.warning("commit of %d writes failed: %s", len(batch), exc)
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
+                    failure = exc
                 except Exception as exc:  # a bug: fail the writers loudly rather than hang them
                     log.exception("commit of %d writes failed unexpectedly", len(batch))
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(StorageError(f"commit failed unexpectedly: {exc!r}"))
-                    continue
+                    failure = StorageError(f"commit failed unexpectedly: {exc!r}")
                 for item in batch:
-                    if not item.future.done():
+                    self._release()
+                    if item.future.done():
+                        continue
+                    error = failure or item.error
+                    if error is not None:
+                        item.future.set_exception(error)
+                    else:
                         item.future.set_result(WriteResult(item.key, item.timestamp, item.after))
+                if self._pending:
+                    # An inline store (SQLite) never suspends in a commit, so without this the loop would
+                    # run every queued batch back to back; yielding bounds a stall to one batch.
+                    await asyncio.sleep(0)
 
-    async def _current(self, keys: Sequence[str]) -> dict[str, VersionSet]:
+    async def _current(self, keys: Sequence[str]) -> tuple[dict[str, VersionSet], dict[str, DSMError]]:
+        """The stored version sets of `keys`, and the error of each key whose row is unreadable."""
         found = await self.store.read_many(list(dict.fromkeys(keys)))
-        return {k: self._decode(k, v) for k, v in found.items()}
+        states: dict[str, VersionSet] = {}
+        bad: dict[str, DSMError] = {}
+        for key, encoded in found.items():
+            try:
+                states[key] = self._decode(key, encoded)
+            except StorageCorruptError as exc:
+                bad[key] = exc
+        return states, bad
 
     async def _commit(self, batch: list[_Write]) -> None:
-        """Turns a batch of writes into new version sets and commits them in one store transaction."""
+        """Turns a batch of writes into new version sets and commits them in one store transaction.
+
+        A write whose key's stored row is unreadable fails alone (`item.error`); the others commit.
+        """
         lww = self._resolution is Resolution.LWW
         # In last-writer-wins the new version's timestamp exceeds every stored one (the clock has seen them
         # all), so it replaces the key whatever is stored: no read is needed.
-        states = {} if lww else await self._current([item.key for item in batch])
+        states, bad = ({}, {}) if lww else await self._current([item.key for item in batch])
         wall = self._wall_ms()
         hlc, node_id, config = self._hlc, self.node_id, self.config
         for item in batch:
+            if item.key in bad:
+                item.error = bad[item.key]
+                continue
             current = states.get(item.key, _EMPTY)
             if current.versions or item.context.entries:
                 hlc.advance_to(max(current.max_timestamp, item.context.max_timestamp()))
@@ -391,7 +467,8 @@ class EpidemicStorage:
         # Keep every stored timestamp at or below the reserved clock floor (see the module docstring).
         newest_ms = physical_ms(hlc.last)
         if newest_ms < self._reserved_ms:
-            await self.store.write(rows)
+            if rows:
+                await self.store.write(rows)
             return
         reserved = newest_ms + HLC_RESERVE_MS
         await self.store.write(rows, {META_HLC: str(reserved).encode("ascii")})

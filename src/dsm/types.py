@@ -88,7 +88,7 @@ class ReadResult:
     @property
     def context(self) -> str:
         """The opaque version context of this read. Pass it to `put`/`delete` to supersede what was read."""
-        return encode_context(self._versions.context())
+        return encode_context(self._versions.context(), self.key)
 
     def __repr__(self) -> str:
         return f"ReadResult(key={self.key!r}, siblings={self.siblings!r})"
@@ -112,7 +112,7 @@ class WriteResult:
     @property
     def context(self) -> str:
         """The version context right after this write; pass it to the next write of the key to supersede it."""
-        return encode_context(self._versions.context())
+        return encode_context(self._versions.context(), self.key)
 
     def __repr__(self) -> str:
         return f"WriteResult(key={self.key!r}, timestamp={self.timestamp})"

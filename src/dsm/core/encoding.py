@@ -8,7 +8,9 @@ sorted by node id, with msgpack's shortest integer forms. Decoding validates sha
 
 Layout (msgpack): a version set is `[FORMAT, [version, ...]]`; a version is
 `[timestamp, node, [node, counter, node, counter, ...], value-or-nil]`. A client context token is the
-URL-safe base64 (no padding) of `[FORMAT, [node, counter, ...]]`.
+URL-safe base64 (no padding) of `[FORMAT, key tag, [node, counter, ...]]`, where the key tag is an 8-byte
+hash of the key it was read from: a vector's entries count a coordinator's writes across all keys, so a
+context applied to another key would supersede versions its reader never saw; the tag makes that an error.
 """
 
 from __future__ import annotations
@@ -118,21 +120,26 @@ def digest(key: str, encoded_versions: bytes) -> int:
     return int.from_bytes(h.digest(), "big", signed=True)
 
 
-def encode_context(vector: VersionVector) -> str:
-    """The opaque token a client gets from a read and may pass back to a write."""
-    packed = msgpack.packb([FORMAT, _flat(vector)], use_bin_type=True)
+def _key_tag(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8, person=b"dsm-ctx").digest()
+
+
+def encode_context(vector: VersionVector, key: str) -> str:
+    """The opaque token a client gets from a read of `key` and may pass back to a write of `key`."""
+    packed = msgpack.packb([FORMAT, _key_tag(key), _flat(vector)], use_bin_type=True)
     return base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
 
 
-def decode_context(token: str, max_bytes: int) -> VersionVector:
-    """Parses a context token.
+def decode_context(token: str, max_bytes: int, key: str) -> VersionVector:
+    """Parses a context token for a write of `key`.
 
     Args:
         token: what `encode_context` produced.
         max_bytes: the largest token accepted, checked before decoding.
+        key: the key being written; the token must have been read from it.
 
     Raises:
-        DecodeError: the token is oversized or malformed.
+        DecodeError: the token is oversized, malformed, or was read from another key.
     """
     if len(token) > max_bytes:
         raise DecodeError(f"context token is {len(token)} bytes; at most {max_bytes} are accepted")
@@ -140,9 +147,11 @@ def decode_context(token: str, max_bytes: int) -> VersionVector:
         raise DecodeError("context token must be ASCII (URL-safe base64)")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        doc = msgpack.unpackb(raw, raw=False, use_list=True)
+        doc = msgpack.unpackb(raw)
     except (ValueError, binascii.Error, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"context token is not valid: {exc}") from exc
-    if not isinstance(doc, list) or len(doc) != 2 or type(doc[0]) is not int or doc[0] != FORMAT:
+    if not isinstance(doc, list) or len(doc) != 3 or type(doc[0]) is not int or doc[0] != FORMAT:
         raise DecodeError("context token is not of a known format")
-    return _vector(doc[1])
+    if doc[1] != _key_tag(key):
+        raise DecodeError(f"context token was read from another key, not {key[:100]!r}")
+    return _vector(doc[2])

@@ -13,7 +13,7 @@ from dsm.storage.memory import MemoryStore
 __all__ = ["BackingStore", "MemoryStore", "RangeDigest", "StoredKey", "open_store"]
 
 
-def open_store(url: str, durability: str = "process") -> BackingStore:
+def open_store(url: str, durability: str = "process", timeout_ms: int = 10000) -> BackingStore:
     """Creates (without opening) the backing store a URL names.
 
     Raises:
@@ -31,5 +31,5 @@ def open_store(url: str, durability: str = "process") -> BackingStore:
     if url.startswith(("postgresql://", "postgres://")):
         from dsm.storage.postgres import PostgresStore
 
-        return PostgresStore(url, durability)
+        return PostgresStore(url, durability, timeout_s=timeout_ms / 1000)
     raise ConfigError("storage_url", url, "memory:, sqlite:///path, sqlite:path or postgresql://...")

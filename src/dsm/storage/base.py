@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 MASK32 = 0xFFFFFFFF
 SCHEMA_VERSION = 1
@@ -69,7 +69,6 @@ class RangeDigest:
         return RangeDigest(count, ((high_sum & MASK32) << 32) | (low_sum & MASK32))
 
 
-@runtime_checkable
 class BackingStore(Protocol):
     """What a node needs of its store. All methods may raise `StorageError` subclasses."""
 
@@ -102,3 +101,6 @@ class BackingStore(Protocol):
 
     async def count(self) -> int:
         """The number of keys stored (tombstones included)."""
+
+    async def max_timestamp(self) -> int:
+        """The largest row `timestamp` (0 when empty). May scan the whole store; used on start only."""

@@ -73,3 +73,7 @@ class MemoryStore:
     async def count(self) -> int:
         self._check()
         return len(self._rows)
+
+    async def max_timestamp(self) -> int:
+        self._check()
+        return max((row.timestamp for row in self._rows.values()), default=0)

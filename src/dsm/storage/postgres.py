@@ -9,18 +9,24 @@ fraction of a second; 'fsync' keeps `synchronous_commit = on`.
 
 Single user: the write session holds a PostgreSQL advisory lock named after the table set, so a second node
 pointed at the same database fails with `StorageLockedError` instead of corrupting merges. A connection
-that breaks is reopened on the next call; the call that saw it break raises `StorageUnavailableError`.
+that breaks is reopened on the next call (a new write session is used only once it holds the lock again);
+the call that saw it break raises `StorageUnavailableError`. Every call has a client-side deadline
+(`timeout_s`, the config's `storage_timeout_ms`) and connections use TCP keepalives, so a server that stops
+answering fails calls with `StorageUnavailableError` instead of hanging them; the stuck connection is dropped
+and a write in flight is not acknowledged (its outcome is unknown, as with any timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 from dsm.errors import (
     ClosedError,
+    ConfigError,
     StorageCorruptError,
     StorageError,
     StorageLockedError,
@@ -28,6 +34,8 @@ from dsm.errors import (
     StorageUnavailableError,
 )
 from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
+
+T = TypeVar("T")
 
 _LOCK_ID = 0x44534D5F4B560001  # 'DSM_KV' + 1: the advisory lock (per database) of the dsm_kv table set
 _SCHEMA = (
@@ -45,8 +53,24 @@ _META_UPSERT = (
 
 
 def redact(url: str) -> str:
-    """The URL without its password."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """The URL without its password (in the user-info part or as a `password` query parameter).
+
+    The user-info part ends at the last '@' before any query string, so an unescaped '/' or '@' in a
+    password (invalid for libpq, but possible in a config) is still hidden.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "postgresql://(unparsable URL)"
+    head, qmark, query = rest.partition("?")
+    if "@" in head:
+        userinfo, _, hostpath = head.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        head = f"{userinfo}@{hostpath}"
+    if qmark:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return f"{scheme}://{head}{qmark}{query}"
 
 
 class PostgresStore:
@@ -55,16 +79,16 @@ class PostgresStore:
     Args:
         url: a libpq URL, `postgresql://user[:password]@host:port/dbname`.
         durability: 'process' or 'fsync' (see the module docstring).
-        connect_timeout_s: how long to wait for the server when connecting.
+        timeout_s: the deadline of every call, connecting included.
     """
 
-    def __init__(self, url: str, durability: str = "process", connect_timeout_s: int = 5) -> None:
+    def __init__(self, url: str, durability: str = "process", timeout_s: float = 10.0) -> None:
         if durability not in ("process", "fsync"):
-            raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
+            raise ConfigError("durability", durability, "'process' or 'fsync'")
         self._dsn = url.replace("postgres://", "postgresql://", 1)
         self.url = redact(self._dsn)
         self.durability = durability
-        self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s
         self._w: Any = None
         self._r: Any = None
         self._opened = False
@@ -83,11 +107,30 @@ class PostgresStore:
 
     async def _connect(self, doing: str) -> Any:
         try:
-            return await self._psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, connect_timeout=self.connect_timeout_s
-            )
+            async with asyncio.timeout(self.timeout_s + 1):
+                return await self._psycopg.AsyncConnection.connect(
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self.timeout_s)),
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                )
+        except TimeoutError:
+            raise StorageUnavailableError(
+                f"PostgreSQL {self.url}: {doing} did not complete within {self.timeout_s:g} s"
+            ) from None
         except self._psycopg.Error as exc:
             raise self._error(exc, doing) from exc
+
+    async def _discard(self, con: Any) -> None:
+        """Closes a connection that misbehaved, without waiting long for a server that may not answer."""
+        if con is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await con.close()
 
     async def open(self) -> None:
         if self._opened:
@@ -97,15 +140,28 @@ class PostgresStore:
         except ImportError as exc:
             raise StorageUnavailableError("PostgreSQL storage needs psycopg 3: pip install 'dsm[postgres]'") from exc
         self._psycopg = psycopg
-        self._w = await self._connect("connect")
+        self._w = await self._locked_writer()
         try:
-            await self._prepare_writer(self._w)
             self._r = await self._connect("connect")
         except BaseException:
-            await self._w.close()
+            await self._discard(self._w)
             self._w = None
             raise
         self._opened = True
+
+    async def _locked_writer(self) -> Any:
+        """A new write session that holds the advisory lock and has the schema ready."""
+        con = await self._connect("connect")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._prepare_writer(con)
+        except TimeoutError:
+            await self._discard(con)
+            raise StorageUnavailableError(f"PostgreSQL {self.url}: preparing the schema timed out") from None
+        except BaseException:
+            await self._discard(con)
+            raise
+        return con
 
     async def _prepare_writer(self, con: Any) -> None:
         try:
@@ -134,35 +190,52 @@ class PostgresStore:
     async def close(self) -> None:
         self._opened = False
         for con in (self._r, self._w):
-            if con is not None and not con.closed:
-                with contextlib.suppress(self._psycopg.Error):
-                    await con.close()
+            await self._discard(con)
         self._r = self._w = None
 
     async def _writer(self) -> Any:
         if not self._opened:
             raise ClosedError(f"PostgreSQL store {self.url} is closed")
-        if self._w.closed or self._w.broken:
-            await self._w.close()
-            self._w = await self._connect("reconnect")
-            await self._prepare_writer(self._w)
+        if self._w is None or self._w.closed or self._w.broken:
+            stale, self._w = self._w, None
+            await self._discard(stale)
+            # Only a session that holds the lock again becomes the writer (or two nodes could write).
+            self._w = await self._locked_writer()
         return self._w
 
     async def _reader(self) -> Any:
         if not self._opened:
             raise ClosedError(f"PostgreSQL store {self.url} is closed")
-        if self._r.closed or self._r.broken:
-            await self._r.close()
+        if self._r is None or self._r.closed or self._r.broken:
+            stale, self._r = self._r, None
+            await self._discard(stale)
             self._r = await self._connect("reconnect")
         return self._r
 
-    async def _fetch(self, doing: str, sql: str, args: Sequence[Any]) -> list[Any]:
-        con = await self._reader()
+    async def _call(self, doing: str, writer: bool, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Runs `fn(connection)` with the deadline; a timed-out connection is dropped."""
+        con = await (self._writer() if writer else self._reader())
         try:
-            cur = await con.execute(sql, args)
-            return list(await cur.fetchall())
+            async with asyncio.timeout(self.timeout_s):
+                return await fn(con)
+        except TimeoutError:
+            if writer:
+                self._w = None
+            else:
+                self._r = None
+            await self._discard(con)
+            raise StorageUnavailableError(
+                f"PostgreSQL {self.url}: {doing} did not complete within {self.timeout_s:g} s; connection dropped"
+            ) from None
         except self._psycopg.Error as exc:
             raise self._error(exc, doing) from exc
+
+    async def _fetch(self, doing: str, sql: str, args: Sequence[Any]) -> list[Any]:
+        async def run(con: Any) -> list[Any]:
+            cur = await con.execute(sql, args)
+            return list(await cur.fetchall())
+
+        return await self._call(doing, False, run)
 
     async def read(self, key: str) -> bytes | None:
         rows = await self._fetch("read", "SELECT versions FROM dsm_kv WHERE key = %s", (key,))
@@ -206,9 +279,12 @@ class PostgresStore:
         rows = await self._fetch("count", "SELECT count(*) FROM dsm_kv", ())
         return int(rows[0][0])
 
+    async def max_timestamp(self) -> int:
+        rows = await self._fetch("max_timestamp", "SELECT coalesce(max(ts), 0) FROM dsm_kv", ())
+        return int(rows[0][0])
+
     async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
-        con = await self._writer()
-        try:
+        async def run(con: Any) -> None:
             if len(rows) == 1 and not meta:
                 # One statement in autocommit mode is its own transaction: one round trip instead of three.
                 r = rows[0]
@@ -218,5 +294,5 @@ class PostgresStore:
                 await cur.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
                 if meta:
                     await cur.executemany(_META_UPSERT, list(meta.items()))
-        except self._psycopg.Error as exc:
-            raise self._error(exc, "write") from exc
+
+        await self._call("write", True, run)

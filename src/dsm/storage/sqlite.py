@@ -5,7 +5,9 @@ How it keeps the event loop responsive, measured in `bench/storage_bench.py`: wi
 and commits run inline on the caller's thread, where a thread hop would cost ~130 us per call. Commits are
 bounded by the node's `write_batch_max`. What can take milliseconds runs on a background thread with its own
 connection: WAL checkpoints (automatic checkpoints are off on the write connection; the store asks for a
-passive checkpoint every `CHECKPOINT_ROWS` written rows), whole-range scans and digests. With durability
+passive checkpoint every `CHECKPOINT_ROWS` rows or `CHECKPOINT_BYTES` bytes written, and the WAL file is
+cut back to `WAL_SIZE_LIMIT_BYTES` when it restarts), whole-range scans and digests, the final checkpoint
+at close. With durability
 'fsync' (synchronous=FULL) every commit waits for the disk, so commits run on a dedicated writer thread;
 concurrent writers then share each fsync through the node's group commit.
 
@@ -31,6 +33,7 @@ from typing import Any, TypeVar
 
 from dsm.errors import (
     ClosedError,
+    ConfigError,
     StorageCorruptError,
     StorageError,
     StorageLockedError,
@@ -41,8 +44,11 @@ from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
 
 T = TypeVar("T")
 
-#: Rows written between two requests for a passive WAL checkpoint (about 1,000 pages of 100-byte rows).
+#: Rows, or bytes, written between two requests for a passive WAL checkpoint (whichever comes first).
 CHECKPOINT_ROWS = 4000
+CHECKPOINT_BYTES = 8 * 1024 * 1024
+#: After a checkpoint resets the WAL, SQLite truncates the file to this size.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dsm_kv ("
@@ -89,9 +95,12 @@ class SQLiteStore:
         self, path: str | os.PathLike[str], durability: str = "process", commit_in_thread: bool | None = None
     ) -> None:
         if durability not in ("process", "fsync"):
-            raise ValueError(f"durability must be 'process' or 'fsync', not {durability!r}")
-        self.path = str(path)
-        self.url = "sqlite://" + str(Path(self.path).resolve())
+            raise ConfigError("durability", durability, "'process' or 'fsync'")
+        if "\x00" in os.fspath(path):
+            raise ConfigError("storage_url", os.fspath(path), "a path without NUL characters")
+        # The resolved path names the lock file, so a second open through a symlink finds the same lock.
+        self.path = str(Path(path).resolve())
+        self.url = "sqlite://" + self.path
         self.durability = durability
         self.commit_in_thread = durability == "fsync" if commit_in_thread is None else commit_in_thread
         self._write_con: sqlite3.Connection | None = None
@@ -104,6 +113,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._background_cons: list[sqlite3.Connection] = []
         self._rows_since_checkpoint = 0
+        self._bytes_since_checkpoint = 0
         self._checkpoint: concurrent.futures.Future[None] | None = None
 
     # --- life cycle ---
@@ -177,6 +187,7 @@ class SQLiteStore:
                 sync = "FULL" if self.durability == "fsync" else "NORMAL"
                 con.execute(f"PRAGMA synchronous = {sync}")
                 con.execute("PRAGMA wal_autocheckpoint = 0")
+                con.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
                 self._create_schema(con)
             else:
                 con.execute("PRAGMA query_only = 1")
@@ -209,13 +220,21 @@ class SQLiteStore:
     async def close(self) -> None:
         if self._write_con is None:
             return
-        for executor in (self._writer, self._background):
-            if executor is not None:
-                executor.shutdown(wait=True)
-        self._writer = self._background = None
-        with contextlib.suppress(sqlite3.Error):
-            # Fold the WAL into the database so a reopen does not replay it; harmless if it fails.
-            self._write_con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        if self._background is not None:
+            # Fold the WAL into the database so a reopen does not replay it, off the event loop (a large WAL
+            # takes seconds). Harmless if it fails: the WAL keeps the data.
+            def final_checkpoint() -> None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._background_con().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._background, final_checkpoint)
+            finally:
+                self._background.shutdown(wait=True)
+                self._background = None
         self._close_connections()
         self._release_lock()
 
@@ -310,6 +329,11 @@ class SQLiteStore:
 
         return await self._in_background("range_digest", run)
 
+    async def max_timestamp(self) -> int:
+        return await self._in_background(
+            "max_timestamp", lambda con: int(con.execute("SELECT coalesce(max(ts), 0) FROM dsm_kv").fetchone()[0])
+        )
+
     async def count(self) -> int:
         return await self._in_background(
             "count", lambda con: int(con.execute("SELECT count(*) FROM dsm_kv").fetchone()[0])
@@ -325,7 +349,8 @@ class SQLiteStore:
         else:
             self._write_sync(rows, meta)
         self._rows_since_checkpoint += len(rows)
-        if self._rows_since_checkpoint >= CHECKPOINT_ROWS:
+        self._bytes_since_checkpoint += sum(len(r.versions) for r in rows)
+        if self._rows_since_checkpoint >= CHECKPOINT_ROWS or self._bytes_since_checkpoint >= CHECKPOINT_BYTES:
             self._request_checkpoint()
 
     def _write_sync(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None) -> None:
@@ -352,10 +377,17 @@ class SQLiteStore:
         if self._background is None or (self._checkpoint is not None and not self._checkpoint.done()):
             return
         self._rows_since_checkpoint = 0
+        self._bytes_since_checkpoint = 0
 
         def run() -> None:
-            # A failed passive checkpoint loses nothing: the WAL keeps the data and the next one retries.
+            # PASSIVE copies the WAL into the database beside the writer (the bulk of the work, off the event
+            # loop), but with a writer that never pauses it never backfills every frame, so the WAL would never
+            # restart and would grow without bound. RESTART then finishes the few frames left, holding writers
+            # back only that long, and makes the next write start the WAL from its beginning (cut back to
+            # WAL_SIZE_LIMIT_BYTES). A failed checkpoint loses nothing: the WAL keeps the data.
+            con = self._background_con()
             with contextlib.suppress(sqlite3.Error):
-                self._background_con().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                con.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
         self._checkpoint = self._background.submit(run)
