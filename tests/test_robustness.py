@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -302,3 +303,57 @@ async def test_postgres_that_stops_answering_fails_calls_instead_of_hanging(post
     await node.put("k", b"after")
     assert (await node.get("k")).value == b"after"  # type: ignore[union-attr]
     await asyncio.wait_for(node.close(), 30)
+
+
+# --- a held write lock (a checkpoint) never blocks the event loop ----------------------------------------
+
+
+def _hold_write_lock(path: Path, seconds: float, started: threading.Event) -> None:
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # what a RESTART checkpoint holds while it finishes
+    started.set()
+    time.sleep(seconds)
+    con.execute("COMMIT")
+    con.close()
+
+
+async def test_inline_write_waits_for_a_held_lock_without_blocking_the_loop(tmp_path: Path) -> None:
+    async with await open_node(tmp_path) as node:
+        await node.put("warm", b"up")
+        started = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(tmp_path / "dsm.sqlite3", 0.3, started))
+        holder.start()
+        started.wait(5)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        tick_task = asyncio.create_task(ticker())
+        began = time.monotonic()
+        await node.put("k", b"after the lock")
+        waited = time.monotonic() - began
+        tick_task.cancel()
+        holder.join()
+        assert waited >= 0.2  # it did wait for the lock
+        assert ticks >= 10  # and the loop kept running other tasks meanwhile
+        assert (await node.get("k")).value == b"after the lock"  # type: ignore[union-attr]
+
+
+async def test_inline_write_gives_up_with_a_typed_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsm.storage.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_WAIT_S", 0.1)
+    async with await open_node(tmp_path) as node:
+        started = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(tmp_path / "dsm.sqlite3", 1.0, started))
+        holder.start()
+        started.wait(5)
+        with pytest.raises(StorageLockedError):
+            await node.put("k", b"v")
+        holder.join()
+        await node.put("k", b"later")  # the node keeps serving once the lock is free
+        assert (await node.get("k")).value == b"later"  # type: ignore[union-attr]

@@ -329,7 +329,10 @@ class EpidemicStorage:
     # --- group commit ---
 
     async def _submit(self, key: str, value: bytes | None, context: VersionVector) -> WriteResult:
-        await self._take_place()
+        if self._queued < self.config.write_queue_max:
+            self._queued += 1  # the common case, without the cost of another coroutine
+        else:
+            await self._wait_for_place()
         if self._state != "running":
             self._release()
             raise ClosedError(f"node {self.node_id} is {self._state}; no operations are accepted")
@@ -340,10 +343,7 @@ class EpidemicStorage:
         # dropped because this caller was cancelled first), never here: see "Queue accounting".
         return await item.future
 
-    async def _take_place(self) -> None:
-        if self._queued < self.config.write_queue_max:
-            self._queued += 1
-            return
+    async def _wait_for_place(self) -> None:
         room = asyncio.get_running_loop().create_future()
         self._room_waiters.append(room)
         try:
@@ -371,9 +371,11 @@ class EpidemicStorage:
     def _next_batch(self) -> list[_Write]:
         """Takes up to `write_batch_max` queued writes (and `write_batch_max_bytes` of values), dropping those
         whose callers were cancelled."""
+        pending = self._pending
+        if len(pending) == 1 and not pending[0].future.cancelled():
+            return [pending.popleft()]  # the single-writer case
         batch: list[_Write] = []
         limit, byte_limit, size = self.config.write_batch_max, self.config.write_batch_max_bytes, 0
-        pending = self._pending
         while pending and len(batch) < limit:
             item = pending[0]
             if item.future.cancelled():

@@ -47,6 +47,8 @@ T = TypeVar("T")
 #: Rows, or bytes, written between two requests for a passive WAL checkpoint (whichever comes first).
 CHECKPOINT_ROWS = 4000
 CHECKPOINT_BYTES = 8 * 1024 * 1024
+#: A WAL at least this large is restarted after the passive checkpoint (see `_request_checkpoint`).
+WAL_RESTART_BYTES = 16 * 1024 * 1024
 #: After a checkpoint resets the WAL, SQLite truncates the file to this size.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -62,6 +64,17 @@ _UPSERT = (
 )
 _META_UPSERT = "INSERT INTO dsm_meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
 _IN_CHUNK = 500
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+#: How long an inline write keeps retrying while a checkpoint holds the write lock.
+BUSY_WAIT_S = 5.0
+
+
+class _Busy(Exception):
+    """A write found the database lock held (by a checkpoint) and wrote nothing."""
+
+    def __init__(self, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def translate(exc: sqlite3.Error, path: str, doing: str) -> StorageError:
@@ -189,6 +202,11 @@ class SQLiteStore:
                 con.execute("PRAGMA wal_autocheckpoint = 0")
                 con.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
                 self._create_schema(con)
+                if not self.commit_in_thread:
+                    # Inline commits must not wait in SQLite's busy handler (it sleeps on the event loop while
+                    # a checkpoint holds the lock): a busy write fails at once and `write` retries it after
+                    # yielding to the loop.
+                    con.execute("PRAGMA busy_timeout = 0")
             else:
                 con.execute("PRAGMA query_only = 1")
             return con
@@ -347,11 +365,28 @@ class SQLiteStore:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._write_sync, rows, meta)
         else:
-            self._write_sync(rows, meta)
+            try:
+                self._write_sync(rows, meta)
+            except _Busy:
+                await self._retry_busy(rows, meta)
         self._rows_since_checkpoint += len(rows)
-        self._bytes_since_checkpoint += sum(len(r.versions) for r in rows)
+        self._bytes_since_checkpoint += len(rows[0].versions) if len(rows) == 1 else sum(len(r.versions) for r in rows)
         if self._rows_since_checkpoint >= CHECKPOINT_ROWS or self._bytes_since_checkpoint >= CHECKPOINT_BYTES:
             self._request_checkpoint()
+
+    async def _retry_busy(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None) -> None:
+        """Retries an inline write that found the lock held, yielding to the loop between tries."""
+        loop = asyncio.get_running_loop()
+        delay_s, deadline = 0.0005, loop.time() + BUSY_WAIT_S
+        while True:
+            await asyncio.sleep(delay_s)
+            try:
+                self._write_sync(rows, meta)
+                return
+            except _Busy as busy:
+                if loop.time() > deadline:
+                    raise translate(busy.error, self.path, "write") from busy.error
+                delay_s = min(delay_s * 2, 0.02)
 
     def _write_sync(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None) -> None:
         con = self._write_con
@@ -371,6 +406,8 @@ class SQLiteStore:
             if con.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     con.execute("ROLLBACK")
+            if not con.in_transaction and getattr(exc, "sqlite_errorcode", None) in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise _Busy(exc) from exc  # nothing was written; the caller may retry the whole batch
             raise translate(exc, self.path, "write") from exc
 
     def _request_checkpoint(self) -> None:
@@ -382,12 +419,15 @@ class SQLiteStore:
         def run() -> None:
             # PASSIVE copies the WAL into the database beside the writer (the bulk of the work, off the event
             # loop), but with a writer that never pauses it never backfills every frame, so the WAL would never
-            # restart and would grow without bound. RESTART then finishes the few frames left, holding writers
-            # back only that long, and makes the next write start the WAL from its beginning (cut back to
-            # WAL_SIZE_LIMIT_BYTES). A failed checkpoint loses nothing: the WAL keeps the data.
+            # restart and would grow without bound. Once the WAL passes WAL_RESTART_BYTES, RESTART finishes
+            # the few frames left, holding writers back only that long (the inline writer then waits in
+            # SQLite's busy handler: the price of a bounded WAL), and makes the next write start the WAL from
+            # its beginning (cut back to WAL_SIZE_LIMIT_BYTES). A failed checkpoint loses nothing.
             con = self._background_con()
             with contextlib.suppress(sqlite3.Error):
-                con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                con.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                _, wal_pages, _ = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                page_size = con.execute("PRAGMA page_size").fetchone()[0]
+                if wal_pages * page_size >= WAL_RESTART_BYTES:
+                    con.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
         self._checkpoint = self._background.submit(run)
