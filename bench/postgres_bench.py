@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import summary
 from dsm import StorageConfig, StorageFactory
 from support import PostgresServer, pg_bin
 
@@ -36,11 +37,6 @@ UPSERT = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, meta = excluded.meta"
 )
 SYNC = {"process": "off", "fsync": "on"}
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def raw(url: str, durability: str, keys: list[str], read_keys: list[str], writers: int) -> dict[str, float]:
@@ -77,12 +73,8 @@ async def raw(url: str, durability: str, keys: list[str], read_keys: list[str], 
     for c in pool:
         await c.close()
     return {
-        "put_per_s": single,
-        "put_p50_us": pct(lat, 50) * 1e6,
-        "put_p99_us": pct(lat, 99) * 1e6,
-        "get_per_s": reads,
-        "get_p50_us": pct(rlat, 50) * 1e6,
-        "get_p99_us": pct(rlat, 99) * 1e6,
+        **summary("put", single, lat),
+        **summary("get", reads, rlat),
         "concurrent_put_per_s": concurrent,
     }
 
@@ -116,12 +108,8 @@ async def dsm(url: str, durability: str, keys: list[str], read_keys: list[str], 
     finally:
         await storage.close()
     return {
-        "put_per_s": single,
-        "put_p50_us": pct(lat, 50) * 1e6,
-        "put_p99_us": pct(lat, 99) * 1e6,
-        "get_per_s": reads,
-        "get_p50_us": pct(rlat, 50) * 1e6,
-        "get_p99_us": pct(rlat, 99) * 1e6,
+        **summary("put", single, lat),
+        **summary("get", reads, rlat),
         "concurrent_put_per_s": concurrent,
     }
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common import pct, summary
 from dsm import StorageConfig, StorageFactory
 from dsm.storage.sqlite import SQLiteStore
 
@@ -36,11 +37,6 @@ UPSERT = (
     "INSERT INTO kv(key, value, meta) VALUES (?, ?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, meta = excluded.meta"
 )
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def raw_sqlite(workdir: str, durability: str, keys: list[str], read_keys: list[str], batched: int) -> dict[str, float]:
@@ -72,15 +68,7 @@ def raw_sqlite(workdir: str, durability: str, keys: list[str], read_keys: list[s
         rlat.append(time.perf_counter() - s)
     reads = len(read_keys) / (time.perf_counter() - t0)
     con.close()
-    return {
-        "put_per_s": single,
-        "put_p50_us": pct(lat, 50) * 1e6,
-        "put_p99_us": pct(lat, 99) * 1e6,
-        "batched_put_per_s": batch_rate,
-        "get_per_s": reads,
-        "get_p50_us": pct(rlat, 50) * 1e6,
-        "get_p99_us": pct(rlat, 99) * 1e6,
-    }
+    return {**summary("put", single, lat), "batched_put_per_s": batch_rate, **summary("get", reads, rlat)}
 
 
 async def dsm_node(
@@ -146,15 +134,9 @@ async def dsm_node(
         monitor.cancel()
         await storage.close()
     return {
-        "put_per_s": single,
-        "put_p50_us": pct(lat, 50) * 1e6,
-        "put_p99_us": pct(lat, 99) * 1e6,
-        "get_per_s": reads,
-        "get_p50_us": pct(rlat, 50) * 1e6,
-        "get_p99_us": pct(rlat, 99) * 1e6,
-        "concurrent_put_per_s": concurrent,
-        "concurrent_put_p50_us": pct(clat, 50) * 1e6,
-        "concurrent_put_p99_us": pct(clat, 99) * 1e6,
+        **summary("put", single, lat),
+        **summary("get", reads, rlat),
+        **summary("concurrent_put", concurrent, clat),
         "loop_stall_p99_ms": pct(stalls, 99) * 1e3,
         "loop_stall_max_ms": max(stalls) * 1e3,
     }
