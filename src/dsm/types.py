@@ -58,7 +58,8 @@ class ReadResult:
     __slots__ = ("_siblings", "_versions", "key")
 
     def __init__(self, key: str, versions: VersionSet) -> None:
-        assert versions.live, "a ReadResult needs at least one live value"
+        # The caller (`EpidemicStorage.get`) has checked that a live value exists; this stays O(1) per read.
+        assert versions.versions, "a ReadResult needs at least one live value"
         self.key = key
         self._versions = versions
         self._siblings: tuple[Sibling, ...] | None = None
@@ -68,7 +69,7 @@ class ReadResult:
         """The concurrent values, newest first (built on first use: most readers only want `value`)."""
         if self._siblings is None:
             self._siblings = tuple(
-                [Sibling(v.value, v.dot.timestamp, v.dot.node) for v in self._versions.versions if v.value is not None]
+                Sibling(v.value, v.dot.timestamp, v.dot.node) for v in self._versions.live if v.value is not None
             )
         return self._siblings
 
