@@ -1,0 +1,182 @@
+"""Protocol messages of membership, the overlay and routing, and the effects a core returns.
+
+Messages are immutable named tuples: cheap to build (the simulator moves millions of them), shared by
+reference between simulated cores, and a plain tuple for the wire codec of the network runtime. Every
+message names its `source` by node id. Membership changes ride on probe traffic as `Update`s (piggybacking);
+there is no message whose only job is to spread membership.
+
+The `kind` of an update is a `State` value (alive, suspect, dead, left); `origin` is the node that raised
+a suspicion (so independent suspicions can be counted as confirmations) or the empty string.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+class Update(NamedTuple):
+    """One membership fact: `node_id` is in `state` at `incarnation` (piggybacked on other messages)."""
+
+    state: int
+    node_id: str
+    incarnation: int
+    addr: str
+    region: str
+    origin: str
+
+
+Updates = tuple[Update, ...]
+
+
+class Ping(NamedTuple):
+    """Direct probe. `target` guards against a new process answering for an old id at the same address."""
+
+    seq: int
+    source: str
+    target: str
+    updates: Updates
+
+
+class PingReq(NamedTuple):
+    """Asks a helper to probe `target` on the source's behalf (SWIM indirect probe)."""
+
+    seq: int
+    source: str
+    target: str
+    target_addr: str
+    updates: Updates
+
+
+class Ack(NamedTuple):
+    """Answer to a Ping, or forwarded by a helper for a PingReq (then `source` is the probed member)."""
+
+    seq: int
+    source: str
+    updates: Updates
+
+
+class Nack(NamedTuple):
+    """A helper could not reach the target in time: tells the prober that the helper itself is healthy
+    (Lifeguard), so the prober does not blame its own slowness."""
+
+    seq: int
+    source: str
+
+
+class Join(NamedTuple):
+    """A node asks a bootstrap member for its member table (the push half is the joiner's own entry)."""
+
+    source: str
+    addr: str
+    region: str
+    incarnation: int
+
+
+class JoinReply(NamedTuple):
+    """The bootstrap member's whole table (pull half of the join's push-pull)."""
+
+    source: str
+    members: Updates
+
+
+class Neighbor(NamedTuple):
+    """A joiner announces itself to the members that become its near links, so the ring is consistent at
+    once rather than after the join has spread by gossip."""
+
+    source: str
+    addr: str
+    region: str
+    incarnation: int
+
+
+class Link(NamedTuple):
+    """Request for a long link from `source` to the receiver."""
+
+    seq: int
+    source: str
+    addr: str
+    region: str
+    incarnation: int
+
+
+class LinkReply(NamedTuple):
+    """Accepts or refuses (the receiver has its maximum of incoming long links) a Link request."""
+
+    seq: int
+    source: str
+    accepted: bool
+
+
+class Unlink(NamedTuple):
+    """The source dropped its long link to the receiver (the receiver frees an incoming slot)."""
+
+    source: str
+
+
+class Leave(NamedTuple):
+    """The source leaves the cluster for good (at this incarnation); sent to its links, then spread."""
+
+    source: str
+    incarnation: int
+
+
+class Routed(NamedTuple):
+    """An application payload travelling greedily over the overlay to `target`."""
+
+    route_id: int
+    source: str
+    source_addr: str
+    target: str
+    hops: int
+    payload: Any
+
+
+class RouteFailed(NamedTuple):
+    """Sent back to a routed message's source by the member where it could go no further."""
+
+    route_id: int
+    source: str
+    target: str
+    hops: int
+    reason: str
+
+
+Message = (
+    Ping | PingReq | Ack | Nack | Join | JoinReply | Neighbor | Link | LinkReply | Unlink | Leave | Routed | RouteFailed
+)
+
+#: Messages that exist to build and repair the overlay (what a join "costs"); the rest is probing,
+#: which membership updates ride on, and routed application traffic.
+OVERLAY_MESSAGES = (Join, JoinReply, Neighbor, Link, LinkReply, Unlink, Leave)
+
+
+# --- effects: what a core asks its runtime to do ---
+
+
+class Send(NamedTuple):
+    """Send `message` to the member `node_id` at `addr`."""
+
+    node_id: str
+    addr: str
+    message: Message
+
+
+class Deliver(NamedTuple):
+    """A routed payload reached this node (its target)."""
+
+    route_id: int
+    source: str
+    hops: int
+    payload: Any
+
+
+class RouteFailure(NamedTuple):
+    """A payload this node routed could not be delivered; `reason` says why and `hops` how far it went."""
+
+    route_id: int
+    target: str
+    hops: int
+    reason: str
+
+
+Effect = Send | Deliver | RouteFailure

@@ -1,0 +1,743 @@
+"""`Peer`: the sans-IO protocol core of one node: membership, failure detection, overlay links and routing.
+
+The runtime (the simulator, later the network runtime) feeds it the time and events and carries out the
+effects it returns:
+    effects = peer.handle(now_ms, message)   # a message arrived
+    effects = peer.tick(now_ms)              # call at peer.next_deadline() (or later)
+    effects = peer.join(now_ms, bootstrap) / peer.leave(now_ms) / peer.route(now_ms, target_id, payload)
+It never reads a clock, never draws randomness except from the injected `rng`, and does no I/O.
+
+Membership (SWIM with Lifeguard's refinements):
+- Every period (probe_interval_ms, stretched by local health) the node probes one of its *linked* members,
+  round robin in a shuffled order: a Ping; if no Ack within probe_timeout_ms, PingReq through
+  `indirect_probes` other linked members; if still nothing by the end of the period, the member becomes
+  suspect. Probing only linked members keeps connections bounded; every member has near links, so every
+  member is probed (a crashed one about once per period, by one of its ~48 linked peers).
+- A suspicion times out into `dead` after a timeout that grows with log10(n) and shrinks from its maximum
+  to its minimum as independent suspicions confirm it (Lifeguard): min = suspicion_mult * max(1, log10 n)
+  * probe_interval, max = suspicion_max_mult * min. A suspected member refutes by raising its incarnation.
+- Local health (Lifeguard): failed probes with missing Nacks from helpers, and having to refute, raise a
+  counter (0..max_local_health) that stretches this node's probe period and timeouts; successful probes
+  lower it. A slow node thereby stops accusing healthy ones.
+- Changes spread by piggybacking on Ping, PingReq and Ack (`BroadcastQueue`, each update sent
+  retransmit_mult * ceil(log10(n + 1)) times). A join is a push-pull: the joiner sends Join to a bootstrap
+  member and receives its whole table. A leave is announced to the node's links and then spread.
+- Rules for an update about member m (incarnation i, current state s at incarnation c):
+  alive wins if m is unknown or i > c; suspect wins over alive if i >= c; dead wins over alive or suspect
+  if i >= c; left wins over anything but left if i >= c. Safety: a member that left never comes back at an
+  incarnation <= the one it left with; a node's own incarnation only grows.
+
+The overlay and routing are in `overlay.py`; this class wires them to membership.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsm.core.broadcast import BroadcastQueue
+from dsm.core.messages import (
+    Ack,
+    Deliver,
+    Effect,
+    Join,
+    JoinReply,
+    Leave,
+    Link,
+    LinkReply,
+    Message,
+    Nack,
+    Neighbor,
+    Ping,
+    PingReq,
+    Routed,
+    RouteFailed,
+    RouteFailure,
+    Send,
+    Unlink,
+    Update,
+)
+from dsm.core.overlay import Overlay, RandomSource
+from dsm.core.ring import Directory, MemberInfo, MemberTable, State, position
+
+_UNKNOWN = int(State.UNKNOWN)
+_ALIVE = int(State.ALIVE)
+_SUSPECT = int(State.SUSPECT)
+_DEAD = int(State.DEAD)
+_LEFT = int(State.LEFT)
+
+# Timer kinds.
+_PROBE = 0
+_PROBE_TIMEOUT = 1
+_PROBE_END = 2
+_RELAY_NACK = 3
+_RELAY_END = 4
+_SUSPICION = 5
+_JOIN_RETRY = 6
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """The protocol's knobs, taken from `StorageConfig` by `from_config` (see config.py for each one)."""
+
+    probe_interval_ms: int = 1000
+    probe_timeout_ms: int = 500
+    indirect_probes: int = 3
+    suspicion_mult: int = 4
+    suspicion_max_mult: int = 6
+    retransmit_mult: int = 4
+    max_piggyback: int = 32
+    max_local_health: int = 8
+    near_max: int = 16
+    long_max: int = 16
+    long_in_max: int = 32
+    hop_limit: int = 64
+    join_timeout_ms: int = 2000
+
+    @classmethod
+    def from_config(cls, config: Any) -> PeerSettings:
+        return cls(
+            probe_interval_ms=config.probe_interval_ms,
+            probe_timeout_ms=config.probe_timeout_ms,
+            indirect_probes=config.indirect_probes,
+            suspicion_mult=config.suspicion_mult,
+            suspicion_max_mult=config.suspicion_max_mult,
+            retransmit_mult=config.retransmit_mult,
+            max_piggyback=config.max_piggyback,
+            max_local_health=config.max_local_health,
+            near_max=config.max_immediate_neighbors,
+            long_max=config.max_long_links,
+            long_in_max=config.max_long_links_in or 2 * config.max_long_links,
+            hop_limit=config.route_hop_limit,
+        )
+
+
+@dataclass
+class PeerStats:
+    """Counters of what this node did (the simulator sums them)."""
+
+    probes: int = 0
+    probes_failed: int = 0
+    suspicions_raised: int = 0
+    deaths_declared: int = 0
+    refutations: int = 0
+    routes_failed: int = 0
+    link_refusals: int = 0
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: int
+    acked: bool = False
+    helpers: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Suspicion:
+    incarnation: int
+    start: int
+    deadline: int
+    confirmers: set[str] = field(default_factory=set)
+
+
+class Peer:
+    """One node's protocol state machine (see the module docstring)."""
+
+    def __init__(
+        self,
+        info: MemberInfo,
+        settings: PeerSettings,
+        rng: RandomSource,
+        now: int,
+        *,
+        directory: Directory | None = None,
+        incarnation: int = 0,
+        member_observer: Callable[[Peer, int, int, int, int, bool], None] | None = None,
+        link_observer: Callable[[Peer, int, int], None] | None = None,
+    ) -> None:
+        self.info = info
+        self.id = info.node_id
+        self.settings = settings
+        self.rng = rng
+        self.directory = directory if directory is not None else Directory()
+        self.me = self.directory.intern(info)
+        self.table = MemberTable(self.directory)
+        self.incarnation = incarnation
+        self.table.set(self.me, State.ALIVE, incarnation)
+        self.member_observer = member_observer
+        self.link_observer = link_observer
+        self.overlay = Overlay(
+            self.directory,
+            self.table,
+            self.me,
+            settings.near_max,
+            settings.long_max,
+            settings.long_in_max,
+            rng,
+            observer=self._link_changed if link_observer is not None else None,
+        )
+        self.broadcasts = BroadcastQueue()
+        self.suspicions: dict[int, _Suspicion] = {}
+        self.stats = PeerStats()
+        self.local_health = 0
+        self.joined = False
+        self.left = False
+        self._now = now
+        self._seq = 0
+        self._timers: list[tuple[int, int, int, int]] = []
+        self._probes: dict[int, _Probe] = {}
+        self._relays: dict[int, tuple[str, int]] = {}
+        self._probe_order: list[int] = []
+        self._pending_links: dict[int, tuple[int, int]] = {}
+        self._refused: dict[int, int] = {}
+        self._bootstrap: list[tuple[str, str]] = []
+        self._join_attempt = 0
+        self._out: list[Effect] = []
+        # Start probing at a random point of the first period, so nodes started together do not probe in
+        # lock step.
+        self._arm(now + rng.randrange(max(1, settings.probe_interval_ms)), _PROBE, 0)
+
+    # ------------------------------------------------------------------ runtime interface
+
+    def next_deadline(self) -> int | None:
+        """When `tick` must next be called (ms, the runtime's clock), or None if nothing is armed."""
+        return self._timers[0][0] if self._timers else None
+
+    def tick(self, now: int) -> list[Effect]:
+        """Runs every timer due at `now`."""
+        self._set_now(now)
+        timers = self._timers
+        while timers and timers[0][0] <= now and not self.left:
+            _, _, kind, arg = heapq.heappop(timers)
+            if kind == _PROBE:
+                self._probe_tick()
+            elif kind == _PROBE_TIMEOUT:
+                self._probe_timeout(arg)
+            elif kind == _PROBE_END:
+                self._probe_end(arg)
+            elif kind == _RELAY_NACK:
+                relay = self._relays.get(arg)
+                if relay is not None:
+                    self._send_to_id(relay[0], Nack(relay[1], self.id))
+            elif kind == _RELAY_END:
+                self._relays.pop(arg, None)
+            elif kind == _SUSPICION:
+                self._suspicion_timeout(arg)
+            elif kind == _JOIN_RETRY:
+                self._join_retry()
+        return self._flush()
+
+    def handle(self, now: int, message: Message) -> list[Effect]:
+        """Processes one incoming message."""
+        self._set_now(now)
+        if self.left:
+            return []
+        handler = _HANDLERS.get(type(message))
+        if handler is not None:
+            handler(self, message)
+        return self._flush()
+
+    def join(self, now: int, bootstrap: Sequence[tuple[str, str]]) -> list[Effect]:
+        """Joins the cluster through the first reachable of `bootstrap` ((node_id or "", addr) pairs);
+        tried in turn every join_timeout_ms until one answers. An empty list starts a new cluster."""
+        self._set_now(now)
+        self._bootstrap = [b for b in bootstrap if b[0] != self.id]
+        if not self._bootstrap:
+            self.joined = True
+            return self._flush()
+        self._join_attempt = 0
+        self._join_retry()
+        return self._flush()
+
+    def install(self, members: Sequence[tuple[MemberInfo, int]]) -> None:
+        """Starts from a formed cluster: every member in `members` (info, incarnation) is known alive.
+
+        For simulations and static clusters: equivalent to a join whose news has fully spread, without
+        simulating the spreading. Long links are then requested at the first tick."""
+        slots = self.directory.intern_many([info for info, _ in members])
+        for slot, (_, incarnation) in zip(slots, members, strict=True):
+            if slot != self.me:
+                self.table.set(slot, State.ALIVE, incarnation)
+        self.overlay.recompute_near()
+        self.joined = True
+
+    def install_snapshot(self, states: bytes, incarnations: array[int]) -> None:
+        """`install` given as per-slot arrays of this node's directory (the simulator forms 10,000-node
+        clusters this way: a bytes copy per node instead of 10^8 updates)."""
+        self.table.fill(states, incarnations)
+        self.table.set(self.me, State.ALIVE, self.incarnation)
+        self.overlay.recompute_near()
+        self.joined = True
+
+    def leave(self, now: int) -> list[Effect]:
+        """Leaves for good at the current incarnation: tells every linked member, then stops."""
+        self._set_now(now)
+        self._set_state(self.me, _LEFT, self.incarnation)
+        message = Leave(self.id, self.incarnation)
+        for slot in self.overlay.links():
+            self._send_to_slot(slot, message)
+        self.left = True
+        self._timers.clear()
+        return self._flush()
+
+    def route(self, now: int, target: str, payload: Any) -> tuple[int, list[Effect]]:
+        """Sends `payload` greedily over the overlay to the member `target`; returns the route id that
+        the eventual `Deliver` (at the target) or `RouteFailure` (here) carries, and the effects."""
+        self._set_now(now)
+        route_id = self._next_seq()
+        self._forward(Routed(route_id, self.id, self.info.addr, target, 0, payload))
+        return route_id, self._flush()
+
+    # ------------------------------------------------------------------ views
+
+    def member_state(self, node_id: str) -> State:
+        slot = self.directory.slot(node_id)
+        return State.UNKNOWN if slot is None else self.table.state(slot)
+
+    def live_count(self) -> int:
+        return self.table.live_count()
+
+    def link_ids(self) -> list[str]:
+        infos = self.directory.infos
+        return [infos[s].node_id for s in self.overlay.links()]
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _set_now(self, now: int) -> None:
+        assert now >= self._now, f"time went backwards at {self.id}: {now} < {self._now}"
+        self._now = now
+
+    def _flush(self) -> list[Effect]:
+        out, self._out = self._out, []
+        return out
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _arm(self, when: int, kind: int, arg: int) -> None:
+        heapq.heappush(self._timers, (when, self._next_seq(), kind, arg))
+
+    def _health_scale(self) -> int:
+        return self.local_health + 1
+
+    def _adjust_health(self, delta: int) -> None:
+        self.local_health = min(self.settings.max_local_health, max(0, self.local_health + delta))
+
+    def _retransmit_limit(self) -> int:
+        return self.settings.retransmit_mult * max(1, math.ceil(math.log10(self.table.live_count() + 1)))
+
+    def _piggyback(self) -> tuple[Update, ...]:
+        return self.broadcasts.take(self.settings.max_piggyback, self._retransmit_limit())
+
+    def _send_to_slot(self, slot: int, message: Message) -> None:
+        info = self.directory.infos[slot]
+        self._out.append(Send(info.node_id, info.addr, message))
+
+    def _send_to_id(self, node_id: str, message: Message, addr: str = "") -> None:
+        slot = self.directory.slot(node_id)
+        if slot is not None and not addr:
+            addr = self.directory.infos[slot].addr
+        self._out.append(Send(node_id, addr, message))
+
+    def _link_changed(self, slot: int, delta: int) -> None:
+        if self.link_observer is not None:
+            self.link_observer(self, slot, delta)
+
+    # ------------------------------------------------------------------ membership state
+
+    def _update_for(self, slot: int, state: int, incarnation: int, origin: str = "") -> Update:
+        info = self.directory.infos[slot]
+        return Update(state, info.node_id, incarnation, info.addr, info.region, origin)
+
+    def _set_state(self, slot: int, state: int, incarnation: int, own: bool = False) -> None:
+        """Sets a member's state; `own` tells observers that this node's own detector decided it."""
+        table = self.table
+        old = table.raw_state(slot)
+        table.set(slot, State(state), incarnation)
+        if old == state:
+            return
+        if state != _SUSPECT:
+            self.suspicions.pop(slot, None)
+        if self.member_observer is not None:
+            self.member_observer(self, slot, old, state, incarnation, own)
+        if slot == self.me:
+            return
+        _, lost_long = self.overlay.member_changed(slot, state)
+        if state in (_DEAD, _LEFT):
+            self._pending_links.pop(slot, None)
+        if lost_long:
+            self._send_to_slot(slot, Unlink(self.id))
+            self._maintain_links()
+
+    def _apply(self, update: Update, rebroadcast: bool = True, own: bool = False) -> None:
+        """Merges one membership update into the table (rules in the module docstring)."""
+        state, node_id, incarnation = update.state, update.node_id, update.incarnation
+        if node_id == self.id:
+            self._about_me(update)
+            return
+        slot = self.directory.slot(node_id)
+        if slot is None:
+            slot = self.directory.intern(MemberInfo(node_id, update.addr, update.region))
+            current, current_inc = _UNKNOWN, 0
+        else:
+            table = self.table
+            current = table.states[slot] if slot < len(table.states) else _UNKNOWN
+            current_inc = table.incarnations[slot] if current else 0
+        if current == _UNKNOWN:
+            accept = True
+        elif state == _ALIVE:
+            accept = incarnation > current_inc
+            if accept and current == _ALIVE and self.directory.infos[slot].addr != update.addr:
+                self.directory.intern(MemberInfo(node_id, update.addr, update.region))
+        elif state == _SUSPECT:
+            if current == _SUSPECT and incarnation == current_inc:
+                self._confirm(slot, update.origin)
+                return
+            accept = (
+                current in (_ALIVE, _SUSPECT)
+                and incarnation >= current_inc
+                and (current == _ALIVE or incarnation > current_inc)
+            )
+        elif state == _DEAD:
+            accept = current in (_ALIVE, _SUSPECT) and incarnation >= current_inc
+        else:  # LEFT
+            accept = current != _LEFT and incarnation >= current_inc
+        if not accept:
+            return
+        self._set_state(slot, state, incarnation, own)
+        if state == _SUSPECT:
+            self._start_suspicion(slot, incarnation, update.origin)
+        if rebroadcast:
+            self.broadcasts.put(slot, update)
+
+    def _about_me(self, update: Update) -> None:
+        """Someone says something about this node: refute anything but alive at an older incarnation."""
+        if update.state == _ALIVE and update.incarnation <= self.incarnation:
+            return
+        if update.state == _LEFT and self.left:
+            return
+        # Suspect, dead or left at >= our incarnation, or alive at a higher one (a previous life of this
+        # node): take an incarnation above it and announce that we are alive.
+        if update.state != _ALIVE and update.incarnation < self.incarnation:
+            return
+        self.incarnation = max(self.incarnation, update.incarnation) + 1
+        self.table.set(self.me, State.ALIVE, self.incarnation)
+        self.broadcasts.put(self.me, self._update_for(self.me, _ALIVE, self.incarnation))
+        if update.state != _ALIVE:
+            self.stats.refutations += 1
+            self._adjust_health(1)
+
+    def _suspicion_bounds(self) -> tuple[int, int]:
+        n = max(1, self.table.live_count())
+        low = int(self.settings.suspicion_mult * max(1.0, math.log10(n)) * self.settings.probe_interval_ms)
+        return low, low * self.settings.suspicion_max_mult
+
+    def _suspicion_deadline(self, suspicion: _Suspicion) -> int:
+        low, high = self._suspicion_bounds()
+        k = self.settings.indirect_probes
+        confirmations = len(suspicion.confirmers) - 1
+        if k < 1 or confirmations <= 0:
+            timeout = high
+        else:
+            frac = math.log(confirmations + 1) / math.log(k + 1)
+            timeout = max(low, int(high - (high - low) * frac))
+        return suspicion.start + timeout
+
+    def _start_suspicion(self, slot: int, incarnation: int, origin: str) -> None:
+        suspicion = _Suspicion(incarnation, self._now, 0, {origin} if origin else set())
+        suspicion.deadline = self._suspicion_deadline(suspicion)
+        self.suspicions[slot] = suspicion
+        self._arm(suspicion.deadline, _SUSPICION, slot)
+
+    def _confirm(self, slot: int, origin: str) -> None:
+        suspicion = self.suspicions.get(slot)
+        if suspicion is None or not origin or origin in suspicion.confirmers:
+            return
+        suspicion.confirmers.add(origin)
+        deadline = self._suspicion_deadline(suspicion)
+        if deadline < suspicion.deadline:
+            suspicion.deadline = deadline
+            self._arm(deadline, _SUSPICION, slot)
+
+    def _suspicion_timeout(self, slot: int) -> None:
+        suspicion = self.suspicions.get(slot)
+        if suspicion is None or suspicion.deadline > self._now:
+            return
+        if self.table.raw_state(slot) != _SUSPECT or self.table.incarnation(slot) != suspicion.incarnation:
+            return
+        self.stats.deaths_declared += 1
+        update = self._update_for(slot, _DEAD, suspicion.incarnation, self.id)
+        self._set_state(slot, _DEAD, suspicion.incarnation, own=True)
+        self.broadcasts.put(slot, update)
+
+    def _suspect(self, slot: int) -> None:
+        """This node's own probe of `slot` failed."""
+        state = self.table.raw_state(slot)
+        incarnation = self.table.incarnation(slot)
+        update = self._update_for(slot, _SUSPECT, incarnation, self.id)
+        if state == _ALIVE:
+            self.stats.suspicions_raised += 1
+            self._apply(update, own=True)
+        elif state == _SUSPECT:
+            before = self.suspicions.get(slot)
+            if before is not None and self.id not in before.confirmers:
+                self.stats.suspicions_raised += 1
+                self._confirm(slot, self.id)
+                self.broadcasts.put(slot, update)
+
+    # ------------------------------------------------------------------ probing
+
+    def _next_probe_target(self) -> int | None:
+        order = self._probe_order
+        overlay = self.overlay
+        for _ in range(2):
+            while order:
+                slot = order.pop()
+                if overlay.linked(slot) and overlay.usable(slot):
+                    return slot
+            order.extend(overlay.links())
+            self.rng.shuffle(order)
+        return None
+
+    def _probe_tick(self) -> None:
+        scale = self._health_scale()
+        interval = self.settings.probe_interval_ms * scale
+        self._arm(self._now + interval, _PROBE, 0)
+        if not self.joined:
+            return
+        self._maintain_links()
+        target = self._next_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        self._probes[seq] = _Probe(target)
+        self.stats.probes += 1
+        self._send_to_slot(target, Ping(seq, self.id, self.directory.infos[target].node_id, self._piggyback()))
+        self._arm(self._now + self.settings.probe_timeout_ms * scale, _PROBE_TIMEOUT, seq)
+        self._arm(self._now + interval, _PROBE_END, seq)
+
+    def _probe_timeout(self, seq: int) -> None:
+        probe = self._probes.get(seq)
+        if probe is None or probe.acked:
+            return
+        candidates = [s for s in self.overlay.links() if s != probe.target and self.table.raw_state(s) == _ALIVE]
+        k = min(self.settings.indirect_probes, len(candidates))
+        target_info = self.directory.infos[probe.target]
+        for i in range(k):
+            j = i + self.rng.randrange(len(candidates) - i)
+            candidates[i], candidates[j] = candidates[j], candidates[i]
+            self._send_to_slot(
+                candidates[i], PingReq(seq, self.id, target_info.node_id, target_info.addr, self._piggyback())
+            )
+        probe.helpers = k
+
+    def _probe_end(self, seq: int) -> None:
+        probe = self._probes.pop(seq, None)
+        if probe is None or probe.acked:
+            return
+        self.stats.probes_failed += 1
+        self._adjust_health(probe.helpers - probe.nacks if probe.helpers else 1)
+        if self.overlay.usable(probe.target):
+            self._suspect(probe.target)
+
+    def _on_ping(self, message: Ping) -> None:
+        self._apply_all(message.updates)
+        if message.target != self.id:
+            return  # meant for a previous holder of this address
+        self._send_to_id(message.source, Ack(message.seq, self.id, self._piggyback()))
+
+    def _on_ping_req(self, message: PingReq) -> None:
+        self._apply_all(message.updates)
+        seq = self._next_seq()
+        self._relays[seq] = (message.source, message.seq)
+        self._out.append(
+            Send(message.target, message.target_addr, Ping(seq, self.id, message.target, self._piggyback()))
+        )
+        self._arm(self._now + self.settings.probe_timeout_ms * 4 // 5, _RELAY_NACK, seq)
+        self._arm(self._now + self.settings.probe_interval_ms, _RELAY_END, seq)
+
+    def _on_ack(self, message: Ack) -> None:
+        self._apply_all(message.updates)
+        probe = self._probes.get(message.seq)
+        if probe is not None:
+            if not probe.acked:
+                probe.acked = True
+                self._adjust_health(-1)
+            return
+        relay = self._relays.pop(message.seq, None)
+        if relay is not None:
+            self._send_to_id(relay[0], Ack(relay[1], message.source, ()))
+
+    def _on_nack(self, message: Nack) -> None:
+        probe = self._probes.get(message.seq)
+        if probe is not None:
+            probe.nacks += 1
+
+    def _apply_all(self, updates: tuple[Update, ...]) -> None:
+        for update in updates:
+            self._apply(update)
+
+    # ------------------------------------------------------------------ join and leave
+
+    def _join_retry(self) -> None:
+        if self.joined or not self._bootstrap:
+            return
+        node_id, addr = self._bootstrap[self._join_attempt % len(self._bootstrap)]
+        self._join_attempt += 1
+        self._out.append(Send(node_id, addr, Join(self.id, self.info.addr, self.info.region, self.incarnation)))
+        self._arm(self._now + self.settings.join_timeout_ms, _JOIN_RETRY, 0)
+
+    def _on_join(self, message: Join) -> None:
+        self._apply(Update(_ALIVE, message.source, message.incarnation, message.addr, message.region, ""))
+        infos = self.directory.infos
+        table = self.table
+        states = table.states
+        members = tuple(
+            Update(state, infos[slot].node_id, table.incarnations[slot], infos[slot].addr, infos[slot].region, "")
+            for slot, state in enumerate(states)
+            if state
+        )
+        self._send_to_id(message.source, JoinReply(self.id, members), message.addr)
+
+    def _on_join_reply(self, message: JoinReply) -> None:
+        if self.joined:
+            return
+        for update in message.members:
+            self._apply(update, rebroadcast=False)
+        self.joined = True
+        self.broadcasts.put(self.me, self._update_for(self.me, _ALIVE, self.incarnation))
+        self.overlay.recompute_near()
+        hello = Neighbor(self.id, self.info.addr, self.info.region, self.incarnation)
+        for slot in self.overlay.near:
+            self._send_to_slot(slot, hello)
+        self._maintain_links()
+
+    def _on_neighbor(self, message: Neighbor) -> None:
+        self._apply(Update(_ALIVE, message.source, message.incarnation, message.addr, message.region, ""))
+
+    def _on_leave(self, message: Leave) -> None:
+        slot = self.directory.slot(message.source)
+        if slot is None:
+            return
+        info = self.directory.infos[slot]
+        self._apply(Update(_LEFT, message.source, message.incarnation, info.addr, info.region, ""))
+
+    # ------------------------------------------------------------------ long links
+
+    def _maintain_links(self) -> None:
+        """Requests long links until `long_max` are held or pending; forgets requests left unanswered."""
+        if not self.joined:
+            return
+        now = self._now
+        expiry = 2 * self.settings.probe_interval_ms
+        for slot, (_, sent) in list(self._pending_links.items()):
+            if now - sent > expiry:
+                del self._pending_links[slot]
+        for slot, when in list(self._refused.items()):
+            if now - when > 30 * self.settings.probe_interval_ms:
+                del self._refused[slot]
+        overlay = self.overlay
+        missing = self.settings.long_max - len(overlay.long_out) - len(self._pending_links)
+        exclude = set(self._pending_links) | set(self._refused)
+        live = self.table.live_count()
+        for _ in range(max(0, missing)):
+            target = overlay.draw_long_target(live, exclude)
+            if target is None:
+                break
+            exclude.add(target)
+            seq = self._next_seq()
+            self._pending_links[target] = (seq, now)
+            self._send_to_slot(target, Link(seq, self.id, self.info.addr, self.info.region, self.incarnation))
+
+    def _on_link(self, message: Link) -> None:
+        self._apply(Update(_ALIVE, message.source, message.incarnation, message.addr, message.region, ""))
+        slot = self.directory.slot(message.source)
+        assert slot is not None
+        accepted = self.overlay.usable(slot) and self.overlay.accept_long_in(slot)
+        self._send_to_slot(slot, LinkReply(message.seq, self.id, accepted))
+
+    def _on_link_reply(self, message: LinkReply) -> None:
+        slot = self.directory.slot(message.source)
+        if slot is None:
+            return
+        pending = self._pending_links.get(slot)
+        if pending is None or pending[0] != message.seq:
+            if message.accepted and slot not in self.overlay.long_out:
+                self._send_to_slot(slot, Unlink(self.id))  # a late answer we no longer wait for
+            return
+        del self._pending_links[slot]
+        if message.accepted and self.overlay.usable(slot) and len(self.overlay.long_out) < self.settings.long_max:
+            self.overlay.add_long_out(slot)
+            return
+        if message.accepted:
+            self._send_to_slot(slot, Unlink(self.id))
+        else:
+            self.stats.link_refusals += 1
+            self._refused[slot] = self._now
+        self._maintain_links()
+
+    def _on_unlink(self, message: Unlink) -> None:
+        slot = self.directory.slot(message.source)
+        if slot is not None:
+            self.overlay.drop_long_in(slot)
+
+    # ------------------------------------------------------------------ routing
+
+    def _forward(self, message: Routed) -> None:
+        if message.target == self.id:
+            self._out.append(Deliver(message.route_id, message.source, message.hops, message.payload))
+            return
+        target_slot = self.directory.slot(message.target)
+        if target_slot is not None and self.table.raw_state(target_slot) in (_DEAD, _LEFT):
+            self._route_failed(message, f"target is {State(self.table.raw_state(target_slot)).name.lower()}")
+            return
+        if message.hops >= self.settings.hop_limit:
+            self._route_failed(message, f"hop limit {self.settings.hop_limit} reached")
+            return
+        if target_slot is not None and self.overlay.linked(target_slot):
+            hop: int | None = target_slot
+            target_pos = self.directory.positions[target_slot]
+        else:
+            target_pos = self.directory.positions[target_slot] if target_slot is not None else position(message.target)
+            hop = self.overlay.next_hop(target_pos)
+        if hop is None:
+            self._route_failed(message, "no linked member is closer to the target (it is down or unknown)")
+            return
+        self._send_to_slot(hop, message._replace(hops=message.hops + 1))
+
+    def _route_failed(self, message: Routed, reason: str) -> None:
+        self.stats.routes_failed += 1
+        if message.source == self.id:
+            self._out.append(RouteFailure(message.route_id, message.target, message.hops, reason))
+        else:
+            self._send_to_id(
+                message.source,
+                RouteFailed(message.route_id, self.id, message.target, message.hops, reason),
+                message.source_addr,
+            )
+
+    def _on_route_failed(self, message: RouteFailed) -> None:
+        self._out.append(RouteFailure(message.route_id, message.target, message.hops, message.reason))
+
+
+_HANDLERS: dict[type, Callable[[Peer, Any], None]] = {
+    Ping: Peer._on_ping,
+    PingReq: Peer._on_ping_req,
+    Ack: Peer._on_ack,
+    Nack: Peer._on_nack,
+    Join: Peer._on_join,
+    JoinReply: Peer._on_join_reply,
+    Neighbor: Peer._on_neighbor,
+    Leave: Peer._on_leave,
+    Link: Peer._on_link,
+    LinkReply: Peer._on_link_reply,
+    Unlink: Peer._on_unlink,
+    Routed: Peer._forward,
+    RouteFailed: Peer._on_route_failed,
+}

@@ -1,0 +1,218 @@
+"""The ring: node positions, ring distance, and the directory of members a node has heard of.
+
+Every node sits at a position on a ring of 2^64 points, the first 8 bytes of the BLAKE2b hash of its id, so
+positions are uniform, stable across restarts and computed the same way by everyone.
+
+`Directory` holds what never changes for a node id (position) and what changes rarely (addresses, region),
+under a dense integer *slot*, plus the slots sorted by ring position. The per-node, fast-changing state
+(incarnation, alive/suspect/dead/left) lives in `MemberTable` as two flat arrays indexed by slot: one byte
+and four bytes per member, instead of a dict of objects. That is what lets a simulator hold 10,000 nodes
+that each know 10,000 members (10^8 entries) in about half a gigabyte.
+
+A directory may be shared by many cores in one process (the simulator does that): it only says "if you know
+of this id, here is its slot and position"; a core knows of a member only when its own table has a state for
+the slot. Interning an id is idempotent, so sharing it changes nothing a core can observe.
+
+Invariants: a slot, once given to an id, is never reused; `ring_positions` is sorted and `ring_slots[i]` is
+the slot at `ring_positions[i]`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+RING_BITS = 64
+RING = 1 << RING_BITS
+HALF_RING = RING >> 1
+
+
+def position(node_id: str) -> int:
+    """The ring position of a node id: the first 8 bytes of its BLAKE2b hash, as an unsigned integer."""
+    return int.from_bytes(hashlib.blake2b(node_id.encode(), digest_size=8).digest(), "big")
+
+
+def clockwise(source: int, target: int) -> int:
+    """Distance from `source` to `target` going clockwise (increasing positions, wrapping)."""
+    return (target - source) % RING
+
+
+def distance(a: int, b: int) -> int:
+    """Ring distance: the shorter way round, from 0 to 2^63."""
+    d = (b - a) % RING
+    return d if d <= HALF_RING else RING - d
+
+
+class State(IntEnum):
+    """A member's state as one node sees it. UNKNOWN is the table's "no entry"."""
+
+    UNKNOWN = 0
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3
+    LEFT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """What identifies a member: id, the address peers reach it at, and its region."""
+
+    node_id: str
+    addr: str
+    region: str
+
+
+class Directory:
+    """Slots, positions and infos of every node id heard of (see the module docstring)."""
+
+    __slots__ = ("infos", "positions", "ring_positions", "ring_slots", "_slot_of")
+
+    def __init__(self) -> None:
+        self.infos: list[MemberInfo] = []
+        self.positions: list[int] = []
+        self.ring_positions: list[int] = []
+        self.ring_slots: list[int] = []
+        self._slot_of: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def slot(self, node_id: str) -> int | None:
+        """The slot of `node_id`, or None if it was never interned."""
+        return self._slot_of.get(node_id)
+
+    def intern(self, info: MemberInfo) -> int:
+        """Returns the slot of `info.node_id`, giving it one if new. A changed address or region replaces
+        the old one (a member that restarted elsewhere); the position never changes."""
+        slot = self._slot_of.get(info.node_id)
+        if slot is not None:
+            if self.infos[slot] != info:
+                self.infos[slot] = info
+            return slot
+        slot = len(self.infos)
+        self._slot_of[info.node_id] = slot
+        self.infos.append(info)
+        pos = position(info.node_id)
+        self.positions.append(pos)
+        i = bisect.bisect_left(self.ring_positions, pos)
+        self.ring_positions.insert(i, pos)
+        self.ring_slots.insert(i, slot)
+        return slot
+
+    def intern_many(self, infos: list[MemberInfo]) -> list[int]:
+        """Interns many ids at once (one sort instead of one insertion each); returns their slots."""
+        slots = []
+        for info in infos:
+            slot = self._slot_of.get(info.node_id)
+            if slot is None:
+                slot = len(self.infos)
+                self._slot_of[info.node_id] = slot
+                self.infos.append(info)
+                self.positions.append(position(info.node_id))
+            slots.append(slot)
+        order = sorted(range(len(self.positions)), key=self.positions.__getitem__)
+        self.ring_positions = [self.positions[s] for s in order]
+        self.ring_slots = order
+        return slots
+
+    def walk(self, start: int, step: int) -> Iterator[int]:
+        """Slots in ring order starting just past position `start`, clockwise (step 1) or counter-clockwise
+        (step -1), once round the ring."""
+        n = len(self.ring_slots)
+        if step > 0:
+            i = bisect.bisect_right(self.ring_positions, start)
+        else:
+            i = bisect.bisect_left(self.ring_positions, start) - 1
+        ring_slots = self.ring_slots
+        for _ in range(n):
+            yield ring_slots[i % n]
+            i += step
+
+    def nearest(self, point: int) -> Iterator[int]:
+        """Slots ordered by ring distance from `point`, nearest first (alternating sides), once round."""
+        n = len(self.ring_slots)
+        if n == 0:
+            return
+        positions = self.ring_positions
+        hi = bisect.bisect_left(positions, point)
+        lo = hi - 1
+        taken = 0
+        while taken < n:
+            d_hi = distance(point, positions[hi % n])
+            d_lo = distance(point, positions[lo % n])
+            if d_hi <= d_lo:
+                yield self.ring_slots[hi % n]
+                hi += 1
+            else:
+                yield self.ring_slots[lo % n]
+                lo -= 1
+            taken += 1
+
+
+class MemberTable:
+    """One node's view of every member: state and incarnation per slot, in two flat arrays.
+
+    Counts per state are kept up to date so the cluster size (for log n timeouts and quorums) costs O(1).
+    """
+
+    __slots__ = ("directory", "states", "incarnations", "counts")
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self.states = bytearray()
+        self.incarnations = array("I")
+        self.counts = [0] * len(State)
+
+    def _grow(self, slot: int) -> None:
+        missing = slot + 1 - len(self.states)
+        if missing > 0:
+            # Grow geometrically: members are learned one by one while a cluster forms.
+            missing = max(missing, len(self.states) // 2, 16)
+            self.states.extend(bytes(missing))
+            self.incarnations.frombytes(bytes(self.incarnations.itemsize * missing))
+
+    def state(self, slot: int) -> State:
+        return State(self.states[slot]) if slot < len(self.states) else State.UNKNOWN
+
+    def raw_state(self, slot: int) -> int:
+        """The state as a plain int (hot paths: no enum construction)."""
+        return self.states[slot] if slot < len(self.states) else 0
+
+    def incarnation(self, slot: int) -> int:
+        return self.incarnations[slot] if slot < len(self.incarnations) else 0
+
+    def set(self, slot: int, state: State, incarnation: int) -> None:
+        self._grow(slot)
+        old = self.states[slot]
+        if old != state:
+            self.counts[old] -= 1
+            self.counts[state] += 1
+            self.states[slot] = state
+        self.incarnations[slot] = incarnation
+
+    def fill(self, states: bytes, incarnations: array[int]) -> None:
+        """Replaces the whole table with these per-slot states and incarnations (a formed cluster)."""
+        assert len(states) == len(incarnations)
+        self.states = bytearray(states)
+        self.incarnations = array("I", incarnations)
+        self.counts = [0] * len(State)
+        for state in State:
+            if state:
+                self.counts[state] = self.states.count(int(state))
+
+    def live_count(self) -> int:
+        """Members believed up (alive or suspect), this node included when it is in its own table."""
+        return self.counts[State.ALIVE] + self.counts[State.SUSPECT]
+
+    def known_count(self) -> int:
+        """Members with any state (including dead and left)."""
+        # counts[UNKNOWN] is not meaningful (the arrays grow with zeros without counting them).
+        return sum(self.counts[1:])
+
+    def slots_in(self, *states: State) -> list[int]:
+        wanted = {int(s) for s in states}
+        return [slot for slot, s in enumerate(self.states) if s in wanted]

@@ -1,0 +1,299 @@
+"""`Simulation`: many `Peer` cores on virtual time over a simulated network, with faults.
+
+One seeded `random.Random` decides everything: latencies, losses, which nodes crash, each core's own RNG
+(seeded from it in creation order). Events are kept in one heap ordered by (time, sequence number), so
+equal times resolve in a fixed order and a seed reproduces a run exactly.
+
+Per node the simulator keeps what survives a crash (the node's id, address, region and the incarnation its
+storage holds) and the fault knobs: up or crashed, slow (every message it receives waits an extra random
+delay before it is processed, mean `slow_ms`) and clock skew (the core's clock reads virtual time plus a
+constant offset). A crashed node's in-flight messages are dropped; a restarted node gets a new core with its
+stored incarnation plus one and joins again through live members.
+
+Observers see every member-state change and every link change of every core; checkers and measurements
+hang off them (see `checkers.py` and `run.py`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsm.core.messages import OVERLAY_MESSAGES, Deliver, Effect, RouteFailure, Send
+from dsm.core.peer import Peer, PeerSettings
+from dsm.core.ring import Directory, MemberInfo, State
+from dsm.sim.network import NetworkModel
+
+_DELIVER = 0
+_WAKE = 1
+_ACTION = 2
+
+MemberHook = Callable[[int, int, int, int, int, bool], None]
+LinkHook = Callable[[int, int, int], None]
+
+
+@dataclass(slots=True, eq=False)
+class SimNode:
+    """A simulated machine: identity and storage survive crashes; the core does not."""
+
+    index: int
+    info: MemberInfo
+    peer: Peer | None = None
+    up: bool = False
+    stored_incarnation: int = 0
+    generation: int = 0
+    slow_ms: float = 0.0
+    skew_ms: int = 0
+    wake: float = math.inf
+    crashed_at: float | None = None
+    left: bool = False
+
+
+@dataclass
+class RouteOutcome:
+    source: int
+    target: int
+    started_ms: float
+    delivered: bool | None = None
+    hops: int = 0
+    reason: str = ""
+
+
+@dataclass
+class Simulation:
+    """See the module docstring. Create, then `form` or `add_node` + `join`, then `run_until`."""
+
+    seed: int
+    settings: PeerSettings = field(default_factory=PeerSettings)
+    network: NetworkModel = field(default_factory=NetworkModel)
+    regions: tuple[str, ...] = ("default",)
+    skew_max_ms: int = 0
+    start_ms: float = 1_000_000.0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.now = self.start_ms
+        self.directory = Directory()
+        self.nodes: list[SimNode] = []
+        self.index_of: dict[str, int] = {}
+        self.index_of_addr: dict[str, int] = {}
+        self._heap: list[tuple[float, int, int, int, Any]] = []
+        self._seq = 0
+        self.sent: Counter[str] = Counter()
+        self.messages_total = 0
+        self.events = 0
+        self.member_hooks: list[MemberHook] = []
+        self.link_hooks: list[LinkHook] = []
+        self.send_hooks: list[Callable[[int, int, Any], None]] = []
+        self.routes: dict[tuple[int, int], RouteOutcome] = {}
+
+    # ------------------------------------------------------------------ building the cluster
+
+    def add_node(self, region: str | None = None) -> SimNode:
+        """Creates a machine (not started). Ids are n0, n1, ...; regions round-robin unless given."""
+        index = len(self.nodes)
+        node_id = f"n{index}"
+        info = MemberInfo(node_id, f"sim://{node_id}", region or self.regions[index % len(self.regions)])
+        node = SimNode(index, info)
+        if self.skew_max_ms:
+            node.skew_ms = self.rng.randint(-self.skew_max_ms, self.skew_max_ms)
+        self.nodes.append(node)
+        self.index_of[node_id] = index
+        self.index_of_addr[info.addr] = index
+        self.directory.intern(info)
+        return node
+
+    def _new_peer(self, node: SimNode) -> Peer:
+        peer = Peer(
+            node.info,
+            self.settings,
+            random.Random(self.rng.getrandbits(64)),
+            self._peer_now(node),
+            directory=self.directory,
+            incarnation=node.stored_incarnation,
+            member_observer=self._on_member if self.member_hooks else None,
+            link_observer=self._on_link if self.link_hooks else None,
+        )
+        node.peer = peer
+        node.up = True
+        node.generation += 1
+        node.wake = math.inf
+        return peer
+
+    def form(self, count: int) -> None:
+        """Creates `count` nodes that start as a formed cluster (everyone knows everyone alive)."""
+        first = len(self.nodes)
+        for _ in range(count):
+            self.add_node()
+        size = len(self.directory)
+        states = bytes([int(State.ALIVE)]) * size
+        incarnations = array("I", bytes(4 * size))
+        for node in self.nodes[first:]:
+            peer = self._new_peer(node)
+            peer.install_snapshot(states, incarnations)
+            self._reschedule(node)
+
+    def join(self, node: SimNode, bootstrap: list[SimNode]) -> None:
+        """Starts `node` (new or restarted) and joins it through `bootstrap`."""
+        peer = self._new_peer(node)
+        effects = peer.join(self._peer_now(node), [(b.info.node_id, b.info.addr) for b in bootstrap])
+        self._apply_effects(node, effects)
+        self._reschedule(node)
+
+    def crash(self, node: SimNode) -> None:
+        """Stops the node at once, without a word; its in-flight messages are lost."""
+        assert node.up and node.peer is not None
+        node.stored_incarnation = max(node.stored_incarnation, node.peer.incarnation)
+        node.peer = None
+        node.up = False
+        node.crashed_at = self.now
+        node.wake = math.inf
+
+    def restart(self, node: SimNode, bootstrap: list[SimNode]) -> None:
+        """Starts a crashed node again with its stored identity and a higher incarnation."""
+        assert not node.up
+        node.stored_incarnation += 1
+        node.crashed_at = None
+        self.join(node, bootstrap)
+
+    def leave(self, node: SimNode) -> None:
+        assert node.up and node.peer is not None
+        effects = node.peer.leave(self._peer_now(node))
+        node.stored_incarnation = node.peer.incarnation
+        self._apply_effects(node, effects)
+        node.left = True
+        node.up = False
+        node.peer = None
+
+    def route(self, source: SimNode, target: SimNode) -> RouteOutcome:
+        """Routes a probe payload from source to target over the overlay; the outcome fills in later."""
+        assert source.peer is not None
+        route_id, effects = source.peer.route(self._peer_now(source), target.info.node_id, None)
+        outcome = RouteOutcome(source.index, target.index, self.now)
+        self.routes[(source.index, route_id)] = outcome
+        self._apply_effects(source, effects)
+        self._reschedule(source)
+        return outcome
+
+    def at(self, when_ms: float, action: Callable[[], None]) -> None:
+        """Runs `action` at virtual time `when_ms`."""
+        self._push(when_ms, _ACTION, -1, action)
+
+    def up_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes if n.up]
+
+    # ------------------------------------------------------------------ the event loop
+
+    def _peer_now(self, node: SimNode) -> int:
+        return int(self.now) + node.skew_ms
+
+    def _push(self, when: float, kind: int, index: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, kind, index, payload))
+
+    def _reschedule(self, node: SimNode) -> None:
+        peer = node.peer
+        if peer is None:
+            return
+        deadline = peer.next_deadline()
+        if deadline is None:
+            return
+        when = max(float(deadline - node.skew_ms), self.now)
+        if when < node.wake:
+            node.wake = when
+            self._push(when, _WAKE, node.index, node.generation)
+
+    def run_until(self, end_ms: float, progress: Callable[[float], None] | None = None) -> None:
+        """Processes every event up to virtual time `end_ms` (inclusive), then sets the time to it."""
+        heap = self._heap
+        nodes = self.nodes
+        pop = heapq.heappop
+        events = 0
+        while heap and heap[0][0] <= end_ms:
+            when, _, kind, index, payload = pop(heap)
+            self.now = when
+            events += 1
+            if kind == _ACTION:
+                payload()
+                continue
+            node = nodes[index]
+            peer = node.peer
+            if peer is None:
+                continue
+            now = int(when) + node.skew_ms
+            if kind == _DELIVER:
+                effects = peer.handle(now, payload)
+            else:
+                if payload != node.generation or when != node.wake:
+                    continue
+                node.wake = math.inf
+                effects = peer.tick(now)
+            if effects:
+                self._apply_effects(node, effects)
+            self._reschedule(node)
+            if progress is not None and not events & 0x3FFF:
+                progress(when)
+        self.events += events
+        self.now = max(self.now, end_ms)
+        if progress is not None:
+            progress(self.now)
+
+    def _apply_effects(self, node: SimNode, effects: list[Effect]) -> None:
+        nodes = self.nodes
+        network = self.network
+        rng = self.rng
+        for effect in effects:
+            if type(effect) is Send:
+                message = effect.message
+                self.sent[type(message).__name__] += 1
+                self.messages_total += 1
+                target_index = self.index_of.get(effect.node_id)
+                if target_index is None:
+                    target_index = self.index_of_addr.get(effect.addr)
+                    if target_index is None:
+                        continue
+                for hook in self.send_hooks:
+                    hook(node.index, target_index, message)
+                if network.partitions and network.cut(node.index, target_index, self.now):
+                    continue
+                target = nodes[target_index]
+                for delay in network.delays(rng, node.info.region, target.info.region):
+                    if target.slow_ms:
+                        delay += target.slow_ms * (0.5 + rng.random())
+                    self._push(self.now + delay, _DELIVER, target_index, message)
+            elif type(effect) is Deliver:
+                outcome = self.routes.get((self.index_of[effect.source], effect.route_id))
+                if outcome is not None and outcome.delivered is None:
+                    outcome.delivered = True
+                    outcome.hops = effect.hops
+            elif type(effect) is RouteFailure:
+                outcome = self.routes.get((node.index, effect.route_id))
+                if outcome is not None and outcome.delivered is None:
+                    outcome.delivered = False
+                    outcome.hops = effect.hops
+                    outcome.reason = effect.reason
+
+    # ------------------------------------------------------------------ observers
+
+    def _on_member(self, peer: Peer, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
+        observer = self.index_of[peer.id]
+        for hook in self.member_hooks:
+            hook(observer, slot, old, new, incarnation, own)
+
+    def _on_link(self, peer: Peer, slot: int, delta: int) -> None:
+        observer = self.index_of[peer.id]
+        for hook in self.link_hooks:
+            hook(observer, slot, delta)
+
+    def node_of_slot(self, slot: int) -> SimNode:
+        return self.nodes[self.index_of[self.directory.infos[slot].node_id]]
+
+
+def is_overlay_message(message: Any) -> bool:
+    return isinstance(message, OVERLAY_MESSAGES)
