@@ -121,7 +121,8 @@ class Leave(NamedTuple):
 
 
 class Routed(NamedTuple):
-    """An application payload travelling greedily over the overlay to `target`."""
+    """An application payload travelling greedily over the overlay to `target`; `via` is the hop that
+    sent this copy (it waits for a RoutedAck and tries another hop if none comes)."""
 
     route_id: int
     source: str
@@ -129,6 +130,15 @@ class Routed(NamedTuple):
     target: str
     hops: int
     payload: Any
+    via: str
+
+
+class RoutedAck(NamedTuple):
+    """A hop took over the routed message (`source` is the original sender, `acker` the hop)."""
+
+    route_id: int
+    source: str
+    acker: str
 
 
 class RouteFailed(NamedTuple):
@@ -142,7 +152,8 @@ class RouteFailed(NamedTuple):
 
 
 Message = (
-    Ping | PingReq | Ack | Nack | Join | JoinReply | Neighbor | Link | LinkReply | Unlink | Leave | Routed | RouteFailed
+    Ping | PingReq | Ack | Nack | Join | JoinReply | Neighbor | Link | LinkReply | Unlink | Leave | Routed | RoutedAck
+    | RouteFailed
 )
 
 #: Messages that exist to build and repair the overlay (what a join "costs"); the rest is probing,

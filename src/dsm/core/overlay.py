@@ -219,9 +219,9 @@ class Overlay:
 
     # --- routing ---
 
-    def next_hop(self, target_position: int) -> int | None:
-        """The linked member closest to `target_position`, if closer than this node; alive members are
-        preferred, a suspect one is used only when no alive link gets closer."""
+    def next_hop(self, target_position: int, exclude: set[int], avoid: set[int]) -> int | None:
+        """The linked member closest to `target_position`, if closer than this node. Alive members not in
+        `avoid` come first; suspect or avoided ones only when nothing else gets closer; `exclude` never."""
         positions = self.directory.positions
         states = self.table.states
         best = None
@@ -229,8 +229,10 @@ class Overlay:
         fallback = None
         fallback_d = best_d
         for slot in self.refcount:
+            if slot in exclude:
+                continue
             d = distance(positions[slot], target_position)
-            if states[slot] == _ALIVE:
+            if states[slot] == _ALIVE and slot not in avoid:
                 if d < best_d:
                     best, best_d = slot, d
             elif d < fallback_d:

@@ -55,6 +55,7 @@ from dsm.core.messages import (
     Ping,
     PingReq,
     Routed,
+    RoutedAck,
     RouteFailed,
     RouteFailure,
     Send,
@@ -62,7 +63,7 @@ from dsm.core.messages import (
     Update,
 )
 from dsm.core.overlay import Overlay, RandomSource
-from dsm.core.ring import Directory, MemberInfo, MemberTable, State, position
+from dsm.core.ring import RING, Directory, MemberInfo, MemberTable, State, clockwise, position
 
 _UNKNOWN = int(State.UNKNOWN)
 _ALIVE = int(State.ALIVE)
@@ -78,6 +79,16 @@ _RELAY_NACK = 3
 _RELAY_END = 4
 _SUSPICION = 5
 _JOIN_RETRY = 6
+_ROUTE_RETRY = 7
+
+#: Most routed messages a node tracks at once while waiting for the next hop's acknowledgement.
+MAX_PENDING_FORWARDS = 4096
+#: Most next hops tried for one routed message at one node before it is reported undeliverable.
+MAX_HOP_TRIES = 16
+#: Most probes in flight at once (the periodic one plus probes of unresponsive next hops).
+MAX_PROBES = 8
+#: Routed messages remembered by their target, so a retried copy is not delivered twice.
+DELIVERED_MEMORY = 4096
 
 
 @dataclass(frozen=True)
@@ -133,8 +144,15 @@ class PeerStats:
 class _Probe:
     target: int
     acked: bool = False
-    helpers: int = 0
+    expected_nacks: int = 0
     nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Forward:
+    message: Routed
+    hop: int
+    tried: set[int]
 
 
 @dataclass(slots=True)
@@ -191,6 +209,14 @@ class Peer:
         self._seq = 0
         self._timers: list[tuple[int, int, int, int]] = []
         self._probes: dict[int, _Probe] = {}
+        self._probing: set[int] = set()
+        self._forwards: dict[int, _Forward] = {}
+        self._forward_seq: dict[tuple[str, int], int] = {}
+        self._avoid: dict[int, int] = {}
+        # When each member was last heard from (any message from it): helpers heard from recently are
+        # trusted to answer a PingReq, so their missing Nack counts against this node's own health.
+        self._heard: dict[int, int] = {}
+        self._delivered: dict[tuple[str, int], None] = {}
         self._relays: dict[int, tuple[str, int]] = {}
         self._probe_order: list[int] = []
         self._pending_links: dict[int, tuple[int, int]] = {}
@@ -230,6 +256,8 @@ class Peer:
                 self._suspicion_timeout(arg)
             elif kind == _JOIN_RETRY:
                 self._join_retry()
+            elif kind == _ROUTE_RETRY:
+                self._route_retry(arg)
         return self._flush()
 
     def handle(self, now: int, message: Message) -> list[Effect]:
@@ -239,6 +267,9 @@ class Peer:
             return []
         handler = _HANDLERS.get(type(message))
         if handler is not None:
+            slot = self.directory.slot(message.source)
+            if slot is not None:
+                self._heard[slot] = now
             handler(self, message)
         return self._flush()
 
@@ -290,7 +321,7 @@ class Peer:
         the eventual `Deliver` (at the target) or `RouteFailure` (here) carries, and the effects."""
         self._set_now(now)
         route_id = self._next_seq()
-        self._forward(Routed(route_id, self.id, self.info.addr, target, 0, payload))
+        self._forward(Routed(route_id, self.id, self.info.addr, target, 0, payload, ""))
         return route_id, self._flush()
 
     # ------------------------------------------------------------------ views
@@ -506,43 +537,62 @@ class Peer:
         return None
 
     def _probe_tick(self) -> None:
-        scale = self._health_scale()
-        interval = self.settings.probe_interval_ms * scale
+        interval = self.settings.probe_interval_ms * self._health_scale()
         self._arm(self._now + interval, _PROBE, 0)
         if not self.joined:
             return
         self._maintain_links()
         target = self._next_probe_target()
-        if target is None:
+        if target is not None:
+            self._start_probe(target)
+
+    def _start_probe(self, target: int) -> None:
+        """Pings `target`; indirect probes after the timeout; suspicion if nothing by the period's end."""
+        if target in self._probing or len(self._probes) >= MAX_PROBES:
             return
+        scale = self._health_scale()
         seq = self._next_seq()
         self._probes[seq] = _Probe(target)
+        self._probing.add(target)
         self.stats.probes += 1
         self._send_to_slot(target, Ping(seq, self.id, self.directory.infos[target].node_id, self._piggyback()))
         self._arm(self._now + self.settings.probe_timeout_ms * scale, _PROBE_TIMEOUT, seq)
-        self._arm(self._now + interval, _PROBE_END, seq)
+        self._arm(self._now + self.settings.probe_interval_ms * scale, _PROBE_END, seq)
 
     def _probe_timeout(self, seq: int) -> None:
         probe = self._probes.get(seq)
         if probe is None or probe.acked:
             return
-        candidates = [s for s in self.overlay.links() if s != probe.target and self.table.raw_state(s) == _ALIVE]
-        k = min(self.settings.indirect_probes, len(candidates))
+        # Helpers: alive linked members, those heard from recently first. Only those are expected to Nack:
+        # after a mass failure most links are dead, and blaming ourselves for their silence (as counting
+        # every helper would) would stretch our period exactly when detection matters most.
+        recent = self._now - 2 * self.settings.probe_interval_ms
+        heard = self._heard
+        fresh: list[int] = []
+        stale: list[int] = []
+        for slot in self.overlay.links():
+            if slot != probe.target and self.table.raw_state(slot) == _ALIVE and slot not in self._avoid:
+                (fresh if heard.get(slot, -1) >= recent else stale).append(slot)
+        self.rng.shuffle(fresh)
+        self.rng.shuffle(stale)
+        helpers = (fresh + stale)[: self.settings.indirect_probes]
         target_info = self.directory.infos[probe.target]
-        for i in range(k):
-            j = i + self.rng.randrange(len(candidates) - i)
-            candidates[i], candidates[j] = candidates[j], candidates[i]
+        for slot in helpers:
             self._send_to_slot(
-                candidates[i], PingReq(seq, self.id, target_info.node_id, target_info.addr, self._piggyback())
+                slot, PingReq(seq, self.id, target_info.node_id, target_info.addr, self._piggyback())
             )
-        probe.helpers = k
+        probe.expected_nacks = min(len(fresh), len(helpers))
 
     def _probe_end(self, seq: int) -> None:
         probe = self._probes.pop(seq, None)
-        if probe is None or probe.acked:
+        if probe is None:
+            return
+        self._probing.discard(probe.target)
+        if probe.acked:
+            self._avoid.pop(probe.target, None)
             return
         self.stats.probes_failed += 1
-        self._adjust_health(probe.helpers - probe.nacks if probe.helpers else 1)
+        self._adjust_health(max(0, probe.expected_nacks - probe.nacks) if probe.expected_nacks else 1)
         if self.overlay.usable(probe.target):
             self._suspect(probe.target)
 
@@ -568,6 +618,7 @@ class Peer:
         if probe is not None:
             if not probe.acked:
                 probe.acked = True
+                self._avoid.pop(probe.target, None)
                 self._adjust_health(-1)
             return
         relay = self._relays.pop(message.seq, None)
@@ -689,8 +740,15 @@ class Peer:
 
     # ------------------------------------------------------------------ routing
 
-    def _forward(self, message: Routed) -> None:
+    def _forward(self, message: Routed, tried: set[int] | None = None) -> None:
+        """Sends a routed message one hop on (or delivers it here), tracking it until the hop acknowledges."""
         if message.target == self.id:
+            key = (message.source, message.route_id)
+            if key in self._delivered:
+                return  # a copy retried by a hop that missed our acknowledgement
+            self._delivered[key] = None
+            if len(self._delivered) > DELIVERED_MEMORY:
+                del self._delivered[next(iter(self._delivered))]
             self._out.append(Deliver(message.route_id, message.source, message.hops, message.payload))
             return
         target_slot = self.directory.slot(message.target)
@@ -700,16 +758,79 @@ class Peer:
         if message.hops >= self.settings.hop_limit:
             self._route_failed(message, f"hop limit {self.settings.hop_limit} reached")
             return
-        if target_slot is not None and self.overlay.linked(target_slot):
-            hop: int | None = target_slot
-            target_pos = self.directory.positions[target_slot]
-        else:
-            target_pos = self.directory.positions[target_slot] if target_slot is not None else position(message.target)
-            hop = self.overlay.next_hop(target_pos)
-        if hop is None:
-            self._route_failed(message, "no linked member is closer to the target (it is down or unknown)")
+        tried = tried if tried is not None else set()
+        if len(tried) >= MAX_HOP_TRIES:
+            self._route_failed(message, f"{len(tried)} next hops did not answer")
             return
-        self._send_to_slot(hop, message._replace(hops=message.hops + 1))
+        target_pos = self.directory.positions[target_slot] if target_slot is not None else position(message.target)
+        if target_slot is not None and self.overlay.linked(target_slot) and target_slot not in tried:
+            hop: int | None = target_slot
+        else:
+            avoid = self._avoided()
+            hop = self.overlay.next_hop(target_pos, tried, avoid)
+            if hop is None:
+                hop = self._ring_fallback(target_pos, tried, avoid)
+        if hop is None:
+            self._route_failed(message, "no member closer to the target answers (it is down or unknown)")
+            return
+        self._send_to_slot(hop, message._replace(hops=message.hops + 1, via=self.id))
+        if len(self._forwards) < MAX_PENDING_FORWARDS:
+            seq = self._next_seq()
+            tried.add(hop)
+            self._forwards[seq] = _Forward(message, hop, tried)
+            self._forward_seq[(message.source, message.route_id)] = seq
+            self._arm(self._now + self.settings.probe_timeout_ms, _ROUTE_RETRY, seq)
+
+    def _avoided(self) -> set[int]:
+        """Members whose last routed message went unacknowledged and that no probe has cleared since."""
+        now = self._now
+        expired = [slot for slot, until in self._avoid.items() if until <= now]
+        for slot in expired:
+            del self._avoid[slot]
+        return set(self._avoid)
+
+    def _ring_fallback(self, target_pos: int, tried: set[int], avoid: set[int]) -> int | None:
+        """When no link gets closer (the near links towards the target are down), the nearest usable
+        member in the target's direction from the table: what the near link becomes once repaired."""
+        me_pos = self.overlay.position
+        ahead = clockwise(me_pos, target_pos)
+        step = 1 if ahead <= RING // 2 else -1
+        span = ahead if step == 1 else RING - ahead
+        positions = self.directory.positions
+        for checked, slot in enumerate(self.directory.walk(me_pos, step)):
+            if checked >= 64:
+                break
+            gone = clockwise(me_pos, positions[slot]) if step == 1 else clockwise(positions[slot], me_pos)
+            if gone > span:
+                break
+            if slot not in tried and slot not in avoid and self.table.raw_state(slot) == _ALIVE:
+                return slot
+        return None
+
+    def _on_routed(self, message: Routed) -> None:
+        if message.via:
+            self._send_to_id(message.via, RoutedAck(message.route_id, message.source, self.id))
+        self._forward(message)
+
+    def _on_routed_ack(self, message: RoutedAck) -> None:
+        seq = self._forward_seq.pop((message.source, message.route_id), None)
+        if seq is not None:
+            self._forwards.pop(seq, None)
+
+    def _route_retry(self, seq: int) -> None:
+        forward = self._forwards.pop(seq, None)
+        if forward is None:
+            return
+        key = (forward.message.source, forward.message.route_id)
+        if self._forward_seq.get(key) == seq:
+            del self._forward_seq[key]
+        # The hop did not take the message: avoid it for routing until a probe says otherwise, probe it
+        # now (a dead hop is then suspected within a period), and try the next best hop.
+        hop = forward.hop
+        self._avoid[hop] = self._now + self.settings.probe_interval_ms * 4
+        if self.overlay.usable(hop):
+            self._start_probe(hop)
+        self._forward(forward.message, forward.tried)
 
     def _route_failed(self, message: Routed, reason: str) -> None:
         self.stats.routes_failed += 1
@@ -738,6 +859,7 @@ _HANDLERS: dict[type, Callable[[Peer, Any], None]] = {
     Link: Peer._on_link,
     LinkReply: Peer._on_link_reply,
     Unlink: Peer._on_unlink,
-    Routed: Peer._forward,
+    Routed: Peer._on_routed,
+    RoutedAck: Peer._on_routed_ack,
     RouteFailed: Peer._on_route_failed,
 }

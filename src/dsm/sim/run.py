@@ -1,0 +1,388 @@
+"""The standard simulation run behind `dsm sim`: one seeded scenario that measures the overlay's claims.
+
+Phases, on virtual time (T = probe_interval_ms, the failure detector's protocol period; R =
+gossip_interval_ms, a gossip round):
+1. *Form* a cluster of `nodes` members (everyone knows everyone; long links are then requested for real)
+   and mark `slow` of them slow for the whole run. Warm up for 5 T.
+2. *Route* `pairs` random pairs greedily: `routing_hops`.
+3. *Join* `joins` new members one at a time, each given a window of 2 R: `join_messages` (overlay messages
+   to or from the joiner), `links_changed_per_join` (distinct members whose link tables changed during the
+   window: an upper bound on what the join caused), `join_settle_ms` (the last link change in the window),
+   and how far the join's news spread by piggybacking.
+4. *Crash* `crash` of the members at once: `detection_time_ms` (crash to the first member declaring it dead,
+   p50/p99), the times until the survivors' overlay is connected and until every survivor's near links
+   are its true nearest survivors, and `routing_after_crash` (survivor pairs routed 3 T and 3 detection
+   periods after the crash).
+5. *Steady* run for `duration_s` more seconds (slow members still slow): `false_suspicions` and
+   `false_deaths` count the whole run (a suspicion or death declared by a member's own detector about a
+   member that was up).
+6. Faults stop (slow members recover); the liveness checker waits for every live member to agree on the
+   membership and on its near links, within a bound.
+Safety checkers watch every step. The report is a plain dict (JSON-ready); `FORMAT` documents its keys.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dsm.core.messages import OVERLAY_MESSAGES, Ack, Ping, PingReq
+from dsm.core.peer import PeerSettings
+from dsm.core.ring import State
+from dsm.sim.checkers import CheckFailed, Checkers
+from dsm.sim.cluster import RouteOutcome, SimNode, Simulation
+from dsm.sim.network import NetworkModel
+
+REPORT_VERSION = 1
+
+FORMAT = {
+    "version": "format version of this report (integer, bumped on incompatible changes)",
+    "params": "the run's parameters (nodes, seed, loss, crash, slow, ...)",
+    "routing_hops": "greedy routing over random pairs: mean, p50, p99, max hops, delivered fraction, pairs",
+    "join_messages": "overlay messages to or from each joiner in its window: mean, max, per-join list",
+    "links_changed_per_join": "members whose links changed during each join window: mean, max, per-join list",
+    "join_settle_ms": "time of the last link change in each join window: max, and max in gossip rounds",
+    "join_spread": "fraction of members knowing each joiner at the end of its window (min) and piggybacked copies",
+    "detection_time_ms": "crash to first dead declaration, over crashed members: p50, p99, max, detected fraction",
+    "crash_recovery": "after the mass crash: connected_ms, ring_repaired_ms (null if not within the run)",
+    "routing_after_crash": "survivor pairs routed at 3 probe periods and 3 detection periods after the crash",
+    "false_suspicions": "suspicions raised by a member's own detector about members that were up",
+    "false_deaths": "deaths declared by a member's own detector about members that were up",
+    "converged_after_ms": "time from the end of faults until every live member agrees (liveness check)",
+    "checks": "passed (bool) and the first failure's message, which starts with the seed",
+    "messages": "messages sent over the whole run, by type",
+    "wall_time_s": "wall-clock duration of the run",
+    "peak_memory_mib": "peak resident memory of the process",
+    "curves": "per-join cumulative link changes and overlay messages against time (for the plot)",
+}
+
+
+@dataclass
+class SimParams:
+    """Parameters of the standard run (`dsm sim` flags)."""
+
+    nodes: int = 1000
+    seed: int = 1
+    loss: float = 0.0
+    duplicate: float = 0.0
+    crash: float = 0.0
+    slow: float = 0.0
+    slow_ms: float = 1000.0
+    joins: int = 5
+    pairs: int = 2000
+    duration_s: float = 0.0
+    regions: int = 1
+    skew_ms: int = 100
+    converge_bound_s: float = 0.0
+    settings: PeerSettings = field(default_factory=PeerSettings)
+    gossip_interval_ms: int = 5000
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _route_summary(outcomes: list[RouteOutcome]) -> dict[str, Any]:
+    hops = [float(o.hops) for o in outcomes if o.delivered]
+    failures: dict[str, int] = {}
+    for o in outcomes:
+        if not o.delivered:
+            reason = o.reason or "lost (no answer)"
+            failures[reason] = failures.get(reason, 0) + 1
+    return {
+        "pairs": len(outcomes),
+        "delivered": len(hops) / len(outcomes) if outcomes else None,
+        "mean": round(statistics.mean(hops), 3) if hops else None,
+        "p50": _pct(hops, 0.50) if hops else None,
+        "p99": _pct(hops, 0.99) if hops else None,
+        "max": max(hops) if hops else None,
+        "failures": failures,
+    }
+
+
+class StandardRun:
+    """Runs the phases of the module docstring and builds the report."""
+
+    def __init__(self, params: SimParams, progress: Callable[[str, float, float], None] | None = None) -> None:
+        self.p = params
+        self.progress = progress
+        network = NetworkModel(loss=params.loss, duplicate=params.duplicate)
+        regions = tuple(f"r{i}" for i in range(max(1, params.regions)))
+        self.sim = Simulation(
+            seed=params.seed, settings=params.settings, network=network, regions=regions, skew_max_ms=params.skew_ms
+        )
+        self.checkers = Checkers(self.sim)
+        self.T = params.settings.probe_interval_ms
+        self.R = params.gossip_interval_ms
+        self.false_suspicions = 0
+        self.false_deaths = 0
+        self.true_suspicions = 0
+        self.detected_at: dict[int, float] = {}
+        self.sim.member_hooks.append(self._on_member)
+        self._link_events: list[tuple[float, int, int, int]] | None = None
+        self._join_tracking: dict[str, Any] | None = None
+        self.sim.link_hooks.append(self._on_link)
+        self.sim.send_hooks.append(self._on_send)
+        self._phase = ""
+        self._phase_start = 0.0
+        self._phase_end = 0.0
+
+    # ------------------------------------------------------------------ hooks
+
+    def _on_member(self, observer: int, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
+        if not own:
+            if self._join_tracking is not None and new == State.ALIVE and slot == self._join_tracking["slot"]:
+                self._join_tracking["learned"] += 1
+            return
+        sim = self.sim
+        member = sim.index_of[sim.directory.infos[slot].node_id]
+        target = sim.nodes[member]
+        if new == State.SUSPECT:
+            if target.up:
+                self.false_suspicions += 1
+            else:
+                self.true_suspicions += 1
+        elif new == State.DEAD:
+            if target.up:
+                self.false_deaths += 1
+            elif target.crashed_at is not None and member not in self.detected_at:
+                self.detected_at[member] = sim.now - target.crashed_at
+
+    def _on_link(self, observer: int, slot: int, delta: int) -> None:
+        if self._link_events is not None:
+            self._link_events.append((self.sim.now, observer, slot, delta))
+
+    def _on_send(self, source: int, target: int, message: Any) -> None:
+        tracking = self._join_tracking
+        if tracking is None:
+            return
+        joiner = tracking["index"]
+        if isinstance(message, OVERLAY_MESSAGES):
+            if source == joiner or target == joiner:
+                tracking["messages"].append(self.sim.now)
+        elif type(message) in (Ping, Ack, PingReq):
+            joiner_id = tracking["id"]
+            for update in message.updates:
+                if update.node_id == joiner_id:
+                    tracking["piggybacked"] += 1
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, phase: str, until: float) -> None:
+        if phase != self._phase:
+            self._phase, self._phase_start, self._phase_end = phase, self.sim.now, until
+        progress = self.progress
+        if progress is None:
+            self.sim.run_until(until)
+            return
+
+        def report(now: float) -> None:
+            progress(phase, now - self._phase_start, self._phase_end - self._phase_start)
+
+        self.sim.run_until(until, report)
+
+    def _random_up(self, count: int, exclude: set[int] | None = None) -> list[SimNode]:
+        up = [n for n in self.sim.nodes if n.up and (exclude is None or n.index not in exclude)]
+        return self.sim.rng.sample(up, min(count, len(up)))
+
+    def _route_pairs(self, count: int, phase: str, wait_ms: float) -> list[RouteOutcome]:
+        sim = self.sim
+        up = sim.up_nodes()
+        outcomes = []
+        for _ in range(count):
+            source, target = sim.rng.sample(up, 2) if len(up) > 1 else (up[0], up[0])
+            outcomes.append(sim.route(source, target))
+        self._run(phase, sim.now + wait_ms)
+        return outcomes
+
+    def run(self) -> dict[str, Any]:
+        wall = time.perf_counter()
+        p, sim = self.p, self.sim
+        T, R = self.T, self.R
+        sim.form(p.nodes)
+        for node in sim.rng.sample(sim.nodes, int(round(p.slow * p.nodes))):
+            node.slow_ms = p.slow_ms
+        self._run("warm-up", sim.now + 5 * T)
+
+        routing = _route_summary(self._route_pairs(p.pairs, "routing", 4 * T))
+
+        joins = self._joins()
+
+        crash = self._crash()
+
+        if p.duration_s > 0:
+            self._run("steady", sim.now + p.duration_s * 1000)
+
+        for node in sim.nodes:
+            node.slow_ms = 0.0
+        self.checkers.check_incarnations()
+        low, high = _suspicion_bounds(p.settings, len(sim.up_nodes()))
+        bound = p.converge_bound_s * 1000 or (high + 60 * T)
+        self._phase = "converge"
+        failure = None
+        converged = None
+        try:
+            converged = self.checkers.wait_converged(bound, step_ms=T, sample=200)
+        except CheckFailed as exc:
+            failure = str(exc)
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "version": REPORT_VERSION,
+            "params": {k: v for k, v in asdict(p).items() if k != "settings"} | {"settings": asdict(p.settings)},
+            "routing_hops": routing,
+            **joins,
+            **crash,
+            "false_suspicions": self.false_suspicions,
+            "false_deaths": self.false_deaths,
+            "converged_after_ms": converged,
+            "checks": {"passed": failure is None, "failure": failure},
+            "messages": dict(sorted(sim.sent.items())),
+            "virtual_time_s": round((sim.now - sim.start_ms) / 1000, 1),
+            "events": sim.events,
+            "wall_time_s": round(time.perf_counter() - wall, 2),
+            "peak_memory_mib": round(usage.ru_maxrss / 1024, 1),
+        }
+
+    def _joins(self) -> dict[str, Any]:
+        p, sim = self.p, self.sim
+        window = 2 * self.R
+        messages, changed, settle, spread, piggy, curves = [], [], [], [], [], []
+        for _ in range(p.joins):
+            node = sim.add_node()
+            slot = sim.directory.slot(node.info.node_id)
+            tracking: dict[str, Any] = {
+                "index": node.index,
+                "id": node.info.node_id,
+                "slot": slot,
+                "messages": [],
+                "piggybacked": 0,
+                "learned": 0,
+            }
+            self._join_tracking = tracking
+            self._link_events = []
+            start = sim.now
+            sim.join(node, self._random_up(3, exclude={node.index}))
+            self._run("joins", start + window)
+            events = self._link_events
+            self._link_events = None
+            self._join_tracking = None
+            nodes_changed = {observer for _, observer, _, _ in events}
+            messages.append(len(tracking["messages"]))
+            changed.append(len(nodes_changed))
+            last = max((t for t, _, _, _ in events), default=start) - start
+            settle.append(last)
+            up = len(sim.up_nodes())
+            spread.append((tracking["learned"] + 1) / up)
+            piggy.append(tracking["piggybacked"])
+            curves.append(
+                {
+                    "link_changes_ms": [round(t - start, 1) for t, _, _, _ in events],
+                    "messages_ms": [round(t - start, 1) for t in tracking["messages"]],
+                }
+            )
+        if not messages:
+            return {"join_messages": None, "links_changed_per_join": None, "join_settle_ms": None, "curves": {}}
+        return {
+            "join_messages": {"mean": statistics.mean(messages), "max": max(messages), "per_join": messages},
+            "links_changed_per_join": {"mean": statistics.mean(changed), "max": max(changed), "per_join": changed},
+            "join_settle_ms": {"max": max(settle), "max_rounds": round(max(settle) / self.R, 3), "per_join": settle},
+            "join_spread": {"min_fraction": round(min(spread), 4), "piggybacked_copies_mean": statistics.mean(piggy)},
+            "curves": {"joins": curves},
+        }
+
+    def _crash(self) -> dict[str, Any]:
+        p, sim = self.p, self.sim
+        T = self.T
+        count = int(round(p.crash * len(sim.up_nodes())))
+        if count == 0:
+            return {"detection_time_ms": None, "crash_recovery": None, "routing_after_crash": None}
+        victims = self._random_up(count)
+        crash_time = sim.now
+        for node in victims:
+            sim.crash(node)
+        survivors = len(sim.up_nodes())
+        low, high = _suspicion_bounds(p.settings, survivors + count)
+        detection_period = T + low
+        connected_ms = ring_ms = None
+        routing_3t: list[RouteOutcome] = []
+        routing_3d: list[RouteOutcome] = []
+        # Watch until every crash is detected and the ring is repaired, or 3 detection periods plus the
+        # longest suspicion timeout have passed.
+        horizon = crash_time + max(3 * detection_period, high + 10 * T) + 4 * T
+        next_route_3t = crash_time + 3 * T
+        next_route_3d = crash_time + 3 * detection_period
+        pairs = min(p.pairs, 2000)
+        step = T / 2
+        while sim.now < horizon:
+            if not routing_3t and sim.now >= next_route_3t:
+                routing_3t = self._route_pairs(pairs, "crash", 0)
+            if not routing_3d and sim.now >= next_route_3d:
+                routing_3d = self._route_pairs(pairs, "crash", 0)
+            if connected_ms is None and self._survivors_connected():
+                connected_ms = sim.now - crash_time
+            if ring_ms is None and not self.checkers.ring_disagreements():
+                ring_ms = sim.now - crash_time
+            done = ring_ms is not None and len(self.detected_at) == count and routing_3d
+            if done and sim.now >= next_route_3d + 4 * T:
+                break
+            self._run("crash", sim.now + step)
+        detected = [self.detected_at[n.index] for n in victims if n.index in self.detected_at]
+        return {
+            "detection_time_ms": {
+                "crashed": count,
+                "detected_fraction": len(detected) / count,
+                "p50": _pct(detected, 0.5) if detected else None,
+                "p99": _pct(detected, 0.99) if detected else None,
+                "max": max(detected) if detected else None,
+                "suspicion_timeout_ms": {"min": low, "max": high},
+            },
+            "crash_recovery": {
+                "survivors": survivors,
+                "connected_ms": connected_ms,
+                "ring_repaired_ms": ring_ms,
+                "probe_period_ms": T,
+                "detection_period_ms": detection_period,
+            },
+            "routing_after_crash": {
+                "at_3_probe_periods": _route_summary(routing_3t) if routing_3t else None,
+                "at_3_detection_periods": _route_summary(routing_3d) if routing_3d else None,
+            },
+        }
+
+    def _survivors_connected(self) -> bool:
+        """Whether the links between live members (as the live members hold them) connect them all."""
+        sim = self.sim
+        up = sim.up_nodes()
+        if not up:
+            return True
+        index_of = sim.index_of
+        infos = sim.directory.infos
+        nodes = sim.nodes
+        adjacency: dict[int, set[int]] = {n.index: set() for n in up}
+        for node in up:
+            assert node.peer is not None
+            for slot in node.peer.overlay.refcount:
+                other = index_of[infos[slot].node_id]
+                if nodes[other].up:
+                    adjacency[node.index].add(other)
+                    adjacency[other].add(node.index)
+        seen = {up[0].index}
+        stack = [up[0].index]
+        while stack:
+            for other in adjacency[stack.pop()]:
+                if other not in seen:
+                    seen.add(other)
+                    stack.append(other)
+        return len(seen) == len(up)
+
+
+def _suspicion_bounds(settings: PeerSettings, n: int) -> tuple[int, int]:
+    low = int(settings.suspicion_mult * max(1.0, math.log10(max(1, n))) * settings.probe_interval_ms)
+    return low, low * settings.suspicion_max_mult
