@@ -120,6 +120,23 @@ class Leave(NamedTuple):
     incarnation: int
 
 
+class SyncDigest(NamedTuple):
+    """Membership anti-entropy, first step: the digest of each ring arc of the source's member table."""
+
+    source: str
+    digests: tuple[int, ...]
+
+
+class SyncEntries(NamedTuple):
+    """Membership anti-entropy: the sender's entries for the arcs whose digests differed. `reply` asks the
+    receiver to answer with its own entries for the same arcs (push-pull)."""
+
+    source: str
+    buckets: tuple[int, ...]
+    members: Updates
+    reply: bool
+
+
 class Routed(NamedTuple):
     """An application payload travelling greedily over the overlay to `target`; `via` is the hop that
     sent this copy (it waits for a RoutedAck and tries another hop if none comes)."""
@@ -152,13 +169,15 @@ class RouteFailed(NamedTuple):
 
 
 Message = (
-    Ping | PingReq | Ack | Nack | Join | JoinReply | Neighbor | Link | LinkReply | Unlink | Leave | Routed | RoutedAck
-    | RouteFailed
+    Ping | PingReq | Ack | Nack | Join | JoinReply | Neighbor | Link | LinkReply | Unlink | Leave | SyncDigest | SyncEntries
+    | Routed | RoutedAck | RouteFailed
 )
 
 #: Messages that exist to build and repair the overlay (what a join "costs"); the rest is probing,
 #: which membership updates ride on, and routed application traffic.
 OVERLAY_MESSAGES = (Join, JoinReply, Neighbor, Link, LinkReply, Unlink, Leave)
+#: Membership anti-entropy (periodic, not caused by any one join).
+SYNC_MESSAGES = (SyncDigest, SyncEntries)
 
 
 # --- effects: what a core asks its runtime to do ---

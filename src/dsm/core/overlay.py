@@ -1,8 +1,8 @@
 """The small-world overlay: which members a node is linked to, and greedy routing over those links.
 
 A node has three kinds of links, all bidirectional for routing:
-- *near links* (neighbors): the `near_max` closest usable members on the ring, half clockwise and half
-  counter-clockwise. They are computed from the member table, so both ends agree without a handshake once
+- *near links* (neighbors): the `near_max` closest alive members on the ring, half clockwise and half
+  counter-clockwise, plus the suspect members among them (see `_near_side`). They are computed from the member table, so both ends agree without a handshake once
   their tables agree; a joiner tells its new neighbors directly (see `peer.py`).
 - *long links out*: `long_max` members drawn with probability proportional to 1/distance (Symphony's
   harmonic distribution: a distance x * 2^64 with x log-uniform in [1/n, 1/2], on either side), each
@@ -68,6 +68,10 @@ class Overlay:
         self.rng = rng
         self.observer = observer
         self.near: list[int] = []
+        self.near_alive = 0
+        # Near links added since the owner last looked (it probes them first: a neighbor that replaces a
+        # failed one may have failed too).
+        self.near_added: list[int] = []
         self.long_out: dict[int, None] = {}
         self.long_in: set[int] = set()
         self.refcount: dict[int, int] = {}
@@ -104,37 +108,51 @@ class Overlay:
 
     # --- near links ---
 
-    def _near_side(self, step: int) -> list[int]:
+    def _near_side(self, step: int) -> tuple[list[int], int]:
+        """The `near_max / 2` nearest alive members on one side, plus the suspect members met before the
+        last of them (kept linked so they go on being probed, but not counted: a suspected neighbor is
+        replaced at once without waiting for it to be declared dead). Returns the members and how many of
+        them are alive."""
         wanted = self.near_max // 2
         found: list[int] = []
+        alive = 0
         states = self.table.states
         size = len(states)
         me = self.me
         for slot in self.directory.walk(self.position, step):
-            if slot != me and slot < size and states[slot] in (_ALIVE, _SUSPECT):
+            if slot == me or slot >= size:
+                continue
+            state = states[slot]
+            if state == _ALIVE:
                 found.append(slot)
-                if len(found) == wanted:
+                alive += 1
+                if alive == wanted:
                     break
-        return found
+            elif state == _SUSPECT and len(found) - alive < wanted:
+                found.append(slot)
+        return found, alive
 
     def recompute_near(self) -> bool:
         """Recomputes the near links from the table; returns whether they changed."""
-        cw = self._near_side(1)
-        ccw = self._near_side(-1)
+        cw, cw_alive = self._near_side(1)
+        ccw, ccw_alive = self._near_side(-1)
         new: list[int] = []
         for slot in cw + ccw:
             if slot not in new:
                 new.append(slot)
         positions = self.directory.positions
         # When the cluster is small, both sides can reach the same members; the reach is then the whole ring.
-        self._cw_reach = clockwise(self.position, positions[cw[-1]]) if len(cw) == self.near_max // 2 else RING
-        self._ccw_reach = clockwise(positions[ccw[-1]], self.position) if len(ccw) == self.near_max // 2 else RING
+        half = self.near_max // 2
+        self._cw_reach = clockwise(self.position, positions[cw[-1]]) if cw_alive == half else RING
+        self._ccw_reach = clockwise(positions[ccw[-1]], self.position) if ccw_alive == half else RING
+        self.near_alive = cw_alive + ccw_alive
         if new == self.near:
             return False
         old = set(self.near)
         fresh = set(new)
         for slot in fresh - old:
             self._add(slot)
+            self.near_added.append(slot)
         for slot in old - fresh:
             self._remove(slot)
         self.near = new
@@ -213,7 +231,7 @@ class Overlay:
             lost_long = self.drop_long_out(slot)
             self.drop_long_in(slot)
         near_changed = False
-        if slot in self.near or len(self.near) < self.near_max or self.in_near_window(slot):
+        if slot in self.near or self.near_alive < self.near_max or self.in_near_window(slot):
             near_changed = self.recompute_near()
         return near_changed, lost_long
 

@@ -22,10 +22,15 @@ Membership (SWIM with Lifeguard's refinements):
 - Changes spread by piggybacking on Ping, PingReq and Ack (`BroadcastQueue`, each update sent
   retransmit_mult * ceil(log10(n + 1)) times). A join is a push-pull: the joiner sends Join to a bootstrap
   member and receives its whole table. A leave is announced to the node's links and then spread.
-- Rules for an update about member m (incarnation i, current state s at incarnation c):
-  alive wins if m is unknown or i > c; suspect wins over alive if i >= c; dead wins over alive or suspect
-  if i >= c; left wins over anything but left if i >= c. Safety: a member that left never comes back at an
-  incarnation <= the one it left with; a node's own incarnation only grows.
+- Rule for an update about member m: entries are ordered by (incarnation, state) with alive < suspect <
+  dead < left, and the larger wins (so suspect beats alive at the same incarnation, and only a higher
+  incarnation, which only m itself issues, brings it back). This order is a join-semilattice, so any
+  order of gossip converges. Safety: a member that left never comes back at an incarnation <= the one it
+  left with; a node's own incarnation only grows.
+- Piggybacking is probabilistic: an update can die out before reaching everyone. Membership anti-entropy
+  repairs that: every sync_interval_ms a node sends a linked member the digests of 64 ring arcs of its
+  table; arcs that differ are exchanged both ways (push-pull), at most SYNC_MAX_BUCKETS per round. The
+  cost follows the differences, not the table size.
 
 The overlay and routing are in `overlay.py`; this class wires them to membership.
 """
@@ -59,6 +64,8 @@ from dsm.core.messages import (
     RouteFailed,
     RouteFailure,
     Send,
+    SyncDigest,
+    SyncEntries,
     Unlink,
     Update,
 )
@@ -80,7 +87,10 @@ _RELAY_END = 4
 _SUSPICION = 5
 _JOIN_RETRY = 6
 _ROUTE_RETRY = 7
+_SYNC = 8
 
+#: Most ring arcs exchanged in one membership anti-entropy round (bounds the message size).
+SYNC_MAX_BUCKETS = 8
 #: Most routed messages a node tracks at once while waiting for the next hop's acknowledgement.
 MAX_PENDING_FORWARDS = 4096
 #: Most next hops tried for one routed message at one node before it is reported undeliverable.
@@ -108,6 +118,7 @@ class PeerSettings:
     long_in_max: int = 32
     hop_limit: int = 64
     join_timeout_ms: int = 2000
+    sync_interval_ms: int = 10000
 
     @classmethod
     def from_config(cls, config: Any) -> PeerSettings:
@@ -124,6 +135,7 @@ class PeerSettings:
             long_max=config.max_long_links,
             long_in_max=config.max_long_links_in or 2 * config.max_long_links,
             hop_limit=config.route_hop_limit,
+            sync_interval_ms=config.membership_sync_interval_ms,
         )
 
 
@@ -227,6 +239,7 @@ class Peer:
         # Start probing at a random point of the first period, so nodes started together do not probe in
         # lock step.
         self._arm(now + rng.randrange(max(1, settings.probe_interval_ms)), _PROBE, 0)
+        self._arm(now + rng.randrange(max(1, settings.sync_interval_ms)), _SYNC, 0)
 
     # ------------------------------------------------------------------ runtime interface
 
@@ -258,6 +271,8 @@ class Peer:
                 self._join_retry()
             elif kind == _ROUTE_RETRY:
                 self._route_retry(arg)
+            elif kind == _SYNC:
+                self._sync_tick()
         return self._flush()
 
     def handle(self, now: int, message: Message) -> list[Effect]:
@@ -297,10 +312,10 @@ class Peer:
         self.overlay.recompute_near()
         self.joined = True
 
-    def install_snapshot(self, states: bytes, incarnations: array[int]) -> None:
+    def install_snapshot(self, states: bytes, incarnations: array[int], digests: list[int] | None = None) -> None:
         """`install` given as per-slot arrays of this node's directory (the simulator forms 10,000-node
         clusters this way: a bytes copy per node instead of 10^8 updates)."""
-        self.table.fill(states, incarnations)
+        self.table.fill(states, incarnations, digests)
         self.table.set(self.me, State.ALIVE, self.incarnation)
         self.overlay.recompute_near()
         self.joined = True
@@ -422,23 +437,16 @@ class Peer:
             current_inc = table.incarnations[slot] if current else 0
         if current == _UNKNOWN:
             accept = True
-        elif state == _ALIVE:
-            accept = incarnation > current_inc
-            if accept and current == _ALIVE and self.directory.infos[slot].addr != update.addr:
-                self.directory.intern(MemberInfo(node_id, update.addr, update.region))
-        elif state == _SUSPECT:
-            if current == _SUSPECT and incarnation == current_inc:
+        elif incarnation == current_inc and state == current:
+            if state == _SUSPECT:
                 self._confirm(slot, update.origin)
-                return
-            accept = (
-                current in (_ALIVE, _SUSPECT)
-                and incarnation >= current_inc
-                and (current == _ALIVE or incarnation > current_inc)
-            )
-        elif state == _DEAD:
-            accept = current in (_ALIVE, _SUSPECT) and incarnation >= current_inc
-        else:  # LEFT
-            accept = current != _LEFT and incarnation >= current_inc
+            return
+        else:
+            # Entries are ordered by (incarnation, state) with alive < suspect < dead < left, and the
+            # larger wins: a join-semilattice, so gossip and anti-entropy converge in any order.
+            accept = incarnation > current_inc or (incarnation == current_inc and state > current)
+            if accept and state == _ALIVE and self.directory.infos[slot].addr != update.addr:
+                self.directory.intern(MemberInfo(node_id, update.addr, update.region))
         if not accept:
             return
         self._set_state(slot, state, incarnation, own)
@@ -527,6 +535,10 @@ class Peer:
     def _next_probe_target(self) -> int | None:
         order = self._probe_order
         overlay = self.overlay
+        if overlay.near_added:
+            # New near links go first (pop takes from the end); they are probed again in the normal turn.
+            order.extend(overlay.near_added)
+            overlay.near_added.clear()
         for _ in range(2):
             while order:
                 slot = order.pop()
@@ -595,6 +607,12 @@ class Peer:
         self._adjust_health(max(0, probe.expected_nacks - probe.nacks) if probe.expected_nacks else 1)
         if self.overlay.usable(probe.target):
             self._suspect(probe.target)
+        if probe.expected_nacks and probe.nacks >= probe.expected_nacks and self.local_health == 0:
+            # Helpers confirmed the failure and this node is healthy: failures are often correlated (a
+            # rack, a region), so probe the next link now instead of waiting for the next period.
+            target = self._next_probe_target()
+            if target is not None:
+                self._start_probe(target)
 
     def _on_ping(self, message: Ping) -> None:
         self._apply_all(message.updates)
@@ -633,6 +651,46 @@ class Peer:
     def _apply_all(self, updates: tuple[Update, ...]) -> None:
         for update in updates:
             self._apply(update)
+
+    # ------------------------------------------------------------------ membership anti-entropy
+
+    def _sync_tick(self) -> None:
+        self._arm(self._now + self.settings.sync_interval_ms, _SYNC, 0)
+        if not self.joined:
+            return
+        candidates = [s for s in self.overlay.links() if self.table.raw_state(s) == _ALIVE]
+        if candidates:
+            target = candidates[self.rng.randrange(len(candidates))]
+            self._send_to_slot(target, SyncDigest(self.id, tuple(self.table.digests)))
+
+    def _entries(self, buckets: Sequence[int]) -> tuple[Update, ...]:
+        infos = self.directory.infos
+        table = self.table
+        return tuple(
+            Update(table.states[slot], infos[slot].node_id, table.incarnations[slot], infos[slot].addr, infos[slot].region, "")
+            for bucket in buckets
+            for slot in table.slots_in_bucket(bucket)
+        )
+
+    def _on_sync_digest(self, message: SyncDigest) -> None:
+        mine = self.table.digests
+        theirs = message.digests
+        if len(theirs) != len(mine):
+            return
+        differ = [b for b in range(len(mine)) if mine[b] != theirs[b]]
+        if not differ:
+            return
+        if len(differ) > SYNC_MAX_BUCKETS:
+            self.rng.shuffle(differ)
+            differ = sorted(differ[:SYNC_MAX_BUCKETS])
+        self._send_to_id(message.source, SyncEntries(self.id, tuple(differ), self._entries(differ), True))
+
+    def _on_sync_entries(self, message: SyncEntries) -> None:
+        for update in message.members:
+            self._apply(update)
+        if message.reply:
+            buckets = [b for b in message.buckets if 0 <= b < len(self.table.digests)][:SYNC_MAX_BUCKETS]
+            self._send_to_id(message.source, SyncEntries(self.id, tuple(buckets), self._entries(buckets), False))
 
     # ------------------------------------------------------------------ join and leave
 
@@ -859,6 +917,8 @@ _HANDLERS: dict[type, Callable[[Peer, Any], None]] = {
     Link: Peer._on_link,
     LinkReply: Peer._on_link_reply,
     Unlink: Peer._on_unlink,
+    SyncDigest: Peer._on_sync_digest,
+    SyncEntries: Peer._on_sync_entries,
     Routed: Peer._on_routed,
     RoutedAck: Peer._on_routed_ack,
     RouteFailed: Peer._on_route_failed,

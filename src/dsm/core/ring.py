@@ -153,19 +153,43 @@ class Directory:
             taken += 1
 
 
+#: The ring is cut into this many arcs for membership anti-entropy; each arc's entries hash to one digest.
+SYNC_BUCKETS = 64
+_BUCKET_SHIFT = RING_BITS - 6
+assert 1 << (RING_BITS - _BUCKET_SHIFT) == SYNC_BUCKETS
+_MASK64 = (1 << 64) - 1
+
+
+def bucket_of(pos: int) -> int:
+    """The anti-entropy arc of a ring position."""
+    return pos >> _BUCKET_SHIFT
+
+
+def entry_hash(pos: int, state: int, incarnation: int) -> int:
+    """A 64-bit hash of one table entry (member position, state, incarnation); XOR-combined per arc, so an
+    arc's digest is updated in O(1) when one entry changes. Uses the position, not the slot, because slots
+    are local to a process while positions are the same everywhere."""
+    x = (pos ^ (incarnation * 0x9E3779B97F4A7C15) ^ (state * 0xC2B2AE3D27D4EB4F)) & _MASK64
+    x = ((x ^ (x >> 33)) * 0xFF51AFD7ED558CCD) & _MASK64
+    x = ((x ^ (x >> 33)) * 0xC4CEB9FE1A85EC53) & _MASK64
+    return x ^ (x >> 33)
+
+
 class MemberTable:
     """One node's view of every member: state and incarnation per slot, in two flat arrays.
 
-    Counts per state are kept up to date so the cluster size (for log n timeouts and quorums) costs O(1).
+    Counts per state are kept up to date so the cluster size (for log n timeouts and quorums) costs O(1),
+    and so are the per-arc digests used by membership anti-entropy (`digests`).
     """
 
-    __slots__ = ("directory", "states", "incarnations", "counts")
+    __slots__ = ("counts", "digests", "directory", "incarnations", "states")
 
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
         self.states = bytearray()
         self.incarnations = array("I")
         self.counts = [0] * len(State)
+        self.digests = [0] * SYNC_BUCKETS
 
     def _grow(self, slot: int) -> None:
         missing = slot + 1 - len(self.states)
@@ -185,17 +209,27 @@ class MemberTable:
     def incarnation(self, slot: int) -> int:
         return self.incarnations[slot] if slot < len(self.incarnations) else 0
 
-    def set(self, slot: int, state: State, incarnation: int) -> None:
+    def set(self, slot: int, state: State | int, incarnation: int) -> None:
         self._grow(slot)
         old = self.states[slot]
+        old_incarnation = self.incarnations[slot]
+        if old == state and old_incarnation == incarnation:
+            return
+        pos = self.directory.positions[slot]
+        bucket = pos >> _BUCKET_SHIFT
+        if old:
+            self.digests[bucket] ^= entry_hash(pos, old, old_incarnation)
+        if state:
+            self.digests[bucket] ^= entry_hash(pos, state, incarnation)
         if old != state:
             self.counts[old] -= 1
             self.counts[state] += 1
             self.states[slot] = state
         self.incarnations[slot] = incarnation
 
-    def fill(self, states: bytes, incarnations: array[int]) -> None:
-        """Replaces the whole table with these per-slot states and incarnations (a formed cluster)."""
+    def fill(self, states: bytes, incarnations: array[int], digests: list[int] | None = None) -> None:
+        """Replaces the whole table with these per-slot states and incarnations (a formed cluster).
+        `digests` may pass the arcs' digests when the caller already has them (many equal tables)."""
         assert len(states) == len(incarnations)
         self.states = bytearray(states)
         self.incarnations = array("I", incarnations)
@@ -203,6 +237,27 @@ class MemberTable:
         for state in State:
             if state:
                 self.counts[state] = self.states.count(int(state))
+        self.digests = list(digests) if digests is not None else self.compute_digests()
+
+    def compute_digests(self) -> list[int]:
+        """The arcs' digests computed from scratch (O(n)); `digests` is kept equal to this."""
+        digests = [0] * SYNC_BUCKETS
+        positions = self.directory.positions
+        incarnations = self.incarnations
+        for slot, state in enumerate(self.states):
+            if state:
+                pos = positions[slot]
+                digests[pos >> _BUCKET_SHIFT] ^= entry_hash(pos, state, incarnations[slot])
+        return digests
+
+    def slots_in_bucket(self, bucket: int) -> list[int]:
+        """Slots with a state whose position falls in arc `bucket`, in ring order."""
+        directory = self.directory
+        lo = bisect.bisect_left(directory.ring_positions, bucket << _BUCKET_SHIFT)
+        hi = bisect.bisect_left(directory.ring_positions, (bucket + 1) << _BUCKET_SHIFT)
+        states = self.states
+        size = len(states)
+        return [s for s in directory.ring_slots[lo:hi] if s < size and states[s]]
 
     def live_count(self) -> int:
         """Members believed up (alive or suspect), this node included when it is in its own table."""

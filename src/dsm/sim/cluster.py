@@ -27,7 +27,7 @@ from typing import Any
 
 from dsm.core.messages import OVERLAY_MESSAGES, Deliver, Effect, RouteFailure, Send
 from dsm.core.peer import Peer, PeerSettings
-from dsm.core.ring import Directory, MemberInfo, State
+from dsm.core.ring import Directory, MemberInfo, MemberTable, State
 from dsm.sim.network import NetworkModel
 
 _DELIVER = 0
@@ -134,9 +134,11 @@ class Simulation:
         size = len(self.directory)
         states = bytes([int(State.ALIVE)]) * size
         incarnations = array("I", bytes(4 * size))
+        template = MemberTable(self.directory)
+        template.fill(states, incarnations)
         for node in self.nodes[first:]:
             peer = self._new_peer(node)
-            peer.install_snapshot(states, incarnations)
+            peer.install_snapshot(states, incarnations, template.digests)
             self._reschedule(node)
 
     def join(self, node: SimNode, bootstrap: list[SimNode]) -> None:
