@@ -2,6 +2,7 @@
 
     dsm demo            a single-node demo on the embedded SQLite default
     dsm config          the effective configuration, with every setting's documentation
+    dsm sim             the deterministic simulator's standard measured run (see dsm.sim.run)
     dsm version
 
 Running nodes as processes (`dsm node run`) and the client commands (`dsm put/get/delete/status`) arrive
@@ -63,6 +64,66 @@ def show_config(toml_path: str | None) -> None:
     for f in dataclasses.fields(config):
         table.add_row(f.name, repr(getattr(config, f.name)), FIELD_DOCS[f.name])
     Console().print(table)
+
+
+@main.command()
+@click.option("--nodes", "-n", type=click.IntRange(2, 100_000), default=1000, show_default=True, help="Cluster size.")
+@click.option("--seed", "-s", type=int, default=1, show_default=True, help="Decides every random choice.")
+@click.option("--loss", type=click.FloatRange(0, 0.5), default=0.0, show_default=True, help="Message loss rate.")
+@click.option("--duplicate", type=click.FloatRange(0, 0.5), default=0.0, show_default=True, help="Duplication rate.")
+@click.option("--crash", type=click.FloatRange(0, 0.99), default=0.0, show_default=True, help="Fraction crashed at once.")
+@click.option("--slow", type=click.FloatRange(0, 0.9), default=0.0, show_default=True, help="Fraction of slow nodes.")
+@click.option("--slow-ms", type=click.FloatRange(0), default=1000.0, show_default=True, help="Slow nodes' mean delay.")
+@click.option("--joins", type=click.IntRange(0, 1000), default=5, show_default=True, help="Joins to measure.")
+@click.option("--pairs", type=click.IntRange(1, 1_000_000), default=2000, show_default=True, help="Routed pairs.")
+@click.option("--duration-s", type=click.FloatRange(0), default=0.0, show_default=True, help="Extra steady run, s.")
+@click.option("--regions", type=click.IntRange(1, 64), default=1, show_default=True, help="Regions (round robin).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a figure (PNG).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def sim(
+    nodes: int,
+    seed: int,
+    loss: float,
+    duplicate: float,
+    crash: float,
+    slow: float,
+    slow_ms: float,
+    joins: int,
+    pairs: int,
+    duration_s: float,
+    regions: int,
+    json_path: str | None,
+    plot_path: str | None,
+    quiet: bool,
+) -> None:
+    """Simulates a cluster on virtual time and reports routing, join cost, failure detection and recovery.
+
+    The same seed reproduces the run exactly. Exits with status 1 if a safety or liveness check fails
+    (the message names the seed)."""
+    from dsm.sim.report import run_cli
+
+    code = run_cli(
+        dict(
+            nodes=nodes,
+            seed=seed,
+            loss=loss,
+            duplicate=duplicate,
+            crash=crash,
+            slow=slow,
+            slow_ms=slow_ms,
+            joins=joins,
+            pairs=pairs,
+            duration_s=duration_s,
+            regions=regions,
+        ),
+        json_path,
+        plot_path,
+        quiet,
+        Console(),
+    )
+    if code:
+        raise SystemExit(code)
 
 
 @main.command()

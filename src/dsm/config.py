@@ -89,6 +89,76 @@ class StorageConfig:
         default=16,
         metadata=_doc("Long-range links drawn by harmonic distance (0-256). More links shorten routes."),
     )
+    max_long_links_in: int = field(
+        default=0,
+        metadata=_doc(
+            "Most incoming long links a node accepts (0 = 2 x max_long_links). Bounds connections per node; "
+            "a lower cap spreads links more evenly but lengthens routes."
+        ),
+    )
+    route_hop_limit: int = field(
+        default=64,
+        metadata=_doc("Most overlay hops a routed message may take (1-1024) before it fails as undeliverable."),
+    )
+
+    # --- failure detection (SWIM with Lifeguard; names after memberlist's) ---
+    probe_interval_ms: int = field(
+        default=1000,
+        metadata=_doc(
+            "Failure-detector protocol period, ms: each node probes one linked member per period. Shorter "
+            "detects failures sooner and costs more messages."
+        ),
+    )
+    probe_timeout_ms: int = field(
+        default=500,
+        metadata=_doc(
+            "Wait for a direct probe's answer before asking helpers, ms (< probe_interval_ms). Too short "
+            "raises false suspicions on slow links; too long delays detection."
+        ),
+    )
+    indirect_probes: int = field(
+        default=3,
+        metadata=_doc("Helpers asked to probe a member that missed its direct probe (0-16). More resists loss."),
+    )
+    suspicion_mult: int = field(
+        default=4,
+        metadata=_doc(
+            "Suspicion timeout, in probe periods per log10(n) (1-100): a suspect is declared dead after "
+            "between this and suspicion_max_mult times it. Longer gives slow nodes time to refute."
+        ),
+    )
+    suspicion_max_mult: int = field(
+        default=6,
+        metadata=_doc(
+            "Unconfirmed suspicions wait this many times the minimum timeout (1-100); each independent "
+            "confirmation shortens the wait towards the minimum (Lifeguard)."
+        ),
+    )
+    retransmit_mult: int = field(
+        default=4,
+        metadata=_doc(
+            "Each membership update is piggybacked retransmit_mult * ceil(log10(n+1)) times (1-100). Higher "
+            "spreads news more reliably, in bigger messages."
+        ),
+    )
+    max_piggyback: int = field(
+        default=32,
+        metadata=_doc("Most membership updates carried by one probe message (1-1024): bounds message size."),
+    )
+    max_local_health: int = field(
+        default=8,
+        metadata=_doc(
+            "Ceiling of Lifeguard's local health score (0-64): a node that misses answers stretches its "
+            "probe period and timeouts up to (1 + this) times, so a slow node stops accusing healthy ones."
+        ),
+    )
+    membership_sync_interval_ms: int = field(
+        default=10000,
+        metadata=_doc(
+            "Membership anti-entropy period, ms: compare member-table digests with one linked member and "
+            "exchange what differs. Shorter repairs missed updates sooner, at a small constant cost."
+        ),
+    )
 
     # --- running a node ---
     data_dir: str = field(
@@ -327,6 +397,18 @@ def _validate(c: StorageConfig) -> None:
     if _int_in(c, "max_immediate_neighbors", 2, 256) % 2:
         raise ConfigError("max_immediate_neighbors", c.max_immediate_neighbors, "an even number (half on each side)")
     _int_in(c, "max_long_links", 0, 256)
+    _int_in(c, "max_long_links_in", 0, 1024)
+    _int_in(c, "route_hop_limit", 1, 1024)
+    _int_in(c, "probe_interval_ms", 10, day_ms)
+    if not 1 <= _int_in(c, "probe_timeout_ms", 1, day_ms) < c.probe_interval_ms:
+        raise ConfigError("probe_timeout_ms", c.probe_timeout_ms, "from 1 to less than probe_interval_ms")
+    _int_in(c, "indirect_probes", 0, 16)
+    _int_in(c, "suspicion_mult", 1, 100)
+    _int_in(c, "suspicion_max_mult", 1, 100)
+    _int_in(c, "retransmit_mult", 1, 100)
+    _int_in(c, "max_piggyback", 1, 1024)
+    _int_in(c, "max_local_health", 0, 64)
+    _int_in(c, "membership_sync_interval_ms", 100, day_ms)
     if not _str(c, "data_dir") or "\x00" in c.data_dir:
         raise ConfigError("data_dir", c.data_dir, "a non-empty directory path without NUL characters")
     url = _str(c, "storage_url")

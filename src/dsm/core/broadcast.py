@@ -3,7 +3,9 @@
 Each update is sent at most `limit` times (the caller passes retransmit_mult * ceil(log10(n + 1)), enough
 for an epidemic to reach every member with high probability), updates sent the fewest times go first, and
 among those the newest first. A newer update about a member replaces the queued one, whatever its count.
-The queue is bounded by the number of members, since it holds at most one update per member.
+It holds at most one update per member and at most `max_len` in all: past that, the updates sent the most
+times are dropped first (after a mass failure every survivor would otherwise queue thousands). What the
+queue drops, membership anti-entropy still delivers.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from dsm.core.messages import Update
 class BroadcastQueue:
     """Updates by member slot, bucketed by how many times each was sent."""
 
-    __slots__ = ("_buckets", "_count_of")
+    __slots__ = ("_buckets", "_count_of", "max_len")
 
-    def __init__(self) -> None:
+    def __init__(self, max_len: int = 1024) -> None:
+        self.max_len = max_len
         # _buckets[k] maps slot -> update for updates sent k times (insertion order = age).
         self._buckets: list[dict[int, Update]] = [{}]
         self._count_of: dict[int, int] = {}
@@ -31,6 +34,17 @@ class BroadcastQueue:
             del self._buckets[old][slot]
         self._buckets[0][slot] = update
         self._count_of[slot] = 0
+        if len(self._count_of) > self.max_len:
+            self._drop_most_sent()
+
+    def _drop_most_sent(self) -> None:
+        for count in range(len(self._buckets) - 1, -1, -1):
+            bucket = self._buckets[count]
+            if bucket:
+                slot = next(iter(bucket))
+                del bucket[slot]
+                del self._count_of[slot]
+                return
 
     def take(self, max_count: int, limit: int) -> tuple[Update, ...]:
         """Up to `max_count` updates to piggyback on one message; each taken update counts one sending

@@ -44,11 +44,13 @@ FORMAT = {
     "version": "format version of this report (integer, bumped on incompatible changes)",
     "params": "the run's parameters (nodes, seed, loss, crash, slow, ...)",
     "routing_hops": "greedy routing over random pairs: mean, p50, p99, max hops, delivered fraction, pairs",
+    "hop_histogram": "number of delivered pairs by hop count",
     "join_messages": "overlay messages to or from each joiner in its window: mean, max, per-join list",
     "links_changed_per_join": "members whose links changed during each join window: mean, max, per-join list",
     "join_settle_ms": "time of the last link change in each join window: max, and max in gossip rounds",
     "join_spread": "fraction of members knowing each joiner at the end of its window (min) and piggybacked copies",
     "detection_time_ms": "crash to first dead declaration, over crashed members: p50, p99, max, detected fraction",
+    "detection_samples_ms": "every crashed member's detection time, sorted (for the plot)",
     "crash_recovery": "after the mass crash: connected_ms, ring_repaired_ms (null if not within the run)",
     "routing_after_crash": "survivor pairs routed at 3 probe periods and 3 detection periods after the crash",
     "false_suspicions": "suspicions raised by a member's own detector about members that were up",
@@ -86,6 +88,14 @@ class SimParams:
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _hop_histogram(outcomes: list[RouteOutcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        if o.delivered:
+            counts[str(o.hops)] = counts.get(str(o.hops), 0) + 1
+    return counts
 
 
 def _route_summary(outcomes: list[RouteOutcome]) -> dict[str, Any]:
@@ -210,7 +220,8 @@ class StandardRun:
             node.slow_ms = p.slow_ms
         self._run("warm-up", sim.now + 5 * T)
 
-        routing = _route_summary(self._route_pairs(p.pairs, "routing", 4 * T))
+        routed = self._route_pairs(p.pairs, "routing", 4 * T)
+        routing = _route_summary(routed)
 
         joins = self._joins()
 
@@ -237,6 +248,7 @@ class StandardRun:
             "version": REPORT_VERSION,
             "params": {k: v for k, v in asdict(p).items() if k != "settings"} | {"settings": asdict(p.settings)},
             "routing_hops": routing,
+            "hop_histogram": _hop_histogram(routed),
             **joins,
             **crash,
             "false_suspicions": self.false_suspicions,
@@ -302,7 +314,13 @@ class StandardRun:
         T = self.T
         count = int(round(p.crash * len(sim.up_nodes())))
         if count == 0:
-            return {"detection_time_ms": None, "crash_recovery": None, "routing_after_crash": None}
+            return {
+                "detection_time_ms": None,
+                "detection_samples_ms": "every crashed member's detection time, sorted (for the plot)",
+    "crash_recovery": None,
+                "detection_samples_ms": [],
+                "routing_after_crash": None,
+            }
         victims = self._random_up(count)
         crash_time = sim.now
         for node in victims:
@@ -343,13 +361,15 @@ class StandardRun:
                 "max": max(detected) if detected else None,
                 "suspicion_timeout_ms": {"min": low, "max": high},
             },
-            "crash_recovery": {
+            "detection_samples_ms": "every crashed member's detection time, sorted (for the plot)",
+    "crash_recovery": {
                 "survivors": survivors,
                 "connected_ms": connected_ms,
                 "ring_repaired_ms": ring_ms,
                 "probe_period_ms": T,
                 "detection_period_ms": detection_period,
             },
+            "detection_samples_ms": sorted(round(d, 1) for d in detected),
             "routing_after_crash": {
                 "at_3_probe_periods": _route_summary(routing_3t) if routing_3t else None,
                 "at_3_detection_periods": _route_summary(routing_3d) if routing_3d else None,

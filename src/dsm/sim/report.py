@@ -1,0 +1,98 @@
+"""`dsm sim`'s front end: runs the standard run with a progress bar, prints a summary, writes JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dsm.sim.run import SimParams, StandardRun
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline numbers of a report, as (metric, value) rows."""
+    rows: list[tuple[str, str]] = []
+    r = report["routing_hops"]
+    rows.append(("routing_hops", f"mean {_fmt(r['mean'])}  p99 {_fmt(r['p99'])}  max {_fmt(r['max'])}  "
+                 f"delivered {r['delivered']:.2%} of {r['pairs']}"))
+    if report.get("join_messages"):
+        jm, lc, js = report["join_messages"], report["links_changed_per_join"], report["join_settle_ms"]
+        rows.append(("join_messages", f"mean {_fmt(jm['mean'])}  max {jm['max']}"))
+        rows.append(("links_changed_per_join", f"mean {_fmt(lc['mean'])}  max {lc['max']}"))
+        rows.append(("join_settle", f"max {_fmt(js['max'])} ms = {js['max_rounds']} gossip rounds"))
+        sp = report["join_spread"]
+        rows.append(("join_spread", f"min {sp['min_fraction']:.2%} of members knew each joiner after 2 rounds"))
+    d = report.get("detection_time_ms")
+    if d:
+        rows.append(("detection_time_ms", f"p50 {_fmt(d['p50'])}  p99 {_fmt(d['p99'])}  max {_fmt(d['max'])}  "
+                     f"detected {d['detected_fraction']:.2%} of {d['crashed']}"))
+        c = report["crash_recovery"]
+        rows.append(("crash_recovery", f"connected after {_fmt(c['connected_ms'])} ms, ring repaired after "
+                     f"{_fmt(c['ring_repaired_ms'])} ms (detection period {c['detection_period_ms']} ms)"))
+        for key, value in report["routing_after_crash"].items():
+            if value:
+                rows.append((f"routing {key}", f"delivered {value['delivered']:.2%}  mean {_fmt(value['mean'])}  "
+                             f"p99 {_fmt(value['p99'])}"))
+    rows.append(("false_suspicions / false_deaths", f"{report['false_suspicions']} / {report['false_deaths']}"))
+    rows.append(("converged_after_ms", _fmt(report["converged_after_ms"])))
+    checks = report["checks"]
+    rows.append(("checks", "passed" if checks["passed"] else f"FAILED: {checks['failure']}"))
+    rows.append(("wall_time_s / peak_memory_mib", f"{report['wall_time_s']} / {report['peak_memory_mib']}"))
+    rows.append(("virtual_time_s / events", f"{report['virtual_time_s']} / {report['events']}"))
+    return rows
+
+
+def run_cli(params: dict[str, Any], json_path: str | None, plot_path: str | None, quiet: bool, console: Console) -> int:
+    """Runs, prints and writes; returns the exit status (1 if a check failed)."""
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            console.print("[red]--plot needs matplotlib: pip install 'dsm[plot]'[/red]")
+            return 2
+    p = SimParams(**params)
+    if quiet:
+        report = StandardRun(p).run()
+    else:
+        with Progress(
+            TextColumn("[bold]{task.description:<9}"),
+            BarColumn(),
+            TextColumn("{task.fields[virtual]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("start", total=1.0, virtual="")
+
+            def progress(phase: str, done: float, total: float) -> None:
+                bar.update(
+                    task,
+                    description=phase,
+                    completed=min(1.0, done / total) if total > 0 else 1.0,
+                    virtual=f"{done / 1000:.1f}/{total / 1000:.0f} s virtual",
+                )
+
+            report = StandardRun(p, progress).run()
+    table = Table("metric", "value", title=f"dsm sim: {p.nodes} nodes, seed {p.seed}")
+    for name, value in summary_rows(report):
+        table.add_row(name, value)
+    console.print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1) + "\n")
+    if plot_path:
+        from dsm.sim.plot import plot_report
+
+        plot_report(report, plot_path)
+    return 0 if report["checks"]["passed"] else 1
