@@ -71,7 +71,9 @@ def show_config(toml_path: str | None) -> None:
 @click.option("--seed", "-s", type=int, default=1, show_default=True, help="Decides every random choice.")
 @click.option("--loss", type=click.FloatRange(0, 0.5), default=0.0, show_default=True, help="Message loss rate.")
 @click.option("--duplicate", type=click.FloatRange(0, 0.5), default=0.0, show_default=True, help="Duplication rate.")
-@click.option("--crash", type=click.FloatRange(0, 0.99), default=0.0, show_default=True, help="Fraction crashed at once.")
+@click.option(
+    "--crash", type=click.FloatRange(0, 0.99), default=0.0, show_default=True, help="Fraction crashed at once."
+)
 @click.option("--slow", type=click.FloatRange(0, 0.9), default=0.0, show_default=True, help="Fraction of slow nodes.")
 @click.option("--slow-ms", type=click.FloatRange(0), default=1000.0, show_default=True, help="Slow nodes' mean delay.")
 @click.option("--joins", type=click.IntRange(0, 1000), default=5, show_default=True, help="Joins to measure.")

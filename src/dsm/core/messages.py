@@ -169,8 +169,22 @@ class RouteFailed(NamedTuple):
 
 
 Message = (
-    Ping | PingReq | Ack | Nack | Join | JoinReply | Neighbor | Link | LinkReply | Unlink | Leave | SyncDigest | SyncEntries
-    | Routed | RoutedAck | RouteFailed
+    Ping
+    | PingReq
+    | Ack
+    | Nack
+    | Join
+    | JoinReply
+    | Neighbor
+    | Link
+    | LinkReply
+    | Unlink
+    | Leave
+    | SyncDigest
+    | SyncEntries
+    | Routed
+    | RoutedAck
+    | RouteFailed
 )
 
 #: Messages that exist to build and repair the overlay (what a join "costs"); the rest is probing,

@@ -2,8 +2,9 @@
 
 A node has three kinds of links, all bidirectional for routing:
 - *near links* (neighbors): the `near_max` closest alive members on the ring, half clockwise and half
-  counter-clockwise, plus the suspect members among them (see `_near_side`). They are computed from the member table, so both ends agree without a handshake once
-  their tables agree; a joiner tells its new neighbors directly (see `peer.py`).
+  counter-clockwise, plus the suspect members among them (see `_near_side`). They are computed from the
+  member table, so both ends agree without a handshake once their tables agree; a joiner tells its new
+  neighbors directly (see `peer.py`).
 - *long links out*: `long_max` members drawn with probability proportional to 1/distance (Symphony's
   harmonic distribution: a distance x * 2^64 with x log-uniform in [1/n, 1/2], on either side), each
   established with a Link request that the target may refuse.
@@ -40,7 +41,7 @@ class RandomSource(Protocol):
     """The slice of `random.Random` the core uses (injected; the core never draws on its own)."""
 
     def random(self) -> float: ...
-    def randrange(self, stop: int) -> int: ...
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int: ...
     def shuffle(self, x: list[int]) -> None: ...
 
 
@@ -179,10 +180,8 @@ class Overlay:
         states = self.table.states
         size = len(states)
         near = self.near
-        checked = 0
-        for slot in self.directory.nearest(point):
-            checked += 1
-            if checked > 64:
+        for checked, slot in enumerate(self.directory.nearest(point)):
+            if checked >= 64:
                 return None
             if (
                 slot != self.me

@@ -34,7 +34,8 @@ Membership (SWIM with Lifeguard's refinements):
 - Piggybacking is probabilistic: an update can die out before reaching everyone. Membership anti-entropy
   repairs that: every sync_interval_ms a node sends a linked member the digests of 64 ring arcs of its
   table; arcs that differ are exchanged both ways (push-pull), at most SYNC_MAX_BUCKETS per round. The
-  cost follows the differences, not the table size.
+  cost follows the differences, not the table size. The same round sends the digest to one random member
+  believed dead (Serf's reconnect), so the two sides of a healed partition find each other again.
 
 The overlay and routing are in `overlay.py`; this class wires them to membership.
 """
@@ -74,7 +75,7 @@ from dsm.core.messages import (
     Update,
 )
 from dsm.core.overlay import Overlay, RandomSource
-from dsm.core.ring import RING, Directory, MemberInfo, MemberTable, State, clockwise, position
+from dsm.core.ring import RING, Directory, MemberInfo, MemberTable, State, bucket_of, clockwise, position
 
 _UNKNOWN = int(State.UNKNOWN)
 _ALIVE = int(State.ALIVE)
@@ -99,6 +100,7 @@ SYNC_MAX_BUCKETS = 8
 MAX_PENDING_FORWARDS = 4096
 #: Most next hops tried for one routed message at one node before it is reported undeliverable.
 MAX_HOP_TRIES = 16
+
 #: Most probes in flight at once (the periodic one plus probes of unresponsive next hops).
 MAX_PROBES = 8
 #: Routed messages remembered by their target, so a retried copy is not delivered twice.
@@ -168,7 +170,7 @@ class _Probe:
 class _Forward:
     message: Routed
     hop: int
-    tried: set[int]
+    attempts: list[int]
 
 
 @dataclass(slots=True)
@@ -384,7 +386,6 @@ class Peer:
 
     def _piggyback(self) -> tuple[Update, ...]:
         return self.broadcasts.take(self.settings.max_piggyback, self._retransmit_limit())
-
 
     def _send_to_slot(self, slot: int, message: Message) -> None:
         info = self.directory.infos[slot]
@@ -606,9 +607,7 @@ class Peer:
         helpers = (fresh + stale)[: self.settings.indirect_probes]
         target_info = self.directory.infos[probe.target]
         for slot in helpers:
-            self._send_to_slot(
-                slot, PingReq(seq, self.id, target_info.node_id, target_info.addr, self._piggyback())
-            )
+            self._send_to_slot(slot, PingReq(seq, self.id, target_info.node_id, target_info.addr, self._piggyback()))
         probe.expected_nacks = min(len(fresh), len(helpers))
 
     def _probe_end(self, seq: int) -> None:
@@ -674,16 +673,39 @@ class Peer:
         self._arm(self._now + self.settings.sync_interval_ms, _SYNC, 0)
         if not self.joined:
             return
+        digest = SyncDigest(self.id, tuple(self.table.digests))
         candidates = [s for s in self.overlay.links() if self.table.raw_state(s) == _ALIVE]
         if candidates:
-            target = candidates[self.rng.randrange(len(candidates))]
-            self._send_to_slot(target, SyncDigest(self.id, tuple(self.table.digests)))
+            self._send_to_slot(candidates[self.rng.randrange(len(candidates))], digest)
+        # Reconnect: one member declared dead, at random, gets our digest too. If it was only cut off (a
+        # healed partition), it learns it was declared dead, refutes, and both sides merge again; without
+        # this, two halves of a healed partition would never speak again.
+        dead = self._random_slot_in(_DEAD)
+        if dead is not None:
+            self._send_to_slot(dead, digest)
+
+    def _random_slot_in(self, state: int) -> int | None:
+        states = self.table.states
+        if not states or not self.table.counts[state]:
+            return None
+        start = self.rng.randrange(len(states))
+        found = states.find(state, start)
+        if found < 0:
+            found = states.find(state, 0, start)
+        return found if found >= 0 else None
 
     def _entries(self, buckets: Sequence[int]) -> tuple[Update, ...]:
         infos = self.directory.infos
         table = self.table
         return tuple(
-            Update(table.states[slot], infos[slot].node_id, table.incarnations[slot], infos[slot].addr, infos[slot].region, "")
+            Update(
+                table.states[slot],
+                infos[slot].node_id,
+                table.incarnations[slot],
+                infos[slot].addr,
+                infos[slot].region,
+                "",
+            )
             for bucket in buckets
             for slot in table.slots_in_bucket(bucket)
         )
@@ -697,8 +719,15 @@ class Peer:
         if not differ:
             return
         if len(differ) > SYNC_MAX_BUCKETS:
-            self.rng.shuffle(differ)
-            differ = sorted(differ[:SYNC_MAX_BUCKETS])
+            # The arcs holding the two ends go first: that is where "you were declared dead" is learned.
+            ends = {bucket_of(self.overlay.position)}
+            source = self.directory.slot(message.source)
+            if source is not None:
+                ends.add(bucket_of(self.directory.positions[source]))
+            first = [b for b in differ if b in ends]
+            rest = [b for b in differ if b not in ends]
+            self.rng.shuffle(rest)
+            differ = sorted(first + rest[: SYNC_MAX_BUCKETS - len(first)])
         self._send_to_id(message.source, SyncEntries(self.id, tuple(differ), self._entries(differ), True))
 
     def _on_sync_entries(self, message: SyncEntries) -> None:
@@ -814,7 +843,7 @@ class Peer:
 
     # ------------------------------------------------------------------ routing
 
-    def _forward(self, message: Routed, tried: set[int] | None = None) -> None:
+    def _forward(self, message: Routed, attempts: list[int] | None = None) -> None:
         """Sends a routed message one hop on (or delivers it here), tracking it until the hop acknowledges."""
         if message.target == self.id:
             key = (message.source, message.route_id)
@@ -832,10 +861,12 @@ class Peer:
         if message.hops >= self.settings.hop_limit:
             self._route_failed(message, f"hop limit {self.settings.hop_limit} reached")
             return
-        tried = tried if tried is not None else set()
-        if len(tried) >= MAX_HOP_TRIES:
-            self._route_failed(message, f"{len(tried)} next hops did not answer")
+        attempt = len(attempts) if attempts is not None else 0
+        attempts = attempts if attempts is not None else []
+        if attempt >= MAX_HOP_TRIES:
+            self._route_failed(message, f"{attempt} attempts at {len(set(attempts))} next hops went unanswered")
             return
+        tried = set(attempts)
         target_pos = self.directory.positions[target_slot] if target_slot is not None else position(message.target)
         if target_slot is not None and self.overlay.linked(target_slot) and target_slot not in tried:
             hop: int | None = target_slot
@@ -844,16 +875,25 @@ class Peer:
             hop = self.overlay.next_hop(target_pos, tried, avoid)
             if hop is None:
                 hop = self._ring_fallback(target_pos, tried, avoid)
+            if hop is None and attempts:
+                # Every way forward was tried once: try again the best one (a lost message or a slow
+                # member, not necessarily a dead one), with a longer wait.
+                if target_slot is not None and self.overlay.linked(target_slot):
+                    hop = target_slot
+                else:
+                    hop = self.overlay.next_hop(target_pos, set(), set())
         if hop is None:
             self._route_failed(message, "no member closer to the target answers (it is down or unknown)")
             return
         self._send_to_slot(hop, message._replace(hops=message.hops + 1, via=self.id))
         if len(self._forwards) < MAX_PENDING_FORWARDS:
             seq = self._next_seq()
-            tried.add(hop)
-            self._forwards[seq] = _Forward(message, hop, tried)
+            attempts.append(hop)
+            self._forwards[seq] = _Forward(message, hop, attempts)
             self._forward_seq[(message.source, message.route_id)] = seq
-            self._arm(self._now + self.settings.probe_timeout_ms, _ROUTE_RETRY, seq)
+            # Back off on retries: a slow member acknowledges late rather than never.
+            wait = min(self.settings.probe_timeout_ms << attempt, 4 * self.settings.probe_interval_ms)
+            self._arm(self._now + wait, _ROUTE_RETRY, seq)
 
     def _avoided(self) -> set[int]:
         """Members whose last routed message went unacknowledged and that no probe has cleared since."""
@@ -904,7 +944,7 @@ class Peer:
         self._avoid[hop] = self._now + self.settings.probe_interval_ms * 4
         if self.overlay.usable(hop):
             self._start_probe(hop)
-        self._forward(forward.message, forward.tried)
+        self._forward(forward.message, forward.attempts)
 
     def _route_failed(self, message: Routed, reason: str) -> None:
         self.stats.routes_failed += 1

@@ -69,7 +69,7 @@ class MemberInfo:
 class Directory:
     """Slots, positions and infos of every node id heard of (see the module docstring)."""
 
-    __slots__ = ("infos", "positions", "ring_positions", "ring_slots", "_slot_of")
+    __slots__ = ("_slot_of", "infos", "positions", "ring_positions", "ring_slots")
 
     def __init__(self) -> None:
         self.infos: list[MemberInfo] = []

@@ -51,10 +51,7 @@ class NetworkModel:
 
     def cut(self, source: int, target: int, now: float) -> bool:
         """Whether a partition separates the two nodes at `now`."""
-        for p in self.partitions:
-            if p.start_ms <= now < p.end_ms and ((source in p.group) != (target in p.group)):
-                return True
-        return False
+        return any(p.start_ms <= now < p.end_ms and (source in p.group) != (target in p.group) for p in self.partitions)
 
     def delays(self, rng: random.Random, source_region: str, target_region: str) -> list[float]:
         """Delays of the copies of one message that arrive: none if lost, two if duplicated."""

@@ -14,8 +14,10 @@ def plot_report(report: dict[str, Any], path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     params = report["params"]
-    fig.suptitle(f"dsm sim: {params['nodes']} nodes, seed {params['seed']}, loss {params['loss']}, "
-                 f"crash {params['crash']}, slow {params['slow']}")
+    fig.suptitle(
+        f"dsm sim: {params['nodes']} nodes, seed {params['seed']}, loss {params['loss']}, "
+        f"crash {params['crash']}, slow {params['slow']}"
+    )
 
     hops = report.get("hop_histogram") or {}
     ax = axes[0]
@@ -31,10 +33,22 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     for i, curve in enumerate(report.get("curves", {}).get("joins", [])):
         links = sorted(curve["link_changes_ms"])
         msgs = sorted(curve["messages_ms"])
-        ax.step(links, range(1, len(links) + 1), where="post", color="tab:blue", alpha=0.6,
-                label="link changes" if i == 0 else None)
-        ax.step(msgs, range(1, len(msgs) + 1), where="post", color="tab:orange", alpha=0.6,
-                label="overlay messages" if i == 0 else None)
+        ax.step(
+            links,
+            range(1, len(links) + 1),
+            where="post",
+            color="tab:blue",
+            alpha=0.6,
+            label="link changes" if i == 0 else None,
+        )
+        ax.step(
+            msgs,
+            range(1, len(msgs) + 1),
+            where="post",
+            color="tab:orange",
+            alpha=0.6,
+            label="overlay messages" if i == 0 else None,
+        )
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_title("each join: cumulative cost over time")
     ax.set_xlabel("ms since the join started")

@@ -25,8 +25,13 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """The headline numbers of a report, as (metric, value) rows."""
     rows: list[tuple[str, str]] = []
     r = report["routing_hops"]
-    rows.append(("routing_hops", f"mean {_fmt(r['mean'])}  p99 {_fmt(r['p99'])}  max {_fmt(r['max'])}  "
-                 f"delivered {r['delivered']:.2%} of {r['pairs']}"))
+    rows.append(
+        (
+            "routing_hops",
+            f"mean {_fmt(r['mean'])}  p99 {_fmt(r['p99'])}  max {_fmt(r['max'])}  "
+            f"delivered {r['delivered']:.2%} of {r['pairs']}",
+        )
+    )
     if report.get("join_messages"):
         jm, lc, js = report["join_messages"], report["links_changed_per_join"], report["join_settle_ms"]
         rows.append(("join_messages", f"mean {_fmt(jm['mean'])}  max {jm['max']}"))
@@ -36,15 +41,29 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("join_spread", f"min {sp['min_fraction']:.2%} of members knew each joiner after 2 rounds"))
     d = report.get("detection_time_ms")
     if d:
-        rows.append(("detection_time_ms", f"p50 {_fmt(d['p50'])}  p99 {_fmt(d['p99'])}  max {_fmt(d['max'])}  "
-                     f"detected {d['detected_fraction']:.2%} of {d['crashed']}"))
+        rows.append(
+            (
+                "detection_time_ms",
+                f"p50 {_fmt(d['p50'])}  p99 {_fmt(d['p99'])}  max {_fmt(d['max'])}  "
+                f"detected {d['detected_fraction']:.2%} of {d['crashed']}",
+            )
+        )
         c = report["crash_recovery"]
-        rows.append(("crash_recovery", f"connected after {_fmt(c['connected_ms'])} ms, ring repaired after "
-                     f"{_fmt(c['ring_repaired_ms'])} ms (detection period {c['detection_period_ms']} ms)"))
+        rows.append(
+            (
+                "crash_recovery",
+                f"connected after {_fmt(c['connected_ms'])} ms, ring repaired after "
+                f"{_fmt(c['ring_repaired_ms'])} ms (detection period {c['detection_period_ms']} ms)",
+            )
+        )
         for key, value in report["routing_after_crash"].items():
             if value:
-                rows.append((f"routing {key}", f"delivered {value['delivered']:.2%}  mean {_fmt(value['mean'])}  "
-                             f"p99 {_fmt(value['p99'])}"))
+                rows.append(
+                    (
+                        f"routing {key}",
+                        f"delivered {value['delivered']:.2%}  mean {_fmt(value['mean'])}  p99 {_fmt(value['p99'])}",
+                    )
+                )
     rows.append(("false_suspicions / false_deaths", f"{report['false_suspicions']} / {report['false_deaths']}"))
     rows.append(("converged_after_ms", _fmt(report["converged_after_ms"])))
     checks = report["checks"]

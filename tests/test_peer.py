@@ -1,0 +1,247 @@
+"""Unit tests of the protocol core: peers wired together in memory and stepped by hand (no event loop)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsm.core.messages import Ping, SyncDigest, Update
+from dsm.core.peer import Peer, PeerSettings
+from dsm.core.ring import State
+from wire import SMALL, Wire, info
+
+ALIVE, SUSPECT, DEAD, LEFT = (int(s) for s in (State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT))
+
+
+def upd(state: int, node_id: str, incarnation: int, origin: str = "") -> Update:
+    i = info(node_id)
+    return Update(state, node_id, incarnation, i.addr, i.region, origin)
+
+
+def states_by_id(p: Peer) -> dict[str, tuple[int, int]]:
+    return {
+        p.directory.infos[slot].node_id: (state, p.table.incarnations[slot])
+        for slot, state in enumerate(p.table.states)
+        if state
+    }
+
+
+def test_formed_cluster_builds_bounded_symmetric_links() -> None:
+    w = Wire(seed=1)
+    peers = w.formed(40)
+    w.advance(3000)
+    for p in peers:
+        o = p.overlay
+        assert len(o.near) == SMALL.near_max
+        assert len(o.long_out) == SMALL.long_max
+        assert len(o.long_in) <= SMALL.long_in_max
+        assert len(o.refcount) <= SMALL.near_max + SMALL.long_max + SMALL.long_in_max
+        for slot in o.long_out:
+            other = w.peers[p.directory.infos[slot].node_id]
+            assert other.directory.slot(p.id) in other.overlay.long_in, (p.id, other.id)
+        for slot in o.near:  # near links agree on both ends once tables agree
+            other = w.peers[p.directory.infos[slot].node_id]
+            assert other.directory.slot(p.id) in other.overlay.near
+
+
+def test_crashed_member_is_suspected_then_declared_dead_everywhere() -> None:
+    w = Wire(seed=2)
+    peers = w.formed(12)
+    w.advance(2000)
+    w.down.add("n5")
+    low = SMALL.suspicion_mult * SMALL.probe_interval_ms  # log10(12) ~ 1
+    w.advance(low * SMALL.suspicion_max_mult + 20 * SMALL.probe_interval_ms)
+    for p in peers:
+        if p.id != "n5":
+            assert p.member_state("n5") == State.DEAD, p.id
+            assert p.member_state("n4") == State.ALIVE
+    assert sum(p.stats.deaths_declared for p in peers) >= 1
+    assert all("n5" not in p.link_ids() for p in peers if p.id != "n5")
+
+
+def test_suspicion_about_itself_is_refuted_with_a_higher_incarnation() -> None:
+    w = Wire(seed=3)
+    peers = w.formed(6)
+    x = w.peers["n1"]
+    w.apply("n1", x.handle(w.now, Ping(1, "n2", "n1", (upd(SUSPECT, "n1", 0, "n2"),))))
+    assert x.incarnation == 1 and x.stats.refutations == 1
+    assert x.local_health == 1  # Lifeguard: having to refute counts against our own health
+    w.advance(10 * SMALL.probe_interval_ms)
+    for p in peers:
+        assert states_by_id(p)["n1"] == (ALIVE, 1), p.id
+
+
+def test_join_through_bootstrap_learns_table_and_tells_neighbors() -> None:
+    w = Wire(seed=4)
+    peers = w.formed(20)
+    w.advance(2000)
+    joiner = w.peer("j")
+    w.call("j", "join", [("", "mem://n3")])
+    assert joiner.joined
+    assert joiner.live_count() == 21
+    for slot in joiner.overlay.near:  # its neighbors heard from it directly
+        neighbor = w.peers[joiner.directory.infos[slot].node_id]
+        assert neighbor.member_state("j") == State.ALIVE
+        assert neighbor.directory.slot("j") in neighbor.overlay.near
+    assert w.sent["Join"] == 1 and w.sent["JoinReply"] == 1
+    w.advance(15 * SMALL.probe_interval_ms)
+    assert all(p.member_state("j") == State.ALIVE for p in peers)
+
+
+def test_join_tries_the_next_bootstrap_when_one_is_down() -> None:
+    w = Wire(seed=5)
+    w.formed(8)
+    w.down.add("n0")
+    joiner = w.peer("j")
+    w.call("j", "join", [("n0", "mem://n0"), ("n1", "mem://n1")])
+    assert not joiner.joined
+    w.advance(SMALL.join_timeout_ms + 10)
+    assert joiner.joined and joiner.live_count() == 9
+
+
+def test_leave_is_final_for_its_incarnation_and_a_rejoin_needs_a_higher_one() -> None:
+    w = Wire(seed=6)
+    peers = w.formed(10)
+    w.advance(2000)
+    w.call("n7", "leave")
+    w.down.add("n7")
+    w.advance(20 * SMALL.probe_interval_ms)
+    others = [p for p in peers if p.id != "n7"]
+    assert all(p.member_state("n7") == State.LEFT for p in others)
+    # A stale "alive" at the incarnation it left with does not bring it back...
+    p = others[0]
+    w.apply(p.id, p.handle(w.now, Ping(9, "n1", p.id, (upd(ALIVE, "n7", 0),))))
+    assert p.member_state("n7") == State.LEFT
+    # ...a new life does.
+    w.apply(p.id, p.handle(w.now, Ping(10, "n1", p.id, (upd(ALIVE, "n7", 1),))))
+    assert p.member_state("n7") == State.ALIVE
+
+
+def test_restarted_member_rejoins_with_same_id_and_higher_incarnation() -> None:
+    w = Wire(seed=7)
+    peers = w.formed(10)
+    w.advance(2000)
+    w.down.add("n4")
+    w.advance(60 * SMALL.probe_interval_ms)
+    assert all(p.member_state("n4") == State.DEAD for p in peers if p.id != "n4")
+    old = w.peers["n4"]
+    restarted = w.peer("n4", incarnation=old.incarnation + 1)
+    w.call("n4", "join", [("n0", "mem://n0")])
+    w.advance(20 * SMALL.probe_interval_ms)
+    for p in w.peers.values():
+        assert p.member_state("n4") == State.ALIVE, p.id
+    assert restarted.incarnation >= 1
+
+
+def test_routing_delivers_and_reports_undeliverable_targets() -> None:
+    w = Wire(seed=8, settings=PeerSettings(near_max=4, long_max=4, long_in_max=8))
+    peers = w.formed(80)
+    w.advance(3000)
+    rng = random.Random(1)
+    ids = []
+    for _ in range(100):
+        a, b = rng.sample(peers, 2)
+        ids.append((w.call(a.id, "route", b.id, "hello"), a.id))
+    assert len(w.delivered) == 100 and not w.failures
+    assert {(d.route_id, d.source) for d in w.delivered} == set(ids)
+    assert all(d.payload == "hello" and 1 <= d.hops <= 20 for d in w.delivered)
+    w.advance(10 * SMALL.probe_timeout_ms)
+    # Every hop acknowledged its copy, so nothing was sent twice: one Routed message per hop.
+    assert w.sent["Routed"] == sum(d.hops for d in w.delivered)
+    w.call("n1", "route", "nobody", None)
+    assert len(w.failures) == 1 and "down or unknown" in w.failures[0].reason
+
+
+def test_routing_fails_over_when_a_next_hop_is_down() -> None:
+    w = Wire(seed=9, settings=PeerSettings(near_max=4, long_max=4, long_in_max=8))
+    peers = w.formed(80)
+    w.advance(3000)
+    rng = random.Random(2)
+    victims = {p.id for p in rng.sample(peers, 8)}
+    w.down |= victims
+    alive = [p for p in peers if p.id not in victims]
+    for _ in range(60):
+        a, b = rng.sample(alive, 2)
+        w.call(a.id, "route", b.id, None)
+    w.advance(20 * SMALL.probe_timeout_ms)  # retries wait for the hops' acknowledgements
+    assert len(w.delivered) == 60, [f.reason for f in w.failures]
+
+
+def test_local_health_rises_when_answers_stop_and_falls_when_they_return() -> None:
+    w = Wire(seed=10)
+    w.formed(8)
+    w.advance(3000)
+    me = w.peers["n0"]
+    assert me.local_health == 0
+    for other in list(w.peers):  # n0 hears nothing: every answer to it is lost
+        if other != "n0":
+            w.cut.add(frozenset(("n0", other)))
+    w.advance(6 * SMALL.probe_interval_ms)
+    assert me.local_health >= 2
+    w.cut.clear()
+    w.advance(40 * SMALL.probe_interval_ms)
+    assert me.local_health == 0
+
+
+def test_anti_entropy_repairs_an_update_that_gossip_missed() -> None:
+    w = Wire(seed=11)
+    w.formed(5)
+    a, b = w.peers["n0"], w.peers["n1"]
+    # n0 alone hears of a new member (and we keep it from gossiping it on: nothing is ticked).
+    a.handle(w.now, Ping(1, "n2", "n0", (upd(ALIVE, "x", 3),)))
+    assert a.member_state("x") == State.ALIVE and b.member_state("x") == State.UNKNOWN
+    assert a.table.digests != b.table.digests
+    w.apply("n1", b.handle(w.now, SyncDigest("n0", tuple(a.table.digests))))
+    w.flush()
+    assert b.member_state("x") == State.ALIVE and states_by_id(b)["x"] == (ALIVE, 3)
+    assert a.table.digests == b.table.digests
+
+
+def test_healed_partition_merges_again() -> None:
+    w = Wire(seed=12)
+    peers = w.formed(12)
+    w.advance(2000)
+    left = {f"n{i}" for i in range(4)}
+    for p in peers:
+        for q in peers:
+            if (p.id in left) != (q.id in left):
+                w.cut.add(frozenset((p.id, q.id)))
+    w.advance(80 * SMALL.probe_interval_ms)
+    assert w.peers["n0"].member_state("n9") == State.DEAD
+    w.cut.clear()
+    w.advance(60 * SMALL.probe_interval_ms)
+    for p in peers:
+        assert p.live_count() == 12, (p.id, states_by_id(p))
+
+
+updates = st.lists(
+    st.builds(
+        upd,
+        st.sampled_from([ALIVE, SUSPECT, DEAD, LEFT]),
+        st.sampled_from(["a", "b", "c"]),
+        st.integers(0, 3),
+        st.sampled_from(["", "o1", "o2"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(updates, st.randoms(use_true_random=False))
+def test_membership_merge_converges_in_any_order(history: list[Update], rnd: random.Random) -> None:
+    # Two fresh observers apply the same updates in different orders: same table (a join-semilattice).
+    shuffled = list(history)
+    rnd.shuffle(shuffled)
+    tables = []
+    for order in (history, shuffled):
+        p = Peer(info("observer"), SMALL, random.Random(0), 0)
+        for i, u in enumerate(order):
+            p.handle(0, Ping(i, "z", "observer", (u,)))
+        tables.append(states_by_id(p))
+        # And the result is the largest (incarnation, state) seen for each member.
+        for node_id in {u.node_id for u in history}:
+            best = max((u.incarnation, u.state) for u in history if u.node_id == node_id)
+            assert tables[-1][node_id] == (best[1], best[0])
+    assert tables[0] == tables[1]
