@@ -245,3 +245,15 @@ def test_membership_merge_converges_in_any_order(history: list[Update], rnd: ran
             best = max((u.incarnation, u.state) for u in history if u.node_id == node_id)
             assert tables[-1][node_id] == (best[1], best[0])
     assert tables[0] == tables[1]
+
+
+def test_out_of_range_updates_from_a_peer_are_ignored_and_counted() -> None:
+    w = Wire(seed=13)
+    w.formed(4)
+    p = w.peers["n0"]
+    before = states_by_id(p)
+    bad = (upd(ALIVE, "x", 1 << 32), upd(9, "y", 1), upd(SUSPECT, "n0", -1), upd(DEAD, "n1", 1 << 40))
+    w.apply("n0", p.handle(w.now, Ping(1, "n2", "n0", bad)))
+    assert states_by_id(p) == before and p.incarnation == 0
+    assert p.stats.bad_updates == 4
+    assert p.table.digests == p.table.compute_digests()

@@ -19,7 +19,7 @@ import hashlib
 from array import array
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dsm.core.ring import (
@@ -377,19 +377,24 @@ def test_equal_tables_have_equal_digests_whatever_the_history(case: tuple) -> No
 @SETTINGS
 @given(
     final=st.dictionaries(slots, st.tuples(st.integers(1, 4), incarnations), max_size=15),
-    slot=slots,
-    other=st.tuples(st.integers(0, 4), incarnations),
+    data=st.data(),
 )
 def test_tables_differing_in_one_entry_differ_in_its_arc(
-    final: dict[int, tuple[int, int]], slot: int, other: tuple[int, int]
+    final: dict[int, tuple[int, int]], data: st.DataObject
 ) -> None:
+    slot = data.draw(st.sampled_from(sorted(final)) if final and data.draw(st.booleans()) else slots, label="slot")
+    state, incarnation = final.get(slot, (0, 0))
+    what = data.draw(st.sampled_from(["state", "incarnation", "both"]), label="what")
+    if what != "incarnation":
+        state = data.draw(st.integers(0, 4).filter(lambda s: s != final.get(slot, (0, 0))[0]), label="state")
+    if what != "state":
+        incarnation = data.draw(incarnations, label="incarnation")
     changed = dict(final)
-    if other[0]:
-        changed[slot] = other
+    if state:
+        changed[slot] = (state, incarnation)
     else:
         changed.pop(slot, None)
-    if changed == final:
-        return
+    assume(changed != final)
     a, b = expected_digests(final), expected_digests(changed)
     arc = bucket_of(DIRECTORY.positions[slot])
     assert a[arc] != b[arc]

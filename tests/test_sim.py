@@ -142,3 +142,13 @@ def test_dsm_sim_command_writes_json_and_plot(tmp_path: Path) -> None:
     assert report["params"]["nodes"] == 50 and report["routing_hops"]["pairs"] == 50
     assert "routing_hops" in run.stdout and "detection_time_ms" in run.stdout
     assert fig.stat().st_size > 10_000
+
+
+def test_a_core_invariant_failure_is_reported_with_the_seed() -> None:
+    sim = Simulation(seed=11)
+    sim.form(10)
+    node = sim.nodes[3]
+    assert node.peer is not None
+    node.peer._now += 10**9  # this core's clock would now go backwards at its next event
+    with pytest.raises(CheckFailed, match="seed 11: invariant violated.*time went backwards"):
+        sim.run_until(sim.now + 5000)

@@ -49,7 +49,7 @@ class BroadcastQueue:
     def take(self, max_count: int, limit: int) -> tuple[Update, ...]:
         """Up to `max_count` updates to piggyback on one message; each taken update counts one sending
         and leaves the queue after `limit` sendings."""
-        if not self._count_of:
+        if not self._count_of or max_count <= 0 or limit <= 0:
             return ()
         taken: list[tuple[int, int, Update]] = []
         buckets = self._buckets
@@ -62,7 +62,8 @@ class BroadcastQueue:
                     break
             if len(taken) >= max_count:
                 break
-        for count, slot, update in taken:
+        # Re-queue oldest first, so that reading a bucket from its end still gives the newest first.
+        for count, slot, update in reversed(taken):
             del buckets[count][slot]
             sent = count + 1
             if sent >= limit:

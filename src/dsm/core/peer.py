@@ -75,7 +75,17 @@ from dsm.core.messages import (
     Update,
 )
 from dsm.core.overlay import Overlay, RandomSource
-from dsm.core.ring import RING, Directory, MemberInfo, MemberTable, State, bucket_of, clockwise, position
+from dsm.core.ring import (
+    MAX_INCARNATION,
+    RING,
+    Directory,
+    MemberInfo,
+    MemberTable,
+    State,
+    bucket_of,
+    clockwise,
+    position,
+)
 
 _UNKNOWN = int(State.UNKNOWN)
 _ALIVE = int(State.ALIVE)
@@ -156,6 +166,7 @@ class PeerStats:
     refutations: int = 0
     routes_failed: int = 0
     link_refusals: int = 0
+    bad_updates: int = 0
 
 
 @dataclass(slots=True)
@@ -430,6 +441,9 @@ class Peer:
     def _apply(self, update: Update, rebroadcast: bool = True, own: bool = False) -> None:
         """Merges one membership update into the table (rules in the module docstring)."""
         state, node_id, incarnation = update.state, update.node_id, update.incarnation
+        if not (0 <= incarnation < MAX_INCARNATION and _ALIVE <= state <= _LEFT):
+            self.stats.bad_updates += 1  # the sender's fault: ignore it, keep serving
+            return
         if node_id == self.id:
             self._about_me(update)
             return
@@ -812,7 +826,8 @@ class Peer:
     def _on_link(self, message: Link) -> None:
         self._apply(Update(_ALIVE, message.source, message.incarnation, message.addr, message.region, ""))
         slot = self.directory.slot(message.source)
-        assert slot is not None
+        if slot is None:
+            return  # the request carried an invalid entry (counted in bad_updates)
         accepted = self.overlay.usable(slot) and self.overlay.accept_long_in(slot)
         self._send_to_slot(slot, LinkReply(message.seq, self.id, accepted))
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 RING_BITS = 64
+#: Incarnations are stored in 32 bits; larger values from the network are refused.
+MAX_INCARNATION = (1 << 32) - 1
 RING = 1 << RING_BITS
 HALF_RING = RING >> 1
 
@@ -108,6 +110,8 @@ class Directory:
         slots = []
         for info in infos:
             slot = self._slot_of.get(info.node_id)
+            if slot is not None and self.infos[slot] != info:
+                self.infos[slot] = info
             if slot is None:
                 slot = len(self.infos)
                 self._slot_of[info.node_id] = slot
@@ -210,6 +214,8 @@ class MemberTable:
         return self.incarnations[slot] if slot < len(self.incarnations) else 0
 
     def set(self, slot: int, state: State | int, incarnation: int) -> None:
+        if not 0 <= incarnation <= MAX_INCARNATION:
+            raise ValueError(f"incarnation {incarnation} outside 0..{MAX_INCARNATION}")
         self._grow(slot)
         old = self.states[slot]
         old_incarnation = self.incarnations[slot]

@@ -17,21 +17,14 @@ from __future__ import annotations
 import bisect
 
 from dsm.core.ring import State
-from dsm.sim.cluster import SimNode, Simulation
+from dsm.sim.cluster import CheckFailed, SimNode, Simulation
+
+__all__ = ["CheckFailed", "Checkers"]
 
 _ALIVE = int(State.ALIVE)
 _SUSPECT = int(State.SUSPECT)
 _DEAD = int(State.DEAD)
 _LEFT = int(State.LEFT)
-
-
-class CheckFailed(AssertionError):
-    """A safety or liveness property of the simulated cluster was violated."""
-
-    def __init__(self, seed: int, what: str) -> None:
-        super().__init__(f"seed {seed}: {what} (rerun with --seed {seed} to reproduce)")
-        self.seed = seed
-        self.what = what
 
 
 class Checkers:

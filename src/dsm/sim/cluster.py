@@ -38,6 +38,16 @@ MemberHook = Callable[[int, int, int, int, int, bool], None]
 LinkHook = Callable[[int, int, int], None]
 
 
+class CheckFailed(AssertionError):
+    """A safety or liveness property of the simulated cluster was violated (or a core's own invariant
+    assertion fired). The message starts with the seed that reproduces it."""
+
+    def __init__(self, seed: int, what: str) -> None:
+        super().__init__(f"seed {seed}: {what} (rerun with --seed {seed} to reproduce)")
+        self.seed = seed
+        self.what = what
+
+
 @dataclass(slots=True, eq=False)
 class SimNode:
     """A simulated machine: identity and storage survive crashes; the core does not."""
@@ -212,7 +222,16 @@ class Simulation:
             self._push(when, _WAKE, node.index, node.generation)
 
     def run_until(self, end_ms: float, progress: Callable[[float], None] | None = None) -> None:
-        """Processes every event up to virtual time `end_ms` (inclusive), then sets the time to it."""
+        """Processes every event up to virtual time `end_ms` (inclusive), then sets the time to it.
+        A core's invariant assertion (its clock going backwards, for one) becomes a `CheckFailed`."""
+        try:
+            self._run_until(end_ms, progress)
+        except CheckFailed:
+            raise
+        except AssertionError as exc:
+            raise CheckFailed(self.seed, f"invariant violated at {self.now:.0f} ms: {exc}") from exc
+
+    def _run_until(self, end_ms: float, progress: Callable[[float], None] | None) -> None:
         heap = self._heap
         nodes = self.nodes
         pop = heapq.heappop
