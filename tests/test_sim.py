@@ -150,5 +150,5 @@ def test_a_core_invariant_failure_is_reported_with_the_seed() -> None:
     node = sim.nodes[3]
     assert node.peer is not None
     node.peer._now += 10**9  # this core's clock would now go backwards at its next event
-    with pytest.raises(CheckFailed, match="seed 11: invariant violated.*time went backwards"):
+    with pytest.raises(CheckFailed, match=r"seed 11: invariant violated.*time went backwards"):
         sim.run_until(sim.now + 5000)
