@@ -106,6 +106,8 @@ _SYNC = 8
 
 #: Most ring arcs exchanged in one membership anti-entropy round (bounds the message size).
 SYNC_MAX_BUCKETS = 8
+#: Most member entries in one anti-entropy message (the arcs beyond it wait for the next round).
+SYNC_MAX_ENTRIES = 512
 #: Most routed messages a node tracks at once while waiting for the next hop's acknowledgement.
 MAX_PENDING_FORWARDS = 4096
 #: Most next hops tried for one routed message at one node before it is reported undeliverable.
@@ -678,7 +680,25 @@ class Peer:
             probe.nacks += 1
 
     def _apply_all(self, updates: tuple[Update, ...]) -> None:
+        # Most piggybacked updates are already known (each member hears each update from several peers):
+        # skip those before any other work. A repeated suspicion we time ourselves still goes through
+        # (it may confirm).
+        slot_of = self.directory.slot_of
+        table = self.table
+        states = table.states
+        incarnations = table.incarnations
+        size = len(states)
+        suspicions = self.suspicions
         for update in updates:
+            slot = slot_of.get(update.node_id)
+            if (
+                slot is not None
+                and slot < size
+                and states[slot] == update.state
+                and incarnations[slot] == update.incarnation
+                and (update.state != _SUSPECT or slot not in suspicions)
+            ):
+                continue
             self._apply(update)
 
     # ------------------------------------------------------------------ membership anti-entropy
@@ -708,21 +728,23 @@ class Peer:
             found = states.find(state, 0, start)
         return found if found >= 0 else None
 
-    def _entries(self, buckets: Sequence[int]) -> tuple[Update, ...]:
+    def _entries(self, buckets: Sequence[int]) -> tuple[tuple[int, ...], tuple[Update, ...]]:
+        """Entries of whole arcs, as many arcs as fit in SYNC_MAX_ENTRIES (at least one); returns the arcs
+        sent and their entries."""
         infos = self.directory.infos
         table = self.table
-        return tuple(
-            Update(
-                table.states[slot],
-                infos[slot].node_id,
-                table.incarnations[slot],
-                infos[slot].addr,
-                infos[slot].region,
-                "",
-            )
-            for bucket in buckets
-            for slot in table.slots_in_bucket(bucket)
-        )
+        states, incarnations = table.states, table.incarnations
+        sent: list[int] = []
+        entries: list[Update] = []
+        for bucket in buckets:
+            slots = table.slots_in_bucket(bucket)
+            if sent and len(entries) + len(slots) > SYNC_MAX_ENTRIES:
+                break
+            sent.append(bucket)
+            for slot in slots:
+                info = infos[slot]
+                entries.append(Update(states[slot], info.node_id, incarnations[slot], info.addr, info.region, ""))
+        return tuple(sent), tuple(entries)
 
     def _on_sync_digest(self, message: SyncDigest) -> None:
         mine = self.table.digests
@@ -742,14 +764,15 @@ class Peer:
             rest = [b for b in differ if b not in ends]
             self.rng.shuffle(rest)
             differ = sorted(first + rest[: SYNC_MAX_BUCKETS - len(first)])
-        self._send_to_id(message.source, SyncEntries(self.id, tuple(differ), self._entries(differ), True))
+        buckets, entries = self._entries(differ)
+        self._send_to_id(message.source, SyncEntries(self.id, buckets, entries, True))
 
     def _on_sync_entries(self, message: SyncEntries) -> None:
-        for update in message.members:
-            self._apply(update)
+        self._apply_all(message.members)
         if message.reply:
-            buckets = [b for b in message.buckets if 0 <= b < len(self.table.digests)][:SYNC_MAX_BUCKETS]
-            self._send_to_id(message.source, SyncEntries(self.id, tuple(buckets), self._entries(buckets), False))
+            wanted = [b for b in message.buckets if 0 <= b < len(self.table.digests)][:SYNC_MAX_BUCKETS]
+            buckets, entries = self._entries(wanted)
+            self._send_to_id(message.source, SyncEntries(self.id, buckets, entries, False))
 
     # ------------------------------------------------------------------ join and leave
 

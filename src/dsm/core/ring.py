@@ -71,32 +71,32 @@ class MemberInfo:
 class Directory:
     """Slots, positions and infos of every node id heard of (see the module docstring)."""
 
-    __slots__ = ("_slot_of", "infos", "positions", "ring_positions", "ring_slots")
+    __slots__ = ("infos", "positions", "ring_positions", "ring_slots", "slot_of")
 
     def __init__(self) -> None:
         self.infos: list[MemberInfo] = []
         self.positions: list[int] = []
         self.ring_positions: list[int] = []
         self.ring_slots: list[int] = []
-        self._slot_of: dict[str, int] = {}
+        self.slot_of: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.infos)
 
     def slot(self, node_id: str) -> int | None:
         """The slot of `node_id`, or None if it was never interned."""
-        return self._slot_of.get(node_id)
+        return self.slot_of.get(node_id)
 
     def intern(self, info: MemberInfo) -> int:
         """Returns the slot of `info.node_id`, giving it one if new. A changed address or region replaces
         the old one (a member that restarted elsewhere); the position never changes."""
-        slot = self._slot_of.get(info.node_id)
+        slot = self.slot_of.get(info.node_id)
         if slot is not None:
             if self.infos[slot] != info:
                 self.infos[slot] = info
             return slot
         slot = len(self.infos)
-        self._slot_of[info.node_id] = slot
+        self.slot_of[info.node_id] = slot
         self.infos.append(info)
         pos = position(info.node_id)
         self.positions.append(pos)
@@ -109,12 +109,12 @@ class Directory:
         """Interns many ids at once (one sort instead of one insertion each); returns their slots."""
         slots = []
         for info in infos:
-            slot = self._slot_of.get(info.node_id)
+            slot = self.slot_of.get(info.node_id)
             if slot is not None and self.infos[slot] != info:
                 self.infos[slot] = info
             if slot is None:
                 slot = len(self.infos)
-                self._slot_of[info.node_id] = slot
+                self.slot_of[info.node_id] = slot
                 self.infos.append(info)
                 self.positions.append(position(info.node_id))
             slots.append(slot)
