@@ -152,3 +152,9 @@ def test_a_core_invariant_failure_is_reported_with_the_seed() -> None:
     node.peer._now += 10**9  # this core's clock would now go backwards at its next event
     with pytest.raises(CheckFailed, match=r"seed 11: invariant violated.*time went backwards"):
         sim.run_until(sim.now + 5000)
+
+
+def test_every_report_key_is_documented() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "sim.md").read_text()
+    for key in FORMAT:
+        assert f"`{key}`" in doc, key

@@ -59,6 +59,8 @@ FORMAT = {
     "converged_after_ms": "time from the end of faults until every live member agrees (liveness check)",
     "checks": "passed (bool) and the first failure's message, which starts with the seed",
     "messages": "messages sent over the whole run, by type",
+    "virtual_time_s": "simulated time covered by the run, s",
+    "events": "events processed (message deliveries and timer firings)",
     "wall_time_s": "wall-clock duration of the run",
     "peak_memory_mib": "peak resident memory of the process",
     "curves": "per-join cumulative link changes and overlay messages against time (for the plot)",
@@ -315,7 +317,13 @@ class StandardRun:
                 }
             )
         if not messages:
-            return {"join_messages": None, "links_changed_per_join": None, "join_settle_ms": None, "curves": {}}
+            return {
+                "join_messages": None,
+                "links_changed_per_join": None,
+                "join_settle_ms": None,
+                "join_spread": None,
+                "curves": {},
+            }
         return {
             "join_messages": {"mean": statistics.mean(messages), "max": max(messages), "per_join": messages},
             "links_changed_per_join": {"mean": statistics.mean(changed), "max": max(changed), "per_join": changed},

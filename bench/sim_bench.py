@@ -1,0 +1,130 @@
+"""Overlay and membership benchmarks (issue 3): runs `dsm sim` scenarios over several seeds and summarises.
+
+Each run is its own `dsm sim` process (so the peak memory reported is that run's), writes its JSON report
+and figure to bench/results/sim/, and the summary table (Markdown, medians over seeds and the worst seed)
+is printed and written to bench/results/sim/summary-<suite>.md.
+
+Suites:
+  quick   n = 1,000: routing, joins and an 80 % crash (5 seeds); 10 % slow members for 600 s with 1 %
+          crashed (3 seeds)
+  full    quick, plus n = 10,000: routing, joins and an 80 % crash (seed 1), routing and joins (seeds 2-3)
+
+Usage: python bench/sim_bench.py [--suite quick|full] [--seeds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results" / "sim"
+
+Scenario = tuple[str, list[str], list[int]]
+
+
+def scenarios(suite: str, seeds: int) -> list[Scenario]:
+    runs: list[Scenario] = [
+        ("1k-crash80", ["--nodes", "1000", "--crash", "0.8", "--joins", "10"], list(range(1, seeds + 1))),
+        (
+            "1k-slow10",
+            ["--nodes", "1000", "--slow", "0.1", "--crash", "0.01", "--joins", "5", "--duration-s", "600"],
+            list(range(1, min(seeds, 3) + 1)),
+        ),
+    ]
+    if suite == "full":
+        runs += [
+            ("10k-crash80", ["--nodes", "10000", "--crash", "0.8", "--joins", "5"], [1]),
+            ("10k", ["--nodes", "10000", "--joins", "5"], [2, 3]),
+        ]
+    return runs
+
+
+def run_one(name: str, args: list[str], seed: int) -> dict[str, Any]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{name}-seed{seed}"
+    cmd = [sys.executable, "-m", "dsm.cli", "sim", *args, "--seed", str(seed), "--quiet"]
+    cmd += ["--json", f"{stem}.json", "--plot", f"{stem}.png"]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    report: dict[str, Any] = json.loads(Path(f"{stem}.json").read_text())
+    print(f"  {name} seed {seed}: {time.perf_counter() - started:.0f} s, checks {report['checks']}", flush=True)
+    return report
+
+
+def _get(report: dict[str, Any], path: str) -> float | None:
+    value: Any = report
+    for key in path.split("."):
+        if value is None:
+            return None
+        value = value.get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+ROWS = [
+    ("routing mean hops", "routing_hops.mean", max),
+    ("routing p99 hops", "routing_hops.p99", max),
+    ("routing delivered", "routing_hops.delivered", min),
+    ("join overlay messages (max per join)", "join_messages.max", max),
+    ("members whose links changed (max per join)", "links_changed_per_join.max", max),
+    ("join settled after (gossip rounds)", "join_settle_ms.max_rounds", max),
+    ("joiner known by (fraction, 2 rounds)", "join_spread.min_fraction", min),
+    ("detection p50 (ms)", "detection_time_ms.p50", max),
+    ("detection p99 (ms)", "detection_time_ms.p99", max),
+    ("crashed members detected", "detection_time_ms.detected_fraction", min),
+    ("survivors connected after (ms)", "crash_recovery.connected_ms", max),
+    ("ring repaired after (ms)", "crash_recovery.ring_repaired_ms", max),
+    ("detection period (ms)", "crash_recovery.detection_period_ms", max),
+    ("routing delivered, 3 probe periods after crash", "routing_after_crash.at_3_probe_periods.delivered", min),
+    ("routing delivered, 3 detection periods after", "routing_after_crash.at_3_detection_periods.delivered", min),
+    ("false suspicions", "false_suspicions", max),
+    ("false deaths", "false_deaths", max),
+    ("converged after faults stop (ms)", "converged_after_ms", max),
+    ("virtual time (s)", "virtual_time_s", max),
+    ("wall time (s)", "wall_time_s", max),
+    ("peak memory (MiB)", "peak_memory_mib", max),
+]
+
+
+def summary(name: str, args: list[str], reports: list[dict[str, Any]]) -> str:
+    seeds = [r["params"]["seed"] for r in reports]
+    lines = [
+        f"### {name}: `dsm sim {' '.join(args)} --seed S`, seeds {seeds}",
+        "",
+        "| metric | median | worst seed |",
+        "| --- | --- | --- |",
+    ]
+    for label, path, worst in ROWS:
+        values = [v for v in (_get(r, path) for r in reports) if v is not None]
+        if not values:
+            continue
+        lines.append(f"| {label} | {statistics.median(values):.4g} | {worst(values):.4g} |")
+    failed = [r["checks"]["failure"] for r in reports if not r["checks"]["passed"]]
+    lines.append(f"| checks (safety + liveness) | {len(reports) - len(failed)}/{len(reports)} passed | |")
+    lines.extend(f"\nFAILED: {f}" for f in failed)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=["quick", "full"], default="quick")
+    ap.add_argument("--seeds", type=int, default=5)
+    a = ap.parse_args()
+    parts = []
+    for name, args, seeds in scenarios(a.suite, a.seeds):
+        reports = [run_one(name, args, seed) for seed in seeds]
+        parts.append(summary(name, args, reports))
+    text = "\n".join(parts)
+    (RESULTS / f"summary-{a.suite}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
