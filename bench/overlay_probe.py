@@ -7,7 +7,7 @@ have `--in-cap` incoming long links (then drawing again). Greedy routing forward
 closest to the target by ring distance, over forward links only or forward and reverse links.
 
 Usage: python bench/overlay_probe.py [--n 10000] [--near 16] [--long 16] [--in-cap 32] [--pairs 2000]
-Findings are in docs/issue3-notes.md. This is a throwaway: the simulator of issue 3 replaces it.
+Findings are in docs/overlay.md. This is a throwaway: the simulator of issue 3 replaces it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ connections only to those.
 
 Greedy routing forwards to the linked member closest (by ring distance) to the target's position, over
 all three kinds; using the reverse (incoming) links too is what brings the mean at n = 10,000 under 4 hops
-(docs/issue3-notes.md).
+(docs/overlay.md; the probe is bench/overlay_probe.py).
 
 "Usable" means alive or suspect in this node's table: a suspicion does not drop a link (a slow member that
 refutes keeps its links, and the links keep probing it so suspicions get confirmed), but routing avoids
@@ -171,7 +171,7 @@ class Overlay:
         """Draws one long-link target by the harmonic distribution, or None if no member qualifies."""
         # The harmonic density over [1/n, 1/2] puts a third of its mass (at n = 10,000) within the reach of
         # the near links, where a long link adds nothing; drawing from past that reach instead shortens
-        # greedy routes (mean 4.2 -> under 4 hops at n = 10,000, see docs/issue3-notes.md).
+        # greedy routes (mean 4.2 -> under 4 hops at n = 10,000, see docs/overlay.md).
         n = max(live_count, 2)
         low = min(0.25, max(1.0, self.near_max / 2) / n)
         x = math.exp(math.log(low) + self.rng.random() * (math.log(0.5) - math.log(low)))

@@ -33,8 +33,9 @@ Membership (SWIM with Lifeguard's refinements):
   left with; a node's own incarnation only grows.
 - Piggybacking is probabilistic: an update can die out before reaching everyone. Membership anti-entropy
   repairs that: every sync_interval_ms a node sends a linked member the digests of 64 ring arcs of its
-  table; arcs that differ are exchanged both ways (push-pull), at most SYNC_MAX_BUCKETS per round. The
-  cost follows the differences, not the table size. The same round sends the digest to one random member
+  table; arcs that differ are exchanged both ways (push-pull), at most SYNC_MAX_ENTRIES entries per
+  message. The cost follows the differences, not the table size, and the period drops to a quarter while
+  rounds keep finding differences. The same round sends the digest to one random member
   believed dead (Serf's reconnect), so the two sides of a healed partition find each other again.
 
 The overlay and routing are in `overlay.py`; this class wires them to membership.
@@ -105,9 +106,9 @@ _ROUTE_RETRY = 7
 _SYNC = 8
 
 #: Most ring arcs exchanged in one membership anti-entropy round (bounds the message size).
-SYNC_MAX_BUCKETS = 8
+SYNC_MAX_BUCKETS = 64
 #: Most member entries in one anti-entropy message (the arcs beyond it wait for the next round).
-SYNC_MAX_ENTRIES = 512
+SYNC_MAX_ENTRIES = 4096
 #: Most routed messages a node tracks at once while waiting for the next hop's acknowledgement.
 MAX_PENDING_FORWARDS = 4096
 #: Most next hops tried for one routed message at one node before it is reported undeliverable.
@@ -247,6 +248,7 @@ class Peer:
         # When each member was last heard from (any message from it): helpers heard from recently are
         # trusted to answer a PingReq, so their missing Nack counts against this node's own health.
         self._heard: dict[int, int] = {}
+        self._sync_found_difference = False
         self._delivered: dict[tuple[str, int], None] = {}
         self._relays: dict[int, tuple[str, int]] = {}
         self._probe_order: list[int] = []
@@ -704,7 +706,13 @@ class Peer:
     # ------------------------------------------------------------------ membership anti-entropy
 
     def _sync_tick(self) -> None:
-        self._arm(self._now + self.settings.sync_interval_ms, _SYNC, 0)
+        # Adaptive: while rounds keep finding differences (after a mass failure, thousands of deaths to
+        # spread), sync four times as often; an idle cluster pays one small digest per interval.
+        interval = self.settings.sync_interval_ms
+        if self._sync_found_difference:
+            interval = max(self.settings.probe_interval_ms, interval // 4)
+        self._sync_found_difference = False
+        self._arm(self._now + interval, _SYNC, 0)
         if not self.joined:
             return
         digest = SyncDigest(self.id, tuple(self.table.digests))
@@ -754,6 +762,7 @@ class Peer:
         differ = [b for b in range(len(mine)) if mine[b] != theirs[b]]
         if not differ:
             return
+        self._sync_found_difference = True
         if len(differ) > SYNC_MAX_BUCKETS:
             # The arcs holding the two ends go first: that is where "you were declared dead" is learned.
             ends = {bucket_of(self.overlay.position)}
@@ -768,6 +777,7 @@ class Peer:
         self._send_to_id(message.source, SyncEntries(self.id, buckets, entries, True))
 
     def _on_sync_entries(self, message: SyncEntries) -> None:
+        self._sync_found_difference = True
         self._apply_all(message.members)
         if message.reply:
             wanted = [b for b in message.buckets if 0 <= b < len(self.table.digests)][:SYNC_MAX_BUCKETS]
