@@ -82,6 +82,7 @@ def show_config(toml_path: str | None) -> None:
 @click.option("--regions", type=click.IntRange(1, 64), default=1, show_default=True, help="Regions (round robin).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a figure (PNG).")
+@click.option("--no-lifeguard", is_flag=True, help="Disable local health (max_local_health = 0), to compare.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sim(
     nodes: int,
@@ -97,6 +98,7 @@ def sim(
     regions: int,
     json_path: str | None,
     plot_path: str | None,
+    no_lifeguard: bool,
     quiet: bool,
 ) -> None:
     """Simulates a cluster on virtual time and reports routing, join cost, failure detection and recovery.
@@ -118,6 +120,7 @@ def sim(
             pairs=pairs,
             duration_s=duration_s,
             regions=regions,
+            lifeguard=not no_lifeguard,
         ),
         json_path,
         plot_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,14 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                         f"delivered {value['delivered']:.2%}  mean {_fmt(value['mean'])}  p99 {_fmt(value['p99'])}",
                     )
                 )
+    split = report["false_suspicions_split"]
     rows.append(("false_suspicions / false_deaths", f"{report['false_suspicions']} / {report['false_deaths']}"))
+    rows.append(
+        (
+            "false suspicions raised",
+            f"{split['by_slow_members']} by slow members, {split['of_slow_members_by_healthy']} of slow ones",
+        )
+    )
     rows.append(("converged_after_ms", _fmt(report["converged_after_ms"])))
     checks = report["checks"]
     rows.append(("checks", "passed" if checks["passed"] else f"FAILED: {checks['failure']}"))
@@ -81,7 +89,11 @@ def run_cli(params: dict[str, Any], json_path: str | None, plot_path: str | None
         except ImportError:
             console.print("[red]--plot needs matplotlib: pip install 'dsm[plot]'[/red]")
             return 2
+    params = dict(params)
+    lifeguard = params.pop("lifeguard", True)
     p = SimParams(**params)
+    if not lifeguard:
+        p.settings = dataclasses.replace(p.settings, max_local_health=0)
     if quiet:
         report = StandardRun(p).run()
     else:

@@ -56,6 +56,7 @@ FORMAT = {
     "routing_after_crash": "survivor pairs routed at 3 probe periods and 3 detection periods after the crash",
     "false_suspicions": "suspicions raised by a member's own detector about members that were up",
     "false_deaths": "deaths declared by a member's own detector about members that were up",
+    "false_suspicions_split": "false suspicions raised by slow members, and raised by healthy ones about slow ones",
     "converged_after_ms": "time from the end of faults until every live member agrees (liveness check)",
     "checks": "passed (bool) and the first failure's message, which starts with the seed",
     "messages": "messages sent over the whole run, by type",
@@ -135,6 +136,8 @@ class StandardRun:
         self.R = params.gossip_interval_ms
         self.false_suspicions = 0
         self.false_deaths = 0
+        self.false_suspicions_by_slow = 0
+        self.false_suspicions_of_slow = 0
         self.true_suspicions = 0
         self.detected_at: dict[int, float] = {}
         self.sim.member_hooks.append(self._on_member)
@@ -159,6 +162,10 @@ class StandardRun:
         if new == State.SUSPECT:
             if target.up:
                 self.false_suspicions += 1
+                if sim.nodes[observer].slow_ms:
+                    self.false_suspicions_by_slow += 1
+                elif target.slow_ms:
+                    self.false_suspicions_of_slow += 1
             else:
                 self.true_suspicions += 1
         elif new == State.DEAD:
@@ -270,6 +277,10 @@ class StandardRun:
             **crash,
             "false_suspicions": self.false_suspicions,
             "false_deaths": self.false_deaths,
+            "false_suspicions_split": {
+                "by_slow_members": self.false_suspicions_by_slow,
+                "of_slow_members_by_healthy": self.false_suspicions_of_slow,
+            },
             "converged_after_ms": converged,
             "checks": {"passed": failure is None, "failure": failure},
             "messages": dict(sorted(sim.sent.items())),
