@@ -5,8 +5,8 @@ and figure to bench/results/sim/, and the summary table (Markdown, medians over 
 is printed and written to bench/results/sim/summary-<suite>.md.
 
 Suites:
-  quick   n = 1,000: routing, joins and an 80 % crash (5 seeds); 10 % slow members for 600 s with 1 %
-          crashed (3 seeds)
+  quick   n = 1,000: routing, joins and an 80 % crash (5 seeds); 10 % slow members (mean extra delay 300 ms,
+          3 seeds; 1,000 ms, 2 seeds; 1,000 ms without Lifeguard, 1 seed) for 600 s with 1 % crashed
   full    quick, plus n = 10,000: routing, joins and an 80 % crash (seed 1), routing and joins (seeds 2-3)
 
 Usage: python bench/sim_bench.py [--suite quick|full] [--seeds N]
@@ -26,15 +26,26 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results" / "sim"
 
 Scenario = tuple[str, list[str], list[int]]
+SLOW_1000 = ["--nodes", "1000", "--slow", "0.1", "--slow-ms", "1000", "--crash", "0.01", "--duration-s", "600"]
 
 
 def scenarios(suite: str, seeds: int) -> list[Scenario]:
     runs: list[Scenario] = [
         ("1k-crash80", ["--nodes", "1000", "--crash", "0.8", "--joins", "10"], list(range(1, seeds + 1))),
         (
-            "1k-slow10",
-            ["--nodes", "1000", "--slow", "0.1", "--crash", "0.01", "--joins", "5", "--duration-s", "600"],
+            "1k-slow10-300ms",
+            ["--nodes", "1000", "--slow", "0.1", "--slow-ms", "300", "--crash", "0.01", "--duration-s", "600"],
             list(range(1, min(seeds, 3) + 1)),
+        ),
+        (
+            "1k-slow10-1000ms",
+            SLOW_1000,
+            list(range(1, min(seeds, 2) + 1)),
+        ),
+        (
+            "1k-slow10-1000ms-no-lifeguard",
+            [*SLOW_1000, "--no-lifeguard"],
+            [1],
         ),
     ]
     if suite == "full":
@@ -85,6 +96,8 @@ ROWS = [
     ("routing delivered, 3 probe periods after crash", "routing_after_crash.at_3_probe_periods.delivered", min),
     ("routing delivered, 3 detection periods after", "routing_after_crash.at_3_detection_periods.delivered", min),
     ("false suspicions", "false_suspicions", max),
+    ("  raised by slow members", "false_suspicions_split.by_slow_members", max),
+    ("  raised about slow members", "false_suspicions_split.of_slow_members_by_healthy", max),
     ("false deaths", "false_deaths", max),
     ("converged after faults stop (ms)", "converged_after_ms", max),
     ("virtual time (s)", "virtual_time_s", max),
@@ -116,13 +129,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=["quick", "full"], default="quick")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--only", default="", help="run only scenarios whose name starts with this")
     a = ap.parse_args()
     parts = []
     for name, args, seeds in scenarios(a.suite, a.seeds):
+        if not name.startswith(a.only):
+            continue
         reports = [run_one(name, args, seed) for seed in seeds]
         parts.append(summary(name, args, reports))
     text = "\n".join(parts)
-    (RESULTS / f"summary-{a.suite}.md").write_text(text)
+    (RESULTS / f"summary-{a.suite}{'-' + a.only if a.only else ''}.md").write_text(text)
     print(text)
 
 

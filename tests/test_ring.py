@@ -456,3 +456,30 @@ def test_slots_in_bucket_on_a_full_table() -> None:
     assert max(len(b) for b in per_bucket) > 1  # the arcs really hold several members here
     for b, bucket in enumerate(per_bucket):
         assert all(bucket_of(DIRECTORY.positions[s]) == b for s in bucket)
+
+
+def test_sub_arc_digests_fold_into_the_arc_digest_and_locate_differences() -> None:
+    from functools import reduce
+
+    from dsm.core.ring import SUB_ARCS, sub_bucket_of
+
+    d = Directory()
+    for i in range(300):
+        d.intern(MemberInfo(f"m{i}", f"a{i}", "r"))
+    t = MemberTable(d)
+    for slot in range(300):
+        t.set(slot, State.ALIVE, slot % 3)
+    for arc in range(64):
+        subs = t.sub_digests(arc)
+        assert len(subs) == SUB_ARCS
+        assert reduce(lambda a, b: a ^ b, subs, 0) == t.digests[arc]
+        for k in range(SUB_ARCS):
+            members = t.slots_in_sub_bucket(arc * SUB_ARCS + k)
+            assert all(sub_bucket_of(d.positions[s]) == arc * SUB_ARCS + k for s in members)
+    # One changed entry changes exactly one sub-arc digest.
+    slot = 17
+    arc, sub = bucket_of(d.positions[slot]), sub_bucket_of(d.positions[slot])
+    before = t.sub_digests(arc)
+    t.set(slot, State.DEAD, 5)
+    after = t.sub_digests(arc)
+    assert [k for k in range(SUB_ARCS) if before[k] != after[k]] == [sub % SUB_ARCS]

@@ -127,12 +127,21 @@ class SyncDigest(NamedTuple):
     digests: tuple[int, ...]
 
 
-class SyncEntries(NamedTuple):
-    """Membership anti-entropy: the sender's entries for the arcs whose digests differed. `reply` asks the
-    receiver to answer with its own entries for the same arcs (push-pull)."""
+class SyncSubDigests(NamedTuple):
+    """Membership anti-entropy, second step: for each arc whose digest differed, the digests of its
+    sub-arcs (`digests` holds SUB_ARCS values per arc, in the order of `buckets`)."""
 
     source: str
     buckets: tuple[int, ...]
+    digests: tuple[int, ...]
+
+
+class SyncEntries(NamedTuple):
+    """Membership anti-entropy, last step: the sender's entries for the sub-arcs whose digests differed.
+    `reply` asks the receiver to answer with its own entries for the same sub-arcs (push-pull)."""
+
+    source: str
+    sub_buckets: tuple[int, ...]
     members: Updates
     reply: bool
 
@@ -181,6 +190,7 @@ Message = (
     | Unlink
     | Leave
     | SyncDigest
+    | SyncSubDigests
     | SyncEntries
     | Routed
     | RoutedAck
@@ -191,7 +201,7 @@ Message = (
 #: which membership updates ride on, and routed application traffic.
 OVERLAY_MESSAGES = (Join, JoinReply, Neighbor, Link, LinkReply, Unlink, Leave)
 #: Membership anti-entropy (periodic, not caused by any one join).
-SYNC_MESSAGES = (SyncDigest, SyncEntries)
+SYNC_MESSAGES = (SyncDigest, SyncSubDigests, SyncEntries)
 
 
 # --- effects: what a core asks its runtime to do ---

@@ -33,7 +33,8 @@ Membership (SWIM with Lifeguard's refinements):
   left with; a node's own incarnation only grows.
 - Piggybacking is probabilistic: an update can die out before reaching everyone. Membership anti-entropy
   repairs that: every sync_interval_ms a node sends a linked member the digests of 64 ring arcs of its
-  table; arcs that differ are exchanged both ways (push-pull), at most SYNC_MAX_ENTRIES entries per
+  table; for the arcs that differ the other answers with the digests of their 16 sub-arcs; the entries of
+  the sub-arcs that differ are then exchanged both ways (push-pull), at most SYNC_MAX_ENTRIES per
   message. The cost follows the differences, not the table size, and the period drops to a quarter while
   rounds keep finding differences. The same round sends the digest to one random member
   believed dead (Serf's reconnect), so the two sides of a healed partition find each other again.
@@ -72,6 +73,7 @@ from dsm.core.messages import (
     Send,
     SyncDigest,
     SyncEntries,
+    SyncSubDigests,
     Unlink,
     Update,
 )
@@ -79,13 +81,16 @@ from dsm.core.overlay import Overlay, RandomSource
 from dsm.core.ring import (
     MAX_INCARNATION,
     RING,
+    SUB_ARCS,
+    SYNC_BUCKETS,
+    SYNC_SUB_BUCKETS,
     Directory,
     MemberInfo,
     MemberTable,
     State,
-    bucket_of,
     clockwise,
     position,
+    sub_bucket_of,
 )
 
 _UNKNOWN = int(State.UNKNOWN)
@@ -105,10 +110,8 @@ _JOIN_RETRY = 6
 _ROUTE_RETRY = 7
 _SYNC = 8
 
-#: Most ring arcs exchanged in one membership anti-entropy round (bounds the message size).
-SYNC_MAX_BUCKETS = 64
 #: Most member entries in one anti-entropy message (the arcs beyond it wait for the next round).
-SYNC_MAX_ENTRIES = 4096
+SYNC_MAX_ENTRIES = 1024
 #: Most routed messages a node tracks at once while waiting for the next hop's acknowledgement.
 MAX_PENDING_FORWARDS = 4096
 #: Most next hops tried for one routed message at one node before it is reported undeliverable.
@@ -736,19 +739,19 @@ class Peer:
             found = states.find(state, 0, start)
         return found if found >= 0 else None
 
-    def _entries(self, buckets: Sequence[int]) -> tuple[tuple[int, ...], tuple[Update, ...]]:
-        """Entries of whole arcs, as many arcs as fit in SYNC_MAX_ENTRIES (at least one); returns the arcs
-        sent and their entries."""
+    def _entries(self, sub_buckets: Sequence[int]) -> tuple[tuple[int, ...], tuple[Update, ...]]:
+        """Entries of whole sub-arcs, as many as fit in SYNC_MAX_ENTRIES (at least one sub-arc); returns
+        the sub-arcs sent and their entries."""
         infos = self.directory.infos
         table = self.table
         states, incarnations = table.states, table.incarnations
         sent: list[int] = []
         entries: list[Update] = []
-        for bucket in buckets:
-            slots = table.slots_in_bucket(bucket)
+        for sub in sub_buckets:
+            slots = table.slots_in_sub_bucket(sub)
             if sent and len(entries) + len(slots) > SYNC_MAX_ENTRIES:
                 break
-            sent.append(bucket)
+            sent.append(sub)
             for slot in slots:
                 info = infos[slot]
                 entries.append(Update(states[slot], info.node_id, incarnations[slot], info.addr, info.region, ""))
@@ -763,26 +766,39 @@ class Peer:
         if not differ:
             return
         self._sync_found_difference = True
-        if len(differ) > SYNC_MAX_BUCKETS:
-            # The arcs holding the two ends go first: that is where "you were declared dead" is learned.
-            ends = {bucket_of(self.overlay.position)}
-            source = self.directory.slot(message.source)
-            if source is not None:
-                ends.add(bucket_of(self.directory.positions[source]))
-            first = [b for b in differ if b in ends]
-            rest = [b for b in differ if b not in ends]
-            self.rng.shuffle(rest)
-            differ = sorted(first + rest[: SYNC_MAX_BUCKETS - len(first)])
-        buckets, entries = self._entries(differ)
-        self._send_to_id(message.source, SyncEntries(self.id, buckets, entries, True))
+        digests: list[int] = []
+        for bucket in differ:
+            digests.extend(self.table.sub_digests(bucket))
+        self._send_to_id(message.source, SyncSubDigests(self.id, tuple(differ), tuple(digests)))
+
+    def _on_sync_sub_digests(self, message: SyncSubDigests) -> None:
+        buckets, theirs = message.buckets, message.digests
+        if len(theirs) != SUB_ARCS * len(buckets) or not all(0 <= b < SYNC_BUCKETS for b in buckets):
+            return
+        differ: list[int] = []
+        for i, bucket in enumerate(buckets):
+            mine = self.table.sub_digests(bucket)
+            base = i * SUB_ARCS
+            differ.extend(bucket * SUB_ARCS + k for k in range(SUB_ARCS) if mine[k] != theirs[base + k])
+        if not differ:
+            return
+        self._sync_found_difference = True
+        # The sub-arcs holding the two ends go first: that is where "you were declared dead" is learned.
+        ends = {sub_bucket_of(self.overlay.position)}
+        source = self.directory.slot(message.source)
+        if source is not None:
+            ends.add(sub_bucket_of(self.directory.positions[source]))
+        differ.sort(key=lambda sub: sub not in ends)
+        subs, entries = self._entries(differ)
+        self._send_to_id(message.source, SyncEntries(self.id, subs, entries, True))
 
     def _on_sync_entries(self, message: SyncEntries) -> None:
         self._sync_found_difference = True
         self._apply_all(message.members)
         if message.reply:
-            wanted = [b for b in message.buckets if 0 <= b < len(self.table.digests)][:SYNC_MAX_BUCKETS]
-            buckets, entries = self._entries(wanted)
-            self._send_to_id(message.source, SyncEntries(self.id, buckets, entries, False))
+            wanted = [sub for sub in message.sub_buckets if 0 <= sub < SYNC_SUB_BUCKETS]
+            subs, entries = self._entries(wanted)
+            self._send_to_id(message.source, SyncEntries(self.id, subs, entries, False))
 
     # ------------------------------------------------------------------ join and leave
 
@@ -1022,6 +1038,7 @@ _HANDLERS: dict[type, Callable[[Peer, Any], None]] = {
     LinkReply: Peer._on_link_reply,
     Unlink: Peer._on_unlink,
     SyncDigest: Peer._on_sync_digest,
+    SyncSubDigests: Peer._on_sync_sub_digests,
     SyncEntries: Peer._on_sync_entries,
     Routed: Peer._on_routed,
     RoutedAck: Peer._on_routed_ack,

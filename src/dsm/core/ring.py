@@ -164,9 +164,21 @@ assert 1 << (RING_BITS - _BUCKET_SHIFT) == SYNC_BUCKETS
 _MASK64 = (1 << 64) - 1
 
 
+#: Each arc is cut into this many sub-arcs for the second step of anti-entropy (1,024 sub-arcs in all).
+SUB_ARCS = 16
+_SUB_SHIFT = _BUCKET_SHIFT - 4
+assert 1 << (_BUCKET_SHIFT - _SUB_SHIFT) == SUB_ARCS
+SYNC_SUB_BUCKETS = SYNC_BUCKETS * SUB_ARCS
+
+
 def bucket_of(pos: int) -> int:
     """The anti-entropy arc of a ring position."""
     return pos >> _BUCKET_SHIFT
+
+
+def sub_bucket_of(pos: int) -> int:
+    """The anti-entropy sub-arc of a ring position (arc * SUB_ARCS + index within the arc)."""
+    return pos >> _SUB_SHIFT
 
 
 def entry_hash(pos: int, state: int, incarnation: int) -> int:
@@ -255,6 +267,26 @@ class MemberTable:
                 pos = positions[slot]
                 digests[pos >> _BUCKET_SHIFT] ^= entry_hash(pos, state, incarnations[slot])
         return digests
+
+    def sub_digests(self, bucket: int) -> list[int]:
+        """The digests of the SUB_ARCS sub-arcs of arc `bucket`, computed from its entries (O(arc size):
+        only arcs whose digests differ get here)."""
+        digests = [0] * SUB_ARCS
+        positions = self.directory.positions
+        states, incarnations = self.states, self.incarnations
+        for slot in self.slots_in_bucket(bucket):
+            pos = positions[slot]
+            digests[(pos >> _SUB_SHIFT) & (SUB_ARCS - 1)] ^= entry_hash(pos, states[slot], incarnations[slot])
+        return digests
+
+    def slots_in_sub_bucket(self, sub: int) -> list[int]:
+        """Slots with a state whose position falls in sub-arc `sub`, in ring order."""
+        directory = self.directory
+        lo = bisect.bisect_left(directory.ring_positions, sub << _SUB_SHIFT)
+        hi = bisect.bisect_left(directory.ring_positions, (sub + 1) << _SUB_SHIFT)
+        states = self.states
+        size = len(states)
+        return [s for s in directory.ring_slots[lo:hi] if s < size and states[s]]
 
     def slots_in_bucket(self, bucket: int) -> list[int]:
         """Slots with a state whose position falls in arc `bucket`, in ring order."""
