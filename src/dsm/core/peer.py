@@ -336,10 +336,10 @@ class Peer:
         self.overlay.recompute_near()
         self.joined = True
 
-    def install_snapshot(self, states: bytes, incarnations: array[int], digests: list[int] | None = None) -> None:
+    def install_snapshot(self, states: bytes, incarnations: array[int], template: MemberTable | None = None) -> None:
         """`install` given as per-slot arrays of this node's directory (the simulator forms 10,000-node
-        clusters this way: a bytes copy per node instead of 10^8 updates)."""
-        self.table.fill(states, incarnations, digests)
+        clusters this way: a bytes copy per node instead of 10^8 updates). `template`: see MemberTable.fill."""
+        self.table.fill(states, incarnations, template)
         self.table.set(self.me, State.ALIVE, self.incarnation)
         self.overlay.recompute_near()
         self.joined = True
@@ -696,14 +696,19 @@ class Peer:
         suspicions = self.suspicions
         for update in updates:
             slot = slot_of.get(update.node_id)
-            if (
-                slot is not None
-                and slot < size
-                and states[slot] == update.state
-                and incarnations[slot] == update.incarnation
-                and (update.state != _SUSPECT or slot not in suspicions)
-            ):
-                continue
+            if slot is not None and slot < size:
+                current = states[slot]
+                if current and update.state >= _ALIVE:
+                    # Known entries win over older or equal updates (after a mass failure most of what
+                    # arrives is suspicions of members already known dead).
+                    known_inc = incarnations[slot]
+                    if 0 <= update.incarnation < known_inc:
+                        continue
+                    if update.incarnation == known_inc and (
+                        update.state < current
+                        or (update.state == current and (current != _SUSPECT or slot not in suspicions))
+                    ):
+                        continue
             self._apply(update)
 
     # ------------------------------------------------------------------ membership anti-entropy

@@ -148,7 +148,7 @@ class Simulation:
         template.fill(states, incarnations)
         for node in self.nodes[first:]:
             peer = self._new_peer(node)
-            peer.install_snapshot(states, incarnations, template.digests)
+            peer.install_snapshot(states, incarnations, template)
             self._reschedule(node)
 
     def join(self, node: SimNode, bootstrap: list[SimNode]) -> None:
