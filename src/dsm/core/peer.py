@@ -428,8 +428,8 @@ class Peer:
     def _set_state(self, slot: int, state: int, incarnation: int, own: bool = False) -> None:
         """Sets a member's state; `own` tells observers that this node's own detector decided it."""
         table = self.table
-        old = table.raw_state(slot)
-        table.set(slot, State(state), incarnation)
+        old = table.states[slot] if slot < len(table.states) else _UNKNOWN
+        table.set(slot, state, incarnation)
         if old == state:
             return
         if state != _SUSPECT:
@@ -457,29 +457,37 @@ class Peer:
         slot = self.directory.slot(node_id)
         if slot is None:
             slot = self.directory.intern(MemberInfo(node_id, update.addr, update.region))
-            current, current_inc = _UNKNOWN, 0
-        else:
-            table = self.table
-            current = table.states[slot] if slot < len(table.states) else _UNKNOWN
-            current_inc = table.incarnations[slot] if current else 0
+            self._accept(slot, update, rebroadcast, own)
+            return
+        table = self.table
+        current = table.states[slot] if slot < len(table.states) else _UNKNOWN
         if current == _UNKNOWN:
-            accept = True
-        elif incarnation == current_inc and state == current:
+            self._accept(slot, update, rebroadcast, own)
+        else:
+            self._merge(slot, current, table.incarnations[slot], update, rebroadcast, own)
+
+    def _merge(
+        self, slot: int, current: int, current_inc: int, update: Update, rebroadcast: bool = True, own: bool = False
+    ) -> None:
+        """Merges a valid update about a known member other than this node."""
+        state, incarnation = update.state, update.incarnation
+        if incarnation == current_inc and state == current:
             if state == _SUSPECT:
                 self._confirm(slot, update.origin)
             return
-        else:
-            # Entries are ordered by (incarnation, state) with alive < suspect < dead < left, and the
-            # larger wins: a join-semilattice, so gossip and anti-entropy converge in any order.
-            accept = incarnation > current_inc or (incarnation == current_inc and state > current)
-            if accept and state == _ALIVE and self.directory.infos[slot].addr != update.addr:
-                self.directory.intern(MemberInfo(node_id, update.addr, update.region))
-        if not accept:
-            return
-        self._set_state(slot, state, incarnation, own)
+        # Entries are ordered by (incarnation, state) with alive < suspect < dead < left, and the larger
+        # wins: a join-semilattice, so gossip and anti-entropy converge in any order.
+        if incarnation > current_inc or (incarnation == current_inc and state > current):
+            if state == _ALIVE and self.directory.infos[slot].addr != update.addr:
+                self.directory.intern(MemberInfo(update.node_id, update.addr, update.region))
+            self._accept(slot, update, rebroadcast, own)
+
+    def _accept(self, slot: int, update: Update, rebroadcast: bool = True, own: bool = False) -> None:
+        state = update.state
+        self._set_state(slot, state, update.incarnation, own)
         if state == _SUSPECT:
             if own:
-                self._start_suspicion(slot, incarnation, self.id)
+                self._start_suspicion(slot, update.incarnation, self.id)
             elif self.overlay.linked(slot):
                 # Check it ourselves soon: our own failed probe is an independent confirmation.
                 self._probe_order.append(slot)
@@ -694,22 +702,25 @@ class Peer:
         incarnations = table.incarnations
         size = len(states)
         suspicions = self.suspicions
+        me = self.me
         for update in updates:
             slot = slot_of.get(update.node_id)
-            if slot is not None and slot < size:
-                current = states[slot]
-                if current and update.state >= _ALIVE:
-                    # Known entries win over older or equal updates (after a mass failure most of what
-                    # arrives is suspicions of members already known dead).
-                    known_inc = incarnations[slot]
-                    if 0 <= update.incarnation < known_inc:
-                        continue
-                    if update.incarnation == known_inc and (
-                        update.state < current
-                        or (update.state == current and (current != _SUSPECT or slot not in suspicions))
-                    ):
-                        continue
-            self._apply(update)
+            if slot is None or slot >= size or slot == me or not states[slot]:
+                self._apply(update)
+                continue
+            state, incarnation = update.state, update.incarnation
+            if not (0 <= incarnation < MAX_INCARNATION and _ALIVE <= state <= _LEFT):
+                self._apply(update)  # counted there
+                continue
+            current, known_inc = states[slot], incarnations[slot]
+            # Known entries win over older or equal updates (after a mass failure most of what arrives
+            # is suspicions of members already known dead).
+            if incarnation < known_inc or (
+                incarnation == known_inc
+                and (state < current or (state == current and (state != _SUSPECT or slot not in suspicions)))
+            ):
+                continue
+            self._merge(slot, current, known_inc, update)
 
     # ------------------------------------------------------------------ membership anti-entropy
 

@@ -231,7 +231,8 @@ class MemberTable:
     def set(self, slot: int, state: State | int, incarnation: int) -> None:
         if not 0 <= incarnation <= MAX_INCARNATION:
             raise ValueError(f"incarnation {incarnation} outside 0..{MAX_INCARNATION}")
-        self._grow(slot)
+        if slot >= len(self.states):
+            self._grow(slot)
         old = self.states[slot]
         old_incarnation = self.incarnations[slot]
         if old == state and old_incarnation == incarnation:

@@ -45,6 +45,8 @@ class Checkers:
         self.left_at[node.index] = node.stored_incarnation
 
     def _on_member(self, observer: int, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
+        if not self.left_at or new not in (_ALIVE, _SUSPECT):
+            return
         member = self.sim.index_of[self.sim.directory.infos[slot].node_id]
         left = self.left_at.get(member)
         if left is not None and new in (_ALIVE, _SUSPECT) and incarnation <= left:
