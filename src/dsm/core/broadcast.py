@@ -67,27 +67,35 @@ class BroadcastQueue:
         if not self._entry_of or max_count <= 0 or limit <= 0:
             return ()
         taken: list[Update] = []
-        buckets = self._buckets
+        append = taken.append
+        need = max_count
         entry_of = self._entry_of
         # Taken entries join the right of their next bucket only once the take is over (that bucket may
         # be read next), so one take never returns a member twice.
         groups: list[tuple[int, list[list[Any]]]] = []
-        for count, bucket in enumerate(buckets):
+        for count, bucket in enumerate(self._buckets):
+            if not bucket:
+                continue
             sent = count + 1
+            last = sent >= limit
             group: list[list[Any]] = []
-            while bucket and len(taken) < max_count:
-                entry = bucket.popleft()
+            popleft = bucket.popleft
+            while bucket:
+                entry = popleft()
                 if not entry[_LIVE]:
                     continue
-                taken.append(entry[_UPDATE])
-                if sent >= limit:
+                append(entry[_UPDATE])
+                if last:
                     entry[_LIVE] = False
                     del entry_of[entry[_SLOT]]
                 else:
                     group.append(entry)
+                need -= 1
+                if not need:
+                    break
             if group:
                 groups.append((sent, group))
-            if len(taken) >= max_count:
+            if not need:
                 break
         for sent, group in groups:
             self._requeue(group, sent)

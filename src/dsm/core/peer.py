@@ -725,8 +725,10 @@ class Peer:
     # ------------------------------------------------------------------ membership anti-entropy
 
     def _sync_tick(self) -> None:
-        # Adaptive: while rounds keep finding differences (after a mass failure, thousands of deaths to
-        # spread), sync four times as often; an idle cluster pays one small digest per interval.
+        # Adaptive: while exchanges keep teaching this node something (after a mass failure, thousands of
+        # deaths to spread), sync four times as often; an idle cluster pays one small digest per interval.
+        # Digests that merely differ do not count: while news spreads by gossip they differ all the time,
+        # and entries that gossip is about to deliver anyway are not worth shipping twice.
         interval = self.settings.sync_interval_ms
         if self._sync_found_difference:
             interval = max(self.settings.probe_interval_ms, interval // 4)
@@ -781,7 +783,6 @@ class Peer:
         differ = [b for b in range(len(mine)) if mine[b] != theirs[b]]
         if not differ:
             return
-        self._sync_found_difference = True
         digests: list[int] = []
         for bucket in differ:
             digests.extend(self.table.sub_digests(bucket))
@@ -798,7 +799,6 @@ class Peer:
             differ.extend(bucket * SUB_ARCS + k for k in range(SUB_ARCS) if mine[k] != theirs[base + k])
         if not differ:
             return
-        self._sync_found_difference = True
         # The sub-arcs holding the two ends go first: that is where "you were declared dead" is learned.
         ends = {sub_bucket_of(self.overlay.position)}
         source = self.directory.slot(message.source)
@@ -809,8 +809,10 @@ class Peer:
         self._send_to_id(message.source, SyncEntries(self.id, subs, entries, True))
 
     def _on_sync_entries(self, message: SyncEntries) -> None:
-        self._sync_found_difference = True
+        before = self.table.changes
         self._apply_all(message.members)
+        if self.table.changes != before:
+            self._sync_found_difference = True
         if message.reply:
             wanted = [sub for sub in message.sub_buckets if 0 <= sub < SYNC_SUB_BUCKETS]
             subs, entries = self._entries(wanted)

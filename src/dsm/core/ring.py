@@ -200,7 +200,7 @@ class MemberTable:
     sub-arc digests on demand cost O(n) per anti-entropy exchange and dominated 10,000-node runs.
     """
 
-    __slots__ = ("counts", "digests", "directory", "incarnations", "states", "subs")
+    __slots__ = ("changes", "counts", "digests", "directory", "incarnations", "states", "subs")
 
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
@@ -209,6 +209,7 @@ class MemberTable:
         self.counts = [0] * len(State)
         self.digests = [0] * SYNC_BUCKETS
         self.subs = array("Q", bytes(8 * SYNC_SUB_BUCKETS))
+        self.changes = 0  # entries changed so far (callers compare it before and after a merge)
 
     def _grow(self, slot: int) -> None:
         missing = slot + 1 - len(self.states)
@@ -243,6 +244,7 @@ class MemberTable:
         )
         self.digests[pos >> _BUCKET_SHIFT] ^= change
         self.subs[pos >> _SUB_SHIFT] ^= change
+        self.changes += 1
         if old != state:
             self.counts[old] -= 1
             self.counts[state] += 1
