@@ -39,7 +39,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
             where="post",
             color="tab:blue",
             alpha=0.6,
-            label="link changes" if i == 0 else None,
+            label="link-table change events, all members" if i == 0 else None,
         )
         ax.step(
             msgs,
