@@ -6,9 +6,11 @@ is printed and written to bench/results/sim/summary-<suite>.md.
 
 Suites:
   quick   n = 1,000: routing, joins and an 80 % crash (5 seeds); 10 % slow members (mean extra delay 300 ms,
-          3 seeds; 1,000 ms, 1 seed) for 600 s with 1 % crashed (about 15 minutes)
+          3 seeds; 1,000 ms, 1 seed) for 600 s with 1 % crashed; 10 announced leaves (3 seeds)
+          (about 15 minutes)
   full    quick, plus 1,000 ms slowness for a second seed and without Lifeguard (1 seed), and n = 10,000:
-          routing, joins and an 80 % crash (seed 1), routing and joins (seeds 2-3) (about 50 minutes)
+          routing, joins and an 80 % crash (seed 1), routing and joins (seeds 2-3), 5 leaves (seed 1)
+          (about 50 minutes)
 
 Usage: python bench/sim_bench.py [--suite quick|full] [--seeds N]
 """
@@ -39,6 +41,7 @@ def scenarios(suite: str, seeds: int) -> list[Scenario]:
             list(range(1, min(seeds, 3) + 1)),
         ),
         ("1k-slow10-1000ms", SLOW_1000, [1]),
+        ("1k-leaves", ["--nodes", "1000", "--joins", "0", "--leaves", "10"], list(range(1, min(seeds, 3) + 1))),
     ]
     if suite == "full":
         runs += [
@@ -46,6 +49,7 @@ def scenarios(suite: str, seeds: int) -> list[Scenario]:
             ("1k-slow10-1000ms-no-lifeguard", [*SLOW_1000, "--no-lifeguard"], [1]),
             ("10k-crash80", ["--nodes", "10000", "--crash", "0.8", "--joins", "5"], [1]),
             ("10k", ["--nodes", "10000", "--joins", "5"], [2, 3]),
+            ("10k-leaves", ["--nodes", "10000", "--joins", "0", "--leaves", "5"], [1]),
         ]
     return runs
 
@@ -81,6 +85,10 @@ ROWS = [
     ("members whose links changed (max per join)", "links_changed_per_join.max", max),
     ("join settled after (gossip rounds)", "join_settle_ms.max_rounds", max),
     ("joiner known by (fraction, 2 rounds)", "join_spread.min_fraction", min),
+    ("leave overlay messages, all members (max per leave)", "leave_messages.max", max),
+    ("members whose links changed (max per leave)", "links_changed_per_leave.max", max),
+    ("leave settled after (gossip rounds)", "leave_settle_ms.max_rounds", max),
+    ("leave known by (fraction, 2 rounds)", "leave_spread.min_fraction", min),
     ("detection p50 (ms)", "detection_time_ms.p50", max),
     ("detection p99 (ms)", "detection_time_ms.p99", max),
     ("crashed members detected", "detection_time_ms.detected_fraction", min),

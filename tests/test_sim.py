@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dsm.core.peer import PeerSettings
 from dsm.core.ring import State
 from dsm.sim.checkers import Checkers, CheckFailed
 from dsm.sim.cluster import Simulation
@@ -88,6 +89,19 @@ def test_members_that_leave_are_left_everywhere_and_never_return() -> None:
         sim.leave(node)
         checkers.node_left(node)
     checkers.wait_converged(60_000, step_ms=1000)
+
+
+def test_standard_run_measures_leaves() -> None:
+    report = StandardRun(SimParams(nodes=300, seed=5, joins=0, leaves=3, pairs=100)).run()
+    assert report["checks"]["passed"], report["checks"]["failure"]
+    assert report["leave_spread"]["min_fraction"] == 1.0  # every live member learned of each leave
+    settings = PeerSettings()
+    # A leaver had at most near + long out + long in links; each of those members repairs its table, and
+    # each repair adds one new link: the count stays within twice a member's link budget, whatever n.
+    budget = settings.near_max + settings.long_max + 2 * settings.long_max
+    assert 0 < report["links_changed_per_leave"]["max"] <= 2 * budget, report["links_changed_per_leave"]
+    assert len(report["leave_messages"]["per_leave"]) == 3
+    assert report["join_messages"] is None
 
 
 def test_safety_checker_names_the_seed() -> None:

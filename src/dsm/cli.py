@@ -77,6 +77,7 @@ def show_config(toml_path: str | None) -> None:
 @click.option("--slow", type=click.FloatRange(0, 0.9), default=0.0, show_default=True, help="Fraction of slow nodes.")
 @click.option("--slow-ms", type=click.FloatRange(0), default=1000.0, show_default=True, help="Slow nodes' mean delay.")
 @click.option("--joins", type=click.IntRange(0, 1000), default=5, show_default=True, help="Joins to measure.")
+@click.option("--leaves", type=click.IntRange(0, 1000), default=0, show_default=True, help="Leaves to measure.")
 @click.option("--pairs", type=click.IntRange(1, 1_000_000), default=2000, show_default=True, help="Routed pairs.")
 @click.option("--duration-s", type=click.FloatRange(0), default=0.0, show_default=True, help="Extra steady run, s.")
 @click.option("--regions", type=click.IntRange(1, 64), default=1, show_default=True, help="Regions (round robin).")
@@ -93,6 +94,7 @@ def sim(
     slow: float,
     slow_ms: float,
     joins: int,
+    leaves: int,
     pairs: int,
     duration_s: float,
     regions: int,
@@ -117,6 +119,7 @@ def sim(
             slow=slow,
             slow_ms=slow_ms,
             joins=joins,
+            leaves=leaves,
             pairs=pairs,
             duration_s=duration_s,
             regions=regions,

@@ -40,6 +40,12 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("join_settle", f"max {_fmt(js['max'])} ms = {js['max_rounds']} gossip rounds"))
         sp = report["join_spread"]
         rows.append(("join_spread", f"min {sp['min_fraction']:.2%} of members knew each joiner after 2 rounds"))
+    if report.get("leave_messages"):
+        lm, lc, ls = report["leave_messages"], report["links_changed_per_leave"], report["leave_settle_ms"]
+        rows.append(("leave_messages", f"mean {_fmt(lm['mean'])}  max {lm['max']}"))
+        rows.append(("links_changed_per_leave", f"mean {_fmt(lc['mean'])}  max {lc['max']}"))
+        rows.append(("leave_settle", f"max {_fmt(ls['max'])} ms = {ls['max_rounds']} gossip rounds"))
+        rows.append(("leave_spread", f"min {report['leave_spread']['min_fraction']:.2%} knew of each leave"))
     d = report.get("detection_time_ms")
     if d:
         rows.append(

@@ -8,7 +8,9 @@ gossip_interval_ms, a gossip round):
 3. *Join* `joins` new members one at a time, each given a window of 2 R: `join_messages` (overlay messages
    to or from the joiner), `links_changed_per_join` (distinct members whose link tables changed during the
    window: an upper bound on what the join caused), `join_settle_ms` (the last link change in the window),
-   and how far the join's news spread by piggybacking.
+   and how far the join's news spread by piggybacking. Then `leaves` random members leave (announced), one
+   at a time, each given a window of 2 R: `leave_messages` (every overlay message sent in the window, by
+   anyone), `links_changed_per_leave`, `leave_settle_ms`, `leave_spread`.
 4. Mark `slow` of the members slow (from here to the end of the faults; after the joins, so that the
    join figures measure a join, not the near-link churn that slow members' suspicions cause).
    *Crash* `crash` of the members at once: `detection_time_ms` (crash to the first member declaring it dead,
@@ -52,6 +54,10 @@ FORMAT = {
     "links_changed_per_join": "members whose links changed during each join window: mean, max, per-join list",
     "join_settle_ms": "time of the last link change in each join window: max, and max in gossip rounds",
     "join_spread": "fraction of members knowing each joiner at the end of its window (min) and piggybacked copies",
+    "leave_messages": "overlay messages sent by any member in each leave window (upper bound): mean, max, per-leave",
+    "links_changed_per_leave": "members whose links changed during each leave window: mean, max, per-leave list",
+    "leave_settle_ms": "time of the last link change in each leave window: max, and max in gossip rounds",
+    "leave_spread": "fraction of live members that know of each leave at the end of its window (min)",
     "detection_time_ms": "crash to first dead declaration, over crashed members: p50, p99, max, detected fraction",
     "detection_samples_ms": "every crashed member's detection time, sorted (for the plot)",
     "crash_recovery": "after the mass crash: connected_ms, ring_repaired_ms (null if not within the run)",
@@ -82,6 +88,7 @@ class SimParams:
     slow: float = 0.0
     slow_ms: float = 1000.0
     joins: int = 5
+    leaves: int = 0
     pairs: int = 2000
     duration_s: float = 0.0
     regions: int = 1
@@ -155,8 +162,14 @@ class StandardRun:
 
     def _on_member(self, observer: int, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
         if not own:
-            if self._join_tracking is not None and new == State.ALIVE and slot == self._join_tracking["slot"]:
-                self._join_tracking["learned"] += 1
+            tracking = self._join_tracking
+            if (
+                tracking is not None
+                and new == tracking["state"]
+                and slot == tracking["slot"]
+                and observer != tracking["index"]
+            ):
+                tracking["learned"] += 1
             return
         sim = self.sim
         member = sim.index_of[sim.directory.infos[slot].node_id]
@@ -186,7 +199,7 @@ class StandardRun:
             return
         joiner = tracking["index"]
         if isinstance(message, OVERLAY_MESSAGES):
-            if source == joiner or target == joiner:
+            if tracking["state"] == State.LEFT or source == joiner or target == joiner:
                 tracking["messages"].append(self.sim.now)
         elif type(message) in (Ping, Ack, PingReq):
             joiner_id = tracking["id"]
@@ -250,6 +263,7 @@ class StandardRun:
         routing = _route_summary(routed)
 
         joins = self._joins()
+        leaves = self._leaves()
         gc.collect()
         for node in sim.rng.sample(sim.nodes, round(p.slow * p.nodes)):
             node.slow_ms = p.slow_ms
@@ -280,6 +294,7 @@ class StandardRun:
             "routing_hops": routing,
             "hop_histogram": _hop_histogram(routed),
             **joins,
+            **leaves,
             **crash,
             "false_suspicions": self.false_suspicions,
             "false_deaths": self.false_deaths,
@@ -310,6 +325,7 @@ class StandardRun:
                 "messages": [],
                 "piggybacked": 0,
                 "learned": 0,
+                "state": State.ALIVE,
             }
             self._join_tracking = tracking
             self._link_events = []
@@ -347,6 +363,51 @@ class StandardRun:
             "join_settle_ms": {"max": max(settle), "max_rounds": round(max(settle) / self.R, 3), "per_join": settle},
             "join_spread": {"min_fraction": round(min(spread), 4), "piggybacked_copies_mean": statistics.mean(piggy)},
             "curves": {"joins": curves},
+        }
+
+    def _leaves(self) -> dict[str, Any]:
+        """Announced leaves, one at a time, each given a window of 2 R: every overlay message sent by anyone
+        in the window is counted (the cluster is otherwise quiet, so this is an upper bound on the leave's
+        cost), and every member whose link table changed."""
+        p, sim = self.p, self.sim
+        window = 2 * self.R
+        messages, changed, settle, spread = [], [], [], []
+        for _ in range(p.leaves):
+            (node,) = self._random_up(1)
+            tracking: dict[str, Any] = {
+                "index": node.index,
+                "id": node.info.node_id,
+                "slot": sim.directory.slot(node.info.node_id),
+                "messages": [],
+                "piggybacked": 0,
+                "learned": 0,
+                "state": State.LEFT,
+            }
+            self._join_tracking = tracking
+            self._link_events = []
+            start = sim.now
+            sim.leave(node)
+            self.checkers.node_left(node)
+            self._run("leaves", start + window)
+            events = self._link_events
+            self._link_events = None
+            self._join_tracking = None
+            messages.append(len(tracking["messages"]))
+            changed.append(len({observer for _, observer, _, _ in events if observer != node.index}))
+            settle.append(max((t for t, _, _, _ in events), default=start) - start)
+            spread.append(tracking["learned"] / max(1, len(sim.up_nodes())))
+        if not messages:
+            return {
+                "leave_messages": None,
+                "links_changed_per_leave": None,
+                "leave_settle_ms": None,
+                "leave_spread": None,
+            }
+        return {
+            "leave_messages": {"mean": statistics.mean(messages), "max": max(messages), "per_leave": messages},
+            "links_changed_per_leave": {"mean": statistics.mean(changed), "max": max(changed), "per_leave": changed},
+            "leave_settle_ms": {"max": max(settle), "max_rounds": round(max(settle) / self.R, 3), "per_leave": settle},
+            "leave_spread": {"min_fraction": round(min(spread), 4)},
         }
 
     def _crash(self) -> dict[str, Any]:
