@@ -140,6 +140,10 @@ def test_dsm_sim_command_writes_json_and_plot(tmp_path: Path) -> None:
             "50",
             "--crash",
             "0.1",
+            "--writes",
+            "3",
+            "--bulk",
+            "5",
             "--json",
             str(out),
             "--plot",
@@ -154,7 +158,7 @@ def test_dsm_sim_command_writes_json_and_plot(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert set(FORMAT) <= set(report)
     assert report["params"]["nodes"] == 50 and report["routing_hops"]["pairs"] == 50
-    assert "routing_hops" in run.stdout and "detection_time_ms" in run.stdout
+    assert "routing_hops" in run.stdout and "detection_time_ms" in run.stdout and "time_to_all_ms" in run.stdout
     assert fig.stat().st_size > 10_000
 
 

@@ -10,7 +10,7 @@ import random
 from collections import Counter, deque
 from typing import Any
 
-from dsm.core.messages import Deliver, Effect, Message, RouteFailure, Send
+from dsm.core.messages import Deliver, Effect, Message, RouteFailure, Send, Store
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.ring import MemberInfo
 
@@ -34,6 +34,7 @@ class Wire:
         self.failures: list[RouteFailure] = []
         self.sent: Counter[str] = Counter()
         self.by_addr: dict[str, str] = {}
+        self.stored: dict[str, list[Store]] = {}
 
     def peer(self, node_id: str, incarnation: int = 0, region: str = "default") -> Peer:
         p = Peer(
@@ -71,6 +72,8 @@ class Wire:
                 self.delivered.append(e)
             elif isinstance(e, RouteFailure):
                 self.failures.append(e)
+            elif isinstance(e, Store):
+                self.stored.setdefault(sender, []).append(e)
 
     def flush(self, limit: int = 1_000_000) -> None:
         steps = 0

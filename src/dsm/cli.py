@@ -78,6 +78,9 @@ def show_config(toml_path: str | None) -> None:
 @click.option("--slow-ms", type=click.FloatRange(0), default=1000.0, show_default=True, help="Slow nodes' mean delay.")
 @click.option("--joins", type=click.IntRange(0, 1000), default=5, show_default=True, help="Joins to measure.")
 @click.option("--leaves", type=click.IntRange(0, 1000), default=0, show_default=True, help="Leaves to measure.")
+@click.option("--writes", type=click.IntRange(0, 100_000), default=0, show_default=True, help="Writes to measure.")
+@click.option("--bulk", type=click.IntRange(0, 1_000_000), default=0, show_default=True, help="Non-urgent burst.")
+@click.option("--gossip-only", is_flag=True, help="Direct updates off, fixed gossip period (rounds_to_all).")
 @click.option("--pairs", type=click.IntRange(1, 1_000_000), default=2000, show_default=True, help="Routed pairs.")
 @click.option("--duration-s", type=click.FloatRange(0), default=0.0, show_default=True, help="Extra steady run, s.")
 @click.option("--regions", type=click.IntRange(1, 64), default=1, show_default=True, help="Regions (round robin).")
@@ -95,6 +98,9 @@ def sim(
     slow_ms: float,
     joins: int,
     leaves: int,
+    writes: int,
+    bulk: int,
+    gossip_only: bool,
     pairs: int,
     duration_s: float,
     regions: int,
@@ -120,6 +126,9 @@ def sim(
             slow_ms=slow_ms,
             joins=joins,
             leaves=leaves,
+            writes=writes,
+            bulk=bulk,
+            gossip_only=gossip_only,
             pairs=pairs,
             duration_s=duration_s,
             regions=regions,

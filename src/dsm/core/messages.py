@@ -177,6 +177,77 @@ class RouteFailed(NamedTuple):
     reason: str
 
 
+class DataItem(NamedTuple):
+    """One write to replicate: the key's whole version set at the coordinator after the write (replicas
+    exchange whole sets, never single versions; see `dsm.core.versions`). `id` names the write
+    (`dsm.core.dissemination.update_id`): 8 bytes that digests and announcements carry instead of it."""
+
+    id: int
+    key: str
+    versions: bytes
+
+
+DataItems = tuple[DataItem, ...]
+
+
+class Push(NamedTuple):
+    """Direct update (eager push along the broadcast tree); also the answer to a Graft. `hops`: overlay
+    hops the items travelled from their coordinator to the sender of this copy."""
+
+    source: str
+    hops: int
+    items: DataItems
+
+
+class IHave(NamedTuple):
+    """Lazy announcement: the source holds these writes (ids only). A receiver that does not get them
+    by eager push soon asks for them with a Graft."""
+
+    source: str
+    hops: int
+    ids: tuple[int, ...]
+
+
+class Graft(NamedTuple):
+    """Asks the receiver to send these writes and to push eagerly to the source from now on (the link
+    joins the broadcast tree)."""
+
+    source: str
+    ids: tuple[int, ...]
+
+
+class Prune(NamedTuple):
+    """The source received a write twice; the receiver stops pushing eagerly to it (the link leaves the
+    broadcast tree and carries announcements only)."""
+
+    source: str
+
+
+class GossipDigest(NamedTuple):
+    """A gossip round: the ids of the writes the source saw recently."""
+
+    seq: int
+    source: str
+    ids: tuple[int, ...]
+
+
+class GossipReply(NamedTuple):
+    """Answer to a digest: `want`, the listed ids the source lacks; `items`, the source's recent writes
+    that the digest did not list (the receiver lacks them, or has let them out of its recent list)."""
+
+    seq: int
+    source: str
+    want: tuple[int, ...]
+    items: DataItems
+
+
+class GossipItems(NamedTuple):
+    """Writes the receiver asked for in its `GossipReply`."""
+
+    source: str
+    items: DataItems
+
+
 Message = (
     Ping
     | PingReq
@@ -195,6 +266,13 @@ Message = (
     | Routed
     | RoutedAck
     | RouteFailed
+    | Push
+    | IHave
+    | Graft
+    | Prune
+    | GossipDigest
+    | GossipReply
+    | GossipItems
 )
 
 #: Messages that exist to build and repair the overlay (what a join "costs"); the rest is probing,
@@ -202,6 +280,8 @@ Message = (
 OVERLAY_MESSAGES = (Join, JoinReply, Neighbor, Link, LinkReply, Unlink, Leave)
 #: Membership anti-entropy (periodic, not caused by any one join).
 SYNC_MESSAGES = (SyncDigest, SyncSubDigests, SyncEntries)
+#: Messages of write dissemination (direct updates and gossip).
+DATA_MESSAGES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems)
 
 
 # --- effects: what a core asks its runtime to do ---
@@ -233,4 +313,14 @@ class RouteFailure(NamedTuple):
     reason: str
 
 
-Effect = Send | Deliver | RouteFailure
+class Store(NamedTuple):
+    """Merge these writes into the local replica. `path` says how they came ("push" or "gossip") and
+    `hops` how many overlay hops they travelled from their coordinator (for measurements)."""
+
+    items: DataItems
+    source: str
+    path: str
+    hops: int
+
+
+Effect = Send | Deliver | RouteFailure | Store

@@ -52,10 +52,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsm.core.broadcast import BroadcastQueue
+from dsm.core.dissemination import Dissemination
 from dsm.core.messages import (
     Ack,
+    DataItems,
     Deliver,
     Effect,
+    GossipDigest,
+    GossipItems,
+    GossipReply,
+    Graft,
+    IHave,
     Join,
     JoinReply,
     Leave,
@@ -66,6 +73,8 @@ from dsm.core.messages import (
     Neighbor,
     Ping,
     PingReq,
+    Prune,
+    Push,
     Routed,
     RoutedAck,
     RouteFailed,
@@ -141,6 +150,19 @@ class PeerSettings:
     hop_limit: int = 64
     join_timeout_ms: int = 2000
     sync_interval_ms: int = 10000
+    # Dissemination of writes (dissemination.py).
+    gossip_interval_ms: int = 5000
+    gossip_min_ms: int = 200
+    gossip_max_ms: int = 30000
+    gossip_fanout: int = 3
+    gossip_adaptive: bool = True
+    gossip_retain_mult: int = 3
+    direct_updates: bool = True
+    lazy_fanout: int = 3
+    graft_timeout_ms: int = 250
+    max_recent: int = 8192
+    max_digest_ids: int = 4096
+    seen_max: int = 65536
 
     @classmethod
     def from_config(cls, config: Any) -> PeerSettings:
@@ -158,6 +180,10 @@ class PeerSettings:
             long_in_max=config.max_long_links_in or 2 * config.max_long_links,
             hop_limit=config.route_hop_limit,
             sync_interval_ms=config.membership_sync_interval_ms,
+            gossip_interval_ms=config.gossip_interval_ms,
+            gossip_min_ms=config.gossip_interval_min_ms,
+            gossip_max_ms=config.gossip_interval_max_ms,
+            gossip_fanout=config.gossip_fanout,
         )
 
 
@@ -224,6 +250,7 @@ class Peer:
         self.table.set(self.me, State.ALIVE, incarnation)
         self.member_observer = member_observer
         self.link_observer = link_observer
+        self.data = Dissemination(self)
         self.overlay = Overlay(
             self.directory,
             self.table,
@@ -232,7 +259,7 @@ class Peer:
             settings.long_max,
             settings.long_in_max,
             rng,
-            observer=self._link_changed if link_observer is not None else None,
+            observer=self._link_changed,
         )
         self.broadcasts = BroadcastQueue()
         self.suspicions: dict[int, _Suspicion] = {}
@@ -264,6 +291,7 @@ class Peer:
         # lock step.
         self._arm(now + rng.randrange(max(1, settings.probe_interval_ms)), _PROBE, 0)
         self._arm(now + rng.randrange(max(1, settings.sync_interval_ms)), _SYNC, 0)
+        self.data.start(now)
 
     # ------------------------------------------------------------------ runtime interface
 
@@ -297,6 +325,8 @@ class Peer:
                 self._route_retry(arg)
             elif kind == _SYNC:
                 self._sync_tick()
+            else:
+                self.data.timer(kind, arg)
         return self._flush()
 
     def handle(self, now: int, message: Message) -> list[Effect]:
@@ -363,6 +393,14 @@ class Peer:
         self._forward(Routed(route_id, self.id, self.info.addr, target, 0, payload, ""))
         return route_id, self._flush()
 
+    def publish(self, now: int, items: DataItems, urgent: bool = True) -> list[Effect]:
+        """Spreads writes this node coordinated (already in its replica): pushed at once along the
+        broadcast tree, or with `urgent=False` only by gossip rounds (see dissemination.py)."""
+        self._set_now(now)
+        if not self.left:
+            self.data.publish(items, urgent)
+        return self._flush()
+
     # ------------------------------------------------------------------ views
 
     def member_state(self, node_id: str) -> State:
@@ -416,6 +454,7 @@ class Peer:
         self._out.append(Send(node_id, addr, message))
 
     def _link_changed(self, slot: int, delta: int) -> None:
+        self.data.link_changed(slot, delta)
         if self.link_observer is not None:
             self.link_observer(self, slot, delta)
 
@@ -1061,4 +1100,11 @@ _HANDLERS: dict[type, Callable[[Peer, Any], None]] = {
     Routed: Peer._on_routed,
     RoutedAck: Peer._on_routed_ack,
     RouteFailed: Peer._on_route_failed,
+    Push: lambda peer, message: peer.data.on_push(message),
+    IHave: lambda peer, message: peer.data.on_ihave(message),
+    Graft: lambda peer, message: peer.data.on_graft(message),
+    Prune: lambda peer, message: peer.data.on_prune(message),
+    GossipDigest: lambda peer, message: peer.data.on_digest(message),
+    GossipReply: lambda peer, message: peer.data.on_reply(message),
+    GossipItems: lambda peer, message: peer.data.on_items(message),
 }

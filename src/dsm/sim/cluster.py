@@ -25,9 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsm.core.messages import OVERLAY_MESSAGES, Deliver, Effect, RouteFailure, Send
+from dsm.core.dissemination import update_id
+from dsm.core.encoding import decode_versions, encode_versions
+from dsm.core.hlc import pack
+from dsm.core.messages import OVERLAY_MESSAGES, DataItem, Deliver, Effect, RouteFailure, Send, Store
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.ring import Directory, MemberInfo, MemberTable, State
+from dsm.core.vclock import VersionVector
+from dsm.core.versions import Dot, Resolution, VersionSet, write
 from dsm.sim.network import NetworkModel
 
 _DELIVER = 0
@@ -63,6 +68,9 @@ class SimNode:
     wake: float = math.inf
     crashed_at: float | None = None
     left: bool = False
+    # The node's replica (its storage: survives crashes): key -> encoded version set.
+    data: dict[str, bytes] = field(default_factory=dict)
+    last_timestamp: int = 0
 
 
 @dataclass
@@ -102,6 +110,9 @@ class Simulation:
         self.link_hooks: list[LinkHook] = []
         self.send_hooks: list[Callable[[int, int, Any], None]] = []
         self.routes: dict[tuple[int, int], RouteOutcome] = {}
+        #: Called for every write stored at a node: (node index, item, path, hops, changed).
+        self.store_hooks: list[Callable[[int, DataItem, str, int], None]] = []
+        self.resolution = Resolution.LWW
 
     # ------------------------------------------------------------------ building the cluster
 
@@ -192,6 +203,37 @@ class Simulation:
         self._apply_effects(source, effects)
         self._reschedule(source)
         return outcome
+
+    def write(self, node: SimNode, key: str, value: bytes | None, urgent: bool = True) -> DataItem:
+        """`node` coordinates a blind write of `key` (stored in its replica, then published); returns the
+        write as replicated. The timestamp is an HLC reading of the node's clock, above what it holds."""
+        assert node.up and node.peer is not None
+        now = self._peer_now(node)
+        current_raw = node.data.get(key)
+        current = decode_versions(current_raw) if current_raw is not None else VersionSet()
+        timestamp = max(pack(max(now, 0)), node.last_timestamp + 1, current.max_timestamp + 1)
+        node.last_timestamp = timestamp
+        versions = write(current, Dot(timestamp, node.info.node_id), VersionVector(), value, self.resolution, 1)
+        item = DataItem(update_id(key, timestamp, node.info.node_id), key, encode_versions(versions))
+        node.data[key] = item.versions
+        for hook in self.store_hooks:
+            hook(node.index, item, "write", 0)
+        effects = node.peer.publish(now, (item,), urgent)
+        self._apply_effects(node, effects)
+        self._reschedule(node)
+        return item
+
+    def _store(self, node: SimNode, effect: Store) -> None:
+        data = node.data
+        for item in effect.items:
+            held = data.get(item.key)
+            if held is None:
+                data[item.key] = item.versions
+            elif held != item.versions:
+                merged = decode_versions(held).merge(decode_versions(item.versions), self.resolution)
+                data[item.key] = encode_versions(merged)
+            for hook in self.store_hooks:
+                hook(node.index, item, effect.path, effect.hops)
 
     def at(self, when_ms: float, action: Callable[[], None]) -> None:
         """Runs `action` at virtual time `when_ms`."""
@@ -288,6 +330,8 @@ class Simulation:
                     if target.slow_ms:
                         delay += target.slow_ms * (0.5 + rng.random())
                     self._push(self.now + delay, _DELIVER, target_index, message)
+            elif type(effect) is Store:
+                self._store(node, effect)
             elif type(effect) is Deliver:
                 outcome = self.routes.get((self.index_of[effect.source], effect.route_id))
                 if outcome is not None and outcome.delivered is None:

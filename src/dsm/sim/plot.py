@@ -1,4 +1,4 @@
-"""A figure of one `dsm sim` report: routing hops, join cost over time, detection times."""
+"""Figures of `dsm sim` reports: routing hops, join cost over time, detection times, how writes spread."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    writes = report.get("write_curves") or {}
+    curves = writes.get("curves") or []
+    fig, axes = plt.subplots(1, 4 if curves else 3, figsize=(20 if curves else 15, 4.2))
     params = report["params"]
     fig.suptitle(
         f"dsm sim: {params['nodes']} nodes, seed {params['seed']}, loss {params['loss']}, "
@@ -63,6 +65,55 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     ax.set_xlabel("s from crash to first dead declaration")
     ax.set_ylabel("fraction of crashed members")
 
+    if curves:
+        ax = axes[3]
+        population = writes["population"]
+        for i, times in enumerate(curves):
+            ax.step(
+                [max(t, 0.1) for t in times],
+                [(k + 1) / population for k in range(len(times))],
+                where="post",
+                color="tab:green",
+                alpha=0.6,
+                label="one write" if i == 0 else None,
+            )
+        ax.set_xscale("log")
+        mode = "gossip only" if not params["settings"]["direct_updates"] else "direct updates + gossip"
+        ax.set_title(f"writes ({mode}): fraction of nodes holding it")
+        ax.set_xlabel("ms since the write")
+        ax.set_ylabel("fraction of live nodes")
+        ax.legend(loc="lower right")
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_write_mixes(mixes: dict[str, list[tuple[int, list[float]]]], title: str, path: str) -> None:
+    """One figure: the fraction of nodes holding a write against time, one colour per path mix (every
+    write of every run of that mix drawn thin)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = ["tab:green", "tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown"]
+    for (label, curves), colour in zip(mixes.items(), colours, strict=False):
+        for i, (population, times) in enumerate(curves):
+            ax.step(
+                [max(t, 0.1) / 1000 for t in times],
+                [(k + 1) / population for k in range(population)],
+                where="post",
+                color=colour,
+                alpha=0.35,
+                label=label if i == 0 else None,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("s since the write")
+    ax.set_ylabel("fraction of live nodes holding it")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -46,6 +46,63 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("links_changed_per_leave", f"mean {_fmt(lc['mean'])}  max {lc['max']}"))
         rows.append(("leave_settle", f"max {_fmt(ls['max'])} ms = {ls['max_rounds']} gossip rounds"))
         rows.append(("leave_spread", f"min {report['leave_spread']['min_fraction']:.2%} knew of each leave"))
+    t = report.get("time_to_all_ms")
+    if t:
+        rows.append(
+            (
+                "time_to_all_ms",
+                f"p50 {_fmt(t['p50'])}  p99 {_fmt(t['p99'])}  max {_fmt(t['max'])}  "
+                f"reached all {t['reached_all']:.2%} of {t['writes']} writes",
+            )
+        )
+        r = report["rounds_to_all"]
+        rows.append(("rounds_to_all", f"p50 {_fmt(r['p50'])}  p99 {_fmt(r['p99'])}  max {_fmt(r['max'])}"))
+        rows.append(("delivery_hops", f"p50 {report['delivery_hops']['p50']}  max {report['delivery_hops']['max']}"))
+        c = report["payload_copies_per_update"]
+        rows.append(
+            (
+                "payload_copies_per_update",
+                f"first {_fmt(c['first'])}  steady mean {_fmt(c['steady_mean'])}  max {_fmt(c['steady_max'])} x (n-1)",
+            )
+        )
+        m, b = report["messages_per_update"], report["bytes_per_update"]
+        rows.append(
+            (
+                "messages / bytes per update",
+                f"steady {_fmt(m['steady_mean'])} / {_fmt(b['steady_mean'])} "
+                f"(mean {_fmt(m['mean'])} / {_fmt(b['mean'])})",
+            )
+        )
+    if report.get("bulk_payload_copies_per_update"):
+        c = report["bulk_payload_copies_per_update"]
+        rows.append(
+            (
+                "bulk (non-urgent)",
+                f"copies {_fmt(c['mean'])} x (n-1), {_fmt(report['bulk_messages_per_update']['mean'])} messages, "
+                f"{_fmt(report['bulk_bytes_per_update']['mean'])} bytes per update; all in "
+                f"{_fmt(report['bulk_time_to_all_ms'])} ms",
+            )
+        )
+        rows.append(("after_burst_bytes_per_node_per_s", _fmt(report["after_burst_bytes_per_node_per_s"])))
+    if "idle_bytes_per_node_per_s" in report:
+        g = report["idle_gossip_period_ms"]
+        rows.append(
+            (
+                "idle_bytes_per_node_per_s",
+                f"{_fmt(report['idle_bytes_per_node_per_s'])} (gossip period p50 {g['p50']} ms)",
+            )
+        )
+    if "converged" in report:
+        rows.append(("replicas converged", f"{report['converged']} after {_fmt(report['replicas_converged_ms'])} ms"))
+    w = report.get("write_after_crash")
+    if w:
+        rows.append(
+            (
+                "write_after_crash",
+                f"{w['fraction_at_2_rounds']:.2%} of survivors at 2 rounds, {w['fraction_at_end']:.2%} at the end; "
+                f"99.9 % after {_fmt(w['time_to_99_9_ms'])} ms, all after {_fmt(w['time_to_all_ms'])} ms",
+            )
+        )
     d = report.get("detection_time_ms")
     if d:
         rows.append(

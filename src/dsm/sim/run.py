@@ -20,30 +20,37 @@ gossip_interval_ms, a gossip round):
 5. *Steady* run for `duration_s` more seconds (slow members still slow): `false_suspicions` and
    `false_deaths` count the whole run (a suspicion or death declared by a member's own detector about a
    member that was up).
-6. Faults stop (slow members recover); the liveness checker waits for every live member to agree on the
-   membership and on its near links, within a bound.
+6. Faults stop (slow members recover, no more loss or duplication); the liveness checker waits for every
+   live member to agree on the membership and on its near links, and (with writes) for every replica to be
+   identical and to hold every acknowledged write, within a bound. (The writes phase, `_writes`, runs
+   between 3 and 4; see docs/sim.md.)
 Safety checkers watch every step. The report is a plain dict (JSON-ready); `FORMAT` documents its keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dsm.core.messages import OVERLAY_MESSAGES, Ack, Ping, PingReq
+from dsm.core.encoding import decode_versions
+from dsm.core.messages import OVERLAY_MESSAGES, Ack, DataItem, Ping, PingReq
 from dsm.core.peer import PeerSettings
 from dsm.core.ring import State
 from dsm.sim.checkers import Checkers, CheckFailed
 from dsm.sim.cluster import RouteOutcome, SimNode, Simulation
 from dsm.sim.network import NetworkModel
+from dsm.sim.writes import Track, WriteTracker
 
 REPORT_VERSION = 1
+#: The value of every simulated write (100 bytes, a typical small record).
+VALUE = bytes(range(100))
 
 FORMAT = {
     "version": "format version of this report (integer, bumped on incompatible changes)",
@@ -58,6 +65,27 @@ FORMAT = {
     "links_changed_per_leave": "members whose links changed during each leave window: mean, max, per-leave list",
     "leave_settle_ms": "time of the last link change in each leave window: max, and max in gossip rounds",
     "leave_spread": "fraction of live members that know of each leave at the end of its window (min)",
+    "rounds_to_all": "writes: time until every live node held each write, in gossip rounds (p50, p99, max, samples)",
+    "time_to_all_ms": "writes: time until every live node held each write: p50, p99, max, fraction reaching all",
+    "delivery_hops": "writes: overlay hops of the last node's copy (p50 and max over writes)",
+    "payload_copies_per_update": "writes: payload copies sent per write, in units of n - 1 (first, mean, steady)",
+    "messages_per_update": "writes: data messages per write (a message about k writes counts 1/k)",
+    "bytes_per_update": "writes: bytes of those messages per write (msgpack + 4-byte frame header)",
+    "write_curves": "writes: live nodes (population) and, for the first 8 writes, the sorted times (ms) they stored it",
+    "bulk_time_to_all_ms": "bulk: time from the first non-urgent write until every node held all of them",
+    "bulk_payload_copies_per_update": "bulk (non-urgent, gossip only) writes: as payload_copies_per_update",
+    "bulk_messages_per_update": "bulk writes: as messages_per_update",
+    "bulk_bytes_per_update": "bulk writes: as bytes_per_update",
+    "after_burst_bytes_per_node_per_s": "data bytes per node per second, burst until a round after",
+    "idle_bytes_per_node_per_s": "data bytes per node per second in 12 idle rounds (after 20 rounds of backing off)",
+    "idle_messages_per_node_per_s": "data messages per node per second in the same window",
+    "idle_gossip_period_ms": "adaptive gossip period of the live nodes at the end of the idle window (p50, min, max)",
+    "replicas_converged_ms": "after faults stop: time until every live replica was identical",
+    "converged": "every live replica identical and holding every acknowledged write at the end",
+    "write_after_crash": (
+        "a write 3 T after the mass crash: fraction of survivors holding it 2 rounds later and at the end, "
+        "time to 99.9 % and to all"
+    ),
     "detection_time_ms": "crash to first dead declaration, over crashed members: p50, p99, max, detected fraction",
     "detection_samples_ms": "every crashed member's detection time, sorted (for the plot)",
     "crash_recovery": "after the mass crash: connected_ms, ring_repaired_ms (null if not within the run)",
@@ -94,11 +122,13 @@ class SimParams:
     regions: int = 1
     skew_ms: int = 100
     converge_bound_s: float = 0.0
+    writes: int = 0
+    bulk: int = 0
+    gossip_only: bool = False
     settings: PeerSettings = field(default_factory=PeerSettings)
-    gossip_interval_ms: int = 5000
 
 
-def _pct(values: list[float], q: float) -> float:
+def _pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -133,6 +163,10 @@ class StandardRun:
     """Runs the phases of the module docstring and builds the report."""
 
     def __init__(self, params: SimParams, progress: Callable[[str, float, float], None] | None = None) -> None:
+        if params.gossip_only:
+            params = dataclasses.replace(
+                params, settings=dataclasses.replace(params.settings, direct_updates=False, gossip_adaptive=False)
+            )
         self.p = params
         self.progress = progress
         network = NetworkModel(loss=params.loss, duplicate=params.duplicate)
@@ -142,7 +176,9 @@ class StandardRun:
         )
         self.checkers = Checkers(self.sim)
         self.T = params.settings.probe_interval_ms
-        self.R = params.gossip_interval_ms
+        self.R = params.settings.gossip_interval_ms
+        self.tracker = WriteTracker(self.sim) if params.writes or params.bulk else None
+        self.acknowledged: list[DataItem] = []
         self.false_suspicions = 0
         self.false_deaths = 0
         self.false_suspicions_by_slow = 0
@@ -264,6 +300,7 @@ class StandardRun:
 
         joins = self._joins()
         leaves = self._leaves()
+        writes = self._writes()
         gc.collect()
         for node in sim.rng.sample(sim.nodes, round(p.slow * p.nodes)):
             node.slow_ms = p.slow_ms
@@ -274,8 +311,10 @@ class StandardRun:
         if p.duration_s > 0:
             self._run("steady", sim.now + p.duration_s * 1000)
 
+        # Faults stop: slow members recover and the network stops losing and duplicating.
         for node in sim.nodes:
             node.slow_ms = 0.0
+        sim.network.loss = sim.network.duplicate = 0.0
         self.checkers.check_incarnations()
         _, high = _suspicion_bounds(p.settings, len(sim.up_nodes()))
         bound = p.converge_bound_s * 1000 or (high + 60 * T)
@@ -284,6 +323,10 @@ class StandardRun:
         converged = None
         try:
             converged = self.checkers.wait_converged(bound, step_ms=T, sample=200)
+            if self.acknowledged:
+                replicas = self._replicas_converged(bound)
+                writes["replicas_converged_ms"] = replicas
+                writes["converged"] = replicas is not None
         except CheckFailed as exc:
             failure = str(exc)
 
@@ -295,6 +338,7 @@ class StandardRun:
             "hop_histogram": _hop_histogram(routed),
             **joins,
             **leaves,
+            **writes,
             **crash,
             "false_suspicions": self.false_suspicions,
             "false_deaths": self.false_deaths,
@@ -310,6 +354,144 @@ class StandardRun:
             "wall_time_s": round(time.perf_counter() - wall, 2),
             "peak_memory_mib": round(usage.ru_maxrss / 1024, 1),
         }
+
+    # ------------------------------------------------------------------ writes
+
+    def _write(self, node: SimNode, key: str, urgent: bool = True) -> Track:
+        assert self.tracker is not None
+        item = self.sim.write(node, key, VALUE, urgent)
+        self.acknowledged.append(item)
+        return self.tracker.watch(item, node.index)
+
+    def _await(self, tracks: list[Track], phase: str, step: float, deadline: float) -> None:
+        """Runs until every up node holds every write in `tracks`, or `deadline`."""
+        sim = self.sim
+        while sim.now < deadline:
+            up = sum(1 for n in sim.nodes if n.up)
+            if all(len(t.holders) >= up for t in tracks):
+                break
+            self._run(phase, min(deadline, sim.now + step))
+
+    def _writes(self) -> dict[str, Any]:
+        """Writes one at a time (each waited for), then a burst of non-urgent ones, then idle time."""
+        p, sim, R = self.p, self.sim, self.R
+        if self.tracker is None:
+            return {}
+        tracker = self.tracker
+        gossip_only = not p.settings.direct_updates
+        tail = 2 * p.settings.graft_timeout_ms
+        singles: list[Track] = []
+        up = len(sim.up_nodes())
+        for i in range(p.writes):
+            track = self._write(self._random_up(1)[0], f"w{i}")
+            self._await([track], "writes", R / 20 if gossip_only else 10.0, sim.now + (30 if gossip_only else 6) * R)
+            self._run("writes", sim.now + (R if gossip_only else tail))
+            tracker.forget(track)
+            singles.append(track)
+        out: dict[str, Any] = {}
+        if singles:
+            out.update(self._write_figures(singles, up, "writes"))
+        bulk: list[Track] = []
+        if p.bulk:
+            tracker.counting = True
+            tracker.window_messages = tracker.window_bytes = 0
+            start = sim.now
+            for i in range(p.bulk):
+                bulk.append(self._write(self._random_up(1)[0], f"b{i}", urgent=False))
+            self._await(bulk, "bulk", R / 20, sim.now + 30 * R)
+            done = sim.now
+            self._run("bulk", sim.now + R)
+            for track in bulk:
+                tracker.forget(track)
+            out.update(self._write_figures(bulk, up, "bulk"))
+            out["bulk_time_to_all_ms"] = round(done - start, 1)
+            self._run("after burst", sim.now + R)
+            out["after_burst_bytes_per_node_per_s"] = round(tracker.window_bytes / up / ((sim.now - start) / 1000), 1)
+        # Idle: let the adaptive period stretch, then measure a quiet minute of data traffic.
+        self._run("idle", sim.now + 20 * R)
+        tracker.counting = True
+        tracker.window_messages = tracker.window_bytes = 0
+        start = sim.now
+        self._run("idle", sim.now + 12 * R)
+        seconds = (sim.now - start) / 1000
+        tracker.counting = False
+        out["idle_bytes_per_node_per_s"] = round(tracker.window_bytes / up / seconds, 2)
+        out["idle_messages_per_node_per_s"] = round(tracker.window_messages / up / seconds, 4)
+        periods = [n.peer.data.period for n in sim.nodes if n.up and n.peer is not None]
+        out["idle_gossip_period_ms"] = {"p50": _pct(periods, 0.5), "min": min(periods), "max": max(periods)}
+        return out
+
+    def _write_figures(self, tracks: list[Track], population: int, name: str) -> dict[str, Any]:
+        R = self.R
+        n1 = max(1, population - 1)
+        times = [t.time_to_fraction(1.0, population) for t in tracks]
+        done = [x for x in times if x is not None]
+        hops = [max(h for _, _, h in t.holders.values()) for t in tracks]
+        copies = [t.payload_copies / n1 for t in tracks]
+        steady = copies[len(copies) // 4 :] if len(copies) >= 4 else copies
+        prefix = "" if name == "writes" else "bulk_"
+        figures: dict[str, Any] = {
+            f"{prefix}time_to_all_ms": {
+                "p50": _pct(done, 0.5) if done else None,
+                "p99": _pct(done, 0.99) if done else None,
+                "max": max(done) if done else None,
+                "reached_all": len(done) / len(tracks),
+                "writes": len(tracks),
+            },
+            f"{prefix}payload_copies_per_update": {
+                "first": round(copies[0], 3),
+                "mean": round(statistics.mean(copies), 3),
+                "steady_mean": round(statistics.mean(steady), 3),
+                "steady_max": round(max(steady), 3),
+                "unit": "n - 1",
+            },
+            f"{prefix}messages_per_update": {
+                "mean": round(statistics.mean(t.messages for t in tracks), 1),
+                "steady_mean": round(statistics.mean(t.messages for t in tracks[len(tracks) // 4 :]), 1),
+            },
+            f"{prefix}bytes_per_update": {
+                "mean": round(statistics.mean(t.bytes for t in tracks), 1),
+                "steady_mean": round(statistics.mean(t.bytes for t in tracks[len(tracks) // 4 :]), 1),
+            },
+        }
+        if name == "writes":
+            rounds = [x / R for x in done]
+            figures["rounds_to_all"] = {
+                "p50": round(_pct(rounds, 0.5), 2) if rounds else None,
+                "p99": round(_pct(rounds, 0.99), 2) if rounds else None,
+                "max": round(max(rounds), 2) if rounds else None,
+                "samples": [round(r, 3) for r in rounds],
+            }
+            figures["delivery_hops"] = {"p50": _pct(hops, 0.5), "max": max(hops)}
+            figures["write_curves"] = {
+                "population": population,
+                "curves": [
+                    sorted(round(t - track.start_ms, 1) for t, _, _ in track.holders.values()) for track in tracks[:8]
+                ],
+            }
+        return figures
+
+    def _replicas_converged(self, bound: float) -> float | None:
+        """Waits (up to `bound`) until every up replica is identical and holds every acknowledged write;
+        returns the wait, or raises CheckFailed when an acknowledged write is lost for good."""
+        sim = self.sim
+        start = sim.now
+        while True:
+            up = [n for n in sim.nodes if n.up]
+            reference = up[0].data
+            if all(n.data == reference for n in up):
+                for item in self.acknowledged:
+                    held = reference.get(item.key)
+                    winner = decode_versions(held).winner if held is not None else None
+                    mine = decode_versions(item.versions).winner
+                    assert mine is not None
+                    if winner is None or winner.dot < mine.dot:
+                        raise self.checkers.fail(f"acknowledged write of {item.key!r} lost on every replica")
+                return sim.now - start
+            if sim.now - start >= bound:
+                differ = sum(1 for n in up if n.data != reference)
+                raise self.checkers.fail(f"replicas still differ {bound:.0f} ms after faults stopped ({differ} nodes)")
+            self._run("converge", sim.now + self.T)
 
     def _joins(self) -> dict[str, Any]:
         p, sim = self.p, self.sim
@@ -416,6 +598,7 @@ class StandardRun:
         count = round(p.crash * len(sim.up_nodes()))
         if count == 0:
             return {
+                "write_after_crash": None,
                 "detection_time_ms": None,
                 "crash_recovery": None,
                 "detection_samples_ms": [],
@@ -438,7 +621,14 @@ class StandardRun:
         next_route_3d = crash_time + 3 * detection_period
         pairs = min(p.pairs, 2000)
         step = T / 2
+        write_track: Track | None = None
+        reached_2r: float | None = None
         while sim.now < horizon:
+            if self.tracker is not None and write_track is None and sim.now >= next_route_3t:
+                # The next write after the crash, while most dead members are still only suspected.
+                write_track = self._write(self._random_up(1)[0], "after-crash")
+            if write_track is not None and reached_2r is None and sim.now >= write_track.start_ms + 2 * self.R:
+                reached_2r = len(write_track.holders) / survivors
             if not routing_3t and sim.now >= next_route_3t:
                 routing_3t = self._route_pairs(pairs, "crash", 0)
             if not routing_3d and sim.now >= next_route_3d:
@@ -452,7 +642,20 @@ class StandardRun:
                 break
             self._run("crash", sim.now + step)
         detected = [self.detected_at[n.index] for n in victims if n.index in self.detected_at]
+        after_crash = None
+        if write_track is not None:
+            assert self.tracker is not None
+            self.tracker.forget(write_track)
+            after_crash = {
+                "written_after_ms": round(write_track.start_ms - crash_time, 1),
+                "fraction_at_2_rounds": reached_2r,
+                "fraction_at_end": len(write_track.holders) / survivors,
+                "time_to_99_9_ms": write_track.time_to_fraction(0.999, survivors),
+                "time_to_all_ms": write_track.time_to_fraction(1.0, survivors),
+                "payload_copies": round(write_track.payload_copies / max(1, survivors - 1), 3),
+            }
         return {
+            "write_after_crash": after_crash,
             "detection_time_ms": {
                 "crashed": count,
                 "detected_fraction": len(detected) / count,

@@ -1,0 +1,395 @@
+"""How a write reaches every node: direct updates over a broadcast tree, gossip rounds, adaptive period.
+
+Part of the sans-IO core: `Dissemination` belongs to one `Peer`, which hands it the data messages, its
+timers and the changes of its overlay links; it answers through the peer (sends, timers) and with `Store`
+effects (merge these writes into the local replica). It never touches the replica itself: what it keeps
+is bounded and in memory: the ids of writes seen lately and the payloads of the most recent ones.
+
+Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007):
+- Every overlay link is *eager* (carries payloads) or *lazy* (carries ids). New links start eager.
+- A node that receives a write for the first time stores it and pushes it at once to its eager links
+  (except the one it came from), and announces its id (`IHave`) to `lazy_fanout` lazy links at random.
+- A node that receives a write it already has makes that link lazy and tells the sender (`Prune`). The
+  eager links thereby thin out to a spanning tree, and each node receives each payload about once.
+- A node that hears an announcement of a write it lacks waits `graft_timeout_ms` for the tree to deliver
+  it; if it does not, it asks the announcer (`Graft`), which sends it and makes the link eager again. A
+  dead announcer is followed by the next one. This is how the tree repairs itself after crashes and when
+  links change.
+
+Gossip (push-pull over linked members): every round a node sends the ids of its recent writes to
+`gossip_fanout` linked members. The receiver answers with the ids it lacks (which the first node then
+sends) and with its own recent writes that the digest did not list: 3 messages, and a payload moves only
+to a node that did not list it. A recent write stays in the digest for
+`gossip_retain_mult * ceil(log10(n + 1))` rounds, enough for gossip alone to reach everyone with high
+probability; anti-entropy repairs what outlives that.
+Writes marked non-urgent take this path only (bulk loads: fewer messages, no tree traffic).
+
+Adaptive period (between gossip_min_ms and gossip_max_ms, starting at gossip_interval_ms):
+- A round that moved anything (this node or its partner lacked a write) or a write that arrived since the
+  last round halves the period; a round that found nothing stretches it by half. An idle cluster settles
+  at the maximum; a write arriving at an idle node brings its next round forward to the minimum.
+- The period never drops below 4 smoothed round-trip times of the exchanges, so rounds do not overlap.
+- A digest with no reply by the next round counts as lost; with a loss rate p the node contacts
+  ceil(fanout / (1 - p)) members (at most twice the fanout), so about `gossip_fanout` exchanges complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dsm.core.messages import (
+    DataItem,
+    DataItems,
+    GossipDigest,
+    GossipItems,
+    GossipReply,
+    Graft,
+    IHave,
+    Prune,
+    Push,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from dsm.core.peer import Peer
+
+#: Timer kinds the peer dispatches to this module (kept apart from the peer's own kinds).
+GOSSIP_TIMER = 100
+GRAFT_TIMER = 101
+
+
+def update_id(key: str, timestamp: int, node: str) -> int:
+    """The 64-bit id of the write of `key` with dot (timestamp, node): what announcements carry."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(key.encode())
+    h.update(b"\0")
+    h.update(timestamp.to_bytes(8, "big", signed=False))
+    h.update(node.encode())
+    return int.from_bytes(h.digest(), "big")
+
+
+@dataclass(slots=True)
+class _Recent:
+    item: DataItem
+    rounds_left: int
+    hops: int
+
+
+class DisseminationStats:
+    """Counters of one node's dissemination work (the simulator sums them)."""
+
+    __slots__ = ("duplicates", "gossip_pulled", "gossip_rounds", "grafts", "lost_exchanges", "prunes")
+
+    def __init__(self) -> None:
+        self.duplicates = 0
+        self.grafts = 0
+        self.prunes = 0
+        self.gossip_rounds = 0
+        self.gossip_pulled = 0
+        self.lost_exchanges = 0
+
+
+class Dissemination:
+    """One node's broadcast tree, recent-write buffers and gossip rounds (see the module docstring)."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        s = peer.settings
+        self.settings = s
+        self.eager: set[int] = set()
+        self.lazy: set[int] = set()
+        # Ids of writes seen (any path), oldest first, bounded: what makes a push a duplicate.
+        self.seen: dict[int, None] = {}
+        # Recent writes, oldest first (payloads for grafts and pulls; ids for digests).
+        self.recent: dict[int, _Recent] = {}
+        # Announced but not received: id -> announcers [(slot, hops)], tried in order.
+        self.missing: dict[int, list[tuple[int, int]]] = {}
+        self.period = s.gossip_interval_ms
+        self.srtt = 0.0
+        self.loss = 0.0
+        self.stats = DisseminationStats()
+        self._exchanges: dict[int, tuple[int, int]] = {}
+        self._useful = False
+        self._generation = 0
+        self._next_round = 0
+
+    # ------------------------------------------------------------------ peer interface
+
+    def start(self, now: int) -> None:
+        """Arms the first gossip round at a random point of the first period."""
+        self._schedule(now + self.peer.rng.randrange(max(1, self.period)))
+
+    def link_changed(self, slot: int, delta: int) -> None:
+        if delta > 0:
+            self.lazy.discard(slot)
+            self.eager.add(slot)
+        else:
+            self.eager.discard(slot)
+            self.lazy.discard(slot)
+            self._keep_one_eager()
+
+    def publish(self, items: DataItems, urgent: bool = True) -> None:
+        """This node coordinated these writes (already in its replica): spread them."""
+        retain = self._retain()
+        for item in items:
+            self._remember(item.id)
+            self.recent[item.id] = _Recent(item, retain, 0)
+        self._trim_recent()
+        self._became_busy()
+        if urgent and self.settings.direct_updates:
+            self._push_out(items, 0, -1)
+
+    def timer(self, kind: int, arg: int) -> None:
+        if kind == GOSSIP_TIMER:
+            if arg == self._generation:
+                self._gossip_round()
+        elif kind == GRAFT_TIMER:
+            self._graft_due(arg)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _retain(self) -> int:
+        n = self.peer.table.live_count()
+        return self.settings.gossip_retain_mult * max(1, math.ceil(math.log10(n + 1)))
+
+    def _remember(self, item_id: int) -> None:
+        seen = self.seen
+        seen[item_id] = None
+        if len(seen) > self.settings.seen_max:
+            del seen[next(iter(seen))]
+
+    def _trim_recent(self) -> None:
+        recent = self.recent
+        excess = len(recent) - self.settings.max_recent
+        if excess > 0:
+            for item_id in list(recent)[:excess]:
+                del recent[item_id]
+
+    def _sample(self, slots: set[int], count: int, exclude: int) -> list[int]:
+        pool = [s for s in slots if s != exclude]
+        if len(pool) <= count:
+            return pool
+        rng = self.peer.rng
+        for i in range(count):
+            j = rng.randrange(i, len(pool))
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:count]
+
+    def _push_out(self, items: DataItems, hops: int, exclude: int) -> None:
+        peer = self.peer
+        send = peer._send_to_slot
+        push = Push(peer.id, hops, items)
+        for slot in self.eager:
+            if slot != exclude:
+                send(slot, push)
+        if self.settings.lazy_fanout and self.lazy:
+            announce = IHave(peer.id, hops, tuple(item.id for item in items))
+            for slot in self._sample(self.lazy, self.settings.lazy_fanout, exclude):
+                send(slot, announce)
+
+    def _accept(self, items: DataItems, source: str, path: str, hops: int) -> DataItems:
+        """Remembers the writes among `items` not seen before, asks the runtime to store them and returns
+        them."""
+        seen = self.seen
+        new = tuple(item for item in items if item.id not in seen)
+        if not new:
+            return new
+        retain = self._retain()
+        recent = self.recent
+        missing = self.missing
+        for item in new:
+            self._remember(item.id)
+            recent[item.id] = _Recent(item, retain, hops)
+            missing.pop(item.id, None)
+        self._trim_recent()
+        self.peer._out.append(Store(new, source, path, hops))
+        self._became_busy()
+        return new
+
+    def _became_busy(self) -> None:
+        """A write arrived: the next round counts as useful, and comes soon if the node was idle."""
+        self._useful = True
+        s = self.settings
+        if s.gossip_adaptive and self.period > s.gossip_min_ms:
+            self.period = max(s.gossip_min_ms, self._rtt_floor())
+            if self._next_round > self.peer._now + self.period:
+                self._schedule(self.peer._now + self.period)
+
+    def _rtt_floor(self) -> int:
+        return int(4 * self.srtt)
+
+    def _schedule(self, when: int) -> None:
+        self._generation += 1
+        self._next_round = when
+        self.peer._arm(when, GOSSIP_TIMER, self._generation)
+
+    def _link_slot(self, node_id: str) -> int | None:
+        slot = self.peer.directory.slot(node_id)
+        if slot is None or not self.peer.overlay.linked(slot):
+            return None
+        return slot
+
+    # ------------------------------------------------------------------ broadcast tree
+
+    def on_push(self, message: Push) -> None:
+        slot = self._link_slot(message.source)
+        hops = message.hops + 1
+        new = self._accept(message.items, message.source, "push", hops)
+        if not new:
+            self.stats.duplicates += 1
+            if slot is not None and slot in self.eager:
+                self.eager.discard(slot)
+                self.lazy.add(slot)
+                self.stats.prunes += 1
+                self.peer._send_to_slot(slot, Prune(self.peer.id))
+                self._keep_one_eager()
+            return
+        if slot is not None and slot in self.lazy:
+            self.lazy.discard(slot)
+            self.eager.add(slot)
+        if self.settings.direct_updates:
+            self._push_out(new, hops, -1 if slot is None else slot)
+
+    def on_prune(self, message: Prune) -> None:
+        slot = self._link_slot(message.source)
+        if slot is not None and slot in self.eager:
+            self.eager.discard(slot)
+            self.lazy.add(slot)
+            self._keep_one_eager()
+
+    def _keep_one_eager(self) -> None:
+        """A node whose links have all become lazy is cut off from the tree until an announcement reaches
+        it: it grafts one lazy link at once instead."""
+        if self.eager or not self.lazy:
+            return
+        slot = self._sample(self.lazy, 1, -1)[0]
+        self.lazy.discard(slot)
+        self.eager.add(slot)
+        self.peer._send_to_slot(slot, Graft(self.peer.id, ()))
+
+    def on_ihave(self, message: IHave) -> None:
+        slot = self._link_slot(message.source)
+        if slot is None:
+            slot = self.peer.directory.slot(message.source)
+            if slot is None:
+                return
+        seen = self.seen
+        missing = self.missing
+        due = self.peer._now + self.settings.graft_timeout_ms
+        for item_id in message.ids:
+            if item_id in seen:
+                continue
+            announcers = missing.get(item_id)
+            if announcers is None:
+                missing[item_id] = [(slot, message.hops)]
+                self.peer._arm(due, GRAFT_TIMER, item_id)
+            elif len(announcers) < 8:
+                announcers.append((slot, message.hops))
+
+    def _graft_due(self, item_id: int) -> None:
+        announcers = self.missing.get(item_id)
+        if announcers is None:
+            return
+        if item_id in self.seen or not announcers:
+            del self.missing[item_id]
+            return
+        slot, _ = announcers.pop(0)
+        self.stats.grafts += 1
+        if self.peer.overlay.linked(slot):
+            self.lazy.discard(slot)
+            self.eager.add(slot)
+        self.peer._send_to_slot(slot, Graft(self.peer.id, (item_id,)))
+        # If that announcer does not answer, the next one is asked; with none left the entry stays (empty)
+        # one more timeout, so a late announcement does not start the wait over.
+        self.peer._arm(self.peer._now + self.settings.graft_timeout_ms, GRAFT_TIMER, item_id)
+
+    def on_graft(self, message: Graft) -> None:
+        slot = self._link_slot(message.source)
+        if slot is not None:
+            self.lazy.discard(slot)
+            self.eager.add(slot)
+        recent = self.recent
+        found = [recent[i] for i in message.ids if i in recent]
+        if found:
+            hops = min(entry.hops for entry in found)
+            self.peer._send_to_id(message.source, Push(self.peer.id, hops, tuple(e.item for e in found)))
+
+    # ------------------------------------------------------------------ gossip rounds
+
+    def _gossip_round(self) -> None:
+        s = self.settings
+        peer = self.peer
+        now = peer._now
+        if self._exchanges:
+            self.stats.lost_exchanges += len(self._exchanges)
+            for _ in self._exchanges:
+                self.loss = 0.9 * self.loss + 0.1
+            self._exchanges.clear()
+        if s.gossip_adaptive:
+            period = self.period // 2 if self._useful else self.period * 3 // 2
+            self.period = max(s.gossip_min_ms, self._rtt_floor(), min(s.gossip_max_ms, period))
+        else:
+            self.period = s.gossip_interval_ms
+        self._useful = False
+        self._schedule(now + self.period)
+        if not peer.joined:
+            return
+        self.stats.gossip_rounds += 1
+        fanout = s.gossip_fanout
+        if s.gossip_adaptive and self.loss > 0.0:
+            fanout = min(2 * fanout, math.ceil(fanout / max(0.5, 1.0 - self.loss)))
+        links = peer.overlay.links()
+        if not links:
+            return
+        targets = self._sample(set(links), fanout, -1)
+        recent = self.recent
+        ids = tuple(reversed(recent))[: s.max_digest_ids] if recent else ()
+        for slot in targets:
+            seq = peer._next_seq()
+            self._exchanges[seq] = (slot, now)
+            peer._send_to_slot(slot, GossipDigest(seq, peer.id, ids))
+        # Each write is listed for a bounded number of rounds.
+        expired = []
+        for item_id in ids:
+            entry = recent[item_id]
+            entry.rounds_left -= 1
+            if entry.rounds_left <= 0:
+                expired.append(item_id)
+        for item_id in expired:
+            del recent[item_id]
+
+    def on_digest(self, message: GossipDigest) -> None:
+        seen = self.seen
+        want = tuple(i for i in message.ids if i not in seen)
+        listed = set(message.ids)
+        items = tuple(entry.item for i, entry in self.recent.items() if i not in listed)
+        if want or items:
+            self._useful = True
+        self.peer._send_to_id(message.source, GossipReply(message.seq, self.peer.id, want, items))
+
+    def on_reply(self, message: GossipReply) -> None:
+        exchange = self._exchanges.pop(message.seq, None)
+        if exchange is not None:
+            rtt = self.peer._now - exchange[1]
+            self.srtt = rtt if self.srtt == 0.0 else 0.875 * self.srtt + 0.125 * rtt
+            self.loss *= 0.9
+        if message.items:
+            self._pulled(message.items, message.source)
+        recent = self.recent
+        items = tuple(recent[i].item for i in message.want if i in recent)
+        if items:
+            self._useful = True
+            self.peer._send_to_id(message.source, GossipItems(self.peer.id, items))
+
+    def on_items(self, message: GossipItems) -> None:
+        self._pulled(message.items, message.source)
+
+    def _pulled(self, items: DataItems, source: str) -> None:
+        new = self._accept(items, source, "gossip", 0)
+        self.stats.gossip_pulled += len(new)
+
+
+__all__ = ["GOSSIP_TIMER", "GRAFT_TIMER", "DataItem", "Dissemination", "update_id"]

@@ -1,0 +1,110 @@
+"""Measuring how writes spread in a simulation: who holds each write when, and what it cost.
+
+`WriteTracker` hangs off a `Simulation`'s store and send hooks. For every tracked write it records when
+(and by which path, after how many hops) each node stored it, and charges it the data messages that carry
+it: payload copies (the write's bytes sent in a `Push` or `GossipItems`), messages and bytes (a message
+carrying k tracked writes charges each 1/k of itself; bytes are the msgpack encoding plus a 4-byte
+frame header, what the wire codec will send). Data messages about no tracked write (digests of an idle
+cluster) are counted apart, as background traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from dsm.core.messages import DataItem, GossipDigest, GossipItems, GossipReply, Graft, IHave, Prune, Push
+from dsm.sim.cluster import Simulation
+
+FRAME_HEADER = 4
+DATA_TYPES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems)
+
+
+def wire_size(message: Any) -> int:
+    """Bytes of `message` on the wire: its msgpack encoding and a frame header."""
+    return len(msgpack.packb(message)) + FRAME_HEADER
+
+
+@dataclass
+class Track:
+    """One write being watched."""
+
+    item: DataItem
+    start_ms: float
+    holders: dict[int, tuple[float, str, int]] = field(default_factory=dict)
+    payload_copies: int = 0
+    messages: float = 0.0
+    bytes: float = 0.0
+
+    def time_to_fraction(self, fraction: float, population: int) -> float | None:
+        """Time from the write until `fraction` of `population` nodes held it (None if not reached)."""
+        need = max(1, -(-int(fraction * population * 1000) // 1000))
+        if len(self.holders) < need:
+            return None
+        times = sorted(t for t, _, _ in self.holders.values())
+        return times[need - 1] - self.start_ms
+
+
+class WriteTracker:
+    """See the module docstring."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.active: dict[int, Track] = {}
+        # All data messages and their bytes, counted while `counting` is set (idle-cost windows).
+        self.counting = False
+        self.window_messages = 0
+        self.window_bytes = 0
+        sim.store_hooks.append(self._on_store)
+        sim.send_hooks.append(self._on_send)
+
+    def watch(self, item: DataItem, node_index: int) -> Track:
+        track = Track(item, self.sim.now)
+        track.holders[node_index] = (self.sim.now, "write", 0)
+        self.active[item.id] = track
+        return track
+
+    def forget(self, track: Track) -> None:
+        self.active.pop(track.item.id, None)
+
+    def _on_store(self, index: int, item: DataItem, path: str, hops: int) -> None:
+        track = self.active.get(item.id)
+        if track is not None and index not in track.holders:
+            track.holders[index] = (self.sim.now, path, hops)
+
+    def _on_send(self, source: int, target: int, message: Any) -> None:
+        kind = type(message)
+        if kind not in DATA_TYPES:
+            return
+        if self.counting:
+            self.window_messages += 1
+            self.window_bytes += wire_size(message)
+        active = self.active
+        if kind is Prune:
+            if active:
+                size = wire_size(message) / len(active)
+                for track in active.values():
+                    track.messages += 1 / len(active)
+                    track.bytes += size
+            return
+        if kind is Push or kind is GossipItems:
+            ids = [item.id for item in message.items]
+        elif kind is GossipReply:
+            ids = [*message.want, *(item.id for item in message.items)]
+        else:
+            ids = list(message.ids)
+        hit = [active[i] for i in ids if i in active] if active else []
+        if not hit:
+            return
+        size = wire_size(message)
+        share = 1 / len(ids)
+        for track in hit:
+            track.messages += share
+            track.bytes += size * share
+        if kind is not GossipDigest and kind is not IHave and kind is not Graft:
+            for item in message.items:
+                track_of = active.get(item.id)
+                if track_of is not None:
+                    track_of.payload_copies += 1

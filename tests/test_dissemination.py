@@ -1,0 +1,247 @@
+"""Unit tests of write dissemination in the pure core: broadcast tree, grafts, gossip rounds, adaptive period.
+
+Peers are wired in memory (`wire.Wire`) and stepped by hand; each mechanism is driven by handing a peer
+exactly the message it reacts to and checking the effects it answers with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dsm.core.dissemination import update_id
+from dsm.core.messages import DataItem, GossipDigest, GossipItems, GossipReply, Graft, IHave, Prune, Push, Send, Store
+from dsm.core.peer import Peer
+from wire import SMALL, Wire
+
+
+def item(key: str, ts: int = 1, node: str = "n0") -> DataItem:
+    return DataItem(update_id(key, ts, node), key, f"{key}@{ts}".encode())
+
+
+def sends(effects: list, kind: type) -> list[Send]:
+    return [e for e in effects if isinstance(e, Send) and type(e.message) is kind]
+
+
+def slot(p: Peer, node_id: str) -> int:
+    s = p.directory.slot(node_id)
+    assert s is not None
+    return s
+
+
+def linked_pair(w: Wire) -> tuple[Peer, Peer]:
+    """Two peers of a formed cluster that are linked to each other."""
+    a = w.peers["n0"]
+    other = a.link_ids()[0]
+    return a, w.peers[other]
+
+
+def test_update_id_names_the_write() -> None:
+    assert update_id("k", 5, "a") == update_id("k", 5, "a")
+    ids = {update_id("k", 5, "a"), update_id("k", 6, "a"), update_id("k", 5, "b"), update_id("k2", 5, "a")}
+    assert len(ids) == 4
+    assert all(0 <= i < 2**64 for i in ids)
+
+
+def test_new_push_is_stored_and_forwarded_on_eager_links_only() -> None:
+    w = Wire(seed=1)
+    w.formed(12)
+    w.advance(3000)
+    a, b = linked_pair(w)
+    it = item("k")
+    effects = a.handle(w.now, Push(b.id, 2, (it,)))
+    stored = [e for e in effects if isinstance(e, Store)]
+    assert stored == [Store((it,), b.id, "push", 3)]
+    pushed = {e.node_id for e in sends(effects, Push)}
+    eager_ids = {a.directory.infos[s].node_id for s in a.data.eager}
+    assert pushed == eager_ids - {b.id} and pushed
+    assert all(e.message.hops == 3 for e in sends(effects, Push))
+    announced = sends(effects, IHave)
+    assert len(announced) <= SMALL.lazy_fanout
+    # The same write again is a duplicate: nothing stored or forwarded, the link is pruned.
+    again = a.handle(w.now, Push(b.id, 1, (it,)))
+    assert not [e for e in again if isinstance(e, Store)]
+    assert [e.node_id for e in sends(again, Prune)] == [b.id]
+    assert slot(a, b.id) in a.data.lazy and slot(a, b.id) not in a.data.eager
+    assert a.data.stats.duplicates == 1
+
+
+def test_prune_makes_the_link_lazy_but_keeps_one_eager_link() -> None:
+    w = Wire(seed=2)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    links = a.link_ids()
+    for other in links[:-1]:
+        a.handle(w.now, Prune(other))
+    assert {a.directory.infos[s].node_id for s in a.data.eager} == {links[-1]}
+    # Pruning the last eager link grafts a lazy one instead: a node never cuts itself off the tree.
+    effects = a.handle(w.now, Prune(links[-1]))
+    assert len(a.data.eager) == 1
+    grafted = sends(effects, Graft)
+    assert len(grafted) == 1 and grafted[0].message.ids == ()
+
+
+def test_announced_write_is_grafted_after_the_timeout_from_the_next_announcer_if_needed() -> None:
+    w = Wire(seed=3)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    first, second = a.link_ids()[:2]
+    it = item("k")
+    a.handle(w.now, IHave(first, 1, (it.id,)))
+    a.handle(w.now, IHave(second, 1, (it.id,)))
+    assert not sends(a.tick(w.now + SMALL.graft_timeout_ms - 1), Graft)
+    effects = a.tick(w.now + SMALL.graft_timeout_ms)
+    assert [(e.node_id, e.message.ids) for e in sends(effects, Graft)] == [(first, (it.id,))]
+    assert slot(a, first) in a.data.eager
+    # The first announcer does not answer: the next one is asked one timeout later.
+    effects = a.tick(w.now + 2 * SMALL.graft_timeout_ms)
+    assert [e.node_id for e in sends(effects, Graft)] == [second]
+    # Once the write arrives, later timeouts ask nobody.
+    a.handle(w.now + 2 * SMALL.graft_timeout_ms, Push(second, 1, (it,)))
+    assert not sends(a.tick(w.now + 4 * SMALL.graft_timeout_ms), Graft)
+
+
+def test_write_received_before_the_timeout_is_not_grafted() -> None:
+    w = Wire(seed=4)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    announcer, pusher = a.link_ids()[:2]
+    it = item("k")
+    a.handle(w.now, IHave(announcer, 1, (it.id,)))
+    a.handle(w.now + 5, Push(pusher, 0, (it,)))
+    assert not sends(a.tick(w.now + 10 * SMALL.graft_timeout_ms), Graft)
+    assert a.data.stats.grafts == 0
+
+
+def test_graft_is_answered_from_recent_writes_and_makes_the_link_eager() -> None:
+    w = Wire(seed=5)
+    w.formed(12)
+    w.advance(3000)
+    a, b = linked_pair(w)
+    it = item("k")
+    a.publish(w.now, (it,), urgent=False)
+    a.handle(w.now, Prune(b.id))
+    assert slot(a, b.id) not in a.data.eager
+    effects = a.handle(w.now, Graft(b.id, (it.id, 12345)))
+    pushes = sends(effects, Push)
+    assert [(e.node_id, e.message.items) for e in pushes] == [(b.id, (it,))]
+    assert slot(a, b.id) in a.data.eager
+
+
+def test_non_urgent_write_is_not_pushed_but_gossiped() -> None:
+    w = Wire(seed=6)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    effects = a.publish(w.now, (item("bulk"),), urgent=False)
+    assert not sends(effects, Push) and not sends(effects, IHave)
+    urgent = a.publish(w.now, (item("now"),))
+    assert len(sends(urgent, Push)) == len(a.data.eager)
+
+
+def test_gossip_exchange_moves_missing_writes_both_ways() -> None:
+    w = Wire(seed=7)
+    w.formed(12)
+    w.advance(3000)
+    a, b = linked_pair(w)
+    mine, theirs, shared = item("a"), item("b"), item("s")
+    a.publish(w.now, (mine, shared), urgent=False)
+    b.publish(w.now, (theirs, shared), urgent=False)
+    digest = GossipDigest(77, a.id, (mine.id, shared.id))
+    reply = sends(b.handle(w.now, digest), GossipReply)[0].message
+    assert reply.want == (mine.id,) and reply.items == (theirs,)
+    a.data._exchanges[77] = (slot(a, b.id), w.now)
+    effects = a.handle(w.now + 4, reply)
+    assert [e for e in effects if isinstance(e, Store)] == [Store((theirs,), b.id, "gossip", 0)]
+    assert a.data.srtt == 4
+    items = sends(effects, GossipItems)[0].message
+    assert items.items == (mine,)
+    stored = [e for e in b.handle(w.now + 5, items) if isinstance(e, Store)]
+    assert stored == [Store((mine,), a.id, "gossip", 0)]
+    # Nothing is missing on either side: the next exchange moves no payload.
+    reply = sends(b.handle(w.now + 6, GossipDigest(78, a.id, (mine.id, shared.id, theirs.id))), GossipReply)[0].message
+    assert reply.want == () and reply.items == ()
+
+
+def test_gossip_alone_reaches_every_member() -> None:
+    settings = dataclasses.replace(SMALL, direct_updates=False, gossip_adaptive=False, gossip_interval_ms=500)
+    w = Wire(seed=8, settings=settings)
+    peers = w.formed(30)
+    w.advance(2000)
+    it = item("k")
+    w.apply("n3", peers[3].publish(w.now, (it,)))
+    w.flush()
+    w.advance(20 * settings.gossip_interval_ms)
+    holders = {node for node, stores in w.stored.items() if any(it in s.items for s in stores)}
+    assert holders | {"n3"} == {p.id for p in peers}
+    assert w.sent["Push"] == 0
+
+
+def test_direct_updates_form_a_tree_that_delivers_each_payload_about_once() -> None:
+    w = Wire(seed=9)
+    peers = w.formed(40)
+    w.advance(3000)
+    counts = []
+    for i in range(8):
+        before = w.sent["Push"]
+        it = item(f"k{i}", ts=i + 1)
+        w.apply("n1", peers[1].publish(w.now, (it,)))
+        w.flush()
+        holders = {node for node, stores in w.stored.items() if any(it in s.items for s in stores)}
+        assert holders == {p.id for p in peers} - {"n1"}, i
+        counts.append(w.sent["Push"] - before)
+    assert counts[0] > 2 * 39  # the first write floods every link
+    assert counts[-1] == 39  # the tree carries later writes once per node
+
+
+def test_idle_rounds_stretch_the_period_and_a_write_brings_it_back() -> None:
+    settings = dataclasses.replace(SMALL, gossip_interval_ms=1000, gossip_min_ms=100, gossip_max_ms=8000)
+    w = Wire(seed=10, settings=settings)
+    peers = w.formed(10)
+    w.advance(60_000, step=50)
+    assert all(p.data.period == settings.gossip_max_ms for p in peers)
+    p = peers[0]
+    p.publish(w.now, (item("k"),), urgent=False)
+    assert p.data.period == settings.gossip_min_ms
+    assert p.next_deadline() is not None and p.next_deadline() <= w.now + settings.gossip_min_ms  # type: ignore[operator]
+
+
+def test_period_never_drops_below_four_round_trips() -> None:
+    settings = dataclasses.replace(SMALL, gossip_min_ms=10)
+    w = Wire(seed=11, settings=settings)
+    peers = w.formed(6)
+    w.advance(1000)
+    p = peers[0]
+    p.data.srtt = 200.0
+    p.publish(w.now, (item("k"),), urgent=False)
+    assert p.data.period == 800
+
+
+def test_lossy_exchanges_raise_the_fanout() -> None:
+    settings = dataclasses.replace(SMALL, gossip_interval_ms=1000, gossip_fanout=2)
+    w = Wire(seed=12, settings=settings)
+    peers = w.formed(12)
+    w.advance(1000)
+    p = peers[0]
+    for other in peers[1:]:
+        w.down.add(other.id)
+    w.advance(20_000)
+    assert p.data.loss > 0.5
+    assert p.data.stats.lost_exchanges > 0
+    before = w.sent["GossipDigest"]
+    w.apply(p.id, p.tick(p.data._next_round))
+    assert w.sent["GossipDigest"] - before == 4  # twice the fanout at most
+
+
+def test_recent_writes_leave_the_digest_after_the_retain_rounds() -> None:
+    settings = dataclasses.replace(SMALL, gossip_adaptive=False, gossip_interval_ms=100)
+    w = Wire(seed=13, settings=settings)
+    peers = w.formed(8)
+    p = peers[0]
+    p.publish(w.now, (item("k"),), urgent=False)
+    retain = settings.gossip_retain_mult  # ceil(log10(9)) = 1
+    w.advance(settings.gossip_interval_ms * (retain + 2))
+    assert not p.data.recent
+    assert item("k").id in p.data.seen

@@ -1,0 +1,66 @@
+"""Simulation tests of write dissemination: every acknowledged write reaches every live replica, over many
+seeds with loss, duplication, reordering (jitter), clock skew and crashes; the lost-write checker fails
+when a write is lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsm.sim.cluster import CheckFailed
+from dsm.sim.run import SimParams, StandardRun
+
+
+@pytest.mark.parametrize("seed", range(1, 7))
+def test_writes_reach_every_replica_through_faults(seed: int) -> None:
+    params = SimParams(
+        nodes=120, seed=seed, loss=0.03, duplicate=0.02, crash=0.25, joins=1, pairs=50, writes=6, bulk=20
+    )
+    report = StandardRun(params).run()
+    assert report["checks"]["passed"], report["checks"]["failure"]
+    assert report["converged"] is True
+    assert report["time_to_all_ms"]["reached_all"] == 1.0
+    after = report["write_after_crash"]
+    assert after["fraction_at_end"] == 1.0, after
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_direct_updates_settle_on_a_tree(seed: int) -> None:
+    report = StandardRun(SimParams(nodes=200, seed=seed, joins=0, pairs=50, writes=12)).run()
+    assert report["checks"]["passed"], report["checks"]["failure"]
+    copies = report["payload_copies_per_update"]
+    assert copies["first"] > 5  # the first write floods the overlay...
+    assert copies["steady_max"] <= 1.5  # ...and later ones travel once per node, give or take repairs
+    assert report["delivery_hops"]["max"] <= 12
+    assert report["idle_gossip_period_ms"]["p50"] == params_max()
+
+
+def params_max() -> int:
+    return SimParams().settings.gossip_max_ms
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.2])
+def test_gossip_alone_reaches_everyone(loss: float) -> None:
+    report = StandardRun(SimParams(nodes=150, seed=3, loss=loss, joins=0, pairs=20, writes=4, gossip_only=True)).run()
+    assert report["checks"]["passed"], report["checks"]["failure"]
+    assert report["time_to_all_ms"]["reached_all"] == 1.0
+    assert report["payload_copies_per_update"]["first"] < 3  # no flood: pulls move payloads
+    assert report["messages"].get("Push", 0) == 0
+
+
+def test_lost_write_is_reported_with_the_seed() -> None:
+    run = StandardRun(SimParams(nodes=30, seed=5, joins=0, pairs=10, writes=2))
+    report = run.run()
+    assert report["converged"] is True
+    lost = run.acknowledged[0]
+    for node in run.sim.nodes:
+        node.data.pop(lost.key, None)
+    with pytest.raises(CheckFailed, match=r"seed 5.*lost"):
+        run._replicas_converged(1000)
+
+
+def test_diverging_replicas_fail_the_liveness_check() -> None:
+    run = StandardRun(SimParams(nodes=30, seed=6, joins=0, pairs=10, writes=1))
+    run.run()
+    run.sim.nodes[3].data["stray"] = b"only here"
+    with pytest.raises(CheckFailed, match=r"seed 6.*still differ"):
+        run._replicas_converged(2000)
