@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from dsm.sim.cluster import CheckFailed
+from dsm.core.encoding import decode_versions
+from dsm.core.peer import PeerSettings
+from dsm.sim.cluster import CheckFailed, Simulation
+from dsm.sim.network import Partition
 from dsm.sim.run import SimParams, StandardRun
 
 
@@ -29,7 +32,8 @@ def test_direct_updates_settle_on_a_tree(seed: int) -> None:
     assert report["checks"]["passed"], report["checks"]["failure"]
     copies = report["payload_copies_per_update"]
     assert copies["first"] > 5  # the first write floods the overlay...
-    assert copies["steady_max"] <= 1.5  # ...and later ones travel once per node, give or take repairs
+    assert copies["steady_mean"] <= 1.2  # ...and later ones travel about once per node (the tree forms
+    assert copies["steady_max"] <= 2.0  # over the first few writes)
     assert report["delivery_hops"]["max"] <= 12
     assert report["idle_gossip_period_ms"]["p50"] == params_max()
 
@@ -64,3 +68,58 @@ def test_diverging_replicas_fail_the_liveness_check() -> None:
     run.sim.nodes[3].data["stray"] = b"only here"
     with pytest.raises(CheckFailed, match=r"seed 6.*still differ"):
         run._replicas_converged(2000)
+
+
+def _converged(sim: Simulation) -> bool:
+    up = [n for n in sim.nodes if n.up]
+    return all(n.data == up[0].data for n in up)
+
+
+FAST_AE = PeerSettings(anti_entropy_interval_ms=5000)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_partition_with_writes_on_both_sides_heals_and_converges(seed: int) -> None:
+    sim = Simulation(seed=seed, settings=FAST_AE)
+    sim.form(80)
+    sim.run_until(sim.now + 5000)
+    group = frozenset(sim.rng.sample(range(80), 25))
+    sim.network.partitions.append(Partition(group, sim.now, sim.now + 200_000))
+    written = []
+    for i in range(30):
+        node = sim.nodes[sim.rng.randrange(80)]
+        written.append(sim.write(node, f"p{i % 20}", f"v{i}".encode()))  # some keys written on both sides
+        sim.run_until(sim.now + 2000)
+    sim.run_until(sim.now + 120_000)
+    assert not _converged(sim)  # the two sides did not hear each other
+    for _ in range(60):
+        if _converged(sim):
+            break
+        sim.run_until(sim.now + 5000)
+    assert _converged(sim), f"seed {seed}"
+    data = sim.nodes[0].data
+    assert len(data) == 20
+    for item in written:  # last writer wins everywhere: nothing newer was lost
+        mine = decode_versions(item.versions).winner
+        held = decode_versions(data[item.key]).winner
+        assert mine is not None and held is not None and held.dot >= mine.dot
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_restarted_node_catches_up_on_what_it_missed(seed: int) -> None:
+    sim = Simulation(seed=seed, settings=FAST_AE)
+    sim.form(60)
+    sim.run_until(sim.now + 5000)
+    victim = sim.nodes[7]
+    sim.crash(victim)
+    for i in range(15):
+        sim.write(sim.nodes[sim.rng.choice([i for i in range(60) if i != 7])], f"k{i}", b"x")
+        sim.run_until(sim.now + 1000)
+    sim.run_until(sim.now + 60_000)  # the writes' gossip is over before the node returns
+    assert len(victim.data) == 0
+    sim.restart(victim, [sim.nodes[0]])
+    for _ in range(40):
+        if len(victim.data) == 15 and _converged(sim):
+            break
+        sim.run_until(sim.now + 2000)
+    assert len(victim.data) == 15 and _converged(sim)

@@ -248,6 +248,22 @@ class GossipItems(NamedTuple):
     items: DataItems
 
 
+#: Anti-entropy range: (upper bound, None for the end of the key space; mode; payload). See reconcile.py.
+Range = tuple[str | None, int, tuple[int, ...]]
+#: (lower bound, consecutive ranges from it).
+Run = tuple[str, tuple[Range, ...]]
+
+
+class Reconcile(NamedTuple):
+    """One anti-entropy message (reconcile.py): runs of key ranges to compare, and entries (key, encoded
+    version set) for the receiver to merge."""
+
+    session: int
+    source: str
+    runs: tuple[Run, ...]
+    entries: tuple[tuple[str, bytes], ...]
+
+
 Message = (
     Ping
     | PingReq
@@ -273,6 +289,7 @@ Message = (
     | GossipDigest
     | GossipReply
     | GossipItems
+    | Reconcile
 )
 
 #: Messages that exist to build and repair the overlay (what a join "costs"); the rest is probing,
@@ -314,7 +331,8 @@ class RouteFailure(NamedTuple):
 
 
 class Store(NamedTuple):
-    """Merge these writes into the local replica. `path` says how they came ("push" or "gossip") and
+    """Merge these writes into the local replica. `path` says how they came ("push", "gossip" or
+    "anti-entropy", whose items carry id 0) and
     `hops` how many overlay hops they travelled from their coordinator (for measurements)."""
 
     items: DataItems

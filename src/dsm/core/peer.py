@@ -55,6 +55,7 @@ from dsm.core.broadcast import BroadcastQueue
 from dsm.core.dissemination import Dissemination
 from dsm.core.messages import (
     Ack,
+    DataItem,
     DataItems,
     Deliver,
     Effect,
@@ -75,11 +76,13 @@ from dsm.core.messages import (
     PingReq,
     Prune,
     Push,
+    Reconcile,
     Routed,
     RoutedAck,
     RouteFailed,
     RouteFailure,
     Send,
+    Store,
     SyncDigest,
     SyncEntries,
     SyncSubDigests,
@@ -87,6 +90,7 @@ from dsm.core.messages import (
     Update,
 )
 from dsm.core.overlay import Overlay, RandomSource
+from dsm.core.reconcile import RangeView, answer, opening
 from dsm.core.ring import (
     MAX_INCARNATION,
     RING,
@@ -118,6 +122,7 @@ _SUSPICION = 5
 _JOIN_RETRY = 6
 _ROUTE_RETRY = 7
 _SYNC = 8
+_ANTI_ENTROPY = 9
 
 #: Most member entries in one anti-entropy message (the arcs beyond it wait for the next round).
 SYNC_MAX_ENTRIES = 1024
@@ -163,6 +168,8 @@ class PeerSettings:
     max_recent: int = 8192
     max_digest_ids: int = 4096
     seen_max: int = 65536
+    anti_entropy_interval_ms: int = 60000
+    anti_entropy_max_bytes: int = 1 << 20
 
     @classmethod
     def from_config(cls, config: Any) -> PeerSettings:
@@ -184,6 +191,7 @@ class PeerSettings:
             gossip_min_ms=config.gossip_interval_min_ms,
             gossip_max_ms=config.gossip_interval_max_ms,
             gossip_fanout=config.gossip_fanout,
+            anti_entropy_interval_ms=config.anti_entropy_interval_ms,
         )
 
 
@@ -238,6 +246,7 @@ class Peer:
         incarnation: int = 0,
         member_observer: Callable[[Peer, int, int, int, int, bool], None] | None = None,
         link_observer: Callable[[Peer, int, int], None] | None = None,
+        replica: RangeView | None = None,
     ) -> None:
         self.info = info
         self.id = info.node_id
@@ -251,6 +260,9 @@ class Peer:
         self.member_observer = member_observer
         self.link_observer = link_observer
         self.data = Dissemination(self)
+        # The local store as anti-entropy reads it (reconcile.py); None: no anti-entropy.
+        self.replica = replica
+        self.anti_entropy_sessions = 0
         self.overlay = Overlay(
             self.directory,
             self.table,
@@ -292,6 +304,8 @@ class Peer:
         self._arm(now + rng.randrange(max(1, settings.probe_interval_ms)), _PROBE, 0)
         self._arm(now + rng.randrange(max(1, settings.sync_interval_ms)), _SYNC, 0)
         self.data.start(now)
+        if replica is not None:
+            self._arm(now + rng.randrange(max(1, settings.anti_entropy_interval_ms)), _ANTI_ENTROPY, 0)
 
     # ------------------------------------------------------------------ runtime interface
 
@@ -325,6 +339,8 @@ class Peer:
                 self._route_retry(arg)
             elif kind == _SYNC:
                 self._sync_tick()
+            elif kind == _ANTI_ENTROPY:
+                self._anti_entropy_tick()
             else:
                 self.data.timer(kind, arg)
         return self._flush()
@@ -786,6 +802,30 @@ class Peer:
         if dead is not None:
             self._send_to_slot(dead, digest)
 
+    # ------------------------------------------------------------------ anti-entropy of the store
+
+    def _anti_entropy_tick(self) -> None:
+        """Every anti_entropy_interval_ms: reconcile the whole store with one live linked member."""
+        self._arm(self._now + self.settings.anti_entropy_interval_ms, _ANTI_ENTROPY, 0)
+        if not self.joined or self.replica is None:
+            return
+        candidates = [s for s in self.overlay.links() if self.table.raw_state(s) == _ALIVE]
+        if not candidates:
+            return
+        self.anti_entropy_sessions += 1
+        target = candidates[self.rng.randrange(len(candidates))]
+        self._send_to_slot(target, opening(self._next_seq(), self.id, self.replica))
+
+    def _on_reconcile(self, message: Reconcile) -> None:
+        if self.replica is None:
+            return
+        reply, entries = answer(message, self.id, self.replica, self.settings.anti_entropy_max_bytes)
+        if entries:
+            items = tuple(DataItem(0, key, versions) for key, versions in entries)
+            self._out.append(Store(items, message.source, "anti-entropy", 0))
+        if reply is not None:
+            self._send_to_id(message.source, reply)
+
     def _random_slot_in(self, state: int) -> int | None:
         states = self.table.states
         if not states or not self.table.counts[state]:
@@ -1100,6 +1140,7 @@ _HANDLERS: dict[type, Callable[[Peer, Any], None]] = {
     Routed: Peer._on_routed,
     RoutedAck: Peer._on_routed_ack,
     RouteFailed: Peer._on_route_failed,
+    Reconcile: Peer._on_reconcile,
     Push: lambda peer, message: peer.data.on_push(message),
     IHave: lambda peer, message: peer.data.on_ihave(message),
     Graft: lambda peer, message: peer.data.on_graft(message),

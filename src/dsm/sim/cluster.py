@@ -30,6 +30,7 @@ from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.hlc import pack
 from dsm.core.messages import OVERLAY_MESSAGES, DataItem, Deliver, Effect, RouteFailure, Send, Store
 from dsm.core.peer import Peer, PeerSettings
+from dsm.core.reconcile import SortedReplica
 from dsm.core.ring import Directory, MemberInfo, MemberTable, State
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, VersionSet, write
@@ -69,7 +70,7 @@ class SimNode:
     crashed_at: float | None = None
     left: bool = False
     # The node's replica (its storage: survives crashes): key -> encoded version set.
-    data: dict[str, bytes] = field(default_factory=dict)
+    data: SortedReplica = field(default_factory=SortedReplica)
     last_timestamp: int = 0
 
 
@@ -140,6 +141,7 @@ class Simulation:
             incarnation=node.stored_incarnation,
             member_observer=self._on_member if self.member_hooks else None,
             link_observer=self._on_link if self.link_hooks else None,
+            replica=node.data,
         )
         node.peer = peer
         node.up = True

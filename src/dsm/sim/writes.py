@@ -53,6 +53,7 @@ class WriteTracker:
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
         self.active: dict[int, Track] = {}
+        self.by_key: dict[str, Track] = {}
         # All data messages and their bytes, counted while `counting` is set (idle-cost windows).
         self.counting = False
         self.window_messages = 0
@@ -64,13 +65,16 @@ class WriteTracker:
         track = Track(item, self.sim.now)
         track.holders[node_index] = (self.sim.now, "write", 0)
         self.active[item.id] = track
+        self.by_key[item.key] = track
         return track
 
     def forget(self, track: Track) -> None:
         self.active.pop(track.item.id, None)
+        self.by_key.pop(track.item.key, None)
 
     def _on_store(self, index: int, item: DataItem, path: str, hops: int) -> None:
-        track = self.active.get(item.id)
+        # Anti-entropy entries carry no write id: matched by key (every tracked write has its own key).
+        track = self.active.get(item.id) if item.id else self.by_key.get(item.key)
         if track is not None and index not in track.holders:
             track.holders[index] = (self.sim.now, path, hops)
 

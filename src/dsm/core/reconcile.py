@@ -1,0 +1,263 @@
+"""Anti-entropy: range-based set reconciliation of two whole replicas.
+
+Two nodes compare their stores by key ranges (keys in code-point order, as every backing store sorts
+them). A range is summarised by a fingerprint: the number of keys in it and two 32-bit sums of the keys'
+64-bit digests (`dsm.storage.base.RangeDigest`, computed identically by every store; a key's digest covers
+the key and its whole encoded version set, so any difference in any version shows).
+
+One message (`Reconcile`) carries runs of consecutive ranges, each in one of three modes:
+- FINGERPRINT (count, fingerprint): the receiver compares with its own. Equal: nothing more is said of the
+  range. Different: if the receiver holds at most `IDLIST_MAX` keys there, it answers with their digests
+  (IDLIST); otherwise it splits the range at its own keys into `PARTS` parts of equal count and answers
+  with their fingerprints.
+- IDLIST (digests): the receiver sends every entry of the range whose digest is not listed (the sender
+  lacks it or holds another version set) and answers WANT with the listed digests it does not hold. If it
+  holds more than `ENTRIES_MAX` keys there, it splits the range instead, so no step moves an unbounded
+  number of entries.
+- WANT (digests): the receiver sends the entries with those digests.
+Entries travel in the same message (key, encoded version set) and are merged by the receiver as any
+other write; differing versions of one key are sent both ways, so both sides end with the merge.
+
+The exchange is stateless: each message is answered from the receiver's store alone, and an exchange
+ends when an answer would be empty. Only differing ranges are refined, so the traffic grows with the
+number of differences d and with log(m) of the store size m: one whole-store fingerprint when nothing
+differs, about PARTS fingerprints per level and differing range, log_PARTS(m / IDLIST_MAX) levels, then
+at most IDLIST_MAX digests and the entries. A message holds at most `max_entries_bytes` of entries;
+the rest of a step waits for the next exchange.
+
+The algorithm reads the store through `RangeView`, a small synchronous interface: `SortedReplica` (here,
+in memory: the simulator and tests) and `SqliteRangeView` (on disk, `dsm.storage.sqlite`). The core stays
+deterministic: given the same view contents and message it answers the same; the network runtime runs
+a step off its event loop, against a read snapshot.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from dsm.core.encoding import digest as entry_digest
+from dsm.core.messages import Range, Reconcile, Run
+
+MASK32 = 0xFFFFFFFF
+#: Parts a differing range is split into.
+PARTS = 16
+#: A differing range with at most this many keys is answered with their digests.
+IDLIST_MAX = 32
+#: A range is split rather than answered with entries while the sender holds more than this many keys.
+ENTRIES_MAX = 4 * IDLIST_MAX
+
+FINGERPRINT = 0
+IDLIST = 1
+WANT = 2
+
+
+class RangeView(Protocol):
+    """What reconciliation reads of a store."""
+
+    def fingerprint(self, lo: str, hi: str | None) -> tuple[int, int]:
+        """(count, fingerprint) of the keys in [lo, hi)."""
+
+    def split(self, lo: str, hi: str | None, parts: int) -> list[tuple[str, int, int]]:
+        """[lo, hi) cut at its own keys into at most `parts` ranges of about equal count: (lower bound,
+        count, fingerprint) each, in order; the first lower bound is `lo`."""
+
+    def digests(self, lo: str, hi: str | None) -> list[tuple[str, int]]:
+        """(key, digest) of every key in [lo, hi), in order."""
+
+    def entries(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
+        """(key, encoded versions) of those keys."""
+
+
+def fold(count: int, low: int, high: int) -> tuple[int, int]:
+    """The (count, fingerprint) of a range from its count and digest-half sums."""
+    return count, ((high & MASK32) << 32) | (low & MASK32)
+
+
+def opening(session: int, source: str, view: RangeView) -> Reconcile:
+    """The first message of an exchange: the fingerprint of the whole store."""
+    count, fp = view.fingerprint("", None)
+    return Reconcile(session, source, (("", ((None, FINGERPRINT, (count, fp)),)),), ())
+
+
+def answer(
+    message: Reconcile, source: str, view: RangeView, max_entries_bytes: int = 1 << 20
+) -> tuple[Reconcile | None, tuple[tuple[str, bytes], ...]]:
+    """The reply to `message` (None when there is nothing left to say) and the entries it carried, which
+    the caller merges into its store. Call this before merging those entries (the reply describes the
+    store as it was when the message was answered; the peer learns the rest in the next exchange)."""
+    out_runs: list[Run] = []
+    send_keys: list[str] = []
+    for lo, ranges in message.runs:
+        start = lo
+        for hi, mode, payload in ranges:
+            if mode == FINGERPRINT:
+                _on_fingerprint(view, start, hi, payload, out_runs)
+            elif mode == IDLIST:
+                _on_idlist(view, start, hi, payload, out_runs, send_keys)
+            elif mode == WANT:
+                wanted = set(payload)
+                send_keys.extend(k for k, d in view.digests(start, hi) if d in wanted)
+            if hi is None:
+                break
+            start = hi
+    entries: list[tuple[str, bytes]] = []
+    size = 0
+    for key, versions in view.entries(send_keys):
+        size += len(key) + len(versions) + 8
+        if size > max_entries_bytes and entries:
+            break
+        entries.append((key, versions))
+    if not out_runs and not entries:
+        return None, message.entries
+    return Reconcile(message.session, source, tuple(out_runs), tuple(entries)), message.entries
+
+
+def _on_fingerprint(view: RangeView, lo: str, hi: str | None, payload: tuple[int, ...], out: list[Run]) -> None:
+    count, fp = view.fingerprint(lo, hi)
+    if (count, fp) == (payload[0], payload[1]):
+        return
+    if count <= IDLIST_MAX:
+        out.append((lo, ((hi, IDLIST, tuple(d for _, d in view.digests(lo, hi))),)))
+    else:
+        _split_into(view, lo, hi, out)
+
+
+def _on_idlist(
+    view: RangeView, lo: str, hi: str | None, payload: tuple[int, ...], out: list[Run], send: list[str]
+) -> None:
+    count, _ = view.fingerprint(lo, hi)
+    if count > ENTRIES_MAX:
+        _split_into(view, lo, hi, out)
+        return
+    mine = view.digests(lo, hi)
+    theirs = set(payload)
+    have = {d for _, d in mine}
+    send.extend(k for k, d in mine if d not in theirs)
+    want = tuple(d for d in payload if d not in have)
+    if want:
+        out.append((lo, ((hi, WANT, want),)))
+
+
+def _split_into(view: RangeView, lo: str, hi: str | None, out: list[Run]) -> None:
+    parts = view.split(lo, hi, PARTS)
+    ranges: list[Range] = []
+    for i, (_, count, fp) in enumerate(parts):
+        upper = parts[i + 1][0] if i + 1 < len(parts) else hi
+        ranges.append((upper, FINGERPRINT, (count, fp)))
+    out.append((lo, tuple(ranges)))
+
+
+class SortedReplica:
+    """An in-memory replica that is also a `RangeView`: key -> encoded versions, kept with the keys in
+    order and prefix sums of the digest halves (rebuilt lazily after changes), so a range fingerprint
+    costs two binary searches. `==` compares the contents."""
+
+    def __init__(self, rows: Mapping[str, bytes] | None = None) -> None:
+        self._rows: dict[str, bytes] = {}
+        self._digest: dict[str, int] = {}
+        self._keys: list[str] = []
+        self._low: list[int] = [0]
+        self._high: list[int] = [0]
+        self._dirty = False
+        if rows:
+            for key, versions in rows.items():
+                self._rows[key] = versions
+                self._digest[key] = entry_digest(key, versions)
+            self._keys = sorted(self._rows)
+            self._dirty = True
+
+    # --- mapping
+
+    def get(self, key: str) -> bytes | None:
+        return self._rows.get(key)
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._rows[key]
+
+    def __setitem__(self, key: str, versions: bytes) -> None:
+        if key not in self._rows:
+            bisect.insort(self._keys, key)
+        self._rows[key] = versions
+        self._digest[key] = entry_digest(key, versions)
+        self._dirty = True
+
+    def pop(self, key: str, default: bytes | None = None) -> bytes | None:
+        if key not in self._rows:
+            return default
+        self._keys.pop(bisect.bisect_left(self._keys, key))
+        del self._digest[key]
+        self._dirty = True
+        return self._rows.pop(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        return self._rows.items()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SortedReplica):
+            return self._rows == other._rows
+        if isinstance(other, dict):
+            return self._rows == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # --- RangeView
+
+    def _sums(self) -> None:
+        if not self._dirty:
+            return
+        low, high = [0], [0]
+        a = b = 0
+        digests = self._digest
+        for key in self._keys:
+            d = digests[key]
+            a += d & MASK32
+            b += (d >> 32) & MASK32
+            low.append(a)
+            high.append(b)
+        self._low, self._high = low, high
+        self._dirty = False
+
+    def _bounds(self, lo: str, hi: str | None) -> tuple[int, int]:
+        i = bisect.bisect_left(self._keys, lo)
+        j = len(self._keys) if hi is None else bisect.bisect_left(self._keys, hi)
+        return i, max(i, j)
+
+    def fingerprint(self, lo: str, hi: str | None) -> tuple[int, int]:
+        self._sums()
+        i, j = self._bounds(lo, hi)
+        return fold(j - i, self._low[j] - self._low[i], self._high[j] - self._high[i])
+
+    def split(self, lo: str, hi: str | None, parts: int) -> list[tuple[str, int, int]]:
+        self._sums()
+        i, j = self._bounds(lo, hi)
+        n = j - i
+        step = max(1, -(-n // parts))
+        out = []
+        for start in range(i, j, step):
+            end = min(j, start + step)
+            bound = lo if start == i else self._keys[start]
+            out.append(
+                (bound, *fold(end - start, self._low[end] - self._low[start], self._high[end] - self._high[start]))
+            )
+        return out or [(lo, 0, 0)]
+
+    def digests(self, lo: str, hi: str | None) -> list[tuple[str, int]]:
+        i, j = self._bounds(lo, hi)
+        digests = self._digest
+        return [(k, digests[k]) for k in self._keys[i:j]]
+
+    def entries(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
+        rows = self._rows
+        return [(k, rows[k]) for k in keys if k in rows]
