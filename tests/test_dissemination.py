@@ -149,19 +149,38 @@ def test_gossip_exchange_moves_missing_writes_both_ways() -> None:
     mine, theirs, shared = item("a"), item("b"), item("s")
     a.publish(w.now, (mine, shared), urgent=False)
     b.publish(w.now, (theirs, shared), urgent=False)
-    digest = GossipDigest(77, a.id, (mine.id, shared.id))
-    reply = sends(b.handle(w.now, digest), GossipReply)[0].message
+    t = w.now + 1000  # past the hold that leaves fresh writes to the broadcast tree
+    digest = GossipDigest(77, a.id, (mine.id, shared.id), ())
+    reply = sends(b.handle(t, digest), GossipReply)[0].message
     assert reply.want == (mine.id,) and reply.items == (theirs,)
-    a.data._exchanges[77] = (slot(a, b.id), w.now)
-    effects = a.handle(w.now + 4, reply)
+    a.data._exchanges[77] = (slot(a, b.id), t)
+    effects = a.handle(t + 4, reply)
     assert [e for e in effects if isinstance(e, Store)] == [Store((theirs,), b.id, "gossip", 0)]
     assert a.data.srtt == 4
     items = sends(effects, GossipItems)[0].message
     assert items.items == (mine,)
-    stored = [e for e in b.handle(w.now + 5, items) if isinstance(e, Store)]
+    stored = [e for e in b.handle(t + 5, items) if isinstance(e, Store)]
     assert stored == [Store((mine,), a.id, "gossip", 0)]
     # Nothing is missing on either side: the next exchange moves no payload.
-    reply = sends(b.handle(w.now + 6, GossipDigest(78, a.id, (mine.id, shared.id, theirs.id))), GossipReply)[0].message
+    digest = GossipDigest(78, a.id, (mine.id, shared.id, theirs.id), ())
+    reply = sends(b.handle(t + 6, digest), GossipReply)[0].message
+    assert reply.want == () and reply.items == ()
+
+
+def test_fresh_writes_are_left_to_the_broadcast_tree() -> None:
+    w = Wire(seed=14)
+    w.formed(12)
+    w.advance(3000)
+    a, b = linked_pair(w)
+    new = item("new")
+    b.publish(w.now, (new,), urgent=False)
+    # Just received: not sent back in a reply, and a digest lists it as fresh.
+    reply = sends(b.handle(w.now, GossipDigest(1, a.id, (), ())), GossipReply)[0].message
+    assert reply.items == ()
+    digests = sends(b.tick(b.data._next_round), GossipDigest)
+    assert digests and all(d.message.fresh == (new.id,) and d.message.ids == () for d in digests)
+    # A fresh id in someone's digest is neither wanted nor pushed back.
+    reply = sends(a.handle(w.now + 1, GossipDigest(2, b.id, (), (new.id,))), GossipReply)[0].message
     assert reply.want == () and reply.items == ()
 
 
@@ -242,6 +261,6 @@ def test_recent_writes_leave_the_digest_after_the_retain_rounds() -> None:
     p = peers[0]
     p.publish(w.now, (item("k"),), urgent=False)
     retain = settings.gossip_retain_mult  # ceil(log10(9)) = 1
-    w.advance(settings.gossip_interval_ms * (retain + 2))
+    w.advance(settings.gossip_interval_ms * (retain + 2) + 2 * settings.graft_timeout_ms)  # fresh ones wait
     assert not p.data.recent
     assert item("k").id in p.data.seen

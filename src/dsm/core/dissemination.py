@@ -11,10 +11,13 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
   (except the one it came from), and announces its id (`IHave`) to `lazy_fanout` lazy links at random.
 - A node that receives a write it already has makes that link lazy and tells the sender (`Prune`). The
   eager links thereby thin out to a spanning tree, and each node receives each payload about once.
-- A node that hears an announcement of a write it lacks waits `graft_timeout_ms` for the tree to deliver
-  it; if it does not, it asks the announcer (`Graft`), which sends it and makes the link eager again. A
-  dead announcer is followed by the next one. This is how the tree repairs itself after crashes and when
-  links change.
+- A node that hears an announcement of a write it lacks waits for the tree to deliver it: 3 smoothed
+  round-trip times of its gossip exchanges (a few network hops), at least graft_min_ms and at most
+  graft_timeout_ms (also the wait before any round trip was measured). If the write does not come, it
+  asks the announcer (`Graft`), which sends it and makes the link eager again; a dead announcer is
+  followed by the next one. This is how the tree repairs itself after crashes and when links change.
+- Gossip leaves a write alone for two graft waits after a node received it (it is listed as `fresh`:
+  neither pulled nor sent back), so the tree delivers it first and gossip does not race it.
 
 Gossip (push-pull over linked members): every round a node sends the ids of its recent writes to
 `gossip_fanout` linked members. The receiver answers with the ids it lacks (which the first node then
@@ -76,6 +79,7 @@ class _Recent:
     item: DataItem
     rounds_left: int
     hops: int
+    since: int
 
 
 class DisseminationStats:
@@ -136,7 +140,7 @@ class Dissemination:
         retain = self._retain()
         for item in items:
             self._remember(item.id)
-            self.recent[item.id] = _Recent(item, retain, 0)
+            self.recent[item.id] = _Recent(item, retain, 0, self.peer._now)
         self._trim_recent()
         self._became_busy()
         if urgent and self.settings.direct_updates:
@@ -202,7 +206,7 @@ class Dissemination:
         missing = self.missing
         for item in new:
             self._remember(item.id)
-            recent[item.id] = _Recent(item, retain, hops)
+            recent[item.id] = _Recent(item, retain, hops, self.peer._now)
             missing.pop(item.id, None)
         self._trim_recent()
         self.peer._out.append(Store(new, source, path, hops))
@@ -217,6 +221,12 @@ class Dissemination:
             self.period = max(s.gossip_min_ms, self._rtt_floor())
             if self._next_round > self.peer._now + self.period:
                 self._schedule(self.peer._now + self.period)
+
+    def _graft_wait(self) -> int:
+        s = self.settings
+        if self.srtt <= 0.0:
+            return s.graft_timeout_ms
+        return min(s.graft_timeout_ms, max(s.graft_min_ms, int(3 * self.srtt)))
 
     def _rtt_floor(self) -> int:
         return int(4 * self.srtt)
@@ -278,7 +288,7 @@ class Dissemination:
                 return
         seen = self.seen
         missing = self.missing
-        due = self.peer._now + self.settings.graft_timeout_ms
+        due = self.peer._now + self._graft_wait()
         for item_id in message.ids:
             if item_id in seen:
                 continue
@@ -304,7 +314,7 @@ class Dissemination:
         self.peer._send_to_slot(slot, Graft(self.peer.id, (item_id,)))
         # If that announcer does not answer, the next one is asked; with none left the entry stays (empty)
         # one more timeout, so a late announcement does not start the wait over.
-        self.peer._arm(self.peer._now + self.settings.graft_timeout_ms, GRAFT_TIMER, item_id)
+        self.peer._arm(self.peer._now + self._graft_wait(), GRAFT_TIMER, item_id)
 
     def on_graft(self, message: Graft) -> None:
         slot = self._link_slot(message.source)
@@ -346,14 +356,20 @@ class Dissemination:
             return
         targets = self._sample(set(links), fanout, -1)
         recent = self.recent
-        ids = tuple(reversed(recent))[: s.max_digest_ids] if recent else ()
+        listed = tuple(reversed(recent))[: s.max_digest_ids] if recent else ()
+        hold = self._hold()
+        if hold:
+            ids = tuple(i for i in listed if now - recent[i].since >= hold)
+            fresh = tuple(i for i in listed if now - recent[i].since < hold)
+        else:
+            ids, fresh = listed, ()
         for slot in targets:
             seq = peer._next_seq()
             self._exchanges[seq] = (slot, now)
-            peer._send_to_slot(slot, GossipDigest(seq, peer.id, ids))
+            peer._send_to_slot(slot, GossipDigest(seq, peer.id, ids, fresh))
         # Each write is listed for a bounded number of rounds.
         expired = []
-        for item_id in ids:
+        for item_id in ids:  # fresh ones are not counted down yet
             entry = recent[item_id]
             entry.rounds_left -= 1
             if entry.rounds_left <= 0:
@@ -361,11 +377,19 @@ class Dissemination:
         for item_id in expired:
             del recent[item_id]
 
+    def _hold(self) -> int:
+        """How long a write just received stays out of gossip, so the broadcast tree delivers it first
+        (two graft waits; 0 without direct updates)."""
+        return 2 * self._graft_wait() if self.settings.direct_updates else 0
+
     def on_digest(self, message: GossipDigest) -> None:
         seen = self.seen
         want = tuple(i for i in message.ids if i not in seen)
         listed = set(message.ids)
-        items = tuple(entry.item for i, entry in self.recent.items() if i not in listed)
+        listed.update(message.fresh)
+        hold = self._hold()
+        now = self.peer._now
+        items = tuple(entry.item for i, entry in self.recent.items() if i not in listed and now - entry.since >= hold)
         if want or items:
             self._useful = True
         self.peer._send_to_id(message.source, GossipReply(message.seq, self.peer.id, want, items))

@@ -224,11 +224,13 @@ class Prune(NamedTuple):
 
 
 class GossipDigest(NamedTuple):
-    """A gossip round: the ids of the writes the source saw recently."""
+    """A gossip round: the ids of the writes the source saw recently; `fresh`, those it saw so recently
+    that the broadcast tree may still be delivering them (not to be pulled yet, nor sent back)."""
 
     seq: int
     source: str
     ids: tuple[int, ...]
+    fresh: tuple[int, ...]
 
 
 class GossipReply(NamedTuple):

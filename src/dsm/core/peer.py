@@ -165,6 +165,7 @@ class PeerSettings:
     direct_updates: bool = True
     lazy_fanout: int = 3
     graft_timeout_ms: int = 250
+    graft_min_ms: int = 20
     max_recent: int = 8192
     max_digest_ids: int = 4096
     seen_max: int = 65536

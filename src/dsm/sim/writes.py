@@ -2,10 +2,10 @@
 
 `WriteTracker` hangs off a `Simulation`'s store and send hooks. For every tracked write it records when
 (and by which path, after how many hops) each node stored it, and charges it the data messages that carry
-it: payload copies (the write's bytes sent in a `Push` or `GossipItems`), messages and bytes (a message
-carrying k tracked writes charges each 1/k of itself; bytes are the msgpack encoding plus a 4-byte
-frame header, what the wire codec will send). Data messages about no tracked write (digests of an idle
-cluster) are counted apart, as background traffic.
+it: payload copies (the write's bytes sent in a `Push`, `GossipReply`, `GossipItems` or anti-entropy
+`Reconcile`), messages and bytes (a message carrying k writes charges each tracked one 1/k of itself;
+bytes are the msgpack encoding plus a 4-byte frame header, what the wire codec will send). While
+`counting` is set, all data messages are also counted (the idle and after-burst windows).
 """
 
 from __future__ import annotations
@@ -15,11 +15,21 @@ from typing import Any
 
 import msgpack
 
-from dsm.core.messages import DataItem, GossipDigest, GossipItems, GossipReply, Graft, IHave, Prune, Push
+from dsm.core.messages import (
+    DataItem,
+    GossipDigest,
+    GossipItems,
+    GossipReply,
+    Graft,
+    IHave,
+    Prune,
+    Push,
+    Reconcile,
+)
 from dsm.sim.cluster import Simulation
 
 FRAME_HEADER = 4
-DATA_TYPES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems)
+DATA_TYPES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems, Reconcile)
 
 
 def wire_size(message: Any) -> int:
@@ -86,6 +96,15 @@ class WriteTracker:
             self.window_messages += 1
             self.window_bytes += wire_size(message)
         active = self.active
+        if kind is Reconcile:
+            # Anti-entropy entries are payload copies of the writes whose keys they carry.
+            for key, _ in message.entries:
+                track = self.by_key.get(key)
+                if track is not None:
+                    track.payload_copies += 1
+                    track.messages += 1 / len(message.entries)
+                    track.bytes += wire_size(message) / len(message.entries)
+            return
         if kind is Prune:
             if active:
                 size = wire_size(message) / len(active)
@@ -97,6 +116,8 @@ class WriteTracker:
             ids = [item.id for item in message.items]
         elif kind is GossipReply:
             ids = [*message.want, *(item.id for item in message.items)]
+        elif kind is GossipDigest:
+            ids = [*message.ids, *message.fresh]
         else:
             ids = list(message.ids)
         hit = [active[i] for i in ids if i in active] if active else []
