@@ -13,8 +13,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsm.core.encoding import digest
-from dsm.core.messages import Reconcile
-from dsm.core.reconcile import FINGERPRINT, IDLIST, WANT, RangeView, SortedReplica, answer, opening
+from dsm.core.messages import Reconcile, Run
+from dsm.core.reconcile import (
+    FINGERPRINT,
+    IDLIST,
+    WANT,
+    RangeView,
+    SortedReplica,
+    answer,
+    decode_run,
+    encode_run,
+    opening,
+    short,
+    summary,
+)
 from dsm.storage.base import RangeDigest, StoredKey
 from dsm.storage.sqlite import SQLiteStore
 
@@ -96,18 +108,40 @@ def test_empty_replica_receives_everything_in_bounded_steps() -> None:
 def test_modes_are_answered_as_documented() -> None:
     view = SortedReplica({"a": b"1", "b": b"2", "c": b"3"})
     digests = dict(view.digests("", None))
-    # A fingerprint that matches: nothing to say.
-    count, fp = view.fingerprint("", None)
-    assert answer(Reconcile(1, "x", (("", ((None, FINGERPRINT, (count, fp)),)),), ()), "me", view)[0] is None
-    # One that differs, on a small range: the digests of the range.
-    reply, _ = answer(Reconcile(1, "x", (("", ((None, FINGERPRINT, (0, 0)),)),), ()), "me", view)
-    assert reply is not None and reply.runs == (("", ((None, IDLIST, tuple(digests.values())),)),)
+
+    def ask(*runs: Run) -> Reconcile | None:
+        return answer(Reconcile(1, "x", runs, ()), "me", view)[0]
+
+    # A summary that matches: nothing to say.
+    assert ask(encode_run("", None, FINGERPRINT, (), [summary(*view.fingerprint("", None))])) is None
+    # One that differs, on a small range: the digests of the range (cut to 4 bytes, salted by session 1).
+    cut = {k: short(d, 1) for k, d in digests.items()}
+    reply = ask(encode_run("", None, FINGERPRINT, (), [summary(0, 0)]))
+    assert reply is not None and [decode_run(r) for r in reply.runs] == [("", None, IDLIST, [], tuple(cut.values()))]
     # A digest list lacking "b" and holding an unknown digest: "b" is sent, the unknown one wanted.
-    reply, _ = answer(Reconcile(1, "x", (("", ((None, IDLIST, (digests["a"], digests["c"], 99)),)),), ()), "me", view)
-    assert reply is not None and reply.entries == (("b", b"2"),) and reply.runs == (("", ((None, WANT, (99,)),)),)
+    reply = ask(encode_run("", None, IDLIST, (), [cut["a"], cut["c"], 99]))
+    assert reply is not None and reply.entries == (("b", b"2"),)
+    assert [decode_run(r) for r in reply.runs] == [("", None, WANT, [], (99,))]
     # A want: the entries with those digests.
-    reply, _ = answer(Reconcile(1, "x", (("a", (("c", WANT, (digests["b"],)),)),), ()), "me", view)
+    reply = ask(encode_run("a", "c", WANT, (), [cut["b"]]))
     assert reply is not None and reply.entries == (("b", b"2"),) and reply.runs == ()
+    # Several ranges in one run: only the one that differs is answered.
+    good = summary(*view.fingerprint("a", "b"))
+    reply = ask(encode_run("a", None, FINGERPRINT, ["b"], [good, summary(0, 0)]))
+    assert reply is not None and [decode_run(r)[:3] for r in reply.runs] == [("b", None, IDLIST)]
+
+
+def test_runs_round_trip_with_prefix_compressed_bounds() -> None:
+    bounds = ["user:000100", "user:000200", "user:001000", "v", "v\u00e9x"]
+    assert short(-5, 1) != short(-5, 2) and 0 <= short(-5, 1) < 2**32
+    run = encode_run("user:000000", None, FINGERPRINT, bounds, list(range(-3, 3)))
+    assert decode_run(run) == ("user:000000", None, FINGERPRINT, bounds, tuple(range(-3, 3)))
+    assert sum(len(x) for x in run[4]) < sum(len(b) for b in bounds) // 2
+    with pytest.raises(ValueError):
+        decode_run(("", None, FINGERPRINT, b"\x00", (), b"\x00" * 8))
+    with pytest.raises(ValueError):
+        decode_run(("", None, IDLIST, b"", (), b"\x00" * 7))
+    assert decode_run(("", "b", WANT, b"", (), b"\x00\x00\x00\x07"))[4] == (7,)
 
 
 @settings(max_examples=40, deadline=None)

@@ -250,10 +250,10 @@ class GossipItems(NamedTuple):
     items: DataItems
 
 
-#: Anti-entropy range: (upper bound, None for the end of the key space; mode; payload). See reconcile.py.
-Range = tuple[str | None, int, tuple[int, ...]]
-#: (lower bound, consecutive ranges from it).
-Run = tuple[str, tuple[Range, ...]]
+#: Anti-entropy run of consecutive key ranges (reconcile.encode_run): lower bound, upper bound (None: the
+#: end of the key space), mode, the inner bounds prefix-compressed (shared-prefix lengths, suffixes) and
+#: the packed 8-byte values (summaries, or digests).
+Run = tuple[str, str | None, int, bytes, tuple[str, ...], bytes]
 
 
 class Reconcile(NamedTuple):

@@ -6,14 +6,14 @@ them). A range is summarised by a fingerprint: the number of keys in it and two 
 the key and its whole encoded version set, so any difference in any version shows).
 
 One message (`Reconcile`) carries runs of consecutive ranges, each in one of three modes:
-- FINGERPRINT (count, fingerprint): the receiver compares with its own. Equal: nothing more is said of the
-  range. Different: if the receiver holds at most `IDLIST_MAX` keys there, it answers with their digests
-  (IDLIST); otherwise it splits the range at its own keys into `PARTS` parts of equal count and answers
-  with their fingerprints.
-- IDLIST (digests): the receiver sends every entry of the range whose digest is not listed (the sender
-  lacks it or holds another version set) and answers WANT with the listed digests it does not hold. If it
-  holds more than `ENTRIES_MAX` keys there, it splits the range instead, so no step moves an unbounded
-  number of entries.
+- FINGERPRINT (a summary: the 64-bit fingerprint with the count mixed in): the receiver compares with
+  its own. Equal: nothing more is said of the range. Different: if the receiver holds at most
+  `IDLIST_MAX` keys there, it answers with their digests (IDLIST); otherwise it splits the range at its
+  own keys into `PARTS` parts of equal count and answers with their summaries.
+- IDLIST (digests, cut to 4 bytes salted by the session, `short`): the receiver sends every entry of
+  the range whose digest is not listed (the sender lacks it or holds another version set) and answers
+  WANT with the listed digests it does not hold. If it holds more than `ENTRIES_MAX` keys there, it
+  splits the range instead, so no step moves an unbounded number of entries.
 - WANT (digests): the receiver sends the entries with those digests.
 Entries travel in the same message (key, encoded version set) and are merged by the receiver as any
 other write; differing versions of one key are sent both ways, so both sides end with the merge.
@@ -25,6 +25,9 @@ differs, about PARTS fingerprints per level and differing range, log_PARTS(m / I
 at most IDLIST_MAX digests and the entries. A message holds at most `max_entries_bytes` of entries;
 the rest of a step waits for the next exchange.
 
+On the wire a run is compact: its bounds are prefix-compressed (each shares a prefix with the one before)
+and its summaries (8 bytes) or digests (4 bytes) are one packed string (`encode_run`).
+
 The algorithm reads the store through `RangeView`, a small synchronous interface: `SortedReplica` (here,
 in memory: the simulator and tests) and `SqliteRangeView` (on disk, `dsm.storage.sqlite`). The core stays
 deterministic: given the same view contents and message it answers the same; the network runtime runs
@@ -34,11 +37,12 @@ a step off its event loop, against a read snapshot.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from dsm.core.encoding import digest as entry_digest
-from dsm.core.messages import Range, Reconcile, Run
+from dsm.core.messages import Reconcile, Run
 
 MASK32 = 0xFFFFFFFF
 #: Parts a differing range is split into.
@@ -75,10 +79,75 @@ def fold(count: int, low: int, high: int) -> tuple[int, int]:
     return count, ((high & MASK32) << 32) | (low & MASK32)
 
 
+_MIX = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def short(digest: int, session: int) -> int:
+    """A key digest cut to 4 bytes for digest lists, salted by the session: two different entries of one
+    small range collide with probability about 2**-32 (the difference then waits for the next session,
+    whose salt differs)."""
+    salt = (session * 0xD6E8FEB86659FD93 + 1) & _MASK64
+    return ((((digest & _MASK64) ^ salt) * _MIX) & _MASK64) >> 32
+
+
+def summary(count: int, fp: int) -> int:
+    """What a message carries for a range: its fingerprint with its count mixed in (8 bytes)."""
+    return _signed(fp + count * _MIX)
+
+
+# --- the compact form of runs (see messages.Run) ---
+
+
+def encode_run(lo: str, hi: str | None, mode: int, bounds: Sequence[str], values: Sequence[int]) -> Run:
+    """A run from `lo` to `hi`: for FINGERPRINT, len(bounds) + 1 consecutive ranges cut at `bounds`, one
+    summary each; for IDLIST and WANT, the one range [lo, hi) and its digests. Each bound is sent as the
+    length of the prefix it shares with the previous bound (one byte, at most 255) and the rest."""
+    shared = bytearray()
+    suffixes = []
+    previous = lo
+    for bound in bounds:
+        n = 0
+        limit = min(len(previous), len(bound), 255)
+        while n < limit and previous[n] == bound[n]:
+            n += 1
+        shared.append(n)
+        suffixes.append(bound[n:])
+        previous = bound
+    if mode == FINGERPRINT:
+        packed = struct.pack(f">{len(values)}q", *(_signed(v) for v in values))
+    else:
+        packed = struct.pack(f">{len(values)}I", *values)
+    return (lo, hi, mode, bytes(shared), tuple(suffixes), packed)
+
+
+def decode_run(run: Run) -> tuple[str, str | None, int, list[str], tuple[int, ...]]:
+    """(lo, hi, mode, bounds, values) of a run; raises ValueError on a malformed one."""
+    lo, hi, mode, shared, suffixes, packed = run
+    width = 8 if mode == FINGERPRINT else 4
+    if len(shared) != len(suffixes) or len(packed) % width:
+        raise ValueError("malformed anti-entropy run")
+    bounds = []
+    previous = lo
+    for n, rest in zip(shared, suffixes, strict=True):
+        previous = previous[:n] + rest
+        bounds.append(previous)
+    values = struct.unpack(f">{len(packed) // width}{'q' if width == 8 else 'I'}", packed)
+    if mode == FINGERPRINT and len(values) != len(bounds) + 1:
+        raise ValueError("anti-entropy run: one summary per range expected")
+    return lo, hi, mode, bounds, values
+
+
 def opening(session: int, source: str, view: RangeView) -> Reconcile:
-    """The first message of an exchange: the fingerprint of the whole store."""
-    count, fp = view.fingerprint("", None)
-    return Reconcile(session, source, (("", ((None, FINGERPRINT, (count, fp)),)),), ())
+    """The first message of an exchange: the summary of the whole store."""
+    return Reconcile(
+        session, source, (encode_run("", None, FINGERPRINT, (), (summary(*view.fingerprint("", None)),)),), ()
+    )
 
 
 def answer(
@@ -86,22 +155,26 @@ def answer(
 ) -> tuple[Reconcile | None, tuple[tuple[str, bytes], ...]]:
     """The reply to `message` (None when there is nothing left to say) and the entries it carried, which
     the caller merges into its store. Call this before merging those entries (the reply describes the
-    store as it was when the message was answered; the peer learns the rest in the next exchange)."""
+    store as it was when the message was answered; the peer learns the rest in the next exchange).
+    Raises ValueError on a malformed message."""
     out_runs: list[Run] = []
     send_keys: list[str] = []
-    for lo, ranges in message.runs:
-        start = lo
-        for hi, mode, payload in ranges:
-            if mode == FINGERPRINT:
-                _on_fingerprint(view, start, hi, payload, out_runs)
-            elif mode == IDLIST:
-                _on_idlist(view, start, hi, payload, out_runs, send_keys)
-            elif mode == WANT:
-                wanted = set(payload)
-                send_keys.extend(k for k, d in view.digests(start, hi) if d in wanted)
-            if hi is None:
-                break
-            start = hi
+    session = message.session
+    for run in message.runs:
+        lo, hi, mode, bounds, values = decode_run(run)
+        if mode == FINGERPRINT:
+            uppers: list[str | None] = [*bounds, hi]
+            start = lo
+            for upper, value in zip(uppers, values, strict=True):
+                _on_fingerprint(view, start, upper, value, out_runs, session)
+                if upper is None:
+                    break
+                start = upper
+        elif mode == IDLIST:
+            _on_idlist(view, lo, hi, values, out_runs, send_keys, session)
+        elif mode == WANT:
+            wanted = set(values)
+            send_keys.extend(k for k, d in view.digests(lo, hi) if short(d, session) in wanted)
     entries: list[tuple[str, bytes]] = []
     size = 0
     for key, versions in view.entries(send_keys):
@@ -114,39 +187,35 @@ def answer(
     return Reconcile(message.session, source, tuple(out_runs), tuple(entries)), message.entries
 
 
-def _on_fingerprint(view: RangeView, lo: str, hi: str | None, payload: tuple[int, ...], out: list[Run]) -> None:
+def _on_fingerprint(view: RangeView, lo: str, hi: str | None, value: int, out: list[Run], session: int) -> None:
     count, fp = view.fingerprint(lo, hi)
-    if (count, fp) == (payload[0], payload[1]):
+    if summary(count, fp) == value:
         return
     if count <= IDLIST_MAX:
-        out.append((lo, ((hi, IDLIST, tuple(d for _, d in view.digests(lo, hi))),)))
+        out.append(encode_run(lo, hi, IDLIST, (), [short(d, session) for _, d in view.digests(lo, hi)]))
     else:
         _split_into(view, lo, hi, out)
 
 
 def _on_idlist(
-    view: RangeView, lo: str, hi: str | None, payload: tuple[int, ...], out: list[Run], send: list[str]
+    view: RangeView, lo: str, hi: str | None, values: tuple[int, ...], out: list[Run], send: list[str], session: int
 ) -> None:
     count, _ = view.fingerprint(lo, hi)
     if count > ENTRIES_MAX:
         _split_into(view, lo, hi, out)
         return
-    mine = view.digests(lo, hi)
-    theirs = set(payload)
+    mine = [(k, short(d, session)) for k, d in view.digests(lo, hi)]
+    theirs = set(values)
     have = {d for _, d in mine}
     send.extend(k for k, d in mine if d not in theirs)
-    want = tuple(d for d in payload if d not in have)
+    want = [d for d in values if d not in have]
     if want:
-        out.append((lo, ((hi, WANT, want),)))
+        out.append(encode_run(lo, hi, WANT, (), want))
 
 
 def _split_into(view: RangeView, lo: str, hi: str | None, out: list[Run]) -> None:
     parts = view.split(lo, hi, PARTS)
-    ranges: list[Range] = []
-    for i, (_, count, fp) in enumerate(parts):
-        upper = parts[i + 1][0] if i + 1 < len(parts) else hi
-        ranges.append((upper, FINGERPRINT, (count, fp)))
-    out.append((lo, tuple(ranges)))
+    out.append(encode_run(lo, hi, FINGERPRINT, [p[0] for p in parts[1:]], [summary(c, fp) for _, c, fp in parts]))
 
 
 class SortedReplica:
