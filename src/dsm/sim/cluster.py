@@ -206,9 +206,17 @@ class Simulation:
         self._reschedule(source)
         return outcome
 
-    def write(self, node: SimNode, key: str, value: bytes | None, urgent: bool = True) -> DataItem:
+    def write(
+        self,
+        node: SimNode,
+        key: str,
+        value: bytes | None,
+        urgent: bool = True,
+        before_publish: Callable[[DataItem], None] | None = None,
+    ) -> DataItem:
         """`node` coordinates a blind write of `key` (stored in its replica, then published); returns the
-        write as replicated. The timestamp is an HLC reading of the node's clock, above what it holds."""
+        write as replicated. The timestamp is an HLC reading of the node's clock, above what it holds.
+        `before_publish` sees the write before its first message is sent (to start watching it)."""
         assert node.up and node.peer is not None
         now = self._peer_now(node)
         current_raw = node.data.get(key)
@@ -218,6 +226,8 @@ class Simulation:
         versions = write(current, Dot(timestamp, node.info.node_id), VersionVector(), value, self.resolution, 1)
         item = DataItem(update_id(key, timestamp, node.info.node_id), key, encode_versions(versions))
         node.data[key] = item.versions
+        if before_publish is not None:
+            before_publish(item)
         for hook in self.store_hooks:
             hook(node.index, item, "write", 0)
         effects = node.peer.publish(now, (item,), urgent)

@@ -358,10 +358,12 @@ class StandardRun:
     # ------------------------------------------------------------------ writes
 
     def _write(self, node: SimNode, key: str, urgent: bool = True) -> Track:
-        assert self.tracker is not None
-        item = self.sim.write(node, key, VALUE, urgent)
+        tracker = self.tracker
+        assert tracker is not None
+        tracks: list[Track] = []
+        item = self.sim.write(node, key, VALUE, urgent, lambda it: tracks.append(tracker.watch(it, node.index)))
         self.acknowledged.append(item)
-        return self.tracker.watch(item, node.index)
+        return tracks[0]
 
     def _await(self, tracks: list[Track], phase: str, step: float, deadline: float) -> None:
         """Runs until every up node holds every write in `tracks`, or `deadline`."""
