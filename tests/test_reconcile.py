@@ -5,7 +5,8 @@ exactly as the in-memory one."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
@@ -28,7 +29,6 @@ from dsm.core.reconcile import (
     summary,
 )
 from dsm.storage.base import RangeDigest, StoredKey
-from dsm.storage.sqlite import SQLiteStore
 
 
 def merge_max(view: SortedReplica, entries: tuple[tuple[str, bytes], ...]) -> None:
@@ -168,10 +168,11 @@ def test_sorted_replica_fingerprints_match_the_store_digest() -> None:
     assert parts[0][0] == "" and sum(p[1] for p in parts) == 200 and len(parts) == 16
 
 
-async def test_sqlite_view_answers_like_the_memory_view(tmp_path: Path) -> None:
+@pytest.mark.parametrize("make_store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+async def test_sql_views_answer_like_the_memory_view(make_store: Callable[[], Any]) -> None:
     rng = random.Random(3)
-    rows = {f"user:{rng.randrange(10**6):07d}/é{i}": rng.randbytes(rng.randrange(1, 40)) for i in range(3000)}
-    store = SQLiteStore(tmp_path / "ae.sqlite3")
+    rows = {f"user:{rng.randrange(10**6):07d}/\u00e9{i}": rng.randbytes(rng.randrange(1, 40)) for i in range(3000)}
+    store = make_store()
     await store.open()
     try:
         await store.write([StoredKey(k, v, digest(k, v), 1) for k, v in rows.items()])
@@ -186,7 +187,7 @@ async def test_sqlite_view_answers_like_the_memory_view(tmp_path: Path) -> None:
             return out
 
         assert await store.with_range_view(probe) == probe(memory)
-        # And a whole exchange between a SQLite store and a memory replica that lacks 40 keys.
+        # And a whole exchange between the SQL store and a memory replica that lacks 40 keys.
         other = SortedReplica({k: v for k, v in rows.items() if k not in set(keys[::75])})
         message: Reconcile | None = opening(1, "mem", other)
         turn = "sql"

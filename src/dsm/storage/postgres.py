@@ -34,6 +34,7 @@ from dsm.errors import (
     StorageUnavailableError,
 )
 from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
+from dsm.storage.sqlview import SqlRangeView
 
 T = TypeVar("T")
 
@@ -274,6 +275,29 @@ class PostgresStore:
             )
         count, low, high = rows[0]
         return RangeDigest.from_sums(int(count), int(low), int(high))
+
+    async def with_range_view(self, fn: Callable[[SqlRangeView], T]) -> T:
+        """Runs `fn` (an anti-entropy step, `dsm.core.reconcile`) on a worker thread over its own
+        synchronous connection, inside one read-only REPEATABLE READ transaction (a consistent snapshot),
+        so the event loop keeps serving while the server scans. Each statement has the store's deadline."""
+        if not self._opened:
+            raise ClosedError(f"PostgreSQL store {self.url} is closed")
+        psycopg = self._psycopg
+        timeout_ms = max(1, int(self.timeout_s * 1000))
+
+        def run() -> T:
+            with psycopg.connect(self._dsn, connect_timeout=max(1, round(self.timeout_s))) as con:
+                con.execute(f"SET statement_timeout = {timeout_ms}")
+                con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    return fn(SqlRangeView(lambda sql, args: con.execute(sql, args).fetchall(), "%s"))
+                finally:
+                    con.rollback()
+
+        try:
+            return await asyncio.to_thread(run)
+        except psycopg.Error as exc:
+            raise self._error(exc, "anti-entropy") from exc
 
     async def count(self) -> int:
         rows = await self._fetch("count", "SELECT count(*) FROM dsm_kv", ())

@@ -41,6 +41,7 @@ from dsm.errors import (
     StorageUnavailableError,
 )
 from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
+from dsm.storage.sqlview import SqlRangeView
 
 T = TypeVar("T")
 
@@ -292,7 +293,7 @@ class SQLiteStore:
 
         return await asyncio.get_running_loop().run_in_executor(self._background, run)
 
-    async def with_range_view(self, fn: Callable[[SQLiteRangeView], T]) -> T:
+    async def with_range_view(self, fn: Callable[[SqlRangeView], T]) -> T:
         """Runs `fn` (an anti-entropy step, `dsm.core.reconcile`) on the background thread against a
         synchronous view of the store, inside one read transaction (a consistent snapshot), so the
         event loop keeps serving while it scans."""
@@ -300,7 +301,7 @@ class SQLiteStore:
         def run(con: sqlite3.Connection) -> T:
             con.execute("BEGIN")
             try:
-                return fn(SQLiteRangeView(con))
+                return fn(SqlRangeView(lambda sql, args: con.execute(sql, args).fetchall(), "?"))
             finally:
                 con.execute("COMMIT")
 
@@ -445,53 +446,3 @@ class SQLiteStore:
                     con.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
         self._checkpoint = self._background.submit(run)
-
-
-_SUMS = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
-
-
-def _range_sql(hi: str | None) -> str:
-    return "key >= ?" if hi is None else "key >= ? AND key < ?"
-
-
-def _range_args(lo: str, hi: str | None) -> tuple[str, ...]:
-    return (lo,) if hi is None else (lo, hi)
-
-
-class SQLiteRangeView:
-    """`dsm.core.reconcile.RangeView` over one SQLite connection (see `SQLiteStore.with_range_view`)."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-
-    def fingerprint(self, lo: str, hi: str | None) -> tuple[int, int]:
-        row = self.con.execute(f"SELECT {_SUMS} FROM dsm_kv WHERE {_range_sql(hi)}", _range_args(lo, hi)).fetchone()
-        d = RangeDigest.from_sums(int(row[0]), int(row[1]), int(row[2]))
-        return d.count, d.fingerprint
-
-    def split(self, lo: str, hi: str | None, parts: int) -> list[tuple[str, int, int]]:
-        count, _ = self.fingerprint(lo, hi)
-        step = max(1, -(-count // parts))
-        # One pass: number the range's keys in order and sum each block of `step` of them.
-        sql = (
-            f"SELECT min(key), {_SUMS} FROM (SELECT key, digest, (row_number() OVER (ORDER BY key) - 1) / ? AS part"
-            f" FROM dsm_kv WHERE {_range_sql(hi)}) GROUP BY part ORDER BY part"
-        )
-        out = []
-        for i, (first, n, low, high) in enumerate(self.con.execute(sql, (step, *_range_args(lo, hi)))):
-            d = RangeDigest.from_sums(int(n), int(low), int(high))
-            out.append((lo if i == 0 else first, d.count, d.fingerprint))
-        return out or [(lo, 0, 0)]
-
-    def digests(self, lo: str, hi: str | None) -> list[tuple[str, int]]:
-        sql = f"SELECT key, digest FROM dsm_kv WHERE {_range_sql(hi)} ORDER BY key"
-        return [(k, int(d)) for k, d in self.con.execute(sql, _range_args(lo, hi))]
-
-    def entries(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
-        found: dict[str, bytes] = {}
-        for i in range(0, len(keys), _IN_CHUNK):
-            chunk = list(keys[i : i + _IN_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            for key, versions in self.con.execute(f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk):
-                found[key] = bytes(versions)
-        return [(k, found[k]) for k in keys if k in found]

@@ -1,0 +1,66 @@
+"""`SqlRangeView`: what anti-entropy (`dsm.core.reconcile.RangeView`) reads of a SQL store, on one
+synchronous connection. The SQLite and PostgreSQL stores run it off the event loop, inside one read
+transaction (`with_range_view`), with their own placeholder style; the SQL is otherwise the same (keys in
+byte order: SQLite's BINARY collation, PostgreSQL's "C")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dsm.storage.base import RangeDigest
+
+_SUMS = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
+_IN_CHUNK = 500
+
+Fetch = Callable[[str, Sequence[Any]], list[Any]]
+
+
+class SqlRangeView:
+    """Range queries over the `dsm_kv` table through `fetch(sql, args) -> rows`; `mark` is the driver's
+    placeholder ("?" for sqlite3, "%s" for psycopg)."""
+
+    def __init__(self, fetch: Fetch, mark: str) -> None:
+        self.fetch = fetch
+        self.mark = mark
+
+    def _where(self, hi: str | None) -> str:
+        m = self.mark
+        return f"key >= {m}" if hi is None else f"key >= {m} AND key < {m}"
+
+    @staticmethod
+    def _args(lo: str, hi: str | None) -> tuple[str, ...]:
+        return (lo,) if hi is None else (lo, hi)
+
+    def fingerprint(self, lo: str, hi: str | None) -> tuple[int, int]:
+        row = self.fetch(f"SELECT {_SUMS} FROM dsm_kv WHERE {self._where(hi)}", self._args(lo, hi))[0]
+        d = RangeDigest.from_sums(int(row[0]), int(row[1]), int(row[2]))
+        return d.count, d.fingerprint
+
+    def split(self, lo: str, hi: str | None, parts: int) -> list[tuple[str, int, int]]:
+        count, _ = self.fingerprint(lo, hi)
+        step = max(1, -(-count // parts))
+        # One pass: number the range's keys in order and sum each block of `step` of them.
+        sql = (
+            f"SELECT min(key), {_SUMS} FROM (SELECT key, digest,"
+            f" (row_number() OVER (ORDER BY key) - 1) / {self.mark} AS part"
+            f" FROM dsm_kv WHERE {self._where(hi)}) AS numbered GROUP BY part ORDER BY part"
+        )
+        out = []
+        for i, (first, n, low, high) in enumerate(self.fetch(sql, (step, *self._args(lo, hi)))):
+            d = RangeDigest.from_sums(int(n), int(low), int(high))
+            out.append((lo if i == 0 else first, d.count, d.fingerprint))
+        return out or [(lo, 0, 0)]
+
+    def digests(self, lo: str, hi: str | None) -> list[tuple[str, int]]:
+        sql = f"SELECT key, digest FROM dsm_kv WHERE {self._where(hi)} ORDER BY key"
+        return [(k, int(d)) for k, d in self.fetch(sql, self._args(lo, hi))]
+
+    def entries(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
+        found: dict[str, bytes] = {}
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = list(keys[i : i + _IN_CHUNK])
+            marks = ",".join([self.mark] * len(chunk))
+            for key, versions in self.fetch(f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk):
+                found[key] = bytes(versions)
+        return [(k, found[k]) for k in keys if k in found]
