@@ -26,7 +26,7 @@ from typing import Any
 from dsm.sim.plot import plot_write_mixes
 from sim_bench import RESULTS, Scenario, _get, run_one
 
-GOSSIP = ["--joins", "0", "--pairs", "50", "--gossip-only", "--writes", "5"]
+GOSSIP = ["--joins", "0", "--pairs", "50", "--gossip-only", "--writes", "5", "--no-idle"]
 DIRECT = ["--joins", "0", "--pairs", "200", "--writes", "40", "--bulk", "100"]
 CRASH = ["--joins", "0", "--pairs", "200", "--writes", "10", "--crash", "0.8"]
 

@@ -224,7 +224,14 @@ def test_idle_rounds_stretch_the_period_and_a_write_brings_it_back() -> None:
     p = peers[0]
     p.publish(w.now, (item("k"),), urgent=False)
     assert p.data.period == settings.gossip_min_ms
-    assert p.next_deadline() is not None and p.next_deadline() <= w.now + settings.gossip_min_ms  # type: ignore[operator]
+    assert p.data._next_round <= w.now + settings.gossip_min_ms * 5 // 4  # jittered by up to a quarter
+    # A write the broadcast tree carries only brings an idle node back to the base period: gossip has
+    # only to repair what the tree missed.
+    q = peers[1]
+    assert q.data.period == settings.gossip_max_ms
+    q.handle(w.now, Push(q.link_ids()[0], 0, (item("pushed"),)))
+    assert q.data.period == settings.gossip_interval_ms
+    assert q.data._next_round <= w.now + settings.gossip_interval_ms * 5 // 4
 
 
 def test_period_never_drops_below_four_round_trips() -> None:

@@ -81,6 +81,7 @@ def show_config(toml_path: str | None) -> None:
 @click.option("--writes", type=click.IntRange(0, 100_000), default=0, show_default=True, help="Writes to measure.")
 @click.option("--bulk", type=click.IntRange(0, 1_000_000), default=0, show_default=True, help="Non-urgent burst.")
 @click.option("--gossip-only", is_flag=True, help="Direct updates off, fixed gossip period (rounds_to_all).")
+@click.option("--no-idle", is_flag=True, help="Skip the idle phase after the writes (no idle traffic figures).")
 @click.option("--pairs", type=click.IntRange(1, 1_000_000), default=2000, show_default=True, help="Routed pairs.")
 @click.option("--duration-s", type=click.FloatRange(0), default=0.0, show_default=True, help="Extra steady run, s.")
 @click.option("--regions", type=click.IntRange(1, 64), default=1, show_default=True, help="Regions (round robin).")
@@ -101,6 +102,7 @@ def sim(
     writes: int,
     bulk: int,
     gossip_only: bool,
+    no_idle: bool,
     pairs: int,
     duration_s: float,
     regions: int,
@@ -129,6 +131,7 @@ def sim(
             writes=writes,
             bulk=bulk,
             gossip_only=gossip_only,
+            idle=not no_idle,
             pairs=pairs,
             duration_s=duration_s,
             regions=regions,

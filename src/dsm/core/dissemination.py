@@ -21,16 +21,22 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
 
 Gossip (push-pull over linked members): every round a node sends the ids of its recent writes to
 `gossip_fanout` linked members. The receiver answers with the ids it lacks (which the first node then
-sends) and with its own recent writes that the digest did not list: 3 messages, and a payload moves only
-to a node that did not list it. A recent write stays in the digest for
+sends) and with its own recent writes that the digest did not list and that are in the first half of
+their time in its list (an older one not listed was most likely had and dropped from the list): 3
+messages, and a payload moves only to a node that did not list it. A recent write stays in the digest for
 `gossip_retain_mult * ceil(log10(n + 1))` rounds, enough for gossip alone to reach everyone with high
 probability; anti-entropy repairs what outlives that.
 Writes marked non-urgent take this path only (bulk loads: fewer messages, no tree traffic).
 
 Adaptive period (between gossip_min_ms and gossip_max_ms, starting at gossip_interval_ms):
-- A round that moved anything (this node or its partner lacked a write) or a write that arrived since the
-  last round halves the period; a round that found nothing stretches it by half. An idle cluster settles
-  at the maximum; a write arriving at an idle node brings its next round forward to the minimum.
+- A round that moved anything (this node or its partner lacked a write), or a write that arrived by gossip
+  or was written non-urgent since the last round, halves the period; a round that found nothing
+  stretches it by half. An idle cluster settles at the maximum. A write arriving at an idle node brings
+  its next round forward: to the minimum when gossip is what spreads it, to gossip_interval_ms when the
+  broadcast tree carries it (gossip then only repairs what the tree missed; rounds at the minimum period
+  would cost 15 digests per node per second for nothing).
+- Each round is scheduled at a random point between 3/4 and 5/4 of the period, so nodes woken by the same
+  wave of writes do not gossip in lock step.
 - The period never drops below 4 smoothed round-trip times of the exchanges, so rounds do not overlap.
 - A digest with no reply by the next round counts as lost; with a loss rate p the node contacts
   ceil(fanout / (1 - p)) members (at most twice the fanout), so about `gossip_fanout` exchanges complete.
@@ -142,8 +148,9 @@ class Dissemination:
             self._remember(item.id)
             self.recent[item.id] = _Recent(item, retain, 0, self.peer._now)
         self._trim_recent()
-        self._became_busy()
-        if urgent and self.settings.direct_updates:
+        tree = urgent and self.settings.direct_updates
+        self._became_busy(tree)
+        if tree:
             self._push_out(items, 0, -1)
 
     def timer(self, kind: int, arg: int) -> None:
@@ -210,17 +217,23 @@ class Dissemination:
             missing.pop(item.id, None)
         self._trim_recent()
         self.peer._out.append(Store(new, source, path, hops))
-        self._became_busy()
+        self._became_busy(path == "push")
         return new
 
-    def _became_busy(self) -> None:
-        """A write arrived: the next round counts as useful, and comes soon if the node was idle."""
-        self._useful = True
+    def _became_busy(self, tree: bool) -> None:
+        """A write arrived or was written here. If the broadcast tree carries it (`tree`), gossip has only
+        to repair what the tree misses: the period comes down to gossip_interval_ms at most. Otherwise
+        gossip is what spreads it: the next round counts as useful and comes at the minimum period."""
         s = self.settings
-        if s.gossip_adaptive and self.period > s.gossip_min_ms:
-            self.period = max(s.gossip_min_ms, self._rtt_floor())
+        if not tree:
+            self._useful = True
+        if not s.gossip_adaptive:
+            return
+        target = max(s.gossip_interval_ms if tree else s.gossip_min_ms, self._rtt_floor())
+        if self.period > target:
+            self.period = target
             if self._next_round > self.peer._now + self.period:
-                self._schedule(self.peer._now + self.period)
+                self._schedule(self.peer._now + self._jittered(self.period))
 
     def _graft_wait(self) -> int:
         s = self.settings
@@ -230,6 +243,11 @@ class Dissemination:
 
     def _rtt_floor(self) -> int:
         return int(4 * self.srtt)
+
+    def _jittered(self, period: int) -> int:
+        """A period between 3/4 and 5/4 of `period`: nodes woken by the same wave of writes do not gossip
+        in lock step (which makes several partners send the same writes to one node at once)."""
+        return max(1, period * 3 // 4 + self.peer.rng.randrange(max(1, period // 2 + 1)))
 
     def _schedule(self, when: int) -> None:
         self._generation += 1
@@ -344,7 +362,7 @@ class Dissemination:
         else:
             self.period = s.gossip_interval_ms
         self._useful = False
-        self._schedule(now + self.period)
+        self._schedule(now + (self._jittered(self.period) if s.gossip_adaptive else self.period))
         if not peer.joined:
             return
         self.stats.gossip_rounds += 1
@@ -389,7 +407,15 @@ class Dissemination:
         listed.update(message.fresh)
         hold = self._hold()
         now = self.peer._now
-        items = tuple(entry.item for i, entry in self.recent.items() if i not in listed and now - entry.since >= hold)
+        # Only writes in the first half of their time in the digest are sent unasked: a node that does not
+        # list an older one most likely had it and let it out of its own list (the nodes' lists are of
+        # equal length, and a write reaches everyone within a few rounds); it is still pulled if missing.
+        half = self._retain() / 2
+        items = tuple(
+            entry.item
+            for i, entry in self.recent.items()
+            if i not in listed and entry.rounds_left > half and now - entry.since >= hold
+        )
         if want or items:
             self._useful = True
         self.peer._send_to_id(message.source, GossipReply(message.seq, self.peer.id, want, items))

@@ -1,4 +1,5 @@
-"""`Peer`: the sans-IO protocol core of one node: membership, failure detection, overlay links and routing.
+"""`Peer`: the sans-IO protocol core of one node: membership, failure detection, overlay links and routing,
+and (through `Dissemination` and `reconcile`) the spreading of writes.
 
 The runtime (the simulator, later the network runtime) feeds it the time and events and carries out the
 effects it returns:
@@ -40,6 +41,11 @@ Membership (SWIM with Lifeguard's refinements):
   believed dead (Serf's reconnect), so the two sides of a healed partition find each other again.
 
 The overlay and routing are in `overlay.py`; this class wires them to membership.
+
+Writes: `publish(now, items)` spreads writes this node coordinated; `Dissemination` (dissemination.py)
+runs the broadcast tree over the overlay links and the gossip rounds, and answers with `Store` effects for
+the runtime to merge. With a `replica` (a `reconcile.RangeView` of the local store), every
+anti_entropy_interval_ms the peer also reconciles its whole store with one live linked member.
 """
 
 from __future__ import annotations

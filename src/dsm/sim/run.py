@@ -125,6 +125,7 @@ class SimParams:
     writes: int = 0
     bulk: int = 0
     gossip_only: bool = False
+    idle: bool = True
     settings: PeerSettings = field(default_factory=PeerSettings)
 
 
@@ -409,6 +410,8 @@ class StandardRun:
             out["bulk_time_to_all_ms"] = round(done - start, 1)
             self._run("after burst", sim.now + R)
             out["after_burst_bytes_per_node_per_s"] = round(tracker.window_bytes / up / ((sim.now - start) / 1000), 1)
+        if not p.idle:
+            return out
         # Idle: let the adaptive period stretch, then measure a quiet minute of data traffic.
         self._run("idle", sim.now + 20 * R)
         tracker.counting = True
