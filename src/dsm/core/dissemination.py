@@ -34,7 +34,8 @@ Adaptive period (between gossip_min_ms and gossip_max_ms, starting at gossip_int
   stretches it by half. An idle cluster settles at the maximum. A write arriving at an idle node brings
   its next round forward: to the minimum when gossip is what spreads it, to gossip_interval_ms when the
   broadcast tree carries it (gossip then only repairs what the tree missed; rounds at the minimum period
-  would cost 15 digests per node per second for nothing).
+  would cost 15 digests per node per second for nothing). The tree is not trusted, and the minimum
+  applies, when the write had to be grafted or more than 10 % of this node's exchanges go unanswered.
 - Each round is scheduled at a random point between 3/4 and 5/4 of the period, so nodes woken by the same
   wave of writes do not gossip in lock step.
 - The period never drops below 4 smoothed round-trip times of the exchanges, so rounds do not overlap.
@@ -64,6 +65,9 @@ from dsm.core.messages import (
 
 if TYPE_CHECKING:
     from dsm.core.peer import Peer
+
+#: Measured loss rate of gossip exchanges above which the broadcast tree is not trusted to deliver alone.
+LOSSY = 0.1
 
 #: Timer kinds the peer dispatches to this module (kept apart from the peer's own kinds).
 GOSSIP_TIMER = 100
@@ -211,13 +215,15 @@ class Dissemination:
         retain = self._retain()
         recent = self.recent
         missing = self.missing
+        # A write that had to be grafted (it was announced and missing) means the tree has gaps here.
+        grafted = any(item.id in missing for item in new)
         for item in new:
             self._remember(item.id)
             recent[item.id] = _Recent(item, retain, hops, self.peer._now)
             missing.pop(item.id, None)
         self._trim_recent()
         self.peer._out.append(Store(new, source, path, hops))
-        self._became_busy(path == "push")
+        self._became_busy(path == "push" and not grafted)
         return new
 
     def _became_busy(self, tree: bool) -> None:
@@ -225,6 +231,8 @@ class Dissemination:
         to repair what the tree misses: the period comes down to gossip_interval_ms at most. Otherwise
         gossip is what spreads it: the next round counts as useful and comes at the minimum period."""
         s = self.settings
+        if tree and self.loss > LOSSY:
+            tree = False  # digests go unanswered (a crash, a lossy network): do not count on the tree
         if not tree:
             self._useful = True
         if not s.gossip_adaptive:
