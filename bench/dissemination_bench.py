@@ -11,8 +11,8 @@ Suites:
           gossip alone, 5 writes, 20 seeds without loss and 5 seeds with 20 % loss (a 20 %-loss run takes
           about 2.5 minutes: the membership layer is busy refuting suspicions); 10 writes around an 80 %
           crash (3 seeds) (about 25 minutes)
-  full    quick, with 20 seeds at 20 % loss, plus n = 10,000: direct updates (seed 1), gossip alone (seeds 1-3), gossip alone with
-          20 % loss (seed 1), 80 % crash (seed 1)
+  full    quick, with 20 seeds at 20 % loss, plus n = 10,000: direct updates (seed 1), gossip alone
+          (seeds 1-3), gossip alone with 20 % loss (seed 1), 80 % crash (seed 1)
 
 Usage: python bench/dissemination_bench.py [--suite quick|full] [--only PREFIX] [--skip PREFIX] [--reuse]
 (--reuse summarises and plots the reports already in bench/results/sim/ without running anything.)
