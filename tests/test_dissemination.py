@@ -271,3 +271,20 @@ def test_recent_writes_leave_the_digest_after_the_retain_rounds() -> None:
     w.advance(settings.gossip_interval_ms * (retain + 2) + 2 * settings.graft_timeout_ms)  # fresh ones wait
     assert not p.data.recent
     assert item("k").id in p.data.seen
+
+
+def test_settings_come_from_the_config() -> None:
+    from dsm.config import StorageConfig
+    from dsm.core.peer import PeerSettings
+
+    config = StorageConfig(
+        node_id="n1",
+        gossip_interval_ms=2000,
+        gossip_interval_min_ms=100,
+        gossip_interval_max_ms=9000,
+        gossip_fanout=5,
+        anti_entropy_interval_ms=30000,
+    )
+    s = PeerSettings.from_config(config)
+    assert (s.gossip_interval_ms, s.gossip_min_ms, s.gossip_max_ms, s.gossip_fanout) == (2000, 100, 9000, 5)
+    assert s.anti_entropy_interval_ms == 30000
