@@ -115,7 +115,6 @@ def figures(done: dict[str, list[dict[str, Any]]]) -> None:
         "writes": "direct updates + gossip",
         "gossip": "gossip alone",
         "gossip-loss20": "gossip alone, 20 % loss",
-        "crash80-writes": "direct + gossip, 80 % crashed",
     }
     for size in ("1k", "10k"):
         mixes: dict[str, list[tuple[int, list[float]]]] = {}
@@ -151,6 +150,7 @@ def _scaling(done: dict[str, list[dict[str, Any]]]) -> None:
                 xs.append(n)
                 ys.append(max(values))
         ax.plot(xs, ys, marker="o")
+        ax.set_ylim(bottom=0)
         ax.set_xscale("log")
         ax.set_xlabel("nodes")
         ax.set_title(label, fontsize=10)
