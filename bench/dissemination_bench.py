@@ -123,6 +123,11 @@ def figures(done: dict[str, list[dict[str, Any]]]) -> None:
                 curves = report.get("write_curves") or {}
                 for times in curves.get("curves", []):
                     mixes.setdefault(label, []).append((curves["population"], times))
+        for report in done.get(f"{size}-crash80-writes", [])[:3]:
+            after = report.get("write_after_crash") or {}
+            if after.get("curve"):
+                survivors = report["crash_recovery"]["survivors"]
+                mixes.setdefault("direct + gossip, 3 s after an 80 % crash", []).append((survivors, after["curve"]))
         if mixes:
             plot_write_mixes(
                 mixes, f"n = {size}: how a write spreads, by path mix", str(RESULTS / f"writes-mixes-{size}.png")
@@ -149,6 +154,9 @@ def _scaling(done: dict[str, list[dict[str, Any]]]) -> None:
             if values:
                 xs.append(n)
                 ys.append(max(values))
+        if not xs:
+            ax.set_visible(False)
+            continue
         ax.plot(xs, ys, marker="o")
         ax.set_ylim(bottom=0)
         ax.set_xscale("log")

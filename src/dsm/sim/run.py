@@ -84,7 +84,7 @@ FORMAT = {
     "converged": "every live replica identical and holding every acknowledged write at the end",
     "write_after_crash": (
         "a write 3 T after the mass crash: fraction of survivors holding it 2 rounds later and at the end, "
-        "time to 99.9 % and to all"
+        "time to 99.9 % and to all, the sorted times (ms) at which survivors stored it (curve)"
     ),
     "detection_time_ms": "crash to first dead declaration, over crashed members: p50, p99, max, detected fraction",
     "detection_samples_ms": "every crashed member's detection time, sorted (for the plot)",
@@ -658,6 +658,7 @@ class StandardRun:
                 "time_to_99_9_ms": write_track.time_to_fraction(0.999, survivors),
                 "time_to_all_ms": write_track.time_to_fraction(1.0, survivors),
                 "payload_copies": round(write_track.payload_copies / max(1, survivors - 1), 3),
+                "curve": sorted(round(t - write_track.start_ms, 1) for t, _, _ in write_track.holders.values()),
             }
         return {
             "write_after_crash": after_crash,
