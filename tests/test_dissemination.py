@@ -173,15 +173,22 @@ def test_fresh_writes_are_left_to_the_broadcast_tree() -> None:
     w.advance(3000)
     a, b = linked_pair(w)
     new = item("new")
-    b.publish(w.now, (new,), urgent=False)
-    # Just received: not sent back in a reply, and a digest lists it as fresh.
+    b.publish(w.now, (new,))  # urgent: the tree carries it
+    # Just written: not sent back in a reply, and a digest lists it as fresh.
     reply = sends(b.handle(w.now, GossipDigest(1, a.id, (), ())), GossipReply)[0].message
     assert reply.items == ()
-    digests = sends(b.tick(b.data._next_round), GossipDigest)
+    b._set_now(w.now + 1)
+    b.data._gossip_round()  # a round right away, within the hold
+    digests = sends(b._flush(), GossipDigest)
     assert digests and all(d.message.fresh == (new.id,) and d.message.ids == () for d in digests)
     # A fresh id in someone's digest is neither wanted nor pushed back.
     reply = sends(a.handle(w.now + 1, GossipDigest(2, b.id, (), (new.id,))), GossipReply)[0].message
     assert reply.want == () and reply.items == ()
+    # A non-urgent write has no tree to wait for: gossip takes it at once.
+    bulk = item("bulk")
+    b.publish(w.now + 2, (bulk,), urgent=False)
+    reply = sends(b.handle(w.now + 2, GossipDigest(3, a.id, (), ())), GossipReply)[0].message
+    assert reply.items == (bulk,)
 
 
 def test_gossip_alone_reaches_every_member() -> None:
@@ -288,3 +295,29 @@ def test_settings_come_from_the_config() -> None:
     s = PeerSettings.from_config(config)
     assert (s.gossip_interval_ms, s.gossip_min_ms, s.gossip_max_ms, s.gossip_fanout) == (2000, 100, 9000, 5)
     assert s.anti_entropy_interval_ms == 30000
+
+
+def test_writes_beyond_the_digest_window_are_not_resent_unasked() -> None:
+    settings = dataclasses.replace(SMALL, max_digest_ids=4, max_recent=8, direct_updates=False)
+    w = Wire(seed=15, settings=settings)
+    w.formed(12)
+    w.advance(1000)
+    a, b = linked_pair(w)
+    writes = tuple(item(f"k{i}") for i in range(8))
+    a.publish(w.now, writes, urgent=False)
+    b.publish(w.now, writes, urgent=False)
+    newest = tuple(i.id for i in reversed(writes))[:4]
+    reply = sends(b.handle(w.now, GossipDigest(1, a.id, newest, ())), GossipReply)[0].message
+    assert reply.items == () and reply.want == ()
+
+
+def test_period_stays_within_its_bounds_on_a_slow_network() -> None:
+    settings = dataclasses.replace(SMALL, gossip_min_ms=100, gossip_max_ms=2000)
+    w = Wire(seed=16, settings=settings)
+    peers = w.formed(6)
+    p = peers[0]
+    p.data.srtt = 5000.0  # 4 round trips would be 20 s
+    p.publish(w.now, (item("k"),), urgent=False)
+    assert p.data.period == settings.gossip_max_ms
+    p.tick(p.data._next_round)
+    assert p.data.period == settings.gossip_max_ms

@@ -203,3 +203,41 @@ async def test_sql_views_answer_like_the_memory_view(make_store: Callable[[], An
         assert other == memory
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        ("", None, 7, b"", (), b""),  # unknown mode
+        ("", None, FINGERPRINT, b"\x00\x00", ("b", "a"), b"\x00" * 24),  # bounds out of order
+        ("b", "a", WANT, b"", (), b""),  # upper bound below the lower one
+        ("", None, FINGERPRINT, b"\x00", ("x" * 5000,), b"\x00" * 16),  # bound too long
+        ("", None, IDLIST, b"", (), b"\x00" * 4 * 5000),  # too many values
+        (5, None, IDLIST, b"", (), b""),  # wrong type
+        ("", None, IDLIST, "", (), b""),  # wrong type
+        ("", None),  # wrong shape
+    ],
+)
+def test_malformed_runs_are_rejected_before_any_work(run: object) -> None:
+    view = SortedReplica({"a": b"1"})
+    with pytest.raises(ValueError):
+        answer(Reconcile(1, "x", (run,), ()), "me", view)  # type: ignore[arg-type]
+
+
+def test_a_want_over_a_large_range_is_not_answered() -> None:
+    view = SortedReplica({f"k{i:04d}": b"v" for i in range(500)})
+    wanted = [short(d, 1) for _, d in view.digests("", None)]
+    reply, _ = answer(Reconcile(1, "x", (encode_run("", None, WANT, (), wanted[:10]),), ()), "me", view)
+    assert reply is None
+
+
+def test_peer_drops_a_malformed_anti_entropy_message_and_keeps_serving() -> None:
+    from dsm.core.peer import Peer, PeerSettings
+    from dsm.core.ring import MemberInfo
+
+    peer = Peer(MemberInfo("a", "mem://a", "r"), PeerSettings(), random.Random(1), 0, replica=SortedReplica())
+    bad = Reconcile(1, "b", (("", None, 9, b"", (), b""),), ())
+    assert peer.handle(1, bad) == []
+    assert peer.stats.bad_messages == 1
+    good = opening(2, "b", SortedReplica({"k": b"v"}))
+    assert peer.handle(2, good)  # answered: the node still works

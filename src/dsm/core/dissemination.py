@@ -46,6 +46,7 @@ Adaptive period (between gossip_min_ms and gossip_max_ms, starting at gossip_int
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -69,6 +70,10 @@ if TYPE_CHECKING:
 #: Measured loss rate of gossip exchanges above which the broadcast tree is not trusted to deliver alone.
 LOSSY = 0.1
 
+#: Most ids of one announcement considered, and most writes one Graft is answered with.
+MAX_IDS = 4096
+MAX_GRAFT = 256
+
 #: Timer kinds the peer dispatches to this module (kept apart from the peer's own kinds).
 GOSSIP_TIMER = 100
 GRAFT_TIMER = 101
@@ -90,6 +95,7 @@ class _Recent:
     rounds_left: int
     hops: int
     since: int
+    tree: bool  # the broadcast tree carries it (pushed, or published urgent with direct updates on)
 
 
 class DisseminationStats:
@@ -148,11 +154,11 @@ class Dissemination:
     def publish(self, items: DataItems, urgent: bool = True) -> None:
         """This node coordinated these writes (already in its replica): spread them."""
         retain = self._retain()
+        tree = urgent and self.settings.direct_updates
         for item in items:
             self._remember(item.id)
-            self.recent[item.id] = _Recent(item, retain, 0, self.peer._now)
+            self.recent[item.id] = _Recent(item, retain, 0, self.peer._now, tree)
         self._trim_recent()
-        tree = urgent and self.settings.direct_updates
         self._became_busy(tree)
         if tree:
             self._push_out(items, 0, -1)
@@ -219,7 +225,7 @@ class Dissemination:
         grafted = any(item.id in missing for item in new)
         for item in new:
             self._remember(item.id)
-            recent[item.id] = _Recent(item, retain, hops, self.peer._now)
+            recent[item.id] = _Recent(item, retain, hops, self.peer._now, path == "push")
             missing.pop(item.id, None)
         self._trim_recent()
         self.peer._out.append(Store(new, source, path, hops))
@@ -237,7 +243,7 @@ class Dissemination:
             self._useful = True
         if not s.gossip_adaptive:
             return
-        target = max(s.gossip_interval_ms if tree else s.gossip_min_ms, self._rtt_floor())
+        target = min(s.gossip_max_ms, max(s.gossip_interval_ms if tree else s.gossip_min_ms, self._rtt_floor()))
         if self.period > target:
             self.period = target
             if self._next_round > self.peer._now + self.period:
@@ -315,7 +321,9 @@ class Dissemination:
         seen = self.seen
         missing = self.missing
         due = self.peer._now + self._graft_wait()
-        for item_id in message.ids:
+        for item_id in message.ids[:MAX_IDS]:
+            if len(missing) >= self.settings.seen_max:
+                break
             if item_id in seen:
                 continue
             announcers = missing.get(item_id)
@@ -348,7 +356,7 @@ class Dissemination:
             self.lazy.discard(slot)
             self.eager.add(slot)
         recent = self.recent
-        found = [recent[i] for i in message.ids if i in recent]
+        found = [recent[i] for i in message.ids[:MAX_GRAFT] if i in recent]
         if found:
             hops = min(entry.hops for entry in found)
             self.peer._send_to_id(message.source, Push(self.peer.id, hops, tuple(e.item for e in found)))
@@ -366,7 +374,7 @@ class Dissemination:
             self._exchanges.clear()
         if s.gossip_adaptive:
             period = self.period // 2 if self._useful else self.period * 3 // 2
-            self.period = max(s.gossip_min_ms, self._rtt_floor(), min(s.gossip_max_ms, period))
+            self.period = min(s.gossip_max_ms, max(s.gossip_min_ms, self._rtt_floor(), period))
         else:
             self.period = s.gossip_interval_ms
         self._useful = False
@@ -382,26 +390,32 @@ class Dissemination:
             return
         targets = self._sample(set(links), fanout, -1)
         recent = self.recent
-        listed = tuple(reversed(recent))[: s.max_digest_ids] if recent else ()
+        listed = tuple(itertools.islice(reversed(recent), s.max_digest_ids)) if recent else ()
         hold = self._hold()
         if hold:
-            ids = tuple(i for i in listed if now - recent[i].since >= hold)
-            fresh = tuple(i for i in listed if now - recent[i].since < hold)
+            ids = tuple(i for i in listed if not self._held(recent[i], now, hold))
+            fresh = tuple(i for i in listed if self._held(recent[i], now, hold))
         else:
             ids, fresh = listed, ()
         for slot in targets:
             seq = peer._next_seq()
             self._exchanges[seq] = (slot, now)
             peer._send_to_slot(slot, GossipDigest(seq, peer.id, ids, fresh))
-        # Each write is listed for a bounded number of rounds.
+        # Each write stays a bounded number of rounds (counted whether or not it fitted in the digest;
+        # not while it is held for the tree).
         expired = []
-        for item_id in ids:  # fresh ones are not counted down yet
-            entry = recent[item_id]
+        for item_id, entry in recent.items():
+            if hold and self._held(entry, now, hold):
+                continue
             entry.rounds_left -= 1
             if entry.rounds_left <= 0:
                 expired.append(item_id)
         for item_id in expired:
             del recent[item_id]
+
+    @staticmethod
+    def _held(entry: _Recent, now: int, hold: int) -> bool:
+        return entry.tree and now - entry.since < hold
 
     def _hold(self) -> int:
         """How long a write just received stays out of gossip, so the broadcast tree delivers it first
@@ -419,10 +433,13 @@ class Dissemination:
         # list an older one most likely had it and let it out of its own list (the nodes' lists are of
         # equal length, and a write reaches everyone within a few rounds); it is still pulled if missing.
         half = self._retain() / 2
+        # Only among this node's newest max_digest_ids writes: the digest lists no more than that, so an
+        # older one missing from it says nothing about the partner.
+        recent = self.recent
         items = tuple(
             entry.item
-            for i, entry in self.recent.items()
-            if i not in listed and entry.rounds_left > half and now - entry.since >= hold
+            for entry in (recent[i] for i in itertools.islice(reversed(recent), self.settings.max_digest_ids))
+            if entry.item.id not in listed and entry.rounds_left > half and not self._held(entry, now, hold)
         )
         if want or items:
             self._useful = True

@@ -214,6 +214,7 @@ class PeerStats:
     routes_failed: int = 0
     link_refusals: int = 0
     bad_updates: int = 0
+    bad_messages: int = 0
 
 
 @dataclass(slots=True)
@@ -362,7 +363,11 @@ class Peer:
             slot = self.directory.slot(message.source)
             if slot is not None:
                 self._heard[slot] = now
-            handler(self, message)
+            try:
+                handler(self, message)
+            except (ValueError, TypeError):
+                # A malformed message (the sender's fault): dropped and counted; the node keeps serving.
+                self.stats.bad_messages += 1
         return self._flush()
 
     def join(self, now: int, bootstrap: Sequence[tuple[str, str]]) -> list[Effect]:

@@ -56,6 +56,11 @@ FINGERPRINT = 0
 IDLIST = 1
 WANT = 2
 
+#: Limits on what one message may ask (checked before any work): runs, values per run, bound length.
+MAX_RUNS = 4096
+MAX_VALUES = 4096
+MAX_BOUND = 4096
+
 
 class RangeView(Protocol):
     """What reconciliation reads of a store."""
@@ -127,16 +132,36 @@ def encode_run(lo: str, hi: str | None, mode: int, bounds: Sequence[str], values
 
 
 def decode_run(run: Run) -> tuple[str, str | None, int, list[str], tuple[int, ...]]:
-    """(lo, hi, mode, bounds, values) of a run; raises ValueError on a malformed one."""
-    lo, hi, mode, shared, suffixes, packed = run
+    """(lo, hi, mode, bounds, values) of a run; raises ValueError on a malformed one (wrong types, an
+    unknown mode, bounds out of order, more than MAX_VALUES values or bounds longer than MAX_BOUND)."""
+    try:
+        lo, hi, mode, shared, suffixes, packed = run
+    except (TypeError, ValueError):
+        raise ValueError("malformed anti-entropy run") from None
+    if (
+        not isinstance(lo, str)
+        or not (hi is None or isinstance(hi, str))
+        or mode not in (FINGERPRINT, IDLIST, WANT)
+        or not isinstance(shared, bytes)
+        or not isinstance(packed, bytes)
+        or not isinstance(suffixes, tuple | list)
+        or len(lo) > MAX_BOUND
+        or (hi is not None and (len(hi) > MAX_BOUND or hi <= lo))
+    ):
+        raise ValueError("malformed anti-entropy run")
     width = 8 if mode == FINGERPRINT else 4
-    if len(shared) != len(suffixes) or len(packed) % width:
+    if len(shared) != len(suffixes) or len(packed) % width or len(packed) // width > MAX_VALUES:
         raise ValueError("malformed anti-entropy run")
     bounds = []
     previous = lo
     for n, rest in zip(shared, suffixes, strict=True):
-        previous = previous[:n] + rest
-        bounds.append(previous)
+        if not isinstance(rest, str) or n + len(rest) > MAX_BOUND:
+            raise ValueError("anti-entropy run: bound too long")
+        bound = previous[:n] + rest
+        if bound <= previous or (hi is not None and bound >= hi):
+            raise ValueError("anti-entropy run: bounds out of order")
+        previous = bound
+        bounds.append(bound)
     values = struct.unpack(f">{len(packed) // width}{'q' if width == 8 else 'I'}", packed)
     if mode == FINGERPRINT and len(values) != len(bounds) + 1:
         raise ValueError("anti-entropy run: one summary per range expected")
@@ -160,6 +185,8 @@ def answer(
     out_runs: list[Run] = []
     send_keys: list[str] = []
     session = message.session
+    if not isinstance(session, int) or not isinstance(message.runs, tuple | list) or len(message.runs) > MAX_RUNS:
+        raise ValueError("malformed anti-entropy message")
     for run in message.runs:
         lo, hi, mode, bounds, values = decode_run(run)
         if mode == FINGERPRINT:
@@ -172,7 +199,9 @@ def answer(
                 start = upper
         elif mode == IDLIST:
             _on_idlist(view, lo, hi, values, out_runs, send_keys, session)
-        elif mode == WANT:
+        elif mode == WANT and view.fingerprint(lo, hi)[0] <= ENTRIES_MAX:
+            # Only ranges small enough to have been listed in full are answered (a larger one is not what
+            # this side sent, and would make it read a whole range).
             wanted = set(values)
             send_keys.extend(k for k, d in view.digests(lo, hi) if short(d, session) in wanted)
     entries: list[tuple[str, bytes]] = []
