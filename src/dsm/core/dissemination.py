@@ -144,8 +144,7 @@ class Dissemination:
 
     def link_changed(self, slot: int, delta: int) -> None:
         if delta > 0:
-            self.lazy.discard(slot)
-            self.eager.add(slot)
+            self._make_eager(slot)
         else:
             self.eager.discard(slot)
             self.lazy.discard(slot)
@@ -184,10 +183,16 @@ class Dissemination:
 
     def _trim_recent(self) -> None:
         recent = self.recent
-        excess = len(recent) - self.settings.max_recent
-        if excess > 0:
-            for item_id in list(recent)[:excess]:
-                del recent[item_id]
+        for _ in range(len(recent) - self.settings.max_recent):
+            del recent[next(iter(recent))]  # the oldest
+
+    def _make_eager(self, slot: int) -> None:
+        self.lazy.discard(slot)
+        self.eager.add(slot)
+
+    def _make_lazy(self, slot: int) -> None:
+        self.eager.discard(slot)
+        self.lazy.add(slot)
 
     def _sample(self, slots: set[int], count: int, exclude: int) -> list[int]:
         pool = [s for s in slots if s != exclude]
@@ -283,23 +288,20 @@ class Dissemination:
         if not new:
             self.stats.duplicates += 1
             if slot is not None and slot in self.eager:
-                self.eager.discard(slot)
-                self.lazy.add(slot)
+                self._make_lazy(slot)
                 self.stats.prunes += 1
                 self.peer._send_to_slot(slot, Prune(self.peer.id))
                 self._keep_one_eager()
             return
         if slot is not None and slot in self.lazy:
-            self.lazy.discard(slot)
-            self.eager.add(slot)
+            self._make_eager(slot)
         if self.settings.direct_updates:
             self._push_out(new, hops, -1 if slot is None else slot)
 
     def on_prune(self, message: Prune) -> None:
         slot = self._link_slot(message.source)
         if slot is not None and slot in self.eager:
-            self.eager.discard(slot)
-            self.lazy.add(slot)
+            self._make_lazy(slot)
             self._keep_one_eager()
 
     def _keep_one_eager(self) -> None:
@@ -308,8 +310,7 @@ class Dissemination:
         if self.eager or not self.lazy:
             return
         slot = self._sample(self.lazy, 1, -1)[0]
-        self.lazy.discard(slot)
-        self.eager.add(slot)
+        self._make_eager(slot)
         self.peer._send_to_slot(slot, Graft(self.peer.id, ()))
 
     def on_ihave(self, message: IHave) -> None:
@@ -343,8 +344,7 @@ class Dissemination:
         slot, _ = announcers.pop(0)
         self.stats.grafts += 1
         if self.peer.overlay.linked(slot):
-            self.lazy.discard(slot)
-            self.eager.add(slot)
+            self._make_eager(slot)
         self.peer._send_to_slot(slot, Graft(self.peer.id, (item_id,)))
         # If that announcer does not answer, the next one is asked; with none left the entry stays (empty)
         # one more timeout, so a late announcement does not start the wait over.
@@ -353,8 +353,7 @@ class Dissemination:
     def on_graft(self, message: Graft) -> None:
         slot = self._link_slot(message.source)
         if slot is not None:
-            self.lazy.discard(slot)
-            self.eager.add(slot)
+            self._make_eager(slot)
         recent = self.recent
         found = [recent[i] for i in message.ids[:MAX_GRAFT] if i in recent]
         if found:
@@ -392,11 +391,14 @@ class Dissemination:
         recent = self.recent
         listed = tuple(itertools.islice(reversed(recent), s.max_digest_ids)) if recent else ()
         hold = self._hold()
+        ids: tuple[int, ...] = listed
+        fresh: tuple[int, ...] = ()
         if hold:
-            ids = tuple(i for i in listed if not self._held(recent[i], now, hold))
-            fresh = tuple(i for i in listed if self._held(recent[i], now, hold))
-        else:
-            ids, fresh = listed, ()
+            settled: list[int] = []
+            held: list[int] = []
+            for i in listed:
+                (held if self._held(recent[i], now, hold) else settled).append(i)
+            ids, fresh = tuple(settled), tuple(held)
         for slot in targets:
             seq = peer._next_seq()
             self._exchanges[seq] = (slot, now)

@@ -92,25 +92,29 @@ class WriteTracker:
         kind = type(message)
         if kind not in DATA_TYPES:
             return
+        size = wire_size(message) if self.counting else -1  # computed at most once, and only if needed
         if self.counting:
             self.window_messages += 1
-            self.window_bytes += wire_size(message)
+            self.window_bytes += size
         active = self.active
         if kind is Reconcile:
             # Anti-entropy entries are payload copies of the writes whose keys they carry.
-            for key, _ in message.entries:
-                track = self.by_key.get(key)
-                if track is not None:
+            by_key = self.by_key
+            carried = [by_key[key] for key, _ in message.entries if key in by_key]
+            if carried:
+                size = size if size >= 0 else wire_size(message)
+                share = 1 / len(message.entries)
+                for track in carried:
                     track.payload_copies += 1
-                    track.messages += 1 / len(message.entries)
-                    track.bytes += wire_size(message) / len(message.entries)
+                    track.messages += share
+                    track.bytes += size * share
             return
         if kind is Prune:
             if active:
-                size = wire_size(message) / len(active)
+                size = size if size >= 0 else wire_size(message)
                 for track in active.values():
                     track.messages += 1 / len(active)
-                    track.bytes += size
+                    track.bytes += size / len(active)
             return
         if kind is Push or kind is GossipItems:
             ids = [item.id for item in message.items]
@@ -123,7 +127,7 @@ class WriteTracker:
         hit = [active[i] for i in ids if i in active] if active else []
         if not hit:
             return
-        size = wire_size(message)
+        size = size if size >= 0 else wire_size(message)
         share = 1 / len(ids)
         for track in hit:
             track.messages += share

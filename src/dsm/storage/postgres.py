@@ -34,7 +34,7 @@ from dsm.errors import (
     StorageUnavailableError,
 )
 from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
-from dsm.storage.sqlview import SqlRangeView
+from dsm.storage.sqlview import RANGE_SUMS, SqlRangeView
 
 T = TypeVar("T")
 
@@ -266,7 +266,7 @@ class PostgresStore:
         return [(k, int(d)) for k, d in rows]
 
     async def range_digest(self, start: str = "", end: str | None = None) -> RangeDigest:
-        cols = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
+        cols = RANGE_SUMS
         if end is None:
             rows = await self._fetch("range_digest", f"SELECT {cols} FROM dsm_kv WHERE key >= %s", (start,))
         else:

@@ -41,7 +41,8 @@ from dsm.errors import (
     StorageUnavailableError,
 )
 from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
-from dsm.storage.sqlview import SqlRangeView
+from dsm.storage.sqlview import IN_CHUNK as _IN_CHUNK
+from dsm.storage.sqlview import RANGE_SUMS, SqlRangeView
 
 T = TypeVar("T")
 
@@ -64,7 +65,6 @@ _UPSERT = (
     " versions = excluded.versions, digest = excluded.digest, ts = excluded.ts"
 )
 _META_UPSERT = "INSERT INTO dsm_meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
-_IN_CHUNK = 500
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 #: How long an inline write keeps retrying while a checkpoint holds the write lock.
 BUSY_WAIT_S = 5.0
@@ -352,8 +352,7 @@ class SQLiteStore:
 
     async def range_digest(self, start: str = "", end: str | None = None) -> RangeDigest:
         def run(con: sqlite3.Connection) -> RangeDigest:
-            # sum() of 32-bit halves stays an exact int64 up to 2**31 keys (total() would round to a float).
-            cols = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
+            cols = RANGE_SUMS
             if end is None:
                 row = con.execute(f"SELECT {cols} FROM dsm_kv WHERE key >= ?", (start,)).fetchone()
             else:

@@ -10,8 +10,11 @@ from typing import Any
 
 from dsm.storage.base import RangeDigest
 
-_SUMS = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
-_IN_CHUNK = 500
+#: The count and digest-half sums of a key range (`RangeDigest.from_sums`), the same SQL in both stores.
+#: sum() of 32-bit halves stays an exact int64 up to 2**31 keys (SQLite's total() would round to a float).
+RANGE_SUMS = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
+#: Most keys in one `IN (...)` list.
+IN_CHUNK = 500
 
 Fetch = Callable[[str, Sequence[Any]], list[Any]]
 
@@ -33,7 +36,7 @@ class SqlRangeView:
         return (lo,) if hi is None else (lo, hi)
 
     def fingerprint(self, lo: str, hi: str | None) -> tuple[int, int]:
-        row = self.fetch(f"SELECT {_SUMS} FROM dsm_kv WHERE {self._where(hi)}", self._args(lo, hi))[0]
+        row = self.fetch(f"SELECT {RANGE_SUMS} FROM dsm_kv WHERE {self._where(hi)}", self._args(lo, hi))[0]
         d = RangeDigest.from_sums(int(row[0]), int(row[1]), int(row[2]))
         return d.count, d.fingerprint
 
@@ -42,7 +45,7 @@ class SqlRangeView:
         step = max(1, -(-count // parts))
         # One pass: number the range's keys in order and sum each block of `step` of them.
         sql = (
-            f"SELECT min(key), {_SUMS} FROM (SELECT key, digest,"
+            f"SELECT min(key), {RANGE_SUMS} FROM (SELECT key, digest,"
             f" (row_number() OVER (ORDER BY key) - 1) / {self.mark} AS part"
             f" FROM dsm_kv WHERE {self._where(hi)}) AS numbered GROUP BY part ORDER BY part"
         )
@@ -58,8 +61,8 @@ class SqlRangeView:
 
     def entries(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
         found: dict[str, bytes] = {}
-        for i in range(0, len(keys), _IN_CHUNK):
-            chunk = list(keys[i : i + _IN_CHUNK])
+        for i in range(0, len(keys), IN_CHUNK):
+            chunk = list(keys[i : i + IN_CHUNK])
             marks = ",".join([self.mark] * len(chunk))
             for key, versions in self.fetch(f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk):
                 found[key] = bytes(versions)
