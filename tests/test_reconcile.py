@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from dsm.core.encoding import digest
 from dsm.core.messages import Reconcile, Run
 from dsm.core.reconcile import (
+    FETCH,
     FINGERPRINT,
     IDLIST,
+    SKETCH,
     WANT,
     RangeView,
     SortedReplica,
@@ -28,6 +30,7 @@ from dsm.core.reconcile import (
     short,
     summary,
 )
+from dsm.core.sketch import Sketch, salt_of
 from dsm.storage.base import RangeDigest, StoredKey
 
 
@@ -38,14 +41,16 @@ def merge_max(view: SortedReplica, entries: tuple[tuple[str, bytes], ...]) -> No
         view[key] = versions if held is None or versions > held else held
 
 
-def reconcile(a: SortedReplica, b: SortedReplica) -> tuple[int, int]:
-    """Runs one exchange started by `a`; returns (messages, bytes)."""
+def reconcile(a: SortedReplica, b: SortedReplica, modes: list[int] | None = None) -> tuple[int, int]:
+    """Runs one exchange started by `a`; returns (messages, bytes); collects the runs' modes in `modes`."""
     message: Reconcile | None = opening(1, "a", a)
     sides = {"a": a, "b": b}
     turn, messages, size = "b", 0, 0
     while message is not None:
         messages += 1
         size += len(msgpack.packb(message))
+        if modes is not None:
+            modes.extend(run[2] for run in message.runs)
         assert messages < 40, "exchange does not end"
         reply, entries = answer(message, turn, sides[turn])
         merge_max(sides[turn], entries)
@@ -89,6 +94,36 @@ def test_cost_follows_the_differences_not_the_store_size() -> None:
     assert large[0] <= small[0] + 2  # a level more of splitting at most
     assert large[1] < 4 * small[1]
     assert large[1] < 4096
+
+
+def test_large_ranges_are_compared_by_difference_sketch() -> None:
+    a, b = replicas(50_000, 100)
+    entry = 15  # key:NNNNNN plus a 5-byte value
+    modes: list[int] = []
+    messages, size = reconcile(a, b, modes)
+    assert a == b
+    # One sketch peels: then entries both ways and a fetch of what the sketch side lacks.
+    assert SKETCH in modes and FETCH in modes and FINGERPRINT in modes
+    assert messages <= 6
+    # Entries of 15 bytes: about 4 KiB of sketches (96 cells at 13 B, then a few hundred) plus about 25 B per
+    # difference (entries, fetched digests); the range method needed several times that.
+    assert size < 4096 + 100 * (entry + 85)
+
+
+def test_many_differences_escalate_to_larger_sketches_and_converge() -> None:
+    a, b = replicas(50_000, 3000)
+    modes: list[int] = []
+    messages, _ = reconcile(a, b, modes)
+    assert a == b
+    assert modes.count(SKETCH) >= 2 and messages <= 10
+
+
+def test_mostly_different_replicas_fall_back_to_ranges() -> None:
+    rows = {f"k{i:06d}": b"x" for i in range(20_000)}
+    a = SortedReplica(rows)
+    b = SortedReplica({k: b"y" for k in list(rows)[::2]})
+    reconcile(a, b)
+    assert a == SortedReplica({k: (b"y" if i % 2 == 0 else b"x") for i, k in enumerate(rows)})
 
 
 def test_empty_replica_receives_everything_in_bounded_steps() -> None:
@@ -184,6 +219,11 @@ async def test_sql_views_answer_like_the_memory_view(make_store: Callable[[], An
             for lo, hi in [("", None), (keys[100], keys[2000]), (keys[2999], None), ("zzz", None)]:
                 out += [view.fingerprint(lo, hi), view.split(lo, hi, 16), view.digests(lo, hi)]
             out.append(view.entries([keys[5], "missing", keys[7]]))
+            out.append(view.sketch("", None, 96, salt_of(5)).to_bytes())
+            out.append(view.sketch(keys[10], keys[20], 30, salt_of(6)).to_bytes())
+            wanted = [*[d for _, d in view.digests("", None)][::300], 12345]
+            out.append(sorted(view.keys_of("", None, wanted)))
+            out.append(sorted(view.keys_of(keys[0], keys[1000], wanted)))
             return out
 
         assert await store.with_range_view(probe) == probe(memory)
@@ -216,6 +256,10 @@ async def test_sql_views_answer_like_the_memory_view(make_store: Callable[[], An
         (5, None, IDLIST, b"", (), b""),  # wrong type
         ("", None, IDLIST, "", (), b""),  # wrong type
         ("", None),  # wrong shape
+        ("", None, SKETCH, b"", (), b"\x00" * 20),  # not a whole sketch
+        ("", None, SKETCH, b"\x00", ("x",), Sketch.build([1], 3, 0).to_bytes()),  # a sketch with bounds
+        ("", None, SKETCH, b"", (), Sketch.build([1], 3, 0).to_bytes()[:-13] + b"\x00" * 13 * 70_000),  # too big
+        ("", None, FETCH, b"", (), b"\x00" * 12),  # not whole digests
     ],
 )
 def test_malformed_runs_are_rejected_before_any_work(run: object) -> None:

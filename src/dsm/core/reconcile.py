@@ -5,31 +5,40 @@ them). A range is summarised by a fingerprint: the number of keys in it and two 
 64-bit digests (`dsm.storage.base.RangeDigest`, computed identically by every store; a key's digest covers
 the key and its whole encoded version set, so any difference in any version shows).
 
-One message (`Reconcile`) carries runs of consecutive ranges, each in one of three modes:
+One message (`Reconcile`) carries runs of consecutive ranges, each in one of five modes:
 - FINGERPRINT (a summary: the 64-bit fingerprint with the count mixed in): the receiver compares with
   its own. Equal: nothing more is said of the range. Different: if the receiver holds at most
-  `IDLIST_MAX` keys there, it answers with their digests (IDLIST); otherwise it splits the range at its
-  own keys into `PARTS` parts of equal count and answers with their summaries.
+  `IDLIST_MAX` keys there, it answers with their digests (IDLIST); if it holds more than `SKETCH_MIN`, with
+  a difference sketch of them (SKETCH, `FIRST_CELLS` cells); otherwise it splits the range at its own keys
+  into `PARTS` parts of equal count and answers with their summaries.
+- SKETCH (an invertible Bloom lookup table of the sender's digests in the range, `sketch.py`): the
+  receiver builds its own of the same size and subtracts. If the difference peels, it sends the entries
+  only it holds and FETCHes the digests only the sender holds: done in about one round trip, with traffic
+  proportional to the differences and independent of the store size. If not, it estimates the number of
+  differences from the empty cells and answers with a sketch large enough for them (several, one per
+  sub-range, beyond `sketch.MAX_CELLS`), or, when most of the range differs (a replica that missed
+  much), with an IDLIST or a split as above.
 - IDLIST (digests, cut to 4 bytes salted by the session, `short`): the receiver sends every entry of
   the range whose digest is not listed (the sender lacks it or holds another version set) and answers
   WANT with the listed digests it does not hold. If it holds more than `ENTRIES_MAX` keys there, it
   splits the range instead, so no step moves an unbounded number of entries.
-- WANT (digests): the receiver sends the entries with those digests.
+- WANT (short digests): the receiver sends the entries with those digests.
+- FETCH (full 64-bit digests from a peeled sketch): the receiver sends the entries with those digests.
 Entries travel in the same message (key, encoded version set) and are merged by the receiver as any
 other write; differing versions of one key are sent both ways, so both sides end with the merge.
 
 The exchange is stateless: each message is answered from the receiver's store alone, and an exchange
-ends when an answer would be empty. Only differing ranges are refined, so the traffic grows with the
-number of differences d and with log(m) of the store size m: one whole-store fingerprint when nothing
-differs, about PARTS fingerprints per level and differing range, log_PARTS(m / IDLIST_MAX) levels, then
-at most IDLIST_MAX digests and the entries. A message holds at most `max_entries_bytes` of entries;
-the rest of a step waits for the next exchange.
+ends when an answer would be empty. One whole-store fingerprint when nothing differs; a sketch of 96
+cells (1.3 KB) then the entries for a few differences; larger sketches, each sized from the last, for
+more; range splitting (about PARTS fingerprints per level and differing range, then digest lists) for
+small ranges and for replicas that differ almost everywhere. A message holds at most
+`max_entries_bytes` of entries; the rest of a step waits for the next exchange.
 
 On the wire a run is compact: its bounds are prefix-compressed (each shares a prefix with the one before)
 and its summaries (8 bytes) or digests (4 bytes) are one packed string (`encode_run`).
 
 The algorithm reads the store through `RangeView`, a small synchronous interface: `SortedReplica` (here,
-in memory: the simulator and tests) and `SqliteRangeView` (on disk, `dsm.storage.sqlite`). The core stays
+in memory: the simulator and tests) and `SqlRangeView` (SQLite and PostgreSQL, `dsm.storage.sqlview`). The core stays
 deterministic: given the same view contents and message it answers the same; the network runtime runs
 a step off its event loop, against a read snapshot.
 """
@@ -41,8 +50,11 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
+
 from dsm.core.encoding import digest as entry_digest
 from dsm.core.messages import Reconcile, Run
+from dsm.core.sketch import CELL_BYTES, MAX_CELLS, Sketch, cells_for, estimate, salt_of
 
 MASK32 = 0xFFFFFFFF
 #: Parts a differing range is split into.
@@ -52,9 +64,19 @@ IDLIST_MAX = 32
 #: A range is split rather than answered with entries while the sender holds more than this many keys.
 ENTRIES_MAX = 4 * IDLIST_MAX
 
+#: A differing range where the receiver holds more keys than this is answered with a difference sketch.
+SKETCH_MIN = 1024
+#: Cells of the first sketch of a range (1.3 KB; peels up to about 40 differing digests).
+FIRST_CELLS = 96
+#: Most sketch bytes one message carries (beyond that, ranges are split by fingerprints instead).
+MAX_SKETCH_BYTES = 4 << 20
+
 FINGERPRINT = 0
 IDLIST = 1
 WANT = 2
+SKETCH = 3
+FETCH = 4
+MODES = (FINGERPRINT, IDLIST, WANT, SKETCH, FETCH)
 
 #: Limits on what one message may ask (checked before any work): runs, values per run, bound length.
 MAX_RUNS = 4096
@@ -77,6 +99,12 @@ class RangeView(Protocol):
 
     def entries(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
         """(key, encoded versions) of those keys."""
+
+    def sketch(self, lo: str, hi: str | None, cells: int, salt: int) -> Sketch:
+        """The difference sketch (`sketch.Sketch`) of the digests of the keys in [lo, hi)."""
+
+    def keys_of(self, lo: str, hi: str | None, digests: Sequence[int]) -> list[str]:
+        """The keys in [lo, hi) whose digest (as an unsigned 64-bit int) is one of `digests`."""
 
 
 def fold(count: int, low: int, high: int) -> tuple[int, int]:
@@ -126,14 +154,22 @@ def encode_run(lo: str, hi: str | None, mode: int, bounds: Sequence[str], values
         previous = bound
     if mode == FINGERPRINT:
         packed = struct.pack(f">{len(values)}q", *(_signed(v) for v in values))
+    elif mode == FETCH:
+        packed = struct.pack(f">{len(values)}Q", *values)
     else:
         packed = struct.pack(f">{len(values)}I", *values)
     return (lo, hi, mode, bytes(shared), tuple(suffixes), packed)
 
 
-def decode_run(run: Run) -> tuple[str, str | None, int, list[str], tuple[int, ...]]:
-    """(lo, hi, mode, bounds, values) of a run; raises ValueError on a malformed one (wrong types, an
-    unknown mode, bounds out of order, more than MAX_VALUES values or bounds longer than MAX_BOUND)."""
+def sketch_run(lo: str, hi: str | None, sketch: Sketch) -> Run:
+    """A SKETCH run: the difference sketch of the sender's keys in [lo, hi)."""
+    return (lo, hi, SKETCH, b"", (), sketch.to_bytes())
+
+
+def decode_run(run: Run) -> tuple[str, str | None, int, list[str], tuple[int, ...] | Sketch]:
+    """(lo, hi, mode, bounds, values) of a run (for SKETCH, values is the `Sketch`); raises ValueError on a
+    malformed one (wrong types, an unknown mode, bounds out of order, more than MAX_VALUES values, bounds
+    longer than MAX_BOUND, a malformed or oversized sketch)."""
     try:
         lo, hi, mode, shared, suffixes, packed = run
     except (TypeError, ValueError):
@@ -141,7 +177,7 @@ def decode_run(run: Run) -> tuple[str, str | None, int, list[str], tuple[int, ..
     if (
         not isinstance(lo, str)
         or not (hi is None or isinstance(hi, str))
-        or mode not in (FINGERPRINT, IDLIST, WANT)
+        or mode not in MODES
         or not isinstance(shared, bytes)
         or not isinstance(packed, bytes)
         or not isinstance(suffixes, tuple | list)
@@ -149,7 +185,11 @@ def decode_run(run: Run) -> tuple[str, str | None, int, list[str], tuple[int, ..
         or (hi is not None and (len(hi) > MAX_BOUND or hi <= lo))
     ):
         raise ValueError("malformed anti-entropy run")
-    width = 8 if mode == FINGERPRINT else 4
+    if mode == SKETCH:
+        if shared or suffixes:
+            raise ValueError("malformed anti-entropy run: a sketch has no bounds")
+        return lo, hi, mode, [], Sketch.from_bytes(packed)
+    width = 8 if mode in (FINGERPRINT, FETCH) else 4
     if len(shared) != len(suffixes) or len(packed) % width or len(packed) // width > MAX_VALUES:
         raise ValueError("malformed anti-entropy run")
     bounds = []
@@ -162,7 +202,8 @@ def decode_run(run: Run) -> tuple[str, str | None, int, list[str], tuple[int, ..
             raise ValueError("anti-entropy run: bounds out of order")
         previous = bound
         bounds.append(bound)
-    values = struct.unpack(f">{len(packed) // width}{'q' if width == 8 else 'I'}", packed)
+    code = "q" if mode == FINGERPRINT else "Q" if mode == FETCH else "I"
+    values = struct.unpack(f">{len(packed) // width}{code}", packed)
     if mode == FINGERPRINT and len(values) != len(bounds) + 1:
         raise ValueError("anti-entropy run: one summary per range expected")
     return lo, hi, mode, bounds, values
@@ -182,28 +223,32 @@ def answer(
     the caller merges into its store. Call this before merging those entries (the reply describes the
     store as it was when the message was answered; the peer learns the rest in the next exchange).
     Raises ValueError on a malformed message."""
-    out_runs: list[Run] = []
-    send_keys: list[str] = []
     session = message.session
     if not isinstance(session, int) or not isinstance(message.runs, tuple | list) or len(message.runs) > MAX_RUNS:
         raise ValueError("malformed anti-entropy message")
+    out = _Reply(session)
     for run in message.runs:
         lo, hi, mode, bounds, values = decode_run(run)
-        if mode == FINGERPRINT:
+        if isinstance(values, Sketch):
+            _on_sketch(view, lo, hi, values, out)
+        elif mode == FINGERPRINT:
             uppers: list[str | None] = [*bounds, hi]
             start = lo
             for upper, value in zip(uppers, values, strict=True):
-                _on_fingerprint(view, start, upper, value, out_runs, session)
+                _on_fingerprint(view, start, upper, value, out)
                 if upper is None:
                     break
                 start = upper
         elif mode == IDLIST:
-            _on_idlist(view, lo, hi, values, out_runs, send_keys, session)
+            _on_idlist(view, lo, hi, values, out)
         elif mode == WANT and view.fingerprint(lo, hi)[0] <= ENTRIES_MAX:
             # Only ranges small enough to have been listed in full are answered (a larger one is not what
             # this side sent, and would make it read a whole range).
             wanted = set(values)
-            send_keys.extend(k for k, d in view.digests(lo, hi) if short(d, session) in wanted)
+            out.send.extend(k for k, d in view.digests(lo, hi) if short(d, session) in wanted)
+        elif mode == FETCH:
+            out.send.extend(view.keys_of(lo, hi, values))
+    out_runs, send_keys = out.runs, out.send
     entries: list[tuple[str, bytes]] = []
     size = 0
     for key, versions in view.entries(send_keys):
@@ -216,30 +261,90 @@ def answer(
     return Reconcile(message.session, source, tuple(out_runs), tuple(entries)), message.entries
 
 
-def _on_fingerprint(view: RangeView, lo: str, hi: str | None, value: int, out: list[Run], session: int) -> None:
+class _Reply:
+    """What an answer collects: runs, keys whose entries to send, and room left for sketches."""
+
+    __slots__ = ("room", "runs", "salt", "send", "session")
+
+    def __init__(self, session: int) -> None:
+        self.session = session
+        self.salt = salt_of(session)
+        self.runs: list[Run] = []
+        self.send: list[str] = []
+        self.room = MAX_SKETCH_BYTES
+
+
+def _on_fingerprint(view: RangeView, lo: str, hi: str | None, value: int, out: _Reply) -> None:
     count, fp = view.fingerprint(lo, hi)
     if summary(count, fp) == value:
         return
     if count <= IDLIST_MAX:
-        out.append(encode_run(lo, hi, IDLIST, (), [short(d, session) for _, d in view.digests(lo, hi)]))
+        out.runs.append(encode_run(lo, hi, IDLIST, (), [short(d, out.session) for _, d in view.digests(lo, hi)]))
+    elif count > SKETCH_MIN:
+        _send_sketch(view, lo, hi, FIRST_CELLS, out)
     else:
-        _split_into(view, lo, hi, out)
+        _split_into(view, lo, hi, out.runs)
 
 
-def _on_idlist(
-    view: RangeView, lo: str, hi: str | None, values: tuple[int, ...], out: list[Run], send: list[str], session: int
-) -> None:
+def _on_idlist(view: RangeView, lo: str, hi: str | None, values: tuple[int, ...], out: _Reply) -> None:
     count, _ = view.fingerprint(lo, hi)
     if count > ENTRIES_MAX:
-        _split_into(view, lo, hi, out)
+        _split_into(view, lo, hi, out.runs)
         return
-    mine = [(k, short(d, session)) for k, d in view.digests(lo, hi)]
+    mine = [(k, short(d, out.session)) for k, d in view.digests(lo, hi)]
     theirs = set(values)
     have = {d for _, d in mine}
-    send.extend(k for k, d in mine if d not in theirs)
+    out.send.extend(k for k, d in mine if d not in theirs)
     want = [d for d in values if d not in have]
     if want:
-        out.append(encode_run(lo, hi, WANT, (), want))
+        out.runs.append(encode_run(lo, hi, WANT, (), want))
+
+
+def _send_sketch(view: RangeView, lo: str, hi: str | None, cells: int, out: _Reply) -> None:
+    size = cells * CELL_BYTES
+    if size > out.room:
+        _split_into(view, lo, hi, out.runs)
+        return
+    out.room -= size
+    out.runs.append(sketch_run(lo, hi, view.sketch(lo, hi, cells, out.salt)))
+
+
+def _on_sketch(view: RangeView, lo: str, hi: str | None, theirs: Sketch, out: _Reply) -> None:
+    """Subtract the peer's sketch from this side's: if the difference peels, send the entries only this
+    side holds and FETCH those only the peer holds; otherwise answer with a larger sketch sized from the
+    estimated number of differences (several, one per sub-range, if one would exceed MAX_CELLS), or split
+    the range by fingerprints when most of it differs."""
+    mine = view.sketch(lo, hi, theirs.cells, out.salt)
+    difference = mine.subtract(theirs)
+    peeled = difference.peel(out.salt)
+    if peeled is not None:
+        only_mine, only_theirs = peeled
+        if only_mine:
+            out.send.extend(view.keys_of(lo, hi, only_mine))
+        for i in range(0, len(only_theirs), MAX_VALUES):
+            out.runs.append(encode_run(lo, hi, FETCH, (), only_theirs[i : i + MAX_VALUES]))
+        return
+    guess = estimate(difference)
+    if 4 * guess > max(mine.keys, theirs.keys):
+        # Mostly different (a replica that missed much): compare by ranges, never by sketch again here.
+        if mine.keys <= IDLIST_MAX:
+            out.runs.append(encode_run(lo, hi, IDLIST, (), [short(d, out.session) for _, d in view.digests(lo, hi)]))
+        else:
+            _split_into(view, lo, hi, out.runs)
+        return
+    if difference.empty_cells() == 0:  # saturated: the guess is only a lower bound
+        cells = max(4 * theirs.cells, cells_for(2 * guess))
+    else:
+        cells = max(2 * theirs.cells, cells_for(guess + guess // 4))
+    parts = -(-cells // MAX_CELLS)
+    if parts == 1:
+        _send_sketch(view, lo, hi, cells, out)
+        return
+    pieces = view.split(lo, hi, parts)
+    each = cells_for((guess + guess // 4) // len(pieces) + 1)
+    uppers: list[str | None] = [p[0] for p in pieces[1:]]
+    for (start, _, _), upper in zip(pieces, [*uppers, hi], strict=True):
+        _send_sketch(view, start, upper, each, out)
 
 
 def _split_into(view: RangeView, lo: str, hi: str | None, out: list[Run]) -> None:
@@ -258,6 +363,7 @@ class SortedReplica:
         self._keys: list[str] = []
         self._low: list[int] = [0]
         self._high: list[int] = [0]
+        self._array: np.ndarray | None = None  # the digests in key order, for sketches
         self._dirty = False
         if rows:
             for key, versions in rows.items():
@@ -325,7 +431,16 @@ class SortedReplica:
             low.append(a)
             high.append(b)
         self._low, self._high = low, high
+        self._array = None
         self._dirty = False
+
+    def _digest_array(self, i: int, j: int) -> np.ndarray:
+        """The digests of keys i..j (in key order) as an int64 array (built on first use after changes)."""
+        self._sums()
+        if self._array is None:
+            digests = self._digest
+            self._array = np.fromiter((digests[k] for k in self._keys), dtype=np.int64, count=len(self._keys))
+        return self._array[i:j]
 
     def _bounds(self, lo: str, hi: str | None) -> tuple[int, int]:
         i = bisect.bisect_left(self._keys, lo)
@@ -359,3 +474,12 @@ class SortedReplica:
     def entries(self, keys: Sequence[str]) -> list[tuple[str, bytes]]:
         rows = self._rows
         return [(k, rows[k]) for k in keys if k in rows]
+
+    def sketch(self, lo: str, hi: str | None, cells: int, salt: int) -> Sketch:
+        return Sketch.build(self._digest_array(*self._bounds(lo, hi)), cells, salt)
+
+    def keys_of(self, lo: str, hi: str | None, digests: Sequence[int]) -> list[str]:
+        i, j = self._bounds(lo, hi)
+        wanted = np.fromiter((d & _MASK64 for d in digests), dtype=np.uint64, count=len(digests))
+        hits = np.nonzero(np.isin(self._digest_array(i, j).view(np.uint64), wanted))[0]
+        return [self._keys[i + int(h)] for h in hits]

@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
+from dsm.core.sketch import Sketch
 from dsm.storage.base import RangeDigest
 
 #: The count and digest-half sums of a key range (`RangeDigest.from_sums`), the same SQL in both stores.
@@ -15,6 +18,9 @@ from dsm.storage.base import RangeDigest
 RANGE_SUMS = "count(*), coalesce(sum(digest & 4294967295), 0), coalesce(sum((digest >> 32) & 4294967295), 0)"
 #: Most keys in one `IN (...)` list.
 IN_CHUNK = 500
+#: Most digests in one `IN (...)` list (each list costs a scan of the range: there is no digest index;
+#: both SQLite, 32,766, and PostgreSQL, 65,535, allow this many parameters).
+DIGEST_CHUNK = 4096
 
 Fetch = Callable[[str, Sequence[Any]], list[Any]]
 
@@ -67,3 +73,17 @@ class SqlRangeView:
             for key, versions in self.fetch(f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk):
                 found[key] = bytes(versions)
         return [(k, found[k]) for k in keys if k in found]
+
+    def sketch(self, lo: str, hi: str | None, cells: int, salt: int) -> Sketch:
+        rows = self.fetch(f"SELECT digest FROM dsm_kv WHERE {self._where(hi)}", self._args(lo, hi))
+        return Sketch.build(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), cells, salt)
+
+    def keys_of(self, lo: str, hi: str | None, digests: Sequence[int]) -> list[str]:
+        signed = [d - (1 << 64) if d >= 1 << 63 else d for d in (x & ((1 << 64) - 1) for x in digests)]
+        out: list[str] = []
+        for i in range(0, len(signed), DIGEST_CHUNK):
+            chunk = signed[i : i + DIGEST_CHUNK]
+            marks = ",".join([self.mark] * len(chunk))
+            sql = f"SELECT key FROM dsm_kv WHERE {self._where(hi)} AND digest IN ({marks})"
+            out.extend(k for (k,) in self.fetch(sql, (*self._args(lo, hi), *chunk)))
+        return out
