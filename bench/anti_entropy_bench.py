@@ -7,10 +7,11 @@ the real merge (`VersionSet.merge`, last-writer-wins) of what each side receives
 replicas must be identical (checked). Bytes are the msgpack encoding of every message plus a 4-byte frame
 header; round trips are messages / 2.
 
-Two store kinds, same algorithm: `memory` (`SortedReplica`) and `sqlite` (two `SQLiteStore` files on
-disk, read through `SQLiteStore.with_range_view`, merged entries written with `write`).
+Three store kinds, same algorithm: `memory` (`SortedReplica`), `sqlite` (two `SQLiteStore` files on
+disk) and `postgres` (two databases of a throwaway PostgreSQL server, as the tests start one), the last
+two read through `with_range_view`, merged entries written with `write`.
 
-    python bench/anti_entropy_bench.py --keys 1000000 --diffs 0 1 100 10000 --stores memory sqlite
+    python bench/anti_entropy_bench.py --keys 1000000 --diffs 0 1 100 10000 --stores memory sqlite postgres
 
 Writes `bench/results/anti-entropy.json` and prints a Markdown table with the target of issue 4 beside
 each row: bytes <= 3 x d x entry size + 4 KiB, round trips <= 6, and <= 1 KiB when d = 0.
@@ -23,6 +24,7 @@ import asyncio
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,11 +36,14 @@ import msgpack
 from dsm.core.encoding import decode_versions, digest, encode_versions
 from dsm.core.hlc import pack
 from dsm.core.messages import Reconcile
-from dsm.core.reconcile import RangeView, SortedReplica, answer, opening
+from dsm.core.reconcile import SortedReplica, answer, opening
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, Version, VersionSet
 from dsm.storage.base import StoredKey
+from dsm.storage.postgres import PostgresStore
 from dsm.storage.sqlite import SQLiteStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support: the throwaway PostgreSQL
 
 RESULTS = Path(__file__).parent / "results"
 VALUE = bytes(range(100))
@@ -111,9 +116,11 @@ class MemorySide(Side):
         return dict(self.replica.items())
 
 
-class SqliteSide(Side):
-    def __init__(self, path: Path) -> None:
-        self.store = SQLiteStore(path)
+class StoreSide(Side):
+    """A real backing store (SQLite file or PostgreSQL database) read through `with_range_view`."""
+
+    def __init__(self, store: SQLiteStore | PostgresStore) -> None:
+        self.store = store
 
     async def fill(self, rows: dict[str, bytes], diff: dict[str, bytes | None]) -> None:
         await self.store.open()
@@ -131,7 +138,7 @@ class SqliteSide(Side):
         if batch:
             await self.store.write(batch)
 
-    async def _view(self, fn: Callable[[RangeView], Any]) -> Any:
+    async def _view(self, fn: Callable[[Any], Any]) -> Any:
         return await self.store.with_range_view(fn)
 
     async def answer(self, message: Reconcile, name: str) -> tuple[Reconcile | None, tuple[tuple[str, bytes], ...]]:
@@ -163,7 +170,7 @@ class SqliteSide(Side):
                 return out
             found = await self.store.read_many([k for k, _ in page])
             out.update(found)
-            start = page[-1][0] + "\0"
+            start = page[-1][0] + "\x01"  # the next key (PostgreSQL text cannot hold NUL; no key here does)
 
 
 async def exchange(a: Side, b: Side) -> dict[str, Any]:
@@ -192,7 +199,7 @@ async def exchange(a: Side, b: Side) -> dict[str, Any]:
     }
 
 
-async def run_one(kind: str, m: int, d: int, seed: int, tmp: Path) -> dict[str, Any]:
+async def run_one(kind: str, m: int, d: int, seed: int, tmp: Path, pg: Any = None) -> dict[str, Any]:
     rows, a_diff, b_diff = dataset(m, d, seed)
     entry_size = statistics.mean(len(k) + len(v) for k, v in list(rows.items())[:1000])
     a: Side
@@ -200,14 +207,19 @@ async def run_one(kind: str, m: int, d: int, seed: int, tmp: Path) -> dict[str, 
     if kind == "memory":
         a, b = MemorySide(rows, a_diff), MemorySide(rows, b_diff)
     else:
-        sa, sb = SqliteSide(tmp / f"a-{d}.sqlite3"), SqliteSide(tmp / f"b-{d}.sqlite3")
+        if kind == "sqlite":
+            sa = StoreSide(SQLiteStore(tmp / f"a-{d}.sqlite3"))
+            sb = StoreSide(SQLiteStore(tmp / f"b-{d}.sqlite3"))
+        else:
+            assert pg is not None
+            sa, sb = StoreSide(PostgresStore(pg.create_database())), StoreSide(PostgresStore(pg.create_database()))
         await sa.fill(rows, a_diff)
         await sb.fill(rows, b_diff)
         a, b = sa, sb
     del rows
     result = await exchange(a, b)
     same = await a.snapshot() == await b.snapshot()
-    if isinstance(a, SqliteSide) and isinstance(b, SqliteSide):
+    if isinstance(a, StoreSide) and isinstance(b, StoreSide):
         await a.store.close()
         await b.store.close()
     budget = 3 * d * entry_size + 4096 if d else 1024
@@ -226,14 +238,27 @@ async def run_one(kind: str, m: int, d: int, seed: int, tmp: Path) -> dict[str, 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        for kind in args.stores:
-            for d in args.diffs:
-                r = await run_one(kind, args.keys, d, args.seed, Path(tmp))
-                print(json.dumps(r), flush=True)
-                results.append(r)
-                for f in Path(tmp).glob("*"):
-                    f.unlink()
+    pg = None
+    if "postgres" in args.stores:
+        from support import PostgresServer, pg_bin
+
+        bin_dir = pg_bin()
+        if bin_dir is None:
+            raise SystemExit("PostgreSQL server binaries not found (set DSM_PG_BIN)")
+        pg = PostgresServer(bin_dir)
+        pg.start()
+    try:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            for kind in args.stores:
+                for d in args.diffs:
+                    r = await run_one(kind, args.keys, d, args.seed, Path(tmp), pg)
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
+                    for f in Path(tmp).glob("*"):
+                        f.unlink()
+    finally:
+        if pg is not None:
+            pg.stop()
     return results
 
 
@@ -241,7 +266,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--diffs", type=int, nargs="+", default=[0, 1, 100, 10_000])
-    ap.add_argument("--stores", nargs="+", default=["memory", "sqlite"], choices=["memory", "sqlite"])
+    ap.add_argument(
+        "--stores", nargs="+", default=["memory", "sqlite"], choices=["memory", "sqlite", "postgres"],
+        help="postgres starts a throwaway server (initdb on a free loopback port; needs the server binaries)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tmp", default=None, help="directory for the SQLite files (default: system temp)")
     ap.add_argument("--out", default=str(RESULTS / "anti-entropy.json"))

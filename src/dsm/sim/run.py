@@ -376,7 +376,8 @@ class StandardRun:
             self._run(phase, min(deadline, sim.now + step))
 
     def _writes(self) -> dict[str, Any]:
-        """Writes one at a time (each waited for), then a burst of non-urgent ones, then idle time."""
+        """Writes one at a time (each waited for; with gossip alone, overlapping), then a burst of non-urgent
+        ones, then idle time."""
         p, sim, R = self.p, self.sim, self.R
         if self.tracker is None:
             return {}
@@ -385,10 +386,20 @@ class StandardRun:
         tail = 2 * p.settings.graft_timeout_ms
         singles: list[Track] = []
         up = len(sim.up_nodes())
-        for i in range(p.writes):
+        if gossip_only:
+            # Gossip alone takes several periods per write: the writes overlap, one every fifth of a period
+            # from random nodes (each timed from its own start; a digest then lists a few ids, not one).
+            for i in range(p.writes):
+                singles.append(self._write(self._random_up(1)[0], f"w{i}"))
+                self._run("writes", sim.now + R / 5)
+            self._await(singles, "writes", R / 20, sim.now + 30 * R)
+            self._run("writes", sim.now + R)
+            for track in singles:
+                tracker.forget(track)
+        for i in range(p.writes if not gossip_only else 0):
             track = self._write(self._random_up(1)[0], f"w{i}")
-            self._await([track], "writes", R / 20 if gossip_only else 10.0, sim.now + (30 if gossip_only else 6) * R)
-            self._run("writes", sim.now + (R if gossip_only else tail))
+            self._await([track], "writes", 10.0, sim.now + 6 * R)
+            self._run("writes", sim.now + tail)
             tracker.forget(track)
             singles.append(track)
         out: dict[str, Any] = {}
