@@ -8,12 +8,12 @@ writes-scaling.png (time and rounds to all against n, from whatever sizes were r
 
 Suites:
   quick   n = 1,000: direct updates + gossip, 40 writes and a burst of 100 non-urgent ones (3 seeds);
-          gossip alone, 5 writes, 20 seeds without loss and 5 seeds with 20 % loss (a 20 %-loss run takes
-          about 2.5 minutes: the membership layer is busy refuting suspicions); 10 writes around an 80 %
-          crash (3 seeds) (about 20 minutes)
-  full    quick, with 20 seeds at 20 % loss, plus n = 10,000: direct updates (seed 1), gossip alone
-          (20 seeds, about 2 minutes each), gossip alone with 20 % loss (seed 1, 30 minutes or more), 80 %
-          crash (seed 1, about 16 minutes)
+          gossip alone, 5 overlapping writes, 20 seeds without loss and 5 seeds with 20 % loss (about 40 s
+          each: the membership layer is busy refuting the suspicions loss causes); 10 writes around an 80 %
+          crash (3 seeds) (about 10 minutes)
+  full    quick, with 20 seeds at 20 % loss, plus n = 10,000: direct updates (seed 1, about 6 minutes),
+          gossip alone (20 seeds, about 40 s each), gossip alone with 20 % loss (seed 1), 80 % crash
+          (seed 1, about 14 minutes)
 
 Usage: python bench/dissemination_bench.py [--suite quick|full] [--only PREFIX] [--skip PREFIX] [--reuse]
 (--reuse summarises and plots the reports already in bench/results/sim/ without running anything.)
