@@ -38,9 +38,9 @@ On the wire a run is compact: its bounds are prefix-compressed (each shares a pr
 and its summaries (8 bytes) or digests (4 bytes) are one packed string (`encode_run`).
 
 The algorithm reads the store through `RangeView`, a small synchronous interface: `SortedReplica` (here,
-in memory: the simulator and tests) and `SqlRangeView` (SQLite and PostgreSQL, `dsm.storage.sqlview`). The core stays
-deterministic: given the same view contents and message it answers the same; the network runtime runs
-a step off its event loop, against a read snapshot.
+in memory: the simulator and tests) and `SqlRangeView` (SQLite and PostgreSQL, `dsm.storage.sqlview`).
+The core stays deterministic: given the same view contents and message it answers the same; the network
+runtime runs a step off its event loop, against a read snapshot.
 """
 
 from __future__ import annotations
@@ -279,11 +279,15 @@ def _on_fingerprint(view: RangeView, lo: str, hi: str | None, value: int, out: _
     if summary(count, fp) == value:
         return
     if count <= IDLIST_MAX:
-        out.runs.append(encode_run(lo, hi, IDLIST, (), [short(d, out.session) for _, d in view.digests(lo, hi)]))
+        _send_idlist(view, lo, hi, out)
     elif count > SKETCH_MIN:
         _send_sketch(view, lo, hi, FIRST_CELLS, out)
     else:
         _split_into(view, lo, hi, out.runs)
+
+
+def _send_idlist(view: RangeView, lo: str, hi: str | None, out: _Reply) -> None:
+    out.runs.append(encode_run(lo, hi, IDLIST, (), [short(d, out.session) for _, d in view.digests(lo, hi)]))
 
 
 def _on_idlist(view: RangeView, lo: str, hi: str | None, values: tuple[int, ...], out: _Reply) -> None:
@@ -328,7 +332,7 @@ def _on_sketch(view: RangeView, lo: str, hi: str | None, theirs: Sketch, out: _R
     if 4 * guess > max(mine.keys, theirs.keys):
         # Mostly different (a replica that missed much): compare by ranges, never by sketch again here.
         if mine.keys <= IDLIST_MAX:
-            out.runs.append(encode_run(lo, hi, IDLIST, (), [short(d, out.session) for _, d in view.digests(lo, hi)]))
+            _send_idlist(view, lo, hi, out)
         else:
             _split_into(view, lo, hi, out.runs)
         return

@@ -396,12 +396,13 @@ class StandardRun:
             self._run("writes", sim.now + R)
             for track in singles:
                 tracker.forget(track)
-        for i in range(p.writes if not gossip_only else 0):
-            track = self._write(self._random_up(1)[0], f"w{i}")
-            self._await([track], "writes", 10.0, sim.now + 6 * R)
-            self._run("writes", sim.now + tail)
-            tracker.forget(track)
-            singles.append(track)
+        else:
+            for i in range(p.writes):
+                track = self._write(self._random_up(1)[0], f"w{i}")
+                self._await([track], "writes", 10.0, sim.now + 6 * R)
+                self._run("writes", sim.now + tail)
+                tracker.forget(track)
+                singles.append(track)
         out: dict[str, Any] = {}
         if singles:
             out.update(self._write_figures(singles, up, "writes"))
