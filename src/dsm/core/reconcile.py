@@ -54,7 +54,7 @@ import numpy as np
 
 from dsm.core.encoding import digest as entry_digest
 from dsm.core.messages import Reconcile, Run
-from dsm.core.sketch import CELL_BYTES, MAX_CELLS, Sketch, cells_for, estimate, salt_of
+from dsm.core.sketch import CELL_BYTES, GOLDEN, MASK64, MAX_CELLS, Sketch, cells_for, estimate, salt_of, signed64
 
 MASK32 = 0xFFFFFFFF
 #: Parts a differing range is split into.
@@ -112,26 +112,17 @@ def fold(count: int, low: int, high: int) -> tuple[int, int]:
     return count, ((high & MASK32) << 32) | (low & MASK32)
 
 
-_MIX = 0x9E3779B97F4A7C15
-_MASK64 = (1 << 64) - 1
-
-
-def _signed(value: int) -> int:
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
 def short(digest: int, session: int) -> int:
     """A key digest cut to 4 bytes for digest lists, salted by the session: two different entries of one
     small range collide with probability about 2**-32 (the difference then waits for the next session,
     whose salt differs)."""
-    salt = (session * 0xD6E8FEB86659FD93 + 1) & _MASK64
-    return ((((digest & _MASK64) ^ salt) * _MIX) & _MASK64) >> 32
+    salt = (session * 0xD6E8FEB86659FD93 + 1) & MASK64
+    return ((((digest & MASK64) ^ salt) * GOLDEN) & MASK64) >> 32
 
 
 def summary(count: int, fp: int) -> int:
     """What a message carries for a range: its fingerprint with its count mixed in (8 bytes)."""
-    return _signed(fp + count * _MIX)
+    return signed64(fp + count * GOLDEN)
 
 
 # --- the compact form of runs (see messages.Run) ---
@@ -153,7 +144,7 @@ def encode_run(lo: str, hi: str | None, mode: int, bounds: Sequence[str], values
         suffixes.append(bound[n:])
         previous = bound
     if mode == FINGERPRINT:
-        packed = struct.pack(f">{len(values)}q", *(_signed(v) for v in values))
+        packed = struct.pack(f">{len(values)}q", *(signed64(v) for v in values))
     elif mode == FETCH:
         packed = struct.pack(f">{len(values)}Q", *values)
     else:
@@ -484,6 +475,6 @@ class SortedReplica:
 
     def keys_of(self, lo: str, hi: str | None, digests: Sequence[int]) -> list[str]:
         i, j = self._bounds(lo, hi)
-        wanted = np.fromiter((d & _MASK64 for d in digests), dtype=np.uint64, count=len(digests))
+        wanted = np.fromiter((d & MASK64 for d in digests), dtype=np.uint64, count=len(digests))
         hits = np.nonzero(np.isin(self._digest_array(i, j).view(np.uint64), wanted))[0]
         return [self._keys[i + int(h)] for h in hits]

@@ -39,19 +39,26 @@ HEADER = struct.Struct(">Q")
 #: Largest sketch accepted or sent (about 852 KB; peels about 40,000 differences).
 MAX_CELLS = 3 * 21_846
 
-_GOLDEN = 0x9E3779B97F4A7C15
+#: 2**64 divided by the golden ratio: the odd constant of splitmix64 (also reconcile's mixer).
+GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 _CHECK = 0x6A09E667F3BCC909
 
 
+def signed64(value: int) -> int:
+    """`value` modulo 2**64 as a signed 64-bit int (how stores and messages keep digests)."""
+    value &= MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def salt_of(session: int) -> int:
-    return ((session & MASK64) * 0xD6E8FEB86659FD93 + _GOLDEN) & MASK64
+    return ((session & MASK64) * 0xD6E8FEB86659FD93 + GOLDEN) & MASK64
 
 
 def _mix(x: int) -> int:
     """splitmix64's finaliser (scalar)."""
-    x = (x + _GOLDEN) & MASK64
+    x = (x + GOLDEN) & MASK64
     x = ((x ^ (x >> 30)) * _M1) & MASK64
     x = ((x ^ (x >> 27)) * _M2) & MASK64
     return x ^ (x >> 31)
@@ -59,7 +66,7 @@ def _mix(x: int) -> int:
 
 def _mix_array(x: np.ndarray) -> np.ndarray:
     """The same finaliser over a uint64 array (numpy wraps modulo 2**64, as the scalar masks)."""
-    x = x + np.uint64(_GOLDEN)
+    x = x + np.uint64(GOLDEN)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(_M1)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(_M2)
     out: np.ndarray = x ^ (x >> np.uint64(31))

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dsm.core.sketch import Sketch
+from dsm.core.sketch import Sketch, signed64
 from dsm.storage.base import RangeDigest
 
 #: The count and digest-half sums of a key range (`RangeDigest.from_sums`), the same SQL in both stores.
@@ -79,7 +79,7 @@ class SqlRangeView:
         return Sketch.build(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), cells, salt)
 
     def keys_of(self, lo: str, hi: str | None, digests: Sequence[int]) -> list[str]:
-        signed = [d - (1 << 64) if d >= 1 << 63 else d for d in (x & ((1 << 64) - 1) for x in digests)]
+        signed = [signed64(d) for d in digests]
         out: list[str] = []
         for i in range(0, len(signed), DIGEST_CHUNK):
             chunk = signed[i : i + DIGEST_CHUNK]
