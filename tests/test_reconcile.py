@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from dsm.core.encoding import digest
 from dsm.core.messages import Reconcile, Run
 from dsm.core.reconcile import (
+    ENTRY_CHUNK,
     FETCH,
     FINGERPRINT,
     IDLIST,
@@ -138,6 +139,28 @@ def test_empty_replica_receives_everything_in_bounded_steps() -> None:
         merge_max(sides[turn], entries)
         message, turn = reply, ("empty" if turn == "full" else "full")
     assert empty == full
+
+
+class CountingReplica(SortedReplica):
+    """Counts how many entries the answer reads from the store."""
+
+    read = 0
+
+    def entries(self, keys: Any) -> list[tuple[str, bytes]]:
+        self.read += len(keys)
+        return super().entries(keys)
+
+
+def test_answer_stops_reading_entries_at_the_byte_cap() -> None:
+    full = CountingReplica({f"k{i:05d}": b"x" * 100 for i in range(5000)})
+    # The other side fetches 4,000 entries by digest (what it asks for after peeling a sketch).
+    wanted = [d & ((1 << 64) - 1) for _, d in full.digests("", None)][:4000]
+    message = Reconcile(1, "other", (encode_run("", None, FETCH, (), wanted),), ())
+    reply, _ = answer(message, "full", full, max_entries_bytes=10_000)
+    assert reply is not None
+    sent = len(reply.entries)
+    assert 0 < sent < 4000 and sum(len(k) + len(v) + 8 for k, v in reply.entries) <= 10_000
+    assert full.read <= sent + ENTRY_CHUNK  # one chunk past the cap at most, not all 5,000
 
 
 def test_modes_are_answered_as_documented() -> None:

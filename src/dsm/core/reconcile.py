@@ -207,6 +207,10 @@ def opening(session: int, source: str, view: RangeView) -> Reconcile:
     )
 
 
+#: Most entries read from the store at once while answering (reading stops at the byte cap).
+ENTRY_CHUNK = 512
+
+
 def answer(
     message: Reconcile, source: str, view: RangeView, max_entries_bytes: int = 1 << 20
 ) -> tuple[Reconcile | None, tuple[tuple[str, bytes], ...]]:
@@ -242,11 +246,15 @@ def answer(
     out_runs, send_keys = out.runs, out.send
     entries: list[tuple[str, bytes]] = []
     size = 0
-    for key, versions in view.entries(send_keys):
-        size += len(key) + len(versions) + 8
-        if size > max_entries_bytes and entries:
+    # Read in chunks and stop at the byte cap: what does not fit is found again in the next exchange.
+    for start in range(0, len(send_keys), ENTRY_CHUNK):
+        for key, versions in view.entries(send_keys[start : start + ENTRY_CHUNK]):
+            size += len(key) + len(versions) + 8
+            if size > max_entries_bytes and entries:
+                break
+            entries.append((key, versions))
+        if size > max_entries_bytes:
             break
-        entries.append((key, versions))
     if not out_runs and not entries:
         return None, message.entries
     return Reconcile(message.session, source, tuple(out_runs), tuple(entries)), message.entries
