@@ -167,6 +167,21 @@ def test_gossip_exchange_moves_missing_writes_both_ways() -> None:
     assert reply.want == () and reply.items == ()
 
 
+def test_a_reply_from_another_member_does_not_close_the_exchange() -> None:
+    w = Wire(seed=7)
+    w.formed(12)
+    w.advance(3000)
+    a, b = linked_pair(w)
+    other = next(pid for pid in w.peers if pid not in (a.id, b.id))
+    t = w.now
+    a.data._exchanges[90] = (slot(a, b.id), t)
+    # Someone else answers with the same seq (stale, or forged): no round trip is measured from it.
+    a.handle(t + 2, GossipReply(90, other, (), ()))
+    assert a.data.srtt == 0.0 and 90 in a.data._exchanges
+    a.handle(t + 6, GossipReply(90, b.id, (), ()))
+    assert a.data.srtt == 6 and 90 not in a.data._exchanges
+
+
 def test_fresh_writes_are_left_to_the_broadcast_tree() -> None:
     w = Wire(seed=14)
     w.formed(12)

@@ -448,8 +448,11 @@ class Dissemination:
         self.peer._send_to_id(message.source, GossipReply(message.seq, self.peer.id, want, items))
 
     def on_reply(self, message: GossipReply) -> None:
-        exchange = self._exchanges.pop(message.seq, None)
-        if exchange is not None:
+        exchange = self._exchanges.get(message.seq)
+        # Only the member the digest went to closes the exchange: a reply from anyone else (a stale or
+        # forged seq) would skew the measured round-trip time and loss.
+        if exchange is not None and self.peer.directory.slot(message.source) == exchange[0]:
+            del self._exchanges[message.seq]
             rtt = self.peer._now - exchange[1]
             self.srtt = rtt if self.srtt == 0.0 else 0.875 * self.srtt + 0.125 * rtt
             self.loss *= 0.9

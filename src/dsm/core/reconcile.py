@@ -247,8 +247,8 @@ def answer(
     entries: list[tuple[str, bytes]] = []
     size = 0
     # Read in chunks and stop at the byte cap: what does not fit is found again in the next exchange.
-    for start in range(0, len(send_keys), ENTRY_CHUNK):
-        for key, versions in view.entries(send_keys[start : start + ENTRY_CHUNK]):
+    for first in range(0, len(send_keys), ENTRY_CHUNK):
+        for key, versions in view.entries(send_keys[first : first + ENTRY_CHUNK]):
             size += len(key) + len(versions) + 8
             if size > max_entries_bytes and entries:
                 break
