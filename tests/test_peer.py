@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsm.core.messages import Ping, SyncDigest, Update
+from dsm.core.messages import Ping, Send, SyncDigest, SyncEntries, SyncLeaves, Update
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.ring import State
 from wire import SMALL, Wire, info
@@ -197,6 +197,48 @@ def test_anti_entropy_repairs_an_update_that_gossip_missed() -> None:
     w.flush()
     assert b.member_state("x") == State.ALIVE and states_by_id(b)["x"] == (ALIVE, 3)
     assert a.table.digests == b.table.digests
+
+
+def test_anti_entropy_sends_only_the_entries_that_differ_both_ways() -> None:
+    w = Wire(seed=13)
+    w.formed(30)
+    a, b = w.peers["n0"], w.peers["n1"]
+    # a knows x is dead, b knows y left; each holds the other 28 members identically.
+    a.handle(w.now, Ping(1, "n2", "n0", (upd(DEAD, "n5", 0),)))
+    b.handle(w.now, Ping(2, "n3", "n1", (upd(LEFT, "n6", 0),)))
+    effects = b.handle(w.now, SyncDigest("n0", tuple(a.table.digests)))
+    w.now += 1
+    sub_digests = next(e.message for e in effects if isinstance(e, Send))
+    leaves = next(e.message for e in a.handle(w.now, sub_digests) if isinstance(e, Send))
+    assert isinstance(leaves, SyncLeaves)
+    # b answers with its two entries that differ (a hash does not tell whose is newer) and asks for a's
+    # two by hash; the 26 entries that agree do not travel.
+    entries = next(e.message for e in b.handle(w.now, leaves) if isinstance(e, Send))
+    assert isinstance(entries, SyncEntries)
+    assert sorted((u.node_id, u.state) for u in entries.members) == [("n5", ALIVE), ("n6", LEFT)]
+    assert len(entries.want) == 2
+    back = next(e.message for e in a.handle(w.now, entries) if isinstance(e, Send))
+    assert [(u.node_id, u.state) for u in back.members] == [("n5", DEAD)] and back.want == ()
+    b.handle(w.now, back)
+    assert states_by_id(a) == states_by_id(b)
+    assert a.table.digests == b.table.digests
+
+
+def test_malformed_anti_entropy_steps_are_counted_and_dropped() -> None:
+    w = Wire(seed=14)
+    w.formed(5)
+    a = w.peers["n0"]
+    bad = [
+        SyncLeaves("n1", (1 << 20,), ()),  # sub-arc out of range
+        SyncLeaves("n1", (0,), tuple(range(100_000))),  # too many hashes
+        SyncEntries("n1", (-1,), (), (7,)),
+        SyncLeaves("n1", (0,), ([1],)),  # an unhashable "hash"
+    ]
+    for message in bad:
+        assert a.handle(w.now, message) == []
+    assert a.stats.bad_messages == len(bad)
+    w.advance(3000)  # and it keeps working
+    assert a.live_count() == 5
 
 
 def test_healed_partition_merges_again() -> None:

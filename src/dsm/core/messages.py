@@ -136,14 +136,23 @@ class SyncSubDigests(NamedTuple):
     digests: tuple[int, ...]
 
 
+class SyncLeaves(NamedTuple):
+    """Membership anti-entropy, third step: the hash of each of the sender's entries (`ring.entry_hash`)
+    in the sub-arcs whose digests differed."""
+
+    source: str
+    sub_buckets: tuple[int, ...]
+    hashes: tuple[int, ...]
+
+
 class SyncEntries(NamedTuple):
-    """Membership anti-entropy, last step: the sender's entries for the sub-arcs whose digests differed.
-    `reply` asks the receiver to answer with its own entries for the same sub-arcs (push-pull)."""
+    """Membership anti-entropy, last steps: entries of those sub-arcs the receiver lacks or holds
+    differently, and the hashes (`want`) of the receiver's entries the sender lacks, to be sent back."""
 
     source: str
     sub_buckets: tuple[int, ...]
     members: Updates
-    reply: bool
+    want: tuple[int, ...]
 
 
 class Routed(NamedTuple):
@@ -280,6 +289,7 @@ Message = (
     | Leave
     | SyncDigest
     | SyncSubDigests
+    | SyncLeaves
     | SyncEntries
     | Routed
     | RoutedAck
@@ -298,7 +308,7 @@ Message = (
 #: which membership updates ride on, and routed application traffic.
 OVERLAY_MESSAGES = (Join, JoinReply, Neighbor, Link, LinkReply, Unlink, Leave)
 #: Membership anti-entropy (periodic, not caused by any one join).
-SYNC_MESSAGES = (SyncDigest, SyncSubDigests, SyncEntries)
+SYNC_MESSAGES = (SyncDigest, SyncSubDigests, SyncLeaves, SyncEntries)
 #: Messages of write dissemination (direct updates and gossip).
 DATA_MESSAGES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems)
 

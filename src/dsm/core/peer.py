@@ -34,11 +34,15 @@ Membership (SWIM with Lifeguard's refinements):
   left with; a node's own incarnation only grows.
 - Piggybacking is probabilistic: an update can die out before reaching everyone. Membership anti-entropy
   repairs that: every sync_interval_ms a node sends a linked member the digests of 64 ring arcs of its
-  table; for the arcs that differ the other answers with the digests of their 16 sub-arcs; the entries of
-  the sub-arcs that differ are then exchanged both ways (push-pull), at most SYNC_MAX_ENTRIES per
-  message. The cost follows the differences, not the table size, and the period drops to a quarter while
-  rounds keep finding differences. The same round sends the digest to one random member
-  believed dead (Serf's reconnect), so the two sides of a healed partition find each other again.
+  table; for the arcs that differ the other answers with the digests of their 16 sub-arcs; for the
+  sub-arcs that differ the first lists the hash of each of its entries (at most SYNC_MAX_LEAVES); the
+  other answers with its entries whose hashes are not listed and asks for the listed hashes it does not
+  hold, which the first then sends (push-pull, at most SYNC_MAX_ENTRIES entries per message). Only
+  entries that differ travel in full: after a mass failure nearly every sub-arc differs somewhere, and
+  shipping whole sub-arcs both ways cost more than all the rest of the recovery. The cost follows the
+  differences, not the table size, and the period drops to a quarter while rounds keep finding
+  differences. The same round sends the digest to one random member believed dead (Serf's reconnect),
+  so the two sides of a healed partition find each other again.
 
 The overlay and routing are in `overlay.py`; this class wires them to membership.
 
@@ -91,6 +95,7 @@ from dsm.core.messages import (
     Store,
     SyncDigest,
     SyncEntries,
+    SyncLeaves,
     SyncSubDigests,
     Unlink,
     Update,
@@ -132,6 +137,8 @@ _ANTI_ENTROPY = 9
 
 #: Most member entries in one anti-entropy message (the arcs beyond it wait for the next round).
 SYNC_MAX_ENTRIES = 1024
+#: Most entry hashes in one SyncLeaves (8 bytes each: four times as many sub-arcs as entries would cover).
+SYNC_MAX_LEAVES = 4096
 #: Most routed messages a node tracks at once while waiting for the next hop's acknowledgement.
 MAX_PENDING_FORWARDS = 4096
 #: Most next hops tried for one routed message at one node before it is reported undeliverable.
@@ -848,23 +855,30 @@ class Peer:
             found = states.find(state, 0, start)
         return found if found >= 0 else None
 
-    def _entries(self, sub_buckets: Sequence[int]) -> tuple[tuple[int, ...], tuple[Update, ...]]:
-        """Entries of whole sub-arcs, as many as fit in SYNC_MAX_ENTRIES (at least one sub-arc); returns
-        the sub-arcs sent and their entries."""
-        infos = self.directory.infos
+    def _slots_of(self, sub_buckets: Sequence[int], limit: int) -> tuple[list[int], list[int]]:
+        """Slots of whole sub-arcs, in order, at most `limit` of them but at least one sub-arc; returns the
+        sub-arcs taken and their slots."""
+        if len(sub_buckets) > SYNC_SUB_BUCKETS or not all(0 <= sub < SYNC_SUB_BUCKETS for sub in sub_buckets):
+            raise ValueError("sub-arc out of range")
         table = self.table
-        states, incarnations = table.states, table.incarnations
-        sent: list[int] = []
-        entries: list[Update] = []
+        taken: list[int] = []
+        slots: list[int] = []
         for sub in sub_buckets:
-            slots = table.slots_in_sub_bucket(sub)
-            if sent and len(entries) + len(slots) > SYNC_MAX_ENTRIES:
+            found = table.slots_in_sub_bucket(sub)
+            if taken and len(slots) + len(found) > limit:
                 break
-            sent.append(sub)
-            for slot in slots:
-                info = infos[slot]
-                entries.append(Update(states[slot], info.node_id, incarnations[slot], info.addr, info.region, ""))
-        return tuple(sent), tuple(entries)
+            taken.append(sub)
+            slots.extend(found)
+        return taken, slots
+
+    def _updates(self, slots: Sequence[int]) -> tuple[Update, ...]:
+        infos = self.directory.infos
+        states, incarnations = self.table.states, self.table.incarnations
+        out: list[Update] = []
+        for slot in slots:
+            info = infos[slot]
+            out.append(Update(states[slot], info.node_id, incarnations[slot], info.addr, info.region, ""))
+        return tuple(out)
 
     def _on_sync_digest(self, message: SyncDigest) -> None:
         mine = self.table.digests
@@ -896,18 +910,40 @@ class Peer:
         if source is not None:
             ends.add(sub_bucket_of(self.directory.positions[source]))
         differ.sort(key=lambda sub: sub not in ends)
-        subs, entries = self._entries(differ)
-        self._send_to_id(message.source, SyncEntries(self.id, subs, entries, True))
+        subs, slots = self._slots_of(differ, SYNC_MAX_LEAVES)
+        self._send_to_id(message.source, SyncLeaves(self.id, tuple(subs), tuple(self.table.hashes_of(slots))))
+
+    def _on_sync_leaves(self, message: SyncLeaves) -> None:
+        """The other side listed the hashes of its entries in these sub-arcs: send ours that it lacks or
+        holds differently, and ask for its entries we lack (by hash)."""
+        theirs = message.hashes
+        if len(theirs) > SYNC_MAX_LEAVES:
+            raise ValueError("too many entry hashes")
+        subs, slots = self._slots_of(message.sub_buckets, len(self.directory))
+        mine = self.table.hashes_of(slots)
+        listed = set(theirs)
+        send = [slot for slot, h in zip(slots, mine, strict=True) if h not in listed][:SYNC_MAX_ENTRIES]
+        have = set(mine)
+        want = tuple(h for h in theirs if h not in have)
+        if send or want:
+            self._send_to_id(message.source, SyncEntries(self.id, tuple(subs), self._updates(send), want))
 
     def _on_sync_entries(self, message: SyncEntries) -> None:
         before = self.table.changes
         self._apply_all(message.members)
         if self.table.changes != before:
             self._sync_found_difference = True
-        if message.reply:
-            wanted = [sub for sub in message.sub_buckets if 0 <= sub < SYNC_SUB_BUCKETS]
-            subs, entries = self._entries(wanted)
-            self._send_to_id(message.source, SyncEntries(self.id, subs, entries, False))
+        want = message.want
+        if not want:
+            return
+        if len(want) > SYNC_MAX_LEAVES:
+            raise ValueError("too many entry hashes")
+        # Merged first: an entry the other side sent that beat ours is no longer ours to send back.
+        _, slots = self._slots_of(message.sub_buckets, len(self.directory))
+        wanted = set(want)
+        send = [slot for slot, h in zip(slots, self.table.hashes_of(slots), strict=True) if h in wanted]
+        if send:
+            self._send_to_id(message.source, SyncEntries(self.id, (), self._updates(send[:SYNC_MAX_ENTRIES]), ()))
 
     # ------------------------------------------------------------------ join and leave
 
@@ -1148,6 +1184,7 @@ _HANDLERS: dict[type, Callable[[Peer, Any], None]] = {
     Unlink: Peer._on_unlink,
     SyncDigest: Peer._on_sync_digest,
     SyncSubDigests: Peer._on_sync_sub_digests,
+    SyncLeaves: Peer._on_sync_leaves,
     SyncEntries: Peer._on_sync_entries,
     Routed: Peer._on_routed,
     RoutedAck: Peer._on_routed_ack,

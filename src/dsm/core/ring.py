@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
+import numpy as np
+
 RING_BITS = 64
 #: Incarnations are stored in 32 bits; larger values from the network are refused.
 MAX_INCARNATION = (1 << 32) - 1
@@ -71,7 +73,7 @@ class MemberInfo:
 class Directory:
     """Slots, positions and infos of every node id heard of (see the module docstring)."""
 
-    __slots__ = ("infos", "positions", "ring_positions", "ring_slots", "slot_of")
+    __slots__ = ("_position_array", "infos", "positions", "ring_positions", "ring_slots", "slot_of")
 
     def __init__(self) -> None:
         self.infos: list[MemberInfo] = []
@@ -79,6 +81,13 @@ class Directory:
         self.ring_positions: list[int] = []
         self.ring_slots: list[int] = []
         self.slot_of: dict[str, int] = {}
+        self._position_array = np.zeros(0, dtype=np.uint64)
+
+    def position_array(self) -> np.ndarray:
+        """`positions` as a uint64 array (rebuilt only when slots were added: positions never change)."""
+        if len(self._position_array) != len(self.positions):
+            self._position_array = np.array(self.positions, dtype=np.uint64)
+        return self._position_array
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -181,14 +190,29 @@ def sub_bucket_of(pos: int) -> int:
     return pos >> _SUB_SHIFT
 
 
+_H0 = 0x9E3779B97F4A7C15
+_H1 = 0xFF51AFD7ED558CCD
+_H2 = 0xC4CEB9FE1A85EC53
+
+
 def entry_hash(pos: int, state: int, incarnation: int) -> int:
     """A 64-bit hash of one table entry (member position, state, incarnation); XOR-combined per arc, so an
     arc's digest is updated in O(1) when one entry changes. Uses the position, not the slot, because slots
     are local to a process while positions are the same everywhere."""
-    x = (pos ^ (((incarnation << 3) | state) * 0x9E3779B97F4A7C15)) & _MASK64
-    x = ((x ^ (x >> 33)) * 0xFF51AFD7ED558CCD) & _MASK64
-    x = ((x ^ (x >> 33)) * 0xC4CEB9FE1A85EC53) & _MASK64
+    x = (pos ^ (((incarnation << 3) | state) * _H0)) & _MASK64
+    x = ((x ^ (x >> 33)) * _H1) & _MASK64
+    x = ((x ^ (x >> 33)) * _H2) & _MASK64
     return x ^ (x >> 33)
+
+
+def entry_hashes(positions: np.ndarray, states: np.ndarray, incarnations: np.ndarray) -> np.ndarray:
+    """`entry_hash` over uint64 arrays (numpy wraps modulo 2**64 where the scalar version masks)."""
+    shift = np.uint64(33)
+    x = positions ^ (((incarnations << np.uint64(3)) | states) * np.uint64(_H0))
+    x = (x ^ (x >> shift)) * np.uint64(_H1)
+    x = (x ^ (x >> shift)) * np.uint64(_H2)
+    out: np.ndarray = x ^ (x >> shift)
+    return out
 
 
 class MemberTable:
@@ -292,6 +316,17 @@ class MemberTable:
     def sub_digests(self, bucket: int) -> list[int]:
         """The digests of the SUB_ARCS sub-arcs of arc `bucket`."""
         return self.subs[bucket * SUB_ARCS : (bucket + 1) * SUB_ARCS].tolist()
+
+    def hashes_of(self, slots: list[int]) -> list[int]:
+        """The entry hashes (`entry_hash`) of these slots, which must hold a state; vectorised."""
+        if not slots:
+            return []
+        index = np.array(slots, dtype=np.intp)
+        positions = self.directory.position_array()[index]
+        states = np.frombuffer(self.states, dtype=np.uint8)[index].astype(np.uint64)
+        incarnations = np.frombuffer(self.incarnations, dtype=np.uint32)[index].astype(np.uint64)
+        hashes: list[int] = entry_hashes(positions, states, incarnations).tolist()
+        return hashes
 
     def slots_in_sub_bucket(self, sub: int) -> list[int]:
         """Slots with a state whose position falls in sub-arc `sub`, in ring order."""

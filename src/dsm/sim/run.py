@@ -99,6 +99,7 @@ FORMAT = {
     "virtual_time_s": "simulated time covered by the run, s",
     "events": "events processed (message deliveries and timer firings)",
     "wall_time_s": "wall-clock duration of the run",
+    "phase_wall_s": "wall-clock seconds per phase (start, routing, joins, leaves, writes, crash, steady, converge)",
     "peak_memory_mib": "peak resident memory of the process",
     "curves": "per-join cumulative link changes and overlay messages against time (for the plot)",
 }
@@ -291,26 +292,42 @@ class StandardRun:
         wall = time.perf_counter()
         p, sim = self.p, self.sim
         T = self.T
+        phase_wall: dict[str, float] = {}
+        mark = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            phase_wall[name] = round(now - mark, 2)
+            mark = now
+
         sim.form(p.nodes)
         gc.collect()
         gc.freeze()
         self._run("warm-up", sim.now + 5 * T)
+        lap("start")
 
         routed = self._route_pairs(p.pairs, "routing", 4 * T)
         routing = _route_summary(routed)
+        lap("routing")
 
         joins = self._joins()
+        lap("joins")
         leaves = self._leaves()
+        lap("leaves")
         writes = self._writes()
         gc.collect()
+        lap("writes")
         for node in sim.rng.sample(sim.nodes, round(p.slow * p.nodes)):
             node.slow_ms = p.slow_ms
 
         crash = self._crash()
         gc.collect()
+        lap("crash")
 
         if p.duration_s > 0:
             self._run("steady", sim.now + p.duration_s * 1000)
+        lap("steady")
 
         # Faults stop: slow members recover and the network stops losing and duplicating.
         for node in sim.nodes:
@@ -330,6 +347,7 @@ class StandardRun:
                 writes["converged"] = replicas is not None
         except CheckFailed as exc:
             failure = str(exc)
+        lap("converge")
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
@@ -353,6 +371,7 @@ class StandardRun:
             "virtual_time_s": round((sim.now - sim.start_ms) / 1000, 1),
             "events": sim.events,
             "wall_time_s": round(time.perf_counter() - wall, 2),
+            "phase_wall_s": phase_wall,
             "peak_memory_mib": round(usage.ru_maxrss / 1024, 1),
         }
 
