@@ -489,3 +489,25 @@ def test_sub_arc_digests_fold_into_the_arc_digest_and_locate_differences() -> No
     t.set(slot, State.DEAD, 5)
     after = t.sub_digests(arc)
     assert [k for k in range(SUB_ARCS) if before[k] != after[k]] == [sub % SUB_ARCS]
+
+
+def test_vectorised_sub_arc_queries_match_the_scalar_ones() -> None:
+    import random
+
+    from dsm.core.ring import SYNC_SUB_BUCKETS, entry_hash
+
+    rng = random.Random(5)
+    d = Directory()
+    for i in range(2000):
+        d.intern(MemberInfo(f"v{i}", f"a{i}", "r"))
+    t = MemberTable(d)
+    for slot in rng.sample(range(2000), 1500):  # some slots hold no state
+        t.set(slot, rng.choice([State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT]), rng.randrange(1 << 32))
+    d.intern(MemberInfo("late", "a", "r"))  # a directory longer than the table
+    subs = rng.sample(range(SYNC_SUB_BUCKETS), 300)
+    slots = t.slots_in_sub_arcs(subs).tolist()
+    assert sorted(slots) == sorted(s for sub in subs for s in t.slots_in_sub_bucket(sub))
+    counts = t.sub_arc_counts()
+    assert all(counts[sub] == len(t.slots_in_sub_bucket(sub)) for sub in range(SYNC_SUB_BUCKETS))
+    hashes = t.hashes_at(t.slots_in_sub_arcs(subs)).tolist()
+    assert hashes == [entry_hash(d.positions[s], t.states[s], t.incarnations[s]) for s in slots]

@@ -61,6 +61,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dsm.core.broadcast import BroadcastQueue
 from dsm.core.dissemination import Dissemination
 from dsm.core.messages import (
@@ -855,21 +857,10 @@ class Peer:
             found = states.find(state, 0, start)
         return found if found >= 0 else None
 
-    def _slots_of(self, sub_buckets: Sequence[int], limit: int) -> tuple[list[int], list[int]]:
-        """Slots of whole sub-arcs, in order, at most `limit` of them but at least one sub-arc; returns the
-        sub-arcs taken and their slots."""
+    def _sub_arcs(self, sub_buckets: Sequence[int]) -> list[int]:
         if len(sub_buckets) > SYNC_SUB_BUCKETS or not all(0 <= sub < SYNC_SUB_BUCKETS for sub in sub_buckets):
             raise ValueError("sub-arc out of range")
-        table = self.table
-        taken: list[int] = []
-        slots: list[int] = []
-        for sub in sub_buckets:
-            found = table.slots_in_sub_bucket(sub)
-            if taken and len(slots) + len(found) > limit:
-                break
-            taken.append(sub)
-            slots.extend(found)
-        return taken, slots
+        return list(sub_buckets)
 
     def _updates(self, slots: Sequence[int]) -> tuple[Update, ...]:
         infos = self.directory.infos
@@ -910,21 +901,23 @@ class Peer:
         if source is not None:
             ends.add(sub_bucket_of(self.directory.positions[source]))
         differ.sort(key=lambda sub: sub not in ends)
-        subs, slots = self._slots_of(differ, SYNC_MAX_LEAVES)
-        self._send_to_id(message.source, SyncLeaves(self.id, tuple(subs), tuple(self.table.hashes_of(slots))))
+        # Whole sub-arcs, in that order, while their entries fit in SYNC_MAX_LEAVES (at least one).
+        sizes = np.cumsum(self.table.sub_arc_counts()[differ])
+        subs = differ[: max(1, int(np.searchsorted(sizes, SYNC_MAX_LEAVES, side="right")))]
+        hashes = self.table.hashes_at(self.table.slots_in_sub_arcs(subs))
+        self._send_to_id(message.source, SyncLeaves(self.id, tuple(subs), tuple(hashes.tolist())))
 
     def _on_sync_leaves(self, message: SyncLeaves) -> None:
         """The other side listed the hashes of its entries in these sub-arcs: send ours that it lacks or
         holds differently, and ask for its entries we lack (by hash)."""
-        theirs = message.hashes
-        if len(theirs) > SYNC_MAX_LEAVES:
+        if len(message.hashes) > SYNC_MAX_LEAVES:
             raise ValueError("too many entry hashes")
-        subs, slots = self._slots_of(message.sub_buckets, len(self.directory))
-        mine = self.table.hashes_of(slots)
-        listed = set(theirs)
-        send = [slot for slot, h in zip(slots, mine, strict=True) if h not in listed][:SYNC_MAX_ENTRIES]
-        have = set(mine)
-        want = tuple(h for h in theirs if h not in have)
+        subs = self._sub_arcs(message.sub_buckets)
+        theirs = _hash_array(message.hashes)
+        slots = self.table.slots_in_sub_arcs(subs)
+        mine = self.table.hashes_at(slots)
+        send = slots[~np.isin(mine, theirs)][:SYNC_MAX_ENTRIES].tolist()
+        want = tuple(theirs[~np.isin(theirs, mine)].tolist())
         if send or want:
             self._send_to_id(message.source, SyncEntries(self.id, tuple(subs), self._updates(send), want))
 
@@ -933,17 +926,16 @@ class Peer:
         self._apply_all(message.members)
         if self.table.changes != before:
             self._sync_found_difference = True
-        want = message.want
-        if not want:
+        if not message.want:
             return
-        if len(want) > SYNC_MAX_LEAVES:
+        if len(message.want) > SYNC_MAX_LEAVES:
             raise ValueError("too many entry hashes")
+        want = _hash_array(message.want)
         # Merged first: an entry the other side sent that beat ours is no longer ours to send back.
-        _, slots = self._slots_of(message.sub_buckets, len(self.directory))
-        wanted = set(want)
-        send = [slot for slot, h in zip(slots, self.table.hashes_of(slots), strict=True) if h in wanted]
+        slots = self.table.slots_in_sub_arcs(self._sub_arcs(message.sub_buckets))
+        send = slots[np.isin(self.table.hashes_at(slots), want)][:SYNC_MAX_ENTRIES].tolist()
         if send:
-            self._send_to_id(message.source, SyncEntries(self.id, (), self._updates(send[:SYNC_MAX_ENTRIES]), ()))
+            self._send_to_id(message.source, SyncEntries(self.id, (), self._updates(send), ()))
 
     # ------------------------------------------------------------------ join and leave
 
@@ -1168,6 +1160,17 @@ class Peer:
 
     def _on_route_failed(self, message: RouteFailed) -> None:
         self._out.append(RouteFailure(message.route_id, message.target, message.hops, message.reason))
+
+
+def _hash_array(values: Sequence[int]) -> np.ndarray:
+    """Entry hashes from a message as a uint64 array; ValueError if they are not a flat list of them."""
+    try:
+        array_ = np.array(values, dtype=np.uint64)
+    except OverflowError as exc:
+        raise ValueError("entry hash out of range") from exc
+    if array_.ndim != 1:
+        raise ValueError("entry hashes must be a flat list")
+    return array_
 
 
 _HANDLERS: dict[type, Callable[[Peer, Any], None]] = {

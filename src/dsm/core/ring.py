@@ -73,7 +73,7 @@ class MemberInfo:
 class Directory:
     """Slots, positions and infos of every node id heard of (see the module docstring)."""
 
-    __slots__ = ("_position_array", "infos", "positions", "ring_positions", "ring_slots", "slot_of")
+    __slots__ = ("_position_array", "_sub_arc_array", "infos", "positions", "ring_positions", "ring_slots", "slot_of")
 
     def __init__(self) -> None:
         self.infos: list[MemberInfo] = []
@@ -82,12 +82,19 @@ class Directory:
         self.ring_slots: list[int] = []
         self.slot_of: dict[str, int] = {}
         self._position_array = np.zeros(0, dtype=np.uint64)
+        self._sub_arc_array = np.zeros(0, dtype=np.intp)
 
     def position_array(self) -> np.ndarray:
         """`positions` as a uint64 array (rebuilt only when slots were added: positions never change)."""
         if len(self._position_array) != len(self.positions):
             self._position_array = np.array(self.positions, dtype=np.uint64)
+            self._sub_arc_array = (self._position_array >> np.uint64(_SUB_SHIFT)).astype(np.intp)
         return self._position_array
+
+    def sub_arc_array(self) -> np.ndarray:
+        """The anti-entropy sub-arc (`sub_bucket_of`) of every slot, as an array."""
+        self.position_array()
+        return self._sub_arc_array
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -317,16 +324,37 @@ class MemberTable:
         """The digests of the SUB_ARCS sub-arcs of arc `bucket`."""
         return self.subs[bucket * SUB_ARCS : (bucket + 1) * SUB_ARCS].tolist()
 
-    def hashes_of(self, slots: list[int]) -> list[int]:
-        """The entry hashes (`entry_hash`) of these slots, which must hold a state; vectorised."""
-        if not slots:
-            return []
-        index = np.array(slots, dtype=np.intp)
-        positions = self.directory.position_array()[index]
-        states = np.frombuffer(self.states, dtype=np.uint8)[index].astype(np.uint64)
-        incarnations = np.frombuffer(self.incarnations, dtype=np.uint32)[index].astype(np.uint64)
-        hashes: list[int] = entry_hashes(positions, states, incarnations).tolist()
-        return hashes
+    def hashes_at(self, slots: np.ndarray) -> np.ndarray:
+        """The entry hashes (`entry_hash`) of these slots (an index array; each must hold a state)."""
+        positions = self.directory.position_array()[slots]
+        states = np.frombuffer(self.states, dtype=np.uint8)[slots].astype(np.uint64)
+        incarnations = np.frombuffer(self.incarnations, dtype=np.uint32)[slots].astype(np.uint64)
+        return entry_hashes(positions, states, incarnations)
+
+    def _known_sub_arcs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sub-arc of every slot of this table, whether the table holds a state for it)."""
+        sub_of = self.directory.sub_arc_array()
+        # The state array may be longer than the directory (it grows in steps) or, with a shared
+        # directory, shorter; slots past either end hold no state here.
+        size = min(len(sub_of), len(self.states))
+        known = np.frombuffer(self.states, dtype=np.uint8)[:size] != 0
+        return sub_of[:size], known
+
+    def sub_arc_counts(self) -> np.ndarray:
+        """How many members this table holds in each sub-arc."""
+        sub_of, known = self._known_sub_arcs()
+        counts: np.ndarray = np.bincount(sub_of[known], minlength=SYNC_SUB_BUCKETS)
+        return counts
+
+    def slots_in_sub_arcs(self, subs: list[int]) -> np.ndarray:
+        """Slots holding a state whose positions fall in any of these sub-arcs (in slot order), as an index
+        array: membership anti-entropy lists hundreds of sub-arcs at once, so this is one vectorised pass
+        over the table rather than a search per sub-arc."""
+        sub_of, known = self._known_sub_arcs()
+        wanted = np.zeros(SYNC_SUB_BUCKETS, dtype=bool)
+        wanted[subs] = True
+        slots: np.ndarray = np.flatnonzero(wanted[sub_of] & known)
+        return slots
 
     def slots_in_sub_bucket(self, sub: int) -> list[int]:
         """Slots with a state whose position falls in sub-arc `sub`, in ring order."""
