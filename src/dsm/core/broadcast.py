@@ -52,14 +52,19 @@ class BroadcastQueue:
             self._drop_most_sent()
 
     def _drop_most_sent(self) -> None:
-        for count in range(len(self._buckets) - 1, -1, -1):
-            bucket = self._buckets[count]
+        buckets = self._buckets
+        while True:
+            bucket = buckets[-1]
             while bucket:
                 entry = bucket.pop()  # the oldest among the most sent
                 if entry[_LIVE]:
                     entry[_LIVE] = False
                     del self._entry_of[entry[_SLOT]]
                     return
+            if len(buckets) == 1:
+                return
+            # An empty top bucket goes (take adds it back when needed), so later drops do not scan it.
+            buckets.pop()
 
     def take(self, max_count: int, limit: int) -> tuple[Update, ...]:
         """Up to `max_count` updates to piggyback on one message; each taken update counts one sending

@@ -779,21 +779,24 @@ class Peer:
         size = len(states)
         suspicions = self.suspicions
         me = self.me
+        max_incarnation, alive, suspect, left = MAX_INCARNATION, _ALIVE, _SUSPECT, _LEFT
         for update in updates:
             slot = slot_of.get(update.node_id)
             if slot is None or slot >= size or slot == me or not states[slot]:
                 self._apply(update)
                 continue
             state, incarnation = update.state, update.incarnation
-            if not (0 <= incarnation < MAX_INCARNATION and _ALIVE <= state <= _LEFT):
+            if not (0 <= incarnation < max_incarnation and alive <= state <= left):
                 self._apply(update)  # counted there
                 continue
-            current, known_inc = states[slot], incarnations[slot]
+            known_inc = incarnations[slot]
+            if incarnation < known_inc:
+                continue
+            current = states[slot]
             # Known entries win over older or equal updates (after a mass failure most of what arrives
             # is suspicions of members already known dead).
-            if incarnation < known_inc or (
-                incarnation == known_inc
-                and (state < current or (state == current and (state != _SUSPECT or slot not in suspicions)))
+            if incarnation == known_inc and (
+                state < current or (state == current and (state != suspect or slot not in suspicions))
             ):
                 continue
             self._merge(slot, current, known_inc, update)

@@ -270,9 +270,18 @@ class MemberTable:
         if old == state and old_incarnation == incarnation:
             return
         pos = self.directory.positions[slot]
-        change = (entry_hash(pos, old, old_incarnation) if old else 0) ^ (
-            entry_hash(pos, state, incarnation) if state else 0
-        )
+        # entry_hash of the old and the new entry, inlined (this runs for every change a member learns).
+        change = 0
+        if old:
+            x = (pos ^ (((old_incarnation << 3) | old) * _H0)) & _MASK64
+            x = ((x ^ (x >> 33)) * _H1) & _MASK64
+            x = ((x ^ (x >> 33)) * _H2) & _MASK64
+            change = x ^ (x >> 33)
+        if state:
+            x = (pos ^ (((incarnation << 3) | state) * _H0)) & _MASK64
+            x = ((x ^ (x >> 33)) * _H1) & _MASK64
+            x = ((x ^ (x >> 33)) * _H2) & _MASK64
+            change ^= x ^ (x >> 33)
         self.digests[pos >> _BUCKET_SHIFT] ^= change
         self.subs[pos >> _SUB_SHIFT] ^= change
         self.changes += 1
