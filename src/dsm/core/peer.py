@@ -1181,8 +1181,9 @@ def _within(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
     both arrays together and cost four times as much here)."""
     if len(pool) == 0:
         return np.zeros(len(values), dtype=bool)
-    pool = np.sort(pool)
-    index = np.searchsorted(pool, values)
+    pool = pool.copy()
+    pool.sort()
+    index = pool.searchsorted(values)  # the array methods skip numpy's dispatch wrappers
     np.minimum(index, len(pool) - 1, out=index)
     found: np.ndarray = pool[index] == values
     return found
