@@ -299,3 +299,23 @@ def test_out_of_range_updates_from_a_peer_are_ignored_and_counted() -> None:
     assert states_by_id(p) == before and p.incarnation == 0
     assert p.stats.bad_updates == 4
     assert p.table.digests == p.table.compute_digests()
+
+
+def test_capped_anti_entropy_answers_keep_the_first_listed_sub_arcs() -> None:
+    import numpy as np
+
+    from dsm.core.peer import SYNC_MAX_ENTRIES
+    from dsm.core.ring import sub_bucket_of
+
+    w = Wire(seed=15)
+    p = w.peer("n0")
+    p.install([(info(f"m{i}"), 0) for i in range(3000)])
+    slots = p.table.slots_in_sub_arcs(list(range(1024)))
+    assert len(slots) > SYNC_MAX_ENTRIES
+    last = sub_bucket_of(p.directory.positions[int(slots[-1])])
+    subs = [last, *(s for s in range(1024) if s != last)]  # the sub-arc of the highest slot listed first
+    kept = p._first_entries(slots, subs)
+    assert len(kept) == SYNC_MAX_ENTRIES
+    first = [int(s) for s in slots if sub_bucket_of(p.directory.positions[int(s)]) == last]
+    assert set(first) <= set(kept)
+    assert p._first_entries(np.array(first), subs) == first

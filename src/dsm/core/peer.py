@@ -865,6 +865,16 @@ class Peer:
             raise ValueError("sub-arc out of range")
         return list(sub_buckets)
 
+    def _first_entries(self, slots: np.ndarray, subs: list[int]) -> list[int]:
+        """At most SYNC_MAX_ENTRIES of these slots, those in the sub-arcs listed first (the two ends of
+        the exchange, where "you were declared dead" is learned) before the others."""
+        if len(slots) <= SYNC_MAX_ENTRIES:
+            return list(slots.tolist())
+        rank = np.full(SYNC_SUB_BUCKETS, len(subs))
+        rank[subs] = np.arange(len(subs))
+        order = np.argsort(rank[self.directory.sub_arc_array()[slots]], kind="stable")
+        return list(slots[order[:SYNC_MAX_ENTRIES]].tolist())
+
     def _updates(self, slots: Sequence[int]) -> tuple[Update, ...]:
         infos = self.directory.infos
         states, incarnations = self.table.states, self.table.incarnations
@@ -919,7 +929,7 @@ class Peer:
         theirs = _hash_array(message.hashes)
         slots = self.table.slots_in_sub_arcs(subs)
         mine = self.table.hashes_at(slots)
-        send = slots[~_within(mine, theirs)][:SYNC_MAX_ENTRIES].tolist()
+        send = self._first_entries(slots[~_within(mine, theirs)], subs)
         want = tuple(theirs[~_within(theirs, mine)].tolist())
         if send or want:
             self._send_to_id(message.source, SyncEntries(self.id, tuple(subs), self._updates(send), want))
@@ -935,8 +945,9 @@ class Peer:
             raise ValueError("too many entry hashes")
         want = _hash_array(message.want)
         # Merged first: an entry the other side sent that beat ours is no longer ours to send back.
-        slots = self.table.slots_in_sub_arcs(self._sub_arcs(message.sub_buckets))
-        send = slots[_within(self.table.hashes_at(slots), want)][:SYNC_MAX_ENTRIES].tolist()
+        subs = self._sub_arcs(message.sub_buckets)
+        slots = self.table.slots_in_sub_arcs(subs)
+        send = self._first_entries(slots[_within(self.table.hashes_at(slots), want)], subs)
         if send:
             self._send_to_id(message.source, SyncEntries(self.id, (), self._updates(send), ()))
 
