@@ -65,6 +65,8 @@ def test_env_integers_accept_underscores_and_reject_text() -> None:
         ("http_addr", "h:99999", "host:port"),
         ("storage_url", "mysql://x", "sqlite"),
         ("max_value_bytes", -1, "from 0"),
+        ("indirect_probes_max", 2, "from indirect_probes to 32"),
+        ("indirect_probes_max", 33, "from 0 to 32"),
     ],
 )
 def test_invalid_values_name_field_value_and_what_is_allowed(field: str, value: object, allowed: str) -> None:

@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsm.core.messages import Ping, Send, SyncDigest, SyncEntries, SyncLeaves, Update
-from dsm.core.peer import Peer, PeerSettings
+from dsm.core.messages import Ping, PingReq, Send, SyncDigest, SyncEntries, SyncLeaves, Update
+from dsm.core.peer import LOSS_RETRY, Peer, PeerSettings
 from dsm.core.ring import State
 from wire import SMALL, Wire, info
 
@@ -183,6 +183,115 @@ def test_local_health_rises_when_answers_stop_and_falls_when_they_return() -> No
     w.cut.clear()
     w.advance(40 * SMALL.probe_interval_ms)
     assert me.local_health == 0
+
+
+def test_measured_loss_follows_the_network_and_ignores_crashed_members() -> None:
+    w = Wire(seed=21)
+    peers = w.formed(12)
+    w.down.add("n5")  # a crashed member never answers: its silence must not read as loss
+    w.advance(60 * SMALL.probe_interval_ms)
+    alive = [p for p in peers if p.id != "n5"]
+    assert all(p.loss_estimate < LOSS_RETRY for p in alive), [round(p.loss_estimate, 3) for p in alive]
+    assert all(p._helper_count() == SMALL.indirect_probes for p in alive)
+    w.loss = 0.2  # a ping and its ack both arrive with probability 0.64
+    w.advance(100 * SMALL.probe_interval_ms)
+    estimates = sorted(p.loss_estimate for p in alive)
+    assert estimates[len(estimates) // 2] > 0.15, estimates
+    assert sum(p._helper_count() > SMALL.indirect_probes for p in alive) >= len(alive) // 2
+    w.loss = 0.0
+    w.advance(150 * SMALL.probe_interval_ms)
+    assert all(p.loss_estimate < LOSS_RETRY for p in alive), [round(p.loss_estimate, 3) for p in alive]
+    for p in alive:  # nobody alive was declared dead on the way
+        assert all(p.member_state(q.id) == State.ALIVE for q in alive), p.id
+
+
+def test_helper_count_grows_with_measured_loss_up_to_the_maximum() -> None:
+    p = Peer(info("x"), SMALL, random.Random(1), 0)
+    counts = []
+    for loss in (0.0, 0.04, 0.1, 0.2, 0.3, 0.5, 1.0):
+        p.loss_estimate = loss
+        counts.append(p._helper_count())
+    assert counts[0] == counts[1] == SMALL.indirect_probes
+    assert counts == sorted(counts)
+    assert counts[-1] == counts[-2] == SMALL.indirect_probes_max
+    fixed = Peer(info("y"), PeerSettings(indirect_probes=3, indirect_probes_max=3), random.Random(1), 0)
+    fixed.loss_estimate = 0.5
+    assert fixed._helper_count() == 3
+
+
+def settled(seed: int, count: int) -> tuple[Wire, Peer, int, str]:
+    """A formed, settled cluster; its n0; and a near link of n0 not being probed (slot and id)."""
+    w = Wire(seed=seed)
+    w.formed(count)
+    w.advance(3000)
+    me = w.peers["n0"]
+    slot = next(q for q in me.overlay.near if q not in me._probing)
+    return w, me, slot, me.directory.infos[slot].node_id
+
+
+def probe_now(w: Wire, me: Peer, slot: int) -> None:
+    w.log = []
+    me._start_probe(slot)  # private: probe this member now
+    w.apply(me.id, me.tick(w.now))
+    w.flush()
+
+
+def pings(w: Wire, source: str, target: str) -> list[Ping]:
+    assert w.log is not None
+    return [m for s, t, m in w.log if s == source and t == target and isinstance(m, Ping)]
+
+
+def test_under_measured_loss_a_missed_probe_is_retried_and_more_helpers_are_asked() -> None:
+    w, me, slot, target = settled(22, 16)
+    me.loss_estimate = 0.4
+    w.down.add(target)
+    probe_now(w, me, slot)
+    seq = pings(w, "n0", target)[0].seq
+    w.advance(SMALL.probe_timeout_ms + 20)
+    assert w.log is not None
+    direct = [m for m in pings(w, "n0", target) if m.seq == seq]
+    asks = [m for s, t, m in w.log if s == "n0" and isinstance(m, PingReq) and m.seq == seq]
+    assert len(direct) == 2  # the direct ping and its retry
+    helpers = sum(1 for q in me.overlay.links() if q != slot and me.table.raw_state(q) == ALIVE)
+    assert len(asks) == min(helpers, me._helper_count()) > SMALL.indirect_probes
+
+
+def test_a_helper_under_measured_loss_pings_twice_before_giving_up() -> None:
+    w = Wire(seed=24)
+    w.formed(8)
+    w.advance(3000)
+    helper = w.peers["n1"]
+    helper.loss_estimate = 0.4
+    w.down.add("n2")
+    w.log = []
+    target = info("n2")
+    w.apply("n1", helper.handle(w.now, PingReq(77, "n0", "n2", target.addr, ())))
+    relay_seq = pings(w, "n1", "n2")[0].seq
+    w.advance(SMALL.probe_interval_ms)
+    assert [m.seq for m in pings(w, "n1", "n2")] == [relay_seq, relay_seq]
+    assert any(s == "n1" and t == "n0" and type(m).__name__ == "Nack" and m.seq == 77 for s, t, m in w.log)
+    quiet = w.peers["n3"]  # a helper that measures no loss pings once
+    quiet.loss_estimate = 0.0
+    w.log = []
+    w.apply("n3", quiet.handle(w.now, PingReq(78, "n0", "n2", target.addr, ())))
+    w.advance(SMALL.probe_interval_ms)
+    relay_seq = pings(w, "n3", "n2")[0].seq
+    assert [m.seq for m in pings(w, "n3", "n2")].count(relay_seq) == 1
+
+
+def test_a_probe_of_a_suspect_tells_it_first_that_it_is_suspected() -> None:
+    w, me, slot, target = settled(23, 10)
+    for other in w.peers:  # the suspect can hear only from n0
+        if other not in ("n0", target):
+            w.cut.add(frozenset((other, target)))
+    me.handle(w.now, Ping(99, "n9", "n0", (upd(SUSPECT, target, 0, "n9"),)))
+    assert me.member_state(target) == State.SUSPECT
+    me.broadcasts.take(10**6, 1)  # the suspicion has left the gossip queue (sent its share of times)
+    probe_now(w, me, slot)
+    first = pings(w, "n0", target)[0].updates[0]
+    assert (first.state, first.node_id, first.incarnation) == (SUSPECT, target, 0)
+    assert w.peers[target].incarnation == 1  # refuted at once, in its Ack
+    assert me.member_state(target) == State.ALIVE
 
 
 def test_anti_entropy_repairs_an_update_that_gossip_missed() -> None:

@@ -35,6 +35,10 @@ class Wire:
         self.sent: Counter[str] = Counter()
         self.by_addr: dict[str, str] = {}
         self.stored: dict[str, list[Store]] = {}
+        # Fraction of messages lost at random (drawn from the wire's own seeded RNG).
+        self.loss = 0.0
+        # When a list: every message sent, as (sender, target, message), lost ones included.
+        self.log: list[tuple[str, str, Message]] | None = None
 
     def peer(self, node_id: str, incarnation: int = 0, region: str = "default") -> Peer:
         p = Peer(
@@ -64,6 +68,10 @@ class Wire:
             if isinstance(e, Send):
                 target = e.node_id or self.by_addr.get(e.addr, "")
                 self.sent[type(e.message).__name__] += 1
+                if self.log is not None:
+                    self.log.append((sender, target, e.message))
+                if self.loss and self.rng.random() < self.loss:
+                    continue
                 if target in self.down or sender in self.down or frozenset((sender, target)) in self.cut:
                     continue
                 if target in self.peers:

@@ -120,6 +120,14 @@ class StorageConfig:
         default=3,
         metadata=_doc("Helpers asked to probe a member that missed its direct probe (0-16). More resists loss."),
     )
+    indirect_probes_max: int = field(
+        default=8,
+        metadata=_doc(
+            "Most helpers asked when this node measures heavy message loss (indirect_probes-32): the number "
+            "of helpers grows from indirect_probes with the measured loss, so that loss alone rarely makes "
+            "a live member suspect."
+        ),
+    )
     suspicion_mult: int = field(
         default=4,
         metadata=_doc(
@@ -403,6 +411,8 @@ def _validate(c: StorageConfig) -> None:
     if not 1 <= _int_in(c, "probe_timeout_ms", 1, day_ms) < c.probe_interval_ms:
         raise ConfigError("probe_timeout_ms", c.probe_timeout_ms, "from 1 to less than probe_interval_ms")
     _int_in(c, "indirect_probes", 0, 16)
+    if not c.indirect_probes <= _int_in(c, "indirect_probes_max", 0, 32):
+        raise ConfigError("indirect_probes_max", c.indirect_probes_max, "from indirect_probes to 32")
     _int_in(c, "suspicion_mult", 1, 100)
     _int_in(c, "suspicion_max_mult", 1, 100)
     _int_in(c, "retransmit_mult", 1, 100)

@@ -24,6 +24,11 @@ Membership (SWIM with Lifeguard's refinements):
 - Local health (Lifeguard): failed probes with missing Nacks from helpers, and having to refute, raise a
   counter (0..max_local_health) that stretches this node's probe period and timeouts; successful probes
   lower it. A slow node thereby stops accusing healthy ones.
+- Loss: each node measures how often a member that answered in the end missed the direct probe's
+  timeout (a moving average; a crashed member's silence does not count). Under heavy measured loss a
+  missed direct probe is retried, helpers retry their ping, and up to indirect_probes_max helpers are
+  asked, so that loss alone rarely fails a probe of a live member (`_helper_count`). A probe of a member
+  held suspect carries the suspicion first, so the suspect can refute at once (Lifeguard's buddy system).
 - Changes spread by piggybacking on Ping, PingReq and Ack (`BroadcastQueue`, each update sent
   retransmit_mult * ceil(log10(n + 1)) times). A join is a push-pull: the joiner sends Join to a bootstrap
   member and receives its whole table. A leave is announced to the node's links and then spread.
@@ -146,6 +151,13 @@ MAX_PENDING_FORWARDS = 4096
 #: Most next hops tried for one routed message at one node before it is reported undeliverable.
 MAX_HOP_TRIES = 16
 
+#: Weight of each probe in the measured loss (an exponential moving average over about 32 probes).
+LOSS_ALPHA = 1 / 32
+#: Measured loss from which a missed direct probe is retried and helpers retry their ping.
+LOSS_RETRY = 0.05
+#: Aimed-at chance that loss alone makes a probe of a live member fail, for choosing the number of helpers.
+PROBE_MISS_TARGET = 1e-3
+
 #: Most probes in flight at once (the periodic one plus probes of unresponsive next hops).
 MAX_PROBES = 8
 #: Routed messages remembered by their target, so a retried copy is not delivered twice.
@@ -159,6 +171,7 @@ class PeerSettings:
     probe_interval_ms: int = 1000
     probe_timeout_ms: int = 500
     indirect_probes: int = 3
+    indirect_probes_max: int = 8
     suspicion_mult: int = 4
     suspicion_max_mult: int = 6
     retransmit_mult: int = 4
@@ -193,6 +206,7 @@ class PeerSettings:
             probe_interval_ms=config.probe_interval_ms,
             probe_timeout_ms=config.probe_timeout_ms,
             indirect_probes=config.indirect_probes,
+            indirect_probes_max=config.indirect_probes_max,
             suspicion_mult=config.suspicion_mult,
             suspicion_max_mult=config.suspicion_max_mult,
             retransmit_mult=config.retransmit_mult,
@@ -230,6 +244,7 @@ class PeerStats:
 class _Probe:
     target: int
     acked: bool = False
+    timed_out: bool = False
     expected_nacks: int = 0
     nacks: int = 0
 
@@ -294,6 +309,13 @@ class Peer:
         self.suspicions: dict[int, _Suspicion] = {}
         self.stats = PeerStats()
         self.local_health = 0
+        # Measured chance that a direct probe of a live member gets no answer within probe_timeout_ms
+        # (its Ping or Ack lost, or the member slow): the moving average, over probes that the target
+        # answered in the end, of whether the direct answer came too late.
+        # It starts at 1/2 as if one of two probes had missed (Laplace's rule), so that a node that
+        # starts into heavy loss is careful from its first probe; a few answered probes bring it down.
+        self.loss_estimate = 0.5
+        self._loss_samples = 2
         self.joined = False
         self.left = False
         self._now = now
@@ -309,7 +331,7 @@ class Peer:
         self._heard: dict[int, int] = {}
         self._sync_found_difference = False
         self._delivered: dict[tuple[str, int], None] = {}
-        self._relays: dict[int, tuple[str, int]] = {}
+        self._relays: dict[int, tuple[str, int, str, str]] = {}
         self._probe_order: list[int] = []
         self._pending_links: dict[int, tuple[int, int]] = {}
         self._refused: dict[int, int] = {}
@@ -346,6 +368,9 @@ class Peer:
                 relay = self._relays.get(arg)
                 if relay is not None:
                     self._send_to_id(relay[0], Nack(relay[1], self.id))
+                    if self.loss_estimate >= LOSS_RETRY:
+                        # Heavy loss: our Ping or its Ack was most likely lost; try once more.
+                        self._out.append(Send(relay[2], relay[3], Ping(arg, self.id, relay[2], self._piggyback())))
             elif kind == _RELAY_END:
                 self._relays.pop(arg, None)
             elif kind == _SUSPICION:
@@ -479,6 +504,36 @@ class Peer:
 
     def _piggyback(self) -> tuple[Update, ...]:
         return self.broadcasts.take(self.settings.max_piggyback, self._retransmit_limit())
+
+    def _piggyback_for(self, slot: int) -> tuple[Update, ...]:
+        """The piggyback for a probe of `slot`; a suspect is told first that it is suspected (Lifeguard's
+        buddy system), so it can refute at once instead of waiting for gossip to reach it."""
+        updates = self._piggyback()
+        if self.table.raw_state(slot) != _SUSPECT:
+            return updates
+        node_id = self.directory.infos[slot].node_id
+        told = self._update_for(slot, _SUSPECT, self.table.incarnation(slot))
+        rest = tuple(update for update in updates if update.node_id != node_id)
+        return (told, *rest[: self.settings.max_piggyback - 1])
+
+    def _helper_count(self) -> int:
+        """How many helpers to ask after a missed direct probe: indirect_probes, more under measured loss.
+
+        With p the measured chance that a direct probe misses (and so that its retry misses too), one
+        helper fails with about q = 1 - (1 - p)^2 (two round trips); enough helpers are asked that
+        p^2 * q^k stays under PROBE_MISS_TARGET, up to indirect_probes_max."""
+        low, high = self.settings.indirect_probes, self.settings.indirect_probes_max
+        p = self.loss_estimate
+        if high <= low or p < LOSS_RETRY:
+            return low
+        q = 1.0 - (1.0 - p) ** 2
+        miss = p * p
+        if miss <= PROBE_MISS_TARGET:
+            return low
+        if q >= 1.0:
+            return high
+        need = math.ceil(math.log(PROBE_MISS_TARGET / miss) / math.log(q))
+        return min(high, max(low, need))
 
     def _send_to_slot(self, slot: int, message: Message) -> None:
         info = self.directory.infos[slot]
@@ -689,7 +744,8 @@ class Peer:
         self._probes[seq] = _Probe(target)
         self._probing.add(target)
         self.stats.probes += 1
-        self._send_to_slot(target, Ping(seq, self.id, self.directory.infos[target].node_id, self._piggyback()))
+        node_id = self.directory.infos[target].node_id
+        self._send_to_slot(target, Ping(seq, self.id, node_id, self._piggyback_for(target)))
         self._arm(self._now + self.settings.probe_timeout_ms * scale, _PROBE_TIMEOUT, seq)
         self._arm(self._now + self.settings.probe_interval_ms * scale, _PROBE_END, seq)
 
@@ -697,6 +753,11 @@ class Peer:
         probe = self._probes.get(seq)
         if probe is None or probe.acked:
             return
+        probe.timed_out = True
+        target_info = self.directory.infos[probe.target]
+        if self.loss_estimate >= LOSS_RETRY:
+            # Under heavy loss the first Ping or its Ack was most likely just lost: ask once more.
+            self._send_to_slot(probe.target, Ping(seq, self.id, target_info.node_id, self._piggyback_for(probe.target)))
         # Helpers: alive linked members, those heard from recently first. Only those are expected to Nack:
         # after a mass failure most links are dead, and blaming ourselves for their silence (as counting
         # every helper would) would stretch our period exactly when detection matters most.
@@ -709,8 +770,7 @@ class Peer:
                 (fresh if heard.get(slot, -1) >= recent else stale).append(slot)
         self.rng.shuffle(fresh)
         self.rng.shuffle(stale)
-        helpers = (fresh + stale)[: self.settings.indirect_probes]
-        target_info = self.directory.infos[probe.target]
+        helpers = (fresh + stale)[: self._helper_count()]
         for slot in helpers:
             self._send_to_slot(slot, PingReq(seq, self.id, target_info.node_id, target_info.addr, self._piggyback()))
         probe.expected_nacks = min(len(fresh), len(helpers))
@@ -722,6 +782,11 @@ class Peer:
         self._probing.discard(probe.target)
         if probe.acked:
             self._avoid.pop(probe.target, None)
+            # Only probes the target answered measure loss: a crashed member's silence is not loss.
+            # A plain mean over the first probes, then the moving average.
+            self._loss_samples += 1
+            weight = max(LOSS_ALPHA, 1.0 / self._loss_samples)
+            self.loss_estimate += (probe.timed_out - self.loss_estimate) * weight
             return
         self.stats.probes_failed += 1
         self._adjust_health(max(0, probe.expected_nacks - probe.nacks) if probe.expected_nacks else 1)
@@ -743,7 +808,7 @@ class Peer:
     def _on_ping_req(self, message: PingReq) -> None:
         self._apply_all(message.updates)
         seq = self._next_seq()
-        self._relays[seq] = (message.source, message.seq)
+        self._relays[seq] = (message.source, message.seq, message.target, message.target_addr)
         self._out.append(
             Send(message.target, message.target_addr, Ping(seq, self.id, message.target, self._piggyback()))
         )
