@@ -1,0 +1,304 @@
+"""The wire protocol between nodes: length-prefixed binary frames carrying the core's messages in msgpack.
+
+Frame (big-endian):
+
+    u32 length      bytes that follow this field (header + body [+ tag]); at most MAX_FRAME
+    u8  version     PROTOCOL_VERSION; a frame of another version is refused
+    u8  flags       FLAG_SEALED: the body is encrypted and authenticated (see `dsm.net.security`)
+    u16 type        a `MessageType` value (append-only: values are never reused or renumbered)
+    body            msgpack array of the message's fields, in declaration order
+
+The length is read and checked against the limit before the rest of the frame is read or anything is
+allocated for it. The body is unpacked with msgpack's own limits (strings, bytes, arrays, maps no larger
+than the frame), then every field is checked against the message's schema (`SCHEMAS`): a frame whose
+fields have the wrong types or count raises `FrameError` naming what was wrong, so the core only ever sees
+well-typed messages. Semantic checks (an unknown member, an out-of-range incarnation) stay in the core.
+
+Adding a message: give it the next free `MessageType` value and a schema; never change an existing one
+(old nodes ignore types they do not know: `UnknownType`, counted, the connection stays open).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgpack
+
+from dsm.core import messages as m
+
+PROTOCOL_VERSION = 1
+#: Largest frame accepted or sent (everything after the length field). Anti-entropy answers are capped
+#: at 1 MiB of entries (anti_entropy_max_bytes), membership answers at 1,024 entries; 8 MiB leaves room.
+MAX_FRAME = 8 << 20
+FLAG_SEALED = 0x01
+_KNOWN_FLAGS = FLAG_SEALED
+
+LENGTH = struct.Struct(">I")
+HEADER = struct.Struct(">BBH")
+#: Bytes before the body: the length field and the header.
+PREFIX = LENGTH.size + HEADER.size
+
+
+class MessageType(enum.IntEnum):
+    """Append-only: a value once shipped keeps its meaning forever."""
+
+    PING = 1
+    PING_REQ = 2
+    ACK = 3
+    NACK = 4
+    JOIN = 5
+    JOIN_REPLY = 6
+    NEIGHBOR = 7
+    LINK = 8
+    LINK_REPLY = 9
+    UNLINK = 10
+    LEAVE = 11
+    SYNC_DIGEST = 12
+    SYNC_SUB_DIGESTS = 13
+    SYNC_LEAVES = 14
+    SYNC_ENTRIES = 15
+    ROUTED = 16
+    ROUTED_ACK = 17
+    ROUTE_FAILED = 18
+    PUSH = 19
+    IHAVE = 20
+    GRAFT = 21
+    PRUNE = 22
+    GOSSIP_DIGEST = 23
+    GOSSIP_REPLY = 24
+    GOSSIP_ITEMS = 25
+    RECONCILE = 26
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted. `reason` is a short stable label (for the metrics), the message
+    says what exactly was wrong. The connection that sent it is closed."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class UnknownType(FrameError):
+    """A well-formed frame of a message type this node does not know (a newer peer): skipped, counted."""
+
+    def __init__(self, type_id: int) -> None:
+        super().__init__("unknown_type", f"message type {type_id}")
+        self.type_id = type_id
+
+
+# --- schemas: one checker per field; a checker returns the (possibly converted) value or raises ---
+
+Check = Callable[[Any], Any]
+
+_I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
+
+
+class _Bad(Exception):
+    pass
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int or not _I64_MIN <= value <= _U64_MAX:
+        raise _Bad("an integer")
+    return value
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise _Bad("a string")
+    return value
+
+
+def _bytes(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise _Bad("bytes")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _Bad("a boolean")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _any(value: Any) -> Any:
+    return value  # bounded by the unpacker's limits (arrays arrive as tuples); its receiver checks it
+
+
+def _tuple_of(item: Check) -> Check:
+    def check(value: Any) -> tuple[Any, ...]:
+        if type(value) is not tuple:
+            raise _Bad("an array")
+        return tuple(item(v) for v in value)
+
+    return check
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    if type(value) is not tuple:
+        raise _Bad("an array")
+    for v in value:
+        if type(v) is not int or not _I64_MIN <= v <= _U64_MAX:
+            raise _Bad("an array of integers")
+    return value
+
+
+def _record(cls: type[NamedTuple], fields: tuple[Check, ...]) -> Check:
+    arity = len(fields)
+
+    def check(value: Any) -> Any:
+        if type(value) is not tuple or len(value) != arity:
+            raise _Bad(f"an array of {arity} ({cls.__name__})")
+        return cls(*(f(v) for f, v in zip(fields, value, strict=True)))
+
+    return check
+
+
+_update = _record(m.Update, (_int, _str, _int, _str, _str, _str))
+_updates = _tuple_of(_update)
+_items = _tuple_of(_record(m.DataItem, (_int, _str, _bytes)))
+_strs = _tuple_of(_str)
+
+
+def _run(value: Any) -> m.Run:
+    if type(value) is not tuple or len(value) != 6:
+        raise _Bad("an array of 6 (a run)")
+    lo, hi, mode, shared, suffixes, values = value
+    return (_str(lo), _opt_str(hi), _int(mode), _bytes(shared), _strs(suffixes), _bytes(values))
+
+
+def _entry(value: Any) -> tuple[str, bytes]:
+    if type(value) is not tuple or len(value) != 2:
+        raise _Bad("an array of 2 (key, versions)")
+    return (_str(value[0]), _bytes(value[1]))
+
+
+#: Message class and field checkers by type, in field order.
+SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
+    MessageType.PING: (m.Ping, (_int, _str, _str, _updates)),
+    MessageType.PING_REQ: (m.PingReq, (_int, _str, _str, _str, _updates)),
+    MessageType.ACK: (m.Ack, (_int, _str, _updates)),
+    MessageType.NACK: (m.Nack, (_int, _str)),
+    MessageType.JOIN: (m.Join, (_str, _str, _str, _int)),
+    MessageType.JOIN_REPLY: (m.JoinReply, (_str, _updates)),
+    MessageType.NEIGHBOR: (m.Neighbor, (_str, _str, _str, _int)),
+    MessageType.LINK: (m.Link, (_int, _str, _str, _str, _int)),
+    MessageType.LINK_REPLY: (m.LinkReply, (_int, _str, _bool)),
+    MessageType.UNLINK: (m.Unlink, (_str,)),
+    MessageType.LEAVE: (m.Leave, (_str, _int)),
+    MessageType.SYNC_DIGEST: (m.SyncDigest, (_str, _ints)),
+    MessageType.SYNC_SUB_DIGESTS: (m.SyncSubDigests, (_str, _ints, _ints)),
+    MessageType.SYNC_LEAVES: (m.SyncLeaves, (_str, _ints, _ints)),
+    MessageType.SYNC_ENTRIES: (m.SyncEntries, (_str, _ints, _updates, _ints)),
+    MessageType.ROUTED: (m.Routed, (_int, _str, _str, _str, _int, _any, _str)),
+    MessageType.ROUTED_ACK: (m.RoutedAck, (_int, _str, _str)),
+    MessageType.ROUTE_FAILED: (m.RouteFailed, (_int, _str, _str, _int, _str)),
+    MessageType.PUSH: (m.Push, (_str, _int, _items)),
+    MessageType.IHAVE: (m.IHave, (_str, _int, _ints)),
+    MessageType.GRAFT: (m.Graft, (_str, _ints)),
+    MessageType.PRUNE: (m.Prune, (_str,)),
+    MessageType.GOSSIP_DIGEST: (m.GossipDigest, (_int, _str, _ints, _ints)),
+    MessageType.GOSSIP_REPLY: (m.GossipReply, (_int, _str, _ints, _items)),
+    MessageType.GOSSIP_ITEMS: (m.GossipItems, (_str, _items)),
+    MessageType.RECONCILE: (m.Reconcile, (_int, _str, _tuple_of(_run), _tuple_of(_entry))),
+}
+
+TYPE_OF: dict[type[Any], MessageType] = {cls: type_id for type_id, (cls, _) in SCHEMAS.items()}
+
+
+# --- encoding ---
+
+
+def encode_body(message: Any) -> tuple[MessageType, bytes]:
+    """The message's type and its msgpack body (named tuples pack as arrays)."""
+    type_id = TYPE_OF.get(type(message))
+    if type_id is None:
+        raise TypeError(f"no wire type for {type(message).__name__}")
+    return type_id, msgpack.packb(message, use_bin_type=True)
+
+
+def header(type_id: int, flags: int, length: int) -> bytes:
+    """The length field and header of a frame whose header + body (+ tag) take `length` bytes."""
+    if length > MAX_FRAME:
+        raise FrameError("too_large", f"frame of {length} bytes (limit {MAX_FRAME})")
+    return LENGTH.pack(length) + HEADER.pack(PROTOCOL_VERSION, flags, type_id)
+
+
+def encode_frame(message: Any) -> bytes:
+    """A plain (unsealed) frame carrying `message`."""
+    type_id, body = encode_body(message)
+    return header(type_id, 0, HEADER.size + len(body)) + body
+
+
+# --- decoding ---
+
+
+def frame_length(prefix: bytes) -> int:
+    """The length announced by a frame's first 4 bytes, checked against MAX_FRAME before any read."""
+    length: int = LENGTH.unpack(prefix)[0]
+    if length > MAX_FRAME:
+        raise FrameError("too_large", f"frame of {length} bytes announced (limit {MAX_FRAME})")
+    if length < HEADER.size:
+        raise FrameError("truncated", f"frame of {length} bytes is shorter than its header")
+    return length
+
+
+def parse_header(frame: bytes) -> tuple[int, int]:
+    """(flags, type) of a frame (its bytes after the length field); checks the version and flags."""
+    version, flags, type_id = HEADER.unpack_from(frame)
+    if version != PROTOCOL_VERSION:
+        raise FrameError("bad_version", f"protocol version {version} (this node speaks {PROTOCOL_VERSION})")
+    if flags & ~_KNOWN_FLAGS:
+        raise FrameError("bad_flags", f"unknown flags {flags:#x}")
+    return flags, type_id
+
+
+def decode_body(type_id: int, body: bytes) -> Any:
+    """The message of type `type_id` packed in `body`, every field checked against its schema."""
+    try:
+        kind = MessageType(type_id)
+    except ValueError:
+        raise UnknownType(type_id) from None
+    cls, fields = SCHEMAS[kind]
+    size = len(body)
+    try:
+        value = msgpack.unpackb(
+            body,
+            use_list=False,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...)
+        raise FrameError("bad_body", f"{cls.__name__}: undecodable msgpack ({type(exc).__name__})") from None
+    if type(value) is not tuple or len(value) != len(fields):
+        raise FrameError("bad_body", f"{cls.__name__}: expected an array of {len(fields)} fields")
+    out = []
+    for name, check, field_value in zip(cls._fields, fields, value, strict=True):
+        try:
+            out.append(check(field_value))
+        except _Bad as exc:
+            raise FrameError("bad_field", f"{cls.__name__}.{name} must be {exc}") from None
+        except (TypeError, ValueError) as exc:  # e.g. a key not a str inside a payload
+            raise FrameError("bad_field", f"{cls.__name__}.{name}: {exc}") from None
+    return cls(*out)
+
+
+def decode_frame(frame: bytes) -> Any:
+    """The message in a plain frame (its bytes after the length field)."""
+    flags, type_id = parse_header(frame)
+    if flags & FLAG_SEALED:
+        raise FrameError("sealed", "a sealed frame where a plain one was expected (is a cluster secret set?)")
+    return decode_body(type_id, frame[HEADER.size :])

@@ -1,0 +1,139 @@
+"""The wire codec: every core message round-trips; malformed, oversized and unknown frames raise typed errors."""
+
+from __future__ import annotations
+
+import struct
+import typing
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsm.core import messages as m
+from dsm.core.reconcile import encode_run
+from dsm.net import wire
+
+UPD = m.Update(1, "n1", 3, "127.0.0.2:7400", "eu", "n2")
+ITEM = m.DataItem(-(1 << 63), "key", b"\x00\xffversions")
+SAMPLES: list[typing.Any] = [
+    m.Ping(1, "a", "b", (UPD, UPD)),
+    m.PingReq(2, "a", "b", "127.0.0.3:7400", ()),
+    m.Ack(3, "b", (UPD,)),
+    m.Nack(4, "c"),
+    m.Join("j", "127.0.0.9:7400", "us", 2),
+    m.JoinReply("a", (UPD,) * 3),
+    m.Neighbor("j", "127.0.0.9:7400", "us", 0),
+    m.Link(5, "a", "addr", "eu", 1),
+    m.LinkReply(5, "b", True),
+    m.Unlink("a"),
+    m.Leave("a", 7),
+    m.SyncDigest("a", tuple(range(64))),
+    m.SyncSubDigests("a", (1, 2), tuple(range(-16, 16))),
+    m.SyncLeaves("a", (3,), ((1 << 64) - 1, -(1 << 63))),
+    m.SyncEntries("a", (3,), (UPD,), (9, 8)),
+    m.Routed(6, "a", "addr", "t", 2, {"op": "get", "keys": ("x",)}, "v"),
+    m.RoutedAck(6, "a", "h"),
+    m.RouteFailed(6, "a", "t", 3, "no route"),
+    m.Push("a", 1, (ITEM, ITEM)),
+    m.IHave("a", 2, (1, 2, 3)),
+    m.Graft("a", (1,)),
+    m.Prune("a"),
+    m.GossipDigest(7, "a", (1, 2), (2,)),
+    m.GossipReply(7, "b", (1,), (ITEM,)),
+    m.GossipItems("a", (ITEM,)),
+    m.Reconcile(
+        8, "a", (encode_run("", None, 1, ["k1", "k2"], [1, 2, 3]), ("a", "b", 0, b"", (), b"")), (("k", b"v"),)
+    ),
+]
+
+
+def test_every_core_message_has_a_wire_type_and_round_trips() -> None:
+    in_union = set(typing.get_args(m.Message))
+    assert in_union == set(wire.TYPE_OF), "a core message without a wire schema (or a stale one)"
+    assert {type(s) for s in SAMPLES} == in_union
+    for message in SAMPLES:
+        frame = wire.encode_frame(message)
+        assert wire.frame_length(frame[:4]) == len(frame) - 4
+        assert wire.decode_frame(frame[4:]) == message
+    for type_id, (cls, fields) in wire.SCHEMAS.items():
+        assert len(fields) == len(cls._fields), cls.__name__
+        assert wire.TYPE_OF[cls] == type_id
+
+
+def test_message_type_values_are_append_only() -> None:
+    # Shipped values never change: a renumbering would make old and new nodes misread each other.
+    assert [(t.name, t.value) for t in wire.MessageType][:4] == [("PING", 1), ("PING_REQ", 2), ("ACK", 3), ("NACK", 4)]
+    assert wire.MessageType.RECONCILE == 26
+    assert len({t.value for t in wire.MessageType}) == len(wire.MessageType)
+
+
+def test_oversized_length_is_refused_before_reading_the_frame() -> None:
+    with pytest.raises(wire.FrameError) as caught:
+        wire.frame_length(struct.pack(">I", wire.MAX_FRAME + 1))
+    assert caught.value.reason == "too_large"
+    with pytest.raises(wire.FrameError) as caught:
+        wire.frame_length(struct.pack(">I", 2))
+    assert caught.value.reason == "truncated"
+    with pytest.raises(wire.FrameError, match="too_large"):
+        wire.header(1, 0, wire.MAX_FRAME + 1)
+
+
+def _frame(type_id: int, body: bytes, version: int = wire.PROTOCOL_VERSION, flags: int = 0) -> bytes:
+    return wire.HEADER.pack(version, flags, type_id) + body
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason", "text"),
+    [
+        (_frame(1, msgpack.packb([1, "a", "b", []]), version=9), "bad_version", "protocol version 9"),
+        (_frame(1, msgpack.packb([1, "a", "b", []]), flags=0x80), "bad_flags", "unknown flags"),
+        (_frame(1, msgpack.packb([1, "a", "b", []]), flags=wire.FLAG_SEALED), "sealed", "sealed"),
+        (_frame(1, b"\xc1"), "bad_body", "undecodable"),
+        (_frame(1, msgpack.packb([1, "a", "b", []]) + b"\x00"), "bad_body", "undecodable"),
+        (_frame(1, msgpack.packb([1, "a", "b"])), "bad_body", "array of 4"),
+        (_frame(1, msgpack.packb({"seq": 1})), "bad_body", "array of 4"),
+        (_frame(1, msgpack.packb(["1", "a", "b", []])), "bad_field", "Ping.seq must be an integer"),
+        (_frame(1, msgpack.packb([True, "a", "b", []])), "bad_field", "Ping.seq must be an integer"),
+        (_frame(1, msgpack.packb([1, b"a", "b", []])), "bad_field", "Ping.source must be a string"),
+        (_frame(1, msgpack.packb([1, "a", "b", [[1, "x"]]])), "bad_field", "Ping.updates must be an array of 6"),
+        (_frame(3, msgpack.packb([1, "a", [[1, "x", "3", "", "", ""]]])), "bad_field", "Ack.updates"),
+        (_frame(9, msgpack.packb([1, "a", 1])), "bad_field", "LinkReply.accepted must be a boolean"),
+        (_frame(12, msgpack.packb(["a", [1, "2"]])), "bad_field", "array of integers"),
+        (_frame(19, msgpack.packb(["a", 0, [[1, "k", "not bytes"]]])), "bad_field", "Push.items"),
+        (_frame(26, msgpack.packb([1, "a", [["", None, 0, b"", [], b""]], [["k"]]])), "bad_field", "entries"),
+    ],
+)
+def test_malformed_frames_raise_typed_errors(frame: bytes, reason: str, text: str) -> None:
+    with pytest.raises(wire.FrameError) as caught:
+        wire.decode_frame(frame)
+    assert caught.value.reason == reason
+    assert text in str(caught.value)
+
+
+def test_unknown_type_is_its_own_error() -> None:
+    with pytest.raises(wire.UnknownType) as caught:
+        wire.decode_frame(_frame(999, msgpack.packb([])))
+    assert caught.value.type_id == 999 and caught.value.reason == "unknown_type"
+
+
+def test_a_claimed_huge_array_in_a_small_body_is_refused_without_allocating() -> None:
+    # 0xdd: array32 announcing 2**32 - 1 elements in a 5-byte body: the unpacker's limits stop it.
+    with pytest.raises(wire.FrameError, match="bad_body"):
+        wire.decode_frame(_frame(1, b"\xdd\xff\xff\xff\xff"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(type_id=st.integers(0, 40), body=st.binary(max_size=200))
+def test_random_bodies_never_raise_anything_but_frame_errors(type_id: int, body: bytes) -> None:
+    try:
+        message = wire.decode_frame(_frame(type_id, body))
+    except wire.FrameError:
+        return
+    assert type(message) in wire.TYPE_OF  # anything accepted is a well-typed core message
+    assert wire.decode_frame(wire.encode_frame(message)[4:]) == message
+
+
+def test_unsendable_objects_are_refused() -> None:
+    with pytest.raises(TypeError, match="no wire type"):
+        wire.encode_frame(("not", "a", "message"))
