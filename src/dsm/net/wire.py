@@ -107,25 +107,21 @@ def _int(value: Any) -> int:
     return value
 
 
-def _str(value: Any) -> str:
-    if type(value) is not str:
-        raise _Bad("a string")
-    return value
+def _exact(kind: type[Any], what: str) -> Check:
+    def check(value: Any) -> Any:
+        if type(value) is not kind:
+            raise _Bad(what)
+        return value
+
+    return check
 
 
-def _bytes(value: Any) -> bytes:
-    if type(value) is not bytes:
-        raise _Bad("bytes")
-    return value
+_str = _exact(str, "a string")
+_bytes = _exact(bytes, "bytes")
+_bool = _exact(bool, "a boolean")
 
 
-def _bool(value: Any) -> bool:
-    if type(value) is not bool:
-        raise _Bad("a boolean")
-    return value
-
-
-def _opt_str(value: Any) -> str | None:
+def _opt_str(value: Any) -> Any:
     return None if value is None else _str(value)
 
 
