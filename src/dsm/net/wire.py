@@ -71,6 +71,25 @@ class MessageType(enum.IntEnum):
     GOSSIP_REPLY = 24
     GOSSIP_ITEMS = 25
     RECONCILE = 26
+    # Connection control (dsm.net.security), not core messages.
+    HELLO = 64
+    AUTH = 65
+
+
+class Hello(NamedTuple):
+    """First frame each side of a new connection sends (always plain): who it is, which cluster secret it
+    uses (`key_id`, a fingerprint; empty without a secret) and a fresh random nonce for the session keys."""
+
+    node_id: str
+    key_id: bytes
+    nonce: bytes
+
+
+class Auth(NamedTuple):
+    """Second frame each side sends when a secret is set, sealed with the new session key: it proves the
+    sender holds the secret, before anything else from it is accepted."""
+
+    node_id: str
 
 
 class FrameError(ValueError):
@@ -205,6 +224,8 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.GOSSIP_REPLY: (m.GossipReply, (_int, _str, _ints, _items)),
     MessageType.GOSSIP_ITEMS: (m.GossipItems, (_str, _items)),
     MessageType.RECONCILE: (m.Reconcile, (_int, _str, _tuple_of(_run), _tuple_of(_entry))),
+    MessageType.HELLO: (Hello, (_str, _bytes, _bytes)),
+    MessageType.AUTH: (Auth, (_str,)),
 }
 
 TYPE_OF: dict[type[Any], MessageType] = {cls: type_id for type_id, (cls, _) in SCHEMAS.items()}
