@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsm.core.messages import Ack, Ping
+from dsm.core.messages import Ack, DataItem, Ping, Push
 from dsm.net import security, wire
 from dsm.net.security import AuthError, Keyring
 from dsm.net.wire import Auth
@@ -117,3 +117,10 @@ def test_weak_or_inconsistent_secrets_are_refused() -> None:
         Keyring("short")
     with pytest.raises(ValueError, match="need a current"):
         Keyring(None, [NEW])
+
+
+def test_a_refused_oversized_frame_leaves_the_channel_usable() -> None:
+    a, b = handshake(Keyring(NEW), Keyring(NEW))
+    with pytest.raises(wire.FrameError, match="too_large"):
+        a.encode(Push("a", 0, (DataItem(1, "k", b"x" * wire.MAX_FRAME),)))
+    assert b.decode(a.encode(Ping(1, "a", "b", ()))[4:]).seq == 1

@@ -12,8 +12,10 @@ id, a nonce) and then plain frames. With one:
    the direction's frame counter (0, 1, 2, ...). A frame that was altered, replayed, reordered, dropped
    from the middle, or copied from another connection fails to open: the keys differ per connection and
    the counter only moves forward, so no frame is ever accepted twice.
-3. The first sealed frame each side sends is `Auth` (its node id): nothing else from a peer is accepted
-   before it opens, so a process without the secret cannot join, read or inject.
+3. The connecting side's first sealed frame is `Auth` (its node id): nothing else from it is accepted
+   before that opens, so a process without the secret cannot join or inject; and it cannot read, since
+   every frame to it is sealed with keys it cannot derive. (A connection carries frames one way, from
+   the side that opened it: see `dsm.net.transport`.)
 
 Rotating the secret without downtime (`cluster_secret` is the one a node uses to connect,
 `cluster_secrets_accepted` more that it accepts from others):
@@ -36,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from dsm.net import wire
-from dsm.net.wire import FLAG_SEALED, HEADER, PROTOCOL_VERSION, Auth, FrameError, Hello
+from dsm.net.wire import FLAG_SEALED, HEADER, Auth, FrameError, Hello
 
 NONCE_BYTES = 16
 KEY_ID_BYTES = 8
@@ -135,10 +137,11 @@ class Channel:
         if self._seal is None:
             return wire.encode_frame(message)
         type_id, body = wire.encode_body(message)
-        head = HEADER.pack(PROTOCOL_VERSION, FLAG_SEALED, type_id)
-        sealed = self._seal.encrypt(self._sent.to_bytes(12, "big"), body, head)
+        # The size is checked before sealing: a refused frame must not use up a counter value.
+        prefix = wire.header(type_id, FLAG_SEALED, HEADER.size + len(body) + TAG_BYTES)
+        sealed = self._seal.encrypt(self._sent.to_bytes(12, "big"), body, prefix[wire.LENGTH.size :])
         self._sent += 1
-        return wire.header(type_id, FLAG_SEALED, len(head) + len(sealed)) + sealed
+        return prefix + sealed
 
     def decode(self, frame: bytes) -> Any:
         """The message in `frame` (its bytes after the length field). Raises FrameError (AuthError for a

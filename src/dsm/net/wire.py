@@ -86,8 +86,8 @@ class Hello(NamedTuple):
 
 
 class Auth(NamedTuple):
-    """Second frame each side sends when a secret is set, sealed with the new session key: it proves the
-    sender holds the secret, before anything else from it is accepted."""
+    """The connecting side's second frame when a secret is set, sealed with the new session key: it proves
+    the sender holds the secret, before anything else from it is accepted."""
 
     node_id: str
 

@@ -1,0 +1,327 @@
+"""TCP transport between nodes: one outgoing connection per peer address, framed and (with a secret) sealed.
+
+`Transport.send(node_id, addr, message)` never blocks: the message joins that address's bounded queue and
+a writer task per address connects (with a timeout), runs the handshake (`dsm.net.security`) and writes
+the queue's frames, waiting for the socket to drain when its buffer fills (backpressure). A full queue
+drops its oldest message (counted): the protocol above repairs lost messages (probes time out, gossip and
+anti-entropy resend), while a queue that grew without bound would turn a slow peer into our own outage.
+A failed connection is retried with exponential backoff (with jitter) while messages wait; after
+`max_failures` failures in a row the queue is dropped (counted as `unreachable`) until the next send.
+An outgoing connection idle for `idle_timeout` seconds is closed, so connections follow the overlay's
+links (the core only sends regularly to linked members) and stay bounded.
+
+Connections carry frames one way: a node sends on its own outgoing connection and reads on the ones
+others opened to it (after writing its half of the handshake). An incoming connection is handed to
+`on_message(peer_node_id, message)` frame by frame; a malformed, oversized or unauthenticated frame closes
+that connection with a logged, counted reason (`rejected`), and the node goes on serving every other
+connection. A frame of a message type this node does not know is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsm.net import security, wire
+from dsm.net.security import AuthError, Channel, Keyring
+from dsm.net.wire import Auth, FrameError, UnknownType
+
+log = logging.getLogger("dsm.net")
+
+OnMessage = Callable[[str, Any], None]
+
+
+@dataclass
+class TransportStats:
+    """Counters (exported as metrics by the node)."""
+
+    frames_out: Counter[str] = field(default_factory=Counter)
+    bytes_out: Counter[str] = field(default_factory=Counter)
+    frames_in: Counter[str] = field(default_factory=Counter)
+    bytes_in: Counter[str] = field(default_factory=Counter)
+    #: Messages not sent, by reason (queue_full, unreachable, closed, too_large).
+    dropped: Counter[str] = field(default_factory=Counter)
+    #: Incoming connections closed for a bad frame or handshake, by reason (FrameError.reason).
+    rejected: Counter[str] = field(default_factory=Counter)
+    unknown_types: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """("host", port) of "host:port" (IPv6 as "[::1]:7400")."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"not a host:port address: {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    """One frame's bytes after its length field; the length is checked before the body is read."""
+    length = wire.frame_length(await reader.readexactly(wire.LENGTH.size))
+    return await reader.readexactly(length)
+
+
+class _Outbound:
+    """The queue and writer task for one peer address."""
+
+    __slots__ = ("addr", "failures", "idle", "node_id", "queue", "task", "wake")
+
+    def __init__(self, addr: str, node_id: str) -> None:
+        self.addr = addr
+        self.node_id = node_id
+        self.queue: deque[Any] = deque()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.failures = 0
+        self.idle = False
+
+
+class Transport:
+    """Sends the core's messages to peers and hands it theirs. See the module docstring."""
+
+    def __init__(
+        self,
+        node_id: str,
+        listen: str,
+        on_message: OnMessage,
+        keyring: Keyring | None = None,
+        *,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        queue_max: int = 4096,
+        connect_timeout: float = 2.0,
+        handshake_timeout: float = 5.0,
+        idle_timeout: float = 60.0,
+        max_failures: int = 6,
+        backoff_min: float = 0.05,
+        backoff_max: float = 5.0,
+        max_incoming: int = 1024,
+        write_buffer: int = 1 << 20,
+    ) -> None:
+        self.node_id = node_id
+        self.listen = listen
+        self.on_message = on_message
+        self.keyring = keyring if keyring is not None else Keyring()
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.queue_max = queue_max
+        self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_failures = max_failures
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.max_incoming = max_incoming
+        self.write_buffer = write_buffer
+        self.stats = TransportStats()
+        self.addr = listen
+        self._out: dict[str, _Outbound] = {}
+        self._incoming: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._closed = False
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Listens on `listen` (port 0: any free port; `addr` then holds the real one)."""
+        host, port = split_addr(self.listen)
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.server_ssl, limit=1 << 16)
+        bound = self._server.sockets[0].getsockname()
+        self.addr = f"{host}:{bound[1]}"
+
+    async def close(self, flush_timeout: float = 1.0) -> None:
+        """Stops listening, gives queued messages up to `flush_timeout` seconds to go out, closes all."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        tasks = [o.task for o in self._out.values() if o.task is not None]
+        for out in self._out.values():
+            out.wake.set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=flush_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for out in self._out.values():
+            self.stats.dropped["closed"] += len(out.queue)
+            out.queue.clear()
+        for task in list(self._incoming):
+            task.cancel()
+        await asyncio.gather(*self._incoming, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, node_id: str, addr: str, message: Any) -> None:
+        """Queues `message` for the node at `addr` (never blocks; see the module docstring)."""
+        if self._closed:
+            self.stats.dropped["closed"] += 1
+            return
+        out = self._out.get(addr)
+        if out is None:
+            out = self._out[addr] = _Outbound(addr, node_id)
+        out.node_id = node_id or out.node_id
+        if len(out.queue) >= self.queue_max:
+            out.queue.popleft()
+            self.stats.dropped["queue_full"] += 1
+        out.queue.append(message)
+        out.wake.set()
+        if out.task is None or out.task.done():
+            out.failures = 0
+            out.task = asyncio.get_running_loop().create_task(self._writer(out), name=f"dsm-send-{addr}")
+
+    def queued(self, addr: str) -> int:
+        out = self._out.get(addr)
+        return len(out.queue) if out is not None else 0
+
+    async def _writer(self, out: _Outbound) -> None:
+        while out.queue and not (self._closed and out.failures):
+            try:
+                writer, channel = await self._connect(out.addr)
+            except (TimeoutError, OSError, FrameError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+                out.failures += 1
+                self.stats.connect_failures += 1
+                if out.failures >= self.max_failures or self._closed:
+                    log.info("peer %s unreachable (%s); dropping %d queued messages", out.addr, exc, len(out.queue))
+                    self.stats.dropped["unreachable"] += len(out.queue)
+                    out.queue.clear()
+                    return
+                delay = min(self.backoff_max, self.backoff_min * 2 ** (out.failures - 1))
+                await asyncio.sleep(delay * (0.5 + self._rng.random()))
+                continue
+            out.failures = 0
+            try:
+                await self._pump(out, writer, channel)
+            except (OSError, ConnectionError, ssl.SSLError) as exc:
+                log.debug("connection to %s lost: %s", out.addr, exc)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
+                    await writer.wait_closed()
+            if out.idle:
+                out.idle = False
+                if not out.queue:
+                    return
+
+    async def _pump(self, out: _Outbound, writer: asyncio.StreamWriter, channel: Channel) -> None:
+        stats = self.stats
+        while True:
+            while out.queue:
+                message = out.queue[0]
+                try:
+                    frame = channel.encode(message)
+                except FrameError:
+                    out.queue.popleft()
+                    stats.dropped["too_large"] += 1
+                    continue
+                out.queue.popleft()
+                writer.write(frame)
+                kind = type(message).__name__
+                stats.frames_out[kind] += 1
+                stats.bytes_out[kind] += len(frame)
+                if writer.transport.get_write_buffer_size() > self.write_buffer:
+                    await writer.drain()  # backpressure: the peer reads slower than we write
+            await writer.drain()
+            if self._closed:
+                return
+            out.wake.clear()
+            try:
+                await asyncio.wait_for(out.wake.wait(), self.idle_timeout)
+            except TimeoutError:
+                out.idle = True
+                return
+
+    async def _connect(self, addr: str) -> tuple[asyncio.StreamWriter, Channel]:
+        host, port = split_addr(addr)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=self.client_ssl, limit=1 << 16), self.connect_timeout
+        )
+        self.stats.connects += 1
+        try:
+            ours = security.hello(self.node_id, self.keyring.current_id())
+            writer.write(wire.encode_frame(ours))
+            theirs = security.read_hello(await asyncio.wait_for(read_frame(reader), self.handshake_timeout))
+            channel = security.connect(self.keyring, ours, theirs)
+            if channel.sealed:
+                writer.write(channel.encode(Auth(self.node_id)))
+            await writer.drain()
+        except BaseException:
+            writer.close()
+            raise
+        # The acceptor's sealed Auth would follow on the reader; this side only writes from here on, so
+        # the proof that matters is ours: the acceptor accepts nothing before our Auth opens.
+        return writer, channel
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._incoming) >= self.max_incoming:
+            self.stats.rejected["too_many_connections"] += 1
+            writer.close()
+            return
+        self._incoming.add(task)
+        peer = "?"
+        try:
+            theirs, channel = await asyncio.wait_for(self._accept(reader, writer), self.handshake_timeout)
+            peer = theirs.node_id
+            await self._read_loop(peer, reader, channel)
+        except FrameError as exc:
+            self.stats.rejected[exc.reason] += 1
+            log.warning("closing connection from %s (%s): %s", _peername(writer), peer, exc)
+        except TimeoutError:
+            self.stats.rejected["handshake_timeout"] += 1
+            log.warning("closing connection from %s: no handshake in time", _peername(writer))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError):
+            pass  # the peer went away (mid-frame or between frames)
+        finally:
+            self._incoming.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[wire.Hello, Channel]:
+        theirs = security.read_hello(await read_frame(reader))
+        ours, channel = security.accept(self.keyring, self.node_id, theirs)
+        writer.write(wire.encode_frame(ours))
+        await writer.drain()
+        if channel.sealed:
+            security.check_auth(channel.decode(await read_frame(reader)), theirs)
+        return theirs, channel
+
+    async def _read_loop(self, peer: str, reader: asyncio.StreamReader, channel: Channel) -> None:
+        stats = self.stats
+        while True:
+            frame = await read_frame(reader)
+            try:
+                message = channel.decode(frame)
+            except UnknownType:
+                stats.unknown_types += 1
+                continue
+            if isinstance(message, (wire.Hello, Auth)):
+                raise AuthError("a handshake frame after the handshake")
+            kind = type(message).__name__
+            stats.frames_in[kind] += 1
+            stats.bytes_in[kind] += len(frame) + wire.LENGTH.size
+            try:
+                self.on_message(peer, message)
+            except Exception:  # a bug above must not take the connection (and the node) down
+                log.exception("handling %s from %s failed", kind, peer)
+
+
+def _peername(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "?"

@@ -1,0 +1,186 @@
+"""The TCP transport over real loopback sockets: delivery, secrets, garbage and oversized frames, dead peers."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from dsm.core.messages import Ack, DataItem, Ping, Push
+from dsm.net import wire
+from dsm.net.security import Keyring
+from dsm.net.transport import Transport, split_addr
+
+SECRET = "transport-test-secret-0001"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, Any]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, peer: str, message: Any) -> None:
+        self.got.append((peer, message))
+        self.event.set()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+        async def loop() -> None:
+            while len(self.got) < count:
+                self.event.clear()
+                await self.event.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+
+async def make(node_id: str, host: str = "127.0.0.1", secret: str | None = None, **kw: Any) -> tuple[Transport, Inbox]:
+    inbox = Inbox()
+    t = Transport(node_id, f"{host}:0", inbox, Keyring(secret), **kw)
+    await t.start()
+    return t, inbox
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Transport, Inbox, Transport, Inbox]]:
+    a, ia = await make("a", "127.0.0.1", SECRET)
+    b, ib = await make("b", "127.0.0.2", SECRET)
+    yield a, ia, b, ib
+    await a.close()
+    await b.close()
+
+
+async def test_messages_arrive_in_order_both_ways(pair: tuple[Transport, Inbox, Transport, Inbox]) -> None:
+    a, ia, b, ib = pair
+    for seq in range(200):
+        a.send("b", b.addr, Ping(seq, "a", "b", ()))
+    b.send("a", a.addr, Ack(7, "b", ()))
+    await ib.wait_for(200)
+    await ia.wait_for(1)
+    assert [m.seq for _, m in ib.got] == list(range(200))
+    assert {peer for peer, _ in ib.got} == {"a"} and ia.got == [("b", Ack(7, "b", ()))]
+    assert a.stats.frames_out["Ping"] == 200 and b.stats.frames_in["Ping"] == 200
+    assert a.stats.connects == 1  # one connection carried them all
+
+
+async def test_a_node_with_a_wrong_or_no_secret_cannot_inject() -> None:
+    b, ib = await make("b", "127.0.0.2", SECRET)
+    try:
+        for secret in ("some-other-secret-xyz", None):
+            x, _ = await make("x", "127.0.0.3", secret, max_failures=1)
+            try:
+                x.send("b", b.addr, Ping(1, "x", "b", ()))
+                await asyncio.sleep(0.3)
+            finally:
+                await x.close()
+        assert ib.got == []
+        assert b.stats.rejected["auth"] == 2
+        # b still serves members that hold the secret
+        a, _ = await make("a", "127.0.0.1", SECRET)
+        a.send("b", b.addr, Ping(2, "a", "b", ()))
+        await ib.wait_for(1)
+        await a.close()
+    finally:
+        await b.close()
+
+
+async def raw(addr: str, data: bytes, read: bool = True) -> bytes:
+    host, port = split_addr(addr)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(data)
+    await writer.drain()
+    got = await asyncio.wait_for(reader.read(), 5) if read else b""
+    writer.close()
+    return got
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "too_large"),  # 'GET ' read as a length: 1.2 GB
+        (struct.pack(">I", wire.MAX_FRAME + 1), "too_large"),
+        (struct.pack(">I", 2) + b"\x01\x00", "truncated"),
+        (struct.pack(">I", 6) + wire.HEADER.pack(1, 0, 1) + b"\xc1\xc1", "bad_body"),
+        (wire.encode_frame(Ping(1, "x", "b", ())), "handshake"),
+    ],
+)
+async def test_garbage_closes_that_connection_only(data: bytes, reason: str) -> None:
+    b, ib = await make("b", "127.0.0.2")
+    a, _ = await make("a", "127.0.0.1")
+    try:
+        answer = await raw(b.addr, data)
+        assert answer == b""  # closed without a word (read() returned at end of stream)
+        assert b.stats.rejected[reason] == 1, b.stats.rejected
+        a.send("b", b.addr, Ping(5, "a", "b", ()))
+        await ib.wait_for(1)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_frame_with_bad_fields_after_the_handshake_is_rejected_and_the_rest_serve() -> None:
+    b, ib = await make("b", "127.0.0.2")
+    try:
+        hello = wire.encode_frame(wire.Hello("x", b"", b"n" * 16))
+        bad = struct.pack(">I", 4 + 3) + wire.HEADER.pack(1, 0, 1) + b"\x93\x01\x02\x03"
+        unknown = struct.pack(">I", 4 + 1) + wire.HEADER.pack(1, 0, 999) + b"\x90"
+        good = wire.encode_frame(Ping(9, "x", "b", ()))
+        await raw(b.addr, hello + unknown + good + bad + good)
+        assert [m.seq for _, m in ib.got] == [9]  # the frame after the bad one was not read
+        assert b.stats.unknown_types == 1 and b.stats.rejected["bad_body"] == 1
+    finally:
+        await b.close()
+
+
+async def test_unreachable_peer_drops_its_queue_after_retries_and_a_restarted_peer_is_reached() -> None:
+    a, _ = await make("a", "127.0.0.1", max_failures=3, backoff_min=0.01)
+    b, ib = await make("b", "127.0.0.2")
+    addr = b.addr
+    await b.close()
+    try:
+        for seq in range(5):
+            a.send("b", addr, Ping(seq, "a", "b", ()))
+        for _ in range(100):
+            if a.stats.dropped["unreachable"]:
+                break
+            await asyncio.sleep(0.02)
+        assert a.stats.dropped["unreachable"] == 5 and a.queued(addr) == 0
+        b2 = Transport("b", addr, ib)
+        await b2.start()
+        a.send("b", addr, Ping(99, "a", "b", ()))
+        await ib.wait_for(1)
+        assert ib.got[-1][1].seq == 99
+        await b2.close()
+    finally:
+        await a.close()
+
+
+async def test_a_full_queue_drops_its_oldest_messages() -> None:
+    a, _ = await make("a", "127.0.0.1", queue_max=10, connect_timeout=5)
+    try:
+        for seq in range(25):  # nothing listens there: the writer is still connecting
+            a.send("z", "127.0.0.9:9", Ping(seq, "a", "z", ()))
+        assert a.queued("127.0.0.9:9") == 10
+        assert a.stats.dropped["queue_full"] == 15
+    finally:
+        await a.close(flush_timeout=0.1)
+
+
+async def test_large_frames_and_backpressure() -> None:
+    a, _ = await make("a", "127.0.0.1", SECRET, write_buffer=1 << 16)
+    b, ib = await make("b", "127.0.0.2", SECRET)
+    try:
+        item = DataItem(1, "k", b"x" * 500_000)
+        for _ in range(20):
+            a.send("b", b.addr, Push("a", 0, (item,)))
+        await ib.wait_for(20, timeout=20)
+        assert all(m.items[0].versions == item.versions for _, m in ib.got)
+        huge = DataItem(2, "k", b"x" * (wire.MAX_FRAME + 1))
+        a.send("b", b.addr, Push("a", 0, (huge,)))
+        a.send("b", b.addr, Ping(1, "a", "b", ()))
+        await ib.wait_for(21)
+        assert a.stats.dropped["too_large"] == 1
+    finally:
+        await a.close()
+        await b.close()
