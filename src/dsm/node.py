@@ -21,7 +21,14 @@ commit has finished (or it is dropped), whatever happens to its caller. A caller
 is taken into a batch drops the write; one cancelled later leaves the write to commit (its outcome is then
 unknown to that caller, as with any timeout).
 
-Networking (membership, gossip, anti-entropy) arrives with the protocol issues; this node runs alone.
+Replication: `merge(items)` takes version sets other replicas sent (`DataItem`s) through the same queue
+and commits, so a merge and a local write of one key never interleave (a write computed on a row a merge
+is rewriting would be lost). A merge reads the stored set, joins the remote one into it (the same merge on
+every replica) and writes back only what changed; the clock observes the remote timestamps, so a later
+local write is newer than everything stored. An item whose newest timestamp is more than
+`max_clock_offset_ms` ahead of the wall clock is refused (counted in `stats`), as the configuration
+documents. After each commit, `on_committed` (if set) receives the committed local writes as `DataItem`s,
+one per key with its whole version set, for the network runtime to publish.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from dsm.config import StorageConfig
+from dsm.core.dissemination import update_id
 from dsm.core.encoding import (
     DecodeError,
     decode_context,
@@ -44,6 +52,7 @@ from dsm.core.encoding import (
     encode_versions,
 )
 from dsm.core.hlc import MAX_TIMESTAMP, HybridLogicalClock, physical_ms
+from dsm.core.messages import DataItem
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, VersionSet, write
 from dsm.errors import (
@@ -71,6 +80,25 @@ _NO_CONTEXT = VersionVector()
 def wall_clock_ms() -> int:
     """The system wall clock in Unix milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class MergeStats:
+    """What merges of remote writes did (the network runtime exports these as metrics)."""
+
+    items: int = 0
+    keys_changed: int = 0
+    refused_skew: int = 0
+    refused_corrupt: int = 0
+
+
+@dataclass(slots=True)
+class _Merge:
+    items: Sequence[DataItem]
+    future: asyncio.Future[int]
+    size: int
+    #: Keys this merge changed (set by the commit).
+    changed: int = 0
 
 
 @dataclass(slots=True)
@@ -109,7 +137,10 @@ class EpidemicStorage:
         self._resolution = Resolution(config.conflict_resolution)
         self._hlc = HybridLogicalClock(config.max_clock_offset_ms)
         self._reserved_ms = 0
-        self._pending: deque[_Write] = deque()
+        self._pending: deque[_Write | _Merge] = deque()
+        self.merge_stats = MergeStats()
+        #: Called after each commit with the local writes it made durable (see the module docstring).
+        self.on_committed: Callable[[list[DataItem]], None] | None = None
         # Backpressure: writes in the queue or in a commit, and the writers waiting for room (FIFO).
         # (asyncio.Semaphore wakes waiters in O(n) each on Python 3.11, quadratic with many writers.)
         self._queued = 0
@@ -313,6 +344,28 @@ class EpidemicStorage:
         key = self._check_key(key)
         return await self._submit(key, None, self._check_context(context, key))
 
+    async def merge(self, items: Sequence[DataItem]) -> int:
+        """Merges version sets sent by other replicas into this one, durably; returns how many keys changed.
+
+        Raises:
+            ClosedError: the node is closed.
+            StorageError: the commit failed (the items are not merged; anti-entropy brings them again).
+        """
+        self._check_open()
+        if not items:
+            return 0
+        if self._queued < self.config.write_queue_max:
+            self._queued += 1
+        else:
+            await self._wait_for_place()
+        if self._state != "running":
+            self._release()
+            raise ClosedError(f"node {self.node_id} is {self._state}; no operations are accepted")
+        merge = _Merge(items, asyncio.get_running_loop().create_future(), sum(len(i.versions) for i in items))
+        self._pending.append(merge)
+        self._wake_writer()
+        return await merge.future
+
     async def count(self) -> int:
         """The number of keys stored on this node, tombstones included."""
         self._check_open()
@@ -368,13 +421,13 @@ class EpidemicStorage:
                 return
         self._queued -= 1
 
-    def _next_batch(self) -> list[_Write]:
+    def _next_batch(self) -> list[_Write | _Merge]:
         """Takes up to `write_batch_max` queued writes (and `write_batch_max_bytes` of values), dropping those
         whose callers were cancelled."""
         pending = self._pending
         if len(pending) == 1 and not pending[0].future.cancelled():
             return [pending.popleft()]  # the single-writer case
-        batch: list[_Write] = []
+        batch: list[_Write | _Merge] = []
         limit, byte_limit, size = self.config.write_batch_max, self.config.write_batch_max_bytes, 0
         while pending and len(batch) < limit:
             item = pending[0]
@@ -382,7 +435,7 @@ class EpidemicStorage:
                 pending.popleft()
                 self._release()
                 continue
-            size += len(item.value or b"")
+            size += item.size if isinstance(item, _Merge) else len(item.value or b"")
             if batch and size > byte_limit:
                 break  # the next batch starts with it
             batch.append(pending.popleft())
@@ -412,6 +465,12 @@ class EpidemicStorage:
                     self._release()
                     if item.future.done():
                         continue
+                    if isinstance(item, _Merge):
+                        if failure is not None:
+                            item.future.set_exception(failure)
+                        else:
+                            item.future.set_result(item.changed)
+                        continue
                     error = failure or item.error
                     if error is not None:
                         item.future.set_exception(error)
@@ -434,18 +493,29 @@ class EpidemicStorage:
                 bad[key] = exc
         return states, bad
 
-    async def _commit(self, batch: list[_Write]) -> None:
-        """Turns a batch of writes into new version sets and commits them in one store transaction.
+    async def _commit(self, batch: list[_Write | _Merge]) -> None:
+        """Turns a batch of writes and merges into new version sets and commits them in one store
+        transaction, in queue order.
 
         A write whose key's stored row is unreadable fails alone (`item.error`); the others commit.
         """
         lww = self._resolution is Resolution.LWW
         # In last-writer-wins the new version's timestamp exceeds every stored one (the clock has seen them
-        # all), so it replaces the key whatever is stored: no read is needed.
-        states, bad = ({}, {}) if lww else await self._current([item.key for item in batch])
+        # all), so it replaces the key whatever is stored: no read is needed. Merges always read.
+        wanted = [
+            key
+            for item in batch
+            for key in ((i.key for i in item.items) if isinstance(item, _Merge) else () if lww else (item.key,))
+        ]
+        states, bad = await self._current(wanted) if wanted else ({}, {})
         wall = self._wall_ms()
         hlc, node_id, config = self._hlc, self.node_id, self.config
+        dirty: dict[str, None] = {}
+        published: dict[str, int] = {}
         for item in batch:
+            if isinstance(item, _Merge):
+                self._merge_into(states, bad, dirty, item, wall)
+                continue
             if item.key in bad:
                 item.error = bad[item.key]
                 continue
@@ -462,12 +532,59 @@ class EpidemicStorage:
                 self._resolution,
                 config.max_siblings,
             )
+            dirty[item.key] = None
+            published[item.key] = dot.timestamp
         rows = []
-        for key, versions in states.items():  # every key here is one the batch wrote
-            encoded = encode_versions(versions)
+        encoded_of: dict[str, bytes] = {}
+        for key in dirty:
+            versions = states[key]
+            encoded = encoded_of[key] = encode_versions(versions)
             rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
+        await self._write_rows(rows)
+        if published and self.on_committed is not None:
+            items = [DataItem(update_id(k, ts, node_id), k, encoded_of[k]) for k, ts in published.items()]
+            try:
+                self.on_committed(items)
+            except Exception:  # the writes are durable; a failing publisher must not fail them
+                log.exception("publishing %d committed writes failed", len(items))
+
+    def _merge_into(
+        self, states: dict[str, VersionSet], bad: dict[str, DSMError], dirty: dict[str, None], merge: _Merge, wall: int
+    ) -> None:
+        """Joins a merge's remote version sets into `states`, marking the keys that changed."""
+        stats = self.merge_stats
+        hlc, resolution = self._hlc, self._resolution
+        changed = 0
+        for item in merge.items:
+            stats.items += 1
+            if item.key in bad:
+                stats.refused_corrupt += 1  # our row is unreadable; leave it for an operator
+                continue
+            try:
+                remote = decode_versions(item.versions)
+                hlc.check(remote.max_timestamp, wall)
+            except DecodeError as exc:
+                stats.refused_corrupt += 1
+                log.warning("refusing remote versions of %r: %s", item.key, exc)
+                continue
+            except ClockSkewError as exc:
+                stats.refused_skew += 1
+                log.warning("refusing remote versions of %r: %s", item.key, exc)
+                continue
+            current = states.get(item.key, _EMPTY)
+            merged = current.merge(remote, resolution)
+            if merged.versions == current.versions:
+                continue
+            states[item.key] = merged
+            hlc.advance_to(merged.max_timestamp)
+            dirty[item.key] = None
+            changed += 1
+        stats.keys_changed += changed
+        merge.changed = changed
+
+    async def _write_rows(self, rows: list[StoredKey]) -> None:
         # Keep every stored timestamp at or below the reserved clock floor (see the module docstring).
-        newest_ms = physical_ms(hlc.last)
+        newest_ms = physical_ms(self._hlc.last)
         if newest_ms < self._reserved_ms:
             if rows:
                 await self.store.write(rows)
