@@ -169,6 +169,9 @@ class Transport:
         if self._closed:
             self.stats.dropped["closed"] += 1
             return
+        if not addr:
+            self.stats.dropped["no_address"] += 1  # a member we know only by id (not yet by address)
+            return
         out = self._out.get(addr)
         if out is None:
             out = self._out[addr] = _Outbound(addr, node_id)
@@ -190,7 +193,8 @@ class Transport:
         while out.queue and not (self._closed and out.failures):
             try:
                 writer, channel = await self._connect(out.addr)
-            except (TimeoutError, OSError, FrameError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            # ValueError: a bad address, or a FrameError in the handshake.
+            except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 out.failures += 1
                 self.stats.connect_failures += 1
                 if out.failures >= self.max_failures or self._closed:

@@ -1,0 +1,161 @@
+"""`Runtime`: runs one node's sans-IO core (`dsm.core.peer.Peer`) on asyncio, over the TCP transport.
+
+It gives the core the time (the event loop's monotonic clock, in ms), calls `tick` when the core's next
+deadline comes (one timer handle, re-armed after every call into the core), hands it every message the
+transport receives, and carries out what the core answers:
+- `Send`: the transport queues the message for that member's address (never blocks the loop);
+- `Store`: writes other replicas sent are merged into the local store (`EpidemicStorage.merge`, through
+  the store's serialized commit queue, as a task; a failed merge is logged and left to anti-entropy);
+- `Deliver` / `RouteFailure`: routed payloads, handed to `on_deliver` / `on_route_failure` if set.
+Writes committed locally are published at once (`EpidemicStorage.on_committed` -> `Peer.publish`).
+
+Identity across restarts: the node's incarnation is kept in the store's metadata and raised by one at
+every start, so a restarted node (after a clean stop or `kill -9`) rejoins under its id above anything
+the cluster remembers of its previous life, and its data is the store's.
+
+Not here yet: whole-store anti-entropy (the core's `Reconcile` needs the store's range view off the
+loop) arrives with the next step of the network issue; until then replicas converge by direct updates and
+gossip only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dsm.core.messages import Deliver, Effect, RouteFailure, Send, Store
+from dsm.core.peer import Peer, PeerSettings
+from dsm.core.ring import MemberInfo
+from dsm.net.security import Keyring
+from dsm.net.transport import Transport
+from dsm.node import EpidemicStorage
+
+log = logging.getLogger("dsm.net")
+
+META_INCARNATION = "incarnation"
+
+
+class Runtime:
+    """One networked node: a `Peer` driven over a `Transport`, replicating into an `EpidemicStorage`."""
+
+    def __init__(
+        self,
+        storage: EpidemicStorage,
+        settings: PeerSettings,
+        listen: str,
+        *,
+        advertise: str = "",
+        keyring: Keyring | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.node_id = storage.node_id
+        self.advertise = advertise
+        self.transport = Transport(
+            self.node_id, listen, self._on_message, keyring, server_ssl=server_ssl, client_ssl=client_ssl
+        )
+        self._rng = random.Random(seed)
+        self.peer: Peer | None = None
+        self.on_deliver: Callable[[Deliver], None] | None = None
+        self.on_route_failure: Callable[[RouteFailure], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._merges: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.merge_failures = 0
+
+    def now(self) -> int:
+        assert self._loop is not None
+        return int(self._loop.time() * 1000)
+
+    @property
+    def addr(self) -> str:
+        """The address other members reach this node at."""
+        return self.advertise or self.transport.addr
+
+    async def start(self, bootstrap: Sequence[str] = ()) -> None:
+        """Listens, takes the next incarnation, and joins through `bootstrap` (host:port addresses of
+        members; empty: starts a new cluster)."""
+        self._loop = asyncio.get_running_loop()
+        await self.transport.start()
+        store = self.storage.store
+        raw = await store.read_meta(META_INCARNATION)
+        incarnation = int(raw.decode("ascii")) + 1 if raw else 0
+        await store.write([], {META_INCARNATION: str(incarnation).encode("ascii")})
+        info = MemberInfo(self.node_id, self.addr, self.storage.config.region)
+        self.peer = Peer(info, self.settings, self._rng, self.now(), incarnation=incarnation)
+        self.storage.on_committed = self._publish
+        self._apply(self.peer.join(self.now(), [("", addr) for addr in bootstrap if addr != self.addr]))
+        log.info("node %s listening on %s (incarnation %d)", self.node_id, self.addr, incarnation)
+
+    async def close(self, flush_timeout: float = 1.0) -> None:
+        """Graceful stop: announces the leave to the linked members, flushes, closes the transport. The
+        storage is the caller's to close (after this)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.peer is not None and not self.peer.left:
+            self.storage.on_committed = None
+            self._apply(self.peer.leave(self.now()))
+        if self._merges:
+            await asyncio.wait(set(self._merges), timeout=flush_timeout)
+        await self.transport.close(flush_timeout)
+
+    # ------------------------------------------------------------------ driving the core
+
+    def _on_message(self, source: str, message: Any) -> None:
+        if self.peer is None:
+            return
+        self._apply(self.peer.handle(self.now(), message))
+
+    def _publish(self, items: list[Any]) -> None:
+        if self.peer is not None and not self.peer.left:
+            self._apply(self.peer.publish(self.now(), tuple(items)))
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.peer is not None:
+            self._apply(self.peer.tick(self.now()))
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                self.transport.send(effect.node_id, effect.addr, effect.message)
+            elif isinstance(effect, Store):
+                task = asyncio.get_running_loop().create_task(self._merge(effect))
+                self._merges.add(task)
+                task.add_done_callback(self._merges.discard)
+            elif isinstance(effect, Deliver):
+                if self.on_deliver is not None:
+                    self.on_deliver(effect)
+            elif self.on_route_failure is not None:
+                self.on_route_failure(effect)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        peer = self.peer
+        if peer is None or peer.left:
+            return
+        deadline = peer.next_deadline()
+        if deadline is None or deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline / 1000, self._tick)
+
+    async def _merge(self, effect: Store) -> None:
+        try:
+            await self.storage.merge(effect.items)
+        except Exception as exc:  # the store failed or closed: the write comes again by gossip or anti-entropy
+            self.merge_failures += 1
+            log.warning("merging %d items from %s failed: %s", len(effect.items), effect.source, exc)

@@ -1,0 +1,126 @@
+"""Nodes in one process over real loopback TCP: join, replicate a write, leave, restart with a higher
+incarnation. (Real processes come with the `dsm node run` command.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from dsm import EpidemicStorage, StorageConfig, StorageFactory
+from dsm.core.peer import PeerSettings
+from dsm.core.ring import State
+from dsm.net.runtime import Runtime
+from dsm.net.security import Keyring
+from dsm.storage.sqlite import SQLiteStore
+
+FAST = PeerSettings(probe_interval_ms=200, probe_timeout_ms=100, sync_interval_ms=1000, gossip_interval_ms=500)
+SECRET = "runtime-test-secret-0001"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> float:
+    """Waits until `check()` is true; returns how long it took (s)."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.nodes: dict[str, tuple[Runtime, EpidemicStorage]] = {}
+
+    async def start(self, node_id: str, host: str, bootstrap: list[str], port: int = 0) -> Runtime:
+        factory = StorageFactory(StorageConfig(node_id=node_id))
+        storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(self.tmp / f"{node_id}.db"))
+        runtime = Runtime(storage, FAST, f"{host}:{port}", keyring=Keyring(SECRET), seed=len(self.nodes))
+        await runtime.start(bootstrap)
+        self.nodes[node_id] = (runtime, storage)
+        return runtime
+
+    async def stop(self, node_id: str) -> None:
+        runtime, storage = self.nodes.pop(node_id)
+        await runtime.close()
+        await storage.close()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    for node_id in list(c.nodes):
+        await c.stop(node_id)
+
+
+def alive_everywhere(cluster: Cluster, ids: list[str]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        for runtime, _ in cluster.nodes.values():
+            assert runtime.peer is not None
+            if any(runtime.peer.member_state(i) != State.ALIVE for i in ids):
+                return False
+        return True
+
+    return check
+
+
+async def test_nodes_join_replicate_a_write_within_a_second_and_leave(cluster: Cluster) -> None:
+    seed = await cluster.start("n0", "127.0.0.1", [])
+    for i in range(1, 4):
+        await cluster.start(f"n{i}", f"127.0.0.{i + 1}", [seed.addr])
+    ids = [f"n{i}" for i in range(4)]
+    await eventually(alive_everywhere(cluster, ids))
+    _, writer = cluster.nodes["n3"]
+    await writer.put("k", b"hello")
+
+    async def everywhere() -> bool:
+        for _, storage in cluster.nodes.values():
+            got = await storage.get("k")
+            if got is None or got.value != b"hello":
+                return False
+        return True
+
+    took = await eventually(everywhere, timeout=5)
+    assert took < 1.0, f"the write took {took:.2f} s to reach every node"
+    await cluster.stop("n2")
+
+    async def left() -> bool:
+        return all(r.peer is not None and r.peer.member_state("n2") == State.LEFT for r, _ in cluster.nodes.values())
+
+    await eventually(left)
+
+
+async def test_a_restarted_node_comes_back_with_a_higher_incarnation_and_its_data(cluster: Cluster) -> None:
+    seed = await cluster.start("n0", "127.0.0.1", [])
+    node = await cluster.start("n1", "127.0.0.2", [seed.addr])
+    await eventually(alive_everywhere(cluster, ["n0", "n1"]))
+    _, storage = cluster.nodes["n1"]
+    await storage.put("mine", b"kept")
+    addr = node.addr
+    await cluster.stop("n1")
+    again = await cluster.start("n1", "127.0.0.2", [seed.addr], port=int(addr.rsplit(":", 1)[1]))
+    assert again.peer is not None and again.peer.incarnation == 1
+    await eventually(alive_everywhere(cluster, ["n0", "n1"]))
+    got = await cluster.nodes["n1"][1].get("mine")
+    assert got is not None and got.value == b"kept"
+
+
+async def test_a_node_without_the_secret_cannot_join(cluster: Cluster, tmp_path: Path) -> None:
+    seed = await cluster.start("n0", "127.0.0.1", [])
+    factory = StorageFactory(StorageConfig(node_id="intruder"))
+    storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "x.db"))
+    intruder = Runtime(storage, FAST, "127.0.0.9:0", keyring=Keyring("not-the-cluster-secret"))
+    try:
+        await intruder.start([seed.addr])
+        await asyncio.sleep(1.0)
+        assert seed.peer is not None and seed.peer.member_state("intruder") == State.UNKNOWN
+        assert seed.transport.stats.rejected["auth"] >= 1
+        assert intruder.peer is not None and intruder.peer.live_count() <= 1
+    finally:
+        await intruder.close()
+        await storage.close()
