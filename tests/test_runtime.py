@@ -36,10 +36,20 @@ class Cluster:
         self.tmp = tmp
         self.nodes: dict[str, tuple[Runtime, EpidemicStorage]] = {}
 
-    async def start(self, node_id: str, host: str, bootstrap: list[str], port: int = 0) -> Runtime:
+    async def start(
+        self,
+        node_id: str,
+        host: str,
+        bootstrap: list[str],
+        port: int = 0,
+        settings: PeerSettings = FAST,
+        before: dict[str, bytes] | None = None,
+    ) -> Runtime:
         factory = StorageFactory(StorageConfig(node_id=node_id))
         storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(self.tmp / f"{node_id}.db"))
-        runtime = Runtime(storage, FAST, f"{host}:{port}", keyring=Keyring(SECRET), seed=len(self.nodes))
+        for key, value in (before or {}).items():  # written before the node runs: never published
+            await storage.put(key, value)
+        runtime = Runtime(storage, settings, f"{host}:{port}", keyring=Keyring(SECRET), seed=len(self.nodes))
         await runtime.start(bootstrap)
         self.nodes[node_id] = (runtime, storage)
         return runtime
@@ -124,3 +134,24 @@ async def test_a_node_without_the_secret_cannot_join(cluster: Cluster, tmp_path:
     finally:
         await intruder.close()
         await storage.close()
+
+
+async def test_anti_entropy_brings_writes_that_were_never_published(cluster: Cluster) -> None:
+    quick = PeerSettings(
+        probe_interval_ms=200, probe_timeout_ms=100, sync_interval_ms=1000, anti_entropy_interval_ms=300
+    )
+    old = {f"old{i}": f"v{i}".encode() for i in range(300)}
+    seed = await cluster.start("n0", "127.0.0.1", [], settings=quick, before={"mine": b"n0's"})
+    await cluster.start("n1", "127.0.0.2", [seed.addr], settings=quick, before=old)
+
+    async def both_hold_everything() -> bool:
+        for _, storage in cluster.nodes.values():
+            if await storage.count() != 301:
+                return False
+        return True
+
+    await eventually(both_hold_everything, timeout=15)
+    got = await cluster.nodes["n0"][1].get("old299")
+    assert got is not None and got.value == b"v299"
+    runtimes = [r for r, _ in cluster.nodes.values()]
+    assert sum(r.anti_entropy_sessions for r in runtimes) >= 1 and sum(r.anti_entropy_answers for r in runtimes) >= 1

@@ -13,9 +13,12 @@ Identity across restarts: the node's incarnation is kept in the store's metadata
 every start, so a restarted node (after a clean stop or `kill -9`) rejoins under its id above anything
 the cluster remembers of its previous life, and its data is the store's.
 
-Not here yet: whole-store anti-entropy (the core's `Reconcile` needs the store's range view off the
-loop) arrives with the next step of the network issue; until then replicas converge by direct updates and
-gossip only.
+Whole-store anti-entropy runs here rather than in the core's timers, because each step reads the store:
+every anti_entropy_interval_ms (from a random phase) the runtime opens an exchange with one live linked
+member, and answers incoming `Reconcile` messages; each step runs `dsm.core.reconcile` against the store's
+consistent view off the event loop (`BackingStore.with_range_view`: a worker thread for the SQL stores),
+and the entries it receives are merged like any other replicated write. At most MAX_ANSWERS answers run
+at once; more are dropped (counted; the peer's next exchange tries again).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dsm.core.messages import Deliver, Effect, RouteFailure, Send, Store
+from dsm.core.messages import DataItem, Deliver, Effect, Reconcile, RouteFailure, Send, Store
 from dsm.core.peer import Peer, PeerSettings
-from dsm.core.ring import MemberInfo
+from dsm.core.reconcile import answer, opening
+from dsm.core.ring import MemberInfo, State
 from dsm.net.security import Keyring
 from dsm.net.transport import Transport
 from dsm.node import EpidemicStorage
@@ -37,6 +41,8 @@ from dsm.node import EpidemicStorage
 log = logging.getLogger("dsm.net")
 
 META_INCARNATION = "incarnation"
+#: Most anti-entropy answers computed at once (each may scan the store).
+MAX_ANSWERS = 4
 
 
 class Runtime:
@@ -67,9 +73,16 @@ class Runtime:
         self.on_route_failure: Callable[[RouteFailure], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
-        self._merges: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.merge_failures = 0
+        self.anti_entropy_sessions = 0
+        self.anti_entropy_answers = 0
+        self.anti_entropy_dropped = 0
+        self.anti_entropy_failures = 0
+        self._answering = 0
+        self._session = 0
+        self._anti_entropy: asyncio.Task[None] | None = None
 
     def now(self) -> int:
         assert self._loop is not None
@@ -93,6 +106,7 @@ class Runtime:
         self.peer = Peer(info, self.settings, self._rng, self.now(), incarnation=incarnation)
         self.storage.on_committed = self._publish
         self._apply(self.peer.join(self.now(), [("", addr) for addr in bootstrap if addr != self.addr]))
+        self._anti_entropy = self._loop.create_task(self._anti_entropy_loop(), name=f"dsm-ae-{self.node_id}")
         log.info("node %s listening on %s (incarnation %d)", self.node_id, self.addr, incarnation)
 
     async def close(self, flush_timeout: float = 1.0) -> None:
@@ -101,17 +115,27 @@ class Runtime:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._anti_entropy is not None:
+            self._anti_entropy.cancel()
+            await asyncio.gather(self._anti_entropy, return_exceptions=True)
         if self.peer is not None and not self.peer.left:
             self.storage.on_committed = None
             self._apply(self.peer.leave(self.now()))
-        if self._merges:
-            await asyncio.wait(set(self._merges), timeout=flush_timeout)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=flush_timeout)
         await self.transport.close(flush_timeout)
 
     # ------------------------------------------------------------------ driving the core
 
     def _on_message(self, source: str, message: Any) -> None:
         if self.peer is None:
+            return
+        if isinstance(message, Reconcile):
+            if self._answering >= MAX_ANSWERS:
+                self.anti_entropy_dropped += 1
+                return
+            self._answering += 1
+            self._background(self._answer(message))
             return
         self._apply(self.peer.handle(self.now(), message))
 
@@ -130,9 +154,7 @@ class Runtime:
             if isinstance(effect, Send):
                 self.transport.send(effect.node_id, effect.addr, effect.message)
             elif isinstance(effect, Store):
-                task = asyncio.get_running_loop().create_task(self._merge(effect))
-                self._merges.add(task)
-                task.add_done_callback(self._merges.discard)
+                self._background(self._merge(effect.items, effect.source))
             elif isinstance(effect, Deliver):
                 if self.on_deliver is not None:
                     self.on_deliver(effect)
@@ -153,9 +175,67 @@ class Runtime:
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline / 1000, self._tick)
 
-    async def _merge(self, effect: Store) -> None:
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _merge(self, items: Sequence[DataItem], source: str) -> None:
         try:
-            await self.storage.merge(effect.items)
+            await self.storage.merge(items)
         except Exception as exc:  # the store failed or closed: the write comes again by gossip or anti-entropy
             self.merge_failures += 1
-            log.warning("merging %d items from %s failed: %s", len(effect.items), effect.source, exc)
+            log.warning("merging %d items from %s failed: %s", len(items), source, exc)
+
+    # ------------------------------------------------------------------ anti-entropy
+
+    def _addr_of(self, node_id: str) -> str:
+        assert self.peer is not None
+        slot = self.peer.directory.slot(node_id)
+        return self.peer.directory.infos[slot].addr if slot is not None else ""
+
+    async def _anti_entropy_loop(self) -> None:
+        interval = self.settings.anti_entropy_interval_ms / 1000
+        await asyncio.sleep(self._rng.random() * interval)
+        while True:
+            try:
+                await self._anti_entropy_round()
+            except Exception as exc:  # the store failed: try again next period
+                self.anti_entropy_failures += 1
+                log.warning("anti-entropy round failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _anti_entropy_round(self) -> None:
+        """Opens an exchange with one live linked member (the core's `_anti_entropy_tick`, with I/O)."""
+        peer = self.peer
+        if peer is None or not peer.joined or peer.left:
+            return
+        candidates = [i for i in peer.link_ids() if peer.member_state(i) == State.ALIVE]
+        if not candidates:
+            return
+        target = candidates[self._rng.randrange(len(candidates))]
+        self._session += 1
+        session = self._session
+        message = await self.storage.store.with_range_view(lambda view: opening(session, self.node_id, view))
+        self.anti_entropy_sessions += 1
+        self.transport.send(target, self._addr_of(target), message)
+
+    async def _answer(self, message: Reconcile) -> None:
+        try:
+            limit = self.settings.anti_entropy_max_bytes
+            reply, entries = await self.storage.store.with_range_view(
+                lambda view: answer(message, self.node_id, view, limit)
+            )
+            self.anti_entropy_answers += 1
+            if reply is not None:
+                self.transport.send(message.source, self._addr_of(message.source), reply)
+            if entries:
+                await self._merge([DataItem(0, key, versions) for key, versions in entries], message.source)
+        except ValueError as exc:  # a malformed exchange: the sender's fault
+            self.anti_entropy_failures += 1
+            log.warning("malformed anti-entropy message from %s: %s", message.source, exc)
+        except Exception as exc:
+            self.anti_entropy_failures += 1
+            log.warning("answering anti-entropy from %s failed: %s", message.source, exc)
+        finally:
+            self._answering -= 1

@@ -20,9 +20,9 @@ Contract every backend keeps (tested by `tests/test_storage_conformance.py`):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 MASK32 = 0xFFFFFFFF
 SCHEMA_VERSION = 1
@@ -69,6 +69,9 @@ class RangeDigest:
         return RangeDigest(count, ((high_sum & MASK32) << 32) | (low_sum & MASK32))
 
 
+T = TypeVar("T")
+
+
 class BackingStore(Protocol):
     """What a node needs of its store. All methods may raise `StorageError` subclasses."""
 
@@ -104,3 +107,8 @@ class BackingStore(Protocol):
 
     async def max_timestamp(self) -> int:
         """The largest row `timestamp` (0 when empty). May scan the whole store; used on start only."""
+
+    async def with_range_view(self, fn: Callable[[Any], T]) -> T:
+        """Runs `fn` (an anti-entropy step, `dsm.core.reconcile`) against a synchronous, consistent view
+        of the store (a `RangeView`), off the event loop where the store can (SQL stores: a worker
+        thread inside one read transaction)."""

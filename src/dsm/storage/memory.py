@@ -7,10 +7,14 @@ implementation of the interface (it passes the same conformance suite as the SQL
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
+from dsm.core.reconcile import SortedReplica
 from dsm.errors import ClosedError
 from dsm.storage.base import RangeDigest, StoredKey
+
+T = TypeVar("T")
 
 
 class MemoryStore:
@@ -32,6 +36,11 @@ class MemoryStore:
     def _check(self) -> None:
         if not self._open:
             raise ClosedError("the memory store is not open")
+
+    async def with_range_view(self, fn: Callable[[SortedReplica], T]) -> T:
+        """Runs `fn` on an in-memory snapshot of the store (built for the call: memory stores are small)."""
+        self._check()
+        return fn(SortedReplica({key: row.versions for key, row in self._rows.items()}))
 
     async def read(self, key: str) -> bytes | None:
         self._check()
