@@ -17,10 +17,10 @@ id, a nonce) and then plain frames. With one:
    every frame to it is sealed with keys it cannot derive. (A connection carries frames one way, from
    the side that opened it: see `dsm.net.transport`.)
 
-Rotating the secret without downtime (`cluster_secret` is the one a node uses to connect,
-`cluster_secrets_accepted` more that it accepts from others):
-  1. add the new secret to `cluster_secrets_accepted` on every node (rolling restart);
-  2. make it `cluster_secret` on every node, moving the old one to `cluster_secrets_accepted`;
+Rotating the secret without downtime (`Keyring(current, accepted)`: a node connects with `current` and
+accepts it and every `accepted` one):
+  1. add the new secret to the accepted ones on every node (rolling restart);
+  2. make it the current one on every node, the old one accepted;
   3. once every node runs step 2, drop the old secret.
 At every moment each node accepts the secret every other node connects with.
 """
