@@ -80,3 +80,17 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def loopback_hosts() -> None:
+    """Tests that give each node its own 127.0.0.x address need those addresses (Linux has all of
+    127.0.0.0/8; macOS only 127.0.0.1 unless aliased with `ifconfig lo0 alias 127.0.0.2`)."""
+    import socket
+
+    for host in ("127.0.0.2", "127.0.0.9"):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, 0))
+            except OSError as exc:
+                skip_or_fail(f"loopback address {host} is not usable here ({exc})")

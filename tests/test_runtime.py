@@ -18,6 +18,7 @@ from dsm.net.security import Keyring
 from dsm.storage.sqlite import SQLiteStore
 
 FAST = PeerSettings(probe_interval_ms=200, probe_timeout_ms=100, sync_interval_ms=1000, gossip_interval_ms=500)
+pytestmark = pytest.mark.usefixtures("loopback_hosts")
 SECRET = "runtime-test-secret-0001"
 
 

@@ -14,6 +14,7 @@ from dsm.net import wire
 from dsm.net.security import Keyring
 from dsm.net.transport import Transport, split_addr
 
+pytestmark = pytest.mark.usefixtures("loopback_hosts")
 SECRET = "transport-test-secret-0001"
 
 
