@@ -208,7 +208,7 @@ def test_measured_loss_follows_the_network_and_ignores_crashed_members() -> None
 def test_helper_count_grows_with_measured_loss_up_to_the_maximum() -> None:
     p = Peer(info("x"), SMALL, random.Random(1), 0)
     counts = []
-    for loss in (0.0, 0.04, 0.1, 0.2, 0.3, 0.5, 1.0):
+    for loss in (0.0, 0.08, 0.15, 0.2, 0.3, 0.5, 1.0):
         p.loss_estimate = loss
         counts.append(p._helper_count())
     assert counts[0] == counts[1] == SMALL.indirect_probes
