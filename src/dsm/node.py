@@ -60,6 +60,7 @@ from dsm.errors import (
     ClosedError,
     DSMError,
     InvalidContextError,
+    InvalidInputError,
     InvalidKeyError,
     InvalidValueError,
     StorageCorruptError,
@@ -75,6 +76,16 @@ HLC_RESERVE_MS = 10_000
 META_HLC = "hlc_reserved"
 _EMPTY = VersionSet()
 _NO_CONTEXT = VersionVector()
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest key above every key starting with `prefix` (None: no bound)."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1 if last + 1 != 0xD800 else 0xE000)
+        prefix = prefix[:-1]
+    return None
 
 
 def wall_clock_ms() -> int:
@@ -365,6 +376,38 @@ class EpidemicStorage:
         self._pending.append(merge)
         self._wake_writer()
         return await merge.future
+
+    async def list_keys(self, prefix: str = "", after: str = "", limit: int = 100) -> tuple[list[str], bool]:
+        """Keys holding a value (deleted ones left out) that start with `prefix` and sort after `after`,
+        in order, at most `limit`; and whether more may follow.
+
+        Raises:
+            InvalidInputError: a prefix or start key that is not a str, or a limit below 1.
+            ClosedError, StorageError: as `get`.
+        """
+        self._check_open()
+        if not isinstance(prefix, str) or not isinstance(after, str) or "\x00" in prefix + after:
+            raise InvalidKeyError("prefix and after must be strings without NUL characters")
+        if not isinstance(limit, int) or limit < 1:
+            raise InvalidInputError("limit must be an integer of at least 1")
+        start = max(prefix, after + "\x00") if after else prefix
+        end = _prefix_end(prefix)
+        keys: list[str] = []
+        while len(keys) < limit:
+            page = await self.store.scan(start, end, limit + 1)
+            if not page:
+                return keys, False
+            found = await self.store.read_many([key for key, _ in page])
+            for key, _ in page:
+                encoded = found.get(key)
+                if encoded is not None and any(v.value is not None for v in self._decode(key, encoded).versions):
+                    keys.append(key)
+                    if len(keys) == limit:
+                        return keys, True
+            if len(page) <= limit:
+                return keys, False
+            start = page[-1][0] + "\x00"
+        return keys, True
 
     async def count(self) -> int:
         """The number of keys stored on this node, tombstones included."""

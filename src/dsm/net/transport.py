@@ -128,6 +128,7 @@ class Transport:
         self._server: asyncio.Server | None = None
         self._closed = False
         self._rng = random.Random()
+        self._connected = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,6 +186,10 @@ class Transport:
             out.failures = 0
             out.task = asyncio.get_running_loop().create_task(self._writer(out), name=f"dsm-send-{addr}")
 
+    def connections(self) -> tuple[int, int]:
+        """(outgoing, incoming) connections open now."""
+        return self._connected, len(self._incoming)
+
     def queued(self, addr: str) -> int:
         out = self._out.get(addr)
         return len(out.queue) if out is not None else 0
@@ -206,11 +211,13 @@ class Transport:
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
                 continue
             out.failures = 0
+            self._connected += 1
             try:
                 await self._pump(out, writer, channel)
             except (OSError, ConnectionError, ssl.SSLError) as exc:
                 log.debug("connection to %s lost: %s", out.addr, exc)
             finally:
+                self._connected -= 1
                 writer.close()
                 with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
                     await writer.wait_closed()

@@ -1,0 +1,1 @@
+"""The client-facing edge: the HTTP API of a node."""

@@ -1,0 +1,386 @@
+"""The HTTP API of a node (aiohttp), described by the OpenAPI document it serves at /openapi.json.
+
+    PUT    /v1/kv/{key}      body: the value's bytes; header X-DSM-Context (optional): a read's context
+    GET    /v1/kv/{key}      200 + the value's bytes; 404 when absent or deleted; 300 + JSON (below) when
+                             several concurrent values (siblings) are held
+    DELETE /v1/kv/{key}
+    GET    /v1/kv?prefix=&limit=&after=    keys holding a value, in order
+    GET    /v1/members  /v1/topology  /health  /metrics (Prometheus)  /openapi.json
+
+Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
+`DELETE` that sends it back supersedes what that read returned. Siblings (HTTP 300) come as
+`{"key": ..., "context": ..., "siblings": [{"value": <base64>, "timestamp": <int>, "writer": <node id>}]}`,
+newest first. `?consistency=` takes the level names of the configuration (`local`, `region_quorum`,
+`quorum`, `each_region_quorum`, `all`); only `local` is served by this build (others: 501).
+
+Errors are JSON, `{"error": {"code": "...", "message": "..."}}`: bad input is a 4xx (400, 401, 404, 405,
+413), a store that fails is 503; nothing a client sends produces a 500. With a bearer token configured,
+every path but /health needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dsm.core.ring import State
+from dsm.errors import ClosedError, DSMError, InvalidInputError, StorageError
+from dsm.net.runtime import Runtime
+from dsm.node import EpidemicStorage
+
+CONTEXT_HEADER = "X-DSM-Context"
+LEVELS = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
+LIST_MAX = 1000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def create_app(
+    storage: EpidemicStorage,
+    runtime: Runtime | None = None,
+    *,
+    token: str = "",
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The node's HTTP application (serve it with aiohttp's runner)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    latency = Histogram(
+        "dsm_operation_seconds", "Latency of client operations", ["op"], registry=registry,
+        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+    )  # fmt: skip
+    registry.register(_NodeCollector(storage, runtime))
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token and request.path != "/health":
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, str(exc))
+        except InvalidInputError as exc:
+            return _error(400, type(exc).__name__, str(exc))
+        except ClosedError as exc:
+            return _error(503, "closed", str(exc))
+        except StorageError as exc:
+            return _error(503, type(exc).__name__, str(exc))
+        except DSMError as exc:
+            return _error(400, type(exc).__name__, str(exc))
+        except web.HTTPRequestEntityTooLarge as exc:
+            return _error(413, "too_large", exc.text or "request body too large")
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+            raise
+
+    def timed(op: str, handler: Handler) -> Handler:
+        async def run(request: web.Request) -> web.StreamResponse:
+            start = time.perf_counter()
+            try:
+                return await handler(request)
+            finally:
+                latency.labels(op).observe(time.perf_counter() - start)
+
+        return run
+
+    def level(request: web.Request) -> str:
+        name = request.query.get("consistency", "local")
+        if name not in LEVELS:
+            raise ApiError(400, "bad_consistency", f"unknown consistency level {name!r}; one of {', '.join(LEVELS)}")
+        if name != "local":
+            raise ApiError(501, "not_implemented", f"consistency {name!r} is not served by this build yet")
+        return name
+
+    async def put(request: web.Request) -> web.Response:
+        level(request)
+        key = request.match_info["key"]
+        value = await request.read()
+        result = await storage.put(key, value, context=request.headers.get(CONTEXT_HEADER))
+        return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
+
+    async def get(request: web.Request) -> web.Response:
+        level(request)
+        key = request.match_info["key"]
+        result = await storage.get(key)
+        if result is None:
+            raise ApiError(404, "not_found", f"no value for key {key!r}")
+        headers = {CONTEXT_HEADER: result.context}
+        if not result.conflict:
+            return web.Response(body=result.value, content_type="application/octet-stream", headers=headers)
+        siblings = [
+            {"value": base64.b64encode(s.value).decode(), "timestamp": s.timestamp, "writer": s.writer}
+            for s in result.siblings
+        ]
+        body = {"key": key, "context": result.context, "siblings": siblings}
+        return web.json_response(body, status=300, headers=headers)
+
+    async def delete(request: web.Request) -> web.Response:
+        level(request)
+        key = request.match_info["key"]
+        result = await storage.delete(key, context=request.headers.get(CONTEXT_HEADER))
+        return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
+
+    async def listing(request: web.Request) -> web.Response:
+        prefix = request.query.get("prefix", "")
+        after = request.query.get("after", "")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise ApiError(400, "bad_limit", "limit must be an integer") from None
+        if not 1 <= limit <= LIST_MAX:
+            raise ApiError(400, "bad_limit", f"limit must be from 1 to {LIST_MAX}")
+        keys, more = await storage.list_keys(prefix, after, limit)
+        return web.json_response({"keys": keys, "next": keys[-1] if more and keys else None})
+
+    async def members(request: web.Request) -> web.Response:
+        return web.json_response({"members": _members(runtime)})
+
+    async def topology(request: web.Request) -> web.Response:
+        return web.json_response(_topology(runtime))
+
+    async def health(request: web.Request) -> web.Response:
+        peer = runtime.peer if runtime is not None else None
+        body = {
+            "status": "closing" if storage.closed else "ok",
+            "node_id": storage.node_id,
+            "members_alive": peer.live_count() if peer is not None else 1,
+        }
+        return web.json_response(body, status=503 if storage.closed else 200)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    app = web.Application(middlewares=[guard], client_max_size=max(1, storage.config.max_value_bytes))
+    app.add_routes(
+        [
+            web.put("/v1/kv/{key:.+}", timed("put", put)),
+            web.get("/v1/kv/{key:.+}", timed("get", get)),
+            web.delete("/v1/kv/{key:.+}", timed("delete", delete)),
+            web.get("/v1/kv", timed("list", listing)),
+            web.get("/v1/members", members),
+            web.get("/v1/topology", topology),
+            web.get("/health", health),
+            web.get("/metrics", metrics),
+            web.get("/openapi.json", openapi),
+        ]
+    )
+    return app
+
+
+def _members(runtime: Runtime | None) -> list[dict[str, Any]]:
+    if runtime is None or runtime.peer is None:
+        return []
+    peer = runtime.peer
+    out = []
+    for slot, raw in enumerate(peer.table.states):
+        if not raw:
+            continue
+        info = peer.directory.infos[slot]
+        out.append(
+            {
+                "id": info.node_id,
+                "addr": info.addr,
+                "region": info.region,
+                "state": State(raw).name.lower(),
+                "incarnation": peer.table.incarnations[slot],
+            }
+        )
+    return sorted(out, key=lambda m: m["id"])
+
+
+def _topology(runtime: Runtime | None) -> dict[str, Any]:
+    if runtime is None or runtime.peer is None:
+        return {"near": [], "long_out": [], "long_in": []}
+    peer = runtime.peer
+    overlay, infos = peer.overlay, peer.directory.infos
+    return {
+        "node_id": peer.id,
+        "near": sorted(infos[s].node_id for s in overlay.near),
+        "long_out": sorted(infos[s].node_id for s in overlay.long_out),
+        "long_in": sorted(infos[s].node_id for s in overlay.long_in),
+    }
+
+
+class _NodeCollector(Collector):
+    """Reads the node's counters at scrape time (no second bookkeeping)."""
+
+    def __init__(self, storage: EpidemicStorage, runtime: Runtime | None) -> None:
+        self.storage, self.runtime = storage, runtime
+
+    def collect(self) -> Any:
+        merges = self.storage.merge_stats
+        merged = CounterMetricFamily("dsm_merge_items", "Replicated items merged, by outcome", labels=["outcome"])
+        merged.add_metric(["changed"], merges.keys_changed)
+        merged.add_metric(
+            ["unchanged"], merges.items - merges.keys_changed - merges.refused_skew - merges.refused_corrupt
+        )
+        merged.add_metric(["refused_skew"], merges.refused_skew)
+        merged.add_metric(["refused_corrupt"], merges.refused_corrupt)
+        yield merged
+        runtime = self.runtime
+        if runtime is None or runtime.peer is None:
+            return
+        stats = runtime.transport.stats
+        for name, doc, counter in (
+            ("dsm_messages_sent", "Messages sent, by type", stats.frames_out),
+            ("dsm_messages_received", "Messages received, by type", stats.frames_in),
+            ("dsm_bytes_sent", "Bytes sent, by message type", stats.bytes_out),
+            ("dsm_bytes_received", "Bytes received, by message type", stats.bytes_in),
+            ("dsm_messages_dropped", "Messages not sent, by reason", stats.dropped),
+            ("dsm_connections_rejected", "Incoming connections closed for bad input, by reason", stats.rejected),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["type" if "reason" not in doc else "reason"])
+            for label, value in sorted(counter.items()):
+                family.add_metric([label], value)
+            yield family
+        peer = runtime.peer
+        states = GaugeMetricFamily("dsm_members", "Members by state, as this node sees them", labels=["state"])
+        for state in (State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT):
+            states.add_metric([state.name.lower()], peer.table.counts[int(state)])
+        yield states
+        data = peer.data
+        yield GaugeMetricFamily("dsm_gossip_interval_seconds", "The current gossip period", value=data.period / 1000)
+        yield CounterMetricFamily("dsm_gossip_rounds", "Gossip rounds run", value=data.stats.gossip_rounds)
+        yield CounterMetricFamily(
+            "dsm_anti_entropy_sessions", "Anti-entropy exchanges opened", value=runtime.anti_entropy_sessions
+        )
+        yield CounterMetricFamily(
+            "dsm_anti_entropy_answers", "Anti-entropy steps answered", value=runtime.anti_entropy_answers
+        )
+        connections = GaugeMetricFamily("dsm_connections", "Open connections", labels=["direction"])
+        outgoing, incoming = runtime.transport.connections()
+        connections.add_metric(["outgoing"], outgoing)
+        connections.add_metric(["incoming"], incoming)
+        yield connections
+
+
+def _key_param() -> dict[str, Any]:
+    return {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_LEVEL = {
+    "name": "consistency",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": list(LEVELS), "default": "local"},
+}
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "DSM node API", "version": "1"},
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
+            },
+            "Write": {"type": "object", "properties": {"key": {"type": "string"}, "timestamp": {"type": "integer"}}},
+            "Siblings": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string"},
+                    "context": {"type": "string"},
+                    "siblings": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "value": {"type": "string", "format": "byte"},
+                                "timestamp": {"type": "integer"},
+                                "writer": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
+    "paths": {
+        "/v1/kv/{key}": {
+            "parameters": [_key_param(), _LEVEL],
+            "put": {
+                "summary": "Write a value (body: its bytes); X-DSM-Context supersedes what that read returned",
+                "requestBody": {
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+                },
+                "responses": {
+                    "200": {"description": "durable on this node"},
+                    "400": _ERROR,
+                    "413": _ERROR,
+                    "503": _ERROR,
+                },
+            },
+            "get": {
+                "summary": "Read a value",
+                "responses": {
+                    "200": {"description": "the value's bytes"},
+                    "300": {
+                        "description": "several concurrent values",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Siblings"}}},
+                    },
+                    "404": _ERROR,
+                },
+            },
+            "delete": {
+                "summary": "Delete (a tombstone)",
+                "responses": {"200": {"description": "deleted"}, "400": _ERROR},
+            },
+        },
+        "/v1/kv": {
+            "get": {
+                "summary": "Keys holding a value, in order",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": LIST_MAX}},
+                ],
+                "responses": {"200": {"description": "{keys, next}"}, "400": _ERROR},
+            }
+        },
+        "/v1/members": {
+            "get": {
+                "summary": "Every member: id, addr, region, state, incarnation",
+                "responses": {"200": {"description": "members"}},
+            }
+        },
+        "/v1/topology": {
+            "get": {"summary": "This node's near and long links", "responses": {"200": {"description": "links"}}}
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness",
+                "responses": {"200": {"description": "ok"}, "503": {"description": "closing"}},
+            }
+        },
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
+    },
+}

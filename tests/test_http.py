@@ -1,0 +1,138 @@
+"""The HTTP API over real loopback HTTP: key operations, contexts, siblings, listing, errors, token,
+members, topology, metrics, OpenAPI, garbage requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from dsm import EpidemicStorage, StorageConfig, StorageFactory
+from dsm.api.http import CONTEXT_HEADER, create_app
+from dsm.core.peer import PeerSettings
+from dsm.net.runtime import Runtime
+from dsm.storage.sqlite import SQLiteStore
+
+
+async def node(tmp_path: Path, **settings: object) -> EpidemicStorage:
+    factory = StorageFactory(StorageConfig(node_id="h1", **settings))  # type: ignore[arg-type]
+    return await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "h1.db"))
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    storage = await node(tmp_path, conflict_resolution="siblings", max_value_bytes=1000)
+    runtime = Runtime(storage, PeerSettings(probe_interval_ms=200, probe_timeout_ms=100), "127.0.0.1:0")
+    await runtime.start()
+    async with TestClient(TestServer(create_app(storage, runtime))) as c:
+        yield c
+    await runtime.close()
+    await storage.close()
+
+
+async def test_put_get_delete_with_contexts_and_siblings(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.put("/v1/kv/a/b c", data=b"\x00one")
+    assert r.status == 200 and (await r.json())["key"] == "a/b c"
+    first_context = r.headers[CONTEXT_HEADER]
+    r = await client.get("/v1/kv/a/b c")
+    assert r.status == 200 and await r.read() == b"\x00one"
+    assert r.headers["Content-Type"] == "application/octet-stream"
+    # A blind write makes a sibling; a write that carries the read's context resolves both.
+    await client.put("/v1/kv/a/b c", data=b"two")
+    r = await client.get("/v1/kv/a/b c")
+    assert r.status == 300
+    body = await r.json()
+    assert sorted(base64.b64decode(s["value"]) for s in body["siblings"]) == [b"\x00one", b"two"]
+    assert body["siblings"][0]["writer"] == "h1" and body["context"] == r.headers[CONTEXT_HEADER]
+    r = await client.put("/v1/kv/a/b c", data=b"merged", headers={CONTEXT_HEADER: body["context"]})
+    assert r.status == 200 and r.headers[CONTEXT_HEADER] != first_context
+    r = await client.get("/v1/kv/a/b c")
+    assert r.status == 200 and await r.read() == b"merged"
+    r = await client.delete("/v1/kv/a/b c", headers={CONTEXT_HEADER: r.headers[CONTEXT_HEADER]})
+    assert r.status == 200
+    r = await client.get("/v1/kv/a/b c")
+    assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_listing_by_prefix_with_paging_skips_deleted_keys(client: TestClient) -> None:  # type: ignore[type-arg]
+    for key in ("user/1", "user/2", "user/3", "user/4", "other"):
+        await client.put(f"/v1/kv/{key}", data=b"x")
+    read = await client.get("/v1/kv/user/2")  # siblings mode: a delete supersedes what its context saw
+    await client.delete("/v1/kv/user/2", headers={CONTEXT_HEADER: read.headers[CONTEXT_HEADER]})
+    r = await client.get("/v1/kv", params={"prefix": "user/", "limit": "2"})
+    page = await r.json()
+    assert page == {"keys": ["user/1", "user/3"], "next": "user/3"}
+    r = await client.get("/v1/kv", params={"prefix": "user/", "limit": "2", "after": page["next"]})
+    assert await r.json() == {"keys": ["user/4"], "next": None}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("put", "/v1/kv/k", {"data": b"x" * 1001}, 413, "too_large"),
+        ("put", "/v1/kv/k", {"params": {"consistency": "strong"}}, 400, "bad_consistency"),
+        ("put", "/v1/kv/k", {"params": {"consistency": "quorum"}}, 501, "not_implemented"),
+        ("put", "/v1/kv/k", {"data": b"v", "headers": {CONTEXT_HEADER: "garbage!"}}, 400, "InvalidContextError"),
+        ("get", "/v1/kv/" + "k" * 2000, {}, 400, "InvalidKeyError"),
+        ("get", "/v1/kv", {"params": {"limit": "zero"}}, 400, "bad_limit"),
+        ("get", "/v1/kv", {"params": {"limit": "100000"}}, 400, "bad_limit"),
+        ("post", "/v1/kv/k", {"data": b"v"}, 405, "method_not_allowed"),
+        ("get", "/nowhere", {}, 404, "not_found"),
+    ],
+)
+async def test_bad_requests_get_json_4xx(
+    client: TestClient, method: str, path: str, kwargs: dict, status: int, code: str
+) -> None:  # type: ignore[type-arg]
+    r = await getattr(client, method)(path, **kwargs)
+    assert r.status == status, await r.text()
+    assert (await r.json())["error"]["code"] == code
+
+
+async def test_garbage_http_is_refused_and_the_node_keeps_serving(client: TestClient) -> None:  # type: ignore[type-arg]
+    host, port = client.server.host, client.server.port
+    for garbage in (
+        b"\x16\x03\x01\x02\x00garbage",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"PUT /v1/kv/k HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(garbage)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(200), 5)
+        writer.close()
+        assert (answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]) or answer == b"", answer
+    r = await client.get("/health")
+    assert r.status == 200 and (await r.json())["status"] == "ok"
+
+
+async def test_members_topology_metrics_and_openapi(client: TestClient) -> None:  # type: ignore[type-arg]
+    await client.put("/v1/kv/m", data=b"1")
+    members = (await (await client.get("/v1/members")).json())["members"]
+    assert [(m["id"], m["state"]) for m in members] == [("h1", "alive")]
+    topology = await (await client.get("/v1/topology")).json()
+    assert topology["node_id"] == "h1" and topology["near"] == []
+    text = await (await client.get("/metrics")).text()
+    assert 'dsm_operation_seconds_count{op="put"} 1.0' in text
+    assert 'dsm_members{state="alive"} 1.0' in text
+    assert "dsm_gossip_interval_seconds" in text and "dsm_connections" in text
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.") and "/v1/kv/{key}" in spec["paths"]
+
+
+async def test_a_bearer_token_guards_everything_but_health(tmp_path: Path) -> None:
+    storage = await node(tmp_path)
+    try:
+        async with TestClient(TestServer(create_app(storage, token="s3cret-token"))) as c:
+            r = await c.put("/v1/kv/k", data=b"v")
+            assert r.status == 401 and (await r.json())["error"]["code"] == "unauthorized"
+            r = await c.put("/v1/kv/k", data=b"v", headers={"Authorization": "Bearer wrong"})
+            assert r.status == 401
+            r = await c.put("/v1/kv/k", data=b"v", headers={"Authorization": "Bearer s3cret-token"})
+            assert r.status == 200
+            assert (await c.get("/health")).status == 200
+    finally:
+        await storage.close()
