@@ -37,6 +37,9 @@ from dsm.net.runtime import Runtime
 from dsm.node import EpidemicStorage
 
 CONTEXT_HEADER = "X-DSM-Context"
+#: With a single value: its timestamp and the node that accepted it.
+TIMESTAMP_HEADER = "X-DSM-Timestamp"
+WRITER_HEADER = "X-DSM-Writer"
 LEVELS = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
 LIST_MAX = 1000
 
@@ -126,7 +129,9 @@ def create_app(
             raise ApiError(404, "not_found", f"no value for key {key!r}")
         headers = {CONTEXT_HEADER: result.context}
         if not result.conflict:
-            return web.Response(body=result.value, content_type="application/octet-stream", headers=headers)
+            newest = result.siblings[0]
+            headers.update({TIMESTAMP_HEADER: str(newest.timestamp), WRITER_HEADER: newest.writer})
+            return web.Response(body=newest.value, content_type="application/octet-stream", headers=headers)
         siblings = [
             {"value": base64.b64encode(s.value).decode(), "timestamp": s.timestamp, "writer": s.writer}
             for s in result.siblings

@@ -1,0 +1,256 @@
+"""Python clients of a node's HTTP API (`dsm.api.http`): `Client` (blocking, stdlib `http.client`) and
+`AsyncClient` (asyncio, aiohttp). Both speak the same calls:
+
+    client = Client("http://127.0.0.1:7480")          # token="..." if the node requires one
+    ack = client.put("k", b"v")                       # -> Ack(key, timestamp, context)
+    got = client.get("k")                             # -> Value(key, siblings, context) or None
+    client.put("k", b"v2", context=got.context)       # supersedes what that read returned
+    client.delete("k", context=got.context)
+    client.list(prefix="user/", limit=100)            # -> Page(keys, next)
+    client.members(); client.topology(); client.health()
+
+A failed request raises `ClientError` (status, code and message from the node's JSON error); a node that
+cannot be reached raises `UnreachableError`. `consistency=` is passed through as `?consistency=`.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import http.client
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+
+from dsm.errors import DSMError
+
+CONTEXT_HEADER = "X-DSM-Context"
+TIMESTAMP_HEADER = "X-DSM-Timestamp"
+WRITER_HEADER = "X-DSM-Writer"
+
+
+class ClientError(DSMError):
+    """The node answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class UnreachableError(DSMError):
+    """The node could not be reached (connection refused, timed out, reset)."""
+
+
+@dataclass(frozen=True)
+class Sibling:
+    value: bytes
+    timestamp: int
+    writer: str
+
+
+@dataclass(frozen=True)
+class Value:
+    """A read: the concurrent values (one, unless the node keeps siblings), newest first."""
+
+    key: str
+    siblings: tuple[Sibling, ...]
+    context: str
+
+    @property
+    def value(self) -> bytes:
+        """The newest value (the last-writer-wins choice)."""
+        return self.siblings[0].value
+
+
+@dataclass(frozen=True)
+class Ack:
+    key: str
+    timestamp: int
+    context: str
+
+
+@dataclass(frozen=True)
+class Page:
+    keys: list[str]
+    next: str | None
+
+
+def _path(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise TypeError("a key is a non-empty str")
+    return "/v1/kv/" + quote(key, safe="/")
+
+
+def _query(**params: Any) -> str:
+    given = {k: v for k, v in params.items() if v not in (None, "")}
+    return "?" + urlencode(given) if given else ""
+
+
+def _raise(status: int, body: bytes) -> None:
+    try:
+        error = json.loads(body)["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", body[:200].decode("utf-8", "replace")
+    raise ClientError(status, code, message)
+
+
+def _value(key: str, status: int, body: bytes, headers: Mapping[str, str]) -> Value | None:
+    context = headers.get(CONTEXT_HEADER, "")
+    if status == 404:
+        return None
+    if status == 300:
+        doc = json.loads(body)
+        siblings = tuple(
+            Sibling(base64.b64decode(s["value"]), int(s["timestamp"]), str(s["writer"])) for s in doc["siblings"]
+        )
+        return Value(key, siblings, context)
+    if status != 200:
+        _raise(status, body)
+    sibling = Sibling(body, int(headers.get(TIMESTAMP_HEADER, "0")), headers.get(WRITER_HEADER, ""))
+    return Value(key, (sibling,), context)
+
+
+def _ack(status: int, body: bytes, headers: Mapping[str, str]) -> Ack:
+    if status != 200:
+        _raise(status, body)
+    doc = json.loads(body)
+    return Ack(doc["key"], int(doc["timestamp"]), headers.get(CONTEXT_HEADER, ""))
+
+
+def _json(status: int, body: bytes) -> Any:
+    if status != 200:
+        _raise(status, body)
+    return json.loads(body)
+
+
+class Client:
+    """Blocking client; one keep-alive connection, not thread-safe (use one per thread)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:7480", token: str = "", timeout: float = 10.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
+        self._timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, context: str | None = None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        headers = dict(self._headers)
+        if context:
+            headers[CONTEXT_HEADER] = context
+        for attempt in (0, 1):  # a kept-alive connection the node closed is retried once on a new one
+            if self._conn is None:
+                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                self._conn = cls(self._host, self._port, timeout=self._timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers)
+                response = self._conn.getresponse()
+                data = response.read()
+                return response.status, data, {k: v for k, v in response.getheaders()}
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                if attempt:
+                    raise UnreachableError(f"{self._host}:{self._port}: {exc}") from None
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise UnreachableError(f"{self._host}:{self._port}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, value: bytes, *, context: str | None = None, consistency: str | None = None) -> Ack:
+        return _ack(*self._request("PUT", _path(key) + _query(consistency=consistency), bytes(value), context))
+
+    def get(self, key: str, *, consistency: str | None = None) -> Value | None:
+        return _value(key, *self._request("GET", _path(key) + _query(consistency=consistency)))
+
+    def delete(self, key: str, *, context: str | None = None, consistency: str | None = None) -> Ack:
+        return _ack(*self._request("DELETE", _path(key) + _query(consistency=consistency), None, context))
+
+    def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
+        doc = _json(*self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after))[:2])
+        return Page(doc["keys"], doc["next"])
+
+    def members(self) -> builtins.list[dict[str, Any]]:
+        return list(_json(*self._request("GET", "/v1/members")[:2])["members"])
+
+    def topology(self) -> dict[str, Any]:
+        return dict(_json(*self._request("GET", "/v1/topology")[:2]))
+
+    def health(self) -> dict[str, Any]:
+        status, body, _ = self._request("GET", "/health")
+        return dict(json.loads(body)) if status in (200, 503) else _json(status, body)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client over one aiohttp session (connection pool); safe for concurrent tasks."""
+
+    def __init__(self, url: str = "http://127.0.0.1:7480", token: str = "", timeout: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _request(
+        self, method: str, path: str, body: bytes | None = None, context: str | None = None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        headers = {CONTEXT_HEADER: context} if context else None
+        try:
+            async with self._session.request(method, self._url + path, data=body, headers=headers) as response:
+                return response.status, await response.read(), response.headers
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise UnreachableError(f"{self._url}: {exc}") from None
+
+    async def put(self, key: str, value: bytes, *, context: str | None = None, consistency: str | None = None) -> Ack:
+        return _ack(*await self._request("PUT", _path(key) + _query(consistency=consistency), bytes(value), context))
+
+    async def get(self, key: str, *, consistency: str | None = None) -> Value | None:
+        return _value(key, *await self._request("GET", _path(key) + _query(consistency=consistency)))
+
+    async def delete(self, key: str, *, context: str | None = None, consistency: str | None = None) -> Ack:
+        return _ack(*await self._request("DELETE", _path(key) + _query(consistency=consistency), None, context))
+
+    async def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
+        status, body, _ = await self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after))
+        doc = _json(status, body)
+        return Page(doc["keys"], doc["next"])
+
+    async def members(self) -> builtins.list[dict[str, Any]]:
+        status, body, _ = await self._request("GET", "/v1/members")
+        return list(_json(status, body)["members"])
+
+    async def health(self) -> dict[str, Any]:
+        status, body, _ = await self._request("GET", "/health")
+        return dict(json.loads(body)) if status in (200, 503) else _json(status, body)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()

@@ -1,0 +1,103 @@
+"""The Python clients against a node's HTTP API served on loopback (a real server, real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from dsm import StorageConfig, StorageFactory
+from dsm.api.http import create_app
+from dsm.client import AsyncClient, Client, ClientError, UnreachableError
+from dsm.storage.sqlite import SQLiteStore
+
+
+async def _serve(tmp_path: Path, ready: threading.Event, stop: asyncio.Event, box: dict[str, object]) -> None:
+    factory = StorageFactory(StorageConfig(node_id="c1", conflict_resolution="siblings"))
+    storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "c1.db"))
+    runner = web.AppRunner(create_app(storage, token="tok-123"))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    box["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    ready.set()
+    await stop.wait()
+    await runner.cleanup()
+    await storage.close()
+
+
+@pytest.fixture
+def server_url(tmp_path: Path) -> Iterator[str]:
+    """A node serving HTTP on its own event loop in a thread (so the blocking client can be used)."""
+    loop = asyncio.new_event_loop()
+    ready, stop, box = threading.Event(), asyncio.Event(), {}
+    thread = threading.Thread(target=loop.run_until_complete, args=(_serve(tmp_path, ready, stop, box),))
+    thread.start()
+    assert ready.wait(10)
+    yield str(box["url"])
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+    loop.close()
+
+
+def test_blocking_client_round_trip(server_url: str) -> None:
+    with Client(server_url, token="tok-123") as c:
+        ack = c.put("user/ä 1", b"v1")
+        got = c.get("user/ä 1")
+        assert got is not None and got.value == b"v1" and got.context == ack.context
+        assert got.siblings[0].writer == "c1" and got.siblings[0].timestamp == ack.timestamp
+        c.put("user/ä 1", b"v2")  # blind: a sibling
+        both = c.get("user/ä 1")
+        assert both is not None and sorted(s.value for s in both.siblings) == [b"v1", b"v2"]
+        c.put("user/ä 1", b"v3", context=both.context)
+        resolved = c.get("user/ä 1")
+        assert resolved is not None and [s.value for s in resolved.siblings] == [b"v3"]
+        c.delete("user/ä 1", context=resolved.context)
+        assert c.get("user/ä 1") is None
+        c.put("user/2", b"x")
+        assert c.list(prefix="user/").keys == ["user/2"]
+        assert c.health()["status"] == "ok"
+        with pytest.raises(ClientError) as caught:
+            c.put("k", b"v", consistency="bogus")
+        assert caught.value.status == 400 and caught.value.code == "bad_consistency"
+    with Client(server_url) as anonymous, pytest.raises(ClientError) as caught:
+        anonymous.get("user/2")
+    assert caught.value.status == 401
+
+
+def test_unreachable_node_raises_a_typed_error() -> None:
+    with Client("http://127.0.0.1:9", timeout=2) as c, pytest.raises(UnreachableError):
+        c.get("k")
+
+
+@pytest.fixture
+async def async_url(tmp_path: Path) -> AsyncIterator[str]:
+    factory = StorageFactory(StorageConfig(node_id="c2"))
+    storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "c2.db"))
+    runner = web.AppRunner(create_app(storage))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+    await storage.close()
+
+
+async def test_async_client_with_concurrent_writers(async_url: str) -> None:
+    async with AsyncClient(async_url) as c:
+        acks = await asyncio.gather(*(c.put(f"k{i}", str(i).encode()) for i in range(64)))
+        assert len({a.timestamp for a in acks}) == 64
+        values = await asyncio.gather(*(c.get(f"k{i}") for i in range(64)))
+        assert [v.value if v else None for v in values] == [str(i).encode() for i in range(64)]
+        page = await c.list(limit=10)
+        assert page.keys == sorted(f"k{i}" for i in range(64))[:10] and page.next == page.keys[-1]
+        assert await c.get("missing") is None
+        with pytest.raises(ClientError, match="not_implemented"):
+            await c.put("k", b"v", consistency="quorum")
+    async with AsyncClient("http://127.0.0.1:9", timeout=2) as dead:
+        with pytest.raises(UnreachableError):
+            await dead.get("k")
