@@ -1,18 +1,20 @@
 """The `dsm` command.
 
-    dsm demo            a single-node demo on the embedded SQLite default
-    dsm config          the effective configuration, with every setting's documentation
-    dsm sim             the deterministic simulator's standard measured run (see dsm.sim.run)
-    dsm version
-
-Running nodes as processes (`dsm node run`) and the client commands (`dsm put/get/delete/status`) arrive
-with the network runtime.
+dsm demo            a single-node demo on the embedded SQLite default
+dsm config          the effective configuration, with every setting's documentation
+dsm sim             the deterministic simulator's standard measured run (see dsm.sim.run)
+dsm node run        one node as a process (store, networked core, HTTP API) until SIGTERM
+dsm put/get/delete/list KEY...   client operations against a node's HTTP API
+dsm members / dsm status         the membership as a node sees it
+dsm version
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
+from typing import Any
 
 import click
 from rich.console import Console
@@ -144,6 +146,186 @@ def sim(
     )
     if code:
         raise SystemExit(code)
+
+
+@main.group()
+def node() -> None:
+    """Run a node."""
+
+
+@node.command("run")
+@click.option("--config", "toml_path", type=click.Path(dir_okay=False), default=None, help="A TOML config file.")
+@click.option("--node-id", default=None, help="This node's id (unique, stable).")
+@click.option("--region", default=None, help="This node's region.")
+@click.option("--listen", default=None, help="host:port for other nodes (listen_addr).")
+@click.option("--advertise", default=None, help="host:port other nodes should use (advertise_addr).")
+@click.option("--http", "http_addr", default=None, help="host:port of the HTTP API (http_addr).")
+@click.option("--data-dir", default=None, help="Directory of the node's SQLite store.")
+@click.option("--bootstrap", multiple=True, help="host:port of a member to join through (repeatable).")
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+def node_run(
+    toml_path: str | None,
+    node_id: str | None,
+    region: str | None,
+    listen: str | None,
+    advertise: str | None,
+    http_addr: str | None,
+    data_dir: str | None,
+    bootstrap: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """Runs one node until SIGTERM or Ctrl-C (settings: flags > DSM_* environment > TOML file > defaults)."""
+    from dsm.server import configure_logging, serve
+
+    try:
+        config = StorageConfig.load(
+            toml_path,
+            node_id=node_id,
+            region=region,
+            listen_addr=listen,
+            advertise_addr=advertise,
+            http_addr=http_addr,
+            data_dir=data_dir,
+            bootstrap=",".join(bootstrap) if bootstrap else None,
+        )
+        if not config.node_id:
+            raise click.ClickException("a node id is needed: --node-id, DSM_NODE_ID or node_id in the TOML file")
+        configure_logging(log_level)
+        run_async(serve(config))
+    except DSMError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot start the node: {exc}") from exc
+
+
+_NODE_URL = click.option(
+    "--node",
+    "url",
+    envvar="DSM_NODE_URL",
+    default="http://127.0.0.1:7480",
+    show_default=True,
+    help="HTTP address of the node to ask (env DSM_NODE_URL).",
+)
+_TOKEN = click.option("--token", envvar="DSM_HTTP_TOKEN", default="", help="Bearer token (env DSM_HTTP_TOKEN).")
+_CONSISTENCY = click.option("--consistency", default=None, help="Consistency level (default: the node's).")
+
+
+def _client(url: str, token: str) -> Any:
+    from dsm.client import Client
+
+    if "://" not in url:
+        url = "http://" + url
+    return Client(url, token=token)
+
+
+def _client_errors(fn: Any) -> Any:
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DSMError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return run
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value")
+@click.option("--context", default=None, help="Context of an earlier read: supersede what it returned.")
+@_CONSISTENCY
+@_NODE_URL
+@_TOKEN
+@_client_errors
+def put(key: str, value: str, context: str | None, consistency: str | None, url: str, token: str) -> None:
+    """Writes VALUE (text; '-' reads bytes from standard input) under KEY."""
+    data = sys.stdin.buffer.read() if value == "-" else value.encode()
+    with _client(url, token) as c:
+        ack = c.put(key, data, context=context, consistency=consistency)
+    click.echo(f"ok {ack.key} timestamp={ack.timestamp} context={ack.context}")
+
+
+@main.command()
+@click.argument("key")
+@_CONSISTENCY
+@_NODE_URL
+@_TOKEN
+@_client_errors
+def get(key: str, consistency: str | None, url: str, token: str) -> None:
+    """Reads KEY: its value, or every sibling, with the context to write back."""
+    with _client(url, token) as c:
+        got = c.get(key, consistency=consistency)
+    if got is None:
+        raise click.ClickException(f"{key}: not found")
+    out = sys.stdout.buffer
+    if len(got.siblings) == 1:
+        out.write(got.value + b"\n")
+    else:
+        for sibling in got.siblings:
+            out.write(f"[{sibling.writer} @ {sibling.timestamp}] ".encode() + sibling.value + b"\n")
+    out.flush()
+    click.echo(f"context={got.context}", err=True)
+
+
+@main.command()
+@click.argument("key")
+@click.option("--context", default=None, help="Context of an earlier read.")
+@_CONSISTENCY
+@_NODE_URL
+@_TOKEN
+@_client_errors
+def delete(key: str, context: str | None, consistency: str | None, url: str, token: str) -> None:
+    """Deletes KEY (writes a tombstone)."""
+    with _client(url, token) as c:
+        ack = c.delete(key, context=context, consistency=consistency)
+    click.echo(f"deleted {ack.key} timestamp={ack.timestamp}")
+
+
+@main.command("list")
+@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@_NODE_URL
+@_TOKEN
+@_client_errors
+def list_keys(prefix: str, limit: int, url: str, token: str) -> None:
+    """Lists keys holding a value."""
+    with _client(url, token) as c:
+        page = c.list(prefix, limit=limit)
+    for key in page.keys:
+        click.echo(key)
+    if page.next:
+        click.echo(f"(more after {page.next})", err=True)
+
+
+@main.command()
+@_NODE_URL
+@_TOKEN
+@_client_errors
+def members(url: str, token: str) -> None:
+    """Every member as the node sees it (JSON lines)."""
+    import json
+
+    with _client(url, token) as c:
+        for member in c.members():
+            click.echo(json.dumps(member))
+
+
+@main.command()
+@_NODE_URL
+@_TOKEN
+@_client_errors
+def status(url: str, token: str) -> None:
+    """The cluster as one node sees it, a table like `nodetool status` / `serf members`."""
+    with _client(url, token) as c:
+        health = c.health()
+        found = c.members()
+    table = Table("node", "address", "region", "state", "incarnation", title=f"seen by {health.get('node_id')}")
+    for m in found:
+        style = {"alive": "green", "suspect": "yellow", "dead": "red"}.get(m["state"], "dim")
+        table.add_row(m["id"], m["addr"], m["region"], f"[{style}]{m['state']}[/]", str(m["incarnation"]))
+    Console().print(table)
 
 
 @main.command()

@@ -193,6 +193,31 @@ class StorageConfig:
         default="127.0.0.1:7480",
         metadata=_doc("host:port of the client HTTP API."),
     )
+    bootstrap: str = field(
+        default="",
+        metadata=_doc(
+            "Comma-separated host:port addresses of existing members to join through (tried in turn); "
+            "empty starts a new cluster."
+        ),
+    )
+    cluster_secret: str = field(
+        default="",
+        metadata=_doc(
+            "Shared secret (at least 16 bytes) that authenticates and encrypts every node-to-node frame; "
+            "empty: plain connections. A node without it can neither join, read nor inject."
+        ),
+    )
+    cluster_secrets_accepted: str = field(
+        default="",
+        metadata=_doc(
+            "Comma-separated older or newer secrets also accepted from connecting nodes, to rotate "
+            "cluster_secret without downtime (docs/network.md)."
+        ),
+    )
+    http_token: str = field(
+        default="",
+        metadata=_doc("Bearer token the HTTP API requires (except /health); empty: no token."),
+    )
     durability: str = field(
         default="process",
         metadata=_doc(
@@ -279,6 +304,15 @@ class StorageConfig:
     def advertised(self) -> str:
         """The address other nodes use to reach this one."""
         return self.advertise_addr or self.listen_addr
+
+    @property
+    def bootstrap_addrs(self) -> tuple[str, ...]:
+        """The bootstrap addresses as a tuple."""
+        return tuple(a.strip() for a in self.bootstrap.split(",") if a.strip())
+
+    @property
+    def accepted_secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in self.cluster_secrets_accepted.split(",") if s)
 
     def resolved_storage_url(self) -> str:
         """The storage URL with the default (SQLite under data_dir) filled in."""
@@ -429,6 +463,18 @@ def _validate(c: StorageConfig) -> None:
     _address(c, "listen_addr")
     _address(c, "advertise_addr", allow_empty=True)
     _address(c, "http_addr")
+    for addr in _str(c, "bootstrap").split(","):
+        if addr.strip():
+            host, sep, port = addr.strip().rpartition(":")
+            if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+                raise ConfigError("bootstrap", c.bootstrap, "comma-separated host:port addresses")
+    for name in ("cluster_secret", "cluster_secrets_accepted"):
+        for secret in _str(c, name).split(","):
+            if secret and len(secret.encode("utf-8", "surrogatepass")) < 16:
+                raise ConfigError(name, "<hidden>", "secrets of at least 16 bytes")
+    if c.cluster_secrets_accepted and not c.cluster_secret:
+        raise ConfigError("cluster_secrets_accepted", "<hidden>", "empty unless cluster_secret is set")
+    _str(c, "http_token")
     if _str(c, "durability") not in ("process", "fsync"):
         raise ConfigError("durability", c.durability, "'process' or 'fsync'")
     if _str(c, "conflict_resolution") not in ("lww", "siblings"):

@@ -1,0 +1,82 @@
+"""`dsm node run`: one node as a process: the store, the networked core and the HTTP API, until SIGTERM.
+
+Start-up prints one JSON line on standard output once the node serves, e.g.
+`{"event": "ready", "node_id": "n1", "listen": "127.0.0.1:7401", "http": "127.0.0.1:7481", "pid": 123}`
+(ports chosen by the system when 0 was asked), which `dsm cluster up` and the tests wait for.
+
+SIGTERM or SIGINT: graceful stop. The HTTP API stops taking requests, the node announces its leave to its
+links and flushes them, every queued write is committed, the store is closed. After `kill -9` nothing of
+this runs; a restarted node rejoins with its id and its data (see `dsm.net.runtime`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from dsm.api.http import create_app
+from dsm.config import StorageConfig
+from dsm.core.peer import PeerSettings
+from dsm.factory import StorageFactory
+from dsm.net.runtime import Runtime
+from dsm.net.security import Keyring
+from dsm.net.transport import split_addr
+
+log = logging.getLogger("dsm.server")
+
+
+async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> None:
+    """Runs a node until `stop` is set or SIGTERM/SIGINT arrives."""
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Not the main thread, or no signals on this platform: the caller's `stop` is the only way out.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    storage = await StorageFactory(config).create_epidemic_storage()
+    runtime = Runtime(
+        storage,
+        PeerSettings.from_config(config),
+        config.listen_addr,
+        advertise=config.advertise_addr,
+        keyring=Keyring(config.cluster_secret or None, config.accepted_secrets),
+    )
+    runner: web.AppRunner | None = None
+    try:
+        await runtime.start(config.bootstrap_addrs)
+        runner = web.AppRunner(create_app(storage, runtime, token=config.http_token), access_log=None)
+        await runner.setup()
+        host, port = split_addr(config.http_addr)
+        await web.TCPSite(runner, host, port).start()
+        http_port = runner.addresses[0][1]
+        ready = {
+            "event": "ready",
+            "node_id": config.node_id,
+            "listen": runtime.addr,
+            "http": f"{host}:{http_port}",
+            "pid": os.getpid(),
+        }
+        print(json.dumps(ready), flush=True)
+        await stop.wait()
+        log.info("node %s stopping", config.node_id)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await runtime.close()
+        await storage.close()
+        print(json.dumps({"event": "stopped", "node_id": config.node_id}), flush=True)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
