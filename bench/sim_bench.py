@@ -12,7 +12,7 @@ Suites:
           routing, joins and an 80 % crash (seed 1), routing and joins (seeds 2-3), 5 leaves (seed 1)
           (about 50 minutes)
 
-Usage: python bench/sim_bench.py [--suite quick|full] [--seeds N]
+Usage: python bench/sim_bench.py [--suite quick|full] [--seeds N] [--only PREFIX] [--skip PREFIX]
 """
 
 from __future__ import annotations
@@ -132,15 +132,17 @@ def main() -> None:
     ap.add_argument("--suite", choices=["quick", "full"], default="quick")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--only", default="", help="run only scenarios whose name starts with this")
+    ap.add_argument("--skip", default="", help="skip scenarios whose name starts with this")
     a = ap.parse_args()
     parts = []
     for name, args, seeds in scenarios(a.suite, a.seeds):
-        if not name.startswith(a.only):
+        if not name.startswith(a.only) or (a.skip and name.startswith(a.skip)):
             continue
         reports = [run_one(name, args, seed) for seed in seeds]
         parts.append(summary(name, args, reports))
     text = "\n".join(parts)
-    (RESULTS / f"summary-{a.suite}{'-' + a.only if a.only else ''}.md").write_text(text)
+    suffix = ("-" + a.only if a.only else "") + ("-without-" + a.skip if a.skip else "")
+    (RESULTS / f"summary-{a.suite}{suffix}.md").write_text(text)
     print(text)
 
 
