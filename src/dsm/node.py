@@ -369,12 +369,8 @@ class EpidemicStorage:
             self._queued += 1
         else:
             await self._wait_for_place()
-        if self._state != "running":
-            self._release()
-            raise ClosedError(f"node {self.node_id} is {self._state}; no operations are accepted")
         merge = _Merge(items, asyncio.get_running_loop().create_future(), sum(len(i.versions) for i in items))
-        self._pending.append(merge)
-        self._wake_writer()
+        self._admit(merge)
         return await merge.future
 
     async def list_keys(self, prefix: str = "", after: str = "", limit: int = 100) -> tuple[list[str], bool]:
@@ -400,7 +396,7 @@ class EpidemicStorage:
             found = await self.store.read_many([key for key, _ in page])
             for key, _ in page:
                 encoded = found.get(key)
-                if encoded is not None and any(v.value is not None for v in self._decode(key, encoded).versions):
+                if encoded is not None and self._decode(key, encoded).live:
                     keys.append(key)
                     if len(keys) == limit:
                         return keys, True
@@ -429,15 +425,19 @@ class EpidemicStorage:
             self._queued += 1  # the common case, without the cost of another coroutine
         else:
             await self._wait_for_place()
-        if self._state != "running":
-            self._release()
-            raise ClosedError(f"node {self.node_id} is {self._state}; no operations are accepted")
         item = _Write(key, value, context, asyncio.get_running_loop().create_future())
-        self._pending.append(item)
-        self._wake_writer()
+        self._admit(item)
         # The place is given back by the writer when the write leaves the queue (committed, failed or
         # dropped because this caller was cancelled first), never here: see "Queue accounting".
         return await item.future
+
+    def _admit(self, item: _Write | _Merge) -> None:
+        """Queues an item that holds a place (released here if the node closed while it waited)."""
+        if self._state != "running":
+            self._release()
+            raise ClosedError(f"node {self.node_id} is {self._state}; no operations are accepted")
+        self._pending.append(item)
+        self._wake_writer()
 
     async def _wait_for_place(self) -> None:
         room = asyncio.get_running_loop().create_future()
