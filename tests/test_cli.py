@@ -15,7 +15,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_demo_writes_reopens_and_reads_back(tmp_path: Path) -> None:
-    result = run("demo", "--data-dir", str(tmp_path / "demo"))
+    result = run("demo", "--single", "--data-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "hello, world" in out and "forty-two" in out and "reopen from disk" in out
@@ -26,7 +26,7 @@ def test_demo_writes_reopens_and_reads_back(tmp_path: Path) -> None:
 def test_demo_reports_storage_errors_cleanly(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("demo", "--data-dir", str(blocker / "sub"))
+    result = run("demo", "--single", "--data-dir", str(blocker / "sub"))
     assert result.returncode == 1
     assert "StorageUnavailableError" in result.stderr and "Traceback" not in result.stderr
 

@@ -97,7 +97,7 @@ def test_demo_runs_twice_on_the_same_directory(tmp_path: Path) -> None:
 
     for _ in range(2):
         result = subprocess.run(
-            [sys.executable, "-m", "dsm.cli", "demo", "--data-dir", str(tmp_path)],
+            [sys.executable, "-m", "dsm.cli", "demo", "--single", "--data-dir", str(tmp_path)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -1,11 +1,12 @@
 """The `dsm` command.
 
-dsm demo            a single-node demo on the embedded SQLite default
+dsm demo            a 5-node local cluster demo (--single: one node in-process)
 dsm config          the effective configuration, with every setting's documentation
 dsm sim             the deterministic simulator's standard measured run (see dsm.sim.run)
 dsm node run        one node as a process (store, networked core, HTTP API) until SIGTERM
 dsm put/get/delete/list KEY...   client operations against a node's HTTP API
 dsm members / dsm status         the membership as a node sees it
+dsm cluster up/down/show/kill/start   a local cluster of real node processes on loopback
 dsm version
 """
 
@@ -44,12 +45,18 @@ def main() -> None:
 @main.command()
 @click.option("--data-dir", default=None, help="Directory for the demo's data (default: a temporary one).")
 @click.option("--keep", is_flag=True, help="Keep the temporary data directory.")
-def demo(data_dir: str | None, keep: bool) -> None:
-    """Single-node demo: write, read, close, reopen from disk, read again."""
-    from dsm.demo import run_demo
+@click.option("--single", is_flag=True, help="The single-node demo (in-process) instead of the cluster.")
+def demo(data_dir: str | None, keep: bool, single: bool) -> None:
+    """A 5-node local cluster: write, read everywhere, SIGKILL a node, write, restart it, watch it catch up.
+
+    With --single: one node in-process: write, read, close, reopen from disk, read again."""
+    from dsm.demo import run_cluster_demo, run_demo
 
     try:
-        run_async(run_demo(data_dir, keep, Console()))
+        if single:
+            run_async(run_demo(data_dir, keep, Console()))
+        else:
+            run_cluster_demo(data_dir, keep, Console())
     except DSMError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
@@ -326,6 +333,112 @@ def status(url: str, token: str) -> None:
         style = {"alive": "green", "suspect": "yellow", "dead": "red"}.get(m["state"], "dim")
         table.add_row(m["id"], m["addr"], m["region"], f"[{style}]{m['state']}[/]", str(m["incarnation"]))
     Console().print(table)
+
+
+@main.group()
+def cluster() -> None:
+    """A local cluster of real node processes on loopback (data, logs and cluster.json in one directory)."""
+
+
+_CLUSTER_DIR = click.option(
+    "--dir",
+    "directory",
+    default="dsm-cluster",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The cluster's directory (data, logs, cluster.json).",
+)
+
+
+def _cluster_table(c: Any) -> Table:
+    from dsm.localcluster import LocalCluster
+
+    table = Table("node", "pid", "peer address", "HTTP", "running", title=f"{c.directory}/<node>/ (data and log)")
+    for n in c.nodes:
+        up = LocalCluster.alive(n)
+        table.add_row(n.node_id, str(n.pid), n.listen, n.url, "[green]yes" if up else "[red]no")
+    return table
+
+
+@cluster.command("up")
+@click.option("--nodes", "-n", "count", type=click.IntRange(1, 1000), default=3, show_default=True)
+@_CLUSTER_DIR
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address of every node.")
+@click.option("--peer-port", type=click.IntRange(0, 65535), default=7400, show_default=True, help="n1's peer port.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=7480, show_default=True, help="n1's HTTP port.")
+@click.option("--secret", default=None, help="Cluster secret (default: a random one, kept in cluster.json).")
+def cluster_up(count: int, directory: str, host: str, peer_port: int, http_port: int, secret: str | None) -> None:
+    """Starts N nodes n1..nN (node i on port + i - 1; port 0: the system picks) and waits until all serve."""
+    import secrets
+
+    from dsm.localcluster import LocalCluster
+
+    if peer_port and http_port and peer_port < http_port < peer_port + count:
+        raise click.ClickException(f"--peer-port {peer_port} + {count} nodes overlaps --http-port {http_port}")
+    c = LocalCluster(directory, env={"DSM_CLUSTER_SECRET": secret or secrets.token_hex(16)})
+    try:
+        c.up(count, host=host, peer_port=peer_port, http_port=http_port)
+    except DSMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    Console().print(_cluster_table(c))
+    click.echo(f"try: DSM_NODE_URL={c.nodes[0].url} dsm status      stop: dsm cluster down --dir {directory}")
+
+
+@cluster.command("down")
+@_CLUSTER_DIR
+def cluster_down(directory: str) -> None:
+    """Stops every node of the cluster gracefully (SIGTERM, then SIGKILL after 15 s). Data stays."""
+    from dsm.localcluster import LocalCluster
+
+    try:
+        stopped = LocalCluster.load(directory).down()
+    except DSMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"stopped: {', '.join(stopped) if stopped else '(nothing was running)'}; data kept in {directory}")
+
+
+@cluster.command("show")
+@_CLUSTER_DIR
+def cluster_show(directory: str) -> None:
+    """The cluster's nodes: pid, addresses, data directory, whether the process runs."""
+    from dsm.localcluster import LocalCluster
+
+    try:
+        c = LocalCluster.load(directory)
+    except DSMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    Console().print(_cluster_table(c))
+
+
+@cluster.command("kill")
+@click.argument("node_id")
+@_CLUSTER_DIR
+@click.option("--signal", "sig", type=click.Choice(["KILL", "TERM"]), default="KILL", show_default=True)
+def cluster_kill(node_id: str, directory: str, sig: str) -> None:
+    """Kills one node (SIGKILL by default: no leave, no flush), to watch the cluster cope."""
+    import signal as signals
+
+    from dsm.localcluster import LocalCluster
+
+    try:
+        LocalCluster.load(directory).kill(node_id, getattr(signals, "SIG" + sig))
+    except DSMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{node_id}: SIG{sig} sent, process gone")
+
+
+@cluster.command("start")
+@click.argument("node_id")
+@_CLUSTER_DIR
+def cluster_start(node_id: str, directory: str) -> None:
+    """(Re)starts one node with its id, addresses and data; it rejoins and catches up."""
+    from dsm.localcluster import LocalCluster
+
+    try:
+        n = LocalCluster.load(directory).start(node_id)
+    except DSMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{node_id}: running, pid {n.pid}, HTTP {n.url}")
 
 
 @main.command()

@@ -14,7 +14,8 @@ every start, so a restarted node (after a clean stop or `kill -9`) rejoins under
 the cluster remembers of its previous life, and its data is the store's.
 
 Whole-store anti-entropy runs here rather than in the core's timers, because each step reads the store:
-every anti_entropy_interval_ms (from a random phase) the runtime opens an exchange with one live linked
+once at start (as soon as a linked member is alive: a restarted node catches up at once), then every
+anti_entropy_interval_ms (from a random phase) the runtime opens an exchange with one live linked
 member, and answers incoming `Reconcile` messages; each step runs `dsm.core.reconcile` against the store's
 consistent view off the event loop (`BackingStore.with_range_view`: a worker thread for the SQL stores),
 and the entries it receives are merged like any other replicated write. At most MAX_ANSWERS answers run
@@ -43,6 +44,8 @@ log = logging.getLogger("dsm.net")
 META_INCARNATION = "incarnation"
 #: Most anti-entropy answers computed at once (each may scan the store).
 MAX_ANSWERS = 4
+#: How often a starting node looks for its first live link, to reconcile with it at once (s).
+CATCH_UP_POLL_S = 0.05
 
 
 class Runtime:
@@ -196,14 +199,31 @@ class Runtime:
 
     async def _anti_entropy_loop(self) -> None:
         interval = self.settings.anti_entropy_interval_ms / 1000
+        # Catch-up: a node that starts (new, restarted after a crash, back from a long absence) reconciles
+        # with a member as soon as it has a live link, rather than after up to a whole period of missing
+        # what was written while it was away; then every period, from a random phase.
+        waited = 0.0
+        while waited < interval and not self._has_live_link():
+            await asyncio.sleep(CATCH_UP_POLL_S)
+            waited += CATCH_UP_POLL_S
+        await self._try_anti_entropy_round()
         await asyncio.sleep(self._rng.random() * interval)
         while True:
-            try:
-                await self._anti_entropy_round()
-            except Exception as exc:  # the store failed: try again next period
-                self.anti_entropy_failures += 1
-                log.warning("anti-entropy round failed: %s", exc)
+            await self._try_anti_entropy_round()
             await asyncio.sleep(interval)
+
+    async def _try_anti_entropy_round(self) -> None:
+        try:
+            await self._anti_entropy_round()
+        except Exception as exc:  # the store failed: try again next period
+            self.anti_entropy_failures += 1
+            log.warning("anti-entropy round failed: %s", exc)
+
+    def _has_live_link(self) -> bool:
+        peer = self.peer
+        if peer is None or not peer.joined:
+            return False
+        return any(peer.member_state(i) == State.ALIVE for i in peer.link_ids())
 
     async def _anti_entropy_round(self) -> None:
         """Opens an exchange with one live linked member (the core's `_anti_entropy_tick`, with I/O)."""

@@ -214,7 +214,8 @@ class Transport:
             self._connected += 1
             try:
                 await self._pump(out, writer, channel)
-            except (OSError, ConnectionError, ssl.SSLError) as exc:
+            # RuntimeError: uvloop's way of refusing a write to a transport that closed meanwhile.
+            except (OSError, ConnectionError, ssl.SSLError, RuntimeError) as exc:
                 log.debug("connection to %s lost: %s", out.addr, exc)
             finally:
                 self._connected -= 1
@@ -230,6 +231,8 @@ class Transport:
         stats = self.stats
         while True:
             while out.queue:
+                if writer.transport.is_closing():  # the peer reset the connection: reconnect, keep the queue
+                    raise ConnectionResetError(f"connection to {out.addr} closed")
                 message = out.queue[0]
                 try:
                     frame = channel.encode(message)
@@ -298,6 +301,10 @@ class Transport:
             log.warning("closing connection from %s: no handshake in time", _peername(writer))
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError):
             pass  # the peer went away (mid-frame or between frames)
+        except asyncio.CancelledError:
+            # close() cancels the readers. The task ends here, normally: on Python 3.11 asyncio's stream
+            # callback would log a cancelled connection task as an error (fixed in 3.12).
+            pass
         finally:
             self._incoming.discard(task)
             writer.close()

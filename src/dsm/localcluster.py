@@ -1,0 +1,261 @@
+"""A local cluster of real `dsm node run` processes on loopback (`dsm cluster up` / `dsm cluster down`).
+
+Everything lives in one directory the user can see:
+
+    <dir>/cluster.json     the nodes: id, pid, peer and HTTP addresses, data directory, log file
+    <dir>/n1/dsm.sqlite3   node n1's store
+    <dir>/n1/node.log      node n1's standard output and error (the ready line, then its log)
+
+Node i (from 1) listens for peers on `host:peer_port + i - 1` and for HTTP clients on
+`host:http_port + i - 1`; port 0 lets the system choose (the chosen ports are read from the node's ready
+line and kept, so a restarted node comes back on the same addresses). Every node after the first joins
+through the first ones already started.
+
+Processes are started in their own session, so they outlive the command that started them; `down` ends
+exactly the processes listed in cluster.json (SIGTERM, then SIGKILL after a grace period), after checking
+that each pid is still a `dsm node run` of that node (a pid reused by another program is left alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dsm.errors import DSMError
+
+STATE_FILE = "cluster.json"
+READY_TIMEOUT_S = 30.0
+
+
+class ClusterError(DSMError):
+    """A local cluster could not be started, found or stopped."""
+
+
+@dataclass
+class LocalNode:
+    """One node of a local cluster, as recorded in cluster.json."""
+
+    node_id: str
+    listen: str
+    http: str
+    data_dir: str
+    log: str
+    pid: int = 0
+
+    @property
+    def url(self) -> str:
+        return "http://" + self.http
+
+
+class LocalCluster:
+    """Starts, stops, kills and restarts the nodes of one local cluster directory.
+
+    Args:
+        directory: where the nodes' data, logs and cluster.json live (created if missing).
+        env: extra environment for the nodes (e.g. DSM_* settings); DSM_* variables of the calling
+            environment are not passed on, so a node's settings are exactly the flags and `env`.
+    """
+
+    def __init__(self, directory: str | Path, env: Mapping[str, str] | None = None) -> None:
+        self.directory = Path(directory).resolve()
+        self.env = dict(env or {})
+        self.nodes: list[LocalNode] = []
+
+    # ------------------------------------------------------------------ state
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LocalCluster:
+        """The cluster recorded in `directory`/cluster.json.
+
+        Raises:
+            ClusterError: there is no readable cluster.json there.
+        """
+        cluster = cls(directory)
+        path = cluster.directory / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+            cluster.env = dict(state.get("env", {}))
+            cluster.nodes = [LocalNode(**n) for n in state["nodes"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ClusterError(f"no local cluster in {cluster.directory} ({path.name}: {exc})") from exc
+        return cluster
+
+    def save(self) -> None:
+        state = {"env": self.env, "nodes": [asdict(n) for n in self.nodes]}
+        tmp = self.directory / (STATE_FILE + ".tmp")
+        # The file may hold the cluster secret (in env): readable by its owner only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.directory / STATE_FILE)
+
+    def node(self, node_id: str) -> LocalNode:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise ClusterError(f"no node {node_id!r} in {self.directory}")
+
+    # ------------------------------------------------------------------ life cycle
+
+    def up(self, count: int, host: str = "127.0.0.1", peer_port: int = 7400, http_port: int = 7480) -> None:
+        """Starts `count` nodes n1..nN and waits until each serves.
+
+        Raises:
+            ClusterError: a cluster is already running in the directory, or a node did not start (its
+                log's last lines are in the message); the nodes already started are stopped again.
+        """
+        if count < 1:
+            raise ClusterError("a cluster needs at least one node")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        running: list[str] = []
+        if (self.directory / STATE_FILE).exists():
+            with contextlib.suppress(ClusterError):
+                running = [n.node_id for n in LocalCluster.load(self.directory).running()]
+        if running:
+            raise ClusterError(f"{self.directory} already runs {', '.join(running)}: `dsm cluster down` first")
+        self.nodes = []
+        for i in range(count):
+            node_id = f"n{i + 1}"
+            data = self.directory / node_id
+            self.nodes.append(
+                LocalNode(
+                    node_id=node_id,
+                    listen=f"{host}:{peer_port + i if peer_port else 0}",
+                    http=f"{host}:{http_port + i if http_port else 0}",
+                    data_dir=str(data),
+                    log=str(data / "node.log"),
+                )
+            )
+        try:
+            for n in self.nodes:
+                self.start(n.node_id)
+        except BaseException:
+            self.down()
+            raise
+
+    def start(self, node_id: str) -> LocalNode:
+        """Starts (or restarts) one node with its recorded id, addresses and data; returns once it serves."""
+        n = self.node(node_id)
+        if self.alive(n):
+            raise ClusterError(f"{node_id} already runs (pid {n.pid})")
+        Path(n.data_dir).mkdir(parents=True, exist_ok=True)
+        others = [m.listen for m in self.nodes if m is not n and self.alive(m)]
+        args = [sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", n.node_id, "--listen", n.listen]
+        args += ["--http", n.http, "--data-dir", n.data_dir, "--log-level", "WARNING"]
+        for addr in others[:3]:
+            args += ["--bootstrap", addr]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | self.env
+        log_path = Path(n.log)
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        n.pid = proc.pid
+        ready = self._wait_ready(n, proc, offset)
+        n.listen, n.http = str(ready["listen"]), str(ready["http"])
+        self.save()
+        return n
+
+    def _wait_ready(self, n: LocalNode, proc: subprocess.Popen[bytes], offset: int) -> dict[str, object]:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        with open(n.log, "rb") as log:
+            log.seek(offset)
+            pending = b""
+            while True:
+                chunk = log.read()
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if line.startswith(b'{"event": "ready"'):
+                        ready: dict[str, object] = json.loads(line)
+                        return ready
+                if proc.poll() is not None:
+                    raise ClusterError(f"{n.node_id} exited with {proc.returncode}: {self._tail(n)}")
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise ClusterError(f"{n.node_id} did not serve within {READY_TIMEOUT_S:.0f} s: {self._tail(n)}")
+                if not chunk:
+                    time.sleep(0.02)
+
+    @staticmethod
+    def _tail(n: LocalNode, lines: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            return " | ".join(Path(n.log).read_text(errors="replace").strip().splitlines()[-lines:])
+        return "(no log)"
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
+        """Sends `sig` to one node and waits until its process is gone (SIGKILL after `timeout`)."""
+        n = self.node(node_id)
+        if not self.alive(n):
+            return
+        os.kill(n.pid, sig)
+        if not _wait_gone(n.pid, timeout):
+            os.kill(n.pid, signal.SIGKILL)
+            _wait_gone(n.pid, 5.0)
+
+    def down(self, timeout: float = 15.0) -> list[str]:
+        """Stops every running node of the cluster gracefully (SIGTERM; SIGKILL after `timeout`); returns
+        the ids stopped."""
+        running = self.running()
+        for n in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(n.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for n in running:
+            if not _wait_gone(n.pid, max(0.0, deadline - time.monotonic())):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(n.pid, signal.SIGKILL)
+                _wait_gone(n.pid, 5.0)
+        return [n.node_id for n in running]
+
+    def running(self) -> list[LocalNode]:
+        return [n for n in self.nodes if self.alive(n)]
+
+    @staticmethod
+    def alive(n: LocalNode) -> bool:
+        """Whether `n.pid` is still that node's process (not a pid reused by another program)."""
+        if n.pid <= 0:
+            return False
+        _reap(n.pid)
+        try:
+            os.kill(n.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+        cmdline = Path(f"/proc/{n.pid}/cmdline")
+        if not cmdline.exists():  # not Linux: the pid is all we can check
+            return True
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"node" in args and n.node_id.encode() in args
+
+
+def _reap(pid: int) -> None:
+    """Collects the exit status if `pid` is our own child (otherwise a killed child stays a zombie)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(pid)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)

@@ -1,0 +1,125 @@
+"""`dsm cluster up/down` and the README's main job: local clusters of real node processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dsm.client import Client
+from dsm.localcluster import ClusterError, LocalCluster
+
+pytestmark = pytest.mark.usefixtures("loopback_hosts")
+
+DSM = [sys.executable, "-m", "dsm.cli"]
+
+
+def dsm(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | {"COLUMNS": "200"}
+    return subprocess.run([*DSM, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def wait_for(check: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_cluster_up_kill_restart_down(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "c", env={"DSM_CLUSTER_SECRET": "local-cluster-test-secret"})
+    cluster.up(3, peer_port=0, http_port=0)
+    try:
+        state = json.loads((tmp_path / "c" / "cluster.json").read_text())
+        assert [n["node_id"] for n in state["nodes"]] == ["n1", "n2", "n3"]
+        assert (tmp_path / "c" / "cluster.json").stat().st_mode & 0o077 == 0  # holds the secret
+        clients = {n.node_id: Client(n.url) for n in cluster.nodes}
+        clients["n1"].put("a", b"1")
+        wait_for(lambda: all((c.get("a") or None) is not None for c in clients.values()))
+
+        n2 = cluster.node("n2")
+        old_pid, old_http = n2.pid, n2.http
+        cluster.kill("n2")
+        assert not LocalCluster.alive(n2)
+        for i in range(20):
+            clients["n3"].put(f"b{i}", b"x")
+        cluster.start("n2")
+        assert n2.pid != old_pid and n2.http == old_http  # same addresses after the restart
+        wait_for(lambda: clients["n2"].list("b", limit=100).keys == sorted(f"b{i}" for i in range(20)))
+        ids = {m["id"]: m for m in clients["n1"].members()}
+        wait_for(lambda: {m["id"]: m for m in clients["n1"].members()}["n2"]["incarnation"] == 1)
+        assert set(ids) == {"n1", "n2", "n3"}
+
+        with pytest.raises(ClusterError, match="already runs"):
+            LocalCluster(tmp_path / "c").up(2, peer_port=0, http_port=0)
+        for c in clients.values():
+            c.close()
+    finally:
+        stopped = cluster.down()
+    assert sorted(stopped) == ["n1", "n2", "n3"]
+    assert not LocalCluster.load(tmp_path / "c").running()
+    for node_id in ("n1", "n2", "n3"):
+        log = (tmp_path / "c" / node_id / "node.log").read_text()
+        assert '"event": "stopped"' in log and "Traceback" not in log
+        assert (tmp_path / "c" / node_id / "dsm.sqlite3").exists()
+
+
+def test_a_reused_pid_is_not_killed(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        cluster = LocalCluster(tmp_path)
+        cluster.up(1, peer_port=0, http_port=0)
+        cluster.down()
+        cluster.nodes[0].pid = sleeper.pid  # as if the node's pid now belonged to another program
+        cluster.save()
+        assert LocalCluster.load(tmp_path).down() == []
+        assert sleeper.poll() is None
+    finally:
+        sleeper.send_signal(signal.SIGKILL)
+        sleeper.wait()
+
+
+def test_cluster_commands(tmp_path: Path) -> None:
+    where = str(tmp_path / "cli")
+    up = dsm("cluster", "up", "--nodes", "2", "--dir", where, "--peer-port", "0", "--http-port", "0")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "n1" in up.stdout and "n2" in up.stdout
+        cluster = LocalCluster.load(where)
+        assert len(cluster.running()) == 2
+        url = cluster.nodes[1].url
+        assert dsm("put", "k", "v", "--node", url).returncode == 0
+        killed = dsm("cluster", "kill", "n1", "--dir", where)
+        assert killed.returncode == 0 and not LocalCluster.alive(LocalCluster.load(where).node("n1"))
+        show = dsm("cluster", "show", "--dir", where)
+        assert show.returncode == 0 and "no" in show.stdout and "yes" in show.stdout
+        started = dsm("cluster", "start", "n1", "--dir", where)
+        assert started.returncode == 0, started.stderr
+        url1 = LocalCluster.load(where).node("n1").url
+        wait_for(lambda: dsm("get", "k", "--node", url1).stdout == "v\n", timeout=30)
+        assert dsm("cluster", "start", "n1", "--dir", where).returncode == 1  # already runs
+        assert dsm("cluster", "kill", "n9", "--dir", where).returncode == 1
+    finally:
+        down = dsm("cluster", "down", "--dir", where)
+    assert down.returncode == 0 and "n1, n2" in down.stdout
+    assert "no local cluster" in dsm("cluster", "down", "--dir", str(tmp_path / "nothing")).stderr
+    overlap = dsm("cluster", "up", "-n", "5", "--dir", where, "--peer-port", "7400", "--http-port", "7402")
+    assert overlap.returncode == 1 and "overlaps" in overlap.stderr
+
+
+def test_the_main_job_demo(tmp_path: Path) -> None:
+    result = dsm("demo", "--data-dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("b'hello, cluster'") >= 6  # the write and its read on each of the 5 nodes
+    assert "not seen" not in out
+    assert "n3 holds all 200 keys it missed" in out
+    assert "-> b'order 199'" in out
+    assert "stopped n1, n2, n3, n4, n5" in out
+    assert not LocalCluster.load(tmp_path / "demo").running()
