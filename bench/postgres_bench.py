@@ -80,7 +80,7 @@ async def raw(url: str, durability: str, keys: list[str], read_keys: list[str], 
 
 
 async def dsm(url: str, durability: str, keys: list[str], read_keys: list[str], writers: int) -> dict[str, float]:
-    factory = StorageFactory(StorageConfig(node_id="bench", storage_url=url, durability=durability))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="bench", storage_url=url, durability=durability))
     storage = await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage())
     try:
         lat = []

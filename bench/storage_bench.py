@@ -81,7 +81,7 @@ async def dsm_node(
     per_writer: int,
     commits: str = "default",
 ) -> dict[str, float]:
-    config = StorageConfig(data_dir=os.path.join(workdir, "dsm"), durability=durability)
+    config = StorageConfig(listen_addr="", data_dir=os.path.join(workdir, "dsm"), durability=durability)
     factory = StorageFactory(config)
     backing = factory.create_sql_storage()
     if commits != "default":

@@ -29,7 +29,7 @@ from support import PostgresServer, free_port, skip_or_fail
 
 
 def factory_for(data_dir: Path, **settings: object) -> StorageFactory:
-    return StorageFactory(StorageConfig(node_id="n1", data_dir=str(data_dir), **settings))  # type: ignore[arg-type]
+    return StorageFactory(StorageConfig(listen_addr="", node_id="n1", data_dir=str(data_dir), **settings))  # type: ignore[arg-type]
 
 
 async def fill(data_dir: Path, count: int = 50) -> None:
@@ -115,7 +115,7 @@ async def test_second_node_on_same_data_dir_is_refused(tmp_path: Path) -> None:
 async def test_unwritable_data_dir_is_reported(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    factory = StorageFactory(StorageConfig(node_id="n1", data_dir=str(blocker / "sub")))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="n1", data_dir=str(blocker / "sub")))
     with pytest.raises(StorageUnavailableError, match="directory"):
         await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage())
 
@@ -126,7 +126,7 @@ READ_ONLY_PROBE = textwrap.dedent(
     from dsm import StorageConfig, StorageFactory, StorageError
 
     async def main():
-        factory = StorageFactory(StorageConfig(node_id="n1", data_dir=sys.argv[1]))
+        factory = StorageFactory(StorageConfig(listen_addr="", node_id="n1", data_dir=sys.argv[1]))
         try:
             node = await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage())
         except StorageError as exc:
@@ -188,7 +188,7 @@ async def test_postgres_restart_fails_writes_then_recovers_without_loss(postgres
     server.start()
     try:
         url = server.create_database()
-        factory = StorageFactory(StorageConfig(node_id="n1", storage_url=url))
+        factory = StorageFactory(StorageConfig(listen_addr="", node_id="n1", storage_url=url))
         async with await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage()) as node:
             for i in range(20):
                 await node.put(f"k{i}", f"v{i}".encode())

@@ -17,7 +17,7 @@ from dsm.storage.sqlite import SQLiteStore
 
 
 async def _serve(tmp_path: Path, ready: threading.Event, stop: asyncio.Event, box: dict[str, object]) -> None:
-    factory = StorageFactory(StorageConfig(node_id="c1", conflict_resolution="siblings"))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="c1", conflict_resolution="siblings"))
     storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "c1.db"))
     runner = web.AppRunner(create_app(storage, token="tok-123"))
     await runner.setup()
@@ -76,7 +76,7 @@ def test_unreachable_node_raises_a_typed_error() -> None:
 
 @pytest.fixture
 async def async_url(tmp_path: Path) -> AsyncIterator[str]:
-    factory = StorageFactory(StorageConfig(node_id="c2"))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="c2"))
     storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "c2.db"))
     runner = web.AppRunner(create_app(storage))
     await runner.setup()

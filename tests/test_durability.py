@@ -58,7 +58,7 @@ def run_and_kill(url: str, durability: str, writers: int, acks_before_kill: int)
 
 
 async def check_acknowledged(url: str, acked: dict[int, int]) -> None:
-    factory = StorageFactory(StorageConfig(node_id="victim", storage_url=url))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="victim", storage_url=url))
     async with await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage()) as storage:
         for j, last in acked.items():
             overwritten = await storage.get(f"w{j}")

@@ -5,32 +5,40 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from dsm import EpidemicStorage, StorageConfig, StorageFactory
+from dsm import EpidemicStorage, StorageConfig, StorageFactory, WatchOverflowError
 from dsm.api.http import CONTEXT_HEADER, create_app
-from dsm.core.peer import PeerSettings
+from dsm.core.messages import DataItem
 from dsm.net.runtime import Runtime
 from dsm.storage.sqlite import SQLiteStore
 
 
 async def node(tmp_path: Path, **settings: object) -> EpidemicStorage:
-    factory = StorageFactory(StorageConfig(node_id="h1", **settings))  # type: ignore[arg-type]
+    settings.setdefault("listen_addr", "")
+    settings.setdefault("node_id", "h1")
+    factory = StorageFactory(StorageConfig(**settings))  # type: ignore[arg-type]
     return await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "h1.db"))
 
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    storage = await node(tmp_path, conflict_resolution="siblings", max_value_bytes=1000)
-    runtime = Runtime(storage, PeerSettings(probe_interval_ms=200, probe_timeout_ms=100), "127.0.0.1:0")
-    await runtime.start()
-    async with TestClient(TestServer(create_app(storage, runtime))) as c:
+    storage = await node(
+        tmp_path,
+        conflict_resolution="siblings",
+        max_value_bytes=1000,
+        listen_addr="127.0.0.1:0",
+        probe_interval_ms=200,
+        probe_timeout_ms=100,
+    )
+    assert isinstance(storage.network, Runtime)
+    async with TestClient(TestServer(create_app(storage, storage.network))) as c:
         yield c
-    await runtime.close()
     await storage.close()
 
 
@@ -136,3 +144,59 @@ async def test_a_bearer_token_guards_everything_but_health(tmp_path: Path) -> No
             assert (await c.get("/health")).status == 200
     finally:
         await storage.close()
+
+
+async def test_a_watch_streams_local_and_replicated_changes_under_its_prefix(tmp_path: Path) -> None:
+    storage = await node(tmp_path)
+    try:
+        async with TestClient(TestServer(create_app(storage))) as c:
+            assert (await c.get("/v1/watch", params={"limit": "0"})).status == 400
+            stream = await c.get("/v1/watch", params={"prefix": "user:"})
+            assert stream.status == 200 and stream.headers["Content-Type"] == "application/x-ndjson"
+            await c.put("/v1/kv/user:1", data=b"a")
+            await c.put("/v1/kv/other", data=b"b")  # not under the prefix
+            await c.delete("/v1/kv/user:1")
+            # A replicated write (as the runtime merges it): another node's version of user:2.
+            (tmp_path / "other").mkdir()
+            other = await node(tmp_path / "other", node_id="h2")
+            remote = await other.put("user:2", b"from h2")
+            await other.close()
+            stored = await other_versions(tmp_path / "other" / "h1.db", "user:2")
+            await storage.merge([DataItem(0, "user:2", stored)])
+            lines = [json.loads(await asyncio.wait_for(stream.content.readline(), 5)) for _ in range(3)]
+            assert [(x["key"], x["deleted"], x["local"], x["writer"]) for x in lines] == [
+                ("user:1", False, True, "h1"),
+                ("user:1", True, True, "h1"),
+                ("user:2", False, False, "h2"),
+            ]
+            assert lines[2]["timestamp"] == remote.timestamp
+            stream.close()
+    finally:
+        await storage.close()
+
+
+async def test_a_slow_watch_ends_with_an_overflow_error(tmp_path: Path) -> None:
+    storage = await node(tmp_path)
+    try:
+        watch = storage.watch("", limit=2)
+        for i in range(3):
+            await storage.put(f"k{i}", b"v")
+        with pytest.raises(WatchOverflowError):
+            async for _ in watch:
+                pass
+        assert watch.closed
+        quiet = storage.watch("k")
+    finally:
+        await storage.close()
+    assert [c async for c in quiet] == []  # a close ends every watch without error
+
+
+async def other_versions(path: Path, key: str) -> bytes:
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        encoded = await store.read(key)
+        assert encoded is not None
+        return encoded
+    finally:
+        await store.close()

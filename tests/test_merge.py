@@ -27,6 +27,7 @@ async def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
     async def make(node_id: str, **settings: object) -> tuple[EpidemicStorage, list[DataItem]]:
         store: BackingStore = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / f"{node_id}.db")
+        settings.setdefault("listen_addr", "")
         factory = StorageFactory(StorageConfig(**settings))  # type: ignore[arg-type]
         node = await factory.create_epidemic_storage(node_id, backing_storage=store)
         published: list[DataItem] = []

@@ -42,6 +42,7 @@ async def open_node(make_store: Callable[[], BackingStore]) -> AsyncIterator[Cal
     opened: list[EpidemicStorage] = []
 
     async def make(node_id: str = "n1", **settings: object) -> EpidemicStorage:
+        settings.setdefault("listen_addr", "")
         factory = StorageFactory(StorageConfig(**settings))  # type: ignore[arg-type]
         node = await factory.create_epidemic_storage(node_id, backing_storage=make_store())
         opened.append(node)
@@ -253,8 +254,8 @@ async def test_data_survives_reopen_and_clock_never_goes_back(make_store, open_n
         await reopened.close()
 
 
-async def test_factory_requires_a_node_id_and_refuses_bootstrap_nodes(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory = StorageFactory(StorageConfig())
+async def test_factory_requires_a_node_id_and_a_standalone_node_refuses_bootstrap_nodes(make_store) -> None:  # type: ignore[no-untyped-def]
+    factory = StorageFactory(StorageConfig(listen_addr=""))
     with pytest.raises(ConfigError, match="node_id"):
         await factory.create_epidemic_storage(backing_storage=make_store())
     with pytest.raises(ConfigError, match="node_id"):
@@ -264,7 +265,7 @@ async def test_factory_requires_a_node_id_and_refuses_bootstrap_nodes(make_store
 
 
 async def test_node_info_region_and_async_with(make_store) -> None:  # type: ignore[no-untyped-def]
-    factory = StorageFactory(StorageConfig(node_id="n1"))
+    factory = StorageFactory(StorageConfig(node_id="n1", listen_addr=""))
     node = await factory.create_epidemic_storage(node_info=NodeInfo(region="eu-west"), backing_storage=make_store())
     async with node:
         assert node.config.region == "eu-west" and node.node_id == "n1"

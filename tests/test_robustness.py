@@ -34,7 +34,7 @@ from support import PostgresServer
 
 
 def factory_for(data_dir: Path, **settings: object) -> StorageFactory:
-    return StorageFactory(StorageConfig(node_id="n1", data_dir=str(data_dir), **settings))  # type: ignore[arg-type]
+    return StorageFactory(StorageConfig(listen_addr="", node_id="n1", data_dir=str(data_dir), **settings))  # type: ignore[arg-type]
 
 
 async def open_node(data_dir: Path, **settings: object):  # type: ignore[no-untyped-def]
@@ -71,7 +71,7 @@ async def test_crash_within_the_reservation_window_restarts_above_every_stored_t
 
     past_ms = physical_ms(last.timestamp) - 5000
     again = EpidemicStorage(
-        StorageConfig(node_id="n1"), NodeInfo(), SQLiteStore(tmp_path / "dsm.sqlite3"), lambda: past_ms
+        StorageConfig(listen_addr="", node_id="n1"), NodeInfo(), SQLiteStore(tmp_path / "dsm.sqlite3"), lambda: past_ms
     )
     await again.start()
     try:
@@ -263,7 +263,7 @@ async def test_postgres_durability_setting_reaches_the_session(postgres_url: str
 
 @pytest.mark.postgres
 async def test_postgres_reconnect_never_writes_without_the_lock(postgres_url: str) -> None:
-    factory = StorageFactory(StorageConfig(node_id="a", storage_url=postgres_url))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="a", storage_url=postgres_url))
     a = await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage())
     b = None
     try:
@@ -288,7 +288,7 @@ async def test_postgres_reconnect_never_writes_without_the_lock(postgres_url: st
 @pytest.mark.postgres
 async def test_postgres_that_stops_answering_fails_calls_instead_of_hanging(postgres_server: PostgresServer) -> None:
     url = postgres_server.create_database()
-    factory = StorageFactory(StorageConfig(node_id="a", storage_url=url, storage_timeout_ms=1000))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="a", storage_url=url, storage_timeout_ms=1000))
     node = await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage())
     pid = _writer_backend_pid(url)
     os.kill(pid, signal.SIGSTOP)

@@ -46,7 +46,7 @@ class Cluster:
         settings: PeerSettings = FAST,
         before: dict[str, bytes] | None = None,
     ) -> Runtime:
-        factory = StorageFactory(StorageConfig(node_id=node_id))
+        factory = StorageFactory(StorageConfig(listen_addr="", node_id=node_id))
         storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(self.tmp / f"{node_id}.db"))
         for key, value in (before or {}).items():  # written before the node runs: never published
             await storage.put(key, value)
@@ -123,7 +123,7 @@ async def test_a_restarted_node_comes_back_with_a_higher_incarnation_and_its_dat
 
 async def test_a_node_without_the_secret_cannot_join(cluster: Cluster, tmp_path: Path) -> None:
     seed = await cluster.start("n0", "127.0.0.1", [])
-    factory = StorageFactory(StorageConfig(node_id="intruder"))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="intruder"))
     storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "x.db"))
     intruder = Runtime(storage, FAST, "127.0.0.9:0", keyring=Keyring("not-the-cluster-secret"))
     try:

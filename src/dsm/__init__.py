@@ -28,9 +28,10 @@ from dsm.errors import (
     StorageLockedError,
     StorageReadOnlyError,
     StorageUnavailableError,
+    WatchOverflowError,
 )
 from dsm.factory import StorageFactory
-from dsm.node import EpidemicStorage
+from dsm.node import Change, EpidemicStorage, Watch
 from dsm.storage import BackingStore
 from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
 
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackingStore",
+    "Change",
     "ClockSkewError",
     "ClosedError",
     "ConfigError",
@@ -57,6 +59,8 @@ __all__ = [
     "StorageLockedError",
     "StorageReadOnlyError",
     "StorageUnavailableError",
+    "Watch",
+    "WatchOverflowError",
     "WriteResult",
     "__version__",
 ]

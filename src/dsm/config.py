@@ -183,7 +183,10 @@ class StorageConfig:
     )
     listen_addr: str = field(
         default="127.0.0.1:7400",
-        metadata=_doc("host:port the node listens on for other nodes (TCP)."),
+        metadata=_doc(
+            "host:port the node listens on for other nodes (TCP; port 0: one the system picks); empty runs a "
+            "standalone node (one replica, no network)."
+        ),
     )
     advertise_addr: str = field(
         default="",
@@ -460,7 +463,7 @@ def _validate(c: StorageConfig) -> None:
         raise ConfigError("storage_url", url, "a URL without NUL characters")
     if url and not url.startswith(("sqlite:", "postgresql://", "postgres://", "memory:")):
         raise ConfigError("storage_url", url, "empty, sqlite:///path, sqlite:path, postgresql://..., or memory:")
-    _address(c, "listen_addr")
+    _address(c, "listen_addr", allow_empty=True)
     _address(c, "advertise_addr", allow_empty=True)
     _address(c, "http_addr")
     for addr in _str(c, "bootstrap").split(","):

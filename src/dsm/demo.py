@@ -152,7 +152,7 @@ async def run_demo(data_dir: str | None, keep: bool, console: Console) -> None:
     """Runs the demo in `data_dir` (a new temporary directory when None)."""
     temporary = data_dir is None
     directory = tempfile.mkdtemp(prefix="dsm-demo-") if data_dir is None else data_dir
-    config = StorageConfig(node_id="demo-1", data_dir=directory)
+    config = StorageConfig(listen_addr="", node_id="demo-1", data_dir=directory)
     factory = StorageFactory(config)
     try:
         console.rule("[bold]DSM single-node demo")

@@ -87,6 +87,10 @@ class ClosedError(DSMError):
     """The storage was closed; no further operations are accepted."""
 
 
+class WatchOverflowError(DSMError):
+    """A watch's reader fell further behind than its queue holds; the watch has ended."""
+
+
 class StorageError(DSMError):
     """The backing store failed. Data already committed is untouched."""
 

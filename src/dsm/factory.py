@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from dsm.config import StorageConfig
 from dsm.errors import ConfigError, InvalidInputError
+from dsm.net.runtime import Runtime
 from dsm.node import EpidemicStorage
 from dsm.storage import BackingStore, open_store
 from dsm.types import NodeInfo
@@ -50,18 +51,25 @@ class StorageFactory:
         Args:
             node_id: the node's id (default: the config's `node_id`).
             node_info: what the node advertises (default: from the config).
-            bootstrap_nodes: host:port addresses of existing members to join through. This build runs a
-                single node; joining a cluster arrives with the network runtime, and until then a
-                non-empty list is refused rather than ignored.
+            bootstrap_nodes: host:port addresses of existing members to join through, tried in turn
+                (empty: the config's `bootstrap`, and when that is empty too the node starts a new
+                cluster).
             backing_storage: the store (default: `create_sql_storage()`).
 
+        The node listens for other nodes on the config's `listen_addr` (port 0: one the system picks; the
+        bound address is `storage.network.addr`) and advertises the first of `node_info.addresses`, else
+        the config's `advertise_addr`, else the listening address. With `listen_addr` empty it runs
+        standalone: one replica, no network, and bootstrap nodes are refused.
+
         Returns:
-            the started node; close it with `await storage.close()` (or use `async with`).
+            the started node; close it with `await storage.close()` (or use `async with`): it announces
+            its leave to the cluster, commits what is queued and closes the store.
 
         Raises:
-            ConfigError: no node id, an invalid one, or bootstrap nodes given.
+            ConfigError: no node id, an invalid one, or bootstrap nodes for a standalone node.
             InvalidInputError: node_info or bootstrap_nodes of the wrong type.
             StorageError: the store cannot be opened.
+            OSError: the listening address cannot be bound.
         """
         config = self.config
         if node_id is not None:
@@ -70,18 +78,27 @@ class StorageFactory:
             raise ConfigError("node_id", config.node_id, "a node id, in the config or as an argument")
         if isinstance(bootstrap_nodes, str) or not all(isinstance(a, str) for a in bootstrap_nodes):
             raise InvalidInputError("bootstrap_nodes must be a sequence of 'host:port' strings")
-        if bootstrap_nodes:
-            raise ConfigError(
-                "bootstrap_nodes",
-                list(bootstrap_nodes),
-                "empty: this build runs single nodes; clustering arrives with the network runtime",
-            )
         if node_info is not None and not isinstance(node_info, NodeInfo):
             raise InvalidInputError(f"node_info must be a dsm.NodeInfo, not {type(node_info).__name__}")
         info = node_info if node_info is not None else NodeInfo()
         if info.region is not None and info.region != config.region:
             config = config.replace(region=info.region)
+        if info.addresses:
+            config = config.replace(advertise_addr=info.addresses[0])
+        bootstrap = tuple(bootstrap_nodes) or config.bootstrap_addrs
+        if not config.listen_addr and bootstrap:
+            raise ConfigError("bootstrap_nodes", list(bootstrap), "empty for a standalone node (listen_addr empty)")
         store = backing_storage if backing_storage is not None else self.create_sql_storage()
         node = EpidemicStorage(config, info, store)
         await node.start()
+        if not config.listen_addr:
+            return node
+        runtime = Runtime.from_config(node, config)
+        try:
+            await runtime.start(bootstrap)
+        except BaseException:
+            await runtime.close(flush_timeout=0)
+            await node.close()
+            raise
+        node.network = runtime
         return node

@@ -41,6 +41,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Protocol
 
 from dsm.config import StorageConfig
 from dsm.core.dissemination import update_id
@@ -65,6 +66,7 @@ from dsm.errors import (
     InvalidValueError,
     StorageCorruptError,
     StorageError,
+    WatchOverflowError,
 )
 from dsm.storage.base import BackingStore, StoredKey
 from dsm.types import NodeInfo, ReadResult, WriteResult
@@ -125,6 +127,89 @@ class _Write:
     error: DSMError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A committed change of one key, as a watch reports it.
+
+    Attributes:
+        key: the key.
+        timestamp: the hybrid-logical-clock timestamp of its newest version.
+        writer: the node that accepted that version.
+        deleted: no live value is left (the newest version is a delete).
+        local: written through this node (False: it arrived from another replica).
+    """
+
+    key: str
+    timestamp: int
+    writer: str
+    deleted: bool
+    local: bool
+
+
+class Watch:
+    """The committed changes of the keys under a prefix, in commit order, from the moment of `watch()`.
+
+    An async iterator of `Change`s. Its queue is bounded (`limit`): a reader that falls that far behind is
+    not allowed to hold the node's memory, its watch ends with `WatchOverflowError` (start a new one and
+    re-read what it needs). `close()` ends it; iteration then stops.
+    """
+
+    def __init__(self, owner: EpidemicStorage, prefix: str, limit: int) -> None:
+        self.prefix = prefix
+        self._owner = owner
+        self._limit = limit
+        self._queue: deque[Change] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._end: BaseException | None = None
+        self.closed = False
+
+    def _offer(self, change: Change) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= self._limit:
+            self._finish(WatchOverflowError(f"watch of {self.prefix!r} fell {self._limit} changes behind"))
+            return
+        self._queue.append(change)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _finish(self, end: BaseException | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self._end = end
+            self._owner._watches.discard(self)
+            self._notify()
+
+    def close(self) -> None:
+        """Ends the watch; changes already queued are dropped."""
+        self._queue.clear()
+        self._finish(None)
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> Change:
+        while not self._queue:
+            if self.closed:
+                if self._end is not None:
+                    end, self._end = self._end, None
+                    raise end
+                raise StopAsyncIteration
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+            self._wake = None
+        return self._queue.popleft()
+
+
+class Network(Protocol):
+    """What a node needs of the runtime that networks it (`dsm.net.runtime.Runtime`)."""
+
+    async def close(self) -> None: ...
+
+
 class EpidemicStorage:
     """One DSM node. Create it with `StorageFactory.create_epidemic_storage`.
 
@@ -161,6 +246,9 @@ class EpidemicStorage:
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._state = "new"
+        self._watches: set[Watch] = set()
+        #: The network runtime driving this node, when the factory started one (None: a standalone node).
+        self.network: Network | None = None
 
     # --- life cycle ---
 
@@ -211,6 +299,12 @@ class EpidemicStorage:
         await asyncio.shield(self._closing)
 
     async def _shutdown(self) -> None:
+        if self.network is not None:
+            # Leave the cluster first (announced to the links, flushed), while merges still commit.
+            try:
+                await self.network.close()
+            except Exception:  # the leave is a courtesy; the local shutdown must still happen
+                log.exception("stopping the network of node %s failed", self.node_id)
         self._wake_writer()
         writer = self._writer
         assert writer is not None
@@ -222,6 +316,8 @@ class EpidemicStorage:
             with contextlib.suppress(StorageError):
                 await self.store.write([], {META_HLC: str(physical_ms(self._hlc.last) + 1).encode("ascii")})
         finally:
+            for watch in list(self._watches):
+                watch._finish(None)
             try:
                 await self.store.close()
             finally:
@@ -405,6 +501,41 @@ class EpidemicStorage:
             start = page[-1][0] + "\x00"
         return keys, True
 
+    def watch(self, prefix: str = "", limit: int = 10_000) -> Watch:
+        """Follows the committed changes (local writes and replicated ones) of the keys under `prefix`.
+
+        Args:
+            prefix: only keys starting with it ("" for all).
+            limit: how many changes may wait for the reader before the watch ends with
+                `WatchOverflowError`.
+
+        Returns:
+            a `Watch`: `async for change in watch: ...`; `watch.close()` ends it. It also ends (without
+            error) when the node closes.
+
+        Raises:
+            ClosedError: the node is not running.
+            InvalidInputError: prefix not a string or limit not a positive int.
+        """
+        self._check_open()
+        if not isinstance(prefix, str):
+            raise InvalidInputError(f"prefix must be a str, not {type(prefix).__name__}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidInputError(f"limit must be a positive int, not {limit!r}")
+        watch = Watch(self, prefix, limit)
+        self._watches.add(watch)
+        return watch
+
+    def _tell_watches(self, states: dict[str, VersionSet], dirty: dict[str, None], local: dict[str, int]) -> None:
+        for key in dirty:
+            takers = [w for w in self._watches if key.startswith(w.prefix)]
+            if not takers:
+                continue
+            newest = max(states[key].versions, key=lambda v: v.dot.timestamp)
+            change = Change(key, newest.dot.timestamp, newest.dot.node, not states[key].live, key in local)
+            for watch in takers:
+                watch._offer(change)
+
     async def count(self) -> int:
         """The number of keys stored on this node, tombstones included."""
         self._check_open()
@@ -584,6 +715,8 @@ class EpidemicStorage:
             encoded = encoded_of[key] = encode_versions(versions)
             rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
         await self._write_rows(rows)
+        if self._watches:
+            self._tell_watches(states, dirty, published)
         if published and self.on_committed is not None:
             items = [DataItem(update_id(k, ts, node_id), k, encoded_of[k]) for k, ts in published.items()]
             try:

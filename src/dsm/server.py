@@ -23,10 +23,9 @@ from aiohttp import web
 
 from dsm.api.http import create_app
 from dsm.config import StorageConfig
-from dsm.core.peer import PeerSettings
+from dsm.errors import ConfigError
 from dsm.factory import StorageFactory
 from dsm.net.runtime import Runtime
-from dsm.net.security import Keyring
 from dsm.net.transport import split_addr
 
 log = logging.getLogger("dsm.server")
@@ -40,17 +39,13 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
         # Not the main thread, or no signals on this platform: the caller's `stop` is the only way out.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if not config.listen_addr:
+        raise ConfigError("listen_addr", "", "a host:port: a node run as a process serves other nodes")
     storage = await StorageFactory(config).create_epidemic_storage()
-    runtime = Runtime(
-        storage,
-        PeerSettings.from_config(config),
-        config.listen_addr,
-        advertise=config.advertise_addr,
-        keyring=Keyring(config.cluster_secret or None, config.accepted_secrets),
-    )
+    runtime = storage.network
+    assert isinstance(runtime, Runtime)
     runner: web.AppRunner | None = None
     try:
-        await runtime.start(config.bootstrap_addrs)
         runner = web.AppRunner(create_app(storage, runtime, token=config.http_token), access_log=None)
         await runner.setup()
         host, port = split_addr(config.http_addr)
@@ -69,8 +64,7 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
     finally:
         if runner is not None:
             await runner.cleanup()
-        await runtime.close()
-        await storage.close()
+        await storage.close()  # leaves the cluster, commits what is queued, closes the store
         print(json.dumps({"event": "stopped", "node_id": config.node_id}), flush=True)
 
 

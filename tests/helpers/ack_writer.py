@@ -14,7 +14,7 @@ from dsm import StorageConfig, StorageFactory
 
 
 async def main(url: str, durability: str, writers: int) -> None:
-    factory = StorageFactory(StorageConfig(node_id="victim", storage_url=url, durability=durability))
+    factory = StorageFactory(StorageConfig(listen_addr="", node_id="victim", storage_url=url, durability=durability))
     storage = await factory.create_epidemic_storage(backing_storage=factory.create_sql_storage())
     print("ready", flush=True)
 

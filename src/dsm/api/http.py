@@ -5,6 +5,10 @@
                              several concurrent values (siblings) are held
     DELETE /v1/kv/{key}
     GET    /v1/kv?prefix=&limit=&after=    keys holding a value, in order
+    GET    /v1/watch?prefix=  a stream (NDJSON, one line per committed change, local or replicated) of
+                             {"key", "timestamp", "writer", "deleted", "local"}, from the moment the
+                             response headers arrive; a reader more than `limit` changes behind gets a
+                             last {"error": {"code": "watch_overflow", ...}} line
     GET    /v1/members  /v1/topology  /health  /metrics (Prometheus)  /openapi.json
 
 Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,9 +37,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dsm.core.ring import State
-from dsm.errors import ClosedError, DSMError, InvalidInputError, StorageError
+from dsm.errors import ClosedError, DSMError, InvalidInputError, StorageError, WatchOverflowError
 from dsm.net.runtime import Runtime
-from dsm.node import EpidemicStorage
+from dsm.node import EpidemicStorage, Watch
 
 CONTEXT_HEADER = "X-DSM-Context"
 #: With a single value: its timestamp and the node that accepted it.
@@ -42,6 +47,8 @@ TIMESTAMP_HEADER = "X-DSM-Timestamp"
 WRITER_HEADER = "X-DSM-Writer"
 LEVELS = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
 LIST_MAX = 1000
+#: Most changes a watch stream holds for a slow reader before it ends with a watch_overflow line.
+WATCH_QUEUE = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -157,6 +164,45 @@ def create_app(
         keys, more = await storage.list_keys(prefix, after, limit)
         return web.json_response({"keys": keys, "next": keys[-1] if more and keys else None})
 
+    watches: set[Watch] = set()
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        try:
+            limit = int(request.query.get("limit", str(WATCH_QUEUE)))
+        except ValueError:
+            raise ApiError(400, "bad_limit", "limit must be an integer") from None
+        if not 1 <= limit <= WATCH_QUEUE:
+            raise ApiError(400, "bad_limit", f"limit must be from 1 to {WATCH_QUEUE}")
+        changes = storage.watch(request.query.get("prefix", ""), limit)
+        watches.add(changes)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        try:
+            await response.prepare(request)  # the headers tell the client its watch is in place
+            try:
+                async for change in changes:
+                    line = {
+                        "key": change.key,
+                        "timestamp": change.timestamp,
+                        "writer": change.writer,
+                        "deleted": change.deleted,
+                        "local": change.local,
+                    }
+                    await response.write(json.dumps(line).encode() + b"\n")
+            except WatchOverflowError as exc:
+                end = {"error": {"code": "watch_overflow", "message": str(exc)}}
+                await response.write(json.dumps(end).encode() + b"\n")
+        except (ConnectionError, RuntimeError):  # the client went away: the watch ends with it
+            pass
+        finally:
+            changes.close()
+            watches.discard(changes)
+        return response
+
+    async def end_watches(app: web.Application) -> None:
+        # Streams would otherwise hold a graceful stop for aiohttp's whole shutdown timeout.
+        for changes in list(watches):
+            changes.close()
+
     async def members(request: web.Request) -> web.Response:
         return web.json_response({"members": _members(runtime)})
 
@@ -185,6 +231,7 @@ def create_app(
             web.get("/v1/kv/{key:.+}", timed("get", get)),
             web.delete("/v1/kv/{key:.+}", timed("delete", delete)),
             web.get("/v1/kv", timed("list", listing)),
+            web.get("/v1/watch", watch),
             web.get("/v1/members", members),
             web.get("/v1/topology", topology),
             web.get("/health", health),
@@ -192,6 +239,7 @@ def create_app(
             web.get("/openapi.json", openapi),
         ]
     )
+    app.on_shutdown.append(end_watches)
     return app
 
 
@@ -369,6 +417,26 @@ OPENAPI: dict[str, Any] = {
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": LIST_MAX}},
                 ],
                 "responses": {"200": {"description": "{keys, next}"}, "400": _ERROR},
+            }
+        },
+        "/v1/watch": {
+            "get": {
+                "summary": "A stream of committed changes (local and replicated) of keys under a prefix",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": WATCH_QUEUE},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "NDJSON lines {key, timestamp, writer, deleted, local}",
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    },
+                    "400": _ERROR,
+                },
             }
         },
         "/v1/members": {

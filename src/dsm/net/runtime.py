@@ -31,6 +31,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dsm.config import StorageConfig
 from dsm.core.messages import DataItem, Deliver, Effect, Reconcile, RouteFailure, Send, Store
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import answer, opening
@@ -86,6 +87,18 @@ class Runtime:
         self._answering = 0
         self._session = 0
         self._anti_entropy: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, storage: EpidemicStorage, config: StorageConfig) -> Runtime:
+        """The runtime of `storage` as `config` describes it (listen and advertise addresses, protocol
+        settings, cluster secrets)."""
+        return cls(
+            storage,
+            PeerSettings.from_config(config),
+            config.listen_addr,
+            advertise=config.advertise_addr,
+            keyring=Keyring(config.cluster_secret or None, config.accepted_secrets),
+        )
 
     def now(self) -> int:
         assert self._loop is not None

@@ -1,0 +1,110 @@
+"""A cluster built through the front door alone: `StorageFactory.create_epidemic_storage(node_id, node_info,
+bootstrap_nodes, backing)` starts networked nodes over loopback TCP, as a library user would run them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from dsm import EpidemicStorage, NodeInfo, StorageConfig, StorageFactory
+from dsm.core.ring import State
+from dsm.errors import ConfigError
+from dsm.net.runtime import Runtime
+
+pytestmark = pytest.mark.usefixtures("loopback_hosts")
+
+FAST = {
+    "probe_interval_ms": 200,
+    "probe_timeout_ms": 100,
+    "membership_sync_interval_ms": 1000,
+    "gossip_interval_ms": 500,
+    "cluster_secret": "front-door-secret-000001",
+}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def runtime_of(node: EpidemicStorage) -> Runtime:
+    assert isinstance(node.network, Runtime)
+    return node.network
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[list[EpidemicStorage]]:
+    started: list[EpidemicStorage] = []
+    yield started
+    for node in started:
+        await node.close()
+
+
+async def test_three_library_nodes_form_a_cluster_replicate_and_leave(
+    nodes: list[EpidemicStorage], tmp_path: Path
+) -> None:
+    bootstrap: list[str] = []
+    for i in range(3):
+        host = f"127.0.0.{i + 1}"
+        factory = StorageFactory(StorageConfig(data_dir=str(tmp_path / f"n{i}"), listen_addr=f"{host}:0", **FAST))  # type: ignore[arg-type]
+        node = await factory.create_epidemic_storage(
+            f"n{i}", NodeInfo(region="eu" if i < 2 else "us"), bootstrap, factory.create_sql_storage()
+        )
+        nodes.append(node)
+        bootstrap = [runtime_of(nodes[0]).addr]
+
+    async def all_alive() -> bool:
+        for node in nodes:
+            peer = runtime_of(node).peer
+            if peer is None or any(peer.member_state(f"n{i}") != State.ALIVE for i in range(3)):
+                return False
+        return True
+
+    await eventually(all_alive)
+    assert runtime_of(nodes[0]).peer is not None
+    regions = {runtime_of(nodes[0]).peer.directory.infos[s].region for s in range(3)}  # type: ignore[union-attr]
+    assert regions == {"eu", "us"}
+
+    await nodes[2].put("from-n2", b"library")
+
+    async def everywhere() -> bool:
+        for node in nodes:
+            got = await node.get("from-n2")
+            if got is None or got.value != b"library":
+                return False
+        return True
+
+    await eventually(everywhere, timeout=5)
+
+    # close() is a graceful leave, seen by the others.
+    leaver = nodes.pop(1)
+    await leaver.close()
+    assert leaver.closed
+
+    async def left() -> bool:
+        return all(runtime_of(n).peer.member_state("n1") == State.LEFT for n in nodes)  # type: ignore[union-attr]
+
+    await eventually(left)
+
+
+async def test_node_info_address_is_advertised_and_standalone_refuses_bootstrap(
+    nodes: list[EpidemicStorage], tmp_path: Path
+) -> None:
+    factory = StorageFactory(StorageConfig(data_dir=str(tmp_path / "a"), listen_addr="127.0.0.1:0"))
+    node = await factory.create_epidemic_storage("a", NodeInfo(addresses=("127.0.0.1:7999",)), [])
+    nodes.append(node)
+    assert runtime_of(node).addr == "127.0.0.1:7999"
+
+    standalone = StorageFactory(StorageConfig(data_dir=str(tmp_path / "b"), listen_addr=""))
+    with pytest.raises(ConfigError, match="bootstrap_nodes"):
+        await standalone.create_epidemic_storage("b", None, ["127.0.0.1:7400"])
+    alone = await standalone.create_epidemic_storage("b")
+    nodes.append(alone)
+    assert alone.network is None
