@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -33,11 +34,12 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from dsm.core.ring import State
 from dsm.errors import ClosedError, DSMError, InvalidInputError, StorageError, WatchOverflowError
+from dsm.net.looplag import BUCKETS_S
 from dsm.net.runtime import Runtime
 from dsm.node import EpidemicStorage, Watch
 
@@ -322,6 +324,27 @@ class _NodeCollector(Collector):
         )
         yield CounterMetricFamily(
             "dsm_anti_entropy_answers", "Anti-entropy steps answered", value=runtime.anti_entropy_answers
+        )
+        yield CounterMetricFamily(
+            "dsm_anti_entropy_entries",
+            "Entries anti-entropy exchanges brought to this node (differences found)",
+            value=runtime.anti_entropy_entries,
+        )
+        yield CounterMetricFamily(
+            "dsm_anti_entropy_repaired_keys",
+            "Keys anti-entropy changed here: writes the direct pushes and gossip had not delivered",
+            value=runtime.anti_entropy_repaired,
+        )
+        lag = runtime.loop_lag
+        cumulative = list(itertools.accumulate(lag.counts))
+        yield HistogramMetricFamily(
+            "dsm_event_loop_lag_seconds",
+            "How late the event loop ran a timer: the length of stalls (sampled every 50 ms)",
+            buckets=[*((str(b), c) for b, c in zip(BUCKETS_S, cumulative, strict=False)), ("+Inf", cumulative[-1])],
+            sum_value=lag.total_s,
+        )
+        yield GaugeMetricFamily(
+            "dsm_event_loop_lag_max_seconds", "The longest event-loop stall seen since start", value=lag.max_s
         )
         connections = GaugeMetricFamily("dsm_connections", "Open connections", labels=["direction"])
         outgoing, incoming = runtime.transport.connections()

@@ -36,6 +36,7 @@ from dsm.core.messages import DataItem, Deliver, Effect, Reconcile, RouteFailure
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import answer, opening
 from dsm.core.ring import MemberInfo, State
+from dsm.net.looplag import LoopLag
 from dsm.net.security import Keyring
 from dsm.net.transport import Transport
 from dsm.node import EpidemicStorage
@@ -84,9 +85,15 @@ class Runtime:
         self.anti_entropy_answers = 0
         self.anti_entropy_dropped = 0
         self.anti_entropy_failures = 0
+        #: Entries anti-entropy brought here (differences found), and how many of them changed a key (repairs:
+        #: writes the direct pushes and gossip had not delivered).
+        self.anti_entropy_entries = 0
+        self.anti_entropy_repaired = 0
         self._answering = 0
         self._session = 0
         self._anti_entropy: asyncio.Task[None] | None = None
+        #: Event-loop stalls, measured while the node runs (exported as metrics).
+        self.loop_lag = LoopLag()
 
     @classmethod
     def from_config(cls, storage: EpidemicStorage, config: StorageConfig) -> Runtime:
@@ -113,6 +120,7 @@ class Runtime:
         """Listens, takes the next incarnation, and joins through `bootstrap` (host:port addresses of
         members; empty: starts a new cluster)."""
         self._loop = asyncio.get_running_loop()
+        self.loop_lag.start()
         await self.transport.start()
         store = self.storage.store
         raw = await store.read_meta(META_INCARNATION)
@@ -128,6 +136,7 @@ class Runtime:
     async def close(self, flush_timeout: float = 1.0) -> None:
         """Graceful stop: announces the leave to the linked members, flushes, closes the transport. The
         storage is the caller's to close (after this)."""
+        self.loop_lag.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -196,12 +205,14 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _merge(self, items: Sequence[DataItem], source: str) -> None:
+    async def _merge(self, items: Sequence[DataItem], source: str) -> int:
+        """Merges replicated items into the store; returns how many keys changed (0 when it failed)."""
         try:
-            await self.storage.merge(items)
+            return await self.storage.merge(items)
         except Exception as exc:  # the store failed or closed: the write comes again by gossip or anti-entropy
             self.merge_failures += 1
             log.warning("merging %d items from %s failed: %s", len(items), source, exc)
+            return 0
 
     # ------------------------------------------------------------------ anti-entropy
 
@@ -263,7 +274,9 @@ class Runtime:
             if reply is not None:
                 self.transport.send(message.source, self._addr_of(message.source), reply)
             if entries:
-                await self._merge([DataItem(0, key, versions) for key, versions in entries], message.source)
+                self.anti_entropy_entries += len(entries)
+                changed = await self._merge([DataItem(0, key, versions) for key, versions in entries], message.source)
+                self.anti_entropy_repaired += changed
         except ValueError as exc:  # a malformed exchange: the sender's fault
             self.anti_entropy_failures += 1
             log.warning("malformed anti-entropy message from %s: %s", message.source, exc)
