@@ -90,7 +90,10 @@ async def run_dsm(nodes: int, writes: int, gap: float) -> dict[str, Any]:
             seen: list[dict[str, float]] = [{} for _ in urls]
             readies = [asyncio.Event() for _ in urls]
             async with asyncio.TaskGroup() as group:
-                streams = [group.create_task(follow(session, u, s, e)) for u, s, e in zip(urls, seen, readies, strict=True)]
+                streams = [
+                    group.create_task(follow(session, url, times, ready))
+                    for url, times, ready in zip(urls, seen, readies, strict=True)
+                ]
                 for ready in readies:
                     await ready.wait()
                 acks: dict[str, tuple[float, int]] = {}
