@@ -8,78 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dsm.client import Client
+from procs import Proc, eventually, holds, procs_fixture  # noqa: F401 (the `procs` fixture)
 
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
-
-ENV = {
-    "DSM_CLUSTER_SECRET": "process-test-secret-000001",
-    "DSM_PROBE_INTERVAL_MS": "200",
-    "DSM_PROBE_TIMEOUT_MS": "100",
-    "DSM_MEMBERSHIP_SYNC_INTERVAL_MS": "1000",
-    "DSM_GOSSIP_INTERVAL_MS": "500",
-    "DSM_ANTI_ENTROPY_INTERVAL_MS": "1000",
-}
-
-
-class Proc:
-    def __init__(self, node_id: str, host: str, data: Path, bootstrap: list[str], port: int = 0) -> None:
-        args = [sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", node_id, "--listen", f"{host}:{port}"]
-        args += ["--http", f"{host}:0", "--data-dir", str(data / node_id), "--log-level", "WARNING"]
-        for addr in bootstrap:
-            args += ["--bootstrap", addr]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | ENV
-        self.node_id = node_id
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"{node_id} did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
-        ready = json.loads(line)
-        assert ready["event"] == "ready", ready
-        self.listen: str = ready["listen"]
-        self.url = "http://" + ready["http"]
-        self.client = Client(self.url)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.client.close()
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(15)
-        finally:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.stop(signal.SIGKILL)
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-    return time.monotonic() - start
-
-
-def holds(p: Proc, key: str, value: bytes) -> bool:
-    got = p.client.get(key)
-    return got is not None and got.value == value
 
 
 def test_a_cluster_of_processes_replicates_survives_kill_9_and_leaves(procs: list[Proc], tmp_path: Path) -> None:

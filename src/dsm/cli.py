@@ -169,6 +169,15 @@ def node() -> None:
 @click.option("--http", "http_addr", default=None, help="host:port of the HTTP API (http_addr).")
 @click.option("--data-dir", default=None, help="Directory of the node's SQLite store.")
 @click.option("--bootstrap", multiple=True, help="host:port of a member to join through (repeatable).")
+@click.option("--tls-cert", default=None, help="PEM certificate chain of this node: TLS on (tls_cert_file).")
+@click.option("--tls-key", default=None, help="PEM private key of --tls-cert (tls_key_file).")
+@click.option("--tls-ca", default=None, help="Cluster CA bundle: mutual TLS between nodes (tls_ca_file).")
+@click.option(
+    "--http-tls",
+    type=click.Choice(["auto", "on", "off"]),
+    default=None,
+    help="HTTPS for the HTTP API (http_tls; default auto: with --tls-cert).",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def node_run(
     toml_path: str | None,
@@ -179,6 +188,10 @@ def node_run(
     http_addr: str | None,
     data_dir: str | None,
     bootstrap: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    http_tls: str | None,
     log_level: str,
 ) -> None:
     """Runs one node until SIGTERM or Ctrl-C (settings: flags > DSM_* environment > TOML file > defaults)."""
@@ -194,6 +207,10 @@ def node_run(
             http_addr=http_addr,
             data_dir=data_dir,
             bootstrap=",".join(bootstrap) if bootstrap else None,
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
+            tls_ca_file=tls_ca,
+            http_tls=http_tls,
         )
         if not config.node_id:
             raise click.ClickException("a node id is needed: --node-id, DSM_NODE_ID or node_id in the TOML file")
@@ -209,20 +226,28 @@ _NODE_URL = click.option(
     "--node",
     "url",
     envvar="DSM_NODE_URL",
-    default="http://127.0.0.1:7480",
+    default="127.0.0.1:7480",
     show_default=True,
-    help="HTTP address of the node to ask (env DSM_NODE_URL).",
+    help="HTTP address of the node to ask: http(s)://host:port, or host:port, which means https with a CA "
+    "file, else http (env DSM_NODE_URL).",
 )
 _TOKEN = click.option("--token", envvar="DSM_HTTP_TOKEN", default="", help="Bearer token (env DSM_HTTP_TOKEN).")
+_CA_FILE = click.option(
+    "--ca-file",
+    envvar="DSM_CA_FILE",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM CA bundle that verifies an https node's certificate (default: the system's CAs; env DSM_CA_FILE).",
+)
 _CONSISTENCY = click.option("--consistency", default=None, help="Consistency level (default: the node's).")
 
 
-def _client(url: str, token: str) -> Any:
+def _client(url: str, token: str, ca_file: str | None) -> Any:
     from dsm.client import Client
 
     if "://" not in url:
-        url = "http://" + url
-    return Client(url, token=token)
+        url = ("https://" if ca_file else "http://") + url
+    return Client(url, token=token, ca_file=ca_file or "")
 
 
 def _client_errors(fn: Any) -> Any:
@@ -245,11 +270,14 @@ def _client_errors(fn: Any) -> Any:
 @_CONSISTENCY
 @_NODE_URL
 @_TOKEN
+@_CA_FILE
 @_client_errors
-def put(key: str, value: str, context: str | None, consistency: str | None, url: str, token: str) -> None:
+def put(
+    key: str, value: str, context: str | None, consistency: str | None, url: str, token: str, ca_file: str | None
+) -> None:
     """Writes VALUE (text; '-' reads bytes from standard input) under KEY."""
     data = sys.stdin.buffer.read() if value == "-" else value.encode()
-    with _client(url, token) as c:
+    with _client(url, token, ca_file) as c:
         ack = c.put(key, data, context=context, consistency=consistency)
     click.echo(f"ok {ack.key} timestamp={ack.timestamp} context={ack.context}")
 
@@ -259,10 +287,11 @@ def put(key: str, value: str, context: str | None, consistency: str | None, url:
 @_CONSISTENCY
 @_NODE_URL
 @_TOKEN
+@_CA_FILE
 @_client_errors
-def get(key: str, consistency: str | None, url: str, token: str) -> None:
+def get(key: str, consistency: str | None, url: str, token: str, ca_file: str | None) -> None:
     """Reads KEY: its value, or every sibling, with the context to write back."""
-    with _client(url, token) as c:
+    with _client(url, token, ca_file) as c:
         got = c.get(key, consistency=consistency)
     if got is None:
         raise click.ClickException(f"{key}: not found")
@@ -282,10 +311,11 @@ def get(key: str, consistency: str | None, url: str, token: str) -> None:
 @_CONSISTENCY
 @_NODE_URL
 @_TOKEN
+@_CA_FILE
 @_client_errors
-def delete(key: str, context: str | None, consistency: str | None, url: str, token: str) -> None:
+def delete(key: str, context: str | None, consistency: str | None, url: str, token: str, ca_file: str | None) -> None:
     """Deletes KEY (writes a tombstone)."""
-    with _client(url, token) as c:
+    with _client(url, token, ca_file) as c:
         ack = c.delete(key, context=context, consistency=consistency)
     click.echo(f"deleted {ack.key} timestamp={ack.timestamp}")
 
@@ -295,10 +325,11 @@ def delete(key: str, context: str | None, consistency: str | None, url: str, tok
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @_NODE_URL
 @_TOKEN
+@_CA_FILE
 @_client_errors
-def list_keys(prefix: str, limit: int, url: str, token: str) -> None:
+def list_keys(prefix: str, limit: int, url: str, token: str, ca_file: str | None) -> None:
     """Lists keys holding a value."""
-    with _client(url, token) as c:
+    with _client(url, token, ca_file) as c:
         page = c.list(prefix, limit=limit)
     for key in page.keys:
         click.echo(key)
@@ -309,12 +340,13 @@ def list_keys(prefix: str, limit: int, url: str, token: str) -> None:
 @main.command()
 @_NODE_URL
 @_TOKEN
+@_CA_FILE
 @_client_errors
-def members(url: str, token: str) -> None:
+def members(url: str, token: str, ca_file: str | None) -> None:
     """Every member as the node sees it (JSON lines)."""
     import json
 
-    with _client(url, token) as c:
+    with _client(url, token, ca_file) as c:
         for member in c.members():
             click.echo(json.dumps(member))
 
@@ -322,10 +354,11 @@ def members(url: str, token: str) -> None:
 @main.command()
 @_NODE_URL
 @_TOKEN
+@_CA_FILE
 @_client_errors
-def status(url: str, token: str) -> None:
+def status(url: str, token: str, ca_file: str | None) -> None:
     """The cluster as one node sees it, a table like `nodetool status` / `serf members`."""
-    with _client(url, token) as c:
+    with _client(url, token, ca_file) as c:
         health = c.health()
         found = c.members()
     table = Table("node", "address", "region", "state", "incarnation", title=f"seen by {health.get('node_id')}")

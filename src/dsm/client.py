@@ -10,7 +10,13 @@
     client.members(); client.topology(); client.health()
 
 A failed request raises `ClientError` (status, code and message from the node's JSON error); a node that
-cannot be reached raises `UnreachableError`. `consistency=` is passed through as `?consistency=`.
+cannot be reached raises `UnreachableError`, and `TLSError` (one of those) when the TLS handshake fails.
+`consistency=` is passed through as `?consistency=`.
+
+HTTPS (a node with `http_tls`): `Client("https://node1:7480", ca_file="ca.pem")` verifies the node's
+certificate against that CA bundle (default: the system's CAs) and the URL's host name, which the
+certificate must carry (a DNS name or IP address in its subjectAltName); `ssl_context=` replaces all of
+that with your own `ssl.SSLContext`. Both are ignored for `http://` URLs.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import base64
 import builtins
 import http.client
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,6 +51,19 @@ class ClientError(DSMError):
 
 class UnreachableError(DSMError):
     """The node could not be reached (connection refused, timed out, reset)."""
+
+
+class TLSError(UnreachableError):
+    """The TLS handshake with the node failed: its certificate did not verify against the CA (or its host
+    name did not match), or it does not speak TLS."""
+
+
+def client_ssl_context(ca_file: str = "") -> ssl.SSLContext:
+    """The context the clients use for https:// URLs: TLS 1.2+, the node's certificate verified against
+    `ca_file` (a PEM CA bundle; empty: the system's CAs) and the URL's host name."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @dataclass(frozen=True)
@@ -132,11 +152,20 @@ def _json(status: int, body: bytes) -> Any:
 class Client:
     """Blocking client; one keep-alive connection, not thread-safe (use one per thread)."""
 
-    def __init__(self, url: str = "http://127.0.0.1:7480", token: str = "", timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:7480",
+        token: str = "",
+        timeout: float = 10.0,
+        *,
+        ca_file: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self._https = parts.scheme == "https"
+        self._ssl = (ssl_context or client_ssl_context(ca_file)) if self._https else None
         self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
         self._timeout = timeout
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -150,17 +179,30 @@ class Client:
             headers[CONTEXT_HEADER] = context
         for attempt in (0, 1):  # a kept-alive connection the node closed is retried once on a new one
             if self._conn is None:
-                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                self._conn = cls(self._host, self._port, timeout=self._timeout)
+                if self._ssl is not None:
+                    self._conn = http.client.HTTPSConnection(
+                        self._host, self._port, timeout=self._timeout, context=self._ssl
+                    )
+                else:
+                    self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
             try:
                 self._conn.request(method, path, body=body, headers=headers)
                 response = self._conn.getresponse()
                 data = response.read()
                 return response.status, data, {k: v for k, v in response.getheaders()}
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except (
+                http.client.RemoteDisconnected,
+                BrokenPipeError,
+                ConnectionResetError,
+                ssl.SSLEOFError,  # a TLS connection closed without its closing message
+                ssl.SSLZeroReturnError,
+            ) as exc:
                 self.close()
                 if attempt:
                     raise UnreachableError(f"{self._host}:{self._port}: {exc}") from None
+            except ssl.SSLError as exc:  # before OSError, which it is
+                self.close()
+                raise TLSError(f"{self._host}:{self._port}: TLS handshake failed: {exc}") from None
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise UnreachableError(f"{self._host}:{self._port}: {exc}") from None
@@ -204,7 +246,19 @@ class Client:
 class AsyncClient:
     """asyncio client over one aiohttp session (connection pool); safe for concurrent tasks."""
 
-    def __init__(self, url: str = "http://127.0.0.1:7480", token: str = "", timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:7480",
+        token: str = "",
+        timeout: float = 10.0,
+        *,
+        ca_file: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self._ssl = (ssl_context or client_ssl_context(ca_file)) if parts.scheme == "https" else None
         self._url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -214,11 +268,14 @@ class AsyncClient:
         self, method: str, path: str, body: bytes | None = None, context: str | None = None
     ) -> tuple[int, bytes, Mapping[str, str]]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers, connector=connector)
         headers = {CONTEXT_HEADER: context} if context else None
         try:
             async with self._session.request(method, self._url + path, data=body, headers=headers) as response:
                 return response.status, await response.read(), response.headers
+        except aiohttp.ClientSSLError as exc:
+            raise TLSError(f"{self._url}: TLS handshake failed: {exc}") from None
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise UnreachableError(f"{self._url}: {exc}") from None
 

@@ -221,6 +221,35 @@ class StorageConfig:
         default="",
         metadata=_doc("Bearer token the HTTP API requires (except /health); empty: no token."),
     )
+    tls_cert_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM certificate chain of this node (its own certificate first); with tls_key_file it turns on "
+            "TLS (1.2+) for node-to-node connections, serving peers and as the client certificate towards "
+            "them, and for the HTTP API (see http_tls). Empty: no TLS. Every node of a cluster must agree."
+        ),
+    )
+    tls_key_file: str = field(
+        default="",
+        metadata=_doc("Unencrypted PEM private key of tls_cert_file; set both or neither."),
+    )
+    tls_ca_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM CA bundle of the cluster (needs tls_cert_file): peers' certificates must be signed by it, in "
+            "both directions (mutual TLS; host names are not checked: the cluster CA model, docs/network.md). "
+            "Empty: connecting nodes are not asked for a certificate, and the certificates of the nodes we "
+            "connect to are checked against the system's CAs and the host name of their address."
+        ),
+    )
+    http_tls: str = field(
+        default="auto",
+        metadata=_doc(
+            "Whether the HTTP API serves HTTPS with tls_cert_file: 'auto' (when tls_cert_file is set), 'on' "
+            "(requires tls_cert_file) or 'off' (plain HTTP even with a certificate, e.g. behind a proxy that "
+            "terminates TLS)."
+        ),
+    )
     durability: str = field(
         default="process",
         metadata=_doc(
@@ -316,6 +345,16 @@ class StorageConfig:
     @property
     def accepted_secrets(self) -> tuple[str, ...]:
         return tuple(s for s in self.cluster_secrets_accepted.split(",") if s)
+
+    @property
+    def peer_tls(self) -> bool:
+        """Whether node-to-node connections use TLS (a certificate and key are configured)."""
+        return bool(self.tls_cert_file)
+
+    @property
+    def http_uses_tls(self) -> bool:
+        """Whether the HTTP API serves HTTPS (http_tls 'on', or 'auto' with a certificate)."""
+        return self.http_tls == "on" or (self.http_tls == "auto" and bool(self.tls_cert_file))
 
     def resolved_storage_url(self) -> str:
         """The storage URL with the default (SQLite under data_dir) filled in."""
@@ -416,6 +455,31 @@ def _address(config: StorageConfig, name: str, allow_empty: bool = False) -> Non
         raise ConfigError(name, value, "host:port with a port from 0 to 65535")
 
 
+def _readable_file(c: StorageConfig, name: str) -> None:
+    path = _str(c, name)
+    if not path:
+        return
+    if "\x00" in path or not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(name, path, "a readable PEM file (it does not exist or cannot be read)")
+
+
+def _tls(c: StorageConfig) -> None:
+    """TLS settings: file paths only (`dsm.net.tls.contexts` loads and checks the PEM contents)."""
+    cert, key, ca = _str(c, "tls_cert_file"), _str(c, "tls_key_file"), _str(c, "tls_ca_file")
+    if cert and not key:
+        raise ConfigError("tls_key_file", key, "the private key of tls_cert_file (set both or neither)")
+    if key and not cert:
+        raise ConfigError("tls_cert_file", cert, "the certificate of tls_key_file (set both or neither)")
+    if ca and not cert:
+        raise ConfigError("tls_cert_file", cert, "a certificate and key when tls_ca_file is set (mutual TLS)")
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        _readable_file(c, name)
+    if _str(c, "http_tls") not in ("auto", "on", "off"):
+        raise ConfigError("http_tls", c.http_tls, "'auto', 'on' or 'off'")
+    if c.http_tls == "on" and not cert:
+        raise ConfigError("http_tls", c.http_tls, "'on' only with tls_cert_file and tls_key_file")
+
+
 def _validate(c: StorageConfig) -> None:
     node_id = _str(c, "node_id")
     if node_id and not _NODE_ID.match(node_id):
@@ -478,6 +542,7 @@ def _validate(c: StorageConfig) -> None:
     if c.cluster_secrets_accepted and not c.cluster_secret:
         raise ConfigError("cluster_secrets_accepted", "<hidden>", "empty unless cluster_secret is set")
     _str(c, "http_token")
+    _tls(c)
     if _str(c, "durability") not in ("process", "fsync"):
         raise ConfigError("durability", c.durability, "'process' or 'fsync'")
     if _str(c, "conflict_resolution") not in ("lww", "siblings"):

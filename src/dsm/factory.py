@@ -90,10 +90,11 @@ class StorageFactory:
             raise ConfigError("bootstrap_nodes", list(bootstrap), "empty for a standalone node (listen_addr empty)")
         store = backing_storage if backing_storage is not None else self.create_sql_storage()
         node = EpidemicStorage(config, info, store)
+        # Built before the store opens: a TLS file that cannot be loaded fails here, with nothing to undo.
+        runtime = Runtime.from_config(node, config) if config.listen_addr else None
         await node.start()
-        if not config.listen_addr:
+        if runtime is None:
             return node
-        runtime = Runtime.from_config(node, config)
         try:
             await runtime.start(bootstrap)
         except BaseException:

@@ -26,6 +26,7 @@ from dsm.config import StorageConfig
 from dsm.errors import ConfigError
 from dsm.factory import StorageFactory
 from dsm.net.runtime import Runtime
+from dsm.net.tls import contexts
 from dsm.net.transport import split_addr
 
 log = logging.getLogger("dsm.server")
@@ -41,6 +42,7 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
             loop.add_signal_handler(sig, stop.set)
     if not config.listen_addr:
         raise ConfigError("listen_addr", "", "a host:port: a node run as a process serves other nodes")
+    tls = contexts(config)  # a TLS file that cannot be loaded stops the start here, before the store opens
     storage = await StorageFactory(config).create_epidemic_storage()
     runtime = storage.network
     assert isinstance(runtime, Runtime)
@@ -49,13 +51,14 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
         runner = web.AppRunner(create_app(storage, runtime, token=config.http_token), access_log=None)
         await runner.setup()
         host, port = split_addr(config.http_addr)
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls.http_server).start()
         http_port = runner.addresses[0][1]
         ready = {
             "event": "ready",
             "node_id": config.node_id,
             "listen": runtime.addr,
             "http": f"{host}:{http_port}",
+            "scheme": "https" if tls.http_server is not None else "http",
             "pid": os.getpid(),
         }
         print(json.dumps(ready), flush=True)

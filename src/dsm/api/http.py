@@ -28,11 +28,14 @@ import base64
 import hmac
 import itertools
 import json
+import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -42,6 +45,8 @@ from dsm.errors import ClosedError, DSMError, InvalidInputError, StorageError, W
 from dsm.net.looplag import BUCKETS_S
 from dsm.net.runtime import Runtime
 from dsm.node import EpidemicStorage, Watch
+
+log = logging.getLogger("dsm.api")
 
 CONTEXT_HEADER = "X-DSM-Context"
 #: With a single value: its timestamp and the node that accepted it.
@@ -53,6 +58,27 @@ LIST_MAX = 1000
 WATCH_QUEUE = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: Requests aiohttp refused before a handler saw them (unparseable HTTP), by exception name; process-wide.
+BAD_REQUESTS: Counter[str] = Counter()
+
+
+class _BadRequestFilter(logging.Filter):
+    """aiohttp logs every unparseable request as an ERROR with a traceback: the client's mistake, yet anyone
+    who reaches the port could fill the node's log with them. Such a request is answered with a 400 as
+    before; here it is counted (`dsm_http_bad_requests`) and logged in one line at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            BAD_REQUESTS[type(exc).__name__] += 1
+            log.info("refused an unparseable HTTP request: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return False
+        return True
+
+
+_BAD_REQUEST_FILTER = _BadRequestFilter()
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -73,6 +99,9 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """The node's HTTP application (serve it with aiohttp's runner)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _BAD_REQUEST_FILTER not in server_log.filters:
+        server_log.addFilter(_BAD_REQUEST_FILTER)
     registry = registry if registry is not None else CollectorRegistry()
     latency = Histogram(
         "dsm_operation_seconds", "Latency of client operations", ["op"], registry=registry,
@@ -295,6 +324,12 @@ class _NodeCollector(Collector):
         merged.add_metric(["refused_skew"], merges.refused_skew)
         merged.add_metric(["refused_corrupt"], merges.refused_corrupt)
         yield merged
+        bad = CounterMetricFamily(
+            "dsm_http_bad_requests", "Unparseable HTTP requests refused with a 400, by kind", labels=["kind"]
+        )
+        for kind, count in sorted(BAD_REQUESTS.items()):
+            bad.add_metric([kind], count)
+        yield bad
         runtime = self.runtime
         if runtime is None or runtime.peer is None:
             return

@@ -38,6 +38,7 @@ from dsm.core.reconcile import answer, opening
 from dsm.core.ring import MemberInfo, State
 from dsm.net.looplag import LoopLag
 from dsm.net.security import Keyring
+from dsm.net.tls import contexts
 from dsm.net.transport import Transport
 from dsm.node import EpidemicStorage
 
@@ -98,13 +99,20 @@ class Runtime:
     @classmethod
     def from_config(cls, storage: EpidemicStorage, config: StorageConfig) -> Runtime:
         """The runtime of `storage` as `config` describes it (listen and advertise addresses, protocol
-        settings, cluster secrets)."""
+        settings, cluster secrets, TLS).
+
+        Raises:
+            ConfigError: a TLS file cannot be loaded.
+        """
+        tls = contexts(config)
         return cls(
             storage,
             PeerSettings.from_config(config),
             config.listen_addr,
             advertise=config.advertise_addr,
             keyring=Keyring(config.cluster_secret or None, config.accepted_secrets),
+            server_ssl=tls.peer_server,
+            client_ssl=tls.peer_client,
         )
 
     def now(self) -> int:

@@ -135,6 +135,8 @@ class Transport:
     async def start(self) -> None:
         """Listens on `listen` (port 0: any free port; `addr` then holds the real one)."""
         host, port = split_addr(self.listen)
+        # With TLS, asyncio runs the handshake before `_serve` sees the connection: a connection that fails
+        # it is closed without being counted here (the connecting side counts its connect failure).
         self._server = await asyncio.start_server(self._serve, host, port, ssl=self.server_ssl, limit=1 << 16)
         bound = self._server.sockets[0].getsockname()
         self.addr = f"{host}:{bound[1]}"
@@ -296,10 +298,13 @@ class Transport:
         except FrameError as exc:
             self.stats.rejected[exc.reason] += 1
             log.warning("closing connection from %s (%s): %s", _peername(writer), peer, exc)
+        except ssl.SSLError as exc:  # a bad TLS record after the handshake
+            self.stats.rejected["tls"] += 1
+            log.warning("closing connection from %s: %s", _peername(writer), exc)
         except TimeoutError:
             self.stats.rejected["handshake_timeout"] += 1
             log.warning("closing connection from %s: no handshake in time", _peername(writer))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError):
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the peer went away (mid-frame or between frames)
         except asyncio.CancelledError:
             # close() cancels the readers. The task ends here, normally: on Python 3.11 asyncio's stream

@@ -1,0 +1,107 @@
+"""Real `dsm node run` processes for tests: `Proc` (start one, read its JSON ready line), the `procs` fixture
+(every process a test started is SIGKILLed by PID at the end if still running), `eventually` and `holds`.
+
+A test module imports what it uses and the fixture function (`from procs import Proc, eventually, holds,
+procs_fixture`): pytest finds the fixture, named `procs`, through the import."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsm.client import Client
+
+#: The `DSM_*` environment of every node started by `Proc` (nothing else of the caller's `DSM_*` leaks in).
+ENV = {
+    "DSM_CLUSTER_SECRET": "process-test-secret-000001",
+    "DSM_PROBE_INTERVAL_MS": "200",
+    "DSM_PROBE_TIMEOUT_MS": "100",
+    "DSM_MEMBERSHIP_SYNC_INTERVAL_MS": "1000",
+    "DSM_GOSSIP_INTERVAL_MS": "500",
+    "DSM_ANTI_ENTROPY_INTERVAL_MS": "1000",
+}
+
+
+class Proc:
+    """One `dsm node run` process, its data in `data/<node_id>`; `env` overrides or adds `DSM_*` settings."""
+
+    def __init__(
+        self,
+        node_id: str,
+        host: str,
+        data: Path,
+        bootstrap: list[str],
+        port: int = 0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        args = [sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", node_id, "--listen", f"{host}:{port}"]
+        args += ["--http", f"{host}:0", "--data-dir", str(data / node_id), "--log-level", "WARNING"]
+        for addr in bootstrap:
+            args += ["--bootstrap", addr]
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | ENV | dict(env or {})
+        self.node_id = node_id
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, text=True)
+        try:
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            if not line:
+                stderr = self.proc.stderr.read() if self.proc.stderr else ""
+                raise AssertionError(f"{node_id} did not start: {stderr}")
+            ready = json.loads(line)
+            assert ready["event"] == "ready", ready
+        except BaseException:
+            self.proc.kill()  # not yet in any `procs` list: nothing else would stop it
+            self.proc.wait(15)
+            raise
+        self.listen: str = ready["listen"]
+        self.http: str = ready["http"]
+        self.url = "http://" + self.http
+        self.client = Client(self.url)
+        self.stderr = ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Sends `sig` and waits for the exit status; what the process wrote on stderr is kept in `stderr`."""
+        self.client.close()
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(15)
+        finally:
+            if self.proc.poll() is not None and self.proc.stderr is not None:
+                self.stderr = self.proc.stderr.read()
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture(name="procs")
+def procs_fixture() -> Iterator[list[Proc]]:
+    """The processes a test starts: append each; those still running at the end are SIGKILLed."""
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0) -> float:
+    """Polls `check` until it is true (AssertionError after `timeout` s); returns the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def holds(p: Proc, key: str, value: bytes) -> bool:
+    got = p.client.get(key)
+    return got is not None and got.value == value
