@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -121,10 +122,12 @@ class Dissemination:
         self.settings = s
         self.eager: set[int] = set()
         self.lazy: set[int] = set()
-        # Ids of writes seen (any path), oldest first, bounded: what makes a push a duplicate.
-        self.seen: dict[int, None] = {}
+        # Ids of writes seen (any path), oldest first, bounded: what makes a push a duplicate. OrderedDicts:
+        # evicting the oldest of a plain dict (`del d[next(iter(d))]`) walks over the slots freed before it,
+        # which grew to tens of microseconds per write once the bound was reached.
+        self.seen: OrderedDict[int, None] = OrderedDict()
         # Recent writes, oldest first (payloads for grafts and pulls; ids for digests).
-        self.recent: dict[int, _Recent] = {}
+        self.recent: OrderedDict[int, _Recent] = OrderedDict()
         # Announced but not received: id -> announcers [(slot, hops)], tried in order.
         self.missing: dict[int, list[tuple[int, int]]] = {}
         self.period = s.gossip_interval_ms
@@ -179,12 +182,12 @@ class Dissemination:
         seen = self.seen
         seen[item_id] = None
         if len(seen) > self.settings.seen_max:
-            del seen[next(iter(seen))]
+            seen.popitem(last=False)
 
     def _trim_recent(self) -> None:
         recent = self.recent
         for _ in range(len(recent) - self.settings.max_recent):
-            del recent[next(iter(recent))]  # the oldest
+            recent.popitem(last=False)  # the oldest
 
     def _make_eager(self, slot: int) -> None:
         self.lazy.discard(slot)
