@@ -149,9 +149,10 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 @contextlib.contextmanager
-def dsm_cluster(nodes: int, workdir: str) -> Iterator[LocalCluster]:
+def dsm_cluster(nodes: int, workdir: str, extra_env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
     """`nodes` real `dsm node run` processes on loopback, every one seeing every other alive."""
-    cluster = LocalCluster(os.path.join(workdir, "dsm"), env={"DSM_CLUSTER_SECRET": secrets.token_hex(16)})
+    env = {"DSM_CLUSTER_SECRET": secrets.token_hex(16)} | (extra_env or {})
+    cluster = LocalCluster(os.path.join(workdir, "dsm"), env=env)
     try:
         cluster.up(nodes, peer_port=0, http_port=0)
 
@@ -723,6 +724,9 @@ def main() -> None:
     ap.add_argument("--client", choices=["raw", "aiohttp"], default="raw")
     ap.add_argument("--nodes", type=int, default=3, help="DSM nodes (etcd always has 3 members)")
     ap.add_argument("--skip-etcd", action="store_true")
+    ap.add_argument(
+        "--node-env", action="append", default=[], metavar="DSM_X=V", help="a setting for the DSM nodes (repeatable)"
+    )
     ap.add_argument("--skip-dsm", action="store_true")
     ap.add_argument("--profile", action="store_true", help="extra DSM phases under py-spy (node n1)")
     ap.add_argument("--profile-s", type=float, default=15.0)
@@ -749,7 +753,7 @@ def main() -> None:
     try:
         with contextlib.ExitStack() as stack:
             if not a.skip_dsm:
-                cluster = stack.enter_context(dsm_cluster(a.nodes, workdir))
+                cluster = stack.enter_context(dsm_cluster(a.nodes, workdir, dict(e.split("=", 1) for e in a.node_env)))
                 targets = [(n.http.rsplit(":", 1)[0], int(n.http.rsplit(":", 1)[1])) for n in cluster.nodes]
                 systems["dsm"] = (targets, {n.node_id: n.pid for n in cluster.nodes})
             if not a.skip_etcd:

@@ -207,6 +207,11 @@ class Watch:
 class Network(Protocol):
     """What a node needs of the runtime that networks it (`dsm.net.runtime.Runtime`)."""
 
+    @property
+    def addr(self) -> str:
+        """The host:port other nodes reach this one at."""
+        ...
+
     async def close(self) -> None: ...
 
 
