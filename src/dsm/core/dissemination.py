@@ -130,8 +130,6 @@ class Dissemination:
         self.recent: OrderedDict[int, _Recent] = OrderedDict()
         # Announced but not received: id -> announcers [(slot, hops)], tried in order.
         self.missing: dict[int, list[tuple[int, int]]] = {}
-        # The missing ids a Graft was sent for (the tree did not deliver them in time); a subset of `missing`.
-        self.grafted: set[int] = set()
         self.period = s.gossip_interval_ms
         self.srtt = 0.0
         self.loss = 0.0
@@ -231,15 +229,12 @@ class Dissemination:
         retain = self._retain()
         recent = self.recent
         missing = self.missing
-        # A write that had to be grafted (the tree did not bring it within a graft wait of its announcement)
-        # means the tree has gaps here. One that was announced first and then came by the tree in time does
-        # not: over a lazy link the announcement often takes fewer hops than the tree's push.
-        grafted = bool(self.grafted) and any(item.id in self.grafted for item in new)
+        # A write that had to be grafted (it was announced and missing) means the tree has gaps here.
+        grafted = any(item.id in missing for item in new)
         for item in new:
             self._remember(item.id)
             recent[item.id] = _Recent(item, retain, hops, self.peer._now, path == "push")
-            if missing.pop(item.id, None) is not None:
-                self.grafted.discard(item.id)
+            missing.pop(item.id, None)
         self._trim_recent()
         self.peer._out.append(Store(new, source, path, hops))
         self._became_busy(path == "push" and not grafted)
@@ -348,11 +343,9 @@ class Dissemination:
             return
         if item_id in self.seen or not announcers:
             del self.missing[item_id]
-            self.grafted.discard(item_id)
             return
         slot, _ = announcers.pop(0)
         self.stats.grafts += 1
-        self.grafted.add(item_id)
         if self.peer.overlay.linked(slot):
             self._make_eager(slot)
         self.peer._send_to_slot(slot, Graft(self.peer.id, (item_id,)))
