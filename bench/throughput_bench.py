@@ -135,6 +135,15 @@ def http_json(url: str, timeout: float = 2.0) -> Any:
         return json.loads(r.read())
 
 
+def metric(url: str, name: str) -> float:
+    """One unlabelled sample of a node's Prometheus metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise ValueError(f"{name} not in {url}/metrics")
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -777,6 +786,13 @@ def main() -> None:
                         print(f"rep {rep + 1}: {row(r)}", flush=True)
             for name, (_, pids) in systems.items():
                 meta[f"{name}_rss_kib_after"] = {node: proc_rss_kib(pid) for node, pid in pids.items()}
+            if "dsm" in systems:
+                # The worst event-loop stall each node saw during the measured phases (its own metric).
+                stalls = {n.node_id: metric(n.url, "dsm_event_loop_lag_max_seconds") for n in cluster.nodes}
+                meta["dsm_event_loop_stall_max_ms"] = {k: round(v * 1000, 1) for k, v in stalls.items()}
+                print(
+                    f"DSM worst event-loop stall per node during the phases (ms): {meta['dsm_event_loop_stall_max_ms']}"
+                )
             if a.profile and "dsm" in systems:
                 targets, pids = systems["dsm"]
                 got_written: dict[int, int] = {}
