@@ -32,7 +32,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from throughput_bench import RESULTS, dsm_cluster, free_ports, machine_cpu, proc_cpu_s, wait_until
+from throughput_bench import (
+    RESULTS,
+    dsm_cluster,
+    free_ports,
+    machine_cpu,
+    proc_cpu_s,
+    stop_processes,
+    wait_until,
+)
 
 TARGETS = {"dsm_cpu_pct": 1.0, "dsm_rss_mb": 80.0}
 SLICE_S = 10.0
@@ -75,16 +83,7 @@ def serf_cluster(n: int, workdir: str) -> Iterator[dict[str, int]]:
         print(f"Serf: {n} agents up, all see {n} alive members ({waited:.1f} s after the last start)")
         yield {f"s{i}": p.pid for i, p in enumerate(procs)}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        if procs:
-            print(f"Serf: stopped pids {[p.pid for p in procs]}")
+        stop_processes(procs, "Serf")
 
 
 def measure(groups: dict[str, dict[str, int]], window: float) -> dict[str, Any]:

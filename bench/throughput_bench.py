@@ -135,6 +135,20 @@ def http_json(url: str, timeout: float = 2.0) -> Any:
         return json.loads(r.read())
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]], label: str) -> None:
+    """SIGTERM to the processes this benchmark started, then SIGKILL to any still running after 10 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if procs:
+        print(f"{label}: stopped pids {[p.pid for p in procs]}")
+
+
 def metric(url: str, name: str) -> float:
     """One unlabelled sample of a node's Prometheus metrics."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
@@ -202,16 +216,7 @@ def etcd_cluster(workdir: str) -> Iterator[list[tuple[int, tuple[str, int]]]]:
         print(f"etcd: 3 members healthy after {waited:.1f} s (client ports {client})")
         yield [(proc.pid, ("127.0.0.1", port)) for proc, port in zip(procs, client, strict=True)]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if procs:
-            print(f"etcd: stopped pids {[p.pid for p in procs]}")
+        stop_processes(procs, "etcd")
 
 
 # --------------------------------------------------------------------------------------- load generator
