@@ -101,3 +101,23 @@ async def test_async_client_with_concurrent_writers(async_url: str) -> None:
     async with AsyncClient("http://127.0.0.1:9", timeout=2) as dead:
         with pytest.raises(UnreachableError):
             await dead.get("k")
+
+
+async def test_async_client_watches_changes_under_a_prefix(async_url: str) -> None:
+    async with AsyncClient(async_url) as c, AsyncClient(async_url) as writer:
+        changes = c.watch("user/")
+        first = asyncio.ensure_future(anext(changes))
+        await writer.put("other", b"x")  # not under the prefix
+        # Changes count from the moment the stream is open: write until the watch reports one.
+        for i in range(100):
+            await writer.put("user/1", str(i).encode())
+            done, _ = await asyncio.wait({first}, timeout=0.1)
+            if done:
+                break
+        got = first.result()
+        assert (got["key"], got["deleted"], got["local"], got["writer"]) == ("user/1", False, True, "c2")
+        await writer.delete("user/1")
+        while not got["deleted"]:
+            got = await asyncio.wait_for(anext(changes), 10)
+            assert got["key"] == "user/1"
+        await changes.aclose()

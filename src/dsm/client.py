@@ -8,6 +8,7 @@
     client.delete("k", context=got.context)
     client.list(prefix="user/", limit=100)            # -> Page(keys, next)
     client.members(); client.topology(); client.health()
+    async for change in async_client.watch("user/"): ...   # AsyncClient: committed changes, as they come
 
 A failed request raises `ClientError` (status, code and message from the node's JSON error); a node that
 cannot be reached raises `UnreachableError`, and `TLSError` (one of those) when the TLS handshake fails.
@@ -26,7 +27,7 @@ import builtins
 import http.client
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -264,15 +265,19 @@ class AsyncClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
-    async def _request(
-        self, method: str, path: str, body: bytes | None = None, context: str | None = None
-    ) -> tuple[int, bytes, Mapping[str, str]]:
+    def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers, connector=connector)
+        return self._session
+
+    async def _request(
+        self, method: str, path: str, body: bytes | None = None, context: str | None = None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        session = self._open()
         headers = {CONTEXT_HEADER: context} if context else None
         try:
-            async with self._session.request(method, self._url + path, data=body, headers=headers) as response:
+            async with session.request(method, self._url + path, data=body, headers=headers) as response:
                 return response.status, await response.read(), response.headers
         except aiohttp.ClientSSLError as exc:
             raise TLSError(f"{self._url}: TLS handshake failed: {exc}") from None
@@ -296,6 +301,34 @@ class AsyncClient:
     async def members(self) -> builtins.list[dict[str, Any]]:
         status, body, _ = await self._request("GET", "/v1/members")
         return list(_json(status, body)["members"])
+
+    async def watch(self, prefix: str = "") -> AsyncIterator[dict[str, Any]]:
+        """The node's committed changes (local and replicated) of keys under `prefix`, from the moment the
+        stream is open: `{"key", "timestamp", "writer", "deleted", "local"}` each, until the caller stops
+        iterating or the node closes the stream.
+
+        Raises:
+            ClientError: the node refused the watch, or ended it because this reader fell too far behind
+                (code `watch_overflow`).
+            UnreachableError: the node could not be reached or the stream broke.
+        """
+        session = self._open()
+        try:
+            async with session.get(
+                self._url + "/v1/watch" + _query(prefix=prefix), timeout=aiohttp.ClientTimeout(total=None)
+            ) as response:
+                if response.status != 200:
+                    _raise(response.status, await response.read())
+                async for line in response.content:
+                    change = json.loads(line)
+                    if "error" in change:
+                        error = change["error"]
+                        raise ClientError(200, str(error.get("code")), str(error.get("message")))
+                    yield change
+        except aiohttp.ClientSSLError as exc:
+            raise TLSError(f"{self._url}: TLS handshake failed: {exc}") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise UnreachableError(f"{self._url}: {exc}") from None
 
     async def health(self) -> dict[str, Any]:
         status, body, _ = await self._request("GET", "/health")
