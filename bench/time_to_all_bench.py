@@ -65,6 +65,8 @@ async def follow(session: aiohttp.ClientSession, url: str, seen: dict[str, float
     async with session.get(url + "/v1/watch", params={"prefix": "tta-"}, timeout=aiohttp.ClientTimeout()) as r:
         ready.set()
         async for line in r.content:
+            if not line.strip():
+                continue  # a heartbeat
             change = json.loads(line)
             if "key" in change:
                 seen.setdefault(change["key"], time.monotonic())

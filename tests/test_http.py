@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from dsm import EpidemicStorage, StorageConfig, StorageFactory, WatchOverflowError
+from dsm.api import http as http_api
 from dsm.api.http import CONTEXT_HEADER, create_app
 from dsm.core.messages import DataItem
 from dsm.net.runtime import Runtime
@@ -202,3 +203,28 @@ async def other_versions(path: Path, key: str) -> bytes:
         return encoded
     finally:
         await store.close()
+
+
+async def test_a_quiet_watch_sends_heartbeats_and_a_gone_client_is_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_api, "WATCH_HEARTBEAT_S", 0.05)
+    storage = await node(tmp_path)
+    try:
+        async with TestClient(TestServer(create_app(storage))) as c:
+            stream = await c.get("/v1/watch")
+            assert await asyncio.wait_for(stream.content.readline(), 5) == b"\n"  # nothing changed: a heartbeat
+            await c.put("/v1/kv/k", data=b"v")
+            line = b"\n"
+            while line == b"\n":
+                line = await asyncio.wait_for(stream.content.readline(), 5)
+            assert json.loads(line)["key"] == "k"
+            assert len(storage._watches) == 1
+            stream.close()  # the client goes away: its watch is released
+            for _ in range(200):
+                if not storage._watches:
+                    break
+                await asyncio.sleep(0.01)
+            assert not storage._watches
+    finally:
+        await storage.close()

@@ -320,6 +320,8 @@ class AsyncClient:
                 if response.status != 200:
                     _raise(response.status, await response.read())
                 async for line in response.content:
+                    if not line.strip():
+                        continue  # a heartbeat
                     change = json.loads(line)
                     if "error" in change:
                         error = change["error"]

@@ -8,7 +8,8 @@
     GET    /v1/watch?prefix=  a stream (NDJSON, one line per committed change, local or replicated) of
                              {"key", "timestamp", "writer", "deleted", "local"}, from the moment the
                              response headers arrive; a reader more than `limit` changes behind gets a
-                             last {"error": {"code": "watch_overflow", ...}} line
+                             last {"error": {"code": "watch_overflow", ...}} line; an empty line after
+                             15 s without a change (a heartbeat)
     GET    /v1/members  /v1/topology  /health  /metrics (Prometheus)  /openapi.json
 
 Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
@@ -24,6 +25,7 @@ every path but /health needs `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import itertools
@@ -56,6 +58,8 @@ LEVELS = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
 LIST_MAX = 1000
 #: Most changes a watch stream holds for a slow reader before it ends with a watch_overflow line.
 WATCH_QUEUE = 10_000
+#: Seconds without a change after which a watch stream sends an empty line (a heartbeat).
+WATCH_HEARTBEAT_S = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -215,7 +219,17 @@ def create_app(
         try:
             await response.prepare(request)  # the headers tell the client its watch is in place
             try:
-                async for change in changes:
+                while True:
+                    try:
+                        change = await asyncio.wait_for(anext(changes), WATCH_HEARTBEAT_S)
+                    except TimeoutError:
+                        # An empty line now and then: a client whose machine vanished (no FIN ever comes) is
+                        # noticed by a failing write even when nothing changes, and a client can tell a quiet
+                        # node from a dead one.
+                        await response.write(b"\n")
+                        continue
+                    except StopAsyncIteration:
+                        break
                     line = {
                         "key": change.key,
                         "timestamp": change.timestamp,
