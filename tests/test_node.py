@@ -104,13 +104,16 @@ async def test_siblings_mode_keeps_concurrent_writes_until_resolved(open_node) -
     await node.put("doc", b"alice", context=base.context)
     await node.put("doc", b"bob", context=base.context)
     both = await node.get("doc")
-    assert both is not None and both.conflict
+    assert both is not None and both.conflict  # computed before the siblings are built
+    newest = both.newest
     assert sorted(s.value for s in both.siblings) == [b"alice", b"bob"]
+    assert newest == both.siblings[0] and both.conflict
     assert both.value == both.siblings[0].value  # newest first
     # A write with the context of the conflicted read resolves it.
     await node.put("doc", b"merged", context=both.context)
     merged = await node.get("doc")
-    assert merged is not None and [s.value for s in merged.siblings] == [b"merged"]
+    assert merged is not None and not merged.conflict and merged.newest.value == b"merged"
+    assert [s.value for s in merged.siblings] == [b"merged"]
 
 
 async def test_siblings_blind_write_and_delete_with_context(open_node) -> None:  # type: ignore[no-untyped-def]

@@ -82,9 +82,28 @@ class ReadResult:
         raise AssertionError("unreachable: checked in __init__")
 
     @property
+    def newest(self) -> Sibling:
+        """The newest value with its writer and timestamp: the first of `siblings`, without building the
+        others."""
+        if self._siblings is not None:
+            return self._siblings[0]
+        for version in self._versions.versions:
+            if version.value is not None:
+                return Sibling(version.value, version.dot.timestamp, version.dot.node)
+        raise AssertionError("unreachable: checked in __init__")
+
+    @property
     def conflict(self) -> bool:
         """True when several concurrent values are held (siblings mode)."""
-        return len(self.siblings) > 1
+        if self._siblings is not None:
+            return len(self._siblings) > 1
+        live = 0
+        for version in self._versions.versions:
+            if version.value is not None:
+                live += 1
+                if live > 1:
+                    return True
+        return False
 
     @property
     def context(self) -> str:

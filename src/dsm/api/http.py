@@ -174,11 +174,16 @@ def create_app(
         result = await storage.get(key)
         if result is None:
             raise ApiError(404, "not_found", f"no value for key {key!r}")
-        headers = {CONTEXT_HEADER: result.context}
         if not result.conflict:
-            newest = result.siblings[0]
-            headers.update({TIMESTAMP_HEADER: str(newest.timestamp), WRITER_HEADER: newest.writer})
-            return web.Response(body=newest.value, content_type="application/octet-stream", headers=headers)
+            newest = result.newest
+            headers = {
+                CONTEXT_HEADER: result.context,
+                TIMESTAMP_HEADER: str(newest.timestamp),
+                WRITER_HEADER: newest.writer,
+                "Content-Type": "application/octet-stream",
+            }
+            return web.Response(body=newest.value, headers=headers)
+        headers = {CONTEXT_HEADER: result.context}
         siblings = [
             {"value": base64.b64encode(s.value).decode(), "timestamp": s.timestamp, "writer": s.writer}
             for s in result.siblings
