@@ -226,7 +226,8 @@ def create_app(
             try:
                 while True:
                     try:
-                        change = await asyncio.wait_for(anext(changes), WATCH_HEARTBEAT_S)
+                        async with asyncio.timeout(WATCH_HEARTBEAT_S):  # no task per change, unlike wait_for
+                            change = await anext(changes)
                     except TimeoutError:
                         # An empty line now and then: a client whose machine vanished (no FIN ever comes) is
                         # noticed by a failing write even when nothing changes, and a client can tell a quiet
