@@ -1,19 +1,41 @@
-"""Test support shared by several modules: strict-mode skips and a throwaway PostgreSQL server."""
+"""Test support shared by several modules: strict-mode skips, a throwaway PostgreSQL server, and waiting on
+networked library nodes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from dsm import EpidemicStorage
+from dsm.net.runtime import Runtime
+
 STRICT = os.environ.get("DSM_TEST_STRICT") == "1"
 PG_BIN_DIRS = [os.environ.get("DSM_PG_BIN", ""), "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Awaits `check` until it is true (AssertionError after `timeout` s)."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def runtime_of(node: EpidemicStorage) -> Runtime:
+    """The runtime a networked library node runs on."""
+    assert isinstance(node.network, Runtime)
+    return node.network
 
 
 def skip_or_fail(reason: str) -> None:

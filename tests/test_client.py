@@ -96,8 +96,12 @@ async def test_async_client_with_concurrent_writers(async_url: str) -> None:
         page = await c.list(limit=10)
         assert page.keys == sorted(f"k{i}" for i in range(64))[:10] and page.next == page.keys[-1]
         assert await c.get("missing") is None
-        with pytest.raises(ClientError, match="not_implemented"):
-            await c.put("k", b"v", consistency="quorum")
+        # A standalone node is the only member: every level is met by its own commit.
+        ack = await c.put("k", b"v", consistency="quorum")
+        assert (await c.get("k", consistency="all")).value == b"v"  # type: ignore[union-attr]
+        assert ack.timestamp > 0
+        with pytest.raises(ClientError, match="bad_consistency"):
+            await c.put("k", b"v", consistency="strong")
     async with AsyncClient("http://127.0.0.1:9", timeout=2) as dead:
         with pytest.raises(UnreachableError):
             await dead.get("k")

@@ -3,9 +3,7 @@ bootstrap_nodes, backing)` starts networked nodes over loopback TCP, as a librar
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from dsm import EpidemicStorage, NodeInfo, StorageConfig, StorageFactory
 from dsm.core.ring import State
 from dsm.errors import ConfigError
-from dsm.net.runtime import Runtime
+from support import eventually, runtime_of
 
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
 
@@ -24,19 +22,6 @@ FAST = {
     "gossip_interval_ms": 500,
     "cluster_secret": "front-door-secret-000001",
 }
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-def runtime_of(node: EpidemicStorage) -> Runtime:
-    assert isinstance(node.network, Runtime)
-    return node.network
 
 
 @pytest.fixture

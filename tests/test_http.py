@@ -84,7 +84,7 @@ async def test_listing_by_prefix_with_paging_skips_deleted_keys(client: TestClie
     [
         ("put", "/v1/kv/k", {"data": b"x" * 1001}, 413, "too_large"),
         ("put", "/v1/kv/k", {"params": {"consistency": "strong"}}, 400, "bad_consistency"),
-        ("put", "/v1/kv/k", {"params": {"consistency": "quorum"}}, 501, "not_implemented"),
+        ("get", "/v1/kv/k", {"params": {"consistency": "QUORUM"}}, 400, "bad_consistency"),
         ("put", "/v1/kv/k", {"data": b"v", "headers": {CONTEXT_HEADER: "garbage!"}}, 400, "InvalidContextError"),
         ("get", "/v1/kv/" + "k" * 2000, {}, 400, "InvalidKeyError"),
         ("get", "/v1/kv", {"params": {"limit": "zero"}}, 400, "bad_limit"),

@@ -47,6 +47,10 @@ SAMPLES: list[typing.Any] = [
     m.Reconcile(
         8, "a", (encode_run("", None, 1, ["k1", "k2"], [1, 2, 3]), ("a", "b", 0, b"", (), b"")), (("k", b"v"),)
     ),
+    m.Replicate(9, "a", (ITEM,)),
+    m.Replicated(9, "b", True),
+    m.ReadRequest(10, "a", ("k1", "k2")),
+    m.ReadReply(10, "b", (("k1", b"v"),), True),
 ]
 
 
@@ -68,6 +72,7 @@ def test_message_type_values_are_append_only() -> None:
     # Shipped values never change: a renumbering would make old and new nodes misread each other.
     assert [(t.name, t.value) for t in wire.MessageType][:4] == [("PING", 1), ("PING_REQ", 2), ("ACK", 3), ("NACK", 4)]
     assert wire.MessageType.RECONCILE == 26
+    assert (wire.MessageType.REPLICATE, wire.MessageType.READ_REPLY) == (27, 30)
     assert len({t.value for t in wire.MessageType}) == len(wire.MessageType)
 
 

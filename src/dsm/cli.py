@@ -23,6 +23,7 @@ from rich.table import Table
 
 from dsm import __version__
 from dsm.config import FIELD_DOCS, StorageConfig
+from dsm.core.consistency import LEVEL_NAMES
 from dsm.errors import DSMError
 
 
@@ -239,7 +240,12 @@ _CA_FILE = click.option(
     type=click.Path(exists=True, dir_okay=False),
     help="PEM CA bundle that verifies an https node's certificate (default: the system's CAs; env DSM_CA_FILE).",
 )
-_CONSISTENCY = click.option("--consistency", default=None, help="Consistency level (default: the node's).")
+_CONSISTENCY = click.option(
+    "--consistency",
+    type=click.Choice(LEVEL_NAMES),
+    default=None,
+    help="Consistency level (default: the node's for its region).",
+)
 
 
 def _client(url: str, token: str, ca_file: str | None) -> Any:

@@ -12,7 +12,9 @@
 
 A failed request raises `ClientError` (status, code and message from the node's JSON error); a node that
 cannot be reached raises `UnreachableError`, and `TLSError` (one of those) when the TLS handshake fails.
-`consistency=` is passed through as `?consistency=`.
+`consistency=` is passed through as `?consistency=` (default: the node's for its region); a level the node
+could not meet in time raises `ConsistencyUnmetError` (a `ClientError` with `level`, `acknowledged` and
+`required`): a write is then durable where it landed and keeps spreading, and retrying it is safe.
 
 HTTPS (a node with `http_tls`): `Client("https://node1:7480", ca_file="ca.pem")` verifies the node's
 certificate against that CA bundle (default: the system's CAs) and the URL's host name, which the
@@ -48,6 +50,17 @@ class ClientError(DSMError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+
+
+class ConsistencyUnmetError(ClientError):
+    """The node could not meet the consistency level in time (HTTP 503, code `consistency_unmet`)."""
+
+    def __init__(self, status: int, message: str, error: Mapping[str, Any]) -> None:
+        super().__init__(status, "consistency_unmet", message)
+        self.level = str(error.get("level", ""))
+        self.operation = str(error.get("operation", ""))
+        self.acknowledged = int(error.get("acknowledged", 0))
+        self.required = int(error.get("required", 0))
 
 
 class UnreachableError(DSMError):
@@ -118,6 +131,12 @@ def _raise(status: int, body: bytes) -> None:
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "http_error", body[:200].decode("utf-8", "replace")
+    else:
+        if code == "consistency_unmet":
+            try:
+                raise ConsistencyUnmetError(status, message, error)
+            except (ValueError, TypeError):
+                pass  # malformed fields: a plain ClientError below
     raise ClientError(status, code, message)
 
 

@@ -12,6 +12,7 @@ constructing `StorageConfig(...)` directly uses only defaults and keywords. An i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -268,6 +269,39 @@ class StorageConfig:
             "them resolves them."
         ),
     )
+    write_consistency: str = field(
+        default="local",
+        metadata=_doc(
+            "Default consistency level of writes: 'local' (acknowledged once durable on this node), "
+            "'region_quorum' (a majority of this node's region), 'quorum' (a majority of all members), "
+            "'each_region_quorum' (a majority in every region) or 'all'. Members that are unreachable or "
+            "suspected still count in the denominator; only members that left do not. A request may "
+            "override it, and `regions` may set it per region."
+        ),
+    )
+    read_consistency: str = field(
+        default="local",
+        metadata=_doc(
+            "Default consistency level of reads (the same names as write_consistency). Above 'local' a read "
+            "merges the versions of enough members and repairs those that were stale (read repair)."
+        ),
+    )
+    consistency_timeout_ms: int = field(
+        default=2000,
+        metadata=_doc(
+            "How long a write or read above 'local' waits for enough members, ms (1 - 600000). Then it fails "
+            "with ConsistencyError (HTTP 503); a write stays durable where it landed and keeps spreading."
+        ),
+    )
+    regions: dict[str, dict[str, str]] = field(
+        default_factory=dict,
+        hash=False,
+        metadata=_doc(
+            "Per-region defaults: a TOML table per region, e.g. [regions.eu-west] with write_consistency = "
+            "'region_quorum' and read_consistency = 'region_quorum'; a node uses its own region's table, "
+            "else write_consistency / read_consistency. Environment: DSM_REGIONS as JSON."
+        ),
+    )
 
     # --- limits ---
     max_key_bytes: int = field(
@@ -356,6 +390,13 @@ class StorageConfig:
         """Whether the HTTP API serves HTTPS (http_tls 'on', or 'auto' with a certificate)."""
         return self.http_tls == "on" or (self.http_tls == "auto" and bool(self.tls_cert_file))
 
+    def levels(self, region: str | None = None) -> tuple[str, str]:
+        """The default (write, read) consistency levels of `region` (default: this node's)."""
+        table = self.regions.get(self.region if region is None else region, {})
+        return table.get("write_consistency", self.write_consistency), table.get(
+            "read_consistency", self.read_consistency
+        )
+
     def resolved_storage_url(self) -> str:
         """The storage URL with the default (SQLite under data_dir) filled in."""
         if self.storage_url:
@@ -422,6 +463,11 @@ def _check_known(values: Mapping[str, Any]) -> None:
 
 
 def _from_text(name: str, raw: str) -> Any:
+    if name == "regions":
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigError(name, raw, "JSON: an object of region -> {write_consistency, read_consistency}") from None
     if _FIELD_TYPES[name] is int:
         try:
             return int(raw.strip().replace("_", ""))
@@ -547,6 +593,23 @@ def _validate(c: StorageConfig) -> None:
         raise ConfigError("durability", c.durability, "'process' or 'fsync'")
     if _str(c, "conflict_resolution") not in ("lww", "siblings"):
         raise ConfigError("conflict_resolution", c.conflict_resolution, "'lww' or 'siblings'")
+    levels = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
+    for name in ("write_consistency", "read_consistency"):
+        if _str(c, name) not in levels:
+            raise ConfigError(name, getattr(c, name), "one of " + ", ".join(levels))
+    _int_in(c, "consistency_timeout_ms", 1, 600_000)
+    if not isinstance(c.regions, dict):
+        raise ConfigError("regions", c.regions, "a table per region (region -> {write_consistency, read_consistency})")
+    for region, table in c.regions.items():
+        if not isinstance(region, str) or not _REGION.match(region):
+            raise ConfigError("regions", region, "region names of 1-64 of A-Z a-z 0-9 . _ -")
+        if not isinstance(table, dict):
+            raise ConfigError(f"regions.{region}", table, "a table with write_consistency and/or read_consistency")
+        for name, level in table.items():
+            if name not in ("write_consistency", "read_consistency"):
+                raise ConfigError(f"regions.{region}.{name}", level, "write_consistency or read_consistency")
+            if level not in levels:
+                raise ConfigError(f"regions.{region}.{name}", level, "one of " + ", ".join(levels))
     _int_in(c, "max_key_bytes", 1, 64 * KIB)
     _int_in(c, "max_value_bytes", 0, 64 * MIB)
     _int_in(c, "max_siblings", 1, 1024)

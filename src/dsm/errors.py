@@ -15,6 +15,7 @@ __all__ = [
     "ClockSkewError",
     "ClosedError",
     "ConfigError",
+    "ConsistencyError",
     "DSMError",
     "InvalidContextError",
     "InvalidInputError",
@@ -85,6 +86,36 @@ class ClockSkewError(DSMError):
 
 class ClosedError(DSMError):
     """The storage was closed; no further operations are accepted."""
+
+
+class ConsistencyError(DSMError):
+    """A consistency level was not met before its timeout.
+
+    Not a rollback: a write stays durable on every member that stored it (the coordinator first) and keeps
+    spreading; a read returned nothing. Retrying with the same context is safe.
+
+    Attributes:
+        level: the level asked for.
+        operation: "write" or "read".
+        received: members that answered in time (the coordinator included).
+        required: the fewest answers that meet the level.
+        shortfall: per group not met (a region, or "all"): (answers, needed).
+    """
+
+    def __init__(
+        self, level: str, operation: str, received: int, required: int, shortfall: dict[str, tuple[int, int]]
+    ) -> None:
+        self.level = level
+        self.operation = operation
+        self.received = received
+        self.required = required
+        self.shortfall = shortfall
+        groups = ", ".join(f"{name}: {got} of {need}" for name, (got, need) in sorted(shortfall.items()))
+        kept = " (the write is durable where it landed and keeps spreading)" if operation == "write" else ""
+        super().__init__(
+            f"{operation} at consistency {level!r} not met: {received} members answered, {required} required"
+            f" ({groups}){kept}"
+        )
 
 
 class WatchOverflowError(DSMError):

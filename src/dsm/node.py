@@ -37,13 +37,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
 from dsm.config import StorageConfig
+from dsm.core.consistency import Group, Level, Tally, groups, parse_level
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import (
     DecodeError,
@@ -59,6 +60,7 @@ from dsm.core.versions import Dot, Resolution, VersionSet, write
 from dsm.errors import (
     ClockSkewError,
     ClosedError,
+    ConsistencyError,
     DSMError,
     InvalidContextError,
     InvalidInputError,
@@ -110,8 +112,9 @@ class _Merge:
     items: Sequence[DataItem]
     future: asyncio.Future[int]
     size: int
-    #: Keys this merge changed (set by the commit).
+    #: Keys this merge changed, and items it refused (clock skew, undecodable), set by the commit.
     changed: int = 0
+    refused: int = 0
 
 
 @dataclass(slots=True)
@@ -215,6 +218,28 @@ class Network(Protocol):
     async def close(self) -> None: ...
 
 
+class Coordinator(Protocol):
+    """What consistency levels above `local` need of the runtime (`dsm.net.runtime.Runtime`): the membership
+    view, and requests to other members that count their answers in a `Tally` (see core/consistency.py)."""
+
+    def groups(self, level: Level) -> tuple[Group, ...]:
+        """The groups a request at `level` must satisfy, from this node's membership view."""
+        ...
+
+    async def replicate(self, items: Sequence[DataItem], tally: Tally, timeout_s: float) -> None:
+        """Sends the items to the tally's members; returns once the tally is met or after `timeout_s`."""
+        ...
+
+    async def gather(self, keys: Sequence[str], tally: Tally, timeout_s: float) -> dict[str, dict[str, bytes]]:
+        """Asks the tally's members for their version sets of `keys` (returns node -> key -> encoded set,
+        absent keys left out), until the tally is met or `timeout_s` passed."""
+        ...
+
+    def repair(self, items: Sequence[DataItem], nodes: Iterable[str]) -> None:
+        """Sends the items to `nodes` to merge, without waiting (read repair)."""
+        ...
+
+
 class EpidemicStorage:
     """One DSM node. Create it with `StorageFactory.create_epidemic_storage`.
 
@@ -254,6 +279,13 @@ class EpidemicStorage:
         self._watches: set[Watch] = set()
         #: The network runtime driving this node, when the factory started one (None: a standalone node).
         self.network: Network | None = None
+        #: Consistency levels above `local` go through it (set by the runtime; None: this node alone).
+        self.coordinator: Coordinator | None = None
+        #: Requests above `local`, by (operation, level, outcome "ok" / "unmet"); read repairs sent (members
+        #: that were stale, this node included).
+        self.level_stats: Counter[tuple[str, str, str]] = Counter()
+        self.read_repairs = 0
+        self._repairs: set[asyncio.Task[None]] = set()
 
     # --- life cycle ---
 
@@ -317,6 +349,8 @@ class EpidemicStorage:
             # The writer commits everything already queued, then returns; it is never cancelled mid-commit,
             # which would leave its batch's writers waiting forever and a transaction half done.
             await writer
+            if self._repairs:  # read repairs of this node: queued ones committed above, the rest refused
+                await asyncio.gather(*self._repairs, return_exceptions=True)
             # A clean close leaves the exact clock floor, so the next start needs no scan.
             with contextlib.suppress(StorageError):
                 await self.store.write([], {META_HLC: str(physical_ms(self._hlc.last) + 1).encode("ascii")})
@@ -399,33 +433,43 @@ class EpidemicStorage:
 
     # --- operations ---
 
-    async def get(self, key: str) -> ReadResult | None:
-        """Reads a key from this node.
+    async def get(self, key: str, *, consistency: str | Level | None = None) -> ReadResult | None:
+        """Reads a key.
 
         Args:
             key: the key.
+            consistency: the level (`dsm.core.consistency`; default: the region's `read_consistency`).
+                Above `local`, the versions of enough members are merged, and the members (this one
+                included) whose versions differed are repaired in the background (read repair).
 
         Returns:
             the value(s) with their version context, or None when the key is absent or deleted.
 
         Raises:
-            InvalidKeyError: the key is not acceptable.
+            InvalidKeyError: the key is not acceptable; InvalidInputError: an unknown level.
+            ConsistencyError: too few members answered within `consistency_timeout_ms`.
             ClosedError: the node is closed.
             StorageError: the store failed (StorageCorruptError if the stored row is unreadable).
         """
         self._check_open()
         key = self._check_key(key)
+        level = self._level(consistency, 1)
         encoded = await self.store.read(key)
-        if encoded is None:
+        if level is not Level.LOCAL:
+            versions = await self._read_at(level, key, encoded)
+        elif encoded is None:
             return None
-        versions = self._decode(key, encoded)
+        else:
+            versions = self._decode(key, encoded)
         for version in versions.versions:
             if version.value is not None:
                 return ReadResult(key, versions)
-        return None  # only tombstones: deleted
+        return None  # absent, or only tombstones: deleted
 
-    async def put(self, key: str, value: bytes, *, context: str | None = None) -> WriteResult:
-        """Writes a value, durably on this node before returning.
+    async def put(
+        self, key: str, value: bytes, *, context: str | None = None, consistency: str | Level | None = None
+    ) -> WriteResult:
+        """Writes a value, durably on this node (and on the members the level asks for) before returning.
 
         Args:
             key: the key (str, at most `max_key_bytes` in UTF-8, no NUL).
@@ -433,28 +477,132 @@ class EpidemicStorage:
             context: the context of an earlier read; the write then supersedes what that read returned.
                 Without it, the write is blind: in 'lww' mode it wins by timestamp, in 'siblings' mode it
                 becomes a sibling of whatever it did not supersede.
+            consistency: the level (`dsm.core.consistency`; default: the region's `write_consistency`).
+                Above `local`, the write returns once enough members stored it durably.
 
         Returns:
             the new version's timestamp and context.
 
         Raises:
-            InvalidKeyError, InvalidValueError, InvalidContextError: bad arguments (nothing is written).
+            InvalidKeyError, InvalidValueError, InvalidContextError, InvalidInputError (an unknown level):
+                bad arguments (nothing is written).
+            ConsistencyError: too few members stored it within `consistency_timeout_ms`. The write is
+                durable here (and wherever else it landed) and keeps spreading; it is not rolled back.
             ClosedError: the node is closed.
             StorageError: the commit failed; the write is not acknowledged (and nothing else is lost).
         """
         self._check_open()
         key = self._check_key(key)
         vector = _NO_CONTEXT if context is None else self._check_context(context, key)
-        return await self._submit(key, self._check_value(value), vector)
+        level = self._level(consistency, 0)
+        result = await self._submit(key, self._check_value(value), vector)
+        if level is not Level.LOCAL:
+            await self._write_at(level, result)
+        return result
 
-    async def delete(self, key: str, *, context: str | None = None) -> WriteResult:
-        """Deletes a key by writing a tombstone (durable on this node before returning).
+    async def delete(
+        self, key: str, *, context: str | None = None, consistency: str | Level | None = None
+    ) -> WriteResult:
+        """Deletes a key by writing a tombstone (durable on this node, and on the members the level asks
+        for, before returning).
 
         Args and Raises: as `put`, without a value.
         """
         self._check_open()
         key = self._check_key(key)
-        return await self._submit(key, None, self._check_context(context, key))
+        vector = self._check_context(context, key)
+        level = self._level(consistency, 0)
+        result = await self._submit(key, None, vector)
+        if level is not Level.LOCAL:
+            await self._write_at(level, result)
+        return result
+
+    # --- consistency levels ---
+
+    def _level(self, consistency: str | Level | None, which: int) -> Level:
+        if consistency is None:
+            consistency = self.config.levels()[which]
+        try:
+            return parse_level(consistency)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+
+    def _tally(self, level: Level) -> Tally:
+        coordinator = self.coordinator
+        if coordinator is not None:
+            tally = Tally(level, coordinator.groups(level))
+        else:  # a standalone node: the only member
+            tally = Tally(level, groups(level, self.node_id, self.config.region, ()))
+        tally.add(self.node_id)  # this node's own commit or read comes first
+        return tally
+
+    def _unmet(self, operation: str, tally: Tally) -> ConsistencyError:
+        self.level_stats[(operation, tally.level.value, "unmet")] += 1
+        return ConsistencyError(tally.level.value, operation, tally.received, tally.required, tally.shortfall())
+
+    async def _write_at(self, level: Level, result: WriteResult) -> None:
+        """Waits until enough members stored the write `result` acknowledged here."""
+        tally = self._tally(level)
+        if not tally.met and self.coordinator is not None:
+            encoded = encode_versions(result._versions)
+            item = DataItem(update_id(result.key, result.timestamp, self.node_id), result.key, encoded)
+            timeout = self.config.consistency_timeout_ms / 1000
+            await self.coordinator.replicate([item], tally, timeout)
+        if not tally.met:
+            raise self._unmet("write", tally)
+        self.level_stats[("write", level.value, "ok")] += 1
+
+    async def _read_at(self, level: Level, key: str, encoded: bytes | None) -> VersionSet:
+        """The merge of the versions of enough members (this node's first, `encoded`); repairs the stale."""
+        tally = self._tally(level)
+        replies: dict[str, dict[str, bytes]] = {}
+        if not tally.met and self.coordinator is not None:
+            replies = await self.coordinator.gather([key], tally, self.config.consistency_timeout_ms / 1000)
+        if not tally.met:
+            raise self._unmet("read", tally)
+        self.level_stats[("read", level.value, "ok")] += 1
+        local = _EMPTY if encoded is None else self._decode(key, encoded)
+        held: dict[str, VersionSet] = {}
+        merged = local
+        for node in tally.answered:
+            if node == self.node_id:
+                continue
+            raw = replies.get(node, {}).get(key)
+            try:
+                held[node] = _EMPTY if raw is None else decode_versions(raw)
+            except DecodeError as exc:
+                log.warning("member %s sent unreadable versions of %r: %s", node, key, exc)
+                continue
+            merged = merged.merge(held[node], self._resolution)
+        if merged.versions:
+            stale = [node for node, versions in held.items() if versions.versions != merged.versions]
+            item = DataItem(0, key, encode_versions(merged))
+            if stale and self.coordinator is not None:
+                self.coordinator.repair([item], stale)
+                self.read_repairs += len(stale)
+            if local.versions != merged.versions:
+                self.read_repairs += 1
+                task = asyncio.get_running_loop().create_task(self._repair_here(item))
+                self._repairs.add(task)
+                task.add_done_callback(self._repairs.discard)
+        return merged
+
+    async def _repair_here(self, item: DataItem) -> None:
+        try:
+            await self.merge([item])
+        except DSMError as exc:  # closed or the store failed: anti-entropy brings it later
+            log.info("read repair of %r on this node failed: %s", item.key, exc)
+
+    async def store_replicated(self, items: Sequence[DataItem]) -> bool:
+        """Merges items a coordinator sent for a consistency level; True when every item is durable here
+        (False when one was refused: clock skew, undecodable). Raises as `merge`."""
+        merge = await self._merge_item(items)
+        return merge.refused == 0
+
+    async def read_raw(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The stored (encoded) version sets of `keys` that this node holds (for a coordinator's read)."""
+        self._check_open()
+        return await self.store.read_many(list(keys))
 
     async def merge(self, items: Sequence[DataItem]) -> int:
         """Merges version sets sent by other replicas into this one, durably; returns how many keys changed.
@@ -463,16 +611,21 @@ class EpidemicStorage:
             ClosedError: the node is closed.
             StorageError: the commit failed (the items are not merged; anti-entropy brings them again).
         """
-        self._check_open()
         if not items:
+            self._check_open()
             return 0
+        return (await self._merge_item(items)).changed
+
+    async def _merge_item(self, items: Sequence[DataItem]) -> _Merge:
+        self._check_open()
         if self._queued < self.config.write_queue_max:
             self._queued += 1
         else:
             await self._wait_for_place()
         merge = _Merge(items, asyncio.get_running_loop().create_future(), sum(len(i.versions) for i in items))
         self._admit(merge)
-        return await merge.future
+        await merge.future
+        return merge
 
     async def list_keys(self, prefix: str = "", after: str = "", limit: int = 100) -> tuple[list[str], bool]:
         """Keys holding a value (deleted ones left out) that start with `prefix` and sort after `after`,
@@ -735,21 +888,24 @@ class EpidemicStorage:
         """Joins a merge's remote version sets into `states`, marking the keys that changed."""
         stats = self.merge_stats
         hlc, resolution = self._hlc, self._resolution
-        changed = 0
+        changed = refused = 0
         for item in merge.items:
             stats.items += 1
             if item.key in bad:
                 stats.refused_corrupt += 1  # our row is unreadable; leave it for an operator
+                refused += 1
                 continue
             try:
                 remote = decode_versions(item.versions)
                 hlc.check(remote.max_timestamp, wall)
             except DecodeError as exc:
                 stats.refused_corrupt += 1
+                refused += 1
                 log.warning("refusing remote versions of %r: %s", item.key, exc)
                 continue
             except ClockSkewError as exc:
                 stats.refused_skew += 1
+                refused += 1
                 log.warning("refusing remote versions of %r: %s", item.key, exc)
                 continue
             current = states.get(item.key, _EMPTY)
@@ -762,6 +918,7 @@ class EpidemicStorage:
             changed += 1
         stats.keys_changed += changed
         merge.changed = changed
+        merge.refused = refused
 
     async def _write_rows(self, rows: list[StoredKey]) -> None:
         # Keep every stored timestamp at or below the reserved clock floor (see the module docstring).

@@ -15,12 +15,14 @@
 Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
 `DELETE` that sends it back supersedes what that read returned. Siblings (HTTP 300) come as
 `{"key": ..., "context": ..., "siblings": [{"value": <base64>, "timestamp": <int>, "writer": <node id>}]}`,
-newest first. `?consistency=` takes the level names of the configuration (`local`, `region_quorum`,
-`quorum`, `each_region_quorum`, `all`); only `local` is served by this build (others: 501).
+newest first. `?consistency=` takes a level (`local`, `region_quorum`, `quorum`, `each_region_quorum`,
+`all`; default: the node's region's `write_consistency` / `read_consistency`); a level not met within
+`consistency_timeout_ms` is a 503 whose error also carries `level`, `operation`, `acknowledged` (members
+that answered, this one included), `required` and `shortfall` (per region or "all": [answers, needed]).
 
 Errors are JSON, `{"error": {"code": "...", "message": "..."}}`: bad input is a 4xx (400, 401, 404, 405,
-413), a store that fails is 503; nothing a client sends produces a 500. With a bearer token configured,
-every path but /health needs `Authorization: Bearer <token>`.
+413), a store that fails or a level not met is 503; nothing a client sends produces a 500. With a bearer
+token configured, every path but /health needs `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,16 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from dsm.core.consistency import LEVEL_NAMES
 from dsm.core.ring import State
-from dsm.errors import ClosedError, DSMError, InvalidInputError, StorageError, WatchOverflowError
+from dsm.errors import (
+    ClosedError,
+    ConsistencyError,
+    DSMError,
+    InvalidInputError,
+    StorageError,
+    WatchOverflowError,
+)
 from dsm.net.looplag import BUCKETS_S
 from dsm.net.runtime import Runtime
 from dsm.node import EpidemicStorage, Watch
@@ -54,7 +64,7 @@ CONTEXT_HEADER = "X-DSM-Context"
 #: With a single value: its timestamp and the node that accepted it.
 TIMESTAMP_HEADER = "X-DSM-Timestamp"
 WRITER_HEADER = "X-DSM-Writer"
-LEVELS = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
+LEVELS = LEVEL_NAMES
 LIST_MAX = 1000
 #: Most changes a watch stream holds for a slow reader before it ends with a watch_overflow line.
 WATCH_QUEUE = 10_000
@@ -127,6 +137,19 @@ def create_app(
             return _error(400, type(exc).__name__, str(exc))
         except ClosedError as exc:
             return _error(503, "closed", str(exc))
+        except ConsistencyError as exc:
+            body = {
+                "error": {
+                    "code": "consistency_unmet",
+                    "message": str(exc),
+                    "level": exc.level,
+                    "operation": exc.operation,
+                    "acknowledged": exc.received,
+                    "required": exc.required,
+                    "shortfall": {name: list(pair) for name, pair in exc.shortfall.items()},
+                }
+            }
+            return web.json_response(body, status=503)
         except StorageError as exc:
             return _error(503, type(exc).__name__, str(exc))
         except DSMError as exc:
@@ -150,28 +173,31 @@ def create_app(
 
         return run
 
-    def level(request: web.Request) -> str:
+    def level(request: web.Request) -> str | None:
+        """The level asked for; None: the node's default for its region."""
         query = request.query_string
-        if not query or query == "consistency=local":
-            return "local"  # the common requests, without parsing a query
-        name = request.query.get("consistency", "local")
+        if not query:
+            return None
+        if query == "consistency=local":
+            return "local"  # the common request, without parsing a query
+        name = request.query.get("consistency")
+        if name is None:
+            return None
         if name not in LEVELS:
             raise ApiError(400, "bad_consistency", f"unknown consistency level {name!r}; one of {', '.join(LEVELS)}")
-        if name != "local":
-            raise ApiError(501, "not_implemented", f"consistency {name!r} is not served by this build yet")
         return name
 
     async def put(request: web.Request) -> web.Response:
-        level(request)
+        consistency = level(request)
         key = request.match_info["key"]
         value = await request.read()
-        result = await storage.put(key, value, context=request.headers.get(CONTEXT_HEADER))
+        result = await storage.put(key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
     async def get(request: web.Request) -> web.Response:
-        level(request)
+        consistency = level(request)
         key = request.match_info["key"]
-        result = await storage.get(key)
+        result = await storage.get(key, consistency=consistency)
         if result is None:
             raise ApiError(404, "not_found", f"no value for key {key!r}")
         if not result.conflict:
@@ -192,9 +218,9 @@ def create_app(
         return web.json_response(body, status=300, headers=headers)
 
     async def delete(request: web.Request) -> web.Response:
-        level(request)
+        consistency = level(request)
         key = request.match_info["key"]
-        result = await storage.delete(key, context=request.headers.get(CONTEXT_HEADER))
+        result = await storage.delete(key, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
     async def listing(request: web.Request) -> web.Response:
@@ -355,6 +381,19 @@ class _NodeCollector(Collector):
         for kind, count in sorted(BAD_REQUESTS.items()):
             bad.add_metric([kind], count)
         yield bad
+        levels = CounterMetricFamily(
+            "dsm_consistency_requests",
+            "Reads and writes above the local level, by operation, level and outcome (ok, unmet)",
+            labels=["op", "level", "outcome"],
+        )
+        for (op, name, outcome), count in sorted(self.storage.level_stats.items()):
+            levels.add_metric([op, name, outcome], count)
+        yield levels
+        yield CounterMetricFamily(
+            "dsm_read_repairs",
+            "Members (this node included) a read above the local level found stale and sent the merge to",
+            value=self.storage.read_repairs,
+        )
         runtime = self.runtime
         if runtime is None or runtime.peer is None:
             return
@@ -421,7 +460,8 @@ _LEVEL = {
     "name": "consistency",
     "in": "query",
     "required": False,
-    "schema": {"type": "string", "enum": list(LEVELS), "default": "local"},
+    "description": "default: the node's region's write_consistency / read_consistency",
+    "schema": {"type": "string", "enum": list(LEVELS)},
 }
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
@@ -469,7 +509,7 @@ OPENAPI: dict[str, Any] = {
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
                 },
                 "responses": {
-                    "200": {"description": "durable on this node"},
+                    "200": {"description": "durable on this node and on the members the level asks for"},
                     "400": _ERROR,
                     "413": _ERROR,
                     "503": _ERROR,
@@ -484,11 +524,12 @@ OPENAPI: dict[str, Any] = {
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Siblings"}}},
                     },
                     "404": _ERROR,
+                    "503": _ERROR,
                 },
             },
             "delete": {
                 "summary": "Delete (a tombstone)",
-                "responses": {"200": {"description": "deleted"}, "400": _ERROR},
+                "responses": {"200": {"description": "deleted"}, "400": _ERROR, "503": _ERROR},
             },
         },
         "/v1/kv": {

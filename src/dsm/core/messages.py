@@ -275,6 +275,42 @@ class Reconcile(NamedTuple):
     entries: tuple[tuple[str, bytes], ...]
 
 
+class Replicate(NamedTuple):
+    """Store these writes durably (a merge, as for any replicated write) and answer with `Replicated`: a
+    write at a consistency level above `local` (consistency.py). `seq` 0: read repair, no answer wanted."""
+
+    seq: int
+    source: str
+    items: DataItems
+
+
+class Replicated(NamedTuple):
+    """Answer to a `Replicate`: `stored` is True once every item is durable here (False: the merge failed or
+    refused an item, for example for clock skew)."""
+
+    seq: int
+    source: str
+    stored: bool
+
+
+class ReadRequest(NamedTuple):
+    """Asks for the stored version sets of `keys` (a read at a consistency level above `local`)."""
+
+    seq: int
+    source: str
+    keys: tuple[str, ...]
+
+
+class ReadReply(NamedTuple):
+    """The stored version sets (encoded) of the keys asked for that this node holds; absent keys left out.
+    `ok` is False when the store failed (then nothing is listed and the answer does not count)."""
+
+    seq: int
+    source: str
+    entries: tuple[tuple[str, bytes], ...]
+    ok: bool
+
+
 Message = (
     Ping
     | PingReq
@@ -302,6 +338,10 @@ Message = (
     | GossipReply
     | GossipItems
     | Reconcile
+    | Replicate
+    | Replicated
+    | ReadRequest
+    | ReadReply
 )
 
 #: Messages that exist to build and repair the overlay (what a join "costs"); the rest is probing,
@@ -311,6 +351,8 @@ OVERLAY_MESSAGES = (Join, JoinReply, Neighbor, Link, LinkReply, Unlink, Leave)
 SYNC_MESSAGES = (SyncDigest, SyncSubDigests, SyncLeaves, SyncEntries)
 #: Messages of write dissemination (direct updates and gossip).
 DATA_MESSAGES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems)
+#: Messages of consistency levels and read repair (a coordinator and the members it asks).
+LEVEL_MESSAGES = (Replicate, Replicated, ReadRequest, ReadReply)
 
 
 # --- effects: what a core asks its runtime to do ---

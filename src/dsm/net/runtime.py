@@ -28,11 +28,24 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dsm.config import StorageConfig
-from dsm.core.messages import DataItem, Deliver, Effect, Reconcile, RouteFailure, Send, Store
+from dsm.core.consistency import Group, Level, Tally, groups
+from dsm.core.messages import (
+    DataItem,
+    Deliver,
+    Effect,
+    ReadReply,
+    ReadRequest,
+    Reconcile,
+    Replicate,
+    Replicated,
+    RouteFailure,
+    Send,
+    Store,
+)
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import answer, opening
 from dsm.core.ring import MemberInfo, State
@@ -47,6 +60,11 @@ log = logging.getLogger("dsm.net")
 META_INCARNATION = "incarnation"
 #: Most anti-entropy answers computed at once (each may scan the store).
 MAX_ANSWERS = 4
+#: Most keys one ReadRequest may ask for (a longer one is answered as failed).
+MAX_READ_KEYS = 1024
+#: Most Replicate / ReadRequest messages served at once; more are answered as failed (the coordinator
+#: counts them as not stored, and the write still spreads by the other paths).
+MAX_SERVING = 1024
 #: How often a starting node looks for its first live link, to reconcile with it at once (s).
 CATCH_UP_POLL_S = 0.05
 
@@ -95,6 +113,12 @@ class Runtime:
         self._anti_entropy: asyncio.Task[None] | None = None
         #: Event-loop stalls, measured while the node runs (exported as metrics).
         self.loop_lag = LoopLag()
+        # Consistency levels: requests this node coordinates (seq -> tally, its future, replies), and the
+        # count of requests from other coordinators being served.
+        self._requests: dict[int, tuple[Tally, asyncio.Future[None], dict[str, dict[str, bytes]]]] = {}
+        self._request_seq = 0
+        self._serving = 0
+        self.level_refused = 0
 
     @classmethod
     def from_config(cls, storage: EpidemicStorage, config: StorageConfig) -> Runtime:
@@ -137,6 +161,7 @@ class Runtime:
         info = MemberInfo(self.node_id, self.addr, self.storage.config.region)
         self.peer = Peer(info, self.settings, self._rng, self.now(), incarnation=incarnation)
         self.storage.on_committed = self._publish
+        self.storage.coordinator = self
         self._apply(self.peer.join(self.now(), [("", addr) for addr in bootstrap if addr != self.addr]))
         self._anti_entropy = self._loop.create_task(self._anti_entropy_loop(), name=f"dsm-ae-{self.node_id}")
         log.info("node %s listening on %s (incarnation %d)", self.node_id, self.addr, incarnation)
@@ -151,6 +176,7 @@ class Runtime:
         if self._anti_entropy is not None:
             self._anti_entropy.cancel()
             await asyncio.gather(self._anti_entropy, return_exceptions=True)
+        self.storage.coordinator = None
         if self.peer is not None and not self.peer.left:
             self.storage.on_committed = None
             self._apply(self.peer.leave(self.now()))
@@ -169,6 +195,10 @@ class Runtime:
                 return
             self._answering += 1
             self._background(self._answer(message))
+            return
+        kind = type(message)
+        if kind in _LEVEL_HANDLERS:
+            _LEVEL_HANDLERS[kind](self, source, message)
             return
         self._apply(self.peer.handle(self.now(), message))
 
@@ -221,6 +251,132 @@ class Runtime:
             self.merge_failures += 1
             log.warning("merging %d items from %s failed: %s", len(items), source, exc)
             return 0
+
+    # ------------------------------------------------------------------ consistency levels
+
+    def groups(self, level: Level) -> tuple[Group, ...]:
+        """The groups a request at `level` must satisfy (core/consistency.py), from this node's view: every
+        member it knows of counts unless it left."""
+        peer = self.peer
+        region = self.storage.config.region
+        if peer is None:
+            return groups(level, self.node_id, region, ())
+        infos = peer.directory.infos
+        members = (
+            (infos[slot].node_id, infos[slot].region, raw != State.LEFT)
+            for slot, raw in enumerate(peer.table.states)
+            if raw
+        )
+        return groups(level, self.node_id, region, members)
+
+    def _targets(self, tally: Tally) -> list[str]:
+        """The tally's other members worth asking: all but this node and members believed dead (they still
+        count in the denominator, but a request to them would only wait for a connection to fail)."""
+        assert self.peer is not None
+        return sorted(
+            node for node in tally.members if node != self.node_id and self.peer.member_state(node) != State.DEAD
+        )
+
+    async def _request(
+        self, tally: Tally, message_of: Callable[[int], Any], timeout_s: float
+    ) -> dict[str, dict[str, bytes]]:
+        loop = asyncio.get_running_loop()
+        self._request_seq += 1
+        seq = self._request_seq
+        future: asyncio.Future[None] = loop.create_future()
+        replies: dict[str, dict[str, bytes]] = {}
+        self._requests[seq] = (tally, future, replies)
+        try:
+            message = message_of(seq)
+            for node in self._targets(tally):
+                self.transport.send(node, self._addr_of(node), message)
+            if not tally.met:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await future
+                except TimeoutError:
+                    pass
+        finally:
+            del self._requests[seq]
+        return replies
+
+    async def replicate(self, items: Sequence[DataItem], tally: Tally, timeout_s: float) -> None:
+        """Sends the items to the tally's members (a `Replicate`); returns once enough of them stored the
+        items durably (`Replicated`) or after `timeout_s`, whichever is first."""
+        batch = tuple(items)
+        await self._request(tally, lambda seq: Replicate(seq, self.node_id, batch), timeout_s)
+
+    async def gather(self, keys: Sequence[str], tally: Tally, timeout_s: float) -> dict[str, dict[str, bytes]]:
+        """Asks the tally's members for their version sets of `keys` (`ReadRequest`); returns what answered
+        (node -> key -> encoded set) once the tally is met or after `timeout_s`."""
+        wanted = tuple(keys)
+        return await self._request(tally, lambda seq: ReadRequest(seq, self.node_id, wanted), timeout_s)
+
+    def repair(self, items: Sequence[DataItem], nodes: Iterable[str]) -> None:
+        """Read repair: sends the merged items to `nodes`, which merge them without answering."""
+        message = Replicate(0, self.node_id, tuple(items))
+        for node in nodes:
+            self.transport.send(node, self._addr_of(node), message)
+
+    def _answered(self, source: str, seq: int, entries: dict[str, bytes] | None) -> None:
+        pending = self._requests.get(seq)
+        if pending is None:
+            return  # late (the request timed out or was met) or unknown
+        tally, future, replies = pending
+        if entries is not None:
+            replies[source] = entries
+        if tally.add(source) and not future.done():
+            future.set_result(None)
+
+    def _on_replicated(self, source: str, message: Replicated) -> None:
+        # `source` is the member the connection authenticated, not the message's claim.
+        if message.stored and message.source == source:
+            self._answered(source, message.seq, None)
+
+    def _on_read_reply(self, source: str, message: ReadReply) -> None:
+        if message.ok and message.source == source:
+            self._answered(source, message.seq, dict(message.entries))
+
+    def _on_replicate(self, source: str, message: Replicate) -> None:
+        if self._serving >= MAX_SERVING:
+            self.level_refused += 1
+            if message.seq:
+                self.transport.send(source, self._addr_of(source), Replicated(message.seq, self.node_id, False))
+            return
+        self._serving += 1
+        self._background(self._serve_replicate(source, message))
+
+    async def _serve_replicate(self, source: str, message: Replicate) -> None:
+        stored = False
+        try:
+            stored = await self.storage.store_replicated(message.items)
+        except Exception as exc:  # closed or the store failed: not stored, and the coordinator is told so
+            self.merge_failures += 1
+            log.warning("storing %d items for %s failed: %s", len(message.items), source, exc)
+        finally:
+            self._serving -= 1
+        if message.seq:
+            self.transport.send(source, self._addr_of(source), Replicated(message.seq, self.node_id, stored))
+
+    def _on_read_request(self, source: str, message: ReadRequest) -> None:
+        if self._serving >= MAX_SERVING or len(message.keys) > MAX_READ_KEYS:
+            self.level_refused += 1
+            self.transport.send(source, self._addr_of(source), ReadReply(message.seq, self.node_id, (), False))
+            return
+        self._serving += 1
+        self._background(self._serve_read(source, message))
+
+    async def _serve_read(self, source: str, message: ReadRequest) -> None:
+        entries: tuple[tuple[str, bytes], ...] = ()
+        ok = False
+        try:
+            entries = tuple((await self.storage.read_raw(message.keys)).items())
+            ok = True
+        except Exception as exc:
+            log.warning("reading %d keys for %s failed: %s", len(message.keys), source, exc)
+        finally:
+            self._serving -= 1
+        self.transport.send(source, self._addr_of(source), ReadReply(message.seq, self.node_id, entries, ok))
 
     # ------------------------------------------------------------------ anti-entropy
 
@@ -293,3 +449,11 @@ class Runtime:
             log.warning("answering anti-entropy from %s failed: %s", message.source, exc)
         finally:
             self._answering -= 1
+
+
+_LEVEL_HANDLERS: dict[type[Any], Callable[[Runtime, str, Any], None]] = {
+    Replicate: Runtime._on_replicate,
+    Replicated: Runtime._on_replicated,
+    ReadRequest: Runtime._on_read_request,
+    ReadReply: Runtime._on_read_reply,
+}

@@ -71,6 +71,10 @@ class MessageType(enum.IntEnum):
     GOSSIP_REPLY = 24
     GOSSIP_ITEMS = 25
     RECONCILE = 26
+    REPLICATE = 27
+    REPLICATED = 28
+    READ_REQUEST = 29
+    READ_REPLY = 30
     # Connection control (dsm.net.security), not core messages.
     HELLO = 64
     AUTH = 65
@@ -224,6 +228,10 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.GOSSIP_REPLY: (m.GossipReply, (_int, _str, _ints, _items)),
     MessageType.GOSSIP_ITEMS: (m.GossipItems, (_str, _items)),
     MessageType.RECONCILE: (m.Reconcile, (_int, _str, _tuple_of(_run), _tuple_of(_entry))),
+    MessageType.REPLICATE: (m.Replicate, (_int, _str, _items)),
+    MessageType.REPLICATED: (m.Replicated, (_int, _str, _bool)),
+    MessageType.READ_REQUEST: (m.ReadRequest, (_int, _str, _strs)),
+    MessageType.READ_REPLY: (m.ReadReply, (_int, _str, _tuple_of(_entry), _bool)),
     MessageType.HELLO: (Hello, (_str, _bytes, _bytes)),
     MessageType.AUTH: (Auth, (_str,)),
 }

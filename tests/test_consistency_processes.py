@@ -1,0 +1,121 @@
+"""Consistency levels on real `dsm node run` processes, two regions on loopback: region A keeps taking
+region_quorum writes while region B is cut off (its processes stopped with SIGSTOP: they hold their
+connections open and answer nothing, the way a partitioned or frozen machine looks); quorum fails cleanly
+over HTTP (503 with the level, the acknowledgements and the requirement) while a majority is away and
+succeeds again once it is back; the write that failed its level was never rolled back; a deleted key does
+not come back when a member that was away since before the delete returns with the old value."""
+
+from __future__ import annotations
+
+import signal
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dsm.client import ConsistencyUnmetError
+from procs import Proc, eventually, holds, procs_fixture  # noqa: F401 (the `procs` fixture)
+
+pytestmark = pytest.mark.usefixtures("loopback_hosts")
+
+LEVELS = {"DSM_CONSISTENCY_TIMEOUT_MS": "1000"}
+
+
+def start(procs: list[Proc], tmp_path: Path, node_id: str, host: str, region: str, bootstrap: list[str]) -> Proc:
+    proc = Proc(node_id, host, tmp_path, bootstrap, env={**LEVELS, "DSM_REGION": region})
+    procs.append(proc)
+    return proc
+
+
+def alive_everywhere(nodes: list[Proc], count: int) -> bool:
+    return all(len([m for m in p.client.members() if m["state"] == "alive"]) == count for p in nodes)
+
+
+def test_region_quorum_survives_a_cut_off_region_and_quorum_fails_cleanly(procs: list[Proc], tmp_path: Path) -> None:
+    a0 = start(procs, tmp_path, "a0", "127.0.0.1", "a", [])
+    a1 = start(procs, tmp_path, "a1", "127.0.0.2", "a", [a0.listen])
+    a2 = start(procs, tmp_path, "a2", "127.0.0.3", "a", [a0.listen])
+    b0 = start(procs, tmp_path, "b0", "127.0.0.4", "b", [a0.listen])
+    b1 = start(procs, tmp_path, "b1", "127.0.0.5", "b", [a0.listen])
+    eventually(lambda: alive_everywhere(procs, 5))
+    regions = {m["id"]: m["region"] for m in a0.client.members()}
+    assert regions == {"a0": "a", "a1": "a", "a2": "a", "b0": "b", "b1": "b"}
+    a0.client.put("before", b"0", consistency="all")
+
+    try:
+        for p in (b0, b1):
+            p.proc.send_signal(signal.SIGSTOP)
+        # Region A alone: its own majority is there; every region's majority is not.
+        a0.client.put("in-a", b"1", consistency="region_quorum")
+        assert a1.client.get("in-a", consistency="region_quorum").value == b"1"  # type: ignore[union-attr]
+        with pytest.raises(ConsistencyUnmetError) as caught:
+            a1.client.put("each", b"1", consistency="each_region_quorum")
+        error = caught.value
+        assert (error.status, error.level, error.operation) == (503, "each_region_quorum", "write")
+        assert (error.acknowledged, error.required) == (3, 4)
+        # 3 of 5 is still a quorum; with a2 away too it is not.
+        a0.client.put("q1", b"1", consistency="quorum")
+        a2.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ConsistencyUnmetError) as caught:
+                a0.client.put("q2", b"2", consistency="quorum")
+            assert (caught.value.acknowledged, caught.value.required) == (2, 3)
+            with pytest.raises(ConsistencyUnmetError):
+                a1.client.get("q1", consistency="quorum")
+            assert a1.client.get("q1", consistency="local").value == b"1"  # type: ignore[union-attr]
+        finally:
+            a2.proc.send_signal(signal.SIGCONT)
+
+        # The majority is back: quorum writes succeed again (once a0 counts a2 as reachable again).
+        def quorum_write_works() -> bool:
+            try:
+                a0.client.put("q3", b"3", consistency="quorum")
+            except ConsistencyUnmetError:
+                return False
+            return True
+
+        eventually(quorum_write_works, timeout=15)
+    finally:
+        for p in (b0, b1):
+            p.proc.send_signal(signal.SIGCONT)
+
+    # Nothing was rolled back: the writes whose level failed are everywhere once region B is back.
+    eventually(lambda: all(holds(p, "q2", b"2") and holds(p, "each", b"1") for p in procs), timeout=15)
+    eventually(lambda: all(holds(p, "in-a", b"1") and holds(p, "q3", b"3") for p in procs), timeout=15)
+    eventually(lambda: alive_everywhere(procs, 5))
+
+    def read_all() -> bool:
+        try:
+            return b1.client.get("before", consistency="all").value == b"0"  # type: ignore[union-attr]
+        except ConsistencyUnmetError:  # a member b1 still holds dead has not refuted yet
+            return False
+
+    eventually(read_all, timeout=15)
+    with urllib.request.urlopen(a0.url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'dsm_consistency_requests_total{level="quorum",op="write",outcome="unmet"} 1.0' in metrics
+    assert 'dsm_consistency_requests_total{level="quorum",op="write",outcome="ok"}' in metrics
+
+
+def test_a_deleted_key_stays_deleted_when_a_long_absent_member_returns(procs: list[Proc], tmp_path: Path) -> None:
+    n0 = start(procs, tmp_path, "d0", "127.0.0.1", "a", [])
+    n1 = start(procs, tmp_path, "d1", "127.0.0.2", "a", [n0.listen])
+    n2 = start(procs, tmp_path, "d2", "127.0.0.3", "a", [n0.listen])
+    eventually(lambda: alive_everywhere(procs, 3))
+    n0.client.put("doomed", b"old", consistency="all")
+    assert holds(n2, "doomed", b"old")
+    # d2 goes away holding the value, and stays away while the key is deleted and writes go on.
+    assert n2.stop(signal.SIGKILL) == -signal.SIGKILL
+    procs.remove(n2)
+    got = n0.client.get("doomed")
+    assert got is not None
+    n0.client.delete("doomed", context=got.context, consistency="quorum")
+    for i in range(20):
+        n1.client.put(f"later{i}", b"x", consistency="quorum")
+    back = start(procs, tmp_path, "d2", "127.0.0.3", "a", [n0.listen])
+    # It catches up with the writes made while it was away, and the old value does not come back: not on
+    # the returning member, not on the others, not through a read that merges everyone's versions.
+    eventually(lambda: all(holds(back, f"later{i}", b"x") for i in range(20)), timeout=10)
+    for p in procs:
+        assert p.client.get("doomed") is None, p.node_id
+    assert n1.client.get("doomed", consistency="all") is None
