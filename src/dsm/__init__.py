@@ -18,6 +18,7 @@ from dsm.errors import (
     ClockSkewError,
     ClosedError,
     ConfigError,
+    ConsistencyError,
     DSMError,
     InvalidContextError,
     InvalidInputError,
@@ -31,7 +32,7 @@ from dsm.errors import (
     WatchOverflowError,
 )
 from dsm.factory import StorageFactory
-from dsm.node import Change, EpidemicStorage, Watch
+from dsm.node import Change, EpidemicStorage, Resolver, Watch
 from dsm.storage import BackingStore
 from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
 
@@ -43,6 +44,7 @@ __all__ = [
     "ClockSkewError",
     "ClosedError",
     "ConfigError",
+    "ConsistencyError",
     "DSMError",
     "EpidemicStorage",
     "InvalidContextError",
@@ -51,6 +53,7 @@ __all__ = [
     "InvalidValueError",
     "NodeInfo",
     "ReadResult",
+    "Resolver",
     "Sibling",
     "StorageConfig",
     "StorageCorruptError",

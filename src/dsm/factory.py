@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dsm.config import StorageConfig
 from dsm.errors import ConfigError, InvalidInputError
 from dsm.net.runtime import Runtime
-from dsm.node import EpidemicStorage
+from dsm.node import EpidemicStorage, Resolver
 from dsm.storage import BackingStore, open_store
 from dsm.types import NodeInfo
 
@@ -22,10 +22,13 @@ class StorageFactory:
 
     Args:
         config: the node configuration (default: all defaults).
+        resolver: a conflict resolver for the nodes it creates (see `EpidemicStorage.resolver`).
     """
 
-    def __init__(self, config: StorageConfig | None = None) -> None:
+    def __init__(self, config: StorageConfig | None = None, *, resolver: Resolver | None = None) -> None:
         self.config = config if config is not None else StorageConfig()
+        #: Given to every node this factory creates (`EpidemicStorage.resolver`; siblings mode).
+        self.resolver = resolver
 
     def create_sql_storage(self) -> BackingStore:
         """The configured SQL backing store, not yet opened (the node opens it).
@@ -90,6 +93,7 @@ class StorageFactory:
             raise ConfigError("bootstrap_nodes", list(bootstrap), "empty for a standalone node (listen_addr empty)")
         store = backing_storage if backing_storage is not None else self.create_sql_storage()
         node = EpidemicStorage(config, info, store)
+        node.resolver = self.resolver
         # Built before the store opens: a TLS file that cannot be loaded fails here, with nothing to undo.
         runtime = Runtime.from_config(node, config) if config.listen_addr else None
         await node.start()

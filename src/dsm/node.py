@@ -71,7 +71,7 @@ from dsm.errors import (
     WatchOverflowError,
 )
 from dsm.storage.base import BackingStore, StoredKey
-from dsm.types import NodeInfo, ReadResult, WriteResult
+from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
 
 log = logging.getLogger("dsm.node")
 
@@ -218,6 +218,12 @@ class Network(Protocol):
     async def close(self) -> None: ...
 
 
+#: A conflict resolver (siblings mode): given a key and its concurrent values (newest first, at least two),
+#: the one value that replaces them all, or None to leave them as they are. Called on reads; it should be
+#: deterministic (the same siblings give the same value on every node), fast and free of I/O.
+Resolver = Callable[[str, Sequence[Sibling]], bytes | None]
+
+
 class Coordinator(Protocol):
     """What consistency levels above `local` need of the runtime (`dsm.net.runtime.Runtime`): the membership
     view, and requests to other members that count their answers in a `Tally` (see core/consistency.py)."""
@@ -286,6 +292,14 @@ class EpidemicStorage:
         self.level_stats: Counter[tuple[str, str, str]] = Counter()
         self.read_repairs = 0
         self._repairs: set[asyncio.Task[None]] = set()
+        #: In 'siblings' mode, a read that finds several values passes them to this function and writes
+        #: back what it returns, with the read's context: the siblings are resolved for every later reader
+        #: (Riak's resolve-on-read). Two nodes that resolve the same siblings at once write two versions
+        #: of the same value (with a deterministic resolver), which the next read resolves again.
+        self.resolver: Resolver | None = None
+        #: Reads whose siblings the resolver replaced, and resolver calls that raised (siblings returned).
+        self.resolved = 0
+        self.resolver_failures = 0
 
     # --- life cycle ---
 
@@ -463,8 +477,31 @@ class EpidemicStorage:
             versions = self._decode(key, encoded)
         for version in versions.versions:
             if version.value is not None:
-                return ReadResult(key, versions)
+                result = ReadResult(key, versions)
+                if self.resolver is not None and result.conflict and self._resolution is Resolution.SIBLINGS:
+                    return await self._resolve(result, versions)
+                return result
         return None  # absent, or only tombstones: deleted
+
+    async def _resolve(self, result: ReadResult, versions: VersionSet) -> ReadResult:
+        """Replaces the siblings of `result` by the resolver's value, written back with the read's context
+        (durable here, then spread like any write)."""
+        assert self.resolver is not None
+        try:
+            value = self.resolver(result.key, result.siblings)
+            if value is None:
+                return result
+            value = self._check_value(value)
+        except Exception as exc:  # the user's function failed: the reader gets the siblings, nothing is lost
+            self.resolver_failures += 1
+            log.warning("the conflict resolver failed on %r: %r", result.key, exc)
+            return result
+        written = await self._submit(result.key, value, versions.context())
+        self.resolved += 1
+        after = written._versions
+        if any(v.value is not None for v in after.versions):
+            return ReadResult(result.key, after)
+        return result  # unreachable in practice: the write just stored a value
 
     async def put(
         self, key: str, value: bytes, *, context: str | None = None, consistency: str | Level | None = None
