@@ -36,6 +36,8 @@ from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, VersionSet, write
 from dsm.sim.network import NetworkModel
 
+_BLIND = VersionVector()
+
 _DELIVER = 0
 _WAKE = 1
 _ACTION = 2
@@ -213,17 +215,22 @@ class Simulation:
         value: bytes | None,
         urgent: bool = True,
         before_publish: Callable[[DataItem], None] | None = None,
+        context: VersionVector = _BLIND,
+        max_siblings: int = 1,
     ) -> DataItem:
-        """`node` coordinates a blind write of `key` (stored in its replica, then published); returns the
-        write as replicated. The timestamp is an HLC reading of the node's clock, above what it holds.
+        """`node` coordinates a write of `key` (stored in its replica, then published); returns the write as
+        replicated. Blind unless `context` (a read's) is given; `max_siblings` as the node's setting. The
+        timestamp is an HLC reading of the node's clock, above what it holds and what the context saw.
         `before_publish` sees the write before its first message is sent (to start watching it)."""
         assert node.up and node.peer is not None
         now = self._peer_now(node)
         current_raw = node.data.get(key)
         current = decode_versions(current_raw) if current_raw is not None else VersionSet()
-        timestamp = max(pack(max(now, 0)), node.last_timestamp + 1, current.max_timestamp + 1)
+        timestamp = max(
+            pack(max(now, 0)), node.last_timestamp + 1, current.max_timestamp + 1, context.max_timestamp() + 1
+        )
         node.last_timestamp = timestamp
-        versions = write(current, Dot(timestamp, node.info.node_id), VersionVector(), value, self.resolution, 1)
+        versions = write(current, Dot(timestamp, node.info.node_id), context, value, self.resolution, max_siblings)
         item = DataItem(update_id(key, timestamp, node.info.node_id), key, encode_versions(versions))
         node.data[key] = item.versions
         if before_publish is not None:
