@@ -7,14 +7,17 @@ not come back when a member that was away since before the delete returns with t
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from dsm.client import ConsistencyUnmetError
-from procs import Proc, eventually, holds, procs_fixture  # noqa: F401 (the `procs` fixture)
+from procs import ENV, Proc, eventually, holds, procs_fixture  # noqa: F401 (the `procs` fixture)
 
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
 
@@ -119,3 +122,46 @@ def test_a_deleted_key_stays_deleted_when_a_long_absent_member_returns(procs: li
     for p in procs:
         assert p.client.get("doomed") is None, p.node_id
     assert n1.client.get("doomed", consistency="all") is None
+
+
+def test_tombstones_are_purged_and_a_member_away_longer_than_the_grace_period_cannot_resurrect(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    grace = {"DSM_TOMBSTONE_GRACE_MS": "3000"}
+
+    def node(node_id: str, host: str, bootstrap: list[str], **extra: str) -> Proc:
+        proc = Proc(node_id, host, tmp_path, bootstrap, env={**LEVELS, **grace, **extra})
+        procs.append(proc)
+        return proc
+
+    g0 = node("g0", "127.0.0.1", [])
+    g1 = node("g1", "127.0.0.2", [g0.listen])
+    g2 = node("g2", "127.0.0.3", [g0.listen])
+    eventually(lambda: alive_everywhere(procs, 3))
+    g0.client.put("doomed", b"old", consistency="all")
+    assert g2.stop(signal.SIGKILL) == -signal.SIGKILL
+    procs.remove(g2)
+    got = g0.client.get("doomed")
+    assert got is not None
+    g0.client.delete("doomed", context=got.context, consistency="quorum")
+
+    def purged(p: Proc) -> bool:
+        with urllib.request.urlopen(p.url + "/metrics", timeout=10) as response:
+            return "dsm_tombstones_purged_total 1.0" in response.read().decode()
+
+    eventually(lambda: purged(g0) and purged(g1), timeout=15)  # 3 s of grace, then a sweep (every 0.75 s)
+    # g2 has been away longer than the grace period and still holds the value: it refuses to start.
+    args = [sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", "g2", "--listen", "127.0.0.3:0"]
+    args += ["--http", "127.0.0.3:0", "--data-dir", str(tmp_path / "g2"), "--bootstrap", g0.listen]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | ENV | LEVELS | grace
+    refused = subprocess.run(args, capture_output=True, text=True, env=environ, timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    assert "StaleReplicaError" in refused.stderr and "--discard-stale-data" in refused.stderr
+    # Told to discard its data, it rejoins empty, copies the cluster's data, and the key stays deleted.
+    back = Proc("g2", "127.0.0.3", tmp_path, [g0.listen], env={**LEVELS, **grace, "DSM_STALE_REPLICA": "discard"})
+    procs.append(back)
+    g1.client.put("after", b"1", consistency="quorum")
+    eventually(lambda: holds(back, "after", b"1"), timeout=10)
+    for p in (g0, g1, back):
+        assert p.client.get("doomed") is None, p.node_id
+    assert g1.client.get("doomed", consistency="all") is None

@@ -140,3 +140,25 @@ async def test_second_open_of_same_store_is_refused(
     # The first holder is unaffected.
     await store.write([row("still", b"works")])
     assert await store.read("still") == b"works"
+
+
+async def test_deletes_remove_rows_atomically_with_the_rest_of_a_batch(store: BackingStore) -> None:
+    await store.write([row("a", b"1"), row("b", b"2"), row("c", b"3")])
+    await store.write([row("d", b"4")], {"m": b"x"}, deletes=["a", "c", "never-there"])
+    assert await store.read("a") is None and await store.read("c") is None
+    assert await store.read("b") == b"2" and await store.read("d") == b"4"
+    assert await store.read_meta("m") == b"x"
+    assert [k for k, _ in await store.scan()] == ["b", "d"]
+    assert await store.count() == 2
+    assert await store.range_digest() == RangeDigest.of(d for _, d in await store.scan())
+    await store.write([], deletes=["b"])  # a batch of deletes alone
+    assert await store.read("b") is None and await store.count() == 1
+
+
+async def test_older_than_pages_through_old_rows_in_key_order(store: BackingStore) -> None:
+    await store.write([row(f"k{i:02}", b"v", ts=i) for i in range(20)])
+    first = await store.older_than(10, "", 4)
+    assert [k for k, _ in first] == ["k00", "k01", "k02", "k03"] and first[0][1] == b"v"
+    rest = await store.older_than(10, first[-1][0], 100)
+    assert [k for k, _ in rest] == [f"k{i:02}" for i in range(4, 10)]
+    assert await store.older_than(0) == []

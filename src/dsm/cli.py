@@ -179,6 +179,11 @@ def node() -> None:
     default=None,
     help="HTTPS for the HTTP API (http_tls; default auto: with --tls-cert).",
 )
+@click.option(
+    "--discard-stale-data",
+    is_flag=True,
+    help="If this node was away longer than tombstone_grace_ms, empty its store and rejoin (stale_replica).",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def node_run(
     toml_path: str | None,
@@ -193,6 +198,7 @@ def node_run(
     tls_key: str | None,
     tls_ca: str | None,
     http_tls: str | None,
+    discard_stale_data: bool,
     log_level: str,
 ) -> None:
     """Runs one node until SIGTERM or Ctrl-C (settings: flags > DSM_* environment > TOML file > defaults)."""
@@ -212,6 +218,7 @@ def node_run(
             tls_key_file=tls_key,
             tls_ca_file=tls_ca,
             http_tls=http_tls,
+            stale_replica="discard" if discard_stale_data else None,
         )
         if not config.node_id:
             raise click.ClickException("a node id is needed: --node-id, DSM_NODE_ID or node_id in the TOML file")

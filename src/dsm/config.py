@@ -302,6 +302,22 @@ class StorageConfig:
             "else write_consistency / read_consistency. Environment: DSM_REGIONS as JSON."
         ),
     )
+    tombstone_grace_ms: int = field(
+        default=864_000_000,
+        metadata=_doc(
+            "How long a delete's tombstone is kept before it is purged, ms (1 s - 365 days; default 10 days). "
+            "It must exceed the longest time a member may be away and come back with its data: a member away "
+            "longer refuses to start with that data (see stale_replica). Shorter frees space sooner."
+        ),
+    )
+    stale_replica: str = field(
+        default="refuse",
+        metadata=_doc(
+            "What a networked node does when its data was last in the cluster longer ago than "
+            "tombstone_grace_ms: 'refuse' to start (StaleReplicaError), or 'discard' its data and rejoin "
+            "empty (it copies the cluster's data back by anti-entropy)."
+        ),
+    )
 
     # --- limits ---
     max_key_bytes: int = field(
@@ -610,6 +626,9 @@ def _validate(c: StorageConfig) -> None:
                 raise ConfigError(f"regions.{region}.{name}", level, "write_consistency or read_consistency")
             if level not in levels:
                 raise ConfigError(f"regions.{region}.{name}", level, "one of " + ", ".join(levels))
+    _int_in(c, "tombstone_grace_ms", 1000, 365 * day_ms)
+    if _str(c, "stale_replica") not in ("refuse", "discard"):
+        raise ConfigError("stale_replica", c.stale_replica, "'refuse' or 'discard'")
     _int_in(c, "max_key_bytes", 1, 64 * KIB)
     _int_in(c, "max_value_bytes", 0, 64 * MIB)
     _int_in(c, "max_siblings", 1, 1024)

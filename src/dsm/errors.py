@@ -21,6 +21,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidKeyError",
     "InvalidValueError",
+    "StaleReplicaError",
     "StorageCorruptError",
     "StorageError",
     "StorageLockedError",
@@ -115,6 +116,22 @@ class ConsistencyError(DSMError):
         super().__init__(
             f"{operation} at consistency {level!r} not met: {received} members answered, {required} required"
             f" ({groups}){kept}"
+        )
+
+
+class StaleReplicaError(DSMError):
+    """A node's data is older than the tombstone grace period: it was away from the cluster longer than
+    `tombstone_grace_ms`, so the other members may have purged tombstones of keys it still holds, and its
+    data would bring those deleted keys back. Start it with an empty data directory (it rejoins and copies
+    the cluster's data), or with `stale_replica = "discard"`, which empties its store first."""
+
+    def __init__(self, away_ms: int, grace_ms: int) -> None:
+        self.away_ms, self.grace_ms = away_ms, grace_ms
+        super().__init__(
+            f"this node's data was last in the cluster {away_ms / 3_600_000:.1f} h ago, longer than "
+            f"tombstone_grace_ms ({grace_ms / 3_600_000:.1f} h): keys deleted meanwhile could come back. Start "
+            "it with an empty data directory, or set stale_replica = 'discard' (dsm node run --discard-stale-data)"
+            " to empty its store and rejoin"
         )
 
 

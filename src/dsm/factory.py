@@ -96,7 +96,7 @@ class StorageFactory:
         node.resolver = self.resolver
         # Built before the store opens: a TLS file that cannot be loaded fails here, with nothing to undo.
         runtime = Runtime.from_config(node, config) if config.listen_addr else None
-        await node.start()
+        await node.start(networked=bool(config.listen_addr))
         if runtime is None:
             return node
         try:

@@ -53,10 +53,10 @@ from dsm.core.encoding import (
     digest,
     encode_versions,
 )
-from dsm.core.hlc import MAX_TIMESTAMP, HybridLogicalClock, physical_ms
+from dsm.core.hlc import MAX_TIMESTAMP, HybridLogicalClock, pack, physical_ms
 from dsm.core.messages import DataItem
 from dsm.core.vclock import VersionVector
-from dsm.core.versions import Dot, Resolution, VersionSet, write
+from dsm.core.versions import Dot, Resolution, VersionSet, purgeable, write
 from dsm.errors import (
     ClockSkewError,
     ClosedError,
@@ -66,6 +66,7 @@ from dsm.errors import (
     InvalidInputError,
     InvalidKeyError,
     InvalidValueError,
+    StaleReplicaError,
     StorageCorruptError,
     StorageError,
     WatchOverflowError,
@@ -78,6 +79,14 @@ log = logging.getLogger("dsm.node")
 #: How far ahead of the newest timestamp the clock floor is reserved, ms (one metadata write per period).
 HLC_RESERVE_MS = 10_000
 META_HLC = "hlc_reserved"
+#: Unix ms: when this store started taking part in the cluster (set when the store is new or was emptied),
+#: and the last time the node was running (written by the tombstone sweep, and on a clean close).
+META_MEMBER_SINCE = "member_since_ms"
+META_LAST_SEEN = "last_seen_ms"
+#: Most rows the tombstone sweep looks at per step (each step is one commit of the purgeable ones).
+SWEEP_PAGE = 1000
+#: Longest period of the tombstone sweep (it is also the heartbeat that dates a node's absence), ms.
+SWEEP_MAX_MS = 3_600_000
 _EMPTY = VersionSet()
 _NO_CONTEXT = VersionVector()
 
@@ -105,6 +114,7 @@ class MergeStats:
     keys_changed: int = 0
     refused_skew: int = 0
     refused_corrupt: int = 0
+    refused_expired: int = 0
 
 
 @dataclass(slots=True)
@@ -112,9 +122,14 @@ class _Merge:
     items: Sequence[DataItem]
     future: asyncio.Future[int]
     size: int
-    #: Keys this merge changed, and items it refused (clock skew, undecodable), set by the commit.
+    #: Keys this merge changed, and items it refused (clock skew, undecodable, expired), set by the commit.
     changed: int = 0
     refused: int = 0
+    #: The tombstone sweep's use of the queue: keys to delete if they still hold only tombstones older
+    #: than `purge_before` (checked in the commit, against the row as it is then), and metadata to store.
+    purge: Sequence[str] = ()
+    purge_before: int = 0
+    meta: dict[str, bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -292,6 +307,11 @@ class EpidemicStorage:
         self.level_stats: Counter[tuple[str, str, str]] = Counter()
         self.read_repairs = 0
         self._repairs: set[asyncio.Task[None]] = set()
+        #: Tombstones purged by the sweep, and remote items refused because they were older than the grace
+        #: period for a key this node no longer holds (see docs/consistency.md, "Safe deletes").
+        self.tombstones_purged = 0
+        self._member_since_ms = 0
+        self._sweeper: asyncio.Task[None] | None = None
         #: In 'siblings' mode, a read that finds several values passes them to this function and writes
         #: back what it returns, with the read's context: the siblings are resolved for every later reader
         #: (Riak's resolve-on-read). Two nodes that resolve the same siblings at once write two versions
@@ -303,22 +323,29 @@ class EpidemicStorage:
 
     # --- life cycle ---
 
-    async def start(self) -> None:
-        """Opens the store and starts the writer. Called by the factory.
+    async def start(self, networked: bool = False) -> None:
+        """Opens the store and starts the writer and the tombstone sweep. Called by the factory.
+
+        Args:
+            networked: the node is (or will be) a member of a cluster: a store last seen longer ago than
+                `tombstone_grace_ms` is refused or emptied (`stale_replica`).
 
         Raises:
             StorageError: the store cannot be opened or its metadata is unreadable.
+            StaleReplicaError: a networked node's data is older than the grace period ('refuse').
         """
         if self._state != "new":
             return
         await self.store.open()
         try:
             await self._restore_clock()
+            await self._check_absence(networked)
         except BaseException:
             await self.store.close()
             raise
         self._writer = asyncio.create_task(self._commit_loop(), name=f"dsm-writer-{self.node_id}")
         self._state = "running"
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name=f"dsm-sweep-{self.node_id}")
         log.info("node %s started on %s", self.node_id, self.store.url)
 
     async def _restore_clock(self) -> None:
@@ -336,6 +363,87 @@ class EpidemicStorage:
         if reserved >= self._wall_ms():
             self._hlc.advance_to(await self.store.max_timestamp())
 
+    async def _meta_ms(self, name: str) -> int | None:
+        raw = await self.store.read_meta(name)
+        if raw is None:
+            return None
+        try:
+            return int(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise StorageCorruptError(f"{self.store.url}: bad {name} metadata {raw[:40]!r}") from None
+
+    async def _check_absence(self, networked: bool) -> None:
+        """Dates this store's membership, and refuses (or empties) one that was away longer than the grace
+        period (see docs/consistency.md, "Safe deletes")."""
+        now = self._wall_ms()
+        since = await self._meta_ms(META_MEMBER_SINCE)
+        last = await self._meta_ms(META_LAST_SEEN)
+        grace = self.config.tombstone_grace_ms
+        if networked and last is not None and now - last > grace:
+            if self.config.stale_replica != "discard":
+                raise StaleReplicaError(now - last, grace)
+            log.warning(
+                "node %s: data last seen %.1f h ago, beyond tombstone_grace_ms: emptying the store to rejoin",
+                self.node_id, (now - last) / 3_600_000,
+            )  # fmt: skip
+            while keys := [key for key, _ in await self.store.scan("", None, 10_000)]:
+                await self.store.write([], None, keys)
+            since = None
+        if since is None:
+            since = now
+        self._member_since_ms = since
+        stamp = str(now).encode("ascii")
+        await self.store.write([], {META_MEMBER_SINCE: str(since).encode("ascii"), META_LAST_SEEN: stamp})
+
+    async def _sweep_loop(self) -> None:
+        """Every min(grace / 4, SWEEP_MAX_MS): purges tombstones older than the grace period and dates the
+        node's presence (META_LAST_SEEN)."""
+        period_s = min(self.config.tombstone_grace_ms / 4, SWEEP_MAX_MS) / 1000
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.sweep()
+            except ClosedError:
+                return
+            except DSMError as exc:  # the store failed: try again next period
+                log.warning("tombstone sweep failed: %s", exc)
+
+    async def sweep(self) -> int:
+        """Purges the keys that hold only tombstones older than `tombstone_grace_ms` (each checked again in
+        the commit that deletes it, so a write that arrived meanwhile wins) and records that this node is
+        running; returns how many keys were purged."""
+        self._check_open()
+        now = self._wall_ms()
+        before = pack(max(0, now - self.config.tombstone_grace_ms))
+        purged = 0
+        after = ""
+        while page := await self.store.older_than(before, after, SWEEP_PAGE):
+            after = page[-1][0]
+            keys = []
+            for key, encoded in page:
+                try:
+                    if purgeable(decode_versions(encoded), before):
+                        keys.append(key)
+                except DecodeError:
+                    continue  # an unreadable row is left for an operator (reads report it)
+            if keys:
+                purged += (await self._queue_purge(keys, before, None)).changed
+            if len(page) < SWEEP_PAGE:
+                break
+            await asyncio.sleep(0)
+        await self._queue_purge((), before, {META_LAST_SEEN: str(now).encode("ascii")})
+        return purged
+
+    async def _queue_purge(self, keys: Sequence[str], before: int, meta: dict[str, bytes] | None) -> _Merge:
+        if self._queued < self.config.write_queue_max:
+            self._queued += 1
+        else:
+            await self._wait_for_place()
+        item = _Merge((), asyncio.get_running_loop().create_future(), 0, purge=keys, purge_before=before, meta=meta)
+        self._admit(item)
+        await item.future
+        return item
+
     async def close(self) -> None:
         """Stops accepting operations, commits every queued write, closes the store. Idempotent.
 
@@ -350,6 +458,9 @@ class EpidemicStorage:
         await asyncio.shield(self._closing)
 
     async def _shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.network is not None:
             # Leave the cluster first (announced to the links, flushed), while merges still commit.
             try:
@@ -367,7 +478,8 @@ class EpidemicStorage:
                 await asyncio.gather(*self._repairs, return_exceptions=True)
             # A clean close leaves the exact clock floor, so the next start needs no scan.
             with contextlib.suppress(StorageError):
-                await self.store.write([], {META_HLC: str(physical_ms(self._hlc.last) + 1).encode("ascii")})
+                floor = str(physical_ms(self._hlc.last) + 1).encode("ascii")
+                await self.store.write([], {META_HLC: floor, META_LAST_SEEN: str(self._wall_ms()).encode("ascii")})
         finally:
             for watch in list(self._watches):
                 watch._finish(None)
@@ -874,16 +986,28 @@ class EpidemicStorage:
         wanted = [
             key
             for item in batch
-            for key in ((i.key for i in item.items) if isinstance(item, _Merge) else () if lww else (item.key,))
+            for key in (
+                (*(i.key for i in item.items), *item.purge) if isinstance(item, _Merge) else () if lww else (item.key,)
+            )
         ]
         states, bad = await self._current(wanted) if wanted else ({}, {})
         wall = self._wall_ms()
         hlc, node_id, config = self._hlc, self.node_id, self.config
         dirty: dict[str, None] = {}
         published: dict[str, int] = {}
+        deletes: list[str] = []
+        meta: dict[str, bytes] = {}
         for item in batch:
             if isinstance(item, _Merge):
                 self._merge_into(states, bad, dirty, item, wall)
+                for key in item.purge:
+                    current = states.get(key)
+                    if current is not None and key not in dirty and purgeable(current, item.purge_before):
+                        deletes.append(key)
+                        del states[key]
+                        item.changed += 1
+                if item.meta:
+                    meta.update(item.meta)
                 continue
             if item.key in bad:
                 item.error = bad[item.key]
@@ -909,7 +1033,8 @@ class EpidemicStorage:
             versions = states[key]
             encoded = encoded_of[key] = encode_versions(versions)
             rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
-        await self._write_rows(rows)
+        await self._write_rows(rows, deletes, meta)
+        self.tombstones_purged += len(deletes)
         if self._watches:
             self._tell_watches(states, dirty, published)
         if published and self.on_committed is not None:
@@ -925,6 +1050,7 @@ class EpidemicStorage:
         """Joins a merge's remote version sets into `states`, marking the keys that changed."""
         stats = self.merge_stats
         hlc, resolution = self._hlc, self._resolution
+        expired_ms = wall - self.config.tombstone_grace_ms
         changed = refused = 0
         for item in merge.items:
             stats.items += 1
@@ -945,7 +1071,17 @@ class EpidemicStorage:
                 refused += 1
                 log.warning("refusing remote versions of %r: %s", item.key, exc)
                 continue
-            current = states.get(item.key, _EMPTY)
+            current = states.get(item.key)
+            if current is None and physical_ms(remote.max_timestamp) < expired_ms:
+                written_ms = physical_ms(remote.max_timestamp)
+                if written_ms > self._member_since_ms:
+                    # Older than the grace period, for a key this node does not hold although it was a member
+                    # when that version was written: the key was deleted here and its tombstone purged. Taking
+                    # it would bring a deleted key back.
+                    stats.refused_expired += 1
+                    refused += 1
+                    continue
+            current = current or _EMPTY
             merged = current.merge(remote, resolution)
             if merged.versions == current.versions:
                 continue
@@ -957,13 +1093,13 @@ class EpidemicStorage:
         merge.changed = changed
         merge.refused = refused
 
-    async def _write_rows(self, rows: list[StoredKey]) -> None:
+    async def _write_rows(self, rows: list[StoredKey], deletes: list[str], meta: dict[str, bytes]) -> None:
         # Keep every stored timestamp at or below the reserved clock floor (see the module docstring).
         newest_ms = physical_ms(self._hlc.last)
         if newest_ms < self._reserved_ms:
-            if rows:
-                await self.store.write(rows)
+            if rows or deletes or meta:
+                await self.store.write(rows, meta, deletes)
             return
         reserved = newest_ms + HLC_RESERVE_MS
-        await self.store.write(rows, {META_HLC: str(reserved).encode("ascii")})
+        await self.store.write(rows, {**meta, META_HLC: str(reserved).encode("ascii")}, deletes)
         self._reserved_ms = reserved

@@ -370,11 +370,18 @@ class _NodeCollector(Collector):
         merged = CounterMetricFamily("dsm_merge_items", "Replicated items merged, by outcome", labels=["outcome"])
         merged.add_metric(["changed"], merges.keys_changed)
         merged.add_metric(
-            ["unchanged"], merges.items - merges.keys_changed - merges.refused_skew - merges.refused_corrupt
+            ["unchanged"],
+            merges.items - merges.keys_changed - merges.refused_skew - merges.refused_corrupt - merges.refused_expired,
         )
         merged.add_metric(["refused_skew"], merges.refused_skew)
         merged.add_metric(["refused_corrupt"], merges.refused_corrupt)
+        merged.add_metric(["refused_expired"], merges.refused_expired)
         yield merged
+        yield CounterMetricFamily(
+            "dsm_tombstones_purged",
+            "Deleted keys whose tombstones the sweep purged (older than tombstone_grace_ms)",
+            value=self.storage.tombstones_purged,
+        )
         bad = CounterMetricFamily(
             "dsm_http_bad_requests", "Unparseable HTTP requests refused with a 400, by kind", labels=["kind"]
         )

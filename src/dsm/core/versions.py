@@ -180,3 +180,13 @@ def write(
     new = Version(dot, context, value)
     assert not new.context.covers(dot.timestamp, dot.node), "a version cannot cover itself"
     return VersionSet.of((*current.versions, new), resolution)
+
+
+def purgeable(versions: VersionSet, before: int) -> bool:
+    """True when the set holds only tombstones and the newest is older than `before` (an HLC timestamp):
+    the key was deleted long enough ago that its tombstone may be purged (see docs/consistency.md)."""
+    return (
+        bool(versions.versions)
+        and versions.max_timestamp < before
+        and all(version.value is None for version in versions.versions)
+    )

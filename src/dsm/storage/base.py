@@ -90,8 +90,15 @@ class BackingStore(Protocol):
     async def read_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The encoded versions of those `keys` that are present."""
 
-    async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
-        """Stores `rows` (replacing each key's previous row) and `meta` atomically and durably."""
+    async def write(
+        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+    ) -> None:
+        """Stores `rows` (replacing each key's previous row) and `meta`, and removes the rows of `deletes`
+        (purged tombstones), atomically and durably."""
+
+    async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
+        """(key, versions) of rows whose `timestamp` is below `timestamp` and whose key sorts after `after`,
+        in key order, at most `limit` (the tombstone sweep pages through them)."""
 
     async def scan(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         """(key, digest) of keys in [start, end) in ascending order, at most `limit` of them."""

@@ -51,7 +51,9 @@ class MemoryStore:
         self._check()
         return {k: self._rows[k].versions for k in keys if k in self._rows}
 
-    async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
+    async def write(
+        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+    ) -> None:
         self._check()
         for row in rows:
             if row.key not in self._rows:
@@ -59,6 +61,20 @@ class MemoryStore:
             self._rows[row.key] = row
         if meta:
             self._meta.update(meta)
+        for key in deletes:
+            if self._rows.pop(key, None) is not None:
+                del self._keys[bisect.bisect_left(self._keys, key)]
+
+    async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
+        self._check()
+        out: list[tuple[str, bytes]] = []
+        for key in self._keys[bisect.bisect_right(self._keys, after) :]:
+            row = self._rows[key]
+            if row.timestamp < timestamp:
+                out.append((key, row.versions))
+                if len(out) >= limit:
+                    break
+        return out
 
     def _range(self, start: str, end: str | None) -> tuple[int, int]:
         lo = bisect.bisect_left(self._keys, start)

@@ -248,6 +248,11 @@ class PostgresStore:
         rows = await self._fetch("read", "SELECT key, versions FROM dsm_kv WHERE key = ANY(%s)", (list(keys),))
         return {k: bytes(v) for k, v in rows}
 
+    async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
+        sql = "SELECT key, versions FROM dsm_kv WHERE key > %s AND ts < %s ORDER BY key LIMIT %s"
+        rows = await self._fetch("read", sql, (after, timestamp, limit))
+        return [(k, bytes(v)) for k, v in rows]
+
     async def read_meta(self, name: str) -> bytes | None:
         rows = await self._fetch("read_meta", "SELECT value FROM dsm_meta WHERE name = %s", (name,))
         return bytes(rows[0][0]) if rows else None
@@ -307,9 +312,11 @@ class PostgresStore:
         rows = await self._fetch("max_timestamp", "SELECT coalesce(max(ts), 0) FROM dsm_kv", ())
         return int(rows[0][0])
 
-    async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
+    async def write(
+        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+    ) -> None:
         async def run(con: Any) -> None:
-            if len(rows) == 1 and not meta:
+            if len(rows) == 1 and not meta and not deletes:
                 # One statement in autocommit mode is its own transaction: one round trip instead of three.
                 r = rows[0]
                 await con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp))
@@ -318,5 +325,7 @@ class PostgresStore:
                 await cur.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
                 if meta:
                     await cur.executemany(_META_UPSERT, list(meta.items()))
+                if deletes:
+                    await cur.execute("DELETE FROM dsm_kv WHERE key = ANY(%s)", (list(deletes),))
 
         await self._call("write", True, run)

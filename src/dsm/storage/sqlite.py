@@ -316,6 +316,14 @@ class SQLiteStore:
             raise translate(exc, self.path, "read") from exc
         return None if row is None else bytes(row[0])
 
+    async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
+        sql = "SELECT key, versions FROM dsm_kv WHERE key > ? AND ts < ? ORDER BY key LIMIT ?"
+        try:
+            rows = self._reader().execute(sql, (after, timestamp, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, "read") from exc
+        return [(k, bytes(v)) for k, v in rows]
+
     async def read_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         con = self._reader()
         found: dict[str, bytes] = {}
@@ -373,40 +381,46 @@ class SQLiteStore:
 
     # --- writes ---
 
-    async def write(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None) -> None:
+    async def write(
+        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+    ) -> None:
         if self._write_con is None:
             raise ClosedError(f"SQLite store {self.path} is closed")
         if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self._write_sync, rows, meta)
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._write_sync, rows, meta, deletes)
         else:
             try:
-                self._write_sync(rows, meta)
+                self._write_sync(rows, meta, deletes)
             except _Busy:
-                await self._retry_busy(rows, meta)
+                await self._retry_busy(rows, meta, deletes)
         self._rows_since_checkpoint += len(rows)
         self._bytes_since_checkpoint += len(rows[0].versions) if len(rows) == 1 else sum(len(r.versions) for r in rows)
         if self._rows_since_checkpoint >= CHECKPOINT_ROWS or self._bytes_since_checkpoint >= CHECKPOINT_BYTES:
             self._request_checkpoint()
 
-    async def _retry_busy(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None) -> None:
+    async def _retry_busy(
+        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None, deletes: Sequence[str]
+    ) -> None:
         """Retries an inline write that found the lock held, yielding to the loop between tries."""
         loop = asyncio.get_running_loop()
         delay_s, deadline = 0.0005, loop.time() + BUSY_WAIT_S
         while True:
             await asyncio.sleep(delay_s)
             try:
-                self._write_sync(rows, meta)
+                self._write_sync(rows, meta, deletes)
                 return
             except _Busy as busy:
                 if loop.time() > deadline:
                     raise translate(busy.error, self.path, "write") from busy.error
                 delay_s = min(delay_s * 2, 0.02)
 
-    def _write_sync(self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None) -> None:
+    def _write_sync(
+        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None, deletes: Sequence[str] = ()
+    ) -> None:
         con = self._write_con
         assert con is not None
         try:
-            if len(rows) == 1 and not meta:
+            if len(rows) == 1 and not meta and not deletes:
                 # One statement in autocommit mode is its own transaction: one call instead of three.
                 r = rows[0]
                 con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp))
@@ -415,6 +429,8 @@ class SQLiteStore:
             con.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
             if meta:
                 con.executemany(_META_UPSERT, list(meta.items()))
+            if deletes:
+                con.executemany("DELETE FROM dsm_kv WHERE key = ?", [(k,) for k in deletes])
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             if con.in_transaction:
