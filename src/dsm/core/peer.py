@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from dsm.core.broadcast import BroadcastQueue
+from dsm.core.consistency import Group, Level, Tally, groups
 from dsm.core.dissemination import Dissemination
 from dsm.core.messages import (
     Ack,
@@ -474,6 +475,20 @@ class Peer:
 
     def live_count(self) -> int:
         return self.table.live_count()
+
+    def level_groups(self, level: Level) -> tuple[Group, ...]:
+        """The groups a request at consistency `level` coordinated here must satisfy (consistency.py), from
+        this node's view: every member it knows of counts unless it left."""
+        infos = self.directory.infos
+        members = (
+            (infos[slot].node_id, infos[slot].region, raw != _LEFT) for slot, raw in enumerate(self.table.states) if raw
+        )
+        return groups(level, self.id, self.info.region, members)
+
+    def level_targets(self, tally: Tally) -> list[str]:
+        """The members of a request's tally worth asking: all but this node and members believed dead (they
+        still count in the denominator, but asking them would only wait for a connection to fail)."""
+        return sorted(node for node in tally.members if node != self.id and self.member_state(node) != State.DEAD)
 
     def link_ids(self) -> list[str]:
         infos = self.directory.infos

@@ -255,27 +255,10 @@ class Runtime:
     # ------------------------------------------------------------------ consistency levels
 
     def groups(self, level: Level) -> tuple[Group, ...]:
-        """The groups a request at `level` must satisfy (core/consistency.py), from this node's view: every
-        member it knows of counts unless it left."""
-        peer = self.peer
-        region = self.storage.config.region
-        if peer is None:
-            return groups(level, self.node_id, region, ())
-        infos = peer.directory.infos
-        members = (
-            (infos[slot].node_id, infos[slot].region, raw != State.LEFT)
-            for slot, raw in enumerate(peer.table.states)
-            if raw
-        )
-        return groups(level, self.node_id, region, members)
-
-    def _targets(self, tally: Tally) -> list[str]:
-        """The tally's other members worth asking: all but this node and members believed dead (they still
-        count in the denominator, but a request to them would only wait for a connection to fail)."""
-        assert self.peer is not None
-        return sorted(
-            node for node in tally.members if node != self.node_id and self.peer.member_state(node) != State.DEAD
-        )
+        """The groups a request at `level` must satisfy, from this node's membership view (`Peer.level_groups`)."""
+        if self.peer is None:
+            return groups(level, self.node_id, self.storage.config.region, ())
+        return self.peer.level_groups(level)
 
     async def _request(
         self, tally: Tally, message_of: Callable[[int], Any], timeout_s: float
@@ -288,7 +271,8 @@ class Runtime:
         self._requests[seq] = (tally, future, replies)
         try:
             message = message_of(seq)
-            for node in self._targets(tally):
+            assert self.peer is not None
+            for node in self.peer.level_targets(tally):
                 self.transport.send(node, self._addr_of(node), message)
             if not tally.met:
                 try:

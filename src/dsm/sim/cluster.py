@@ -25,10 +25,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsm.core.consistency import Level, Tally
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.hlc import pack
-from dsm.core.messages import OVERLAY_MESSAGES, DataItem, Deliver, Effect, RouteFailure, Send, Store
+from dsm.core.messages import (
+    OVERLAY_MESSAGES,
+    DataItem,
+    Deliver,
+    Effect,
+    ReadReply,
+    ReadRequest,
+    Replicate,
+    Replicated,
+    RouteFailure,
+    Send,
+    Store,
+)
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import SortedReplica
 from dsm.core.ring import Directory, MemberInfo, MemberTable, State
@@ -37,6 +50,7 @@ from dsm.core.versions import Dot, Resolution, VersionSet, write
 from dsm.sim.network import NetworkModel
 
 _BLIND = VersionVector()
+_LEVEL_TYPES = (Replicate, Replicated, ReadRequest, ReadReply)
 
 _DELIVER = 0
 _WAKE = 1
@@ -87,6 +101,25 @@ class RouteOutcome:
 
 
 @dataclass
+class LevelRequest:
+    """A write or read at a consistency level that a simulated node coordinates (the simulator's side of
+    what `dsm.net.runtime.Runtime` does with asyncio): the tally of answers, the replies of a read, and what
+    to call when it ends (`done(outcome, request)`, outcome "ok", "fail" (timed out) or "unknown" (the
+    coordinator crashed first: its client never hears back))."""
+
+    node: int
+    generation: int
+    key: str
+    tally: Tally
+    started_ms: float
+    done: Callable[[str, LevelRequest], None]
+    item: DataItem | None = None
+    replies: dict[str, bytes | None] = field(default_factory=dict)
+    finished: bool = False
+    seq: int = 0
+
+
+@dataclass
 class Simulation:
     """See the module docstring. Create, then `form` or `add_node` + `join`, then `run_until`."""
 
@@ -116,6 +149,10 @@ class Simulation:
         #: Called for every write stored at a node: (node index, item, path, hops, changed).
         self.store_hooks: list[Callable[[int, DataItem, str, int], None]] = []
         self.resolution = Resolution.LWW
+        #: Requests at consistency levels in flight, by (coordinator index, request number).
+        self.level_requests: dict[tuple[int, int], LevelRequest] = {}
+        self._level_seq = 0
+        self.read_repairs = 0
 
     # ------------------------------------------------------------------ building the cluster
 
@@ -254,6 +291,114 @@ class Simulation:
             for hook in self.store_hooks:
                 hook(node.index, item, effect.path, effect.hops)
 
+    # ------------------------------------------------------------------ consistency levels
+
+    def write_at(
+        self,
+        node: SimNode,
+        key: str,
+        value: bytes | None,
+        level: Level,
+        done: Callable[[str, LevelRequest], None],
+        context: VersionVector = _BLIND,
+        timeout_ms: float = 2000.0,
+        max_siblings: int = 1,
+    ) -> LevelRequest:
+        """`node` coordinates a write at `level`: stored in its replica and published (`write`), then sent
+        to the level's members (`Replicate`); `done("ok", request)` runs once enough members stored it,
+        `done("fail", ...)` after `timeout_ms`. A write that fails its level stays where it landed and spreads."""
+        item = self.write(node, key, value, context=context, max_siblings=max_siblings)
+        request = self._level_request(node, key, level, done, timeout_ms)
+        request.item = item
+        self._level_send(node, request, lambda seq: Replicate(seq, node.info.node_id, (item,)))
+        return request
+
+    def read_at(
+        self,
+        node: SimNode,
+        key: str,
+        level: Level,
+        done: Callable[[str, LevelRequest], None],
+        timeout_ms: float = 2000.0,
+    ) -> LevelRequest:
+        """`node` reads `key` at `level`: its own version set and those of enough members (`ReadRequest`),
+        merged into `request.item` when met (read repair then sends the merge to the stale ones)."""
+        request = self._level_request(node, key, level, done, timeout_ms)
+        request.replies[node.info.node_id] = node.data.get(key)
+        self._level_send(node, request, lambda seq: ReadRequest(seq, node.info.node_id, (key,)))
+        return request
+
+    def _level_request(
+        self, node: SimNode, key: str, level: Level, done: Callable[[str, LevelRequest], None], timeout_ms: float
+    ) -> LevelRequest:
+        assert node.up and node.peer is not None
+        tally = Tally(level, node.peer.level_groups(level))
+        tally.add(node.info.node_id)
+        self._level_seq += 1
+        seq = self._level_seq
+        request = LevelRequest(node.index, node.generation, key, tally, self.now, done, seq=seq)
+        self.level_requests[(node.index, seq)] = request
+        self.at(self.now + timeout_ms, lambda: self._level_finish(seq, request, False))
+        return request
+
+    def _level_send(self, node: SimNode, request: LevelRequest, message_of: Callable[[int], Any]) -> None:
+        seq = request.seq
+        assert node.peer is not None
+        if request.tally.met:
+            self._level_finish(seq, request, True)
+            return
+        message = message_of(seq)
+        effects: list[Effect] = [Send(target, "", message) for target in node.peer.level_targets(request.tally)]
+        self._apply_effects(node, effects)
+
+    def _level_finish(self, seq: int, request: LevelRequest, ok: bool) -> None:
+        if request.finished:
+            return
+        request.finished = True
+        self.level_requests.pop((request.node, seq), None)
+        node = self.nodes[request.node]
+        if not node.up or node.generation != request.generation:
+            request.done("unknown", request)  # the coordinator crashed: its client never hears back
+            return
+        if ok and request.item is None:  # a read: merge what answered, repair the stale
+            merged = VersionSet()
+            held: dict[str, VersionSet] = {}
+            for node_id, raw in request.replies.items():
+                held[node_id] = VersionSet() if raw is None else decode_versions(raw)
+                merged = merged.merge(held[node_id], self.resolution)
+            if merged.versions:
+                item = DataItem(0, request.key, encode_versions(merged))
+                request.item = item
+                stale = [n for n, versions in held.items() if versions.versions != merged.versions]
+                repairs: list[Effect] = []
+                for node_id in stale:
+                    if node_id == node.info.node_id:
+                        self._store(node, Store((item,), node_id, "repair", 0))
+                    else:
+                        repairs.append(Send(node_id, "", Replicate(0, node.info.node_id, (item,))))
+                self._apply_effects(node, repairs)
+                self.read_repairs += len(stale)
+        request.done("ok" if ok else "fail", request)
+
+    def _on_level(self, node: SimNode, message: Any) -> None:
+        kind = type(message)
+        me = node.info.node_id
+        if kind is Replicate:
+            self._store(node, Store(message.items, message.source, "level", 0))
+            if message.seq:
+                self._apply_effects(node, [Send(message.source, "", Replicated(message.seq, me, True))])
+        elif kind is ReadRequest:
+            entries = tuple((k, node.data[k]) for k in message.keys if node.data.get(k) is not None)
+            self._apply_effects(node, [Send(message.source, "", ReadReply(message.seq, me, entries, True))])
+        else:
+            request = self.level_requests.get((node.index, message.seq))
+            if request is None or request.finished:
+                return
+            if kind is ReadReply:
+                request.replies[message.source] = dict(message.entries).get(request.key)
+            if request.tally.add(message.source):
+                self._level_finish(message.seq, request, True)
+
     def at(self, when_ms: float, action: Callable[[], None]) -> None:
         """Runs `action` at virtual time `when_ms`."""
         self._push(when_ms, _ACTION, -1, action)
@@ -310,6 +455,9 @@ class Simulation:
                 continue
             now = int(when) + node.skew_ms
             if kind == _DELIVER:
+                if type(payload) in _LEVEL_TYPES:
+                    self._on_level(node, payload)
+                    continue
                 effects = peer.handle(now, payload)
             else:
                 if payload != node.generation or when != node.wake:

@@ -26,11 +26,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsm.core.consistency import Level
 from dsm.core.encoding import decode_versions
 from dsm.core.peer import PeerSettings
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Resolution, VersionSet
-from dsm.sim.cluster import SimNode, Simulation
+from dsm.sim.cluster import LevelRequest, SimNode, Simulation
 from dsm.sim.history import History, Op, Report, check, check_converged, held_versions
 from dsm.sim.network import Latency, NetworkModel, Partition
 
@@ -58,6 +59,10 @@ class WorkloadParams:
     #: Chance that an operation is a delete (with the context).
     deletes: float = 0.05
     max_siblings: int = 1024
+    #: Levels the clients use, drawn per operation (`local` operations complete at once; the others wait
+    #: for the level's members, up to `level_timeout_ms`).
+    levels: tuple[str, ...] = ("local",)
+    level_timeout_ms: float = 2000.0
     #: Longest wait for convergence after the faults stop.
     settle_ms: float = 300_000
     settings: PeerSettings = field(
@@ -178,47 +183,105 @@ class _Workload:
         if sim.now >= self.stop_at:
             return
         up = sim.up_nodes()
+        waiting = False
         if up:
             node = rng.choice(up)
             key = f"k{rng.randrange(p.keys)}"
+            level = Level(rng.choice(p.levels))
             roll = rng.random()
             if roll < 0.4:
-                self._read(client, node, key)
+                waiting = self._read(client, node, key, level)
             elif roll < 0.4 + p.deletes:
-                self._write(client, node, key, None, self.contexts.get((client, key), VersionVector()))
+                context = self.contexts.get((client, key), VersionVector())
+                waiting = self._write(client, node, key, None, context, level)
             else:
                 use = rng.random() < p.with_context
                 context = self.contexts.get((client, key), VersionVector()) if use else VersionVector()
-                self._write(client, node, key, f"c{client}-{len(self.history)}".encode(), context)
-        sim.at(sim.now + rng.expovariate(1 / p.think_ms), lambda: self._op(client))
+                waiting = self._write(client, node, key, f"c{client}-{len(self.history)}".encode(), context, level)
+        if not waiting:
+            self._next(client)
+
+    def _next(self, client: int) -> None:
+        self.sim.at(self.sim.now + self.rng.expovariate(1 / self.p.think_ms), lambda: self._op(client))
 
     def _versions(self, node: SimNode, key: str) -> VersionSet:
         raw = node.data.get(key)
         return VersionSet() if raw is None else decode_versions(raw)
 
-    def _read(self, client: int, node: SimNode, key: str) -> None:
-        op = self._invoke(client, "read", key, None, node, None)
-        versions = self._versions(node, key)
+    def _read(self, client: int, node: SimNode, key: str, level: Level) -> bool:
+        """Reads `key` on `node`; returns whether the client waits for an answer (a level above local)."""
+        op = self._invoke(client, "read", key, None, node, None, level)
+        if level is Level.LOCAL:
+            self._read_done(client, key, op, self._versions(node, key))
+            return False
+
+        def done(outcome: str, request: LevelRequest) -> None:
+            if outcome == "ok":
+                item = request.item
+                self._read_done(client, key, op, VersionSet() if item is None else decode_versions(item.versions))
+            else:
+                self._end(op, outcome)
+            self._next(client)
+
+        self.sim.read_at(node, key, level, done, timeout_ms=self.p.level_timeout_ms)
+        return True
+
+    def _read_done(self, client: int, key: str, op: Op, versions: VersionSet) -> None:
         context = versions.context()
         self.contexts[(client, key)] = context
         seen = [(tuple(v.dot), v.value) for v in versions.live]
         self.history.ok(op, int(self.sim.now), context=context.as_dict(), seen=seen)  # type: ignore[arg-type]
 
-    def _write(self, client: int, node: SimNode, key: str, value: bytes | None, context: VersionVector) -> None:
+    def _write(
+        self, client: int, node: SimNode, key: str, value: bytes | None, context: VersionVector, level: Level
+    ) -> bool:
+        """Writes on `node`; returns whether the client waits for an answer (a level above local)."""
         kind = "write" if value is not None else "delete"
-        op = self._invoke(client, kind, key, value, node, context.as_dict())
-        item = self.sim.write(node, key, value, context=context, max_siblings=self.p.max_siblings)
-        after = decode_versions(item.versions)
+        op = self._invoke(client, kind, key, value, node, context.as_dict(), level)
+        sim, p = self.sim, self.p
+        if level is Level.LOCAL:
+            item = sim.write(node, key, value, context=context, max_siblings=p.max_siblings)
+            self._write_done(client, key, op, item.versions, node)
+            return False
+
+        def done(outcome: str, request: LevelRequest) -> None:
+            if outcome == "ok":
+                assert request.item is not None
+                self._write_done(client, key, op, request.item.versions, node)
+            else:
+                self._end(op, outcome)
+            self._next(client)
+
+        sim.write_at(
+            node, key, value, level, done, context=context, timeout_ms=p.level_timeout_ms, max_siblings=p.max_siblings
+        )
+        return True
+
+    def _write_done(self, client: int, key: str, op: Op, encoded: bytes, node: SimNode) -> None:
+        after = decode_versions(encoded)
         newest = after.versions[0]  # the new version: its dot is above everything the key held
         assert newest.dot.node == node.info.node_id
         self.contexts[(client, key)] = after.context()
         self.history.ok(op, int(self.sim.now), dot=tuple(newest.dot), context=after.context().as_dict())  # type: ignore[arg-type]
 
+    def _end(self, op: Op, outcome: str) -> None:
+        if outcome == "fail":
+            self.history.fail(op, int(self.sim.now), "level not met in time")
+        else:
+            self.history.unknown(op, int(self.sim.now))
+
     def _invoke(
-        self, client: int, kind: str, key: str, value: bytes | None, node: SimNode, given: dict[str, int] | None
+        self,
+        client: int,
+        kind: str,
+        key: str,
+        value: bytes | None,
+        node: SimNode,
+        given: dict[str, int] | None,
+        level: Level,
     ) -> Op:
         return self.history.invoke(
-            f"c{client}", kind, key, value, "local", node.info.region, node.info.node_id, int(self.sim.now),  # type: ignore[arg-type]
+            f"c{client}", kind, key, value, level.value, node.info.region, node.info.node_id, int(self.sim.now),  # type: ignore[arg-type]
             given=given,
         )  # fmt: skip
 
