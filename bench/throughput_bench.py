@@ -28,7 +28,9 @@ inclusive share of samples, by function) go to the output and the JSON, the raw 
 
 Reproduce: .venv/bin/python bench/throughput_bench.py --duration 10 --reps 3 --concurrency 64 --profile
 Options: --ops N (operations per phase instead of --duration), --generators G, --skip-etcd, --skip-dsm,
-         --client raw|aiohttp, --profile-s 15, --json bench/results/throughput.json
+         --client raw|aiohttp, --profile-s 15, --json bench/results/throughput.json,
+         --consistency LEVEL (the DSM requests' ?consistency=, default local; the nodes all sit in the default
+         region, so region_quorum and quorum both mean 2 of 3, each_region_quorum too, all 3 of 3)
 """
 
 from __future__ import annotations
@@ -286,13 +288,18 @@ class HttpConnection(asyncio.Protocol):
         return await self.waiter
 
 
-def requests_for(system: str, op: str, host: str) -> tuple[Callable[[str], bytes], Callable[[int, bytes], str]]:
-    """(request bytes for a key, classification of a response: 'ok', 'missing' or 'status <n>')."""
+def requests_for(
+    system: str, op: str, host: str, consistency: str = "local"
+) -> tuple[Callable[[str], bytes], Callable[[int, bytes], str]]:
+    """(request bytes for a key, classification of a response: 'ok', 'missing' or 'status <n>').
+
+    `consistency` is the level of DSM requests (`?consistency=`); etcd requests do not use it."""
     if system == "dsm":
+        q = f"?consistency={consistency}"
         if op == "write":
-            put = "PUT /v1/kv/{}?consistency=local HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 100\r\n\r\n"
+            put = "PUT /v1/kv/{}" + q + " HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 100\r\n\r\n"
             return (lambda key: put.format(key).encode() + VALUE), written_ok
-        get = "GET /v1/kv/{}?consistency=local HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+        get = "GET /v1/kv/{}" + q + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
 
         def read_ok(status: int, body: bytes) -> str:
             return "ok" if status == 200 and body == VALUE else "missing" if status == 404 else f"status {status}"
@@ -343,7 +350,7 @@ async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
 
     async def client(conn: int) -> None:
         host, port = targets[conn % len(targets)]
-        build, judge = requests_for(system, op, f"{host}:{port}")
+        build, judge = requests_for(system, op, f"{host}:{port}", spec.get("consistency", "local"))
         proto: HttpConnection | None = None
         if session is None:
             _, proto = await loop.create_connection(HttpConnection, host, port)
@@ -463,6 +470,7 @@ class Generator:
         ops: int,
         written: dict[int, int] | None = None,
         during: Callable[[], Any] | None = None,
+        consistency: str = "local",
     ) -> dict[str, Any]:
         """Runs one phase on every generator process at once; returns its figures."""
         start_at = time.time() + 1.0  # time to connect before the clock starts
@@ -481,6 +489,7 @@ class Generator:
                 "written": written or {},
                 "seed": f"{tag}-{op}-{g}",
                 "client": self.client,
+                "consistency": consistency,
             }
             pipe.send(spec)
         pids = dict(node_pids) | {f"generator{g}": p.pid for g, p in enumerate(self.procs)}
@@ -506,6 +515,7 @@ class Generator:
         return {
             "system": system,
             "op": op,
+            "consistency": consistency if system == "dsm" else None,
             "ops": done,
             "ok": outcomes.get("ok", 0),
             "outcomes": dict(outcomes),
@@ -632,7 +642,10 @@ def shorten(frame: str) -> str:
 
 
 def row(r: dict[str, Any]) -> str:
-    label = {"read": "read (local)" if r["system"] == "dsm" else "read (serializable)"}.get(r["op"], r["op"])
+    level = r.get("consistency") or "local"
+    label = {"read": f"read ({level})" if r["system"] == "dsm" else "read (serializable)"}.get(r["op"], r["op"])
+    if r["system"] == "dsm" and r["op"] == "write" and level != "local":
+        label = f"write ({level})"
     bad = {k: v for k, v in r["outcomes"].items() if k != "ok"}
     gen = "+".join(f"{c:.2f}" for c in r["generator_cores_per_process"])
     return (
@@ -698,6 +711,7 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "system": first["system"],
         "op": first["op"],
+        "consistency": first.get("consistency"),
         "reps": len(runs),
         "ok": sum(r["ok"] for r in runs),
         "outcomes": dict(outcomes),
@@ -745,6 +759,12 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="extra DSM phases under py-spy (node n1)")
     ap.add_argument("--profile-s", type=float, default=15.0)
     ap.add_argument("--json", default=str(RESULTS / "throughput.json"))
+    ap.add_argument(
+        "--consistency",
+        choices=["local", "region_quorum", "quorum", "each_region_quorum", "all"],
+        default="local",
+        help="level of the DSM requests (?consistency=, default local)",
+    )
     a = ap.parse_args()
     if a.profile and not a.skip_dsm:
         py_spy()
@@ -757,10 +777,11 @@ def main() -> None:
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
         "args": vars(a),
         "value_bytes": len(VALUE),
+        "consistency": a.consistency,
     }
     gen = Generator(a.generators, a.concurrency, a.client)
     workdir = tempfile.mkdtemp(prefix="dsm-throughput-")
-    common = {"duration": a.duration, "ops": a.ops}
+    common: dict[str, Any] = {"duration": a.duration, "ops": a.ops}
     # Both systems run all along (the idle one costs a few % of a core) and their phases alternate, so a
     # burst of other work on this shared machine hits both sides rather than one.
     systems: dict[str, tuple[list[tuple[str, int]], dict[str, int]]] = {}
@@ -779,14 +800,18 @@ def main() -> None:
                 order = list(systems) if rep % 2 == 0 else list(reversed(systems))
                 written: dict[str, dict[int, int]] = {}
                 for name in order:
-                    w = gen.phase(name, "write", *systems[name], tag=f"w{rep}", **common)
+                    level = a.consistency if name == "dsm" else "local"
+                    w = gen.phase(name, "write", *systems[name], tag=f"w{rep}", consistency=level, **common)
                     written[name] = w["written"]
                     runs.append(w)
                     print(f"rep {rep + 1}: {row(w)}", flush=True)
                 time.sleep(1)  # the last direct updates land
                 for name in order:
                     for op in reads[name]:
-                        r = gen.phase(name, op, *systems[name], tag=f"w{rep}", written=written[name], **common)
+                        level = a.consistency if name == "dsm" else "local"
+                        r = gen.phase(
+                            name, op, *systems[name], tag=f"w{rep}", written=written[name], consistency=level, **common
+                        )
                         runs.append(r)
                         print(f"rep {rep + 1}: {row(r)}", flush=True)
             for name, (_, pids) in systems.items():
@@ -813,6 +838,7 @@ def main() -> None:
                         ops=0,
                         written=got_written,
                         during=Profiler(pids["n1"], a.profile_s, out),
+                        consistency=a.consistency,
                     )
                     got_written = got.pop("written")
                     spots = hot_spots(out)
