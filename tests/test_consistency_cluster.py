@@ -195,3 +195,21 @@ async def test_region_defaults_come_from_the_config(tmp_path: Path) -> None:
         assert sum(node.level_stats.values()) == 2
     finally:
         await node.close()
+
+
+async def test_a_node_that_has_not_joined_refuses_levels_above_local(tmp_path: Path) -> None:
+    # Its bootstrap member does not answer: its view is only itself, and a "majority" of that view would be
+    # its own answer. Levels are refused until the join completes; local writes go on.
+    config = StorageConfig(data_dir=str(tmp_path / "lone"), listen_addr="127.0.0.1:0", **FAST)  # type: ignore[arg-type]
+    factory = StorageFactory(config)
+    node = await factory.create_epidemic_storage("lone", NodeInfo(), ["127.0.0.9:9"], factory.create_sql_storage())
+    try:
+        with pytest.raises(ConsistencyError, match="not joined"):
+            await node.put("k", b"v", consistency="quorum")
+        with pytest.raises(ConsistencyError, match="not joined"):
+            await node.get("k", consistency="region_quorum")
+        await node.put("k", b"v", consistency="local")
+        assert await held(node, "k") == b"v"
+        assert node.level_stats[("write", "quorum", "unmet")] == 1
+    finally:
+        await node.close()

@@ -90,3 +90,11 @@ def test_the_checker_catches_reads_that_do_not_merge_a_quorum(monkeypatch: pytes
         WorkloadParams(seed=1, levels=("region_quorum", "quorum"), duration_ms=30_000, settings=SLOW)
     )
     assert report.stale_reads and not report.ok
+
+
+def test_a_restarted_node_does_not_acknowledge_a_quorum_alone_before_its_join_completes() -> None:
+    # Seed 1 over 60 s restarts n2 inside a partitioned region; before the fix its first quorum write was
+    # acknowledged by n2 alone (its view was itself) and a later quorum read missed it.
+    report, run = run_workload(WorkloadParams(seed=1, levels=LEVELS))
+    assert report.ok, report.summary()
+    assert any(f.startswith("crash n2") for f in run.faults)

@@ -104,19 +104,26 @@ class ConsistencyError(DSMError):
     """
 
     def __init__(
-        self, level: str, operation: str, received: int, required: int, shortfall: dict[str, tuple[int, int]]
+        self,
+        level: str,
+        operation: str,
+        received: int,
+        required: int,
+        shortfall: dict[str, tuple[int, int]],
+        reason: str = "",
     ) -> None:
         self.level = level
         self.operation = operation
         self.received = received
         self.required = required
         self.shortfall = shortfall
-        groups = ", ".join(f"{name}: {got} of {need}" for name, (got, need) in sorted(shortfall.items()))
         kept = " (the write is durable where it landed and keeps spreading)" if operation == "write" else ""
-        super().__init__(
-            f"{operation} at consistency {level!r} not met: {received} members answered, {required} required"
-            f" ({groups}){kept}"
-        )
+        if reason:
+            detail = reason
+        else:
+            groups = ", ".join(f"{name}: {got} of {need}" for name, (got, need) in sorted(shortfall.items()))
+            detail = f"{received} members answered, {required} required ({groups})"
+        super().__init__(f"{operation} at consistency {level!r} not met: {detail}{kept}")
 
 
 class StaleReplicaError(DSMError):

@@ -243,6 +243,11 @@ class Coordinator(Protocol):
     """What consistency levels above `local` need of the runtime (`dsm.net.runtime.Runtime`): the membership
     view, and requests to other members that count their answers in a `Tally` (see core/consistency.py)."""
 
+    @property
+    def ready(self) -> bool:
+        """Whether this node has joined (its membership view is the cluster's, not just itself)."""
+        ...
+
     def groups(self, level: Level) -> tuple[Group, ...]:
         """The groups a request at `level` must satisfy, from this node's membership view."""
         ...
@@ -676,9 +681,14 @@ class EpidemicStorage:
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
 
-    def _tally(self, level: Level) -> Tally:
+    def _tally(self, level: Level, operation: str) -> Tally:
         coordinator = self.coordinator
         if coordinator is not None:
+            if not coordinator.ready:
+                # Before the join completes the view holds only this node, whose own answer would then be a
+                # majority of one: a level is refused rather than met on a view that small.
+                self.level_stats[(operation, level.value, "unmet")] += 1
+                raise ConsistencyError(level.value, operation, 1, 0, {}, "this node has not joined the cluster yet")
             tally = Tally(level, coordinator.groups(level))
         else:  # a standalone node: the only member
             tally = Tally(level, groups(level, self.node_id, self.config.region, ()))
@@ -691,7 +701,7 @@ class EpidemicStorage:
 
     async def _write_at(self, level: Level, result: WriteResult) -> None:
         """Waits until enough members stored the write `result` acknowledged here."""
-        tally = self._tally(level)
+        tally = self._tally(level, "write")
         if not tally.met and self.coordinator is not None:
             encoded = encode_versions(result._versions)
             item = DataItem(update_id(result.key, result.timestamp, self.node_id), result.key, encoded)
@@ -703,7 +713,7 @@ class EpidemicStorage:
 
     async def _read_at(self, level: Level, key: str, encoded: bytes | None) -> VersionSet:
         """The merge of the versions of enough members (this node's first, `encoded`); repairs the stale."""
-        tally = self._tally(level)
+        tally = self._tally(level, "read")
         replies: dict[str, dict[str, bytes]] = {}
         if not tally.met and self.coordinator is not None:
             replies = await self.coordinator.gather([key], tally, self.config.consistency_timeout_ms / 1000)

@@ -254,6 +254,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ consistency levels
 
+    @property
+    def ready(self) -> bool:
+        """Whether the node has joined: before that its membership view is only itself."""
+        return self.peer is not None and self.peer.joined and not self.peer.left
+
     def groups(self, level: Level) -> tuple[Group, ...]:
         """The groups a request at `level` must satisfy, from this node's membership view (`Peer.level_groups`)."""
         if self.peer is None:

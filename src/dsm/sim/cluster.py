@@ -338,12 +338,17 @@ class Simulation:
         seq = self._level_seq
         request = LevelRequest(node.index, node.generation, key, tally, self.now, done, seq=seq)
         self.level_requests[(node.index, seq)] = request
-        self.at(self.now + timeout_ms, lambda: self._level_finish(seq, request, False))
+        # Before its join completes a node knows only itself: its requests fail rather than be met by a
+        # majority of one (as EpidemicStorage refuses them).
+        deadline = self.now + (timeout_ms if node.peer.joined else 0)
+        self.at(deadline, lambda: self._level_finish(seq, request, False))
         return request
 
     def _level_send(self, node: SimNode, request: LevelRequest, message_of: Callable[[int], Any]) -> None:
         seq = request.seq
         assert node.peer is not None
+        if not node.peer.joined:
+            return  # fails at once (see _level_request)
         if request.tally.met:
             self._level_finish(seq, request, True)
             return
