@@ -63,7 +63,7 @@ def test_quorum_reads_see_quorum_writes_and_nothing_is_lost_at_every_level(seed:
     assert run.diverged == []
     assert report.ok, f"seed {seed}: {report.summary()}"
     outcomes = Counter((op.level, op.outcome) for op in run.history.ops if op.kind == "read")
-    assert outcomes[("region_quorum", "ok")] > 10 and outcomes[("quorum", "ok")] > 10
+    assert outcomes[("region_quorum", "ok")] > 5 and outcomes[("quorum", "ok")] > 5
     # Partitions and crashes make the stronger levels fail some requests: cleanly, as failures.
     assert sum(n for (level, outcome), n in outcomes.items() if outcome == "fail") > 0
     assert run.sim.read_repairs > 0

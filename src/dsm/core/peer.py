@@ -485,10 +485,40 @@ class Peer:
         )
         return groups(level, self.id, self.info.region, members)
 
-    def level_targets(self, tally: Tally) -> list[str]:
-        """The members of a request's tally worth asking: all but this node and members believed dead (they
-        still count in the denominator, but asking them would only wait for a connection to fail)."""
-        return sorted(node for node in tally.members if node != self.id and self.member_state(node) != State.DEAD)
+    def level_hedge_ms(self) -> int:
+        """How long a request waits for its first wave of members before asking the rest: three measured
+        round trips (the gossip exchanges' smoothed RTT), 10 ms to 1 s; 50 ms before any is measured."""
+        srtt = self.data.srtt
+        return 50 if srtt <= 0.0 else min(1000, max(10, int(3 * srtt)))
+
+    def level_targets(self, tally: Tally) -> tuple[list[str], list[str]]:
+        """Whom to ask for a request's answers, in two waves: first the fewest members that can meet the
+        level (per group, as many as it still needs), preferring alive over suspect members and linked over
+        others (an open connection); then, if the first wave has not met it after a short wait, the rest.
+        Members believed dead are never asked (they still count in the denominator, but asking them would
+        only wait for a connection to fail)."""
+
+        def rank(node: str) -> tuple[int, int, str]:
+            slot = self.directory.slot(node)
+            state = self.member_state(node)
+            linked = slot is not None and self.overlay.linked(slot)
+            return (0 if state == State.ALIVE else 1, 0 if linked else 1, node)
+
+        candidates = sorted(
+            (node for node in tally.members if node != self.id and self.member_state(node) != State.DEAD),
+            key=rank,
+        )
+        first: list[str] = []
+        for group in tally.groups:
+            have = len(tally.answered & group.members) + sum(1 for node in first if node in group.members)
+            for node in candidates:
+                if have >= group.needed:
+                    break
+                if node in group.members and node not in first:
+                    first.append(node)
+                    have += 1
+        chosen = set(first)
+        return first, [node for node in candidates if node not in chosen]
 
     def link_ids(self) -> list[str]:
         infos = self.directory.infos

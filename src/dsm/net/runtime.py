@@ -277,11 +277,23 @@ class Runtime:
         try:
             message = message_of(seq)
             assert self.peer is not None
-            for node in self.peer.level_targets(tally):
+            first, rest = self.peer.level_targets(tally)
+            if not first:
+                first, rest = rest, []
+            for node in first:
                 self.transport.send(node, self._addr_of(node), message)
+            deadline = loop.time() + timeout_s
+            if rest and not tally.met:
+                # Hedging: the rest of the members are asked only if the first wave is slow to answer.
+                try:
+                    async with asyncio.timeout(min(timeout_s, self.peer.level_hedge_ms() / 1000)):
+                        await asyncio.shield(future)
+                except TimeoutError:
+                    for node in rest:
+                        self.transport.send(node, self._addr_of(node), message)
             if not tally.met:
                 try:
-                    async with asyncio.timeout(timeout_s):
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
                         await future
                 except TimeoutError:
                     pass

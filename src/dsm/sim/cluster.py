@@ -353,8 +353,17 @@ class Simulation:
             self._level_finish(seq, request, True)
             return
         message = message_of(seq)
-        effects: list[Effect] = [Send(target, "", message) for target in node.peer.level_targets(request.tally)]
-        self._apply_effects(node, effects)
+        first, rest = node.peer.level_targets(request.tally)
+        if not first:
+            first, rest = rest, []
+        self._apply_effects(node, [Send(target, "", message) for target in first])
+        if rest:  # hedging, as the runtime does: the rest only if the first wave is slow
+
+            def hedge() -> None:
+                if not request.finished and node.up and node.generation == request.generation:
+                    self._apply_effects(node, [Send(target, "", message) for target in rest])
+
+            self.at(self.now + node.peer.level_hedge_ms(), hedge)
 
     def _level_finish(self, seq: int, request: LevelRequest, ok: bool) -> None:
         if request.finished:
