@@ -67,6 +67,17 @@ async def test_put_get_delete_with_contexts_and_siblings(client: TestClient) -> 
     assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
 
 
+async def test_a_context_read_from_another_key_is_a_clear_400(client: TestClient) -> None:  # type: ignore[type-arg]
+    await client.put("/v1/kv/one", data=b"1")
+    other = (await client.get("/v1/kv/one")).headers[CONTEXT_HEADER]
+    for method in ("put", "delete"):
+        r = await getattr(client, method)("/v1/kv/two", data=b"2", headers={CONTEXT_HEADER: other})
+        assert r.status == 400
+        error = (await r.json())["error"]
+        assert error["code"] == "InvalidContextError" and "another key" in error["message"]
+    assert (await client.get("/v1/kv/two")).status == 404  # nothing was written
+
+
 async def test_listing_by_prefix_with_paging_skips_deleted_keys(client: TestClient) -> None:  # type: ignore[type-arg]
     for key in ("user/1", "user/2", "user/3", "user/4", "other"):
         await client.put(f"/v1/kv/{key}", data=b"x")
