@@ -213,3 +213,27 @@ async def test_a_node_that_has_not_joined_refuses_levels_above_local(tmp_path: P
         assert node.level_stats[("write", "quorum", "unmet")] == 1
     finally:
         await node.close()
+
+
+async def test_removed_members_stop_counting_and_unreachable_ones_do_not(cluster: list[EpidemicStorage]) -> None:
+    n0 = cluster[0]
+    await cut_off(cluster[3])
+    await cut_off(cluster[4])
+    with pytest.raises(ConsistencyError):  # unreachable members still count: 3 of 5
+        await n0.put("k", b"1", consistency="all")
+    runtime = runtime_of(n0)
+    with pytest.raises(ValueError, match="itself"):
+        runtime.remove_member("n0")
+    with pytest.raises(ValueError, match="no member"):
+        runtime.remove_member("stranger")
+    runtime.remove_member("n3")
+    runtime.remove_member("n4")
+
+    async def spread() -> bool:  # the removal travels like a leave
+        peer = runtime_of(cluster[2]).peer
+        return peer is not None and all(peer.member_state(n) == State.LEFT for n in ("n3", "n4"))
+
+    await eventually(spread)
+    await n0.put("k", b"2", consistency="all")  # 3 of 3
+    got = await cluster[2].get("k", consistency="all")
+    assert got is not None and got.value == b"2"

@@ -165,3 +165,27 @@ def test_tombstones_are_purged_and_a_member_away_longer_than_the_grace_period_ca
     for p in (g0, g1, back):
         assert p.client.get("doomed") is None, p.node_id
     assert g1.client.get("doomed", consistency="all") is None
+
+
+def test_an_operator_removes_a_dead_member_from_the_command_line(procs: list[Proc], tmp_path: Path) -> None:
+    r0 = start(procs, tmp_path, "r0", "127.0.0.1", "a", [])
+    r1 = start(procs, tmp_path, "r1", "127.0.0.2", "a", [r0.listen])
+    r2 = start(procs, tmp_path, "r2", "127.0.0.3", "a", [r0.listen])
+    eventually(lambda: alive_everywhere(procs, 3))
+    assert r2.stop(signal.SIGKILL) == -signal.SIGKILL
+    procs.remove(r2)
+    with pytest.raises(ConsistencyUnmetError):  # gone, but not removed: it still counts
+        r0.client.put("k", b"1", consistency="all")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | {"DSM_NODE_URL": r1.url}
+
+    def dsm(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "dsm.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=30)
+
+    removed = dsm("remove-member", "r2")
+    assert removed.returncode == 0 and "removed" in removed.stdout, removed.stderr
+    unknown = dsm("remove-member", "nobody")
+    assert unknown.returncode == 1 and "404" in unknown.stderr
+    eventually(lambda: {m["id"]: m["state"] for m in r0.client.members()}["r2"] == "left")
+    r0.client.put("k", b"2", consistency="all")  # 2 of 2
+    assert r1.client.get("k", consistency="all").value == b"2"  # type: ignore[union-attr]

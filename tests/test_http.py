@@ -67,6 +67,11 @@ async def test_put_get_delete_with_contexts_and_siblings(client: TestClient) -> 
     assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
 
 
+async def test_removing_a_member_of_a_standalone_node_is_a_404(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.delete("/v1/members/n9")
+    assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+
+
 async def test_a_context_read_from_another_key_is_a_clear_400(client: TestClient) -> None:  # type: ignore[type-arg]
     await client.put("/v1/kv/one", data=b"1")
     other = (await client.get("/v1/kv/one")).headers[CONTEXT_HEADER]

@@ -350,6 +350,20 @@ def list_keys(prefix: str, limit: int, url: str, token: str, ca_file: str | None
         click.echo(f"(more after {page.next})", err=True)
 
 
+@main.command("remove-member")
+@click.argument("node_id")
+@_NODE_URL
+@_TOKEN
+@_CA_FILE
+@_client_errors
+def remove_member(node_id: str, url: str, token: str, ca_file: str | None) -> None:
+    """Remove a member for good (like serf force-leave): recorded and spread as its leave, so it stops
+    counting for consistency levels. A member that is in fact running comes back."""
+    with _client(url, token, ca_file) as c:
+        c.remove_member(node_id)
+    click.echo(f"{node_id}: removed (left)")
+
+
 @main.command()
 @_NODE_URL
 @_TOKEN

@@ -8,6 +8,7 @@
     client.delete("k", context=got.context)
     client.list(prefix="user/", limit=100)            # -> Page(keys, next)
     client.members(); client.topology(); client.health()
+    client.remove_member("n7")                        # an operator removes a member for good
     async for change in async_client.watch("user/"): ...   # AsyncClient: committed changes, as they come
 
 A failed request raises `ClientError` (status, code and message from the node's JSON error); a node that
@@ -244,6 +245,10 @@ class Client:
     def members(self) -> builtins.list[dict[str, Any]]:
         return list(_json(*self._request("GET", "/v1/members")[:2])["members"])
 
+    def remove_member(self, node_id: str) -> dict[str, Any]:
+        """Removes a member for good (it stops counting for consistency levels; see docs/consistency.md)."""
+        return dict(_json(*self._request("DELETE", "/v1/members/" + quote(node_id, safe=""))[:2]))
+
     def topology(self) -> dict[str, Any]:
         return dict(_json(*self._request("GET", "/v1/topology")[:2]))
 
@@ -320,6 +325,11 @@ class AsyncClient:
     async def members(self) -> builtins.list[dict[str, Any]]:
         status, body, _ = await self._request("GET", "/v1/members")
         return list(_json(status, body)["members"])
+
+    async def remove_member(self, node_id: str) -> dict[str, Any]:
+        """Removes a member for good (it stops counting for consistency levels; see docs/consistency.md)."""
+        status, body, _ = await self._request("DELETE", "/v1/members/" + quote(node_id, safe=""))
+        return dict(_json(status, body))
 
     async def watch(self, prefix: str = "") -> AsyncIterator[dict[str, Any]]:
         """The node's committed changes (local and replicated) of keys under `prefix`, from the moment the

@@ -11,6 +11,8 @@
                              last {"error": {"code": "watch_overflow", ...}} line; an empty line after
                              15 s without a change (a heartbeat)
     GET    /v1/members  /v1/topology  /health  /metrics (Prometheus)  /openapi.json
+    DELETE /v1/members/{id}  an operator removes a member for good (recorded and spread as its leave: it
+                             no longer counts for consistency levels); 404 unknown, 400 this node
 
 Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
 `DELETE` that sends it back supersedes what that read returned. Siblings (HTTP 300) come as
@@ -288,6 +290,17 @@ def create_app(
     async def members(request: web.Request) -> web.Response:
         return web.json_response({"members": _members(runtime)})
 
+    async def remove_member(request: web.Request) -> web.Response:
+        node_id = request.match_info["node_id"]
+        if runtime is None or runtime.peer is None:
+            raise ApiError(404, "not_found", "this node runs standalone: it has no other members")
+        try:
+            runtime.remove_member(node_id)
+        except ValueError as exc:
+            status = 400 if node_id == storage.node_id else 404
+            raise ApiError(status, "not_found" if status == 404 else "bad_member", str(exc)) from None
+        return web.json_response({"id": node_id, "state": "left"})
+
     async def topology(request: web.Request) -> web.Response:
         return web.json_response(_topology(runtime))
 
@@ -315,6 +328,7 @@ def create_app(
             web.get("/v1/kv", timed("list", listing)),
             web.get("/v1/watch", watch),
             web.get("/v1/members", members),
+            web.delete("/v1/members/{node_id}", remove_member),
             web.get("/v1/topology", topology),
             web.get("/health", health),
             web.get("/metrics", metrics),
@@ -574,6 +588,13 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Every member: id, addr, region, state, incarnation",
                 "responses": {"200": {"description": "members"}},
+            }
+        },
+        "/v1/members/{node_id}": {
+            "delete": {
+                "summary": "Remove a member for good (it stops counting for consistency levels)",
+                "parameters": [{"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "removed"}, "400": _ERROR, "404": _ERROR},
             }
         },
         "/v1/topology": {

@@ -451,6 +451,25 @@ class Peer:
         self._timers.clear()
         return self._flush()
 
+    def remove(self, now: int, node_id: str) -> list[Effect]:
+        """An operator removes member `node_id` for good (Serf's force-leave, Cassandra's removenode): it is
+        recorded as left at the incarnation this node knows, and spread like a leave, so it stops counting
+        in the denominators of consistency levels. A member that is in fact running refutes it and comes
+        back (at a higher incarnation).
+
+        Raises:
+            ValueError: an unknown member, or this node itself (it leaves with `leave`).
+        """
+        self._set_now(now)
+        slot = self.directory.slot(node_id)
+        if slot is None or self.table.raw_state(slot) == _UNKNOWN:
+            raise ValueError(f"no member {node_id!r}")
+        if slot == self.me:
+            raise ValueError("a node cannot remove itself; stop it (SIGTERM) to leave")
+        info = self.directory.infos[slot]
+        self._apply(Update(_LEFT, node_id, self.table.incarnation(slot), info.addr, info.region, self.id))
+        return self._flush()
+
     def route(self, now: int, target: str, payload: Any) -> tuple[int, list[Effect]]:
         """Sends `payload` greedily over the overlay to the member `target`; returns the route id that
         the eventual `Deliver` (at the target) or `RouteFailure` (here) carries, and the effects."""

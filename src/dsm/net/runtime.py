@@ -252,6 +252,12 @@ class Runtime:
             log.warning("merging %d items from %s failed: %s", len(items), source, exc)
             return 0
 
+    def remove_member(self, node_id: str) -> None:
+        """Removes a member for good (`Peer.remove`); ValueError for an unknown member or this node."""
+        if self.peer is None:
+            raise ValueError("the node has not started")
+        self._apply(self.peer.remove(self.now(), node_id))
+
     # ------------------------------------------------------------------ consistency levels
 
     @property
