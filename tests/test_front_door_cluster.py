@@ -10,7 +10,7 @@ import pytest
 
 from dsm import EpidemicStorage, NodeInfo, StorageConfig, StorageFactory
 from dsm.core.ring import State
-from dsm.errors import ConfigError
+from dsm.errors import ConfigError, InvalidInputError
 from support import eventually, runtime_of
 
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
@@ -93,3 +93,35 @@ async def test_node_info_address_is_advertised_and_standalone_refuses_bootstrap(
     alone = await standalone.create_epidemic_storage("b")
     nodes.append(alone)
     assert alone.network is None
+
+
+async def test_node_metadata_reaches_every_member_and_stays_out_of_the_keyspace(
+    nodes: list[EpidemicStorage], tmp_path: Path
+) -> None:
+    bootstrap: list[str] = []
+    for i in range(3):
+        config = StorageConfig(data_dir=str(tmp_path / f"m{i}"), listen_addr=f"127.0.0.{i + 1}:0", **FAST)  # type: ignore[arg-type]
+        factory = StorageFactory(config)
+        info = NodeInfo(metadata={"rack": f"r{i}", "role": "db"}) if i < 2 else NodeInfo()
+        nodes.append(await factory.create_epidemic_storage(f"m{i}", info, bootstrap, factory.create_sql_storage()))
+        bootstrap = [runtime_of(nodes[0]).addr]
+    await nodes[2].put("user-key", b"v")
+    expected = {"m0": {"rack": "r0", "role": "db"}, "m1": {"rack": "r1", "role": "db"}}
+
+    async def everywhere() -> bool:
+        for node in nodes:
+            if await node.member_metadata(["m0", "m1", "m2"]) != expected:
+                return False
+        return True
+
+    await eventually(everywhere)
+    for node in nodes:
+        keys, _ = await node.list_keys()
+        assert keys == ["user-key"] or keys == []  # internal member records are never listed
+    with pytest.raises(InvalidInputError, match="mapping"):
+        await StorageFactory(StorageConfig(listen_addr="")).create_epidemic_storage(
+            "bad",
+            NodeInfo(metadata=["not", "a", "mapping"]),
+            [],
+            None,  # type: ignore[arg-type]
+        )

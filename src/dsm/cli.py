@@ -179,6 +179,7 @@ def node() -> None:
     default=None,
     help="HTTPS for the HTTP API (http_tls; default auto: with --tls-cert).",
 )
+@click.option("--tag", "tags", multiple=True, help="key=value metadata spread to every member (repeatable).")
 @click.option(
     "--discard-stale-data",
     is_flag=True,
@@ -198,6 +199,7 @@ def node_run(
     tls_key: str | None,
     tls_ca: str | None,
     http_tls: str | None,
+    tags: tuple[str, ...],
     discard_stale_data: bool,
     log_level: str,
 ) -> None:
@@ -219,6 +221,7 @@ def node_run(
             tls_ca_file=tls_ca,
             http_tls=http_tls,
             stale_replica="discard" if discard_stale_data else None,
+            tags=_tags(tags),
         )
         if not config.node_id:
             raise click.ClickException("a node id is needed: --node-id, DSM_NODE_ID or node_id in the TOML file")
@@ -228,6 +231,19 @@ def node_run(
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     except OSError as exc:
         raise click.ClickException(f"cannot start the node: {exc}") from exc
+
+
+def _tags(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    """`--tag key=value` flags as a mapping (None when there are none: the config's tags stand)."""
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--tag")
+        out[key] = value
+    return out
 
 
 _NODE_URL = click.option(

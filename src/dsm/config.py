@@ -269,6 +269,14 @@ class StorageConfig:
             "them resolves them."
         ),
     )
+    tags: dict[str, str] = field(
+        default_factory=dict,
+        hash=False,
+        metadata=_doc(
+            "Free metadata of this node, spread to every member (`GET /v1/members`), like Serf's tags: a TOML "
+            "table of strings; `dsm node run --tag key=value`; DSM_TAGS as JSON. NodeInfo.metadata overrides it."
+        ),
+    )
     write_consistency: str = field(
         default="local",
         metadata=_doc(
@@ -479,11 +487,12 @@ def _check_known(values: Mapping[str, Any]) -> None:
 
 
 def _from_text(name: str, raw: str) -> Any:
-    if name == "regions":
+    if name in ("regions", "tags"):
         try:
             return json.loads(raw)
         except ValueError:
-            raise ConfigError(name, raw, "JSON: an object of region -> {write_consistency, read_consistency}") from None
+            what = "region -> {write_consistency, read_consistency}" if name == "regions" else "key -> value"
+            raise ConfigError(name, raw, f"JSON: an object of {what}") from None
     if _FIELD_TYPES[name] is int:
         try:
             return int(raw.strip().replace("_", ""))
@@ -626,6 +635,8 @@ def _validate(c: StorageConfig) -> None:
                 raise ConfigError(f"regions.{region}.{name}", level, "write_consistency or read_consistency")
             if level not in levels:
                 raise ConfigError(f"regions.{region}.{name}", level, "one of " + ", ".join(levels))
+    if not isinstance(c.tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in c.tags.items()):
+        raise ConfigError("tags", c.tags, "a table of strings (key = value)")
     _int_in(c, "tombstone_grace_ms", 1000, 365 * day_ms)
     if _str(c, "stale_replica") not in ("refuse", "discard"):
         raise ConfigError("stale_replica", c.stale_replica, "'refuse' or 'discard'")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dsm.config import StorageConfig
 from dsm.errors import ConfigError, InvalidInputError
 from dsm.net.runtime import Runtime
-from dsm.node import EpidemicStorage, Resolver
+from dsm.node import EpidemicStorage, Resolver, metadata_bytes
 from dsm.storage import BackingStore, open_store
 from dsm.types import NodeInfo
 
@@ -84,6 +84,9 @@ class StorageFactory:
         if node_info is not None and not isinstance(node_info, NodeInfo):
             raise InvalidInputError(f"node_info must be a dsm.NodeInfo, not {type(node_info).__name__}")
         info = node_info if node_info is not None else NodeInfo()
+        if not info.metadata and config.tags:
+            info = NodeInfo(info.addresses, info.region, dict(config.tags))
+        metadata_bytes(info.metadata)  # checked before anything starts
         if info.region is not None and info.region != config.region:
             config = config.replace(region=info.region)
         if info.addresses:
@@ -106,4 +109,5 @@ class StorageFactory:
             await node.close()
             raise
         node.network = runtime
+        await node.publish_metadata()
         return node

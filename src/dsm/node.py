@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -83,6 +84,14 @@ META_HLC = "hlc_reserved"
 #: and the last time the node was running (written by the tombstone sweep, and on a clean close).
 META_MEMBER_SINCE = "member_since_ms"
 META_LAST_SEEN = "last_seen_ms"
+#: Internal records replicated like data, under keys no client can use (client keys never hold NUL): a
+#: member's free metadata (`NodeInfo.metadata`, JSON), so every member can show every member's.
+MEMBER_KEY_PREFIX = "\x00member/"
+#: Every client key sorts at or after this (listings start there).
+USER_KEYS_START = "\x01"
+#: Bounds of a node's metadata: pairs, and bytes of its JSON.
+METADATA_MAX_PAIRS = 64
+METADATA_MAX_BYTES = 4096
 #: Most rows the tombstone sweep looks at per step (each step is one commit of the purgeable ones).
 SWEEP_PAGE = 1000
 #: Longest period of the tombstone sweep (it is also the heartbeat that dates a node's absence), ms.
@@ -99,6 +108,21 @@ def _prefix_end(prefix: str) -> str | None:
             return prefix[:-1] + chr(last + 1 if last + 1 != 0xD800 else 0xE000)
         prefix = prefix[:-1]
     return None
+
+
+def metadata_bytes(metadata: object) -> bytes:
+    """The canonical JSON of a node's metadata, checked: a mapping of str to str, at most
+    METADATA_MAX_PAIRS pairs and METADATA_MAX_BYTES bytes (InvalidInputError otherwise)."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidInputError(f"metadata must be a mapping of str to str, not {type(metadata).__name__}")
+    if len(metadata) > METADATA_MAX_PAIRS:
+        raise InvalidInputError(f"metadata holds {len(metadata)} pairs; at most {METADATA_MAX_PAIRS}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise InvalidInputError("metadata keys and values must be str")
+    encoded = json.dumps(dict(sorted(metadata.items())), separators=(",", ":")).encode()
+    if len(encoded) > METADATA_MAX_BYTES:
+        raise InvalidInputError(f"metadata is {len(encoded)} bytes as JSON; at most {METADATA_MAX_BYTES}")
+    return encoded
 
 
 def wall_clock_ms() -> int:
@@ -752,6 +776,36 @@ class EpidemicStorage:
         except DSMError as exc:  # closed or the store failed: anti-entropy brings it later
             log.info("read repair of %r on this node failed: %s", item.key, exc)
 
+    async def publish_metadata(self) -> None:
+        """Stores this node's `NodeInfo.metadata` as its member record (replicated like a write, so every
+        member learns it), superseding its previous record; nothing is written when it is unchanged."""
+        key = MEMBER_KEY_PREFIX + self.node_id
+        encoded_now = await self.store.read(key)
+        current = _EMPTY if encoded_now is None else self._decode(key, encoded_now)
+        value = metadata_bytes(self.node_info.metadata)
+        live = [v for v in current.versions if v.value is not None]
+        if len(live) == 1 and len(current.versions) == 1 and live[0].value == value:
+            return
+        if not self.node_info.metadata and not live:
+            return
+        await self._submit(key, value, current.context())
+
+    async def member_metadata(self, node_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The metadata of those members whose record this node holds (the newest record wins)."""
+        found = await self.store.read_many([MEMBER_KEY_PREFIX + node_id for node_id in node_ids])
+        out: dict[str, dict[str, str]] = {}
+        for key, encoded in found.items():
+            try:
+                versions = decode_versions(encoded)
+                newest = next((v.value for v in versions.versions if v.value is not None), None)
+                if newest is not None:
+                    parsed = json.loads(newest)
+                    if isinstance(parsed, dict):
+                        out[key[len(MEMBER_KEY_PREFIX) :]] = {str(k): str(v) for k, v in parsed.items()}
+            except (DecodeError, ValueError):
+                continue  # an unreadable record shows as no metadata
+        return out
+
     async def store_replicated(self, items: Sequence[DataItem]) -> bool:
         """Merges items a coordinator sent for a consistency level; True when every item is durable here
         (False when one was refused: clock skew, undecodable). Raises as `merge`."""
@@ -800,6 +854,7 @@ class EpidemicStorage:
         if not isinstance(limit, int) or limit < 1:
             raise InvalidInputError("limit must be an integer of at least 1")
         start = max(prefix, after + "\x00") if after else prefix
+        start = max(start, USER_KEYS_START)  # internal records (member metadata) are not listed
         end = _prefix_end(prefix)
         keys: list[str] = []
         while len(keys) < limit:
@@ -845,6 +900,8 @@ class EpidemicStorage:
 
     def _tell_watches(self, states: dict[str, VersionSet], dirty: dict[str, None], local: dict[str, int]) -> None:
         for key in dirty:
+            if key < USER_KEYS_START:
+                continue  # an internal record (member metadata)
             takers = [w for w in self._watches if key.startswith(w.prefix)]
             if not takers:
                 continue

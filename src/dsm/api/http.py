@@ -288,7 +288,11 @@ def create_app(
             changes.close()
 
     async def members(request: web.Request) -> web.Response:
-        return web.json_response({"members": _members(runtime)})
+        listed = _members(runtime)
+        metadata = await storage.member_metadata([m["id"] for m in listed]) if listed else {}
+        for member in listed:
+            member["metadata"] = metadata.get(member["id"], {})
+        return web.json_response({"members": listed})
 
     async def remove_member(request: web.Request) -> web.Response:
         node_id = request.match_info["node_id"]
@@ -586,7 +590,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/members": {
             "get": {
-                "summary": "Every member: id, addr, region, state, incarnation",
+                "summary": "Every member: id, addr, region, state, incarnation, metadata",
                 "responses": {"200": {"description": "members"}},
             }
         },
