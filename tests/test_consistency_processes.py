@@ -32,6 +32,15 @@ def start(
     return proc
 
 
+def absent_at_all(p: Proc, key: str) -> bool:
+    """Whether a read at `all` through `p` finds `key` absent (False while `p` still holds a returning member
+    dead, so that the level cannot be met yet)."""
+    try:
+        return p.client.get(key, consistency="all") is None
+    except ConsistencyUnmetError:
+        return False
+
+
 def alive_everywhere(nodes: list[Proc], count: int) -> bool:
     return all(len([m for m in p.client.members() if m["state"] == "alive"]) == count for p in nodes)
 
@@ -124,14 +133,7 @@ def test_a_deleted_key_stays_deleted_when_a_long_absent_member_returns(procs: li
     for p in procs:
         assert p.client.get("doomed") is None, p.node_id
     eventually(lambda: alive_everywhere(procs, 3))
-
-    def absent_at_all() -> bool:
-        try:
-            return n1.client.get("doomed", consistency="all") is None
-        except ConsistencyUnmetError:  # n1 still holds the returning member dead: not asked yet
-            return False
-
-    eventually(absent_at_all)
+    eventually(lambda: absent_at_all(n1, "doomed"))
 
 
 def test_tombstones_are_purged_and_a_member_away_longer_than_the_grace_period_cannot_resurrect(
@@ -174,14 +176,7 @@ def test_tombstones_are_purged_and_a_member_away_longer_than_the_grace_period_ca
     eventually(lambda: holds(back, "after", b"1"), timeout=10)
     for p in (g0, g1, back):
         assert p.client.get("doomed") is None, p.node_id
-
-    def absent_at_all() -> bool:
-        try:
-            return g1.client.get("doomed", consistency="all") is None
-        except ConsistencyUnmetError:  # g1 still holds the returning member dead: not asked yet
-            return False
-
-    eventually(absent_at_all)
+    eventually(lambda: absent_at_all(g1, "doomed"))
 
 
 def test_an_operator_removes_a_dead_member_from_the_command_line(procs: list[Proc], tmp_path: Path) -> None:
