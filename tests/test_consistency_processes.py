@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -203,3 +204,38 @@ def test_an_operator_removes_a_dead_member_from_the_command_line(procs: list[Pro
     eventually(lambda: {m["id"]: m["state"] for m in r0.client.members()}["r2"] == "left")
     r0.client.put("k", b"2", consistency="all")  # 2 of 2
     assert r1.client.get("k", consistency="all").value == b"2"  # type: ignore[union-attr]
+
+
+def test_read_repair_fixes_a_member_that_missed_a_write(procs: list[Proc], tmp_path: Path) -> None:
+    slow_ae = {"DSM_ANTI_ENTROPY_INTERVAL_MS": "3600000"}  # only the start-up exchange: read repair must fix it
+    x0 = start(procs, tmp_path, "x0", "127.0.0.1", "a", [], **slow_ae)
+    x1 = start(procs, tmp_path, "x1", "127.0.0.2", "a", [x0.listen], **slow_ae)
+    x2 = start(procs, tmp_path, "x2", "127.0.0.3", "a", [x0.listen], **slow_ae)
+    eventually(lambda: alive_everywhere(procs, 3))
+    time.sleep(1.5)  # the start-up anti-entropy exchanges are over
+    x2.proc.send_signal(signal.SIGSTOP)
+    try:
+        for p in (x0, x1):  # both hold x2 dead: neither pushes to it nor queues for it
+            eventually(lambda p=p: {m["id"]: m["state"] for m in p.client.members()}["x2"] == "dead", timeout=30)
+        x0.client.put("missed", b"v1")
+        for i in range(20):
+            x0.client.put(f"filler{i}", b"x")
+        time.sleep(4)  # the write leaves the gossip rounds' window
+    finally:
+        x2.proc.send_signal(signal.SIGCONT)
+    eventually(lambda: alive_everywhere(procs, 3), timeout=30)
+    time.sleep(1.0)
+    assert x2.client.get("missed") is None  # it missed the write (and nothing has repaired it yet)
+
+    def read_all() -> bool:
+        try:
+            got = x1.client.get("missed", consistency="all")
+        except ConsistencyUnmetError:
+            return False
+        return got is not None and got.value == b"v1"
+
+    eventually(read_all)
+    eventually(lambda: holds(x2, "missed", b"v1"), timeout=5)
+    with urllib.request.urlopen(x1.url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert "dsm_read_repairs_total 1.0" in metrics
