@@ -32,7 +32,8 @@ ENV = {
 
 
 class Proc:
-    """One `dsm node run` process, its data in `data/<node_id>`; `env` overrides or adds `DSM_*` settings."""
+    """One `dsm node run` process, its data in `data/<node_id>`; `env` overrides or adds `DSM_*` settings;
+    `wrapper` runs it through a command (`ip netns exec NS` for a network namespace)."""
 
     def __init__(
         self,
@@ -42,8 +43,10 @@ class Proc:
         bootstrap: list[str],
         port: int = 0,
         env: Mapping[str, str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
-        args = [sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", node_id, "--listen", f"{host}:{port}"]
+        args = [*(wrapper or []), sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", node_id]
+        args += ["--listen", f"{host}:{port}"]
         args += ["--http", f"{host}:0", "--data-dir", str(data / node_id), "--log-level", "WARNING"]
         for addr in bootstrap:
             args += ["--bootstrap", addr]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import ssl
@@ -259,11 +260,23 @@ class Transport:
                 out.idle = True
                 return
 
+    def _source(self, remote_host: str) -> tuple[str, int] | None:
+        """The local address outgoing connections leave from: the listening host, when it is a specific
+        address of the same kind as the remote one, so that a node shows one address to its peers (on a
+        multi-homed host, or to firewall rules that cut a partition); else the system's choice."""
+        try:
+            local = ipaddress.ip_address(split_addr(self.listen)[0])
+            remote = ipaddress.ip_address(remote_host)
+        except ValueError:
+            return None
+        if local.is_unspecified or local.version != remote.version or local.is_loopback != remote.is_loopback:
+            return None
+        return (str(local), 0)
+
     async def _connect(self, addr: str) -> tuple[asyncio.StreamWriter, Channel]:
         host, port = split_addr(addr)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=self.client_ssl, limit=1 << 16), self.connect_timeout
-        )
+        connect = asyncio.open_connection(host, port, ssl=self.client_ssl, limit=1 << 16, local_addr=self._source(host))
+        reader, writer = await asyncio.wait_for(connect, self.connect_timeout)
         self.stats.connects += 1
         try:
             ours = security.hello(self.node_id, self.keyring.current_id())
