@@ -113,6 +113,26 @@ def test_cluster_commands(tmp_path: Path) -> None:
     assert overlap.returncode == 1 and "overlaps" in overlap.stderr
 
 
+def test_a_tls_cluster_from_the_command_line(tmp_path: Path) -> None:
+    where = str(tmp_path / "tls")
+    up = dsm("cluster", "up", "--nodes", "2", "--dir", where, "--peer-port", "0", "--http-port", "0", "--tls")
+    try:
+        assert up.returncode == 0, up.stderr
+        cluster = LocalCluster.load(where)
+        assert cluster.tls and cluster.ca_file is not None and "--ca-file" in up.stdout
+        n1, n2 = cluster.nodes
+        assert n1.url.startswith("https://")
+        # The API is HTTPS, checked against the cluster CA; the nodes replicate over mutual TLS.
+        assert dsm("put", "k", "over-tls", "--node", n1.url, "--ca-file", cluster.ca_file).returncode == 0
+        wait_for(lambda: dsm("get", "k", "--node", n2.url, "--ca-file", cluster.ca_file).stdout == "over-tls\n")
+        refused = dsm("get", "k", "--node", n2.url)  # without the cluster CA the certificate does not verify
+        assert refused.returncode == 1 and "certificate" in refused.stderr.lower()
+        assert (Path(where) / "tls" / "n1-key.pem").stat().st_mode & 0o077 == 0  # keys: owner only
+    finally:
+        down = dsm("cluster", "down", "--dir", where)
+    assert down.returncode == 0
+
+
 def test_the_main_job_demo(tmp_path: Path) -> None:
     result = dsm("demo", "--data-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr

@@ -443,7 +443,14 @@ def _cluster_table(c: Any) -> Table:
 @click.option("--peer-port", type=click.IntRange(0, 65535), default=7400, show_default=True, help="n1's peer port.")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=7480, show_default=True, help="n1's HTTP port.")
 @click.option("--secret", default=None, help="Cluster secret (default: a random one, kept in cluster.json).")
-def cluster_up(count: int, directory: str, host: str, peer_port: int, http_port: int, secret: str | None) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Mutual TLS between the nodes and HTTPS for the API, from a cluster CA made in <dir>/tls.",
+)
+def cluster_up(
+    count: int, directory: str, host: str, peer_port: int, http_port: int, secret: str | None, tls: bool
+) -> None:
     """Starts N nodes n1..nN (node i on port + i - 1; port 0: the system picks) and waits until all serve."""
     import secrets
 
@@ -451,13 +458,14 @@ def cluster_up(count: int, directory: str, host: str, peer_port: int, http_port:
 
     if peer_port and http_port and peer_port < http_port < peer_port + count:
         raise click.ClickException(f"--peer-port {peer_port} + {count} nodes overlaps --http-port {http_port}")
-    c = LocalCluster(directory, env={"DSM_CLUSTER_SECRET": secret or secrets.token_hex(16)})
+    c = LocalCluster(directory, env={"DSM_CLUSTER_SECRET": secret or secrets.token_hex(16)}, tls=tls)
     try:
         c.up(count, host=host, peer_port=peer_port, http_port=http_port)
     except DSMError as exc:
         raise click.ClickException(str(exc)) from exc
     Console().print(_cluster_table(c))
-    click.echo(f"try: DSM_NODE_URL={c.nodes[0].url} dsm status      stop: dsm cluster down --dir {directory}")
+    ca = f" --ca-file {c.ca_file}" if c.ca_file else ""
+    click.echo(f"try: DSM_NODE_URL={c.nodes[0].url} dsm status{ca}      stop: dsm cluster down --dir {directory}")
 
 
 @cluster.command("down")

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dsm.errors import DSMError
+from dsm.net.certs import ClusterCA
 
 STATE_FILE = "cluster.json"
 READY_TIMEOUT_S = 30.0
@@ -49,10 +50,11 @@ class LocalNode:
     data_dir: str
     log: str
     pid: int = 0
+    https: bool = False
 
     @property
     def url(self) -> str:
-        return "http://" + self.http
+        return ("https://" if self.https else "http://") + self.http
 
 
 class LocalCluster:
@@ -64,9 +66,11 @@ class LocalCluster:
             environment are not passed on, so a node's settings are exactly the flags and `env`.
     """
 
-    def __init__(self, directory: str | Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, directory: str | Path, env: Mapping[str, str] | None = None, tls: bool = False) -> None:
         self.directory = Path(directory).resolve()
         self.env = dict(env or {})
+        #: TLS between the nodes (mutual, against the cluster CA in `<directory>/tls`) and HTTPS for the API.
+        self.tls = tls
         self.nodes: list[LocalNode] = []
 
     # ------------------------------------------------------------------ state
@@ -83,13 +87,14 @@ class LocalCluster:
         try:
             state = json.loads(path.read_text())
             cluster.env = dict(state.get("env", {}))
+            cluster.tls = bool(state.get("tls", False))
             cluster.nodes = [LocalNode(**n) for n in state["nodes"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ClusterError(f"no local cluster in {cluster.directory} ({path.name}: {exc})") from exc
         return cluster
 
     def save(self) -> None:
-        state = {"env": self.env, "nodes": [asdict(n) for n in self.nodes]}
+        state = {"env": self.env, "tls": self.tls, "nodes": [asdict(n) for n in self.nodes]}
         tmp = self.directory / (STATE_FILE + ".tmp")
         # The file may hold the cluster secret (in env): readable by its owner only.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -104,6 +109,16 @@ class LocalCluster:
         raise ClusterError(f"no node {node_id!r} in {self.directory}")
 
     # ------------------------------------------------------------------ life cycle
+
+    @property
+    def ca_dir(self) -> Path:
+        """Where the cluster CA and the node certificates live (`--tls`)."""
+        return self.directory / "tls"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA a client needs to check the nodes' HTTPS (None without TLS)."""
+        return str(self.ca_dir / "ca.pem") if self.tls else None
 
     def up(self, count: int, host: str = "127.0.0.1", peer_port: int = 7400, http_port: int = 7480) -> None:
         """Starts `count` nodes n1..nN and waits until each serves.
@@ -153,6 +168,10 @@ class LocalCluster:
         for addr in others[:3]:
             args += ["--bootstrap", addr]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | self.env
+        if self.tls:
+            files = ClusterCA(self.ca_dir).node(n.node_id, n.listen.rpartition(":")[0].strip("[]"))
+            env |= {"DSM_TLS_CERT_FILE": files.cert, "DSM_TLS_KEY_FILE": files.key, "DSM_TLS_CA_FILE": files.ca}
+            n.https = True
         log_path = Path(n.log)
         offset = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
