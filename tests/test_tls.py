@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import ipaddress
 import os
 import subprocess
@@ -236,6 +237,12 @@ async def test_a_node_whose_certificate_the_cluster_ca_did_not_sign_cannot_conne
     await eventually(lambda: rogue.transport.stats.connect_failures >= 2)
     assert seed.peer is not None and seed.peer.member_state("rogue") == State.UNKNOWN
     assert sum(seed.transport.stats.frames_in.values()) == 0  # not one of its messages arrived
+
+    def refused() -> bool:  # the listening side counts the failed handshakes too
+        gc.collect()
+        return seed.transport.stats.rejected["tls_handshake"] >= 1
+
+    await eventually(refused)
     assert rogue.peer is not None and rogue.peer.live_count() <= 1
 
 
@@ -267,6 +274,12 @@ async def test_a_plain_tcp_connection_to_a_tls_listener_is_closed(nodes: Nodes, 
     assert answer == b"" or answer[0] == 21, answer[:16]
     assert seed.peer is not None and seed.peer.member_state("plain") == State.UNKNOWN
     assert sum(seed.transport.stats.frames_in.values()) == 0
+
+    def counted() -> bool:
+        gc.collect()
+        return seed.transport.stats.rejected["tls_handshake"] == 1
+
+    await eventually(counted)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP API

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import random
 import ssl
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,25 @@ class TransportStats:
     unknown_types: int = 0
     connects: int = 0
     connect_failures: int = 0
+
+
+class _Made:
+    """Whether an accepted connection reached its protocol (its TLS handshake, if any, succeeded)."""
+
+    __slots__ = ("connected",)
+
+    def __init__(self) -> None:
+        self.connected = False
+
+
+class _StreamProtocol(asyncio.StreamReaderProtocol):
+    def __init__(self, reader: asyncio.StreamReader, serve: Any, made: _Made) -> None:
+        super().__init__(reader, serve)
+        self._made = made
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._made.connected = True
+        super().connection_made(transport)
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -136,11 +156,26 @@ class Transport:
     async def start(self) -> None:
         """Listens on `listen` (port 0: any free port; `addr` then holds the real one)."""
         host, port = split_addr(self.listen)
-        # With TLS, asyncio runs the handshake before `_serve` sees the connection: a connection that fails
-        # it is closed without being counted here (the connecting side counts its connect failure).
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.server_ssl, limit=1 << 16)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            # asyncio.start_server's protocol, made here so that a TLS handshake that fails is counted: the
+            # event loop runs the handshake before the protocol hears of the connection, and a connection
+            # that fails it is dropped without a word; the protocol object made at accept time then goes
+            # away without ever being connected.
+            made = _Made()
+            made_protocol = _StreamProtocol(asyncio.StreamReader(limit=1 << 16, loop=loop), self._serve, made)
+            if self.server_ssl is not None:
+                weakref.finalize(made_protocol, self._handshake_gone, made)
+            return made_protocol
+
+        self._server = await loop.create_server(protocol, host, port, ssl=self.server_ssl)
         bound = self._server.sockets[0].getsockname()
         self.addr = f"{host}:{bound[1]}"
+
+    def _handshake_gone(self, made: _Made) -> None:
+        if not made.connected and not self._closed:
+            self.stats.rejected["tls_handshake"] += 1
 
     async def close(self, flush_timeout: float = 1.0) -> None:
         """Stops listening, gives queued messages up to `flush_timeout` seconds to go out, closes all."""
