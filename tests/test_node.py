@@ -25,6 +25,7 @@ from dsm import (
 from dsm.core.encoding import decode_context, encode_context
 from dsm.core.hlc import pack
 from dsm.core.vclock import VersionVector
+from dsm.node import SIBLINGS_MAX_BYTES
 from dsm.storage import BackingStore
 
 pytestmark = pytest.mark.parametrize(
@@ -133,6 +134,17 @@ async def test_siblings_are_bounded(open_node) -> None:  # type: ignore[no-untyp
     read = await node.get("k")
     assert read is not None
     assert [s.value for s in read.siblings] == [b"19", b"18", b"17", b"16"]
+
+
+async def test_siblings_are_bounded_by_bytes_so_a_key_fits_in_one_message(open_node) -> None:  # type: ignore[no-untyped-def]
+    node = await open_node(conflict_resolution="siblings")
+    value = 1024 * 1024
+    for i in range(8):  # eight blind 1 MiB values: 8 MiB would not fit in a frame
+        await node.put("big", bytes([i]) * value)
+    read = await node.get("big")
+    assert read is not None
+    assert [s.value[0] for s in read.siblings] == [7, 6, 5, 4]  # 4 MiB: the newest four
+    assert sum(len(s.value) for s in read.siblings) <= SIBLINGS_MAX_BYTES
 
 
 async def test_write_result_context_supersedes_only_what_it_saw(open_node) -> None:  # type: ignore[no-untyped-def]

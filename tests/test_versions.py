@@ -607,3 +607,18 @@ def test_versions_written_with_tight_bounds_merge_the_same_in_any_order(versions
     order.shuffle(shuffled)
     assert replica(shuffled, SIBLINGS) == VersionSet.of(versions, SIBLINGS)
     assert replica(reversed(versions), SIBLINGS) == VersionSet.of(versions, SIBLINGS)
+
+
+def test_a_write_supersedes_the_oldest_siblings_beyond_the_byte_bound() -> None:
+    held = VersionSet()
+    for i in range(1, 6):  # five blind 100-byte values from different writers: siblings
+        held = write(held, Dot(i, f"w{i}"), VersionVector(), bytes([i]) * 100, SIBLINGS, 16)
+    assert len(held.live) == 5
+    after = write(held, Dot(10, "w9"), VersionVector(), b"n" * 100, SIBLINGS, 16, max_bytes=300)
+    # 600 bytes would be held: the three oldest are superseded (covered by the new version's context).
+    assert sorted(v.dot.node for v in after.versions) == ["w4", "w5", "w9"]
+    newest = next(v for v in after.versions if v.dot.node == "w9")
+    assert all(newest.context.covers(i, f"w{i}") for i in (1, 2, 3))
+    # The new value alone above the bound still stays (and supersedes every other).
+    big = write(held, Dot(11, "w9"), VersionVector(), b"x" * 1000, SIBLINGS, 16, max_bytes=300)
+    assert [v.dot.node for v in big.versions] == ["w9"]

@@ -92,6 +92,10 @@ USER_KEYS_START = "\x01"
 #: Bounds of a node's metadata: pairs, and bytes of its JSON.
 METADATA_MAX_PAIRS = 64
 METADATA_MAX_BYTES = 4096
+#: Most value bytes a write leaves on one key in siblings mode (the oldest siblings are superseded beyond
+#: it, as beyond max_siblings): a key's whole version set travels in one message, and frames are at most
+#: 8 MiB (`dsm.net.wire.MAX_FRAME`), so half of that is left to the values.
+SIBLINGS_MAX_BYTES = 4 * 1024 * 1024
 #: Most rows the tombstone sweep looks at per step (each step is one commit of the purgeable ones).
 SWEEP_PAGE = 1000
 #: Longest period of the tombstone sweep (it is also the heartbeat that dates a node's absence), ms.
@@ -1091,6 +1095,7 @@ class EpidemicStorage:
                 item.value,
                 self._resolution,
                 config.max_siblings,
+                SIBLINGS_MAX_BYTES,
             )
             dirty[item.key] = None
             published[item.key] = dot.timestamp

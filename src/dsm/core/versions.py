@@ -26,8 +26,10 @@ Rules:
   node; the merge is then a maximum over a total order, again a semilattice. `SIBLINGS` keeps every
   undominated version until a write that has read them supersedes them.
 - Sibling sets are bounded on the write path only: a coordinator whose write would leave more than
-  `max_siblings` versions supersedes the oldest ones by adding their closures to the new version's context,
-  exactly as if the client had read them. The merge itself never drops an undominated version.
+  `max_siblings` versions, or more value bytes than its byte bound, supersedes the oldest ones by adding
+  their closures to the new version's context, exactly as if the client had read them. The merge itself
+  never drops an undominated version (so concurrent writes on several coordinators can still exceed the
+  bounds until a write resolves them).
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ def write(
     value: bytes | None,
     resolution: Resolution,
     max_siblings: int,
+    max_bytes: int | None = None,
 ) -> VersionSet:
     """The coordinator's write: a new version merged into the key's current set.
 
@@ -161,6 +164,8 @@ def write(
         value: the bytes, or None for a delete.
         resolution: LWW or SIBLINGS.
         max_siblings: the most versions the key may hold after this write (SIBLINGS).
+        max_bytes: the most value bytes the key's versions may hold after this write (SIBLINGS; None: no
+            bound). The new value always stays, even alone above the bound.
 
     Returns:
         the key's new version set, which contains the new version.
@@ -170,12 +175,25 @@ def write(
     if resolution is Resolution.LWW:
         # The context's timestamps are all below the dot's (asserted above), so it cannot cover the dot.
         return VersionSet((Version(dot, context, value),))
-    survivors = [v for v in current.versions if not context.covers(v.dot.timestamp, v.dot.node)]
+    survivors = sorted(
+        (v for v in current.versions if not context.covers(v.dot.timestamp, v.dot.node)), key=lambda v: v.dot
+    )
     excess = len(survivors) + 1 - max_siblings
+    if max_bytes is not None:
+        # Also supersede the oldest while the values held would exceed the byte bound (a key's whole
+        # version set must fit in one message to replicate).
+        held = len(value or b"") + sum(len(v.value or b"") for v in survivors)
+        extra = 0
+        for version in survivors:
+            if held <= max_bytes:
+                break
+            held -= len(version.value or b"")
+            extra += 1
+        excess = max(excess, extra)
     if excess > 0:
         # The oldest survivors are superseded as if the client had read them: their whole closure (dot and
         # context) joins the new version's context, which keeps contexts causally closed.
-        for oldest in sorted(survivors, key=lambda v: v.dot)[:excess]:
+        for oldest in survivors[:excess]:
             context = context.merge(oldest.context).merge(VersionVector.of([(oldest.dot.node, oldest.dot.timestamp)]))
     new = Version(dot, context, value)
     assert not new.context.covers(dot.timestamp, dot.node), "a version cannot cover itself"
