@@ -42,10 +42,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from dsm.config import StorageConfig
-from dsm.core.consistency import Group, Level, Tally, groups, parse_level
+from dsm.core.consistency import Group, Level, Tally, groups, merge_answers, parse_level
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import (
     DecodeError,
@@ -468,14 +468,7 @@ class EpidemicStorage:
         return purged
 
     async def _queue_purge(self, keys: Sequence[str], before: int, meta: dict[str, bytes] | None) -> _Merge:
-        if self._queued < self.config.write_queue_max:
-            self._queued += 1
-        else:
-            await self._wait_for_place()
-        item = _Merge((), asyncio.get_running_loop().create_future(), 0, purge=keys, purge_before=before, meta=meta)
-        self._admit(item)
-        await item.future
-        return item
+        return await self._enqueue_merge((), purge=keys, purge_before=before, meta=meta)
 
     async def close(self) -> None:
         """Stops accepting operations, commits every queued write, closes the store. Idempotent.
@@ -643,10 +636,7 @@ class EpidemicStorage:
             return result
         written = await self._submit(result.key, value, versions.context())
         self.resolved += 1
-        after = written._versions
-        if any(v.value is not None for v in after.versions):
-            return ReadResult(result.key, after)
-        return result  # unreachable in practice: the write just stored a value
+        return ReadResult(result.key, written._versions)  # holds the value just written
 
     async def put(
         self, key: str, value: bytes, *, context: str | None = None, consistency: str | Level | None = None
@@ -748,9 +738,7 @@ class EpidemicStorage:
         if not tally.met:
             raise self._unmet("read", tally)
         self.level_stats[("read", level.value, "ok")] += 1
-        local = _EMPTY if encoded is None else self._decode(key, encoded)
-        held: dict[str, VersionSet] = {}
-        merged = local
+        held = {self.node_id: _EMPTY if encoded is None else self._decode(key, encoded)}
         for node in tally.answered:
             if node == self.node_id:
                 continue
@@ -759,15 +747,14 @@ class EpidemicStorage:
                 held[node] = _EMPTY if raw is None else decode_versions(raw)
             except DecodeError as exc:
                 log.warning("member %s sent unreadable versions of %r: %s", node, key, exc)
-                continue
-            merged = merged.merge(held[node], self._resolution)
+        merged, stale = merge_answers(held, self._resolution)
         if merged.versions:
-            stale = [node for node, versions in held.items() if versions.versions != merged.versions]
             item = DataItem(0, key, encode_versions(merged))
-            if stale and self.coordinator is not None:
-                self.coordinator.repair([item], stale)
-                self.read_repairs += len(stale)
-            if local.versions != merged.versions:
+            others = [node for node in stale if node != self.node_id]
+            if others and self.coordinator is not None:
+                self.coordinator.repair([item], others)
+                self.read_repairs += len(others)
+            if self.node_id in stale:
                 self.read_repairs += 1
                 task = asyncio.get_running_loop().create_task(self._repair_here(item))
                 self._repairs.add(task)
@@ -835,11 +822,16 @@ class EpidemicStorage:
 
     async def _merge_item(self, items: Sequence[DataItem]) -> _Merge:
         self._check_open()
+        return await self._enqueue_merge(items)
+
+    async def _enqueue_merge(self, items: Sequence[DataItem], **extra: Any) -> _Merge:
+        """Queues a merge (or a purge: `extra`) for the writer and waits for its commit."""
         if self._queued < self.config.write_queue_max:
             self._queued += 1
         else:
             await self._wait_for_place()
-        merge = _Merge(items, asyncio.get_running_loop().create_future(), sum(len(i.versions) for i in items))
+        size = sum(len(i.versions) for i in items)
+        merge = _Merge(items, asyncio.get_running_loop().create_future(), size, **extra)
         self._admit(merge)
         await merge.future
         return merge
@@ -1144,15 +1136,13 @@ class EpidemicStorage:
                 log.warning("refusing remote versions of %r: %s", item.key, exc)
                 continue
             current = states.get(item.key)
-            if current is None and physical_ms(remote.max_timestamp) < expired_ms:
-                written_ms = physical_ms(remote.max_timestamp)
-                if written_ms > self._member_since_ms:
-                    # Older than the grace period, for a key this node does not hold although it was a member
-                    # when that version was written: the key was deleted here and its tombstone purged. Taking
-                    # it would bring a deleted key back.
-                    stats.refused_expired += 1
-                    refused += 1
-                    continue
+            if current is None and self._member_since_ms < physical_ms(remote.max_timestamp) < expired_ms:
+                # Older than the grace period, for a key this node does not hold although it was a member
+                # when that version was written: the key was deleted here and its tombstone purged. Taking it
+                # would bring a deleted key back.
+                stats.refused_expired += 1
+                refused += 1
+                continue
             current = current or _EMPTY
             merged = current.merge(remote, resolution)
             if merged.versions == current.versions:

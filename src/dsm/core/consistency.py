@@ -28,9 +28,11 @@ Pure: the caller passes the membership view; timing out is the caller's business
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+
+from dsm.core.versions import Resolution, VersionSet
 
 
 class Level(Enum):
@@ -137,4 +139,14 @@ class Tally:
         }
 
 
-__all__ = ["LEVEL_NAMES", "Group", "Level", "Tally", "groups", "majority", "parse_level"]
+def merge_answers(held: Mapping[str, VersionSet], resolution: Resolution) -> tuple[VersionSet, list[str]]:
+    """A read's answer: the join of the version sets the members answered with (`held`: member -> its
+    set, empty when it does not hold the key), and the members whose set differs from it, which read repair
+    sends it to."""
+    merged = VersionSet()
+    for versions in held.values():
+        merged = merged.merge(versions, resolution)
+    return merged, [node for node, versions in held.items() if versions.versions != merged.versions]
+
+
+__all__ = ["LEVEL_NAMES", "Group", "Level", "Tally", "groups", "majority", "merge_answers", "parse_level"]

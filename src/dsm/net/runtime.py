@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dsm.config import StorageConfig
-from dsm.core.consistency import Group, Level, Tally, groups
+from dsm.core.consistency import Group, Level, Tally
 from dsm.core.messages import (
     DataItem,
     Deliver,
@@ -266,9 +266,9 @@ class Runtime:
         return self.peer is not None and self.peer.joined and not self.peer.left
 
     def groups(self, level: Level) -> tuple[Group, ...]:
-        """The groups a request at `level` must satisfy, from this node's membership view (`Peer.level_groups`)."""
-        if self.peer is None:
-            return groups(level, self.node_id, self.storage.config.region, ())
+        """The groups a request at `level` must satisfy, from this node's membership view (`Peer.level_groups`;
+        asked only once `ready`)."""
+        assert self.peer is not None
         return self.peer.level_groups(level)
 
     async def _request(

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsm.core.consistency import Level, Tally
+from dsm.core.consistency import Level, Tally, merge_answers
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.hlc import pack
@@ -375,15 +375,11 @@ class Simulation:
             request.done("unknown", request)  # the coordinator crashed: its client never hears back
             return
         if ok and request.item is None:  # a read: merge what answered, repair the stale
-            merged = VersionSet()
-            held: dict[str, VersionSet] = {}
-            for node_id, raw in request.replies.items():
-                held[node_id] = VersionSet() if raw is None else decode_versions(raw)
-                merged = merged.merge(held[node_id], self.resolution)
+            held = {n: VersionSet() if raw is None else decode_versions(raw) for n, raw in request.replies.items()}
+            merged, stale = merge_answers(held, self.resolution)
             if merged.versions:
                 item = DataItem(0, request.key, encode_versions(merged))
                 request.item = item
-                stale = [n for n, versions in held.items() if versions.versions != merged.versions]
                 repairs: list[Effect] = []
                 for node_id in stale:
                     if node_id == node.info.node_id:
