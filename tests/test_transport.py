@@ -185,3 +185,37 @@ async def test_large_frames_and_backpressure() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_every_failed_outgoing_connection_is_reported_with_its_reason() -> None:
+    failures: list[tuple[str, str, str]] = []
+
+    def failed(addr: str, node_id: str, reason: str) -> None:
+        failures.append((addr, node_id, reason))
+
+    # A listener that accepts and never answers the handshake.
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.9", 0)
+    silent = f"127.0.0.9:{server.sockets[0].getsockname()[1]}"
+    b, _ = await make("b", "127.0.0.2")
+    closed = b.addr
+    await b.close()  # nothing listens there any more
+    a, _ = await make(
+        "a", "127.0.0.1", max_failures=2, backoff_min=0.01, handshake_timeout=0.2, on_connect_failure=failed
+    )
+    try:
+        a.send("b", closed, Ping(1, "a", "b", ()))
+        a.send("", silent, Ping(2, "a", "", ()))
+        for _ in range(300):
+            if a.stats.dropped["unreachable"] == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert set(failures) == {(silent, "", "timeout"), (closed, "b", "refused")}
+        assert len(failures) == 4 and a.stats.connect_failure_reasons == {"timeout": 2, "refused": 2}
+    finally:
+        await a.close()
+        server.close()
+        await server.wait_closed()

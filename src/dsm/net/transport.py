@@ -38,6 +38,15 @@ from dsm.net.wire import Auth, FrameError, UnknownType
 log = logging.getLogger("dsm.net")
 
 OnMessage = Callable[[str, Any], None]
+#: Called as (addr, node_id, reason) on every failed outgoing connection attempt; `reason` is one of
+#: CONNECT_FAILURES. `node_id` is the member dialled ("" for a bootstrap address whose id is unknown).
+OnConnectFailure = Callable[[str, str, str], None]
+#: Why an outgoing connection failed: the TCP connection could not be made ("refused": refused, or no
+#: route); no answer in time ("timeout"); the peer does not hold our cluster secret ("wrong_secret"); the
+#: peer is not the member dialled ("wrong_node"); the TLS handshake or certificate check failed ("tls");
+#: the peer closed the connection during the handshake without saying why ("closed"); anything else wrong
+#: in the handshake ("handshake").
+CONNECT_FAILURES = ("refused", "timeout", "wrong_secret", "wrong_node", "tls", "closed", "handshake")
 
 
 @dataclass
@@ -55,6 +64,8 @@ class TransportStats:
     unknown_types: int = 0
     connects: int = 0
     connect_failures: int = 0
+    #: Failed outgoing connection attempts by reason (CONNECT_FAILURES).
+    connect_failure_reasons: Counter[str] = field(default_factory=Counter)
 
 
 class _Made:
@@ -126,6 +137,7 @@ class Transport:
         backoff_max: float = 5.0,
         max_incoming: int = 1024,
         write_buffer: int = 1 << 20,
+        on_connect_failure: OnConnectFailure | None = None,
     ) -> None:
         self.node_id = node_id
         self.listen = listen
@@ -142,6 +154,7 @@ class Transport:
         self.backoff_max = backoff_max
         self.max_incoming = max_incoming
         self.write_buffer = write_buffer
+        self.on_connect_failure = on_connect_failure
         self.stats = TransportStats()
         self.addr = listen
         self._out: dict[str, _Outbound] = {}
@@ -240,6 +253,7 @@ class Transport:
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 out.failures += 1
                 self.stats.connect_failures += 1
+                self._connect_failed(out, exc)
                 if out.failures >= self.max_failures or self._closed:
                     log.info("peer %s unreachable (%s); dropping %d queued messages", out.addr, exc, len(out.queue))
                     self.stats.dropped["unreachable"] += len(out.queue)
@@ -264,6 +278,15 @@ class Transport:
                 out.idle = False
                 if not out.queue:
                     return
+
+    def _connect_failed(self, out: _Outbound, exc: BaseException) -> None:
+        reason = connect_failure_reason(exc)
+        self.stats.connect_failure_reasons[reason] += 1
+        if self.on_connect_failure is not None:
+            try:
+                self.on_connect_failure(out.addr, out.node_id, reason)
+            except Exception:  # a bug above must not stop the writer
+                log.exception("on_connect_failure(%s, %s, %s) failed", out.addr, out.node_id, reason)
 
     async def _pump(self, out: _Outbound, writer: asyncio.StreamWriter, channel: Channel) -> None:
         stats = self.stats
@@ -391,6 +414,21 @@ class Transport:
                 self.on_message(peer, message)
             except Exception:  # a bug above must not take the connection (and the node) down
                 log.exception("handling %s from %s failed", kind, peer)
+
+
+def connect_failure_reason(exc: BaseException) -> str:
+    """The CONNECT_FAILURES reason of an exception raised while connecting and running the handshake."""
+    if isinstance(exc, AuthError):
+        return "wrong_secret"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, asyncio.IncompleteReadError | ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "closed"
+    if isinstance(exc, OSError):
+        return "refused"
+    return "handshake"
 
 
 def _peername(writer: asyncio.StreamWriter) -> str:
