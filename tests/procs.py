@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -44,23 +46,25 @@ class Proc:
         port: int = 0,
         env: Mapping[str, str] | None = None,
         wrapper: list[str] | None = None,
+        until: str = "ready",
+        extra: list[str] | None = None,
     ) -> None:
         args = [*(wrapper or []), sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", node_id]
         args += ["--listen", f"{host}:{port}"]
         args += ["--http", f"{host}:0", "--data-dir", str(data / node_id), "--log-level", "WARNING"]
         for addr in bootstrap:
             args += ["--bootstrap", addr]
+        args += extra or []
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | ENV | dict(env or {})
         self.node_id = node_id
+        self._lines: queue.Queue[str] | None = None
+        self.event: dict[str, Any] = {}
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, text=True)
         try:
-            assert self.proc.stdout is not None
-            line = self.proc.stdout.readline()
-            if not line:
-                stderr = self.proc.stderr.read() if self.proc.stderr else ""
-                raise AssertionError(f"{node_id} did not start: {stderr}")
-            ready = json.loads(line)
-            assert ready["event"] == "ready", ready
+            ready = self._line()
+            if until == "ready" and ready["event"] == "waiting":
+                ready = self._line()
+            assert ready["event"] == until or until == "any", ready
         except BaseException:
             self.proc.kill()  # not yet in any `procs` list: nothing else would stop it
             self.proc.wait(15)
@@ -70,6 +74,29 @@ class Proc:
         self.url = "http://" + self.http
         self.client = Client(self.url)
         self.stderr = ""
+
+    def _line(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The next JSON line the node prints (its `waiting`, `ready` or `stopped` event)."""
+        if self._lines is None:
+            assert self.proc.stdout is not None
+            self._lines = queue.Queue()
+            threading.Thread(target=_pump_lines, args=(self.proc.stdout, self._lines), daemon=True).start()
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.node_id} printed nothing within {timeout} s") from None
+        if not line:
+            self.proc.wait(15)
+            stderr = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"{self.node_id} did not start: {stderr}")
+        event: dict[str, Any] = json.loads(line)
+        self.event = event
+        return event
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Waits for the `ready` line of a node that printed `waiting` (it joined)."""
+        if self.event["event"] != "ready":
+            assert self._line(timeout)["event"] == "ready", self.event
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Sends `sig` and waits for the exit status; what the process wrote on stderr is kept in `stderr`."""
@@ -83,6 +110,16 @@ class Proc:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
+
+
+def _pump_lines(stream: Any, lines: queue.Queue[str]) -> None:
+    """Hands each line of a node's standard output to `lines` (an empty string at the end)."""
+    try:
+        for line in iter(stream.readline, ""):
+            lines.put(line)
+    except (ValueError, OSError):  # the stream was closed (the process stopped)
+        pass
+    lines.put("")
 
 
 @pytest.fixture(name="procs")

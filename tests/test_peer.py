@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dsm.core.consistency import Level
 from dsm.core.messages import Ping, PingReq, Send, SyncDigest, SyncEntries, SyncLeaves, Update
 from dsm.core.peer import LOSS_RETRY, Peer, PeerSettings
 from dsm.core.ring import State
@@ -91,14 +92,70 @@ def test_join_through_bootstrap_learns_table_and_tells_neighbors() -> None:
 
 
 def test_join_tries_the_next_bootstrap_when_one_is_down() -> None:
+    # A join attempt writes to JOIN_FANOUT targets at once; the next attempt to the next ones in turn.
     w = Wire(seed=5)
     w.formed(8)
-    w.down.add("n0")
+    for down in ("n0", "n1", "n2"):
+        w.down.add(down)
     joiner = w.peer("j")
-    w.call("j", "join", [("n0", "mem://n0"), ("n1", "mem://n1")])
+    w.call("j", "join", [(f"n{i}", f"mem://n{i}") for i in range(4)])
     assert not joiner.joined
     w.advance(SMALL.join_timeout_ms + 10)
     assert joiner.joined and joiner.live_count() == 9
+
+
+def test_a_node_with_bootstrap_addresses_that_answer_nothing_is_not_joined_and_retries_with_backoff() -> None:
+    w = Wire(seed=5)
+    w.formed(3)
+    for down in ("n0", "n1", "n2"):
+        w.down.add(down)
+    joiner = w.peer("j")
+    w.call("j", "join", [("", "mem://n0")])
+    sent = []
+    for _ in range(8):
+        before = w.sent["Join"]
+        w.advance(SMALL.join_retry_max_ms // 4)
+        sent.append(w.sent["Join"] - before)
+    assert not joiner.joined and joiner.join_targets() == [("", "mem://n0")]
+    # 2 s, then 4, 8, 16 and 30 s (with jitter) between attempts: fewer attempts per period as it goes on.
+    assert sent[0] >= 2 and sum(sent[4:]) <= 3, sent
+    w.down.discard("n0")
+    w.advance(SMALL.join_retry_max_ms + 10)
+    assert joiner.joined and joiner.live_count() == 2  # n1 and n2 were declared dead meanwhile
+
+
+def test_a_restarted_member_rejoins_through_the_members_it_saved_without_bootstrap() -> None:
+    w = Wire(seed=9)
+    w.formed(6)
+    w.advance(3000)
+    record = w.peers["n3"].member_record()
+    w.down.add("n3")
+    w.advance(40 * SMALL.probe_interval_ms)  # the others declare it dead
+    assert w.peers["n1"].member_state("n3") == State.DEAD
+    w.down.discard("n3")
+    again = w.peer("n3", incarnation=w.peers["n3"].incarnation + 1)
+    assert again.restore(record) == 5
+    others = [name for name in w.peers if name != "n3"]
+    w.down.update(others)
+    w.call("n3", "join", [])
+    assert not again.joined  # saved members, no bootstrap, nobody answering: not joined, not alone
+    assert {node_id for node_id, _ in again.join_targets()} == set(others)
+    w.advance(3 * SMALL.join_timeout_ms)
+    assert not again.joined and again.level_groups(Level.QUORUM)[0].needed == 4  # 6 members still count
+    w.down.difference_update(others)
+    replies = w.sent["JoinReply"]
+    w.advance(SMALL.join_retry_max_ms + 10)
+    assert again.joined and w.sent["JoinReply"] > replies  # a member answered
+    w.advance(10 * SMALL.probe_interval_ms)
+    assert all(p.member_state("n3") == State.ALIVE for name, p in w.peers.items() if name != "n3")
+
+
+def test_a_node_with_no_saved_members_and_no_bootstrap_starts_a_new_cluster() -> None:
+    w = Wire(seed=10)
+    alone = w.peer("solo")
+    assert alone.restore(alone.member_record()) == 0  # a record of itself only
+    w.call("solo", "join", [])
+    assert alone.joined and alone.join_targets() == []
 
 
 def test_leave_is_final_for_its_incarnation_and_a_rejoin_needs_a_higher_one() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dsm.core.consistency import Level
 from dsm.core.peer import PeerSettings
 from dsm.core.ring import State
 from dsm.sim.checkers import Checkers, CheckFailed
@@ -78,6 +79,27 @@ def test_crashed_members_restart_and_rejoin(seed: int) -> None:
     checkers.wait_converged(60_000, step_ms=1000)
     checkers.check_incarnations()
     assert all(n.peer is not None and n.peer.incarnation >= 1 for n in victims)
+
+
+@pytest.mark.parametrize(("seed", "away_ms"), [(5, 2_000), (6, 40_000)])
+def test_restarts_that_lost_their_bootstrap_list_rejoin_through_the_members_they_saved(seed: int, away_ms: int) -> None:
+    sim = Simulation(seed=seed)
+    checkers = Checkers(sim)
+    sim.form(40)
+    sim.run_until(sim.now + 5000)
+    victims = sim.rng.sample(sim.nodes, 4)
+    for node in victims:
+        sim.crash(node)
+    sim.run_until(sim.now + away_ms)
+    for node in victims:
+        sim.restart(node, [])  # no bootstrap list: only the saved member table
+        assert node.peer is not None and not node.peer.joined  # never a cluster of one
+    checkers.wait_converged(60_000, step_ms=1000)
+    checkers.check_incarnations()
+    for node in victims:
+        assert node.peer is not None and node.peer.joined and node.peer.live_count() == 40
+        # A level is met on the whole cluster, not on a view of itself.
+        assert node.peer.level_groups(Level.QUORUM)[0].needed == 21
 
 
 def test_members_that_leave_are_left_everywhere_and_never_return() -> None:

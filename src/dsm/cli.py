@@ -185,6 +185,12 @@ def node() -> None:
     is_flag=True,
     help="If this node was away longer than tombstone_grace_ms, empty its store and rejoin (stale_replica).",
 )
+@click.option(
+    "--new-cluster",
+    is_flag=True,
+    help="Start a new cluster, forgetting the members the store saved (new_cluster; disaster recovery).",
+)
+@click.option("--adopt-store", is_flag=True, help="Take over a store another node id wrote (adopt_store).")
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def node_run(
     toml_path: str | None,
@@ -201,6 +207,8 @@ def node_run(
     http_tls: str | None,
     tags: tuple[str, ...],
     discard_stale_data: bool,
+    new_cluster: bool,
+    adopt_store: bool,
     log_level: str,
 ) -> None:
     """Runs one node until SIGTERM or Ctrl-C (settings: flags > DSM_* environment > TOML file > defaults)."""
@@ -222,6 +230,8 @@ def node_run(
             http_tls=http_tls,
             stale_replica="discard" if discard_stale_data else None,
             tags=_tags(tags),
+            new_cluster=True if new_cluster else None,
+            adopt_store=True if adopt_store else None,
         )
         if not config.node_id:
             raise click.ClickException("a node id is needed: --node-id, DSM_NODE_ID or node_id in the TOML file")

@@ -200,8 +200,30 @@ class StorageConfig:
     bootstrap: str = field(
         default="",
         metadata=_doc(
-            "Comma-separated host:port addresses of existing members to join through (tried in turn); "
-            "empty starts a new cluster."
+            "Comma-separated host:port addresses of existing members to join through (tried in turn, with "
+            "the members saved in the store). Empty, with no saved members, starts a new cluster; a node "
+            "that has either joins and is not ready until a member answers."
+        ),
+    )
+    join_retry_max_ms: int = field(
+        default=30000,
+        metadata=_doc(
+            "Longest wait between join attempts of a node that reaches no member, ms (100-3600000): the "
+            "wait doubles from 2 s up to it. Longer costs less when the cluster is away, rejoins later."
+        ),
+    )
+    new_cluster: bool = field(
+        default=False,
+        metadata=_doc(
+            "Start a new cluster even though the store saved the members of one (disaster recovery, like "
+            "etcd's --force-new-cluster): the saved members are forgotten. Refused with bootstrap addresses."
+        ),
+    )
+    adopt_store: bool = field(
+        default=False,
+        metadata=_doc(
+            "Run on a store another node id wrote (it becomes this node's). Off: such a store is refused at "
+            "start, naming both ids, as a node started on the wrong data directory would otherwise serve it."
         ),
     )
     cluster_secret: str = field(
@@ -476,8 +498,11 @@ class StorageConfig:
 #: Field name -> documentation, in declaration order (for `dsm config` and the README).
 FIELD_DOCS: dict[str, str] = {f.name: f.metadata["doc"] for f in dataclasses.fields(StorageConfig)}
 _FIELD_TYPES: dict[str, type] = {
-    f.name: (int if f.type in ("int", int) else str) for f in dataclasses.fields(StorageConfig)
+    f.name: (int if f.type in ("int", int) else bool if f.type in ("bool", bool) else str)
+    for f in dataclasses.fields(StorageConfig)
 }
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 def _check_known(values: Mapping[str, Any]) -> None:
@@ -493,6 +518,11 @@ def _from_text(name: str, raw: str) -> Any:
         except ValueError:
             what = "region -> {write_consistency, read_consistency}" if name == "regions" else "key -> value"
             raise ConfigError(name, raw, f"JSON: an object of {what}") from None
+    if _FIELD_TYPES[name] is bool:
+        text = raw.strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise ConfigError(name, raw, "true or false (1/0, yes/no, on/off)")
+        return text in _TRUE
     if _FIELD_TYPES[name] is int:
         try:
             return int(raw.strip().replace("_", ""))
@@ -612,6 +642,12 @@ def _validate(c: StorageConfig) -> None:
                 raise ConfigError(name, "<hidden>", "secrets of at least 16 bytes")
     if c.cluster_secrets_accepted and not c.cluster_secret:
         raise ConfigError("cluster_secrets_accepted", "<hidden>", "empty unless cluster_secret is set")
+    _int_in(c, "join_retry_max_ms", 100, 3_600_000)
+    for name in ("new_cluster", "adopt_store"):
+        if type(getattr(c, name)) is not bool:
+            raise ConfigError(name, getattr(c, name), "true or false")
+    if c.new_cluster and c.bootstrap_addrs:
+        raise ConfigError("new_cluster", True, "false when bootstrap addresses are given (a new cluster joins nobody)")
     _str(c, "http_token")
     _tls(c)
     if _str(c, "durability") not in ("process", "fsync"):

@@ -142,6 +142,19 @@ class StaleReplicaError(DSMError):
         )
 
 
+class ForeignStoreError(DSMError):
+    """The store was written by another node id: a node started on another node's data directory (or
+    database) would serve that node's data under its own id and take its place in the cluster. Start it
+    on its own store, or with `adopt_store = true` (dsm node run --adopt-store) to make the store its own."""
+
+    def __init__(self, store_id: str, node_id: str, where: str) -> None:
+        self.store_id, self.node_id = store_id, node_id
+        super().__init__(
+            f"the store {where} belongs to node {store_id!r}, not {node_id!r}: start {node_id!r} on its own "
+            f"data directory, or with adopt_store = true (--adopt-store) to take the store over"
+        )
+
+
 class WatchOverflowError(DSMError):
     """A watch's reader fell further behind than its queue holds; the watch has ended."""
 

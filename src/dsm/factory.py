@@ -92,6 +92,8 @@ class StorageFactory:
         if info.addresses:
             config = config.replace(advertise_addr=info.addresses[0])
         bootstrap = tuple(bootstrap_nodes) or config.bootstrap_addrs
+        if config.new_cluster and bootstrap:
+            raise ConfigError("new_cluster", True, "false when bootstrap nodes are given (a new cluster joins nobody)")
         if not config.listen_addr and bootstrap:
             raise ConfigError("bootstrap_nodes", list(bootstrap), "empty for a standalone node (listen_addr empty)")
         store = backing_storage if backing_storage is not None else self.create_sql_storage()

@@ -51,6 +51,8 @@ class LocalNode:
     log: str
     pid: int = 0
     https: bool = False
+    #: Started but not joined yet (its `waiting` line was read, not yet its `ready` line).
+    waiting: bool = False
 
     @property
     def url(self) -> str:
@@ -150,8 +152,17 @@ class LocalCluster:
                 )
             )
         try:
+            waiting = []
             for n in self.nodes:
-                self.start(n.node_id)
+                offset = self._log_size(n)
+                if self.start(n.node_id).waiting:
+                    waiting.append((n, offset))
+            # A node restarted on a store that saved its cluster waits for a member to answer (the first one
+            # started has nobody to join until the next one is up): every node must be ready at the end.
+            for n, offset in waiting:
+                self._wait_ready(n, None, offset, accept_waiting=False)
+                n.waiting = False
+            self.save()
         except BaseException:
             self.down()
             raise
@@ -179,12 +190,24 @@ class LocalCluster:
                 args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True
             )
         n.pid = proc.pid
-        ready = self._wait_ready(n, proc, offset)
+        # With no other node running, a node whose store saved its cluster cannot join yet: its `waiting`
+        # line is enough (it serves local reads and writes and joins when the others start).
+        ready = self._wait_ready(n, proc, offset, accept_waiting=not others)
         n.listen, n.http = str(ready["listen"]), str(ready["http"])
+        n.waiting = ready["event"] == "waiting"
         self.save()
         return n
 
-    def _wait_ready(self, n: LocalNode, proc: subprocess.Popen[bytes], offset: int) -> dict[str, object]:
+    @staticmethod
+    def _log_size(n: LocalNode) -> int:
+        with contextlib.suppress(OSError):
+            return Path(n.log).stat().st_size
+        return 0
+
+    def _wait_ready(
+        self, n: LocalNode, proc: subprocess.Popen[bytes] | None, offset: int, accept_waiting: bool = False
+    ) -> dict[str, object]:
+        """The node's `ready` line (or `waiting` line, if `accept_waiting`) written after `offset` in its log."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         with open(n.log, "rb") as log:
             log.seek(offset)
@@ -194,14 +217,22 @@ class LocalCluster:
                 pending += chunk
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    if line.startswith(b'{"event": "ready"'):
+                    if line.startswith(b'{"event": "ready"') or (
+                        accept_waiting and line.startswith(b'{"event": "waiting"')
+                    ):
                         ready: dict[str, object] = json.loads(line)
                         return ready
-                if proc.poll() is not None:
+                if proc is not None and proc.poll() is not None:
                     raise ClusterError(f"{n.node_id} exited with {proc.returncode}: {self._tail(n)}")
+                if proc is None and not self.alive(n):
+                    raise ClusterError(f"{n.node_id} exited: {self._tail(n)}")
                 if time.monotonic() > deadline:
-                    proc.kill()
-                    raise ClusterError(f"{n.node_id} did not serve within {READY_TIMEOUT_S:.0f} s: {self._tail(n)}")
+                    if proc is not None:
+                        proc.kill()
+                    raise ClusterError(
+                        f"{n.node_id} did not {'serve' if accept_waiting else 'join'} within {READY_TIMEOUT_S:.0f} s: "
+                        f"{self._tail(n)}"
+                    )
                 if not chunk:
                     time.sleep(0.02)
 

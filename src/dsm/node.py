@@ -63,6 +63,7 @@ from dsm.errors import (
     ClosedError,
     ConsistencyError,
     DSMError,
+    ForeignStoreError,
     InvalidContextError,
     InvalidInputError,
     InvalidKeyError,
@@ -84,6 +85,8 @@ META_HLC = "hlc_reserved"
 #: and the last time the node was running (written by the tombstone sweep, and on a clean close).
 META_MEMBER_SINCE = "member_since_ms"
 META_LAST_SEEN = "last_seen_ms"
+#: The id of the node that owns the store (written at its first start; see `ForeignStoreError`).
+META_NODE_ID = "node_id"
 #: Internal records replicated like data, under keys no client can use (client keys never hold NUL): a
 #: member's free metadata (`NodeInfo.metadata`, JSON), so every member can show every member's.
 MEMBER_KEY_PREFIX = "\x00member/"
@@ -366,11 +369,13 @@ class EpidemicStorage:
         Raises:
             StorageError: the store cannot be opened or its metadata is unreadable.
             StaleReplicaError: a networked node's data is older than the grace period ('refuse').
+            ForeignStoreError: the store belongs to another node id (and `adopt_store` is off).
         """
         if self._state != "new":
             return
         await self.store.open()
         try:
+            await self._check_owner()
             await self._restore_clock()
             await self._check_absence(networked)
         except BaseException:
@@ -380,6 +385,19 @@ class EpidemicStorage:
         self._state = "running"
         self._sweeper = asyncio.create_task(self._sweep_loop(), name=f"dsm-sweep-{self.node_id}")
         log.info("node %s started on %s", self.node_id, self.store.url)
+
+    async def _check_owner(self) -> None:
+        """Refuses a store another node id wrote, unless `adopt_store` (see `ForeignStoreError`); records
+        this node's id in a store that has none yet (a new store, or one from before ids were recorded)."""
+        raw = await self.store.read_meta(META_NODE_ID)
+        owner = raw.decode("utf-8", "replace") if raw is not None else None
+        if owner == self.node_id:
+            return
+        if owner is not None and not self.config.adopt_store:
+            raise ForeignStoreError(owner, self.node_id, self.store.url)
+        if owner is not None:
+            log.warning("node %s adopts the store %s of node %s (adopt_store)", self.node_id, self.store.url, owner)
+        await self.store.write([], {META_NODE_ID: self.node_id.encode("utf-8")})
 
     async def _restore_clock(self) -> None:
         """Starts the clock above every stored timestamp (see "Clock floor" in the module docstring)."""

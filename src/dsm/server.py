@@ -1,8 +1,12 @@
 """`dsm node run`: one node as a process: the store, the networked core and the HTTP API, until SIGTERM.
 
-Start-up prints one JSON line on standard output once the node serves, e.g.
+Start-up prints one JSON line on standard output once the node serves and has joined its cluster, e.g.
 `{"event": "ready", "node_id": "n1", "listen": "127.0.0.1:7401", "http": "127.0.0.1:7481", "pid": 123}`
-(ports chosen by the system when 0 was asked), which `dsm cluster up` and the tests wait for.
+(ports chosen by the system when 0 was asked), which `dsm cluster up` and the tests wait for. A node that
+serves but has not reached any member of its cluster yet (saved members or bootstrap addresses, none
+answering) first prints a `waiting` line with the same fields plus `reason` and `targets` (the addresses it
+tries), then the `ready` line once it joins; meanwhile it serves `local` reads and writes, refuses higher
+levels and answers 503 on `/health/ready` (see `dsm.net.runtime`).
 
 SIGTERM or SIGINT: graceful stop. The HTTP API stops taking requests, the node announces its leave to its
 links and flushes them, every queued write is committed, the store is closed. After `kill -9` nothing of
@@ -66,8 +70,19 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
         # the collector's sight, a full collection no longer walks it (on this project's machine 18 ms of
         # event-loop stall per collection, more on a busy one; about 0.1 ms after).
         gc.freeze()
-        print(json.dumps(ready), flush=True)
-        await stop.wait()
+        if not runtime.joined.is_set():
+            # It serves (local reads and writes, the API, health) but has not reached its cluster yet.
+            status = runtime.join_status()
+            waiting = ready | {"event": "waiting", "reason": status["reason"], "targets": list(status["targets"])}
+            print(json.dumps(waiting), flush=True)
+            joined = asyncio.ensure_future(runtime.joined.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((joined, stopping), return_when=asyncio.FIRST_COMPLETED)
+            for task in (joined, stopping):
+                task.cancel()
+        if not stop.is_set():
+            print(json.dumps(ready), flush=True)
+            await stop.wait()
         log.info("node %s stopping", config.node_id)
     finally:
         if runner is not None:

@@ -68,9 +68,11 @@ from typing import Any
 
 import numpy as np
 
+from dsm.core import member_record
 from dsm.core.broadcast import BroadcastQueue
 from dsm.core.consistency import Group, Level, Tally, groups
 from dsm.core.dissemination import Dissemination
+from dsm.core.member_record import StoredMember
 from dsm.core.messages import (
     Ack,
     DataItem,
@@ -143,6 +145,8 @@ _ROUTE_RETRY = 7
 _SYNC = 8
 _ANTI_ENTROPY = 9
 
+#: Join targets one join attempt writes to (the next ones in turn at the next attempt).
+JOIN_FANOUT = 3
 #: Most member entries in one anti-entropy message (the arcs beyond it wait for the next round).
 SYNC_MAX_ENTRIES = 1024
 #: Most entry hashes in one SyncLeaves (8 bytes each: four times as many sub-arcs as entries would cover).
@@ -186,6 +190,7 @@ class PeerSettings:
     long_in_max: int = 32
     hop_limit: int = 64
     join_timeout_ms: int = 2000
+    join_retry_max_ms: int = 30000
     sync_interval_ms: int = 10000
     # Dissemination of writes (dissemination.py).
     gossip_interval_ms: int = 5000
@@ -221,6 +226,7 @@ class PeerSettings:
             long_in_max=config.max_long_links_in or 2 * config.max_long_links,
             hop_limit=config.route_hop_limit,
             sync_interval_ms=config.membership_sync_interval_ms,
+            join_retry_max_ms=config.join_retry_max_ms,
             gossip_interval_ms=config.gossip_interval_ms,
             gossip_min_ms=config.gossip_interval_min_ms,
             gossip_max_ms=config.gossip_interval_max_ms,
@@ -341,6 +347,8 @@ class Peer:
         self._refused: dict[int, int] = {}
         self._bootstrap: list[tuple[str, str]] = []
         self._join_attempt = 0
+        # Members read back from the saved table (`restore`): whom a restarted node rejoins through.
+        self._known: list[tuple[str, str]] = []
         self._out: list[Effect] = []
         # Start probing at a random point of the first period, so nodes started together do not probe in
         # lock step.
@@ -409,16 +417,63 @@ class Peer:
         return self._flush()
 
     def join(self, now: int, bootstrap: Sequence[tuple[str, str]]) -> list[Effect]:
-        """Joins the cluster through the first reachable of `bootstrap` ((node_id or "", addr) pairs);
-        tried in turn every join_timeout_ms until one answers. An empty list starts a new cluster."""
+        """Joins the cluster through `bootstrap` ((node_id or "", addr) pairs) and the members read back
+        by `restore`: a Join goes to up to JOIN_FANOUT of them at a time, in turn, again after
+        join_timeout_ms, and then with a backoff that doubles up to join_retry_max_ms, until one answers
+        (Consul's retry_join). Only with neither bootstrap addresses nor restored members does the node
+        start a new cluster (`joined` at once)."""
         self._set_now(now)
-        self._bootstrap = [b for b in bootstrap if b[0] != self.id]
+        targets: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for node_id, addr in [*bootstrap, *self._known]:
+            if node_id == self.id or addr == self.info.addr or (addr or node_id) in seen:
+                continue
+            seen.add(addr or node_id)
+            targets.append((node_id, addr))
+        self._bootstrap = targets
         if not self._bootstrap:
             self.joined = True
             return self._flush()
         self._join_attempt = 0
         self._join_retry()
         return self._flush()
+
+    def join_targets(self) -> list[tuple[str, str]]:
+        """Whom an unjoined node tries to join through ((node_id or "", addr)); empty once joined."""
+        return [] if self.joined else list(self._bootstrap)
+
+    def member_record(self) -> bytes:
+        """The member table as the runtime saves it (see `member_record.py`)."""
+        infos, table = self.directory.infos, self.table
+        return member_record.encode(
+            StoredMember(infos[slot], table.incarnations[slot], State(state))
+            for slot, state in enumerate(table.states)
+            if state
+        )
+
+    def restore(self, record: bytes) -> int:
+        """Reads back a saved member table before `join` (a restarted node): the members become known with
+        their saved states (merged by the usual rules) and, unless they left, targets of the join. This node
+        is not joined until one of them (or a bootstrap address) answers. Returns how many other members it
+        restored.
+
+        Raises:
+            ValueError: the record cannot be read (nothing is applied).
+        """
+        members = member_record.decode(record)
+        restored = 0
+        for m in members:
+            if m.info.node_id == self.id:
+                continue
+            self._apply(
+                Update(int(m.state), m.info.node_id, m.incarnation, m.info.addr, m.info.region, ""), rebroadcast=False
+            )
+            restored += 1
+            if m.state != State.LEFT:
+                self._known.append((m.info.node_id, m.info.addr))
+        # Members that were alive when the table was saved are tried first.
+        self._known.sort(key=lambda t: self.member_state(t[0]) != State.ALIVE)
+        return restored
 
     def install(self, members: Sequence[tuple[MemberInfo, int]]) -> None:
         """Starts from a formed cluster: every member in `members` (info, incarnation) is known alive.
@@ -1088,10 +1143,23 @@ class Peer:
     def _join_retry(self) -> None:
         if self.joined or not self._bootstrap:
             return
-        node_id, addr = self._bootstrap[self._join_attempt % len(self._bootstrap)]
+        targets = self._bootstrap
+        fanout = min(JOIN_FANOUT, len(targets))
+        rounds = self._join_attempt * fanout // len(targets)
+        for i in range(fanout):
+            node_id, addr = targets[(self._join_attempt * fanout + i) % len(targets)]
+            self._out.append(Send(node_id, addr, Join(self.id, self.info.addr, self.info.region, self.incarnation)))
         self._join_attempt += 1
-        self._out.append(Send(node_id, addr, Join(self.id, self.info.addr, self.info.region, self.incarnation)))
-        self._arm(self._now + self.settings.join_timeout_ms, _JOIN_RETRY, 0)
+        settings = self.settings
+        delay = min(settings.join_retry_max_ms, settings.join_timeout_ms << min(rounds, 16))
+        if rounds:  # jitter on the backoff, so nodes restarted together do not retry in step
+            delay = delay // 2 + self.rng.randrange(max(1, delay // 2 + 1))
+        self._arm(self._now + max(1, delay), _JOIN_RETRY, 0)
+
+    @property
+    def join_attempts(self) -> int:
+        """Join rounds sent so far (each to up to JOIN_FANOUT targets)."""
+        return self._join_attempt
 
     def _on_join(self, message: Join) -> None:
         self._apply(Update(_ALIVE, message.source, message.incarnation, message.addr, message.region, ""))

@@ -11,7 +11,15 @@ Writes committed locally are published at once (`EpidemicStorage.on_committed` -
 
 Identity across restarts: the node's incarnation is kept in the store's metadata and raised by one at
 every start, so a restarted node (after a clean stop or `kill -9`) rejoins under its id above anything
-the cluster remembers of its previous life, and its data is the store's.
+the cluster remembers of its previous life, and its data is the store's. The member table is saved in
+the store's metadata too (`dsm.core.member_record`; within MEMBERS_SAVE_S of any change, and at a clean
+stop), and a restarting node reads it back and rejoins through the members it knew, with or without
+bootstrap addresses. Until a member answers its Join the node is *not joined*: it serves `local` reads
+and writes, refuses higher levels (`ConsistencyError`), is not `ready`, keeps trying with backoff
+(`Peer.join`) and logs a WARNING for every join target it could not reach, with the reason the transport
+gives (refused, timeout, wrong secret, TLS, ...). Only a node with neither saved members nor bootstrap
+addresses (or `new_cluster`) starts a new cluster. Membership changes are logged with the member's id
+(INFO for joined and alive again, WARNING for suspect, dead, left and removed).
 
 Whole-store anti-entropy runs here rather than in the core's timers, because each step reads the store:
 once at start (as soon as a linked member is alive: a restarted node catches up at once), then every
@@ -49,6 +57,7 @@ from dsm.core.messages import (
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import answer, opening
 from dsm.core.ring import MemberInfo, State
+from dsm.errors import StorageCorruptError
 from dsm.net.looplag import LoopLag
 from dsm.net.security import Keyring
 from dsm.net.tls import contexts
@@ -58,6 +67,12 @@ from dsm.node import EpidemicStorage
 log = logging.getLogger("dsm.net")
 
 META_INCARNATION = "incarnation"
+#: The saved member table (`dsm.core.member_record`).
+META_MEMBERS = "members"
+#: How often the member table is saved when it changed (s).
+MEMBERS_SAVE_S = 1.0
+#: Seconds between two WARNINGs about the same join target failing for the same reason.
+JOIN_WARNING_S = 30.0
 #: Most anti-entropy answers computed at once (each may scan the store).
 MAX_ANSWERS = 4
 #: Most keys one ReadRequest may ask for (a longer one is answered as failed).
@@ -83,15 +98,23 @@ class Runtime:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         seed: int | None = None,
+        new_cluster: bool = False,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.node_id = storage.node_id
         self.advertise = advertise
         self.transport = Transport(
-            self.node_id, listen, self._on_message, keyring, server_ssl=server_ssl, client_ssl=client_ssl
+            self.node_id,
+            listen,
+            self._on_message,
+            keyring,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+            on_connect_failure=self._connect_failed,
         )
         self._rng = random.Random(seed)
+        self._ids = random.SystemRandom()
         self.peer: Peer | None = None
         self.on_deliver: Callable[[Deliver], None] | None = None
         self.on_route_failure: Callable[[RouteFailure], None] | None = None
@@ -116,9 +139,18 @@ class Runtime:
         # Consistency levels: requests this node coordinates (seq -> tally, its future, replies), and the
         # count of requests from other coordinators being served.
         self._requests: dict[int, tuple[Tally, asyncio.Future[None], dict[str, dict[str, bytes]]]] = {}
-        self._request_seq = 0
         self._serving = 0
         self.level_refused = 0
+        #: Start a new cluster even if the store saved the members of one (`StorageConfig.new_cluster`).
+        self.new_cluster = new_cluster
+        #: Set once the node has joined (a member answered, or it started a new cluster).
+        self.joined = asyncio.Event()
+        #: Why the last attempt to reach each join target failed (addr -> reason), while not joined.
+        self.join_failures: dict[str, str] = {}
+        self._warned: dict[tuple[str, str], float] = {}
+        self._members_saved = -1
+        self._saver: asyncio.Task[None] | None = None
+        self._restoring = False
 
     @classmethod
     def from_config(cls, storage: EpidemicStorage, config: StorageConfig) -> Runtime:
@@ -137,6 +169,7 @@ class Runtime:
             keyring=Keyring(config.cluster_secret or None, config.accepted_secrets),
             server_ssl=tls.peer_server,
             client_ssl=tls.peer_client,
+            new_cluster=config.new_cluster,
         )
 
     def now(self) -> int:
@@ -149,8 +182,13 @@ class Runtime:
         return self.advertise or self.transport.addr
 
     async def start(self, bootstrap: Sequence[str] = ()) -> None:
-        """Listens, takes the next incarnation, and joins through `bootstrap` (host:port addresses of
-        members; empty: starts a new cluster)."""
+        """Listens, takes the next incarnation, reads back the saved member table and joins through
+        `bootstrap` (host:port addresses of members) and the saved members; with neither (or with
+        `new_cluster`), starts a new cluster. Returns at once: `joined` is set when the join completes.
+
+        Raises:
+            StorageCorruptError: the saved member table cannot be read.
+        """
         self._loop = asyncio.get_running_loop()
         self.loop_lag.start()
         await self.transport.start()
@@ -159,12 +197,95 @@ class Runtime:
         incarnation = int(raw.decode("ascii")) + 1 if raw else 0
         await store.write([], {META_INCARNATION: str(incarnation).encode("ascii")})
         info = MemberInfo(self.node_id, self.addr, self.storage.config.region)
-        self.peer = Peer(info, self.settings, self._rng, self.now(), incarnation=incarnation)
+        self.peer = Peer(
+            info, self.settings, self._rng, self.now(), incarnation=incarnation, member_observer=self._member_changed
+        )
+        saved = None if self.new_cluster else await store.read_meta(META_MEMBERS)
+        if saved is not None:
+            self._restoring = True
+            try:
+                restored = self.peer.restore(saved)
+            except ValueError as exc:
+                raise StorageCorruptError(f"{store.url}: the saved member table cannot be read: {exc}") from None
+            finally:
+                self._restoring = False
+            log.info("node %s: %d members read back from the store", self.node_id, restored)
         self.storage.on_committed = self._publish
         self.storage.coordinator = self
         self._apply(self.peer.join(self.now(), [("", addr) for addr in bootstrap if addr != self.addr]))
         self._anti_entropy = self._loop.create_task(self._anti_entropy_loop(), name=f"dsm-ae-{self.node_id}")
-        log.info("node %s listening on %s (incarnation %d)", self.node_id, self.addr, incarnation)
+        self._saver = self._loop.create_task(self._save_loop(), name=f"dsm-members-{self.node_id}")
+        if self.peer.joined:
+            log.info("node %s listening on %s (incarnation %d): a new cluster", self.node_id, self.addr, incarnation)
+        else:
+            targets = ", ".join(addr or node_id for node_id, addr in self.peer.join_targets())
+            log.info(
+                "node %s listening on %s (incarnation %d): joining through %s", self.node_id, self.addr, incarnation,
+                targets,
+            )  # fmt: skip
+
+    def join_status(self) -> dict[str, Any]:
+        """Whether the node has joined, and if not why: the targets it tries and how each last failed."""
+        peer = self.peer
+        if peer is None:
+            return {"joined": False, "reason": "starting", "targets": {}}
+        if peer.joined:
+            return {"joined": not peer.left, "reason": "left" if peer.left else "", "targets": {}}
+        targets = {
+            addr or node_id: self.join_failures.get(addr, "no answer yet") for node_id, addr in peer.join_targets()
+        }
+        return {"joined": False, "reason": "no member of the cluster reached", "targets": targets}
+
+    def _connect_failed(self, addr: str, node_id: str, reason: str) -> None:
+        """The transport could not reach `addr`: remembered, and a WARNING while it is a join target."""
+        peer = self.peer
+        if peer is None or peer.joined:
+            return
+        if not any(a == addr for _, a in peer.join_targets()):
+            return
+        self.join_failures[addr] = reason
+        now = self._loop.time() if self._loop is not None else 0.0
+        last = self._warned.get((addr, reason))
+        if last is None or now - last >= JOIN_WARNING_S:
+            self._warned[(addr, reason)] = now
+            log.warning(
+                "node %s not joined: %s%s could not be reached (%s); retrying", self.node_id, addr,
+                f" ({node_id})" if node_id else "", reason,
+            )  # fmt: skip
+
+    def _member_changed(self, peer: Peer, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
+        if self._restoring or slot == peer.me:
+            return
+        member = peer.directory.infos[slot].node_id
+        if new == State.ALIVE:
+            what = "joined" if old in (State.UNKNOWN, State.LEFT) else "alive again (refuted)"
+            log.info("member %s %s (incarnation %d)", member, what, incarnation)
+        elif new == State.SUSPECT:
+            log.warning("member %s suspect (incarnation %d)%s", member, incarnation, " by this node" if own else "")
+        elif new == State.DEAD:
+            log.warning("member %s dead (incarnation %d)", member, incarnation)
+        elif new == State.LEFT:
+            log.warning("member %s left (incarnation %d)", member, incarnation)
+
+    async def _save_loop(self) -> None:
+        """Saves the member table within MEMBERS_SAVE_S of every change (see the module docstring)."""
+        while True:
+            await asyncio.sleep(MEMBERS_SAVE_S)
+            try:
+                await self.save_members()
+            except Exception as exc:  # the store failed: the next round tries again
+                log.warning("saving the member table failed: %s", exc)
+
+    async def save_members(self) -> None:
+        """Saves the member table now if it changed since it was last saved."""
+        peer = self.peer
+        if peer is None:
+            return
+        changes = peer.table.changes
+        if changes == self._members_saved:
+            return
+        await self.storage.store.write([], {META_MEMBERS: peer.member_record()})
+        self._members_saved = changes
 
     async def close(self, flush_timeout: float = 1.0) -> None:
         """Graceful stop: announces the leave to the linked members, flushes, closes the transport. The
@@ -173,9 +294,15 @@ class Runtime:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._anti_entropy is not None:
-            self._anti_entropy.cancel()
-            await asyncio.gather(self._anti_entropy, return_exceptions=True)
+        for task in (self._anti_entropy, self._saver):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.peer is not None and not self.peer.left and not self.storage.closed:
+            try:
+                await self.save_members()  # before the leave: a restart rejoins through these members
+            except Exception as exc:
+                log.warning("saving the member table failed: %s", exc)
         self.storage.coordinator = None
         if self.peer is not None and not self.peer.left:
             self.storage.on_committed = None
@@ -223,6 +350,11 @@ class Runtime:
                     self.on_deliver(effect)
             elif self.on_route_failure is not None:
                 self.on_route_failure(effect)
+        peer = self.peer
+        if peer is not None and peer.joined and not self.joined.is_set():
+            self.joined.set()
+            self.join_failures.clear()
+            log.info("node %s joined the cluster (%d members alive)", self.node_id, peer.live_count())
         self._rearm()
 
     def _rearm(self) -> None:
@@ -257,6 +389,7 @@ class Runtime:
         if self.peer is None:
             raise ValueError("the node has not started")
         self._apply(self.peer.remove(self.now(), node_id))
+        log.warning("member %s removed by the operator", node_id)
 
     # ------------------------------------------------------------------ consistency levels
 
@@ -275,8 +408,12 @@ class Runtime:
         self, tally: Tally, message_of: Callable[[int], Any], timeout_s: float
     ) -> dict[str, dict[str, bytes]]:
         loop = asyncio.get_running_loop()
-        self._request_seq += 1
-        seq = self._request_seq
+        # Request ids are random 63-bit numbers, never reused while pending: an answer counts only for the
+        # request that asked (and only from a member asked, `Tally.add`), and a guessed or replayed id of
+        # another request finds nothing.
+        seq = self._ids.getrandbits(63) or 1
+        while seq in self._requests:
+            seq = self._ids.getrandbits(63) or 1
         future: asyncio.Future[None] = loop.create_future()
         replies: dict[str, dict[str, bytes]] = {}
         self._requests[seq] = (tally, future, replies)

@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsm.core import member_record
 from dsm.core.consistency import Level, Tally, merge_answers
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.hlc import pack
+from dsm.core.member_record import StoredMember
 from dsm.core.messages import (
     OVERLAY_MESSAGES,
     DataItem,
@@ -88,6 +90,21 @@ class SimNode:
     # The node's replica (its storage: survives crashes): key -> encoded version set.
     data: SortedReplica = field(default_factory=SortedReplica)
     last_timestamp: int = 0
+    # The member table the node had saved when it crashed (states and incarnations by directory slot: a
+    # cheap copy, encoded as the runtime's saved record only when a restart reads it back).
+    saved_states: bytes = b""
+    saved_incarnations: array[int] | None = None
+
+    def saved_members(self, directory: Directory) -> bytes:
+        """The member table this node saved, as the runtime saves it (`Peer.member_record`)."""
+        incarnations = self.saved_incarnations
+        if incarnations is None:
+            return b""
+        return member_record.encode(
+            StoredMember(directory.infos[slot], incarnations[slot], State(state))
+            for slot, state in enumerate(self.saved_states)
+            if state
+        )
 
 
 @dataclass
@@ -203,9 +220,13 @@ class Simulation:
             peer.install_snapshot(states, incarnations, template)
             self._reschedule(node)
 
-    def join(self, node: SimNode, bootstrap: list[SimNode]) -> None:
-        """Starts `node` (new or restarted) and joins it through `bootstrap`."""
+    def join(self, node: SimNode, bootstrap: list[SimNode], restore: bool = False) -> None:
+        """Starts `node` (new or restarted) and joins it through `bootstrap` and, with `restore`, through the
+        members it had saved (as a restarted `dsm node run` does)."""
         peer = self._new_peer(node)
+        record = node.saved_members(self.directory) if restore else b""
+        if record:
+            peer.restore(record)
         effects = peer.join(self._peer_now(node), [(b.info.node_id, b.info.addr) for b in bootstrap])
         self._apply_effects(node, effects)
         self._reschedule(node)
@@ -214,17 +235,21 @@ class Simulation:
         """Stops the node at once, without a word; its in-flight messages are lost."""
         assert node.up and node.peer is not None
         node.stored_incarnation = max(node.stored_incarnation, node.peer.incarnation)
+        table = node.peer.table
+        node.saved_states, node.saved_incarnations = bytes(table.states), array("I", table.incarnations)
         node.peer = None
         node.up = False
         node.crashed_at = self.now
         node.wake = math.inf
 
-    def restart(self, node: SimNode, bootstrap: list[SimNode]) -> None:
-        """Starts a crashed node again with its stored identity and a higher incarnation."""
+    def restart(self, node: SimNode, bootstrap: list[SimNode] | None = None) -> None:
+        """Starts a crashed node again with its stored identity, a higher incarnation and the member table it
+        had saved; it rejoins through `bootstrap` (may be empty: a restart that lost its bootstrap list) and
+        the members it knew."""
         assert not node.up
         node.stored_incarnation += 1
         node.crashed_at = None
-        self.join(node, bootstrap)
+        self.join(node, bootstrap or [], restore=True)
 
     def leave(self, node: SimNode) -> None:
         assert node.up and node.peer is not None

@@ -174,7 +174,8 @@ class _Workload:
         if node.up:
             return
         others = [n for n in self.sim.up_nodes() if n is not node]
-        self.sim.restart(node, others[:3])
+        # Every other restart has lost its bootstrap list: it rejoins through the members it had saved.
+        self.sim.restart(node, others[:3] if len(self.run.faults) % 2 else [])
 
     # --- clients ---
 
