@@ -127,7 +127,7 @@ def create_app(
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path != "/health":
+        if token and request.path not in ("/health", "/health/live", "/health/ready"):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return _error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
@@ -317,6 +317,21 @@ def create_app(
         }
         return web.json_response(body, status=503 if storage.closed else 200)
 
+    async def ready(request: web.Request) -> web.Response:
+        # Readiness (an orchestrator's "send it traffic"): serving, and joined to its cluster, so that levels
+        # above `local` count the real members. A node that reaches no member is alive but not ready.
+        status = runtime.join_status() if runtime is not None else {"joined": True, "reason": "", "targets": {}}
+        ok = bool(status["joined"]) and not storage.closed
+        body = {
+            "status": "ready" if ok else "not_ready",
+            "node_id": storage.node_id,
+            "joined": bool(status["joined"]),
+            "reason": "closing" if storage.closed else status["reason"],
+            "targets": status["targets"],
+        }
+        headers = {} if ok else {"Retry-After": "1"}
+        return web.json_response(body, status=200 if ok else 503, headers=headers)
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")
 
@@ -335,6 +350,8 @@ def create_app(
             web.delete("/v1/members/{node_id}", remove_member),
             web.get("/v1/topology", topology),
             web.get("/health", health),
+            web.get("/health/live", health),
+            web.get("/health/ready", ready),
             web.get("/metrics", metrics),
             web.get("/openapi.json", openapi),
         ]
@@ -608,6 +625,21 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Liveness",
                 "responses": {"200": {"description": "ok"}, "503": {"description": "closing"}},
+            }
+        },
+        "/health/live": {
+            "get": {
+                "summary": "Liveness (the same as /health)",
+                "responses": {"200": {"description": "ok"}, "503": {"description": "closing"}},
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "summary": "Readiness: serving and joined to its cluster (levels above local count real members)",
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "not joined (reason, targets tried) or closing"},
+                },
             }
         },
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},

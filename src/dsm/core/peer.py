@@ -1148,6 +1148,9 @@ class Peer:
         rounds = self._join_attempt * fanout // len(targets)
         for i in range(fanout):
             node_id, addr = targets[(self._join_attempt * fanout + i) % len(targets)]
+            slot = self.directory.slot(node_id) if node_id else None
+            if slot is not None:  # the member's address as last heard (it may have come back elsewhere)
+                addr = self.directory.infos[slot].addr or addr
             self._out.append(Send(node_id, addr, Join(self.id, self.info.addr, self.info.region, self.incarnation)))
         self._join_attempt += 1
         settings = self.settings
