@@ -249,7 +249,7 @@ class Runtime:
         if last is None or now - last >= JOIN_WARNING_S:
             self._warned[(addr, reason)] = now
             log.warning(
-                "node %s not joined: %s%s could not be reached (%s); retrying", self.node_id, addr,
+                "node %s not joined: joining through %s%s failed (%s); retrying", self.node_id, addr,
                 f" ({node_id})" if node_id else "", reason,
             )  # fmt: skip
 
