@@ -77,7 +77,10 @@ def test_a_process_with_another_secret_never_joins_nor_exchanges_writes(procs: l
     eventually(lambda: alive_ids(g1) == alive_ids(g2) == {"g1", "g2"})
     before = rejected(g1).get("auth", 0)
 
-    intruder = Proc("intruder", "127.0.0.3", tmp_path, [g1.listen], env={"DSM_CLUSTER_SECRET": OTHER_SECRET})
+    # It never joins: it prints `waiting`, never `ready` (test_rejoin_processes checks what it says and refuses).
+    intruder = Proc(
+        "intruder", "127.0.0.3", tmp_path, [g1.listen], env={"DSM_CLUSTER_SECRET": OTHER_SECRET}, until="waiting"
+    )
     procs.append(intruder)
     # Its join reaches g1 and is refused there, at the handshake, as an authentication failure.
     eventually(lambda: rejected(g1).get("auth", 0) > before)
