@@ -79,7 +79,7 @@ async def test_a_context_read_from_another_key_is_a_clear_400(client: TestClient
         r = await getattr(client, method)("/v1/kv/two", data=b"2", headers={CONTEXT_HEADER: other})
         assert r.status == 400
         error = (await r.json())["error"]
-        assert error["code"] == "InvalidContextError" and "another key" in error["message"]
+        assert error["code"] == "invalid_context" and "another key" in error["message"]
     assert (await client.get("/v1/kv/two")).status == 404  # nothing was written
 
 
@@ -101,8 +101,8 @@ async def test_listing_by_prefix_with_paging_skips_deleted_keys(client: TestClie
         ("put", "/v1/kv/k", {"data": b"x" * 1001}, 413, "too_large"),
         ("put", "/v1/kv/k", {"params": {"consistency": "strong"}}, 400, "bad_consistency"),
         ("get", "/v1/kv/k", {"params": {"consistency": "QUORUM"}}, 400, "bad_consistency"),
-        ("put", "/v1/kv/k", {"data": b"v", "headers": {CONTEXT_HEADER: "garbage!"}}, 400, "InvalidContextError"),
-        ("get", "/v1/kv/" + "k" * 2000, {}, 400, "InvalidKeyError"),
+        ("put", "/v1/kv/k", {"data": b"v", "headers": {CONTEXT_HEADER: "garbage!"}}, 400, "invalid_context"),
+        ("get", "/v1/kv/" + "k" * 2000, {}, 400, "invalid_key"),
         ("get", "/v1/kv", {"params": {"limit": "zero"}}, 400, "bad_limit"),
         ("get", "/v1/kv", {"params": {"limit": "100000"}}, 400, "bad_limit"),
         ("post", "/v1/kv/k", {"data": b"v"}, 405, "method_not_allowed"),

@@ -72,7 +72,10 @@ def show_config(toml_path: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     table = Table("setting", "value", "meaning", show_lines=True)
     for f in dataclasses.fields(config):
-        table.add_row(f.name, repr(getattr(config, f.name)), FIELD_DOCS[f.name])
+        value = getattr(config, f.name)
+        # A secret (a field kept out of the config's repr) shows only whether it is set.
+        shown = repr(value) if f.repr or not value else "<redacted>"
+        table.add_row(f.name, shown, FIELD_DOCS[f.name])
     Console().print(table)
 
 

@@ -37,8 +37,9 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
+from yarl import URL
 
-from dsm.errors import DSMError
+from dsm.errors import DSMError, InvalidKeyError
 
 CONTEXT_HEADER = "X-DSM-Context"
 TIMESTAMP_HEADER = "X-DSM-Timestamp"
@@ -116,9 +117,21 @@ class Page:
 
 
 def _path(key: str) -> str:
+    """The key's path: every byte of its UTF-8 but letters, digits and `-._~` percent-encoded, `/` too (so
+    that no client or proxy on the way merges `//` or resolves `..`), and a key of dots spelled as escapes.
+
+    Raises:
+        InvalidKeyError: the key is not a non-empty str (the node checks the rest: NUL, size).
+    """
     if not isinstance(key, str) or not key:
-        raise TypeError("a key is a non-empty str")
-    return "/v1/kv/" + quote(key, safe="/")
+        raise InvalidKeyError(f"a key is a non-empty str, not {key!r}")
+    try:
+        quoted = quote(key, safe="")
+    except UnicodeEncodeError:
+        raise InvalidKeyError("a key must be valid Unicode (no lone surrogates)") from None
+    if quoted in (".", ".."):
+        quoted = quoted.replace(".", "%2E")  # a path segment '.' or '..' would be resolved away
+    return "/v1/kv/" + quoted
 
 
 def _query(**params: Any) -> str:
@@ -301,7 +314,9 @@ class AsyncClient:
         session = self._open()
         headers = {CONTEXT_HEADER: context} if context else None
         try:
-            async with session.request(method, self._url + path, data=body, headers=headers) as response:
+            # encoded=True: the path is sent as quoted here, not re-quoted (or its escapes decoded) by yarl.
+            url = URL(self._url + path, encoded=True)
+            async with session.request(method, url, data=body, headers=headers) as response:
                 return response.status, await response.read(), response.headers
         except aiohttp.ClientSSLError as exc:
             raise TLSError(f"{self._url}: TLS handshake failed: {exc}") from None
@@ -344,7 +359,8 @@ class AsyncClient:
         session = self._open()
         try:
             async with session.get(
-                self._url + "/v1/watch" + _query(prefix=prefix), timeout=aiohttp.ClientTimeout(total=None)
+                URL(self._url + "/v1/watch" + _query(prefix=prefix), encoded=True),
+                timeout=aiohttp.ClientTimeout(total=None),
             ) as response:
                 if response.status != 200:
                     _raise(response.status, await response.read())

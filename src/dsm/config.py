@@ -228,6 +228,7 @@ class StorageConfig:
     )
     cluster_secret: str = field(
         default="",
+        repr=False,  # a secret: never printed (`dsm config`, logs, a repr in a traceback)
         metadata=_doc(
             "Shared secret (at least 16 bytes) that authenticates and encrypts every node-to-node frame; "
             "empty: plain connections. A node without it can neither join, read nor inject."
@@ -235,6 +236,7 @@ class StorageConfig:
     )
     cluster_secrets_accepted: str = field(
         default="",
+        repr=False,
         metadata=_doc(
             "Comma-separated older or newer secrets also accepted from connecting nodes, to rotate "
             "cluster_secret without downtime (docs/network.md)."
@@ -242,7 +244,38 @@ class StorageConfig:
     )
     http_token: str = field(
         default="",
+        repr=False,
         metadata=_doc("Bearer token the HTTP API requires (except /health); empty: no token."),
+    )
+    http_header_timeout_ms: int = field(
+        default=10000,
+        metadata=_doc(
+            "Most time an HTTP request's headers may take to arrive, from the connection's start or the "
+            "request's first byte, ms (100-600000); then the connection is closed. Shorter frees the sockets "
+            "of slow or half-sent requests sooner; too short cuts clients on very slow links."
+        ),
+    )
+    http_body_timeout_ms: int = field(
+        default=60000,
+        metadata=_doc(
+            "Most time a PUT's body may take to arrive once its headers have, ms (100-3600000); then it is "
+            "answered 408 and the connection closed. Must cover max_value_bytes at the slowest client's rate."
+        ),
+    )
+    http_idle_timeout_ms: int = field(
+        default=60000,
+        metadata=_doc(
+            "How long a kept-alive HTTP connection may wait for its next request, ms (100-86400000). Longer "
+            "saves clients reconnecting; shorter frees idle sockets sooner."
+        ),
+    )
+    http_max_connections: int = field(
+        default=1024,
+        metadata=_doc(
+            "Most concurrent HTTP connections (1-1000000; at most half the open-files limit is used). At the "
+            "cap a new connection closes the oldest one that is idle or still sending its headers; when all "
+            "are busy it gets 503 with Retry-After. Higher serves more clients, costs a descriptor each."
+        ),
     )
     tls_cert_file: str = field(
         default="",
@@ -497,6 +530,8 @@ class StorageConfig:
 
 #: Field name -> documentation, in declaration order (for `dsm config` and the README).
 FIELD_DOCS: dict[str, str] = {f.name: f.metadata["doc"] for f in dataclasses.fields(StorageConfig)}
+#: Secrets: fields kept out of the config's repr, `dsm config` and error messages.
+_HIDDEN = frozenset(f.name for f in dataclasses.fields(StorageConfig) if not f.repr)
 _FIELD_TYPES: dict[str, type] = {
     f.name: (int if f.type in ("int", int) else bool if f.type in ("bool", bool) else str)
     for f in dataclasses.fields(StorageConfig)
@@ -543,7 +578,7 @@ def _int_in(config: StorageConfig, name: str, low: int, high: int) -> int:
 def _str(config: StorageConfig, name: str) -> str:
     value = getattr(config, name)
     if not isinstance(value, str):
-        raise ConfigError(name, value, "a string")
+        raise ConfigError(name, "<hidden>" if name in _HIDDEN else value, "a string")
     return value
 
 
@@ -649,6 +684,10 @@ def _validate(c: StorageConfig) -> None:
     if c.new_cluster and c.bootstrap_addrs:
         raise ConfigError("new_cluster", True, "false when bootstrap addresses are given (a new cluster joins nobody)")
     _str(c, "http_token")
+    _int_in(c, "http_header_timeout_ms", 100, 600_000)
+    _int_in(c, "http_body_timeout_ms", 100, 3_600_000)
+    _int_in(c, "http_idle_timeout_ms", 100, day_ms)
+    _int_in(c, "http_max_connections", 1, 1_000_000)
     _tls(c)
     if _str(c, "durability") not in ("process", "fsync"):
         raise ConfigError("durability", c.durability, "'process' or 'fsync'")

@@ -21,12 +21,14 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 
 from aiohttp import web
 
-from dsm.api.http import create_app
+from dsm.api.connections import BoundedSite
+from dsm.api.http import CONNECTIONS, create_app
 from dsm.config import StorageConfig
 from dsm.errors import ConfigError
 from dsm.factory import StorageFactory
@@ -40,6 +42,7 @@ log = logging.getLogger("dsm.server")
 async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> None:
     """Runs a node until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop if stop is not None else asyncio.Event()
+    raise_open_files_limit()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Not the main thread, or no signals on this platform: the caller's `stop` is the only way out.
@@ -53,10 +56,12 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
     assert isinstance(runtime, Runtime)
     runner: web.AppRunner | None = None
     try:
-        runner = web.AppRunner(create_app(storage, runtime, token=config.http_token), access_log=None)
+        app = create_app(storage, runtime, token=config.http_token)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = split_addr(config.http_addr)
-        await web.TCPSite(runner, host, port, ssl_context=tls.http_server).start()
+        # Not aiohttp's TCPSite: a site whose connections have header and idle deadlines and a cap.
+        await BoundedSite(runner, host, port, pool=app[CONNECTIONS], ssl_context=tls.http_server).start()
         http_port = runner.addresses[0][1]
         ready = {
             "event": "ready",
@@ -89,6 +94,26 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
             await runner.cleanup()
         await storage.close()  # leaves the cluster, commits what is queued, closes the store
         print(json.dumps({"event": "stopped", "node_id": config.node_id}), flush=True)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raises the soft limit of open files (RLIMIT_NOFILE) to the hard limit, as a server that holds a
+    socket per connection should: the common soft default of 1,024 is easily reached by clients and peers.
+    Logs both limits; returns (soft, hard) as they are now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # An unlimited hard limit: ask for a million (the kernel refuses unlimited open files).
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open files: could not raise the soft limit %d to the hard limit %d: %s", soft, hard, exc)
+            return soft, hard
+        raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        log.info("open files: soft limit raised from %d to %d (hard limit %d)", soft, raised, hard)
+        return raised, hard
+    log.info("open files: soft limit %d, hard limit %d", soft, hard)
+    return soft, hard
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -1,4 +1,5 @@
-"""The HTTP API of a node (aiohttp), described by the OpenAPI document it serves at /openapi.json.
+"""The HTTP API of a node (aiohttp), described by the OpenAPI document it serves at /openapi.json
+(`dsm.api.openapi`); served with bounded connections by `dsm.api.connections`.
 
     PUT    /v1/kv/{key}      body: the value's bytes; header X-DSM-Context (optional): a read's context
     GET    /v1/kv/{key}      200 + the value's bytes; 404 when absent or deleted; 300 + JSON (below) when
@@ -10,9 +11,14 @@
                              response headers arrive; a reader more than `limit` changes behind gets a
                              last {"error": {"code": "watch_overflow", ...}} line; an empty line after
                              15 s without a change (a heartbeat)
-    GET    /v1/members  /v1/topology  /health  /metrics (Prometheus)  /openapi.json
+    GET    /v1/members  /v1/topology  /health (= /health/live)  /health/ready  /metrics  /openapi.json
     DELETE /v1/members/{id}  an operator removes a member for good (recorded and spread as its leave: it
                              no longer counts for consistency levels); 404 unknown, 400 this node
+
+Keys: any key the library accepts works, percent-encoded as UTF-8 in the path (`/` may stay literal). The
+key is decoded here from the raw path, strictly: a `%` not followed by two hex digits, or bytes that are not
+UTF-8 once decoded, are a 400 (`bad_encoding`), never kept literally; so `a%25ffb` names the key `a%ffb`
+and `a%ffb` names none. Query parameters are decoded the same way (`+` is a space there).
 
 Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
 `DELETE` that sends it back supersedes what that read returned. Siblings (HTTP 300) come as
@@ -22,9 +28,11 @@ newest first. `?consistency=` takes a level (`local`, `region_quorum`, `quorum`,
 `consistency_timeout_ms` is a 503 whose error also carries `level`, `operation`, `acknowledged` (members
 that answered, this one included), `required` and `shortfall` (per region or "all": [answers, needed]).
 
-Errors are JSON, `{"error": {"code": "...", "message": "..."}}`: bad input is a 4xx (400, 401, 404, 405,
-413), a store that fails or a level not met is 503; nothing a client sends produces a 500. With a bearer
-token configured, every path but /health needs `Authorization: Bearer <token>`.
+Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, the code in snake_case (`invalid_key`,
+`not_found`, `consistency_unmet`, ...): bad input is a 4xx (400, 401 with `WWW-Authenticate: Bearer`, 404,
+405 with `Allow`, 408, 413, 417), a store that fails, a level not met or a closing node is a 503 with
+`Retry-After`; nothing a client sends produces a 500 (a header that is not UTF-8 included). With a bearer
+token configured, every path but the health routes needs `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -35,17 +43,29 @@ import hmac
 import itertools
 import json
 import logging
+import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from dsm.api.connections import (
+    CLOSE_REASONS,
+    RETRY_AFTER_S,
+    BoundedRequestHandler,
+    ConnectionPool,
+    HttpLimits,
+)
+from dsm.api.openapi import CONTEXT_HEADER, OPENAPI, TIMESTAMP_HEADER, WRITER_HEADER
 from dsm.core.consistency import LEVEL_NAMES
 from dsm.core.ring import State
 from dsm.errors import (
@@ -62,16 +82,18 @@ from dsm.node import EpidemicStorage, Watch
 
 log = logging.getLogger("dsm.api")
 
-CONTEXT_HEADER = "X-DSM-Context"
-#: With a single value: its timestamp and the node that accepted it.
-TIMESTAMP_HEADER = "X-DSM-Timestamp"
-WRITER_HEADER = "X-DSM-Writer"
+__all__ = ["CONNECTIONS", "CONTEXT_HEADER", "OPENAPI", "TIMESTAMP_HEADER", "WRITER_HEADER", "create_app"]
+
 LEVELS = LEVEL_NAMES
 LIST_MAX = 1000
 #: Most changes a watch stream holds for a slow reader before it ends with a watch_overflow line.
 WATCH_QUEUE = 10_000
 #: Seconds without a change after which a watch stream sends an empty line (a heartbeat).
 WATCH_HEARTBEAT_S = 15.0
+#: Paths open without the bearer token (probes).
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+#: The app's connection bounds and counters (`dsm.api.connections.BoundedSite` serves with them).
+CONNECTIONS = web.AppKey("dsm_connections", ConnectionPool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,9 +109,10 @@ class _BadRequestFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        # RequestPayloadError: a body that cannot be decoded, raised again as aiohttp drains it after our 400.
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
             BAD_REQUESTS[type(exc).__name__] += 1
-            log.info("refused an unparseable HTTP request: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            log.info("refused an unparseable HTTP request: %s", _one_line(exc))
             return False
         return True
 
@@ -97,14 +120,83 @@ class _BadRequestFilter(logging.Filter):
 _BAD_REQUEST_FILTER = _BadRequestFilter()
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _one_line(exc: BaseException) -> str:
+    """aiohttp's HTTP errors print as '400, message:\n  <what>': their text on one line."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text.removeprefix("400, message: ").removeprefix("400, message:") or type(exc).__name__
+
+
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code = status, code
+
+
+def error_code(exc: BaseException) -> str:
+    """The snake_case code of an error class: `InvalidKeyError` -> `invalid_key`."""
+    name = type(exc).__name__.removesuffix("Error") or type(exc).__name__
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _reason_code(reason: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _decode(raw: str, what: str, plus_is_space: bool = False) -> str:
+    """Strict percent-decoding of a raw path segment or query part, as UTF-8.
+
+    Raises:
+        ApiError: (400 bad_encoding) a `%` that does not start an escape, or bytes that are not UTF-8.
+    """
+    if plus_is_space:
+        raw = raw.replace("+", " ")
+    if "%" not in raw and raw.isascii():
+        return raw
+    if _BAD_ESCAPE.search(raw):
+        raise ApiError(400, "bad_encoding", f"{what}: '%' must start a %XX escape (write '%' itself as %25)")
+    try:
+        # A parser that lets raw bytes >= 0x80 through hands them over as surrogate escapes.
+        return unquote_to_bytes(raw.encode("utf-8", "surrogateescape")).decode("utf-8")
+    except UnicodeError:
+        raise ApiError(400, "bad_encoding", f"{what} is not UTF-8 once percent-decoded") from None
+
+
+def _tail(request: web.Request) -> str:
+    """The raw (still percent-encoded) path after its first two segments: `/v1/kv/<this>`."""
+    parts = request.rel_url.raw_path.split("/", 3)
+    return parts[3] if len(parts) == 4 else ""
+
+
+def _params(request: web.Request) -> dict[str, str]:
+    """The query's parameters, strictly decoded (the first of a repeated name wins)."""
+    out: dict[str, str] = {}
+    for part in request.rel_url.raw_query_string.split("&"):
+        if part:
+            raw_name, _, raw_value = part.partition("=")
+            name = _decode(raw_name, "a query parameter name", plus_is_space=True)
+            if name not in out:
+                out[name] = _decode(raw_value, f"query parameter {name!r}", plus_is_space=True)
+    return out
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp does it; anything else is a 417 (aiohttp's own handler fails with a
+    500 on a value that is not UTF-8)."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+    return _error(417, "expectation_failed", "only 'Expect: 100-continue' is understood")
 
 
 def create_app(
@@ -114,7 +206,8 @@ def create_app(
     token: str = "",
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    """The node's HTTP application (serve it with aiohttp's runner)."""
+    """The node's HTTP application. Serve it with `dsm.api.connections.BoundedSite` and `app[CONNECTIONS]`
+    (as `dsm node run` does) for the connection bounds; aiohttp's own runner and sites work without them."""
     server_log = logging.getLogger("aiohttp.server")
     if _BAD_REQUEST_FILTER not in server_log.filters:
         server_log.addFilter(_BAD_REQUEST_FILTER)
@@ -123,20 +216,37 @@ def create_app(
         "dsm_operation_seconds", "Latency of client operations", ["op"], registry=registry,
         buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
     )  # fmt: skip
-    registry.register(_NodeCollector(storage, runtime))
+    pool = ConnectionPool(HttpLimits.from_config(storage.config))
+    registry.register(_NodeCollector(storage, runtime, pool))
+    expected = f"Bearer {token}".encode()
+    body_timeout_s = pool.limits.body_timeout_s
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path not in ("/health", "/health/live", "/health/ready"):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+        protocol = request.protocol
+        if isinstance(protocol, BoundedRequestHandler):
+            protocol.request_started()  # its headers are complete: the header deadline no longer applies
+        if token and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization")
+            # surrogatepass: a header that is not UTF-8 arrives with surrogate escapes; it is compared (and
+            # refused) as the bytes it was, not turned into an exception.
+            if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected):
+                challenge = 'Bearer realm="dsm"' + ("" if given is None else ', error="invalid_token"')
+                return _error(
+                    401,
+                    "unauthorized",
+                    "a valid 'Authorization: Bearer <token>' header is required",
+                    {"WWW-Authenticate": challenge},
+                )
         try:
             return await handler(request)
         except ApiError as exc:
-            return _error(exc.status, exc.code, str(exc))
+            response = _error(exc.status, exc.code, str(exc))
+            if exc.status == 408:
+                response.force_close()  # the rest of the body may still be on its way
+            return response
         except InvalidInputError as exc:
-            return _error(400, type(exc).__name__, str(exc))
+            return _error(400, error_code(exc), str(exc))
         except ClosedError as exc:
             return _error(503, "closed", str(exc))
         except ConsistencyError as exc:
@@ -151,16 +261,19 @@ def create_app(
                     "shortfall": {name: list(pair) for name, pair in exc.shortfall.items()},
                 }
             }
-            return web.json_response(body, status=503)
+            return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         except StorageError as exc:
-            return _error(503, type(exc).__name__, str(exc))
+            return _error(503, error_code(exc), str(exc))
         except DSMError as exc:
-            return _error(400, type(exc).__name__, str(exc))
+            return _error(400, error_code(exc), str(exc))
+        except RequestPayloadError as exc:  # a body that cannot be decoded (bad chunking, gzip, ...)
+            return _error(400, "bad_body", _one_line(exc))
         except web.HTTPRequestEntityTooLarge as exc:
             return _error(413, "too_large", exc.text or "request body too large")
         except web.HTTPException as exc:
             if exc.status >= 400:
-                return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+                headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+                return _error(exc.status, _reason_code(exc.reason), exc.text or exc.reason, headers)
             raise
 
     def timed(op: str, handler: Handler) -> Handler:
@@ -177,28 +290,36 @@ def create_app(
 
     def level(request: web.Request) -> str | None:
         """The level asked for; None: the node's default for its region."""
-        query = request.query_string
+        query = request.rel_url.raw_query_string
         if not query:
             return None
         if query == "consistency=local":
             return "local"  # the common request, without parsing a query
-        name = request.query.get("consistency")
+        name = _params(request).get("consistency")
         if name is None:
             return None
         if name not in LEVELS:
             raise ApiError(400, "bad_consistency", f"unknown consistency level {name!r}; one of {', '.join(LEVELS)}")
         return name
 
+    def key_of(request: web.Request) -> str:
+        return _decode(_tail(request), "the key")
+
     async def put(request: web.Request) -> web.Response:
         consistency = level(request)
-        key = request.match_info["key"]
-        value = await request.read()
+        key = key_of(request)
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                value = await request.read()
+        except TimeoutError:
+            pool.closed["body_timeout"] += 1
+            raise ApiError(408, "body_timeout", f"the body did not arrive within {body_timeout_s:g} s") from None
         result = await storage.put(key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
     async def get(request: web.Request) -> web.Response:
         consistency = level(request)
-        key = request.match_info["key"]
+        key = key_of(request)
         result = await storage.get(key, consistency=consistency)
         if result is None:
             raise ApiError(404, "not_found", f"no value for key {key!r}")
@@ -221,32 +342,31 @@ def create_app(
 
     async def delete(request: web.Request) -> web.Response:
         consistency = level(request)
-        key = request.match_info["key"]
+        key = key_of(request)
         result = await storage.delete(key, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
+    def limit_of(params: Mapping[str, str], default: int, most: int) -> int:
+        raw = params.get("limit", str(default))
+        if not (raw.isascii() and raw.isdigit()):
+            raise ApiError(400, "bad_limit", f"limit must be an integer from 1 to {most}")
+        limit = int(raw)
+        if not 1 <= limit <= most:
+            raise ApiError(400, "bad_limit", f"limit must be from 1 to {most}")
+        return limit
+
     async def listing(request: web.Request) -> web.Response:
-        prefix = request.query.get("prefix", "")
-        after = request.query.get("after", "")
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise ApiError(400, "bad_limit", "limit must be an integer") from None
-        if not 1 <= limit <= LIST_MAX:
-            raise ApiError(400, "bad_limit", f"limit must be from 1 to {LIST_MAX}")
-        keys, more = await storage.list_keys(prefix, after, limit)
+        params = _params(request)
+        limit = limit_of(params, 100, LIST_MAX)
+        keys, more = await storage.list_keys(params.get("prefix", ""), params.get("after", ""), limit)
         return web.json_response({"keys": keys, "next": keys[-1] if more and keys else None})
 
     watches: set[Watch] = set()
 
     async def watch(request: web.Request) -> web.StreamResponse:
-        try:
-            limit = int(request.query.get("limit", str(WATCH_QUEUE)))
-        except ValueError:
-            raise ApiError(400, "bad_limit", "limit must be an integer") from None
-        if not 1 <= limit <= WATCH_QUEUE:
-            raise ApiError(400, "bad_limit", f"limit must be from 1 to {WATCH_QUEUE}")
-        changes = storage.watch(request.query.get("prefix", ""), limit)
+        params = _params(request)
+        limit = limit_of(params, WATCH_QUEUE, WATCH_QUEUE)
+        changes = storage.watch(params.get("prefix", ""), limit)
         watches.add(changes)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         try:
@@ -295,7 +415,7 @@ def create_app(
         return web.json_response({"members": listed})
 
     async def remove_member(request: web.Request) -> web.Response:
-        node_id = request.match_info["node_id"]
+        node_id = _decode(_tail(request), "the member id")
         if runtime is None or runtime.peer is None:
             raise ApiError(404, "not_found", "this node runs standalone: it has no other members")
         try:
@@ -315,7 +435,8 @@ def create_app(
             "node_id": storage.node_id,
             "members_alive": peer.live_count() if peer is not None else 1,
         }
-        return web.json_response(body, status=503 if storage.closed else 200)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if storage.closed else None
+        return web.json_response(body, status=503 if storage.closed else 200, headers=headers)
 
     async def ready(request: web.Request) -> web.Response:
         # Readiness (an orchestrator's "send it traffic"): serving, and joined to its cluster, so that levels
@@ -329,7 +450,7 @@ def create_app(
             "reason": "closing" if storage.closed else status["reason"],
             "targets": status["targets"],
         }
-        headers = {} if ok else {"Retry-After": "1"}
+        headers = {} if ok else {"Retry-After": str(RETRY_AFTER_S)}
         return web.json_response(body, status=200 if ok else 503, headers=headers)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -338,24 +459,46 @@ def create_app(
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
+    async def not_found(request: web.Request) -> web.Response:
+        raise ApiError(404, "not_found", f"no route {request.path!r}; see /openapi.json")
+
+    def not_allowed(allow: str) -> Handler:
+        async def answer(request: web.Request) -> web.Response:
+            message = f"{request.method} is not allowed on this path; allowed: {allow}"
+            return _error(405, "method_not_allowed", message, {"Allow": allow})
+
+        return answer
+
+    # [\s\S]: a key may hold any character, a newline included ('.' would stop at one and answer 404).
+    table: dict[str, dict[str, Handler]] = {
+        r"/v1/kv/{key:[\s\S]*}": {
+            "PUT": timed("put", put),
+            "GET": timed("get", get),
+            "DELETE": timed("delete", delete),
+        },
+        "/v1/kv": {"GET": timed("list", listing)},
+        "/v1/watch": {"GET": watch},
+        "/v1/members": {"GET": members},
+        r"/v1/members/{node_id:[\s\S]*}": {"DELETE": remove_member},
+        "/v1/topology": {"GET": topology},
+        "/health": {"GET": health},
+        "/health/live": {"GET": health},
+        "/health/ready": {"GET": ready},
+        "/metrics": {"GET": metrics},
+        "/openapi.json": {"GET": openapi},
+    }
+    routes = []
+    for path, methods in table.items():
+        for method, handler in methods.items():
+            routes.append(web.route(method, path, handler, expect_handler=_expect))
+        # Every other method, and every other path below, answered here rather than by aiohttp's own routes,
+        # so that those answers are JSON with Allow, and an odd Expect header on them is a 417 too.
+        allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+        routes.append(web.route("*", path, not_allowed(allow), expect_handler=_expect))
+    routes.append(web.route("*", r"/{path:[\s\S]*}", not_found, expect_handler=_expect))
     app = web.Application(middlewares=[guard], client_max_size=max(1, storage.config.max_value_bytes))
-    app.add_routes(
-        [
-            web.put("/v1/kv/{key:.+}", timed("put", put)),
-            web.get("/v1/kv/{key:.+}", timed("get", get)),
-            web.delete("/v1/kv/{key:.+}", timed("delete", delete)),
-            web.get("/v1/kv", timed("list", listing)),
-            web.get("/v1/watch", watch),
-            web.get("/v1/members", members),
-            web.delete("/v1/members/{node_id}", remove_member),
-            web.get("/v1/topology", topology),
-            web.get("/health", health),
-            web.get("/health/live", health),
-            web.get("/health/ready", ready),
-            web.get("/metrics", metrics),
-            web.get("/openapi.json", openapi),
-        ]
-    )
+    app[CONNECTIONS] = pool
+    app.add_routes(routes)
     app.on_shutdown.append(end_watches)
     return app
 
@@ -397,8 +540,8 @@ def _topology(runtime: Runtime | None) -> dict[str, Any]:
 class _NodeCollector(Collector):
     """Reads the node's counters at scrape time (no second bookkeeping)."""
 
-    def __init__(self, storage: EpidemicStorage, runtime: Runtime | None) -> None:
-        self.storage, self.runtime = storage, runtime
+    def __init__(self, storage: EpidemicStorage, runtime: Runtime | None, pool: ConnectionPool) -> None:
+        self.storage, self.runtime, self.pool = storage, runtime, pool
 
     def collect(self) -> Any:
         merges = self.storage.merge_stats
@@ -423,6 +566,23 @@ class _NodeCollector(Collector):
         for kind, count in sorted(BAD_REQUESTS.items()):
             bad.add_metric([kind], count)
         yield bad
+        http_open = GaugeMetricFamily(
+            "dsm_http_connections",
+            "Open HTTP connections (served with the bounds), by phase: headers (a request arriving), busy, idle",
+            labels=["phase"],
+        )
+        for phase, count in self.pool.phases().items():
+            http_open.add_metric([phase], count)
+        yield http_open
+        http_closed = CounterMetricFamily(
+            "dsm_http_connections_closed",
+            "HTTP connections closed by a bound: header_timeout, body_timeout, idle_timeout, evicted (the oldest "
+            "idle or half-sent one, for a new connection at http_max_connections), refused (503, all busy)",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            http_closed.add_metric([reason], self.pool.closed[reason])
+        yield http_closed
         levels = CounterMetricFamily(
             "dsm_consistency_requests",
             "Reads and writes above the local level, by operation, level and outcome (ok, unmet)",
@@ -492,156 +652,3 @@ class _NodeCollector(Collector):
         connections.add_metric(["outgoing"], outgoing)
         connections.add_metric(["incoming"], incoming)
         yield connections
-
-
-def _key_param() -> dict[str, Any]:
-    return {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-_LEVEL = {
-    "name": "consistency",
-    "in": "query",
-    "required": False,
-    "description": "default: the node's region's write_consistency / read_consistency",
-    "schema": {"type": "string", "enum": list(LEVELS)},
-}
-_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "DSM node API", "version": "1"},
-    "components": {
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "properties": {
-                    "error": {
-                        "type": "object",
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                    }
-                },
-            },
-            "Write": {"type": "object", "properties": {"key": {"type": "string"}, "timestamp": {"type": "integer"}}},
-            "Siblings": {
-                "type": "object",
-                "properties": {
-                    "key": {"type": "string"},
-                    "context": {"type": "string"},
-                    "siblings": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "value": {"type": "string", "format": "byte"},
-                                "timestamp": {"type": "integer"},
-                                "writer": {"type": "string"},
-                            },
-                        },
-                    },
-                },
-            },
-        }
-    },
-    "paths": {
-        "/v1/kv/{key}": {
-            "parameters": [_key_param(), _LEVEL],
-            "put": {
-                "summary": "Write a value (body: its bytes); X-DSM-Context supersedes what that read returned",
-                "requestBody": {
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-                },
-                "responses": {
-                    "200": {"description": "durable on this node and on the members the level asks for"},
-                    "400": _ERROR,
-                    "413": _ERROR,
-                    "503": _ERROR,
-                },
-            },
-            "get": {
-                "summary": "Read a value",
-                "responses": {
-                    "200": {"description": "the value's bytes"},
-                    "300": {
-                        "description": "several concurrent values",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Siblings"}}},
-                    },
-                    "404": _ERROR,
-                    "503": _ERROR,
-                },
-            },
-            "delete": {
-                "summary": "Delete (a tombstone)",
-                "responses": {"200": {"description": "deleted"}, "400": _ERROR, "503": _ERROR},
-            },
-        },
-        "/v1/kv": {
-            "get": {
-                "summary": "Keys holding a value, in order",
-                "parameters": [
-                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-                    {"name": "after", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": LIST_MAX}},
-                ],
-                "responses": {"200": {"description": "{keys, next}"}, "400": _ERROR},
-            }
-        },
-        "/v1/watch": {
-            "get": {
-                "summary": "A stream of committed changes (local and replicated) of keys under a prefix",
-                "parameters": [
-                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": WATCH_QUEUE},
-                    },
-                ],
-                "responses": {
-                    "200": {
-                        "description": "NDJSON lines {key, timestamp, writer, deleted, local}",
-                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-                    },
-                    "400": _ERROR,
-                },
-            }
-        },
-        "/v1/members": {
-            "get": {
-                "summary": "Every member: id, addr, region, state, incarnation, metadata",
-                "responses": {"200": {"description": "members"}},
-            }
-        },
-        "/v1/members/{node_id}": {
-            "delete": {
-                "summary": "Remove a member for good (it stops counting for consistency levels)",
-                "parameters": [{"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "removed"}, "400": _ERROR, "404": _ERROR},
-            }
-        },
-        "/v1/topology": {
-            "get": {"summary": "This node's near and long links", "responses": {"200": {"description": "links"}}}
-        },
-        "/health": {
-            "get": {
-                "summary": "Liveness",
-                "responses": {"200": {"description": "ok"}, "503": {"description": "closing"}},
-            }
-        },
-        "/health/live": {
-            "get": {
-                "summary": "Liveness (the same as /health)",
-                "responses": {"200": {"description": "ok"}, "503": {"description": "closing"}},
-            }
-        },
-        "/health/ready": {
-            "get": {
-                "summary": "Readiness: serving and joined to its cluster (levels above local count real members)",
-                "responses": {
-                    "200": {"description": "ready"},
-                    "503": {"description": "not joined (reason, targets tried) or closing"},
-                },
-            }
-        },
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
-    },
-}

@@ -1,0 +1,329 @@
+"""Bounded HTTP connections: the node's HTTP server (aiohttp) with a header timeout, an idle keep-alive
+timeout and a cap on concurrent connections (the body timeout is the PUT handler's, in `dsm.api.http`).
+
+aiohttp has a keep-alive timeout but no header-read timeout and no connection cap: a client that opens a
+connection and sends half a request holds a socket, a task and a file descriptor for as long as it likes,
+and 1,100 of them take every descriptor of a process limited to 1,024 open files. Here every connection
+is in one of three phases, each with its own deadline:
+
+    HEADERS  a new connection, or a kept-alive one that started sending its next request: closed if the
+             request's headers are not complete `http_header_timeout_ms` after it entered the phase
+             (trickling bytes does not extend it)
+    BUSY     a request is being handled (its body read, its response written, a watch streaming): no
+             deadline here; the PUT handler bounds its body read by `http_body_timeout_ms`
+    IDLE     a kept-alive connection between requests: closed `http_idle_timeout_ms` after its last response
+
+`BoundedRequestHandler` (aiohttp's per-connection protocol, subclassed) keeps the phase and one timer: it
+enters HEADERS at `connection_made` and on the first byte after IDLE, BUSY when the app's middleware
+calls `request_started` (the headers are parsed then), IDLE when `finish_response` has written a response.
+`BoundedSite` listens with a factory of these handlers in place of aiohttp's `TCPSite`.
+
+The cap (`http_max_connections`, held to half the process's open-files limit so that HTTP alone cannot
+take every descriptor) counts open connections. A connection that arrives at the cap closes the oldest
+connection that is *not* busy (one still waiting for its headers or idle), as nginx reuses its idle
+connections: half-sent requests and idle keep-alives then cannot lock clients out, while requests in
+progress are never cut. Only when every connection is busy is the new one answered `503` with
+`Retry-After` and closed. Every close for a bound is counted (`ConnectionPool.closed`, exported as
+`dsm_http_connections_closed_total{reason}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import re
+import resource
+import ssl
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from dsm.config import StorageConfig
+
+log = logging.getLogger("dsm.api")
+
+#: Seconds a client is told to wait before retrying, on every 503.
+RETRY_AFTER_S = 1
+#: How long a refused connection (at the cap, every connection busy) stays open after its 503, for the
+#: client to read the answer before the close, and how many refused connections may linger so at once.
+REFUSED_LINGER_S = 1.0
+REFUSED_LINGER_MAX = 64
+#: How long aiohttp keeps reading (and dropping) the unread rest of a request body after the response.
+LINGER_S = 1.0
+#: Reasons a connection is closed by a bound (the label of dsm_http_connections_closed_total).
+CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "evicted", "refused")
+
+
+class Phase(enum.Enum):
+    HEADERS = "headers"
+    BUSY = "busy"
+    IDLE = "idle"
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """The bounds of the HTTP server, in seconds and connections."""
+
+    header_timeout_s: float
+    body_timeout_s: float
+    idle_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> HttpLimits:
+        """The config's bounds; the cap held to half the process's open-files soft limit (read now)."""
+        return cls(
+            header_timeout_s=config.http_header_timeout_ms / 1000,
+            body_timeout_s=config.http_body_timeout_ms / 1000,
+            idle_timeout_s=config.http_idle_timeout_ms / 1000,
+            max_connections=min(config.http_max_connections, max(16, open_files_soft_limit() // 2)),
+        )
+
+
+def open_files_soft_limit() -> int:
+    """The process's soft RLIMIT_NOFILE (a large number when unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def _refusal() -> bytes:
+    body = error_body("too_many_connections", "the node serves as many HTTP connections as it allows; retry later")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Retry-After: {RETRY_AFTER_S}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_REFUSAL = _refusal()
+
+
+class ConnectionPool:
+    """The open connections of one HTTP server by phase, the cap, and the counts of closes for a bound."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        #: Connections not busy (waiting for headers, or idle), least recently moved first: eviction order.
+        self._waiting: OrderedDict[BoundedRequestHandler, None] = OrderedDict()
+        self._busy: set[BoundedRequestHandler] = set()
+        self.lingering = 0
+        self.closed: Counter[str] = Counter()
+
+    @property
+    def open(self) -> int:
+        return len(self._waiting) + len(self._busy)
+
+    def phases(self) -> dict[str, int]:
+        """Open connections by phase (for the metrics)."""
+        counts = Counter(handler.phase.value for handler in self._waiting)
+        counts[Phase.BUSY.value] = len(self._busy)
+        return {phase.value: counts[phase.value] for phase in Phase}
+
+    def admit(self, handler: BoundedRequestHandler) -> bool:
+        """Whether a new connection may be served: below the cap, or once the oldest connection that is not
+        busy has been closed to make room; False when every connection is busy."""
+        if self.open >= self.limits.max_connections:
+            if not self._waiting:
+                self.closed["refused"] += 1
+                return False
+            oldest = next(iter(self._waiting))
+            self.remove(oldest)
+            self.closed["evicted"] += 1
+            oldest.close_for_bound()
+        self._waiting[handler] = None
+        return True
+
+    def moved(self, handler: BoundedRequestHandler, phase: Phase) -> None:
+        if phase is Phase.BUSY:
+            self._waiting.pop(handler, None)
+            self._busy.add(handler)
+        else:
+            self._busy.discard(handler)
+            self._waiting[handler] = None
+            self._waiting.move_to_end(handler)
+
+    def remove(self, handler: BoundedRequestHandler) -> None:
+        self._waiting.pop(handler, None)
+        self._busy.discard(handler)
+
+
+class BoundedRequestHandler(web.RequestHandler):
+    """aiohttp's protocol for one HTTP connection, with the phase deadlines and the cap of `ConnectionPool`
+    (see the module docstring), and errors aiohttp answers itself (unparseable requests) as JSON."""
+
+    def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, pool: ConnectionPool, **kwargs: Any):
+        super().__init__(manager, loop=loop, **kwargs)
+        self._bound_loop = loop
+        self._pool = pool
+        self.phase = Phase.HEADERS
+        self._deadline: asyncio.TimerHandle | None = None
+        self._admitted = False
+        self._refused: asyncio.BaseTransport | None = None
+
+    # --- the connection's life ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._pool.admit(self):
+            self._refuse(transport)
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._enter(Phase.HEADERS)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return  # a refused connection: what it sends is dropped until it closes
+        if self.phase is Phase.IDLE and data:
+            self._enter(Phase.HEADERS)
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self._refused is not None:
+            self._refused.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_deadline()
+        if not self._admitted:
+            if self._refused is not None:
+                self._refused = None
+                self._pool.lingering -= 1
+            return
+        self._pool.remove(self)
+        super().connection_lost(exc)
+
+    def request_started(self) -> None:
+        """Called by the app as a request's handling begins: its headers are complete."""
+        if self._admitted and self.transport is not None:
+            self._enter(Phase.BUSY)
+
+    async def finish_response(self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None) -> Any:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            if self._admitted and self.transport is not None:
+                self._enter(Phase.IDLE)
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it (see dsm.api.http's filter), checks state
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+        code = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+        text = (message or phrase) if status < 500 else "the node could not answer this request"
+        response = web.Response(status=status, body=error_body(code, text), content_type="application/json")
+        response.force_close()
+        return response
+
+    # --- bounds ---
+
+    def close_for_bound(self) -> None:
+        """Closes the connection at once (a deadline passed, or the cap evicted it)."""
+        self._cancel_deadline()
+        self.force_close()
+
+    def _enter(self, phase: Phase) -> None:
+        self._cancel_deadline()
+        self.phase = phase
+        self._pool.moved(self, phase)
+        limits = self._pool.limits
+        if phase is Phase.HEADERS:
+            self._deadline = self._bound_loop.call_later(limits.header_timeout_s, self._expire, "header_timeout")
+        elif phase is Phase.IDLE:
+            self._deadline = self._bound_loop.call_later(limits.idle_timeout_s, self._expire, "idle_timeout")
+
+    def _expire(self, reason: str) -> None:
+        self._deadline = None
+        self._pool.closed[reason] += 1
+        self._pool.remove(self)
+        self.force_close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_REFUSAL)
+        if self._pool.lingering < REFUSED_LINGER_MAX and transport.can_write_eof():
+            # Half-closed, it stays open a moment so that the client reads the answer instead of a reset
+            # (closing with its request unread would send one).
+            transport.write_eof()
+            self._refused = transport
+            self._pool.lingering += 1
+            self._deadline = self._bound_loop.call_later(REFUSED_LINGER_S, transport.close)
+        else:
+            transport.close()
+
+
+class BoundedSite(web.BaseSite):
+    """Listens on host:port like aiohttp's `TCPSite`, each connection served by a `BoundedRequestHandler`
+    of the runner's server, bounded by `pool` (a TLS handshake by the header timeout)."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        pool: ConnectionPool,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host, self._port, self.pool = host, port, pool
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        sockets = self._server.sockets if isinstance(self._server, asyncio.Server) else ()
+        port = sockets[0].getsockname()[1] if sockets else self._port
+        return f"{scheme}://{self._host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        limits = self.pool.limits
+
+        def handler() -> BoundedRequestHandler:
+            return BoundedRequestHandler(
+                server,
+                loop=loop,
+                pool=self.pool,
+                # aiohttp's own keep-alive close stays as a backstop, after ours
+                keepalive_timeout=limits.idle_timeout_s + limits.header_timeout_s,
+                lingering_time=LINGER_S,
+                access_log=None,
+            )
+
+        self._server = await loop.create_server(
+            handler,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=limits.header_timeout_s if self._ssl_context else None,
+        )
+        log.info(
+            "HTTP on %s: header timeout %.1f s, body timeout %.1f s, idle timeout %.1f s, at most %d connections",
+            self.name,
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+            limits.idle_timeout_s,
+            limits.max_connections,
+        )

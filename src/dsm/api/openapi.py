@@ -1,0 +1,348 @@
+"""The OpenAPI 3.0 document of the node's HTTP API (`dsm.api.http`), served at /openapi.json.
+
+It is the contract a client can test against: every route, the bearer token (declared once, lifted on the
+health routes), the `X-DSM-*` headers each way, and every status each route can answer with, errors
+included. Statuses that any route can give: 400 (a request aiohttp cannot parse, or bad percent-encoding),
+401 (with `http_token`, except on the health routes), 417 (an `Expect` other than `100-continue`) and 503
+(the connection cap reached with every connection busy; `Retry-After`). tests/test_openapi_conformance.py
+runs schemathesis against a real node with this document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsm.core.consistency import LEVEL_NAMES
+
+CONTEXT_HEADER = "X-DSM-Context"
+TIMESTAMP_HEADER = "X-DSM-Timestamp"
+WRITER_HEADER = "X-DSM-Writer"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _error(description: str, retry: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+    }
+    if retry:
+        response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
+    return response
+
+
+_LEVEL = {
+    "name": "consistency",
+    "in": "query",
+    "required": False,
+    "description": "default: the node's region's write_consistency / read_consistency",
+    "schema": {"type": "string", "enum": list(LEVEL_NAMES)},
+}
+_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "any non-empty Unicode string without NUL, at most max_key_bytes in UTF-8, percent-encoded "
+    "as UTF-8 (a '/' may stay literal); a malformed escape or bytes that are not UTF-8 are a 400",
+    "schema": {"type": "string", "minLength": 1},
+}
+_CONTEXT_IN = {
+    "name": CONTEXT_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "the context of an earlier read: this write supersedes what that read returned",
+    "schema": {"type": "string"},
+}
+_CONTEXT_OUT = {CONTEXT_HEADER: _ref("headers", "Context")}
+_OPAQUE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+
+# The statuses every route can answer with (see the module docstring), and those of the guarded routes.
+_ANY = {
+    "400": _ref("responses", "BadRequest"),
+    "417": _ref("responses", "ExpectationFailed"),
+    "503": _ref("responses", "Unavailable"),
+}
+_GUARDED = {**_ANY, "401": _ref("responses", "Unauthorized")}
+
+
+def _write(summary: str, *, body: bool) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [_CONTEXT_IN],
+        "responses": {
+            "200": {
+                "description": "durable on this node and on the members the level asks for",
+                "headers": _CONTEXT_OUT,
+                "content": {"application/json": {"schema": _ref("schemas", "Write")}},
+            },
+            **_GUARDED,
+        },
+    }
+    if body:
+        operation["requestBody"] = {"required": False, "content": _OPAQUE}
+        operation["responses"]["408"] = _error("the body did not arrive within http_body_timeout_ms")
+        operation["responses"]["413"] = _error("the body is larger than max_value_bytes")
+    return operation
+
+
+def _health(summary: str, ready: bool) -> dict[str, Any]:
+    schema = _ref("schemas", "Ready" if ready else "Health")
+    content = {"application/json": {"schema": schema}}
+    return {
+        "get": {
+            "summary": summary,
+            "security": [],
+            "responses": {
+                "200": {"description": "ready" if ready else "alive", "content": content},
+                "400": _ANY["400"],
+                "417": _ANY["417"],
+                "503": {
+                    "description": "not joined (reason, targets tried) or closing" if ready else "closing",
+                    "headers": {"Retry-After": _ref("headers", "RetryAfter")},
+                    "content": content,
+                },
+            },
+        }
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "DSM node API",
+        "version": "1",
+        "description": "Errors are JSON {error: {code, message}} with a snake_case code; every 503 carries "
+        "Retry-After. With http_token set, every route but the health routes needs "
+        "'Authorization: Bearer <token>'.",
+    },
+    "security": [{"bearer": []}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "headers": {
+            "Context": {
+                "description": "the version context of what was read or written; send it back with a write",
+                "schema": {"type": "string"},
+            },
+            "Timestamp": {"description": "the value's HLC timestamp", "schema": {"type": "string"}},
+            "Writer": {"description": "the node that accepted the value", "schema": {"type": "string"}},
+            "RetryAfter": {"description": "seconds to wait before retrying", "schema": {"type": "string"}},
+        },
+        "responses": {
+            "BadRequest": _error("bad input: a malformed request, key, escape, parameter or context"),
+            "Unauthorized": {
+                **_error("no valid 'Authorization: Bearer <token>'"),
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            },
+            "NotFound": _error("no such key or member"),
+            "ExpectationFailed": _error("an Expect header other than 100-continue"),
+            "Unavailable": _error(
+                "a level not met in time, a failing store, a closing node, or every connection busy", retry=True
+            ),
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+                            "message": {"type": "string"},
+                        },
+                    }
+                },
+            },
+            "Write": {
+                "type": "object",
+                "required": ["key", "timestamp"],
+                "properties": {"key": {"type": "string"}, "timestamp": {"type": "integer"}},
+            },
+            "Siblings": {
+                "type": "object",
+                "required": ["key", "context", "siblings"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "context": {"type": "string"},
+                    "siblings": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["value", "timestamp", "writer"],
+                            "properties": {
+                                "value": {"type": "string", "format": "byte"},
+                                "timestamp": {"type": "integer"},
+                                "writer": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "Page": {
+                "type": "object",
+                "required": ["keys", "next"],
+                "properties": {
+                    "keys": {"type": "array", "items": {"type": "string"}},
+                    "next": {"type": "string", "nullable": True},
+                },
+            },
+            "Members": {
+                "type": "object",
+                "required": ["members"],
+                "properties": {
+                    "members": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "addr", "region", "state", "incarnation"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "addr": {"type": "string"},
+                                "region": {"type": "string"},
+                                "state": {"type": "string", "enum": ["alive", "suspect", "dead", "left"]},
+                                "incarnation": {"type": "integer"},
+                                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                            },
+                        },
+                    }
+                },
+            },
+            "Health": {
+                "type": "object",
+                "required": ["status", "node_id"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok", "closing"]},
+                    "node_id": {"type": "string"},
+                    "members_alive": {"type": "integer"},
+                },
+            },
+            "Ready": {
+                "type": "object",
+                "required": ["status", "node_id"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                    "node_id": {"type": "string"},
+                    "joined": {"type": "boolean"},
+                    "reason": {"type": "string"},
+                    "targets": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "paths": {
+        "/v1/kv/{key}": {
+            "parameters": [_KEY, _LEVEL],
+            "put": _write("Write a value (body: its bytes)", body=True),
+            "get": {
+                "summary": "Read a value",
+                "responses": {
+                    "200": {
+                        "description": "the value's bytes",
+                        "headers": {
+                            **_CONTEXT_OUT,
+                            TIMESTAMP_HEADER: _ref("headers", "Timestamp"),
+                            WRITER_HEADER: _ref("headers", "Writer"),
+                        },
+                        "content": _OPAQUE,
+                    },
+                    "300": {
+                        "description": "several concurrent values (siblings), newest first",
+                        "headers": _CONTEXT_OUT,
+                        "content": {"application/json": {"schema": _ref("schemas", "Siblings")}},
+                    },
+                    "404": _ref("responses", "NotFound"),
+                    **_GUARDED,
+                },
+            },
+            "delete": _write("Delete (a tombstone)", body=False),
+        },
+        "/v1/kv": {
+            "get": {
+                "summary": "Keys holding a value, in order",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "a page of keys; next: the key to pass as `after` for the next page",
+                        "content": {"application/json": {"schema": _ref("schemas", "Page")}},
+                    },
+                    **_GUARDED,
+                },
+            }
+        },
+        "/v1/watch": {
+            "get": {
+                "summary": "A stream of committed changes (local and replicated) of keys under a prefix",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "NDJSON lines {key, timestamp, writer, deleted, local}; an empty line "
+                        "after 15 s without a change; a last {error: {code: watch_overflow}} line for a reader "
+                        "too far behind",
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    },
+                    **_GUARDED,
+                },
+            }
+        },
+        "/v1/members": {
+            "get": {
+                "summary": "Every member: id, addr, region, state, incarnation, metadata",
+                "responses": {
+                    "200": {
+                        "description": "members",
+                        "content": {"application/json": {"schema": _ref("schemas", "Members")}},
+                    },
+                    **_GUARDED,
+                },
+            }
+        },
+        "/v1/members/{node_id}": {
+            "delete": {
+                "summary": "Remove a member for good (it stops counting for consistency levels)",
+                "parameters": [{"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "removed", "content": _JSON_OBJECT},
+                    "404": _ref("responses", "NotFound"),
+                    **_GUARDED,
+                },
+            }
+        },
+        "/v1/topology": {
+            "get": {
+                "summary": "This node's near and long links",
+                "responses": {"200": {"description": "links", "content": _JSON_OBJECT}, **_GUARDED},
+            }
+        },
+        "/health": _health("Liveness", ready=False),
+        "/health/live": _health("Liveness (the same as /health)", ready=False),
+        "/health/ready": _health(
+            "Readiness: serving and joined to its cluster (levels above local count real members)", ready=True
+        ),
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_GUARDED,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.0", "content": _JSON_OBJECT}, **_GUARDED},
+            }
+        },
+    },
+}
