@@ -39,7 +39,7 @@ import ssl
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -256,17 +256,17 @@ class BoundedRequestHandler(web.RequestHandler):
             self._deadline = None
 
     def _refuse(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_REFUSAL)
-        if self._pool.lingering < REFUSED_LINGER_MAX and transport.can_write_eof():
+        stream = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        stream.write(_REFUSAL)
+        if self._pool.lingering < REFUSED_LINGER_MAX and stream.can_write_eof():
             # Half-closed, it stays open a moment so that the client reads the answer instead of a reset
             # (closing with its request unread would send one).
-            transport.write_eof()
-            self._refused = transport
+            stream.write_eof()
+            self._refused = stream
             self._pool.lingering += 1
-            self._deadline = self._bound_loop.call_later(REFUSED_LINGER_S, transport.close)
+            self._deadline = self._bound_loop.call_later(REFUSED_LINGER_S, stream.close)
         else:
-            transport.close()
+            stream.close()
 
 
 class BoundedSite(web.BaseSite):
@@ -289,7 +289,7 @@ class BoundedSite(web.BaseSite):
     @property
     def name(self) -> str:
         scheme = "https" if self._ssl_context else "http"
-        sockets = self._server.sockets if isinstance(self._server, asyncio.Server) else ()
+        sockets = getattr(self._server, "sockets", None) or ()  # uvloop's Server does not subclass asyncio's
         port = sockets[0].getsockname()[1] if sockets else self._port
         return f"{scheme}://{self._host}:{port}"
 
