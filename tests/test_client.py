@@ -125,3 +125,15 @@ async def test_async_client_watches_changes_under_a_prefix(async_url: str) -> No
             got = await asyncio.wait_for(anext(changes), 10)
             assert got["key"] == "user/1"
         await changes.aclose()
+
+
+async def test_a_key_the_node_cannot_take_is_refused_before_sending(async_url: str) -> None:
+    from dsm.errors import InvalidKeyError
+
+    with Client(async_url) as c:
+        for bad in ("", None, "\ud800"):
+            with pytest.raises(InvalidKeyError):
+                c.put(bad, b"v")  # type: ignore[arg-type]
+    async with AsyncClient(async_url) as ac:
+        with pytest.raises(InvalidKeyError):
+            await ac.get("")
