@@ -29,13 +29,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from dsm import ConfigError, EpidemicStorage, StorageConfig, StorageFactory
 from dsm.api.http import create_app
 from dsm.client import AsyncClient, Client, TLSError, UnreachableError
+from dsm.core.messages import Ping
 from dsm.core.peer import PeerSettings
 from dsm.core.ring import State
-from dsm.net import security, wire
+from dsm.net import security
+from dsm.net.certs import ClusterCA
 from dsm.net.runtime import Runtime
 from dsm.net.security import Keyring
-from dsm.net.tls import TlsContexts, contexts
-from dsm.net.transport import split_addr
+from dsm.net.tls import TlsContexts, certificate_node_ids, contexts
+from dsm.net.transport import PeerLimits, Transport, split_addr
 from dsm.storage.sqlite import SQLiteStore
 
 FAST = PeerSettings(probe_interval_ms=200, probe_timeout_ms=100, sync_interval_ms=1000, gossip_interval_ms=500)
@@ -58,6 +60,7 @@ class Pki:
     n1: Issued
     rogue_ca: str  #: another CA, not the cluster's
     rogue: Issued  #: a node certificate signed by the rogue CA
+    anonymous: Issued  #: a certificate of the cluster CA that names no node id
 
 
 def _name(common_name: str) -> x509.Name:
@@ -107,12 +110,14 @@ class _Authority:
             .sign(self.key, hashes.SHA256())
         )
 
-    def issue(self, directory: Path, name: str) -> Issued:
-        """A node certificate: usable as server and client, naming localhost and 127.0.0.1 (for HTTPS
-        clients; peers do not check names under a cluster CA)."""
+    def issue(self, directory: Path, name: str, node_id: bool = True) -> Issued:
+        """A node certificate: usable as server and client, naming node `name` (dsm:node:<name>, unless not
+        `node_id`), localhost and 127.0.0.1 (for HTTPS clients; peers check only the node id)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        if node_id:
+            sans.append(x509.UniformResourceIdentifier(f"dsm:node:{name}"))
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
@@ -143,6 +148,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         n1=cluster.issue(directory, "n1"),
         rogue_ca=_write_cert(directory / "rogue-ca.crt", rogue.cert),
         rogue=rogue.issue(directory, "rogue"),
+        anonymous=cluster.issue(directory, "anonymous", node_id=False),
     )
 
 
@@ -261,7 +267,7 @@ async def test_a_plain_tcp_connection_to_a_tls_listener_is_closed(nodes: Nodes, 
     host, port = split_addr(seed.addr)
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(wire.encode_frame(security.hello("plain", b"")))
+        writer.write(security.Initiator(Keyring(), "plain", "").first_frame())
         await writer.drain()
         try:
             answer = await asyncio.wait_for(reader.read(), 10)  # up to the end of the stream
@@ -280,6 +286,101 @@ async def test_a_plain_tcp_connection_to_a_tls_listener_is_closed(nodes: Nodes, 
         return seed.transport.stats.rejected["tls_handshake"] == 1
 
     await eventually(counted)
+
+
+# ---------------------------------------------------------------------------------------------- node ids
+
+
+class Endpoint:
+    """A bare transport with a node's TLS contexts and what it received and failed."""
+
+    def __init__(self, node_id: str, issued: Issued, ca: str, host: str, **limits: bool) -> None:
+        tls = contexts(tls_config(node_id, issued, ca))
+        self.got: list[tuple[str, object]] = []
+        self.failures: list[str] = []
+        self.transport = Transport(
+            node_id,
+            f"{host}:0",
+            lambda peer, message: self.got.append((peer, message)),
+            Keyring(SECRET),
+            server_ssl=tls.peer_server,
+            client_ssl=tls.peer_client,
+            max_failures=1,
+            limits=PeerLimits(**limits),
+            on_connect_failure=lambda addr, node_id, reason: self.failures.append(reason),
+        )
+
+    async def __aenter__(self) -> Endpoint:
+        await self.transport.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.transport.close()
+
+
+async def _sent(sender: Endpoint, receiver: Endpoint, dialled: str) -> None:
+    """`sender` sends one Ping to `receiver`'s address, meant for `dialled`; waits until it arrived or failed."""
+    got, failed = len(receiver.got), len(sender.failures)
+    sender.transport.send(dialled, receiver.transport.addr, Ping(1, sender.transport.node_id, dialled, ()))
+    await eventually(lambda: len(receiver.got) > got or len(sender.failures) > failed, 10)
+
+
+@pytest.mark.usefixtures("loopback_hosts")
+async def test_a_certificate_must_name_the_member_dialled_and_the_one_claimed(pki: Pki) -> None:
+    async with Endpoint("n0", pki.n0, pki.ca, "127.0.0.1") as n0, Endpoint("n1", pki.n1, pki.ca, "127.0.0.2") as n1:
+        await _sent(n1, n0, "n0")
+        assert n0.got == [("n1", Ping(1, "n1", "n0", ()))] and not n1.failures
+        # A node holding n0's certificate (and the secret) at n0's address is not the n2 we dialled.
+        async with Endpoint("n2", pki.n1, pki.ca, "127.0.0.9") as n2:
+            await _sent(n2, n0, "n3")
+            assert n2.failures == ["wrong_node"]
+    # A node whose certificate names n0 claims to be n1: the listener refuses it.
+    async with Endpoint("n0", pki.n0, pki.ca, "127.0.0.1") as n0, Endpoint("n1", pki.n0, pki.ca, "127.0.0.2") as fake:
+        await _sent(fake, n0, "n0")
+        assert n0.got == [] and fake.failures == ["wrong_node"]
+        assert n0.transport.stats.rejected["wrong_node"] == 1
+
+
+@pytest.mark.usefixtures("loopback_hosts")
+async def test_a_certificate_without_a_node_id_is_refused_unless_the_setting_allows_it(pki: Pki) -> None:
+    # As the connecting side: the listener's certificate names no node.
+    async with Endpoint("anonymous", pki.anonymous, pki.ca, "127.0.0.1") as anonymous:
+        async with Endpoint("n1", pki.n1, pki.ca, "127.0.0.2") as n1:
+            await _sent(n1, anonymous, "anonymous")
+            assert anonymous.got == [] and n1.failures == ["tls"]
+        # As the listening side: the connecting node's certificate names no node.
+        async with Endpoint("n0", pki.n0, pki.ca, "127.0.0.9") as n0:
+            await _sent(anonymous, n0, "n0")
+            assert n0.got == [] and anonymous.failures == ["tls"]
+            assert n0.transport.stats.rejected["tls_node_id"] == 1
+    relaxed = {"tls_require_node_id": False}
+    async with (
+        Endpoint("anonymous", pki.anonymous, pki.ca, "127.0.0.1", **relaxed) as anonymous,
+        Endpoint("n1", pki.n1, pki.ca, "127.0.0.2", **relaxed) as n1,
+    ):
+        await _sent(n1, anonymous, "anonymous")
+        assert anonymous.got == [("n1", Ping(1, "n1", "anonymous", ()))]
+        # A certificate that names another node is refused all the same.
+        async with Endpoint("n2", pki.n1, pki.ca, "127.0.0.9", **relaxed) as n2:
+            await _sent(n2, anonymous, "anonymous")
+            assert n2.failures == ["wrong_node"] and len(anonymous.got) == 1
+
+
+def test_cluster_certificates_name_their_node(tmp_path: Path) -> None:
+    files = ClusterCA(tmp_path).node("n7", "127.0.0.1")
+    names = x509.load_pem_x509_certificate(Path(files.cert).read_bytes()).extensions
+    uris = names.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == ["dsm:node:n7"]
+    # An older certificate without the name (kept in a cluster directory) is issued again.
+    Path(files.cert).write_bytes(Path(ClusterCA(tmp_path / "other").node("x", "127.0.0.1").cert).read_bytes())
+    again = ClusterCA(tmp_path).node("n7", "127.0.0.1")
+    names = x509.load_pem_x509_certificate(Path(again.cert).read_bytes()).extensions
+    assert names.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    ) == ["dsm:node:n7"]
+    assert certificate_node_ids({"subjectAltName": (("DNS", "x"), ("URI", "dsm:node:a"), ("URI", "https://b"))}) == (
+        "a",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- HTTP API

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from dsm.core.messages import Ack, DataItem, Ping, Push
-from dsm.net import wire
+from dsm.net import security, wire
 from dsm.net.security import Keyring
-from dsm.net.transport import Transport, split_addr
+from dsm.net.transport import PeerLimits, Transport, split_addr
 
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
 SECRET = "transport-test-secret-0001"
@@ -86,9 +86,9 @@ async def test_a_node_with_a_wrong_or_no_secret_cannot_inject() -> None:
         await b.close()
 
 
-async def raw(addr: str, data: bytes, read: bool = True) -> bytes:
+async def raw(addr: str, data: bytes, read: bool = True, source: str | None = None) -> bytes:
     host, port = split_addr(addr)
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
     writer.write(data)
     await writer.drain()
     got = await asyncio.wait_for(reader.read(), 5) if read else b""
@@ -102,7 +102,7 @@ async def raw(addr: str, data: bytes, read: bool = True) -> bytes:
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "too_large"),  # 'GET ' read as a length: 1.2 GB
         (struct.pack(">I", wire.MAX_FRAME + 1), "too_large"),
         (struct.pack(">I", 2) + b"\x01\x00", "truncated"),
-        (struct.pack(">I", 6) + wire.HEADER.pack(1, 0, 1) + b"\xc1\xc1", "bad_body"),
+        (struct.pack(">I", 6) + wire.HEADER.pack(wire.PROTOCOL_VERSION, 0, 1) + b"\xc1\xc1", "bad_body"),
         (wire.encode_frame(Ping(1, "x", "b", ())), "handshake"),
     ],
 )
@@ -111,7 +111,10 @@ async def test_garbage_closes_that_connection_only(data: bytes, reason: str) -> 
     a, _ = await make("a", "127.0.0.1")
     try:
         answer = await raw(b.addr, data)
-        assert answer == b""  # closed without a word (read() returned at end of stream)
+        # Closed (read() returned at the end of the stream) after one plain Refuse frame saying why.
+        length = wire.frame_length(answer[:4], wire.HANDSHAKE_FRAME_MAX)
+        assert len(answer) == 4 + length
+        assert wire.decode_frame(answer[4:]).code == "handshake"
         assert b.stats.rejected[reason] == 1, b.stats.rejected
         a.send("b", b.addr, Ping(5, "a", "b", ()))
         await ib.wait_for(1)
@@ -123,9 +126,9 @@ async def test_garbage_closes_that_connection_only(data: bytes, reason: str) -> 
 async def test_a_frame_with_bad_fields_after_the_handshake_is_rejected_and_the_rest_serve() -> None:
     b, ib = await make("b", "127.0.0.2")
     try:
-        hello = wire.encode_frame(wire.Hello("x", b"", b"n" * 16))
-        bad = struct.pack(">I", 4 + 3) + wire.HEADER.pack(1, 0, 1) + b"\x93\x01\x02\x03"
-        unknown = struct.pack(">I", 4 + 1) + wire.HEADER.pack(1, 0, 999) + b"\x90"
+        hello = security.Initiator(Keyring(), "x", "b").first_frame()
+        bad = struct.pack(">I", 4 + 3) + wire.HEADER.pack(wire.PROTOCOL_VERSION, 0, 1) + b"\x93\x01\x02\x03"
+        unknown = struct.pack(">I", 4 + 1) + wire.HEADER.pack(wire.PROTOCOL_VERSION, 0, 999) + b"\x90"
         good = wire.encode_frame(Ping(9, "x", "b", ()))
         await raw(b.addr, hello + unknown + good + bad + good)
         assert [m.seq for _, m in ib.got] == [9]  # the frame after the bad one was not read
@@ -177,7 +180,8 @@ async def test_large_frames_and_backpressure() -> None:
             a.send("b", b.addr, Push("a", 0, (item,)))
         await ib.wait_for(20, timeout=20)
         assert all(m.items[0].versions == item.versions for _, m in ib.got)
-        huge = DataItem(2, "k", b"x" * (wire.MAX_FRAME + 1))
+        # Above the largest message (not the frame: a larger message travels in chunks, tests/test_chunks.py).
+        huge = DataItem(2, "k", b"x" * (a.max_message_bytes + 1))
         a.send("b", b.addr, Push("a", 0, (huge,)))
         a.send("b", b.addr, Ping(1, "a", "b", ()))
         await ib.wait_for(21)
@@ -204,7 +208,12 @@ async def test_every_failed_outgoing_connection_is_reported_with_its_reason() ->
     closed = b.addr
     await b.close()  # nothing listens there any more
     a, _ = await make(
-        "a", "127.0.0.1", max_failures=2, backoff_min=0.01, handshake_timeout=0.2, on_connect_failure=failed
+        "a",
+        "127.0.0.1",
+        max_failures=2,
+        backoff_min=0.01,
+        limits=PeerLimits(handshake_timeout_s=0.2),
+        on_connect_failure=failed,
     )
     try:
         a.send("b", closed, Ping(1, "a", "b", ()))
@@ -219,3 +228,98 @@ async def test_every_failed_outgoing_connection_is_reported_with_its_reason() ->
         await a.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_refused_handshake_tells_the_initiator_why() -> None:
+    failures: list[tuple[str, str, str]] = []
+    b, ib = await make("b", "127.0.0.2", SECRET)
+    try:
+        for node_id, secret, dialled in (("x", "some-other-secret-xyz", "b"), ("y", None, "b"), ("a", SECRET, "c")):
+            t, _ = await make(
+                node_id, "127.0.0.1", secret, max_failures=1, on_connect_failure=lambda *f: failures.append(f)
+            )
+            try:
+                t.send(dialled, b.addr, Ping(1, node_id, dialled, ()))
+                for _ in range(200):
+                    if t.stats.connect_failures:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                await t.close()
+        assert failures == [(b.addr, "b", "wrong_secret"), (b.addr, "b", "wrong_secret"), (b.addr, "c", "wrong_node")]
+        assert ib.got == [] and b.stats.rejected == {"auth": 2, "wrong_node": 1}
+    finally:
+        await b.close()
+
+
+async def test_the_initiator_raises_the_responders_reason() -> None:
+    b, _ = await make("b", "127.0.0.2", SECRET)
+    try:
+        host, port = split_addr(b.addr)
+        for dialled, code in (("c", "wrong_node"), ("b", "wrong_secret")):
+            reader, writer = await asyncio.open_connection(host, port)
+            keyring = Keyring(SECRET if dialled == "c" else "some-other-secret-xyz")
+            initiator = security.Initiator(keyring, "x", dialled)
+            writer.write(initiator.first_frame())
+            answer = await reader.read()
+            writer.close()
+            with pytest.raises(security.RefusedError) as caught:
+                initiator.finish(answer[4:])
+            assert caught.value.code == code
+    finally:
+        await b.close()
+
+
+async def test_unauthenticated_connections_are_bounded_in_number_size_and_time() -> None:
+    limits = PeerLimits(handshake_timeout_s=0.5, handshakes_max=6, handshakes_per_host_max=3)
+    b, ib = await make("b", "127.0.0.2", SECRET, limits=limits)
+    host, port = split_addr(b.addr)
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        # Three silent connections from one host take its share; a fourth is closed at once, unread.
+        for _ in range(3):
+            held.append(await asyncio.open_connection(host, port, local_addr=("127.0.0.9", 0)))
+        for _ in range(100):
+            if b.handshaking == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert b.handshaking == 3
+        assert await asyncio.wait_for(raw(b.addr, b"", source="127.0.0.9"), 2) == b""
+        assert b.stats.rejected["too_many_handshakes"] == 1
+        # A member from another host still gets in meanwhile.
+        a, _ = await make("a", "127.0.0.1", SECRET)
+        a.send("b", b.addr, Ping(1, "a", "b", ()))
+        await ib.wait_for(1)
+        await a.close()
+        # A handshake frame may announce at most HANDSHAKE_FRAME_MAX bytes: refused on the length alone.
+        answer = await asyncio.wait_for(raw(b.addr, wire.LENGTH.pack(wire.HANDSHAKE_FRAME_MAX + 1)), 2)
+        assert wire.decode_frame(answer[4:]).code == "handshake" and b.stats.rejected["too_large"] == 1
+        # The silent ones are told and closed at the deadline.
+        for reader, _ in held:
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert "no handshake in time" in wire.decode_frame(answer[4:]).detail
+        assert b.stats.rejected["handshake_timeout"] == 3 and b.handshaking == 0
+    finally:
+        for _, writer in held:
+            writer.close()
+        await b.close()
+
+
+def test_admission_and_the_handshake_under_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> None:
+        a, ia = await make("a", "127.0.0.1", SECRET)
+        b, ib = await make("b", "127.0.0.2", SECRET, limits=PeerLimits(handshakes_per_host_max=1))
+        try:
+            a.send("b", b.addr, Ping(1, "a", "b", ()))
+            b.send("a", a.addr, Ping(2, "b", "a", ()))
+            await ib.wait_for(1)
+            await ia.wait_for(1)
+            assert ib.got[0][0] == "a" and ia.got[0][0] == "b"
+        finally:
+            await a.close()
+            await b.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())

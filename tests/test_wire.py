@@ -42,8 +42,10 @@ SAMPLES: list[typing.Any] = [
     m.GossipDigest(7, "a", (1, 2), (2,)),
     m.GossipReply(7, "b", (1,), (ITEM,)),
     m.GossipItems("a", (ITEM,)),
-    wire.Hello("a", b"12345678", b"n" * 16),
-    wire.Auth("a"),
+    wire.Handshake("a", "b", b"12345678", b"n" * 48),
+    wire.HandshakeReply("b", b"n" * 64),
+    wire.Confirm(b"h" * 32),
+    wire.Refuse("wrong_node", "this is 'c', not 'b'"),
     m.Reconcile(
         8, "a", (encode_run("", None, 1, ["k1", "k2"], [1, 2, 3]), ("a", "b", 0, b"", (), b"")), (("k", b"v"),)
     ),
@@ -56,9 +58,10 @@ SAMPLES: list[typing.Any] = [
 
 def test_every_core_message_has_a_wire_type_and_round_trips() -> None:
     in_union = set(typing.get_args(m.Message))
-    control = {wire.Hello, wire.Auth}
+    # Connection-level messages (64 and up: the handshake's, the transport's) are not the core's.
+    control = {cls for type_id, (cls, _) in wire.SCHEMAS.items() if type_id >= 64}
     assert in_union | control == set(wire.TYPE_OF), "a core message without a wire schema (or a stale one)"
-    assert {type(s) for s in SAMPLES} == in_union | control
+    assert {type(s) for s in SAMPLES} >= in_union | {c for c in control if wire.TYPE_OF[c] in wire.CONTROL_TYPES}
     for message in SAMPLES:
         frame = wire.encode_frame(message)
         assert wire.frame_length(frame[:4]) == len(frame) - 4
@@ -73,6 +76,11 @@ def test_message_type_values_are_append_only() -> None:
     assert [(t.name, t.value) for t in wire.MessageType][:4] == [("PING", 1), ("PING_REQ", 2), ("ACK", 3), ("NACK", 4)]
     assert wire.MessageType.RECONCILE == 26
     assert (wire.MessageType.REPLICATE, wire.MessageType.READ_REPLY) == (27, 30)
+    # 64 and 65 were protocol 1's Hello and Auth: retired, never reused, undecodable.
+    assert (wire.MessageType.HELLO_V1, wire.MessageType.AUTH_V1, wire.MessageType.HANDSHAKE) == (64, 65, 66)
+    assert (wire.MessageType.HANDSHAKE_REPLY, wire.MessageType.CONFIRM, wire.MessageType.REFUSE) == (67, 68, 69)
+    with pytest.raises(wire.UnknownType):
+        wire.decode_frame(_frame(64, msgpack.packb(["a", b"", b"n" * 16])))
     assert len({t.value for t in wire.MessageType}) == len(wire.MessageType)
 
 
@@ -85,6 +93,20 @@ def test_oversized_length_is_refused_before_reading_the_frame() -> None:
     assert caught.value.reason == "truncated"
     with pytest.raises(wire.FrameError, match="too_large"):
         wire.header(1, 0, wire.MAX_FRAME + 1)
+
+
+def test_before_the_handshake_the_length_limit_is_a_few_hundred_bytes() -> None:
+    assert wire.frame_length(struct.pack(">I", wire.HANDSHAKE_FRAME_MAX), wire.HANDSHAKE_FRAME_MAX) == 512
+    with pytest.raises(wire.FrameError, match="limit 512") as caught:
+        wire.frame_length(struct.pack(">I", wire.HANDSHAKE_FRAME_MAX + 1), wire.HANDSHAKE_FRAME_MAX)
+    assert caught.value.reason == "too_large"
+    # The largest handshake frames (node ids of 128 characters) fit.
+    longest = "n" * 128
+    for message in (
+        wire.Handshake(longest, longest, b"k" * 8, b"e" * 48),
+        wire.HandshakeReply(longest, b"e" * (32 + 128 + 16)),
+    ):
+        assert len(wire.encode_frame(message)) - 4 <= wire.HANDSHAKE_FRAME_MAX
 
 
 def _frame(type_id: int, body: bytes, version: int = wire.PROTOCOL_VERSION, flags: int = 0) -> bytes:

@@ -298,6 +298,32 @@ class StorageConfig:
             "connect to are checked against the system's CAs and the host name of their address."
         ),
     )
+    tls_require_node_id: bool = field(
+        default=True,
+        metadata=_doc(
+            "Whether a peer's TLS certificate must name its node id (URI SAN dsm:node:<id>); a certificate "
+            "naming another id is refused either way. Off only for certificates a PKI cannot name so: then "
+            "any certificate of the cluster CA passes as any node."
+        ),
+    )
+    peer_handshake_timeout_ms: int = field(
+        default=3000,
+        metadata=_doc(
+            "Deadline of a node-to-node handshake (TLS included) from accept or connect, ms (100-60000). "
+            "Longer tolerates slower links; shorter frees unauthenticated connections sooner."
+        ),
+    )
+    peer_handshakes_max: int = field(
+        default=256,
+        metadata=_doc(
+            "Most incoming node connections in their handshake at once (1-65536); more are closed at once. "
+            "Bounds what unauthenticated connections may hold (a few KiB each)."
+        ),
+    )
+    peer_handshakes_per_host_max: int = field(
+        default=32,
+        metadata=_doc("Most of those from one IP address (1-65536), so one host cannot take every handshake slot."),
+    )
     http_tls: str = field(
         default="auto",
         metadata=_doc(
@@ -689,6 +715,11 @@ def _validate(c: StorageConfig) -> None:
     _int_in(c, "http_idle_timeout_ms", 100, day_ms)
     _int_in(c, "http_max_connections", 1, 1_000_000)
     _tls(c)
+    if type(c.tls_require_node_id) is not bool:
+        raise ConfigError("tls_require_node_id", c.tls_require_node_id, "true or false")
+    _int_in(c, "peer_handshake_timeout_ms", 100, 60_000)
+    _int_in(c, "peer_handshakes_max", 1, 65_536)
+    _int_in(c, "peer_handshakes_per_host_max", 1, 65_536)
     if _str(c, "durability") not in ("process", "fsync"):
         raise ConfigError("durability", c.durability, "'process' or 'fsync'")
     if _str(c, "conflict_resolution") not in ("lww", "siblings"):

@@ -41,6 +41,11 @@ Adaptive period (between gossip_min_ms and gossip_max_ms, starting at gossip_int
 - The period never drops below 4 smoothed round-trip times of the exchanges, so rounds do not overlap.
 - A digest with no reply by the next round counts as lost; with a loss rate p the node contacts
   ceil(fanout / (1 - p)) members (at most twice the fanout), so about `gossip_fanout` exchanges complete.
+
+Message size: a message carrying writes (`Push`, `GossipReply`, `GossipItems`) holds at most
+`ITEMS_MAX_BYTES` of keys and version sets, or one write alone when it is larger; more writes go in further
+messages (a reply's surplus as `GossipItems`). So no message is larger than one key's largest version set
+plus a little, which the transport carries whatever its size (`dsm.net.chunks`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import hashlib
 import itertools
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -74,6 +80,8 @@ LOSSY = 0.1
 #: Most ids of one announcement considered, and most writes one Graft is answered with.
 MAX_IDS = 4096
 MAX_GRAFT = 256
+#: Most bytes of keys and version sets one message carries (a single larger write goes alone).
+ITEMS_MAX_BYTES = 1 << 20
 
 #: Timer kinds the peer dispatches to this module (kept apart from the peer's own kinds).
 GOSSIP_TIMER = 100
@@ -88,6 +96,20 @@ def update_id(key: str, timestamp: int, node: str) -> int:
     h.update(timestamp.to_bytes(8, "big", signed=False))
     h.update(node.encode())
     return int.from_bytes(h.digest(), "big")
+
+
+def batches(items: DataItems, max_bytes: int = ITEMS_MAX_BYTES) -> Iterator[DataItems]:
+    """`items` in order, in runs of at most `max_bytes` of keys and version sets (a larger item alone)."""
+    start = size = 0
+    for i, item in enumerate(items):
+        n = len(item.key) + len(item.versions) + 16
+        if i > start and size + n > max_bytes:
+            yield items[start:i]
+            start = i
+            size = 0
+        size += n
+    if start < len(items):
+        yield items[start:]
 
 
 @dataclass(slots=True)
@@ -210,10 +232,11 @@ class Dissemination:
     def _push_out(self, items: DataItems, hops: int, exclude: int) -> None:
         peer = self.peer
         send = peer._send_to_slot
-        push = Push(peer.id, hops, items)
-        for slot in self.eager:
-            if slot != exclude:
-                send(slot, push)
+        for batch in batches(items):
+            push = Push(peer.id, hops, batch)
+            for slot in self.eager:
+                if slot != exclude:
+                    send(slot, push)
         if self.settings.lazy_fanout and self.lazy:
             announce = IHave(peer.id, hops, tuple(item.id for item in items))
             for slot in self._sample(self.lazy, self.settings.lazy_fanout, exclude):
@@ -361,7 +384,8 @@ class Dissemination:
         found = [recent[i] for i in message.ids[:MAX_GRAFT] if i in recent]
         if found:
             hops = min(entry.hops for entry in found)
-            self.peer._send_to_id(message.source, Push(self.peer.id, hops, tuple(e.item for e in found)))
+            for batch in batches(tuple(e.item for e in found)):
+                self.peer._send_to_id(message.source, Push(self.peer.id, hops, batch))
 
     # ------------------------------------------------------------------ gossip rounds
 
@@ -448,7 +472,10 @@ class Dissemination:
         )
         if want or items:
             self._useful = True
-        self.peer._send_to_id(message.source, GossipReply(message.seq, self.peer.id, want, items))
+        parts = batches(items)
+        self.peer._send_to_id(message.source, GossipReply(message.seq, self.peer.id, want, next(parts, ())))
+        for rest in parts:
+            self.peer._send_to_id(message.source, GossipItems(self.peer.id, rest))
 
     def on_reply(self, message: GossipReply) -> None:
         exchange = self._exchanges.get(message.seq)
@@ -465,7 +492,8 @@ class Dissemination:
         items = tuple(recent[i].item for i in message.want if i in recent)
         if items:
             self._useful = True
-            self.peer._send_to_id(message.source, GossipItems(self.peer.id, items))
+            for batch in batches(items):
+                self.peer._send_to_id(message.source, GossipItems(self.peer.id, batch))
 
     def on_items(self, message: GossipItems) -> None:
         self._pulled(message.items, message.source)

@@ -25,11 +25,28 @@ Rules:
 - Resolution `LWW` keeps only that largest dot: the winner by (HLC timestamp, node id), identical on every
   node; the merge is then a maximum over a total order, again a semilattice. `SIBLINGS` keeps every
   undominated version until a write that has read them supersedes them.
-- Sibling sets are bounded on the write path only: a coordinator whose write would leave more than
-  `max_siblings` versions, or more value bytes than its byte bound, supersedes the oldest ones by adding
-  their closures to the new version's context, exactly as if the client had read them. The merge itself
-  never drops an undominated version (so concurrent writes on several coordinators can still exceed the
-  bounds until a write resolves them).
+- Sibling sets are bounded, so that a key's whole version set always fits in what nodes send each other
+  (`dsm.net.chunks`; the largest message is derived from these bounds, see `StorageConfig.max_message_bytes`):
+  - On the write path: a coordinator whose write would leave more than `max_siblings` versions, or more
+    value bytes than its byte bound, supersedes the oldest ones by adding their closures to the new
+    version's context, exactly as if the client had read them.
+  - Everywhere a set is made (`VersionSet.of`: every merge and every write), in SIBLINGS mode: the set keeps
+    its newest versions, by dot, while they hold at most `SIBLINGS_MAX_BYTES` of values and
+    `SIBLINGS_META_MAX_BYTES` of dots and contexts (`meta_bytes`); the first version beyond either bound and
+    every older one are dropped (the newest always stays, even alone above them). This *cut* is what bounds
+    sets merged from concurrent writes on several coordinators, which no single write saw together. The
+    bounds are constants of the protocol, the same on every node.
+- The cut keeps the merge commutative and idempotent, but not associative: a version cut on one replica can
+  survive on another that never held the newer ones, and come back (and stay) if the merged set has room for
+  it. Replicas still converge once writes stop. A merge keeps only versions one of its sides held, so the
+  versions held anywhere (the pool) only shrink, and at some point stop changing. Take the pool's undominated
+  versions newest first, u0, u1, ...: u0 is never cut (the newest stays) and reaches every replica. When
+  every replica holds u0 .. u(k-1), any version between those and u(k) is dominated by one of them wherever
+  it is held, so u(k) comes right after them in every merge that sees it: it fits (else every merge would
+  cut it, and the pool would shrink) and reaches every replica too. So all replicas end holding the pool's
+  undominated versions, the same set. A version cut is gone like one superseded by `max_siblings`, oldest
+  first; a context read from a cut set covers its writer's older versions too (vector entries), which
+  supersedes them as the cut did.
 """
 
 from __future__ import annotations
@@ -40,6 +57,13 @@ from enum import Enum
 from typing import NamedTuple
 
 from dsm.core.vclock import VersionVector
+
+#: Most value bytes a key's version set keeps in SIBLINGS mode (its newest versions; the newest always stays,
+#: so a single value up to `max_value_bytes` does too). Part of the protocol: the same on every node.
+SIBLINGS_MAX_BYTES = 4 * 1024 * 1024
+#: Most bytes of dots and contexts (`meta_bytes`) a key's version set keeps in SIBLINGS mode, likewise. With
+#: the value bound, it bounds the encoded size of every stored set, whatever the number of coordinators.
+SIBLINGS_META_MAX_BYTES = 1024 * 1024
 
 
 class Resolution(Enum):
@@ -84,6 +108,11 @@ class Version:
     def dominated_by(self, other: Version) -> bool:
         return other.context.covers(self.dot.timestamp, self.dot.node)
 
+    def meta_bytes(self) -> int:
+        """About the bytes of this version's encoding apart from its value: dot, context, msgpack headers
+        (an upper bound for ASCII node ids, which config enforces)."""
+        return 24 + len(self.dot.node) + sum(len(node) + 14 for node, _ in self.context.entries)
+
     def _tiebreak(self) -> tuple[tuple[tuple[str, int], ...], bool, bytes]:
         # Two versions with one dot should not exist; if a faulty peer sends one, every node picks the
         # same copy, so the merge stays deterministic.
@@ -98,7 +127,8 @@ class VersionSet:
 
     @staticmethod
     def of(versions: Iterable[Version], resolution: Resolution = Resolution.SIBLINGS) -> VersionSet:
-        """The canonical set of the given versions: deduplicated by dot, dominated ones dropped."""
+        """The canonical set of the given versions: deduplicated by dot, dominated ones dropped, and in SIBLINGS
+        mode the oldest beyond the size bounds cut (see the module docstring)."""
         by_dot: dict[Dot, Version] = {}
         for version in versions:
             seen = by_dot.get(version.dot)
@@ -108,7 +138,7 @@ class VersionSet:
         if resolution is Resolution.LWW:
             return VersionSet(tuple(ordered[:1]))
         kept = tuple(v for v in ordered if not any(v.dominated_by(w) for w in ordered if w is not v))
-        return VersionSet(kept)
+        return VersionSet(_cut(kept))
 
     def merge(self, other: VersionSet, resolution: Resolution) -> VersionSet:
         """The join of two sets (commutative, associative, idempotent)."""
@@ -143,6 +173,19 @@ class VersionSet:
             pairs.append((version.dot.node, version.dot.timestamp))
             pairs.extend(version.context.entries)
         return VersionVector.of(pairs)
+
+
+def _cut(versions: tuple[Version, ...]) -> tuple[Version, ...]:
+    """The newest of `versions` (newest first) within the size bounds; the newest always stays."""
+    if len(versions) < 2:
+        return versions
+    values = meta = 0
+    for i, version in enumerate(versions):
+        values += len(version.value or b"")
+        meta += version.meta_bytes()
+        if i and (values > SIBLINGS_MAX_BYTES or meta > SIBLINGS_META_MAX_BYTES):
+            return versions[:i]
+    return versions
 
 
 def write(

@@ -3,9 +3,11 @@ and one certificate per node, from the `cryptography` package.
 
 The CA signs only this cluster's node certificates, which is the identity model of `tls.py` (mutual TLS
 against the cluster CA, no host name check between nodes). Node certificates are usable as server and
-client (each node dials and is dialled) and name the node's host address and `localhost`, so HTTPS
-clients (`dsm --ca-file CA ...`) can check the host too. Keys are ECDSA P-256, written readable by their
-owner only; certificates are valid for `VALID_DAYS`.
+client (each node dials and is dialled), name the node's id as the URI subject alternative name
+`dsm:node:<node id>` (checked by the peers, `dsm.net.tls.check_certificate`), and name the node's host
+address and `localhost`, so HTTPS clients (`dsm --ca-file CA ...`) can check the host too. A certificate
+issued before node ids were named (or naming another id) is issued again. Keys are ECDSA P-256, written
+readable by their owner only; certificates are valid for `VALID_DAYS`.
 
 For production, issue node certificates from your own PKI; this is for clusters on one machine.
 """
@@ -22,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from dsm.net.tls import node_id_uri
 
 #: Validity of the CA and of node certificates, days.
 VALID_DAYS = 365
@@ -89,9 +93,10 @@ class ClusterCA:
         """The certificate of `node_id` at `host` (issued once; reused while it exists)."""
         cert_path = self.directory / f"{node_id}.pem"
         key_path = self.directory / f"{node_id}-key.pem"
-        if not (cert_path.exists() and key_path.exists()):
+        if not (cert_path.exists() and key_path.exists() and _names_node(cert_path, node_id)):
             key = ec.generate_private_key(ec.SECP256R1())
-            names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+            names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(node_id_uri(node_id))]
+            names.append(x509.DNSName("localhost"))
             try:
                 names.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
@@ -116,3 +121,13 @@ class ClusterCA:
             _save_key(key_path, key)
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return NodeFiles(str(cert_path), str(key_path), str(self.cert_path))
+
+
+def _names_node(cert_path: Path, node_id: str) -> bool:
+    """Whether the certificate at `cert_path` names `node_id` (URI subject alternative name)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return node_id_uri(node_id) in names.get_values_for_type(x509.UniformResourceIdentifier)

@@ -1,24 +1,44 @@
-"""Connection security between nodes: the handshake, per-session keys and sealed (AEAD) frames.
+"""Connection security between nodes: the handshake, who is talking to whom, and sealed (AEAD) frames.
 
-Without a cluster secret, each side of a new connection sends a plain `Hello` (its node id, an empty key
-id, a nonce) and then plain frames. With one:
+Sans-IO: `Initiator` and `Responder` take frames and give frames; `dsm.net.transport` moves them. A
+connection carries frames one way (from the side that opened it, see `dsm.net.transport`), after this
+handshake (docs/network.md has the full protocol and its threat model):
 
-1. Each side sends `Hello` with the *key id* of its secret (8 bytes of SHA-256 over it: which secret, not
-   the secret) and 16 fresh random bytes. The acceptor answers only if it holds a secret with that key
-   id (its current one or one it still accepts); otherwise the connection is closed (`AuthError`).
-2. Both derive two session keys with HKDF-SHA256 from the secret, salted with both nonces: one per
-   direction. Every later frame is sealed with ChaCha20-Poly1305 (from `cryptography`): the body is
-   encrypted, the header (version, flags, type) is authenticated with it, and the 96-bit AEAD nonce is
-   the direction's frame counter (0, 1, 2, ...). A frame that was altered, replayed, reordered, dropped
-   from the middle, or copied from another connection fails to open: the keys differ per connection and
-   the counter only moves forward, so no frame is ever accepted twice.
-3. The connecting side's first sealed frame is `Auth` (its node id): nothing else from it is accepted
-   before that opens, so a process without the secret cannot join or inject; and it cannot read, since
-   every frame to it is sealed with keys it cannot derive. (A connection carries frames one way, from
-   the side that opened it: see `dsm.net.transport`.)
+    initiator -> responder   Handshake(initiator_id, dialled_id, key_id, noise1)         plain
+    responder -> initiator   HandshakeReply(responder_id, noise2)  or  Refuse(code, why)  plain
+    initiator -> responder   Confirm(handshake_hash)                                     sealed
+    initiator -> responder   the core's messages                                         sealed
+
+With a cluster secret, noise1/noise2 are the two messages of Noise_NNpsk0_25519_ChaChaPoly_SHA256
+(`dsm.net.noise`): the secret is the pre-shared key, each side adds a fresh X25519 ephemeral key, and the
+prologue both sides hash into the transcript before anything else is
+
+    "dsm/" || protocol version || initiator id || dialled id || key id       (each id length-prefixed)
+
+so the transcript binds the protocol version, both node ids (the responder's id is also noise2's encrypted
+payload, which matters when the initiator dialled an address without knowing its member), both ephemeral
+keys and the secret. Each side checks what it can before going on:
+- the responder refuses a dialled id other than its own (a connection redirected to another member), an
+  initiator id equal to its own, a key id it holds no secret for, and a noise1 that does not decrypt;
+- the initiator refuses a reply from another node than the one it dialled, or whose noise2 does not
+  decrypt (the responder does not hold the secret, or the transcripts differ): key confirmation of the
+  responder;
+- the responder accepts nothing before the initiator's Confirm opens with the session key and names the
+  same transcript hash: key confirmation of the initiator. A recorded Handshake replayed by an attacker
+  gets a reply with a fresh ephemeral key, and without the initiator's ephemeral private key nobody can
+  derive the session keys to produce the Confirm.
+Every frame after the handshake is sealed with ChaCha20-Poly1305 under the direction's key from the Noise
+split, with its header (version, flags, type) as associated data and the frame counter as nonce: a frame
+altered, replayed, reordered, dropped from the middle or copied from another connection does not open.
+
+Without a secret (plain mode) the same frames carry empty Noise fields and frames are plain: node ids are
+still exchanged and checked (a misdirected connection is noticed), but nothing is authenticated.
+
+A refusal (`Refuse`) is plain and unauthenticated: it tells the initiator why (`RefusedError.code`), which
+is only a diagnosis; an attacker who could forge one could as well drop the connection.
 
 Rotating the secret without downtime (`Keyring(current, accepted)`: a node connects with `current` and
-accepts it and every `accepted` one):
+accepts it and every `accepted` one; the initiator names its secret by key id, so the responder picks it):
   1. add the new secret to the accepted ones on every node (rolling restart);
   2. make it the current one on every node, the old one accepted;
   3. once every node runs step 2, drop the old secret.
@@ -27,36 +47,99 @@ At every moment each node accepts the secret every other node connects with.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from dsm.net import wire
-from dsm.net.wire import FLAG_SEALED, HEADER, Auth, FrameError, Hello
+from dsm.net.noise import TAG_BYTES, CipherState, NNpsk0, NoiseError
+from dsm.net.wire import (
+    FLAG_SEALED,
+    HEADER,
+    PROTOCOL_VERSION,
+    Confirm,
+    FrameError,
+    Handshake,
+    HandshakeReply,
+    Refuse,
+)
 
-NONCE_BYTES = 16
 KEY_ID_BYTES = 8
-TAG_BYTES = 16
 #: Shortest secret accepted (bytes, UTF-8): a guessable secret would make the rest pointless.
 MIN_SECRET_BYTES = 16
+#: Why a responder refuses a handshake (`Refuse.code`); each is also a reason of
+#: `dsm.net.transport.CONNECT_FAILURES`.
+REFUSAL_CODES = ("wrong_secret", "wrong_node", "tls", "handshake")
+#: Longest explanation a refusal carries (characters).
+REFUSAL_DETAIL_MAX = 200
 
 
-class AuthError(FrameError):
+class HandshakeError(FrameError):
+    """A handshake that cannot go on. `reason` is the metrics label (as for every FrameError); `code` says
+    why in the terms of REFUSAL_CODES: what a responder tells the initiator, what the initiator reports."""
+
+    code = "handshake"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.detail = detail
+
+
+class AuthError(HandshakeError):
     """The peer could not prove it holds the cluster secret (or sent a frame that does not open)."""
+
+    code = "wrong_secret"
 
     def __init__(self, detail: str) -> None:
         super().__init__("auth", detail)
 
 
+class WrongNodeError(HandshakeError):
+    """The peer is not the member this side expected (a redirected connection, or a misconfiguration)."""
+
+    code = "wrong_node"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("wrong_node", detail)
+
+
+class CertificateNodeError(HandshakeError):
+    """A TLS certificate that names no node id where one is required (`tls_require_node_id`)."""
+
+    code = "tls"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("tls_node_id", detail)
+
+
+class RefusedError(HandshakeError):
+    """The responder refused our handshake (`Refuse`); `code` is its reason (one of REFUSAL_CODES)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__("refused", f"the peer refused the handshake ({code}): {detail}")
+        self.code = code if code in REFUSAL_CODES else "handshake"
+
+
+def failure_code(exc: FrameError) -> str:
+    """The REFUSAL_CODES reason of a failed handshake (a frame error that is no HandshakeError: "handshake")."""
+    return exc.code if isinstance(exc, HandshakeError) else "handshake"
+
+
+# ---------------------------------------------------------------------------------------------- secrets
+
+
+@functools.lru_cache(maxsize=64)
+def _psk(secret: bytes) -> bytes:
+    # A slow, memory-hard derivation (scrypt, about 40 ms once per secret and process): the key id and the
+    # handshake let whoever records them test guesses of the secret offline, and this makes each guess cost
+    # that much. Use a random secret all the same (e.g. 32 random bytes in hex).
+    return hashlib.scrypt(secret, salt=b"dsm cluster secret v2", n=1 << 14, r=8, p=1, dklen=32)
+
+
 def key_id(secret: bytes) -> bytes:
-    """Names a secret without revealing it."""
-    return hashlib.sha256(b"dsm key id\x00" + secret).digest()[:KEY_ID_BYTES]
+    """Names a secret without revealing it (8 bytes of a hash of its derived key)."""
+    return hashlib.sha256(b"dsm key id\x00" + _psk(secret)).digest()[:KEY_ID_BYTES]
 
 
 class Keyring:
@@ -70,7 +153,7 @@ class Keyring:
         if accepted and not current:
             raise ValueError("accepted secrets need a current cluster secret")
         self.current = _as_bytes(current) if current else None
-        self._by_id = {key_id(s): s for s in map(_as_bytes, secrets)}
+        self._by_id = {key_id(s): _psk(s) for s in map(_as_bytes, secrets)}
 
     @property
     def enabled(self) -> bool:
@@ -79,18 +162,22 @@ class Keyring:
     def current_id(self) -> bytes:
         return key_id(self.current) if self.current is not None else b""
 
-    def secret_for(self, peer_key_id: bytes) -> bytes | None:
-        """The secret a peer's Hello names, or None without a secret; AuthError if it cannot be used."""
+    def current_psk(self) -> bytes | None:
+        return _psk(self.current) if self.current is not None else None
+
+    def psk_for(self, peer_key_id: bytes) -> bytes | None:
+        """The pre-shared key of the secret a peer's key id names, None without a secret; AuthError if this
+        node cannot use it."""
         if self.current is None:
             if peer_key_id:
                 raise AuthError("the peer uses a cluster secret and this node has none")
             return None
         if not peer_key_id:
             raise AuthError("the peer has no cluster secret")
-        secret = self._by_id.get(peer_key_id)
-        if secret is None:
+        psk = self._by_id.get(peer_key_id)
+        if psk is None:
             raise AuthError(f"the peer's cluster secret ({peer_key_id.hex()}) is not one this node accepts")
-        return secret
+        return psk
 
 
 def _as_bytes(secret: str | bytes | None) -> bytes:
@@ -101,52 +188,40 @@ def _as_bytes(secret: str | bytes | None) -> bytes:
     raise TypeError("a cluster secret is a str or bytes")
 
 
-def hello(node_id: str, key: bytes) -> Hello:
-    """This side's Hello, with a fresh nonce, using the secret named by `key` (b"": none)."""
-    return Hello(node_id, key, os.urandom(NONCE_BYTES))
+def prologue(initiator_id: str, dialled_id: str, key: bytes, version: int = PROTOCOL_VERSION) -> bytes:
+    """What both sides hash into the transcript first (never sent as such; see the module docstring)."""
+    parts = [initiator_id.encode(), dialled_id.encode(), key]
+    return b"dsm/" + bytes([version]) + b"".join(len(p).to_bytes(2, "big") + p for p in parts)
 
 
-def accept(keyring: Keyring, node_id: str, theirs: Hello) -> tuple[Hello, Channel]:
-    """Acceptor side: the Hello to answer with and the connection's channel (AuthError: refuse)."""
-    secret = keyring.secret_for(theirs.key_id)
-    ours = hello(node_id, theirs.key_id)
-    return ours, session(secret, ours, theirs, initiator=False)
-
-
-def connect(keyring: Keyring, ours: Hello, theirs: Hello) -> Channel:
-    """Initiator side, once the acceptor's Hello arrived: the channel (AuthError: close)."""
-    if theirs.key_id != ours.key_id:
-        raise AuthError("the peer answered with another cluster secret")
-    return session(keyring.secret_for(theirs.key_id), ours, theirs, initiator=True)
+# ---------------------------------------------------------------------------------------------- frames
 
 
 class Channel:
-    """One connection's framing after the handshake: plain, or sealed with per-direction keys."""
+    """One connection's framing after the handshake: plain, or sealed with per-direction ciphers."""
 
-    __slots__ = ("_open", "_received", "_seal", "_sent", "sealed")
+    __slots__ = ("_open", "_seal", "sealed")
 
-    def __init__(self, send_key: bytes | None = None, receive_key: bytes | None = None) -> None:
-        self.sealed = send_key is not None
-        self._seal = ChaCha20Poly1305(send_key) if send_key is not None else None
-        self._open = ChaCha20Poly1305(receive_key) if receive_key is not None else None
-        self._sent = 0
-        self._received = 0
+    def __init__(self, seal: CipherState | None = None, open_: CipherState | None = None) -> None:
+        self.sealed = seal is not None
+        self._seal = seal
+        self._open = open_
 
     def encode(self, message: Any) -> bytes:
-        """The frame carrying `message` (length field included)."""
+        """The frame carrying `message` (length field included). FrameError if it is too large."""
         if self._seal is None:
             return wire.encode_frame(message)
         type_id, body = wire.encode_body(message)
         # The size is checked before sealing: a refused frame must not use up a counter value.
         prefix = wire.header(type_id, FLAG_SEALED, HEADER.size + len(body) + TAG_BYTES)
-        sealed = self._seal.encrypt(self._sent.to_bytes(12, "big"), body, prefix[wire.LENGTH.size :])
-        self._sent += 1
-        return prefix + sealed
+        return prefix + self._seal.encrypt_with_ad(prefix[wire.LENGTH.size :], body)
 
-    def decode(self, frame: bytes) -> Any:
-        """The message in `frame` (its bytes after the length field). Raises FrameError (AuthError for a
-        frame that is not sealed as it must be, or does not open)."""
+    def decode(self, frame: bytes, *, control: bool = False) -> Any:
+        """The message in `frame` (its bytes after the length field). Raises FrameError: AuthError for a frame
+        that is not sealed as it must be or does not open; a connection-control frame unless `control`."""
         flags, type_id = wire.parse_header(frame)
+        if type_id in wire.CONTROL_TYPES and not control:
+            raise FrameError("handshake", "a handshake frame after the handshake")
         if self._open is None:
             if flags & FLAG_SEALED:
                 raise AuthError("a sealed frame on a plain connection")
@@ -154,39 +229,156 @@ class Channel:
         if not flags & FLAG_SEALED:
             raise AuthError("a plain frame on a sealed connection")
         try:
-            body = self._open.decrypt(self._received.to_bytes(12, "big"), frame[HEADER.size :], frame[: HEADER.size])
-        except InvalidTag:
+            body = self._open.decrypt_with_ad(frame[: HEADER.size], frame[HEADER.size :])
+        except NoiseError:
             raise AuthError("a frame that does not open (wrong secret, altered, replayed or out of order)") from None
-        self._received += 1
         return wire.decode_body(type_id, body)
 
 
-def session(secret: bytes | None, ours: Hello, theirs: Hello, initiator: bool) -> Channel:
-    """The channel for a connection once both Hellos are known."""
-    if secret is None:
-        return Channel()
-    first, second = (ours, theirs) if initiator else (theirs, ours)
-    keys = HKDF(
-        algorithm=hashes.SHA256(),
-        length=64,
-        salt=first.nonce + second.nonce,
-        info=b"dsm/1 session " + ours.key_id,
-    ).derive(secret)
-    forward, backward = keys[:32], keys[32:]
-    return Channel(forward, backward) if initiator else Channel(backward, forward)
+def refusal(exc: FrameError) -> bytes:
+    """The Refuse frame a responder sends before closing a connection whose handshake failed with `exc`."""
+    detail = exc.detail if isinstance(exc, HandshakeError) else str(exc)
+    return wire.encode_frame(Refuse(failure_code(exc), detail[:REFUSAL_DETAIL_MAX]))
 
 
-def read_hello(frame: bytes) -> Hello:
-    """The peer's first frame: a plain Hello, or FrameError."""
-    message = wire.decode_frame(frame)
-    if not isinstance(message, Hello):
-        raise FrameError("handshake", f"expected Hello first, got {type(message).__name__}")
-    if len(message.nonce) != NONCE_BYTES or len(message.key_id) not in (0, KEY_ID_BYTES):
-        raise FrameError("handshake", "a Hello with a malformed nonce or key id")
-    return message
+def _plain_message(frame: bytes) -> Any:
+    if len(frame) > wire.HANDSHAKE_FRAME_MAX:
+        raise FrameError("too_large", f"a handshake frame of {len(frame)} bytes")
+    flags, type_id = wire.parse_header(frame)
+    if flags & FLAG_SEALED:
+        raise FrameError("handshake", "a sealed frame before the handshake (does the peer use a secret?)")
+    return wire.decode_body(type_id, frame[HEADER.size :])
 
 
-def check_auth(message: Any, peer: Hello) -> None:
-    """The first sealed frame must be the peer's Auth, naming the node its Hello named."""
-    if not isinstance(message, Auth) or message.node_id != peer.node_id:
-        raise AuthError(f"expected Auth from {peer.node_id!r} first")
+class Initiator:
+    """The connecting side of one handshake.
+
+    Args:
+        keyring: this node's secrets (it connects with the current one).
+        node_id: this node's id.
+        dialled_id: the member it means to reach; "" when it dials an address whose member it does not know
+            (a bootstrap address): then any node holding the secret may answer, and `peer_id` says which.
+    """
+
+    def __init__(self, keyring: Keyring, node_id: str, dialled_id: str) -> None:
+        self.node_id = node_id
+        self.dialled_id = dialled_id
+        key = keyring.current_id()
+        psk = keyring.current_psk()
+        self._noise = NNpsk0(True, psk, prologue(node_id, dialled_id, key)) if psk is not None else None
+        noise1 = self._noise.write_message() if self._noise is not None else b""
+        self._first = Handshake(node_id, dialled_id, key, noise1)
+        #: The responder's node id, once its reply is read.
+        self.peer_id = ""
+
+    def first_frame(self) -> bytes:
+        """The Handshake frame to send first."""
+        return wire.encode_frame(self._first)
+
+    def finish(self, frame: bytes) -> tuple[Channel, bytes]:
+        """Reads the responder's answer (a frame, after its length field): the connection's channel and the
+        Confirm frame to send (b"" in plain mode).
+
+        Raises:
+            RefusedError: the responder refused, saying why.
+            WrongNodeError: the responder is not the member dialled (or is this node).
+            AuthError: its answer does not decrypt: it does not hold our secret, or the answer was altered.
+            FrameError: a malformed answer.
+        """
+        message = _plain_message(frame)
+        if isinstance(message, Refuse):
+            raise RefusedError(message.code, message.detail)
+        if not isinstance(message, HandshakeReply):
+            raise FrameError("handshake", f"expected a HandshakeReply, got {type(message).__name__}")
+        responder = message.responder_id
+        if responder == self.node_id:
+            raise WrongNodeError("this node reached itself")
+        if self.dialled_id and responder != self.dialled_id:
+            raise WrongNodeError(f"dialled {self.dialled_id!r}, reached {responder!r}")
+        self.peer_id = responder
+        if self._noise is None:
+            if message.noise:
+                raise AuthError("the peer uses a cluster secret and this node has none")
+            return Channel(), b""
+        try:
+            payload = self._noise.read_message(message.noise)
+        except NoiseError as exc:
+            raise AuthError(f"the peer's answer does not open with our cluster secret ({exc})") from None
+        if payload != responder.encode():
+            raise FrameError("handshake", "the reply's sealed node id differs from its plain one")
+        seal, open_ = self._noise.split()
+        channel = Channel(seal, open_)
+        return channel, channel.encode(Confirm(self._noise.handshake_hash))
+
+
+class Responder:
+    """The accepting side of one handshake: `receive` the Handshake frame, then send `reply()`, then (with a
+    secret) `confirm` the initiator's Confirm frame to get the channel."""
+
+    def __init__(self, keyring: Keyring, node_id: str) -> None:
+        self.keyring = keyring
+        self.node_id = node_id
+        #: The initiator's node id (bound by the handshake once it is confirmed).
+        self.peer_id = ""
+        self._noise: NNpsk0 | None = None
+        self._channel: Channel | None = None
+
+    def receive(self, frame: bytes) -> None:
+        """Reads the initiator's Handshake frame (after its length field).
+
+        Raises:
+            WrongNodeError: it dialled another member (or this node dialled itself).
+            AuthError: it does not use a secret this node accepts, or its message does not decrypt.
+            FrameError: anything else (send `refusal(exc)`, then close).
+        """
+        message = _plain_message(frame)
+        if not isinstance(message, Handshake):
+            raise FrameError("handshake", f"expected a Handshake first, got {type(message).__name__}")
+        if message.dialled_id and message.dialled_id != self.node_id:
+            raise WrongNodeError(f"this is {self.node_id!r}, not {message.dialled_id!r}")
+        if not message.initiator_id or message.initiator_id == self.node_id:
+            raise WrongNodeError(f"a connection that claims to come from {message.initiator_id!r}")
+        self.peer_id = message.initiator_id
+        psk = self.keyring.psk_for(message.key_id)
+        if psk is None:
+            if message.noise:
+                raise FrameError("handshake", "a Noise message without a key id")
+            self._channel = Channel()
+            return
+        self._noise = NNpsk0(False, psk, prologue(message.initiator_id, message.dialled_id, message.key_id))
+        try:
+            self._noise.read_message(message.noise)
+        except NoiseError as exc:
+            raise AuthError(f"the handshake does not open with the cluster secret it names ({exc})") from None
+
+    def reply(self) -> bytes:
+        """The HandshakeReply frame to send."""
+        if self._noise is None:
+            return wire.encode_frame(HandshakeReply(self.node_id, b""))
+        noise2 = self._noise.write_message(self.node_id.encode())
+        seal, open_ = self._noise.split()
+        self._channel = Channel(seal, open_)
+        return wire.encode_frame(HandshakeReply(self.node_id, noise2))
+
+    @property
+    def needs_confirm(self) -> bool:
+        return self._noise is not None
+
+    @property
+    def channel(self) -> Channel:
+        """The channel of a plain connection (after `reply`)."""
+        assert self._channel is not None and self._noise is None
+        return self._channel
+
+    def confirm(self, frame: bytes) -> Channel:
+        """Reads the initiator's Confirm frame: the channel, or AuthError (the initiator did not prove it holds
+        the secret, or saw another transcript)."""
+        assert self._noise is not None and self._channel is not None
+        if len(frame) > wire.HANDSHAKE_FRAME_MAX:
+            raise FrameError("too_large", f"a handshake frame of {len(frame)} bytes")
+        message = self._channel.decode(frame, control=True)
+        if not isinstance(message, Confirm):
+            raise AuthError(f"expected Confirm first, got {type(message).__name__}")
+        if message.handshake_hash != self._noise.handshake_hash:
+            raise AuthError("the initiator's transcript differs from ours")
+        return self._channel

@@ -20,19 +20,36 @@ any node (as any holder of the cluster secret can), so give the cluster its own 
 with other services. A certificate with an extended key usage must allow both serverAuth and clientAuth,
 since each node uses it both ways.
 
-TLS and the cluster secret (`dsm.net.security`) are independent and may be combined: TLS inside, the
-secret's sealed frames within it.
+Node ids in certificates: a node certificate names its node id as a URI subject alternative name,
+`dsm:node:<node id>` (`NODE_ID_URI_PREFIX`; `dsm.net.certs` issues them so). After the TLS handshake the
+connecting side checks that the certificate names the member it dialled (or, dialling a bootstrap address,
+the node that answered the node handshake), and under mutual TLS the accepting side checks that the client
+certificate names the node id the initiator claims (`check_certificate`): a certificate of one node cannot
+be used to pose as another, even by a holder of the cluster CA's other certificates. A certificate that
+names no node id is refused (`CertificateNodeError`, a failure of reason "tls") unless
+`tls_require_node_id` is off (for certificates from a PKI that cannot add the name; then the cluster CA
+model above holds: any certificate of the CA passes). Without `tls_ca_file`, connecting nodes present no
+certificate and only the connecting side checks.
+
+TLS and the cluster secret (`dsm.net.security`) are independent and may be combined: TLS outside, the
+node handshake and its sealed frames within it.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dsm.config import StorageConfig
 from dsm.errors import ConfigError
+from dsm.net.security import CertificateNodeError, WrongNodeError
 
-__all__ = ["TlsContexts", "contexts"]
+__all__ = ["NODE_ID_URI_PREFIX", "TlsContexts", "certificate_node_ids", "check_certificate", "contexts"]
+
+#: A node certificate names its node id as the URI subject alternative name NODE_ID_URI_PREFIX + node id.
+NODE_ID_URI_PREFIX = "dsm:node:"
 
 
 @dataclass(frozen=True)
@@ -90,3 +107,41 @@ def _load_ca(context: ssl.SSLContext, ca_file: str) -> None:
         context.load_verify_locations(cafile=ca_file)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError("tls_ca_file", ca_file, f"a PEM file of CA certificates ({exc})") from exc
+
+
+def node_id_uri(node_id: str) -> str:
+    """The URI subject alternative name that names `node_id` in a node certificate."""
+    return NODE_ID_URI_PREFIX + node_id
+
+
+def certificate_node_ids(certificate: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The node ids a peer certificate names (as `ssl.SSLSocket.getpeercert()` decodes it)."""
+    if not certificate:
+        return ()
+    names = certificate.get("subjectAltName", ())
+    return tuple(
+        value[len(NODE_ID_URI_PREFIX) :]
+        for kind, value in names
+        if kind == "URI" and isinstance(value, str) and value.startswith(NODE_ID_URI_PREFIX)
+    )
+
+
+def check_certificate(certificate: Mapping[str, Any] | None, node_id: str, required: bool = True) -> None:
+    """Checks that a verified peer certificate names `node_id`. Nothing to check without one (no TLS, or a
+    listener that asks connecting nodes for no certificate).
+
+    Raises:
+        WrongNodeError: the certificate names other node ids only.
+        CertificateNodeError: it names none, and `required` (the setting tls_require_node_id).
+    """
+    if not certificate:
+        return
+    named = certificate_node_ids(certificate)
+    if not named:
+        if required:
+            raise CertificateNodeError(
+                f"the peer's certificate names no node id ({NODE_ID_URI_PREFIX}<id>; tls_require_node_id)"
+            )
+        return
+    if node_id not in named:
+        raise WrongNodeError(f"the peer's certificate names {', '.join(map(repr, named))}, not {node_id!r}")

@@ -12,28 +12,40 @@ links (the core only sends regularly to linked members) and stay bounded.
 
 Connections carry frames one way: a node sends on its own outgoing connection and reads on the ones
 others opened to it (after writing its half of the handshake). An incoming connection is handed to
-`on_message(peer_node_id, message)` frame by frame; a malformed, oversized or unauthenticated frame closes
-that connection with a logged, counted reason (`rejected`), and the node goes on serving every other
-connection. A frame of a message type this node does not know is skipped and counted.
+`on_message(peer_node_id, message)` frame by frame, `peer_node_id` being the id the handshake bound (the
+initiator's claim, proven with the cluster secret and, under mutual TLS, named by its certificate); a
+malformed, oversized or unauthenticated frame closes that connection with a logged, counted reason
+(`rejected`), and the node goes on serving every other connection. A frame of a message type this node does
+not know is skipped and counted. Every failed outgoing attempt is reported to `on_connect_failure(addr,
+node_id, reason)`; a responder that refuses a handshake says why first (`dsm.net.security.RefusedError`).
+
+Before a connection is authenticated it costs little and not for long (`PeerLimits`): an accepted
+connection is admitted before anything is read from it, or closed at once (counted in `rejected`) when
+`handshakes_max` connections (`handshakes_per_host_max` from its address) are already in their handshake;
+its TLS handshake (when TLS is on) and its node handshake must both end within `handshake_timeout_s` of the
+accept; its frames may not announce more than `wire.HANDSHAKE_FRAME_MAX` bytes (checked on the length field,
+before the body is read); its reader stops reading from the socket once 2 KiB wait unread. Only an
+authenticated connection reads frames up to `wire.MAX_FRAME`, with a 64 KiB read buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import random
 import ssl
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from dsm.net import security, wire
-from dsm.net.security import AuthError, Channel, Keyring
-from dsm.net.wire import Auth, FrameError, UnknownType
+from dsm.config import StorageConfig
+from dsm.net import security, tls, wire
+from dsm.net.security import Channel, HandshakeError, Keyring
+from dsm.net.wire import FrameError, UnknownType
 
 log = logging.getLogger("dsm.net")
 
@@ -68,23 +80,66 @@ class TransportStats:
     connect_failure_reasons: Counter[str] = field(default_factory=Counter)
 
 
-class _Made:
-    """Whether an accepted connection reached its protocol (its TLS handshake, if any, succeeded)."""
-
-    __slots__ = ("connected",)
-
-    def __init__(self) -> None:
-        self.connected = False
+#: Read buffer of a connection before it is authenticated: the reader stops reading from the socket once
+#: twice this waits unread (a handshake frame is at most HANDSHAKE_FRAME_MAX bytes).
+HANDSHAKE_READ_LIMIT = 1024
+#: Read buffer of an authenticated connection (reading pauses at twice this).
+READ_LIMIT = 1 << 16
 
 
-class _StreamProtocol(asyncio.StreamReaderProtocol):
-    def __init__(self, reader: asyncio.StreamReader, serve: Any, made: _Made) -> None:
-        super().__init__(reader, serve)
-        self._made = made
+@dataclass(frozen=True)
+class PeerLimits:
+    """Bounds on incoming peer connections (config: peer_handshake_timeout_ms, peer_handshakes_max,
+    peer_handshakes_per_host_max, tls_require_node_id)."""
+
+    #: Seconds from accept (or connect) to the end of the handshake, TLS included.
+    handshake_timeout_s: float = 3.0
+    #: Most incoming connections in their handshake at once; more are closed at once.
+    handshakes_max: int = 256
+    #: Most of those from one IP address.
+    handshakes_per_host_max: int = 32
+    #: Most incoming connections open at once, authenticated or not.
+    incoming_max: int = 1024
+    #: Whether a peer's TLS certificate must name a node id (`dsm.net.tls.NODE_ID_URI_PREFIX`).
+    tls_require_node_id: bool = True
+
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> PeerLimits:
+        return cls(
+            handshake_timeout_s=config.peer_handshake_timeout_ms / 1000,
+            handshakes_max=config.peer_handshakes_max,
+            handshakes_per_host_max=config.peer_handshakes_per_host_max,
+            tls_require_node_id=config.tls_require_node_id,
+        )
+
+
+class _Reader(asyncio.StreamReader):
+    def set_limit(self, limit: int) -> None:
+        """Changes the read buffer bound (asyncio reads it at every feed and read)."""
+        self._limit = limit
+
+
+class _Gate(asyncio.Protocol):
+    """The first protocol of every accepted connection: hands it to the transport to admit or close, before
+    a byte is read (the event loop starts reading only after `connection_made`)."""
+
+    def __init__(self, admit: Callable[[asyncio.Transport], None]) -> None:
+        self._admit = admit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._made.connected = True
-        super().connection_made(transport)
+        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods.)
+        self._admit(cast(asyncio.Transport, transport))
+
+
+class _Handshaking:
+    """An incoming connection still in its handshake: its address and deadline (loop time)."""
+
+    __slots__ = ("deadline", "host", "released")
+
+    def __init__(self, host: str, deadline: float) -> None:
+        self.host = host
+        self.deadline = deadline
+        self.released = False
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -95,14 +150,15 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    """One frame's bytes after its length field; the length is checked before the body is read."""
-    length = wire.frame_length(await reader.readexactly(wire.LENGTH.size))
+async def read_frame(reader: asyncio.StreamReader, limit: int = wire.MAX_FRAME) -> bytes:
+    """One frame's bytes after its length field; the length is checked against `limit` before the body is
+    read."""
+    length = wire.frame_length(await reader.readexactly(wire.LENGTH.size), limit)
     return await reader.readexactly(length)
 
 
 class _Outbound:
-    """The queue and writer task for one peer address."""
+    """The queue and writer task for one member at one address (the member "" when it is not known yet)."""
 
     __slots__ = ("addr", "failures", "idle", "node_id", "queue", "task", "wake")
 
@@ -130,12 +186,11 @@ class Transport:
         client_ssl: ssl.SSLContext | None = None,
         queue_max: int = 4096,
         connect_timeout: float = 2.0,
-        handshake_timeout: float = 5.0,
         idle_timeout: float = 60.0,
         max_failures: int = 6,
         backoff_min: float = 0.05,
         backoff_max: float = 5.0,
-        max_incoming: int = 1024,
+        limits: PeerLimits | None = None,
         write_buffer: int = 1 << 20,
         on_connect_failure: OnConnectFailure | None = None,
     ) -> None:
@@ -147,18 +202,21 @@ class Transport:
         self.client_ssl = client_ssl
         self.queue_max = queue_max
         self.connect_timeout = connect_timeout
-        self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.max_failures = max_failures
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        self.max_incoming = max_incoming
+        self.limits = limits if limits is not None else PeerLimits()
         self.write_buffer = write_buffer
         self.on_connect_failure = on_connect_failure
         self.stats = TransportStats()
         self.addr = listen
-        self._out: dict[str, _Outbound] = {}
+        self._out: dict[tuple[str, str], _Outbound] = {}
+        #: Tasks serving incoming connections (and upgrading them to TLS).
         self._incoming: set[asyncio.Task[None]] = set()
+        self._incoming_count = 0
+        self._handshaking = 0
+        self._handshaking_from: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self._closed = False
         self._rng = random.Random()
@@ -170,25 +228,11 @@ class Transport:
         """Listens on `listen` (port 0: any free port; `addr` then holds the real one)."""
         host, port = split_addr(self.listen)
         loop = asyncio.get_running_loop()
-
-        def protocol() -> asyncio.StreamReaderProtocol:
-            # asyncio.start_server's protocol, made here so that a TLS handshake that fails is counted: the
-            # event loop runs the handshake before the protocol hears of the connection, and a connection
-            # that fails it is dropped without a word; the protocol object made at accept time then goes
-            # away without ever being connected.
-            made = _Made()
-            made_protocol = _StreamProtocol(asyncio.StreamReader(limit=1 << 16, loop=loop), self._serve, made)
-            if self.server_ssl is not None:
-                weakref.finalize(made_protocol, self._handshake_gone, made)
-            return made_protocol
-
-        self._server = await loop.create_server(protocol, host, port, ssl=self.server_ssl)
+        # Plain TCP even with TLS: the transport runs the TLS handshake itself (`_start_tls`), so that
+        # connections in it are admitted, bounded and timed like any other unauthenticated connection.
+        self._server = await loop.create_server(lambda: _Gate(self._admit), host, port)
         bound = self._server.sockets[0].getsockname()
         self.addr = f"{host}:{bound[1]}"
-
-    def _handshake_gone(self, made: _Made) -> None:
-        if not made.connected and not self._closed:
-            self.stats.rejected["tls_handshake"] += 1
 
     async def close(self, flush_timeout: float = 1.0) -> None:
         """Stops listening, gives queued messages up to `flush_timeout` seconds to go out, closes all."""
@@ -224,10 +268,13 @@ class Transport:
         if not addr:
             self.stats.dropped["no_address"] += 1  # a member we know only by id (not yet by address)
             return
-        out = self._out.get(addr)
+        # One queue and connection per (member, address): the handshake checks that the connection reached
+        # the member dialled, so messages for one member never leave on a connection to another that took
+        # its address. A bootstrap address ("" : member unknown) has its own, which goes idle once the
+        # members are known by id.
+        out = self._out.get((node_id, addr))
         if out is None:
-            out = self._out[addr] = _Outbound(addr, node_id)
-        out.node_id = node_id or out.node_id
+            out = self._out[(node_id, addr)] = _Outbound(addr, node_id)
         if len(out.queue) >= self.queue_max:
             out.queue.popleft()
             self.stats.dropped["queue_full"] += 1
@@ -235,20 +282,25 @@ class Transport:
         out.wake.set()
         if out.task is None or out.task.done():
             out.failures = 0
-            out.task = asyncio.get_running_loop().create_task(self._writer(out), name=f"dsm-send-{addr}")
+            out.task = asyncio.get_running_loop().create_task(self._writer(out), name=f"dsm-send-{node_id}@{addr}")
 
     def connections(self) -> tuple[int, int]:
         """(outgoing, incoming) connections open now."""
-        return self._connected, len(self._incoming)
+        return self._connected, self._incoming_count
+
+    @property
+    def handshaking(self) -> int:
+        """Incoming connections in their handshake now."""
+        return self._handshaking
 
     def queued(self, addr: str) -> int:
-        out = self._out.get(addr)
-        return len(out.queue) if out is not None else 0
+        """Messages waiting to be sent to `addr` (whichever member they are for)."""
+        return sum(len(out.queue) for out in self._out.values() if out.addr == addr)
 
     async def _writer(self, out: _Outbound) -> None:
         while out.queue and not (self._closed and out.failures):
             try:
-                writer, channel = await self._connect(out.addr)
+                writer, channel = await self._connect(out.addr, out.node_id)
             # ValueError: a bad address, or a FrameError in the handshake.
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 out.failures += 1
@@ -331,50 +383,130 @@ class Transport:
             return None
         return (str(local), 0)
 
-    async def _connect(self, addr: str) -> tuple[asyncio.StreamWriter, Channel]:
+    async def _connect(self, addr: str, dialled: str) -> tuple[asyncio.StreamWriter, Channel]:
         host, port = split_addr(addr)
-        connect = asyncio.open_connection(host, port, ssl=self.client_ssl, limit=1 << 16, local_addr=self._source(host))
+        connect = asyncio.open_connection(
+            host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=self._source(host)
+        )
         reader, writer = await asyncio.wait_for(connect, self.connect_timeout)
         self.stats.connects += 1
         try:
-            ours = security.hello(self.node_id, self.keyring.current_id())
-            writer.write(wire.encode_frame(ours))
-            theirs = security.read_hello(await asyncio.wait_for(read_frame(reader), self.handshake_timeout))
-            channel = security.connect(self.keyring, ours, theirs)
-            if channel.sealed:
-                writer.write(channel.encode(Auth(self.node_id)))
+            required = self.limits.tls_require_node_id
+            certificate = writer.get_extra_info("peercert") if self.client_ssl is not None else None
+            if dialled:  # the certificate must name the member dialled (before we say anything to it)
+                tls.check_certificate(certificate, dialled, required)
+            initiator = security.Initiator(self.keyring, self.node_id, dialled)
+            writer.write(initiator.first_frame())
+            async with asyncio.timeout(self.limits.handshake_timeout_s):
+                frame = await read_frame(reader, wire.HANDSHAKE_FRAME_MAX)
+            channel, confirm = initiator.finish(frame)
+            if not dialled:  # a bootstrap address: the certificate must name whoever answered
+                tls.check_certificate(certificate, initiator.peer_id, required)
+            writer.write(confirm)
             await writer.drain()
         except BaseException:
             writer.close()
             raise
-        # The acceptor's sealed Auth would follow on the reader; this side only writes from here on, so
-        # the proof that matters is ours: the acceptor accepts nothing before our Auth opens.
+        # This side only writes from here on (the responder sends nothing more), so its reader stays at the
+        # small handshake bound: a peer that sent more would only pause our reading of it.
         return writer, channel
 
     # ------------------------------------------------------------------ receiving
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._incoming) >= self.max_incoming:
-            self.stats.rejected["too_many_connections"] += 1
-            writer.close()
+    def _admit(self, raw: asyncio.Transport) -> None:
+        """A connection just accepted, nothing read from it yet: admitted (its handshake starts) or closed."""
+        peer = raw.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) else "?"
+        limits = self.limits
+        if self._closed:
+            raw.abort()
             return
+        if self._handshaking >= limits.handshakes_max or self._handshaking_from[host] >= limits.handshakes_per_host_max:
+            self.stats.rejected["too_many_handshakes"] += 1  # not logged: a flood would flood the log
+            raw.abort()
+            return
+        if self._incoming_count >= limits.incoming_max:
+            self.stats.rejected["too_many_connections"] += 1
+            raw.abort()
+            return
+        loop = asyncio.get_running_loop()
+        slot = _Handshaking(host, loop.time() + limits.handshake_timeout_s)
+        self._handshaking += 1
+        self._handshaking_from[host] += 1
+        self._incoming_count += 1
+        reader = _Reader(HANDSHAKE_READ_LIMIT, loop)
+        protocol = asyncio.StreamReaderProtocol(reader, functools.partial(self._serve, slot), loop)
+        if self.server_ssl is None:
+            raw.set_protocol(protocol)
+            protocol.connection_made(raw)  # reading starts now, into the small reader
+            return
+        raw.pause_reading()  # nothing is read before the TLS protocol takes the connection over
+        task = loop.create_task(self._start_tls(raw, protocol, slot), name="dsm-tls-accept")
         self._incoming.add(task)
-        peer = "?"
+        task.add_done_callback(self._incoming.discard)
+
+    def _release(self, slot: _Handshaking) -> None:
+        """The connection of `slot` left its handshake (done, failed or closed)."""
+        if slot.released:
+            return
+        slot.released = True
+        self._handshaking -= 1
+        self._handshaking_from[slot.host] -= 1
+        if self._handshaking_from[slot.host] <= 0:
+            del self._handshaking_from[slot.host]
+
+    async def _start_tls(
+        self, raw: asyncio.Transport, protocol: asyncio.StreamReaderProtocol, slot: _Handshaking
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.server_ssl is not None
         try:
-            theirs, channel = await asyncio.wait_for(self._accept(reader, writer), self.handshake_timeout)
-            peer = theirs.node_id
-            await self._read_loop(peer, reader, channel)
+            async with asyncio.timeout_at(slot.deadline):
+                secured = await loop.start_tls(
+                    raw,
+                    protocol,
+                    self.server_ssl,
+                    server_side=True,
+                    ssl_handshake_timeout=max(0.01, slot.deadline - loop.time()),
+                )
+        except (ssl.SSLError, OSError, TimeoutError, ValueError, asyncio.CancelledError) as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self.stats.rejected["tls_handshake"] += 1
+                log.debug("TLS handshake from %s failed: %r", slot.host, exc)
+            raw.abort()
+            self._release(slot)
+            self._incoming_count -= 1
+            return
+        if secured is None:  # the connection went away meanwhile
+            self._release(slot)
+            self._incoming_count -= 1
+            return
+        protocol.connection_made(secured)  # starts `_serve` on the TLS stream
+
+    async def _serve(self, slot: _Handshaking, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None and isinstance(reader, _Reader)
+        self._incoming.add(task)
+        responder = security.Responder(self.keyring, self.node_id)
+        try:
+            try:
+                async with asyncio.timeout_at(slot.deadline):
+                    channel = await self._accept(responder, reader, writer)
+            finally:
+                self._release(slot)
+            reader.set_limit(READ_LIMIT)
+            await self._read_loop(responder.peer_id, reader, channel)
         except FrameError as exc:
             self.stats.rejected[exc.reason] += 1
-            log.warning("closing connection from %s (%s): %s", _peername(writer), peer, exc)
+            log.warning("closing connection from %s (%s): %s", _peername(writer), responder.peer_id or "?", exc)
         except ssl.SSLError as exc:  # a bad TLS record after the handshake
             self.stats.rejected["tls"] += 1
             log.warning("closing connection from %s: %s", _peername(writer), exc)
         except TimeoutError:
             self.stats.rejected["handshake_timeout"] += 1
             log.warning("closing connection from %s: no handshake in time", _peername(writer))
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(security.refusal(HandshakeError("handshake_timeout", "no handshake in time")))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the peer went away (mid-frame or between frames)
         except asyncio.CancelledError:
@@ -383,18 +515,27 @@ class Transport:
             pass
         finally:
             self._incoming.discard(task)
+            self._incoming_count -= 1
             writer.close()
             with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[wire.Hello, Channel]:
-        theirs = security.read_hello(await read_frame(reader))
-        ours, channel = security.accept(self.keyring, self.node_id, theirs)
-        writer.write(wire.encode_frame(ours))
+    async def _accept(
+        self, responder: security.Responder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Channel:
+        """The responder's side of the handshake (`dsm.net.security`); a refused one is told why."""
+        try:
+            responder.receive(await read_frame(reader, wire.HANDSHAKE_FRAME_MAX))
+            # Under mutual TLS, the client certificate must name the node the initiator claims to be.
+            tls.check_certificate(writer.get_extra_info("peercert"), responder.peer_id, self.limits.tls_require_node_id)
+        except FrameError as exc:
+            writer.write(security.refusal(exc))
+            raise
+        writer.write(responder.reply())
         await writer.drain()
-        if channel.sealed:
-            security.check_auth(channel.decode(await read_frame(reader)), theirs)
-        return theirs, channel
+        if not responder.needs_confirm:
+            return responder.channel
+        return responder.confirm(await read_frame(reader, wire.HANDSHAKE_FRAME_MAX))
 
     async def _read_loop(self, peer: str, reader: asyncio.StreamReader, channel: Channel) -> None:
         stats = self.stats
@@ -405,8 +546,6 @@ class Transport:
             except UnknownType:
                 stats.unknown_types += 1
                 continue
-            if isinstance(message, (wire.Hello, Auth)):
-                raise AuthError("a handshake frame after the handshake")
             kind = type(message).__name__
             stats.frames_in[kind] += 1
             stats.bytes_in[kind] += len(frame) + wire.LENGTH.size
@@ -418,8 +557,8 @@ class Transport:
 
 def connect_failure_reason(exc: BaseException) -> str:
     """The CONNECT_FAILURES reason of an exception raised while connecting and running the handshake."""
-    if isinstance(exc, AuthError):
-        return "wrong_secret"
+    if isinstance(exc, FrameError):
+        return security.failure_code(exc)
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return "tls"
     if isinstance(exc, TimeoutError):

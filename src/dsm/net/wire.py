@@ -29,10 +29,15 @@ import msgpack
 
 from dsm.core import messages as m
 
-PROTOCOL_VERSION = 1
+#: 2: the Noise handshake of `dsm.net.security` (1 was the handshake of Hello/Auth, retired: a node of
+#: protocol 1 and one of protocol 2 refuse each other's frames, so a cluster upgrades with a full restart).
+PROTOCOL_VERSION = 2
 #: Largest frame accepted or sent (everything after the length field). Anti-entropy answers are capped
 #: at 1 MiB of entries (anti_entropy_max_bytes), membership answers at 1,024 entries; 8 MiB leaves room.
 MAX_FRAME = 8 << 20
+#: Largest frame accepted or sent before a connection is authenticated (the handshake's frames, everything
+#: after the length field). Node ids are at most 128 bytes: the largest handshake frame takes about 330.
+HANDSHAKE_FRAME_MAX = 512
 FLAG_SEALED = 0x01
 _KNOWN_FLAGS = FLAG_SEALED
 
@@ -75,25 +80,52 @@ class MessageType(enum.IntEnum):
     REPLICATED = 28
     READ_REQUEST = 29
     READ_REPLY = 30
-    # Connection control (dsm.net.security), not core messages.
-    HELLO = 64
-    AUTH = 65
+    # Connection control (dsm.net.security), not core messages: 64-71. A frame of one of these types on an
+    # established connection is refused.
+    HELLO_V1 = 64  # protocol 1 only (retired; never reuse)
+    AUTH_V1 = 65  # protocol 1 only (retired; never reuse)
+    HANDSHAKE = 66
+    HANDSHAKE_REPLY = 67
+    CONFIRM = 68
+    REFUSE = 69
 
 
-class Hello(NamedTuple):
-    """First frame each side of a new connection sends (always plain): who it is, which cluster secret it
-    uses (`key_id`, a fingerprint; empty without a secret) and a fresh random nonce for the session keys."""
+#: The message types of connection control (dsm.net.security).
+CONTROL_TYPES = range(64, 72)
 
-    node_id: str
+
+class Handshake(NamedTuple):
+    """The connecting side's first frame (plain): who it is, the member it dialled ("" when it dialled an
+    address whose member it does not know), the key id of its cluster secret (empty without one) and the
+    first Noise message (empty without a secret)."""
+
+    initiator_id: str
+    dialled_id: str
     key_id: bytes
-    nonce: bytes
+    noise: bytes
 
 
-class Auth(NamedTuple):
-    """The connecting side's second frame when a secret is set, sealed with the new session key: it proves
-    the sender holds the secret, before anything else from it is accepted."""
+class HandshakeReply(NamedTuple):
+    """The accepting side's answer (plain): its node id and the second Noise message, whose encrypted
+    payload is that node id again (empty without a secret)."""
 
-    node_id: str
+    responder_id: str
+    noise: bytes
+
+
+class Confirm(NamedTuple):
+    """The connecting side's first sealed frame: the transcript hash both sides computed. Nothing from the
+    connection is accepted before it opens and matches (key confirmation)."""
+
+    handshake_hash: bytes
+
+
+class Refuse(NamedTuple):
+    """The accepting side's last word on a handshake it refuses (plain, unauthenticated): a reason code
+    (`dsm.net.security.REFUSAL_CODES`) and a short explanation, then it closes the connection."""
+
+    code: str
+    detail: str
 
 
 class FrameError(ValueError):
@@ -232,8 +264,10 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.REPLICATED: (m.Replicated, (_int, _str, _bool)),
     MessageType.READ_REQUEST: (m.ReadRequest, (_int, _str, _strs)),
     MessageType.READ_REPLY: (m.ReadReply, (_int, _str, _tuple_of(_entry), _bool)),
-    MessageType.HELLO: (Hello, (_str, _bytes, _bytes)),
-    MessageType.AUTH: (Auth, (_str,)),
+    MessageType.HANDSHAKE: (Handshake, (_str, _str, _bytes, _bytes)),
+    MessageType.HANDSHAKE_REPLY: (HandshakeReply, (_str, _bytes)),
+    MessageType.CONFIRM: (Confirm, (_bytes,)),
+    MessageType.REFUSE: (Refuse, (_str, _str)),
 }
 
 TYPE_OF: dict[type[Any], MessageType] = {cls: type_id for type_id, (cls, _) in SCHEMAS.items()}
@@ -266,11 +300,12 @@ def encode_frame(message: Any) -> bytes:
 # --- decoding ---
 
 
-def frame_length(prefix: bytes) -> int:
-    """The length announced by a frame's first 4 bytes, checked against MAX_FRAME before any read."""
+def frame_length(prefix: bytes, limit: int = MAX_FRAME) -> int:
+    """The length announced by a frame's first 4 bytes, checked against `limit` (MAX_FRAME; before the
+    handshake HANDSHAKE_FRAME_MAX) before any read."""
     length: int = LENGTH.unpack(prefix)[0]
-    if length > MAX_FRAME:
-        raise FrameError("too_large", f"frame of {length} bytes announced (limit {MAX_FRAME})")
+    if length > limit:
+        raise FrameError("too_large", f"frame of {length} bytes announced (limit {limit})")
     if length < HEADER.size:
         raise FrameError("truncated", f"frame of {length} bytes is shorter than its header")
     return length
@@ -286,13 +321,12 @@ def parse_header(frame: bytes) -> tuple[int, int]:
     return flags, type_id
 
 
-def decode_body(type_id: int, body: bytes) -> Any:
+def decode_body(type_id: int, body: bytes | bytearray) -> Any:
     """The message of type `type_id` packed in `body`, every field checked against its schema."""
     try:
-        kind = MessageType(type_id)
-    except ValueError:
+        cls, fields = SCHEMAS[MessageType(type_id)]
+    except (ValueError, KeyError):  # a type this node does not know, or a retired one
         raise UnknownType(type_id) from None
-    cls, fields = SCHEMAS[kind]
     size = len(body)
     try:
         value = msgpack.unpackb(
