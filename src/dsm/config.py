@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsm.core.versions import SIBLINGS_MAX_BYTES, SIBLINGS_META_MAX_BYTES
 from dsm.errors import ConfigError
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -28,6 +29,16 @@ _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 KIB = 1024
 MIB = 1024 * KIB
+#: What a node-to-node message carries besides one key's version set, at most (anti-entropy runs and
+#: sketches, batches of writes capped at 1 MiB, the fields): all of it fitted in the 8 MiB frame of old.
+MESSAGE_OVERHEAD_BYTES = 8 * MIB
+
+
+def message_max_bytes(max_value_bytes: int, max_key_bytes: int) -> int:
+    """The largest node-to-node message (packed body) a node sends or accepts: one key's largest version set
+    (its values, at most `SIBLINGS_MAX_BYTES` or one value; its dots and contexts) plus the rest of a message.
+    Every state a write can leave travels (see `dsm.core.versions` and docs/network.md, Large messages)."""
+    return max(max_value_bytes, SIBLINGS_MAX_BYTES) + SIBLINGS_META_MAX_BYTES + max_key_bytes + MESSAGE_OVERHEAD_BYTES
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -415,7 +426,11 @@ class StorageConfig:
     )
     max_value_bytes: int = field(
         default=1 * MIB,
-        metadata=_doc("Largest value, bytes (0 - 64 MiB). Larger values cost memory in every message."),
+        metadata=_doc(
+            "Largest value, bytes (0 - 64 MiB; the same on every node). Larger values cost memory in every "
+            "message; node-to-node messages reach max(this, 4 MiB) + 9 MiB + max_key_bytes (max_message_bytes), "
+            "and those above 1 MiB travel in chunks."
+        ),
     )
     max_siblings: int = field(
         default=16,
@@ -429,6 +444,14 @@ class StorageConfig:
         metadata=_doc(
             "Largest context token a client may send, bytes (64 B - 16 MiB). A context holds one entry (about "
             "20-30 bytes) per node that coordinated writes of the key; raise it if thousands of nodes do."
+        ),
+    )
+    reassembly_max_bytes: int = field(
+        default=128 * MIB,
+        metadata=_doc(
+            "Most bytes of large node-to-node messages (sent in chunks) being reassembled at once on this node "
+            "(16 MiB - 64 GiB; at least max_message_bytes). A connection whose message does not fit waits, "
+            "unread (backpressure). Larger lets more large values arrive at once; it costs that much memory."
         ),
     )
     max_clock_offset_ms: int = field(
@@ -471,6 +494,11 @@ class StorageConfig:
         _validate(self)
 
     # --- derived values ---
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest node-to-node message sent or accepted, bytes (`message_max_bytes`)."""
+        return message_max_bytes(self.max_value_bytes, self.max_key_bytes)
+
     @property
     def advertised(self) -> str:
         """The address other nodes use to reach this one."""
@@ -750,6 +778,11 @@ def _validate(c: StorageConfig) -> None:
     _int_in(c, "max_value_bytes", 0, 64 * MIB)
     _int_in(c, "max_siblings", 1, 1024)
     _int_in(c, "max_context_bytes", 64, 16 * MIB)
+    _int_in(c, "reassembly_max_bytes", 16 * MIB, 64 * 1024 * MIB)
+    if c.reassembly_max_bytes < c.max_message_bytes:
+        raise ConfigError(
+            "reassembly_max_bytes", c.reassembly_max_bytes, f"at least max_message_bytes ({c.max_message_bytes})"
+        )
     _int_in(c, "max_clock_offset_ms", 1, day_ms)
     _int_in(c, "write_batch_max", 1, 100_000)
     _int_in(c, "write_batch_max_bytes", 64 * KIB, 1024 * MIB)

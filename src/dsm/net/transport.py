@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from dsm.config import StorageConfig
-from dsm.net import security, tls, wire
+from dsm.net import chunks, security, tls, wire
 from dsm.net.security import Channel, HandshakeError, Keyring
 from dsm.net.wire import FrameError, UnknownType
 
@@ -193,6 +193,9 @@ class Transport:
         limits: PeerLimits | None = None,
         write_buffer: int = 1 << 20,
         on_connect_failure: OnConnectFailure | None = None,
+        max_message_bytes: int = chunks.MESSAGE_MAX_BYTES,
+        reassembly_max_bytes: int = chunks.REASSEMBLY_MAX_BYTES,
+        chunk_timeout: float = 30.0,
     ) -> None:
         self.node_id = node_id
         self.listen = listen
@@ -209,6 +212,13 @@ class Transport:
         self.limits = limits if limits is not None else PeerLimits()
         self.write_buffer = write_buffer
         self.on_connect_failure = on_connect_failure
+        #: Largest message (packed body) sent or accepted; one above `chunks.PART_BYTES` travels in chunks.
+        self.max_message_bytes = max_message_bytes
+        #: Bytes of chunked messages in reassembly on this node (room for one whole message at least).
+        self.reassembly = chunks.Budget(max(reassembly_max_bytes, max_message_bytes))
+        #: Longest wait for the next chunk of a message in reassembly, s (a stalled sender holds budget).
+        self.chunk_timeout = chunk_timeout
+        self._message_ids = 0
         self.stats = TransportStats()
         self.addr = listen
         self._out: dict[tuple[str, str], _Outbound] = {}
@@ -346,18 +356,33 @@ class Transport:
             while out.queue:
                 if writer.transport.is_closing():  # the peer reset the connection: reconnect, keep the queue
                     raise ConnectionResetError(f"connection to {out.addr} closed")
-                message = out.queue[0]
-                try:
-                    frame = channel.encode(message)
-                except FrameError:
-                    out.queue.popleft()
-                    stats.dropped["too_large"] += 1
-                    continue
-                out.queue.popleft()
-                writer.write(frame)
+                message = out.queue.popleft()
                 kind = type(message).__name__
+                type_id, body = wire.encode_body(message)
+                if len(body) <= chunks.PART_BYTES:
+                    frame = channel.encode(wire.Encoded(type_id, body))  # packed once, not again
+                    writer.write(frame)
+                    sent = len(frame)
+                elif len(body) > self.max_message_bytes:
+                    stats.dropped["too_large"] += 1
+                    limit = self.max_message_bytes
+                    log.warning("not sending a %s of %d bytes to %s (limit %d)", kind, len(body), out.addr, limit)
+                    continue
+                else:
+                    # Chunks (`dsm.net.chunks`), back to back: only this task writes on the connection, so no
+                    # other frame comes between them, whatever is queued meanwhile.
+                    self._message_ids += 1
+                    sent = 0
+                    for chunk in chunks.split(self._message_ids, type_id, body):
+                        if writer.transport.is_closing():
+                            raise ConnectionResetError(f"connection to {out.addr} closed")
+                        frame = channel.encode(chunk)
+                        writer.write(frame)
+                        sent += len(frame)
+                        if writer.transport.get_write_buffer_size() > self.write_buffer:
+                            await writer.drain()
                 stats.frames_out[kind] += 1
-                stats.bytes_out[kind] += len(frame)
+                stats.bytes_out[kind] += sent
                 if writer.transport.get_write_buffer_size() > self.write_buffer:
                     await writer.drain()  # backpressure: the peer reads slower than we write
             await writer.drain()
@@ -539,20 +564,60 @@ class Transport:
 
     async def _read_loop(self, peer: str, reader: asyncio.StreamReader, channel: Channel) -> None:
         stats = self.stats
-        while True:
-            frame = await read_frame(reader)
-            try:
-                message = channel.decode(frame)
-            except UnknownType:
-                stats.unknown_types += 1
-                continue
-            kind = type(message).__name__
-            stats.frames_in[kind] += 1
-            stats.bytes_in[kind] += len(frame) + wire.LENGTH.size
-            try:
-                self.on_message(peer, message)
-            except Exception:  # a bug above must not take the connection (and the node) down
-                log.exception("handling %s from %s failed", kind, peer)
+        incoming = chunks.Reassembly(self.max_message_bytes)
+        held = 0  # bytes of the node's reassembly budget this connection holds
+        chunked = 0  # wire bytes of the chunked message in reassembly
+        try:
+            while True:
+                if incoming.active:
+                    # The next chunk must come in time: a stalled sender would hold its budget for ever.
+                    try:
+                        async with asyncio.timeout(self.chunk_timeout):
+                            frame = await read_frame(reader)
+                    except TimeoutError:
+                        raise chunks.ChunkError("chunk_timeout", f"no chunk within {self.chunk_timeout:g} s") from None
+                else:
+                    frame = await read_frame(reader)
+                try:
+                    message = channel.decode(frame)
+                except UnknownType:
+                    if incoming.active:
+                        raise chunks.ChunkError("chunk_sequence", "an unknown frame inside a chunked message") from None
+                    stats.unknown_types += 1
+                    continue
+                size = len(frame) + wire.LENGTH.size
+                if isinstance(message, wire.ChunkFirst | wire.ChunkNext):
+                    if isinstance(message, wire.ChunkFirst):
+                        need = incoming.begin(message)
+                        # Backpressure: nothing more is read from this connection until the message fits.
+                        await self.reassembly.acquire(need)
+                        held, chunked = need, 0
+                    chunked += size
+                    done = incoming.add(message)
+                    if done is None:
+                        continue
+                    try:
+                        message = wire.decode_body(*done)
+                    except UnknownType:
+                        stats.unknown_types += 1
+                        continue
+                    finally:
+                        done = None  # the body's buffer goes with its reservation
+                        self.reassembly.release(held)
+                        held = 0
+                    size = chunked
+                elif incoming.active:
+                    raise chunks.ChunkError("chunk_sequence", f"a {type(message).__name__} inside a chunked message")
+                kind = type(message).__name__
+                stats.frames_in[kind] += 1
+                stats.bytes_in[kind] += size
+                try:
+                    self.on_message(peer, message)
+                except Exception:  # a bug above must not take the connection (and the node) down
+                    log.exception("handling %s from %s failed", kind, peer)
+        finally:
+            if held:
+                self.reassembly.release(held)
 
 
 def connect_failure_reason(exc: BaseException) -> str:

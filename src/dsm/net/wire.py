@@ -88,6 +88,9 @@ class MessageType(enum.IntEnum):
     HANDSHAKE_REPLY = 67
     CONFIRM = 68
     REFUSE = 69
+    # Large messages (dsm.net.chunks): a body larger than a chunk travels as a sequence of these frames.
+    CHUNK_FIRST = 72
+    CHUNK_NEXT = 73
 
 
 #: The message types of connection control (dsm.net.security).
@@ -126,6 +129,33 @@ class Refuse(NamedTuple):
 
     code: str
     detail: str
+
+
+class ChunkFirst(NamedTuple):
+    """The first frame of a message sent in chunks (`dsm.net.chunks`): the message's id (increasing on a
+    connection), how many chunks it takes, its own type, its body's length and SHA-256, and the first part."""
+
+    message_id: int
+    chunk_count: int
+    type_id: int
+    total: int
+    sha256: bytes
+    part: bytes
+
+
+class ChunkNext(NamedTuple):
+    """A later chunk of the message `message_id`: its index (1 .. chunk_count - 1, in order) and its part."""
+
+    message_id: int
+    chunk_index: int
+    part: bytes
+
+
+class Encoded(NamedTuple):
+    """A message already packed by `encode_body` (its type and body), framed as is without packing it again."""
+
+    type_id: MessageType
+    body: bytes
 
 
 class FrameError(ValueError):
@@ -268,6 +298,8 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.HANDSHAKE_REPLY: (HandshakeReply, (_str, _bytes)),
     MessageType.CONFIRM: (Confirm, (_bytes,)),
     MessageType.REFUSE: (Refuse, (_str, _str)),
+    MessageType.CHUNK_FIRST: (ChunkFirst, (_int, _int, _int, _int, _bytes, _bytes)),
+    MessageType.CHUNK_NEXT: (ChunkNext, (_int, _int, _bytes)),
 }
 
 TYPE_OF: dict[type[Any], MessageType] = {cls: type_id for type_id, (cls, _) in SCHEMAS.items()}
@@ -277,7 +309,9 @@ TYPE_OF: dict[type[Any], MessageType] = {cls: type_id for type_id, (cls, _) in S
 
 
 def encode_body(message: Any) -> tuple[MessageType, bytes]:
-    """The message's type and its msgpack body (named tuples pack as arrays)."""
+    """The message's type and its msgpack body (named tuples pack as arrays); an `Encoded` one as it is."""
+    if type(message) is Encoded:
+        return message.type_id, message.body
     type_id = TYPE_OF.get(type(message))
     if type_id is None:
         raise TypeError(f"no wire type for {type(message).__name__}")
