@@ -116,19 +116,24 @@ class ConnectionPool:
 
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
-        #: Connections not busy (waiting for headers, or idle), least recently moved first: eviction order.
-        self._waiting: OrderedDict[BoundedRequestHandler, None] = OrderedDict()
+        # Connections not busy, least recently moved first: the order of eviction. Those that have sent
+        # something (idle keep-alives, half-sent requests) go before those that have not sent a byte yet: under
+        # a burst of new connections the node accepts many before it reads any, and a client that connected
+        # a moment ago and whose request is on its way should not be the one closed.
+        self._heard: OrderedDict[BoundedRequestHandler, None] = OrderedDict()
+        self._quiet: OrderedDict[BoundedRequestHandler, None] = OrderedDict()
         self._busy: set[BoundedRequestHandler] = set()
         self.lingering = 0
         self.closed: Counter[str] = Counter()
 
     @property
     def open(self) -> int:
-        return len(self._waiting) + len(self._busy)
+        return len(self._heard) + len(self._quiet) + len(self._busy)
 
     def phases(self) -> dict[str, int]:
         """Open connections by phase (for the metrics)."""
-        counts = Counter(handler.phase.value for handler in self._waiting)
+        counts = Counter(handler.phase.value for handler in self._heard)
+        counts[Phase.HEADERS.value] += len(self._quiet)
         counts[Phase.BUSY.value] = len(self._busy)
         return {phase.value: counts[phase.value] for phase in Phase}
 
@@ -136,27 +141,30 @@ class ConnectionPool:
         """Whether a new connection may be served: below the cap, or once the oldest connection that is not
         busy has been closed to make room; False when every connection is busy."""
         if self.open >= self.limits.max_connections:
-            if not self._waiting:
+            waiting = self._heard or self._quiet
+            if not waiting:
                 self.closed["refused"] += 1
                 return False
-            oldest = next(iter(self._waiting))
+            oldest = next(iter(waiting))
             self.remove(oldest)
             self.closed["evicted"] += 1
             oldest.close_for_bound()
-        self._waiting[handler] = None
+        self._quiet[handler] = None
         return True
 
-    def moved(self, handler: BoundedRequestHandler, phase: Phase) -> None:
+    def moved(self, handler: BoundedRequestHandler, phase: Phase, quiet: bool = False) -> None:
+        """`handler` entered `phase`; `quiet`: it has not sent a byte in it yet."""
+        self.remove(handler)
         if phase is Phase.BUSY:
-            self._waiting.pop(handler, None)
             self._busy.add(handler)
+        elif quiet:
+            self._quiet[handler] = None
         else:
-            self._busy.discard(handler)
-            self._waiting[handler] = None
-            self._waiting.move_to_end(handler)
+            self._heard[handler] = None
 
     def remove(self, handler: BoundedRequestHandler) -> None:
-        self._waiting.pop(handler, None)
+        self._heard.pop(handler, None)
+        self._quiet.pop(handler, None)
         self._busy.discard(handler)
 
 
@@ -170,6 +178,7 @@ class BoundedRequestHandler(web.RequestHandler):
         self._pool = pool
         self.phase = Phase.HEADERS
         self._deadline: asyncio.TimerHandle | None = None
+        self._quiet = True  # no byte received since the connection was made
         self._admitted = False
         self._refused: asyncio.BaseTransport | None = None
 
@@ -181,14 +190,23 @@ class BoundedRequestHandler(web.RequestHandler):
             return
         self._admitted = True
         super().connection_made(transport)
-        self._enter(Phase.HEADERS)
+        self._enter(Phase.HEADERS, quiet=True)
 
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return  # a refused connection: what it sends is dropped until it closes
-        if self.phase is Phase.IDLE and data:
-            self._enter(Phase.HEADERS)
+        if data:
+            if self.phase is Phase.IDLE:
+                self._enter(Phase.HEADERS)
+            elif self._quiet:
+                self._quiet = False
+                self._pool.moved(self, self.phase)  # heard from: its deadline runs on
         super().data_received(data)
+        if self.phase is Phase.HEADERS and getattr(self, "_messages", None):
+            # A request was parsed: it is busy from now, not when its handler starts a few loop turns later
+            # (under a burst of new connections it could be evicted in between). aiohttp's queue of parsed
+            # requests is not public: without it, the middleware's request_started still marks it.
+            self._enter(Phase.BUSY)
 
     def eof_received(self) -> None:
         if self._refused is not None:
@@ -234,10 +252,10 @@ class BoundedRequestHandler(web.RequestHandler):
         self._cancel_deadline()
         self.force_close()
 
-    def _enter(self, phase: Phase) -> None:
+    def _enter(self, phase: Phase, quiet: bool = False) -> None:
         self._cancel_deadline()
-        self.phase = phase
-        self._pool.moved(self, phase)
+        self.phase, self._quiet = phase, quiet
+        self._pool.moved(self, phase, quiet)
         limits = self._pool.limits
         if phase is Phase.HEADERS:
             self._deadline = self._bound_loop.call_later(limits.header_timeout_s, self._expire, "header_timeout")
