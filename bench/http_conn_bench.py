@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import secrets
 import socket
@@ -127,6 +128,20 @@ def normal_client(host: str, port: int, stop: threading.Event, latencies: list[f
         stop.wait(0.1)
 
 
+def close_counts(host: str, port: int) -> dict[str, float]:
+    """The node's dsm_http_connections_closed_total by reason (empty for a node without them)."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            text = b""
+            while chunk := sock.recv(65536):
+                text += chunk
+    except OSError:
+        return {}
+    found = re.findall(rb'dsm_http_connections_closed_total\{reason="(\w+)"\} (\S+)', text)
+    return {reason.decode(): float(value) for reason, value in found}
+
+
 async def half_sent(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     header_s = args.header_timeout_ms / 1000
     hold_s = args.hold if args.hold else header_s + 5
@@ -143,6 +158,7 @@ async def half_sent(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         tasks = [asyncio.create_task(hold_half_sent(node.host, node.port, opened, closed, i)) for i in range(n)]
         await asyncio.sleep(hold_s)
         stop.set()
+        closes = await asyncio.to_thread(close_counts, node.host, node.port)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -168,6 +184,7 @@ async def half_sent(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "normal_ms_p50": 1000 * pct(latencies, 50) if latencies else float("nan"),
         "header_timeout_s": header_s,
         "hold_s": hold_s,
+        "node_closes": closes,
         "log_errors": sum(1 for line in log.splitlines() if " ERROR " in line),
         "log_limits": [
             line.split(": ", 1)[1] for line in log.splitlines() if "open files" in line or "HTTP on" in line
@@ -258,6 +275,7 @@ def main() -> None:
         f"{a['normal_ms_max']:.1f} ms | max < 1000 ms |"
     )
     print(f"| ERROR lines in the node's log | {a['log_errors']} | 0 |")
+    print(f"| the node's closes by reason | {a['node_closes']} | |")
     print(f"\n(b) {b['idle']} idle keep-alive connections, idle timeout {b['idle_timeout_s']:g} s")
     print("| measure | value | target |\n| --- | --- | --- |")
     print(f"| answered, then closed by the node | {b['answered']}, {b['closed_by_node']} | all |")
