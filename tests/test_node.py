@@ -25,7 +25,7 @@ from dsm import (
 from dsm.core.encoding import decode_context, encode_context
 from dsm.core.hlc import pack
 from dsm.core.vclock import VersionVector
-from dsm.node import SIBLINGS_MAX_BYTES
+from dsm.core.versions import SIBLINGS_MAX_BYTES
 from dsm.storage import BackingStore
 
 pytestmark = pytest.mark.parametrize(

@@ -57,7 +57,7 @@ from dsm.core.encoding import (
 from dsm.core.hlc import MAX_TIMESTAMP, HybridLogicalClock, pack, physical_ms
 from dsm.core.messages import DataItem
 from dsm.core.vclock import VersionVector
-from dsm.core.versions import Dot, Resolution, VersionSet, purgeable, write
+from dsm.core.versions import SIBLINGS_MAX_BYTES, Dot, Resolution, VersionSet, purgeable, write
 from dsm.errors import (
     ClockSkewError,
     ClosedError,
@@ -95,10 +95,6 @@ USER_KEYS_START = "\x01"
 #: Bounds of a node's metadata: pairs, and bytes of its JSON.
 METADATA_MAX_PAIRS = 64
 METADATA_MAX_BYTES = 4096
-#: Most value bytes a write leaves on one key in siblings mode (the oldest siblings are superseded beyond
-#: it, as beyond max_siblings): a key's whole version set travels in one message, and frames are at most
-#: 8 MiB (`dsm.net.wire.MAX_FRAME`), so half of that is left to the values.
-SIBLINGS_MAX_BYTES = 4 * 1024 * 1024
 #: Most rows the tombstone sweep looks at per step (each step is one commit of the purgeable ones).
 SWEEP_PAGE = 1000
 #: Longest period of the tombstone sweep (it is also the heartbeat that dates a node's absence), ms.

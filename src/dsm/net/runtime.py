@@ -58,10 +58,11 @@ from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import answer, opening
 from dsm.core.ring import MemberInfo, State
 from dsm.errors import StorageCorruptError
+from dsm.net import chunks
 from dsm.net.looplag import LoopLag
 from dsm.net.security import Keyring
 from dsm.net.tls import contexts
-from dsm.net.transport import Transport
+from dsm.net.transport import PeerLimits, Transport
 from dsm.node import EpidemicStorage
 
 log = logging.getLogger("dsm.net")
@@ -99,6 +100,9 @@ class Runtime:
         client_ssl: ssl.SSLContext | None = None,
         seed: int | None = None,
         new_cluster: bool = False,
+        limits: PeerLimits | None = None,
+        max_message_bytes: int = chunks.MESSAGE_MAX_BYTES,
+        reassembly_max_bytes: int = chunks.REASSEMBLY_MAX_BYTES,
     ) -> None:
         self.storage = storage
         self.settings = settings
@@ -112,6 +116,9 @@ class Runtime:
             server_ssl=server_ssl,
             client_ssl=client_ssl,
             on_connect_failure=self._connect_failed,
+            limits=limits,
+            max_message_bytes=max_message_bytes,
+            reassembly_max_bytes=reassembly_max_bytes,
         )
         self._rng = random.Random(seed)
         self._ids = random.SystemRandom()
@@ -170,6 +177,9 @@ class Runtime:
             server_ssl=tls.peer_server,
             client_ssl=tls.peer_client,
             new_cluster=config.new_cluster,
+            limits=PeerLimits.from_config(config),
+            max_message_bytes=config.max_message_bytes,
+            reassembly_max_bytes=config.reassembly_max_bytes,
         )
 
     def now(self) -> int:
