@@ -141,7 +141,7 @@ def test_every_awkward_key_works_on_put_get_delete_and_list(tmp_path: Path, proc
         assert c.list(limit=1000).keys == []
 
 
-def test_invalid_percent_encoding_is_a_400_not_a_literal_key(tmp_path: Path, procs: list[Proc]) -> None:
+def test_invalid_percent_encoding_and_unknown_parameters_are_a_400(tmp_path: Path, procs: list[Proc]) -> None:
     node = Proc("e3", "127.0.0.1", tmp_path, [])
     procs.append(node)
     status, _, _ = raw(node.http, request("PUT", "/v1/kv/a%25ffb", body=b"percent"))
@@ -154,6 +154,10 @@ def test_invalid_percent_encoding_is_a_400_not_a_literal_key(tmp_path: Path, pro
     for target in ("/v1/kv?prefix=%ff", "/v1/kv?after=%zz", "/v1/watch?prefix=%e9", "/v1/kv/k?consistency=loc%al"):
         status, _, body = raw(node.http, request("GET", target))
         assert status == 400 and as_json(body)["error"]["code"] == "bad_encoding", (target, body)
+    # A parameter the path does not take (a typo would otherwise pass for a request at the default level).
+    for target in ("/v1/kv/k?consistancy=quorum", "/v1/kv?prefx=a", "/v1/watch?after=a"):
+        status, _, body = raw(node.http, request("GET", target))
+        assert status == 400 and as_json(body)["error"]["code"] == "unknown_parameter", (target, body)
     # `a%25ffb` is the key `a%ffb`, the only one written.
     assert Client(node.url).list().keys == ["a%ffb"]
     status, _, body = raw(node.http, request("GET", "/v1/kv/a%25ffb"))

@@ -18,7 +18,8 @@
 Keys: any key the library accepts works, percent-encoded as UTF-8 in the path (`/` may stay literal). The
 key is decoded here from the raw path, strictly: a `%` not followed by two hex digits, or bytes that are not
 UTF-8 once decoded, are a 400 (`bad_encoding`), never kept literally; so `a%25ffb` names the key `a%ffb`
-and `a%ffb` names none. Query parameters are decoded the same way (`+` is a space there).
+and `a%ffb` names none. Query parameters are decoded the same way (`+` is a space there); on the key,
+listing and watch paths a parameter the path does not take is a 400 (`unknown_parameter`).
 
 Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
 `DELETE` that sends it back supersedes what that read returned. Siblings (HTTP 300) come as
@@ -176,16 +177,31 @@ def _tail(request: web.Request) -> str:
     return parts[3] if len(parts) == 4 else ""
 
 
-def _params(request: web.Request) -> dict[str, str]:
-    """The query's parameters, strictly decoded (the first of a repeated name wins)."""
+def _params(request: web.Request, known: frozenset[str]) -> dict[str, str]:
+    """The query's parameters, strictly decoded (the first of a repeated name wins).
+
+    Raises:
+        ApiError: (400 bad_encoding) see `_decode`; (400 unknown_parameter) a name not in `known`: a typo
+            such as `?consistancy=quorum` would otherwise pass for a request at the default level.
+    """
     out: dict[str, str] = {}
     for part in request.rel_url.raw_query_string.split("&"):
         if part:
             raw_name, _, raw_value = part.partition("=")
             name = _decode(raw_name, "a query parameter name", plus_is_space=True)
+            if name not in known:
+                allowed = ", ".join(sorted(known)) or "none"
+                raise ApiError(
+                    400, "unknown_parameter", f"unknown query parameter {name!r}; this path takes: {allowed}"
+                )
             if name not in out:
                 out[name] = _decode(raw_value, f"query parameter {name!r}", plus_is_space=True)
     return out
+
+
+_KEY_PARAMS = frozenset({"consistency"})
+_LIST_PARAMS = frozenset({"prefix", "after", "limit"})
+_WATCH_PARAMS = frozenset({"prefix", "limit"})
 
 
 async def _expect(request: web.Request) -> web.StreamResponse | None:
@@ -295,7 +311,7 @@ def create_app(
             return None
         if query == "consistency=local":
             return "local"  # the common request, without parsing a query
-        name = _params(request).get("consistency")
+        name = _params(request, _KEY_PARAMS).get("consistency")
         if name is None:
             return None
         if name not in LEVELS:
@@ -356,7 +372,7 @@ def create_app(
         return limit
 
     async def listing(request: web.Request) -> web.Response:
-        params = _params(request)
+        params = _params(request, _LIST_PARAMS)
         limit = limit_of(params, 100, LIST_MAX)
         keys, more = await storage.list_keys(params.get("prefix", ""), params.get("after", ""), limit)
         return web.json_response({"keys": keys, "next": keys[-1] if more and keys else None})
@@ -364,7 +380,7 @@ def create_app(
     watches: set[Watch] = set()
 
     async def watch(request: web.Request) -> web.StreamResponse:
-        params = _params(request)
+        params = _params(request, _WATCH_PARAMS)
         limit = limit_of(params, WATCH_QUEUE, WATCH_QUEUE)
         changes = storage.watch(params.get("prefix", ""), limit)
         watches.add(changes)
