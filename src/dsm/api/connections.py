@@ -14,16 +14,19 @@ is in one of three phases, each with its own deadline:
     IDLE     a kept-alive connection between requests: closed `http_idle_timeout_ms` after its last response
 
 `BoundedRequestHandler` (aiohttp's per-connection protocol, subclassed) keeps the phase and one timer: it
-enters HEADERS at `connection_made` and on the first byte after IDLE, BUSY when the app's middleware
-calls `request_started` (the headers are parsed then), IDLE when `finish_response` has written a response.
-`BoundedSite` listens with a factory of these handlers in place of aiohttp's `TCPSite`.
+enters HEADERS at `connection_made` and on the first byte after IDLE, BUSY as soon as aiohttp's parser has
+queued a request (read after `data_received`; that queue is not public, so the app's middleware also calls
+`request_started` as the handler begins, which alone suffices), IDLE when `finish_response` has written a
+response. `BoundedSite` listens with a factory of these handlers in place of aiohttp's `TCPSite`.
 
 The cap (`http_max_connections`, held to half the process's open-files limit so that HTTP alone cannot
 take every descriptor) counts open connections. A connection that arrives at the cap closes the oldest
-connection that is *not* busy (one still waiting for its headers or idle), as nginx reuses its idle
-connections: half-sent requests and idle keep-alives then cannot lock clients out, while requests in
-progress are never cut. Only when every connection is busy is the new one answered `503` with
-`Retry-After` and closed. Every close for a bound is counted (`ConnectionPool.closed`, exported as
+connection that is *not* busy, as nginx reuses its idle connections: first those that have sent something
+(idle keep-alives, half-sent requests), then those that have not sent a byte yet (under a burst the node
+accepts many connections before it reads any, and a client whose request is on its way should not pay
+for it). Half-sent requests and idle keep-alives then cannot lock clients out, and requests in progress
+are never cut. Only when every connection is busy is the new one answered `503` with `Retry-After` and
+closed. Every close for a bound is counted (`ConnectionPool.closed`, exported as
 `dsm_http_connections_closed_total{reason}`).
 """
 
