@@ -325,7 +325,7 @@ class StorageConfig:
         ),
     )
     peer_handshakes_max: int = field(
-        default=256,
+        default=128,
         metadata=_doc(
             "Most incoming node connections in their handshake at once (1-65536); more are closed at once. "
             "Bounds what unauthenticated connections may hold (a few KiB each)."

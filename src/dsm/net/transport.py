@@ -95,7 +95,7 @@ class PeerLimits:
     #: Seconds from accept (or connect) to the end of the handshake, TLS included.
     handshake_timeout_s: float = 3.0
     #: Most incoming connections in their handshake at once; more are closed at once.
-    handshakes_max: int = 256
+    handshakes_max: int = 128
     #: Most of those from one IP address.
     handshakes_per_host_max: int = 32
     #: Most incoming connections open at once, authenticated or not.
@@ -529,7 +529,9 @@ class Transport:
             log.warning("closing connection from %s: %s", _peername(writer), exc)
         except TimeoutError:
             self.stats.rejected["handshake_timeout"] += 1
-            log.warning("closing connection from %s: no handshake in time", _peername(writer))
+            # INFO, not WARNING: a member does not stall its handshake; scanners and floods do, and they would
+            # flood the log (every timeout is counted).
+            log.info("closing connection from %s: no handshake in time", _peername(writer))
             with contextlib.suppress(OSError, RuntimeError):
                 writer.write(security.refusal(HandshakeError("handshake_timeout", "no handshake in time")))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
