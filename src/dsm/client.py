@@ -11,8 +11,11 @@
     client.remove_member("n7")                        # an operator removes a member for good
     async for change in async_client.watch("user/"): ...   # AsyncClient: committed changes, as they come
 
-A failed request raises `ClientError` (status, code and message from the node's JSON error); a node that
-cannot be reached raises `UnreachableError`, and `TLSError` (one of those) when the TLS handshake fails.
+Any key the node accepts works: it is sent percent-encoded as UTF-8 (every byte but letters, digits and
+`-._~`, a `/` included), and a key that is not a non-empty str raises `InvalidKeyError` before anything
+is sent. A failed request raises `ClientError` (status, code and message from the node's JSON error); a
+node that cannot be reached raises `UnreachableError`, and `TLSError` (one of those) when the TLS
+handshake fails.
 `consistency=` is passed through as `?consistency=` (default: the node's for its region); a level the node
 could not meet in time raises `ConsistencyUnmetError` (a `ClientError` with `level`, `acknowledged` and
 `required`): a write is then durable where it landed and keeps spreading, and retrying it is safe.
