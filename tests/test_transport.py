@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from dsm import ConfigError, StorageConfig
 from dsm.core.messages import Ack, DataItem, Ping, Push
 from dsm.net import security, wire
 from dsm.net.security import Keyring
@@ -323,3 +324,22 @@ def test_admission_and_the_handshake_under_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run())
+
+
+def test_peer_limits_come_from_the_configuration() -> None:
+    config = StorageConfig.load(
+        env={
+            "DSM_PEER_HANDSHAKE_TIMEOUT_MS": "2500",
+            "DSM_PEER_HANDSHAKES_MAX": "64",
+            "DSM_PEER_HANDSHAKES_PER_HOST_MAX": "8",
+            "DSM_TLS_REQUIRE_NODE_ID": "false",
+        }
+    )
+    limits = PeerLimits.from_config(config)
+    assert (limits.handshake_timeout_s, limits.handshakes_max, limits.handshakes_per_host_max) == (2.5, 64, 8)
+    assert not limits.tls_require_node_id
+    assert PeerLimits.from_config(StorageConfig()) == PeerLimits()  # the defaults agree
+    for field, value in (("peer_handshake_timeout_ms", 50), ("peer_handshakes_max", 0), ("tls_require_node_id", 1)):
+        with pytest.raises(ConfigError) as caught:
+            StorageConfig(**{field: value})  # type: ignore[arg-type]
+        assert caught.value.field == field
