@@ -1,8 +1,8 @@
 """The HTTP server's bounds on real `dsm node run` processes and raw sockets (functional, not timed: the
 figures are in bench/http_conn_bench.py): a half-sent request is closed while normal requests are served,
-an idle keep-alive connection is closed, a slow body gets a 408, the connection cap makes room by closing
-the oldest connection that is not busy and answers 503 + Retry-After when all are busy, and the node raises
-its open-files limit at start."""
+an idle keep-alive connection is closed, a slow body gets a 408, a client that does not read its answer
+is let go, the connection cap makes room by closing the oldest connection that is not busy and answers
+503 + Retry-After when all are busy, and the node raises its open-files limit at start."""
 
 from __future__ import annotations
 
@@ -102,6 +102,25 @@ def test_a_body_slower_than_its_timeout_gets_a_408(tmp_path: Path, procs: list[P
     assert b'"code": "body_timeout"' in answer and b"Connection: close" in answer
     assert node.client.get("slow") is None  # nothing written
     assert closes(node, "body_timeout") == 1
+
+
+def test_a_client_that_does_not_read_its_answer_is_let_go(tmp_path: Path, procs: list[Proc]) -> None:
+    size = 24 * 1024 * 1024  # more than the sockets' buffers hold
+    node = Proc("b6", "127.0.0.1", tmp_path, [], env={**FAST, "DSM_MAX_VALUE_BYTES": str(size)})
+    procs.append(node)
+    with Client(node.url, timeout=60) as c:
+        c.put("big", b"x" * size)
+    host, port = node.http.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(WAIT_S)
+    sock.connect((host, int(port)))
+    sock.sendall(b"GET /v1/kv/big HTTP/1.1\r\nHost: n\r\n\r\n")
+    time.sleep(2)  # reads nothing, well past the node's 0.3 s
+    received = len(closed_by_node(sock))
+    assert received < size, received  # the node gave up sending and closed
+    assert closes(node, "send_timeout") == 1
+    assert node.stop() == 0 and "Traceback" not in node.stderr, node.stderr
 
 
 @pytest.fixture

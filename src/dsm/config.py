@@ -269,8 +269,9 @@ class StorageConfig:
     http_body_timeout_ms: int = field(
         default=60000,
         metadata=_doc(
-            "Most time a PUT's body may take to arrive once its headers have, ms (100-3600000); then it is "
-            "answered 408 and the connection closed. Must cover max_value_bytes at the slowest client's rate."
+            "Most time a PUT's body may take to arrive once its headers have (else 408), and a client may take "
+            "to read an answer or a watch line (else the connection is closed), ms (100-3600000). Must cover "
+            "max_value_bytes at the slowest client's rate."
         ),
     )
     http_idle_timeout_ms: int = field(

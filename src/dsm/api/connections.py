@@ -9,8 +9,9 @@ is in one of three phases, each with its own deadline:
     HEADERS  a new connection, or a kept-alive one that started sending its next request: closed if the
              request's headers are not complete `http_header_timeout_ms` after it entered the phase
              (trickling bytes does not extend it)
-    BUSY     a request is being handled (its body read, its response written, a watch streaming): no
-             deadline here; the PUT handler bounds its body read by `http_body_timeout_ms`
+    BUSY     a request is being handled (its body read, its response written, a watch streaming): the
+             PUT handler bounds its body read by `http_body_timeout_ms`, and the same bound applies to
+             the client taking a response (and each write of a watch stream)
     IDLE     a kept-alive connection between requests: closed `http_idle_timeout_ms` after its last response
 
 `BoundedRequestHandler` (aiohttp's per-connection protocol, subclassed) keeps the phase and one timer: it
@@ -60,7 +61,7 @@ REFUSED_LINGER_MAX = 64
 #: How long aiohttp keeps reading (and dropping) the unread rest of a request body after the response.
 LINGER_S = 1.0
 #: Reasons a connection is closed by a bound (the label of dsm_http_connections_closed_total).
-CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "evicted", "refused")
+CLOSE_REASONS = ("header_timeout", "body_timeout", "send_timeout", "idle_timeout", "evicted", "refused")
 
 
 class Phase(enum.Enum):
@@ -232,7 +233,19 @@ class BoundedRequestHandler(web.RequestHandler):
 
     async def finish_response(self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None) -> Any:
         try:
-            return await super().finish_response(request, resp, start_time)
+            # A client that does not read its answer would hold a busy connection, and the answer's bytes,
+            # for as long as it likes.
+            async with asyncio.timeout(self._pool.limits.body_timeout_s):
+                result = await super().finish_response(request, resp, start_time)
+                if self.transport is not None:
+                    # aiohttp hands a whole body to the transport and is done: wait until the client has taken
+                    # it (all but the transport's low-water mark), so that the bound covers the client's reading.
+                    await request.writer.drain()
+                return result
+        except TimeoutError:
+            self._pool.closed["send_timeout"] += 1
+            self.close_for_bound()
+            return resp, True  # (the response, whether the connection is gone), as aiohttp's own
         finally:
             if self._admitted and self.transport is not None:
                 self._enter(Phase.IDLE)
@@ -253,6 +266,9 @@ class BoundedRequestHandler(web.RequestHandler):
     def close_for_bound(self) -> None:
         """Closes the connection at once (a deadline passed, or the cap evicted it)."""
         self._cancel_deadline()
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            transport.abort()  # a plain close would first wait for the client to take what is unsent
         self.force_close()
 
     def _enter(self, phase: Phase, quiet: bool = False) -> None:
@@ -269,7 +285,7 @@ class BoundedRequestHandler(web.RequestHandler):
         self._deadline = None
         self._pool.closed[reason] += 1
         self._pool.remove(self)
-        self.force_close()
+        self.close_for_bound()
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:

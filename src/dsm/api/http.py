@@ -385,6 +385,11 @@ def create_app(
         changes = storage.watch(params.get("prefix", ""), limit)
         watches.add(changes)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+
+        async def send(data: bytes) -> None:
+            async with asyncio.timeout(body_timeout_s):  # a client that stops reading holds no connection
+                await response.write(data)
+
         try:
             await response.prepare(request)  # the headers tell the client its watch is in place
             try:
@@ -396,7 +401,7 @@ def create_app(
                         # An empty line now and then: a client whose machine vanished (no FIN ever comes) is
                         # noticed by a failing write even when nothing changes, and a client can tell a quiet
                         # node from a dead one.
-                        await response.write(b"\n")
+                        await send(b"\n")
                         continue
                     except StopAsyncIteration:
                         break
@@ -407,12 +412,16 @@ def create_app(
                         "deleted": change.deleted,
                         "local": change.local,
                     }
-                    await response.write(json.dumps(line).encode() + b"\n")
+                    await send(json.dumps(line).encode() + b"\n")
             except WatchOverflowError as exc:
                 end = {"error": {"code": "watch_overflow", "message": str(exc)}}
-                await response.write(json.dumps(end).encode() + b"\n")
+                await send(json.dumps(end).encode() + b"\n")
         except (ConnectionError, RuntimeError):  # the client went away: the watch ends with it
             pass
+        except TimeoutError:  # the client stopped reading: the stream ends, its connection is closed
+            pool.closed["send_timeout"] += 1
+            if request.transport is not None:
+                request.transport.close()
         finally:
             changes.close()
             watches.discard(changes)
@@ -592,7 +601,8 @@ class _NodeCollector(Collector):
         yield http_open
         http_closed = CounterMetricFamily(
             "dsm_http_connections_closed",
-            "HTTP connections closed by a bound: header_timeout, body_timeout, idle_timeout, evicted (the oldest "
+            "HTTP connections closed by a bound: header_timeout, body_timeout, send_timeout (a client not "
+            "reading its answer), idle_timeout, evicted (the oldest "
             "idle or half-sent one, for a new connection at http_max_connections), refused (503, all busy)",
             labels=["reason"],
         )
