@@ -130,13 +130,12 @@ def _read_frame(sock: socket.socket) -> bytes:
 
 
 def _handshake(sock: socket.socket) -> security.Channel:
-    """Connects as a node holding the cluster secret would: Hello, the node's Hello, a sealed Auth."""
+    """Connects as a node holding the cluster secret would: Handshake, the node's reply, a sealed Confirm."""
     sock.settimeout(10)
-    ours = security.hello("intruder", security.key_id(SECRET.encode()))
-    sock.sendall(wire.encode_frame(ours))
-    theirs = security.read_hello(_read_frame(sock))
-    channel = security.connect(Keyring(SECRET), ours, theirs)
-    sock.sendall(channel.encode(wire.Auth("intruder")))
+    initiator = security.Initiator(Keyring(SECRET), "intruder", "")
+    sock.sendall(initiator.first_frame())
+    channel, confirm = initiator.finish(_read_frame(sock))
+    sock.sendall(confirm)
     return channel
 
 
@@ -154,8 +153,8 @@ def test_malformed_frames_close_their_connection_and_the_node_goes_on(procs: lis
     before = rejected(n1)
     host, port = split_addr(n1.listen)
     rng = random.Random(20240605)
-    hello = security.hello("intruder", security.key_id(SECRET.encode()))
-    hello_body = wire.encode_frame(hello)[wire.PREFIX :]
+    key = security.key_id(SECRET.encode())
+    hello_body = security.Initiator(Keyring(SECRET), "intruder", "").first_frame()[wire.PREFIX :]
 
     # What each connection sends, and the rejection reason it must be counted under (None: any reason; the
     # node reads random bytes as whatever frame their first bytes announce).
@@ -165,13 +164,25 @@ def test_malformed_frames_close_their_connection_and_the_node_goes_on(procs: lis
         ("a length over MAX_FRAME, nothing after it", wire.LENGTH.pack(wire.MAX_FRAME + 1), "too_large"),
         ("the largest length field", wire.LENGTH.pack(0xFFFFFFFF) + rng.randbytes(64), "too_large"),
         ("a length shorter than the header", wire.LENGTH.pack(2) + b"\x01\x00", "truncated"),
-        ("a frame of another protocol version", _frame(wire.MessageType.HELLO, hello_body, version=99), "bad_version"),
-        ("a frame with unknown flags", _frame(wire.MessageType.HELLO, hello_body, flags=0x80), "bad_flags"),
-        ("a Hello whose body is not msgpack", _frame(wire.MessageType.HELLO, b"\xc1\xc1\xc1"), "bad_body"),
-        ("a Hello of the wrong arity", _frame(wire.MessageType.HELLO, b"\x92\xa1x\xc4\x00"), "bad_body"),
-        ("a Hello with fields of the wrong types", _frame(wire.MessageType.HELLO, b"\x93\x01\x02\x03"), "bad_field"),
-        ("a Hello with a short nonce", wire.encode_frame(wire.Hello("intruder", hello.key_id, b"n")), "handshake"),
-        ("a first frame that is not a Hello", wire.encode_frame(m.Unlink("intruder")), "handshake"),
+        (
+            "a frame of another protocol version",
+            _frame(wire.MessageType.HANDSHAKE, hello_body, version=99),
+            "bad_version",
+        ),
+        ("a frame with unknown flags", _frame(wire.MessageType.HANDSHAKE, hello_body, flags=0x80), "bad_flags"),
+        ("a Handshake whose body is not msgpack", _frame(wire.MessageType.HANDSHAKE, b"\xc1\xc1\xc1"), "bad_body"),
+        ("a Handshake of the wrong arity", _frame(wire.MessageType.HANDSHAKE, b"\x92\xa1x\xc4\x00"), "bad_body"),
+        (
+            "a Handshake with fields of the wrong types",
+            _frame(wire.MessageType.HANDSHAKE, b"\x94\x01\x02\x03\x04"),
+            "bad_field",
+        ),
+        (
+            "a Handshake with a short Noise message",
+            wire.encode_frame(wire.Handshake("intruder", "", key, b"n")),
+            "auth",
+        ),
+        ("a first frame that is not a Handshake", wire.encode_frame(m.Unlink("intruder")), "handshake"),
     ]
     for what, payload, _reason in attacks:
         with socket.create_connection((host, port), timeout=10) as sock:
