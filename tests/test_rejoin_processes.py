@@ -6,6 +6,7 @@ ready, refuses levels above `local` and says why; a store written by another nod
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -70,6 +71,8 @@ def test_a_member_restarted_without_bootstrap_rejoins_and_counts_levels_on_the_r
     eventually(lambda: alive_ids(r3) == {"r1", "r2", "r3"})
     eventually(lambda: alive_ids(r1) == alive_ids(r2) == {"r1", "r2", "r3"})
     assert ready_status(r3)[0] == 200
+    with urllib.request.urlopen(r3.url + "/metrics", timeout=10) as response:
+        assert "dsm_joined 1.0" in response.read().decode()
 
     # Writes flow both ways.
     r3.client.put("from-r3", b"after the restart")
@@ -132,6 +135,10 @@ def test_a_node_whose_bootstrap_answers_nothing_is_not_ready_and_says_why(procs:
         with pytest.raises(ConsistencyUnmetError):
             lonely.client.get("k", consistency=level)
     time.sleep(1.0)
+    with urllib.request.urlopen(lonely.url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert "dsm_joined 0.0" in metrics
+    assert re.search(r'^dsm_peer_connect_failures_total\{reason="refused"\} [1-9]', metrics, re.MULTILINE), metrics
     lonely.stop()
     assert "WARNING" in lonely.stderr and nowhere in lonely.stderr and "refused" in lonely.stderr, lonely.stderr
 

@@ -633,12 +633,21 @@ class _NodeCollector(Collector):
             ("dsm_bytes_received", "Bytes received, by message type", stats.bytes_in),
             ("dsm_messages_dropped", "Messages not sent, by reason", stats.dropped),
             ("dsm_connections_rejected", "Incoming connections closed for bad input, by reason", stats.rejected),
+            (
+                "dsm_peer_connect_failures",
+                "Outgoing node connections that failed, by reason",
+                stats.connect_failure_reasons,
+            ),
         ):
             family = CounterMetricFamily(name, doc, labels=["type" if "reason" not in doc else "reason"])
             for label, value in sorted(counter.items()):
                 family.add_metric([label], value)
             yield family
         peer = runtime.peer
+        yield GaugeMetricFamily(
+            "dsm_joined", "1 once this node has joined its cluster (levels above local need it), else 0",
+            value=1 if runtime.ready else 0,
+        )  # fmt: skip
         states = GaugeMetricFamily("dsm_members", "Members by state, as this node sees them", labels=["state"])
         for state in (State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT):
             states.add_metric([state.name.lower()], peer.table.counts[int(state)])
