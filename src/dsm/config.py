@@ -23,8 +23,8 @@ from typing import Any
 
 from dsm.core.versions import SIBLINGS_MAX_BYTES, SIBLINGS_META_MAX_BYTES
 from dsm.errors import ConfigError
+from dsm.types import NODE_ID_RULE, is_node_id
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 KIB = 1024
@@ -673,12 +673,8 @@ def _tls(c: StorageConfig) -> None:
 
 def _validate(c: StorageConfig) -> None:
     node_id = _str(c, "node_id")
-    if node_id and not _NODE_ID.match(node_id):
-        raise ConfigError(
-            "node_id",
-            node_id,
-            "1-128 characters of A-Z a-z 0-9 . _ : @ -, not starting with one of . _ : @ -",
-        )
+    if node_id and not is_node_id(node_id):
+        raise ConfigError("node_id", node_id, NODE_ID_RULE)
     if not _REGION.match(_str(c, "region")):
         raise ConfigError("region", c.region, "1-64 characters of A-Z a-z 0-9 . _ -")
     day_ms = 86_400_000

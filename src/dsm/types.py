@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dsm.core.encoding import encode_context
 from dsm.core.hlc import physical_ms
 from dsm.core.versions import VersionSet
+
+#: What a node id is, in the config (`node_id`) and on the wire (every id a peer names, checked before
+#: anything else reads it): 1-128 characters of A-Z a-z 0-9 . _ : @ -, the first a letter or digit. Nothing in
+#: it can break a log line or need quoting in a URL path segment but ':' and '@'.
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+#: NODE_ID_PATTERN in words (for error messages).
+NODE_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : @ -, not starting with one of . _ : @ -"
+
+
+def is_node_id(value: object) -> bool:
+    """Whether `value` is a valid node id (NODE_ID_PATTERN, the whole string: no trailing newline)."""
+    return isinstance(value, str) and NODE_ID_PATTERN.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
