@@ -42,10 +42,17 @@ def test_a_cluster_of_processes_replicates_survives_kill_9_and_leaves(procs: lis
     assert took <= 2.0, f"caught up after {took:.2f} s (2 anti-entropy intervals: 2 s)"
     assert holds(restarted, "greeting", b"hello")
 
-    # A graceful stop is a leave, seen by the others.
-    leaver = procs.pop(2)
+    # A graceful stop is not a leave: the others see the member fail (it still counts for levels).
+    stopped = procs.pop(2)
+    assert stopped.stop(signal.SIGTERM) == 0
+    eventually(lambda: all({m["id"]: m["state"] for m in p.client.members()}["p2"] == "dead" for p in procs))
+    # With leave_on_terminate it is a leave for good, seen by the others.
+    others = list(procs)
+    leaver = Proc("p9", "127.0.0.9", tmp_path, [first.listen], env={"DSM_LEAVE_ON_TERMINATE": "true"})
+    procs.append(leaver)
+    eventually(lambda: all("p9" in {m["id"] for m in p.client.members()} for p in others))
     assert leaver.stop(signal.SIGTERM) == 0
-    eventually(lambda: all({m["id"]: m["state"] for m in p.client.members()}["p2"] == "left" for p in procs))
+    eventually(lambda: all({m["id"]: m["state"] for m in p.client.members()}["p9"] == "left" for p in others))
 
 
 def test_the_command_line_client(procs: list[Proc], tmp_path: Path) -> None:

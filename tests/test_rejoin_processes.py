@@ -40,6 +40,10 @@ def live_status(p: Proc) -> int:
         return int(response.status)
 
 
+def port_of(p: Proc) -> int:
+    return int(p.listen.rpartition(":")[2])
+
+
 def closed_port() -> str:
     """A loopback address nothing listens on."""
     with socket.socket() as s:
@@ -171,3 +175,38 @@ def test_a_store_written_by_another_node_id_is_refused_unless_adopted(procs: lis
     adopted = Proc("second", "127.0.0.1", tmp_path, [], extra=["--data-dir", str(tmp_path / "first"), "--adopt-store"])
     procs.append(adopted)
     assert holds(adopted, "k", b"first's")
+
+
+def test_stopping_two_of_three_with_sigterm_does_not_let_the_third_meet_all_alone(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    # A graceful stop is not a leave: the stopped members still count, so `all` and `quorum` on the one left
+    # fail, and once they are back a quorum read finds every acknowledged write.
+    s1 = Proc("s1", "127.0.0.1", tmp_path, [])
+    procs.append(s1)
+    s2 = Proc("s2", "127.0.0.2", tmp_path, [s1.listen])
+    procs.append(s2)
+    s3 = Proc("s3", "127.0.0.3", tmp_path, [s1.listen])
+    procs.append(s3)
+    eventually(lambda: alive_ids(s1) == alive_ids(s2) == alive_ids(s3) == {"s1", "s2", "s3"})
+    s3.stop(signal.SIGTERM)
+    s2.stop(signal.SIGTERM)
+    for level, required in (("all", 3), ("quorum", 2)):
+        with pytest.raises(ConsistencyUnmetError) as unmet:
+            s1.client.put("acked", b"by one", consistency=level)
+        assert unmet.value.required == required and unmet.value.acknowledged == 1
+    s1.client.put("acked", b"locally")  # local still works
+    s1.stop(signal.SIGTERM)
+
+    # Back on their addresses, without bootstrap: they find each other through their saved tables.
+    s2 = Proc("s2", "127.0.0.2", tmp_path, [], port=port_of(s2), until="any")
+    procs.append(s2)
+    s3 = Proc("s3", "127.0.0.3", tmp_path, [], port=port_of(s3), until="any")
+    procs.append(s3)
+    s2.wait_ready()
+    s3.wait_ready()
+    with pytest.raises(ConsistencyUnmetError):  # s1 is away and still counts: 2 of 3 answer, `all` needs 3
+        s3.client.put("k", b"v", consistency="all")
+    s3.client.put("k", b"v", consistency="quorum")
+    got = s2.client.get("k", consistency="quorum")
+    assert got is not None and got.value == b"v"

@@ -55,9 +55,9 @@ class Cluster:
         self.nodes[node_id] = (runtime, storage)
         return runtime
 
-    async def stop(self, node_id: str) -> None:
+    async def stop(self, node_id: str, leave: bool = False) -> None:
         runtime, storage = self.nodes.pop(node_id)
-        await runtime.close()
+        await runtime.close(leave=leave)
         await storage.close()
 
 
@@ -98,7 +98,7 @@ async def test_nodes_join_replicate_a_write_within_a_second_and_leave(cluster: C
 
     took = await eventually(everywhere, timeout=5)
     assert took < 1.0, f"the write took {took:.2f} s to reach every node"
-    await cluster.stop("n2")
+    await cluster.stop("n2", leave=True)
 
     async def left() -> bool:
         return all(r.peer is not None and r.peer.member_state("n2") == State.LEFT for r, _ in cluster.nodes.values())

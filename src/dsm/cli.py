@@ -194,6 +194,11 @@ def node() -> None:
     help="Start a new cluster, forgetting the members the store saved (new_cluster; disaster recovery).",
 )
 @click.option("--adopt-store", is_flag=True, help="Take over a store another node id wrote (adopt_store).")
+@click.option(
+    "--leave-on-terminate",
+    is_flag=True,
+    help="Leave the cluster for good on SIGTERM (leave_on_terminate); default: stop as a member that returns.",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def node_run(
     toml_path: str | None,
@@ -212,6 +217,7 @@ def node_run(
     discard_stale_data: bool,
     new_cluster: bool,
     adopt_store: bool,
+    leave_on_terminate: bool,
     log_level: str,
 ) -> None:
     """Runs one node until SIGTERM or Ctrl-C (settings: flags > DSM_* environment > TOML file > defaults)."""
@@ -235,6 +241,7 @@ def node_run(
             tags=_tags(tags),
             new_cluster=True if new_cluster else None,
             adopt_store=True if adopt_store else None,
+            leave_on_terminate=True if leave_on_terminate else None,
         )
         if not config.node_id:
             raise click.ClickException("a node id is needed: --node-id, DSM_NODE_ID or node_id in the TOML file")

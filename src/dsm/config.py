@@ -230,6 +230,14 @@ class StorageConfig:
             "etcd's --force-new-cluster): the saved members are forgotten. Refused with bootstrap addresses."
         ),
     )
+    leave_on_terminate: bool = field(
+        default=False,
+        metadata=_doc(
+            "Whether SIGTERM makes `dsm node run` leave the cluster for good (the others stop counting it for "
+            "consistency levels) rather than stop as a member that will return. Off: a rolling restart never "
+            "shrinks a quorum (Consul servers' default); leave for good with this on or `dsm remove-member`."
+        ),
+    )
     adopt_store: bool = field(
         default=False,
         metadata=_doc(
@@ -729,7 +737,7 @@ def _validate(c: StorageConfig) -> None:
     if c.cluster_secrets_accepted and not c.cluster_secret:
         raise ConfigError("cluster_secrets_accepted", "<hidden>", "empty unless cluster_secret is set")
     _int_in(c, "join_retry_max_ms", 100, 3_600_000)
-    for name in ("new_cluster", "adopt_store"):
+    for name in ("new_cluster", "adopt_store", "leave_on_terminate"):
         if type(getattr(c, name)) is not bool:
             raise ConfigError(name, getattr(c, name), "true or false")
     if c.new_cluster and c.bootstrap_addrs:

@@ -141,7 +141,10 @@ def run_cluster_demo(data_dir: str | None, keep: bool, console: Console) -> None
             client.close()
         stopped = cluster.down()
         console.rule("[bold]4. stop")
-        console.print(f"stopped {', '.join(stopped) or 'nothing'} (SIGTERM: each announced its leave, flushed, closed)")
+        console.print(
+            f"stopped {', '.join(stopped) or 'nothing'} (SIGTERM: each saved its state, flushed and closed; "
+            "still members, they can be started again)"
+        )
         if temporary and not keep:
             shutil.rmtree(directory, ignore_errors=True)
         else:

@@ -65,8 +65,9 @@ class StorageFactory:
         standalone: one replica, no network, and bootstrap nodes are refused.
 
         Returns:
-            the started node; close it with `await storage.close()` (or use `async with`): it announces
-            its leave to the cluster, commits what is queued and closes the store.
+            the started node; close it with `await storage.close()` (or use `async with`): it commits what
+            is queued and closes the store, and stays a member of its cluster (it is seen to fail, and
+            counted, until it starts again). `await storage.leave()` leaves the cluster for good first.
 
         Raises:
             ConfigError: no node id, an invalid one, or bootstrap nodes for a standalone node.

@@ -257,7 +257,7 @@ class Network(Protocol):
         """The host:port other nodes reach this one at."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self, flush_timeout: float = 1.0, leave: bool = False) -> None: ...
 
 
 #: A conflict resolver (siblings mode): given a key and its concurrent values (newest first, at least two),
@@ -328,6 +328,7 @@ class EpidemicStorage:
         self._wake: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._leaving = False
         self._state = "new"
         self._watches: set[Watch] = set()
         #: The network runtime driving this node, when the factory started one (None: a standalone node).
@@ -487,6 +488,11 @@ class EpidemicStorage:
     async def close(self) -> None:
         """Stops accepting operations, commits every queued write, closes the store. Idempotent.
 
+        The node stays a member of its cluster: the others see it fail, keep counting it for consistency
+        levels, and take it back when it restarts with its store (a rolling restart must not shrink a
+        quorum's denominator; Consul's servers do not leave on terminate for the same reason). To leave
+        for good, `leave()`.
+
         Safe to cancel and to call again: the shutdown runs as one task that every call awaits.
         """
         if self._closing is None:
@@ -497,15 +503,22 @@ class EpidemicStorage:
             self._closing = asyncio.create_task(self._shutdown(), name=f"dsm-close-{self.node_id}")
         await asyncio.shield(self._closing)
 
+    async def leave(self) -> None:
+        """Leaves the cluster for good, then closes like `close()`: the leave is announced to this node's
+        links and spreads, and the others stop counting it for consistency levels (as `dsm remove-member`
+        does). A node that left and starts again comes back as a member, at a higher incarnation."""
+        self._leaving = True
+        await self.close()
+
     async def _shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.network is not None:
-            # Leave the cluster first (announced to the links, flushed), while merges still commit.
+            # Stop the network first (a leave announced and flushed, if leaving), while merges still commit.
             try:
-                await self.network.close()
-            except Exception:  # the leave is a courtesy; the local shutdown must still happen
+                await self.network.close(leave=self._leaving)
+            except Exception:  # the network's stop is a courtesy; the local shutdown must still happen
                 log.exception("stopping the network of node %s failed", self.node_id)
         self._wake_writer()
         writer = self._writer
@@ -716,12 +729,17 @@ class EpidemicStorage:
     def _tally(self, level: Level, operation: str) -> Tally:
         coordinator = self.coordinator
         if coordinator is not None:
-            if not coordinator.ready:
-                # Before the join completes the view holds only this node, whose own answer would then be a
-                # majority of one: a level is refused rather than met on a view that small.
-                self.level_stats[(operation, level.value, "unmet")] += 1
-                raise ConsistencyError(level.value, operation, 1, 0, {}, "this node has not joined the cluster yet")
             tally = Tally(level, coordinator.groups(level))
+            if not coordinator.ready:
+                # Until a member answered its join, this node's view is a new node's (itself only) or the one
+                # it saved before a restart, and nobody may hear its requests: a level is refused rather
+                # than met on a view that may be its own alone. The counts say what the level would need.
+                self.level_stats[(operation, level.value, "unmet")] += 1
+                tally.add(self.node_id)
+                raise ConsistencyError(
+                    level.value, operation, tally.received, tally.required, tally.shortfall(),
+                    f"this node has not joined its cluster yet ({tally.required} members needed)",
+                )  # fmt: skip
         else:  # a standalone node: the only member
             tally = Tally(level, groups(level, self.node_id, self.config.region, ()))
         tally.add(self.node_id)  # this node's own commit or read comes first

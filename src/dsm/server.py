@@ -8,8 +8,10 @@ answering) first prints a `waiting` line with the same fields plus `reason` and 
 tries), then the `ready` line once it joins; meanwhile it serves `local` reads and writes, refuses higher
 levels and answers 503 on `/health/ready` (see `dsm.net.runtime`).
 
-SIGTERM or SIGINT: graceful stop. The HTTP API stops taking requests, the node announces its leave to its
-links and flushes them, every queued write is committed, the store is closed. After `kill -9` nothing of
+SIGTERM or SIGINT: graceful stop. The HTTP API stops taking requests, the member table is saved, every
+queued write is committed, the store is closed. The node stays a member of its cluster (the others see it
+fail and still count it for consistency levels until it is back or removed); with `leave_on_terminate` it
+first announces a leave for good to its links. After `kill -9` nothing of
 this runs; a restarted node rejoins with its id and its data (see `dsm.net.runtime`).
 """
 
@@ -92,7 +94,9 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
     finally:
         if runner is not None:
             await runner.cleanup()
-        await storage.close()  # leaves the cluster, commits what is queued, closes the store
+        # Commits what is queued and closes the store; the node stays a member (it will be back) unless
+        # leave_on_terminate, when it first leaves for good.
+        await (storage.leave() if config.leave_on_terminate else storage.close())
         print(json.dumps({"event": "stopped", "node_id": config.node_id}), flush=True)
 
 

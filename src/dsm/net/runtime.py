@@ -297,9 +297,11 @@ class Runtime:
         await self.storage.store.write([], {META_MEMBERS: peer.member_record()})
         self._members_saved = changes
 
-    async def close(self, flush_timeout: float = 1.0) -> None:
-        """Graceful stop: announces the leave to the linked members, flushes, closes the transport. The
-        storage is the caller's to close (after this)."""
+    async def close(self, flush_timeout: float = 1.0, leave: bool = False) -> None:
+        """Graceful stop: saves the member table, flushes, closes the transport; with `leave`, first
+        announces a leave for good to the linked members (see `EpidemicStorage.leave`). Without it the node
+        stays a member that the others see fail and still count. The storage is the caller's to close
+        (after this)."""
         self.loop_lag.stop()
         if self._timer is not None:
             self._timer.cancel()
@@ -308,15 +310,16 @@ class Runtime:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        if self.peer is not None and not self.peer.left and not self.storage.closed:
+        if self.peer is not None and not self.peer.left:
             try:
-                await self.save_members()  # before the leave: a restart rejoins through these members
+                await self.save_members()  # before any leave: a restart rejoins through these members
             except Exception as exc:
                 log.warning("saving the member table failed: %s", exc)
         self.storage.coordinator = None
-        if self.peer is not None and not self.peer.left:
-            self.storage.on_committed = None
+        self.storage.on_committed = None
+        if leave and self.peer is not None and not self.peer.left:
             self._apply(self.peer.leave(self.now()))
+            log.info("node %s left the cluster", self.node_id)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=flush_timeout)
         await self.transport.close(flush_timeout)
