@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import time
@@ -210,3 +211,22 @@ def test_stopping_two_of_three_with_sigterm_does_not_let_the_third_meet_all_alon
     s3.client.put("k", b"v", consistency="quorum")
     got = s2.client.get("k", consistency="quorum")
     assert got is not None and got.value == b"v"
+
+
+def test_a_member_that_lost_its_store_and_starts_alone_says_that_its_cluster_calls_it(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    # No saved members and no bootstrap is a new cluster, by the rule; but a member of the old cluster that
+    # still probes it shows the operator's likely mistake, which the node names.
+    w1 = Proc("w1", "127.0.0.1", tmp_path, [])
+    procs.append(w1)
+    w2 = Proc("w2", "127.0.0.2", tmp_path, [w1.listen])
+    procs.append(w2)
+    eventually(lambda: alive_ids(w1) == alive_ids(w2) == {"w1", "w2"})
+    w2.stop(signal.SIGKILL)
+    shutil.rmtree(tmp_path / "w2")
+    w2 = Proc("w2", "127.0.0.2", tmp_path, [], port=port_of(w2))
+    procs.append(w2)
+    time.sleep(3.0)
+    w2.stop()
+    assert "runs a cluster of its own" in w2.stderr and "'w1'" in w2.stderr, w2.stderr

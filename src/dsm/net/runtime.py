@@ -45,6 +45,7 @@ from dsm.core.messages import (
     DataItem,
     Deliver,
     Effect,
+    Join,
     ReadReply,
     ReadRequest,
     Reconcile,
@@ -263,6 +264,21 @@ class Runtime:
                 f" ({node_id})" if node_id else "", reason,
             )  # fmt: skip
 
+    def _stranger(self, source: str) -> None:
+        """A node alone in the cluster it started hears from a member it does not know, which holds the
+        cluster secret and knows this node (it probes or syncs with it): most likely this node lost its store
+        (or its saved table) and was started without bootstrap addresses, so it runs a cluster of its own
+        beside its real one. Said loudly (the two do not merge by themselves), at most every JOIN_WARNING_S."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        last = self._warned.get(("stranger", ""))
+        if last is None or now - last >= JOIN_WARNING_S:
+            self._warned[("stranger", "")] = now
+            log.warning(
+                "node %s runs a cluster of its own, but member %r of another cluster contacts it: if this node "
+                "belongs to that cluster (a lost data directory?), restart it with --bootstrap <a member>",
+                self.node_id, source,
+            )  # fmt: skip
+
     def _member_changed(self, peer: Peer, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
         if self._restoring or slot == peer.me:
             return
@@ -327,8 +343,11 @@ class Runtime:
     # ------------------------------------------------------------------ driving the core
 
     def _on_message(self, source: str, message: Any) -> None:
-        if self.peer is None:
+        peer = self.peer
+        if peer is None:
             return
+        if peer.live_count() == 1 and peer.directory.slot(source) is None and not isinstance(message, Join):
+            self._stranger(source)
         if isinstance(message, Reconcile):
             if self._answering >= MAX_ANSWERS:
                 self.anti_entropy_dropped += 1
