@@ -154,3 +154,20 @@ def test_an_answer_from_a_node_without_the_secret_is_refused_key_confirmation() 
     forged = wire.HandshakeReply("b", os.urandom(32) + os.urandom(len("b") + 16))
     with pytest.raises(AuthError, match="does not open with our cluster secret"):
         a.finish(body(wire.encode_frame(forged)))
+
+
+@pytest.mark.parametrize("secret", [SECRET, None])
+@pytest.mark.parametrize("claimed", ["n9\n2024-01-01 WARNING dsm.net: member n3 dead", "a b", "-a", "n1\n", "é"])
+def test_a_handshake_naming_an_invalid_node_id_is_refused_as_a_bad_handshake(secret: str | None, claimed: str) -> None:
+    # The config's rule for node ids (dsm.types.is_node_id) holds on the wire: a claimed id that is not one is
+    # refused before the responder uses it, whether or not the secret is right.
+    keyring = Keyring(secret)
+    answer = wire.decode_frame(body(refused(Responder(keyring, "b"), Initiator(keyring, claimed, "").first_frame())))
+    assert answer.code == "handshake" and "initiator_id must be a node id" in answer.detail
+    # The reply's id too: the initiator refuses an answer naming an invalid responder.
+    a = Initiator(keyring, "a", "")
+    b = Responder(keyring, "b")
+    b.receive(body(a.first_frame()))
+    reply = wire.decode_frame(body(b.reply()))
+    with pytest.raises(wire.FrameError, match="responder_id must be a node id"):
+        a.finish(body(wire.encode_frame(reply._replace(responder_id=claimed))))

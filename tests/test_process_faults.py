@@ -227,6 +227,67 @@ def test_malformed_frames_close_their_connection_and_the_node_goes_on(procs: lis
     assert n1.proc.poll() is None
 
 
+# ------------------------------------------------------------------------------------------ a flood of refusals
+
+#: A node id that, printed raw, would start a log line of its own.
+FORGED_ID = "n9\n2024-01-01 00:00:00,000 WARNING dsm.net: member n3 dead"
+#: A log line that the forged id would have produced (what must never appear).
+FORGED_LINE = re.compile(r"^\S+ \S+ WARNING dsm\.net: member n3 dead", re.MULTILINE)
+#: The most log lines a burst of refusals may cost: one per reason (a handful here), whatever the burst.
+LOG_LINES_MAX = 8
+
+
+def _log_lines(stderr: str, since: str) -> list[str]:
+    """The log lines (each starting with a date) after the first one containing `since`."""
+    lines = [line for line in stderr.splitlines() if re.match(r"^\d{4}-\d\d-\d\d ", line)]
+    start = next(i for i, line in enumerate(lines) if since in line)
+    return lines[start + 1 :]
+
+
+def test_a_flood_of_bad_handshakes_is_counted_not_logged_line_by_line(procs: list[Proc], tmp_path: Path) -> None:
+    node = Proc("q1", "127.0.0.1", tmp_path, [], extra=["--log-level", "INFO"])
+    procs.append(node)
+    before = rejected(node)
+    host, port = split_addr(node.listen)
+    burst = 300
+
+    def attack(payload: bytes) -> None:
+        for _ in range(burst):
+            with socket.create_connection((host, port), timeout=10) as sock:
+                _send_frame(sock, payload)
+                answer = wire.decode_frame(_read_frame(sock))
+                assert isinstance(answer, wire.Refuse), f"the node answered {answer!r}"
+                assert closed_by_peer(sock)
+
+    # (On 8b9edb9 each refusal logged a WARNING: the node's stderr pipe, which nobody reads until it stops,
+    # filled after about 400 and the node stalled in its logging, leaving these connections open.)
+    # A length no handshake frame has; then a Handshake whose claimed node id would forge a log line, signed
+    # with the right secret and with another one (the id is checked before the secret is).
+    attack(b"\xff\xff\xff\xff")
+    for secret in (SECRET, OTHER_SECRET):
+        initiator = security.Initiator(Keyring(secret), FORGED_ID, "")
+        attack(initiator.first_frame())
+    # A well-formed id with another secret: refused for the secret.
+    attack(security.Initiator(Keyring(OTHER_SECRET), "q9", "").first_frame())
+
+    # Every refusal is counted under its reason ...
+    after = rejected(node)
+    assert after.get("too_large", 0) - before.get("too_large", 0) == burst, after
+    assert after.get("bad_field", 0) - before.get("bad_field", 0) == 2 * burst, after
+    assert after.get("auth", 0) - before.get("auth", 0) == burst, after
+    # ... and the node still serves.
+    node.client.put("after-flood", b"ok")
+    assert holds(node, "after-flood", b"ok")
+    assert node.stop(signal.SIGTERM) == 0
+
+    # The log got a few lines for 1,200 refusals, and the forged id never made a line of its own.
+    logged = _log_lines(node.stderr, "HTTP on ")
+    refusals = [line for line in logged if "closing connection" in line]
+    assert 1 <= len(refusals) <= LOG_LINES_MAX, "\n".join(logged[:20])
+    assert not FORGED_LINE.search(node.stderr), node.stderr[-3000:]
+    assert "member n3 dead" not in node.stderr, node.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------------------------- garbage HTTP
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from dsm import ConfigError, StorageConfig
 from dsm.core.messages import Ack, DataItem, Ping, Push
 from dsm.net import security, wire
+from dsm.net.quietlog import QuietLog, escape
 from dsm.net.security import Keyring
 from dsm.net.transport import PeerLimits, Transport, split_addr
 
@@ -343,3 +345,49 @@ def test_peer_limits_come_from_the_configuration() -> None:
         with pytest.raises(ConfigError) as caught:
             StorageConfig(**{field: value})  # type: ignore[arg-type]
         assert caught.value.field == field
+
+
+def test_quiet_log_logs_one_line_per_interval_per_reason_and_tells_how_many_it_kept_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    quiet = QuietLog(logging.getLogger("dsm.test.quiet"), interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="dsm.test.quiet"):
+        logged = [quiet.log(logging.WARNING, "too_large", "refused %s", i) for i in range(100)]
+        assert quiet.log(logging.WARNING, "auth", "refused for the secret")  # another reason has its own line
+        now[0] = 10.0
+        assert quiet.log(logging.WARNING, "too_large", "refused %s", "again")
+    assert logged == [True] + [False] * 99
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0",
+        "refused for the secret",
+        "refused again (99 more of these since the last one logged, 10 s ago)",
+    ]
+
+
+def test_escape_keeps_what_is_printable_and_quotes_the_rest() -> None:
+    assert escape("n1 is 'ok'") == "n1 is 'ok'"
+    assert escape("n9\n2024 WARNING forged") == repr("n9\n2024 WARNING forged")
+    assert "\n" not in escape("a\nb\rc\x1bd\u2028e")
+
+
+async def test_a_burst_of_refused_handshakes_is_counted_every_time_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b, _ = await make("b", "127.0.0.2", SECRET)
+    forged = "n9\n2024-01-01 00:00:00,000 WARNING dsm.net: member n3 dead"
+    burst = 50
+    try:
+        with caplog.at_level(logging.DEBUG, logger="dsm.net"):
+            for _ in range(burst):
+                answer = await raw(b.addr, b"\xff\xff\xff\xff")
+                assert wire.decode_frame(answer[4:]).code == "handshake"
+            for _ in range(burst):  # a claimed id that would start a log line of its own, with the secret
+                answer = await raw(b.addr, security.Initiator(Keyring(SECRET), forged, "").first_frame())
+                assert isinstance(wire.decode_frame(answer[4:]), wire.Refuse)
+        assert b.stats.rejected["too_large"] == burst and b.stats.rejected["bad_field"] == burst
+        refusals = [r.getMessage() for r in caplog.records if r.name == "dsm.net"]
+        assert len(refusals) == 2, refusals  # one line per reason
+        assert not any("member n3" in line or "\n" in line for line in refusals), refusals
+    finally:
+        await b.close()

@@ -125,7 +125,7 @@ def _frame(type_id: int, body: bytes, version: int = wire.PROTOCOL_VERSION, flag
         (_frame(1, msgpack.packb({"seq": 1})), "bad_body", "array of 4"),
         (_frame(1, msgpack.packb(["1", "a", "b", []])), "bad_field", "Ping.seq must be an integer"),
         (_frame(1, msgpack.packb([True, "a", "b", []])), "bad_field", "Ping.seq must be an integer"),
-        (_frame(1, msgpack.packb([1, b"a", "b", []])), "bad_field", "Ping.source must be a string"),
+        (_frame(1, msgpack.packb([1, b"a", "b", []])), "bad_field", "Ping.source must be a node id"),
         (_frame(1, msgpack.packb([1, "a", "b", [[1, "x"]]])), "bad_field", "Ping.updates must be an array of 6"),
         (_frame(3, msgpack.packb([1, "a", [[1, "x", "3", "", "", ""]]])), "bad_field", "Ack.updates"),
         (_frame(9, msgpack.packb([1, "a", 1])), "bad_field", "LinkReply.accepted must be a boolean"),
@@ -139,6 +139,46 @@ def test_malformed_frames_raise_typed_errors(frame: bytes, reason: str, text: st
         wire.decode_frame(frame)
     assert caught.value.reason == reason
     assert text in str(caught.value)
+
+
+FORGED = "n9\n2024-01-01 00:00:00,000 WARNING dsm.net: member n3 dead"
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (wire.Handshake(FORGED, "", b"k" * 8, b""), "Handshake.initiator_id"),
+        (wire.Handshake("", "", b"", b""), "Handshake.initiator_id"),
+        (wire.Handshake("a", FORGED, b"", b""), "Handshake.dialled_id"),
+        (wire.Handshake("a b", "", b"", b""), "Handshake.initiator_id"),
+        (wire.Handshake("-a", "", b"", b""), "Handshake.initiator_id"),
+        (wire.Handshake("a" * 129, "", b"", b""), "Handshake.initiator_id"),
+        (wire.Handshake("n1\n", "", b"", b""), "Handshake.initiator_id"),  # a trailing newline too
+        (wire.HandshakeReply(FORGED, b""), "HandshakeReply.responder_id"),
+        (wire.Refuse("wrong_node", "why\nforged"), "Refuse.detail"),
+        (m.Ping(1, FORGED, "b", ()), "Ping.source"),
+        (m.Ping(1, "a", "b", (m.Update(1, FORGED, 0, "addr", "eu", ""),)), "Ping.updates"),
+        (m.Ping(1, "a", "b", (m.Update(1, "n1", 0, "addr\r\n", "eu", ""),)), "Ping.updates"),
+        (m.Join("j", "127.0.0.1:1", "eu\n", 0), "Join.region"),
+        (m.Replicated(1, "n\u2028x", True), "Replicated.source"),
+    ],
+)
+def test_node_ids_on_the_wire_follow_the_config_rule(message: typing.Any, field: str) -> None:
+    # A node id a peer names is checked before anything reads (or logs) it, by the config's own rule.
+    with pytest.raises(wire.FrameError) as caught:
+        wire.decode_frame(wire.encode_frame(message)[4:])
+    assert caught.value.reason == "bad_field"
+    assert field in str(caught.value)
+
+
+def test_valid_ids_and_empty_optional_ids_pass() -> None:
+    for message in (
+        wire.Handshake("node-1.eu:7@x", "", b"", b""),
+        wire.Handshake("a" * 128, "B9", b"", b""),
+        m.Routed(1, "a", "", "t", 0, None, ""),
+        m.Ping(1, "a", "b", (m.Update(1, "n1", 0, "", "", ""),)),
+    ):
+        assert wire.decode_frame(wire.encode_frame(message)[4:]) == message
 
 
 def test_unknown_type_is_its_own_error() -> None:

@@ -14,9 +14,11 @@ Connections carry frames one way: a node sends on its own outgoing connection an
 others opened to it (after writing its half of the handshake). An incoming connection is handed to
 `on_message(peer_node_id, message)` frame by frame, `peer_node_id` being the id the handshake bound (the
 initiator's claim, proven with the cluster secret and, under mutual TLS, named by its certificate); a
-malformed, oversized or unauthenticated frame closes that connection with a logged, counted reason
-(`rejected`), and the node goes on serving every other connection. A frame of a message type this node does
-not know is skipped and counted. Every failed outgoing attempt is reported to `on_connect_failure(addr,
+malformed, oversized or unauthenticated frame closes that connection with a counted reason (`rejected`),
+and the node goes on serving every other connection. Anyone who reaches the port can cause such refusals
+as fast as it opens connections, so each is counted but logged at most once per 10 s per reason
+(`dsm.net.quietlog`), with what the peer claimed (its node id) escaped. A frame of a message type this
+node does not know is skipped and counted. Every failed outgoing attempt is reported to `on_connect_failure(addr,
 node_id, reason)`; a responder that refuses a handshake says why first (`dsm.net.security.RefusedError`).
 
 Before a connection is authenticated it costs little and not for long (`PeerLimits`): an accepted
@@ -44,6 +46,7 @@ from typing import Any, cast
 
 from dsm.config import StorageConfig
 from dsm.net import chunks, security, tls, wire
+from dsm.net.quietlog import QuietLog, escape
 from dsm.net.security import Channel, HandshakeError, Keyring
 from dsm.net.wire import FrameError, UnknownType
 
@@ -231,6 +234,8 @@ class Transport:
         self._closed = False
         self._rng = random.Random()
         self._connected = 0
+        #: Refused incoming connections: each counted in `stats.rejected`, logged once per interval per reason.
+        self._refusals = QuietLog(log)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -317,7 +322,9 @@ class Transport:
                 self.stats.connect_failures += 1
                 self._connect_failed(out, exc)
                 if out.failures >= self.max_failures or self._closed:
-                    log.info("peer %s unreachable (%s); dropping %d queued messages", out.addr, exc, len(out.queue))
+                    log.info(
+                        "peer %s unreachable (%s); dropping %d queued messages", out.addr, escape(exc), len(out.queue)
+                    )
                     self.stats.dropped["unreachable"] += len(out.queue)
                     out.queue.clear()
                     return
@@ -447,11 +454,18 @@ class Transport:
             raw.abort()
             return
         if self._handshaking >= limits.handshakes_max or self._handshaking_from[host] >= limits.handshakes_per_host_max:
-            self.stats.rejected["too_many_handshakes"] += 1  # not logged: a flood would flood the log
+            self._refused(
+                "too_many_handshakes",
+                logging.WARNING,
+                "closing a connection from %s at once: too many in their handshake",
+                host,
+            )
             raw.abort()
             return
         if self._incoming_count >= limits.incoming_max:
-            self.stats.rejected["too_many_connections"] += 1
+            self._refused(
+                "too_many_connections", logging.WARNING, "closing a connection from %s at once: too many open", host
+            )
             raw.abort()
             return
         loop = asyncio.get_running_loop()
@@ -496,8 +510,7 @@ class Transport:
                 )
         except (ssl.SSLError, OSError, TimeoutError, ValueError, asyncio.CancelledError) as exc:
             if not isinstance(exc, asyncio.CancelledError):
-                self.stats.rejected["tls_handshake"] += 1
-                log.debug("TLS handshake from %s failed: %r", slot.host, exc)
+                self._refused("tls_handshake", logging.INFO, "TLS handshake from %s failed: %r", slot.host, exc)
             raw.abort()
             self._release(slot)
             self._incoming_count -= 1
@@ -522,16 +535,18 @@ class Transport:
             reader.set_limit(READ_LIMIT)
             await self._read_loop(responder.peer_id, reader, channel)
         except FrameError as exc:
-            self.stats.rejected[exc.reason] += 1
-            log.warning("closing connection from %s (%s): %s", _peername(writer), responder.peer_id or "?", exc)
+            # The claimed id is escaped although the wire checked it: it is the other side's word.
+            peer = escape(responder.peer_id or "?")
+            self._refused(
+                exc.reason, logging.WARNING, "closing connection from %s (%s): %s", _peername(writer), peer, escape(exc)
+            )
         except ssl.SSLError as exc:  # a bad TLS record after the handshake
-            self.stats.rejected["tls"] += 1
-            log.warning("closing connection from %s: %s", _peername(writer), exc)
+            self._refused("tls", logging.WARNING, "closing connection from %s: %s", _peername(writer), escape(exc))
         except TimeoutError:
-            self.stats.rejected["handshake_timeout"] += 1
-            # INFO, not WARNING: a member does not stall its handshake; scanners and floods do, and they would
-            # flood the log (every timeout is counted).
-            log.info("closing connection from %s: no handshake in time", _peername(writer))
+            # INFO, not WARNING: a member does not stall its handshake; scanners and floods do.
+            self._refused(
+                "handshake_timeout", logging.INFO, "closing connection from %s: no handshake in time", _peername(writer)
+            )
             with contextlib.suppress(OSError, RuntimeError):
                 writer.write(security.refusal(HandshakeError("handshake_timeout", "no handshake in time")))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -546,6 +561,11 @@ class Transport:
             writer.close()
             with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    def _refused(self, reason: str, level: int, message: str, *args: object) -> None:
+        """Counts an incoming connection closed for `reason`; logs it unless one of its kind was just logged."""
+        self.stats.rejected[reason] += 1
+        self._refusals.log(level, reason, message, *args)
 
     async def _accept(
         self, responder: security.Responder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -12,7 +12,10 @@ The length is read and checked against the limit before the rest of the frame is
 allocated for it. The body is unpacked with msgpack's own limits (strings, bytes, arrays, maps no larger
 than the frame), then every field is checked against the message's schema (`SCHEMAS`): a frame whose
 fields have the wrong types or count raises `FrameError` naming what was wrong, so the core only ever sees
-well-typed messages. Semantic checks (an unknown member, an out-of-range incarnation) stay in the core.
+well-typed messages. Every node id a frame names (a handshake's ids, a message's source, a member in an
+update) must follow the config's rule (`dsm.types.is_node_id`), and addresses, regions and reasons hold no
+control characters: what a peer sends may be logged and shown, and must not be able to forge a log line.
+Semantic checks (an unknown member, an out-of-range incarnation) stay in the core.
 
 Adding a message: give it the next free `MessageType` value and a schema; never change an existing one
 (old nodes ignore types they do not know: `UnknownType`, counted, the connection stays open).
@@ -28,6 +31,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from dsm.core import messages as m
+from dsm.types import NODE_ID_RULE, is_node_id
 
 #: 2: the Noise handshake of `dsm.net.security` (1 was the handshake of Hello/Auth, retired: a node of
 #: protocol 1 and one of protocol 2 refuse each other's frames, so a cluster upgrades with a full restart).
@@ -210,6 +214,26 @@ def _opt_str(value: Any) -> Any:
     return None if value is None else _str(value)
 
 
+def _id(value: Any) -> str:
+    """A node id (`dsm.types.is_node_id`, the config's rule): ids are logged, shown and compared, and one that
+    held a newline could forge a log line."""
+    if not is_node_id(value):
+        raise _Bad(f"a node id ({NODE_ID_RULE})")
+    return str(value)
+
+
+def _opt_id(value: Any) -> str:
+    """A node id, or "" (none: a bootstrap address dialled, no origin, no hop yet)."""
+    return "" if value == "" else _id(value)
+
+
+def _text(value: Any) -> str:
+    """A string without control characters (an address, a region, a reason): it may be logged."""
+    if type(value) is not str or not value.isprintable():
+        raise _Bad("a string without control characters")
+    return value
+
+
 def _any(value: Any) -> Any:
     return value  # bounded by the unpacker's limits (arrays arrive as tuples); its receiver checks it
 
@@ -243,7 +267,7 @@ def _record(cls: type[NamedTuple], fields: tuple[Check, ...]) -> Check:
     return check
 
 
-_update = _record(m.Update, (_int, _str, _int, _str, _str, _str))
+_update = _record(m.Update, (_int, _id, _int, _text, _text, _opt_id))
 _updates = _tuple_of(_update)
 _items = _tuple_of(_record(m.DataItem, (_int, _str, _bytes)))
 _strs = _tuple_of(_str)
@@ -264,40 +288,40 @@ def _entry(value: Any) -> tuple[str, bytes]:
 
 #: Message class and field checkers by type, in field order.
 SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
-    MessageType.PING: (m.Ping, (_int, _str, _str, _updates)),
-    MessageType.PING_REQ: (m.PingReq, (_int, _str, _str, _str, _updates)),
-    MessageType.ACK: (m.Ack, (_int, _str, _updates)),
-    MessageType.NACK: (m.Nack, (_int, _str)),
-    MessageType.JOIN: (m.Join, (_str, _str, _str, _int)),
-    MessageType.JOIN_REPLY: (m.JoinReply, (_str, _updates)),
-    MessageType.NEIGHBOR: (m.Neighbor, (_str, _str, _str, _int)),
-    MessageType.LINK: (m.Link, (_int, _str, _str, _str, _int)),
-    MessageType.LINK_REPLY: (m.LinkReply, (_int, _str, _bool)),
-    MessageType.UNLINK: (m.Unlink, (_str,)),
-    MessageType.LEAVE: (m.Leave, (_str, _int)),
-    MessageType.SYNC_DIGEST: (m.SyncDigest, (_str, _ints)),
-    MessageType.SYNC_SUB_DIGESTS: (m.SyncSubDigests, (_str, _ints, _ints)),
-    MessageType.SYNC_LEAVES: (m.SyncLeaves, (_str, _ints, _ints)),
-    MessageType.SYNC_ENTRIES: (m.SyncEntries, (_str, _ints, _updates, _ints)),
-    MessageType.ROUTED: (m.Routed, (_int, _str, _str, _str, _int, _any, _str)),
-    MessageType.ROUTED_ACK: (m.RoutedAck, (_int, _str, _str)),
-    MessageType.ROUTE_FAILED: (m.RouteFailed, (_int, _str, _str, _int, _str)),
-    MessageType.PUSH: (m.Push, (_str, _int, _items)),
-    MessageType.IHAVE: (m.IHave, (_str, _int, _ints)),
-    MessageType.GRAFT: (m.Graft, (_str, _ints)),
-    MessageType.PRUNE: (m.Prune, (_str,)),
-    MessageType.GOSSIP_DIGEST: (m.GossipDigest, (_int, _str, _ints, _ints)),
-    MessageType.GOSSIP_REPLY: (m.GossipReply, (_int, _str, _ints, _items)),
-    MessageType.GOSSIP_ITEMS: (m.GossipItems, (_str, _items)),
-    MessageType.RECONCILE: (m.Reconcile, (_int, _str, _tuple_of(_run), _tuple_of(_entry))),
-    MessageType.REPLICATE: (m.Replicate, (_int, _str, _items)),
-    MessageType.REPLICATED: (m.Replicated, (_int, _str, _bool)),
-    MessageType.READ_REQUEST: (m.ReadRequest, (_int, _str, _strs)),
-    MessageType.READ_REPLY: (m.ReadReply, (_int, _str, _tuple_of(_entry), _bool)),
-    MessageType.HANDSHAKE: (Handshake, (_str, _str, _bytes, _bytes)),
-    MessageType.HANDSHAKE_REPLY: (HandshakeReply, (_str, _bytes)),
+    MessageType.PING: (m.Ping, (_int, _id, _id, _updates)),
+    MessageType.PING_REQ: (m.PingReq, (_int, _id, _id, _text, _updates)),
+    MessageType.ACK: (m.Ack, (_int, _id, _updates)),
+    MessageType.NACK: (m.Nack, (_int, _id)),
+    MessageType.JOIN: (m.Join, (_id, _text, _text, _int)),
+    MessageType.JOIN_REPLY: (m.JoinReply, (_id, _updates)),
+    MessageType.NEIGHBOR: (m.Neighbor, (_id, _text, _text, _int)),
+    MessageType.LINK: (m.Link, (_int, _id, _text, _text, _int)),
+    MessageType.LINK_REPLY: (m.LinkReply, (_int, _id, _bool)),
+    MessageType.UNLINK: (m.Unlink, (_id,)),
+    MessageType.LEAVE: (m.Leave, (_id, _int)),
+    MessageType.SYNC_DIGEST: (m.SyncDigest, (_id, _ints)),
+    MessageType.SYNC_SUB_DIGESTS: (m.SyncSubDigests, (_id, _ints, _ints)),
+    MessageType.SYNC_LEAVES: (m.SyncLeaves, (_id, _ints, _ints)),
+    MessageType.SYNC_ENTRIES: (m.SyncEntries, (_id, _ints, _updates, _ints)),
+    MessageType.ROUTED: (m.Routed, (_int, _id, _text, _id, _int, _any, _opt_id)),
+    MessageType.ROUTED_ACK: (m.RoutedAck, (_int, _id, _id)),
+    MessageType.ROUTE_FAILED: (m.RouteFailed, (_int, _id, _id, _int, _text)),
+    MessageType.PUSH: (m.Push, (_id, _int, _items)),
+    MessageType.IHAVE: (m.IHave, (_id, _int, _ints)),
+    MessageType.GRAFT: (m.Graft, (_id, _ints)),
+    MessageType.PRUNE: (m.Prune, (_id,)),
+    MessageType.GOSSIP_DIGEST: (m.GossipDigest, (_int, _id, _ints, _ints)),
+    MessageType.GOSSIP_REPLY: (m.GossipReply, (_int, _id, _ints, _items)),
+    MessageType.GOSSIP_ITEMS: (m.GossipItems, (_id, _items)),
+    MessageType.RECONCILE: (m.Reconcile, (_int, _id, _tuple_of(_run), _tuple_of(_entry))),
+    MessageType.REPLICATE: (m.Replicate, (_int, _id, _items)),
+    MessageType.REPLICATED: (m.Replicated, (_int, _id, _bool)),
+    MessageType.READ_REQUEST: (m.ReadRequest, (_int, _id, _strs)),
+    MessageType.READ_REPLY: (m.ReadReply, (_int, _id, _tuple_of(_entry), _bool)),
+    MessageType.HANDSHAKE: (Handshake, (_id, _opt_id, _bytes, _bytes)),
+    MessageType.HANDSHAKE_REPLY: (HandshakeReply, (_id, _bytes)),
     MessageType.CONFIRM: (Confirm, (_bytes,)),
-    MessageType.REFUSE: (Refuse, (_str, _str)),
+    MessageType.REFUSE: (Refuse, (_text, _text)),
     MessageType.CHUNK_FIRST: (ChunkFirst, (_int, _int, _int, _int, _bytes, _bytes)),
     MessageType.CHUNK_NEXT: (ChunkNext, (_int, _int, _bytes)),
 }
