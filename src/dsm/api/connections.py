@@ -28,7 +28,13 @@ accepts many connections before it reads any, and a client whose request is on i
 for it). Half-sent requests and idle keep-alives then cannot lock clients out, and requests in progress
 are never cut. Only when every connection is busy is the new one answered `503` with `Retry-After` and
 closed. Every close for a bound is counted (`ConnectionPool.closed`, exported as
-`dsm_http_connections_closed_total{reason}`).
+`dsm_http_connections_closed_total{reason}`), as is a client that closes its connection in the middle of a
+request body (`client_gone`).
+
+A request aiohttp cannot parse is answered `400` (JSON) and closed, as aiohttp does, but aiohttp would also
+log each one as an ERROR with a traceback, so that anyone who reaches the port could fill the node's log:
+here each is counted (`BAD_REQUESTS`, by kind; `dsm_http_bad_requests_total`) and logged at INFO at most
+once per 10 s per kind (`dsm.net.quietlog`), the parser's complaint (which may quote the request) escaped.
 """
 
 from __future__ import annotations
@@ -46,9 +52,12 @@ from http import HTTPStatus
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from dsm.config import StorageConfig
+from dsm.net.quietlog import QuietLog, escape
 
 log = logging.getLogger("dsm.api")
 
@@ -60,8 +69,38 @@ REFUSED_LINGER_S = 1.0
 REFUSED_LINGER_MAX = 64
 #: How long aiohttp keeps reading (and dropping) the unread rest of a request body after the response.
 LINGER_S = 1.0
-#: Reasons a connection is closed by a bound (the label of dsm_http_connections_closed_total).
-CLOSE_REASONS = ("header_timeout", "body_timeout", "send_timeout", "idle_timeout", "evicted", "refused")
+#: Reasons a connection is closed by a bound, or by its client mid-request ("client_gone") (the label of
+#: dsm_http_connections_closed_total).
+CLOSE_REASONS = (
+    "header_timeout",
+    "body_timeout",
+    "send_timeout",
+    "idle_timeout",
+    "evicted",
+    "refused",
+    "client_gone",
+)
+#: Longest part of a parser's complaint that is logged (it may quote the request).
+BAD_REQUEST_LOGGED_MAX = 200
+
+#: Requests refused before a handler saw them (unparseable HTTP), by kind (exception name); process-wide.
+BAD_REQUESTS: Counter[str] = Counter()
+_BAD_REQUEST_LOG = QuietLog(log)
+
+
+def bad_request(exc: BaseException) -> None:
+    """Counts a request refused as unparseable (`exc`: aiohttp's reason) and logs it at INFO, at most once per
+    interval per kind."""
+    kind = type(exc).__name__
+    BAD_REQUESTS[kind] += 1
+    text = one_line(exc)[:BAD_REQUEST_LOGGED_MAX]
+    _BAD_REQUEST_LOG.log(logging.INFO, kind, "refused an unparseable HTTP request (%s): %s", kind, escape(text))
+
+
+def one_line(exc: BaseException) -> str:
+    """aiohttp's HTTP errors print as '400, message:\n  <what>': their text on one line."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text.removeprefix("400, message: ").removeprefix("400, message:") or type(exc).__name__
 
 
 class Phase(enum.Enum):
@@ -253,7 +292,12 @@ class BoundedRequestHandler(web.RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs it (see dsm.api.http's filter), checks state
+        if isinstance(exc, HttpProcessingError | RequestPayloadError) and status < 500:
+            bad_request(exc)  # the client's mistake: counted, logged once in a while
+            if request.writer.output_size > 0:  # as aiohttp's own: a response already begun cannot be replaced
+                raise ConnectionError("a response was already sent; cannot send the error")
+        else:
+            super().handle_error(request, status, exc, message)  # a bug (500): logged with its traceback
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
         code = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
         text = (message or phrase) if status < 500 else "the node could not answer this request"

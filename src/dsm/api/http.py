@@ -18,8 +18,9 @@
 Keys: any key the library accepts works, percent-encoded as UTF-8 in the path (`/` may stay literal). The
 key is decoded here from the raw path, strictly: a `%` not followed by two hex digits, or bytes that are not
 UTF-8 once decoded, are a 400 (`bad_encoding`), never kept literally; so `a%25ffb` names the key `a%ffb`
-and `a%ffb` names none. Query parameters are decoded the same way (`+` is a space there); on the key,
-listing and watch paths a parameter the path does not take is a 400 (`unknown_parameter`).
+and `a%ffb` names none. Query parameters are decoded the same way (`+` is a space there); on every path a
+parameter the path does not take is a 400 (`unknown_parameter`), and so is one given twice
+(`duplicate_parameter`: `?consistency=local&consistency=quorum` has no single meaning).
 
 Every response about a key carries its version context in the `X-DSM-Context` header; a `PUT` or
 `DELETE` that sends it back supersedes what that read returned. Siblings (HTTP 300) come as
@@ -28,6 +29,9 @@ newest first. `?consistency=` takes a level (`local`, `region_quorum`, `quorum`,
 `all`; default: the node's region's `write_consistency` / `read_consistency`); a level not met within
 `consistency_timeout_ms` is a 503 whose error also carries `level`, `operation`, `acknowledged` (members
 that answered, this one included), `required` and `shortfall` (per region or "all": [answers, needed]).
+A `PUT` whose `Content-Length` is above `max_value_bytes` is a 413 at once, before any of the body is read
+(and before a `100 Continue`), and its connection is closed; a client that closes its connection before its
+body arrived is counted (`dsm_http_connections_closed_total{reason="client_gone"}`), not logged.
 
 Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, the code in snake_case (`invalid_key`,
 `not_found`, `consistency_unmet`, ...): bad input is a 4xx (400, 401 with `WWW-Authenticate: Bearer`, 404,
@@ -46,7 +50,6 @@ import json
 import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -60,11 +63,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from dsm.api.connections import (
+    BAD_REQUESTS,
     CLOSE_REASONS,
     RETRY_AFTER_S,
     BoundedRequestHandler,
     ConnectionPool,
     HttpLimits,
+    bad_request,
+    one_line,
 )
 from dsm.api.openapi import CONTEXT_HEADER, OPENAPI, TIMESTAMP_HEADER, WRITER_HEADER
 from dsm.core.consistency import LEVEL_NAMES
@@ -99,32 +105,22 @@ CONNECTIONS = web.AppKey("dsm_connections", ConnectionPool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-#: Requests aiohttp refused before a handler saw them (unparseable HTTP), by exception name; process-wide.
-BAD_REQUESTS: Counter[str] = Counter()
-
-
 class _BadRequestFilter(logging.Filter):
     """aiohttp logs every unparseable request as an ERROR with a traceback: the client's mistake, yet anyone
-    who reaches the port could fill the node's log with them. Such a request is answered with a 400 as
-    before; here it is counted (`dsm_http_bad_requests`) and logged in one line at INFO instead."""
+    who reaches the port could fill the node's log with them. `BoundedRequestHandler` counts them without
+    that log (`dsm.api.connections.bad_request`); this filter does the same for what aiohttp still logs: a
+    body that cannot be decoded, raised again as aiohttp drains it after our 400, and every unparseable
+    request when the app is served by aiohttp's own sites."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        # RequestPayloadError: a body that cannot be decoded, raised again as aiohttp drains it after our 400.
         if isinstance(exc, HttpProcessingError | RequestPayloadError):
-            BAD_REQUESTS[type(exc).__name__] += 1
-            log.info("refused an unparseable HTTP request: %s", _one_line(exc))
+            bad_request(exc)
             return False
         return True
 
 
 _BAD_REQUEST_FILTER = _BadRequestFilter()
-
-
-def _one_line(exc: BaseException) -> str:
-    """aiohttp's HTTP errors print as '400, message:\n  <what>': their text on one line."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text.removeprefix("400, message: ").removeprefix("400, message:") or type(exc).__name__
 
 
 def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -177,12 +173,13 @@ def _tail(request: web.Request) -> str:
     return parts[3] if len(parts) == 4 else ""
 
 
-def _params(request: web.Request, known: frozenset[str]) -> dict[str, str]:
-    """The query's parameters, strictly decoded (the first of a repeated name wins).
+def _params(request: web.Request, known: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The query's parameters, strictly decoded.
 
     Raises:
         ApiError: (400 bad_encoding) see `_decode`; (400 unknown_parameter) a name not in `known`: a typo
-            such as `?consistancy=quorum` would otherwise pass for a request at the default level.
+            such as `?consistancy=quorum` would otherwise pass for a request at the default level;
+            (400 duplicate_parameter) a name given twice, which has no single meaning.
     """
     out: dict[str, str] = {}
     for part in request.rel_url.raw_query_string.split("&"):
@@ -194,8 +191,9 @@ def _params(request: web.Request, known: frozenset[str]) -> dict[str, str]:
                 raise ApiError(
                     400, "unknown_parameter", f"unknown query parameter {name!r}; this path takes: {allowed}"
                 )
-            if name not in out:
-                out[name] = _decode(raw_value, f"query parameter {name!r}", plus_is_space=True)
+            if name in out:
+                raise ApiError(400, "duplicate_parameter", f"query parameter {name!r} given more than once")
+            out[name] = _decode(raw_value, f"query parameter {name!r}", plus_is_space=True)
     return out
 
 
@@ -204,15 +202,40 @@ _LIST_PARAMS = frozenset({"prefix", "after", "limit"})
 _WATCH_PARAMS = frozenset({"prefix", "limit"})
 
 
-async def _expect(request: web.Request) -> web.StreamResponse | None:
-    """`Expect: 100-continue` as aiohttp does it; anything else is a 417 (aiohttp's own handler fails with a
-    500 on a value that is not UTF-8)."""
-    if request.version != HttpVersion11:
+def _too_large(request: web.Request, body_max: int) -> web.Response | None:
+    """A 413 (closing the connection) for a request whose declared body is larger than `body_max`, else None:
+    refused on its `Content-Length`, before a byte of the body is read or waited for."""
+    declared = request.content_length
+    if declared is None or declared <= body_max:
         return None
-    if request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    response = _error(413, "too_large", f"a body of {declared} bytes is larger than max_value_bytes ({body_max})")
+    response.force_close()  # the body is not read: the connection cannot carry another request
+    return response
+
+
+def _expect_handler(
+    body_max: int, pool: ConnectionPool
+) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue` as aiohttp does it, unless the body declared is too large (413, not 100);
+        anything else is a 417 (aiohttp's own handler fails with a 500 on a value that is not UTF-8)."""
+        if request.version != HttpVersion11:
+            return None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _error(417, "expectation_failed", "only 'Expect: 100-continue' is understood")
+        refused = _too_large(request, body_max)
+        if refused is not None:
+            return refused
+        try:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except ConnectionError:  # the client is gone: its answer goes nowhere (aiohttp drops it quietly)
+            pool.closed["client_gone"] += 1
+            response = _error(400, "client_gone", "the client closed the connection")
+            response.force_close()
+            return response
         return None
-    return _error(417, "expectation_failed", "only 'Expect: 100-continue' is understood")
+
+    return expect
 
 
 def create_app(
@@ -236,6 +259,8 @@ def create_app(
     registry.register(_NodeCollector(storage, runtime, pool))
     expected = f"Bearer {token}".encode()
     body_timeout_s = pool.limits.body_timeout_s
+    body_max = max(1, storage.config.max_value_bytes)
+    expect = _expect_handler(body_max, pool)
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -258,7 +283,7 @@ def create_app(
             return await handler(request)
         except ApiError as exc:
             response = _error(exc.status, exc.code, str(exc))
-            if exc.status == 408:
+            if exc.status in (408, 413):
                 response.force_close()  # the rest of the body may still be on its way
             return response
         except InvalidInputError as exc:
@@ -283,9 +308,11 @@ def create_app(
         except DSMError as exc:
             return _error(400, error_code(exc), str(exc))
         except RequestPayloadError as exc:  # a body that cannot be decoded (bad chunking, gzip, ...)
-            return _error(400, "bad_body", _one_line(exc))
-        except web.HTTPRequestEntityTooLarge as exc:
-            return _error(413, "too_large", exc.text or "request body too large")
+            return _error(400, "bad_body", one_line(exc))
+        except web.HTTPRequestEntityTooLarge as exc:  # a chunked body that grew past the limit
+            response = _error(413, "too_large", exc.text or "request body too large")
+            response.force_close()
+            return response
         except web.HTTPException as exc:
             if exc.status >= 400:
                 headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -321,7 +348,10 @@ def create_app(
     def key_of(request: web.Request) -> str:
         return _decode(_tail(request), "the key")
 
-    async def put(request: web.Request) -> web.Response:
+    async def put(request: web.Request) -> web.StreamResponse:
+        refused = _too_large(request, body_max)  # first: whatever else is wrong, this body is not waited for
+        if refused is not None:
+            return refused
         consistency = level(request)
         key = key_of(request)
         try:
@@ -330,6 +360,11 @@ def create_app(
         except TimeoutError:
             pool.closed["body_timeout"] += 1
             raise ApiError(408, "body_timeout", f"the body did not arrive within {body_timeout_s:g} s") from None
+        except ConnectionResetError:
+            # The client closed its connection before its whole body arrived: nothing to write and nobody to
+            # answer. The answer below goes nowhere (aiohttp drops it quietly), rather than a traceback.
+            pool.closed["client_gone"] += 1
+            raise ApiError(400, "client_gone", "the connection closed before the whole body arrived") from None
         result = await storage.put(key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
@@ -494,6 +529,17 @@ def create_app(
 
         return answer
 
+    def strict(handler: Handler) -> Handler:
+        """`handler` for a path that takes no query parameter: any is a 400, as on the paths that take some
+        (a probe's or a scraper's typo is noticed, not ignored)."""
+
+        async def run(request: web.Request) -> web.StreamResponse:
+            if request.rel_url.raw_query_string:
+                _params(request)
+            return await handler(request)
+
+        return run
+
     # [\s\S]: a key may hold any character, a newline included ('.' would stop at one and answer 404).
     table: dict[str, dict[str, Handler]] = {
         r"/v1/kv/{key:[\s\S]*}": {
@@ -503,24 +549,24 @@ def create_app(
         },
         "/v1/kv": {"GET": timed("list", listing)},
         "/v1/watch": {"GET": watch},
-        "/v1/members": {"GET": members},
-        r"/v1/members/{node_id:[\s\S]*}": {"DELETE": remove_member},
-        "/v1/topology": {"GET": topology},
-        "/health": {"GET": health},
-        "/health/live": {"GET": health},
-        "/health/ready": {"GET": ready},
-        "/metrics": {"GET": metrics},
-        "/openapi.json": {"GET": openapi},
+        "/v1/members": {"GET": strict(members)},
+        r"/v1/members/{node_id:[\s\S]*}": {"DELETE": strict(remove_member)},
+        "/v1/topology": {"GET": strict(topology)},
+        "/health": {"GET": strict(health)},
+        "/health/live": {"GET": strict(health)},
+        "/health/ready": {"GET": strict(ready)},
+        "/metrics": {"GET": strict(metrics)},
+        "/openapi.json": {"GET": strict(openapi)},
     }
     routes = []
     for path, methods in table.items():
         for method, handler in methods.items():
-            routes.append(web.route(method, path, handler, expect_handler=_expect))
+            routes.append(web.route(method, path, handler, expect_handler=expect))
         # Every other method, and every other path below, answered here rather than by aiohttp's own routes,
         # so that those answers are JSON with Allow, and an odd Expect header on them is a 417 too.
         allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
-        routes.append(web.route("*", path, not_allowed(allow), expect_handler=_expect))
-    routes.append(web.route("*", r"/{path:[\s\S]*}", not_found, expect_handler=_expect))
+        routes.append(web.route("*", path, not_allowed(allow), expect_handler=expect))
+    routes.append(web.route("*", r"/{path:[\s\S]*}", not_found, expect_handler=expect))
     app = web.Application(middlewares=[guard], client_max_size=max(1, storage.config.max_value_bytes))
     app[CONNECTIONS] = pool
     app.add_routes(routes)
@@ -603,7 +649,8 @@ class _NodeCollector(Collector):
             "dsm_http_connections_closed",
             "HTTP connections closed by a bound: header_timeout, body_timeout, send_timeout (a client not "
             "reading its answer), idle_timeout, evicted (the oldest "
-            "idle or half-sent one, for a new connection at http_max_connections), refused (503, all busy)",
+            "idle or half-sent one, for a new connection at http_max_connections), refused (503, all busy); "
+            "and client_gone: closed by the client before its request body arrived",
             labels=["reason"],
         )
         for reason in CLOSE_REASONS:

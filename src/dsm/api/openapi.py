@@ -2,10 +2,11 @@
 
 It is the contract a client can test against: every route, the bearer token (declared once, lifted on the
 health routes), the `X-DSM-*` headers each way, and every status each route can answer with, errors
-included. Statuses that any route can give: 400 (a request aiohttp cannot parse, or bad percent-encoding),
-401 (with `http_token`, except on the health routes), 417 (an `Expect` other than `100-continue`) and 503
-(the connection cap reached with every connection busy; `Retry-After`). tests/test_openapi_conformance.py
-runs schemathesis against a real node with this document.
+included. Statuses that any route can give: 400 (a request aiohttp cannot parse, bad percent-encoding, or
+a query parameter the route does not take or given twice), 401 (with `http_token`, except on the health
+routes), 417 (an `Expect` other than `100-continue`) and 503 (the connection cap reached with every
+connection busy; `Retry-After`). tests/test_openapi_conformance.py runs schemathesis against a real node
+with this document.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def _write(summary: str, *, body: bool) -> dict[str, Any]:
     if body:
         operation["requestBody"] = {"required": False, "content": _OPAQUE}
         operation["responses"]["408"] = _error("the body did not arrive within http_body_timeout_ms")
-        operation["responses"]["413"] = _error("the body is larger than max_value_bytes")
+        operation["responses"]["413"] = _error(
+            "the body is larger than max_value_bytes (refused on its Content-Length before it is read)"
+        )
     return operation
 
 
@@ -131,7 +134,10 @@ OPENAPI: dict[str, Any] = {
             "RetryAfter": {"description": "seconds to wait before retrying", "schema": {"type": "string"}},
         },
         "responses": {
-            "BadRequest": _error("bad input: a malformed request, key, escape, parameter or context"),
+            "BadRequest": _error(
+                "bad input: a malformed request, key, escape, parameter or context; a query parameter the route "
+                "does not take (unknown_parameter) or given twice (duplicate_parameter)"
+            ),
             "Unauthorized": {
                 **_error("no valid 'Authorization: Bearer <token>'"),
                 "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
