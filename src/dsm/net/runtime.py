@@ -359,7 +359,7 @@ class Runtime:
         if kind in _LEVEL_HANDLERS:
             _LEVEL_HANDLERS[kind](self, source, message)
             return
-        self._apply(self.peer.handle(self.now(), message))
+        self._apply(peer.handle(self.now(), message))
 
     def _publish(self, items: list[Any]) -> None:
         if self.peer is not None and not self.peer.left:
