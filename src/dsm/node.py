@@ -329,6 +329,8 @@ class EpidemicStorage:
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._leaving = False
+        #: The node id whose store this node adopted at start (`adopt_store`), else None.
+        self.adopted_from: str | None = None
         self._state = "new"
         self._watches: set[Watch] = set()
         #: The network runtime driving this node, when the factory started one (None: a standalone node).
@@ -394,6 +396,7 @@ class EpidemicStorage:
             raise ForeignStoreError(owner, self.node_id, self.store.url)
         if owner is not None:
             log.warning("node %s adopts the store %s of node %s (adopt_store)", self.node_id, self.store.url, owner)
+            self.adopted_from = owner
         await self.store.write([], {META_NODE_ID: self.node_id.encode("utf-8")})
 
     async def _restore_clock(self) -> None:

@@ -451,11 +451,13 @@ class Peer:
             if state
         )
 
-    def restore(self, record: bytes) -> int:
+    def restore(self, record: bytes, exclude: Sequence[str] = ()) -> int:
         """Reads back a saved member table before `join` (a restarted node): the members become known with
         their saved states (merged by the usual rules) and, unless they left, targets of the join. This node
         is not joined until one of them (or a bootstrap address) answers. Returns how many other members it
         restored.
+
+        `exclude`: ids left out (the previous owner of a store this node adopted: its former self).
 
         Raises:
             ValueError: the record cannot be read (nothing is applied).
@@ -463,7 +465,7 @@ class Peer:
         members = member_record.decode(record)
         restored = 0
         for m in members:
-            if m.info.node_id == self.id:
+            if m.info.node_id == self.id or m.info.node_id in exclude:
                 continue
             self._apply(
                 Update(int(m.state), m.info.node_id, m.incarnation, m.info.addr, m.info.region, ""), rebroadcast=False

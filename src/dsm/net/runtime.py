@@ -215,7 +215,8 @@ class Runtime:
         if saved is not None:
             self._restoring = True
             try:
-                restored = self.peer.restore(saved)
+                adopted = self.storage.adopted_from
+                restored = self.peer.restore(saved, exclude=(adopted,) if adopted else ())
             except ValueError as exc:
                 raise StorageCorruptError(f"{store.url}: the saved member table cannot be read: {exc}") from None
             finally:
