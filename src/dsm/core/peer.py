@@ -235,6 +235,14 @@ class PeerSettings:
         )
 
 
+def suspicion_bounds(settings: PeerSettings, members: int) -> tuple[int, int]:
+    """Lifeguard's suspicion timeout in a cluster of `members` live members, ms: (min, max) = (suspicion_mult
+    x max(1, log10 n) x probe_interval_ms, suspicion_max_mult times that); confirmations move a suspicion
+    from the max towards the min. The one formula the core uses and the simulator's reports quote."""
+    low = int(settings.suspicion_mult * max(1.0, math.log10(max(1, members))) * settings.probe_interval_ms)
+    return low, low * settings.suspicion_max_mult
+
+
 @dataclass
 class PeerStats:
     """Counters of what this node did (the simulator sums them)."""
@@ -767,9 +775,7 @@ class Peer:
             self._adjust_health(1)
 
     def _suspicion_bounds(self) -> tuple[int, int]:
-        n = max(1, self.table.live_count())
-        low = int(self.settings.suspicion_mult * max(1.0, math.log10(n)) * self.settings.probe_interval_ms)
-        return low, low * self.settings.suspicion_max_mult
+        return suspicion_bounds(self.settings, self.table.live_count())
 
     def _suspicion_deadline(self, suspicion: _Suspicion) -> int:
         low, high = self._suspicion_bounds()

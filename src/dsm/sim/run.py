@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import resource
 import statistics
 import time
@@ -41,7 +40,7 @@ from typing import Any
 
 from dsm.core.encoding import decode_versions
 from dsm.core.messages import OVERLAY_MESSAGES, Ack, DataItem, Ping, PingReq
-from dsm.core.peer import PeerSettings
+from dsm.core.peer import PeerSettings, suspicion_bounds
 from dsm.core.ring import State
 from dsm.sim.checkers import Checkers, CheckFailed
 from dsm.sim.cluster import RouteOutcome, SimNode, Simulation
@@ -334,7 +333,7 @@ class StandardRun:
             node.slow_ms = 0.0
         sim.network.loss = sim.network.duplicate = 0.0
         self.checkers.check_incarnations()
-        _, high = _suspicion_bounds(p.settings, len(sim.up_nodes()))
+        _, high = suspicion_bounds(p.settings, len(sim.up_nodes()))
         bound = p.converge_bound_s * 1000 or (high + 60 * T)
         self._phase = "converge"
         failure = None
@@ -645,7 +644,7 @@ class StandardRun:
         for node in victims:
             sim.crash(node)
         survivors = len(sim.up_nodes())
-        low, high = _suspicion_bounds(p.settings, survivors + count)
+        low, high = suspicion_bounds(p.settings, survivors + count)
         detection_period = T + low
         connected_ms = ring_ms = None
         routing_3t: list[RouteOutcome] = []
@@ -740,8 +739,3 @@ class StandardRun:
                     seen.add(other)
                     stack.append(other)
         return len(seen) == len(up)
-
-
-def _suspicion_bounds(settings: PeerSettings, n: int) -> tuple[int, int]:
-    low = int(settings.suspicion_mult * max(1.0, math.log10(max(1, n))) * settings.probe_interval_ms)
-    return low, low * settings.suspicion_max_mult
