@@ -737,7 +737,7 @@ def _validate(c: StorageConfig) -> None:
     if c.cluster_secrets_accepted and not c.cluster_secret:
         raise ConfigError("cluster_secrets_accepted", "<hidden>", "empty unless cluster_secret is set")
     _int_in(c, "join_retry_max_ms", 100, 3_600_000)
-    for name in ("new_cluster", "adopt_store", "leave_on_terminate"):
+    for name in ("new_cluster", "adopt_store", "leave_on_terminate", "tls_require_node_id"):
         if type(getattr(c, name)) is not bool:
             raise ConfigError(name, getattr(c, name), "true or false")
     if c.new_cluster and c.bootstrap_addrs:
@@ -748,8 +748,6 @@ def _validate(c: StorageConfig) -> None:
     _int_in(c, "http_idle_timeout_ms", 100, day_ms)
     _int_in(c, "http_max_connections", 1, 1_000_000)
     _tls(c)
-    if type(c.tls_require_node_id) is not bool:
-        raise ConfigError("tls_require_node_id", c.tls_require_node_id, "true or false")
     _int_in(c, "peer_handshake_timeout_ms", 100, 60_000)
     _int_in(c, "peer_handshakes_max", 1, 65_536)
     _int_in(c, "peer_handshakes_per_host_max", 1, 65_536)

@@ -13,7 +13,7 @@ a record that cannot be read is the store's corruption, reported by the runtime,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -43,6 +43,14 @@ def encode(members: Iterable[StoredMember]) -> bytes:
     ]
     packed: bytes = msgpack.packb([RECORD_VERSION, rows], use_bin_type=True)
     return packed
+
+
+def of_table(infos: Sequence[MemberInfo], states: bytes | bytearray, incarnations: Sequence[int]) -> bytes:
+    """The record of a member table given as per-slot arrays (`MemberTable.states` / `.incarnations` over
+    its directory's `infos`): what `Peer.member_record` saves and the simulator's crashed nodes keep."""
+    return encode(
+        StoredMember(infos[slot], incarnations[slot], State(state)) for slot, state in enumerate(states) if state
+    )
 
 
 def decode(data: bytes) -> list[StoredMember]:

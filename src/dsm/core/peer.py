@@ -72,7 +72,6 @@ from dsm.core import member_record
 from dsm.core.broadcast import BroadcastQueue
 from dsm.core.consistency import Group, Level, Tally, groups
 from dsm.core.dissemination import Dissemination
-from dsm.core.member_record import StoredMember
 from dsm.core.messages import (
     Ack,
     DataItem,
@@ -452,12 +451,7 @@ class Peer:
 
     def member_record(self) -> bytes:
         """The member table as the runtime saves it (see `member_record.py`)."""
-        infos, table = self.directory.infos, self.table
-        return member_record.encode(
-            StoredMember(infos[slot], table.incarnations[slot], State(state))
-            for slot, state in enumerate(table.states)
-            if state
-        )
+        return member_record.of_table(self.directory.infos, self.table.states, self.table.incarnations)
 
     def restore(self, record: bytes, exclude: Sequence[str] = ()) -> int:
         """Reads back a saved member table before `join` (a restarted node): the members become known with
@@ -1166,11 +1160,6 @@ class Peer:
         if rounds:  # jitter on the backoff, so nodes restarted together do not retry in step
             delay = delay // 2 + self.rng.randrange(max(1, delay // 2 + 1))
         self._arm(self._now + max(1, delay), _JOIN_RETRY, 0)
-
-    @property
-    def join_attempts(self) -> int:
-        """Join rounds sent so far (each to up to JOIN_FANOUT targets)."""
-        return self._join_attempt
 
     def _on_join(self, message: Join) -> None:
         self._apply(Update(_ALIVE, message.source, message.incarnation, message.addr, message.region, ""))

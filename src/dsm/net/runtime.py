@@ -61,6 +61,7 @@ from dsm.core.ring import MemberInfo, State
 from dsm.errors import StorageCorruptError
 from dsm.net import chunks
 from dsm.net.looplag import LoopLag
+from dsm.net.quietlog import QuietLog
 from dsm.net.security import Keyring
 from dsm.net.tls import contexts
 from dsm.net.transport import PeerLimits, Transport
@@ -155,7 +156,8 @@ class Runtime:
         self.joined = asyncio.Event()
         #: Why the last attempt to reach each join target failed (addr -> reason), while not joined.
         self.join_failures: dict[str, str] = {}
-        self._warned: dict[tuple[str, str], float] = {}
+        # WARNINGs about join targets and strangers: at most one per JOIN_WARNING_S per target and reason.
+        self._warnings = QuietLog(log, JOIN_WARNING_S)
         self._members_saved = -1
         self._saver: asyncio.Task[None] | None = None
         self._restoring = False
@@ -256,29 +258,22 @@ class Runtime:
         if not any(a == addr for _, a in peer.join_targets()):
             return
         self.join_failures[addr] = reason
-        now = self._loop.time() if self._loop is not None else 0.0
-        last = self._warned.get((addr, reason))
-        if last is None or now - last >= JOIN_WARNING_S:
-            self._warned[(addr, reason)] = now
-            log.warning(
-                "node %s not joined: joining through %s%s failed (%s); retrying", self.node_id, addr,
-                f" ({node_id})" if node_id else "", reason,
-            )  # fmt: skip
+        self._warnings.log(
+            logging.WARNING, f"join {addr} {reason}", "node %s not joined: joining through %s%s failed (%s); retrying",
+            self.node_id, addr, f" ({node_id})" if node_id else "", reason,
+        )  # fmt: skip
 
     def _stranger(self, source: str) -> None:
         """A node alone in the cluster it started hears from a member it does not know, which holds the
         cluster secret and knows this node (it probes or syncs with it): most likely this node lost its store
         (or its saved table) and was started without bootstrap addresses, so it runs a cluster of its own
         beside its real one. Said loudly (the two do not merge by themselves), at most every JOIN_WARNING_S."""
-        now = self._loop.time() if self._loop is not None else 0.0
-        last = self._warned.get(("stranger", ""))
-        if last is None or now - last >= JOIN_WARNING_S:
-            self._warned[("stranger", "")] = now
-            log.warning(
-                "node %s runs a cluster of its own, but member %r of another cluster contacts it: if this node "
-                "belongs to that cluster (a lost data directory?), restart it with --bootstrap <a member>",
-                self.node_id, source,
-            )  # fmt: skip
+        self._warnings.log(
+            logging.WARNING, "stranger",
+            "node %s runs a cluster of its own, but member %r of another cluster contacts it: if this node "
+            "belongs to that cluster (a lost data directory?), restart it with --bootstrap <a member>",
+            self.node_id, source,
+        )  # fmt: skip
 
     def _member_changed(self, peer: Peer, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
         if self._restoring or slot == peer.me:

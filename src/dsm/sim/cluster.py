@@ -30,7 +30,6 @@ from dsm.core.consistency import Level, Tally, merge_answers
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.hlc import pack
-from dsm.core.member_record import StoredMember
 from dsm.core.messages import (
     OVERLAY_MESSAGES,
     DataItem,
@@ -100,11 +99,7 @@ class SimNode:
         incarnations = self.saved_incarnations
         if incarnations is None:
             return b""
-        return member_record.encode(
-            StoredMember(directory.infos[slot], incarnations[slot], State(state))
-            for slot, state in enumerate(self.saved_states)
-            if state
-        )
+        return member_record.of_table(directory.infos, self.saved_states, incarnations)
 
 
 @dataclass
