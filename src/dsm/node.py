@@ -40,7 +40,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -51,13 +51,23 @@ from dsm.core.encoding import (
     DecodeError,
     decode_context,
     decode_versions,
-    digest,
     encode_versions,
 )
-from dsm.core.hlc import MAX_TIMESTAMP, HybridLogicalClock, pack, physical_ms
+from dsm.core.hlc import MAX_TIMESTAMP, physical_ms
 from dsm.core.messages import DataItem
+from dsm.core.replica import (
+    HLC_RESERVE_MS,
+    META_HLC,
+    USER_KEYS_START,
+    Change,
+    MergeOp,
+    MergeStats,
+    Replica,
+    ReplicaSettings,
+    WriteOp,
+)
 from dsm.core.vclock import VersionVector
-from dsm.core.versions import SIBLINGS_MAX_BYTES, Dot, Resolution, VersionSet, purgeable, write
+from dsm.core.versions import Resolution, VersionSet
 from dsm.errors import (
     ClockSkewError,
     ClosedError,
@@ -73,14 +83,13 @@ from dsm.errors import (
     StorageError,
     WatchOverflowError,
 )
-from dsm.storage.base import BackingStore, StoredKey
+from dsm.storage.base import BackingStore
 from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
 
 log = logging.getLogger("dsm.node")
 
-#: How far ahead of the newest timestamp the clock floor is reserved, ms (one metadata write per period).
-HLC_RESERVE_MS = 10_000
-META_HLC = "hlc_reserved"
+__all__ = ["HLC_RESERVE_MS", "META_HLC", "Change", "EpidemicStorage", "MergeStats", "Watch"]
+
 #: Unix ms: when this store started taking part in the cluster (set when the store is new or was emptied),
 #: and the last time the node was running (written by the tombstone sweep, and on a clean close).
 META_MEMBER_SINCE = "member_since_ms"
@@ -90,8 +99,6 @@ META_NODE_ID = "node_id"
 #: Internal records replicated like data, under keys no client can use (client keys never hold NUL): a
 #: member's free metadata (`NodeInfo.metadata`, JSON), so every member can show every member's.
 MEMBER_KEY_PREFIX = "\x00member/"
-#: Every client key sorts at or after this (listings start there).
-USER_KEYS_START = "\x01"
 #: Bounds of a node's metadata: pairs, and bytes of its JSON.
 METADATA_MAX_PAIRS = 64
 METADATA_MAX_BYTES = 4096
@@ -134,61 +141,12 @@ def wall_clock_ms() -> int:
 
 
 @dataclass(slots=True)
-class MergeStats:
-    """What merges of remote writes did (the network runtime exports these as metrics)."""
+class _Queued:
+    """A write or merge waiting in the commit queue (`size`: its value bytes, for the batch byte bound)."""
 
-    items: int = 0
-    keys_changed: int = 0
-    refused_skew: int = 0
-    refused_corrupt: int = 0
-    refused_expired: int = 0
-
-
-@dataclass(slots=True)
-class _Merge:
-    items: Sequence[DataItem]
-    future: asyncio.Future[int]
+    op: WriteOp | MergeOp
+    future: asyncio.Future[Any]
     size: int
-    #: Keys this merge changed, and items it refused (clock skew, undecodable, expired), set by the commit.
-    changed: int = 0
-    refused: int = 0
-    #: The tombstone sweep's use of the queue: keys to delete if they still hold only tombstones older
-    #: than `purge_before` (checked in the commit, against the row as it is then), and metadata to store.
-    purge: Sequence[str] = ()
-    purge_before: int = 0
-    meta: dict[str, bytes] | None = None
-
-
-@dataclass(slots=True)
-class _Write:
-    key: str
-    value: bytes | None
-    context: VersionVector
-    future: asyncio.Future[WriteResult]
-    #: The key's version set right after this write (set by the commit; its context is the write's result).
-    after: VersionSet = field(default=VersionSet())
-    timestamp: int = 0
-    #: Set by the commit when this write alone failed (its key's stored row is unreadable).
-    error: DSMError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A committed change of one key, as a watch reports it.
-
-    Attributes:
-        key: the key.
-        timestamp: the hybrid-logical-clock timestamp of its newest version.
-        writer: the node that accepted that version.
-        deleted: no live value is left (the newest version is a delete).
-        local: written through this node (False: it arrived from another replica).
-    """
-
-    key: str
-    timestamp: int
-    writer: str
-    deleted: bool
-    local: bool
 
 
 class Watch:
@@ -208,11 +166,11 @@ class Watch:
         self._end: BaseException | None = None
         self.closed = False
 
-    def _offer(self, change: Change) -> None:
+    def offer(self, change: Change) -> None:
         if self.closed:
             return
         if len(self._queue) >= self._limit:
-            self._finish(WatchOverflowError(f"watch of {self.prefix!r} fell {self._limit} changes behind"))
+            self.finish(WatchOverflowError(f"watch of {self.prefix!r} fell {self._limit} changes behind"))
             return
         self._queue.append(change)
         self._notify()
@@ -221,7 +179,7 @@ class Watch:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _finish(self, end: BaseException | None) -> None:
+    def finish(self, end: BaseException | None) -> None:
         if not self.closed:
             self.closed = True
             self._end = end
@@ -231,7 +189,7 @@ class Watch:
     def close(self) -> None:
         """Ends the watch; changes already queued are dropped."""
         self._queue.clear()
-        self._finish(None)
+        self.finish(None)
 
     def __aiter__(self) -> Watch:
         return self
@@ -313,11 +271,10 @@ class EpidemicStorage:
         self.node_info = node_info
         self.store = store
         self._wall_ms = wall_ms
-        self._resolution = Resolution(config.conflict_resolution)
-        self._hlc = HybridLogicalClock(config.max_clock_offset_ms)
-        self._reserved_ms = 0
-        self._pending: deque[_Write | _Merge] = deque()
-        self.merge_stats = MergeStats()
+        #: The write and merge rule with this node's clock (`dsm.core.replica`).
+        self.replica = Replica(self.node_id, ReplicaSettings.from_config(config), store.url)
+        self._resolution = self.replica.resolution
+        self._pending: deque[_Queued] = deque()
         #: Called after each commit with the local writes it made durable (see the module docstring).
         self.on_committed: Callable[[list[DataItem]], None] | None = None
         # Backpressure: writes in the queue or in a commit, and the writers waiting for room (FIFO).
@@ -342,10 +299,6 @@ class EpidemicStorage:
         self.level_stats: Counter[tuple[str, str, str]] = Counter()
         self.read_repairs = 0
         self._repairs: set[asyncio.Task[None]] = set()
-        #: Tombstones purged by the sweep, and remote items refused because they were older than the grace
-        #: period for a key this node no longer holds (see docs/consistency.md, "Safe deletes").
-        self.tombstones_purged = 0
-        self._member_since_ms = 0
         self._sweeper: asyncio.Task[None] | None = None
         #: In 'siblings' mode, a read that finds several values passes them to this function and writes
         #: back what it returns, with the read's context: the siblings are resolved for every later reader
@@ -355,6 +308,16 @@ class EpidemicStorage:
         #: Reads whose siblings the resolver replaced, and resolver calls that raised (siblings returned).
         self.resolved = 0
         self.resolver_failures = 0
+
+    @property
+    def merge_stats(self) -> MergeStats:
+        """What merges of remote writes did (refusals included)."""
+        return self.replica.stats
+
+    @property
+    def tombstones_purged(self) -> int:
+        """Tombstones purged by the sweep (see docs/consistency.md, "Safe deletes")."""
+        return self.replica.tombstones_purged
 
     # --- life cycle ---
 
@@ -410,9 +373,8 @@ class EpidemicStorage:
             reserved = -1
         if not 0 <= reserved <= physical_ms(MAX_TIMESTAMP) - HLC_RESERVE_MS:
             raise StorageCorruptError(f"{self.store.url}: bad {META_HLC} metadata {raw[:40]!r}")
-        self._reserved_ms = reserved
-        if reserved >= self._wall_ms():
-            self._hlc.advance_to(await self.store.max_timestamp())
+        if self.replica.restore_floor(reserved, self._wall_ms()):
+            self.replica.clock.advance_to(await self.store.max_timestamp())
 
     async def _meta_ms(self, name: str) -> int | None:
         raw = await self.store.read_meta(name)
@@ -442,7 +404,7 @@ class EpidemicStorage:
             since = None
         if since is None:
             since = now
-        self._member_since_ms = since
+        self.replica.member_since_ms = since
         stamp = str(now).encode("ascii")
         await self.store.write([], {META_MEMBER_SINCE: str(since).encode("ascii"), META_LAST_SEEN: stamp})
 
@@ -465,18 +427,12 @@ class EpidemicStorage:
         running; returns how many keys were purged."""
         self._check_open()
         now = self._wall_ms()
-        before = pack(max(0, now - self.config.tombstone_grace_ms))
+        before = self.replica.purge_bound(now)
         purged = 0
         after = ""
         while page := await self.store.older_than(before, after, SWEEP_PAGE):
             after = page[-1][0]
-            keys = []
-            for key, encoded in page:
-                try:
-                    if purgeable(decode_versions(encoded), before):
-                        keys.append(key)
-                except DecodeError:
-                    continue  # an unreadable row is left for an operator (reads report it)
+            keys = self.replica.purge_candidates(page, before)
             if keys:
                 purged += (await self._queue_purge(keys, before, None)).changed
             if len(page) < SWEEP_PAGE:
@@ -485,8 +441,8 @@ class EpidemicStorage:
         await self._queue_purge((), before, {META_LAST_SEEN: str(now).encode("ascii")})
         return purged
 
-    async def _queue_purge(self, keys: Sequence[str], before: int, meta: dict[str, bytes] | None) -> _Merge:
-        return await self._enqueue_merge((), purge=keys, purge_before=before, meta=meta)
+    async def _queue_purge(self, keys: Sequence[str], before: int, meta: dict[str, bytes] | None) -> MergeOp:
+        return await self._enqueue_merge(MergeOp((), keys, before, meta))
 
     async def close(self) -> None:
         """Stops accepting operations, commits every queued write, closes the store. Idempotent.
@@ -534,11 +490,11 @@ class EpidemicStorage:
                 await asyncio.gather(*self._repairs, return_exceptions=True)
             # A clean close leaves the exact clock floor, so the next start needs no scan.
             with contextlib.suppress(StorageError):
-                floor = str(physical_ms(self._hlc.last) + 1).encode("ascii")
-                await self.store.write([], {META_HLC: floor, META_LAST_SEEN: str(self._wall_ms()).encode("ascii")})
+                meta = self.replica.closing_meta()
+                await self.store.write([], {**meta, META_LAST_SEEN: str(self._wall_ms()).encode("ascii")})
         finally:
             for watch in list(self._watches):
-                watch._finish(None)
+                watch.finish(None)
             try:
                 await self.store.close()
             finally:
@@ -602,11 +558,7 @@ class EpidemicStorage:
             raise InvalidContextError(f"a context must be the str token a read returned, not {type(context).__name__}")
         try:
             vector = decode_context(context, self.config.max_context_bytes, key)
-            newest = vector.max_timestamp()
-            # What this clock has issued or observed is never "from the future", however far ahead of the
-            # wall clock it runs; anything newer must be within max_clock_offset_ms of it.
-            if newest > self._hlc.last:
-                self._hlc.check(newest, self._wall_ms())
+            self.replica.check_context(vector, self._wall_ms())
         except DecodeError as exc:
             raise InvalidContextError(str(exc)) from None
         except ClockSkewError as exc:
@@ -855,21 +807,21 @@ class EpidemicStorage:
             return 0
         return (await self._merge_item(items)).changed
 
-    async def _merge_item(self, items: Sequence[DataItem]) -> _Merge:
+    async def _merge_item(self, items: Sequence[DataItem]) -> MergeOp:
         self._check_open()
-        return await self._enqueue_merge(items)
+        return await self._enqueue_merge(MergeOp(items))
 
-    async def _enqueue_merge(self, items: Sequence[DataItem], **extra: Any) -> _Merge:
-        """Queues a merge (or a purge: `extra`) for the writer and waits for its commit."""
+    async def _enqueue_merge(self, op: MergeOp) -> MergeOp:
+        """Queues a merge (or a purge) for the writer and waits for its commit."""
         if self._queued < self.config.write_queue_max:
             self._queued += 1
         else:
             await self._wait_for_place()
-        size = sum(len(i.versions) for i in items)
-        merge = _Merge(items, asyncio.get_running_loop().create_future(), size, **extra)
-        self._admit(merge)
-        await merge.future
-        return merge
+        size = sum(len(i.versions) for i in op.items)
+        queued = _Queued(op, asyncio.get_running_loop().create_future(), size)
+        self._admit(queued)
+        await queued.future
+        return op
 
     async def list_keys(self, prefix: str = "", after: str = "", limit: int = 100) -> tuple[list[str], bool]:
         """Keys holding a value (deleted ones left out) that start with `prefix` and sort after `after`,
@@ -929,17 +881,10 @@ class EpidemicStorage:
         self._watches.add(watch)
         return watch
 
-    def _tell_watches(self, states: dict[str, VersionSet], dirty: dict[str, None], local: dict[str, int]) -> None:
-        for key in dirty:
-            if key < USER_KEYS_START:
-                continue  # an internal record (member metadata)
-            takers = [w for w in self._watches if key.startswith(w.prefix)]
-            if not takers:
-                continue
-            newest = max(states[key].versions, key=lambda v: v.dot.timestamp)
-            change = Change(key, newest.dot.timestamp, newest.dot.node, not states[key].live, key in local)
-            for watch in takers:
-                watch._offer(change)
+    def _tell_watches(self, changes: list[Change]) -> None:
+        for change in changes:
+            for watch in [w for w in self._watches if change.key.startswith(w.prefix)]:
+                watch.offer(change)
 
     async def count(self) -> int:
         """The number of keys stored on this node, tombstones included."""
@@ -947,12 +892,7 @@ class EpidemicStorage:
         return await self.store.count()
 
     def _decode(self, key: str, encoded: bytes) -> VersionSet:
-        try:
-            return decode_versions(encoded)
-        except DecodeError as exc:
-            raise StorageCorruptError(
-                f"{self.store.url}: stored versions of key {key!r} are unreadable: {exc}"
-            ) from None
+        return self.replica.decode(key, encoded)
 
     # --- group commit ---
 
@@ -961,13 +901,14 @@ class EpidemicStorage:
             self._queued += 1  # the common case, without the cost of another coroutine
         else:
             await self._wait_for_place()
-        item = _Write(key, value, context, asyncio.get_running_loop().create_future())
+        item = _Queued(WriteOp(key, value, context), asyncio.get_running_loop().create_future(), len(value or b""))
         self._admit(item)
         # The place is given back by the writer when the write leaves the queue (committed, failed or
         # dropped because this caller was cancelled first), never here: see "Queue accounting".
-        return await item.future
+        result: WriteResult = await item.future
+        return result
 
-    def _admit(self, item: _Write | _Merge) -> None:
+    def _admit(self, item: _Queued) -> None:
         """Queues an item that holds a place (released here if the node closed while it waited)."""
         if self._state != "running":
             self._release()
@@ -1000,13 +941,13 @@ class EpidemicStorage:
                 return
         self._queued -= 1
 
-    def _next_batch(self) -> list[_Write | _Merge]:
+    def _next_batch(self) -> list[_Queued]:
         """Takes up to `write_batch_max` queued writes (and `write_batch_max_bytes` of values), dropping those
         whose callers were cancelled."""
         pending = self._pending
         if len(pending) == 1 and not pending[0].future.cancelled():
             return [pending.popleft()]  # the single-writer case
-        batch: list[_Write | _Merge] = []
+        batch: list[_Queued] = []
         limit, byte_limit, size = self.config.write_batch_max, self.config.write_batch_max_bytes, 0
         while pending and len(batch) < limit:
             item = pending[0]
@@ -1014,7 +955,7 @@ class EpidemicStorage:
                 pending.popleft()
                 self._release()
                 continue
-            size += item.size if isinstance(item, _Merge) else len(item.value or b"")
+            size += item.size
             if batch and size > byte_limit:
                 break  # the next batch starts with it
             batch.append(pending.popleft())
@@ -1042,161 +983,45 @@ class EpidemicStorage:
                     failure = StorageError(f"commit failed unexpectedly: {exc!r}")
                 for item in batch:
                     self._release()
-                    if item.future.done():
-                        continue
-                    if isinstance(item, _Merge):
-                        if failure is not None:
-                            item.future.set_exception(failure)
-                        else:
-                            item.future.set_result(item.changed)
-                        continue
-                    error = failure or item.error
-                    if error is not None:
-                        item.future.set_exception(error)
-                    else:
-                        item.future.set_result(WriteResult(item.key, item.timestamp, item.after))
+                    if not item.future.done():
+                        self._settle(item, failure)
                 if self._pending:
                     # An inline store (SQLite) never suspends in a commit, so without this the loop would
                     # run every queued batch back to back; yielding bounds a stall to one batch.
                     await asyncio.sleep(0)
 
-    async def _current(self, keys: Sequence[str]) -> tuple[dict[str, VersionSet], dict[str, DSMError]]:
-        """The stored version sets of `keys`, and the error of each key whose row is unreadable."""
-        found = await self.store.read_many(list(dict.fromkeys(keys)))
-        states: dict[str, VersionSet] = {}
-        bad: dict[str, DSMError] = {}
-        for key, encoded in found.items():
-            try:
-                states[key] = self._decode(key, encoded)
-            except StorageCorruptError as exc:
-                bad[key] = exc
-        return states, bad
+    @staticmethod
+    def _settle(item: _Queued, failure: DSMError | None) -> None:
+        """Gives a committed (or failed) write or merge its outcome."""
+        op = item.op
+        error = failure or (op.error if isinstance(op, WriteOp) else None)
+        if error is not None:
+            item.future.set_exception(error)
+        elif isinstance(op, WriteOp):
+            item.future.set_result(WriteResult(op.key, op.timestamp, op.after))
+        else:
+            item.future.set_result(op.changed)
 
-    async def _commit(self, batch: list[_Write | _Merge]) -> None:
-        """Turns a batch of writes and merges into new version sets and commits them in one store
-        transaction, in queue order.
+    async def _commit(self, batch: list[_Queued]) -> None:
+        """Commits a batch of writes and merges in one store transaction, in queue order: the replica
+        (`dsm.core.replica`) decides what to store; this stores it and tells watches and the network.
 
-        A write whose key's stored row is unreadable fails alone (`item.error`); the others commit.
+        A write whose key's stored row is unreadable fails alone (`WriteOp.error`); the others commit.
         """
-        lww = self._resolution is Resolution.LWW
-        # In last-writer-wins the new version's timestamp exceeds every stored one (the clock has seen them
-        # all), so it replaces the key whatever is stored: no read is needed. Merges always read.
-        wanted = [
-            key
-            for item in batch
-            for key in (
-                (*(i.key for i in item.items), *item.purge) if isinstance(item, _Merge) else () if lww else (item.key,)
-            )
-        ]
-        states, bad = await self._current(wanted) if wanted else ({}, {})
-        wall = self._wall_ms()
-        hlc, node_id, config = self._hlc, self.node_id, self.config
-        dirty: dict[str, None] = {}
-        published: dict[str, int] = {}
-        deletes: list[str] = []
-        meta: dict[str, bytes] = {}
-        for item in batch:
-            if isinstance(item, _Merge):
-                self._merge_into(states, bad, dirty, item, wall)
-                for key in item.purge:
-                    current = states.get(key)
-                    if current is not None and key not in dirty and purgeable(current, item.purge_before):
-                        deletes.append(key)
-                        del states[key]
-                        item.changed += 1
-                if item.meta:
-                    meta.update(item.meta)
-                continue
-            if item.key in bad:
-                item.error = bad[item.key]
-                continue
-            current = states.get(item.key, _EMPTY)
-            if current.versions or item.context.entries:
-                hlc.advance_to(max(current.max_timestamp, item.context.max_timestamp()))
-            dot = Dot(hlc.now(wall), node_id)
-            item.timestamp = dot.timestamp
-            item.after = states[item.key] = write(
-                current,
-                dot,
-                item.context,
-                item.value,
-                self._resolution,
-                config.max_siblings,
-                SIBLINGS_MAX_BYTES,
-            )
-            dirty[item.key] = None
-            published[item.key] = dot.timestamp
-        rows = []
-        encoded_of: dict[str, bytes] = {}
-        for key in dirty:
-            versions = states[key]
-            encoded = encoded_of[key] = encode_versions(versions)
-            rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
-        await self._write_rows(rows, deletes, meta)
-        self.tombstones_purged += len(deletes)
-        if self._watches:
-            self._tell_watches(states, dirty, published)
-        if published and self.on_committed is not None:
-            items = [DataItem(update_id(k, ts, node_id), k, encoded_of[k]) for k, ts in published.items()]
+        replica = self.replica
+        ops = [item.op for item in batch]
+        wanted = replica.reads(ops)
+        found = await self.store.read_many(wanted) if wanted else {}
+        commit = replica.apply(ops, found, self._wall_ms())
+        for key, reason in commit.refusals:
+            log.warning("refusing remote versions of %r: %s", key, reason)
+        if commit.rows or commit.deletes or commit.meta:
+            await self.store.write(commit.rows, commit.meta, commit.deletes)
+        replica.stored(commit)
+        if self._watches and commit.rows:
+            self._tell_watches(commit.changes())
+        if commit.published and self.on_committed is not None:
             try:
-                self.on_committed(items)
+                self.on_committed(commit.published)
             except Exception:  # the writes are durable; a failing publisher must not fail them
-                log.exception("publishing %d committed writes failed", len(items))
-
-    def _merge_into(
-        self, states: dict[str, VersionSet], bad: dict[str, DSMError], dirty: dict[str, None], merge: _Merge, wall: int
-    ) -> None:
-        """Joins a merge's remote version sets into `states`, marking the keys that changed."""
-        stats = self.merge_stats
-        hlc, resolution = self._hlc, self._resolution
-        expired_ms = wall - self.config.tombstone_grace_ms
-        changed = refused = 0
-        for item in merge.items:
-            stats.items += 1
-            if item.key in bad:
-                stats.refused_corrupt += 1  # our row is unreadable; leave it for an operator
-                refused += 1
-                continue
-            try:
-                remote = decode_versions(item.versions)
-                hlc.check(remote.max_timestamp, wall)
-            except DecodeError as exc:
-                stats.refused_corrupt += 1
-                refused += 1
-                log.warning("refusing remote versions of %r: %s", item.key, exc)
-                continue
-            except ClockSkewError as exc:
-                stats.refused_skew += 1
-                refused += 1
-                log.warning("refusing remote versions of %r: %s", item.key, exc)
-                continue
-            current = states.get(item.key)
-            if current is None and self._member_since_ms < physical_ms(remote.max_timestamp) < expired_ms:
-                # Older than the grace period, for a key this node does not hold although it was a member
-                # when that version was written: the key was deleted here and its tombstone purged. Taking it
-                # would bring a deleted key back.
-                stats.refused_expired += 1
-                refused += 1
-                continue
-            current = current or _EMPTY
-            merged = current.merge(remote, resolution)
-            if merged.versions == current.versions:
-                continue
-            states[item.key] = merged
-            hlc.advance_to(merged.max_timestamp)
-            dirty[item.key] = None
-            changed += 1
-        stats.keys_changed += changed
-        merge.changed = changed
-        merge.refused = refused
-
-    async def _write_rows(self, rows: list[StoredKey], deletes: list[str], meta: dict[str, bytes]) -> None:
-        # Keep every stored timestamp at or below the reserved clock floor (see the module docstring).
-        newest_ms = physical_ms(self._hlc.last)
-        if newest_ms < self._reserved_ms:
-            if rows or deletes or meta:
-                await self.store.write(rows, meta, deletes)
-            return
-        reserved = newest_ms + HLC_RESERVE_MS
-        await self.store.write(rows, {**meta, META_HLC: str(reserved).encode("ascii")}, deletes)
-        self._reserved_ms = reserved
+                log.exception("publishing %d committed writes failed", len(commit.published))

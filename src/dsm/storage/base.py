@@ -24,27 +24,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from dsm.core.replica import StoredKey
+
+__all__ = ["BackingStore", "RangeDigest", "StoredKey"]
+
 MASK32 = 0xFFFFFFFF
 SCHEMA_VERSION = 1
 #: Metadata name of the schema version.
 META_SCHEMA = "schema_version"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKey:
-    """One row of the store.
-
-    Attributes:
-        key: the key.
-        versions: the canonical encoding of the key's version set (`dsm.core.encoding`).
-        digest: signed 64-bit digest of (key, versions).
-        timestamp: the largest version timestamp in `versions` (HLC).
-    """
-
-    key: str
-    versions: bytes
-    digest: int
-    timestamp: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,385 @@
+"""`Replica`: what one replica stores for a batch of writes and merges, decided as pure code.
+
+This is the data path's write and merge rule, written once: the node's commit loop (`dsm.node`) and the
+simulator's nodes (`dsm.sim.cluster`, over the real `MemoryStore`) both call it, so the simulator's
+histories verify the rule the product runs. The caller reads the stored rows the batch needs (`reads`),
+hands them to `apply` with a wall-clock reading, stores what comes back (`Commit`) in one transaction, and
+tells the replica once it is durable (`stored`).
+
+What `apply` decides, in queue order:
+- A local write (`WriteOp`) gets a dot from the node's hybrid logical clock, advanced past every timestamp
+  the key holds and its context names, so the new version is newer than what it supersedes; the new set
+  is `versions.write` (context dominance, `max_siblings` and the sibling byte bound). In last-writer-wins
+  the stored row is not needed (`reads` leaves it out): the clock has observed every stored timestamp, so
+  the new dot wins whatever is stored.
+- A merge (`MergeOp`) joins remote version sets into the stored ones. It refuses (and counts, `MergeStats`)
+  a set it cannot decode, one whose newest timestamp is more than `max_clock_offset_ms` ahead of the wall
+  clock (`ClockSkewError`: a bad clock must not win every later last-writer-wins comparison), and one older
+  than the tombstone grace period for a key this replica does not hold although it was a member when that
+  version was written (the key was deleted here and its tombstone purged: taking it would bring a deleted
+  key back). The clock observes what it accepts, so a later local write is newer than everything stored.
+- A purge (the tombstone sweep's `MergeOp.purge`) deletes the keys that still hold only tombstones older
+  than its bound, checked against the row as it is in this batch, so a write that arrived meanwhile wins.
+- Clock floor: every stored timestamp stays at or below a reservation kept in the store's metadata
+  (`META_HLC`), moved ahead by `HLC_RESERVE_MS` in the same commit as the write that needs it; a restarted
+  node starts its clock above it (see `dsm.node`).
+- What is published: each key a local write changed, once per commit, with its whole version set (the
+  unit replicas exchange, see `versions.py`), as a `DataItem` for dissemination; and, for watches, the
+  `Change` of every key the commit changed.
+
+A row this replica cannot decode fails the writes of that key alone (`StorageCorruptError`), and merges
+of it are refused: an operator must look at it; nothing overwrites it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsm.core.dissemination import update_id
+from dsm.core.encoding import DecodeError, decode_versions, digest, encode_versions
+from dsm.core.hlc import HybridLogicalClock, pack, physical_ms
+from dsm.core.messages import DataItem
+from dsm.core.vclock import VersionVector
+from dsm.core.versions import SIBLINGS_MAX_BYTES, Dot, Resolution, VersionSet, purgeable, write
+from dsm.errors import ClockSkewError, DSMError, StorageCorruptError
+
+#: How far ahead of the newest timestamp the clock floor is reserved, ms (one metadata write per period).
+HLC_RESERVE_MS = 10_000
+#: Metadata name of the clock floor (Unix ms).
+META_HLC = "hlc_reserved"
+#: Every client key sorts at or after this; keys below it are internal records (member metadata).
+USER_KEYS_START = "\x01"
+EMPTY = VersionSet()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """One row of a store.
+
+    Attributes:
+        key: the key.
+        versions: the canonical encoding of the key's version set (`dsm.core.encoding`).
+        digest: signed 64-bit digest of (key, versions).
+        timestamp: the largest version timestamp in `versions` (HLC).
+    """
+
+    key: str
+    versions: bytes
+    digest: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSettings:
+    """The knobs of the write and merge rule (each as `StorageConfig` names and documents it)."""
+
+    conflict_resolution: Resolution = Resolution.LWW
+    max_siblings: int = 16
+    max_clock_offset_ms: int = 10_000
+    tombstone_grace_ms: int = 7 * 24 * 3_600_000
+
+    @classmethod
+    def from_config(cls, config: Any) -> ReplicaSettings:
+        return cls(
+            Resolution(config.conflict_resolution),
+            config.max_siblings,
+            config.max_clock_offset_ms,
+            config.tombstone_grace_ms,
+        )
+
+
+@dataclass(slots=True)
+class MergeStats:
+    """What merges of remote writes did (the network runtime exports these as metrics)."""
+
+    items: int = 0
+    keys_changed: int = 0
+    refused_skew: int = 0
+    refused_corrupt: int = 0
+    refused_expired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A committed change of one key, as a watch reports it.
+
+    Attributes:
+        key: the key.
+        timestamp: the hybrid-logical-clock timestamp of its newest version.
+        writer: the node that accepted that version.
+        deleted: no live value is left (the newest version is a delete).
+        local: written through this node (False: it arrived from another replica).
+    """
+
+    key: str
+    timestamp: int
+    writer: str
+    deleted: bool
+    local: bool
+
+
+@dataclass(slots=True)
+class WriteOp:
+    """A local write (value None: a delete) with the context it supersedes; `apply` fills in the outcome."""
+
+    key: str
+    value: bytes | None
+    context: VersionVector
+    #: The key's version set right after this write (its context is the write's result).
+    after: VersionSet = EMPTY
+    timestamp: int = 0
+    #: Set when this write alone failed (its key's stored row is unreadable).
+    error: DSMError | None = None
+
+
+@dataclass(slots=True)
+class MergeOp:
+    """Remote version sets to join in, and the tombstone sweep's purge; `apply` fills in the outcome."""
+
+    items: Sequence[DataItem] = ()
+    #: Keys to delete if they still hold only tombstones older than `purge_before`, and metadata to store.
+    purge: Sequence[str] = ()
+    purge_before: int = 0
+    meta: Mapping[str, bytes] | None = None
+    #: Keys this merge changed (purged keys included), and items it refused.
+    changed: int = 0
+    refused: int = 0
+
+
+Op = WriteOp | MergeOp
+
+
+@dataclass(slots=True)
+class Commit:
+    """What one batch stores (in one transaction) and what it tells others once durable."""
+
+    rows: list[StoredKey] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    meta: dict[str, bytes] = field(default_factory=dict)
+    #: The keys local writes changed, with their whole version sets, for dissemination.
+    published: list[DataItem] = field(default_factory=list)
+    #: Remote items refused, with the reason (for the log).
+    refusals: list[tuple[str, str]] = field(default_factory=list)
+    #: The keys that changed and their new sets; the ones written locally (for `changes`).
+    states: dict[str, VersionSet] = field(default_factory=dict)
+    local: frozenset[str] = frozenset()
+    #: The clock floor this commit stores (0: unchanged); `Replica.stored` takes it once durable.
+    reserved_ms: int = 0
+
+    def changes(self) -> list[Change]:
+        """The change of every client key this commit stored, in commit order (for watches)."""
+        out = []
+        for row in self.rows:
+            if row.key < USER_KEYS_START:
+                continue  # an internal record (member metadata)
+            versions = self.states[row.key]
+            newest = max(versions.versions, key=lambda v: v.dot.timestamp)
+            out.append(Change(row.key, newest.dot.timestamp, newest.dot.node, not versions.live, row.key in self.local))
+        return out
+
+
+class Replica:
+    """One replica's write and merge rule, with its clock (see the module docstring).
+
+    Args:
+        node_id: this node's id (the writer of its dots).
+        settings: the rule's knobs.
+        where: names the store in error messages (its URL).
+    """
+
+    def __init__(self, node_id: str, settings: ReplicaSettings, where: str = "") -> None:
+        self.node_id = node_id
+        self.settings = settings
+        self.where = where
+        self.clock = HybridLogicalClock(settings.max_clock_offset_ms)
+        self.stats = MergeStats()
+        #: The clock floor stored in the metadata (Unix ms); every stored timestamp is at or below it.
+        self.reserved_ms = 0
+        #: Unix ms since when this store takes part in the cluster (older remote versions of keys it does
+        #: not hold may have been purged here, see `MergeOp`).
+        self.member_since_ms = 0
+        self.tombstones_purged = 0
+
+    @property
+    def resolution(self) -> Resolution:
+        return self.settings.conflict_resolution
+
+    # --- reading back a store
+
+    def restore_floor(self, reserved_ms: int, wall_ms: int) -> bool:
+        """Takes the clock floor read from the store; returns whether the caller must also advance the clock
+        past the store's newest timestamp (`advance_to(max_timestamp)`): the reservation is not behind the
+        wall clock (a crash within the reservation window, or a wall clock that went back)."""
+        self.reserved_ms = reserved_ms
+        return reserved_ms >= wall_ms
+
+    def closing_meta(self) -> dict[str, bytes]:
+        """The exact clock floor for a clean close (the next start then needs no scan)."""
+        return {META_HLC: str(physical_ms(self.clock.last) + 1).encode("ascii")}
+
+    # --- checks of what clients send
+
+    def check_context(self, context: VersionVector, wall_ms: int) -> None:
+        """Raises `ClockSkewError` if a client's context names a timestamp from the future. What this clock
+        has issued or observed never is, however far ahead of the wall clock it runs."""
+        newest = context.max_timestamp()
+        if newest > self.clock.last:
+            self.clock.check(newest, wall_ms)
+
+    def decode(self, key: str, encoded: bytes) -> VersionSet:
+        """A stored row's version set (`StorageCorruptError` if unreadable)."""
+        try:
+            return decode_versions(encoded)
+        except DecodeError as exc:
+            raise StorageCorruptError(f"{self.where}: stored versions of key {key!r} are unreadable: {exc}") from None
+
+    def purge_candidates(self, page: Sequence[tuple[str, bytes]], before: int) -> list[str]:
+        """The keys of a page of stored rows that hold only tombstones older than `before` (an unreadable
+        row is left for an operator: reads report it)."""
+        keys = []
+        for key, encoded in page:
+            try:
+                if purgeable(decode_versions(encoded), before):
+                    keys.append(key)
+            except DecodeError:
+                continue
+        return keys
+
+    def purge_bound(self, wall_ms: int) -> int:
+        """The timestamp below which tombstones may be purged now."""
+        return pack(max(0, wall_ms - self.settings.tombstone_grace_ms))
+
+    # --- the batch
+
+    def reads(self, batch: Sequence[Op]) -> list[str]:
+        """The stored rows `apply` needs for `batch` (each key once)."""
+        lww = self.resolution is Resolution.LWW
+        wanted: dict[str, None] = {}
+        for op in batch:
+            if isinstance(op, MergeOp):
+                wanted.update((item.key, None) for item in op.items)
+                wanted.update((key, None) for key in op.purge)
+            elif not lww:
+                wanted[op.key] = None
+        return list(wanted)
+
+    def apply(self, batch: Sequence[Op], found: Mapping[str, bytes], wall_ms: int) -> Commit:
+        """Decides what `batch` stores, given the stored rows `found` of the keys `reads` named (absent
+        keys left out), and fills in each op's outcome."""
+        states: dict[str, VersionSet] = {}
+        bad: dict[str, DSMError] = {}
+        for key, encoded in found.items():
+            try:
+                states[key] = self.decode(key, encoded)
+            except StorageCorruptError as exc:
+                bad[key] = exc
+        commit = Commit()
+        dirty: dict[str, None] = {}
+        published: dict[str, int] = {}
+        for op in batch:
+            if isinstance(op, MergeOp):
+                self._merge(op, states, bad, dirty, wall_ms, commit)
+                self._purge(op, states, dirty, commit)
+                if op.meta:
+                    commit.meta.update(op.meta)
+            elif op.key in bad:
+                op.error = bad[op.key]
+            else:
+                self._write(op, states, wall_ms)
+                dirty[op.key] = None
+                published[op.key] = op.timestamp
+        encoded_of: dict[str, bytes] = {}
+        for key in dirty:
+            versions = commit.states[key] = states[key]
+            encoded = encoded_of[key] = encode_versions(versions)
+            commit.rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
+        node_id = self.node_id
+        commit.published = [DataItem(update_id(k, ts, node_id), k, encoded_of[k]) for k, ts in published.items()]
+        commit.local = frozenset(published)
+        self._reserve(commit)
+        return commit
+
+    def _write(self, op: WriteOp, states: dict[str, VersionSet], wall_ms: int) -> None:
+        clock = self.clock
+        current = states.get(op.key, EMPTY)
+        if current.versions or op.context.entries:
+            clock.advance_to(max(current.max_timestamp, op.context.max_timestamp()))
+        dot = Dot(clock.now(wall_ms), self.node_id)
+        op.timestamp = dot.timestamp
+        settings = self.settings
+        op.after = states[op.key] = write(
+            current, dot, op.context, op.value, settings.conflict_resolution, settings.max_siblings, SIBLINGS_MAX_BYTES
+        )
+
+    def _merge(
+        self,
+        op: MergeOp,
+        states: dict[str, VersionSet],
+        bad: Mapping[str, DSMError],
+        dirty: dict[str, None],
+        wall_ms: int,
+        commit: Commit,
+    ) -> None:
+        stats, clock, resolution = self.stats, self.clock, self.resolution
+        expired_ms = wall_ms - self.settings.tombstone_grace_ms
+        changed = refused = 0
+        for item in op.items:
+            stats.items += 1
+            if item.key in bad:
+                stats.refused_corrupt += 1  # our row is unreadable; leave it for an operator
+                refused += 1
+                continue
+            try:
+                remote = decode_versions(item.versions)
+                clock.check(remote.max_timestamp, wall_ms)
+            except DecodeError as exc:
+                stats.refused_corrupt += 1
+                refused += 1
+                commit.refusals.append((item.key, str(exc)))
+                continue
+            except ClockSkewError as exc:
+                stats.refused_skew += 1
+                refused += 1
+                commit.refusals.append((item.key, str(exc)))
+                continue
+            current = states.get(item.key)
+            if current is None and self.member_since_ms < physical_ms(remote.max_timestamp) < expired_ms:
+                stats.refused_expired += 1
+                refused += 1
+                continue
+            current = current or EMPTY
+            merged = current.merge(remote, resolution)
+            if merged.versions == current.versions:
+                continue
+            states[item.key] = merged
+            clock.advance_to(merged.max_timestamp)
+            dirty[item.key] = None
+            changed += 1
+        stats.keys_changed += changed
+        op.changed = changed
+        op.refused = refused
+
+    @staticmethod
+    def _purge(op: MergeOp, states: dict[str, VersionSet], dirty: Mapping[str, None], commit: Commit) -> None:
+        for key in op.purge:
+            current = states.get(key)
+            if current is not None and key not in dirty and purgeable(current, op.purge_before):
+                commit.deletes.append(key)
+                del states[key]
+                op.changed += 1
+
+    def _reserve(self, commit: Commit) -> None:
+        """Moves the clock floor ahead in this commit if its newest timestamp reaches it."""
+        newest_ms = physical_ms(self.clock.last)
+        if newest_ms < self.reserved_ms:
+            return
+        commit.reserved_ms = newest_ms + HLC_RESERVE_MS
+        commit.meta[META_HLC] = str(commit.reserved_ms).encode("ascii")
+
+    def stored(self, commit: Commit) -> None:
+        """Records that `commit` is durable (its clock floor now holds; its purges are done)."""
+        if commit.reserved_ms:
+            self.reserved_ms = commit.reserved_ms
+        self.tombstones_purged += len(commit.deletes)
