@@ -384,11 +384,21 @@ class SortedReplica:
         return self._rows[key]
 
     def __setitem__(self, key: str, versions: bytes) -> None:
+        self.put(key, versions, entry_digest(key, versions))
+
+    def put(self, key: str, versions: bytes, digest: int) -> None:
+        """Stores a row whose digest (`encoding.digest(key, versions)`) the caller already has."""
         if key not in self._rows:
             bisect.insort(self._keys, key)
         self._rows[key] = versions
-        self._digest[key] = entry_digest(key, versions)
+        self._digest[key] = digest
         self._dirty = True
+
+    def after(self, key: str) -> Iterator[tuple[str, bytes]]:
+        """(key, versions) of the keys sorting after `key`, in order."""
+        rows = self._rows
+        for k in self._keys[bisect.bisect_right(self._keys, key) :]:
+            yield k, rows[k]
 
     def pop(self, key: str, default: bytes | None = None) -> bytes | None:
         if key not in self._rows:
@@ -469,8 +479,10 @@ class SortedReplica:
             )
         return out or [(lo, 0, 0)]
 
-    def digests(self, lo: str, hi: str | None) -> list[tuple[str, int]]:
+    def digests(self, lo: str, hi: str | None, limit: int | None = None) -> list[tuple[str, int]]:
         i, j = self._bounds(lo, hi)
+        if limit is not None:
+            j = min(j, i + limit)
         digests = self._digest
         return [(k, digests[k]) for k in self._keys[i:j]]
 

@@ -160,8 +160,10 @@ class Commit:
     meta: dict[str, bytes] = field(default_factory=dict)
     #: The keys local writes changed, with their whole version sets, for dissemination.
     published: list[DataItem] = field(default_factory=list)
-    #: Remote items refused, with the reason (for the log).
+    #: Remote items refused, with the reason (for the log; expired ones are not logged), and the keys of
+    #: every refused item.
     refusals: list[tuple[str, str]] = field(default_factory=list)
+    refused: set[str] = field(default_factory=set)
     #: The keys that changed and their new sets; the ones written locally (for `changes`).
     states: dict[str, VersionSet] = field(default_factory=dict)
     local: frozenset[str] = frozenset()
@@ -330,6 +332,7 @@ class Replica:
             if item.key in bad:
                 stats.refused_corrupt += 1  # our row is unreadable; leave it for an operator
                 refused += 1
+                commit.refused.add(item.key)
                 continue
             try:
                 remote = decode_versions(item.versions)
@@ -338,16 +341,19 @@ class Replica:
                 stats.refused_corrupt += 1
                 refused += 1
                 commit.refusals.append((item.key, str(exc)))
+                commit.refused.add(item.key)
                 continue
             except ClockSkewError as exc:
                 stats.refused_skew += 1
                 refused += 1
                 commit.refusals.append((item.key, str(exc)))
+                commit.refused.add(item.key)
                 continue
             current = states.get(item.key)
             if current is None and self.member_since_ms < physical_ms(remote.max_timestamp) < expired_ms:
                 stats.refused_expired += 1
                 refused += 1
+                commit.refused.add(item.key)
                 continue
             current = current or EMPTY
             merged = current.merge(remote, resolution)

@@ -27,9 +27,7 @@ from typing import Any
 
 from dsm.core import member_record
 from dsm.core.consistency import Level, Tally, merge_answers
-from dsm.core.dissemination import update_id
 from dsm.core.encoding import decode_versions, encode_versions
-from dsm.core.hlc import pack
 from dsm.core.messages import (
     OVERLAY_MESSAGES,
     DataItem,
@@ -45,10 +43,12 @@ from dsm.core.messages import (
 )
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import SortedReplica
+from dsm.core.replica import Commit, MergeOp, Op, Replica, ReplicaSettings, WriteOp
 from dsm.core.ring import Directory, MemberInfo, MemberTable, State
 from dsm.core.vclock import VersionVector
-from dsm.core.versions import Dot, Resolution, VersionSet, write
+from dsm.core.versions import Resolution, VersionSet
 from dsm.sim.network import NetworkModel
+from dsm.storage.memory import MemoryStore
 
 _BLIND = VersionVector()
 _LEVEL_TYPES = (Replicate, Replicated, ReadRequest, ReadReply)
@@ -77,6 +77,10 @@ class SimNode:
 
     index: int
     info: MemberInfo
+    #: The node's store and its write and merge rule with its clock (the product's, `core/replica.py`):
+    #: both survive crashes, as a disk and a clock floor do.
+    store: MemoryStore
+    replica: Replica
     peer: Peer | None = None
     up: bool = False
     stored_incarnation: int = 0
@@ -86,13 +90,24 @@ class SimNode:
     wake: float = math.inf
     crashed_at: float | None = None
     left: bool = False
-    # The node's replica (its storage: survives crashes): key -> encoded version set.
-    data: SortedReplica = field(default_factory=SortedReplica)
-    last_timestamp: int = 0
     # The member table the node had saved when it crashed (states and incarnations by directory slot: a
     # cheap copy, encoded as the runtime's saved record only when a restart reads it back).
     saved_states: bytes = b""
     saved_incarnations: array[int] | None = None
+
+    @property
+    def data(self) -> SortedReplica:
+        """The node's stored rows: key -> encoded version set (a live view of its store)."""
+        return self.store.view()
+
+    def commit(self, ops: list[Op], wall_ms: int) -> Commit:
+        """Commits `ops` to this node's store through the product's rule (`Replica.apply`), as the node's
+        commit loop does; returns what was stored."""
+        store, replica = self.store, self.replica
+        commit = replica.apply(ops, store.read_many_now(replica.reads(ops)), wall_ms)
+        store.write_now(commit.rows, commit.meta, commit.deletes)
+        replica.stored(commit)
+        return commit
 
     def saved_members(self, directory: Directory) -> bytes:
         """The member table this node saved, as the runtime saves it (`Peer.member_record`)."""
@@ -141,6 +156,11 @@ class Simulation:
     regions: tuple[str, ...] = ("default",)
     skew_max_ms: int = 0
     start_ms: float = 1_000_000.0
+    #: The nodes' write and merge rule (`ReplicaSettings`): set before nodes are added. Clocks that differ
+    #: by more than max_clock_offset_ms make nodes refuse each other's writes, as in the product.
+    resolution: Resolution = Resolution.LWW
+    max_siblings: int = 1
+    max_clock_offset_ms: int = 10_000
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -160,7 +180,6 @@ class Simulation:
         self.routes: dict[tuple[int, int], RouteOutcome] = {}
         #: Called for every write stored at a node: (node index, item, path, hops, changed).
         self.store_hooks: list[Callable[[int, DataItem, str, int], None]] = []
-        self.resolution = Resolution.LWW
         #: Requests at consistency levels in flight, by (coordinator index, request number).
         self.level_requests: dict[tuple[int, int], LevelRequest] = {}
         self._level_seq = 0
@@ -173,7 +192,8 @@ class Simulation:
         index = len(self.nodes)
         node_id = f"n{index}"
         info = MemberInfo(node_id, f"sim://{node_id}", region or self.regions[index % len(self.regions)])
-        node = SimNode(index, info)
+        settings = ReplicaSettings(self.resolution, self.max_siblings, self.max_clock_offset_ms)
+        node = SimNode(index, info, MemoryStore(opened=True), Replica(node_id, settings, info.addr))
         if self.skew_max_ms:
             node.skew_ms = self.rng.randint(-self.skew_max_ms, self.skew_max_ms)
         self.nodes.append(node)
@@ -192,7 +212,7 @@ class Simulation:
             incarnation=node.stored_incarnation,
             member_observer=self._on_member if self.member_hooks else None,
             link_observer=self._on_link if self.link_hooks else None,
-            replica=node.data,
+            replica=node.store.view(),
         )
         node.peer = peer
         node.up = True
@@ -273,23 +293,14 @@ class Simulation:
         urgent: bool = True,
         before_publish: Callable[[DataItem], None] | None = None,
         context: VersionVector = _BLIND,
-        max_siblings: int = 1,
     ) -> DataItem:
-        """`node` coordinates a write of `key` (stored in its replica, then published); returns the write as
-        replicated. Blind unless `context` (a read's) is given; `max_siblings` as the node's setting. The
-        timestamp is an HLC reading of the node's clock, above what it holds and what the context saw.
-        `before_publish` sees the write before its first message is sent (to start watching it)."""
+        """`node` coordinates a write of `key` (committed to its store by the product's rule, then published);
+        returns the write as replicated. Blind unless `context` (a read's) is given. `before_publish` sees the
+        write before its first message is sent (to start watching it)."""
         assert node.up and node.peer is not None
         now = self._peer_now(node)
-        current_raw = node.data.get(key)
-        current = decode_versions(current_raw) if current_raw is not None else VersionSet()
-        timestamp = max(
-            pack(max(now, 0)), node.last_timestamp + 1, current.max_timestamp + 1, context.max_timestamp() + 1
-        )
-        node.last_timestamp = timestamp
-        versions = write(current, Dot(timestamp, node.info.node_id), context, value, self.resolution, max_siblings)
-        item = DataItem(update_id(key, timestamp, node.info.node_id), key, encode_versions(versions))
-        node.data[key] = item.versions
+        commit = node.commit([WriteOp(key, value, context)], now)
+        (item,) = commit.published
         if before_publish is not None:
             before_publish(item)
         for hook in self.store_hooks:
@@ -299,17 +310,17 @@ class Simulation:
         self._reschedule(node)
         return item
 
-    def _store(self, node: SimNode, effect: Store) -> None:
-        data = node.data
+    def _store(self, node: SimNode, effect: Store) -> bool:
+        """Merges replicated items into `node`'s store (the product's merge rule, refusals included); returns
+        whether every item was taken."""
+        commit = node.commit([MergeOp(effect.items)], self._peer_now(node))
+        refused = commit.refused
         for item in effect.items:
-            held = data.get(item.key)
-            if held is None:
-                data[item.key] = item.versions
-            elif held != item.versions:
-                merged = decode_versions(held).merge(decode_versions(item.versions), self.resolution)
-                data[item.key] = encode_versions(merged)
+            if refused and item.key in refused:
+                continue
             for hook in self.store_hooks:
                 hook(node.index, item, effect.path, effect.hops)
+        return not refused
 
     # ------------------------------------------------------------------ consistency levels
 
@@ -322,12 +333,11 @@ class Simulation:
         done: Callable[[str, LevelRequest], None],
         context: VersionVector = _BLIND,
         timeout_ms: float = 2000.0,
-        max_siblings: int = 1,
     ) -> LevelRequest:
         """`node` coordinates a write at `level`: stored in its replica and published (`write`), then sent
         to the level's members (`Replicate`); `done("ok", request)` runs once enough members stored it,
         `done("fail", ...)` after `timeout_ms`. A write that fails its level stays where it landed and spreads."""
-        item = self.write(node, key, value, context=context, max_siblings=max_siblings)
+        item = self.write(node, key, value, context=context)
         request = self._level_request(node, key, level, done, timeout_ms)
         request.item = item
         self._level_send(node, request, lambda seq: Replicate(seq, node.info.node_id, (item,)))
@@ -414,9 +424,9 @@ class Simulation:
         kind = type(message)
         me = node.info.node_id
         if kind is Replicate:
-            self._store(node, Store(message.items, message.source, "level", 0))
+            stored = self._store(node, Store(message.items, message.source, "level", 0))
             if message.seq:
-                self._apply_effects(node, [Send(message.source, "", Replicated(message.seq, me, True))])
+                self._apply_effects(node, [Send(message.source, "", Replicated(message.seq, me, stored))])
         elif kind is ReadRequest:
             entries = tuple((k, node.data[k]) for k in message.keys if node.data.get(k) is not None)
             self._apply_effects(node, [Send(message.source, "", ReadReply(message.seq, me, entries, True))])

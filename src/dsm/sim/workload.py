@@ -112,6 +112,9 @@ class _Workload:
             skew_max_ms=params.skew_max_ms,
         )  # fmt: skip
         self.sim.resolution = params.mode
+        self.sim.max_siblings = params.max_siblings
+        # As an operator must: the clock offset a node accepts covers the worst difference of two clocks.
+        self.sim.max_clock_offset_ms = 2 * params.skew_max_ms + 10_000
         self.rng = random.Random(params.seed * 7919 + 1)
         self.history = History()
         self.contexts: dict[tuple[int, str], VersionVector] = {}
@@ -241,7 +244,7 @@ class _Workload:
         op = self._invoke(client, kind, key, value, node, context.as_dict(), level)
         sim, p = self.sim, self.p
         if level is Level.LOCAL:
-            item = sim.write(node, key, value, context=context, max_siblings=p.max_siblings)
+            item = sim.write(node, key, value, context=context)
             self._write_done(client, key, op, item.versions, node)
             return False
 
@@ -253,9 +256,7 @@ class _Workload:
                 self._end(op, outcome)
             self._next(client)
 
-        sim.write_at(
-            node, key, value, level, done, context=context, timeout_ms=p.level_timeout_ms, max_siblings=p.max_siblings
-        )
+        sim.write_at(node, key, value, level, done, context=context, timeout_ms=p.level_timeout_ms)
         return True
 
     def _write_done(self, client: int, key: str, op: Op, encoded: bytes, node: SimNode) -> None:

@@ -1,12 +1,14 @@
-"""The in-memory backing store: a dict plus a sorted key list. Nothing survives the process.
+"""The in-memory backing store: a `SortedReplica` (ordered rows with their digests) plus each row's timestamp
+and the metadata. Nothing survives the process.
 
 Used by tests and the simulator, where thousands of nodes each need a store; it is a real, complete
-implementation of the interface (it passes the same conformance suite as the SQL stores).
+implementation of the interface (it passes the same conformance suite as the SQL stores). Every operation
+is synchronous underneath: the async interface wraps `read_many_now`, `write_now` and `view`, which the
+simulator calls directly (it has no event loop), so simulated nodes store through the same code.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -18,14 +20,18 @@ T = TypeVar("T")
 
 
 class MemoryStore:
-    """A `BackingStore` held in memory."""
+    """A `BackingStore` held in memory.
 
-    def __init__(self) -> None:
+    Args:
+        opened: start open (the simulator's stores, which are never closed), rather than at `open()`.
+    """
+
+    def __init__(self, opened: bool = False) -> None:
         self.url = "memory:"
-        self._rows: dict[str, StoredKey] = {}
-        self._keys: list[str] = []
+        self._rows = SortedReplica()
+        self._timestamps: dict[str, int] = {}
         self._meta: dict[str, bytes] = {}
-        self._open = False
+        self._open = opened
 
     async def open(self) -> None:
         self._open = True
@@ -37,59 +43,71 @@ class MemoryStore:
         if not self._open:
             raise ClosedError("the memory store is not open")
 
-    async def with_range_view(self, fn: Callable[[SortedReplica], T]) -> T:
-        """Runs `fn` on an in-memory snapshot of the store (built for the call: memory stores are small)."""
+    # --- synchronous access
+
+    def view(self) -> SortedReplica:
+        """The rows as a mapping and a `RangeView` (live: it follows later writes)."""
         self._check()
-        return fn(SortedReplica({key: row.versions for key, row in self._rows.items()}))
+        return self._rows
+
+    def read_many_now(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """`read_many`, without an event loop."""
+        self._check()
+        rows = self._rows
+        return {k: v for k in keys if (v := rows.get(k)) is not None}
+
+    def write_now(
+        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+    ) -> None:
+        """`write`, without an event loop."""
+        self._check()
+        replica, timestamps = self._rows, self._timestamps
+        for row in rows:
+            replica.put(row.key, row.versions, row.digest)
+            timestamps[row.key] = row.timestamp
+        if meta:
+            self._meta.update(meta)
+        for key in deletes:
+            replica.pop(key)
+            timestamps.pop(key, None)
+
+    # --- the BackingStore interface
+
+    async def with_range_view(self, fn: Callable[[SortedReplica], T]) -> T:
+        """Runs `fn` on the rows (consistent: nothing else runs during the synchronous call)."""
+        return fn(self.view())
 
     async def read(self, key: str) -> bytes | None:
         self._check()
-        row = self._rows.get(key)
-        return row.versions if row else None
+        return self._rows.get(key)
 
     async def read_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        self._check()
-        return {k: self._rows[k].versions for k in keys if k in self._rows}
+        return self.read_many_now(keys)
 
     async def write(
         self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
     ) -> None:
-        self._check()
-        for row in rows:
-            if row.key not in self._rows:
-                bisect.insort(self._keys, row.key)
-            self._rows[row.key] = row
-        if meta:
-            self._meta.update(meta)
-        for key in deletes:
-            if self._rows.pop(key, None) is not None:
-                del self._keys[bisect.bisect_left(self._keys, key)]
+        self.write_now(rows, meta, deletes)
 
     async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
         self._check()
         out: list[tuple[str, bytes]] = []
-        for key in self._keys[bisect.bisect_right(self._keys, after) :]:
-            row = self._rows[key]
-            if row.timestamp < timestamp:
-                out.append((key, row.versions))
+        timestamps = self._timestamps
+        for key, versions in self._rows.after(after):
+            if timestamps.get(key, 0) < timestamp:
+                out.append((key, versions))
                 if len(out) >= limit:
                     break
         return out
 
-    def _range(self, start: str, end: str | None) -> tuple[int, int]:
-        lo = bisect.bisect_left(self._keys, start)
-        hi = len(self._keys) if end is None else bisect.bisect_left(self._keys, end)
-        return lo, max(lo, hi)
-
     async def scan(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         self._check()
-        lo, hi = self._range(start, end)
-        return [(k, self._rows[k].digest) for k in self._keys[lo : min(hi, lo + limit)]]
+        return self._rows.digests(start, end, limit)
 
     async def range_digest(self, start: str = "", end: str | None = None) -> RangeDigest:
         self._check()
-        lo, hi = self._range(start, end)
-        return RangeDigest.of(self._rows[k].digest for k in self._keys[lo:hi])
+        count, fingerprint = self._rows.fingerprint(start, end)
+        return RangeDigest(count, fingerprint)
 
     async def read_meta(self, name: str) -> bytes | None:
         self._check()
@@ -101,4 +119,4 @@ class MemoryStore:
 
     async def max_timestamp(self) -> int:
         self._check()
-        return max((row.timestamp for row in self._rows.values()), default=0)
+        return max(self._timestamps.values(), default=0)
