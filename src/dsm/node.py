@@ -39,13 +39,14 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
 from dsm.config import StorageConfig
-from dsm.core.consistency import Group, Level, Tally, groups, merge_answers, parse_level
+from dsm.core.consistency import Level, parse_level
+from dsm.core.coordinator import LevelDone
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import (
     DecodeError,
@@ -224,30 +225,21 @@ class Network(Protocol):
 Resolver = Callable[[str, Sequence[Sibling]], bytes | None]
 
 
-class Coordinator(Protocol):
-    """What consistency levels above `local` need of the runtime (`dsm.net.runtime.Runtime`): the membership
-    view, and requests to other members that count their answers in a `Tally` (see core/consistency.py)."""
+class Levels(Protocol):
+    """What consistency levels above `local` need of the runtime (`dsm.net.runtime.Runtime`, which drives
+    the core's `dsm.core.coordinator.Coordinator`)."""
 
     @property
-    def ready(self) -> bool:
-        """Whether this node has joined (its membership view is the cluster's, not just itself)."""
+    def read_repairs(self) -> int:
+        """Members (this node included) that reads at a level found stale and repaired."""
         ...
 
-    def groups(self, level: Level) -> tuple[Group, ...]:
-        """The groups a request at `level` must satisfy, from this node's membership view."""
+    async def write_at(self, level: Level, items: Sequence[DataItem], timeout_ms: int) -> LevelDone:
+        """Waits until enough members stored `items` (durable here already), or `timeout_ms`."""
         ...
 
-    async def replicate(self, items: Sequence[DataItem], tally: Tally, timeout_s: float) -> None:
-        """Sends the items to the tally's members; returns once the tally is met or after `timeout_s`."""
-        ...
-
-    async def gather(self, keys: Sequence[str], tally: Tally, timeout_s: float) -> dict[str, dict[str, bytes]]:
-        """Asks the tally's members for their version sets of `keys` (returns node -> key -> encoded set,
-        absent keys left out), until the tally is met or `timeout_s` passed."""
-        ...
-
-    def repair(self, items: Sequence[DataItem], nodes: Iterable[str]) -> None:
-        """Sends the items to `nodes` to merge, without waiting (read repair)."""
+    async def read_at(self, level: Level, key: str, own: VersionSet, timeout_ms: int) -> LevelDone:
+        """Reads `key` at `level` with this node's `own` version set first (repairs the stale)."""
         ...
 
 
@@ -293,12 +285,10 @@ class EpidemicStorage:
         #: The network runtime driving this node, when the factory started one (None: a standalone node).
         self.network: Network | None = None
         #: Consistency levels above `local` go through it (set by the runtime; None: this node alone).
-        self.coordinator: Coordinator | None = None
+        self.coordinator: Levels | None = None
         #: Requests above `local`, by (operation, level, outcome "ok" / "unmet"); read repairs sent (members
         #: that were stale, this node included).
         self.level_stats: Counter[tuple[str, str, str]] = Counter()
-        self.read_repairs = 0
-        self._repairs: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         #: In 'siblings' mode, a read that finds several values passes them to this function and writes
         #: back what it returns, with the read's context: the siblings are resolved for every later reader
@@ -486,8 +476,6 @@ class EpidemicStorage:
             # The writer commits everything already queued, then returns; it is never cancelled mid-commit,
             # which would leave its batch's writers waiting forever and a transaction half done.
             await writer
-            if self._repairs:  # read repairs of this node: queued ones committed above, the rest refused
-                await asyncio.gather(*self._repairs, return_exceptions=True)
             # A clean close leaves the exact clock floor, so the next start needs no scan.
             with contextlib.suppress(StorageError):
                 meta = self.replica.closing_meta()
@@ -681,78 +669,46 @@ class EpidemicStorage:
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
 
-    def _tally(self, level: Level, operation: str) -> Tally:
-        coordinator = self.coordinator
-        if coordinator is not None:
-            tally = Tally(level, coordinator.groups(level))
-            if not coordinator.ready:
-                # Until a member answered its join, this node's view is a new node's (itself only) or the one
-                # it saved before a restart, and nobody may hear its requests: a level is refused rather
-                # than met on a view that may be its own alone. The counts say what the level would need.
-                self.level_stats[(operation, level.value, "unmet")] += 1
-                tally.add(self.node_id)
-                raise ConsistencyError(
-                    level.value, operation, tally.received, tally.required, tally.shortfall(),
-                    f"this node has not joined its cluster yet ({tally.required} members needed)",
-                )  # fmt: skip
-        else:  # a standalone node: the only member
-            tally = Tally(level, groups(level, self.node_id, self.config.region, ()))
-        tally.add(self.node_id)  # this node's own commit or read comes first
-        return tally
+    @property
+    def read_repairs(self) -> int:
+        """Members (this node included) that reads at a level found stale and repaired."""
+        return 0 if self.coordinator is None else self.coordinator.read_repairs
 
-    def _unmet(self, operation: str, tally: Tally) -> ConsistencyError:
+    def _unmet(self, operation: str, done: LevelDone) -> ConsistencyError:
+        tally = done.tally
         self.level_stats[(operation, tally.level.value, "unmet")] += 1
-        return ConsistencyError(tally.level.value, operation, tally.received, tally.required, tally.shortfall())
+        # Until a member answered its join, this node's view is a new node's (itself only) or the one it saved
+        # before a restart, and nobody may hear its requests: the coordinator refuses rather than meet a level
+        # on a view that may be its own alone. The counts say what the level would need.
+        detail = f"this node has not joined its cluster yet ({tally.required} members needed)"
+        return ConsistencyError(
+            tally.level.value, operation, tally.received, tally.required, tally.shortfall(),
+            detail if done.reason == "not_joined" else "",
+        )  # fmt: skip
 
     async def _write_at(self, level: Level, result: WriteResult) -> None:
-        """Waits until enough members stored the write `result` acknowledged here."""
-        tally = self._tally(level, "write")
-        if not tally.met and self.coordinator is not None:
+        """Waits until enough members stored the write `result` acknowledged here (a standalone node is
+        every level's only member: its own commit meets it)."""
+        if self.coordinator is not None:
             encoded = encode_versions(result._versions)
             item = DataItem(update_id(result.key, result.timestamp, self.node_id), result.key, encoded)
-            timeout = self.config.consistency_timeout_ms / 1000
-            await self.coordinator.replicate([item], tally, timeout)
-        if not tally.met:
-            raise self._unmet("write", tally)
+            done = await self.coordinator.write_at(level, [item], self.config.consistency_timeout_ms)
+            if not done.ok:
+                raise self._unmet("write", done)
         self.level_stats[("write", level.value, "ok")] += 1
 
     async def _read_at(self, level: Level, key: str, encoded: bytes | None) -> VersionSet:
-        """The merge of the versions of enough members (this node's first, `encoded`); repairs the stale."""
-        tally = self._tally(level, "read")
-        replies: dict[str, dict[str, bytes]] = {}
-        if not tally.met and self.coordinator is not None:
-            replies = await self.coordinator.gather([key], tally, self.config.consistency_timeout_ms / 1000)
-        if not tally.met:
-            raise self._unmet("read", tally)
+        """The merge of the versions of enough members (this node's first, `encoded`); the coordinator repairs
+        the stale ones."""
+        own = _EMPTY if encoded is None else self._decode(key, encoded)
+        if self.coordinator is not None:
+            done = await self.coordinator.read_at(level, key, own, self.config.consistency_timeout_ms)
+            if not done.ok:
+                raise self._unmet("read", done)
+            assert done.versions is not None
+            own = done.versions
         self.level_stats[("read", level.value, "ok")] += 1
-        held = {self.node_id: _EMPTY if encoded is None else self._decode(key, encoded)}
-        for node in tally.answered:
-            if node == self.node_id:
-                continue
-            raw = replies.get(node, {}).get(key)
-            try:
-                held[node] = _EMPTY if raw is None else decode_versions(raw)
-            except DecodeError as exc:
-                log.warning("member %s sent unreadable versions of %r: %s", node, key, exc)
-        merged, stale = merge_answers(held, self._resolution)
-        if merged.versions:
-            item = DataItem(0, key, encode_versions(merged))
-            others = [node for node in stale if node != self.node_id]
-            if others and self.coordinator is not None:
-                self.coordinator.repair([item], others)
-                self.read_repairs += len(others)
-            if self.node_id in stale:
-                self.read_repairs += 1
-                task = asyncio.get_running_loop().create_task(self._repair_here(item))
-                self._repairs.add(task)
-                task.add_done_callback(self._repairs.discard)
-        return merged
-
-    async def _repair_here(self, item: DataItem) -> None:
-        try:
-            await self.merge([item])
-        except DSMError as exc:  # closed or the store failed: anti-entropy brings it later
-            log.info("read repair of %r on this node failed: %s", item.key, exc)
+        return own
 
     async def publish_metadata(self) -> None:
         """Stores this node's `NodeInfo.metadata` as its member record (replicated like a write, so every

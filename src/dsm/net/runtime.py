@@ -36,15 +36,15 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dsm.config import StorageConfig
-from dsm.core.consistency import Group, Level, Tally
+from dsm.core.consistency import Level
+from dsm.core.coordinator import Coordinator, LevelDone, LevelEffect, read_reply, stored_reply
 from dsm.core.messages import (
     DataItem,
     Deliver,
-    Effect,
     Join,
     ReadReply,
     ReadRequest,
@@ -58,6 +58,7 @@ from dsm.core.messages import (
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import answer, opening
 from dsm.core.ring import MemberInfo, State
+from dsm.core.versions import VersionSet
 from dsm.errors import StorageCorruptError
 from dsm.net import chunks
 from dsm.net.looplag import LoopLag
@@ -145,9 +146,10 @@ class Runtime:
         self._anti_entropy: asyncio.Task[None] | None = None
         #: Event-loop stalls, measured while the node runs (exported as metrics).
         self.loop_lag = LoopLag()
-        # Consistency levels: requests this node coordinates (seq -> tally, its future, replies), and the
-        # count of requests from other coordinators being served.
-        self._requests: dict[int, tuple[Tally, asyncio.Future[None], dict[str, dict[str, bytes]]]] = {}
+        #: Requests at consistency levels this node coordinates (`dsm.core.coordinator`; made with the peer),
+        #: the futures of their callers, and the count of requests from other coordinators being served.
+        self.coordinator: Coordinator | None = None
+        self._levels: dict[int, asyncio.Future[LevelDone]] = {}
         self._serving = 0
         self.level_refused = 0
         #: Start a new cluster even if the store saved the members of one (`StorageConfig.new_cluster`).
@@ -213,6 +215,11 @@ class Runtime:
         self.peer = Peer(
             info, self.settings, self._rng, self.now(), incarnation=incarnation, member_observer=self._member_changed
         )
+        # Request ids are random 63-bit numbers: a guessed or replayed id of another request finds nothing.
+        self.coordinator = Coordinator(
+            self.node_id, self.peer, self.peer.directory, self.storage.replica.resolution,
+            lambda: self._ids.getrandbits(63),
+        )  # fmt: skip
         saved = None if self.new_cluster else await store.read_meta(META_MEMBERS)
         if saved is not None:
             self._restoring = True
@@ -352,10 +359,15 @@ class Runtime:
             self._background(self._answer(message))
             return
         kind = type(message)
-        if kind in _LEVEL_HANDLERS:
-            _LEVEL_HANDLERS[kind](self, source, message)
-            return
-        self._apply(peer.handle(self.now(), message))
+        if kind is Replicated or kind is ReadReply:
+            assert self.coordinator is not None
+            self._apply(self.coordinator.handle(self.now(), source, message))
+        elif kind is Replicate:
+            self._on_replicate(source, message)
+        elif kind is ReadRequest:
+            self._on_read_request(source, message)
+        else:
+            self._apply(peer.handle(self.now(), message))
 
     def _publish(self, items: list[Any]) -> None:
         if self.peer is not None and not self.peer.left:
@@ -365,14 +377,21 @@ class Runtime:
         self._timer = None
         self._timer_at = None
         if self.peer is not None:
-            self._apply(self.peer.tick(self.now()))
+            now = self.now()
+            self._apply(self.peer.tick(now))
+            if self.coordinator is not None:
+                self._apply(self.coordinator.tick(now))
 
-    def _apply(self, effects: list[Effect]) -> None:
+    def _apply(self, effects: Sequence[Any]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
                 self.transport.send(effect.node_id, effect.addr, effect.message)
             elif isinstance(effect, Store):
                 self._background(self._merge(effect.items, effect.source))
+            elif isinstance(effect, LevelDone):
+                future = self._levels.get(effect.request)
+                if future is not None and not future.done():
+                    future.set_result(effect)
             elif isinstance(effect, Deliver):
                 if self.on_deliver is not None:
                     self.on_deliver(effect)
@@ -390,6 +409,10 @@ class Runtime:
         if peer is None or peer.left:
             return
         deadline = peer.next_deadline()
+        if self.coordinator is not None:
+            other = self.coordinator.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
         if deadline is None or deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -426,94 +449,35 @@ class Runtime:
         """Whether the node has joined: before that its membership view is only itself."""
         return self.peer is not None and self.peer.joined and not self.peer.left
 
-    def groups(self, level: Level) -> tuple[Group, ...]:
-        """The groups a request at `level` must satisfy, from this node's membership view (`Peer.level_groups`;
-        asked only once `ready`)."""
-        assert self.peer is not None
-        return self.peer.level_groups(level)
+    @property
+    def read_repairs(self) -> int:
+        """Members (this node included) that reads at a level found stale and repaired."""
+        return 0 if self.coordinator is None else self.coordinator.stats.read_repairs
 
-    async def _request(
-        self, tally: Tally, message_of: Callable[[int], Any], timeout_s: float
-    ) -> dict[str, dict[str, bytes]]:
-        loop = asyncio.get_running_loop()
-        # Request ids are random 63-bit numbers, never reused while pending: an answer counts only for the
-        # request that asked (and only from a member asked, `Tally.add`), and a guessed or replayed id of
-        # another request finds nothing.
-        seq = self._ids.getrandbits(63) or 1
-        while seq in self._requests:
-            seq = self._ids.getrandbits(63) or 1
-        future: asyncio.Future[None] = loop.create_future()
-        replies: dict[str, dict[str, bytes]] = {}
-        self._requests[seq] = (tally, future, replies)
+    async def write_at(self, level: Level, items: Sequence[DataItem], timeout_ms: int) -> LevelDone:
+        """Waits until enough members stored `items` (durable here already) for `level`, or `timeout_ms`."""
+        assert self.coordinator is not None
+        return await self._level(self.coordinator.write(self.now(), level, items, timeout_ms))
+
+    async def read_at(self, level: Level, key: str, own: VersionSet, timeout_ms: int) -> LevelDone:
+        """Reads `key` at `level` (this node's `own` version set first); read repair is sent on."""
+        assert self.coordinator is not None
+        return await self._level(self.coordinator.read(self.now(), level, key, own, timeout_ms))
+
+    async def _level(self, started: tuple[int, list[LevelEffect]]) -> LevelDone:
+        request, effects = started
+        future: asyncio.Future[LevelDone] = asyncio.get_running_loop().create_future()
+        self._levels[request] = future
         try:
-            message = message_of(seq)
-            assert self.peer is not None
-            first, rest = self.peer.level_targets(tally)
-            if not first:
-                first, rest = rest, []
-            for node in first:
-                self.transport.send(node, self._addr_of(node), message)
-            deadline = loop.time() + timeout_s
-            if rest and not tally.met:
-                # Hedging: the rest of the members are asked only if the first wave is slow to answer.
-                try:
-                    async with asyncio.timeout(min(timeout_s, self.peer.level_hedge_ms() / 1000)):
-                        await asyncio.shield(future)
-                except TimeoutError:
-                    for node in rest:
-                        self.transport.send(node, self._addr_of(node), message)
-            if not tally.met:
-                try:
-                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                        await future
-                except TimeoutError:
-                    pass
+            self._apply(effects)
+            return await future
         finally:
-            del self._requests[seq]
-        return replies
-
-    async def replicate(self, items: Sequence[DataItem], tally: Tally, timeout_s: float) -> None:
-        """Sends the items to the tally's members (a `Replicate`); returns once enough of them stored the
-        items durably (`Replicated`) or after `timeout_s`, whichever is first."""
-        batch = tuple(items)
-        await self._request(tally, lambda seq: Replicate(seq, self.node_id, batch), timeout_s)
-
-    async def gather(self, keys: Sequence[str], tally: Tally, timeout_s: float) -> dict[str, dict[str, bytes]]:
-        """Asks the tally's members for their version sets of `keys` (`ReadRequest`); returns what answered
-        (node -> key -> encoded set) once the tally is met or after `timeout_s`."""
-        wanted = tuple(keys)
-        return await self._request(tally, lambda seq: ReadRequest(seq, self.node_id, wanted), timeout_s)
-
-    def repair(self, items: Sequence[DataItem], nodes: Iterable[str]) -> None:
-        """Read repair: sends the merged items to `nodes`, which merge them without answering."""
-        message = Replicate(0, self.node_id, tuple(items))
-        for node in nodes:
-            self.transport.send(node, self._addr_of(node), message)
-
-    def _answered(self, source: str, seq: int, entries: dict[str, bytes] | None) -> None:
-        pending = self._requests.get(seq)
-        if pending is None:
-            return  # late (the request timed out or was met) or unknown
-        tally, future, replies = pending
-        if entries is not None:
-            replies[source] = entries
-        if tally.add(source) and not future.done():
-            future.set_result(None)
-
-    def _on_replicated(self, source: str, message: Replicated) -> None:
-        # `source` is the member the connection authenticated, not the message's claim.
-        if message.stored and message.source == source:
-            self._answered(source, message.seq, None)
-
-    def _on_read_reply(self, source: str, message: ReadReply) -> None:
-        if message.ok and message.source == source:
-            self._answered(source, message.seq, dict(message.entries))
+            del self._levels[request]
 
     def _on_replicate(self, source: str, message: Replicate) -> None:
         if self._serving >= MAX_SERVING:
             self.level_refused += 1
-            if message.seq:
-                self.transport.send(source, self._addr_of(source), Replicated(message.seq, self.node_id, False))
+            self._reply(source, stored_reply(message, self.node_id, False))
             return
         self._serving += 1
         self._background(self._serve_replicate(source, message))
@@ -527,13 +491,12 @@ class Runtime:
             log.warning("storing %d items for %s failed: %s", len(message.items), source, exc)
         finally:
             self._serving -= 1
-        if message.seq:
-            self.transport.send(source, self._addr_of(source), Replicated(message.seq, self.node_id, stored))
+        self._reply(source, stored_reply(message, self.node_id, stored))
 
     def _on_read_request(self, source: str, message: ReadRequest) -> None:
         if self._serving >= MAX_SERVING or len(message.keys) > MAX_READ_KEYS:
             self.level_refused += 1
-            self.transport.send(source, self._addr_of(source), ReadReply(message.seq, self.node_id, (), False))
+            self._reply(source, read_reply(message, self.node_id, (), False))
             return
         self._serving += 1
         self._background(self._serve_read(source, message))
@@ -548,7 +511,11 @@ class Runtime:
             log.warning("reading %d keys for %s failed: %s", len(message.keys), source, exc)
         finally:
             self._serving -= 1
-        self.transport.send(source, self._addr_of(source), ReadReply(message.seq, self.node_id, entries, ok))
+        self._reply(source, read_reply(message, self.node_id, entries, ok))
+
+    def _reply(self, target: str, message: Replicated | ReadReply | None) -> None:
+        if message is not None:
+            self.transport.send(target, self._addr_of(target), message)
 
     # ------------------------------------------------------------------ anti-entropy
 
@@ -621,11 +588,3 @@ class Runtime:
             log.warning("answering anti-entropy from %s failed: %s", message.source, exc)
         finally:
             self._answering -= 1
-
-
-_LEVEL_HANDLERS: dict[type[Any], Callable[[Runtime, str, Any], None]] = {
-    Replicate: Runtime._on_replicate,
-    Replicated: Runtime._on_replicated,
-    ReadRequest: Runtime._on_read_request,
-    ReadReply: Runtime._on_read_reply,
-}

@@ -21,12 +21,13 @@ import math
 import random
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dsm.core import member_record
-from dsm.core.consistency import Level, Tally, merge_answers
+from dsm.core.consistency import Level, Tally
+from dsm.core.coordinator import Coordinator, LevelDone, LevelEffect, read_reply, stored_reply
 from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.messages import (
     OVERLAY_MESSAGES,
@@ -51,7 +52,6 @@ from dsm.sim.network import NetworkModel
 from dsm.storage.memory import MemoryStore
 
 _BLIND = VersionVector()
-_LEVEL_TYPES = (Replicate, Replicated, ReadRequest, ReadReply)
 
 _DELIVER = 0
 _WAKE = 1
@@ -82,6 +82,10 @@ class SimNode:
     store: MemoryStore
     replica: Replica
     peer: Peer | None = None
+    #: Its requests at consistency levels (the product's coordinator; lost with the core in a crash).
+    coordinator: Coordinator | None = None
+    #: Read repairs its coordinators of earlier lives (before crashes) sent.
+    read_repairs_before: int = 0
     up: bool = False
     stored_incarnation: int = 0
     generation: int = 0
@@ -129,21 +133,20 @@ class RouteOutcome:
 
 @dataclass
 class LevelRequest:
-    """A write or read at a consistency level that a simulated node coordinates (the simulator's side of
-    what `dsm.net.runtime.Runtime` does with asyncio): the tally of answers, the replies of a read, and what
-    to call when it ends (`done(outcome, request)`, outcome "ok", "fail" (timed out) or "unknown" (the
-    coordinator crashed first: its client never hears back))."""
+    """A write or read at a consistency level that a simulated node coordinates with the product's
+    `dsm.core.coordinator.Coordinator`, and what to call when it ends (`done(outcome, request)`, outcome
+    "ok", "fail" (not met in time, or refused before the node joined) or "unknown" (the coordinator crashed
+    first: its client never hears back)). `item` is the write as replicated, or the merge a read returned."""
 
     node: int
     generation: int
     key: str
-    tally: Tally
     started_ms: float
     done: Callable[[str, LevelRequest], None]
     item: DataItem | None = None
-    replies: dict[str, bytes | None] = field(default_factory=dict)
     finished: bool = False
     seq: int = 0
+    tally: Tally | None = None
 
 
 @dataclass
@@ -183,7 +186,6 @@ class Simulation:
         #: Requests at consistency levels in flight, by (coordinator index, request number).
         self.level_requests: dict[tuple[int, int], LevelRequest] = {}
         self._level_seq = 0
-        self.read_repairs = 0
 
     # ------------------------------------------------------------------ building the cluster
 
@@ -215,6 +217,7 @@ class Simulation:
             replica=node.store.view(),
         )
         node.peer = peer
+        node.coordinator = Coordinator(node.info.node_id, peer, self.directory, self.resolution, self._next_level_id)
         node.up = True
         node.generation += 1
         node.wake = math.inf
@@ -253,6 +256,7 @@ class Simulation:
         table = node.peer.table
         node.saved_states, node.saved_incarnations = bytes(table.states), array("I", table.incarnations)
         node.peer = None
+        self._drop_coordinator(node)
         node.up = False
         node.crashed_at = self.now
         node.wake = math.inf
@@ -274,6 +278,7 @@ class Simulation:
         node.left = True
         node.up = False
         node.peer = None
+        self._drop_coordinator(node)
 
     def route(self, source: SimNode, target: SimNode) -> RouteOutcome:
         """Routes a probe payload from source to target over the overlay; the outcome fills in later."""
@@ -334,14 +339,13 @@ class Simulation:
         context: VersionVector = _BLIND,
         timeout_ms: float = 2000.0,
     ) -> LevelRequest:
-        """`node` coordinates a write at `level`: stored in its replica and published (`write`), then sent
-        to the level's members (`Replicate`); `done("ok", request)` runs once enough members stored it,
+        """`node` coordinates a write at `level`: committed and published (`write`), then its coordinator asks
+        the level's members to store it; `done("ok", request)` runs once enough members stored it,
         `done("fail", ...)` after `timeout_ms`. A write that fails its level stays where it landed and spreads."""
         item = self.write(node, key, value, context=context)
-        request = self._level_request(node, key, level, done, timeout_ms)
-        request.item = item
-        self._level_send(node, request, lambda seq: Replicate(seq, node.info.node_id, (item,)))
-        return request
+        assert node.coordinator is not None
+        rid, effects = node.coordinator.write(self._peer_now(node), level, (item,), int(timeout_ms))
+        return self._level_started(node, key, done, timeout_ms, rid, effects, item)
 
     def read_at(
         self,
@@ -351,93 +355,76 @@ class Simulation:
         done: Callable[[str, LevelRequest], None],
         timeout_ms: float = 2000.0,
     ) -> LevelRequest:
-        """`node` reads `key` at `level`: its own version set and those of enough members (`ReadRequest`),
-        merged into `request.item` when met (read repair then sends the merge to the stale ones)."""
-        request = self._level_request(node, key, level, done, timeout_ms)
-        request.replies[node.info.node_id] = node.data.get(key)
-        self._level_send(node, request, lambda seq: ReadRequest(seq, node.info.node_id, (key,)))
-        return request
+        """`node` reads `key` at `level` through its coordinator: its own version set and those of enough
+        members, merged into `request.item` when met (read repair then sends the merge to the stale ones)."""
+        assert node.up and node.coordinator is not None
+        raw = node.data.get(key)
+        own = VersionSet() if raw is None else decode_versions(raw)
+        rid, effects = node.coordinator.read(self._peer_now(node), level, key, own, int(timeout_ms))
+        return self._level_started(node, key, done, timeout_ms, rid, effects, None)
 
-    def _level_request(
-        self, node: SimNode, key: str, level: Level, done: Callable[[str, LevelRequest], None], timeout_ms: float
+    def _level_started(
+        self,
+        node: SimNode,
+        key: str,
+        done: Callable[[str, LevelRequest], None],
+        timeout_ms: float,
+        rid: int,
+        effects: list[LevelEffect],
+        item: DataItem | None,
     ) -> LevelRequest:
-        assert node.up and node.peer is not None
-        tally = Tally(level, node.peer.level_groups(level))
-        tally.add(node.info.node_id)
-        self._level_seq += 1
-        seq = self._level_seq
-        request = LevelRequest(node.index, node.generation, key, tally, self.now, done, seq=seq)
-        self.level_requests[(node.index, seq)] = request
-        # Before its join completes a node knows only itself: its requests fail rather than be met by a
-        # majority of one (as EpidemicStorage refuses them).
-        deadline = self.now + (timeout_ms if node.peer.joined else 0)
-        self.at(deadline, lambda: self._level_finish(seq, request, False))
+        request = LevelRequest(node.index, node.generation, key, self.now, done, item, seq=rid)
+        self.level_requests[(node.index, rid)] = request
+
+        def crashed() -> None:  # the coordinator crashed first: its client never hears back
+            if not request.finished and (not node.up or node.generation != request.generation):
+                request.finished = True
+                self.level_requests.pop((request.node, rid), None)
+                done("unknown", request)
+
+        self.at(self.now + timeout_ms, crashed)
+        self._apply_effects(node, effects)
+        self._reschedule(node)
         return request
 
-    def _level_send(self, node: SimNode, request: LevelRequest, message_of: Callable[[int], Any]) -> None:
-        seq = request.seq
-        assert node.peer is not None
-        if not node.peer.joined:
-            return  # fails at once (see _level_request)
-        if request.tally.met:
-            self._level_finish(seq, request, True)
-            return
-        message = message_of(seq)
-        first, rest = node.peer.level_targets(request.tally)
-        if not first:
-            first, rest = rest, []
-        self._apply_effects(node, [Send(target, "", message) for target in first])
-        if rest:  # hedging, as the runtime does: the rest only if the first wave is slow
-
-            def hedge() -> None:
-                if not request.finished and node.up and node.generation == request.generation:
-                    self._apply_effects(node, [Send(target, "", message) for target in rest])
-
-            self.at(self.now + node.peer.level_hedge_ms(), hedge)
-
-    def _level_finish(self, seq: int, request: LevelRequest, ok: bool) -> None:
-        if request.finished:
+    def _level_done(self, node: SimNode, effect: LevelDone) -> None:
+        request = self.level_requests.pop((node.index, effect.request), None)
+        if request is None or request.finished:
             return
         request.finished = True
-        self.level_requests.pop((request.node, seq), None)
-        node = self.nodes[request.node]
-        if not node.up or node.generation != request.generation:
-            request.done("unknown", request)  # the coordinator crashed: its client never hears back
-            return
-        if ok and request.item is None:  # a read: merge what answered, repair the stale
-            held = {n: VersionSet() if raw is None else decode_versions(raw) for n, raw in request.replies.items()}
-            merged, stale = merge_answers(held, self.resolution)
-            if merged.versions:
-                item = DataItem(0, request.key, encode_versions(merged))
-                request.item = item
-                repairs: list[Effect] = []
-                for node_id in stale:
-                    if node_id == node.info.node_id:
-                        self._store(node, Store((item,), node_id, "repair", 0))
-                    else:
-                        repairs.append(Send(node_id, "", Replicate(0, node.info.node_id, (item,))))
-                self._apply_effects(node, repairs)
-                self.read_repairs += len(stale)
-        request.done("ok" if ok else "fail", request)
+        request.tally = effect.tally
+        if effect.versions is not None and effect.versions.versions:
+            request.item = DataItem(0, request.key, encode_versions(effect.versions))
+        request.done("ok" if effect.ok else "fail", request)
 
-    def _on_level(self, node: SimNode, message: Any) -> None:
-        kind = type(message)
+    def _serve_level(self, node: SimNode, message: Replicate | ReadRequest) -> None:
+        """A member asked to store or read for a level: the store work the runtime does, then the answer."""
         me = node.info.node_id
-        if kind is Replicate:
+        reply: Replicated | ReadReply | None
+        if isinstance(message, Replicate):
             stored = self._store(node, Store(message.items, message.source, "level", 0))
-            if message.seq:
-                self._apply_effects(node, [Send(message.source, "", Replicated(message.seq, me, stored))])
-        elif kind is ReadRequest:
-            entries = tuple((k, node.data[k]) for k in message.keys if node.data.get(k) is not None)
-            self._apply_effects(node, [Send(message.source, "", ReadReply(message.seq, me, entries, True))])
+            reply = stored_reply(message, me, stored)
         else:
-            request = self.level_requests.get((node.index, message.seq))
-            if request is None or request.finished:
-                return
-            if kind is ReadReply:
-                request.replies[message.source] = dict(message.entries).get(request.key)
-            if request.tally.add(message.source):
-                self._level_finish(message.seq, request, True)
+            reply = read_reply(message, me, list(node.store.read_many_now(message.keys).items()), True)
+        if reply is not None:
+            self._apply_effects(node, [Send(message.source, "", reply)])
+
+    @staticmethod
+    def _drop_coordinator(node: SimNode) -> None:
+        if node.coordinator is not None:
+            node.read_repairs_before += node.coordinator.stats.read_repairs
+        node.coordinator = None
+
+    @property
+    def read_repairs(self) -> int:
+        """Members that reads at a level found stale and repaired, over every node's coordinators."""
+        return sum(
+            n.read_repairs_before + (n.coordinator.stats.read_repairs if n.coordinator else 0) for n in self.nodes
+        )
+
+    def _next_level_id(self) -> int:
+        self._level_seq += 1
+        return self._level_seq
 
     def at(self, when_ms: float, action: Callable[[], None]) -> None:
         """Runs `action` at virtual time `when_ms`."""
@@ -460,6 +447,11 @@ class Simulation:
         if peer is None:
             return
         deadline = peer.next_deadline()
+        coordinator = node.coordinator
+        if coordinator is not None and coordinator.pending:
+            other = coordinator.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
         if deadline is None:
             return
         when = max(float(deadline - node.skew_ms), self.now)
@@ -494,16 +486,25 @@ class Simulation:
             if peer is None:
                 continue
             now = int(when) + node.skew_ms
+            effects: Sequence[Effect | LevelDone]
             if kind == _DELIVER:
-                if type(payload) in _LEVEL_TYPES:
-                    self._on_level(node, payload)
+                kind_of = type(payload)
+                if kind_of is Replicate or kind_of is ReadRequest:
+                    self._serve_level(node, payload)
                     continue
-                effects = peer.handle(now, payload)
+                if kind_of is Replicated or kind_of is ReadReply:
+                    assert node.coordinator is not None
+                    effects = node.coordinator.handle(now, payload.source, payload)
+                else:
+                    effects = peer.handle(now, payload)
             else:
                 if payload != node.generation or when != node.wake:
                     continue
                 node.wake = math.inf
                 effects = peer.tick(now)
+                coordinator = node.coordinator
+                if coordinator is not None and coordinator.pending:
+                    effects = [*effects, *coordinator.tick(now)]
             if effects:
                 self._apply_effects(node, effects)
             self._reschedule(node)
@@ -514,7 +515,7 @@ class Simulation:
         if progress is not None:
             progress(self.now)
 
-    def _apply_effects(self, node: SimNode, effects: list[Effect]) -> None:
+    def _apply_effects(self, node: SimNode, effects: Sequence[Effect | LevelDone]) -> None:
         nodes = self.nodes
         network = self.network
         rng = self.rng
@@ -544,6 +545,8 @@ class Simulation:
                 if outcome is not None and outcome.delivered is None:
                     outcome.delivered = True
                     outcome.hops = effect.hops
+            elif type(effect) is LevelDone:
+                self._level_done(node, effect)
             elif type(effect) is RouteFailure:
                 outcome = self.routes.get((node.index, effect.route_id))
                 if outcome is not None and outcome.delivered is None:
