@@ -40,8 +40,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dsm.config import StorageConfig
+from dsm.core.anti_entropy import ReconcileStep, run_step
 from dsm.core.consistency import Level
-from dsm.core.coordinator import Coordinator, LevelDone, LevelEffect, read_reply, stored_reply
+from dsm.core.coordinator import LevelDone, LevelEffect, read_reply, stored_reply
 from dsm.core.messages import (
     DataItem,
     Deliver,
@@ -55,8 +56,8 @@ from dsm.core.messages import (
     Send,
     Store,
 )
+from dsm.core.node_core import NodeCore
 from dsm.core.peer import Peer, PeerSettings
-from dsm.core.reconcile import answer, opening
 from dsm.core.ring import MemberInfo, State
 from dsm.core.versions import VersionSet
 from dsm.errors import StorageCorruptError
@@ -84,8 +85,6 @@ MAX_READ_KEYS = 1024
 #: Most Replicate / ReadRequest messages served at once; more are answered as failed (the coordinator
 #: counts them as not stored, and the write still spreads by the other paths).
 MAX_SERVING = 1024
-#: How often a starting node looks for its first live link, to reconcile with it at once (s).
-CATCH_UP_POLL_S = 0.05
 
 
 class Runtime:
@@ -133,7 +132,6 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.merge_failures = 0
-        self.anti_entropy_sessions = 0
         self.anti_entropy_answers = 0
         self.anti_entropy_dropped = 0
         self.anti_entropy_failures = 0
@@ -142,13 +140,11 @@ class Runtime:
         self.anti_entropy_entries = 0
         self.anti_entropy_repaired = 0
         self._answering = 0
-        self._session = 0
-        self._anti_entropy: asyncio.Task[None] | None = None
         #: Event-loop stalls, measured while the node runs (exported as metrics).
         self.loop_lag = LoopLag()
-        #: Requests at consistency levels this node coordinates (`dsm.core.coordinator`; made with the peer),
-        #: the futures of their callers, and the count of requests from other coordinators being served.
-        self.coordinator: Coordinator | None = None
+        #: The node's whole core (peer, coordinator, anti-entropy; made at start), the futures of the callers
+        #: of requests at consistency levels, and the count of requests from other coordinators being served.
+        self.core: NodeCore | None = None
         self._levels: dict[int, asyncio.Future[LevelDone]] = {}
         self._serving = 0
         self.level_refused = 0
@@ -216,10 +212,7 @@ class Runtime:
             info, self.settings, self._rng, self.now(), incarnation=incarnation, member_observer=self._member_changed
         )
         # Request ids are random 63-bit numbers: a guessed or replayed id of another request finds nothing.
-        self.coordinator = Coordinator(
-            self.node_id, self.peer, self.peer.directory, self.storage.replica.resolution,
-            lambda: self._ids.getrandbits(63),
-        )  # fmt: skip
+        self.core = NodeCore(self.peer, self.storage.replica.resolution, lambda: self._ids.getrandbits(63), self.now())
         saved = None if self.new_cluster else await store.read_meta(META_MEMBERS)
         if saved is not None:
             self._restoring = True
@@ -234,7 +227,6 @@ class Runtime:
         self.storage.on_committed = self._publish
         self.storage.coordinator = self
         self._apply(self.peer.join(self.now(), [("", addr) for addr in bootstrap if addr != self.addr]))
-        self._anti_entropy = self._loop.create_task(self._anti_entropy_loop(), name=f"dsm-ae-{self.node_id}")
         self._saver = self._loop.create_task(self._save_loop(), name=f"dsm-members-{self.node_id}")
         if self.peer.joined:
             log.info("node %s listening on %s (incarnation %d): a new cluster", self.node_id, self.addr, incarnation)
@@ -325,10 +317,9 @@ class Runtime:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in (self._anti_entropy, self._saver):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
         if self.peer is not None and not self.peer.left:
             try:
                 await self.save_members()  # before any leave: a restart rejoins through these members
@@ -351,23 +342,16 @@ class Runtime:
             return
         if peer.live_count() == 1 and peer.directory.slot(source) is None and not isinstance(message, Join):
             self._stranger(source)
-        if isinstance(message, Reconcile):
-            if self._answering >= MAX_ANSWERS:
-                self.anti_entropy_dropped += 1
-                return
-            self._answering += 1
-            self._background(self._answer(message))
-            return
         kind = type(message)
-        if kind is Replicated or kind is ReadReply:
-            assert self.coordinator is not None
-            self._apply(self.coordinator.handle(self.now(), source, message))
-        elif kind is Replicate:
+        if kind is Replicate:
             self._on_replicate(source, message)
         elif kind is ReadRequest:
             self._on_read_request(source, message)
+        elif kind is Reconcile and self._answering >= MAX_ANSWERS:
+            self.anti_entropy_dropped += 1  # the peer's next exchange tries again
         else:
-            self._apply(peer.handle(self.now(), message))
+            assert self.core is not None
+            self._apply(self.core.handle(self.now(), source, message))
 
     def _publish(self, items: list[Any]) -> None:
         if self.peer is not None and not self.peer.left:
@@ -376,11 +360,8 @@ class Runtime:
     def _tick(self) -> None:
         self._timer = None
         self._timer_at = None
-        if self.peer is not None:
-            now = self.now()
-            self._apply(self.peer.tick(now))
-            if self.coordinator is not None:
-                self._apply(self.coordinator.tick(now))
+        if self.core is not None:
+            self._apply(self.core.tick(self.now()))
 
     def _apply(self, effects: Sequence[Any]) -> None:
         for effect in effects:
@@ -392,6 +373,10 @@ class Runtime:
                 future = self._levels.get(effect.request)
                 if future is not None and not future.done():
                     future.set_result(effect)
+            elif isinstance(effect, ReconcileStep):
+                if effect.message is not None:
+                    self._answering += 1
+                self._background(self._reconcile(effect))
             elif isinstance(effect, Deliver):
                 if self.on_deliver is not None:
                     self.on_deliver(effect)
@@ -408,11 +393,8 @@ class Runtime:
         peer = self.peer
         if peer is None or peer.left:
             return
-        deadline = peer.next_deadline()
-        if self.coordinator is not None:
-            other = self.coordinator.next_deadline()
-            if other is not None and (deadline is None or other < deadline):
-                deadline = other
+        assert self.core is not None
+        deadline = self.core.next_deadline()
         if deadline is None or deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -452,17 +434,17 @@ class Runtime:
     @property
     def read_repairs(self) -> int:
         """Members (this node included) that reads at a level found stale and repaired."""
-        return 0 if self.coordinator is None else self.coordinator.stats.read_repairs
+        return 0 if self.core is None else self.core.coordinator.stats.read_repairs
 
     async def write_at(self, level: Level, items: Sequence[DataItem], timeout_ms: int) -> LevelDone:
         """Waits until enough members stored `items` (durable here already) for `level`, or `timeout_ms`."""
-        assert self.coordinator is not None
-        return await self._level(self.coordinator.write(self.now(), level, items, timeout_ms))
+        assert self.core is not None
+        return await self._level(self.core.coordinator.write(self.now(), level, items, timeout_ms))
 
     async def read_at(self, level: Level, key: str, own: VersionSet, timeout_ms: int) -> LevelDone:
         """Reads `key` at `level` (this node's `own` version set first); read repair is sent on."""
-        assert self.coordinator is not None
-        return await self._level(self.coordinator.read(self.now(), level, key, own, timeout_ms))
+        assert self.core is not None
+        return await self._level(self.core.coordinator.read(self.now(), level, key, own, timeout_ms))
 
     async def _level(self, started: tuple[int, list[LevelEffect]]) -> LevelDone:
         request, effects = started
@@ -524,67 +506,32 @@ class Runtime:
         slot = self.peer.directory.slot(node_id)
         return self.peer.directory.infos[slot].addr if slot is not None else ""
 
-    async def _anti_entropy_loop(self) -> None:
-        interval = self.settings.anti_entropy_interval_ms / 1000
-        # Catch-up: a node that starts (new, restarted after a crash, back from a long absence) reconciles
-        # with a member as soon as it has a live link, rather than after up to a whole period of missing
-        # what was written while it was away; then every period, from a random phase.
-        waited = 0.0
-        while waited < interval and not self._has_live_link():
-            await asyncio.sleep(CATCH_UP_POLL_S)
-            waited += CATCH_UP_POLL_S
-        await self._try_anti_entropy_round()
-        await asyncio.sleep(self._rng.random() * interval)
-        while True:
-            await self._try_anti_entropy_round()
-            await asyncio.sleep(interval)
+    @property
+    def anti_entropy_sessions(self) -> int:
+        """Exchanges this node opened."""
+        return 0 if self.core is None or self.core.anti_entropy is None else self.core.anti_entropy.sessions
 
-    async def _try_anti_entropy_round(self) -> None:
+    async def _reconcile(self, step: ReconcileStep) -> None:
+        """Runs an anti-entropy step the core decided on, against the store's consistent view off the event
+        loop; sends its reply and merges the entries it brought."""
+        limit = self.settings.anti_entropy_max_bytes
         try:
-            await self._anti_entropy_round()
-        except Exception as exc:  # the store failed: try again next period
-            self.anti_entropy_failures += 1
-            log.warning("anti-entropy round failed: %s", exc)
-
-    def _has_live_link(self) -> bool:
-        peer = self.peer
-        if peer is None or not peer.joined:
-            return False
-        return any(peer.member_state(i) == State.ALIVE for i in peer.link_ids())
-
-    async def _anti_entropy_round(self) -> None:
-        """Opens an exchange with one live linked member (the core's `_anti_entropy_tick`, with I/O)."""
-        peer = self.peer
-        if peer is None or not peer.joined or peer.left:
-            return
-        candidates = [i for i in peer.link_ids() if peer.member_state(i) == State.ALIVE]
-        if not candidates:
-            return
-        target = candidates[self._rng.randrange(len(candidates))]
-        self._session += 1
-        session = self._session
-        message = await self.storage.store.with_range_view(lambda view: opening(session, self.node_id, view))
-        self.anti_entropy_sessions += 1
-        self.transport.send(target, self._addr_of(target), message)
-
-    async def _answer(self, message: Reconcile) -> None:
-        try:
-            limit = self.settings.anti_entropy_max_bytes
-            reply, entries = await self.storage.store.with_range_view(
-                lambda view: answer(message, self.node_id, view, limit)
+            reply, items = await self.storage.store.with_range_view(
+                lambda view: run_step(step, self.node_id, view, limit)
             )
-            self.anti_entropy_answers += 1
+            if step.message is not None:
+                self.anti_entropy_answers += 1
             if reply is not None:
-                self.transport.send(message.source, self._addr_of(message.source), reply)
-            if entries:
-                self.anti_entropy_entries += len(entries)
-                changed = await self._merge([DataItem(0, key, versions) for key, versions in entries], message.source)
-                self.anti_entropy_repaired += changed
+                self.transport.send(step.node_id, self._addr_of(step.node_id), reply)
+            if items:
+                self.anti_entropy_entries += len(items)
+                self.anti_entropy_repaired += await self._merge(items, step.node_id)
         except ValueError as exc:  # a malformed exchange: the sender's fault
             self.anti_entropy_failures += 1
-            log.warning("malformed anti-entropy message from %s: %s", message.source, exc)
-        except Exception as exc:
+            log.warning("malformed anti-entropy message from %s: %s", step.node_id, exc)
+        except Exception as exc:  # the store failed: the next round tries again
             self.anti_entropy_failures += 1
-            log.warning("answering anti-entropy from %s failed: %s", message.source, exc)
+            log.warning("anti-entropy step with %s failed: %s", step.node_id, exc)
         finally:
-            self._answering -= 1
+            if step.message is not None:
+                self._answering -= 1

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsm.core import member_record
+from dsm.core.anti_entropy import ReconcileStep, run_step
 from dsm.core.consistency import Level, Tally
 from dsm.core.coordinator import Coordinator, LevelDone, LevelEffect, read_reply, stored_reply
 from dsm.core.encoding import decode_versions, encode_versions
@@ -33,7 +34,6 @@ from dsm.core.messages import (
     OVERLAY_MESSAGES,
     DataItem,
     Deliver,
-    Effect,
     ReadReply,
     ReadRequest,
     Replicate,
@@ -42,6 +42,7 @@ from dsm.core.messages import (
     Send,
     Store,
 )
+from dsm.core.node_core import CoreEffect, NodeCore
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import SortedReplica
 from dsm.core.replica import Commit, MergeOp, Op, Replica, ReplicaSettings, WriteOp
@@ -82,8 +83,8 @@ class SimNode:
     store: MemoryStore
     replica: Replica
     peer: Peer | None = None
-    #: Its requests at consistency levels (the product's coordinator; lost with the core in a crash).
-    coordinator: Coordinator | None = None
+    #: Its whole core (the peer above, its coordinator and anti-entropy; lost in a crash).
+    core: NodeCore | None = None
     #: Read repairs its coordinators of earlier lives (before crashes) sent.
     read_repairs_before: int = 0
     up: bool = False
@@ -112,6 +113,11 @@ class SimNode:
         store.write_now(commit.rows, commit.meta, commit.deletes)
         replica.stored(commit)
         return commit
+
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """Its requests at consistency levels (the product's coordinator)."""
+        return None if self.core is None else self.core.coordinator
 
     def saved_members(self, directory: Directory) -> bytes:
         """The member table this node saved, as the runtime saves it (`Peer.member_record`)."""
@@ -214,10 +220,9 @@ class Simulation:
             incarnation=node.stored_incarnation,
             member_observer=self._on_member if self.member_hooks else None,
             link_observer=self._on_link if self.link_hooks else None,
-            replica=node.store.view(),
         )
         node.peer = peer
-        node.coordinator = Coordinator(node.info.node_id, peer, self.directory, self.resolution, self._next_level_id)
+        node.core = NodeCore(peer, self.resolution, self._next_level_id, self._peer_now(node))
         node.up = True
         node.generation += 1
         node.wake = math.inf
@@ -397,6 +402,15 @@ class Simulation:
             request.item = DataItem(0, request.key, encode_versions(effect.versions))
         request.done("ok" if effect.ok else "fail", request)
 
+    def _reconcile(self, node: SimNode, step: ReconcileStep) -> None:
+        """Runs an anti-entropy step its core decided on against the node's store, as the runtime does."""
+        assert node.peer is not None
+        reply, items = run_step(step, node.info.node_id, node.store.view(), node.peer.settings.anti_entropy_max_bytes)
+        if items:
+            self._store(node, Store(items, step.node_id, "anti-entropy", 0))
+        if reply is not None:
+            self._apply_effects(node, [Send(step.node_id, "", reply)])
+
     def _serve_level(self, node: SimNode, message: Replicate | ReadRequest) -> None:
         """A member asked to store or read for a level: the store work the runtime does, then the answer."""
         me = node.info.node_id
@@ -413,7 +427,7 @@ class Simulation:
     def _drop_coordinator(node: SimNode) -> None:
         if node.coordinator is not None:
             node.read_repairs_before += node.coordinator.stats.read_repairs
-        node.coordinator = None
+        node.core = None
 
     @property
     def read_repairs(self) -> int:
@@ -443,15 +457,10 @@ class Simulation:
         heapq.heappush(self._heap, (when, self._seq, kind, index, payload))
 
     def _reschedule(self, node: SimNode) -> None:
-        peer = node.peer
-        if peer is None:
+        core = node.core
+        if core is None:
             return
-        deadline = peer.next_deadline()
-        coordinator = node.coordinator
-        if coordinator is not None and coordinator.pending:
-            other = coordinator.next_deadline()
-            if other is not None and (deadline is None or other < deadline):
-                deadline = other
+        deadline = core.next_deadline()
         if deadline is None:
             return
         when = max(float(deadline - node.skew_ms), self.now)
@@ -486,25 +495,20 @@ class Simulation:
             if peer is None:
                 continue
             now = int(when) + node.skew_ms
-            effects: Sequence[Effect | LevelDone]
+            effects: Sequence[CoreEffect]
             if kind == _DELIVER:
                 kind_of = type(payload)
                 if kind_of is Replicate or kind_of is ReadRequest:
                     self._serve_level(node, payload)
                     continue
-                if kind_of is Replicated or kind_of is ReadReply:
-                    assert node.coordinator is not None
-                    effects = node.coordinator.handle(now, payload.source, payload)
-                else:
-                    effects = peer.handle(now, payload)
+                assert node.core is not None
+                effects = node.core.handle(now, payload.source, payload)
             else:
                 if payload != node.generation or when != node.wake:
                     continue
                 node.wake = math.inf
-                effects = peer.tick(now)
-                coordinator = node.coordinator
-                if coordinator is not None and coordinator.pending:
-                    effects = [*effects, *coordinator.tick(now)]
+                assert node.core is not None
+                effects = node.core.tick(now)
             if effects:
                 self._apply_effects(node, effects)
             self._reschedule(node)
@@ -515,7 +519,7 @@ class Simulation:
         if progress is not None:
             progress(self.now)
 
-    def _apply_effects(self, node: SimNode, effects: Sequence[Effect | LevelDone]) -> None:
+    def _apply_effects(self, node: SimNode, effects: Sequence[CoreEffect]) -> None:
         nodes = self.nodes
         network = self.network
         rng = self.rng
@@ -547,6 +551,8 @@ class Simulation:
                     outcome.hops = effect.hops
             elif type(effect) is LevelDone:
                 self._level_done(node, effect)
+            elif type(effect) is ReconcileStep:
+                self._reconcile(node, effect)
             elif type(effect) is RouteFailure:
                 outcome = self.routes.get((node.index, effect.route_id))
                 if outcome is not None and outcome.delivered is None:

@@ -1,0 +1,88 @@
+"""`NodeCore`: one node's whole sans-IO core, the one object a driver (the network runtime or the simulator)
+feeds with time and messages.
+
+It is a thin dispatcher over the core's parts:
+- `Peer` (`peer.py`): membership, failure detection, the overlay, routing and the dissemination of writes;
+- `Coordinator` (`coordinator.py`): requests at consistency levels this node coordinates;
+- `AntiEntropy` (`anti_entropy.py`): when and with whom whole-store reconciliation runs, and its steps.
+
+    effects = core.handle(now, source, message)   # a message arrived from `source`
+    effects = core.tick(now)                      # at core.next_deadline() (or later)
+
+The effects are the peer's (`Send`, `Store`, `Deliver`, `RouteFailure`), the coordinator's (`LevelDone`)
+and anti-entropy's (`ReconcileStep`). What needs the store stays with the driver: the write and merge rule
+runs in `replica.py` on the driver's commit path, and members asked to store or read for a level
+(`Replicate`, `ReadRequest`) are served by the driver's store work (`coordinator.stored_reply` /
+`read_reply` say what to answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
+from dsm.core.coordinator import Coordinator, LevelDone
+from dsm.core.messages import Effect, Message, ReadReply, Reconcile, Replicated
+from dsm.core.peer import Peer
+from dsm.core.versions import Resolution
+
+CoreEffect = Effect | LevelDone | ReconcileStep
+
+
+class NodeCore:
+    """A node's core parts behind one dispatcher (see the module docstring).
+
+    Args:
+        peer: the membership and dissemination core.
+        resolution: the conflict resolution rule (reads at levels merge with it).
+        new_id: issues request ids for the coordinator (never reused while pending).
+        now: the time the core starts at.
+        anti_entropy: whether this node reconciles its whole store (every driver with a store does).
+    """
+
+    def __init__(
+        self, peer: Peer, resolution: Resolution, new_id: Callable[[], int], now: int, anti_entropy: bool = True
+    ) -> None:
+        self.peer = peer
+        self.coordinator = Coordinator(peer.id, peer, peer.directory, resolution, new_id)
+        self.anti_entropy = (
+            AntiEntropy(peer, peer.rng, peer.settings.anti_entropy_interval_ms, now, self._next_session)
+            if anti_entropy
+            else None
+        )
+        self._sessions = 0
+
+    def _next_session(self) -> int:
+        self._sessions += 1
+        return self._sessions
+
+    def handle(self, now: int, source: str, message: Message | Any) -> list[CoreEffect]:
+        """Processes a message from `source` (for a network driver: the member the connection authenticated)."""
+        if isinstance(message, Replicated | ReadReply):
+            return list(self.coordinator.handle(now, source, message))
+        if isinstance(message, Reconcile):
+            return list(self.anti_entropy.handle(source, message)) if self.anti_entropy is not None else []
+        return list(self.peer.handle(now, message))
+
+    def tick(self, now: int) -> list[CoreEffect]:
+        """Runs every part's timers due at `now`."""
+        out: list[CoreEffect] = list(self.peer.tick(now))
+        if self.coordinator.pending:
+            out.extend(self.coordinator.tick(now))
+        if self.anti_entropy is not None and not self.peer.left:
+            out.extend(self.anti_entropy.tick(now))
+        return out
+
+    def next_deadline(self) -> int | None:
+        """When `tick` must next be called, or None."""
+        deadline = self.peer.next_deadline()
+        if self.coordinator.pending:
+            other = self.coordinator.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
+        if self.anti_entropy is not None and not self.peer.left:
+            other = self.anti_entropy.next_deadline()
+            if deadline is None or other < deadline:
+                deadline = other
+        return deadline
