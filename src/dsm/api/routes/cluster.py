@@ -16,8 +16,12 @@ from aiohttp import web
 
 from dsm.api import parsing
 from dsm.api.errors import ApiError
+from dsm.core.ring import State
 from dsm.net.status import Member, StatusReader
 from dsm.node import EpidemicStorage
+
+#: Each state as `/v1/members` names it.
+STATE_NAMES = {state: state.name.lower() for state in State}
 
 
 def member_json(member: Member) -> dict[str, Any]:
@@ -26,7 +30,7 @@ def member_json(member: Member) -> dict[str, Any]:
         "id": member.node_id,
         "addr": member.addr,
         "region": member.region,
-        "state": member.state.name.lower(),
+        "state": STATE_NAMES[member.state],
         "incarnation": member.incarnation,
     }
 
