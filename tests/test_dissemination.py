@@ -192,9 +192,9 @@ def test_fresh_writes_are_left_to_the_broadcast_tree() -> None:
     # Just written: not sent back in a reply, and a digest lists it as fresh.
     reply = sends(b.handle(w.now, GossipDigest(1, a.id, (), ())), GossipReply)[0].message
     assert reply.items == ()
-    b._set_now(w.now + 1)
+    b.context.advance(w.now + 1)
     b.data._gossip_round()  # a round right away, within the hold
-    digests = sends(b._flush(), GossipDigest)
+    digests = sends(b.context.flush(), GossipDigest)
     assert digests and all(d.message.fresh == (new.id,) and d.message.ids == () for d in digests)
     # A fresh id in someone's digest is neither wanted nor pushed back.
     reply = sends(a.handle(w.now + 1, GossipDigest(2, b.id, (), (new.id,))), GossipReply)[0].message
@@ -238,26 +238,28 @@ def test_direct_updates_form_a_tree_that_delivers_each_payload_about_once() -> N
 
 
 def test_idle_rounds_stretch_the_period_and_a_write_brings_it_back() -> None:
-    settings = dataclasses.replace(SMALL, gossip_interval_ms=1000, gossip_min_ms=100, gossip_max_ms=8000)
+    settings = dataclasses.replace(
+        SMALL, gossip_interval_ms=1000, gossip_interval_min_ms=100, gossip_interval_max_ms=8000
+    )
     w = Wire(seed=10, settings=settings)
     peers = w.formed(10)
     w.advance(60_000, step=50)
-    assert all(p.data.period == settings.gossip_max_ms for p in peers)
+    assert all(p.data.period == settings.gossip_interval_max_ms for p in peers)
     p = peers[0]
     p.publish(w.now, (item("k"),), urgent=False)
-    assert p.data.period == settings.gossip_min_ms
-    assert p.data._next_round <= w.now + settings.gossip_min_ms * 5 // 4  # jittered by up to a quarter
+    assert p.data.period == settings.gossip_interval_min_ms
+    assert p.data._next_round <= w.now + settings.gossip_interval_min_ms * 5 // 4  # jittered by up to a quarter
     # A write the broadcast tree carries only brings an idle node back to the base period: gossip has
     # only to repair what the tree missed.
     q = peers[1]
-    assert q.data.period == settings.gossip_max_ms
+    assert q.data.period == settings.gossip_interval_max_ms
     q.handle(w.now, Push(q.link_ids()[0], 0, (item("pushed"),)))
     assert q.data.period == settings.gossip_interval_ms
     assert q.data._next_round <= w.now + settings.gossip_interval_ms * 5 // 4
 
 
 def test_period_never_drops_below_four_round_trips() -> None:
-    settings = dataclasses.replace(SMALL, gossip_min_ms=10)
+    settings = dataclasses.replace(SMALL, gossip_interval_min_ms=10)
     w = Wire(seed=11, settings=settings)
     peers = w.formed(6)
     w.advance(1000)
@@ -308,7 +310,12 @@ def test_settings_come_from_the_config() -> None:
         anti_entropy_interval_ms=30000,
     )
     s = PeerSettings.from_config(config)
-    assert (s.gossip_interval_ms, s.gossip_min_ms, s.gossip_max_ms, s.gossip_fanout) == (2000, 100, 9000, 5)
+    assert (s.gossip_interval_ms, s.gossip_interval_min_ms, s.gossip_interval_max_ms, s.gossip_fanout) == (
+        2000,
+        100,
+        9000,
+        5,
+    )
     assert s.anti_entropy_interval_ms == 30000
 
 
@@ -327,12 +334,12 @@ def test_writes_beyond_the_digest_window_are_not_resent_unasked() -> None:
 
 
 def test_period_stays_within_its_bounds_on_a_slow_network() -> None:
-    settings = dataclasses.replace(SMALL, gossip_min_ms=100, gossip_max_ms=2000)
+    settings = dataclasses.replace(SMALL, gossip_interval_min_ms=100, gossip_interval_max_ms=2000)
     w = Wire(seed=16, settings=settings)
     peers = w.formed(6)
     p = peers[0]
     p.data.srtt = 5000.0  # 4 round trips would be 20 s
     p.publish(w.now, (item("k"),), urgent=False)
-    assert p.data.period == settings.gossip_max_ms
+    assert p.data.period == settings.gossip_interval_max_ms
     p.tick(p.data._next_round)
-    assert p.data.period == settings.gossip_max_ms
+    assert p.data.period == settings.gossip_interval_max_ms

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import random
+from enum import Enum
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsm.core.consistency import Level
-from dsm.core.messages import Ping, PingReq, Send, SyncDigest, SyncEntries, SyncLeaves, Update
+from dsm.core.dissemination import DisseminationTimer
+from dsm.core.joining import JoinTimer
+from dsm.core.member_sync import SyncTimer
+from dsm.core.messages import (
+    Graft,
+    IHave,
+    Join,
+    Message,
+    Ping,
+    PingReq,
+    Routed,
+    Send,
+    SyncDigest,
+    SyncEntries,
+    SyncLeaves,
+    Update,
+)
 from dsm.core.peer import LOSS_RETRY, Peer, PeerSettings
+from dsm.core.probing import ProbeTimer
 from dsm.core.ring import State
+from dsm.core.routing import RouteTimer
+from dsm.core.suspicion import SuspicionTimer
 from wire import SMALL, Wire, info
 
 ALIVE, SUSPECT, DEAD, LEFT = (int(s) for s in (State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT))
@@ -35,10 +55,10 @@ def test_formed_cluster_builds_bounded_symmetric_links() -> None:
     w.advance(3000)
     for p in peers:
         o = p.overlay
-        assert len(o.near) == SMALL.near_max
-        assert len(o.long_out) == SMALL.long_max
-        assert len(o.long_in) <= SMALL.long_in_max
-        assert len(o.refcount) <= SMALL.near_max + SMALL.long_max + SMALL.long_in_max
+        assert len(o.near) == SMALL.max_immediate_neighbors
+        assert len(o.long_out) == SMALL.max_long_links
+        assert len(o.long_in) <= SMALL.max_long_links_in
+        assert len(o.refcount) <= SMALL.max_immediate_neighbors + SMALL.max_long_links + SMALL.max_long_links_in
         for slot in o.long_out:
             other = w.peers[p.directory.infos[slot].node_id]
             assert other.directory.slot(p.id) in other.overlay.long_in, (p.id, other.id)
@@ -193,7 +213,7 @@ def test_restarted_member_rejoins_with_same_id_and_higher_incarnation() -> None:
 
 
 def test_routing_delivers_and_reports_undeliverable_targets() -> None:
-    w = Wire(seed=8, settings=PeerSettings(near_max=4, long_max=4, long_in_max=8))
+    w = Wire(seed=8, settings=PeerSettings(max_immediate_neighbors=4, max_long_links=4, max_long_links_in=8))
     peers = w.formed(80)
     w.advance(3000)
     rng = random.Random(1)
@@ -212,7 +232,7 @@ def test_routing_delivers_and_reports_undeliverable_targets() -> None:
 
 
 def test_routing_fails_over_when_a_next_hop_is_down() -> None:
-    w = Wire(seed=9, settings=PeerSettings(near_max=4, long_max=4, long_in_max=8))
+    w = Wire(seed=9, settings=PeerSettings(max_immediate_neighbors=4, max_long_links=4, max_long_links_in=8))
     peers = w.formed(80)
     w.advance(3000)
     rng = random.Random(2)
@@ -249,12 +269,12 @@ def test_measured_loss_follows_the_network_and_ignores_crashed_members() -> None
     w.advance(60 * SMALL.probe_interval_ms)
     alive = [p for p in peers if p.id != "n5"]
     assert all(p.loss_estimate < LOSS_RETRY for p in alive), [round(p.loss_estimate, 3) for p in alive]
-    assert all(p._helper_count() == SMALL.indirect_probes for p in alive)
+    assert all(p.probing.helper_count() == SMALL.indirect_probes for p in alive)
     w.loss = 0.2  # a ping and its ack both arrive with probability 0.64
     w.advance(100 * SMALL.probe_interval_ms)
     estimates = sorted(p.loss_estimate for p in alive)
     assert estimates[len(estimates) // 2] > 0.15, estimates
-    assert sum(p._helper_count() > SMALL.indirect_probes for p in alive) >= len(alive) // 2
+    assert sum(p.probing.helper_count() > SMALL.indirect_probes for p in alive) >= len(alive) // 2
     w.loss = 0.0
     w.advance(150 * SMALL.probe_interval_ms)
     assert all(p.loss_estimate < LOSS_RETRY for p in alive), [round(p.loss_estimate, 3) for p in alive]
@@ -267,13 +287,13 @@ def test_helper_count_grows_with_measured_loss_up_to_the_maximum() -> None:
     counts = []
     for loss in (0.0, 0.08, 0.15, 0.2, 0.3, 0.5, 1.0):
         p.loss_estimate = loss
-        counts.append(p._helper_count())
+        counts.append(p.probing.helper_count())
     assert counts[0] == counts[1] == SMALL.indirect_probes
     assert counts == sorted(counts)
     assert counts[-1] == counts[-2] == SMALL.indirect_probes_max
     fixed = Peer(info("y"), PeerSettings(indirect_probes=3, indirect_probes_max=3), random.Random(1), 0)
     fixed.loss_estimate = 0.5
-    assert fixed._helper_count() == 3
+    assert fixed.probing.helper_count() == 3
 
 
 def settled(seed: int, count: int) -> tuple[Wire, Peer, int, str]:
@@ -282,13 +302,13 @@ def settled(seed: int, count: int) -> tuple[Wire, Peer, int, str]:
     w.formed(count)
     w.advance(3000)
     me = w.peers["n0"]
-    slot = next(q for q in me.overlay.near if q not in me._probing)
+    slot = next(q for q in me.overlay.near if not me.probing.probing(q))
     return w, me, slot, me.directory.infos[slot].node_id
 
 
 def probe_now(w: Wire, me: Peer, slot: int) -> None:
     w.log = []
-    me._start_probe(slot)  # private: probe this member now
+    me.probing.start_probe(slot)  # probe this member now
     w.apply(me.id, me.tick(w.now))
     w.flush()
 
@@ -310,7 +330,7 @@ def test_under_measured_loss_a_missed_probe_is_retried_and_more_helpers_are_aske
     asks = [m for s, t, m in w.log if s == "n0" and isinstance(m, PingReq) and m.seq == seq]
     assert len(direct) == 2  # the direct ping and its retry
     helpers = sum(1 for q in me.overlay.links() if q != slot and me.table.raw_state(q) == ALIVE)
-    assert len(asks) == min(helpers, me._helper_count()) > SMALL.indirect_probes
+    assert len(asks) == min(helpers, me.probing.helper_count()) > SMALL.indirect_probes
 
 
 def test_a_helper_under_measured_loss_pings_twice_before_giving_up() -> None:
@@ -480,8 +500,42 @@ def test_capped_anti_entropy_answers_keep_the_first_listed_sub_arcs() -> None:
     assert len(slots) > SYNC_MAX_ENTRIES
     last = sub_bucket_of(p.directory.positions[int(slots[-1])])
     subs = [last, *(s for s in range(1024) if s != last)]  # the sub-arc of the highest slot listed first
-    kept = p._first_entries(slots, subs)
+    kept = p.member_sync.first_entries(slots, subs)
     assert len(kept) == SYNC_MAX_ENTRIES
     first = [int(s) for s in slots if sub_bucket_of(p.directory.positions[int(s)]) == last]
     assert set(first) <= set(kept)
-    assert p._first_entries(np.array(first), subs) == first
+    assert p.member_sync.first_entries(np.array(first), subs) == first
+
+
+def test_each_timer_is_handed_to_the_part_that_owns_its_kind() -> None:
+    # Every part arms timers of its own enum; `tick` hands a due timer to the owner of the kind's type.
+    w = Wire(seed=30)
+    w.formed(8)
+    w.advance(3000)  # every timer due until now has run: only the ones armed below are due
+    p = w.peers["n0"]
+    link = p.link_ids()[0]
+    link_slot = p.directory.slot(link)
+    assert link_slot is not None
+
+    def fire(peer: Peer, kind: Enum, arg: int) -> list[Message]:
+        peer.context.arm(w.now, kind, arg)
+        return [e.message for e in peer.tick(w.now) if isinstance(e, Send)]
+
+    assert any(isinstance(m, Ping) for m in fire(p, ProbeTimer.PERIOD, 0))  # probing: a probe
+    assert [type(m) for m in fire(p, SyncTimer.ROUND, 0)] == [SyncDigest]  # member sync: a digest
+    p.handle(w.now, IHave(link, 1, (7,)))
+    assert [type(m) for m in fire(p, DisseminationTimer.GRAFT, 7)] == [Graft]  # dissemination: a graft
+    joiner = w.peer("j")
+    joiner.join(w.now, [("", "mem://n1")])  # its first Join is lost
+    assert [type(m) for m in fire(joiner, JoinTimer.RETRY, 0)] == [Join]  # joining: the next attempt
+    # Routing: the hop's acknowledgement is lost; the retry timer sends the message on again.
+    route_id, _ = p.route(w.now, link, "x")
+    route_retries = [arg for _, _, kind, arg in p.context.timers if kind is RouteTimer.RETRY]
+    assert len(route_retries) == 1
+    resent = [m for m in fire(p, RouteTimer.RETRY, route_retries[0]) if isinstance(m, Routed)]
+    assert [m.route_id for m in resent] == [route_id]
+    # Suspicion: this node's own failed probe of the link, and its deadline.
+    p.membership.suspect(link_slot)
+    w.now = p.suspicions[link_slot].deadline
+    fire(p, SuspicionTimer.TIMEOUT, link_slot)
+    assert p.member_state(link) == State.DEAD

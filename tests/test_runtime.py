@@ -17,7 +17,9 @@ from dsm.net.runtime import Runtime
 from dsm.net.security import Keyring
 from dsm.storage.sqlite import SQLiteStore
 
-FAST = PeerSettings(probe_interval_ms=200, probe_timeout_ms=100, sync_interval_ms=1000, gossip_interval_ms=500)
+FAST = PeerSettings(
+    probe_interval_ms=200, probe_timeout_ms=100, membership_sync_interval_ms=1000, gossip_interval_ms=500
+)
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
 SECRET = "runtime-test-secret-0001"
 
@@ -139,7 +141,7 @@ async def test_a_node_without_the_secret_cannot_join(cluster: Cluster, tmp_path:
 
 async def test_anti_entropy_brings_writes_that_were_never_published(cluster: Cluster) -> None:
     quick = PeerSettings(
-        probe_interval_ms=200, probe_timeout_ms=100, sync_interval_ms=1000, anti_entropy_interval_ms=300
+        probe_interval_ms=200, probe_timeout_ms=100, membership_sync_interval_ms=1000, anti_entropy_interval_ms=300
     )
     old = {f"old{i}": f"v{i}".encode() for i in range(300)}
     seed = await cluster.start("n0", "127.0.0.1", [], settings=quick, before={"mine": b"n0's"})

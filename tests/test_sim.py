@@ -120,7 +120,7 @@ def test_standard_run_measures_leaves() -> None:
     settings = PeerSettings()
     # A leaver had at most near + long out + long in links; each of those members repairs its table, and
     # each repair adds one new link: the count stays within twice a member's link budget, whatever n.
-    budget = settings.near_max + settings.long_max + 2 * settings.long_max
+    budget = settings.max_immediate_neighbors + settings.max_long_links + 2 * settings.max_long_links
     assert 0 < report["links_changed_per_leave"]["max"] <= 2 * budget, report["links_changed_per_leave"]
     assert len(report["leave_messages"]["per_leave"]) == 3
     assert report["join_messages"] is None
@@ -189,7 +189,7 @@ def test_a_core_invariant_failure_is_reported_with_the_seed() -> None:
     sim.form(10)
     node = sim.nodes[3]
     assert node.peer is not None
-    node.peer._now += 10**9  # this core's clock would now go backwards at its next event
+    node.peer.context.now += 10**9  # this core's clock would now go backwards at its next event
     with pytest.raises(CheckFailed, match=r"seed 11: invariant violated.*time went backwards"):
         sim.run_until(sim.now + 5000)
 

@@ -52,8 +52,9 @@ LEVELS = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
 #: Writes spread only by the levels' own messages, gossip every 5 s and anti-entropy every 20 s: a read that
 #: did not really consult a quorum would miss recent quorum writes.
 SLOW = PeerSettings(
-    probe_interval_ms=500, probe_timeout_ms=200, gossip_interval_ms=5000, gossip_min_ms=5000, gossip_max_ms=5000,
-    anti_entropy_interval_ms=20_000, sync_interval_ms=2000, direct_updates=False,
+    probe_interval_ms=500, probe_timeout_ms=200,
+    gossip_interval_ms=5000, gossip_interval_min_ms=5000, gossip_interval_max_ms=5000,
+    anti_entropy_interval_ms=20_000, membership_sync_interval_ms=2000, direct_updates=False,
 )  # fmt: skip
 
 

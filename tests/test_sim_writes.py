@@ -39,7 +39,7 @@ def test_direct_updates_settle_on_a_tree(seed: int) -> None:
 
 
 def params_max() -> int:
-    return SimParams().settings.gossip_max_ms
+    return SimParams().settings.gossip_interval_max_ms
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.2])

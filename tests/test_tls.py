@@ -40,7 +40,9 @@ from dsm.net.tls import TlsContexts, certificate_node_ids, contexts
 from dsm.net.transport import PeerLimits, Transport, split_addr
 from dsm.storage.sqlite import SQLiteStore
 
-FAST = PeerSettings(probe_interval_ms=200, probe_timeout_ms=100, sync_interval_ms=1000, gossip_interval_ms=500)
+FAST = PeerSettings(
+    probe_interval_ms=200, probe_timeout_ms=100, membership_sync_interval_ms=1000, gossip_interval_ms=500
+)
 SECRET = "tls-test-cluster-secret-01"
 
 

@@ -14,7 +14,7 @@ from dsm.core.messages import Deliver, Effect, Message, RouteFailure, Send, Stor
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.ring import MemberInfo
 
-SMALL = PeerSettings(near_max=4, long_max=3, long_in_max=6, sync_interval_ms=5000)
+SMALL = PeerSettings(max_immediate_neighbors=4, max_long_links=3, max_long_links_in=6, membership_sync_interval_ms=5000)
 
 
 def info(node_id: str, region: str = "default") -> MemberInfo:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dsm import __version__
-from dsm.config import FIELD_DOCS, StorageConfig
+from dsm.config import FIELD_DOCS, PROFILES, HttpTls, Profile, StorageConfig, markdown_reference
 from dsm.core.consistency import LEVEL_NAMES
 from dsm.errors import DSMError
 
@@ -62,12 +62,26 @@ def demo(data_dir: str | None, keep: bool, single: bool) -> None:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
+_PROFILE = click.option(
+    "--profile",
+    type=click.Choice([p.value for p in Profile]),
+    default=None,
+    help="Protocol settings to start from (profile; default lan); explicit settings win over it.",
+)
+
+
 @main.command("config")
 @click.option("--file", "toml_path", type=click.Path(dir_okay=False), default=None, help="A TOML config file.")
-def show_config(toml_path: str | None) -> None:
-    """Shows the effective configuration (defaults < TOML file < DSM_* environment) with documentation."""
+@_PROFILE
+@click.option("--markdown", is_flag=True, help="Print the reference table of every setting (docs/configuration.md).")
+def show_config(toml_path: str | None, profile: str | None, markdown: bool) -> None:
+    """Shows the effective configuration (defaults < profile < TOML file < DSM_* environment; --profile picks
+    the profile) with documentation; a value the profile set is marked with the profile's name."""
+    if markdown:
+        click.echo(markdown_reference(), nl=False)
+        return
     try:
-        config = StorageConfig.load(toml_path)
+        config = StorageConfig.load(toml_path, profile=profile)
     except DSMError as exc:
         raise click.ClickException(str(exc)) from exc
     table = Table("setting", "value", "meaning", show_lines=True)
@@ -75,6 +89,8 @@ def show_config(toml_path: str | None) -> None:
         value = getattr(config, f.name)
         # A secret (a field kept out of the config's repr) shows only whether it is set.
         shown = repr(value) if f.repr or not value else "<redacted>"
+        if f.name in PROFILES[config.profile] and value == PROFILES[config.profile][f.name]:
+            shown += f" ({config.profile})"
         table.add_row(f.name, shown, FIELD_DOCS[f.name])
     Console().print(table)
 
@@ -166,6 +182,7 @@ def node() -> None:
 
 @node.command("run")
 @click.option("--config", "toml_path", type=click.Path(dir_okay=False), default=None, help="A TOML config file.")
+@_PROFILE
 @click.option("--node-id", default=None, help="This node's id (unique, stable).")
 @click.option("--region", default=None, help="This node's region.")
 @click.option("--listen", default=None, help="host:port for other nodes (listen_addr).")
@@ -178,7 +195,7 @@ def node() -> None:
 @click.option("--tls-ca", default=None, help="Cluster CA bundle: mutual TLS between nodes (tls_ca_file).")
 @click.option(
     "--http-tls",
-    type=click.Choice(["auto", "on", "off"]),
+    type=click.Choice([mode.value for mode in HttpTls]),
     default=None,
     help="HTTPS for the HTTP API (http_tls; default auto: with --tls-cert).",
 )
@@ -202,6 +219,7 @@ def node() -> None:
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def node_run(
     toml_path: str | None,
+    profile: str | None,
     node_id: str | None,
     region: str | None,
     listen: str | None,
@@ -226,6 +244,7 @@ def node_run(
     try:
         config = StorageConfig.load(
             toml_path,
+            profile=profile,
             node_id=node_id,
             region=region,
             listen_addr=listen,

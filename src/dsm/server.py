@@ -35,6 +35,7 @@ from dsm.config import StorageConfig
 from dsm.errors import ConfigError
 from dsm.factory import StorageFactory
 from dsm.net.runtime import Runtime
+from dsm.net.status import snapshot
 from dsm.net.tls import contexts
 from dsm.net.transport import split_addr
 
@@ -79,8 +80,8 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
         gc.freeze()
         if not runtime.joined.is_set():
             # It serves (local reads and writes, the API, health) but has not reached its cluster yet.
-            status = runtime.join_status()
-            waiting = ready | {"event": "waiting", "reason": status["reason"], "targets": list(status["targets"])}
+            join = snapshot(storage, runtime, members=False).join
+            waiting = ready | {"event": "waiting", "reason": join.reason, "targets": [t for t, _ in join.targets]}
             print(json.dumps(waiting), flush=True)
             joined = asyncio.ensure_future(runtime.joined.wait())
             stopping = asyncio.ensure_future(stop.wait())

@@ -1,5 +1,6 @@
 """Bounded HTTP connections: the node's HTTP server (aiohttp) with a header timeout, an idle keep-alive
-timeout and a cap on concurrent connections (the body timeout is the PUT handler's, in `dsm.api.http`).
+timeout and a cap on concurrent connections (the body timeout is the PUT handler's, in
+`dsm.api.routes.keys`).
 
 aiohttp has a keep-alive timeout but no header-read timeout and no connection cap: a client that opens a
 connection and sends half a request holds a socket, a task and a file descriptor for as long as it likes,
@@ -35,20 +36,20 @@ A request aiohttp cannot parse is answered `400` (JSON) and closed, as aiohttp d
 log each one as an ERROR with a traceback, so that anyone who reaches the port could fill the node's log:
 here each is counted (`BAD_REQUESTS`, by kind; `dsm_http_bad_requests_total`) and logged at INFO at most
 once per 10 s per kind (`dsm.net.quietlog`), the parser's complaint (which may quote the request) escaped.
+`quiet_bad_requests` (installed by `create_app`) does the same for what aiohttp still logs itself: a body
+that cannot be decoded, raised again as aiohttp drains it after the 400, and every unparseable request
+when the app is served by aiohttp's own sites. The JSON error bodies are `dsm.api.errors`'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
-import re
 import resource
 import ssl
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, cast
 
 from aiohttp import web
@@ -56,13 +57,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
+from dsm.api.errors import RETRY_AFTER_S, error_body, one_line, reason_code, status_phrase
 from dsm.config import StorageConfig
 from dsm.net.quietlog import QuietLog, escape
 
 log = logging.getLogger("dsm.api")
 
-#: Seconds a client is told to wait before retrying, on every 503.
-RETRY_AFTER_S = 1
 #: How long a refused connection (at the cap, every connection busy) stays open after its 503, for the
 #: client to read the answer before the close, and how many refused connections may linger so at once.
 REFUSED_LINGER_S = 1.0
@@ -97,10 +97,27 @@ def bad_request(exc: BaseException) -> None:
     _BAD_REQUEST_LOG.log(logging.INFO, kind, "refused an unparseable HTTP request (%s): %s", kind, escape(text))
 
 
-def one_line(exc: BaseException) -> str:
-    """aiohttp's HTTP errors print as '400, message:\n  <what>': their text on one line."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text.removeprefix("400, message: ").removeprefix("400, message:") or type(exc).__name__
+class _BadRequestFilter(logging.Filter):
+    """Counts (`bad_request`) and drops what aiohttp logs of unparseable requests: a body that cannot be
+    decoded, raised again as aiohttp drains it after our 400, and every unparseable request when the app
+    is served by aiohttp's own sites (`BoundedRequestHandler` counts its own without logging them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
+            bad_request(exc)
+            return False
+        return True
+
+
+_BAD_REQUEST_FILTER = _BadRequestFilter()
+
+
+def quiet_bad_requests() -> None:
+    """Installs the filter on aiohttp's server log (once per process)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _BAD_REQUEST_FILTER not in server_log.filters:
+        server_log.addFilter(_BAD_REQUEST_FILTER)
 
 
 class Phase(enum.Enum):
@@ -133,10 +150,6 @@ def open_files_soft_limit() -> int:
     """The process's soft RLIMIT_NOFILE (a large number when unlimited)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
-
-
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 def _refusal() -> bytes:
@@ -298,8 +311,8 @@ class BoundedRequestHandler(web.RequestHandler):
                 raise ConnectionError("a response was already sent; cannot send the error")
         else:
             super().handle_error(request, status, exc, message)  # a bug (500): logged with its traceback
-        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
-        code = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+        phrase = status_phrase(status)
+        code = reason_code(phrase)
         text = (message or phrase) if status < 500 else "the node could not answer this request"
         response = web.Response(status=status, body=error_body(code, text), content_type="application/json")
         response.force_close()

@@ -1,9 +1,10 @@
 """How a write reaches every node: direct updates over a broadcast tree, gossip rounds, adaptive period.
 
-Part of the sans-IO core: `Dissemination` belongs to one `Peer`, which hands it the data messages, its
-timers and the changes of its overlay links; it answers through the peer (sends, timers) and with `Store`
-effects (merge these writes into the local replica). It never touches the replica itself: what it keeps
-is bounded and in memory: the ids of writes seen lately and the payloads of the most recent ones.
+Part of the sans-IO core: `Dissemination` belongs to one node's core; the dispatcher (`Peer`) hands it the
+data messages, its timers (`DisseminationTimer`) and the changes of its overlay links; it answers through
+the node's `Context` (sends, timers) and with `Store` effects (merge these writes into the local replica).
+It never touches the replica itself: what it keeps is bounded and in memory: the ids of writes seen lately
+and the payloads of the most recent ones.
 
 Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007):
 - Every overlay link is *eager* (carries payloads) or *lazy* (carries ids). New links start eager.
@@ -28,7 +29,7 @@ messages, and a payload moves only to a node that did not list it. A recent writ
 probability; anti-entropy repairs what outlives that.
 Writes marked non-urgent take this path only (bulk loads: fewer messages, no tree traffic).
 
-Adaptive period (between gossip_min_ms and gossip_max_ms, starting at gossip_interval_ms):
+Adaptive period (between gossip_interval_min_ms and gossip_interval_max_ms, starting at gossip_interval_ms):
 - A round that moved anything (this node or its partner lacked a write), or a write that arrived by gossip
   or was written non-urgent since the last round, halves the period; a round that found nothing
   stretches it by half. An idle cluster settles at the maximum. A write arriving at an idle node brings
@@ -50,14 +51,15 @@ plus a little, which the transport carries whatever its size (`dsm.net.chunks`).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from dsm.core.context import Context
 from dsm.core.messages import (
     DataItem,
     DataItems,
@@ -70,9 +72,7 @@ from dsm.core.messages import (
     Push,
     Store,
 )
-
-if TYPE_CHECKING:
-    from dsm.core.peer import Peer
+from dsm.core.overlay import Overlay
 
 #: Measured loss rate of gossip exchanges above which the broadcast tree is not trusted to deliver alone.
 LOSSY = 0.1
@@ -83,9 +83,14 @@ MAX_GRAFT = 256
 #: Most bytes of keys and version sets one message carries (a single larger write goes alone).
 ITEMS_MAX_BYTES = 1 << 20
 
-#: Timer kinds the peer dispatches to this module (kept apart from the peer's own kinds).
-GOSSIP_TIMER = 100
-GRAFT_TIMER = 101
+
+class DisseminationTimer(enum.Enum):
+    """Timer kinds of `Dissemination`."""
+
+    #: A gossip round (arg: the schedule's generation; a round rescheduled since is ignored).
+    GOSSIP = enum.auto()
+    #: An announced write is still missing (arg: the write's id).
+    GRAFT = enum.auto()
 
 
 def update_id(key: str, timestamp: int, node: str) -> int:
@@ -138,9 +143,10 @@ class DisseminationStats:
 class Dissemination:
     """One node's broadcast tree, recent-write buffers and gossip rounds (see the module docstring)."""
 
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-        s = peer.settings
+    def __init__(self, context: Context, overlay: Overlay) -> None:
+        self.context = context
+        self.overlay = overlay
+        s = context.settings
         self.settings = s
         self.eager: set[int] = set()
         self.lazy: set[int] = set()
@@ -161,11 +167,11 @@ class Dissemination:
         self._generation = 0
         self._next_round = 0
 
-    # ------------------------------------------------------------------ peer interface
+    # ------------------------------------------------------------------ dispatcher interface
 
-    def start(self, now: int) -> None:
+    def start(self) -> None:
         """Arms the first gossip round at a random point of the first period."""
-        self._schedule(now + self.peer.rng.randrange(max(1, self.period)))
+        self._schedule(self.context.now + self.context.rng.randrange(max(1, self.period)))
 
     def link_changed(self, slot: int, delta: int) -> None:
         if delta > 0:
@@ -181,23 +187,23 @@ class Dissemination:
         tree = urgent and self.settings.direct_updates
         for item in items:
             self._remember(item.id)
-            self.recent[item.id] = _Recent(item, retain, 0, self.peer._now, tree)
+            self.recent[item.id] = _Recent(item, retain, 0, self.context.now, tree)
         self._trim_recent()
         self._became_busy(tree)
         if tree:
             self._push_out(items, 0, -1)
 
-    def timer(self, kind: int, arg: int) -> None:
-        if kind == GOSSIP_TIMER:
+    def on_timer(self, kind: DisseminationTimer, arg: int) -> None:
+        if kind is DisseminationTimer.GOSSIP:
             if arg == self._generation:
                 self._gossip_round()
-        elif kind == GRAFT_TIMER:
+        else:
             self._graft_due(arg)
 
     # ------------------------------------------------------------------ helpers
 
     def _retain(self) -> int:
-        n = self.peer.table.live_count()
+        n = self.context.table.live_count()
         return self.settings.gossip_retain_mult * max(1, math.ceil(math.log10(n + 1)))
 
     def _remember(self, item_id: int) -> None:
@@ -223,22 +229,22 @@ class Dissemination:
         pool = [s for s in slots if s != exclude]
         if len(pool) <= count:
             return pool
-        rng = self.peer.rng
+        rng = self.context.rng
         for i in range(count):
             j = rng.randrange(i, len(pool))
             pool[i], pool[j] = pool[j], pool[i]
         return pool[:count]
 
     def _push_out(self, items: DataItems, hops: int, exclude: int) -> None:
-        peer = self.peer
-        send = peer._send_to_slot
+        context = self.context
+        send = context.send_to_slot
         for batch in batches(items):
-            push = Push(peer.id, hops, batch)
+            push = Push(context.id, hops, batch)
             for slot in self.eager:
                 if slot != exclude:
                     send(slot, push)
         if self.settings.lazy_fanout and self.lazy:
-            announce = IHave(peer.id, hops, tuple(item.id for item in items))
+            announce = IHave(context.id, hops, tuple(item.id for item in items))
             for slot in self._sample(self.lazy, self.settings.lazy_fanout, exclude):
                 send(slot, announce)
 
@@ -256,10 +262,10 @@ class Dissemination:
         grafted = any(item.id in missing for item in new)
         for item in new:
             self._remember(item.id)
-            recent[item.id] = _Recent(item, retain, hops, self.peer._now, path == "push")
+            recent[item.id] = _Recent(item, retain, hops, self.context.now, path == "push")
             missing.pop(item.id, None)
         self._trim_recent()
-        self.peer._out.append(Store(new, source, path, hops))
+        self.context.emit(Store(new, source, path, hops))
         self._became_busy(path == "push" and not grafted)
         return new
 
@@ -274,11 +280,14 @@ class Dissemination:
             self._useful = True
         if not s.gossip_adaptive:
             return
-        target = min(s.gossip_max_ms, max(s.gossip_interval_ms if tree else s.gossip_min_ms, self._rtt_floor()))
+        target = min(
+            s.gossip_interval_max_ms, max(s.gossip_interval_ms if tree else s.gossip_interval_min_ms, self._rtt_floor())
+        )
         if self.period > target:
             self.period = target
-            if self._next_round > self.peer._now + self.period:
-                self._schedule(self.peer._now + self._jittered(self.period))
+            now = self.context.now
+            if self._next_round > now + self.period:
+                self._schedule(now + self._jittered(self.period))
 
     def _graft_wait(self) -> int:
         s = self.settings
@@ -292,16 +301,16 @@ class Dissemination:
     def _jittered(self, period: int) -> int:
         """A period between 3/4 and 5/4 of `period`: nodes woken by the same wave of writes do not gossip
         in lock step (which makes several partners send the same writes to one node at once)."""
-        return max(1, period * 3 // 4 + self.peer.rng.randrange(max(1, period // 2 + 1)))
+        return max(1, period * 3 // 4 + self.context.rng.randrange(max(1, period // 2 + 1)))
 
     def _schedule(self, when: int) -> None:
         self._generation += 1
         self._next_round = when
-        self.peer._arm(when, GOSSIP_TIMER, self._generation)
+        self.context.arm(when, DisseminationTimer.GOSSIP, self._generation)
 
     def _link_slot(self, node_id: str) -> int | None:
-        slot = self.peer.directory.slot(node_id)
-        if slot is None or not self.peer.overlay.linked(slot):
+        slot = self.context.directory.slot(node_id)
+        if slot is None or not self.overlay.linked(slot):
             return None
         return slot
 
@@ -316,7 +325,7 @@ class Dissemination:
             if slot is not None and slot in self.eager:
                 self._make_lazy(slot)
                 self.stats.prunes += 1
-                self.peer._send_to_slot(slot, Prune(self.peer.id))
+                self.context.send_to_slot(slot, Prune(self.context.id))
                 self._keep_one_eager()
             return
         if slot is not None and slot in self.lazy:
@@ -337,17 +346,17 @@ class Dissemination:
             return
         slot = self._sample(self.lazy, 1, -1)[0]
         self._make_eager(slot)
-        self.peer._send_to_slot(slot, Graft(self.peer.id, ()))
+        self.context.send_to_slot(slot, Graft(self.context.id, ()))
 
     def on_ihave(self, message: IHave) -> None:
         slot = self._link_slot(message.source)
         if slot is None:
-            slot = self.peer.directory.slot(message.source)
+            slot = self.context.directory.slot(message.source)
             if slot is None:
                 return
         seen = self.seen
         missing = self.missing
-        due = self.peer._now + self._graft_wait()
+        due = self.context.now + self._graft_wait()
         for item_id in message.ids[:MAX_IDS]:
             if len(missing) >= self.settings.seen_max:
                 break
@@ -356,7 +365,7 @@ class Dissemination:
             announcers = missing.get(item_id)
             if announcers is None:
                 missing[item_id] = [(slot, message.hops)]
-                self.peer._arm(due, GRAFT_TIMER, item_id)
+                self.context.arm(due, DisseminationTimer.GRAFT, item_id)
             elif len(announcers) < 8:
                 announcers.append((slot, message.hops))
 
@@ -369,12 +378,12 @@ class Dissemination:
             return
         slot, _ = announcers.pop(0)
         self.stats.grafts += 1
-        if self.peer.overlay.linked(slot):
+        if self.overlay.linked(slot):
             self._make_eager(slot)
-        self.peer._send_to_slot(slot, Graft(self.peer.id, (item_id,)))
+        self.context.send_to_slot(slot, Graft(self.context.id, (item_id,)))
         # If that announcer does not answer, the next one is asked; with none left the entry stays (empty)
         # one more timeout, so a late announcement does not start the wait over.
-        self.peer._arm(self.peer._now + self._graft_wait(), GRAFT_TIMER, item_id)
+        self.context.arm(self.context.now + self._graft_wait(), DisseminationTimer.GRAFT, item_id)
 
     def on_graft(self, message: Graft) -> None:
         slot = self._link_slot(message.source)
@@ -385,14 +394,14 @@ class Dissemination:
         if found:
             hops = min(entry.hops for entry in found)
             for batch in batches(tuple(e.item for e in found)):
-                self.peer._send_to_id(message.source, Push(self.peer.id, hops, batch))
+                self.context.send_to_id(message.source, Push(self.context.id, hops, batch))
 
     # ------------------------------------------------------------------ gossip rounds
 
     def _gossip_round(self) -> None:
         s = self.settings
-        peer = self.peer
-        now = peer._now
+        context = self.context
+        now = context.now
         if self._exchanges:
             self.stats.lost_exchanges += len(self._exchanges)
             for _ in self._exchanges:
@@ -400,18 +409,18 @@ class Dissemination:
             self._exchanges.clear()
         if s.gossip_adaptive:
             period = self.period // 2 if self._useful else self.period * 3 // 2
-            self.period = min(s.gossip_max_ms, max(s.gossip_min_ms, self._rtt_floor(), period))
+            self.period = min(s.gossip_interval_max_ms, max(s.gossip_interval_min_ms, self._rtt_floor(), period))
         else:
             self.period = s.gossip_interval_ms
         self._useful = False
         self._schedule(now + (self._jittered(self.period) if s.gossip_adaptive else self.period))
-        if not peer.joined:
+        if not context.joined:
             return
         self.stats.gossip_rounds += 1
         fanout = s.gossip_fanout
         if s.gossip_adaptive and self.loss > 0.0:
             fanout = min(2 * fanout, math.ceil(fanout / max(0.5, 1.0 - self.loss)))
-        links = peer.overlay.links()
+        links = self.overlay.links()
         if not links:
             return
         targets = self._sample(set(links), fanout, -1)
@@ -427,9 +436,9 @@ class Dissemination:
                 (held if self._held(recent[i], now, hold) else settled).append(i)
             ids, fresh = tuple(settled), tuple(held)
         for slot in targets:
-            seq = peer._next_seq()
+            seq = context.next_seq()
             self._exchanges[seq] = (slot, now)
-            peer._send_to_slot(slot, GossipDigest(seq, peer.id, ids, fresh))
+            context.send_to_slot(slot, GossipDigest(seq, context.id, ids, fresh))
         # Each write stays a bounded number of rounds (counted whether or not it fitted in the digest;
         # not while it is held for the tree).
         expired = []
@@ -457,7 +466,7 @@ class Dissemination:
         listed = set(message.ids)
         listed.update(message.fresh)
         hold = self._hold()
-        now = self.peer._now
+        now = self.context.now
         # Only writes in the first half of their time in the digest are sent unasked: a node that does not
         # list an older one most likely had it and let it out of its own list (the nodes' lists are of
         # equal length, and a write reaches everyone within a few rounds); it is still pulled if missing.
@@ -473,17 +482,18 @@ class Dissemination:
         if want or items:
             self._useful = True
         parts = batches(items)
-        self.peer._send_to_id(message.source, GossipReply(message.seq, self.peer.id, want, next(parts, ())))
+        context = self.context
+        context.send_to_id(message.source, GossipReply(message.seq, context.id, want, next(parts, ())))
         for rest in parts:
-            self.peer._send_to_id(message.source, GossipItems(self.peer.id, rest))
+            context.send_to_id(message.source, GossipItems(context.id, rest))
 
     def on_reply(self, message: GossipReply) -> None:
         exchange = self._exchanges.get(message.seq)
         # Only the member the digest went to closes the exchange: a reply from anyone else (a stale or
         # forged seq) would skew the measured round-trip time and loss.
-        if exchange is not None and self.peer.directory.slot(message.source) == exchange[0]:
+        if exchange is not None and self.context.directory.slot(message.source) == exchange[0]:
             del self._exchanges[message.seq]
-            rtt = self.peer._now - exchange[1]
+            rtt = self.context.now - exchange[1]
             self.srtt = rtt if self.srtt == 0.0 else 0.875 * self.srtt + 0.125 * rtt
             self.loss *= 0.9
         if message.items:
@@ -493,7 +503,7 @@ class Dissemination:
         if items:
             self._useful = True
             for batch in batches(items):
-                self.peer._send_to_id(message.source, GossipItems(self.peer.id, batch))
+                self.context.send_to_id(message.source, GossipItems(self.context.id, batch))
 
     def on_items(self, message: GossipItems) -> None:
         self._pulled(message.items, message.source)
@@ -503,4 +513,4 @@ class Dissemination:
         self.stats.gossip_pulled += len(new)
 
 
-__all__ = ["GOSSIP_TIMER", "GRAFT_TIMER", "DataItem", "Dissemination", "update_id"]
+__all__ = ["DataItem", "Dissemination", "DisseminationTimer", "update_id"]

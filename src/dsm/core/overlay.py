@@ -1,15 +1,16 @@
 """The small-world overlay: which members a node is linked to, and greedy routing over those links.
 
 A node has three kinds of links, all bidirectional for routing:
-- *near links* (neighbors): the `near_max` closest alive members on the ring, half clockwise and half
-  counter-clockwise, plus the suspect members among them (see `_near_side`). They are computed from the
-  member table, so both ends agree without a handshake once their tables agree; a joiner tells its new
-  neighbors directly (see `peer.py`).
-- *long links out*: `long_max` members drawn with probability proportional to 1/distance (Symphony's
-  harmonic distribution: a distance x * 2^64 with x log-uniform in [1/n, 1/2], on either side), each
-  established with a Link request that the target may refuse.
-- *long links in*: members that hold a long link to this node. A node accepts at most `in_max` of them
-  (Symphony's in-degree cap); without the cap, nodes after large gaps on the ring collect hundreds of links.
+- *near links* (neighbors): the `near_max` (setting max_immediate_neighbors) closest alive members on the
+  ring, half clockwise and half counter-clockwise, plus the suspect members among them (see `_near_side`).
+  They are computed from the member table, so both ends agree without a handshake once their tables
+  agree; a joiner tells its new neighbors directly (see `joining.py`).
+- *long links out*: `long_max` (max_long_links) members drawn with probability proportional to 1/distance
+  (Symphony's harmonic distribution: a distance x * 2^64 with x log-uniform in [1/n, 1/2], on either side),
+  each established with a Link request that the target may refuse (`links.py`).
+- *long links in*: members that hold a long link to this node. A node accepts at most `in_max`
+  (max_long_links_in) of them (Symphony's in-degree cap); without the cap, nodes after large gaps on the
+  ring collect hundreds of links.
 So a node has at most near_max + long_max + in_max links however large the cluster grows, and keeps
 connections only to those.
 

@@ -116,7 +116,7 @@ class Checkers:
         for node in up:
             peer = node.peer
             assert peer is not None
-            half = min(peer.settings.near_max // 2, len(up) - 1)
+            half = min(peer.settings.max_immediate_neighbors // 2, len(up) - 1)
             i = bisect.bisect_left(keys, positions[peer.me])
             truth = set()
             for k in range(1, half + 1):

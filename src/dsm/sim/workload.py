@@ -70,10 +70,10 @@ class WorkloadParams:
             probe_interval_ms=500,
             probe_timeout_ms=200,
             gossip_interval_ms=1000,
-            gossip_min_ms=200,
-            gossip_max_ms=5000,
+            gossip_interval_min_ms=200,
+            gossip_interval_max_ms=5000,
             anti_entropy_interval_ms=5000,
-            sync_interval_ms=2000,
+            membership_sync_interval_ms=2000,
         )
     )
 

@@ -1,0 +1,121 @@
+"""What a request asks for, strictly decoded: the key (or member id) in its path, its query parameters, the
+consistency level and list limits, and whether its declared body is too large to wait for.
+
+Decoding works on the raw (still percent-encoded) path and query, as UTF-8: a `%` not followed by two hex
+digits, or bytes that are not UTF-8 once decoded, are a 400 (`bad_encoding`), never kept literally. In a
+query `+` is a space. A parameter the path does not take is a 400 (`unknown_parameter`: a typo such as
+`?consistancy=quorum` would otherwise pass for a request at the default level), and so is one given twice
+(`duplicate_parameter`: it has no single meaning). Every refusal raises `ApiError`, which
+`dsm.api.errors.error_response` answers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from dsm.api.errors import ApiError, json_error
+from dsm.core.consistency import LEVEL_NAMES
+
+#: The query parameters each route takes.
+KEY_PARAMS = frozenset({"consistency"})
+LIST_PARAMS = frozenset({"prefix", "after", "limit"})
+WATCH_PARAMS = frozenset({"prefix", "limit"})
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def decode(raw: str, what: str, plus_is_space: bool = False) -> str:
+    """Strict percent-decoding of a raw path segment or query part, as UTF-8.
+
+    Raises:
+        ApiError: (400 bad_encoding) a `%` that does not start an escape, or bytes that are not UTF-8.
+    """
+    if plus_is_space:
+        raw = raw.replace("+", " ")
+    if "%" not in raw and raw.isascii():
+        return raw
+    if _BAD_ESCAPE.search(raw):
+        raise ApiError(400, "bad_encoding", f"{what}: '%' must start a %XX escape (write '%' itself as %25)")
+    try:
+        # A parser that lets raw bytes >= 0x80 through hands them over as surrogate escapes.
+        return unquote_to_bytes(raw.encode("utf-8", "surrogateescape")).decode("utf-8")
+    except UnicodeError:
+        raise ApiError(400, "bad_encoding", f"{what} is not UTF-8 once percent-decoded") from None
+
+
+def tail(request: web.Request) -> str:
+    """The raw (still percent-encoded) path after its first two segments: `/v1/kv/<this>`."""
+    parts = request.rel_url.raw_path.split("/", 3)
+    return parts[3] if len(parts) == 4 else ""
+
+
+def params(request: web.Request, known: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The query's parameters, strictly decoded.
+
+    Raises:
+        ApiError: (400 bad_encoding) see `decode`; (400 unknown_parameter) a name not in `known`;
+            (400 duplicate_parameter) a name given twice.
+    """
+    out: dict[str, str] = {}
+    for part in request.rel_url.raw_query_string.split("&"):
+        if part:
+            raw_name, _, raw_value = part.partition("=")
+            name = decode(raw_name, "a query parameter name", plus_is_space=True)
+            if name not in known:
+                allowed = ", ".join(sorted(known)) or "none"
+                raise ApiError(
+                    400, "unknown_parameter", f"unknown query parameter {name!r}; this path takes: {allowed}"
+                )
+            if name in out:
+                raise ApiError(400, "duplicate_parameter", f"query parameter {name!r} given more than once")
+            out[name] = decode(raw_value, f"query parameter {name!r}", plus_is_space=True)
+    return out
+
+
+def level(request: web.Request) -> str | None:
+    """The consistency level a key's request asks for; None: the node's default for its region.
+
+    Raises:
+        ApiError: (400 bad_consistency) an unknown level; see `params`.
+    """
+    query = request.rel_url.raw_query_string
+    if not query:
+        return None
+    if query == "consistency=local":
+        return "local"  # the common request, without parsing a query
+    name = params(request, KEY_PARAMS).get("consistency")
+    if name is None:
+        return None
+    if name not in LEVEL_NAMES:
+        raise ApiError(400, "bad_consistency", f"unknown consistency level {name!r}; one of {', '.join(LEVEL_NAMES)}")
+    return name
+
+
+def limit(given: Mapping[str, str], default: int, most: int) -> int:
+    """The `limit` parameter, from 1 to `most` (`default` when absent).
+
+    Raises:
+        ApiError: (400 bad_limit) not an integer in that range.
+    """
+    raw = given.get("limit", str(default))
+    if not (raw.isascii() and raw.isdigit()):
+        raise ApiError(400, "bad_limit", f"limit must be an integer from 1 to {most}")
+    value = int(raw)
+    if not 1 <= value <= most:
+        raise ApiError(400, "bad_limit", f"limit must be from 1 to {most}")
+    return value
+
+
+def too_large(request: web.Request, body_max: int) -> web.Response | None:
+    """A 413 (closing the connection) for a request whose declared body is larger than `body_max`, else None:
+    refused on its `Content-Length`, before a byte of the body is read or waited for."""
+    declared = request.content_length
+    if declared is None or declared <= body_max:
+        return None
+    response = json_error(413, "too_large", f"a body of {declared} bytes is larger than max_value_bytes ({body_max})")
+    response.force_close()  # the body is not read: the connection cannot carry another request
+    return response

@@ -1,0 +1,169 @@
+"""The key routes: `PUT`, `GET` and `DELETE /v1/kv/{key}`, `GET /v1/kv` (listing) and `GET /v1/watch` (a stream
+of committed changes). They call the store's public operations (`EpidemicStorage.put`, `get`, `delete`,
+`list_keys`, `watch`) and render the answers; the formats are in `dsm.api.http`'s docstring and the OpenAPI
+document.
+
+Bounds kept here: a `PUT` body must arrive within the HTTP body timeout (408 `body_timeout` otherwise) and
+is refused on its declared length above `max_value_bytes` (413) before any of it is read; a watch stream's
+every write must be taken by the client within the same timeout (else it ends and its connection is
+closed, counted as `send_timeout`); a quiet watch sends an empty line every `heartbeat_s`. Every watch is
+ended when the app shuts down (`end_watches`), so a graceful stop does not wait for the streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from dsm.api import parsing
+from dsm.api.connections import ConnectionPool
+from dsm.api.errors import ApiError
+from dsm.api.openapi import CONTEXT_HEADER, TIMESTAMP_HEADER, WRITER_HEADER
+from dsm.errors import WatchOverflowError
+from dsm.node import EpidemicStorage, Watch
+
+#: Most keys one listing returns.
+LIST_MAX = 1000
+#: Most changes a watch stream holds for a slow reader before it ends with a watch_overflow line.
+WATCH_QUEUE = 10_000
+#: Seconds without a change after which a watch stream sends an empty line (a heartbeat).
+WATCH_HEARTBEAT_S = 15.0
+
+
+class KeyRoutes:
+    """The handlers of the key routes over one store."""
+
+    def __init__(
+        self, storage: EpidemicStorage, pool: ConnectionPool, *, heartbeat_s: float = WATCH_HEARTBEAT_S
+    ) -> None:
+        self.storage, self.pool = storage, pool
+        self.body_timeout_s = pool.limits.body_timeout_s
+        self.body_max = max(1, storage.config.max_value_bytes)
+        self.heartbeat_s = heartbeat_s
+        self.watches: set[Watch] = set()
+
+    def key_of(self, request: web.Request) -> str:
+        return parsing.decode(parsing.tail(request), "the key")
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        refused = parsing.too_large(request, self.body_max)  # first: whatever else is wrong, no wait for it
+        if refused is not None:
+            return refused
+        consistency = parsing.level(request)
+        key = self.key_of(request)
+        value = await self._body(request)
+        result = await self.storage.put(
+            key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency
+        )
+        return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
+
+    async def _body(self, request: web.Request) -> bytes:
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            self.pool.closed["body_timeout"] += 1
+            raise ApiError(408, "body_timeout", f"the body did not arrive within {self.body_timeout_s:g} s") from None
+        except ConnectionResetError:
+            # The client closed its connection before its whole body arrived: nothing to write and nobody to
+            # answer. The answer goes nowhere (aiohttp drops it quietly), rather than a traceback.
+            self.pool.closed["client_gone"] += 1
+            raise ApiError(400, "client_gone", "the connection closed before the whole body arrived") from None
+
+    async def get(self, request: web.Request) -> web.Response:
+        consistency = parsing.level(request)
+        key = self.key_of(request)
+        result = await self.storage.get(key, consistency=consistency)
+        if result is None:
+            raise ApiError(404, "not_found", f"no value for key {key!r}")
+        if not result.conflict:
+            newest = result.newest
+            headers = {
+                CONTEXT_HEADER: result.context,
+                TIMESTAMP_HEADER: str(newest.timestamp),
+                WRITER_HEADER: newest.writer,
+                "Content-Type": "application/octet-stream",
+            }
+            return web.Response(body=newest.value, headers=headers)
+        headers = {CONTEXT_HEADER: result.context}
+        siblings = [
+            {"value": base64.b64encode(s.value).decode(), "timestamp": s.timestamp, "writer": s.writer}
+            for s in result.siblings
+        ]
+        body = {"key": key, "context": result.context, "siblings": siblings}
+        return web.json_response(body, status=300, headers=headers)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        consistency = parsing.level(request)
+        key = self.key_of(request)
+        result = await self.storage.delete(key, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
+        return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
+
+    async def listing(self, request: web.Request) -> web.Response:
+        given = parsing.params(request, parsing.LIST_PARAMS)
+        limit = parsing.limit(given, 100, LIST_MAX)
+        keys, more = await self.storage.list_keys(given.get("prefix", ""), given.get("after", ""), limit)
+        return web.json_response({"keys": keys, "next": keys[-1] if more and keys else None})
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        given = parsing.params(request, parsing.WATCH_PARAMS)
+        limit = parsing.limit(given, WATCH_QUEUE, WATCH_QUEUE)
+        changes = self.storage.watch(given.get("prefix", ""), limit)
+        self.watches.add(changes)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+
+        async def send(data: bytes) -> None:
+            async with asyncio.timeout(self.body_timeout_s):  # a client that stops reading holds no connection
+                await response.write(data)
+
+        try:
+            await response.prepare(request)  # the headers tell the client its watch is in place
+            await self._stream(changes, send)
+        except (ConnectionError, RuntimeError):  # the client went away: the watch ends with it
+            pass
+        except TimeoutError:  # the client stopped reading: the stream ends, its connection is closed
+            self.pool.closed["send_timeout"] += 1
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            changes.close()
+            self.watches.discard(changes)
+        return response
+
+    async def _stream(self, changes: Watch, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Sends one JSON line per change, an empty line after `heartbeat_s` without one, and a last
+        watch_overflow line if the reader fell too far behind."""
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.heartbeat_s):  # no task per change, unlike wait_for
+                        change = await anext(changes)
+                except TimeoutError:
+                    # An empty line now and then: a client whose machine vanished (no FIN ever comes) is
+                    # noticed by a failing write even when nothing changes, and a client can tell a quiet
+                    # node from a dead one.
+                    await send(b"\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                line = {
+                    "key": change.key,
+                    "timestamp": change.timestamp,
+                    "writer": change.writer,
+                    "deleted": change.deleted,
+                    "local": change.local,
+                }
+                await send(json.dumps(line).encode() + b"\n")
+        except WatchOverflowError as exc:
+            end = {"error": {"code": "watch_overflow", "message": str(exc)}}
+            await send(json.dumps(end).encode() + b"\n")
+
+    async def end_watches(self, app: web.Application) -> None:
+        """Ends every open watch (on the app's shutdown): streams would otherwise hold a graceful stop for
+        aiohttp's whole shutdown timeout."""
+        for changes in list(self.watches):
+            changes.close()
