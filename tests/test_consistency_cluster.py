@@ -70,8 +70,6 @@ async def cut_off(node: EpidemicStorage) -> None:
     """Makes `node` unreachable without a leave: its transport stops (no answers, no refusals at the
     protocol level), as if its machine vanished. The others keep counting it in the denominator."""
     runtime = runtime_of(node)
-    runtime.storage.coordinator = None
-    runtime.storage.on_committed = None
     if runtime._timer is not None:
         runtime._timer.cancel()
         runtime._timer = None
@@ -146,12 +144,12 @@ async def test_a_read_repairs_the_members_that_missed_a_write(cluster: list[Epid
     await asyncio.sleep(0.5)
     # A write n0 stores without publishing it: the other members miss it (as after a lost push with
     # gossip and anti-entropy yet to run).
-    publish = n0.on_committed
-    n0.on_committed = None
+    publish = runtime_of(n0)._on_commit
+    n0.commits.unsubscribe(publish)
     try:
         await n0.put("missed", b"v1", consistency="local")
     finally:
-        n0.on_committed = publish
+        n0.commits.subscribe(publish)
     await asyncio.sleep(0.3)
     assert await held(n1, "missed") is None and await held(n2, "missed") is None
 

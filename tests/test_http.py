@@ -235,12 +235,12 @@ async def test_a_quiet_watch_sends_heartbeats_and_a_gone_client_is_let_go(
             while line == b"\n":
                 line = await asyncio.wait_for(stream.content.readline(), 5)
             assert json.loads(line)["key"] == "k"
-            assert len(storage._watches) == 1
+            assert len(storage.watches) == 1
             stream.close()  # the client goes away: its watch is released
             for _ in range(200):
-                if not storage._watches:
+                if not len(storage.watches):
                     break
                 await asyncio.sleep(0.01)
-            assert not storage._watches
+            assert not len(storage.watches)
     finally:
         await storage.close()

@@ -1,4 +1,5 @@
-"""Replication into a node's store: `EpidemicStorage.merge` and the `on_committed` hook, on real stores."""
+"""Replication into a node's store: `EpidemicStorage.merge` and what commits publish (`Commits.subscribe`), on
+real stores."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ async def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         factory = StorageFactory(StorageConfig(**settings))  # type: ignore[arg-type]
         node = await factory.create_epidemic_storage(node_id, backing_storage=store)
         published: list[DataItem] = []
-        node.on_committed = published.extend
+        node.commits.subscribe(lambda commit: published.extend(commit.published))
         opened.append(node)
         return node, published
 

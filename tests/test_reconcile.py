@@ -298,13 +298,21 @@ def test_a_want_over_a_large_range_is_not_answered() -> None:
     assert reply is None
 
 
-def test_peer_drops_a_malformed_anti_entropy_message_and_keeps_serving() -> None:
+def test_a_malformed_anti_entropy_message_is_refused_and_the_core_keeps_serving() -> None:
+    from dsm.core.anti_entropy import run_step
+    from dsm.core.node_core import NodeCore
     from dsm.core.peer import Peer, PeerSettings
     from dsm.core.ring import MemberInfo
+    from dsm.core.versions import Resolution
 
-    peer = Peer(MemberInfo("a", "mem://a", "r"), PeerSettings(), random.Random(1), 0, replica=SortedReplica())
+    peer = Peer(MemberInfo("a", "mem://a", "r"), PeerSettings(), random.Random(1), 0)
+    core = NodeCore(peer, Resolution.LWW, iter(range(1, 100)).__next__, 0)
+    store = SortedReplica({"k": b"v"})
     bad = Reconcile(1, "b", (("", None, 9, b"", (), b""),), ())
-    assert peer.handle(1, bad) == []
-    assert peer.stats.bad_messages == 1
-    good = opening(2, "b", SortedReplica({"k": b"v"}))
-    assert peer.handle(2, good)  # answered: the node still works
+    (step,) = core.handle(1, "b", bad)
+    with pytest.raises(ValueError):  # the driver counts it as the sender's fault and drops it
+        run_step(step, "a", store, 1 << 20)  # type: ignore[arg-type]
+    good = opening(2, "b", SortedReplica({"k": b"w"}))
+    (step,) = core.handle(2, "b", good)
+    reply, _ = run_step(step, "a", store, 1 << 20)  # type: ignore[arg-type]
+    assert reply is not None and reply.session == 2  # answered: the node still works

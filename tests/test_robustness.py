@@ -62,9 +62,10 @@ async def test_crash_within_the_reservation_window_restarts_above_every_stored_t
     node = await open_node(tmp_path)
     last = await node.put("k", b"v")
     # Simulate a crash: the store is closed without the node's clean-close floor.
-    assert node._writer is not None
+    writer = node.commits._writer
+    assert writer is not None
     node._state = "closed"
-    node._writer.cancel()
+    writer.cancel()
     await node.store.close()
     # Restart with a wall clock 5 s in the past, inside the reservation window.
     from dsm import EpidemicStorage, NodeInfo
@@ -130,10 +131,10 @@ async def test_cancelled_writers_do_not_exceed_the_queue_bound_and_are_dropped(t
             await asyncio.sleep(0)
             for t in tasks[::2]:
                 t.cancel()
-            peak = max(peak, len(node._pending), node._queued)
+            peak = max(peak, node.commits.waiting)
             await asyncio.gather(*tasks, return_exceptions=True)
         assert peak <= 4
-        assert node._queued == 0 and not node._pending
+        assert node.commits.waiting == 0
         # Writers cancelled before their batch started were dropped, not written.
         assert await node.count() < 500
     finally:

@@ -52,7 +52,7 @@ class Cluster:
         storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(self.tmp / f"{node_id}.db"))
         for key, value in (before or {}).items():  # written before the node runs: never published
             await storage.put(key, value)
-        runtime = Runtime(storage, settings, f"{host}:{port}", keyring=Keyring(SECRET), seed=len(self.nodes))
+        runtime = Runtime(storage.commits, settings, f"{host}:{port}", keyring=Keyring(SECRET), seed=len(self.nodes))
         await runtime.start(bootstrap)
         self.nodes[node_id] = (runtime, storage)
         return runtime
@@ -127,7 +127,7 @@ async def test_a_node_without_the_secret_cannot_join(cluster: Cluster, tmp_path:
     seed = await cluster.start("n0", "127.0.0.1", [])
     factory = StorageFactory(StorageConfig(listen_addr="", node_id="intruder"))
     storage = await factory.create_epidemic_storage(backing_storage=SQLiteStore(tmp_path / "x.db"))
-    intruder = Runtime(storage, FAST, "127.0.0.9:0", keyring=Keyring("not-the-cluster-secret"))
+    intruder = Runtime(storage.commits, FAST, "127.0.0.9:0", keyring=Keyring("not-the-cluster-secret"))
     try:
         await intruder.start([seed.addr])
         await asyncio.sleep(1.0)

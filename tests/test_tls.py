@@ -190,7 +190,7 @@ class Nodes:
             backing_storage=SQLiteStore(self.tmp / f"{config.node_id}.db")
         )
         runtime = Runtime(
-            storage,
+            storage.commits,
             FAST,
             f"{host}:0",
             keyring=keyring,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dsm.config import StorageConfig
 from dsm.errors import ConfigError, InvalidInputError
 from dsm.net.runtime import Runtime
-from dsm.node import EpidemicStorage, Resolver, metadata_bytes
+from dsm.node import Commits, EpidemicStorage, Resolver, metadata_bytes, wall_clock_ms
 from dsm.storage import BackingStore, open_store
 from dsm.types import NodeInfo
 
@@ -98,10 +98,12 @@ class StorageFactory:
         if not config.listen_addr and bootstrap:
             raise ConfigError("bootstrap_nodes", list(bootstrap), "empty for a standalone node (listen_addr empty)")
         store = backing_storage if backing_storage is not None else self.create_sql_storage()
-        node = EpidemicStorage(config, info, store)
-        node.resolver = self.resolver
+        # The node's parts, wired here: its local replica goes to the network runtime (which merges into it
+        # and publishes its commits) and to the node, which asks the runtime for consistency levels.
+        commits = Commits(config, store, wall_clock_ms)
         # Built before the store opens: a TLS file that cannot be loaded fails here, with nothing to undo.
-        runtime = Runtime.from_config(node, config) if config.listen_addr else None
+        runtime = Runtime.from_config(commits, config) if config.listen_addr else None
+        node = EpidemicStorage(config, info, store, commits=commits, network=runtime, resolver=self.resolver)
         await node.start(networked=bool(config.listen_addr))
         if runtime is None:
             return node
@@ -111,6 +113,5 @@ class StorageFactory:
             await runtime.close(flush_timeout=0)
             await node.close()
             raise
-        node.network = runtime
         await node.publish_metadata()
         return node

@@ -143,6 +143,11 @@ class WriteResult:
         self._versions = versions
 
     @property
+    def versions(self) -> VersionSet:
+        """The key's version set right after this write (what replicas exchange)."""
+        return self._versions
+
+    @property
     def context(self) -> str:
         """The version context right after this write; pass it to the next write of the key to supersede it."""
         return encode_context(self._versions.context(), self.key)

@@ -227,6 +227,13 @@ class Coordinator:
                 out.append(LevelDone(rid, False, request.tally, None, "timeout"))
         return out
 
+    def abandon(self) -> list[LevelEffect]:
+        """Ends every request in flight as not met (reason "closed": the node is stopping)."""
+        out: list[LevelEffect] = [LevelDone(rid, False, r.tally, None, "closed") for rid, r in self._requests.items()]
+        self._requests.clear()
+        self._timers.clear()
+        return out
+
     def _arm(self, when: int, rid: int, kind: Timer) -> None:
         heapq.heappush(self._timers, (when, rid, kind))
 

@@ -19,7 +19,9 @@ timers, outbox, directory and member table) and talk to each other through publi
   overlay.py).
 - `Routing` (routing.py): greedy routing with acknowledgements and retries.
 - `Dissemination` (dissemination.py): writes over the broadcast tree and gossip rounds.
-- `StoreSync` (store_sync.py): the store's anti-entropy sessions (simulator only; moving to anti_entropy.py).
+
+The data path's parts (the coordinator of consistency levels and the store's anti-entropy) sit beside the
+peer, in `node_core.py`, which drivers feed.
 
 Dispatch: `handle` looks the message's type up in one table of part methods; `tick` pops each due timer
 and hands it to the part owning the enum type of its kind (every part defines its own timer-kind enum).
@@ -68,7 +70,6 @@ from dsm.core.messages import (
     PingReq,
     Prune,
     Push,
-    Reconcile,
     Routed,
     RoutedAck,
     RouteFailed,
@@ -80,11 +81,9 @@ from dsm.core.messages import (
 )
 from dsm.core.overlay import Overlay, RandomSource
 from dsm.core.probing import LOSS_RETRY, ProbeTimer, Probing
-from dsm.core.reconcile import RangeView
 from dsm.core.ring import Directory, MemberInfo, MemberTable, State
 from dsm.core.routing import RouteTimer, Routing
 from dsm.core.settings import PeerSettings
-from dsm.core.store_sync import StoreSync, StoreSyncTimer
 from dsm.core.suspicion import LocalHealth, SuspicionEntry, SuspicionTimer, suspicion_bounds
 
 _LEFT = int(State.LEFT)
@@ -103,7 +102,6 @@ class Peer:
         incarnation: this node's incarnation to start with (a restarted node's is higher than its last).
         member_observer: told (peer, slot, old, new, incarnation, own) of every member state change.
         link_observer: told (peer, slot, +1/-1) of every link added or removed.
-        replica: the local store as anti-entropy reads it (store_sync.py); None: no store anti-entropy.
     """
 
     def __init__(
@@ -117,7 +115,6 @@ class Peer:
         incarnation: int = 0,
         member_observer: Callable[[Peer, int, int, int, int, bool], None] | None = None,
         link_observer: Callable[[Peer, int, int], None] | None = None,
-        replica: RangeView | None = None,
     ) -> None:
         context = Context(info, settings, rng, now, directory if directory is not None else Directory())
         self.context = context
@@ -168,17 +165,10 @@ class Peer:
             DisseminationTimer: self.data.on_timer,
         }
         self._handlers = self._message_handlers()
-        # ---- store anti-entropy (simulator only): lifted out as one piece into core/anti_entropy.py.
-        self.replica = replica
-        self.store_sync = StoreSync(context, self.overlay, replica)
-        self._timer_owners[StoreSyncTimer] = self.store_sync.on_timer
-        self._handlers[Reconcile] = self.store_sync.on_reconcile
-        # ---- end of store anti-entropy.
         # The first timers, in this order (each draws its random start from the rng).
         self.probing.start()
         self.member_sync.start()
         self.data.start()
-        self.store_sync.start()
 
     def _message_handlers(self) -> dict[type, Callable[[Any], None]]:
         probing, joining, links, sync = self.probing, self.joining, self.links, self.member_sync
@@ -349,10 +339,6 @@ class Peer:
     @loss_estimate.setter
     def loss_estimate(self, value: float) -> None:
         self.probing.loss_estimate = value
-
-    @property
-    def anti_entropy_sessions(self) -> int:
-        return self.store_sync.sessions
 
     # ------------------------------------------------------------------ views
 

@@ -7,7 +7,8 @@ transport receives, and carries out what the core answers:
 - `Store`: writes other replicas sent are merged into the local store (`EpidemicStorage.merge`, through
   the store's serialized commit queue, as a task; a failed merge is logged and left to anti-entropy);
 - `Deliver` / `RouteFailure`: routed payloads, handed to `on_deliver` / `on_route_failure` if set.
-Writes committed locally are published at once (`EpidemicStorage.on_committed` -> `Peer.publish`).
+Writes committed locally are published at once (the runtime listens to the node's commits,
+`Commits.subscribe`, and hands them to `Peer.publish`).
 
 Identity across restarts: the node's incarnation is kept in the store's metadata and raised by one at
 every start, so a restarted node (after a clean stop or `kill -9`) rejoins under its id above anything
@@ -58,6 +59,7 @@ from dsm.core.messages import (
 )
 from dsm.core.node_core import NodeCore
 from dsm.core.peer import Peer, PeerSettings
+from dsm.core.replica import Commit
 from dsm.core.ring import MemberInfo, State
 from dsm.core.versions import VersionSet
 from dsm.errors import StorageCorruptError
@@ -67,7 +69,7 @@ from dsm.net.quietlog import QuietLog
 from dsm.net.security import Keyring
 from dsm.net.tls import contexts
 from dsm.net.transport import PeerLimits, Transport
-from dsm.node import EpidemicStorage
+from dsm.node import Commits
 
 log = logging.getLogger("dsm.net")
 
@@ -92,7 +94,7 @@ class Runtime:
 
     def __init__(
         self,
-        storage: EpidemicStorage,
+        commits: Commits,
         settings: PeerSettings,
         listen: str,
         *,
@@ -106,9 +108,10 @@ class Runtime:
         max_message_bytes: int = chunks.MESSAGE_MAX_BYTES,
         reassembly_max_bytes: int = chunks.REASSEMBLY_MAX_BYTES,
     ) -> None:
-        self.storage = storage
+        #: The node's local replica: what it merges into and reads for others, and whose commits it publishes.
+        self.commits = commits
         self.settings = settings
-        self.node_id = storage.node_id
+        self.node_id = commits.node_id
         self.advertise = advertise
         self.transport = Transport(
             self.node_id,
@@ -158,11 +161,12 @@ class Runtime:
         self._warnings = QuietLog(log, JOIN_WARNING_S)
         self._members_saved = -1
         self._saver: asyncio.Task[None] | None = None
+        self._closed = False
         self._restoring = False
 
     @classmethod
-    def from_config(cls, storage: EpidemicStorage, config: StorageConfig) -> Runtime:
-        """The runtime of `storage` as `config` describes it (listen and advertise addresses, protocol
+    def from_config(cls, commits: Commits, config: StorageConfig) -> Runtime:
+        """The runtime of a node's replica `commits` as `config` describes it (listen and advertise addresses, protocol
         settings, cluster secrets, TLS).
 
         Raises:
@@ -170,7 +174,7 @@ class Runtime:
         """
         tls = contexts(config)
         return cls(
-            storage,
+            commits,
             PeerSettings.from_config(config),
             config.listen_addr,
             advertise=config.advertise_addr,
@@ -203,29 +207,28 @@ class Runtime:
         self._loop = asyncio.get_running_loop()
         self.loop_lag.start()
         await self.transport.start()
-        store = self.storage.store
+        store = self.commits.store
         raw = await store.read_meta(META_INCARNATION)
         incarnation = int(raw.decode("ascii")) + 1 if raw else 0
         await store.write([], {META_INCARNATION: str(incarnation).encode("ascii")})
-        info = MemberInfo(self.node_id, self.addr, self.storage.config.region)
+        info = MemberInfo(self.node_id, self.addr, self.commits.config.region)
         self.peer = Peer(
             info, self.settings, self._rng, self.now(), incarnation=incarnation, member_observer=self._member_changed
         )
         # Request ids are random 63-bit numbers: a guessed or replayed id of another request finds nothing.
-        self.core = NodeCore(self.peer, self.storage.replica.resolution, lambda: self._ids.getrandbits(63), self.now())
+        self.core = NodeCore(self.peer, self.commits.replica.resolution, lambda: self._ids.getrandbits(63), self.now())
         saved = None if self.new_cluster else await store.read_meta(META_MEMBERS)
         if saved is not None:
             self._restoring = True
             try:
-                adopted = self.storage.adopted_from
+                adopted = self.commits.adopted_from
                 restored = self.peer.restore(saved, exclude=(adopted,) if adopted else ())
             except ValueError as exc:
                 raise StorageCorruptError(f"{store.url}: the saved member table cannot be read: {exc}") from None
             finally:
                 self._restoring = False
             log.info("node %s: %d members read back from the store", self.node_id, restored)
-        self.storage.on_committed = self._publish
-        self.storage.coordinator = self
+        self.commits.subscribe(self._on_commit)
         self._apply(self.peer.join(self.now(), [("", addr) for addr in bootstrap if addr != self.addr]))
         self._saver = self._loop.create_task(self._save_loop(), name=f"dsm-members-{self.node_id}")
         if self.peer.joined:
@@ -305,14 +308,17 @@ class Runtime:
         changes = peer.table.changes
         if changes == self._members_saved:
             return
-        await self.storage.store.write([], {META_MEMBERS: peer.member_record()})
+        await self.commits.store.write([], {META_MEMBERS: peer.member_record()})
         self._members_saved = changes
 
     async def close(self, flush_timeout: float = 1.0, leave: bool = False) -> None:
         """Graceful stop: saves the member table, flushes, closes the transport; with `leave`, first
         announces a leave for good to the linked members (see `EpidemicStorage.leave`). Without it the node
         stays a member that the others see fail and still count. The storage is the caller's to close
-        (after this)."""
+        (after this). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self.loop_lag.stop()
         if self._timer is not None:
             self._timer.cancel()
@@ -325,8 +331,9 @@ class Runtime:
                 await self.save_members()  # before any leave: a restart rejoins through these members
             except Exception as exc:
                 log.warning("saving the member table failed: %s", exc)
-        self.storage.coordinator = None
-        self.storage.on_committed = None
+        self.commits.unsubscribe(self._on_commit)
+        if self.core is not None:  # callers waiting for a level hear that it was not met
+            self._apply(self.core.coordinator.abandon())
         if leave and self.peer is not None and not self.peer.left:
             self._apply(self.peer.leave(self.now()))
             log.info("node %s left the cluster", self.node_id)
@@ -353,9 +360,10 @@ class Runtime:
             assert self.core is not None
             self._apply(self.core.handle(self.now(), source, message))
 
-    def _publish(self, items: list[Any]) -> None:
-        if self.peer is not None and not self.peer.left:
-            self._apply(self.peer.publish(self.now(), tuple(items)))
+    def _on_commit(self, commit: Commit) -> None:
+        """Publishes the local writes a commit made durable."""
+        if commit.published and self.peer is not None and not self.peer.left:
+            self._apply(self.peer.publish(self.now(), tuple(commit.published)))
 
     def _tick(self) -> None:
         self._timer = None
@@ -411,7 +419,7 @@ class Runtime:
     async def _merge(self, items: Sequence[DataItem], source: str) -> int:
         """Merges replicated items into the store; returns how many keys changed (0 when it failed)."""
         try:
-            return await self.storage.merge(items)
+            return (await self.commits.merge(items)).changed
         except Exception as exc:  # the store failed or closed: the write comes again by gossip or anti-entropy
             self.merge_failures += 1
             log.warning("merging %d items from %s failed: %s", len(items), source, exc)
@@ -467,7 +475,7 @@ class Runtime:
     async def _serve_replicate(self, source: str, message: Replicate) -> None:
         stored = False
         try:
-            stored = await self.storage.store_replicated(message.items)
+            stored = await self.commits.store_replicated(message.items)
         except Exception as exc:  # closed or the store failed: not stored, and the coordinator is told so
             self.merge_failures += 1
             log.warning("storing %d items for %s failed: %s", len(message.items), source, exc)
@@ -487,7 +495,7 @@ class Runtime:
         entries: tuple[tuple[str, bytes], ...] = ()
         ok = False
         try:
-            entries = tuple((await self.storage.read_raw(message.keys)).items())
+            entries = tuple((await self.commits.read_raw(message.keys)).items())
             ok = True
         except Exception as exc:
             log.warning("reading %d keys for %s failed: %s", len(message.keys), source, exc)
@@ -516,7 +524,7 @@ class Runtime:
         loop; sends its reply and merges the entries it brought."""
         limit = self.settings.anti_entropy_max_bytes
         try:
-            reply, items = await self.storage.store.with_range_view(
+            reply, items = await self.commits.store.with_range_view(
                 lambda view: run_step(step, self.node_id, view, limit)
             )
             if step.message is not None:

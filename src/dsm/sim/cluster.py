@@ -405,7 +405,13 @@ class Simulation:
     def _reconcile(self, node: SimNode, step: ReconcileStep) -> None:
         """Runs an anti-entropy step its core decided on against the node's store, as the runtime does."""
         assert node.peer is not None
-        reply, items = run_step(step, node.info.node_id, node.store.view(), node.peer.settings.anti_entropy_max_bytes)
+        try:
+            reply, items = run_step(
+                step, node.info.node_id, node.store.view(), node.peer.settings.anti_entropy_max_bytes
+            )
+        except ValueError:  # a malformed exchange: the sender's fault, dropped (as the runtime does)
+            node.peer.stats.bad_messages += 1
+            return
         if items:
             self._store(node, Store(items, step.node_id, "anti-entropy", 0))
         if reply is not None:
