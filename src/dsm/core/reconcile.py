@@ -422,7 +422,7 @@ class SortedReplica:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SortedReplica):
-            return self._rows == other._rows
+            return self._rows == dict(other.items())
         if isinstance(other, dict):
             return self._rows == other
         return NotImplemented

@@ -113,7 +113,8 @@ class Version:
         (an upper bound for ASCII node ids, which config enforces)."""
         return 24 + len(self.dot.node) + sum(len(node) + 14 for node, _ in self.context.entries)
 
-    def _tiebreak(self) -> tuple[tuple[tuple[str, int], ...], bool, bytes]:
+    def tiebreak(self) -> tuple[tuple[tuple[str, int], ...], bool, bytes]:
+        """Orders two versions that carry one dot."""
         # Two versions with one dot should not exist; if a faulty peer sends one, every node picks the
         # same copy, so the merge stays deterministic.
         return (self.context.entries, self.value is not None, self.value or b"")
@@ -132,7 +133,7 @@ class VersionSet:
         by_dot: dict[Dot, Version] = {}
         for version in versions:
             seen = by_dot.get(version.dot)
-            if seen is None or version._tiebreak() > seen._tiebreak():
+            if seen is None or version.tiebreak() > seen.tiebreak():
                 by_dot[version.dot] = version
         ordered = sorted(by_dot.values(), key=lambda v: v.dot, reverse=True)
         if resolution is Resolution.LWW:

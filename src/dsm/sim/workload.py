@@ -136,7 +136,7 @@ class _Workload:
         end = self.stop_at + p.settle_ms
         while sim.now < end:
             sim.run_until(sim.now + 5_000)
-            states = {n.info.node_id: self._state(n) for n in sim.nodes if n.up}
+            states = {n.info.node_id: self.state(n) for n in sim.nodes if n.up}
             self.run.diverged = check_converged(states)
             if not self.run.diverged:
                 self.run.converged_ms = sim.now - self.stop_at
@@ -287,7 +287,8 @@ class _Workload:
             given=given,
         )  # fmt: skip
 
-    def _state(self, node: SimNode) -> dict[str, list[Any]]:
+    def state(self, node: SimNode) -> dict[str, list[Any]]:
+        """What `node` holds of the workload's keys, as the checker compares it."""
         return {
             f"k{i}": held_versions(self._versions(node, f"k{i}"))
             for i in range(self.p.keys)
@@ -301,7 +302,7 @@ def run_workload(params: WorkloadParams) -> tuple[Report, WorkloadRun]:
     workload = _Workload(params)
     run = workload.go()
     first = next(n for n in run.sim.nodes if n.up)
-    final = workload._state(first)
+    final = workload.state(first)
     return check(run.history, final, params.mode), run
 
 
