@@ -5,7 +5,7 @@ health routes), the `X-DSM-*` headers each way, and every status each route can 
 included. Statuses that any route can give: 400 (a request aiohttp cannot parse, bad percent-encoding, or
 a query parameter the route does not take or given twice), 401 (with `http_token`, except on the health
 routes), 417 (an `Expect` other than `100-continue`) and 503 (the connection cap reached with every
-connection busy; `Retry-After`). tests/test_openapi_conformance.py runs schemathesis against a real node
+connection busy; `Retry-After`). tests/net/test_openapi_conformance.py runs schemathesis against a real node
 with this document.
 """
 

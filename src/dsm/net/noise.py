@@ -17,7 +17,7 @@ data.
 This module is the framework's state machines written from the specification (sections 5 and 9: CipherState,
 SymmetricState, HandshakeState for this one pattern) over `cryptography`'s X25519 and ChaCha20-Poly1305 and
 the standard library's SHA-256 HMAC. It knows nothing of frames or node ids: `dsm.net.security` carries its
-messages and chooses the prologue. Checked against the cacophony test vectors in tests/test_handshake_noise.py.
+messages and chooses the prologue. Checked against the cacophony test vectors in tests/net/test_handshake_noise.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ What anti-entropy needs is here from the start, so later protocol work needs no 
   independent 32-bit sums (of the digests' low and high halves), so the digest of a union of disjoint
   ranges is computable from the parts and identical in every backend.
 
-Contract every backend keeps (tested by `tests/test_storage_conformance.py`):
+Contract every backend keeps (tested by `tests/node/test_storage_conformance.py`):
 - `write` is atomic: all of a batch's rows and metadata are stored, or none. When it returns, the batch is
   durable to the store's configured level.
 - Only one process uses a store at a time; an open of a store in use raises `StorageLockedError`.

@@ -183,7 +183,7 @@ async def test_large_frames_and_backpressure() -> None:
             a.send("b", b.addr, Push("a", 0, (item,)))
         await ib.wait_for(20, timeout=20)
         assert all(m.items[0].versions == item.versions for _, m in ib.got)
-        # Above the largest message (not the frame: a larger message travels in chunks, tests/test_chunks.py).
+        # Above the largest message (not the frame: a larger message travels in chunks, tests/net/test_chunks.py).
         huge = DataItem(2, "k", b"x" * (a.max_message_bytes + 1))
         a.send("b", b.addr, Push("a", 0, (huge,)))
         a.send("b", b.addr, Ping(1, "a", "b", ()))

@@ -19,7 +19,7 @@ import pytest
 
 from dsm import StorageConfig, StorageFactory
 
-HELPER = Path(__file__).parent / "helpers" / "ack_writer.py"
+HELPER = Path(__file__).parents[1] / "helpers" / "ack_writer.py"
 
 
 def run_and_kill(url: str, durability: str, writers: int, acks_before_kill: int) -> dict[int, int]:

@@ -195,6 +195,6 @@ def test_a_core_invariant_failure_is_reported_with_the_seed() -> None:
 
 
 def test_every_report_key_is_documented() -> None:
-    doc = (Path(__file__).parent.parent / "docs" / "sim.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "sim.md").read_text()
     for key in FORMAT:
         assert f"`{key}`" in doc, key
