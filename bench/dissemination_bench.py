@@ -26,8 +26,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from common import SIM_RESULTS, Scenario, report_value, run_sim
 from dsm.sim.plot import plot_write_mixes
-from sim_bench import RESULTS, Scenario, _get, run_one
 
 GOSSIP = ["--joins", "0", "--pairs", "50", "--gossip-only", "--writes", "5", "--no-idle"]
 DIRECT = ["--joins", "0", "--pairs", "200", "--writes", "40", "--bulk", "100"]
@@ -101,7 +101,7 @@ def summary(name: str, args: list[str], reports: list[dict[str, Any]]) -> str:
             f"{statistics.median(rounds):.3g} / {p99:.3g} / {rounds[-1]:.3g} | |"
         )
     for label, path, worst in ROWS:
-        values = [v for v in (_get(r, path) for r in reports) if v is not None]
+        values = [v for v in (report_value(r, path) for r in reports) if v is not None]
         if values:
             lines.append(f"| {label} | {statistics.median(values):.4g} | {worst(values):.4g} |")
     failed = [r["checks"]["failure"] for r in reports if not r["checks"]["passed"]]
@@ -132,7 +132,7 @@ def figures(done: dict[str, list[dict[str, Any]]]) -> None:
                 mixes.setdefault("direct + gossip, 3 s after an 80 % crash", []).append((survivors, after["curve"]))
         if mixes:
             plot_write_mixes(
-                mixes, f"n = {size}: how a write spreads, by path mix", str(RESULTS / f"writes-mixes-{size}.png")
+                mixes, f"n = {size}: how a write spreads, by path mix", str(SIM_RESULTS / f"writes-mixes-{size}.png")
             )
     _scaling(done)
 
@@ -152,7 +152,7 @@ def _scaling(done: dict[str, list[dict[str, Any]]]) -> None:
     for ax, (label, (suffix, path)) in zip(axes, series.items(), strict=True):
         xs, ys = [], []
         for size, n in (("1k", 1000), ("10k", 10000)):
-            values = [v for v in (_get(r, path) for r in done.get(f"{size}-{suffix}", [])) if v is not None]
+            values = [v for v in (report_value(r, path) for r in done.get(f"{size}-{suffix}", [])) if v is not None]
             if values:
                 xs.append(n)
                 ys.append(max(values))
@@ -165,7 +165,7 @@ def _scaling(done: dict[str, list[dict[str, Any]]]) -> None:
         ax.set_xlabel("nodes")
         ax.set_title(label, fontsize=10)
     fig.tight_layout()
-    fig.savefig(RESULTS / "writes-scaling.png", dpi=110)
+    fig.savefig(SIM_RESULTS / "writes-scaling.png", dpi=110)
     plt.close(fig)
 
 
@@ -185,16 +185,18 @@ def main() -> None:
             import json
 
             reports = [
-                json.loads(p.read_text()) for p in (RESULTS / f"{name}-seed{s}.json" for s in seeds) if Path(p).exists()
+                json.loads(p.read_text())
+                for p in (SIM_RESULTS / f"{name}-seed{s}.json" for s in seeds)
+                if Path(p).exists()
             ]
         else:
-            reports = [run_one(name, args, seed) for seed in seeds]
+            reports = [run_sim(name, args, seed) for seed in seeds]
         if reports:
             done[name] = reports
             parts.append(summary(name, args, reports))
     text = "\n".join(parts)
     suffix = ("-" + a.only if a.only else "") + ("-without-" + a.skip if a.skip else "")
-    (RESULTS / f"summary-writes-{a.suite}{suffix}.md").write_text(text)
+    (SIM_RESULTS / f"summary-writes-{a.suite}{suffix}.md").write_text(text)
     figures(done)
     print(text)
 

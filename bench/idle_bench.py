@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from throughput_bench import (
+from common import (
     RESULTS,
     dsm_cluster,
     free_ports,

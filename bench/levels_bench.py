@@ -75,11 +75,19 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from common import pct
+from common import (
+    RESULTS,
+    CpuWindow,
+    Generator,
+    HttpConnection,
+    http_json,
+    pct,
+    proc_rss_kib,
+    requests_for,
+    wait_until,
+)
 from dsm.localcluster import LocalCluster, LocalNode
-from throughput_bench import CpuWindow, Generator, HttpConnection, proc_rss_kib, requests_for, wait_until
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
 LAYOUT = {"n1": "a", "n2": "a", "n3": "a", "n4": "b", "n5": "b"}
 LOOPBACK_NOTE = (
@@ -89,11 +97,6 @@ LOOPBACK_NOTE = (
 
 
 # ------------------------------------------------------------------------------------------------ cluster
-
-
-def http_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 def metrics_text(url: str) -> str:

@@ -18,17 +18,11 @@ Usage: python bench/sim_bench.py [--suite quick|full] [--seeds N] [--only PREFIX
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results" / "sim"
+from common import SIM_RESULTS, Scenario, report_value, run_sim
 
-Scenario = tuple[str, list[str], list[int]]
 SLOW_1000 = ["--nodes", "1000", "--slow", "0.1", "--slow-ms", "1000", "--crash", "0.01", "--duration-s", "600"]
 
 
@@ -52,29 +46,6 @@ def scenarios(suite: str, seeds: int) -> list[Scenario]:
             ("10k-leaves", ["--nodes", "10000", "--joins", "0", "--leaves", "5"], [1]),
         ]
     return runs
-
-
-def run_one(name: str, args: list[str], seed: int) -> dict[str, Any]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{name}-seed{seed}"
-    cmd = [sys.executable, "-m", "dsm.cli", "sim", *args, "--seed", str(seed), "--quiet"]
-    cmd += ["--json", f"{stem}.json", "--plot", f"{stem}.png"]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    report: dict[str, Any] = json.loads(Path(f"{stem}.json").read_text())
-    print(f"  {name} seed {seed}: {time.perf_counter() - started:.0f} s, checks {report['checks']}", flush=True)
-    return report
-
-
-def _get(report: dict[str, Any], path: str) -> float | None:
-    value: Any = report
-    for key in path.split("."):
-        if value is None:
-            return None
-        value = value.get(key)
-    return value if isinstance(value, (int, float)) else None
 
 
 ROWS = [
@@ -117,7 +88,7 @@ def summary(name: str, args: list[str], reports: list[dict[str, Any]]) -> str:
         "| --- | --- | --- |",
     ]
     for label, path, worst in ROWS:
-        values = [v for v in (_get(r, path) for r in reports) if v is not None]
+        values = [v for v in (report_value(r, path) for r in reports) if v is not None]
         if not values:
             continue
         lines.append(f"| {label} | {statistics.median(values):.4g} | {worst(values):.4g} |")
@@ -138,11 +109,11 @@ def main() -> None:
     for name, args, seeds in scenarios(a.suite, a.seeds):
         if not name.startswith(a.only) or (a.skip and name.startswith(a.skip)):
             continue
-        reports = [run_one(name, args, seed) for seed in seeds]
+        reports = [run_sim(name, args, seed) for seed in seeds]
         parts.append(summary(name, args, reports))
     text = "\n".join(parts)
     suffix = ("-" + a.only if a.only else "") + ("-without-" + a.skip if a.skip else "")
-    (RESULTS / f"summary-{a.suite}{suffix}.md").write_text(text)
+    (SIM_RESULTS / f"summary-{a.suite}{suffix}.md").write_text(text)
     print(text)
 
 

@@ -36,119 +36,37 @@ Options: --ops N (operations per phase instead of --duration), --generators G, -
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import contextlib
 import json
-import multiprocessing as mp
 import os
-import random
-import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import pct
-from dsm.localcluster import LocalCluster
+from common import (
+    RESULTS,
+    VALUE,
+    Generator,
+    dsm_cluster,
+    free_ports,
+    http_json,
+    proc_rss_kib,
+    stop_processes,
+    wait_until,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-HZ = os.sysconf("SC_CLK_TCK")
-VALUE = random.Random(1).randbytes(50).hex().encode()  # 100 bytes, the same in every process
 TARGETS = {"dsm write": 5000, "dsm read": 10000}
 
 
 # ---------------------------------------------------------------------------------------------- processes
-
-
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (utime + stime, every thread) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def proc_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, summed over its cores (/proc/stat)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already counted in user
-    return (total - idle) / HZ, total / HZ
-
-
-class CpuWindow:
-    """CPU of some processes and of the machine between start() and stop(), in cores."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-
-    def start(self) -> None:
-        self.t0 = time.monotonic()
-        self.c0 = {name: proc_cpu_s(pid) for name, pid in self.pids.items()}
-        self.m0 = machine_cpu()
-
-    def stop(self) -> dict[str, Any]:
-        wall = time.monotonic() - self.t0
-        used = {name: proc_cpu_s(pid) - self.c0[name] for name, pid in self.pids.items()}
-        busy, total = machine_cpu()
-        cores = (total - self.m0[1]) / wall
-        return {
-            "wall_s": wall,
-            "per_process_cores": {name: s / wall for name, s in used.items()},
-            "processes_cores": sum(used.values()) / wall,
-            "machine_busy_cores": (busy - self.m0[0]) / wall,
-            "machine_cores": round(cores),
-        }
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def http_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]], label: str) -> None:
-    """SIGTERM to the processes this benchmark started, then SIGKILL to any still running after 10 s."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    if procs:
-        print(f"{label}: stopped pids {[p.pid for p in procs]}")
 
 
 def metric(url: str, name: str) -> float:
@@ -160,36 +78,7 @@ def metric(url: str, name: str) -> float:
     raise ValueError(f"{name} not in {url}/metrics")
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        with contextlib.suppress(OSError, ValueError):
-            if check():
-                return time.monotonic() - start
-        time.sleep(0.1)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 # ------------------------------------------------------------------------------------------ the systems
-
-
-@contextlib.contextmanager
-def dsm_cluster(nodes: int, workdir: str, extra_env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
-    """`nodes` real `dsm node run` processes on loopback, every one seeing every other alive."""
-    env = {"DSM_CLUSTER_SECRET": secrets.token_hex(16)} | (extra_env or {})
-    cluster = LocalCluster(os.path.join(workdir, "dsm"), env=env)
-    try:
-        cluster.up(nodes, peer_port=0, http_port=0)
-
-        def converged() -> bool:
-            return all(http_json(n.url + "/health")["members_alive"] >= nodes for n in cluster.nodes)
-
-        waited = wait_until(converged, 60, f"every DSM node to see {nodes} alive members")
-        print(f"DSM: {nodes} nodes up, all see {nodes} alive members ({waited:.1f} s after the last start)")
-        yield cluster
-    finally:
-        stopped = cluster.down()
-        print(f"DSM: stopped {', '.join(stopped) or 'nothing'}")
 
 
 @contextlib.contextmanager
@@ -219,323 +108,6 @@ def etcd_cluster(workdir: str) -> Iterator[list[tuple[int, tuple[str, int]]]]:
         yield [(proc.pid, ("127.0.0.1", port)) for proc, port in zip(procs, client, strict=True)]
     finally:
         stop_processes(procs, "etcd")
-
-
-# --------------------------------------------------------------------------------------- load generator
-
-
-def parse_response(buf: bytearray) -> tuple[int, bytes, int] | None:
-    """(status, body, bytes used) of the first complete HTTP/1.1 response in `buf`, or None if incomplete."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = bytes(buf[:end]).lower()
-    status, start = int(head[9:12]), end + 4
-    i = head.find(b"\r\ncontent-length:")
-    if i >= 0:
-        j = head.find(b"\r\n", i + 2)
-        n = int(head[i + 17 : j if j >= 0 else len(head)])
-        return (status, bytes(buf[start : start + n]), start + n) if len(buf) >= start + n else None
-    if b"\r\ntransfer-encoding: chunked" in head:
-        body, pos = bytearray(), start
-        while True:
-            k = buf.find(b"\r\n", pos)
-            if k < 0:
-                return None
-            size = int(bytes(buf[pos:k]).split(b";")[0], 16)
-            if size == 0:
-                return (status, bytes(body), k + 4) if len(buf) >= k + 4 else None
-            if len(buf) < k + 4 + size:
-                return None
-            body += buf[k + 2 : k + 2 + size]
-            pos = k + 4 + size
-    return status, b"", start
-
-
-class HttpConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection, one request at a time: the cheapest client Python has."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.waiter is None:
-            return
-        parsed = parse_response(self.buf)
-        if parsed is not None:
-            del self.buf[: parsed[2]]
-            waiter, self.waiter = self.waiter, None
-            if not waiter.done():
-                waiter.set_result(parsed[:2])
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
-
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        if self.closed or self.transport is None:
-            raise ConnectionError("connection closed")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        return await self.waiter
-
-
-def requests_for(
-    system: str, op: str, host: str, consistency: str = "local"
-) -> tuple[Callable[[str], bytes], Callable[[int, bytes], str]]:
-    """(request bytes for a key, classification of a response: 'ok', 'missing' or 'status <n>').
-
-    `consistency` is the level of DSM requests (`?consistency=`); etcd requests do not use it."""
-    if system == "dsm":
-        q = f"?consistency={consistency}"
-        if op == "write":
-            put = "PUT /v1/kv/{}" + q + " HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 100\r\n\r\n"
-            return (lambda key: put.format(key).encode() + VALUE), written_ok
-        get = "GET /v1/kv/{}" + q + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
-
-        def read_ok(status: int, body: bytes) -> str:
-            return "ok" if status == 200 and body == VALUE else "missing" if status == 404 else f"status {status}"
-
-        return (lambda key: get.format(key).encode()), read_ok
-    path, extra = {
-        "write": ("/v3/kv/put", {"value": base64.b64encode(VALUE).decode()}),
-        "read": ("/v3/kv/range", {"serializable": True}),
-        "read_linearizable": ("/v3/kv/range", {}),
-    }[op]
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: "
-
-    def build(key: str) -> bytes:
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode(), **extra}).encode()
-        return f"{head}{len(body)}\r\n\r\n".encode() + body
-
-    def found(status: int, body: bytes) -> str:
-        return ("ok" if b'"kvs"' in body else "missing") if status == 200 else f"status {status}"
-
-    return build, written_ok if op == "write" else found
-
-
-def written_ok(status: int, body: bytes) -> str:
-    return "ok" if status == 200 else f"status {status}"
-
-
-def key_of(phase_tag: str, conn: int, seq: int) -> str:
-    return f"{phase_tag}-c{conn}-{seq}"
-
-
-async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs this process's share of the closed-loop clients for one phase (see worker_main)."""
-    loop = asyncio.get_running_loop()
-    system, op, targets = spec["system"], spec["op"], spec["targets"]
-    written: dict[int, int] = spec.get("written", {})
-    written_conns = [c for c, n in written.items() if n > 0]
-    rnd = random.Random(spec["seed"])
-    lat = array("d")
-    outcomes: Counter[str] = Counter()
-    counts: dict[int, int] = {}
-    errors: list[str] = []
-
-    session: Any = None
-    if spec["client"] == "aiohttp":
-        import aiohttp
-
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), skip_auto_headers=["User-Agent"])
-
-    async def client(conn: int) -> None:
-        host, port = targets[conn % len(targets)]
-        build, judge = requests_for(system, op, f"{host}:{port}", spec.get("consistency", "local"))
-        proto: HttpConnection | None = None
-        if session is None:
-            _, proto = await loop.create_connection(HttpConnection, host, port)
-        await asyncio.sleep(max(0.0, spec["start_at"] - time.time()))
-        deadline = time.perf_counter() + spec["duration"] if spec["duration"] else float("inf")
-        quota, seq = spec["ops_per_conn"] or 1 << 62, 0
-        try:
-            while seq < quota and time.perf_counter() < deadline:
-                if op == "write":
-                    key = key_of(spec["tag"], conn, seq)
-                else:
-                    c = rnd.choice(written_conns)
-                    key = key_of(spec["tag"], c, rnd.randrange(written[c]))
-                data = build(key)
-                start = time.perf_counter()
-                try:
-                    if proto is not None:
-                        if proto.closed:
-                            _, proto = await loop.create_connection(HttpConnection, host, port)
-                        status, body = await proto.request(data)
-                    else:
-                        status, body = await aiohttp_request(session, host, port, data)
-                except (OSError, asyncio.IncompleteReadError) as exc:
-                    outcomes["error"] += 1
-                    if len(errors) < 5:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(0.01)
-                    seq += 1
-                    continue
-                lat.append(time.perf_counter() - start)
-                outcomes[judge(status, body)] += 1
-                seq += 1
-        finally:
-            counts[conn] = seq
-            if proto is not None and proto.transport is not None:
-                proto.transport.close()
-
-    tasks = [asyncio.ensure_future(client(conn)) for conn in spec["conns"]]
-    await asyncio.sleep(max(0.0, spec["start_at"] - time.time()))
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    limit = (spec["duration"] or 0) + spec["timeout"]
-    done, pending = await asyncio.wait(tasks, timeout=limit)
-    for t in pending:
-        t.cancel()
-        outcomes["timeout"] += 1
-    for t in done:
-        if t.exception() is not None:
-            outcomes["error"] += 1
-            errors.append(repr(t.exception()))
-    wall = time.perf_counter() - wall0
-    cpu = time.process_time() - cpu0
-    if session is not None:
-        await session.close()
-    return {
-        "lat": lat.tobytes(),
-        "outcomes": dict(outcomes),
-        "counts": counts,
-        "errors": errors,
-        "wall_s": wall,
-        "cpu_s": cpu,
-    }
-
-
-async def aiohttp_request(session: Any, host: str, port: int, data: bytes) -> tuple[int, bytes]:
-    """Replays a request built for the raw client through aiohttp (the --client aiohttp generator)."""
-    head, body = data.split(b"\r\n\r\n", 1)
-    method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
-    headers = {"Content-Type": "application/json"} if method == "POST" else {}
-    async with session.request(method, f"http://{host}:{port}{target}", data=body or None, headers=headers) as r:
-        return r.status, await r.read()
-
-
-def worker_main(pipe: Connection) -> None:
-    """A generator process: runs one phase per message until it receives None."""
-    import uvloop
-
-    while True:
-        spec = pipe.recv()
-        if spec is None:
-            return
-        pipe.send(uvloop.run(run_clients(spec)))
-
-
-class Generator:
-    """G generator processes sharing `concurrency` clients (client i in process i mod G)."""
-
-    def __init__(self, processes: int, concurrency: int, client: str) -> None:
-        ctx = mp.get_context("spawn")
-        self.concurrency, self.client = concurrency, client
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
-        for _ in range(processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child,), daemon=True)
-            proc.start()
-            self.pipes.append(parent)
-            self.procs.append(proc)
-
-    def close(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(OSError):
-                pipe.send(None)
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-
-    def phase(
-        self,
-        system: str,
-        op: str,
-        targets: list[tuple[str, int]],
-        node_pids: dict[str, int],
-        *,
-        tag: str,
-        duration: float,
-        ops: int,
-        written: dict[int, int] | None = None,
-        during: Callable[[], Any] | None = None,
-        consistency: str = "local",
-    ) -> dict[str, Any]:
-        """Runs one phase on every generator process at once; returns its figures."""
-        start_at = time.time() + 1.0  # time to connect before the clock starts
-        per_conn = -(-ops // self.concurrency) if ops else 0
-        for g, pipe in enumerate(self.pipes):
-            spec = {
-                "system": system,
-                "op": op,
-                "targets": targets,
-                "conns": list(range(g, self.concurrency, len(self.pipes))),
-                "start_at": start_at,
-                "duration": 0.0 if ops else duration,
-                "ops_per_conn": per_conn,
-                "timeout": 120.0 if ops else 30.0,
-                "tag": tag,
-                "written": written or {},
-                "seed": f"{tag}-{op}-{g}",
-                "client": self.client,
-                "consistency": consistency,
-            }
-            pipe.send(spec)
-        pids = dict(node_pids) | {f"generator{g}": p.pid for g, p in enumerate(self.procs)}
-        window = CpuWindow(pids)
-        time.sleep(max(0.0, start_at - time.time()))
-        window.start()
-        extra = during() if during is not None else None
-        parts = [pipe.recv() for pipe in self.pipes]
-        cpu = window.stop()
-        if extra is not None:
-            extra.wait()
-        lat = array("d")
-        for part in parts:
-            lat.frombytes(part["lat"])
-        outcomes: Counter[str] = Counter()
-        for part in parts:
-            outcomes.update(part["outcomes"])
-        wall = max(p["wall_s"] for p in parts)
-        done = sum(outcomes.values())
-        gen = [p["cpu_s"] / wall for p in parts]
-        node_cores = sum(v for k, v in cpu["per_process_cores"].items() if not k.startswith("generator"))
-        samples = list(lat)
-        return {
-            "system": system,
-            "op": op,
-            "consistency": consistency if system == "dsm" else None,
-            "ops": done,
-            "ok": outcomes.get("ok", 0),
-            "outcomes": dict(outcomes),
-            "errors": [e for p in parts for e in p["errors"]][:10],
-            "wall_s": wall,
-            "ok_per_s": outcomes.get("ok", 0) / wall,
-            "ops_per_s": done / wall,
-            "p50_ms": pct(samples, 50) * 1e3 if samples else None,
-            "p99_ms": pct(samples, 99) * 1e3 if samples else None,
-            "max_ms": max(samples) * 1e3 if samples else None,
-            "generator_cores": sum(gen),
-            "generator_cores_per_process": gen,
-            "generator_us_per_op": sum(p["cpu_s"] for p in parts) / max(1, done) * 1e6,
-            "node_cores": node_cores,
-            "node_us_per_op": node_cores * wall / max(1, done) * 1e6,
-            "cpu": cpu,
-            # Whatever else ran on the machine meanwhile (this script's main process, other jobs).
-            "other_cores": cpu["machine_busy_cores"] - node_cores - sum(gen),
-            "written": {c: n for p in parts for c, n in p["counts"].items()},
-        }
 
 
 # ----------------------------------------------------------------------------------------------- profile

@@ -58,6 +58,7 @@ def test_put_with_an_empty_key_is_a_clean_error() -> None:
     assert "key" in result.stderr and "empty" in result.stderr
 
 
+@pytest.mark.slow
 def test_keys_with_any_characters_through_the_cli(tmp_path: Path, procs: list[Proc]) -> None:
     node = Proc("cli1", "127.0.0.1", tmp_path, [])
     procs.append(node)

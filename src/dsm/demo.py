@@ -63,79 +63,12 @@ def run_cluster_demo(data_dir: str | None, keep: bool, console: Console) -> None
     cluster = LocalCluster(directory)
     clients: dict[str, Client] = {}
     try:
-        console.rule(f"[bold]DSM: a {CLUSTER_NODES}-node local cluster")
-        started = time.perf_counter()
-        cluster.up(CLUSTER_NODES, peer_port=0, http_port=0)
-        console.print(
-            f"started {CLUSTER_NODES} processes in {time.perf_counter() - started:.1f} s; data in {directory}"
-        )
-        table = Table("node", "pid", "peer address", "HTTP API")
-        for n in cluster.nodes:
-            table.add_row(n.node_id, str(n.pid), n.listen, n.url)
-        console.print(f"each node's SQLite store and log: {directory}/<node>/")
-        console.print(table)
+        _start_cluster(cluster, directory, console)
         clients = {n.node_id: Client(n.url) for n in cluster.nodes}
-        first = clients["n1"]
         _wait(lambda: all(len(c.members()) == CLUSTER_NODES for c in clients.values()))
-
-        console.rule("[bold]1. write on n1, read on every node")
-        ack = first.put("greeting", b"hello, cluster")
-        acked = time.perf_counter()
-        console.print(f"n1: put 'greeting' = b'hello, cluster' acknowledged (HLC {ack.timestamp})")
-        table = Table("node", "get 'greeting'", "first seen after the ack")
-        for node_id, client in clients.items():
-            seen = _wait(lambda c=client: _holds(c, "greeting", b"hello, cluster"), timeout=10)
-            after = time.perf_counter() - acked
-            value = client.get("greeting")
-            table.add_row(
-                node_id,
-                repr(value.value) if value else "(absent)",
-                f"<= {after * 1000:.0f} ms" if seen is not None else "not seen",
-            )
-        console.print(table)
-
-        console.rule("[bold]2. kill n3 with SIGKILL, keep writing")
-        cluster.kill("n3")
-        console.print("n3: SIGKILL (no goodbye, no flush); its process is gone")
-        try:
-            clients["n3"].get("greeting")
-        except UnreachableError as exc:
-            console.print(f"n3's API: [red]{type(exc).__name__}[/red]")
-        writers = [clients[i] for i in ("n1", "n2", "n4", "n5")]
-        started = time.perf_counter()
-        for i in range(BATCH):
-            writers[i % len(writers)].put(f"orders/{i:04d}", f"order {i}".encode())
-        console.print(
-            f"wrote {BATCH} keys orders/0000..{BATCH - 1:04d} on n1, n2, n4, n5 in "
-            f"{time.perf_counter() - started:.2f} s (each acknowledged once durable on its node)"
-        )
-        _wait(lambda: all(_count(clients[i], "orders/") == BATCH for i in ("n1", "n2", "n4", "n5")), timeout=10)
-        console.print(
-            "every live node holds them: "
-            + ", ".join(f"{i}={_count(clients[i], 'orders/')}" for i in ("n1", "n2", "n4", "n5"))
-        )
-
-        console.rule("[bold]3. restart n3 and watch it catch up")
-        before = time.perf_counter()
-        n3 = cluster.start("n3")
-        console.print(
-            f"n3: restarted (pid {n3.pid}) with its id and its SQLite file, "
-            f"serving in {time.perf_counter() - before:.2f} s"
-        )
-        caught = _wait(lambda: _count(clients["n3"], "orders/") == BATCH, timeout=30)
-        total = time.perf_counter() - before
-        if caught is None:
-            console.print(f"[red]n3 holds {_count(clients['n3'], 'orders/')} of {BATCH} keys after 30 s")
-        else:
-            console.print(
-                f"n3 holds all {BATCH} keys it missed, {total:.2f} s after the restart (anti-entropy at join)"
-            )
-        got = clients["n3"].get(f"orders/{BATCH - 1:04d}")
-        console.print(f"n3: get 'orders/{BATCH - 1:04d}' -> {got.value if got else None!r}")
-        table = Table("member", "state", "incarnation", title="membership as n3 sees it")
-        for m in clients["n3"].members():
-            table.add_row(m["id"], m["state"], str(m["incarnation"]))
-        console.print(table)
+        _write_and_read_everywhere(clients, console)
+        _kill_and_keep_writing(cluster, clients, console)
+        _restart_and_catch_up(cluster, clients, console)
     finally:
         for client in clients.values():
             client.close()
@@ -149,6 +82,82 @@ def run_cluster_demo(data_dir: str | None, keep: bool, console: Console) -> None
             shutil.rmtree(directory, ignore_errors=True)
         else:
             console.print(f"data and logs kept in {directory}")
+
+
+def _start_cluster(cluster: LocalCluster, directory: str, console: Console) -> None:
+    """Starts the node processes and shows where each one listens."""
+    console.rule(f"[bold]DSM: a {CLUSTER_NODES}-node local cluster")
+    started = time.perf_counter()
+    cluster.up(CLUSTER_NODES, peer_port=0, http_port=0)
+    console.print(f"started {CLUSTER_NODES} processes in {time.perf_counter() - started:.1f} s; data in {directory}")
+    table = Table("node", "pid", "peer address", "HTTP API")
+    for n in cluster.nodes:
+        table.add_row(n.node_id, str(n.pid), n.listen, n.url)
+    console.print(f"each node's SQLite store and log: {directory}/<node>/")
+    console.print(table)
+
+
+def _write_and_read_everywhere(clients: dict[str, Client], console: Console) -> None:
+    """Step 1: one write on n1, then how soon every node serves it."""
+    console.rule("[bold]1. write on n1, read on every node")
+    ack = clients["n1"].put("greeting", b"hello, cluster")
+    acked = time.perf_counter()
+    console.print(f"n1: put 'greeting' = b'hello, cluster' acknowledged (HLC {ack.timestamp})")
+    table = Table("node", "get 'greeting'", "first seen after the ack")
+    for node_id, client in clients.items():
+        seen = _wait(lambda c=client: _holds(c, "greeting", b"hello, cluster"), timeout=10)
+        after = time.perf_counter() - acked
+        value = client.get("greeting")
+        table.add_row(
+            node_id,
+            repr(value.value) if value else "(absent)",
+            f"<= {after * 1000:.0f} ms" if seen is not None else "not seen",
+        )
+    console.print(table)
+
+
+def _kill_and_keep_writing(cluster: LocalCluster, clients: dict[str, Client], console: Console) -> None:
+    """Step 2: SIGKILL n3, then write a batch on the other four and show they all hold it."""
+    console.rule("[bold]2. kill n3 with SIGKILL, keep writing")
+    cluster.kill("n3")
+    console.print("n3: SIGKILL (no goodbye, no flush); its process is gone")
+    try:
+        clients["n3"].get("greeting")
+    except UnreachableError as exc:
+        console.print(f"n3's API: [red]{type(exc).__name__}[/red]")
+    live = ("n1", "n2", "n4", "n5")
+    writers = [clients[i] for i in live]
+    started = time.perf_counter()
+    for i in range(BATCH):
+        writers[i % len(writers)].put(f"orders/{i:04d}", f"order {i}".encode())
+    console.print(
+        f"wrote {BATCH} keys orders/0000..{BATCH - 1:04d} on n1, n2, n4, n5 in "
+        f"{time.perf_counter() - started:.2f} s (each acknowledged once durable on its node)"
+    )
+    _wait(lambda: all(_count(clients[i], "orders/") == BATCH for i in live), timeout=10)
+    console.print("every live node holds them: " + ", ".join(f"{i}={_count(clients[i], 'orders/')}" for i in live))
+
+
+def _restart_and_catch_up(cluster: LocalCluster, clients: dict[str, Client], console: Console) -> None:
+    """Step 3: restart n3 from its SQLite file and time how soon it holds the batch it missed."""
+    console.rule("[bold]3. restart n3 and watch it catch up")
+    before = time.perf_counter()
+    n3 = cluster.start("n3")
+    console.print(
+        f"n3: restarted (pid {n3.pid}) with its id and its SQLite file, serving in {time.perf_counter() - before:.2f} s"
+    )
+    caught = _wait(lambda: _count(clients["n3"], "orders/") == BATCH, timeout=30)
+    total = time.perf_counter() - before
+    if caught is None:
+        console.print(f"[red]n3 holds {_count(clients['n3'], 'orders/')} of {BATCH} keys after 30 s")
+    else:
+        console.print(f"n3 holds all {BATCH} keys it missed, {total:.2f} s after the restart (anti-entropy at join)")
+    got = clients["n3"].get(f"orders/{BATCH - 1:04d}")
+    console.print(f"n3: get 'orders/{BATCH - 1:04d}' -> {got.value if got else None!r}")
+    table = Table("member", "state", "incarnation", title="membership as n3 sees it")
+    for m in clients["n3"].members():
+        table.add_row(m["id"], m["state"], str(m["incarnation"]))
+    console.print(table)
 
 
 async def run_demo(data_dir: str | None, keep: bool, console: Console) -> None:

@@ -178,11 +178,13 @@ def _attack(procs: list[Proc], tmp_path: Path, relay: Relay, tls: bool) -> None:
     assert got is not None and got.value == b"3"
 
 
+@pytest.mark.slow
 def test_an_on_path_relay_without_the_secret_gets_no_frame_and_no_acknowledgement_in(
     procs: list[Proc], tmp_path: Path, relay: Relay
 ) -> None:
     _attack(procs, tmp_path, relay, tls=False)
 
 
+@pytest.mark.slow
 def test_the_same_attacks_under_mutual_tls(procs: list[Proc], tmp_path: Path, relay: Relay) -> None:
     _attack(procs, tmp_path, relay, tls=True)

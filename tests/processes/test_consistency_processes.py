@@ -46,6 +46,7 @@ def alive_everywhere(nodes: list[Proc], count: int) -> bool:
     return all(len([m for m in p.client.members() if m["state"] == "alive"]) == count for p in nodes)
 
 
+@pytest.mark.slow
 def test_region_quorum_survives_a_cut_off_region_and_quorum_fails_cleanly(procs: list[Proc], tmp_path: Path) -> None:
     a0 = start(procs, tmp_path, "a0", "127.0.0.1", "a", [])
     a1 = start(procs, tmp_path, "a1", "127.0.0.2", "a", [a0.listen])
@@ -137,6 +138,7 @@ def test_a_deleted_key_stays_deleted_when_a_long_absent_member_returns(procs: li
     eventually(lambda: absent_at_all(n1, "doomed"))
 
 
+@pytest.mark.slow
 def test_tombstones_are_purged_and_a_member_away_longer_than_the_grace_period_cannot_resurrect(
     procs: list[Proc], tmp_path: Path
 ) -> None:
@@ -206,6 +208,7 @@ def test_an_operator_removes_a_dead_member_from_the_command_line(procs: list[Pro
     assert r1.client.get("k", consistency="all").value == b"2"  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_read_repair_fixes_a_member_that_missed_a_write(procs: list[Proc], tmp_path: Path) -> None:
     slow_ae = {"DSM_ANTI_ENTROPY_INTERVAL_MS": "3600000"}  # only the start-up exchange: read repair must fix it
     x0 = start(procs, tmp_path, "x0", "127.0.0.1", "a", [], **slow_ae)

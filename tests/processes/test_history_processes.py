@@ -124,6 +124,7 @@ class Clients:
             self.history.ok(op, now_ms(), dot=(ack.timestamp, node), context=context_of(ack.context, key))
 
 
+@pytest.mark.slow
 def test_a_history_with_a_killed_node_loses_no_acknowledged_write(procs: list[Proc], tmp_path: Path) -> None:
     first = Proc("h0", "127.0.0.1", tmp_path, [], env=SIBLINGS)
     procs.append(first)

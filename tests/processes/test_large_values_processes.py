@@ -49,6 +49,7 @@ def stored(path: Path, key: str) -> bytes:
     return bytes(row[0])
 
 
+@pytest.mark.slow
 def test_a_value_larger_than_a_frame_reaches_every_node(procs: list[Proc], tmp_path: Path) -> None:
     env = {"DSM_MAX_VALUE_BYTES": str(20 * MIB), "DSM_CONSISTENCY_TIMEOUT_MS": "30000"}
     nodes = cluster(tmp_path, procs, env)
@@ -71,6 +72,7 @@ def test_a_value_larger_than_a_frame_reaches_every_node(procs: list[Proc], tmp_p
     assert hashlib.sha256(read.value).digest() == digest
 
 
+@pytest.mark.slow
 def test_concurrent_large_siblings_converge_to_identical_replicas(procs: list[Proc], tmp_path: Path) -> None:
     env = {"DSM_CONFLICT_RESOLUTION": "siblings", "DSM_MAX_VALUE_BYTES": str(2 * MIB)}
     nodes = cluster(tmp_path, procs, env)

@@ -85,6 +85,7 @@ def test_a_reused_pid_is_not_killed(tmp_path: Path) -> None:
         sleeper.wait()
 
 
+@pytest.mark.slow
 def test_cluster_commands(tmp_path: Path) -> None:
     where = str(tmp_path / "cli")
     up = dsm("cluster", "up", "--nodes", "2", "--dir", where, "--peer-port", "0", "--http-port", "0")
@@ -113,6 +114,7 @@ def test_cluster_commands(tmp_path: Path) -> None:
     assert overlap.returncode == 1 and "overlaps" in overlap.stderr
 
 
+@pytest.mark.slow
 def test_a_tls_cluster_from_the_command_line(tmp_path: Path) -> None:
     where = str(tmp_path / "tls")
     up = dsm("cluster", "up", "--nodes", "2", "--dir", where, "--peer-port", "0", "--http-port", "0", "--tls")
@@ -133,6 +135,7 @@ def test_a_tls_cluster_from_the_command_line(tmp_path: Path) -> None:
     assert down.returncode == 0
 
 
+@pytest.mark.slow
 def test_the_main_job_demo(tmp_path: Path) -> None:
     result = dsm("demo", "--data-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr

@@ -93,6 +93,7 @@ def heal(netns: str) -> None:
     run("ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "dsmpart")
 
 
+@pytest.mark.slow
 def test_a_partition_between_regions(netns: str, nodes: list[Proc]) -> None:
     a0, a1, a2, b0, b1 = nodes
 

@@ -69,6 +69,7 @@ def closed_by_peer(sock: socket.socket, timeout: float = 15.0) -> bool:
 # --------------------------------------------------------------------------------------------- wrong secret
 
 
+@pytest.mark.slow
 def test_a_process_with_another_secret_never_joins_nor_exchanges_writes(procs: list[Proc], tmp_path: Path) -> None:
     g1 = Proc("g1", "127.0.0.1", tmp_path, [])
     procs.append(g1)

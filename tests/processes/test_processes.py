@@ -17,6 +17,7 @@ from procs import Proc, eventually, holds, procs_fixture  # noqa: F401 (the `pro
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
 
 
+@pytest.mark.slow
 def test_a_cluster_of_processes_replicates_survives_kill_9_and_leaves(procs: list[Proc], tmp_path: Path) -> None:
     first = Proc("p0", "127.0.0.1", tmp_path, [])
     procs.append(first)
@@ -55,6 +56,7 @@ def test_a_cluster_of_processes_replicates_survives_kill_9_and_leaves(procs: lis
     eventually(lambda: all({m["id"]: m["state"] for m in p.client.members()}["p9"] == "left" for p in others))
 
 
+@pytest.mark.slow
 def test_the_command_line_client(procs: list[Proc], tmp_path: Path) -> None:
     node = Proc("solo", "127.0.0.1", tmp_path, [])
     procs.append(node)

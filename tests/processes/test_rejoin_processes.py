@@ -52,6 +52,7 @@ def closed_port() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("away_s", [2, 40])
 def test_a_member_restarted_without_bootstrap_rejoins_and_counts_levels_on_the_real_cluster(
     procs: list[Proc], tmp_path: Path, away_s: int
@@ -95,6 +96,7 @@ def test_a_member_restarted_without_bootstrap_rejoins_and_counts_levels_on_the_r
     assert unmet.value.required == 2 and unmet.value.acknowledged == 1
 
 
+@pytest.mark.slow
 def test_a_whole_cluster_restarted_without_bootstrap_waits_then_rejoins(procs: list[Proc], tmp_path: Path) -> None:
     a = Proc("a", "127.0.0.1", tmp_path, [])
     procs.append(a)
@@ -178,6 +180,7 @@ def test_a_store_written_by_another_node_id_is_refused_unless_adopted(procs: lis
     assert holds(adopted, "k", b"first's")
 
 
+@pytest.mark.slow
 def test_stopping_two_of_three_with_sigterm_does_not_let_the_third_meet_all_alone(
     procs: list[Proc], tmp_path: Path
 ) -> None:
@@ -213,6 +216,7 @@ def test_stopping_two_of_three_with_sigterm_does_not_let_the_third_meet_all_alon
     assert got is not None and got.value == b"v"
 
 
+@pytest.mark.slow
 def test_a_member_that_lost_its_store_and_starts_alone_says_that_its_cluster_calls_it(
     procs: list[Proc], tmp_path: Path
 ) -> None:

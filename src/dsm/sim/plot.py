@@ -6,7 +6,7 @@ from typing import Any
 
 
 def plot_report(report: dict[str, Any], path: str) -> None:
-    """Writes a PNG with three panels (needs matplotlib, the `plot` extra)."""
+    """Writes a PNG with three panels, four with writes (needs matplotlib, the `plot` extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,9 +20,19 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         f"dsm sim: {params['nodes']} nodes, seed {params['seed']}, loss {params['loss']}, "
         f"crash {params['crash']}, slow {params['slow']}"
     )
+    _routing_panel(axes[0], report)
+    _joins_panel(axes[1], report)
+    _detection_panel(axes[2], report)
+    if curves:
+        _writes_panel(axes[3], writes["population"], curves, params)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
+
+def _routing_panel(ax: Any, report: dict[str, Any]) -> None:
+    """Delivered pairs by hop count."""
     hops = report.get("hop_histogram") or {}
-    ax = axes[0]
     if hops:
         xs = sorted(int(k) for k in hops)
         ax.bar(xs, [hops[str(x)] for x in xs])
@@ -31,7 +41,9 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     ax.set_xlabel("hops")
     ax.set_ylabel("pairs")
 
-    ax = axes[1]
+
+def _joins_panel(ax: Any, report: dict[str, Any]) -> None:
+    """Each join's cumulative link-table changes and overlay messages against time."""
     for i, curve in enumerate(report.get("curves", {}).get("joins", [])):
         links = sorted(curve["link_changes_ms"])
         msgs = sorted(curve["messages_ms"])
@@ -56,7 +68,9 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     ax.set_xlabel("ms since the join started")
     ax.legend(loc="lower right")
 
-    ax = axes[2]
+
+def _detection_panel(ax: Any, report: dict[str, Any]) -> None:
+    """The CDF of crash detection times."""
     detection = report.get("detection_samples_ms") or []
     if detection:
         xs = sorted(detection)
@@ -65,28 +79,24 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     ax.set_xlabel("s from crash to first dead declaration")
     ax.set_ylabel("fraction of crashed members")
 
-    if curves:
-        ax = axes[3]
-        population = writes["population"]
-        for i, times in enumerate(curves):
-            ax.step(
-                [max(t, 0.1) for t in times],
-                [(k + 1) / population for k in range(len(times))],
-                where="post",
-                color="tab:green",
-                alpha=0.6,
-                label="one write" if i == 0 else None,
-            )
-        ax.set_xscale("log")
-        mode = "gossip only" if not params["settings"]["direct_updates"] else "direct updates + gossip"
-        ax.set_title(f"writes ({mode}): fraction of nodes holding it")
-        ax.set_xlabel("ms since the write")
-        ax.set_ylabel("fraction of live nodes")
-        ax.legend(loc="lower right")
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _writes_panel(ax: Any, population: int, curves: list[list[float]], params: dict[str, Any]) -> None:
+    """The fraction of live nodes holding each of the first writes against time."""
+    for i, times in enumerate(curves):
+        ax.step(
+            [max(t, 0.1) for t in times],
+            [(k + 1) / population for k in range(len(times))],
+            where="post",
+            color="tab:green",
+            alpha=0.6,
+            label="one write" if i == 0 else None,
+        )
+    ax.set_xscale("log")
+    mode = "gossip only" if not params["settings"]["direct_updates"] else "direct updates + gossip"
+    ax.set_title(f"writes ({mode}): fraction of nodes holding it")
+    ax.set_xlabel("ms since the write")
+    ax.set_ylabel("fraction of live nodes")
+    ax.legend(loc="lower right")
 
 
 def plot_write_mixes(mixes: dict[str, list[tuple[int, list[float]]]], title: str, path: str) -> None:
