@@ -1,13 +1,22 @@
-"""`Runtime`: runs one node's sans-IO core (`dsm.core.peer.Peer`) on asyncio, over the TCP transport.
+"""`Runtime`: runs one node's sans-IO core (`dsm.core.node_core.NodeCore`: the peer, the coordinator of
+consistency levels and anti-entropy) on asyncio, over the TCP transport.
 
 It gives the core the time (the event loop's monotonic clock, in ms), calls `tick` when the core's next
 deadline comes (one timer handle, re-armed after every call into the core), hands it every message the
-transport receives, and carries out what the core answers:
+transport receives (with the member the connection authenticated), and carries out what the core answers:
 - `Send`: the transport queues the message for that member's address (never blocks the loop);
-- `Store`: writes other replicas sent are merged into the local store (`EpidemicStorage.merge`, through
-  the store's serialized commit queue, as a task; a failed merge is logged and left to anti-entropy);
+- `Store`: writes other replicas sent (and read repairs of this node) are merged into the local replica
+  (`Commits.merge`: the core's merge rule, through the serialized commit queue, as a task; a failed merge is
+  logged and left to anti-entropy);
+- `LevelDone`: a request at a consistency level ended; its caller (`write_at` / `read_at`) wakes;
+- `ReconcileStep`: an anti-entropy step the core decided on (when, with whom, open or answer) runs against
+  the store's consistent view off the event loop (`BackingStore.with_range_view`: a worker thread for the
+  SQL stores); its reply is sent and the entries it brought are merged. At most MAX_ANSWERS answers run at
+  once; more are dropped (counted; the peer's next exchange tries again);
 - `Deliver` / `RouteFailure`: routed payloads, handed to `on_deliver` / `on_route_failure` if set.
-Writes committed locally are published at once (the runtime listens to the node's commits,
+Members asked to store or read for another's level (`Replicate`, `ReadRequest`) are served here, from the
+replica (bounded: MAX_SERVING at once); what they answer is the core's (`coordinator.stored_reply`,
+`read_reply`). Writes committed locally are published at once (the runtime listens to the node's commits,
 `Commits.subscribe`, and hands them to `Peer.publish`).
 
 Identity across restarts: the node's incarnation is kept in the store's metadata and raised by one at
@@ -21,14 +30,6 @@ and writes, refuses higher levels (`ConsistencyError`), is not `ready`, keeps tr
 gives (refused, timeout, wrong secret, TLS, ...). Only a node with neither saved members nor bootstrap
 addresses (or `new_cluster`) starts a new cluster. Membership changes are logged with the member's id
 (INFO for joined and alive again, WARNING for suspect, dead, left and removed).
-
-Whole-store anti-entropy runs here rather than in the core's timers, because each step reads the store:
-once at start (as soon as a linked member is alive: a restarted node catches up at once), then every
-anti_entropy_interval_ms (from a random phase) the runtime opens an exchange with one live linked
-member, and answers incoming `Reconcile` messages; each step runs `dsm.core.reconcile` against the store's
-consistent view off the event loop (`BackingStore.with_range_view`: a worker thread for the SQL stores),
-and the entries it receives are merged like any other replicated write. At most MAX_ANSWERS answers run
-at once; more are dropped (counted; the peer's next exchange tries again).
 """
 
 from __future__ import annotations
