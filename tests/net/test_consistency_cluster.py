@@ -14,6 +14,8 @@ import pytest
 
 from dsm import EpidemicStorage, NodeInfo, StorageConfig, StorageFactory
 from dsm.core.consistency import Level
+from dsm.core.encoding import digest
+from dsm.core.replica import StoredKey
 from dsm.core.ring import State
 from dsm.errors import ConsistencyError, InvalidInputError
 from support import eventually, runtime_of
@@ -235,3 +237,19 @@ async def test_removed_members_stop_counting_and_unreachable_ones_do_not(cluster
     await n0.put("k", b"2", consistency="all")  # 3 of 3
     got = await cluster[2].get("k", consistency="all")
     assert got is not None and got.value == b"2"
+
+
+async def test_a_member_that_refuses_the_write_does_not_count_towards_the_level(
+    cluster: list[EpidemicStorage],
+) -> None:
+    # n4's stored row of the key is unreadable: it refuses every version of it (an operator must look at
+    # the row), and answers the coordinator's Replicate with stored=False. That answer must not count.
+    n0, n4 = cluster[0], cluster[4]
+    garbage = b"\xffnot a version set"
+    await n4.store.write([StoredKey("refused", garbage, digest("refused", garbage), 0)])
+    with pytest.raises(ConsistencyError) as caught:
+        await n0.put("refused", b"v1", consistency="all")
+    assert caught.value.received == 4 and caught.value.required == 5
+    assert n4.merge_stats.refused_corrupt >= 1
+    # Without the refusing member the level is met as usual.
+    await n0.put("accepted", b"v1", consistency="all")
