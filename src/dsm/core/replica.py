@@ -158,17 +158,29 @@ class Commit:
     rows: list[StoredKey] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     meta: dict[str, bytes] = field(default_factory=dict)
-    #: The keys local writes changed, with their whole version sets, for dissemination.
-    published: list[DataItem] = field(default_factory=list)
+    #: The keys local writes changed (key -> the timestamp of the write), and their writer (this node).
+    written: dict[str, int] = field(default_factory=dict)
+    writer: str = ""
     #: Remote items refused, with the reason (for the log; expired ones are not logged), and the keys of
     #: every refused item.
     refusals: list[tuple[str, str]] = field(default_factory=list)
     refused: set[str] = field(default_factory=set)
-    #: The keys that changed and their new sets; the ones written locally (for `changes`).
+    #: The keys that changed and their new sets (for `changes`).
     states: dict[str, VersionSet] = field(default_factory=dict)
-    local: frozenset[str] = frozenset()
     #: The clock floor this commit stores (0: unchanged); `Replica.stored` takes it once durable.
     reserved_ms: int = 0
+    #: `published`, once made.
+    items: list[DataItem] | None = None
+
+    @property
+    def published(self) -> list[DataItem]:
+        """The keys local writes changed, each with its whole version set, for dissemination (made on first
+        use: a standalone node never asks)."""
+        if self.items is None:
+            encoded = {row.key: row.versions for row in self.rows} if self.written else {}
+            writer = self.writer
+            self.items = [DataItem(update_id(k, ts, writer), k, encoded[k]) for k, ts in self.written.items()]
+        return self.items
 
     def changes(self) -> list[Change]:
         """The change of every client key this commit stored, in commit order (for watches)."""
@@ -178,7 +190,8 @@ class Commit:
                 continue  # an internal record (member metadata)
             versions = self.states[row.key]
             newest = max(versions.versions, key=lambda v: v.dot.timestamp)
-            out.append(Change(row.key, newest.dot.timestamp, newest.dot.node, not versions.live, row.key in self.local))
+            local = row.key in self.written
+            out.append(Change(row.key, newest.dot.timestamp, newest.dot.node, not versions.live, local))
         return out
 
 
@@ -277,9 +290,9 @@ class Replica:
                 states[key] = self.decode(key, encoded)
             except StorageCorruptError as exc:
                 bad[key] = exc
-        commit = Commit()
+        commit = Commit(writer=self.node_id)
         dirty: dict[str, None] = {}
-        published: dict[str, int] = {}
+        published = commit.written
         for op in batch:
             if isinstance(op, MergeOp):
                 self._merge(op, states, bad, dirty, wall_ms, commit)
@@ -292,14 +305,11 @@ class Replica:
                 self._write(op, states, wall_ms)
                 dirty[op.key] = None
                 published[op.key] = op.timestamp
-        encoded_of: dict[str, bytes] = {}
+        rows, kept = commit.rows, commit.states
         for key in dirty:
-            versions = commit.states[key] = states[key]
-            encoded = encoded_of[key] = encode_versions(versions)
-            commit.rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
-        node_id = self.node_id
-        commit.published = [DataItem(update_id(k, ts, node_id), k, encoded_of[k]) for k, ts in published.items()]
-        commit.local = frozenset(published)
+            versions = kept[key] = states[key]
+            encoded = encode_versions(versions)
+            rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
         self._reserve(commit)
         return commit
 

@@ -75,10 +75,10 @@ def check_context(context: object, key: str, config: StorageConfig, replica: Rep
     return vector
 
 
-def check_level(consistency: str | Level | None, default: str) -> Level:
-    """A consistency level (None: `default`, the region's)."""
+def check_level(consistency: str | Level) -> Level:
+    """A consistency level, by name or as a `Level`."""
     try:
-        return parse_level(default if consistency is None else consistency)
+        return parse_level(consistency)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
 

@@ -110,6 +110,8 @@ class EpidemicStorage:
         #: The network runtime driving this node (None: a standalone node).
         self.network = network
         self.levels = LevelRequests(self.node_id, config.consistency_timeout_ms, network)
+        # The region's default levels (write, read), parsed once.
+        self._default_levels = tuple(checks.check_level(level) for level in config.levels())
         self.watches = Watches()
         self.commits.subscribe(self.watches.on_commit)
         self.sweeper = Sweeper(self.commits)
@@ -252,7 +254,7 @@ class EpidemicStorage:
         """
         self._check_open()
         key = checks.check_key(key, self.config)
-        level = checks.check_level(consistency, self.config.levels()[1])
+        level = self._default_levels[1] if consistency is None else checks.check_level(consistency)
         encoded = await self.store.read(key)
         if level is not Level.LOCAL:
             versions = await self.levels.read(level, key, self._decode(key, encoded))
@@ -312,7 +314,7 @@ class EpidemicStorage:
         self._check_open()
         key = checks.check_key(key, self.config)
         vector = self._context(context, key)
-        level = checks.check_level(consistency, self.config.levels()[0])
+        level = self._default_levels[0] if consistency is None else checks.check_level(consistency)
         return await self._write(level, key, checks.check_value(value, self.config), vector)
 
     async def delete(
@@ -326,7 +328,7 @@ class EpidemicStorage:
         self._check_open()
         key = checks.check_key(key, self.config)
         vector = self._context(context, key)
-        level = checks.check_level(consistency, self.config.levels()[0])
+        level = self._default_levels[0] if consistency is None else checks.check_level(consistency)
         return await self._write(level, key, None, vector)
 
     def _context(self, context: object, key: str) -> VersionVector:
