@@ -83,26 +83,27 @@ class AntiEntropy:
         self.sessions = 0
         # Catching up until this time (the first round runs at the first live link before it).
         self._catch_up_until = now + interval_ms
-        self._due = now
+        #: When the next round is due (ms).
+        self.due = now
 
     def next_deadline(self) -> int:
-        return self._due
+        return self.due
 
     def tick(self, now: int) -> list[ReconcileStep]:
         """Runs the round due at `now`, if any."""
-        if now < self._due:
+        if now < self.due:
             return []
         catching_up = self._catch_up_until > 0
         target = self._target()
         if catching_up and target is None and now < self._catch_up_until:
-            self._due = now + CATCH_UP_POLL_MS
+            self.due = now + CATCH_UP_POLL_MS
             return []
         if catching_up:
             # Caught up (or gave up waiting): from now on every interval, from a random phase.
             self._catch_up_until = 0
-            self._due = now + self.rng.randrange(max(1, self.interval_ms))
+            self.due = now + self.rng.randrange(max(1, self.interval_ms))
         else:
-            self._due = now + self.interval_ms
+            self.due = now + self.interval_ms
         if target is None:
             return []
         self.sessions += 1

@@ -19,7 +19,7 @@ runs in `replica.py` on the driver's commit path, and members asked to store or 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
 from dsm.core.coordinator import Coordinator, LevelDone
@@ -52,6 +52,9 @@ class NodeCore:
             else None
         )
         self._sessions = 0
+        # The peer's shared context and timer heap, read after every event (`next_deadline`).
+        self._context = peer.context
+        self._timers = peer.context.timers
 
     def _next_session(self) -> int:
         self._sessions += 1
@@ -59,10 +62,11 @@ class NodeCore:
 
     def handle(self, now: int, source: str, message: Message | Any) -> list[CoreEffect]:
         """Processes a message from `source` (for a network driver: the member the connection authenticated)."""
-        if isinstance(message, Replicated | ReadReply):
-            return list(self.coordinator.handle(now, source, message))
-        if isinstance(message, Reconcile):
-            return list(self.anti_entropy.handle(source, message)) if self.anti_entropy is not None else []
+        kind = type(message)
+        if kind is Replicated or kind is ReadReply:
+            return list(self.coordinator.handle(now, source, cast("Replicated | ReadReply", message)))
+        if kind is Reconcile:
+            return list(self.anti_entropy.handle(source, cast(Reconcile, message))) if self.anti_entropy else []
         return list(self.peer.handle(now, message))
 
     def tick(self, now: int) -> list[CoreEffect]:
@@ -70,19 +74,23 @@ class NodeCore:
         out: list[CoreEffect] = list(self.peer.tick(now))
         if self.coordinator.pending:
             out.extend(self.coordinator.tick(now))
-        if self.anti_entropy is not None and not self.peer.left:
-            out.extend(self.anti_entropy.tick(now))
+        anti_entropy = self.anti_entropy
+        if anti_entropy is not None and now >= anti_entropy.due and not self._context.left:
+            out.extend(anti_entropy.tick(now))
         return out
 
     def next_deadline(self) -> int | None:
-        """When `tick` must next be called, or None."""
-        deadline = self.peer.next_deadline()
-        if self.coordinator.pending:
-            other = self.coordinator.next_deadline()
+        """When `tick` must next be called, or None (called after every event: kept cheap)."""
+        timers = self._timers
+        deadline = timers[0][0] if timers else None
+        coordinator = self.coordinator
+        if coordinator.pending:
+            other = coordinator.next_deadline()
             if other is not None and (deadline is None or other < deadline):
                 deadline = other
-        if self.anti_entropy is not None and not self.peer.left:
-            other = self.anti_entropy.next_deadline()
-            if deadline is None or other < deadline:
-                deadline = other
+        anti_entropy = self.anti_entropy
+        if anti_entropy is not None and not self._context.left:
+            due = anti_entropy.due
+            if deadline is None or due < deadline:
+                deadline = due
         return deadline
