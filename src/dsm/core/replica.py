@@ -27,8 +27,9 @@ What `apply` decides, in queue order:
   unit replicas exchange, see `versions.py`), as a `DataItem` for dissemination; and, for watches, the
   `Change` of every key the commit changed.
 
-A row this replica cannot decode fails the writes of that key alone (`StorageCorruptError`), and merges
-of it are refused: an operator must look at it; nothing overwrites it.
+A row this replica cannot decode is left for an operator: merges of it are refused, and in 'siblings' mode
+the writes of that key fail alone (`StorageCorruptError`). In last-writer-wins a local write does not read
+the row (the new version wins whatever is stored) and replaces it.
 """
 
 from __future__ import annotations
@@ -293,10 +294,11 @@ class Replica:
         commit = Commit(writer=self.node_id)
         dirty: dict[str, None] = {}
         published = commit.written
+        purged: dict[str, MergeOp] = {}
         for op in batch:
             if isinstance(op, MergeOp):
                 self._merge(op, states, bad, dirty, wall_ms, commit)
-                self._purge(op, states, dirty, commit)
+                self._purge(op, states, dirty, purged)
                 if op.meta:
                     commit.meta.update(op.meta)
             elif op.key in bad:
@@ -305,6 +307,11 @@ class Replica:
                 self._write(op, states, wall_ms)
                 dirty[op.key] = None
                 published[op.key] = op.timestamp
+        for key, purge in purged.items():
+            if key in dirty:  # written again later in this batch: the new row stands, nothing is purged
+                purge.changed -= 1
+            else:
+                commit.deletes.append(key)
         rows, kept = commit.rows, commit.states
         for key in dirty:
             versions = kept[key] = states[key]
@@ -378,11 +385,15 @@ class Replica:
         op.refused = refused
 
     @staticmethod
-    def _purge(op: MergeOp, states: dict[str, VersionSet], dirty: Mapping[str, None], commit: Commit) -> None:
+    def _purge(
+        op: MergeOp, states: dict[str, VersionSet], dirty: Mapping[str, None], purged: dict[str, MergeOp]
+    ) -> None:
+        """Marks for deletion the keys of `op.purge` that still hold only old tombstones; a later write or
+        merge of one in the same batch makes it a row again (see `apply`)."""
         for key in op.purge:
             current = states.get(key)
             if current is not None and key not in dirty and purgeable(current, op.purge_before):
-                commit.deletes.append(key)
+                purged[key] = op
                 del states[key]
                 op.changed += 1
 
