@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsm.config import Profile, StorageConfig
 from dsm.core.consistency import Level
 from dsm.core.encoding import decode_versions
 from dsm.core.peer import PeerSettings
@@ -65,17 +66,8 @@ class WorkloadParams:
     level_timeout_ms: float = 2000.0
     #: Longest wait for convergence after the faults stop.
     settle_ms: float = 300_000
-    settings: PeerSettings = field(
-        default_factory=lambda: PeerSettings(
-            probe_interval_ms=500,
-            probe_timeout_ms=200,
-            gossip_interval_ms=1000,
-            gossip_interval_min_ms=200,
-            gossip_interval_max_ms=5000,
-            anti_entropy_interval_ms=5000,
-            membership_sync_interval_ms=2000,
-        )
-    )
+    #: The protocol's settings: the configuration's 'sim' profile (a faster protocol clock).
+    settings: PeerSettings = field(default_factory=lambda: PeerSettings.from_config(StorageConfig(profile=Profile.SIM)))
 
 
 @dataclass
