@@ -48,6 +48,16 @@ Properties checked by `check(history, final, mode)`:
 - `unknown_outcomes` counts operations with outcome unknown (or never completed), for the report.
 
 `check_converged` compares what the nodes hold, key by key; `check` expects a converged final state.
+
+Conditional operations (compare-and-set) are recorded here too, for `dsm.sim.linearizability`: a write or
+delete may carry a `condition` ("if_absent": only if the key holds no live value; "if_match": only if the key
+still holds what a read returned, whose context is passed as `given` and whose value is recorded as
+`expected`), and may end `precondition_failed` (a definite refusal: the condition did not hold and nothing was
+written). The linearizability checker looks at every conditional operation and at every operation at level
+"linearizable". This module's checker still counts acknowledged conditional writes in **lost** and
+**resurrected**; operations at level "linearizable" carry no stale-read obligation here, neither as reads nor
+as writes (that is the linearizability checker's job), while a conditional operation recorded at another
+level keeps that level's obligations.
 """
 
 from __future__ import annotations
@@ -60,8 +70,10 @@ from typing import Literal, NamedTuple
 from dsm.core.versions import Resolution, VersionSet
 
 __all__ = [
+    "CONDITIONS",
     "KINDS",
     "LEVELS",
+    "Condition",
     "Context",
     "Dot",
     "FinalState",
@@ -86,10 +98,12 @@ Context = Mapping[str, int]
 """A causal context: node id -> the largest timestamp of that node's writes seen."""
 
 Kind = Literal["write", "delete", "read"]
-Outcome = Literal["ok", "fail", "unknown"]
+Outcome = Literal["ok", "fail", "unknown", "precondition_failed"]
+Condition = Literal["if_absent", "if_match"]
 
 KINDS: tuple[str, ...] = ("write", "delete", "read")
-LEVELS: tuple[str, ...] = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
+LEVELS: tuple[str, ...] = ("local", "region_quorum", "quorum", "each_region_quorum", "all", "linearizable")
+CONDITIONS: tuple[str, ...] = ("if_absent", "if_match")
 
 
 def covers(ctx: Context | None, dot: Dot) -> bool:
@@ -113,12 +127,16 @@ class Op:
         invoke_ms: when the client sent it.
         given: for writes and deletes, the context passed with it (None: a blind write).
         complete_ms: when the client got the answer (None while pending).
-        outcome: "ok", "fail" or "unknown" (None while pending).
+        outcome: "ok", "fail", "unknown" or, for a conditional write or delete, "precondition_failed"
+            (None while pending).
         error: what a failure said.
         dot: ok writes and deletes: the new version's dot.
         context: ok writes and deletes: the result context; ok reads: the read's context (None when the
             client was not given one, as for a not-found read).
         seen: ok reads: (dot, value) of each live value returned.
+        condition: for a conditional write or delete, "if_absent" or "if_match" (None: unconditional).
+        expected: for "if_match", the value of the read whose context the operation passes as `given`
+            (None when that read found nothing).
     """
 
     id: int
@@ -137,6 +155,8 @@ class Op:
     dot: Dot | None = None
     context: Context | None = None
     seen: tuple[tuple[Dot, bytes], ...] = ()
+    condition: Condition | None = None
+    expected: bytes | None = None
 
     @property
     def is_write(self) -> bool:
@@ -147,11 +167,14 @@ class Op:
         """One line for reports."""
         what = f"op {self.id} {self.kind} {self.key!r} by {self.process} via {self.node} ({self.region})"
         what += f" at {self.level}, {self.invoke_ms}..{self.complete_ms} ms"
+        if self.condition is not None:
+            what += f", {self.condition}" + (f" {self.expected!r}" if self.condition == "if_match" else "")
         return what + (f", dot {self.dot}" if self.dot is not None else "")
 
 
 class History:
-    """The operations of a run, in invocation order. Record with `invoke`, then one of `ok`/`fail`/`unknown`."""
+    """The operations of a run, in invocation order. Record with `invoke`, then one of `ok`/`fail`/`unknown`
+    (or, for a conditional write or delete, `precondition_failed`)."""
 
     __slots__ = ("ops",)
 
@@ -173,8 +196,14 @@ class History:
         now_ms: int,
         *,
         given: Context | None = None,
+        condition: Condition | None = None,
+        expected: bytes | None = None,
     ) -> Op:
-        """Records an operation sent at `now_ms`; `given` is the context passed with a write or delete."""
+        """Records an operation sent at `now_ms`; `given` is the context passed with a write or delete.
+
+        A conditional write or delete names its `condition`: "if_absent", or "if_match" with `expected`, the
+        value of the read whose context it passes (None if that read found nothing).
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
         if level not in LEVELS:
@@ -183,7 +212,15 @@ class History:
             raise ValueError("a write needs a value; a delete or read takes none")
         if kind == "read" and given is not None:
             raise ValueError("a read takes no context")
+        if condition is not None and condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {condition!r}; one of {', '.join(CONDITIONS)}")
+        if kind == "read" and condition is not None:
+            raise ValueError("a read takes no condition")
+        if expected is not None and condition != "if_match":
+            raise ValueError("an expected value goes with the if_match condition only")
         op = Op(len(self.ops), process, kind, key, value, level, region, node, now_ms, given)
+        op.condition = condition
+        op.expected = expected
         self.ops.append(op)
         return op
 
@@ -223,6 +260,14 @@ class History:
     def unknown(self, op: Op, now_ms: int) -> None:
         """Records an indefinite outcome: timeout or connection lost."""
         self._complete(op, now_ms, "unknown")
+
+    def precondition_failed(self, op: Op, now_ms: int, context: Context | None = None) -> None:
+        """Records a conditional write or delete refused because its condition did not hold (nothing was
+        written); `context` is the key's current context if the answer carried it."""
+        if op.condition is None:
+            raise ValueError(f"op {op.id}: only a conditional {op.kind} can fail its precondition")
+        self._complete(op, now_ms, "precondition_failed")
+        op.context = context
 
 
 class Held(NamedTuple):
@@ -349,8 +394,8 @@ def check(history: History | Sequence[Op], final: FinalState, mode: str | Resolu
 
 def _read_class(read: Op) -> str | None:
     """Which writes a read must observe, as a class name shared with `_write_classes` (None: none)."""
-    if read.level == "local":
-        return None
+    if read.level in ("local", "linearizable"):
+        return None  # "linearizable": checked by dsm.sim.linearizability instead
     if read.level == "region_quorum":
         return f"region_quorum:{read.region}"
     if read.level == "quorum":
@@ -360,7 +405,7 @@ def _read_class(read: Op) -> str | None:
 
 def _write_classes(write: Op, regions: Iterable[str]) -> list[str]:
     """The read classes whose replica sets must meet the write's."""
-    if write.level == "local":
+    if write.level in ("local", "linearizable"):
         return []
     if write.level == "region_quorum":
         return [f"region_quorum:{write.region}", "every_region"]
@@ -405,7 +450,11 @@ def _observed(read: Op, write: Op, lww: bool, deletes: Sequence[Op]) -> bool:
     assert read.complete_ms is not None
     return any(
         d.invoke_ms < read.complete_ms
-        and (d.outcome != "ok" or covers(d.given, dot) or (lww and d.dot is not None and d.dot > dot))
+        and (
+            d.outcome not in ("ok", "precondition_failed")
+            or covers(d.given, dot)
+            or (lww and d.dot is not None and d.dot > dot)
+        )
         for d in deletes
     )
 
