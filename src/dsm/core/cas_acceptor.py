@@ -1,0 +1,124 @@
+"""The acceptor's rules of the per-key Paxos rounds (CASPaxos) that conditional writes run (issue 19).
+
+Per key an acceptor keeps one `AcceptorState`: the highest ballot it promised, the ballot and the register
+state (an encoded `VersionSet`) it accepted last, and the highest ballot it knows chosen. The rules, one
+pure function per message, state in and state out:
+- prepare(b): promise `b` if it is above every ballot promised so far (and so above the accepted one), and
+  answer with the accepted ballot and state; otherwise refuse with the ballot promised;
+- accept(b, v): accept `v` at `b` if `b` is at least the ballot promised; otherwise refuse;
+- commit(b): remember that `b` was chosen (garbage collection and diagnostics only; the chosen state itself
+  goes into the data store as an ordinary version set).
+What it keeps true: `promised` never goes down, `accepted <= promised`, and a reply that depends on a new
+state is sent only after that state is durable (the driver writes it first: these functions only decide).
+A ballot whose clock reading is more than `max_clock_offset_ms` ahead of this node's wall clock is refused:
+one runaway clock would otherwise make everyone promise a ballot nobody may reach and stall the key. Skew
+then only decides who wins a race, never what is chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import msgpack
+
+from dsm.core.ballot import ZERO, Ballot
+from dsm.core.hlc import physical_ms
+
+#: Why a prepare or accept was refused.
+REFUSED_BALLOT = "ballot"
+REFUSED_SKEW = "skew"
+#: Most bytes of an encoded acceptor state read back (its value is one version set, bounded like any row).
+STATE_MAX_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptorState:
+    """One key's acceptor state (see the module docstring)."""
+
+    promised: Ballot = ZERO
+    accepted: Ballot = ZERO
+    #: The register state accepted at `accepted` (an encoded `VersionSet`; empty before any accept).
+    value: bytes = b""
+    committed: Ballot = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """An acceptor's answer: `ok`, else `reason` and the ballot it promised (so the proposer can move past
+    it); a promise carries the accepted ballot and state."""
+
+    ok: bool
+    promised: Ballot
+    accepted: Ballot = ZERO
+    value: bytes = b""
+    reason: str = ""
+
+
+def prepare(
+    state: AcceptorState, ballot: Ballot, wall_ms: int, max_offset_ms: int
+) -> tuple[AcceptorState | None, Vote]:
+    """The answer to a prepare at `ballot`, and the new state to make durable first (None: unchanged)."""
+    if _skewed(ballot, wall_ms, max_offset_ms):
+        return None, Vote(False, state.promised, reason=REFUSED_SKEW)
+    if ballot <= state.promised:
+        return None, Vote(False, state.promised, reason=REFUSED_BALLOT)
+    return replace(state, promised=ballot), Vote(True, ballot, state.accepted, state.value)
+
+
+def accept(
+    state: AcceptorState, ballot: Ballot, value: bytes, wall_ms: int, max_offset_ms: int
+) -> tuple[AcceptorState | None, Vote]:
+    """The answer to an accept of `value` at `ballot`, and the new state to make durable first."""
+    if _skewed(ballot, wall_ms, max_offset_ms):
+        return None, Vote(False, state.promised, reason=REFUSED_SKEW)
+    if ballot < state.promised:
+        return None, Vote(False, state.promised, reason=REFUSED_BALLOT)
+    return AcceptorState(ballot, ballot, value, state.committed), Vote(True, ballot)
+
+
+def commit(state: AcceptorState, ballot: Ballot) -> AcceptorState | None:
+    """Records that `ballot` was chosen (None: nothing new)."""
+    if ballot <= state.committed:
+        return None
+    return replace(state, committed=ballot)
+
+
+def _skewed(ballot: Ballot, wall_ms: int, max_offset_ms: int) -> bool:
+    return physical_ms(ballot.timestamp) - wall_ms > max_offset_ms
+
+
+def encode_state(state: AcceptorState) -> bytes:
+    """The canonical bytes of an acceptor state (as stored)."""
+    return bytes(msgpack.packb([list(state.promised), list(state.accepted), state.value, list(state.committed)]))
+
+
+def decode_state(raw: bytes) -> AcceptorState:
+    """An acceptor state read back from the store.
+
+    Raises:
+        ValueError: `raw` is not an encoded acceptor state.
+    """
+    if len(raw) > STATE_MAX_BYTES:
+        raise ValueError(f"acceptor state of {len(raw)} bytes; at most {STATE_MAX_BYTES}")
+    try:
+        promised, accepted, value, committed = msgpack.unpackb(raw, use_list=True, max_bin_len=STATE_MAX_BYTES)
+        if not isinstance(value, bytes):
+            raise TypeError("value")
+        ballots = [_ballot(b) for b in (promised, accepted, committed)]
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError(f"not an acceptor state: {exc}") from None
+    state = AcceptorState(ballots[0], ballots[1], value, ballots[2])
+    if state.accepted > state.promised:
+        raise ValueError("an acceptor state whose accepted ballot is above its promise")
+    return state
+
+
+def _ballot(raw: object) -> Ballot:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise TypeError("ballot")
+    timestamp, node, run = raw
+    if not (isinstance(timestamp, int) and isinstance(node, str) and isinstance(run, int)):
+        raise TypeError("ballot")
+    if timestamp < 0 or run < 0:
+        raise ValueError("negative ballot")
+    return Ballot(timestamp, node, run)

@@ -1,0 +1,103 @@
+"""Conditional operations on one key's register state, the change functions of CASPaxos (issue 19).
+
+The register state of a key is its `VersionSet`. An operation is evaluated on the state a Paxos round
+chose last (after *absorbing* the plain writes the acceptors hold, `absorb`), in the order the round took
+them:
+- `IfAbsent(v)` holds when the key holds no live value (absent, or tombstones only);
+- `IfMatch(context, v)` holds when the state's context equals `context`: the key is exactly what the read
+  that returned that context saw (`v` None: a conditional delete);
+- `Put(v)` always holds (an unconditional write ordered with the conditional ones); `Read()` changes nothing.
+A holding write supersedes everything the state holds: its version's context is the whole state's context,
+and its dot is newer than every version in it (the clock is advanced past them first, as `Replica` does for
+any write), so after a conditional write the key holds exactly one version. An operation that does not hold
+leaves the state unchanged; the round still accepts that (identity) state, so a refusal is itself a chosen,
+linearizable answer (the lesson of CASSANDRA-12126).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from typing import NamedTuple
+
+from dsm.core.hlc import HybridLogicalClock
+from dsm.core.vclock import VersionVector
+from dsm.core.versions import SIBLINGS_MAX_BYTES, Dot, Resolution, VersionSet, write
+
+
+class IfAbsent(NamedTuple):
+    """Write `value` only if the key holds no live value."""
+
+    value: bytes
+
+
+class IfMatch(NamedTuple):
+    """Write `value` (None: delete) only if the key is still exactly what a read with `context` saw."""
+
+    context: VersionVector
+    value: bytes | None
+
+
+class Put(NamedTuple):
+    """Write `value` (None: delete) unconditionally, in the order of the conditional operations."""
+
+    value: bytes | None
+
+
+class Read(NamedTuple):
+    """Read the state, in the order of the conditional operations."""
+
+
+Operation = IfAbsent | IfMatch | Put | Read
+
+
+class Outcome(Enum):
+    """What an operation did: wrote (`APPLIED`), found its condition false (`FAILED`), or read (`READ`)."""
+
+    APPLIED = "applied"
+    FAILED = "failed"
+    READ = "read"
+
+
+def holds(operation: Operation, state: VersionSet) -> bool:
+    """Whether `operation`'s condition holds on `state` (a read's always does)."""
+    if isinstance(operation, IfAbsent):
+        return not state.live
+    if isinstance(operation, IfMatch):
+        return state.context() == operation.context
+    return True
+
+
+def absorb(state: VersionSet, rows: Iterable[VersionSet], resolution: Resolution) -> VersionSet:
+    """The chosen state joined with the plain writes the acceptors' data rows hold: a plain write enters the
+    conditional order at the first round that sees it on an acceptor."""
+    for row in rows:
+        state = state.merge(row, resolution)
+    return state
+
+
+def evaluate(
+    state: VersionSet,
+    operations: Sequence[Operation],
+    clock: HybridLogicalClock,
+    wall_ms: int,
+    node: str,
+    resolution: Resolution,
+    max_siblings: int,
+) -> tuple[VersionSet, list[Outcome]]:
+    """Applies `operations` in order to `state`; returns the new state and each operation's outcome. A
+    holding write's dot comes from `clock` (advanced past the state first) with `node` as writer."""
+    outcomes: list[Outcome] = []
+    for operation in operations:
+        if isinstance(operation, Read):
+            outcomes.append(Outcome.READ)
+            continue
+        if not holds(operation, state):
+            outcomes.append(Outcome.FAILED)
+            continue
+        if state.versions:
+            clock.advance_to(state.max_timestamp)
+        dot = Dot(clock.now(wall_ms), node)
+        state = write(state, dot, state.context(), operation.value, resolution, max_siblings, SIBLINGS_MAX_BYTES)
+        outcomes.append(Outcome.APPLIED)
+    return state, outcomes
