@@ -311,6 +311,61 @@ class ReadReply(NamedTuple):
     ok: bool
 
 
+# Conditional writes (issue 19: CASPaxos per key, see core/cas_acceptor.py and core/cas_proposer.py). Ballots
+# are `dsm.core.ballot.Ballot` triples. Not on the wire yet (they join `Message` and net/wire.py when the
+# network runtime drives the proposer).
+
+
+class CasPrepare(NamedTuple):
+    """Promise `ballot` for `key` and say what you accepted last (and the key's data row)."""
+
+    seq: int
+    source: str
+    key: str
+    ballot: tuple[int, str, int]
+
+
+class CasPromise(NamedTuple):
+    """Answer to `CasPrepare`: `ok`, the ballot promised (the higher one, when refused), the ballot and state
+    (an encoded version set) accepted last, and this node's data row of the key (b"" if absent)."""
+
+    seq: int
+    source: str
+    ok: bool
+    promised: tuple[int, str, int]
+    accepted: tuple[int, str, int]
+    value: bytes
+    row: bytes
+
+
+class CasAccept(NamedTuple):
+    """Accept `value` (an encoded version set) for `key` at `ballot`."""
+
+    seq: int
+    source: str
+    key: str
+    ballot: tuple[int, str, int]
+    value: bytes
+
+
+class CasAccepted(NamedTuple):
+    """Answer to `CasAccept`: `ok`, and the ballot promised (the higher one, when refused)."""
+
+    seq: int
+    source: str
+    ok: bool
+    promised: tuple[int, str, int]
+
+
+class CasCommit(NamedTuple):
+    """`value` was chosen for `key` at `ballot`: merge it into the data row (no answer)."""
+
+    source: str
+    key: str
+    ballot: tuple[int, str, int]
+    value: bytes
+
+
 Message = (
     Ping
     | PingReq

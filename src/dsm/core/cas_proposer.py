@@ -1,0 +1,318 @@
+"""`CasProposer`: the proposer of the per-key CASPaxos rounds that conditional writes run (issue 19), sans-IO.
+
+A node that proposes for a key queues the operations it takes for it (`submit`) and runs one round at a
+time per key, for a batch of them (up to `batch_max`, evaluated in queue order):
+1. prepare: a new ballot (`ballot.next_ballot`) to the key's acceptor group (`group_of(key)`);
+2. on promises from a majority: the state accepted at the highest ballot among them (empty if none),
+   joined with the plain writes the answering acceptors hold (`cas_ops.absorb`), then the batch evaluated on
+   it (`cas_ops.evaluate`): the new state, and each operation's outcome;
+3. accept: the new state at the ballot, to the group, even when nothing changed (a failed condition and a
+   read are chosen identity states, so their answers are linearizable: the lesson of CASSANDRA-12126);
+4. on accepts from a majority the state is chosen: every operation of the batch is answered (`CasDone`),
+   the state is stored here (`Store`, path "cas") and sent to the group (`CasCommit`), and the next batch
+   of the key starts.
+A refusal fast-forwards the clock past the ballot that won and, if no accept of this round was sent yet,
+retries after a random backoff (full jitter up to `backoff_max_ms`, doubling from `backoff_base_ms`) until
+the operations' deadlines. Once an accept was sent, the round's outcome may already be chosen (by a later
+round that finds it as the highest accepted state), so its operations end as `UNKNOWN` on a refusal or at
+their deadline, never as a definite failure; an operation whose accept was never sent ends as `REFUSED`.
+The group is fixed here; keeping quorums intersecting while membership changes is a later step (see the
+design note).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from dsm.core.ballot import Ballot, next_ballot
+from dsm.core.cas_ops import Operation, Outcome, absorb, evaluate
+from dsm.core.encoding import DecodeError, decode_versions, encode_versions
+from dsm.core.hlc import HybridLogicalClock
+from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, DataItem, Send, Store
+from dsm.core.overlay import RandomSource
+from dsm.core.versions import Resolution, VersionSet
+
+
+class CasOutcome(Enum):
+    """How a conditional operation ended."""
+
+    APPLIED = "applied"  # its write was chosen
+    FAILED = "failed"  # its condition was false on the chosen state (nothing written)
+    READ = "read"  # a linearizable read: `state` is the chosen state
+    REFUSED = "refused"  # no accept of it was ever sent: it did not happen
+    UNKNOWN = "unknown"  # an accept was sent but not confirmed: it may or may not have happened
+
+
+_OF = {Outcome.APPLIED: CasOutcome.APPLIED, Outcome.FAILED: CasOutcome.FAILED, Outcome.READ: CasOutcome.READ}
+
+
+@dataclass(frozen=True, slots=True)
+class CasDone:
+    """A conditional operation ended; `state` is the key's chosen state (applied, failed and read)."""
+
+    request: int
+    outcome: CasOutcome
+    state: VersionSet | None = None
+
+
+class CasTimer(Enum):
+    """The proposer's timers: a key's retry after a refusal, an operation's deadline, a phase that got too
+    few answers (lost messages, members down)."""
+
+    RETRY = 0
+    DEADLINE = 1
+    PHASE = 2
+
+
+@dataclass(slots=True)
+class _Op:
+    request: int
+    key: str
+    operation: Operation
+    deadline: int
+    accept_sent: bool = False
+
+
+@dataclass(slots=True)
+class _Round:
+    seq: int
+    key: str
+    ballot: Ballot
+    group: tuple[str, ...]
+    ops: list[_Op]
+    promises: dict[str, CasPromise] = field(default_factory=dict)
+    accepted: set[str] = field(default_factory=set)
+    #: Members that refused the current phase (it fails once a majority can no longer answer).
+    refusals: set[str] = field(default_factory=set)
+    value: bytes = b""
+    state: VersionSet | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    #: The timer of the current phase (a later phase arms another).
+    phase_timer: int = 0
+
+
+CasEffect = Send | Store | CasDone
+
+
+class CasProposer:
+    """One node's proposer (see the module docstring).
+
+    Args:
+        node_id: this node.
+        clock: its hybrid logical clock (ballots and dots come from it).
+        run: this start's run number (`ballot.Ballot.run`).
+        rng: the random source of the backoff.
+        group_of: the acceptor group of a key (node ids).
+        address_of: a member's address ("" if unknown).
+        resolution, max_siblings: the conflict rule and sibling bound writes are made with.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: HybridLogicalClock,
+        run: int,
+        rng: RandomSource,
+        group_of: Callable[[str], Sequence[str]],
+        address_of: Callable[[str], str],
+        resolution: Resolution,
+        max_siblings: int,
+        *,
+        batch_max: int = 64,
+        backoff_base_ms: int = 10,
+        backoff_max_ms: int = 100,
+        phase_timeout_ms: int = 100,
+    ) -> None:
+        self.node_id = node_id
+        self.clock = clock
+        self.run = run
+        self.rng = rng
+        self.group_of = group_of
+        self.address_of = address_of
+        self.resolution = resolution
+        self.max_siblings = max_siblings
+        self.batch_max = batch_max
+        self.backoff_base_ms = backoff_base_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.phase_timeout_ms = phase_timeout_ms
+        self._queues: dict[str, deque[_Op]] = {}
+        self._rounds: dict[str, _Round] = {}  # by key: the round in flight
+        self._by_seq: dict[int, _Round] = {}
+        self._ops: dict[int, _Op] = {}
+        self._attempts: dict[str, int] = {}
+        self._retrying: set[str] = set()
+        self._timers: list[tuple[int, int, CasTimer, str, int]] = []
+        self._seq = 0
+
+    @property
+    def pending(self) -> int:
+        """Operations not ended yet."""
+        return len(self._ops)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # --- the driver's interface
+
+    def submit(
+        self, now: int, wall_ms: int, request: int, key: str, operation: Operation, timeout_ms: int
+    ) -> list[CasEffect]:
+        """Queues `operation` on `key` (ending by `now + timeout_ms`); `request` names it in its `CasDone`."""
+        op = _Op(request, key, operation, now + timeout_ms)
+        self._ops[request] = op
+        self._queues.setdefault(key, deque()).append(op)
+        self._arm(op.deadline, CasTimer.DEADLINE, key, request)
+        if key in self._rounds or key in self._retrying:
+            return []
+        return self._start(now, wall_ms, key)
+
+    def handle(self, now: int, wall_ms: int, source: str, message: CasPromise | CasAccepted) -> list[CasEffect]:
+        """An acceptor's answer, from `source` (the member the connection authenticated)."""
+        round_ = self._by_seq.get(message.seq)
+        if round_ is None or message.source != source or source not in round_.group:
+            return []  # late, unknown, or not from a member of the group asked
+        if not message.ok:
+            if isinstance(message, CasPromise) and round_.state is not None:
+                return []  # a late refusal of a prepare that a majority already answered
+            self.clock.advance_to(message.promised[0])  # the next ballot is above the one that won
+            round_.refusals.add(source)
+            if len(round_.refusals) <= len(round_.group) - _majority(round_.group):
+                return []  # a majority may still answer
+            return self._refused(now, round_)
+        if isinstance(message, CasPromise):
+            if round_.state is not None or source in round_.promises:
+                return []
+            round_.promises[source] = message
+            return self._decide(now, wall_ms, round_) if len(round_.promises) >= _majority(round_.group) else []
+        if round_.state is None or source in round_.accepted:
+            return []
+        round_.accepted.add(source)
+        return self._chosen(now, wall_ms, round_) if len(round_.accepted) >= _majority(round_.group) else []
+
+    def next_deadline(self) -> int | None:
+        return self._timers[0][0] if self._timers else None
+
+    def tick(self, now: int, wall_ms: int) -> list[CasEffect]:
+        """Runs the timers due at `now`: retries and deadlines."""
+        out: list[CasEffect] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, key, request = heapq.heappop(timers)
+            if kind is CasTimer.RETRY:
+                self._retrying.discard(key)
+                if key not in self._rounds and self._queues.get(key):
+                    out.extend(self._start(now, wall_ms, key))
+            elif kind is CasTimer.PHASE:
+                round_ = self._rounds.get(key)
+                if round_ is not None and round_.phase_timer == request:
+                    out.extend(self._refused(now, round_))  # too few answers in time: as a refusal
+            else:
+                out.extend(self._expire(request))
+        return out
+
+    # --- rounds
+
+    def _start(self, now: int, wall_ms: int, key: str) -> list[CasEffect]:
+        queue = self._queues.get(key)
+        if not queue:
+            return []
+        ops: list[_Op] = []
+        while queue and len(ops) < self.batch_max:
+            op = queue.popleft()
+            if op.request in self._ops:  # not expired while it waited
+                ops.append(op)
+        if not ops:
+            return []
+        group = tuple(self.group_of(key))
+        round_ = _Round(self._next_seq(), key, next_ballot(self.clock, wall_ms, self.node_id, self.run), group, ops)
+        self._rounds[key] = round_
+        self._by_seq[round_.seq] = round_
+        self._arm_phase(now, round_)
+        message = CasPrepare(round_.seq, self.node_id, key, round_.ballot)
+        return [self._send(member, message) for member in group]
+
+    def _decide(self, now: int, wall_ms: int, round_: _Round) -> list[CasEffect]:
+        best = max(round_.promises.values(), key=lambda p: Ballot(*p.accepted))
+        try:
+            start = decode_versions(best.value) if best.value else VersionSet()
+            rows = [decode_versions(p.row) for p in round_.promises.values() if p.row]
+        except DecodeError:
+            return self._abandon(round_, CasOutcome.REFUSED)  # an acceptor answered garbage: not this round
+        state = absorb(start, rows, self.resolution)
+        live = [op for op in round_.ops if op.request in self._ops]  # some may have expired meanwhile
+        round_.ops = live
+        round_.state, round_.outcomes = evaluate(
+            state, [op.operation for op in live], self.clock, wall_ms, self.node_id, self.resolution,
+            self.max_siblings,
+        )  # fmt: skip
+        round_.value = encode_versions(round_.state)
+        round_.refusals.clear()  # the accept phase counts its own
+        self._arm_phase(now, round_)
+        for op in live:
+            op.accept_sent = True
+        message = CasAccept(round_.seq, self.node_id, round_.key, round_.ballot, round_.value)
+        return [self._send(member, message) for member in round_.group]
+
+    def _chosen(self, now: int, wall_ms: int, round_: _Round) -> list[CasEffect]:
+        self._end_round(round_)
+        self._attempts.pop(round_.key, None)
+        assert round_.state is not None
+        out: list[CasEffect] = []
+        for op, outcome in zip(round_.ops, round_.outcomes, strict=True):
+            if self._ops.pop(op.request, None) is not None:
+                out.append(CasDone(op.request, _OF[outcome], round_.state))
+        out.append(Store((DataItem(0, round_.key, round_.value),), self.node_id, "cas", 0))
+        commit = CasCommit(self.node_id, round_.key, round_.ballot, round_.value)
+        out.extend(self._send(member, commit) for member in round_.group if member != self.node_id)
+        out.extend(self._start(now, wall_ms, round_.key))
+        return out
+
+    def _refused(self, now: int, round_: _Round) -> list[CasEffect]:
+        if round_.state is not None:
+            return self._abandon(round_, CasOutcome.UNKNOWN)  # its accept may still be chosen
+        self._end_round(round_)
+        queue = self._queues.setdefault(round_.key, deque())
+        queue.extendleft(reversed(round_.ops))  # back to the front, in order
+        attempt = self._attempts.get(round_.key, 0)
+        self._attempts[round_.key] = attempt + 1
+        ceiling = min(self.backoff_max_ms, self.backoff_base_ms << min(attempt, 20))
+        self._retrying.add(round_.key)
+        self._arm(now + self.rng.randrange(max(1, ceiling)), CasTimer.RETRY, round_.key, 0)
+        return []
+
+    def _abandon(self, round_: _Round, outcome: CasOutcome) -> list[CasEffect]:
+        self._end_round(round_)
+        out: list[CasEffect] = [CasDone(op.request, outcome) for op in round_.ops if self._ops.pop(op.request, None)]
+        return out
+
+    def _expire(self, request: int) -> list[CasEffect]:
+        op = self._ops.pop(request, None)
+        if op is None:
+            return []
+        queue = self._queues.get(op.key)
+        if queue is not None and op in queue:
+            queue.remove(op)
+        return [CasDone(request, CasOutcome.UNKNOWN if op.accept_sent else CasOutcome.REFUSED)]
+
+    def _end_round(self, round_: _Round) -> None:
+        self._rounds.pop(round_.key, None)
+        self._by_seq.pop(round_.seq, None)
+
+    def _arm_phase(self, now: int, round_: _Round) -> None:
+        round_.phase_timer = self._next_seq()
+        self._arm(now + self.phase_timeout_ms, CasTimer.PHASE, round_.key, round_.phase_timer)
+
+    def _arm(self, when: int, kind: CasTimer, key: str, request: int) -> None:
+        heapq.heappush(self._timers, (when, self._next_seq(), kind, key, request))
+
+    def _send(self, member: str, message: CasPrepare | CasAccept | CasCommit) -> Send:
+        return Send(member, self.address_of(member), message)  # type: ignore[arg-type]
+
+
+def _majority(group: Sequence[str]) -> int:
+    return len(group) // 2 + 1
