@@ -2,19 +2,28 @@
 
 Each test runs against all three through `BackingStore` alone, so a backend that passes behaves the same
 to the node: atomic batches, replace-on-write, stable key order, range digests identical across backends,
-metadata, persistence across reopen (SQLite, PostgreSQL), and the single-user lock.
+metadata, persistence across reopen (SQLite, PostgreSQL), and the single-user lock. The paxos keyspace
+(acceptor state of conditional writes) too: atomic with rows, ordered by hkey, invisible to everything
+about rows (anti-entropy included), and added in place to a store of schema version 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
 from dsm.core.encoding import digest
-from dsm.errors import StorageLockedError
+from dsm.core.ring import position
+from dsm.errors import StorageCorruptError, StorageError, StorageLockedError
 from dsm.storage import BackingStore, RangeDigest, StoredKey
+from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, paxos_bound, paxos_key
+from dsm.storage.postgres import PostgresStore
+from dsm.storage.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.parametrize(
     "make_store",
@@ -162,3 +171,241 @@ async def test_older_than_pages_through_old_rows_in_key_order(store: BackingStor
     rest = await store.older_than(10, first[-1][0], 100)
     assert [k for k, _ in rest] == [f"k{i:02}" for i in range(4, 10)]
     assert await store.older_than(0) == []
+
+
+# --- the paxos keyspace
+
+
+def run_sql(request: pytest.FixtureRequest, store: BackingStore, statements: Sequence[str]) -> None:
+    """Runs SQL on the database under a SQL store, on a connection of its own (to age or break it)."""
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as con:
+            for statement in statements:
+                con.execute(statement)
+    else:
+        assert isinstance(store, PostgresStore)
+        import psycopg
+
+        with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as con:
+            for statement in statements:
+                con.execute(statement)
+
+
+def set_schema_version(request: pytest.FixtureRequest, store: BackingStore, version: int) -> None:
+    blob = "BLOB" if isinstance(store, SQLiteStore) else "BYTEA"
+    run_sql(request, store, [f"UPDATE dsm_meta SET value = CAST('{version}' AS {blob}) WHERE name = '{META_SCHEMA}'"])
+
+
+def no_schema_in_memory(store: BackingStore) -> None:
+    if store.url == "memory:":
+        pytest.skip("the memory store keeps nothing across processes, so it has no schema to version or migrate")
+
+
+async def test_paxos_entries_are_stored_replaced_and_deleted(store: BackingStore) -> None:
+    await store.write([], paxos=[("h1", b"one"), ("h2", b"two"), ("h3", b"three")])
+    assert await store.read_paxos(["h1", "h2", "missing"]) == {"h1": b"one", "h2": b"two"}
+    await store.write([], paxos=[("h1", b"uno"), ("h2", None), ("never-there", None)])
+    assert await store.read_paxos(["h1", "h2", "h3"]) == {"h1": b"uno", "h3": b"three"}
+    # Within a batch the last entry of an hkey wins, whether it stores or deletes.
+    await store.write([], paxos=[("h4", b"a"), ("h4", b"b"), ("h3", b"x"), ("h3", None)])
+    assert await store.read_paxos(["h3", "h4"]) == {"h4": b"b"}
+    assert [h for h, _ in await store.scan_paxos()] == ["h1", "h4"]
+    assert await store.read_paxos([]) == {}
+
+
+async def test_paxos_entries_go_in_the_same_batch_as_rows_and_meta(store: BackingStore) -> None:
+    state = bytes(range(256)) * 64  # binary, 16 KiB
+    await store.write([row("k", b"v")], {"m": b"1"}, paxos=[(paxos_key("k"), state)])
+    assert await store.read("k") == b"v" and await store.read_meta("m") == b"1"
+    assert await store.read_paxos([paxos_key("k")]) == {paxos_key("k"): state}
+    # A row delete and a paxos delete in one batch.
+    await store.write([row("j", b"w")], deletes=["k"], paxos=[(paxos_key("k"), None), (paxos_key("j"), b"s")])
+    assert await store.read("k") is None and await store.read("j") == b"w"
+    assert await store.scan_paxos() == [(paxos_key("j"), b"s")]
+
+
+async def test_scan_paxos_is_in_hkey_order_with_ranges_and_pages(store: BackingStore) -> None:
+    keys = ["b", "a", "aa", "B", "é", "z", "中", "😀", "a0", "a-", "~", "x" * 1024]
+    states = {paxos_key(k): k.encode() for k in keys}
+    await store.write([], paxos=list(states.items()))
+    scanned = await store.scan_paxos()
+    assert scanned == sorted(states.items())
+    # paxos_key sorts by ring position, so an arc [lo, hi) of positions is one range.
+    lo, hi = sorted(position(k) for k in keys)[3], sorted(position(k) for k in keys)[8]
+    arc = await store.scan_paxos(paxos_bound(lo), paxos_bound(hi))
+    assert [h for h, _ in arc] == sorted(paxos_key(k) for k in keys if lo <= position(k) < hi)
+    assert len(arc) == 5
+    first = await store.scan_paxos(limit=4)
+    rest = await store.scan_paxos(first[-1][0] + "\x01", limit=100)
+    assert first + rest == scanned and len(first) == 4
+    assert await store.scan_paxos(paxos_bound(2**64 - 1) + "~") == []
+
+
+async def test_paxos_key_is_the_ring_position_then_the_key(store: BackingStore) -> None:
+    assert paxos_key("k") == f"{position('k'):016x}k" and paxos_bound(255) == "00000000000000ff"
+    # Two keys of equal position prefix compare by the key itself (byte order, as every backend sorts).
+    await store.write([], paxos=[(paxos_bound(5) + "b", b"2"), (paxos_bound(5) + "a", b"1"), (paxos_bound(4), b"0")])
+    assert [h for h, _ in await store.scan_paxos()] == [paxos_bound(4), paxos_bound(5) + "a", paxos_bound(5) + "b"]
+
+
+async def test_paxos_keyspace_is_invisible_to_rows_and_anti_entropy(store: BackingStore) -> None:
+    rows = [row(f"k{i:02}", f"v{i}".encode(), ts=10 + i) for i in range(20)]
+    await store.write(rows)
+
+    def view_of_rows(view: Any) -> tuple[object, ...]:
+        hkeys = ["k03", paxos_key("k03"), "p0", "zz"]
+        return (
+            view.fingerprint("", None),
+            view.digests("", None),
+            view.split("", None, 4),
+            view.entries(hkeys),
+            view.keys_of("", None, [r.digest for r in rows]),
+        )
+
+    before = (
+        await store.scan(),
+        await store.range_digest(),
+        await store.count(),
+        await store.older_than(2**62),
+        await store.max_timestamp(),
+        await store.with_range_view(view_of_rows),
+    )
+    # Paxos entries named like rows, like paxos_key(row key), and sorting before and after every row.
+    paxos = [("k03", b"vote"), (paxos_key("k03"), b"vote"), ("p0", b"vote"), ("", b"vote"), ("zz", b"vote")]
+    await store.write([], paxos=paxos)
+    after = (
+        await store.scan(),
+        await store.range_digest(),
+        await store.count(),
+        await store.older_than(2**62),
+        await store.max_timestamp(),
+        await store.with_range_view(view_of_rows),
+    )
+    assert after == before
+    assert await store.read("p0") is None and await store.read_many(["zz", ""]) == {}
+    assert await store.read("k03") == b"v3"
+    # And rows are invisible to the paxos keyspace.
+    assert [h for h, _ in await store.scan_paxos()] == sorted(h for h, _ in paxos)
+    assert await store.read_paxos(["k04"]) == {}
+
+
+async def test_malformed_paxos_entry_refuses_the_whole_batch(store: BackingStore) -> None:
+    await store.write([row("a", b"1")], {"m": b"1"}, paxos=[("h", b"old")])
+    bad: Any = [("h", b"new"), ("h2", "a str, not bytes")]
+    with pytest.raises(TypeError, match="h2"):
+        await store.write([row("a", b"2"), row("b", b"2")], {"m": b"2"}, deletes=["a"], paxos=bad)
+    assert await store.read_many(["a", "b"]) == {"a": b"1"}
+    assert await store.read_meta("m") == b"1"
+    assert await store.scan_paxos() == [("h", b"old")]
+
+
+async def test_failure_inside_the_transaction_stores_neither_rows_nor_paxos(
+    request: pytest.FixtureRequest, store: BackingStore
+) -> None:
+    if store.url == "memory:":
+        pytest.skip("the memory store cannot fail after its up-front check (the malformed-entry test covers it)")
+    await store.write([row("a", b"1"), row("gone", b"x")], {"m": b"1"}, paxos=[("h", b"old"), ("del", b"d")])
+    # The database refuses the paxos entry 'boom', which the store writes after the rows, meta and row deletes.
+    if isinstance(store, SQLiteStore):
+        inject = [
+            "CREATE TRIGGER dsm_test_fail BEFORE INSERT ON dsm_paxos WHEN NEW.hkey = 'boom'"
+            " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        ]
+    else:
+        inject = [
+            "CREATE FUNCTION dsm_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.hkey = 'boom' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER dsm_test_fail BEFORE INSERT ON dsm_paxos FOR EACH ROW EXECUTE FUNCTION dsm_test_fail()",
+        ]
+    run_sql(request, store, inject)
+    batch: dict[str, Any] = {
+        "rows": [row("a", b"2"), row("b", b"2")],
+        "meta": {"m": b"2"},
+        "deletes": ["gone"],
+        "paxos": [("h", b"new"), ("del", None), ("h2", b"new"), ("boom", b"new")],
+    }
+    with pytest.raises(StorageError, match="injected failure"):
+        await store.write(**batch)
+    assert await store.read_many(["a", "b", "gone"]) == {"a": b"1", "gone": b"x"}
+    assert await store.read_meta("m") == b"1"
+    assert await store.scan_paxos() == [("del", b"d"), ("h", b"old")]
+    assert await store.count() == 2
+    # The store is still usable: without the fault the same batch goes in whole.
+    run_sql(
+        request, store, ["DROP TRIGGER dsm_test_fail" + ("" if isinstance(store, SQLiteStore) else " ON dsm_paxos")]
+    )
+    await store.write(**batch)
+    assert await store.read_many(["a", "b", "gone"]) == {"a": b"2", "b": b"2"}
+    assert await store.read_meta("m") == b"2"
+    assert await store.scan_paxos() == [("boom", b"new"), ("h", b"new"), ("h2", b"new")]
+
+
+async def test_paxos_entries_survive_close_and_reopen(make_store: Callable[[], BackingStore]) -> None:
+    first = make_store()
+    await first.open()
+    await first.write([row("k", b"v")], paxos=[(paxos_key(f"k{i}"), f"s{i}".encode()) for i in range(50)])
+    await first.write([], paxos=[(paxos_key("k7"), None)])
+    await first.close()
+    again = make_store()
+    await again.open()
+    try:
+        scanned = await again.scan_paxos()
+        assert len(scanned) == 49 and paxos_key("k7") not in dict(scanned)
+        assert await again.read_paxos([paxos_key("k42")]) == {paxos_key("k42"): b"s42"}
+        assert await again.read("k") == b"v"
+    finally:
+        await again.close()
+
+
+async def test_version_1_store_gains_the_paxos_table_and_keeps_its_rows(
+    request: pytest.FixtureRequest, make_store: Callable[[], BackingStore]
+) -> None:
+    first = make_store()
+    no_schema_in_memory(first)
+    await first.open()
+    await first.write([row(f"k{i}", f"v{i}".encode(), ts=i) for i in range(30)], {"hlc_reserved": b"77"})
+    digest_before = await first.range_digest()
+    await first.close()
+    # What a version-1 store looks like: no paxos table, version 1 recorded.
+    run_sql(request, first, ["DROP TABLE dsm_paxos"])
+    set_schema_version(request, first, 1)
+    assert SCHEMA_VERSION == 2
+    upgraded = make_store()
+    await upgraded.open()
+    try:
+        assert await upgraded.read_meta(META_SCHEMA) == b"2"
+        assert await upgraded.count() == 30 and await upgraded.read("k29") == b"v29"
+        assert await upgraded.range_digest() == digest_before
+        assert await upgraded.read_meta("hlc_reserved") == b"77"
+        assert await upgraded.scan_paxos() == []
+        await upgraded.write([], paxos=[(paxos_key("k1"), b"vote")])
+    finally:
+        await upgraded.close()
+    again = make_store()
+    await again.open()
+    try:
+        assert await again.read_paxos([paxos_key("k1")]) == {paxos_key("k1"): b"vote"}
+        assert await again.read_meta(META_SCHEMA) == b"2"
+    finally:
+        await again.close()
+
+
+async def test_store_of_a_newer_schema_is_refused_and_left_alone(
+    request: pytest.FixtureRequest, make_store: Callable[[], BackingStore]
+) -> None:
+    first = make_store()
+    no_schema_in_memory(first)
+    await first.open()
+    await first.write([row("k", b"v")], paxos=[("h", b"s")])
+    await first.close()
+    set_schema_version(request, first, 3)
+    with pytest.raises(StorageCorruptError, match="schema version b'3'"):
+        await make_store().open()
+    # Nothing was changed: put version 2 back and everything is there.
+    set_schema_version(request, first, 2)
+    again = make_store()
+    await again.open()
+    try:
+        assert await again.read("k") == b"v" and await again.read_paxos(["h"]) == {"h": b"s"}
+    finally:
+        await again.close()

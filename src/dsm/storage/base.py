@@ -11,9 +11,24 @@ What anti-entropy needs is here from the start, so later protocol work needs no 
   independent 32-bit sums (of the digests' low and high halves), so the digest of a union of disjoint
   ranges is computable from the parts and identical in every backend.
 
+A second, separate keyspace holds the per-key Paxos acceptor state of conditional writes (issue 19;
+`dsm.core.cas_acceptor.AcceptorState`, encoded): `hkey -> state bytes`, written with `write(..., paxos=...)`,
+read with `read_paxos` and paged in `hkey` order with `scan_paxos`. The caller names entries with
+`paxos_key(key)`, the key's ring position in 16 hex digits followed by the key, so the entries of a ring arc
+are one `scan_paxos` range (a handover sweep pages through an arc). It is invisible to everything about rows:
+`scan`, `range_digest`, `count`, `older_than`, `max_timestamp`, `with_range_view` and so anti-entropy and the
+tombstone sweep never see it. That is deliberate: an acceptor's state records the votes *this* member cast,
+and members legitimately differ; copying one member's promise or accepted value to another would make it
+claim votes it never cast, which is how Paxos would choose a value a majority never voted for.
+Bounds: an `hkey` is at most `max_key_bytes` + 16 bytes, because the caller builds it only from a key it has
+already checked (`dsm.node.checks`); a state is at most `cas_acceptor.STATE_MAX_BYTES`, one version set like
+a row. Stores do not check these (as for rows): they are the caller's.
+
 Contract every backend keeps (tested by `tests/node/test_storage_conformance.py`):
-- `write` is atomic: all of a batch's rows and metadata are stored, or none. When it returns, the batch is
-  durable to the store's configured level.
+- `write` is atomic: all of a batch's rows, metadata and paxos entries are stored, or none. When it returns,
+  the batch is durable to the store's configured level.
+- The SQL stores record their `SCHEMA_VERSION` and upgrade an older one in place when they open (version 1
+  lacked the paxos table); a store from a newer version is refused with `StorageCorruptError`.
 - Only one process uses a store at a time; an open of a store in use raises `StorageLockedError`.
 - Failures raise `StorageError` subclasses; committed data is never damaged by a failed call.
 """
@@ -25,13 +40,72 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from dsm.core.replica import StoredKey
+from dsm.core.ring import position
+from dsm.errors import StorageCorruptError
 
-__all__ = ["BackingStore", "RangeDigest", "StoredKey"]
+__all__ = ["BackingStore", "PaxosEntry", "RangeDigest", "StoredKey", "paxos_bound", "paxos_key"]
 
 MASK32 = 0xFFFFFFFF
-SCHEMA_VERSION = 1
+#: 2 added the paxos keyspace (`dsm_paxos`); a version-1 store gains it when it opens.
+SCHEMA_VERSION = 2
 #: Metadata name of the schema version.
 META_SCHEMA = "schema_version"
+#: Characters `paxos_key` puts before the key (the ring position, in hex).
+PAXOS_PREFIX_CHARS = 16
+
+#: One paxos-keyspace change of a batch: (hkey, encoded acceptor state), or (hkey, None) to delete it.
+PaxosEntry = tuple[str, bytes | None]
+
+
+def paxos_key(key: str) -> str:
+    """The paxos-keyspace name of `key`'s acceptor state: the key's ring position (the same BLAKE2b-64
+    position nodes have, `dsm.core.ring.position`) in 16 lowercase hex digits, then the key itself. So
+    entries sort by ring position and the keys of an arc are one `scan_paxos` range (`paxos_bound`)."""
+    return f"{position(key):0{PAXOS_PREFIX_CHARS}x}{key}"
+
+
+def paxos_bound(ring_position: int) -> str:
+    """The `scan_paxos` bound at a ring position: `scan_paxos(paxos_bound(a), paxos_bound(b))` pages through
+    the keys whose position is in [a, b) (for a <= b; a wrapping arc is two scans)."""
+    return f"{ring_position:0{PAXOS_PREFIX_CHARS}x}"
+
+
+def paxos_changes(entries: Sequence[PaxosEntry]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """A batch's paxos entries as (upserts, deletes), the last entry of an hkey winning; checked before a
+    backend changes anything.
+
+    Raises:
+        TypeError: an hkey that is not a str, or a state that is neither bytes nor None (a caller's bug).
+    """
+    final: dict[str, bytes | None] = {}
+    for hkey, state in entries:
+        if not isinstance(hkey, str):
+            raise TypeError(f"paxos hkey must be a str, got {type(hkey).__name__}")
+        if state is not None and not isinstance(state, bytes):
+            raise TypeError(f"paxos state of {hkey!r} must be bytes or None, got {type(state).__name__}")
+        final[hkey] = state
+    upserts = [(h, s) for h, s in final.items() if s is not None]
+    deletes = [h for h, s in final.items() if s is None]
+    return upserts, deletes
+
+
+def schema_to_record(found: bytes | None, where: str) -> bytes | None:
+    """What a SQL store opening finds as its recorded schema version (`found`; None in a new store) decides:
+    the version to record now (new store, or an older one upgraded in place: the tables are created by the
+    same transaction), or None when it is current.
+
+    Raises:
+        StorageCorruptError: a newer or unreadable version (`where` names the store in the message).
+    """
+    current = str(SCHEMA_VERSION).encode()
+    if found is None:
+        return current
+    if found == current:
+        return None
+    if found == b"1":
+        # Version 1 differs only by the missing paxos table, which CREATE TABLE IF NOT EXISTS just added.
+        return current
+    raise StorageCorruptError(f"{where}: schema version {found!r}; this DSM reads version {SCHEMA_VERSION} (or 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +152,25 @@ class BackingStore(Protocol):
         """The encoded versions of those `keys` that are present."""
 
     async def write(
-        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+        self,
+        rows: Sequence[StoredKey],
+        meta: Mapping[str, bytes] | None = None,
+        deletes: Sequence[str] = (),
+        paxos: Sequence[PaxosEntry] = (),
     ) -> None:
-        """Stores `rows` (replacing each key's previous row) and `meta`, and removes the rows of `deletes`
-        (purged tombstones), atomically and durably."""
+        """Stores `rows` (replacing each key's previous row) and `meta`, removes the rows of `deletes`
+        (purged tombstones) and applies `paxos` (hkey -> state, None deleting; the last entry of an hkey
+        wins), all in one transaction, durably.
+
+        Raises:
+            TypeError: a malformed paxos entry (nothing is stored).
+        """
+
+    async def read_paxos(self, hkeys: Sequence[str]) -> dict[str, bytes]:
+        """The paxos-keyspace states of those `hkeys` that are present."""
+
+    async def scan_paxos(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
+        """(hkey, state) of the paxos keyspace in [start, end), ascending by hkey, at most `limit`."""
 
     async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
         """(key, versions) of rows whose `timestamp` is below `timestamp` and whose key sorts after `after`,

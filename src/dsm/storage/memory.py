@@ -1,20 +1,23 @@
-"""The in-memory backing store: a `SortedReplica` (ordered rows with their digests) plus each row's timestamp
-and the metadata. Nothing survives the process.
+"""The in-memory backing store: a `SortedReplica` (ordered rows with their digests) plus each row's timestamp,
+the metadata and the paxos keyspace (a dict beside a sorted list of its hkeys, apart from the rows so
+nothing about rows sees it). Nothing survives the process.
 
 Used by tests and the simulator, where thousands of nodes each need a store; it is a real, complete
 implementation of the interface (it passes the same conformance suite as the SQL stores). Every operation
-is synchronous underneath: the async interface wraps `read_many_now`, `write_now` and `view`, which the
-simulator calls directly (it has no event loop), so simulated nodes store through the same code.
+is synchronous underneath: the async interface wraps `read_many_now`, `read_paxos_now`, `scan_paxos_now`,
+`write_now` and `view`, which the simulator calls directly (it has no event loop), so simulated nodes store
+through the same code. A batch is checked before anything changes, so a refused batch leaves no trace.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from dsm.core.reconcile import SortedReplica
 from dsm.errors import ClosedError
-from dsm.storage.base import RangeDigest, StoredKey
+from dsm.storage.base import PaxosEntry, RangeDigest, StoredKey, paxos_changes
 
 T = TypeVar("T")
 
@@ -31,6 +34,8 @@ class MemoryStore:
         self._rows = SortedReplica()
         self._timestamps: dict[str, int] = {}
         self._meta: dict[str, bytes] = {}
+        self._paxos: dict[str, bytes] = {}
+        self._paxos_hkeys: list[str] = []  # sorted
         self._open = opened
 
     async def open(self) -> None:
@@ -56,11 +61,31 @@ class MemoryStore:
         rows = self._rows
         return {k: v for k in keys if (v := rows.get(k)) is not None}
 
+    def read_paxos_now(self, hkeys: Sequence[str]) -> dict[str, bytes]:
+        """`read_paxos`, without an event loop."""
+        self._check()
+        paxos = self._paxos
+        return {h: v for h in hkeys if (v := paxos.get(h)) is not None}
+
+    def scan_paxos_now(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
+        """`scan_paxos`, without an event loop."""
+        self._check()
+        hkeys = self._paxos_hkeys
+        lo = bisect.bisect_left(hkeys, start)
+        hi = len(hkeys) if end is None else max(lo, bisect.bisect_left(hkeys, end))
+        return [(h, self._paxos[h]) for h in hkeys[lo : min(hi, lo + max(0, limit))]]
+
     def write_now(
-        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+        self,
+        rows: Sequence[StoredKey],
+        meta: Mapping[str, bytes] | None = None,
+        deletes: Sequence[str] = (),
+        paxos: Sequence[PaxosEntry] = (),
     ) -> None:
         """`write`, without an event loop."""
         self._check()
+        # Checked first: nothing below can fail, so the batch is all or nothing.
+        paxos_upserts, paxos_deletes = paxos_changes(paxos) if paxos else ([], [])
         replica, timestamps = self._rows, self._timestamps
         for row in rows:
             replica.put(row.key, row.versions, row.digest)
@@ -70,6 +95,14 @@ class MemoryStore:
         for key in deletes:
             replica.pop(key)
             timestamps.pop(key, None)
+        states, hkeys = self._paxos, self._paxos_hkeys
+        for hkey, state in paxos_upserts:
+            if hkey not in states:
+                bisect.insort(hkeys, hkey)
+            states[hkey] = state
+        for hkey in paxos_deletes:
+            if states.pop(hkey, None) is not None:
+                del hkeys[bisect.bisect_left(hkeys, hkey)]
 
     # --- the BackingStore interface
 
@@ -85,9 +118,19 @@ class MemoryStore:
         return self.read_many_now(keys)
 
     async def write(
-        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+        self,
+        rows: Sequence[StoredKey],
+        meta: Mapping[str, bytes] | None = None,
+        deletes: Sequence[str] = (),
+        paxos: Sequence[PaxosEntry] = (),
     ) -> None:
-        self.write_now(rows, meta, deletes)
+        self.write_now(rows, meta, deletes, paxos)
+
+    async def read_paxos(self, hkeys: Sequence[str]) -> dict[str, bytes]:
+        return self.read_paxos_now(hkeys)
+
+    async def scan_paxos(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
+        return self.scan_paxos_now(start, end, limit)
 
     async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
         self._check()

@@ -1,8 +1,10 @@
 """The PostgreSQL backing store (psycopg 3, async), for those who run a PostgreSQL server.
 
-Same schema as SQLite. Keys use the "C" collation so their order is byte order, the same as the other
-backends, whatever the database's locale. Two connections: one for writes (each batch one transaction,
-sent with psycopg's pipelined `executemany`) and one for reads, so reads never wait behind a commit.
+Same schema as SQLite (`dsm_kv`, `dsm_meta`, and since schema version 2 the paxos keyspace `dsm_paxos`,
+created in a version-1 database when it opens). Keys and hkeys use the "C" collation so their order is
+byte order, the same as the other backends, whatever the database's locale. Two connections: one for
+writes (each batch one transaction, sent with psycopg's pipelined `executemany`) and one for reads, so
+reads never wait behind a commit.
 Durability 'process' sets `synchronous_commit = off` on the write session: a commit is acknowledged once
 the server holds it, so our process dying loses nothing, and a crash of the *server* may lose the last
 fraction of a second; 'fsync' keeps `synchronous_commit = on`.
@@ -33,7 +35,7 @@ from dsm.errors import (
     StorageReadOnlyError,
     StorageUnavailableError,
 )
-from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
+from dsm.storage.base import META_SCHEMA, PaxosEntry, RangeDigest, StoredKey, paxos_changes, schema_to_record
 from dsm.storage.sqlview import RANGE_SUMS, SqlRangeView
 
 T = TypeVar("T")
@@ -43,6 +45,7 @@ _SCHEMA = (
     'CREATE TABLE IF NOT EXISTS dsm_kv (key TEXT COLLATE "C" PRIMARY KEY, versions BYTEA NOT NULL,'
     " digest BIGINT NOT NULL, ts BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
+    'CREATE TABLE IF NOT EXISTS dsm_paxos (hkey TEXT COLLATE "C" PRIMARY KEY, state BYTEA NOT NULL)',
 )
 _UPSERT = (
     "INSERT INTO dsm_kv(key, versions, digest, ts) VALUES (%s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
@@ -50,6 +53,9 @@ _UPSERT = (
 )
 _META_UPSERT = (
     "INSERT INTO dsm_meta(name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
+_PAXOS_UPSERT = (
+    "INSERT INTO dsm_paxos(hkey, state) VALUES (%s, %s) ON CONFLICT (hkey) DO UPDATE SET state = excluded.state"
 )
 
 
@@ -179,12 +185,10 @@ class PostgresStore:
                     await con.execute(statement)
                 cur = await con.execute("SELECT value FROM dsm_meta WHERE name = %s", (META_SCHEMA,))
                 row = await cur.fetchone()
-                if row is None:
-                    await con.execute(_META_UPSERT, (META_SCHEMA, str(SCHEMA_VERSION).encode()))
-                elif bytes(row[0]) != str(SCHEMA_VERSION).encode():
-                    raise StorageCorruptError(
-                        f"PostgreSQL {self.url}: schema version {bytes(row[0])!r}; this DSM reads {SCHEMA_VERSION}"
-                    )
+                # A version-1 database got its paxos table from the statements above, in this transaction.
+                record = schema_to_record(None if row is None else bytes(row[0]), f"PostgreSQL {self.url}")
+                if record is not None:
+                    await con.execute(_META_UPSERT, (META_SCHEMA, record))
         except self._psycopg.Error as exc:
             raise self._error(exc, "prepare schema") from exc
 
@@ -253,6 +257,21 @@ class PostgresStore:
         rows = await self._fetch("read", sql, (after, timestamp, limit))
         return [(k, bytes(v)) for k, v in rows]
 
+    async def read_paxos(self, hkeys: Sequence[str]) -> dict[str, bytes]:
+        if not hkeys:
+            return {}
+        rows = await self._fetch("read_paxos", "SELECT hkey, state FROM dsm_paxos WHERE hkey = ANY(%s)", (list(hkeys),))
+        return {h: bytes(v) for h, v in rows}
+
+    async def scan_paxos(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
+        if end is None:
+            sql = "SELECT hkey, state FROM dsm_paxos WHERE hkey >= %s ORDER BY hkey LIMIT %s"
+            rows = await self._fetch("scan_paxos", sql, (start, limit))
+        else:
+            sql = "SELECT hkey, state FROM dsm_paxos WHERE hkey >= %s AND hkey < %s ORDER BY hkey LIMIT %s"
+            rows = await self._fetch("scan_paxos", sql, (start, end, limit))
+        return [(h, bytes(v)) for h, v in rows]
+
     async def read_meta(self, name: str) -> bytes | None:
         rows = await self._fetch("read_meta", "SELECT value FROM dsm_meta WHERE name = %s", (name,))
         return bytes(rows[0][0]) if rows else None
@@ -313,10 +332,16 @@ class PostgresStore:
         return int(rows[0][0])
 
     async def write(
-        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+        self,
+        rows: Sequence[StoredKey],
+        meta: Mapping[str, bytes] | None = None,
+        deletes: Sequence[str] = (),
+        paxos: Sequence[PaxosEntry] = (),
     ) -> None:
+        paxos_upserts, paxos_deletes = paxos_changes(paxos) if paxos else ([], [])
+
         async def run(con: Any) -> None:
-            if len(rows) == 1 and not meta and not deletes:
+            if len(rows) == 1 and not meta and not deletes and not paxos:
                 # One statement in autocommit mode is its own transaction: one round trip instead of three.
                 r = rows[0]
                 await con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp))
@@ -327,5 +352,9 @@ class PostgresStore:
                     await cur.executemany(_META_UPSERT, list(meta.items()))
                 if deletes:
                     await cur.execute("DELETE FROM dsm_kv WHERE key = ANY(%s)", (list(deletes),))
+                if paxos_upserts:
+                    await cur.executemany(_PAXOS_UPSERT, paxos_upserts)
+                if paxos_deletes:
+                    await cur.execute("DELETE FROM dsm_paxos WHERE hkey = ANY(%s)", (paxos_deletes,))
 
         await self._call("write", True, run)

@@ -15,6 +15,9 @@ Durability: WAL with synchronous=NORMAL loses nothing a committed transaction wr
 (the WAL is in the OS page cache); synchronous=FULL also survives power loss.
 
 Only one process may use a database: an exclusive `flock` on `<path>.lock` is held while the store is open.
+
+Tables: `dsm_kv` (the rows), `dsm_meta` (named blobs, the schema version among them) and `dsm_paxos` (the
+paxos keyspace, `storage/base.py`; added by schema version 2, created in a version-1 database when it opens).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dsm.errors import (
     StorageReadOnlyError,
     StorageUnavailableError,
 )
-from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, RangeDigest, StoredKey
+from dsm.storage.base import META_SCHEMA, PaxosEntry, RangeDigest, StoredKey, paxos_changes, schema_to_record
 from dsm.storage.sqlview import IN_CHUNK as _IN_CHUNK
 from dsm.storage.sqlview import RANGE_SUMS, SqlRangeView
 
@@ -59,13 +62,19 @@ _SCHEMA = (
     " key TEXT PRIMARY KEY NOT NULL, versions BLOB NOT NULL,"
     " digest INTEGER NOT NULL, ts INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dsm_paxos (hkey TEXT PRIMARY KEY NOT NULL, state BLOB NOT NULL)",
 )
 _UPSERT = (
     "INSERT INTO dsm_kv(key, versions, digest, ts) VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
     " versions = excluded.versions, digest = excluded.digest, ts = excluded.ts"
 )
 _META_UPSERT = "INSERT INTO dsm_meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
+_PAXOS_UPSERT = (
+    "INSERT INTO dsm_paxos(hkey, state) VALUES (?, ?) ON CONFLICT(hkey) DO UPDATE SET state = excluded.state"
+)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+#: A batch's paxos entries, checked: (upserts, deletes) (`base.paxos_changes`).
+_PaxosChanges = tuple[list[tuple[str, bytes]], list[str]]
 #: How long an inline write keeps retrying while a checkpoint holds the write lock.
 BUSY_WAIT_S = 5.0
 
@@ -224,12 +233,10 @@ class SQLiteStore:
             for statement in _SCHEMA:
                 con.execute(statement)
             row = con.execute("SELECT value FROM dsm_meta WHERE name = ?", (META_SCHEMA,)).fetchone()
-            if row is None:
-                con.execute(_META_UPSERT, (META_SCHEMA, str(SCHEMA_VERSION).encode()))
-            elif row[0] != str(SCHEMA_VERSION).encode():
-                raise StorageCorruptError(
-                    f"SQLite {self.path}: schema version {bytes(row[0])!r}; this DSM reads version {SCHEMA_VERSION}"
-                )
+            # A version-1 database got its paxos table from the statements above, in this transaction.
+            record = schema_to_record(None if row is None else bytes(row[0]), f"SQLite {self.path}")
+            if record is not None:
+                con.execute(_META_UPSERT, (META_SCHEMA, record))
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -337,6 +344,30 @@ class SQLiteStore:
             raise translate(exc, self.path, "read") from exc
         return found
 
+    async def read_paxos(self, hkeys: Sequence[str]) -> dict[str, bytes]:
+        con = self._reader()
+        found: dict[str, bytes] = {}
+        try:
+            for i in range(0, len(hkeys), _IN_CHUNK):
+                chunk = list(hkeys[i : i + _IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                for hkey, state in con.execute(f"SELECT hkey, state FROM dsm_paxos WHERE hkey IN ({marks})", chunk):
+                    found[hkey] = bytes(state)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, "read_paxos") from exc
+        return found
+
+    async def scan_paxos(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
+        def run(con: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            if end is None:
+                sql, args = "SELECT hkey, state FROM dsm_paxos WHERE hkey >= ? ORDER BY hkey LIMIT ?", (start, limit)
+            else:
+                sql = "SELECT hkey, state FROM dsm_paxos WHERE hkey >= ? AND hkey < ? ORDER BY hkey LIMIT ?"
+                args = (start, end, limit)  # type: ignore[assignment]
+            return [(h, bytes(v)) for h, v in con.execute(sql, args)]
+
+        return await self._in_background("scan_paxos", run)
+
     async def read_meta(self, name: str) -> bytes | None:
         try:
             row = self._reader().execute("SELECT value FROM dsm_meta WHERE name = ?", (name,)).fetchone()
@@ -382,24 +413,38 @@ class SQLiteStore:
     # --- writes ---
 
     async def write(
-        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None = None, deletes: Sequence[str] = ()
+        self,
+        rows: Sequence[StoredKey],
+        meta: Mapping[str, bytes] | None = None,
+        deletes: Sequence[str] = (),
+        paxos: Sequence[PaxosEntry] = (),
     ) -> None:
         if self._write_con is None:
             raise ClosedError(f"SQLite store {self.path} is closed")
+        changes = paxos_changes(paxos) if paxos else None
         if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self._write_sync, rows, meta, deletes)
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._write_sync, rows, meta, deletes, changes
+            )
         else:
             try:
-                self._write_sync(rows, meta, deletes)
+                self._write_sync(rows, meta, deletes, changes)
             except _Busy:
-                await self._retry_busy(rows, meta, deletes)
+                await self._retry_busy(rows, meta, deletes, changes)
         self._rows_since_checkpoint += len(rows)
         self._bytes_since_checkpoint += len(rows[0].versions) if len(rows) == 1 else sum(len(r.versions) for r in rows)
+        if changes is not None:
+            self._rows_since_checkpoint += len(changes[0]) + len(changes[1])
+            self._bytes_since_checkpoint += sum(len(state) for _, state in changes[0])
         if self._rows_since_checkpoint >= CHECKPOINT_ROWS or self._bytes_since_checkpoint >= CHECKPOINT_BYTES:
             self._request_checkpoint()
 
     async def _retry_busy(
-        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None, deletes: Sequence[str]
+        self,
+        rows: Sequence[StoredKey],
+        meta: Mapping[str, bytes] | None,
+        deletes: Sequence[str],
+        paxos: _PaxosChanges | None,
     ) -> None:
         """Retries an inline write that found the lock held, yielding to the loop between tries."""
         loop = asyncio.get_running_loop()
@@ -407,7 +452,7 @@ class SQLiteStore:
         while True:
             await asyncio.sleep(delay_s)
             try:
-                self._write_sync(rows, meta, deletes)
+                self._write_sync(rows, meta, deletes, paxos)
                 return
             except _Busy as busy:
                 if loop.time() > deadline:
@@ -415,12 +460,16 @@ class SQLiteStore:
                 delay_s = min(delay_s * 2, 0.02)
 
     def _write_sync(
-        self, rows: Sequence[StoredKey], meta: Mapping[str, bytes] | None, deletes: Sequence[str] = ()
+        self,
+        rows: Sequence[StoredKey],
+        meta: Mapping[str, bytes] | None,
+        deletes: Sequence[str] = (),
+        paxos: _PaxosChanges | None = None,
     ) -> None:
         con = self._write_con
         assert con is not None
         try:
-            if len(rows) == 1 and not meta and not deletes:
+            if len(rows) == 1 and not meta and not deletes and paxos is None:
                 # One statement in autocommit mode is its own transaction: one call instead of three.
                 r = rows[0]
                 con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp))
@@ -431,6 +480,10 @@ class SQLiteStore:
                 con.executemany(_META_UPSERT, list(meta.items()))
             if deletes:
                 con.executemany("DELETE FROM dsm_kv WHERE key = ?", [(k,) for k in deletes])
+            if paxos is not None:
+                upserts, removals = paxos
+                con.executemany(_PAXOS_UPSERT, upserts)
+                con.executemany("DELETE FROM dsm_paxos WHERE hkey = ?", [(h,) for h in removals])
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             if con.in_transaction:
