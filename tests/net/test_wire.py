@@ -53,6 +53,11 @@ SAMPLES: list[typing.Any] = [
     m.Replicated(9, "b", True),
     m.ReadRequest(10, "a", ("k1", "k2")),
     m.ReadReply(10, "b", (("k1", b"v"),), True),
+    m.CasPrepare(11, "a", "k", (5, "a", 1)),
+    m.CasPromise(11, "b", True, (5, "a", 1), (0, "", 0), b"", b"row"),
+    m.CasAccept(11, "a", "k", (5, "a", 1), b"state"),
+    m.CasAccepted(11, "b", False, (7, "c", 2)),
+    m.CasCommit("a", "k", (5, "a", 1), b"state"),
 ]
 
 

@@ -23,6 +23,7 @@ import msgpack
 
 from dsm.core.ballot import ZERO, Ballot
 from dsm.core.hlc import physical_ms
+from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise
 
 #: Why a prepare or accept was refused.
 REFUSED_BALLOT = "ballot"
@@ -122,3 +123,35 @@ def _ballot(raw: object) -> Ballot:
     if timestamp < 0 or run < 0:
         raise ValueError("negative ballot")
     return Ballot(timestamp, node, run)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What a driver does for an acceptor message: store `state` (if not None) durably, merge `chosen` (an
+    encoded version set, if not empty) into the key's data row, then send `reply` (if not None)."""
+
+    state: AcceptorState | None
+    reply: CasPromise | CasAccepted | None
+    chosen: bytes = b""
+
+
+def serve(
+    message: CasPrepare | CasAccept | CasCommit,
+    state: AcceptorState,
+    row: bytes | None,
+    node_id: str,
+    wall_ms: int,
+    max_offset_ms: int,
+) -> Served:
+    """The acceptor's whole answer to `message`, given the key's acceptor `state` and its data `row` as
+    stored here: what to store and what to reply (see `Served`)."""
+    if isinstance(message, CasPrepare):
+        new, vote = prepare(state, Ballot(*message.ballot), wall_ms, max_offset_ms)
+        reply = CasPromise(
+            message.seq, node_id, vote.ok, vote.promised, vote.accepted, vote.value, row if vote.ok and row else b""
+        )
+        return Served(new, reply)
+    if isinstance(message, CasAccept):
+        new, vote = accept(state, Ballot(*message.ballot), message.value, wall_ms, max_offset_ms)
+        return Served(new, CasAccepted(message.seq, node_id, vote.ok, vote.promised))
+    return Served(commit(state, Ballot(*message.ballot)), None, message.value)

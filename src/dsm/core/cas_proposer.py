@@ -311,7 +311,7 @@ class CasProposer:
         heapq.heappush(self._timers, (when, self._next_seq(), kind, key, request))
 
     def _send(self, member: str, message: CasPrepare | CasAccept | CasCommit) -> Send:
-        return Send(member, self.address_of(member), message)  # type: ignore[arg-type]
+        return Send(member, self.address_of(member), message)
 
 
 def _majority(group: Sequence[str]) -> int:

@@ -312,8 +312,7 @@ class ReadReply(NamedTuple):
 
 
 # Conditional writes (issue 19: CASPaxos per key, see core/cas_acceptor.py and core/cas_proposer.py). Ballots
-# are `dsm.core.ballot.Ballot` triples. Not on the wire yet (they join `Message` and net/wire.py when the
-# network runtime drives the proposer).
+# are `dsm.core.ballot.Ballot` triples.
 
 
 class CasPrepare(NamedTuple):
@@ -395,6 +394,11 @@ Message = (
     | Reconcile
     | Replicate
     | Replicated
+    | CasPrepare
+    | CasPromise
+    | CasAccept
+    | CasAccepted
+    | CasCommit
     | ReadRequest
     | ReadReply
 )

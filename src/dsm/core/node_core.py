@@ -5,29 +5,46 @@ It is a thin dispatcher over the core's parts:
 - `Peer` (`peer.py`): membership, failure detection, the overlay, routing and the dissemination of writes;
 - `Coordinator` (`coordinator.py`): requests at consistency levels this node coordinates;
 - `AntiEntropy` (`anti_entropy.py`): when and with whom whole-store reconciliation runs, and its steps.
+- `CasProposer` (`cas_proposer.py`, when the driver enables conditional writes): the per-key CASPaxos
+  rounds of the conditional operations this node takes (`cas`); the acceptors' side is store work, done by
+  the driver with `cas_acceptor.serve`.
 
     effects = core.handle(now, source, message)   # a message arrived from `source`
     effects = core.tick(now)                      # at core.next_deadline() (or later)
 
-The effects are the peer's (`Send`, `Store`, `Deliver`, `RouteFailure`), the coordinator's (`LevelDone`)
-and anti-entropy's (`ReconcileStep`). What needs the store stays with the driver: the write and merge rule
-runs in `replica.py` on the driver's commit path, and members asked to store or read for a level
-(`Replicate`, `ReadRequest`) are served by the driver's store work (`coordinator.stored_reply` /
-`read_reply` say what to answer).
+The effects are the peer's (`Send`, `Store`, `Deliver`, `RouteFailure`), the coordinator's (`LevelDone`),
+anti-entropy's (`ReconcileStep`) and the proposer's (`CasDone`). What needs the store stays with the driver:
+the write and merge rule runs in `replica.py` on the driver's commit path, and members asked to store or
+read for a level (`Replicate`, `ReadRequest`) are served by the driver's store work
+(`coordinator.stored_reply` / `read_reply` say what to answer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
+from dsm.core.cas_group import cas_group
+from dsm.core.cas_ops import Operation
+from dsm.core.cas_proposer import CasDone, CasProposer
 from dsm.core.coordinator import Coordinator, LevelDone
-from dsm.core.messages import Effect, Message, ReadReply, Reconcile, Replicated
+from dsm.core.hlc import HybridLogicalClock
+from dsm.core.messages import CasAccepted, CasPromise, Effect, Message, ReadReply, Reconcile, Replicated
 from dsm.core.peer import Peer
 from dsm.core.versions import Resolution
 
-CoreEffect = Effect | LevelDone | ReconcileStep
+CoreEffect = Effect | LevelDone | ReconcileStep | CasDone
+
+
+class Conditional(NamedTuple):
+    """What conditional writes need of a driver: the node's clock (ballots and dots), this start's run
+    number, the wall clock (Unix ms), and the sibling bound its writes are made with."""
+
+    clock: HybridLogicalClock
+    run: int
+    wall_ms: Callable[[], int]
+    max_siblings: int
 
 
 class NodeCore:
@@ -39,10 +56,17 @@ class NodeCore:
         new_id: issues request ids for the coordinator (never reused while pending).
         now: the time the core starts at.
         anti_entropy: whether this node reconciles its whole store (every driver with a store does).
+        conditional: enables conditional writes (`cas`): what their proposer needs of the driver.
     """
 
     def __init__(
-        self, peer: Peer, resolution: Resolution, new_id: Callable[[], int], now: int, anti_entropy: bool = True
+        self,
+        peer: Peer,
+        resolution: Resolution,
+        new_id: Callable[[], int],
+        now: int,
+        anti_entropy: bool = True,
+        conditional: Conditional | None = None,
     ) -> None:
         self.peer = peer
         self.coordinator = Coordinator(peer.id, peer, peer.directory, resolution, new_id)
@@ -52,9 +76,27 @@ class NodeCore:
             else None
         )
         self._sessions = 0
+        self.proposer: CasProposer | None = None
+        self._wall_ms: Callable[[], int] = lambda: now
+        if conditional is not None:
+            directory, table = peer.directory, peer.table
+            self._wall_ms = conditional.wall_ms
+            self.proposer = CasProposer(
+                peer.id, conditional.clock, conditional.run, peer.rng,
+                lambda key: cas_group(directory, table, key), self._address_of, resolution, conditional.max_siblings,
+            )  # fmt: skip
         # The peer's shared context and timer heap, read after every event (`next_deadline`).
         self._context = peer.context
         self._timers = peer.context.timers
+
+    def _address_of(self, node_id: str) -> str:
+        slot = self.peer.directory.slot(node_id)
+        return "" if slot is None else self.peer.directory.infos[slot].addr
+
+    def cas(self, now: int, request: int, key: str, operation: Operation, timeout_ms: int) -> list[CoreEffect]:
+        """Starts a conditional operation on `key`; its `CasDone` names `request`."""
+        assert self.proposer is not None, "conditional writes are not enabled on this core"
+        return list(self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))
 
     def _next_session(self) -> int:
         self._sessions += 1
@@ -65,6 +107,11 @@ class NodeCore:
         kind = type(message)
         if kind is Replicated or kind is ReadReply:
             return list(self.coordinator.handle(now, source, cast("Replicated | ReadReply", message)))
+        if kind is CasPromise or kind is CasAccepted:
+            if self.proposer is None:
+                return []
+            answer = cast("CasPromise | CasAccepted", message)
+            return list(self.proposer.handle(now, self._wall_ms(), source, answer))
         if kind is Reconcile:
             return list(self.anti_entropy.handle(source, cast(Reconcile, message))) if self.anti_entropy else []
         return list(self.peer.handle(now, message))
@@ -74,6 +121,11 @@ class NodeCore:
         out: list[CoreEffect] = list(self.peer.tick(now))
         if self.coordinator.pending:
             out.extend(self.coordinator.tick(now))
+        proposer = self.proposer
+        if proposer is not None:
+            due = proposer.next_deadline()
+            if due is not None and due <= now:
+                out.extend(proposer.tick(now, self._wall_ms()))
         anti_entropy = self.anti_entropy
         if anti_entropy is not None and now >= anti_entropy.due and not self._context.left:
             out.extend(anti_entropy.tick(now))
@@ -86,6 +138,11 @@ class NodeCore:
         coordinator = self.coordinator
         if coordinator.pending:
             other = coordinator.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
+        proposer = self.proposer
+        if proposer is not None:
+            other = proposer.next_deadline()
             if other is not None and (deadline is None or other < deadline):
                 deadline = other
         anti_entropy = self.anti_entropy

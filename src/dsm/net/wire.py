@@ -84,6 +84,11 @@ class MessageType(enum.IntEnum):
     REPLICATED = 28
     READ_REQUEST = 29
     READ_REPLY = 30
+    CAS_PREPARE = 31
+    CAS_PROMISE = 32
+    CAS_ACCEPT = 33
+    CAS_ACCEPTED = 34
+    CAS_COMMIT = 35
     # Connection control (dsm.net.security), not core messages: 64-71. A frame of one of these types on an
     # established connection is refused.
     HELLO_V1 = 64  # protocol 1 only (retired; never reuse)
@@ -280,6 +285,16 @@ def _run(value: Any) -> m.Run:
     return (_str(lo), _opt_str(hi), _int(mode), _bytes(shared), _strs(suffixes), _bytes(values))
 
 
+def _ballot(value: Any) -> tuple[int, str, int]:
+    """A Paxos ballot (timestamp, node id or "" for the zero ballot, run)."""
+    if type(value) is not tuple or len(value) != 3:
+        raise _Bad("an array of 3 (a ballot)")
+    timestamp, node, run = value
+    if type(timestamp) is not int or type(run) is not int or not 0 <= timestamp <= _U64_MAX or not 0 <= run <= _U64_MAX:
+        raise _Bad("a ballot of non-negative integers")
+    return (timestamp, node if node == "" else _id(node), run)
+
+
 def _entry(value: Any) -> tuple[str, bytes]:
     if type(value) is not tuple or len(value) != 2:
         raise _Bad("an array of 2 (key, versions)")
@@ -318,6 +333,11 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.REPLICATED: (m.Replicated, (_int, _id, _bool)),
     MessageType.READ_REQUEST: (m.ReadRequest, (_int, _id, _strs)),
     MessageType.READ_REPLY: (m.ReadReply, (_int, _id, _tuple_of(_entry), _bool)),
+    MessageType.CAS_PREPARE: (m.CasPrepare, (_int, _id, _str, _ballot)),
+    MessageType.CAS_PROMISE: (m.CasPromise, (_int, _id, _bool, _ballot, _ballot, _bytes, _bytes)),
+    MessageType.CAS_ACCEPT: (m.CasAccept, (_int, _id, _str, _ballot, _bytes)),
+    MessageType.CAS_ACCEPTED: (m.CasAccepted, (_int, _id, _bool, _ballot)),
+    MessageType.CAS_COMMIT: (m.CasCommit, (_id, _str, _ballot, _bytes)),
     MessageType.HANDSHAKE: (Handshake, (_id, _opt_id, _bytes, _bytes)),
     MessageType.HANDSHAKE_REPLY: (HandshakeReply, (_id, _bytes)),
     MessageType.CONFIRM: (Confirm, (_bytes,)),

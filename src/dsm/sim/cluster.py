@@ -27,11 +27,17 @@ from typing import Any
 
 from dsm.core import member_record
 from dsm.core.anti_entropy import ReconcileStep, run_step
+from dsm.core.cas_acceptor import AcceptorState, decode_state, encode_state, serve
+from dsm.core.cas_ops import Operation as CasOperation
+from dsm.core.cas_proposer import CasDone
 from dsm.core.consistency import Level, Tally
 from dsm.core.coordinator import Coordinator, LevelDone, LevelEffect, read_reply, stored_reply
 from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.messages import (
     OVERLAY_MESSAGES,
+    CasAccept,
+    CasCommit,
+    CasPrepare,
     DataItem,
     Deliver,
     ReadReply,
@@ -42,7 +48,7 @@ from dsm.core.messages import (
     Send,
     Store,
 )
-from dsm.core.node_core import CoreEffect, NodeCore
+from dsm.core.node_core import Conditional, CoreEffect, NodeCore
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import SortedReplica
 from dsm.core.replica import Commit, MergeOp, Op, Replica, ReplicaSettings, WriteOp
@@ -50,6 +56,7 @@ from dsm.core.ring import Directory, MemberInfo, MemberTable, State
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Resolution, VersionSet
 from dsm.sim.network import NetworkModel
+from dsm.storage.base import paxos_key
 from dsm.storage.memory import MemoryStore
 
 _BLIND = VersionVector()
@@ -192,6 +199,8 @@ class Simulation:
         #: Requests at consistency levels in flight, by (coordinator index, request number).
         self.level_requests: dict[tuple[int, int], LevelRequest] = {}
         self._level_seq = 0
+        #: Callers of conditional operations in flight, by (coordinator index, request id).
+        self._cas_callbacks: dict[tuple[int, int], Callable[[CasDone], None]] = {}
 
     # ------------------------------------------------------------------ building the cluster
 
@@ -222,9 +231,10 @@ class Simulation:
             link_observer=self._on_link if self.link_hooks else None,
         )
         node.peer = peer
-        node.core = NodeCore(peer, self.resolution, self._next_level_id, self._peer_now(node))
+        node.generation += 1  # also the run number of its ballots: a restart never reuses one
+        conditional = Conditional(node.replica.clock, node.generation, lambda: self._peer_now(node), self.max_siblings)
+        node.core = NodeCore(peer, self.resolution, self._next_level_id, self._peer_now(node), conditional=conditional)
         node.up = True
-        node.generation += 1
         node.wake = math.inf
         return peer
 
@@ -417,6 +427,45 @@ class Simulation:
         if reply is not None:
             self._apply_effects(node, [Send(step.node_id, "", reply)])
 
+    def cas_at(
+        self,
+        node: SimNode,
+        key: str,
+        operation: CasOperation,
+        done: Callable[[CasDone], None],
+        timeout_ms: int = 2000,
+    ) -> int:
+        """`node` runs a conditional operation on `key` through its core's proposer (the product's CASPaxos);
+        `done(CasDone)` runs when it ends (never, if the node crashes first: its client hears nothing).
+        Returns the request id."""
+        assert node.up and node.core is not None
+        self._level_seq += 1
+        request = self._level_seq
+        self._cas_callbacks[(node.index, request)] = done
+        self._apply_effects(node, node.core.cas(self._peer_now(node), request, key, operation, timeout_ms))
+        self._reschedule(node)
+        return request
+
+    def _cas_done(self, node: SimNode, effect: CasDone) -> None:
+        callback = self._cas_callbacks.pop((node.index, effect.request), None)
+        if callback is not None:
+            callback(effect)
+
+    def _serve_cas(self, node: SimNode, message: CasPrepare | CasAccept | CasCommit) -> None:
+        """An acceptor's store work, as the runtime does it: its state durable before its answer."""
+        store = node.store
+        hkey = paxos_key(message.key)
+        raw = store.read_paxos_now([hkey]).get(hkey)
+        state = AcceptorState() if raw is None else decode_state(raw)
+        row = store.read_many_now([message.key]).get(message.key)
+        served = serve(message, state, row, node.info.node_id, self._peer_now(node), self.max_clock_offset_ms)
+        if served.state is not None:
+            store.write_now([], None, (), [(hkey, encode_state(served.state))])
+        if served.chosen:
+            self._store(node, Store((DataItem(0, message.key, served.chosen),), message.source, "cas", 0))
+        if served.reply is not None:
+            self._apply_effects(node, [Send(message.source, "", served.reply)])
+
     def _serve_level(self, node: SimNode, message: Replicate | ReadRequest) -> None:
         """A member asked to store or read for a level: the store work the runtime does, then the answer."""
         me = node.info.node_id
@@ -507,6 +556,9 @@ class Simulation:
                 if kind_of is Replicate or kind_of is ReadRequest:
                     self._serve_level(node, payload)
                     continue
+                if kind_of is CasPrepare or kind_of is CasAccept or kind_of is CasCommit:
+                    self._serve_cas(node, payload)
+                    continue
                 assert node.core is not None
                 effects = node.core.handle(now, payload.source, payload)
             else:
@@ -557,6 +609,8 @@ class Simulation:
                     outcome.hops = effect.hops
             elif type(effect) is LevelDone:
                 self._level_done(node, effect)
+            elif type(effect) is CasDone:
+                self._cas_done(node, effect)
             elif type(effect) is ReconcileStep:
                 self._reconcile(node, effect)
             elif type(effect) is RouteFailure:

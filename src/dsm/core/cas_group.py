@@ -1,0 +1,27 @@
+"""The acceptor group of a key for conditional writes (issue 19): the `size` members that follow the key's
+ring position clockwise, among the members this node knows of that did not leave (dead members still
+count, as for consistency levels: a death never changes a group, so it never moves a quorum).
+
+This is the fixed-membership rule: two nodes with the same member table compute the same group. Keeping
+quorums intersecting while members join or leave (the handover of the design note) is a later step; until
+then conditional writes are safe only while membership does not change.
+"""
+
+from __future__ import annotations
+
+from dsm.core.ring import RING, Directory, MemberTable, State, position
+
+#: Members of a key's acceptor group (a majority of them must answer each phase).
+GROUP_SIZE = 3
+
+
+def cas_group(directory: Directory, table: MemberTable, key: str, size: int = GROUP_SIZE) -> tuple[str, ...]:
+    """The node ids of `key`'s acceptor group, nearest first (fewer when fewer members are known)."""
+    start = position(key)
+    members = [
+        ((directory.positions[slot] - start) % RING, directory.infos[slot].node_id)
+        for slot in range(len(directory.infos))
+        if table.raw_state(slot) not in (State.UNKNOWN, State.LEFT)
+    ]
+    members.sort()
+    return tuple(node_id for _, node_id in members[:size])
