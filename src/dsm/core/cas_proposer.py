@@ -93,9 +93,14 @@ class _Round:
     outcomes: list[Outcome] = field(default_factory=list)
     #: The timer of the current phase (a later phase arms another).
     phase_timer: int = 0
+    #: Times the accept was sent again to members that had not answered (lost messages).
+    resends: int = 0
 
 
 CasEffect = Send | Store | CasDone
+
+#: Times an accept is sent again to members that did not answer before the round ends as unknown.
+ACCEPT_RESENDS = 2
 
 
 class CasProposer:
@@ -210,7 +215,7 @@ class CasProposer:
             elif kind is CasTimer.PHASE:
                 round_ = self._rounds.get(key)
                 if round_ is not None and round_.phase_timer == request:
-                    out.extend(self._refused(now, round_))  # too few answers in time: as a refusal
+                    out.extend(self._phase_timed_out(now, round_))
             else:
                 out.extend(self._expire(request))
         return out
@@ -271,6 +276,17 @@ class CasProposer:
         out.extend(self._send(member, commit) for member in round_.group if member != self.node_id)
         out.extend(self._start(now, wall_ms, round_.key))
         return out
+
+    def _phase_timed_out(self, now: int, round_: _Round) -> list[CasEffect]:
+        """Too few answers in time. An accept is sent again (same ballot and state: acceptors take it again
+        harmlessly) to the members that have not answered, up to ACCEPT_RESENDS times, before the round ends
+        as unknown; a prepare phase counts as refused (a new ballot follows)."""
+        if round_.state is None or round_.resends >= ACCEPT_RESENDS:
+            return self._refused(now, round_)
+        round_.resends += 1
+        self._arm_phase(now, round_)
+        message = CasAccept(round_.seq, self.node_id, round_.key, round_.ballot, round_.value)
+        return [self._send(m, message) for m in round_.group if m not in round_.accepted and m not in round_.refusals]
 
     def _refused(self, now: int, round_: _Round) -> list[CasEffect]:
         if round_.state is not None:
