@@ -348,7 +348,10 @@ class Runtime:
         peer = self.peer
         if peer is None:
             return
-        if peer.live_count() == 1 and peer.directory.slot(source) is None and not isinstance(message, Join):
+        # A node that runs a cluster of its own (joined, alone) hearing from an unknown member; not a node still
+        # joining, whose join target's first message (its JoinReply) necessarily comes from an unknown member.
+        alone = peer.joined and peer.live_count() == 1
+        if alone and peer.directory.slot(source) is None and not isinstance(message, Join):
             self._stranger(source)
         kind = type(message)
         if kind is Replicate:
