@@ -229,9 +229,12 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     if proc is not None:
                         proc.kill()
+                    others = "".join(
+                        f"; {m.node_id}: {self._tail(m, 3)}" for m in self.nodes if m is not n and self.alive(m)
+                    )
                     raise ClusterError(
                         f"{n.node_id} did not {'serve' if accept_waiting else 'join'} within {READY_TIMEOUT_S:.0f} s: "
-                        f"{self._tail(n)}"
+                        f"{self._tail(n)}{others}"
                     )
                 if not chunk:
                     time.sleep(0.02)

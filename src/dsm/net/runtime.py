@@ -254,9 +254,17 @@ class Runtime:
         return {"joined": False, "reason": "no member of the cluster reached", "targets": targets}
 
     def _connect_failed(self, addr: str, node_id: str, reason: str) -> None:
-        """The transport could not reach `addr`: remembered, and a WARNING while it is a join target."""
+        """The transport could not reach `addr`: remembered, and a WARNING while it is a join target; once
+        joined, a WARNING (at most every JOIN_WARNING_S per address and reason) for a member it cannot reach."""
         peer = self.peer
-        if peer is None or peer.joined:
+        if peer is None:
+            return
+        if peer.joined:
+            if node_id:  # a member this node cannot reach (its answers to it are lost meanwhile)
+                self._warnings.log(
+                    logging.WARNING, f"reach {addr} {reason}", "node %s cannot reach member %s at %s (%s)",
+                    self.node_id, node_id, addr, reason,
+                )  # fmt: skip
             return
         if not any(a == addr for _, a in peer.join_targets()):
             return
