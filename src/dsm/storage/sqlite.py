@@ -332,29 +332,22 @@ class SQLiteStore:
         return [(k, bytes(v)) for k, v in rows]
 
     async def read_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return self._read_in("SELECT key, versions FROM dsm_kv WHERE key IN", keys, "read")
+
+    async def read_paxos(self, hkeys: Sequence[str]) -> dict[str, bytes]:
+        return self._read_in("SELECT hkey, state FROM dsm_paxos WHERE hkey IN", hkeys, "read_paxos")
+
+    def _read_in(self, select: str, keys: Sequence[str], what: str) -> dict[str, bytes]:
+        """The (key, blob) rows `select ... IN (keys)` finds, asking `_IN_CHUNK` keys at a time."""
         con = self._reader()
         found: dict[str, bytes] = {}
         try:
             for i in range(0, len(keys), _IN_CHUNK):
                 chunk = list(keys[i : i + _IN_CHUNK])
-                marks = ",".join("?" * len(chunk))
-                for key, versions in con.execute(f"SELECT key, versions FROM dsm_kv WHERE key IN ({marks})", chunk):
-                    found[key] = bytes(versions)
+                for key, blob in con.execute(f"{select} ({','.join('?' * len(chunk))})", chunk):
+                    found[key] = bytes(blob)
         except sqlite3.Error as exc:
-            raise translate(exc, self.path, "read") from exc
-        return found
-
-    async def read_paxos(self, hkeys: Sequence[str]) -> dict[str, bytes]:
-        con = self._reader()
-        found: dict[str, bytes] = {}
-        try:
-            for i in range(0, len(hkeys), _IN_CHUNK):
-                chunk = list(hkeys[i : i + _IN_CHUNK])
-                marks = ",".join("?" * len(chunk))
-                for hkey, state in con.execute(f"SELECT hkey, state FROM dsm_paxos WHERE hkey IN ({marks})", chunk):
-                    found[hkey] = bytes(state)
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path, "read_paxos") from exc
+            raise translate(exc, self.path, what) from exc
         return found
 
     async def scan_paxos(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
