@@ -25,8 +25,9 @@ from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.hlc import HybridLogicalClock
 from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, Send, Store
 from dsm.core.versions import Resolution, VersionSet
+from dsm.sim.cas_workload import checked_operation, register_value
 from dsm.sim.linearizability import Operation as Checked
-from dsm.sim.linearizability import OpKind, check
+from dsm.sim.linearizability import check
 
 NODES = ("n0", "n1", "n2")
 KEY = "k"
@@ -154,7 +155,7 @@ class World:
         client.count += 1
         value = f"{client.name}-{client.count}".encode()
         choice = self.rng.random()
-        expected = _value_of(client.seen)
+        expected = register_value(client.seen)
         operation: Operation
         if choice < 0.3:
             operation, expected = Read(), None
@@ -179,26 +180,10 @@ class World:
         elif done.outcome is CasOutcome.UNKNOWN:
             ended = None
         if ended != -1:
-            self.history.append(_checked(done.request, client.name, operation, invoked, ended, expected, done))
+            self.history.append(
+                checked_operation(done.request, client.name, KEY, operation, invoked, ended, expected, done)
+            )
         self.at(self.now + self.rng.randint(0, 10), lambda: self.start(client))
-
-
-def _value_of(state: VersionSet) -> bytes | None:
-    live = state.live
-    if len(live) > 1:  # never with conditional writes alone: a register has one value (the checker says so)
-        return b"<siblings>"
-    return live[0].value if live else None
-
-
-def _checked(
-    request: int, client: str, operation: Operation, invoked: int, ended: int | None, expected: bytes | None,
-    done: CasDone,
-) -> Checked:  # fmt: skip
-    if isinstance(operation, Read):
-        observed = tuple(v.value for v in done.state.live if v.value is not None) if done.state is not None else ()
-        return Checked(request, client, KEY, OpKind.READ, invoked, ended, observed=observed)
-    ok = done.outcome is not CasOutcome.FAILED or ended is None
-    return Checked(request, client, KEY, OpKind.CAS, invoked, ended, operation.value, True, expected, ok)
 
 
 def run_world(seed: int, **kwargs: Any) -> World:
@@ -212,7 +197,9 @@ def run_world(seed: int, **kwargs: Any) -> World:
     for request, (client, operation, invoked, expected) in world.open.items():  # none should be left: pending
         if not isinstance(operation, Read):
             world.history.append(
-                _checked(request, client.name, operation, invoked, None, expected, CasDone(0, CasOutcome.UNKNOWN))
+                checked_operation(
+                    request, client.name, KEY, operation, invoked, None, expected, CasDone(0, CasOutcome.UNKNOWN)
+                )
             )
     return world
 

@@ -62,14 +62,16 @@ class _Client:
     count: int = 0
 
 
-def _value_of(state: VersionSet) -> bytes | None:
+def register_value(state: VersionSet) -> bytes | None:
+    """The register value a conditional key's state stands for (the checker's model); siblings, which
+    conditional writes alone never leave, stand for a value nobody wrote, so the checker refuses them."""
     live = state.live
-    if len(live) > 1:  # never with conditional writes alone: a register holds one value
+    if len(live) > 1:
         return b"<siblings>"
     return live[0].value if live else None
 
 
-def _checked(
+def checked_operation(
     ident: int,
     client: str,
     key: str,
@@ -79,6 +81,8 @@ def _checked(
     expected: bytes | None,
     result: CasDone,
 ) -> Checked:
+    """A conditional operation and its outcome as the linearizability checker takes it (`ended` None:
+    pending)."""
     if isinstance(operation, Read):
         state = result.state or VersionSet()
         observed = tuple(v.value for v in state.live if v.value is not None)
@@ -113,7 +117,7 @@ def run_cas_workload(params: CasParams) -> CasRun:
         operation: Operation = (
             Read() if choice < 0.3 else IfAbsent(value) if choice < 0.5 else IfMatch(seen.context(), value)
         )
-        expected = _value_of(seen) if isinstance(operation, IfMatch) else None
+        expected = register_value(seen) if isinstance(operation, IfMatch) else None
         invoked = int(sim.now)
         ident = (client.name, client.count)
         open_ops[ident] = (operation, key, invoked, expected)
@@ -132,7 +136,7 @@ def run_cas_workload(params: CasParams) -> CasRun:
             if result.outcome is not CasOutcome.REFUSED:
                 ended = None if result.outcome is CasOutcome.UNKNOWN else int(sim.now)
                 run.history.append(
-                    _checked(len(run.history), client.name, key, operation, invoked, ended, expected, result)
+                    checked_operation(len(run.history), client.name, key, operation, invoked, ended, expected, result)
                 )
             sim.at(sim.now + client.rng.uniform(0, 50), lambda: issue(client))
 
@@ -150,5 +154,7 @@ def run_cas_workload(params: CasParams) -> CasRun:
     unknown = CasDone(0, CasOutcome.UNKNOWN)
     for (name, _), (operation, key, invoked, expected) in open_ops.items():  # never answered: pending
         if not isinstance(operation, Read):
-            run.history.append(_checked(len(run.history), name, key, operation, invoked, None, expected, unknown))
+            run.history.append(
+                checked_operation(len(run.history), name, key, operation, invoked, None, expected, unknown)
+            )
     return run
