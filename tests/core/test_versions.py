@@ -622,3 +622,12 @@ def test_a_write_supersedes_the_oldest_siblings_beyond_the_byte_bound() -> None:
     # The new value alone above the bound still stays (and supersedes every other).
     big = write(held, Dot(11, "w9"), VersionVector(), b"x" * 1000, SIBLINGS, 16, max_bytes=300)
     assert [v.dot.node for v in big.versions] == ["w9"]
+
+
+def test_an_lww_write_closes_its_context_over_the_version_it_covers() -> None:
+    # Found by Hypothesis: the replica holds b@65537 (which had seen a@65536); the client read b@65538, a
+    # blind LWW write whose context is empty, from another replica. Its context {b: 65538} covers b@65537, so
+    # the new version must also cover what b@65537 had seen.
+    older = Version(Dot(65537, "b"), VersionVector.of([("a", 65536)]), None)
+    result = write(VersionSet((older,)), Dot(65539, "c"), VersionVector.of([("b", 65538)]), None, LWW, 1)
+    assert result.versions[0].context.covers(65536, "a")

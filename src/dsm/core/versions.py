@@ -217,7 +217,13 @@ def write(
     assert max_siblings >= 1
     assert dot.timestamp > current.max_timestamp and dot.timestamp > context.max_timestamp()
     if resolution is Resolution.LWW:
-        # The context's timestamps are all below the dot's (asserted above), so it cannot cover the dot.
+        # The context's timestamps are all below the dot's (asserted above), so it cannot cover the dot. It
+        # is closed over the versions it covers: a read of an LWW winner lists only the winner, whose node's
+        # entry can cover an older version of that node that this replica still holds, and that version's
+        # own context must then be covered too (a causally closed context).
+        for version in current.versions:
+            if context.covers(version.dot.timestamp, version.dot.node):
+                context = context.merge(version.context)
         return VersionSet((Version(dot, context, value),))
     survivors = sorted(
         (v for v in current.versions if not context.covers(v.dot.timestamp, v.dot.node)), key=lambda v: v.dot
