@@ -7,7 +7,9 @@ sorted by node id, with msgpack's shortest integer forms. Decoding validates sha
 (a corrupt store, a bad client token, a bad peer frame).
 
 Layout (msgpack): a version set is `[FORMAT, [version, ...]]`; a version is
-`[timestamp, node, [node, counter, node, counter, ...], value-or-nil]`. A client context token is the
+`[timestamp, node, [node, counter, node, counter, ...], value-or-nil]`, with a 5th field `expires_ms` (Unix ms,
+positive) only for a value that expires: versions without an expiry encode (and digest) exactly as before
+expiries existed, and a 5th field of 0, or one on a tombstone, is not canonical. A client context token is the
 URL-safe base64 (no padding) of `[FORMAT, key tag, [node, counter, ...]]`, where the key tag is an 8-byte
 hash of the key it was read from: a vector's entries count a coordinator's writes across all keys, so a
 context applied to another key would supersede versions its reader never saw; the tag makes that an error.
@@ -22,11 +24,13 @@ from typing import Any
 
 import msgpack
 
-from dsm.core.hlc import MAX_TIMESTAMP
+from dsm.core.hlc import MAX_TIMESTAMP, physical_ms
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Version, VersionSet
 
 FORMAT = 1
+#: The latest expiry a version may carry (Unix ms): the clock's range.
+MAX_EXPIRES_MS = physical_ms(MAX_TIMESTAMP)
 
 
 class DecodeError(ValueError):
@@ -64,7 +68,12 @@ def _vector(flat: Any) -> VersionVector:
 
 def encode_versions(versions: VersionSet) -> bytes:
     """The canonical bytes of a version set."""
-    body = [[v.dot.timestamp, v.dot.node, _flat(v.context), v.value] for v in versions.versions]
+    body = [
+        [v.dot.timestamp, v.dot.node, _flat(v.context), v.value, v.expires_ms]
+        if v.expires_ms
+        else [v.dot.timestamp, v.dot.node, _flat(v.context), v.value]
+        for v in versions.versions
+    ]
     return msgpack.packb([FORMAT, body], use_bin_type=True)  # type: ignore[no-any-return]
 
 
@@ -90,9 +99,17 @@ def decode_versions(data: bytes) -> VersionSet:
     versions: list[Version] = []
     previous: Dot | None = None
     for item in doc[1]:
-        if not isinstance(item, list) or len(item) != 4:
-            raise DecodeError("a version must have 4 fields")
-        timestamp, node, context, value = item
+        if not isinstance(item, list) or not 4 <= len(item) <= 5:
+            raise DecodeError("a version must have 4 or 5 fields")
+        if len(item) == 4:
+            timestamp, node, context, value = item
+            expires_ms = 0
+        else:
+            timestamp, node, context, value, expires_ms = item
+            if type(expires_ms) is not int or not 0 < expires_ms <= MAX_EXPIRES_MS:
+                raise DecodeError(f"bad version expiry {expires_ms!r}")
+            if value is None:
+                raise DecodeError("a tombstone cannot expire")
         if type(timestamp) is not int or not 0 < timestamp <= MAX_TIMESTAMP or not isinstance(node, str) or not node:
             raise DecodeError(f"bad version dot {timestamp!r}, {node!r}")
         if value is not None and not isinstance(value, bytes):
@@ -104,7 +121,7 @@ def decode_versions(data: bytes) -> VersionSet:
         vector = _vector(context)
         if vector.entries and vector.covers(timestamp, node):
             raise DecodeError("a version's context covers its own dot")
-        versions.append(Version(dot, vector, value))
+        versions.append(Version(dot, vector, value, expires_ms))
     if len(versions) > 1:
         for v in versions:
             if any(v.dominated_by(w) for w in versions if w is not v):

@@ -11,15 +11,17 @@ What `apply` decides, in queue order:
   the key holds and its context names, so the new version is newer than what it supersedes; the new set
   is `versions.write` (context dominance, `max_siblings` and the sibling byte bound). In last-writer-wins
   the stored row is not needed (`reads` leaves it out): the clock has observed every stored timestamp, so
-  the new dot wins whatever is stored.
+  the new dot wins whatever is stored. A write with `ttl_ms` stores the absolute expiry
+  `physical_ms(dot) + ttl_ms` in its version (see `versions.py`: expiry is read-side only, never merged).
 - A merge (`MergeOp`) joins remote version sets into the stored ones. It refuses (and counts, `MergeStats`)
   a set it cannot decode, one whose newest timestamp is more than `max_clock_offset_ms` ahead of the wall
   clock (`ClockSkewError`: a bad clock must not win every later last-writer-wins comparison), and one older
   than the tombstone grace period for a key this replica does not hold although it was a member when that
   version was written (the key was deleted here and its tombstone purged: taking it would bring a deleted
   key back). The clock observes what it accepts, so a later local write is newer than everything stored.
-- A purge (the tombstone sweep's `MergeOp.purge`) deletes the keys that still hold only tombstones older
-  than its bound, checked against the row as it is in this batch, so a write that arrived meanwhile wins.
+- A purge (the tombstone sweep's `MergeOp.purge`) deletes the keys whose versions are all dead (tombstones,
+  or values whose expiry has passed) and died before its bound (`versions.purgeable`), checked against the
+  row as it is in this batch, so a write that arrived meanwhile wins.
 - Clock floor: every stored timestamp stays at or below a reservation kept in the store's metadata
   (`META_HLC`), moved ahead by `HLC_RESERVE_MS` in the same commit as the write that needs it; a restarted
   node starts its clock above it (see `dsm.node`).
@@ -64,12 +66,33 @@ class StoredKey:
         versions: the canonical encoding of the key's version set (`dsm.core.encoding`).
         digest: signed 64-bit digest of (key, versions).
         timestamp: the largest version timestamp in `versions` (HLC).
+        seq: the commit stamp of the commit that stored this row (`Commit.stamp`; 0: none).
+        expires_ms: the moment the key becomes absent by expiry (`expiry_of`), None when it never does.
     """
 
     key: str
     versions: bytes
     digest: int
     timestamp: int
+    seq: int = 0
+    expires_ms: int | None = None
+
+
+def expiry_of(versions: VersionSet) -> int | None:
+    """The moment a key holding `versions` becomes absent by expiry (Unix ms; the store's indexed
+    `expires_ms`): the latest expiry of its live values when every one of them expires, else None (a value
+    that never expires, or no live value at all). In siblings mode a sibling that expires while another
+    stays live changes nothing a reader sees, so it has no moment of its own."""
+    latest = 0
+    for version in versions.versions:
+        if version.value is None:
+            continue
+        # `Version.expires_ms` (0: never) comes with keys that expire; a version without it never expires.
+        expires_ms = int(getattr(version, "expires_ms", 0))
+        if not expires_ms:
+            return None
+        latest = max(latest, expires_ms)
+    return latest or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +151,8 @@ class WriteOp:
     key: str
     value: bytes | None
     context: VersionVector
+    #: The value expires this long after the write's own timestamp, ms (0: never; a delete never expires).
+    ttl_ms: int = 0
     #: The key's version set right after this write (its context is the write's result).
     after: VersionSet = EMPTY
     timestamp: int = 0
@@ -140,7 +165,8 @@ class MergeOp:
     """Remote version sets to join in, and the tombstone sweep's purge; `apply` fills in the outcome."""
 
     items: Sequence[DataItem] = ()
-    #: Keys to delete if they still hold only tombstones older than `purge_before`, and metadata to store.
+    #: Keys to delete if every version is still dead from before `purge_before` (an HLC timestamp: tombstones,
+    #: expired values; `versions.purgeable`), and metadata to store.
     purge: Sequence[str] = ()
     purge_before: int = 0
     meta: Mapping[str, bytes] | None = None
@@ -252,8 +278,8 @@ class Replica:
             raise StorageCorruptError(f"{self.where}: stored versions of key {key!r} are unreadable: {exc}") from None
 
     def purge_candidates(self, page: Sequence[tuple[str, bytes]], before: int) -> list[str]:
-        """The keys of a page of stored rows that hold only tombstones older than `before` (an unreadable
-        row is left for an operator: reads report it)."""
+        """The keys of a page of stored rows whose versions all died (deleted or expired) before `before` (an
+        unreadable row is left for an operator: reads report it)."""
         keys = []
         for key, encoded in page:
             try:
@@ -264,7 +290,7 @@ class Replica:
         return keys
 
     def purge_bound(self, wall_ms: int) -> int:
-        """The timestamp below which tombstones may be purged now."""
+        """The timestamp below which dead versions (tombstones, expired values) may be purged now."""
         return pack(max(0, wall_ms - self.settings.tombstone_grace_ms))
 
     # --- the batch
@@ -316,7 +342,7 @@ class Replica:
         for key in dirty:
             versions = kept[key] = states[key]
             encoded = encode_versions(versions)
-            rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp))
+            rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp, 0, expiry_of(versions)))
         self._reserve(commit)
         return commit
 
@@ -328,8 +354,19 @@ class Replica:
         dot = Dot(clock.now(wall_ms), self.node_id)
         op.timestamp = dot.timestamp
         settings = self.settings
+        # The expiry is absolute and counted from the dot's physical time (never before the write itself), so
+        # every replica agrees on it; siblings already expired at this wall clock are superseded.
+        expires_ms = physical_ms(dot.timestamp) + op.ttl_ms if op.ttl_ms else 0
         op.after = states[op.key] = write(
-            current, dot, op.context, op.value, settings.conflict_resolution, settings.max_siblings, SIBLINGS_MAX_BYTES
+            current,
+            dot,
+            op.context,
+            op.value,
+            settings.conflict_resolution,
+            settings.max_siblings,
+            SIBLINGS_MAX_BYTES,
+            expires_ms=expires_ms,
+            now_ms=wall_ms,
         )
 
     def _merge(
@@ -388,7 +425,7 @@ class Replica:
     def _purge(
         op: MergeOp, states: dict[str, VersionSet], dirty: Mapping[str, None], purged: dict[str, MergeOp]
     ) -> None:
-        """Marks for deletion the keys of `op.purge` that still hold only old tombstones; a later write or
+        """Marks for deletion the keys of `op.purge` that still hold only long-dead versions; a later write or
         merge of one in the same batch makes it a row again (see `apply`)."""
         for key in op.purge:
             current = states.get(key)

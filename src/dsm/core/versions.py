@@ -18,6 +18,12 @@ Rules:
   sound because replicas exchange a key's *whole version set*, never single versions: a coordinator writes
   on its own full copy of the key, so any set holding one of its versions also holds its older concurrent
   siblings, or something that dominates them. The replication protocol must keep this rule.
+- Expiry: a version may carry `expires_ms`, an absolute Unix ms after which its value reads as absent
+  (`live_at`, at the reading node's wall clock). Expiry is never part of the merge: dominance, LWW order and
+  the cut ignore it, so replicas that read a key at slightly different moments never differ in what they
+  store. An expired value is dead like a tombstone: `purgeable` counts its death from `expires_ms`. In
+  SIBLINGS mode a local write supersedes the versions already expired at its wall clock (`write`), so dead
+  siblings do not use up the sibling bounds.
 - Size bound: a context holds at most one entry per node that ever coordinated a write of the key (clients
   never appear in it), so it is bounded by the cluster's size, as with Dynamo-style vector clocks.
 - Because a writer advances its clock past every timestamp in the context it writes with, a version always
@@ -56,6 +62,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
+from dsm.core.hlc import pack, physical_ms
 from dsm.core.vclock import VersionVector
 
 #: Most value bytes a key's version set keeps in SIBLINGS mode (its newest versions; the newest always stays,
@@ -92,11 +99,13 @@ class Version:
         dot: who wrote it, and when.
         context: what the writer had seen of this key.
         value: the bytes written, or None for a tombstone.
+        expires_ms: Unix ms from which the value reads as absent (0: never; always 0 for a tombstone).
     """
 
     dot: Dot
     context: VersionVector
     value: bytes | None
+    expires_ms: int = 0
 
     # Invariant (checked where versions are made, `write` and the decoder, not here on the read path):
     # a version's context never covers its own dot.
@@ -111,13 +120,20 @@ class Version:
     def meta_bytes(self) -> int:
         """About the bytes of this version's encoding apart from its value: dot, context, msgpack headers
         (an upper bound for ASCII node ids, which config enforces)."""
-        return 24 + len(self.dot.node) + sum(len(node) + 14 for node, _ in self.context.entries)
+        # An expiry adds at most 9 bytes (msgpack uint64); without one the size is exactly as before, so the
+        # cut of sets without expiries is unchanged.
+        extra = 9 if self.expires_ms else 0
+        return 24 + extra + len(self.dot.node) + sum(len(node) + 14 for node, _ in self.context.entries)
 
-    def tiebreak(self) -> tuple[tuple[tuple[str, int], ...], bool, bytes]:
+    def alive_at(self, now_ms: int) -> bool:
+        """Whether this version holds a value that has not expired at `now_ms` (Unix ms)."""
+        return self.value is not None and (self.expires_ms == 0 or now_ms < self.expires_ms)
+
+    def tiebreak(self) -> tuple[tuple[tuple[str, int], ...], bool, bytes, int]:
         """Orders two versions that carry one dot."""
         # Two versions with one dot should not exist; if a faulty peer sends one, every node picks the
         # same copy, so the merge stays deterministic.
-        return (self.context.entries, self.value is not None, self.value or b"")
+        return (self.context.entries, self.value is not None, self.value or b"", self.expires_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +179,11 @@ class VersionSet:
         """The versions that are not tombstones, newest first."""
         return tuple(v for v in self.versions if v.value is not None)
 
+    def live_at(self, now_ms: int) -> tuple[Version, ...]:
+        """The versions holding a value that has not expired at `now_ms` (the reading node's wall clock, Unix
+        ms), newest first: what a read at that moment returns."""
+        return tuple(v for v in self.versions if v.alive_at(now_ms))
+
     @property
     def max_timestamp(self) -> int:
         return self.versions[0].dot.timestamp if self.versions else 0
@@ -197,6 +218,9 @@ def write(
     resolution: Resolution,
     max_siblings: int,
     max_bytes: int | None = None,
+    *,
+    expires_ms: int = 0,
+    now_ms: int = 0,
 ) -> VersionSet:
     """The coordinator's write: a new version merged into the key's current set.
 
@@ -210,12 +234,16 @@ def write(
         max_siblings: the most versions the key may hold after this write (SIBLINGS).
         max_bytes: the most value bytes the key's versions may hold after this write (SIBLINGS; None: no
             bound). The new value always stays, even alone above the bound.
+        expires_ms: the new version's expiry (Unix ms; 0: never). Must be 0 for a delete.
+        now_ms: the coordinator's wall clock (SIBLINGS: versions expired by then are superseded, as if the
+            client had read them; 0: none are).
 
     Returns:
         the key's new version set, which contains the new version.
     """
     assert max_siblings >= 1
     assert dot.timestamp > current.max_timestamp and dot.timestamp > context.max_timestamp()
+    assert expires_ms >= 0 and not (expires_ms and value is None), "a tombstone never expires"
     if resolution is Resolution.LWW:
         # The context's timestamps are all below the dot's (asserted above), so it cannot cover the dot. It
         # is closed over the versions it covers: a read of an LWW winner lists only the winner, whose node's
@@ -224,10 +252,18 @@ def write(
         for version in current.versions:
             if context.covers(version.dot.timestamp, version.dot.node):
                 context = context.merge(version.context)
-        return VersionSet((Version(dot, context, value),))
+        return VersionSet((Version(dot, context, value, expires_ms),))
     survivors = sorted(
         (v for v in current.versions if not context.covers(v.dot.timestamp, v.dot.node)), key=lambda v: v.dot
     )
+    if now_ms and any(0 < v.expires_ms <= now_ms for v in survivors):
+        # An expired version is semantically absent: it is superseded like a version the client had read
+        # (its whole closure joins the context, which stays causally closed).
+        for version in survivors:
+            if 0 < version.expires_ms <= now_ms:
+                closure = VersionVector.of([(version.dot.node, version.dot.timestamp)])
+                context = context.merge(version.context).merge(closure)
+        survivors = [v for v in survivors if not 0 < v.expires_ms <= now_ms]
     excess = len(survivors) + 1 - max_siblings
     if max_bytes is not None:
         # Also supersede the oldest while the values held would exceed the byte bound (a key's whole
@@ -245,16 +281,34 @@ def write(
         # context) joins the new version's context, which keeps contexts causally closed.
         for oldest in survivors[:excess]:
             context = context.merge(oldest.context).merge(VersionVector.of([(oldest.dot.node, oldest.dot.timestamp)]))
-    new = Version(dot, context, value)
+    new = Version(dot, context, value, expires_ms)
     assert not new.context.covers(dot.timestamp, dot.node), "a version cannot cover itself"
     return VersionSet.of((*current.versions, new), resolution)
 
 
+def death(version: Version) -> int:
+    """When `version` died, as an HLC timestamp: a tombstone at its dot, a value at its expiry (`pack`ed);
+    0 for a value that never expires (it is not dead)."""
+    if version.value is None:
+        return version.dot.timestamp
+    return pack(version.expires_ms) if version.expires_ms else 0
+
+
+def death_ms(version: Version) -> int:
+    """When `version` died, Unix ms (see `death`; 0: it never dies)."""
+    return physical_ms(version.dot.timestamp) if version.value is None else version.expires_ms
+
+
 def purgeable(versions: VersionSet, before: int) -> bool:
-    """True when the set holds only tombstones and the newest is older than `before` (an HLC timestamp):
-    the key was deleted long enough ago that its tombstone may be purged (see docs/consistency.md)."""
-    return (
-        bool(versions.versions)
-        and versions.max_timestamp < before
-        and all(version.value is None for version in versions.versions)
-    )
+    """True when every version of the set is dead (a tombstone, or a value whose expiry has passed) and the
+    newest death is older than `before` (an HLC timestamp, so the grace period counts from the death): the
+    key was deleted or expired long enough ago that it may be purged (see docs/consistency.md)."""
+    if not versions.versions:
+        return False
+    newest = 0
+    for version in versions.versions:
+        died = death(version)
+        if not died:
+            return False
+        newest = max(newest, died)
+    return newest < before
