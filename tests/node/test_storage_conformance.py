@@ -4,7 +4,9 @@ Each test runs against all three through `BackingStore` alone, so a backend that
 to the node: atomic batches, replace-on-write, stable key order, range digests identical across backends,
 metadata, persistence across reopen (SQLite, PostgreSQL), and the single-user lock. The paxos keyspace
 (acceptor state of conditional writes) too: atomic with rows, ordered by hkey, invisible to everything
-about rows (anti-entropy included), and added in place to a store of schema version 1.
+about rows (anti-entropy included). The watch columns (schema version 3): `changed_since` and `expiring` in
+order, by range and in pages, kept with rewrites and deletes; stores of versions 1 and 2, as those versions
+created them, upgraded in place in one transaction.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ pytestmark = pytest.mark.parametrize(
 )
 
 
-def row(key: str, payload: bytes, ts: int = 1) -> StoredKey:
-    return StoredKey(key, payload, digest(key, payload), ts)
+def row(key: str, payload: bytes, ts: int = 1, seq: int = 0, expires_ms: int | None = None) -> StoredKey:
+    return StoredKey(key, payload, digest(key, payload), ts, seq, expires_ms)
 
 
 async def test_read_of_missing_key_is_none(store: BackingStore) -> None:
@@ -357,35 +359,142 @@ async def test_paxos_entries_survive_close_and_reopen(make_store: Callable[[], B
         await again.close()
 
 
-async def test_version_1_store_gains_the_paxos_table_and_keeps_its_rows(
-    request: pytest.FixtureRequest, make_store: Callable[[], BackingStore]
+# What older versions of DSM created, verbatim (storage/sqlite.py and storage/postgres.py at schema versions 1
+# and 2): a store of that version is these tables, rows written with four columns, and the version recorded.
+OLD_SCHEMAS: dict[str, dict[int, list[str]]] = {
+    "sqlite": {
+        1: [
+            "CREATE TABLE IF NOT EXISTS dsm_kv ( key TEXT PRIMARY KEY NOT NULL, versions BLOB NOT NULL,"
+            " digest INTEGER NOT NULL, ts INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+        ],
+        2: ["CREATE TABLE IF NOT EXISTS dsm_paxos (hkey TEXT PRIMARY KEY NOT NULL, state BLOB NOT NULL)"],
+    },
+    "postgres": {
+        1: [
+            'CREATE TABLE IF NOT EXISTS dsm_kv (key TEXT COLLATE "C" PRIMARY KEY, versions BYTEA NOT NULL,'
+            " digest BIGINT NOT NULL, ts BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
+        ],
+        2: ['CREATE TABLE IF NOT EXISTS dsm_paxos (hkey TEXT COLLATE "C" PRIMARY KEY, state BYTEA NOT NULL)'],
+    },
+}
+
+
+def make_old_store(
+    request: pytest.FixtureRequest, store: BackingStore, version: int, rows: Sequence[StoredKey]
+) -> None:
+    """Creates, on an empty database, the store an older DSM (schema `version`) would have left."""
+    dialect = "sqlite" if isinstance(store, SQLiteStore) else "postgres"
+    statements = [s for v in range(1, version + 1) for s in OLD_SCHEMAS[dialect][v]]
+    blob, mark = ("BLOB", "?") if dialect == "sqlite" else ("BYTEA", "%s")
+    statements.append(f"INSERT INTO dsm_meta(name, value) VALUES ('{META_SCHEMA}', CAST('{version}' AS {blob}))")
+    statements.append(f"INSERT INTO dsm_meta(name, value) VALUES ('hlc_reserved', CAST('77' AS {blob}))")
+    run_sql(request, store, statements)
+    insert = f"INSERT INTO dsm_kv(key, versions, digest, ts) VALUES ({mark}, {mark}, {mark}, {mark})"
+    if dialect == "sqlite":
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as con:
+            con.executemany(insert, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
+    else:
+        import psycopg
+
+        with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as con:
+            con.cursor().executemany(insert, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
+
+
+def index_names(request: pytest.FixtureRequest, store: BackingStore) -> set[str]:
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as con:
+            return {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    import psycopg
+
+    with psycopg.connect(request.getfixturevalue("postgres_url")) as con:
+        return {n for (n,) in con.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'dsm_kv'")}
+
+
+@pytest.mark.parametrize("old_version", [1, 2])
+async def test_older_store_is_upgraded_in_place_and_keeps_its_rows(
+    request: pytest.FixtureRequest, make_store: Callable[[], BackingStore], old_version: int
 ) -> None:
     first = make_store()
     no_schema_in_memory(first)
-    await first.open()
-    await first.write([row(f"k{i}", f"v{i}".encode(), ts=i) for i in range(30)], {"hlc_reserved": b"77"})
-    digest_before = await first.range_digest()
-    await first.close()
-    # What a version-1 store looks like: no paxos table, version 1 recorded.
-    run_sql(request, first, ["DROP TABLE dsm_paxos"])
-    set_schema_version(request, first, 1)
-    assert SCHEMA_VERSION == 2
+    old_rows = [row(f"k{i:02}", f"v{i}".encode(), ts=100 + i) for i in range(30)]
+    make_old_store(request, first, old_version, old_rows)
+    assert SCHEMA_VERSION == 3
     upgraded = make_store()
     await upgraded.open()
     try:
-        assert await upgraded.read_meta(META_SCHEMA) == b"2"
+        assert await upgraded.read_meta(META_SCHEMA) == b"3"
         assert await upgraded.count() == 30 and await upgraded.read("k29") == b"v29"
-        assert await upgraded.range_digest() == digest_before
+        assert await upgraded.range_digest() == RangeDigest.of(r.digest for r in old_rows)
         assert await upgraded.read_meta("hlc_reserved") == b"77"
+        assert await upgraded.max_timestamp() == 129
+        # Old rows have seq 0 (below every cursor: none existed) and no expiry.
+        assert [k for k, _, _ in await upgraded.changed_since(-1, limit=100)] == [r.key for r in old_rows]
+        assert {seq for _, _, seq in await upgraded.changed_since(-1, limit=100)} == {0}
+        assert await upgraded.changed_since(0) == [] and await upgraded.expiring(0, 2**62) == []
         assert await upgraded.scan_paxos() == []
-        await upgraded.write([], paxos=[(paxos_key("k1"), b"vote")])
+        await upgraded.write(
+            [row("k05", b"new", ts=200, seq=500, expires_ms=9_000)], paxos=[(paxos_key("k1"), b"vote")]
+        )
+        assert await upgraded.changed_since(0) == [("k05", b"new", 500)]
+        assert await upgraded.expiring(0, 10_000) == [("k05", b"new", 9_000)]
+        assert {"dsm_kv_seq", "dsm_kv_expires"} <= index_names(request, upgraded)
     finally:
         await upgraded.close()
     again = make_store()
     await again.open()
     try:
         assert await again.read_paxos([paxos_key("k1")]) == {paxos_key("k1"): b"vote"}
-        assert await again.read_meta(META_SCHEMA) == b"2"
+        assert await again.read_meta(META_SCHEMA) == b"3"
+        assert await again.changed_since(0) == [("k05", b"new", 500)]
+        assert await again.max_timestamp() == 500
+    finally:
+        await again.close()
+
+
+async def test_failed_upgrade_changes_nothing(
+    request: pytest.FixtureRequest, make_store: Callable[[], BackingStore]
+) -> None:
+    """The upgrade is one transaction: when its last step fails, the store is still the version-2 store."""
+    first = make_store()
+    no_schema_in_memory(first)
+    make_old_store(request, first, 2, [row("k", b"v", ts=5)])
+    # The database refuses the new version number, which the upgrade records last, after the columns.
+    if isinstance(first, SQLiteStore):
+        inject = [
+            "CREATE TRIGGER dsm_test_fail BEFORE UPDATE ON dsm_meta BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        ]
+    else:
+        inject = [
+            "CREATE FUNCTION dsm_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'injected failure'; END $$",
+            "CREATE TRIGGER dsm_test_fail BEFORE UPDATE ON dsm_meta FOR EACH ROW EXECUTE FUNCTION dsm_test_fail()",
+        ]
+    run_sql(request, first, inject)
+    with pytest.raises(StorageError, match="injected failure"):
+        await make_store().open()
+    if isinstance(first, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(first.path)) as con:
+            columns = [c[1] for c in con.execute("PRAGMA table_info(dsm_kv)")]
+            version = con.execute(f"SELECT value FROM dsm_meta WHERE name = '{META_SCHEMA}'").fetchone()[0]
+    else:
+        import psycopg
+
+        with psycopg.connect(request.getfixturevalue("postgres_url")) as con:
+            sql = (
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'dsm_kv'"
+                " ORDER BY ordinal_position"
+            )
+            columns = [c for (c,) in con.execute(sql)]
+            version = con.execute(f"SELECT value FROM dsm_meta WHERE name = '{META_SCHEMA}'").fetchone()[0]
+    assert columns == ["key", "versions", "digest", "ts"] and bytes(version) == b"2"
+    run_sql(request, first, ["DROP TRIGGER dsm_test_fail" + ("" if isinstance(first, SQLiteStore) else " ON dsm_meta")])
+    again = make_store()
+    await again.open()
+    try:
+        assert await again.read("k") == b"v" and await again.read_meta(META_SCHEMA) == b"3"
     finally:
         await again.close()
 
@@ -398,14 +507,98 @@ async def test_store_of_a_newer_schema_is_refused_and_left_alone(
     await first.open()
     await first.write([row("k", b"v")], paxos=[("h", b"s")])
     await first.close()
-    set_schema_version(request, first, 3)
-    with pytest.raises(StorageCorruptError, match="schema version b'3'"):
+    set_schema_version(request, first, 4)
+    with pytest.raises(StorageCorruptError, match="schema version b'4'"):
         await make_store().open()
-    # Nothing was changed: put version 2 back and everything is there.
-    set_schema_version(request, first, 2)
+    # Nothing was changed: put version 3 back and everything is there.
+    set_schema_version(request, first, 3)
     again = make_store()
     await again.open()
     try:
         assert await again.read("k") == b"v" and await again.read_paxos(["h"]) == {"h": b"s"}
     finally:
         await again.close()
+
+
+# --- commit stamps and expiries (schema version 3)
+
+
+async def test_changed_since_is_in_seq_then_key_order_by_range_and_page(store: BackingStore) -> None:
+    # Three commits: stamps 10 (three keys), 20 (two keys), 30 (one key rewrites a key of stamp 10).
+    await store.write([row("b", b"1", seq=10), row("a", b"1", seq=10), row("x/c", b"1", seq=10)])
+    await store.write([row("x/a", b"2", seq=20), row("d", b"2", seq=20)])
+    await store.write([row("b", b"3", seq=30)])
+    everything = await store.changed_since(0)
+    assert everything == [
+        ("a", b"1", 10), ("x/c", b"1", 10), ("d", b"2", 20), ("x/a", b"2", 20), ("b", b"3", 30)
+    ]  # fmt: skip
+    assert await store.changed_since(10) == everything[2:]
+    assert await store.changed_since(30) == []
+    # A prefix is a key range.
+    assert await store.changed_since(0, "x/", "x0") == [("x/c", b"1", 10), ("x/a", b"2", 20)]
+    assert await store.changed_since(0, "c") == [("x/c", b"1", 10), ("d", b"2", 20), ("x/a", b"2", 20)]
+    # Pages continue after the last (seq, key) seen, even inside one commit's stamp.
+    page = await store.changed_since(0, limit=1)
+    assert page == everything[:1]
+    pages = list(page)
+    while page:
+        key, _, seq = page[-1]
+        page = await store.changed_since(seq, after_key=key, limit=2)
+        pages += page
+    assert pages == everything
+    assert await store.changed_since(10, after_key="a") == everything[1:]
+    # A purged row is gone from the history.
+    await store.write([], deletes=["d"])
+    assert [k for k, _, _ in await store.changed_since(0)] == ["a", "x/c", "x/a", "b"]
+
+
+async def test_expiring_is_a_window_in_expiry_then_key_order(store: BackingStore) -> None:
+    await store.write(
+        [
+            row("never", b"v", seq=1),
+            row("b", b"v", seq=1, expires_ms=1_000),
+            row("a", b"v", seq=1, expires_ms=1_000),
+            row("p/late", b"v", seq=1, expires_ms=5_000),
+            row("p/soon", b"v", seq=1, expires_ms=2_000),
+        ]
+    )
+    assert await store.expiring(0, 10_000) == [
+        ("a", b"v", 1_000), ("b", b"v", 1_000), ("p/soon", b"v", 2_000), ("p/late", b"v", 5_000)
+    ]  # fmt: skip
+    # (after_ms, upto_ms]: the lower bound excludes, the upper includes.
+    assert [k for k, _, _ in await store.expiring(1_000, 5_000)] == ["p/soon", "p/late"]
+    assert [k for k, _, _ in await store.expiring(0, 1_999)] == ["a", "b"]
+    assert await store.expiring(5_000, 10_000) == [] and await store.expiring(3_000, 2_000) == []
+    assert [k for k, _, _ in await store.expiring(0, 10_000, "p/", "p0")] == ["p/soon", "p/late"]
+    assert [k for k, _, _ in await store.expiring(0, 10_000, limit=1)] == ["a"]
+    # A rewrite that no longer expires, or a new expiry, replaces the old one; a purged row is gone.
+    await store.write([row("a", b"w", seq=2), row("p/late", b"w", seq=2, expires_ms=1_500)], deletes=["b"])
+    assert await store.expiring(0, 10_000) == [("p/late", b"w", 1_500), ("p/soon", b"v", 2_000)]
+
+
+async def test_seq_and_expiry_survive_reopen_and_bound_max_timestamp(make_store: Callable[[], BackingStore]) -> None:
+    first = make_store()
+    await first.open()
+    await first.write([row("k", b"v", ts=40, seq=70, expires_ms=123), row("j", b"v", ts=90, seq=60)])
+    # max_timestamp covers commit stamps too: a restarted clock must start above every one it gave.
+    assert await first.max_timestamp() == 90
+    await first.write([row("i", b"v", ts=10, seq=95)])
+    assert await first.max_timestamp() == 95
+    await first.close()
+    again = make_store()
+    await again.open()
+    try:
+        assert await again.changed_since(0) == [("j", b"v", 60), ("k", b"v", 70), ("i", b"v", 95)]
+        assert await again.expiring(0, 1_000) == [("k", b"v", 123)]
+        assert await again.max_timestamp() == 95
+    finally:
+        await again.close()
+
+
+async def test_single_row_writes_keep_seq_and_expiry(store: BackingStore) -> None:
+    """A batch of one row takes the stores' one-statement fast path."""
+    await store.write([row("k", b"1", seq=5, expires_ms=50)])
+    await store.write([row("k", b"2", seq=6)])
+    assert await store.changed_since(5) == [("k", b"2", 6)] and await store.expiring(0, 100) == []
+    await store.write([row("k", b"3", seq=7, expires_ms=70)])
+    assert await store.expiring(0, 100) == [("k", b"3", 70)]

@@ -24,11 +24,20 @@ Bounds: an `hkey` is at most `max_key_bytes` + 16 bytes, because the caller buil
 already checked (`dsm.node.checks`); a state is at most `cas_acceptor.STATE_MAX_BYTES`, one version set like
 a row. Stores do not check these (as for rows): they are the caller's.
 
+Watches (issue 19, schema version 3): each row also records `seq`, the commit stamp of the last commit that
+changed it (`StoredKey.seq`, from the replica's clock; 0 for rows from before version 3), and `expires_ms`,
+the moment the key becomes absent by expiry (`StoredKey.expires_ms`; None: never). `changed_since` pages
+through the rows changed after a stamp in (seq, key) order, the coalesced history a watch replays (no log,
+so nothing to compact); `expiring` pages through the rows that expire in a window of wall-clock time, for
+expiry events. Both are indexed (`dsm_kv_seq`, and the partial `dsm_kv_expires` on rows that expire).
+
 Contract every backend keeps (tested by `tests/node/test_storage_conformance.py`):
 - `write` is atomic: all of a batch's rows, metadata and paxos entries are stored, or none. When it returns,
   the batch is durable to the store's configured level.
-- The SQL stores record their `SCHEMA_VERSION` and upgrade an older one in place when they open (version 1
-  lacked the paxos table); a store from a newer version is refused with `StorageCorruptError`.
+- The SQL stores record their `SCHEMA_VERSION` and upgrade an older one in place when they open, in the same
+  transaction as the new version number (version 1 lacked the paxos table, versions 1 and 2 the `seq` and
+  `expires_ms` columns and their indexes); a store from a newer version is refused with
+  `StorageCorruptError`.
 - Only one process uses a store at a time; an open of a store in use raises `StorageLockedError`.
 - Failures raise `StorageError` subclasses; committed data is never damaged by a failed call.
 """
@@ -43,11 +52,21 @@ from dsm.core.replica import StoredKey
 from dsm.core.ring import position
 from dsm.errors import StorageCorruptError
 
-__all__ = ["BackingStore", "PaxosEntry", "RangeDigest", "StoredKey", "paxos_bound", "paxos_key"]
+__all__ = [
+    "BackingStore",
+    "ChangedRow",
+    "ExpiringRow",
+    "PaxosEntry",
+    "RangeDigest",
+    "StoredKey",
+    "paxos_bound",
+    "paxos_key",
+]
 
 MASK32 = 0xFFFFFFFF
-#: 2 added the paxos keyspace (`dsm_paxos`); a version-1 store gains it when it opens.
-SCHEMA_VERSION = 2
+#: 2 added the paxos keyspace (`dsm_paxos`); 3 the rows' `seq` and `expires_ms` columns. An older store is
+#: upgraded when it opens (`schema_to_record`).
+SCHEMA_VERSION = 3
 #: Metadata name of the schema version.
 META_SCHEMA = "schema_version"
 #: Characters `paxos_key` puts before the key (the ring position, in hex).
@@ -89,23 +108,45 @@ def paxos_changes(entries: Sequence[PaxosEntry]) -> tuple[list[tuple[str, bytes]
     return upserts, deletes
 
 
-def schema_to_record(found: bytes | None, where: str) -> bytes | None:
+#: One row `changed_since` returns: (key, encoded versions, seq).
+ChangedRow = tuple[str, bytes, int]
+#: One row `expiring` returns: (key, encoded versions, expires_ms).
+ExpiringRow = tuple[str, bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStep:
+    """What a SQL store does to its schema when it opens (`schema_to_record`).
+
+    Attributes:
+        record: the version to record now (None: already current).
+        add_row_columns: the store predates version 3: `dsm_kv` needs its `seq` and `expires_ms` columns
+            (ALTER TABLE, in the same transaction as the record).
+    """
+
+    record: bytes | None
+    add_row_columns: bool
+
+
+def schema_to_record(found: bytes | None, where: str) -> SchemaStep:
     """What a SQL store opening finds as its recorded schema version (`found`; None in a new store) decides:
-    the version to record now (new store, or an older one upgraded in place: the tables are created by the
-    same transaction), or None when it is current.
+    the version to record now (new store, or an older one upgraded in place by the same transaction), or
+    None when it is current, and whether the rows' version-3 columns must be added.
 
     Raises:
         StorageCorruptError: a newer or unreadable version (`where` names the store in the message).
     """
     current = str(SCHEMA_VERSION).encode()
     if found is None:
-        return current
+        return SchemaStep(current, False)  # a new store: CREATE TABLE made every column
     if found == current:
-        return None
-    if found == b"1":
-        # Version 1 differs only by the missing paxos table, which CREATE TABLE IF NOT EXISTS just added.
-        return current
-    raise StorageCorruptError(f"{where}: schema version {found!r}; this DSM reads version {SCHEMA_VERSION} (or 1)")
+        return SchemaStep(None, False)
+    if found in (b"1", b"2"):
+        # Version 1 also lacked the paxos table, which CREATE TABLE IF NOT EXISTS just added.
+        return SchemaStep(current, True)
+    raise StorageCorruptError(
+        f"{where}: schema version {found!r}; this DSM reads version {SCHEMA_VERSION} (or 1 and 2, upgraded)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +213,19 @@ class BackingStore(Protocol):
     async def scan_paxos(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
         """(hkey, state) of the paxos keyspace in [start, end), ascending by hkey, at most `limit`."""
 
+    async def changed_since(
+        self, stamp: int, lo: str = "", hi: str | None = None, after_key: str | None = None, limit: int = 1000
+    ) -> list[ChangedRow]:
+        """(key, versions, seq) of the rows in [lo, hi) changed after commit stamp `stamp`, in (seq, key)
+        order, at most `limit`: those with `seq > stamp`, or, with `after_key`, those whose (seq, key) sorts
+        after (stamp, after_key) (the next page after a row (stamp, after_key))."""
+
+    async def expiring(
+        self, after_ms: int, upto_ms: int, lo: str = "", hi: str | None = None, limit: int = 1000
+    ) -> list[ExpiringRow]:
+        """(key, versions, expires_ms) of the rows in [lo, hi) with `after_ms < expires_ms <= upto_ms`, in
+        (expires_ms, key) order, at most `limit`."""
+
     async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
         """(key, versions) of rows whose `timestamp` is below `timestamp` and whose key sorts after `after`,
         in key order, at most `limit` (the tombstone sweep pages through them)."""
@@ -189,7 +243,8 @@ class BackingStore(Protocol):
         """The number of keys stored (tombstones included)."""
 
     async def max_timestamp(self) -> int:
-        """The largest row `timestamp` (0 when empty). May scan the whole store; used on start only."""
+        """The largest row `timestamp` or `seq` (0 when empty): every clock reading the store holds, so a
+        restarted clock starts above them. May scan the whole store; used on start only."""
 
     async def with_range_view(self, fn: Callable[[Any], T]) -> T:
         """Runs `fn` (an anti-entropy step, `dsm.core.reconcile`) against a synchronous, consistent view

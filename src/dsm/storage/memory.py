@@ -1,12 +1,13 @@
 """The in-memory backing store: a `SortedReplica` (ordered rows with their digests) plus each row's timestamp,
-the metadata and the paxos keyspace (a dict beside a sorted list of its hkeys, apart from the rows so
-nothing about rows sees it). Nothing survives the process.
+commit stamp (`seq`) and expiry, the metadata and the paxos keyspace (a dict beside a sorted list of its
+hkeys, apart from the rows so nothing about rows sees it). Nothing survives the process.
 
 Used by tests and the simulator, where thousands of nodes each need a store; it is a real, complete
 implementation of the interface (it passes the same conformance suite as the SQL stores). Every operation
 is synchronous underneath: the async interface wraps `read_many_now`, `read_paxos_now`, `scan_paxos_now`,
 `write_now` and `view`, which the simulator calls directly (it has no event loop), so simulated nodes store
 through the same code. A batch is checked before anything changes, so a refused batch leaves no trace.
+`changed_since` and `expiring` scan every row (no index): enough for tests and the simulator.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TypeVar
 
 from dsm.core.reconcile import SortedReplica
 from dsm.errors import ClosedError
-from dsm.storage.base import PaxosEntry, RangeDigest, StoredKey, paxos_changes
+from dsm.storage.base import ChangedRow, ExpiringRow, PaxosEntry, RangeDigest, StoredKey, paxos_changes
 
 T = TypeVar("T")
 
@@ -33,6 +34,8 @@ class MemoryStore:
         self.url = "memory:"
         self._rows = SortedReplica()
         self._timestamps: dict[str, int] = {}
+        self._seqs: dict[str, int] = {}
+        self._expiries: dict[str, int] = {}  # only the rows that expire
         self._meta: dict[str, bytes] = {}
         self._paxos: dict[str, bytes] = {}
         self._paxos_hkeys: list[str] = []  # sorted
@@ -86,15 +89,22 @@ class MemoryStore:
         self._check()
         # Checked first: nothing below can fail, so the batch is all or nothing.
         paxos_upserts, paxos_deletes = paxos_changes(paxos) if paxos else ([], [])
-        replica, timestamps = self._rows, self._timestamps
+        replica, timestamps, seqs, expiries = self._rows, self._timestamps, self._seqs, self._expiries
         for row in rows:
             replica.put(row.key, row.versions, row.digest)
             timestamps[row.key] = row.timestamp
+            seqs[row.key] = row.seq
+            if row.expires_ms is None:
+                expiries.pop(row.key, None)
+            else:
+                expiries[row.key] = row.expires_ms
         if meta:
             self._meta.update(meta)
         for key in deletes:
             replica.pop(key)
             timestamps.pop(key, None)
+            seqs.pop(key, None)
+            expiries.pop(key, None)
         states, hkeys = self._paxos, self._paxos_hkeys
         for hkey, state in paxos_upserts:
             if hkey not in states:
@@ -132,6 +142,44 @@ class MemoryStore:
     async def scan_paxos(self, start: str = "", end: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
         return self.scan_paxos_now(start, end, limit)
 
+    def changed_since_now(
+        self, stamp: int, lo: str = "", hi: str | None = None, after_key: str | None = None, limit: int = 1000
+    ) -> list[ChangedRow]:
+        """`changed_since`, without an event loop."""
+        self._check()
+        rows = self._rows
+        found = sorted(
+            (seq, key)
+            for key, seq in self._seqs.items()
+            if (seq > stamp or (after_key is not None and seq == stamp and key > after_key))
+            and key >= lo
+            and (hi is None or key < hi)
+        )
+        return [(key, rows[key], seq) for seq, key in found[: max(0, limit)]]
+
+    def expiring_now(
+        self, after_ms: int, upto_ms: int, lo: str = "", hi: str | None = None, limit: int = 1000
+    ) -> list[ExpiringRow]:
+        """`expiring`, without an event loop."""
+        self._check()
+        rows = self._rows
+        found = sorted(
+            (expires_ms, key)
+            for key, expires_ms in self._expiries.items()
+            if after_ms < expires_ms <= upto_ms and key >= lo and (hi is None or key < hi)
+        )
+        return [(key, rows[key], expires_ms) for expires_ms, key in found[: max(0, limit)]]
+
+    async def changed_since(
+        self, stamp: int, lo: str = "", hi: str | None = None, after_key: str | None = None, limit: int = 1000
+    ) -> list[ChangedRow]:
+        return self.changed_since_now(stamp, lo, hi, after_key, limit)
+
+    async def expiring(
+        self, after_ms: int, upto_ms: int, lo: str = "", hi: str | None = None, limit: int = 1000
+    ) -> list[ExpiringRow]:
+        return self.expiring_now(after_ms, upto_ms, lo, hi, limit)
+
     async def older_than(self, timestamp: int, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
         self._check()
         out: list[tuple[str, bytes]] = []
@@ -162,4 +210,4 @@ class MemoryStore:
 
     async def max_timestamp(self) -> int:
         self._check()
-        return max(self._timestamps.values(), default=0)
+        return max(max(self._timestamps.values(), default=0), max(self._seqs.values(), default=0))

@@ -1,7 +1,8 @@
 """The PostgreSQL backing store (psycopg 3, async), for those who run a PostgreSQL server.
 
-Same schema as SQLite (`dsm_kv`, `dsm_meta`, and since schema version 2 the paxos keyspace `dsm_paxos`,
-created in a version-1 database when it opens). Keys and hkeys use the "C" collation so their order is
+Same schema as SQLite (`dsm_kv`, `dsm_meta`, since schema version 2 the paxos keyspace `dsm_paxos`, since
+version 3 the rows' `seq` and `expires_ms` with their indexes; an older database is upgraded when it opens, in
+one transaction with the new version number). Keys and hkeys use the "C" collation so their order is
 byte order, the same as the other backends, whatever the database's locale. Two connections: one for
 writes (each batch one transaction, sent with psycopg's pipelined `executemany`) and one for reads, so
 reads never wait behind a commit.
@@ -35,7 +36,16 @@ from dsm.errors import (
     StorageReadOnlyError,
     StorageUnavailableError,
 )
-from dsm.storage.base import META_SCHEMA, PaxosEntry, RangeDigest, StoredKey, paxos_changes, schema_to_record
+from dsm.storage.base import (
+    META_SCHEMA,
+    ChangedRow,
+    ExpiringRow,
+    PaxosEntry,
+    RangeDigest,
+    StoredKey,
+    paxos_changes,
+    schema_to_record,
+)
 from dsm.storage.sqlview import RANGE_SUMS, SqlRangeView
 
 T = TypeVar("T")
@@ -43,13 +53,30 @@ T = TypeVar("T")
 _LOCK_ID = 0x44534D5F4B560001  # 'DSM_KV' + 1: the advisory lock (per database) of the dsm_kv table set
 _SCHEMA = (
     'CREATE TABLE IF NOT EXISTS dsm_kv (key TEXT COLLATE "C" PRIMARY KEY, versions BYTEA NOT NULL,'
-    " digest BIGINT NOT NULL, ts BIGINT NOT NULL)",
+    " digest BIGINT NOT NULL, ts BIGINT NOT NULL, seq BIGINT NOT NULL DEFAULT 0, expires_ms BIGINT)",
     "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
     'CREATE TABLE IF NOT EXISTS dsm_paxos (hkey TEXT COLLATE "C" PRIMARY KEY, state BYTEA NOT NULL)',
 )
+#: What schema version 3 added to the rows of an older store (old rows: seq 0, below every cursor; no expiry).
+_ROW_COLUMNS = (
+    "ALTER TABLE dsm_kv ADD COLUMN seq BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE dsm_kv ADD COLUMN expires_ms BIGINT",
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS dsm_kv_seq ON dsm_kv(seq)",
+    "CREATE INDEX IF NOT EXISTS dsm_kv_expires ON dsm_kv(expires_ms) WHERE expires_ms IS NOT NULL",
+)
 _UPSERT = (
-    "INSERT INTO dsm_kv(key, versions, digest, ts) VALUES (%s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
-    " versions = excluded.versions, digest = excluded.digest, ts = excluded.ts"
+    "INSERT INTO dsm_kv(key, versions, digest, ts, seq, expires_ms) VALUES (%s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (key) DO UPDATE SET versions = excluded.versions, digest = excluded.digest, ts = excluded.ts,"
+    " seq = excluded.seq, expires_ms = excluded.expires_ms"
+)
+_CHANGED = "SELECT key, versions, seq FROM dsm_kv WHERE {after} AND key >= %s{hi} ORDER BY seq, key LIMIT %s"
+_AFTER_STAMP = "seq > %s"
+_AFTER_ROW = "seq >= %s AND (seq > %s OR key > %s)"
+_EXPIRING = (
+    "SELECT key, versions, expires_ms FROM dsm_kv WHERE expires_ms > %s AND expires_ms <= %s AND key >= %s{hi}"
+    " ORDER BY expires_ms, key LIMIT %s"
 )
 _META_UPSERT = (
     "INSERT INTO dsm_meta(name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
@@ -185,10 +212,16 @@ class PostgresStore:
                     await con.execute(statement)
                 cur = await con.execute("SELECT value FROM dsm_meta WHERE name = %s", (META_SCHEMA,))
                 row = await cur.fetchone()
-                # A version-1 database got its paxos table from the statements above, in this transaction.
-                record = schema_to_record(None if row is None else bytes(row[0]), f"PostgreSQL {self.url}")
-                if record is not None:
-                    await con.execute(_META_UPSERT, (META_SCHEMA, record))
+                # A version-1 database got its paxos table from the statements above; an older one gets its
+                # row columns here, all in this transaction with the new version number.
+                step = schema_to_record(None if row is None else bytes(row[0]), f"PostgreSQL {self.url}")
+                if step.add_row_columns:
+                    for statement in _ROW_COLUMNS:
+                        await con.execute(statement)
+                for statement in _INDEXES:
+                    await con.execute(statement)
+                if step.record is not None:
+                    await con.execute(_META_UPSERT, (META_SCHEMA, step.record))
         except self._psycopg.Error as exc:
             raise self._error(exc, "prepare schema") from exc
 
@@ -256,6 +289,29 @@ class PostgresStore:
         sql = "SELECT key, versions FROM dsm_kv WHERE key > %s AND ts < %s ORDER BY key LIMIT %s"
         rows = await self._fetch("read", sql, (after, timestamp, limit))
         return [(k, bytes(v)) for k, v in rows]
+
+    async def changed_since(
+        self, stamp: int, lo: str = "", hi: str | None = None, after_key: str | None = None, limit: int = 1000
+    ) -> list[ChangedRow]:
+        args: list[Any] = [stamp, lo] if after_key is None else [stamp, stamp, after_key, lo]
+        if hi is not None:
+            args.append(hi)
+        args.append(limit)
+        after = _AFTER_STAMP if after_key is None else _AFTER_ROW
+        rows = await self._fetch(
+            "changed_since", _CHANGED.format(after=after, hi="" if hi is None else " AND key < %s"), args
+        )
+        return [(k, bytes(v), int(n)) for k, v, n in rows]
+
+    async def expiring(
+        self, after_ms: int, upto_ms: int, lo: str = "", hi: str | None = None, limit: int = 1000
+    ) -> list[ExpiringRow]:
+        args: list[Any] = [after_ms, upto_ms, lo]
+        if hi is not None:
+            args.append(hi)
+        args.append(limit)
+        rows = await self._fetch("expiring", _EXPIRING.format(hi="" if hi is None else " AND key < %s"), args)
+        return [(k, bytes(v), int(n)) for k, v, n in rows]
 
     async def read_paxos(self, hkeys: Sequence[str]) -> dict[str, bytes]:
         if not hkeys:
@@ -328,7 +384,8 @@ class PostgresStore:
         return int(rows[0][0])
 
     async def max_timestamp(self) -> int:
-        rows = await self._fetch("max_timestamp", "SELECT coalesce(max(ts), 0) FROM dsm_kv", ())
+        sql = "SELECT greatest(coalesce(max(ts), 0), coalesce(max(seq), 0)) FROM dsm_kv"
+        rows = await self._fetch("max_timestamp", sql, ())
         return int(rows[0][0])
 
     async def write(
@@ -344,10 +401,12 @@ class PostgresStore:
             if len(rows) == 1 and not meta and not deletes and not paxos:
                 # One statement in autocommit mode is its own transaction: one round trip instead of three.
                 r = rows[0]
-                await con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp))
+                await con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp, r.seq, r.expires_ms))
                 return
             async with con.transaction(), con.cursor() as cur:
-                await cur.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
+                await cur.executemany(
+                    _UPSERT, [(r.key, r.versions, r.digest, r.timestamp, r.seq, r.expires_ms) for r in rows]
+                )
                 if meta:
                     await cur.executemany(_META_UPSERT, list(meta.items()))
                 if deletes:

@@ -16,8 +16,10 @@ Durability: WAL with synchronous=NORMAL loses nothing a committed transaction wr
 
 Only one process may use a database: an exclusive `flock` on `<path>.lock` is held while the store is open.
 
-Tables: `dsm_kv` (the rows), `dsm_meta` (named blobs, the schema version among them) and `dsm_paxos` (the
-paxos keyspace, `storage/base.py`; added by schema version 2, created in a version-1 database when it opens).
+Tables: `dsm_kv` (the rows; since schema version 3 with each row's commit stamp `seq` and expiry `expires_ms`,
+indexed by `dsm_kv_seq` and the partial `dsm_kv_expires`), `dsm_meta` (named blobs, the schema version among
+them) and `dsm_paxos` (the paxos keyspace, `storage/base.py`; added by schema version 2). An older database
+is upgraded when it opens, in one transaction with the new version number (`_create_schema`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,16 @@ from dsm.errors import (
     StorageReadOnlyError,
     StorageUnavailableError,
 )
-from dsm.storage.base import META_SCHEMA, PaxosEntry, RangeDigest, StoredKey, paxos_changes, schema_to_record
+from dsm.storage.base import (
+    META_SCHEMA,
+    ChangedRow,
+    ExpiringRow,
+    PaxosEntry,
+    RangeDigest,
+    StoredKey,
+    paxos_changes,
+    schema_to_record,
+)
 from dsm.storage.sqlview import IN_CHUNK as _IN_CHUNK
 from dsm.storage.sqlview import RANGE_SUMS, SqlRangeView
 
@@ -60,13 +71,31 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dsm_kv ("
     " key TEXT PRIMARY KEY NOT NULL, versions BLOB NOT NULL,"
-    " digest INTEGER NOT NULL, ts INTEGER NOT NULL)",
+    " digest INTEGER NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL DEFAULT 0, expires_ms INTEGER)",
     "CREATE TABLE IF NOT EXISTS dsm_meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dsm_paxos (hkey TEXT PRIMARY KEY NOT NULL, state BLOB NOT NULL)",
 )
+#: What schema version 3 added to the rows of an older store (old rows: seq 0, below every cursor; no expiry).
+_ROW_COLUMNS = (
+    "ALTER TABLE dsm_kv ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE dsm_kv ADD COLUMN expires_ms INTEGER",
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS dsm_kv_seq ON dsm_kv(seq)",
+    "CREATE INDEX IF NOT EXISTS dsm_kv_expires ON dsm_kv(expires_ms) WHERE expires_ms IS NOT NULL",
+)
 _UPSERT = (
-    "INSERT INTO dsm_kv(key, versions, digest, ts) VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
-    " versions = excluded.versions, digest = excluded.digest, ts = excluded.ts"
+    "INSERT INTO dsm_kv(key, versions, digest, ts, seq, expires_ms) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(key) DO UPDATE SET versions = excluded.versions, digest = excluded.digest, ts = excluded.ts,"
+    " seq = excluded.seq, expires_ms = excluded.expires_ms"
+)
+#: `seq >= stamp` alone bounds the index range; with an after_key, the rest picks the rows after it.
+_CHANGED = "SELECT key, versions, seq FROM dsm_kv WHERE {after} AND key >= ?{hi} ORDER BY seq, key LIMIT ?"
+_AFTER_STAMP = "seq > ?"
+_AFTER_ROW = "seq >= ? AND (seq > ? OR key > ?)"
+_EXPIRING = (
+    "SELECT key, versions, expires_ms FROM dsm_kv WHERE expires_ms > ? AND expires_ms <= ? AND key >= ?{hi}"
+    " ORDER BY expires_ms, key LIMIT ?"
 )
 _META_UPSERT = "INSERT INTO dsm_meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
 _PAXOS_UPSERT = (
@@ -233,10 +262,16 @@ class SQLiteStore:
             for statement in _SCHEMA:
                 con.execute(statement)
             row = con.execute("SELECT value FROM dsm_meta WHERE name = ?", (META_SCHEMA,)).fetchone()
-            # A version-1 database got its paxos table from the statements above, in this transaction.
-            record = schema_to_record(None if row is None else bytes(row[0]), f"SQLite {self.path}")
-            if record is not None:
-                con.execute(_META_UPSERT, (META_SCHEMA, record))
+            # A version-1 database got its paxos table from the statements above; an older one gets its row
+            # columns here, all in this transaction with the new version number.
+            step = schema_to_record(None if row is None else bytes(row[0]), f"SQLite {self.path}")
+            if step.add_row_columns:
+                for statement in _ROW_COLUMNS:
+                    con.execute(statement)
+            for statement in _INDEXES:
+                con.execute(statement)
+            if step.record is not None:
+                con.execute(_META_UPSERT, (META_SCHEMA, step.record))
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -331,6 +366,34 @@ class SQLiteStore:
             raise translate(exc, self.path, "read") from exc
         return [(k, bytes(v)) for k, v in rows]
 
+    async def changed_since(
+        self, stamp: int, lo: str = "", hi: str | None = None, after_key: str | None = None, limit: int = 1000
+    ) -> list[ChangedRow]:
+        args: list[Any] = [stamp, lo] if after_key is None else [stamp, stamp, after_key, lo]
+        if hi is not None:
+            args.append(hi)
+        args.append(limit)
+        after = _AFTER_STAMP if after_key is None else _AFTER_ROW
+        sql = _CHANGED.format(after=after, hi="" if hi is None else " AND key < ?")
+        return await self._select_rows("changed_since", sql, args)
+
+    async def expiring(
+        self, after_ms: int, upto_ms: int, lo: str = "", hi: str | None = None, limit: int = 1000
+    ) -> list[ExpiringRow]:
+        args: list[Any] = [after_ms, upto_ms, lo]
+        if hi is not None:
+            args.append(hi)
+        args.append(limit)
+        return await self._select_rows("expiring", _EXPIRING.format(hi="" if hi is None else " AND key < ?"), args)
+
+    async def _select_rows(self, doing: str, sql: str, args: Sequence[Any]) -> list[tuple[str, bytes, int]]:
+        """(key, blob, int) rows of a bounded query on the read connection (inline: a page of an index)."""
+        try:
+            rows = self._reader().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, doing) from exc
+        return [(k, bytes(v), int(n)) for k, v, n in rows]
+
     async def read_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         return self._read_in("SELECT key, versions FROM dsm_kv WHERE key IN", keys, "read")
 
@@ -395,7 +458,10 @@ class SQLiteStore:
 
     async def max_timestamp(self) -> int:
         return await self._in_background(
-            "max_timestamp", lambda con: int(con.execute("SELECT coalesce(max(ts), 0) FROM dsm_kv").fetchone()[0])
+            "max_timestamp",
+            lambda con: int(
+                con.execute("SELECT max(coalesce(max(ts), 0), coalesce(max(seq), 0)) FROM dsm_kv").fetchone()[0]
+            ),
         )
 
     async def count(self) -> int:
@@ -465,10 +531,10 @@ class SQLiteStore:
             if len(rows) == 1 and not meta and not deletes and paxos is None:
                 # One statement in autocommit mode is its own transaction: one call instead of three.
                 r = rows[0]
-                con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp))
+                con.execute(_UPSERT, (r.key, r.versions, r.digest, r.timestamp, r.seq, r.expires_ms))
                 return
             con.execute("BEGIN IMMEDIATE")
-            con.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp) for r in rows])
+            con.executemany(_UPSERT, [(r.key, r.versions, r.digest, r.timestamp, r.seq, r.expires_ms) for r in rows])
             if meta:
                 con.executemany(_META_UPSERT, list(meta.items()))
             if deletes:
