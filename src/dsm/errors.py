@@ -21,6 +21,8 @@ __all__ = [
     "InvalidInputError",
     "InvalidKeyError",
     "InvalidValueError",
+    "OutcomeUnknownError",
+    "PreconditionFailedError",
     "StaleReplicaError",
     "StorageCorruptError",
     "StorageError",
@@ -124,6 +126,29 @@ class ConsistencyError(DSMError):
             groups = ", ".join(f"{name}: {got} of {need}" for name, (got, need) in sorted(shortfall.items()))
             detail = f"{received} members answered, {required} required ({groups})"
         super().__init__(f"{operation} at consistency {level!r} not met: {detail}{kept}")
+
+
+class OutcomeUnknownError(ConsistencyError):
+    """A conditional write (or linearizable operation) may or may not have taken effect: its accept was sent
+    to the key's acceptor group but too few confirmed it in time. A later operation on the key will see it
+    if it took effect. Read the key linearizably before retrying a non-idempotent change."""
+
+
+class PreconditionFailedError(DSMError):
+    """A conditional write's condition was false: the key holds a live value (`if_absent`), or it is no longer
+    exactly what the read whose context was given returned (`if_match`). Nothing was written.
+
+    Attributes:
+        key: the key.
+        context: the key's current version context (None when the key holds nothing at all): pass it as
+            `if_match` to retry against the current state.
+        exists: whether the key holds a live value.
+    """
+
+    def __init__(self, key: str, context: str | None, exists: bool) -> None:
+        self.key, self.context, self.exists = key, context, exists
+        state = "holds a value" if exists else "holds no value" if context else "does not exist"
+        super().__init__(f"precondition failed on {key!r}: the key {state} and does not match the condition")
 
 
 class StaleReplicaError(DSMError):

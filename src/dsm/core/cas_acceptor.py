@@ -17,6 +17,7 @@ then only decides who wins a race, never what is chosen.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import msgpack
@@ -155,3 +156,55 @@ def serve(
         new, vote = accept(state, Ballot(*message.ballot), message.value, wall_ms, max_offset_ms)
         return Served(new, CasAccepted(message.seq, node_id, vote.ok, vote.promised))
     return Served(commit(state, Ballot(*message.ballot)), None, message.value)
+
+
+AcceptorMessage = CasPrepare | CasAccept | CasCommit
+
+
+@dataclass(slots=True)
+class ServedBatch:
+    """What a driver does for a batch of acceptor messages: store `states` (key -> encoded state, the last
+    state of each key that changed) and merge `chosen` (key, encoded version set) into the data rows, in one
+    transaction, then send each message's reply (`replies[i]`, None: nothing to send)."""
+
+    states: dict[str, bytes]
+    chosen: list[tuple[str, bytes]]
+    replies: list[CasPromise | CasAccepted | None]
+
+
+def serve_all(
+    messages: Sequence[AcceptorMessage],
+    states: Mapping[str, bytes],
+    rows: Mapping[str, bytes],
+    node_id: str,
+    wall_ms: int,
+    max_offset_ms: int,
+) -> ServedBatch:
+    """Serves `messages` in order (a key's later message sees the state its earlier one left), given the
+    stored acceptor states (`states`, by key, encoded) and data rows (`rows`) of their keys. A key whose
+    stored state cannot be read gets no answer at all: this acceptor then counts as down for it, never as
+    one that forgot its promises."""
+    current: dict[str, AcceptorState | None] = {}
+    changed: dict[str, bytes] = {}
+    chosen: list[tuple[str, bytes]] = []
+    replies: list[CasPromise | CasAccepted | None] = []
+    for message in messages:
+        key = message.key
+        if key not in current:
+            raw = states.get(key)
+            try:
+                current[key] = AcceptorState() if raw is None else decode_state(raw)
+            except ValueError:
+                current[key] = None
+        state = current[key]
+        if state is None:
+            replies.append(None)
+            continue
+        served = serve(message, state, rows.get(key), node_id, wall_ms, max_offset_ms)
+        if served.state is not None:
+            current[key] = served.state
+            changed[key] = encode_state(served.state)
+        if served.chosen:
+            chosen.append((key, served.chosen))
+        replies.append(served.reply)
+    return ServedBatch(changed, chosen, replies)

@@ -89,15 +89,28 @@ def evaluate(
     holding write's dot comes from `clock` (advanced past the state first) with `node` as writer."""
     outcomes: list[Outcome] = []
     for operation in operations:
-        if isinstance(operation, Read):
-            outcomes.append(Outcome.READ)
-            continue
-        if not holds(operation, state):
-            outcomes.append(Outcome.FAILED)
-            continue
-        if state.versions:
-            clock.advance_to(state.max_timestamp)
-        dot = Dot(clock.now(wall_ms), node)
-        state = write(state, dot, state.context(), operation.value, resolution, max_siblings, SIBLINGS_MAX_BYTES)
-        outcomes.append(Outcome.APPLIED)
+        state, outcome = apply(state, operation, clock, wall_ms, node, resolution, max_siblings)
+        outcomes.append(outcome)
     return state, outcomes
+
+
+def apply(
+    state: VersionSet,
+    operation: Operation,
+    clock: HybridLogicalClock,
+    wall_ms: int,
+    node: str,
+    resolution: Resolution,
+    max_siblings: int,
+) -> tuple[VersionSet, Outcome]:
+    """One operation of `evaluate`: the new state and its outcome (an applied write's version is the new
+    state's newest, `state.max_timestamp` with writer `node`)."""
+    if isinstance(operation, Read):
+        return state, Outcome.READ
+    if not holds(operation, state):
+        return state, Outcome.FAILED
+    if state.versions:
+        clock.advance_to(state.max_timestamp)
+    dot = Dot(clock.now(wall_ms), node)
+    written = write(state, dot, state.context(), operation.value, resolution, max_siblings, SIBLINGS_MAX_BYTES)
+    return written, Outcome.APPLIED

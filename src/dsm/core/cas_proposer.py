@@ -9,13 +9,16 @@ time per key, for a batch of them (up to `batch_max`, evaluated in queue order):
 3. accept: the new state at the ballot, to the group, even when nothing changed (a failed condition and a
    read are chosen identity states, so their answers are linearizable: the lesson of CASSANDRA-12126);
 4. on accepts from a majority the state is chosen: every operation of the batch is answered (`CasDone`),
-   the state is stored here (`Store`, path "cas") and sent to the group (`CasCommit`), and the next batch
+   the state is stored here (`Store`, path "cas"; its item has an update id when a write changed it, and the
+   node core then publishes it like a local write) and sent to the group (`CasCommit`), and the next batch
    of the key starts.
-A refusal fast-forwards the clock past the ballot that won and, if no accept of this round was sent yet,
+A refusal fast-forwards the clock past the ballot that won; a failed phase (refused, or too few answers)
 retries after a random backoff (full jitter up to `backoff_max_ms`, doubling from `backoff_base_ms`) until
-the operations' deadlines. Once an accept was sent, the round's outcome may already be chosen (by a later
-round that finds it as the highest accepted state), so its operations end as `UNKNOWN` on a refusal or at
-their deadline, never as a definite failure; an operation whose accept was never sent ends as `REFUSED`.
+the operations' deadlines. Once an accept was sent, the round's state may already be chosen (or be chosen
+later, by a round that finds it as the highest accepted state), so an operation whose write went out is not
+simply evaluated again: the next round looks for its write in the state it prepared (`_decide`). An
+operation that reaches its deadline ends as `UNKNOWN` if an accept of it was ever sent (never as a definite
+failure), else as `REFUSED`.
 The group is fixed here; keeping quorums intersecting while membership changes is a later step (see the
 design note).
 """
@@ -29,12 +32,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from dsm.core.ballot import Ballot, next_ballot
-from dsm.core.cas_ops import Operation, Outcome, absorb, evaluate
+from dsm.core.cas_ops import Operation, Outcome, absorb, apply
+from dsm.core.dissemination import update_id
 from dsm.core.encoding import DecodeError, decode_versions, encode_versions
 from dsm.core.hlc import HybridLogicalClock
 from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, DataItem, Send, Store
 from dsm.core.overlay import RandomSource
-from dsm.core.versions import Resolution, VersionSet
+from dsm.core.versions import Dot, Resolution, VersionSet
 
 
 class CasOutcome(Enum):
@@ -75,6 +79,8 @@ class _Op:
     operation: Operation
     deadline: int
     accept_sent: bool = False
+    #: The dot its write got in a round whose accept was sent but not confirmed (see `_decide`).
+    dot: Dot | None = None
 
 
 @dataclass(slots=True)
@@ -249,19 +255,46 @@ class CasProposer:
         except DecodeError:
             return self._abandon(round_, CasOutcome.REFUSED)  # an acceptor answered garbage: not this round
         state = absorb(start, rows, self.resolution)
-        live = [op for op in round_.ops if op.request in self._ops]  # some may have expired meanwhile
-        round_.ops = live
-        round_.state, round_.outcomes = evaluate(
-            state, [op.operation for op in live], self.clock, wall_ms, self.node_id, self.resolution,
-            self.max_siblings,
-        )  # fmt: skip
+        out: list[CasEffect] = []
+        live: list[_Op] = []
+        outcomes: list[Outcome] = []
+        for op in round_.ops:
+            if op.request not in self._ops:
+                continue  # expired meanwhile
+            if op.dot is not None:
+                # Its write went out in an earlier round that was not confirmed. If that round's state was
+                # chosen, this prepare (whose quorum meets that accept quorum) sees it or a state descending
+                # from it: the dot itself (it is answered when this round is chosen), or a later write whose
+                # context covers it (it was chosen, then superseded; or a plain write of this node covers it:
+                # the two cannot be told apart, so it ends unknown). Otherwise it was not chosen and never
+                # will be (every acceptor of this quorum now refuses its ballot): it is evaluated again.
+                if any(version.dot == op.dot for version in state.versions):
+                    live.append(op)
+                    outcomes.append(Outcome.APPLIED)
+                    continue
+                if state.context().covers(op.dot.timestamp, op.dot.node):
+                    self._ops.pop(op.request, None)
+                    out.append(CasDone(op.request, CasOutcome.UNKNOWN))
+                    continue
+                op.dot = None
+            state, outcome = apply(
+                state, op.operation, self.clock, wall_ms, self.node_id, self.resolution, self.max_siblings
+            )
+            if outcome is Outcome.APPLIED:
+                op.dot = Dot(state.max_timestamp, self.node_id)
+            live.append(op)
+            outcomes.append(outcome)
+        if not live:
+            self._end_round(round_)
+            return out + self._start(now, wall_ms, round_.key)
+        round_.ops, round_.state, round_.outcomes = live, state, outcomes
         round_.value = encode_versions(round_.state)
         round_.refusals.clear()  # the accept phase counts its own
         self._arm_phase(now, round_)
         for op in live:
             op.accept_sent = True
         message = CasAccept(round_.seq, self.node_id, round_.key, round_.ballot, round_.value)
-        return [self._send(member, message) for member in round_.group]
+        return out + [self._send(member, message) for member in round_.group]
 
     def _chosen(self, now: int, wall_ms: int, round_: _Round) -> list[CasEffect]:
         self._end_round(round_)
@@ -271,7 +304,11 @@ class CasProposer:
         for op, outcome in zip(round_.ops, round_.outcomes, strict=True):
             if self._ops.pop(op.request, None) is not None:
                 out.append(CasDone(op.request, _OF[outcome], round_.state))
-        out.append(Store((DataItem(0, round_.key, round_.value),), self.node_id, "cas", 0))
+        # A state a write of this round changed is spread like a local write (the node core publishes items
+        # with an id); a read's or a failed condition's identity state is stored here only.
+        changed = Outcome.APPLIED in round_.outcomes
+        ident = update_id(round_.key, round_.state.max_timestamp, self.node_id) if changed else 0
+        out.append(Store((DataItem(ident, round_.key, round_.value),), self.node_id, "cas", 0))
         commit = CasCommit(self.node_id, round_.key, round_.ballot, round_.value)
         out.extend(self._send(member, commit) for member in round_.group if member != self.node_id)
         out.extend(self._start(now, wall_ms, round_.key))
@@ -289,8 +326,9 @@ class CasProposer:
         return [self._send(m, message) for m in round_.group if m not in round_.accepted and m not in round_.refusals]
 
     def _refused(self, now: int, round_: _Round) -> list[CasEffect]:
-        if round_.state is not None:
-            return self._abandon(round_, CasOutcome.UNKNOWN)  # its accept may still be chosen
+        """A phase failed (refused by too many, or too few answers): the round's operations go back to the
+        front of the key's queue for a new round after a backoff, until their deadlines. Those whose accept
+        was sent keep the dot their write got, which the next round looks for (see `_decide`)."""
         self._end_round(round_)
         queue = self._queues.setdefault(round_.key, deque())
         queue.extendleft(reversed(round_.ops))  # back to the front, in order
@@ -302,9 +340,13 @@ class CasProposer:
         return []
 
     def _abandon(self, round_: _Round, outcome: CasOutcome) -> list[CasEffect]:
+        """Ends the round's operations with `outcome` (`UNKNOWN` for those whose accept went out before)."""
         self._end_round(round_)
-        out: list[CasEffect] = [CasDone(op.request, outcome) for op in round_.ops if self._ops.pop(op.request, None)]
-        return out
+        return [
+            CasDone(op.request, CasOutcome.UNKNOWN if op.accept_sent else outcome)
+            for op in round_.ops
+            if self._ops.pop(op.request, None)
+        ]
 
     def _expire(self, request: int) -> list[CasEffect]:
         op = self._ops.pop(request, None)

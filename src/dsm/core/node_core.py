@@ -27,10 +27,10 @@ from typing import Any, NamedTuple, cast
 from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
 from dsm.core.cas_group import cas_group
 from dsm.core.cas_ops import Operation
-from dsm.core.cas_proposer import CasDone, CasProposer
+from dsm.core.cas_proposer import CasDone, CasEffect, CasProposer
 from dsm.core.coordinator import Coordinator, LevelDone
 from dsm.core.hlc import HybridLogicalClock
-from dsm.core.messages import CasAccepted, CasPromise, Effect, Message, ReadReply, Reconcile, Replicated
+from dsm.core.messages import CasAccepted, CasPromise, Effect, Message, ReadReply, Reconcile, Replicated, Store
 from dsm.core.peer import Peer
 from dsm.core.versions import Resolution
 
@@ -96,7 +96,17 @@ class NodeCore:
     def cas(self, now: int, request: int, key: str, operation: Operation, timeout_ms: int) -> list[CoreEffect]:
         """Starts a conditional operation on `key`; its `CasDone` names `request`."""
         assert self.proposer is not None, "conditional writes are not enabled on this core"
-        return list(self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))
+        return self._published(now, self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))
+
+    def _published(self, now: int, effects: list[CasEffect]) -> list[CoreEffect]:
+        """The proposer's effects, and the publication of each state a conditional write changed (its
+        `Store` item has an update id): pushed along the broadcast tree like a local write, so every replica
+        has it as soon as any write would."""
+        out: list[CoreEffect] = list(effects)
+        for effect in effects:
+            if type(effect) is Store and effect.path == "cas" and effect.items[0].id:
+                out.extend(self.peer.publish(now, effect.items))
+        return out
 
     def _next_session(self) -> int:
         self._sessions += 1
@@ -111,7 +121,7 @@ class NodeCore:
             if self.proposer is None:
                 return []
             answer = cast("CasPromise | CasAccepted", message)
-            return list(self.proposer.handle(now, self._wall_ms(), source, answer))
+            return self._published(now, self.proposer.handle(now, self._wall_ms(), source, answer))
         if kind is Reconcile:
             return list(self.anti_entropy.handle(source, cast(Reconcile, message))) if self.anti_entropy else []
         return list(self.peer.handle(now, message))
@@ -125,7 +135,7 @@ class NodeCore:
         if proposer is not None:
             due = proposer.next_deadline()
             if due is not None and due <= now:
-                out.extend(proposer.tick(now, self._wall_ms()))
+                out.extend(self._published(now, proposer.tick(now, self._wall_ms())))
         anti_entropy = self.anti_entropy
         if anti_entropy is not None and now >= anti_entropy.due and not self._context.left:
             out.extend(anti_entropy.tick(now))

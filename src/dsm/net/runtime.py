@@ -43,9 +43,14 @@ from typing import Any
 
 from dsm.config import StorageConfig
 from dsm.core.anti_entropy import ReconcileStep, run_step
+from dsm.core.cas_ops import Operation as CasOperation
+from dsm.core.cas_proposer import CasDone
 from dsm.core.consistency import Level
 from dsm.core.coordinator import LevelDone, LevelEffect, read_reply, stored_reply
 from dsm.core.messages import (
+    CasAccept,
+    CasCommit,
+    CasPrepare,
     DataItem,
     Deliver,
     Join,
@@ -58,7 +63,7 @@ from dsm.core.messages import (
     Send,
     Store,
 )
-from dsm.core.node_core import NodeCore
+from dsm.core.node_core import Conditional, NodeCore
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.replica import Commit
 from dsm.core.ring import MemberInfo, State
@@ -150,6 +155,7 @@ class Runtime:
         #: of requests at consistency levels, and the count of requests from other coordinators being served.
         self.core: NodeCore | None = None
         self._levels: dict[int, asyncio.Future[LevelDone]] = {}
+        self._cas: dict[int, asyncio.Future[CasDone]] = {}
         self._serving = 0
         self.level_refused = 0
         #: Start a new cluster even if the store saved the members of one (`StorageConfig.new_cluster`).
@@ -217,7 +223,12 @@ class Runtime:
             info, self.settings, self._rng, self.now(), incarnation=incarnation, member_observer=self._member_changed
         )
         # Request ids are random 63-bit numbers: a guessed or replayed id of another request finds nothing.
-        self.core = NodeCore(self.peer, self.commits.replica.resolution, lambda: self._ids.getrandbits(63), self.now())
+        replica = self.commits.replica
+        settings = replica.settings
+        conditional = Conditional(replica.clock, self.commits.cas_run, self.commits.wall_ms, settings.max_siblings)
+        self.core = NodeCore(
+            self.peer, replica.resolution, lambda: self._ids.getrandbits(63), self.now(), conditional=conditional
+        )
         saved = None if self.new_cluster else await store.read_meta(META_MEMBERS)
         if saved is not None:
             self._restoring = True
@@ -364,6 +375,8 @@ class Runtime:
         kind = type(message)
         if kind is Replicate:
             self._on_replicate(source, message)
+        elif kind is CasPrepare or kind is CasAccept or kind is CasCommit:
+            self._on_acceptor(source, message)
         elif kind is ReadRequest:
             self._on_read_request(source, message)
         elif kind is Reconcile and self._answering >= MAX_ANSWERS:
@@ -386,13 +399,20 @@ class Runtime:
     def _apply(self, effects: Sequence[Any]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
-                self.transport.send(effect.node_id, effect.addr, effect.message)
+                if effect.node_id == self.node_id:  # to itself (an acceptor of its own key): no connection
+                    asyncio.get_running_loop().call_soon(self._on_message, self.node_id, effect.message)
+                else:
+                    self.transport.send(effect.node_id, effect.addr, effect.message)
             elif isinstance(effect, Store):
                 self._background(self._merge(effect.items, effect.source))
             elif isinstance(effect, LevelDone):
                 future = self._levels.get(effect.request)
                 if future is not None and not future.done():
                     future.set_result(effect)
+            elif isinstance(effect, CasDone):
+                waiter = self._cas.get(effect.request)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(effect)
             elif isinstance(effect, ReconcileStep):
                 if effect.message is not None:
                     self._answering += 1
@@ -475,6 +495,46 @@ class Runtime:
             return await future
         finally:
             del self._levels[request]
+
+    # ------------------------------------------------------------------ conditional writes
+
+    async def cas(self, key: str, operation: CasOperation, timeout_ms: int) -> CasDone:
+        """Runs a conditional operation on `key` (this node proposes; see `dsm.core.cas_proposer`) and waits
+        for its end: applied, failed or read with the chosen state, or refused or unknown."""
+        assert self.core is not None
+        request = self._ids.getrandbits(63)
+        future: asyncio.Future[CasDone] = asyncio.get_running_loop().create_future()
+        self._cas[request] = future
+        try:
+            self._apply(self.core.cas(self.now(), request, key, operation, timeout_ms))
+            return await future
+        finally:
+            del self._cas[request]
+
+    def _on_acceptor(self, source: str, message: CasPrepare | CasAccept | CasCommit) -> None:
+        if message.source != source:
+            return  # only the member the connection authenticated may ask for its own rounds
+        if self._serving >= MAX_SERVING:
+            self.level_refused += 1  # no answer: the proposer counts this acceptor as down for the phase
+            return
+        self._serving += 1
+        self._background(self._serve_acceptor(source, message))
+
+    async def _serve_acceptor(self, source: str, message: CasPrepare | CasAccept | CasCommit) -> None:
+        reply = None
+        try:
+            reply = await self.commits.serve_acceptor(message)
+        except Exception as exc:  # closed or the store failed: no answer (never one that is not durable)
+            log.warning("serving a conditional write's %s for %s failed: %s", type(message).__name__, source, exc)
+        finally:
+            self._serving -= 1
+        if reply is None:
+            return
+        if source == self.node_id:
+            assert self.core is not None
+            self._apply(self.core.handle(self.now(), source, reply))
+        else:
+            self.transport.send(source, self._addr_of(source), reply)
 
     def _on_replicate(self, source: str, message: Replicate) -> None:
         if self._serving >= MAX_SERVING:

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsm.config import StorageConfig
-from dsm.core.messages import DataItem
+from dsm.core.cas_acceptor import AcceptorMessage, ServedBatch, serve_all
+from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, DataItem
 from dsm.core.replica import Commit, MergeOp, Replica, ReplicaSettings, WriteOp
 from dsm.core.vclock import VersionVector
 from dsm.errors import ClosedError, DSMError, StorageError
 from dsm.node import startup
-from dsm.storage.base import BackingStore
+from dsm.storage.base import BackingStore, paxos_key
 from dsm.types import WriteResult
 
 log = logging.getLogger("dsm.node")
@@ -44,10 +45,21 @@ Listener = Callable[[Commit], None]
 
 
 @dataclass(slots=True)
-class _Queued:
-    """A write or merge waiting in the queue (`size`: its value bytes, for the batch byte bound)."""
+class AcceptorOp:
+    """A message to this node as an acceptor of conditional writes (`dsm.core.cas_acceptor`): served in its
+    batch, in queue order, its new state stored in the batch's transaction; `reply` is what to answer once
+    that is durable (None: nothing)."""
 
-    op: WriteOp | MergeOp
+    message: AcceptorMessage
+    reply: CasPromise | CasAccepted | None = None
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A write, merge or acceptor message waiting in the queue (`size`: its value bytes, for the batch byte
+    bound)."""
+
+    op: WriteOp | MergeOp | AcceptorOp
     future: asyncio.Future[Any]
     size: int
 
@@ -81,6 +93,8 @@ class Commits:
         self._wake: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._open = False
+        #: This start's run number (conditional writes' ballots), counted when the store opens.
+        self.cas_run = 0
 
     def subscribe(self, listener: Listener) -> None:
         """Calls `listener` with every later `Commit`, once durable (it must not raise; it is logged if it does)."""
@@ -110,6 +124,7 @@ class Commits:
             self.replica.member_since_ms = await startup.check_absence(
                 self.store, self.config, self.wall_ms(), networked
             )
+            self.cas_run = await startup.next_run(self.store)
         except BaseException:
             await self.store.close()
             raise
@@ -146,10 +161,12 @@ class Commits:
 
     # --- queueing
 
-    async def submit(self, key: str, value: bytes | None, context: VersionVector) -> WriteResult:
-        """Commits a local write; returns its result once durable."""
+    async def submit(self, key: str, value: bytes | None, context: VersionVector, ttl_ms: int = 0) -> WriteResult:
+        """Commits a local write (expiring `ttl_ms` after its timestamp; 0: never); returns its result once
+        durable."""
         await self._take_place()
-        item = _Queued(WriteOp(key, value, context), asyncio.get_running_loop().create_future(), len(value or b""))
+        op = WriteOp(key, value, context, ttl_ms)
+        item = _Queued(op, asyncio.get_running_loop().create_future(), len(value or b""))
         self._admit(item)
         # The place is given back by the writer when the item leaves the queue (committed, failed or
         # dropped because this caller was cancelled first), never here: see "Queue accounting".
@@ -159,6 +176,17 @@ class Commits:
     async def merge(self, items: Sequence[DataItem]) -> MergeOp:
         """Merges remote version sets; returns the op with its outcome once durable."""
         return await self.enqueue(MergeOp(items))
+
+    async def serve_acceptor(self, message: AcceptorMessage) -> CasPromise | CasAccepted | None:
+        """Serves an acceptor message (prepare, accept, commit of a conditional write's round): its new state
+        is durable before the answer is returned (None: nothing to answer)."""
+        await self._take_place()
+        op = AcceptorOp(message)
+        size = len(message.value) if isinstance(message, (CasAccept, CasCommit)) else 0
+        item = _Queued(op, asyncio.get_running_loop().create_future(), size)
+        self._admit(item)
+        await item.future
+        return op.reply
 
     async def enqueue(self, op: MergeOp) -> MergeOp:
         """Queues a merge (or a purge) and waits for its commit."""
@@ -259,20 +287,46 @@ class Commits:
         """Commits a batch in one store transaction, in queue order: the replica decides what to store, this
         stores it and tells the listeners. A write whose key's stored row is unreadable fails alone."""
         replica = self.replica
-        ops = [item.op for item in batch]
+        ops: list[WriteOp | MergeOp] = []
+        acceptor: list[AcceptorOp] = []
+        for item in batch:
+            (acceptor if isinstance(item.op, AcceptorOp) else ops).append(item.op)  # type: ignore[arg-type]
         wanted = replica.reads(ops)
+        served = None
+        if acceptor:
+            served = await self._serve(acceptor, wanted)
+            if served.chosen:  # states the rounds chose, merged like any replicated write
+                ops.append(MergeOp(tuple(DataItem(0, key, value) for key, value in served.chosen)))
+                wanted = replica.reads(ops)
         found = await self.store.read_many(wanted) if wanted else {}
         commit = replica.apply(ops, found, self.wall_ms())
         for key, reason in commit.refusals:
             log.warning("refusing remote versions of %r: %s", key, reason)
-        if commit.rows or commit.deletes or commit.meta:
-            await self.store.write(commit.rows, commit.meta, commit.deletes)
+        paxos = [(paxos_key(key), state) for key, state in served.states.items()] if served else []
+        if commit.rows or commit.deletes or commit.meta or paxos:
+            await self.store.write(commit.rows, commit.meta, commit.deletes, paxos)
         replica.stored(commit)
+        if served is not None:
+            for op, reply in zip(acceptor, served.replies, strict=True):
+                op.reply = reply
         for listener in self._listeners:
             try:
                 listener(commit)
             except Exception:  # the commit is durable; a failing listener must not fail it
                 log.exception("a commit listener failed")
+
+    async def _serve(self, acceptor: list[AcceptorOp], wanted: list[str]) -> ServedBatch:
+        """The acceptor's answers to a batch's messages, from their keys' stored states and data rows (a
+        promise carries the key's row, for the proposer to absorb plain writes)."""
+        keys = list(dict.fromkeys(op.message.key for op in acceptor))
+        states = await self.store.read_paxos([paxos_key(key) for key in keys])
+        prepared = [op.message.key for op in acceptor if isinstance(op.message, CasPrepare)]
+        rows = await self.store.read_many(list(dict.fromkeys(prepared))) if prepared else {}
+        return serve_all(
+            [op.message for op in acceptor],
+            {key: states[paxos_key(key)] for key in keys if paxos_key(key) in states},
+            rows, self.node_id, self.wall_ms(), self.config.max_clock_offset_ms,
+        )  # fmt: skip
 
 
 def _settle(item: _Queued, failure: DSMError | None) -> None:
@@ -283,5 +337,7 @@ def _settle(item: _Queued, failure: DSMError | None) -> None:
         item.future.set_exception(error)
     elif isinstance(op, WriteOp):
         item.future.set_result(WriteResult(op.key, op.timestamp, op.after))
+    elif isinstance(op, AcceptorOp):
+        item.future.set_result(op.reply)
     else:
         item.future.set_result(op.changed)

@@ -32,6 +32,8 @@ META_MEMBER_SINCE = "member_since_ms"
 META_LAST_SEEN = "last_seen_ms"
 #: The id of the node that owns the store (written at its first start; see `ForeignStoreError`).
 META_NODE_ID = "node_id"
+#: This store's start count: the `run` of the ballots its conditional writes propose (`dsm.core.ballot`).
+META_CAS_RUN = "cas_run"
 
 
 async def check_owner(store: BackingStore, config: StorageConfig) -> str | None:
@@ -98,3 +100,12 @@ async def check_absence(store: BackingStore, config: StorageConfig, now: int, ne
     stamp = str(now).encode("ascii")
     await store.write([], {META_MEMBER_SINCE: str(since).encode("ascii"), META_LAST_SEEN: stamp})
     return since
+
+
+async def next_run(store: BackingStore) -> int:
+    """Counts this start (durably, before the node proposes anything): ballots are unique across restarts
+    even when the clock floor was not moved since the last ones (a node proposing for keys it holds no
+    acceptor state of commits nothing)."""
+    run = (await meta_ms(store, META_CAS_RUN) or 0) + 1
+    await store.write([], {META_CAS_RUN: str(run).encode("ascii")})
+    return run

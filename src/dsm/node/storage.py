@@ -28,15 +28,17 @@ from types import TracebackType
 from typing import Protocol
 
 from dsm.config import StorageConfig
+from dsm.core.cas_ops import IfAbsent, IfMatch, Put
 from dsm.core.consistency import Level
 from dsm.core.encoding import DecodeError, decode_versions
 from dsm.core.messages import DataItem
 from dsm.core.replica import USER_KEYS_START, MergeStats
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Resolution, VersionSet
-from dsm.errors import ClosedError
+from dsm.errors import ClosedError, InvalidInputError
 from dsm.node import checks
 from dsm.node.commits import Commits
+from dsm.node.conditional import LINEARIZABLE, CasNetwork, Conditionals
 from dsm.node.levels import LevelRequests, Levels
 from dsm.node.startup import META_LAST_SEEN
 from dsm.node.sweeps import Sweeper
@@ -61,7 +63,7 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Network(Levels, Protocol):
+class Network(Levels, CasNetwork, Protocol):
     """What a node needs of its network runtime (`dsm.net.runtime.Runtime`): levels, its address, and a stop."""
 
     @property
@@ -110,6 +112,8 @@ class EpidemicStorage:
         #: The network runtime driving this node (None: a standalone node).
         self.network = network
         self.levels = LevelRequests(self.node_id, config.consistency_timeout_ms, network)
+        #: Conditional writes and linearizable reads (`dsm.node.conditional`).
+        self.conditionals = Conditionals(self.commits, config.consistency_timeout_ms, network)
         # The region's default levels (write, read), parsed once.
         self._default_levels = tuple(checks.check_level(level) for level in config.levels())
         self.watches = Watches()
@@ -242,6 +246,8 @@ class EpidemicStorage:
             consistency: the level (`dsm.core.consistency`; default: the region's `read_consistency`).
                 Above `local`, the versions of enough members are merged, and the members (this one
                 included) whose versions differed are repaired in the background (read repair).
+                "linearizable": a round of the key's acceptor group (see `dsm.node.conditional`): the
+                state the last conditional write left, ordered with them in real time.
 
         Returns:
             the value(s) with their version context, or None when the key is absent or deleted.
@@ -254,6 +260,9 @@ class EpidemicStorage:
         """
         self._check_open()
         key = checks.check_key(key, self.config)
+        if consistency == LINEARIZABLE:
+            versions = await self.conditionals.read(key)
+            return ReadResult(key, versions) if versions.live else None
         level = self._default_levels[1] if consistency is None else checks.check_level(consistency)
         encoded = await self.store.read(key)
         if level is not Level.LOCAL:
@@ -287,7 +296,14 @@ class EpidemicStorage:
         return ReadResult(result.key, written.versions)  # holds the value just written
 
     async def put(
-        self, key: str, value: bytes, *, context: str | None = None, consistency: str | Level | None = None
+        self,
+        key: str,
+        value: bytes,
+        *,
+        context: str | None = None,
+        consistency: str | Level | None = None,
+        if_absent: bool = False,
+        if_match: str | None = None,
     ) -> WriteResult:
         """Writes a value, durably on this node (and on the members the level asks for) before returning.
 
@@ -298,7 +314,10 @@ class EpidemicStorage:
                 Without it, the write is blind: in 'lww' mode it wins by timestamp, in 'siblings' mode it
                 becomes a sibling of whatever it did not supersede.
             consistency: the level (`dsm.core.consistency`; default: the region's `write_consistency`).
-                Above `local`, the write returns once enough members stored it durably.
+                Above `local`, the write returns once enough members stored it durably. "linearizable":
+                an unconditional write ordered with the conditional ones (`dsm.node.conditional`).
+            if_absent: write only if the key holds no live value (linearizable, see docs/consistency.md).
+            if_match: the context of a read: write only if the key is still exactly what it returned.
 
         Returns:
             the new version's timestamp and context.
@@ -308,17 +327,29 @@ class EpidemicStorage:
                 bad arguments (nothing is written).
             ConsistencyError: too few members stored it within `consistency_timeout_ms`. The write is
                 durable here (and wherever else it landed) and keeps spreading; it is not rolled back.
+                For a conditional write: its acceptor group was not reached, and nothing was written
+                (`OutcomeUnknownError`: it may or may not have been).
+            PreconditionFailedError: a conditional write's condition was false (nothing was written).
             ClosedError: the node is closed.
             StorageError: the commit failed; the write is not acknowledged (and nothing else is lost).
         """
         self._check_open()
         key = checks.check_key(key, self.config)
+        value = checks.check_value(value, self.config)
+        operation = self._conditional(key, value, context, consistency, if_absent, if_match)
+        if operation is not None:
+            return await self.conditionals.write(key, operation)
         vector = self._context(context, key)
         level = self._default_levels[0] if consistency is None else checks.check_level(consistency)
-        return await self._write(level, key, checks.check_value(value, self.config), vector)
+        return await self._write(level, key, value, vector)
 
     async def delete(
-        self, key: str, *, context: str | None = None, consistency: str | Level | None = None
+        self,
+        key: str,
+        *,
+        context: str | None = None,
+        consistency: str | Level | None = None,
+        if_match: str | None = None,
     ) -> WriteResult:
         """Deletes a key by writing a tombstone (durable on this node, and on the members the level asks
         for, before returning).
@@ -327,12 +358,35 @@ class EpidemicStorage:
         """
         self._check_open()
         key = checks.check_key(key, self.config)
+        operation = self._conditional(key, None, context, consistency, False, if_match)
+        if operation is not None:
+            return await self.conditionals.write(key, operation)
         vector = self._context(context, key)
         level = self._default_levels[0] if consistency is None else checks.check_level(consistency)
         return await self._write(level, key, None, vector)
 
     def _context(self, context: object, key: str) -> VersionVector:
         return checks.check_context(context, key, self.config, self.replica, self.commits.wall_ms())
+
+    def _conditional(
+        self, key: str, value: bytes | None, context: object, consistency: object, if_absent: object, if_match: object
+    ) -> IfAbsent | IfMatch | Put | None:
+        """The conditional operation a write asks for (None: a plain write)."""
+        if if_absent is not False and if_absent is not True:
+            raise InvalidInputError("if_absent must be a bool")
+        if not if_absent and if_match is None and consistency != LINEARIZABLE:
+            return None
+        if if_absent and if_match is not None:
+            raise InvalidInputError("if_absent and if_match cannot be combined")
+        if context is not None:
+            raise InvalidInputError("a conditional write takes no context: pass the read's context as if_match")
+        if if_absent:
+            if value is None:
+                raise InvalidInputError("a delete cannot be conditional on the key being absent")
+            return IfAbsent(value)
+        if if_match is not None:
+            return IfMatch(self._context(if_match, key), value)
+        return Put(value)
 
     async def _write(self, level: Level, key: str, value: bytes | None, context: VersionVector) -> WriteResult:
         result = await self.commits.submit(key, value, context)

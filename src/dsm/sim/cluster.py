@@ -27,7 +27,7 @@ from typing import Any
 
 from dsm.core import member_record
 from dsm.core.anti_entropy import ReconcileStep, run_step
-from dsm.core.cas_acceptor import AcceptorState, decode_state, encode_state, serve
+from dsm.core.cas_acceptor import serve_all
 from dsm.core.cas_ops import Operation as CasOperation
 from dsm.core.cas_proposer import CasDone
 from dsm.core.consistency import Level, Tally
@@ -456,15 +456,19 @@ class Simulation:
         store = node.store
         hkey = paxos_key(message.key)
         raw = store.read_paxos_now([hkey]).get(hkey)
-        state = AcceptorState() if raw is None else decode_state(raw)
         row = store.read_many_now([message.key]).get(message.key)
-        served = serve(message, state, row, node.info.node_id, self._peer_now(node), self.max_clock_offset_ms)
-        if served.state is not None:
-            store.write_now([], None, (), [(hkey, encode_state(served.state))])
+        served = serve_all(
+            [message], {} if raw is None else {message.key: raw}, {} if row is None else {message.key: row},
+            node.info.node_id, self._peer_now(node), self.max_clock_offset_ms,
+        )  # fmt: skip
+        if served.states:
+            store.write_now([], None, (), [(hkey, served.states[message.key])])
         if served.chosen:
-            self._store(node, Store((DataItem(0, message.key, served.chosen),), message.source, "cas", 0))
-        if served.reply is not None:
-            self._apply_effects(node, [Send(message.source, "", served.reply)])
+            items = tuple(DataItem(0, key, value) for key, value in served.chosen)
+            self._store(node, Store(items, message.source, "cas", 0))
+        reply = served.replies[0]
+        if reply is not None:
+            self._apply_effects(node, [Send(message.source, "", reply)])
 
     def _serve_level(self, node: SimNode, message: Replicate | ReadRequest) -> None:
         """A member asked to store or read for a level: the store work the runtime does, then the answer."""
