@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 from rich.console import Console
@@ -310,6 +310,24 @@ _CONSISTENCY = click.option(
 )
 
 
+class Duration(click.ParamType[int]):
+    """A duration for the command line, as ms: a whole number with a unit suffix (`500ms`, `30s`, `5m`,
+    `2h`, `7d`); a bare number is ms."""
+
+    name = "duration"
+    UNITS_MS: ClassVar[dict[str, int]] = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number) :] or "ms"
+        if not (number.isascii() and number.isdigit()) or unit not in self.UNITS_MS or len(number) > 15:
+            self.fail(f"{value!r} is not a duration such as 500ms, 30s, 5m, 2h or 7d", param, ctx)
+        return int(number) * self.UNITS_MS[unit]
+
+
 def _client(url: str, token: str, ca_file: str | None) -> Any:
     from dsm.client import Client
 
@@ -335,18 +353,31 @@ def _client_errors(fn: Any) -> Any:
 @click.argument("key")
 @click.argument("value")
 @click.option("--context", default=None, help="Context of an earlier read: supersede what it returned.")
+@click.option(
+    "--ttl",
+    type=Duration(),
+    default=None,
+    help="Expire the value after this long (500ms, 30s, 5m, 2h, 7d): then KEY reads as absent everywhere.",
+)
 @_CONSISTENCY
 @_NODE_URL
 @_TOKEN
 @_CA_FILE
 @_client_errors
 def put(
-    key: str, value: str, context: str | None, consistency: str | None, url: str, token: str, ca_file: str | None
+    key: str,
+    value: str,
+    context: str | None,
+    ttl: int | None,
+    consistency: str | None,
+    url: str,
+    token: str,
+    ca_file: str | None,
 ) -> None:
     """Writes VALUE (text; '-' reads bytes from standard input) under KEY."""
     data = sys.stdin.buffer.read() if value == "-" else value.encode()
     with _client(url, token, ca_file) as c:
-        ack = c.put(key, data, context=context, consistency=consistency)
+        ack = c.put(key, data, context=context, consistency=consistency, ttl_ms=ttl)
     click.echo(f"ok {ack.key} timestamp={ack.timestamp} context={ack.context}")
 
 

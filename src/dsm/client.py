@@ -5,6 +5,7 @@
     ack = client.put("k", b"v")                       # -> Ack(key, timestamp, context)
     got = client.get("k")                             # -> Value(key, siblings, context) or None
     client.put("k", b"v2", context=got.context)       # supersedes what that read returned
+    client.put("session/1", b"v", ttl_ms=30_000)      # reads as absent 30 s after the write
     client.delete("k", context=got.context)
     client.list(prefix="user/", limit=100)            # -> Page(keys, next)
     client.members(); client.topology(); client.health()
@@ -245,8 +246,17 @@ class Client:
                 raise UnreachableError(f"{self._host}:{self._port}: {exc}") from None
         raise AssertionError("unreachable")
 
-    def put(self, key: str, value: bytes, *, context: str | None = None, consistency: str | None = None) -> Ack:
-        return _ack(*self._request("PUT", _path(key) + _query(consistency=consistency), bytes(value), context))
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        context: str | None = None,
+        consistency: str | None = None,
+        ttl_ms: int | None = None,
+    ) -> Ack:
+        query = _query(consistency=consistency, ttl_ms=ttl_ms)
+        return _ack(*self._request("PUT", _path(key) + query, bytes(value), context))
 
     def get(self, key: str, *, consistency: str | None = None) -> Value | None:
         return _value(key, *self._request("GET", _path(key) + _query(consistency=consistency)))
@@ -326,8 +336,17 @@ class AsyncClient:
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise UnreachableError(f"{self._url}: {exc}") from None
 
-    async def put(self, key: str, value: bytes, *, context: str | None = None, consistency: str | None = None) -> Ack:
-        return _ack(*await self._request("PUT", _path(key) + _query(consistency=consistency), bytes(value), context))
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        context: str | None = None,
+        consistency: str | None = None,
+        ttl_ms: int | None = None,
+    ) -> Ack:
+        query = _query(consistency=consistency, ttl_ms=ttl_ms)
+        return _ack(*await self._request("PUT", _path(key) + query, bytes(value), context))
 
     async def get(self, key: str, *, consistency: str | None = None) -> Value | None:
         return _value(key, *await self._request("GET", _path(key) + _query(consistency=consistency)))

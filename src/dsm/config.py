@@ -764,6 +764,15 @@ class StorageConfig(metaclass=_Profiled):
             _DAY,
         ),
     )
+    max_ttl_ms: int = field(
+        default=3650 * _DAY,
+        metadata=_int(
+            "Longest time-to-live a write may ask for (ttl_ms), ms. Expired keys are purged "
+            "tombstone_grace_ms after they expire; a longer bound only allows keys that live longer.",
+            1,
+            100 * 365 * _DAY,
+        ),
+    )
     write_batch_max: int = field(
         default=512,
         metadata=_int(

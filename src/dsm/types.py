@@ -47,11 +47,13 @@ class Sibling:
         value: the bytes written.
         timestamp: the writer's hybrid-logical-clock timestamp (see `dsm.core.hlc`).
         writer: the node id that accepted the write.
+        expires_ms: Unix ms from which the value reads as absent (0: it never expires).
     """
 
     value: bytes
     timestamp: int
     writer: str
+    expires_ms: int = 0
 
     @property
     def written_at_ms(self) -> int:
@@ -65,16 +67,19 @@ class ReadResult:
     Attributes:
         key: the key read.
         siblings: the concurrent values, newest (the last-writer-wins choice) first. Always one value in
-            'lww' mode; possibly several in 'siblings' mode.
+            'lww' mode; possibly several in 'siblings' mode. Values that had expired at the moment of the
+            read (`now_ms`, the serving node's wall clock) are left out; the context still covers them, so
+            a write with it supersedes them too.
     """
 
-    __slots__ = ("_siblings", "_versions", "key")
+    __slots__ = ("_now_ms", "_siblings", "_versions", "key")
 
-    def __init__(self, key: str, versions: VersionSet) -> None:
+    def __init__(self, key: str, versions: VersionSet, now_ms: int = 0) -> None:
         # The caller (`EpidemicStorage.get`) has checked that a live value exists; this stays O(1) per read.
         assert versions.versions, "a ReadResult needs at least one live value"
         self.key = key
         self._versions = versions
+        self._now_ms = now_ms
         self._siblings: tuple[Sibling, ...] | None = None
 
     @property
@@ -82,7 +87,9 @@ class ReadResult:
         """The concurrent values, newest first (built on first use: most readers only want `value`)."""
         if self._siblings is None:
             self._siblings = tuple(
-                Sibling(v.value, v.dot.timestamp, v.dot.node) for v in self._versions.live if v.value is not None
+                Sibling(v.value, v.dot.timestamp, v.dot.node, v.expires_ms)
+                for v in self._versions.live_at(self._now_ms)
+                if v.value is not None
             )
         return self._siblings
 
@@ -90,7 +97,7 @@ class ReadResult:
     def value(self) -> bytes:
         """The newest value: the winner by (timestamp, writer), the same on every node."""
         for version in self._versions.versions:
-            if version.value is not None:
+            if version.value is not None and version.alive_at(self._now_ms):
                 return version.value
         raise AssertionError("unreachable: checked in __init__")
 
@@ -101,8 +108,8 @@ class ReadResult:
         if self._siblings is not None:
             return self._siblings[0]
         for version in self._versions.versions:
-            if version.value is not None:
-                return Sibling(version.value, version.dot.timestamp, version.dot.node)
+            if version.value is not None and version.alive_at(self._now_ms):
+                return Sibling(version.value, version.dot.timestamp, version.dot.node, version.expires_ms)
         raise AssertionError("unreachable: checked in __init__")
 
     @property
@@ -112,7 +119,7 @@ class ReadResult:
             return len(self._siblings) > 1
         live = 0
         for version in self._versions.versions:
-            if version.value is not None:
+            if version.value is not None and version.alive_at(self._now_ms):
                 live += 1
                 if live > 1:
                     return True

@@ -57,6 +57,15 @@ _CONTEXT_IN = {
     "schema": {"type": "string"},
 }
 _CONTEXT_OUT = {CONTEXT_HEADER: _ref("headers", "Context")}
+_TTL = {
+    "name": "ttl_ms",
+    "in": "query",
+    "required": False,
+    "description": "the value expires this many ms after the write (1 to max_ttl_ms): then the key reads as "
+    "absent on every node, within the clocks' offset; a later write with a read's context renews (with ttl_ms) "
+    "or removes (without) the expiry; refused on DELETE (400 invalid_input)",
+    "schema": {"type": "integer", "minimum": 1},
+}
 _OPAQUE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 _JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 
@@ -83,6 +92,7 @@ def _write(summary: str, *, body: bool) -> dict[str, Any]:
         },
     }
     if body:
+        operation["parameters"].append(_TTL)
         operation["requestBody"] = {"required": False, "content": _OPAQUE}
         operation["responses"]["408"] = _error("the body did not arrive within http_body_timeout_ms")
         operation["responses"]["413"] = _error(

@@ -22,6 +22,8 @@ from dsm.core.consistency import LEVEL_NAMES
 
 #: The query parameters each route takes.
 KEY_PARAMS = frozenset({"consistency"})
+#: A `PUT` (and, to refuse it with a clear message, a `DELETE`) also takes `ttl_ms`.
+WRITE_PARAMS = KEY_PARAMS | {"ttl_ms"}
 LIST_PARAMS = frozenset({"prefix", "after", "limit"})
 WATCH_PARAMS = frozenset({"prefix", "limit"})
 
@@ -76,8 +78,9 @@ def params(request: web.Request, known: frozenset[str] = frozenset()) -> dict[st
     return out
 
 
-def level(request: web.Request) -> str | None:
-    """The consistency level a key's request asks for; None: the node's default for its region.
+def level(request: web.Request, known: frozenset[str] = KEY_PARAMS) -> str | None:
+    """The consistency level a key's request asks for; None: the node's default for its region (`known`:
+    the query parameters the route takes).
 
     Raises:
         ApiError: (400 bad_consistency) an unknown level; see `params`.
@@ -87,12 +90,28 @@ def level(request: web.Request) -> str | None:
         return None
     if query == "consistency=local":
         return "local"  # the common request, without parsing a query
-    name = params(request, KEY_PARAMS).get("consistency")
+    name = params(request, known).get("consistency")
     if name is None:
         return None
     if name not in LEVEL_NAMES:
         raise ApiError(400, "bad_consistency", f"unknown consistency level {name!r}; one of {', '.join(LEVEL_NAMES)}")
     return name
+
+
+def ttl(request: web.Request) -> int | None:
+    """The `ttl_ms` parameter of a write (None: absent); its range is the store's to check (`max_ttl_ms`).
+
+    Raises:
+        ApiError: (400 invalid_input) not a decimal integer; see `params`.
+    """
+    if not request.rel_url.raw_query_string:
+        return None
+    raw = params(request, WRITE_PARAMS).get("ttl_ms")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError(400, "invalid_input", f"ttl_ms must be a number of milliseconds, not {raw[:40]!r}")
+    return int(raw)
 
 
 def limit(given: Mapping[str, str], default: int, most: int) -> int:

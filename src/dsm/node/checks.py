@@ -1,5 +1,5 @@
-"""Validation of what callers pass a node: keys, values, contexts, levels, metadata. A caller's mistake is
-raised at once, with a typed error that says what is allowed (`InvalidKeyError`, `InvalidValueError`,
+"""Validation of what callers pass a node: keys, values, contexts, time-to-live, levels, metadata. A caller's
+mistake is raised at once, with a typed error that says what is allowed (`InvalidKeyError`, `InvalidValueError`,
 `InvalidContextError`, `InvalidInputError`); nothing is written."""
 
 from __future__ import annotations
@@ -73,6 +73,17 @@ def check_context(context: object, key: str, config: StorageConfig, replica: Rep
     except ClockSkewError as exc:
         raise InvalidContextError(f"context names a timestamp from the future: {exc}") from None
     return vector
+
+
+def check_ttl(ttl_ms: object, config: StorageConfig) -> int:
+    """A time-to-live: None (0: the value never expires) or an int from 1 to `max_ttl_ms`."""
+    if ttl_ms is None:
+        return 0
+    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool):
+        raise InvalidInputError(f"ttl_ms must be an int, not {type(ttl_ms).__name__}")
+    if not 1 <= ttl_ms <= config.max_ttl_ms:
+        raise InvalidInputError(f"ttl_ms is {ttl_ms}; it must be from 1 to {config.max_ttl_ms} (max_ttl_ms)")
+    return ttl_ms
 
 
 def check_level(consistency: str | Level) -> Level:

@@ -250,7 +250,8 @@ class EpidemicStorage:
                 state the last conditional write left, ordered with them in real time.
 
         Returns:
-            the value(s) with their version context, or None when the key is absent or deleted.
+            the value(s) with their version context, or None when the key is absent, deleted or expired
+            (by this node's wall clock; the values that expired are left out, see `ReadResult`).
 
         Raises:
             InvalidKeyError: the key is not acceptable; InvalidInputError: an unknown level.
@@ -271,9 +272,10 @@ class EpidemicStorage:
             return None
         else:
             versions = self._decode(key, encoded)
-        if not versions.live:
-            return None  # absent, or only tombstones: deleted
-        result = ReadResult(key, versions)
+        now_ms = self.commits.wall_ms()
+        if not versions.live_at(now_ms):
+            return None  # absent, or only tombstones and expired values: deleted or expired
+        result = ReadResult(key, versions, now_ms)
         if self.resolver is not None and result.conflict and self.replica.resolution is Resolution.SIBLINGS:
             return await self._resolve(result, versions)
         return result
@@ -293,7 +295,7 @@ class EpidemicStorage:
             return result
         written = await self.commits.submit(result.key, value, versions.context())
         self.resolved += 1
-        return ReadResult(result.key, written.versions)  # holds the value just written
+        return ReadResult(result.key, written.versions, self.commits.wall_ms())  # holds the value just written
 
     async def put(
         self,
@@ -304,6 +306,7 @@ class EpidemicStorage:
         consistency: str | Level | None = None,
         if_absent: bool = False,
         if_match: str | None = None,
+        ttl_ms: int | None = None,
     ) -> WriteResult:
         """Writes a value, durably on this node (and on the members the level asks for) before returning.
 
@@ -318,6 +321,10 @@ class EpidemicStorage:
                 an unconditional write ordered with the conditional ones (`dsm.node.conditional`).
             if_absent: write only if the key holds no live value (linearizable, see docs/consistency.md).
             if_match: the context of a read: write only if the key is still exactly what it returned.
+            ttl_ms: the value expires this long after the write (1 to `max_ttl_ms`; None: never): from then
+                on the key reads as absent on every node (within the clocks' offset, see
+                docs/consistency.md). A later write with the context of a read renews (with `ttl_ms`) or
+                removes (without) the expiry.
 
         Returns:
             the new version's timestamp and context.
@@ -336,12 +343,15 @@ class EpidemicStorage:
         self._check_open()
         key = checks.check_key(key, self.config)
         value = checks.check_value(value, self.config)
+        ttl = checks.check_ttl(ttl_ms, self.config)
         operation = self._conditional(key, value, context, consistency, if_absent, if_match)
         if operation is not None:
+            if ttl:
+                raise InvalidInputError("ttl_ms with a conditional write is not supported yet")
             return await self.conditionals.write(key, operation)
         vector = self._context(context, key)
         level = self._default_levels[0] if consistency is None else checks.check_level(consistency)
-        return await self._write(level, key, value, vector)
+        return await self._write(level, key, value, vector, ttl)
 
     async def delete(
         self,
@@ -388,15 +398,17 @@ class EpidemicStorage:
             return IfMatch(self._context(if_match, key), value)
         return Put(value)
 
-    async def _write(self, level: Level, key: str, value: bytes | None, context: VersionVector) -> WriteResult:
-        result = await self.commits.submit(key, value, context)
+    async def _write(
+        self, level: Level, key: str, value: bytes | None, context: VersionVector, ttl_ms: int = 0
+    ) -> WriteResult:
+        result = await self.commits.submit(key, value, context, ttl_ms)
         if level is not Level.LOCAL:
             await self.levels.write(level, result)
         return result
 
     async def list_keys(self, prefix: str = "", after: str = "", limit: int = 100) -> tuple[list[str], bool]:
-        """Keys holding a value (deleted ones left out) that start with `prefix` and sort after `after`,
-        in order, at most `limit`; and whether more may follow.
+        """Keys holding a value (deleted and expired ones left out) that start with `prefix` and sort after
+        `after`, in order, at most `limit`; and whether more may follow.
 
         Raises:
             InvalidKeyError / InvalidInputError: bad arguments; ClosedError; StorageError.
@@ -412,9 +424,10 @@ class EpidemicStorage:
             if not page:
                 return keys, False
             found = await self.store.read_many([key for key, _ in page])
+            now_ms = self.commits.wall_ms()
             for key, _ in page:
                 encoded = found.get(key)
-                if encoded is not None and self._decode(key, encoded).live:
+                if encoded is not None and self._decode(key, encoded).live_at(now_ms):
                     keys.append(key)
                     if len(keys) == limit:
                         return keys, True

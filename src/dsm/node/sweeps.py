@@ -1,8 +1,14 @@
-"""The tombstone sweep: purges deletes older than the grace period, and dates the node's presence.
+"""The tombstone sweep: purges deleted and expired keys dead for longer than the grace period, and dates the
+node's presence.
 
 Every min(tombstone_grace_ms / 4, SWEEP_MAX_MS) the sweep pages through the rows older than the grace period
-(`older_than`) and queues the keys that hold only old tombstones for purging; each is checked again in the
-commit that deletes it (`Replica`, against the row as it is then), so a write that arrived meanwhile wins.
+(`older_than`) and queues for purging the keys whose versions are all dead (tombstones, values whose expiry
+has passed) since before the grace period (`versions.purgeable`); each is checked again in the commit that
+deletes it (`Replica`, against the row as it is then), so a write that arrived meanwhile wins. Expired keys
+need no index of their own: a version's dot is older than its expiry, so a key dead since before the bound
+is among the rows whose newest dot is older than it. Until it is purged, an expired key is an ordinary row:
+no replica rewrites it at expiry, so anti-entropy sees no difference between replicas that expire it at
+slightly different moments.
 The same round records that the node is running (`last_seen_ms`), which dates an absence at the next start
 (`dsm.node.startup`).
 """
@@ -52,8 +58,8 @@ class Sweeper:
                 log.warning("tombstone sweep failed: %s", exc)
 
     async def sweep(self) -> int:
-        """Purges the keys that hold only tombstones older than the grace period and records that this node
-        is running; returns how many keys were purged."""
+        """Purges the keys dead (deleted or expired) for longer than the grace period and records that this
+        node is running; returns how many keys were purged."""
         commits = self.commits
         replica, store = commits.replica, commits.store
         now = commits.wall_ms()

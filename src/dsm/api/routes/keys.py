@@ -53,11 +53,12 @@ class KeyRoutes:
         refused = parsing.too_large(request, self.body_max)  # first: whatever else is wrong, no wait for it
         if refused is not None:
             return refused
-        consistency = parsing.level(request)
+        consistency = parsing.level(request, parsing.WRITE_PARAMS)
+        ttl_ms = parsing.ttl(request)
         key = self.key_of(request)
         value = await self._body(request)
         result = await self.storage.put(
-            key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency
+            key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency, ttl_ms=ttl_ms
         )
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
@@ -98,7 +99,9 @@ class KeyRoutes:
         return web.json_response(body, status=300, headers=headers)
 
     async def delete(self, request: web.Request) -> web.Response:
-        consistency = parsing.level(request)
+        consistency = parsing.level(request, parsing.WRITE_PARAMS)
+        if parsing.ttl(request) is not None:
+            raise ApiError(400, "invalid_input", "a delete cannot expire: ttl_ms is a parameter of PUT")
         key = self.key_of(request)
         result = await self.storage.delete(key, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})

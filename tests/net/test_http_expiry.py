@@ -1,0 +1,87 @@
+"""Keys that expire over the HTTP API and the Python client: `PUT /v1/kv/{key}?ttl_ms=N` (the node's wall clock
+is the test's), then 404 and left out of listings; `ttl_ms` checked (a number from 1 to max_ttl_ms, never on
+a DELETE or a GET); `AsyncClient.put(..., ttl_ms=)`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from dsm import EpidemicStorage, NodeInfo, StorageConfig
+from dsm.api.http import create_app
+from dsm.client import AsyncClient, ClientError
+from dsm.storage.sqlite import SQLiteStore
+
+START = 1_800_000_000_000
+
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Clock]]:  # type: ignore[type-arg]
+    clock = Clock(START)
+    config = StorageConfig(node_id="h1", listen_addr="", max_ttl_ms=60_000)
+    storage = EpidemicStorage(config, NodeInfo(), SQLiteStore(tmp_path / "h1.db"), wall_ms=clock)
+    await storage.start()
+    async with TestClient(TestServer(create_app(storage))) as client:
+        yield client, clock
+    await storage.close()
+
+
+async def test_a_put_with_ttl_ms_expires(served: tuple[TestClient, Clock]) -> None:  # type: ignore[type-arg]
+    client, clock = served
+    r = await client.put("/v1/kv/s/1?ttl_ms=30000", data=b"v")
+    assert r.status == 200
+    await client.put("/v1/kv/s/2?consistency=local", data=b"kept")
+    r = await client.get("/v1/kv/s/1")
+    assert r.status == 200 and await r.read() == b"v"
+    clock.ms += 30_001
+    r = await client.get("/v1/kv/s/1")
+    assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+    assert (await (await client.get("/v1/kv?prefix=s/")).json())["keys"] == ["s/2"]
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "code"),
+    [
+        ("put", "ttl_ms=0", "invalid_input"),
+        ("put", "ttl_ms=60001", "invalid_input"),
+        ("put", "ttl_ms=-1", "invalid_input"),
+        ("put", "ttl_ms=30s", "invalid_input"),
+        ("put", "ttl_ms=1&ttl_ms=2", "duplicate_parameter"),
+        ("delete", "ttl_ms=1000", "invalid_input"),
+        ("get", "ttl_ms=1000", "unknown_parameter"),
+    ],
+)
+async def test_a_bad_or_misplaced_ttl_ms_is_a_400(
+    served: tuple[TestClient, Clock],  # type: ignore[type-arg]
+    method: str,
+    query: str,
+    code: str,
+) -> None:
+    client, _ = served
+    r = await getattr(client, method)(f"/v1/kv/k?{query}", data=b"v")
+    assert r.status == 400 and (await r.json())["error"]["code"] == code
+    assert (await client.get("/v1/kv/k")).status == 404  # nothing was written
+
+
+async def test_the_async_client_puts_with_a_ttl(served: tuple[TestClient, Clock]) -> None:  # type: ignore[type-arg]
+    client, clock = served
+    async with AsyncClient(str(client.make_url("")).rstrip("/")) as c:
+        ack = await c.put("lease", b"v", ttl_ms=5_000)
+        got = await c.get("lease")
+        assert got is not None and got.value == b"v" and got.context == ack.context
+        with pytest.raises(ClientError) as refused:
+            await c.put("lease", b"v", ttl_ms=0)
+        assert refused.value.status == 400 and refused.value.code == "invalid_input"
+        clock.ms += 5_001
+        assert await c.get("lease") is None

@@ -1,0 +1,46 @@
+"""Keys that expire, on real `dsm node run` processes: `dsm put --ttl` on node A; the key reaches node B, then
+reads as absent on both once its expiry passes (each node by its own wall clock), while a key without a TTL
+stays; a bad `--ttl` is refused by the command line before anything is sent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from procs import Proc, eventually, holds, procs_fixture  # noqa: F401 (the `procs` fixture)
+
+pytestmark = pytest.mark.usefixtures("loopback_hosts")
+
+
+def dsm(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | {"DSM_NODE_URL": url}
+    return subprocess.run([sys.executable, "-m", "dsm.cli", *args], capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_a_bad_ttl_is_refused_by_the_command_line() -> None:
+    bad = dsm("put", "k", "v", "--ttl", "30 parsecs", url="http://127.0.0.1:9")
+    assert bad.returncode == 2 and "is not a duration" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_key_put_with_a_ttl_on_one_node_reads_absent_on_another_after_expiry(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    a = Proc("ta", "127.0.0.1", tmp_path, [])
+    procs.append(a)
+    b = Proc("tb", "127.0.0.2", tmp_path, [a.listen])
+    procs.append(b)
+    eventually(lambda: all(len([m for m in p.client.members() if m["state"] == "alive"]) == 2 for p in procs))
+
+    put = dsm("put", "session/1", "alive", "--ttl", "4s", url=a.url)
+    assert put.returncode == 0, put.stderr
+    a.client.put("session/2", b"kept")
+    eventually(lambda: holds(b, "session/1", b"alive") and holds(b, "session/2", b"kept"), timeout=10)
+    eventually(lambda: b.client.get("session/1") is None, timeout=15)
+    assert a.client.get("session/1") is None
+    assert holds(a, "session/2", b"kept") and holds(b, "session/2", b"kept")
+    assert b.client.list("session/").keys == ["session/2"]
