@@ -20,7 +20,9 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import NamedTuple
 
+from dsm.core.encoding import DecodeError, decode_context, encode_context
 from dsm.core.hlc import HybridLogicalClock
+from dsm.core.messages import CasRequest
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import SIBLINGS_MAX_BYTES, Dot, Resolution, VersionSet, write
 
@@ -114,3 +116,34 @@ def apply(
     dot = Dot(clock.now(wall_ms), node)
     written = write(state, dot, state.context(), operation.value, resolution, max_siblings, SIBLINGS_MAX_BYTES)
     return written, Outcome.APPLIED
+
+
+#: Most bytes of a context token a forwarded operation may carry (a client's context is far smaller).
+CONTEXT_MAX_BYTES = 1 << 20
+_KINDS = {IfAbsent: 0, IfMatch: 1, Put: 2, Read: 3}
+
+
+def cas_request(request: int, source: str, key: str, operation: Operation, timeout_ms: int) -> CasRequest:
+    """The message that forwards `operation` to the key's home."""
+    value = None if isinstance(operation, Read) else operation.value
+    context = encode_context(operation.context, key) if isinstance(operation, IfMatch) else ""
+    kind = _KINDS[type(operation)]
+    return CasRequest(request, source, key, kind, value is not None, value or b"", context, timeout_ms)
+
+
+def request_operation(message: CasRequest) -> Operation:
+    """The operation a forwarded request carries.
+
+    Raises:
+        DecodeError: the request is malformed (unknown kind, a value where none belongs, a bad context).
+    """
+    value = message.value if message.has_value else None
+    if message.kind == 3 and value is None:
+        return Read()
+    if message.kind == 2:
+        return Put(value)
+    if message.kind == 0 and value is not None:
+        return IfAbsent(value)
+    if message.kind == 1:
+        return IfMatch(decode_context(message.context, CONTEXT_MAX_BYTES, message.key), value)
+    raise DecodeError(f"malformed conditional request of kind {message.kind}")

@@ -365,6 +365,31 @@ class CasCommit(NamedTuple):
     value: bytes
 
 
+class CasRequest(NamedTuple):
+    """Run a conditional operation on `key` as its home (the first live member of its acceptor group), for the
+    node that took it (`source`), within `timeout_ms`. `kind`: 0 if-absent, 1 if-match (`context`: the
+    encoded context token), 2 put, 3 read; `value` (with `has_value`; a delete has none)."""
+
+    request: int
+    source: str
+    key: str
+    kind: int
+    has_value: bool
+    value: bytes
+    context: str
+    timeout_ms: int
+
+
+class CasResult(NamedTuple):
+    """Answer to `CasRequest`: the operation's outcome (`dsm.core.cas_proposer.CasOutcome` value) and the
+    key's chosen state (an encoded version set; b"" when refused or unknown)."""
+
+    request: int
+    source: str
+    outcome: str
+    state: bytes
+
+
 Message = (
     Ping
     | PingReq
@@ -399,6 +424,8 @@ Message = (
     | CasAccept
     | CasAccepted
     | CasCommit
+    | CasRequest
+    | CasResult
     | ReadRequest
     | ReadReply
 )

@@ -21,20 +21,38 @@ read for a level (`Replicate`, `ReadRequest`) are served by the driver's store w
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
 from dsm.core.cas_group import cas_group
-from dsm.core.cas_ops import Operation
-from dsm.core.cas_proposer import CasDone, CasEffect, CasProposer
+from dsm.core.cas_ops import Operation, cas_request, request_operation
+from dsm.core.cas_proposer import CasDone, CasEffect, CasOutcome, CasProposer
 from dsm.core.coordinator import Coordinator, LevelDone
+from dsm.core.encoding import DecodeError, decode_versions, encode_versions
 from dsm.core.hlc import HybridLogicalClock
-from dsm.core.messages import CasAccepted, CasPromise, Effect, Message, ReadReply, Reconcile, Replicated, Store
+from dsm.core.messages import (
+    CasAccepted,
+    CasPromise,
+    CasRequest,
+    CasResult,
+    Effect,
+    Message,
+    ReadReply,
+    Reconcile,
+    Replicated,
+    Send,
+    Store,
+)
 from dsm.core.peer import Peer
+from dsm.core.ring import State
 from dsm.core.versions import Resolution
 
 CoreEffect = Effect | LevelDone | ReconcileStep | CasDone
+
+#: The longest a home runs an operation another node forwarded (a request asking for more gets this).
+MAX_FORWARDED_TIMEOUT_MS = 60_000
 
 
 class Conditional(NamedTuple):
@@ -77,6 +95,12 @@ class NodeCore:
         )
         self._sessions = 0
         self.proposer: CasProposer | None = None
+        self._new_id = new_id
+        # Operations forwarded to their key's home (request -> home) with their timers, and those run here for
+        # another node (internal request -> (node, its request)).
+        self._forwarded: dict[int, str] = {}
+        self._forward_timers: list[tuple[int, int]] = []
+        self._serving_for: dict[int, tuple[str, int]] = {}
         self._wall_ms: Callable[[], int] = lambda: now
         if conditional is not None:
             directory, table = peer.directory, peer.table
@@ -94,16 +118,71 @@ class NodeCore:
         return "" if slot is None else self.peer.directory.infos[slot].addr
 
     def cas(self, now: int, request: int, key: str, operation: Operation, timeout_ms: int) -> list[CoreEffect]:
-        """Starts a conditional operation on `key`; its `CasDone` names `request`."""
-        assert self.proposer is not None, "conditional writes are not enabled on this core"
-        return self._published(now, self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))
+        """Starts a conditional operation on `key`; its `CasDone` names `request`.
 
-    def _published(self, now: int, effects: list[CasEffect]) -> list[CoreEffect]:
-        """The proposer's effects, and the publication of each state a conditional write changed (its
-        `Store` item has an update id): pushed along the broadcast tree like a local write, so every replica
-        has it as soon as any write would."""
-        out: list[CoreEffect] = list(effects)
+        The operation goes to the key's home, the first member of its acceptor group this node sees alive, so
+        that every operation on a key meets in one proposer's queue (batched, no duelling ballots); this node
+        proposes itself when it is the home or sees no member of the group alive. A forwarded operation whose
+        answer does not come within its timeout (and a grace for the way back) ends `UNKNOWN`: the home may
+        have run it."""
+        assert self.proposer is not None, "conditional writes are not enabled on this core"
+        home = self._home(key)
+        if home == self.peer.id:
+            return self._proposed(now, self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))
+        self._forwarded[request] = home
+        heapq.heappush(self._forward_timers, (now + timeout_ms + timeout_ms // 4 + 1, request))
+        return [Send(home, self._address_of(home), cas_request(request, self.peer.id, key, operation, timeout_ms))]
+
+    def _home(self, key: str) -> str:
+        me = self.peer.id
+        for member in cas_group(self.peer.directory, self.peer.table, key):
+            if member == me or self.peer.member_state(member) is State.ALIVE:
+                return member
+        return me
+
+    def _serve_request(self, now: int, source: str, message: CasRequest) -> list[CoreEffect]:
+        """Runs an operation another node forwarded here (this node is the key's home, as it sees it)."""
+        assert self.proposer is not None
+        if message.source != source:
+            return []  # only the member the connection authenticated asks for itself
+        try:
+            operation = request_operation(message)
+        except DecodeError:
+            result = CasResult(message.request, self.peer.id, CasOutcome.REFUSED.value, b"")
+            return [Send(source, self._address_of(source), result)]
+        internal = self._new_id()
+        self._serving_for[internal] = (source, message.request)
+        timeout_ms = max(1, min(message.timeout_ms, MAX_FORWARDED_TIMEOUT_MS))
+        effects = self.proposer.submit(now, self._wall_ms(), internal, message.key, operation, timeout_ms)
+        return self._proposed(now, effects)
+
+    def _result(self, source: str, message: CasResult) -> list[CoreEffect]:
+        """The answer of the home an operation was forwarded to."""
+        if self._forwarded.get(message.request) != source or message.source != source:
+            return []  # unknown, late, or not from the home asked
+        del self._forwarded[message.request]
+        try:
+            outcome = CasOutcome(message.outcome)
+            state = decode_versions(message.state) if message.state else None
+        except (ValueError, DecodeError):
+            return [CasDone(message.request, CasOutcome.UNKNOWN)]
+        if outcome in (CasOutcome.APPLIED, CasOutcome.FAILED, CasOutcome.READ) and state is None:
+            return [CasDone(message.request, CasOutcome.UNKNOWN)]
+        return [CasDone(message.request, outcome, state)]
+
+    def _proposed(self, now: int, effects: list[CasEffect]) -> list[CoreEffect]:
+        """The proposer's effects: the end of an operation another node forwarded becomes its answer; each
+        state a conditional write changed (its `Store` item has an update id) is published, pushed along the
+        broadcast tree like a local write, so every replica has it as soon as any write would."""
+        out: list[CoreEffect] = []
         for effect in effects:
+            if type(effect) is CasDone and effect.request in self._serving_for:
+                source, request = self._serving_for.pop(effect.request)
+                state = b"" if effect.state is None else encode_versions(effect.state)
+                result = CasResult(request, self.peer.id, effect.outcome.value, state)
+                out.append(Send(source, self._address_of(source), result))
+                continue
+            out.append(effect)
             if type(effect) is Store and effect.path == "cas" and effect.items[0].id:
                 out.extend(self.peer.publish(now, effect.items))
         return out
@@ -121,7 +200,11 @@ class NodeCore:
             if self.proposer is None:
                 return []
             answer = cast("CasPromise | CasAccepted", message)
-            return self._published(now, self.proposer.handle(now, self._wall_ms(), source, answer))
+            return self._proposed(now, self.proposer.handle(now, self._wall_ms(), source, answer))
+        if kind is CasRequest:
+            return [] if self.proposer is None else self._serve_request(now, source, cast(CasRequest, message))
+        if kind is CasResult:
+            return self._result(source, cast(CasResult, message))
         if kind is Reconcile:
             return list(self.anti_entropy.handle(source, cast(Reconcile, message))) if self.anti_entropy else []
         return list(self.peer.handle(now, message))
@@ -134,8 +217,15 @@ class NodeCore:
         proposer = self.proposer
         if proposer is not None:
             due = proposer.next_deadline()
+            if self._forward_timers and (due is None or self._forward_timers[0][0] < due):
+                due = self._forward_timers[0][0]
             if due is not None and due <= now:
-                out.extend(self._published(now, proposer.tick(now, self._wall_ms())))
+                out.extend(self._proposed(now, proposer.tick(now, self._wall_ms())))
+            forward = self._forward_timers
+            while forward and forward[0][0] <= now:
+                _, request = heapq.heappop(forward)
+                if self._forwarded.pop(request, None) is not None:
+                    out.append(CasDone(request, CasOutcome.UNKNOWN))
         anti_entropy = self.anti_entropy
         if anti_entropy is not None and now >= anti_entropy.due and not self._context.left:
             out.extend(anti_entropy.tick(now))
@@ -155,6 +245,10 @@ class NodeCore:
             other = proposer.next_deadline()
             if other is not None and (deadline is None or other < deadline):
                 deadline = other
+            if self._forward_timers:
+                other = self._forward_timers[0][0]
+                if deadline is None or other < deadline:
+                    deadline = other
         anti_entropy = self.anti_entropy
         if anti_entropy is not None and not self._context.left:
             due = anti_entropy.due
