@@ -294,10 +294,11 @@ def test_changes_list_client_keys_only_with_local_and_deleted_flags() -> None:
     remote = versions_of("n1", WALL, b"theirs")
     commit = run(r, [deleted, written, internal, MergeOp([item("\x00member/n1", remote), item("far", remote)])], rows)
     assert {row.key for row in commit.rows} == {"gone", "here", "\x00member/n0", "\x00member/n1", "far"}
+    digests = {row.key: row.digest for row in commit.rows}
     assert commit.changes() == [
-        Change("gone", deleted.timestamp, "n0", True, True),
-        Change("here", written.timestamp, "n0", False, True),
-        Change("far", remote.max_timestamp, "n1", False, False),
+        Change("gone", deleted.timestamp, "n0", True, True, commit.stamp, digests["gone"]),
+        Change("here", written.timestamp, "n0", False, True, commit.stamp, digests["here"]),
+        Change("far", remote.max_timestamp, "n1", False, False, commit.stamp, digests["far"]),
     ]
 
 

@@ -87,11 +87,9 @@ def expiry_of(versions: VersionSet) -> int | None:
     for version in versions.versions:
         if version.value is None:
             continue
-        # `Version.expires_ms` (0: never) comes with keys that expire; a version without it never expires.
-        expires_ms = int(getattr(version, "expires_ms", 0))
-        if not expires_ms:
+        if not version.expires_ms:
             return None
-        latest = max(latest, expires_ms)
+        latest = max(latest, version.expires_ms)
     return latest or None
 
 
@@ -135,6 +133,8 @@ class Change:
         writer: the node that accepted that version.
         deleted: no live value is left (the newest version is a delete).
         local: written through this node (False: it arrived from another replica).
+        stamp: the commit stamp of the commit that stored it (`Commit.stamp`): a watch's position.
+        digest: the stored row's digest (a client that mirrors the keys compares it).
     """
 
     key: str
@@ -142,6 +142,8 @@ class Change:
     writer: str
     deleted: bool
     local: bool
+    stamp: int = 0
+    digest: int = 0
 
 
 @dataclass(slots=True)
@@ -198,6 +200,10 @@ class Commit:
     reserved_ms: int = 0
     #: `published`, once made.
     items: list[DataItem] | None = None
+    #: The commit stamp (0: the commit changed no row): a reading of this replica's clock, above every stamp
+    #: of an earlier commit (restarts included, through the clock floor), stored as every row's `seq`. The
+    #: rows changed after a stamp are what a watch resumed from it replays (`BackingStore.changed_since`).
+    stamp: int = 0
 
     @property
     def published(self) -> list[DataItem]:
@@ -218,7 +224,10 @@ class Commit:
             versions = self.states[row.key]
             newest = max(versions.versions, key=lambda v: v.dot.timestamp)
             local = row.key in self.written
-            out.append(Change(row.key, newest.dot.timestamp, newest.dot.node, not versions.live, local))
+            change = Change(
+                row.key, newest.dot.timestamp, newest.dot.node, not versions.live, local, self.stamp, row.digest
+            )
+            out.append(change)
         return out
 
 
@@ -321,6 +330,7 @@ class Replica:
         dirty: dict[str, None] = {}
         published = commit.written
         purged: dict[str, MergeOp] = {}
+        last_dot = 0  # the timestamp of the batch's last local write
         for op in batch:
             if isinstance(op, MergeOp):
                 self._merge(op, states, bad, dirty, wall_ms, commit)
@@ -332,17 +342,20 @@ class Replica:
             else:
                 self._write(op, states, wall_ms)
                 dirty[op.key] = None
-                published[op.key] = op.timestamp
+                published[op.key] = last_dot = op.timestamp
         for key, purge in purged.items():
             if key in dirty:  # written again later in this batch: the new row stands, nothing is purged
                 purge.changed -= 1
             else:
                 commit.deletes.append(key)
         rows, kept = commit.rows, commit.states
+        stamp = commit.stamp = self._stamp(last_dot, wall_ms) if dirty else 0
         for key in dirty:
             versions = kept[key] = states[key]
             encoded = encode_versions(versions)
-            rows.append(StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp, 0, expiry_of(versions)))
+            rows.append(
+                StoredKey(key, encoded, digest(key, encoded), versions.max_timestamp, stamp, expiry_of(versions))
+            )
         self._reserve(commit)
         return commit
 
@@ -433,6 +446,13 @@ class Replica:
                 purged[key] = op
                 del states[key]
                 op.changed += 1
+
+    def _stamp(self, last_dot: int, wall_ms: int) -> int:
+        """The stamp of a commit that changes rows: a clock reading above every earlier one, so above every
+        earlier stamp. The batch's last write dot is one when the clock has not moved since (no merge after
+        it), which spares a commit of writes a second reading; otherwise a new reading."""
+        clock = self.clock
+        return last_dot if last_dot and last_dot == clock.last else clock.now(wall_ms)
 
     def _reserve(self, commit: Commit) -> None:
         """Moves the clock floor ahead in this commit if its newest timestamp reaches it."""

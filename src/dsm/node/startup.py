@@ -17,6 +17,7 @@ may hold keys whose deletes the others purged since: it refuses to start (`Stale
 from __future__ import annotations
 
 import logging
+import secrets
 
 from dsm.config import StorageConfig
 from dsm.core.hlc import MAX_TIMESTAMP, physical_ms
@@ -32,6 +33,10 @@ META_MEMBER_SINCE = "member_since_ms"
 META_LAST_SEEN = "last_seen_ms"
 #: The id of the node that owns the store (written at its first start; see `ForeignStoreError`).
 META_NODE_ID = "node_id"
+#: A random 64-bit number naming this store's history of commit stamps (`Commit.stamp`), which watch cursors
+#: carry: written when the store is new (or predates it) and again when it is emptied (`stale_replica =
+#: 'discard'`), so a cursor from before cannot be replayed against a history it does not belong to.
+META_EPOCH = "store_epoch"
 #: This store's start count: the `run` of the ballots its conditional writes propose (`dsm.core.ballot`).
 META_CAS_RUN = "cas_run"
 
@@ -95,11 +100,27 @@ async def check_absence(store: BackingStore, config: StorageConfig, now: int, ne
         while keys := [key for key, _ in await store.scan("", None, 10_000)]:
             await store.write([], None, keys)
         since = None
+    fresh = since is None  # a new store, or one just emptied: a new history of commit stamps
     if since is None:
         since = now
     stamp = str(now).encode("ascii")
-    await store.write([], {META_MEMBER_SINCE: str(since).encode("ascii"), META_LAST_SEEN: stamp})
+    meta = {META_MEMBER_SINCE: str(since).encode("ascii"), META_LAST_SEEN: stamp}
+    if fresh or await store.read_meta(META_EPOCH) is None:
+        meta[META_EPOCH] = str(secrets.randbits(64)).encode("ascii")
+    await store.write([], meta)
     return since
+
+
+async def store_epoch(store: BackingStore) -> int:
+    """The store's epoch (`META_EPOCH`, written by `check_absence`; `StorageCorruptError` if unreadable)."""
+    raw = await store.read_meta(META_EPOCH)
+    try:
+        epoch = int((raw or b"").decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        epoch = -1
+    if not 0 <= epoch < 2**64:
+        raise StorageCorruptError(f"{store.url}: bad {META_EPOCH} metadata {(raw or b'')[:40]!r}")
+    return epoch
 
 
 async def next_run(store: BackingStore) -> int:
