@@ -6,6 +6,7 @@ class's name without `Error`: `InvalidKeyError` -> `invalid_key`), and every 503
 
     ApiError                   its own status and code (raised by the routes for bad input: 400, 404, 408, 413)
     InvalidInputError          400
+    FeatureUnavailableError    409 feature_unavailable, with feature and members (those that block it)
     ClosedError                503 closed
     ConsistencyError           503 consistency_unmet, with level, operation, acknowledged, required, shortfall
     StorageError               503 (the store failed: the client may retry)
@@ -31,7 +32,14 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from dsm.errors import ClosedError, ConsistencyError, DSMError, InvalidInputError, StorageError
+from dsm.errors import (
+    ClosedError,
+    ConsistencyError,
+    DSMError,
+    FeatureUnavailableError,
+    InvalidInputError,
+    StorageError,
+)
 
 __all__ = [
     "RETRY_AFTER_S",
@@ -122,6 +130,9 @@ def _store_error(exc: DSMError) -> web.Response:
         return json_error(400, error_code(exc), str(exc))
     if isinstance(exc, ClosedError):
         return json_error(503, "closed", str(exc))
+    if isinstance(exc, FeatureUnavailableError):
+        error = {"code": "feature_unavailable", "message": str(exc), "feature": exc.feature, "members": exc.members}
+        return web.json_response({"error": error}, status=409)
     if isinstance(exc, ConsistencyError):
         body = {
             "error": {

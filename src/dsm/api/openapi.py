@@ -93,6 +93,10 @@ def _write(summary: str, *, body: bool) -> dict[str, Any]:
     }
     if body:
         operation["parameters"].append(_TTL)
+        operation["responses"]["409"] = _error(
+            "feature_unavailable: ttl_ms while a member that has not left does not support expiry yet (a rolling "
+            "upgrade); the error names them in `members`"
+        )
         operation["requestBody"] = {"required": False, "content": _OPAQUE}
         operation["responses"]["408"] = _error("the body did not arrive within http_body_timeout_ms")
         operation["responses"]["413"] = _error(
