@@ -304,9 +304,10 @@ _CA_FILE = click.option(
 )
 _CONSISTENCY = click.option(
     "--consistency",
-    type=click.Choice(LEVEL_NAMES),
+    type=click.Choice([*LEVEL_NAMES, "linearizable"]),
     default=None,
-    help="Consistency level (default: the node's for its region).",
+    help="Consistency level (default: the node's for its region); 'linearizable' orders the operation with the "
+    "conditional writes of the key.",
 )
 
 
@@ -344,6 +345,9 @@ def _client_errors(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except DSMError as exc:
+            current = getattr(exc, "context", None)  # a failed condition says the key's current context
+            if getattr(exc, "code", "") == "precondition_failed" and isinstance(current, str):
+                click.echo(f"context={current}", err=True)
             raise click.ClickException(str(exc)) from exc
 
     return run
@@ -359,6 +363,8 @@ def _client_errors(fn: Any) -> Any:
     default=None,
     help="Expire the value after this long (500ms, 30s, 5m, 2h, 7d): then KEY reads as absent everywhere.",
 )
+@click.option("--if-absent", is_flag=True, help="Write only if KEY holds no value (exit status 1 if it does).")
+@click.option("--if-match", default=None, help="Write only if KEY is still what the read with this context returned.")
 @_CONSISTENCY
 @_NODE_URL
 @_TOKEN
@@ -369,6 +375,8 @@ def put(
     value: str,
     context: str | None,
     ttl: int | None,
+    if_absent: bool,
+    if_match: str | None,
     consistency: str | None,
     url: str,
     token: str,
@@ -376,8 +384,12 @@ def put(
 ) -> None:
     """Writes VALUE (text; '-' reads bytes from standard input) under KEY."""
     data = sys.stdin.buffer.read() if value == "-" else value.encode()
+    if if_absent and if_match is not None:
+        raise click.UsageError("--if-absent and --if-match cannot be combined")
     with _client(url, token, ca_file) as c:
-        ack = c.put(key, data, context=context, consistency=consistency, ttl_ms=ttl)
+        ack = c.put(
+            key, data, context=context, consistency=consistency, ttl_ms=ttl, if_absent=if_absent, if_match=if_match
+        )
     click.echo(f"ok {ack.key} timestamp={ack.timestamp} context={ack.context}")
 
 
@@ -407,15 +419,24 @@ def get(key: str, consistency: str | None, url: str, token: str, ca_file: str | 
 @main.command()
 @click.argument("key")
 @click.option("--context", default=None, help="Context of an earlier read.")
+@click.option("--if-match", default=None, help="Delete only if KEY is still what the read with this context returned.")
 @_CONSISTENCY
 @_NODE_URL
 @_TOKEN
 @_CA_FILE
 @_client_errors
-def delete(key: str, context: str | None, consistency: str | None, url: str, token: str, ca_file: str | None) -> None:
+def delete(
+    key: str,
+    context: str | None,
+    if_match: str | None,
+    consistency: str | None,
+    url: str,
+    token: str,
+    ca_file: str | None,
+) -> None:
     """Deletes KEY (writes a tombstone)."""
     with _client(url, token, ca_file) as c:
-        ack = c.delete(key, context=context, consistency=consistency)
+        ack = c.delete(key, context=context, consistency=consistency, if_match=if_match)
     click.echo(f"deleted {ack.key} timestamp={ack.timestamp}")
 
 

@@ -69,6 +69,21 @@ class ConsistencyUnmetError(ClientError):
         self.required = int(error.get("required", 0))
 
 
+class ConditionFailedError(ClientError):
+    """A conditional write's condition was false (HTTP 412, code `precondition_failed`); nothing was written.
+    `context` is the key's current context (None when it holds nothing), to retry with as `if_match`."""
+
+    def __init__(self, status: int, message: str, error: Mapping[str, Any]) -> None:
+        super().__init__(status, "precondition_failed", message)
+        context = error.get("context")
+        self.context: str | None = context if isinstance(context, str) else None
+        self.exists = bool(error.get("exists", False))
+
+
+class OutcomeUnknownError(ConsistencyUnmetError):
+    """A conditional write may or may not have taken effect (HTTP 503, code `outcome_unknown`)."""
+
+
 class UnreachableError(DSMError):
     """The node could not be reached (connection refused, timed out, reset)."""
 
@@ -138,6 +153,15 @@ def _path(key: str) -> str:
     return "/v1/kv/" + quoted
 
 
+def _conditions(if_absent: bool, if_match: str | None) -> dict[str, str]:
+    """The headers of a conditional write (`If-None-Match: *`, `If-Match: <context>`)."""
+    if if_absent and if_match is not None:
+        raise ValueError("if_absent and if_match cannot be combined")
+    if if_absent:
+        return {"If-None-Match": "*"}
+    return {"If-Match": if_match} if if_match is not None else {}
+
+
 def _query(**params: Any) -> str:
     given = {k: v for k, v in params.items() if v not in (None, "")}
     return "?" + urlencode(given) if given else ""
@@ -150,11 +174,17 @@ def _raise(status: int, body: bytes) -> None:
     except (ValueError, KeyError, TypeError):
         code, message = "http_error", body[:200].decode("utf-8", "replace")
     else:
-        if code == "consistency_unmet":
+        if code == "precondition_failed":
+            raise ConditionFailedError(status, message, error)
+        if code in ("consistency_unmet", "outcome_unknown"):
+            kind = OutcomeUnknownError if code == "outcome_unknown" else ConsistencyUnmetError
             try:
-                raise ConsistencyUnmetError(status, message, error)
+                failure = kind(status, message, error)
             except (ValueError, TypeError):
                 pass  # malformed fields: a plain ClientError below
+            else:
+                failure.code = code
+                raise failure
     raise ClientError(status, code, message)
 
 
@@ -210,11 +240,18 @@ class Client:
         self._conn: http.client.HTTPConnection | None = None
 
     def _request(
-        self, method: str, path: str, body: bytes | None = None, context: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        context: str | None = None,
+        conditions: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         headers = dict(self._headers)
         if context:
             headers[CONTEXT_HEADER] = context
+        if conditions:
+            headers.update(conditions)
         for attempt in (0, 1):  # a kept-alive connection the node closed is retried once on a new one
             if self._conn is None:
                 if self._ssl is not None:
@@ -254,15 +291,23 @@ class Client:
         context: str | None = None,
         consistency: str | None = None,
         ttl_ms: int | None = None,
+        if_absent: bool = False,
+        if_match: str | None = None,
     ) -> Ack:
+        """Writes a value; `if_absent` / `if_match` (a read's context) make it conditional (linearizable;
+        `ConditionFailedError` when the condition is false)."""
         query = _query(consistency=consistency, ttl_ms=ttl_ms)
-        return _ack(*self._request("PUT", _path(key) + query, bytes(value), context))
+        conditions = _conditions(if_absent, if_match)
+        return _ack(*self._request("PUT", _path(key) + query, bytes(value), context, conditions))
 
     def get(self, key: str, *, consistency: str | None = None) -> Value | None:
         return _value(key, *self._request("GET", _path(key) + _query(consistency=consistency)))
 
-    def delete(self, key: str, *, context: str | None = None, consistency: str | None = None) -> Ack:
-        return _ack(*self._request("DELETE", _path(key) + _query(consistency=consistency), None, context))
+    def delete(
+        self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
+    ) -> Ack:
+        path = _path(key) + _query(consistency=consistency)
+        return _ack(*self._request("DELETE", path, None, context, _conditions(False, if_match)))
 
     def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
         doc = _json(*self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after))[:2])
@@ -322,10 +367,17 @@ class AsyncClient:
         return self._session
 
     async def _request(
-        self, method: str, path: str, body: bytes | None = None, context: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        context: str | None = None,
+        conditions: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         session = self._open()
         headers = {CONTEXT_HEADER: context} if context else None
+        if conditions:
+            headers = {**(headers or {}), **conditions}
         try:
             # encoded=True: the path is sent as quoted here, not re-quoted (or its escapes decoded) by yarl.
             url = URL(self._url + path, encoded=True)
@@ -344,15 +396,22 @@ class AsyncClient:
         context: str | None = None,
         consistency: str | None = None,
         ttl_ms: int | None = None,
+        if_absent: bool = False,
+        if_match: str | None = None,
     ) -> Ack:
+        """As `Client.put`."""
         query = _query(consistency=consistency, ttl_ms=ttl_ms)
-        return _ack(*await self._request("PUT", _path(key) + query, bytes(value), context))
+        conditions = _conditions(if_absent, if_match)
+        return _ack(*await self._request("PUT", _path(key) + query, bytes(value), context, conditions))
 
     async def get(self, key: str, *, consistency: str | None = None) -> Value | None:
         return _value(key, *await self._request("GET", _path(key) + _query(consistency=consistency)))
 
-    async def delete(self, key: str, *, context: str | None = None, consistency: str | None = None) -> Ack:
-        return _ack(*await self._request("DELETE", _path(key) + _query(consistency=consistency), None, context))
+    async def delete(
+        self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
+    ) -> Ack:
+        path = _path(key) + _query(consistency=consistency)
+        return _ack(*await self._request("DELETE", path, None, context, _conditions(False, if_match)))
 
     async def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
         status, body, _ = await self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after))

@@ -114,5 +114,4 @@ class StorageFactory:
             await node.close()
             raise
         await node.publish_metadata()
-        await node.features.publish()
         return node

@@ -171,3 +171,51 @@ async def test_a_standalone_node_runs_conditional_writes(tmp_path: Path) -> None
         await node.put("lock", b"next", if_match=got.context)
         with pytest.raises(PreconditionFailedError):
             await node.put("lock", b"stale", if_match=got.context)
+
+
+async def test_http_conditional_writes_on_three_nodes(cluster: list[EpidemicStorage]) -> None:
+    """The issue's first try, over HTTP: 24 clients racing to create one key with If-None-Match: * get one
+    200 and 23 412s; If-Match takes a read's X-DSM-Context (quoted or bare), a stale one is a 412 carrying
+    the current context; linearizable reads; malformed conditions are a 400."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from dsm.api.http import CONTEXT_HEADER, create_app
+
+    clients = [TestClient(TestServer(create_app(node, node.network))) for node in cluster]
+    for client in clients:
+        await client.start_server()
+    try:
+        racing = await asyncio.gather(
+            *(
+                clients[i % 3].put("/v1/kv/lock", data=f"holder-{i}".encode(), headers={"If-None-Match": "*"})
+                for i in range(24)
+            )
+        )
+        statuses = sorted(response.status for response in racing)
+        assert statuses == [200] + [412] * 23
+        lost = next(r for r in racing if r.status == 412)
+        error = (await lost.json())["error"]
+        assert error["code"] == "precondition_failed" and error["exists"] is True
+        assert lost.headers[CONTEXT_HEADER] == error["context"]
+
+        read = await clients[1].get("/v1/kv/lock", params={"consistency": "linearizable"})
+        assert read.status == 200
+        context = read.headers[CONTEXT_HEADER]
+        renewed = await clients[2].put("/v1/kv/lock", data=b"next", headers={"If-Match": f'"{context}"'})
+        assert renewed.status == 200
+        stale = await clients[0].put("/v1/kv/lock", data=b"stale", headers={"If-Match": context})
+        assert stale.status == 412
+        assert stale.headers[CONTEXT_HEADER] == renewed.headers[CONTEXT_HEADER]
+        gone = await clients[0].delete("/v1/kv/lock", headers={"If-Match": renewed.headers[CONTEXT_HEADER]})
+        assert gone.status == 200
+        missing = await clients[1].get("/v1/kv/lock", params={"consistency": "linearizable"})
+        assert missing.status == 404
+
+        for headers in ({"If-None-Match": "abc"}, {"If-Match": "*"}, {"If-None-Match": "*", "If-Match": "x"}):
+            bad = await clients[0].put("/v1/kv/other", data=b"v", headers=headers)
+            assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_precondition"
+        bad = await clients[0].delete("/v1/kv/other", headers={"If-None-Match": "*"})
+        assert bad.status == 400
+    finally:
+        for client in clients:
+            await client.close()

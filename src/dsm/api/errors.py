@@ -6,8 +6,10 @@ class's name without `Error`: `InvalidKeyError` -> `invalid_key`), and every 503
 
     ApiError                   its own status and code (raised by the routes for bad input: 400, 404, 408, 413)
     InvalidInputError          400
-    FeatureUnavailableError    409 feature_unavailable, with feature and members (those that block it)
     ClosedError                503 closed
+    PreconditionFailedError    412 precondition_failed, with the key's current context (also as X-DSM-Context)
+                               and whether it holds a value (`exists`)
+    OutcomeUnknownError        503 outcome_unknown (a conditional write that may or may not have happened)
     ConsistencyError           503 consistency_unmet, with level, operation, acknowledged, required, shortfall
     StorageError               503 (the store failed: the client may retry)
     any other DSMError         400
@@ -32,12 +34,14 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from dsm.api.openapi import CONTEXT_HEADER
 from dsm.errors import (
     ClosedError,
     ConsistencyError,
     DSMError,
-    FeatureUnavailableError,
     InvalidInputError,
+    OutcomeUnknownError,
+    PreconditionFailedError,
     StorageError,
 )
 
@@ -130,13 +134,14 @@ def _store_error(exc: DSMError) -> web.Response:
         return json_error(400, error_code(exc), str(exc))
     if isinstance(exc, ClosedError):
         return json_error(503, "closed", str(exc))
-    if isinstance(exc, FeatureUnavailableError):
-        error = {"code": "feature_unavailable", "message": str(exc), "feature": exc.feature, "members": exc.members}
-        return web.json_response({"error": error}, status=409)
+    if isinstance(exc, PreconditionFailedError):
+        failed = {"code": "precondition_failed", "message": str(exc), "context": exc.context, "exists": exc.exists}
+        headers = {CONTEXT_HEADER: exc.context} if exc.context else None
+        return web.json_response({"error": failed}, status=412, headers=headers)
     if isinstance(exc, ConsistencyError):
         body = {
             "error": {
-                "code": "consistency_unmet",
+                "code": "outcome_unknown" if isinstance(exc, OutcomeUnknownError) else "consistency_unmet",
                 "message": str(exc),
                 "level": exc.level,
                 "operation": exc.operation,

@@ -39,7 +39,22 @@ _LEVEL = {
     "in": "query",
     "required": False,
     "description": "default: the node's region's write_consistency / read_consistency",
-    "schema": {"type": "string", "enum": list(LEVEL_NAMES)},
+    "schema": {"type": "string", "enum": [*LEVEL_NAMES, "linearizable"]},
+}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "the X-DSM-Context of a read (quoted or bare): write only if the key is still exactly what that "
+    "read returned (linearizable; 412 precondition_failed otherwise)",
+    "schema": {"type": "string"},
+}
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "'*': write only if the key holds no value (linearizable; 412 precondition_failed otherwise)",
+    "schema": {"type": "string", "enum": ["*"]},
 }
 _KEY = {
     "name": "key",
@@ -81,17 +96,25 @@ _GUARDED = {**_ANY, "401": _ref("responses", "Unauthorized")}
 def _write(summary: str, *, body: bool) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
-        "parameters": [_CONTEXT_IN],
+        "parameters": [_CONTEXT_IN, _IF_MATCH],
         "responses": {
             "200": {
                 "description": "durable on this node and on the members the level asks for",
                 "headers": _CONTEXT_OUT,
                 "content": {"application/json": {"schema": _ref("schemas", "Write")}},
             },
+            "412": {
+                **_error(
+                    "precondition_failed: the If-Match or If-None-Match condition was false; nothing was written. "
+                    "The body's error has the key's current `context` (null if the key holds nothing) and `exists`"
+                ),
+                "headers": _CONTEXT_OUT,
+            },
             **_GUARDED,
         },
     }
     if body:
+        operation["parameters"].append(_IF_NONE_MATCH)
         operation["parameters"].append(_TTL)
         operation["responses"]["409"] = _error(
             "feature_unavailable: ttl_ms while a member that has not left does not support expiry yet (a rolling "

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from dsm.api.errors import ApiError, json_error
 from dsm.core.consistency import LEVEL_NAMES
+from dsm.node.conditional import LINEARIZABLE
 
 #: The query parameters each route takes.
 KEY_PARAMS = frozenset({"consistency"})
@@ -93,9 +94,42 @@ def level(request: web.Request, known: frozenset[str] = KEY_PARAMS) -> str | Non
     name = params(request, known).get("consistency")
     if name is None:
         return None
-    if name not in LEVEL_NAMES:
-        raise ApiError(400, "bad_consistency", f"unknown consistency level {name!r}; one of {', '.join(LEVEL_NAMES)}")
+    if name not in LEVEL_NAMES and name != LINEARIZABLE:
+        names = ", ".join((*LEVEL_NAMES, LINEARIZABLE))
+        raise ApiError(400, "bad_consistency", f"unknown consistency level {name!r}; one of {names}")
     return name
+
+
+def conditions(request: web.Request, delete: bool = False) -> tuple[bool, str | None]:
+    """A conditional write's condition: (`If-None-Match: *`, the `If-Match` context token, unquoted).
+
+    Raises:
+        ApiError: (400 bad_precondition) another `If-None-Match` than `*`, an `If-Match` of `*` or a list,
+            both headers, or `If-None-Match` on a delete.
+    """
+    headers = request.headers
+    none_match, match = headers.get("If-None-Match"), headers.get("If-Match")
+    if none_match is None and match is None:
+        return False, None
+    if none_match is not None and match is not None:
+        raise ApiError(400, "bad_precondition", "If-None-Match and If-Match cannot be combined")
+    if none_match is not None:
+        if delete:
+            raise ApiError(400, "bad_precondition", "a delete takes If-Match, not If-None-Match")
+        if none_match.strip() != "*":
+            raise ApiError(
+                400, "bad_precondition", "If-None-Match takes only '*' (write only if the key holds no value)"
+            )
+        return True, None
+    assert match is not None
+    token = match.strip()
+    if token.startswith("W/"):
+        token = token[2:]
+    if len(token) >= 2 and token[0] == token[-1] == '"':
+        token = token[1:-1]
+    if not token or token == "*" or "," in token:
+        raise ApiError(400, "bad_precondition", "If-Match takes the X-DSM-Context of one read")
+    return False, token
 
 
 def ttl(request: web.Request) -> int | None:

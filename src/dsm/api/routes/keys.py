@@ -57,9 +57,11 @@ class KeyRoutes:
         ttl_ms = parsing.ttl(request)
         key = self.key_of(request)
         value = await self._body(request)
+        if_absent, if_match = parsing.conditions(request)
         result = await self.storage.put(
-            key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency, ttl_ms=ttl_ms
-        )
+            key, value, context=request.headers.get(CONTEXT_HEADER), consistency=consistency, ttl_ms=ttl_ms,
+            if_absent=if_absent, if_match=if_match,
+        )  # fmt: skip
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
     async def _body(self, request: web.Request) -> bytes:
@@ -103,7 +105,9 @@ class KeyRoutes:
         if parsing.ttl(request) is not None:
             raise ApiError(400, "invalid_input", "a delete cannot expire: ttl_ms is a parameter of PUT")
         key = self.key_of(request)
-        result = await self.storage.delete(key, context=request.headers.get(CONTEXT_HEADER), consistency=consistency)
+        _, if_match = parsing.conditions(request, delete=True)
+        context = request.headers.get(CONTEXT_HEADER)
+        result = await self.storage.delete(key, context=context, consistency=consistency, if_match=if_match)
         return web.json_response({"key": key, "timestamp": result.timestamp}, headers={CONTEXT_HEADER: result.context})
 
     async def listing(self, request: web.Request) -> web.Response:
