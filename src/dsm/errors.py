@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "ConsistencyError",
     "DSMError",
+    "FeatureUnavailableError",
     "InvalidContextError",
     "InvalidInputError",
     "InvalidKeyError",
@@ -178,6 +179,22 @@ class ForeignStoreError(DSMError):
             f"the store {where} belongs to node {store_id!r}, not {node_id!r}: start {node_id!r} on its own "
             f"data directory, or with adopt_store = true (--adopt-store) to take the store over"
         )
+
+
+class FeatureUnavailableError(DSMError):
+    """A request needs a feature that not every member of the cluster supports yet (during a rolling upgrade:
+    a member that cannot decode what the request would write would refuse it, again and again). Nothing was
+    written; retry once every member runs a version that supports it (or has left).
+
+    Attributes:
+        feature: the feature ("ttl").
+        members: the members that do not advertise it (yet).
+    """
+
+    def __init__(self, feature: str, members: list[str]) -> None:
+        self.feature, self.members = feature, members
+        shown = ", ".join(members[:10]) + (f" and {len(members) - 10} more" if len(members) > 10 else "")
+        super().__init__(f"feature {feature!r} is not available: not every member supports it yet ({shown})")
 
 
 class WatchOverflowError(DSMError):

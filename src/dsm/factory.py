@@ -114,4 +114,5 @@ class StorageFactory:
             await node.close()
             raise
         await node.publish_metadata()
+        await node.features.publish()
         return node

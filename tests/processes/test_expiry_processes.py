@@ -36,8 +36,8 @@ def test_a_key_put_with_a_ttl_on_one_node_reads_absent_on_another_after_expiry(
     procs.append(b)
     eventually(lambda: all(len([m for m in p.client.members() if m["state"] == "alive"]) == 2 for p in procs))
 
-    put = dsm("put", "session/1", "alive", "--ttl", "4s", url=a.url)
-    assert put.returncode == 0, put.stderr
+    # Refused (409 feature_unavailable) until a holds b's features record, which spreads like a write.
+    eventually(lambda: dsm("put", "session/1", "alive", "--ttl", "4s", url=a.url).returncode == 0, timeout=10)
     a.client.put("session/2", b"kept")
     eventually(lambda: holds(b, "session/1", b"alive") and holds(b, "session/2", b"kept"), timeout=10)
     eventually(lambda: b.client.get("session/1") is None, timeout=15)

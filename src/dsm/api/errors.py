@@ -6,6 +6,7 @@ class's name without `Error`: `InvalidKeyError` -> `invalid_key`), and every 503
 
     ApiError                   its own status and code (raised by the routes for bad input: 400, 404, 408, 413)
     InvalidInputError          400
+    FeatureUnavailableError    409 feature_unavailable, with feature and members (those that block it)
     ClosedError                503 closed
     PreconditionFailedError    412 precondition_failed, with the key's current context (also as X-DSM-Context)
                                and whether it holds a value (`exists`)
@@ -39,6 +40,7 @@ from dsm.errors import (
     ClosedError,
     ConsistencyError,
     DSMError,
+    FeatureUnavailableError,
     InvalidInputError,
     OutcomeUnknownError,
     PreconditionFailedError,
@@ -134,6 +136,9 @@ def _store_error(exc: DSMError) -> web.Response:
         return json_error(400, error_code(exc), str(exc))
     if isinstance(exc, ClosedError):
         return json_error(503, "closed", str(exc))
+    if isinstance(exc, FeatureUnavailableError):
+        error = {"code": "feature_unavailable", "message": str(exc), "feature": exc.feature, "members": exc.members}
+        return web.json_response({"error": error}, status=409)
     if isinstance(exc, PreconditionFailedError):
         failed = {"code": "precondition_failed", "message": str(exc), "context": exc.context, "exists": exc.exists}
         headers = {CONTEXT_HEADER: exc.context} if exc.context else None

@@ -39,6 +39,7 @@ from dsm.errors import ClosedError, InvalidInputError
 from dsm.node import checks
 from dsm.node.commits import Commits
 from dsm.node.conditional import LINEARIZABLE, CasNetwork, Conditionals
+from dsm.node.features import FeatureGate, Members
 from dsm.node.levels import LevelRequests, Levels
 from dsm.node.startup import META_LAST_SEEN
 from dsm.node.sweeps import Sweeper
@@ -63,7 +64,7 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Network(Levels, CasNetwork, Protocol):
+class Network(Levels, CasNetwork, Members, Protocol):
     """What a node needs of its network runtime (`dsm.net.runtime.Runtime`): levels, its address, and a stop."""
 
     @property
@@ -116,6 +117,8 @@ class EpidemicStorage:
         self.conditionals = Conditionals(self.commits, config.consistency_timeout_ms, network)
         # The region's default levels (write, read), parsed once.
         self._default_levels = tuple(checks.check_level(level) for level in config.levels())
+        #: The features this node publishes, and the check that the whole cluster has one (`features.py`).
+        self.features = FeatureGate(self.commits, network)
         self.watches = Watches()
         self.commits.subscribe(self.watches.on_commit)
         self.sweeper = Sweeper(self.commits)
@@ -324,7 +327,7 @@ class EpidemicStorage:
             ttl_ms: the value expires this long after the write (1 to `max_ttl_ms`; None: never): from then
                 on the key reads as absent on every node (within the clocks' offset, see
                 docs/consistency.md). A later write with the context of a read renews (with `ttl_ms`) or
-                removes (without) the expiry.
+                removes (without) the expiry. Refused while a member does not support expiry yet.
 
         Returns:
             the new version's timestamp and context.
@@ -337,6 +340,8 @@ class EpidemicStorage:
                 For a conditional write: its acceptor group was not reached, and nothing was written
                 (`OutcomeUnknownError`: it may or may not have been).
             PreconditionFailedError: a conditional write's condition was false (nothing was written).
+            FeatureUnavailableError: `ttl_ms` while a member that has not left does not advertise the `ttl`
+                feature (during a rolling upgrade; nothing was written).
             ClosedError: the node is closed.
             StorageError: the commit failed; the write is not acknowledged (and nothing else is lost).
         """
@@ -351,6 +356,8 @@ class EpidemicStorage:
             return await self.conditionals.write(key, operation)
         vector = self._context(context, key)
         level = self._default_levels[0] if consistency is None else checks.check_level(consistency)
+        if ttl:
+            await self.features.require("ttl")
         return await self._write(level, key, value, vector, ttl)
 
     async def delete(
