@@ -40,6 +40,15 @@ from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, Cas
 from dsm.core.overlay import RandomSource
 from dsm.core.versions import Dot, Resolution, VersionSet
 
+#: What a node's conditional writes add to its id as the writer of their versions: a character no node id
+#: holds, so no plain write (whose writer is the node id) shares their dots' writer.
+WRITER_SUFFIX = "/cas"
+
+
+def writer_id(node_id: str) -> str:
+    """The writer of the versions `node_id`'s conditional writes make."""
+    return node_id + WRITER_SUFFIX
+
 
 class CasOutcome(Enum):
     """How a conditional operation ended."""
@@ -139,6 +148,8 @@ class CasProposer:
         phase_timeout_ms: int = 100,
     ) -> None:
         self.node_id = node_id
+        #: The writer of the versions its conditional writes make (`writer_id`).
+        self.writer = writer_id(node_id)
         self.clock = clock
         self.run = run
         self.rng = rng
@@ -264,24 +275,22 @@ class CasProposer:
             if op.dot is not None:
                 # Its write went out in an earlier round that was not confirmed. If that round's state was
                 # chosen, this prepare (whose quorum meets that accept quorum) sees it or a state descending
-                # from it: the dot itself (it is answered when this round is chosen), or a later write whose
-                # context covers it (it was chosen, then superseded; or a plain write of this node covers it:
-                # the two cannot be told apart, so it ends unknown). Otherwise it was not chosen and never
-                # will be (every acceptor of this quorum now refuses its ballot): it is evaluated again.
-                if any(version.dot == op.dot for version in state.versions):
+                # from it, whose context covers its dot (a later write superseded it). Only this proposer
+                # writes with its writer id (`writer_id`: plain writes of this node use the node id), and its
+                # later dots of the key come from rounds after this one was decided, so a covered dot was
+                # in a state some round evaluated: this round, built on that state, chooses it too. An
+                # uncovered dot was not chosen and never will be (every acceptor of this quorum now refuses
+                # its ballot): the operation is evaluated again.
+                if state.context().covers(op.dot.timestamp, op.dot.node):
                     live.append(op)
                     outcomes.append(Outcome.APPLIED)
                     continue
-                if state.context().covers(op.dot.timestamp, op.dot.node):
-                    self._ops.pop(op.request, None)
-                    out.append(CasDone(op.request, CasOutcome.UNKNOWN))
-                    continue
                 op.dot = None
             state, outcome = apply(
-                state, op.operation, self.clock, wall_ms, self.node_id, self.resolution, self.max_siblings
+                state, op.operation, self.clock, wall_ms, self.writer, self.resolution, self.max_siblings
             )
             if outcome is Outcome.APPLIED:
-                op.dot = Dot(state.max_timestamp, self.node_id)
+                op.dot = Dot(state.max_timestamp, self.writer)
             live.append(op)
             outcomes.append(outcome)
         if not live:
@@ -307,7 +316,7 @@ class CasProposer:
         # A state a write of this round changed is spread like a local write (the node core publishes items
         # with an id); a read's or a failed condition's identity state is stored here only.
         changed = Outcome.APPLIED in round_.outcomes
-        ident = update_id(round_.key, round_.state.max_timestamp, self.node_id) if changed else 0
+        ident = update_id(round_.key, round_.state.max_timestamp, self.writer) if changed else 0
         out.append(Store((DataItem(ident, round_.key, round_.value),), self.node_id, "cas", 0))
         commit = CasCommit(self.node_id, round_.key, round_.ballot, round_.value)
         out.extend(self._send(member, commit) for member in round_.group if member != self.node_id)

@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Protocol
 
 from dsm.core.cas_ops import IfAbsent, IfMatch, Operation, Outcome, Put, Read, evaluate
-from dsm.core.cas_proposer import CasDone, CasOutcome
+from dsm.core.cas_proposer import CasDone, CasOutcome, writer_id
 from dsm.core.encoding import encode_context, encode_versions
 from dsm.core.messages import DataItem
 from dsm.core.versions import VersionSet
@@ -118,9 +118,10 @@ class Conditionals:
                 commits, replica = self.commits, self.commits.replica
                 raw = await commits.store.read(key)
                 state = VersionSet() if raw is None else replica.decode(key, raw)
+                writer, settings = writer_id(commits.node_id), replica.settings
                 new, outcomes = evaluate(
-                    state, [operation], replica.clock, commits.wall_ms(), commits.node_id, replica.resolution,
-                    replica.settings.max_siblings,
+                    state, [operation], replica.clock, commits.wall_ms(), writer, replica.resolution,
+                    settings.max_siblings,
                 )  # fmt: skip
                 if outcomes[0] is Outcome.APPLIED:
                     await commits.merge([DataItem(0, key, encode_versions(new))])
