@@ -13,7 +13,7 @@ import pytest
 
 from dsm import EpidemicStorage, NodeInfo, StorageConfig, StorageFactory
 from dsm.core.ring import State
-from dsm.errors import ConsistencyError, InvalidInputError, PreconditionFailedError
+from dsm.errors import ConsistencyError, FeatureUnavailableError, InvalidInputError, PreconditionFailedError
 from support import eventually, runtime_of
 
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
@@ -219,3 +219,31 @@ async def test_http_conditional_writes_on_three_nodes(cluster: list[EpidemicStor
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_conditional_create_with_a_ttl_is_a_lease(cluster: list[EpidemicStorage]) -> None:
+    """If-absent with ttl_ms: held until it expires, then another create succeeds, with a larger timestamp
+    (the fencing token of the lock recipe); a renewal with If-Match keeps it."""
+
+    async def gate_open() -> bool:  # every member's feature record has arrived (the rolling-upgrade gate)
+        for node in cluster:
+            try:
+                await node.features.require("ttl")
+            except FeatureUnavailableError:
+                return False
+        return True
+
+    await eventually(gate_open)
+    first = await cluster[0].put("lease", b"a", if_absent=True, ttl_ms=400)
+    with pytest.raises(PreconditionFailedError):
+        await cluster[1].put("lease", b"b", if_absent=True, ttl_ms=400)
+    renewed = await cluster[0].put("lease", b"a", if_match=first.context, ttl_ms=400)
+    assert renewed.timestamp > first.timestamp
+    with pytest.raises(PreconditionFailedError):
+        await cluster[2].put("lease", b"c", if_absent=True, ttl_ms=400)
+    await asyncio.sleep(0.6)  # past the renewal's expiry
+    assert await cluster[1].get("lease", consistency="linearizable") is None
+    taken = await cluster[1].put("lease", b"b", if_absent=True, ttl_ms=400)
+    assert taken.timestamp > renewed.timestamp
+    with pytest.raises(PreconditionFailedError):  # the old holder's renewal is refused
+        await cluster[0].put("lease", b"a", if_match=renewed.context, ttl_ms=400)

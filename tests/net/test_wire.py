@@ -58,7 +58,7 @@ SAMPLES: list[typing.Any] = [
     m.CasAccept(11, "a", "k", (5, "a", 1), b"state"),
     m.CasAccepted(11, "b", False, (7, "c", 2)),
     m.CasCommit("a", "k", (5, "a", 1), b"state"),
-    m.CasRequest(7, "a", "k", 1, True, b"v", "context-token", 2000),
+    m.CasRequest(7, "a", "k", 1, True, b"v", "context-token", 2000, 30_000),
     m.CasResult(7, "b", "applied", b"state"),
 ]
 

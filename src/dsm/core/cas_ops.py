@@ -21,16 +21,17 @@ from enum import Enum
 from typing import NamedTuple
 
 from dsm.core.encoding import DecodeError, decode_context, encode_context
-from dsm.core.hlc import HybridLogicalClock
+from dsm.core.hlc import HybridLogicalClock, physical_ms
 from dsm.core.messages import CasRequest
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import SIBLINGS_MAX_BYTES, Dot, Resolution, VersionSet, write
 
 
 class IfAbsent(NamedTuple):
-    """Write `value` only if the key holds no live value."""
+    """Write `value` (expiring `ttl_ms` after the write; 0: never) only if the key holds no live value."""
 
     value: bytes
+    ttl_ms: int = 0
 
 
 class IfMatch(NamedTuple):
@@ -38,12 +39,14 @@ class IfMatch(NamedTuple):
 
     context: VersionVector
     value: bytes | None
+    ttl_ms: int = 0
 
 
 class Put(NamedTuple):
     """Write `value` (None: delete) unconditionally, in the order of the conditional operations."""
 
     value: bytes | None
+    ttl_ms: int = 0
 
 
 class Read(NamedTuple):
@@ -61,10 +64,11 @@ class Outcome(Enum):
     READ = "read"
 
 
-def holds(operation: Operation, state: VersionSet) -> bool:
-    """Whether `operation`'s condition holds on `state` (a read's always does)."""
+def holds(operation: Operation, state: VersionSet, now_ms: int = 0) -> bool:
+    """Whether `operation`'s condition holds on `state` at the wall clock `now_ms` (a read's always does); a
+    value expired by then counts as absent."""
     if isinstance(operation, IfAbsent):
-        return not state.live
+        return not (state.live_at(now_ms) if now_ms else state.live)
     if isinstance(operation, IfMatch):
         return state.context() == operation.context
     return True
@@ -109,12 +113,17 @@ def apply(
     state's newest, `state.max_timestamp` with writer `node`)."""
     if isinstance(operation, Read):
         return state, Outcome.READ
-    if not holds(operation, state):
+    if not holds(operation, state, wall_ms):
         return state, Outcome.FAILED
     if state.versions:
         clock.advance_to(state.max_timestamp)
     dot = Dot(clock.now(wall_ms), node)
-    written = write(state, dot, state.context(), operation.value, resolution, max_siblings, SIBLINGS_MAX_BYTES)
+    ttl_ms = operation.ttl_ms if operation.value is not None else 0
+    expires_ms = physical_ms(dot.timestamp) + ttl_ms if ttl_ms else 0
+    written = write(
+        state, dot, state.context(), operation.value, resolution, max_siblings, SIBLINGS_MAX_BYTES,
+        expires_ms=expires_ms, now_ms=wall_ms,
+    )  # fmt: skip
     return written, Outcome.APPLIED
 
 
@@ -128,7 +137,8 @@ def cas_request(request: int, source: str, key: str, operation: Operation, timeo
     value = None if isinstance(operation, Read) else operation.value
     context = encode_context(operation.context, key) if isinstance(operation, IfMatch) else ""
     kind = _KINDS[type(operation)]
-    return CasRequest(request, source, key, kind, value is not None, value or b"", context, timeout_ms)
+    ttl_ms = 0 if isinstance(operation, Read) else operation.ttl_ms
+    return CasRequest(request, source, key, kind, value is not None, value or b"", context, timeout_ms, ttl_ms)
 
 
 def request_operation(message: CasRequest) -> Operation:
@@ -138,12 +148,15 @@ def request_operation(message: CasRequest) -> Operation:
         DecodeError: the request is malformed (unknown kind, a value where none belongs, a bad context).
     """
     value = message.value if message.has_value else None
-    if message.kind == 3 and value is None:
+    ttl_ms = message.ttl_ms
+    if ttl_ms < 0 or (ttl_ms and value is None):
+        raise DecodeError("a conditional request's ttl_ms must be positive, and only with a value")
+    if message.kind == 3 and value is None and not ttl_ms:
         return Read()
     if message.kind == 2:
-        return Put(value)
+        return Put(value, ttl_ms)
     if message.kind == 0 and value is not None:
-        return IfAbsent(value)
+        return IfAbsent(value, ttl_ms)
     if message.kind == 1:
-        return IfMatch(decode_context(message.context, CONTEXT_MAX_BYTES, message.key), value)
+        return IfMatch(decode_context(message.context, CONTEXT_MAX_BYTES, message.key), value, ttl_ms)
     raise DecodeError(f"malformed conditional request of kind {message.kind}")

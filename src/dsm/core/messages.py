@@ -378,6 +378,8 @@ class CasRequest(NamedTuple):
     value: bytes
     context: str
     timeout_ms: int
+    #: The written value expires this long after the write (0: never).
+    ttl_ms: int
 
 
 class CasResult(NamedTuple):

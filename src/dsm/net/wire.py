@@ -340,7 +340,7 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.CAS_ACCEPT: (m.CasAccept, (_int, _id, _str, _ballot, _bytes)),
     MessageType.CAS_ACCEPTED: (m.CasAccepted, (_int, _id, _bool, _ballot)),
     MessageType.CAS_COMMIT: (m.CasCommit, (_id, _str, _ballot, _bytes)),
-    MessageType.CAS_REQUEST: (m.CasRequest, (_int, _id, _str, _int, _bool, _bytes, _str, _int)),
+    MessageType.CAS_REQUEST: (m.CasRequest, (_int, _id, _str, _int, _bool, _bytes, _str, _int, _int)),
     MessageType.CAS_RESULT: (m.CasResult, (_int, _id, _text, _bytes)),
     MessageType.HANDSHAKE: (Handshake, (_id, _opt_id, _bytes, _bytes)),
     MessageType.HANDSHAKE_REPLY: (HandshakeReply, (_id, _bytes)),

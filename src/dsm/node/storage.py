@@ -28,7 +28,6 @@ from types import TracebackType
 from typing import Protocol
 
 from dsm.config import StorageConfig
-from dsm.core import watch_cursor
 from dsm.core.cas_ops import IfAbsent, IfMatch, Put
 from dsm.core.consistency import Level
 from dsm.core.encoding import DecodeError, decode_versions
@@ -120,7 +119,7 @@ class EpidemicStorage:
         self._default_levels = tuple(checks.check_level(level) for level in config.levels())
         #: The features this node publishes, and the check that the whole cluster has one (`features.py`).
         self.features = FeatureGate(self.commits, network)
-        self.watches = Watches(store, self.replica, self.commits.wall_ms, config.tombstone_grace_ms)
+        self.watches = Watches()
         self.commits.subscribe(self.watches.on_commit)
         self.sweeper = Sweeper(self.commits)
         #: In 'siblings' mode, a read that finds several values passes them to this function and writes
@@ -179,7 +178,6 @@ class EpidemicStorage:
         if self._state != "new":
             return
         await self.commits.open(networked)
-        await self.watches.start()
         self._state = "running"
         self.sweeper.start()
         log.info("node %s started on %s", self.node_id, self.store.url)
@@ -268,7 +266,8 @@ class EpidemicStorage:
         key = checks.check_key(key, self.config)
         if consistency == LINEARIZABLE:
             versions = await self.conditionals.read(key)
-            return ReadResult(key, versions) if versions.live else None
+            now_ms = self.commits.wall_ms()
+            return ReadResult(key, versions, now_ms) if versions.live_at(now_ms) else None
         level = self._default_levels[1] if consistency is None else checks.check_level(consistency)
         encoded = await self.store.read(key)
         if level is not Level.LOCAL:
@@ -351,15 +350,13 @@ class EpidemicStorage:
         key = checks.check_key(key, self.config)
         value = checks.check_value(value, self.config)
         ttl = checks.check_ttl(ttl_ms, self.config)
-        operation = self._conditional(key, value, context, consistency, if_absent, if_match)
+        operation = self._conditional(key, value, context, consistency, if_absent, if_match, ttl)
+        if ttl:
+            await self.features.require("ttl")
         if operation is not None:
-            if ttl:
-                raise InvalidInputError("ttl_ms with a conditional write is not supported yet")
             return await self.conditionals.write(key, operation)
         vector = self._context(context, key)
         level = self._default_levels[0] if consistency is None else checks.check_level(consistency)
-        if ttl:
-            await self.features.require("ttl")
         return await self._write(level, key, value, vector, ttl)
 
     async def delete(
@@ -388,7 +385,14 @@ class EpidemicStorage:
         return checks.check_context(context, key, self.config, self.replica, self.commits.wall_ms())
 
     def _conditional(
-        self, key: str, value: bytes | None, context: object, consistency: object, if_absent: object, if_match: object
+        self,
+        key: str,
+        value: bytes | None,
+        context: object,
+        consistency: object,
+        if_absent: object,
+        if_match: object,
+        ttl_ms: int = 0,
     ) -> IfAbsent | IfMatch | Put | None:
         """The conditional operation a write asks for (None: a plain write)."""
         if if_absent is not False and if_absent is not True:
@@ -402,10 +406,10 @@ class EpidemicStorage:
         if if_absent:
             if value is None:
                 raise InvalidInputError("a delete cannot be conditional on the key being absent")
-            return IfAbsent(value)
+            return IfAbsent(value, ttl_ms)
         if if_match is not None:
-            return IfMatch(self._context(if_match, key), value)
-        return Put(value)
+            return IfMatch(self._context(if_match, key), value, ttl_ms)
+        return Put(value, ttl_ms)
 
     async def _write(
         self, level: Level, key: str, value: bytes | None, context: VersionVector, ttl_ms: int = 0
@@ -445,35 +449,25 @@ class EpidemicStorage:
             start = page[-1][0] + "\x00"
         return keys, True
 
-    def watch(self, prefix: str = "", limit: int = 10_000, since: str | None = None, values: bool = False) -> Watch:
+    def watch(self, prefix: str = "", limit: int = 10_000) -> Watch:
         """Follows the committed changes (local writes and replicated ones) of the keys under `prefix`.
 
         Args:
             prefix: only keys starting with it ("" for all).
-            limit: how many changes may wait for the reader before the watch ends with `End("overflow")`.
-            since: a cursor of an earlier watch (of this node or any other): the watch first delivers every
-                change after it (on this node: the keys changed since, replayed; elsewhere: a resync of
-                every key under the prefix), then goes live. None: from now on.
-            values: events carry the key's readable value.
+            limit: how many changes may wait for the reader before the watch ends with
+                `WatchOverflowError`.
 
         Returns:
-            a `Watch`: `async for item in watch: ...` gives `Event`s (each with its `cursor`), `Resync` bounds
-            and, when the node ends the watch (overflow, shutdown), a last `End` with the cursor to resume
-            from; `watch.cursor` is where the reader stands; `watch.close()` stops it.
+            a `Watch`: `async for change in watch: ...`; `watch.close()` ends it. It also ends (without
+            error) when the node closes.
 
         Raises:
             ClosedError: the node is not running.
-            InvalidInputError: prefix not a string, limit not a positive int, or `since` not a cursor.
+            InvalidInputError: prefix not a string or limit not a positive int.
         """
         self._check_open()
         checks.check_watch(prefix, limit)
-        cursor = None
-        if since is not None:
-            try:
-                cursor = watch_cursor.decode(since)
-            except watch_cursor.CursorError as exc:
-                raise InvalidInputError(f"since: {exc}") from None
-        return self.watches.open(prefix, limit, cursor, bool(values))
+        return self.watches.open(prefix, limit)
 
     async def count(self) -> int:
         """The number of keys stored on this node, tombstones included."""
