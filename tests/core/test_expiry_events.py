@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsm.core.expiry import EXPIRY_POLL_MAX_MS, Taken, next_due, take, wake_at
+from dsm.core.expiry import EXPIRY_POLL_MAX_MS, Taken, marks_after, next_due, take, wake_at
 
 
 def query(rows: list[tuple[int, str]], after: int, upto: int, limit: int) -> list[tuple[int, str]]:
@@ -50,6 +50,30 @@ def test_paging_reports_every_due_row_once_in_order(expiries: list[int], mark: i
     for done, at in marks:
         rest, _ = report(rows, at, now, limit)
         assert rest == out[done:]
+
+
+@settings(max_examples=200, deadline=None)
+@given(expiries=st.lists(st.integers(1, 12), max_size=30), limit=st.integers(1, 5))
+def test_a_resume_from_the_cursor_of_any_event_misses_nothing_and_repeats_only_its_millisecond(
+    expiries: list[int], limit: int
+) -> None:
+    rows = [(e, f"k{i:02}") for i, e in enumerate(expiries)]
+    now, mark = 12, 0
+    events: list[tuple[tuple[int, str], int]] = []  # (row, the mark in its event's cursor)
+    for _ in range(1_000):
+        page = query(rows, mark, now, limit)
+        taken = take([e for e, _ in page], mark, now, limit)
+        reported = page[: taken.count]
+        if reported or not taken.more:
+            events.extend(zip(reported, marks_after([e for e, _ in reported], mark, taken.mark), strict=True))
+        mark, limit = taken.mark, taken.limit
+        if not taken.more:
+            break
+    for i, (row, at) in enumerate(events):
+        rest, _ = report(rows, at, now, limit)
+        later = [r for r, _ in events[i + 1 :]]
+        assert set(later) <= set(rest)  # nothing missed
+        assert all(r in later or r[0] == row[0] for r in rest)  # repeats only rows of that millisecond
 
 
 def test_a_full_page_of_one_millisecond_asks_for_more_rather_than_split_it() -> None:

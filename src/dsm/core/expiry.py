@@ -82,6 +82,23 @@ def take(expires: Sequence[int], mark_ms: int, now_ms: int, limit: int) -> Taken
     return Taken(count, last - 1, True, limit)
 
 
+def marks_after(expires: Sequence[int], mark_ms: int, page_mark_ms: int) -> list[int]:
+    """The expiry mark after each row of a page `take` reported (for each event's cursor): below the next
+    row's expiry, so a resume from any of them repeats at most the rows of that same millisecond, and the
+    page's mark after its last row.
+
+    Args:
+        expires: the reported rows' `expires_ms`, ascending.
+        mark_ms: the mark before the page.
+        page_mark_ms: the mark `take` gave for the page.
+    """
+    if not expires:
+        return []
+    out = [max(mark_ms, following - 1) for following in expires[1:]]
+    out.append(page_mark_ms)
+    return out
+
+
 def next_due(expires: Iterable[int], now_ms: int) -> int | None:
     """The earliest expiry after `now_ms` among `expires` (None: none is ahead)."""
     ahead = [e for e in expires if e > now_ms]
