@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks, so that no benchmark imports another: percentiles and summaries, the
 results directory, `dsm sim` runs, process and machine CPU and memory from /proc, real `dsm node run` clusters
-on loopback, and the HTTP load generator (G processes of closed-loop clients on keep-alive connections) that
+and 3-member etcd clusters on loopback, py-spy profiles of a node summarised by function, and the HTTP load
+generator (G processes of closed-loop clients on keep-alive connections) that
 throughput_bench.py and levels_bench.py drive."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import multiprocessing as mp
 import os
 import random
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -193,6 +195,155 @@ def dsm_cluster(nodes: int, workdir: str, extra_env: dict[str, str] | None = Non
     finally:
         stopped = cluster.down()
         print(f"DSM: stopped {', '.join(stopped) or 'nothing'}")
+
+
+# ------------------------------------------------------------------------------------------ the systems
+
+
+@contextlib.contextmanager
+def etcd_cluster(workdir: str) -> Iterator[list[tuple[int, tuple[str, int]]]]:
+    """A 3-member etcd cluster on free loopback ports; yields (pid, (host, client port)) per member."""
+    ports = free_ports(6)
+    client, peer = ports[:3], ports[3:]
+    initial = ",".join(f"e{i}=http://127.0.0.1:{peer[i]}" for i in range(3))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(3):
+            c, p = f"http://127.0.0.1:{client[i]}", f"http://127.0.0.1:{peer[i]}"
+            args = ["etcd", "--name", f"e{i}", "--data-dir", os.path.join(workdir, "etcd", f"e{i}")]
+            args += ["--listen-client-urls", c, "--advertise-client-urls", c]
+            args += ["--listen-peer-urls", p, "--initial-advertise-peer-urls", p]
+            args += ["--initial-cluster", initial, "--initial-cluster-state", "new"]
+            args += ["--initial-cluster-token", "dsm-bench", "--log-level", "warn", "--logger", "zap"]
+            os.makedirs(os.path.join(workdir, "etcd"), exist_ok=True)
+            with open(os.path.join(workdir, "etcd", f"e{i}.log"), "wb") as log:
+                procs.append(subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+
+        def healthy() -> bool:
+            return all(http_json(f"http://127.0.0.1:{c}/health")["health"] == "true" for c in client)
+
+        waited = wait_until(healthy, 60, "the etcd members to be healthy")
+        print(f"etcd: 3 members healthy after {waited:.1f} s (client ports {client})")
+        yield [(proc.pid, ("127.0.0.1", port)) for proc, port in zip(procs, client, strict=True)]
+    finally:
+        stop_processes(procs, "etcd")
+
+
+# ----------------------------------------------------------------------------------------------- profile
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(found):
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+class Profiler:
+    """`py-spy record --format raw --function` of one pid for `seconds`, started when called."""
+
+    def __init__(self, pid: int, seconds: float, out: str) -> None:
+        self.pid, self.seconds, self.out = pid, seconds, out
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __call__(self) -> Profiler:
+        args = [py_spy(), "record", "--pid", str(self.pid), "--duration", str(int(self.seconds)), "--format", "raw"]
+        args += ["--function", "--output", self.out]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self
+
+    def wait(self) -> None:
+        assert self.proc is not None
+        _, err = self.proc.communicate(timeout=self.seconds + 60)
+        if self.proc.returncode != 0:
+            print(f"py-spy exited with {self.proc.returncode}: {err.decode(errors='replace').strip()[-500:]}")
+
+
+# Frames every stack of the node goes through (start-up, the event loop's entry): left out of the inclusive list.
+FRAMEWORK = ("<frozen runpy>", "click/", "dsm/cli.py", "uvloop/__init__.py", "asyncio/runners.py", "threading.py")
+# Where a sample's innermost frame is, by file: the self time of each part of the node.
+AREAS = [
+    ("aiohttp/", "HTTP server (aiohttp)"),
+    ("dsm/api/", "HTTP handlers (dsm.api)"),
+    ("dsm/storage/", "store (dsm.storage, SQLite calls)"),
+    ("dsm/node.py", "front door and group commit (dsm.node)"),
+    ("dsm/node/", "front door, group commit, conditional writes (dsm.node)"),
+    ("dsm/net/", "network runtime (dsm.net: transport, wire, security)"),
+    ("dsm/core/", "protocol core (dsm.core)"),
+    ("msgpack/", "msgpack"),
+    ("cryptography/", "cryptography"),
+    ("prometheus_client/", "metrics (prometheus_client)"),
+    ("asyncio/runners.py", "event loop in C (uvloop: polling, callbacks, socket I/O)"),
+]
+
+
+def area_of(frame: str) -> str:
+    return next((label for marker, label in AREAS if marker in frame), "other (stdlib, yarl, multidict, ...)")
+
+
+def hot_spots(raw_path: str, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive shares of samples per function from py-spy's raw (collapsed stack) output.
+
+    A thread-pool thread waiting for work (innermost frame: the executor's `_worker`) is idle, whatever
+    py-spy decided: those samples are counted apart and left out of the shares."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
+    total = idle = 0
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, count_s = line.rstrip("\n").rpartition(" ")
+            frames = [shorten(fr) for fr in stack.split(";") if fr and not fr.startswith("process ")]
+            if not frames:
+                continue
+            count = int(count_s)
+            if frames[-1].startswith("_worker (concurrent/futures/thread.py"):
+                idle += count
+                continue
+            total += count
+            own[frames[-1]] += count
+            areas[area_of(frames[-1])] += count
+            for fr in set(frames):
+                if not fr.split(" (", 1)[-1].startswith(FRAMEWORK):
+                    incl[fr] += count
+
+    def rows(counter: Counter[str], n: int) -> list[dict[str, Any]]:
+        return [{"function": fn, "share": k / max(1, total), "samples": k} for fn, k in counter.most_common(n)]
+
+    return {
+        "samples": total,
+        "idle_thread_pool_samples": idle,
+        "self": rows(own, top),
+        "inclusive": rows(incl, top),
+        "areas": rows(areas, len(AREAS) + 1),
+    }
+
+
+def shorten(frame: str) -> str:
+    """'put (dsm/node.py:120)' from 'put (/work/main/src/dsm/node.py:120)'; site-packages paths likewise."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("/site-packages/", "/src/", "/lib/python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})" if where else name
+
+
+def print_profile(name: str, spots: dict[str, Any]) -> None:
+    print(
+        f"\npy-spy, {name}: {spots['samples']} busy samples of node n1 (shares of those; "
+        f"{spots['idle_thread_pool_samples']} samples of idle thread-pool threads left out)"
+    )
+    print("  by area (innermost frame):")
+    for r in spots["areas"]:
+        print(f"    {r['share']:6.1%}  {r['function']}")
+    print("  self time:")
+    for r in spots["self"][:12]:
+        print(f"    {r['share']:6.1%}  {r['function']}")
+    print("  inclusive (function and what it calls):")
+    for r in spots["inclusive"][:15]:
+        print(f"    {r['share']:6.1%}  {r['function']}")
 
 
 # --------------------------------------------------------------------------------------- load generator
