@@ -5,6 +5,7 @@ dsm config          the effective configuration, with every setting's documentat
 dsm sim             the deterministic simulator's standard measured run (see dsm.sim.run)
 dsm node run        one node as a process (store, networked core, HTTP API) until SIGTERM
 dsm put/get/delete/list KEY...   client operations against a node's HTTP API
+dsm watch PREFIX    follows the changes under PREFIX (resumes by itself; --since CURSOR)
 dsm members / dsm status         the membership as a node sees it
 dsm cluster up/down/show/kill/start   a local cluster of real node processes on loopback
 dsm version
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sys
 from typing import Any, ClassVar
 
@@ -414,6 +416,54 @@ def get(key: str, consistency: str | None, url: str, token: str, ca_file: str | 
             out.write(f"[{sibling.writer} @ {sibling.timestamp}] ".encode() + sibling.value + b"\n")
     out.flush()
     click.echo(f"context={got.context}", err=True)
+
+
+@main.command()
+@click.argument("prefix", default="")
+@click.option("--since", default=None, help="Resume after this cursor (printed by an earlier watch on exit).")
+@click.option("--values", is_flag=True, help="Events carry the key's value (base64).")
+@click.option("--endpoint", "endpoints", multiple=True, help="Another node to fail over to (repeatable).")
+@_NODE_URL
+@_TOKEN
+@_CA_FILE
+@_client_errors
+def watch(
+    prefix: str, since: str | None, values: bool, endpoints: tuple[str, ...], url: str, token: str, ca_file: str | None
+) -> None:
+    """Follows every change of the keys under PREFIX: one JSON line per event (and per resync bound) on
+    stdout, resuming by itself when the stream breaks (on the other --endpoint nodes too). On exit (Ctrl-C,
+    SIGTERM) prints the last cursor to stderr as cursor=...: pass it to --since to continue from there."""
+    import signal
+
+    from dsm.client import AsyncClient
+
+    def full(address: str) -> str:
+        return address if "://" in address else ("https://" if ca_file else "http://") + address
+
+    state: dict[str, str | None] = {"cursor": since}
+
+    async def follow() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        async with AsyncClient(full(url), token=token, ca_file=ca_file or "") as client:
+            stream = client.watch(prefix, since=since, values=values, endpoints=[full(e) for e in endpoints])
+            try:
+                async for item in stream:
+                    state["cursor"] = stream.cursor
+                    click.echo(json.dumps(item))
+            finally:
+                state["cursor"] = stream.cursor
+                await stream.aclose()
+
+    try:
+        asyncio.run(follow())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    finally:
+        if state["cursor"] is not None:
+            click.echo(f"cursor={state['cursor']}", err=True)
 
 
 @main.command()

@@ -11,6 +11,7 @@
     client.members(); client.topology(); client.health()
     client.remove_member("n7")                        # an operator removes a member for good
     async for change in async_client.watch("user/"): ...   # AsyncClient: committed changes, as they come
+    watch = async_client.watch("user/", since=cursor, endpoints=[...])  # resumes by itself; watch.cursor
 
 Any key the node accepts works: it is sent percent-encoded as UTF-8 (every byte but letters, digits and
 `-._~`, a `/` included), and a key that is not a non-empty str raises `InvalidKeyError` before anything
@@ -29,12 +30,17 @@ that with your own `ssl.SSLContext`. Both are ignored for `http://` URLs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
+import contextlib
 import http.client
 import json
+import random
 import ssl
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -427,36 +433,44 @@ class AsyncClient:
         status, body, _ = await self._request("DELETE", "/v1/members/" + quote(node_id, safe=""))
         return dict(_json(status, body))
 
-    async def watch(self, prefix: str = "") -> AsyncIterator[dict[str, Any]]:
-        """The node's committed changes (local and replicated) of keys under `prefix`, from the moment the
-        stream is open: `{"key", "timestamp", "writer", "deleted", "local"}` each, until the caller stops
-        iterating or the node closes the stream.
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        since: str | None = None,
+        values: bool = False,
+        endpoints: Sequence[str] = (),
+        retry_s: float | None = 60.0,
+        idle_timeout_s: float = 45.0,
+    ) -> WatchStream:
+        """Every committed change (local and replicated) of keys under `prefix`: after `since` (a cursor of
+        an earlier watch, from any node), else from the moment the stream is open. Resumes by itself.
 
-        Raises:
-            ClientError: the node refused the watch, or ended it because this reader fell too far behind
-                (code `watch_overflow`).
-            UnreachableError: the node could not be reached or the stream broke.
+        Each item is an event `{"key", "timestamp", "writer", "deleted", "expired", "local", "digest",
+        "cursor"}` (with `"value"`, base64, when `values`), or a resync bound `{"resync": "begin"}` /
+        `{"resync": "end", "cursor"}`: a node that cannot replay from the cursor sends the current state of
+        every key under the prefix between the two; a key the caller holds that was not listed is gone.
+
+        When the stream breaks or the node ends it (`{"end": ..., "cursor"}`: a reader too far behind, the
+        node stopping), the watch resumes from its last cursor, after a backoff (with jitter, up to 5 s),
+        first on the node that served it, then on the others of `endpoints` (this client's URL first).
+        Exact repeats of a key's state (same writer, timestamp and deletion, which a resume may bring) are
+        dropped. The returned `WatchStream`'s `cursor` is always where the caller stands.
+
+        Args:
+            since: a cursor to resume from.
+            values: events carry the key's value.
+            endpoints: other nodes' URLs to fail over to (same token and TLS settings).
+            retry_s: how long without any node accepting the watch before `UnreachableError` (None: forever).
+            idle_timeout_s: a stream silent this long is taken as broken (nodes send a progress line every
+                15 s).
+
+        Raises (while iterating):
+            ClientError: a node refused the watch (a bad prefix or cursor).
+            UnreachableError: no node accepted it for `retry_s`.
         """
-        session = self._open()
-        try:
-            async with session.get(
-                URL(self._url + "/v1/watch" + _query(prefix=prefix), encoded=True),
-                timeout=aiohttp.ClientTimeout(total=None),
-            ) as response:
-                if response.status != 200:
-                    _raise(response.status, await response.read())
-                async for line in response.content:
-                    if not line.strip():
-                        continue  # a heartbeat
-                    change = json.loads(line)
-                    if "error" in change:
-                        error = change["error"]
-                        raise ClientError(200, str(error.get("code")), str(error.get("message")))
-                    yield change
-        except aiohttp.ClientSSLError as exc:
-            raise TLSError(f"{self._url}: TLS handshake failed: {exc}") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise UnreachableError(f"{self._url}: {exc}") from None
+        urls = [self._url, *(u.rstrip("/") for u in endpoints if u.rstrip("/") != self._url)]
+        return WatchStream(self, prefix, since, bool(values), urls, retry_s, idle_timeout_s)
 
     async def health(self) -> dict[str, Any]:
         status, body, _ = await self._request("GET", "/health")
@@ -472,3 +486,196 @@ class AsyncClient:
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
+
+
+#: Most keys whose last delivered state a `WatchStream` remembers to drop exact repeats.
+WATCH_SEEN_MAX = 100_000
+#: Longest pause between two attempts of a `WatchStream` to resume, s.
+WATCH_BACKOFF_MAX_S = 5.0
+#: Most items a `WatchStream` reads ahead of its caller (then it stops reading: the node's queue fills).
+WATCH_BUFFER = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """A position the stream reached without an item for the caller (a progress or end line)."""
+
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """How the stream's reader stopped for good (raised to the caller)."""
+
+    error: BaseException
+
+
+class WatchStream:
+    """A watch that resumes by itself (see `AsyncClient.watch`): an async iterator of event and resync
+    dicts. `cursor` is where the caller stands: after the last item it was given (or a progress line since),
+    so a new watch from it misses nothing the caller has not seen. `resumes` counts the streams opened after
+    the first, `ends` the streams nodes ended (by reason), `serving` is the URL of the node reading to it.
+
+    A task owned by the stream reads the node's lines (up to `WATCH_BUFFER` ahead of the caller), so a
+    caller's timeout around `anext` loses nothing; `aclose()` stops that task.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        prefix: str,
+        since: str | None,
+        values: bool,
+        urls: builtins.list[str],
+        retry_s: float | None,
+        idle_timeout_s: float,
+    ) -> None:
+        self.prefix = prefix
+        self.cursor = since
+        self.values = values
+        self.urls = urls
+        self.resumes = 0
+        self.ends: dict[str, int] = {}
+        self.serving = urls[0]
+        self._client = client
+        self._retry_s = retry_s
+        self._idle_timeout_s = idle_timeout_s
+        self._resume_from = since  # the reader's position: where a new stream starts
+        self._seen: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._queue: asyncio.Queue[dict[str, Any] | _Progress | _Failure] = asyncio.Queue(WATCH_BUFFER)
+        self._held: deque[dict[str, Any]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._held:
+            return self._held.popleft()
+        while True:
+            item = await self._next()
+            if isinstance(item, dict):
+                return item
+
+    async def _next(self) -> dict[str, Any] | _Progress:
+        """The reader's next item or position, taken in order (the caller's cursor follows it)."""
+        if self._failure is not None:
+            raise self._failure
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._pump(), name="dsm-watch")
+        item = await self._queue.get()
+        if isinstance(item, _Failure):
+            self._failure = item.error
+            raise item.error
+        if isinstance(item, _Progress):
+            self.cursor = item.cursor
+        elif "cursor" in item:
+            self.cursor = item["cursor"]
+        return item
+
+    async def start(self) -> str:
+        """Opens the stream, when the caller has not started reading, and returns its cursor: every change
+        after it will be delivered. (Without `since`, a watch starts when it is first read or started.)"""
+        while True:
+            item = await self._next()
+            if isinstance(item, dict):
+                self._held.append(item)
+            if self.cursor is not None and (isinstance(item, _Progress) or self._held):
+                return self.cursor
+
+    async def aclose(self) -> None:
+        """Stops reading (idempotent)."""
+        task, self._task = self._task, None
+        self._failure = self._failure or StopAsyncIteration()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _fresh(self, event: dict[str, Any]) -> bool:
+        """Whether an event is not an exact repeat of the key's last delivered state (and remembers it)."""
+        key = event.get("key")
+        if not isinstance(key, str):
+            return True
+        state = (event.get("writer"), event.get("timestamp"), event.get("deleted"), event.get("expired"))
+        seen = self._seen
+        if seen.get(key) == state:
+            seen.move_to_end(key)
+            return False
+        seen[key] = state
+        seen.move_to_end(key)
+        if len(seen) > WATCH_SEEN_MAX:
+            seen.popitem(last=False)
+        return True
+
+    async def _pump(self) -> None:
+        """Reads streams, resuming and failing over, into the queue, until stopped or out of retries."""
+        failures = 0
+        unreachable_since: float | None = None
+        order = list(self.urls)
+        try:
+            while True:
+                url = order[0]
+                try:
+                    async for item in self._stream(url):
+                        failures, unreachable_since = 0, None
+                        await self._queue.put(item)
+                    order = [url] + [u for u in self.urls if u != url]  # ended by the node: resume there first
+                except UnreachableError:
+                    now = time.monotonic()
+                    unreachable_since = unreachable_since or now
+                    if self._retry_s is not None and now - unreachable_since > self._retry_s:
+                        raise
+                    order = order[1:] + order[:1]  # the next node
+                    failures += 1
+                self.resumes += 1
+                # Full jitter: resuming clients spread out instead of arriving together.
+                await asyncio.sleep(random.uniform(0, min(WATCH_BACKOFF_MAX_S, 0.05 * 2 ** min(failures, 10))))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # handed to the caller: a refused watch, or no node for retry_s
+            await self._queue.put(_Failure(exc))
+
+    async def _stream(self, url: str) -> AsyncIterator[dict[str, Any] | _Progress]:
+        """One stream from the node at `url`, until it breaks (`UnreachableError`) or the node ends it."""
+        session = self._client._open()
+        query = _query(prefix=self.prefix, since=self._resume_from, values=1 if self.values else None)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._idle_timeout_s)
+        try:
+            async with session.get(URL(url + "/v1/watch" + query, encoded=True), timeout=timeout) as response:
+                if response.status != 200:
+                    body = await response.read()
+                    if response.status in (408, 429) or response.status >= 500:
+                        raise UnreachableError(f"{url}: watch answered {response.status}")
+                    _raise(response.status, body)
+                self.serving = url
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    try:
+                        doc = json.loads(line)
+                    except ValueError as exc:
+                        raise UnreachableError(f"{url}: a watch line is not JSON: {exc}") from None
+                    cursor = doc.get("cursor")
+                    if isinstance(cursor, str):
+                        self._resume_from = cursor
+                    if "end" in doc:  # the node ended the stream: resume from its cursor
+                        reason = str(doc["end"])
+                        self.ends[reason] = self.ends.get(reason, 0) + 1
+                        if isinstance(cursor, str):
+                            yield _Progress(cursor)
+                        return
+                    if "key" not in doc and "resync" not in doc:  # a progress line
+                        if isinstance(cursor, str):
+                            yield _Progress(cursor)
+                        continue
+                    if "key" not in doc or self._fresh(doc):
+                        yield doc
+                    elif isinstance(cursor, str):
+                        yield _Progress(cursor)  # a repeat: dropped, but the caller's position moves
+                raise UnreachableError(f"{url}: the watch stream ended without a final line")
+        except aiohttp.ClientSSLError as exc:
+            raise TLSError(f"{url}: TLS handshake failed: {exc}") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise UnreachableError(f"{url}: {exc}") from None

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from dsm import EpidemicStorage, StorageConfig, StorageFactory, WatchOverflowError
+from dsm import EpidemicStorage, StorageConfig, StorageFactory
 from dsm.api import http as http_api
 from dsm.api.http import CONTEXT_HEADER, create_app
+from dsm.core import watch_cursor
 from dsm.core.messages import DataItem
 from dsm.net.runtime import Runtime
+from dsm.node.watches import End
 from dsm.storage.sqlite import SQLiteStore
 
 
@@ -170,8 +172,13 @@ async def test_a_watch_streams_local_and_replicated_changes_under_its_prefix(tmp
     try:
         async with TestClient(TestServer(create_app(storage))) as c:
             assert (await c.get("/v1/watch", params={"limit": "0"})).status == 400
+            assert (await c.get("/v1/watch", params={"values": "2"})).status == 400
+            bad_cursor = await c.get("/v1/watch", params={"since": "not-a-cursor"})
+            assert bad_cursor.status == 400 and (await bad_cursor.json())["error"]["code"] == "invalid_input"
             stream = await c.get("/v1/watch", params={"prefix": "user:"})
             assert stream.status == 200 and stream.headers["Content-Type"] == "application/x-ndjson"
+            start = json.loads(await asyncio.wait_for(stream.content.readline(), 5))
+            assert list(start) == ["cursor"]  # where the watch starts, before any change
             await c.put("/v1/kv/user:1", data=b"a")
             await c.put("/v1/kv/other", data=b"b")  # not under the prefix
             await c.delete("/v1/kv/user:1")
@@ -189,25 +196,47 @@ async def test_a_watch_streams_local_and_replicated_changes_under_its_prefix(tmp
                 ("user:2", False, False, "h2"),
             ]
             assert lines[2]["timestamp"] == remote.timestamp
+            assert all(
+                set(x) == {"key", "timestamp", "writer", "deleted", "expired", "local", "digest", "cursor"}
+                for x in lines
+            )
             stream.close()
+            # Resumed from the start's cursor, with values: the keys changed since, each once, current state.
+            resumed = await c.get("/v1/watch", params={"prefix": "user:", "since": start["cursor"], "values": "1"})
+            replayed = [json.loads(await asyncio.wait_for(resumed.content.readline(), 5)) for _ in range(3)]
+            assert list(replayed[0]) == ["cursor"]
+            assert [(x["key"], x["deleted"], x.get("value")) for x in replayed[1:]] == [
+                ("user:1", True, None),
+                ("user:2", False, base64.b64encode(b"from h2").decode()),
+            ]
+            resumed.close()
+            # On a node that does not know the cursor: a resync in the stream.
+            foreign = watch_cursor.encode(watch_cursor.Cursor("elsewhere", 1, 1))
+            resync = await c.get("/v1/watch", params={"prefix": "user:", "since": foreign})
+            lines = [json.loads(await asyncio.wait_for(resync.content.readline(), 5)) for _ in range(5)]
+            assert lines[0] == {"cursor": foreign} and lines[1] == {"resync": "begin"}
+            assert [(x["key"], x["deleted"]) for x in lines[2:4]] == [("user:1", True), ("user:2", False)]
+            assert lines[4]["resync"] == "end" and watch_cursor.decode(lines[4]["cursor"]).node == "h1"
+            resync.close()
     finally:
         await storage.close()
 
 
-async def test_a_slow_watch_ends_with_an_overflow_error(tmp_path: Path) -> None:
+async def test_a_slow_watch_ends_with_a_final_cursor(tmp_path: Path) -> None:
     storage = await node(tmp_path)
     try:
         watch = storage.watch("", limit=2)
         for i in range(3):
             await storage.put(f"k{i}", b"v")
-        with pytest.raises(WatchOverflowError):
-            async for _ in watch:
-                pass
+        items = [item async for item in watch]
+        assert [i.key for i in items[:2]] == ["k0", "k1"]  # type: ignore[union-attr]
+        assert items[2] == End("overflow", items[1].cursor)  # type: ignore[union-attr]
         assert watch.closed
         quiet = storage.watch("k")
     finally:
         await storage.close()
-    assert [c async for c in quiet] == []  # a close ends every watch without error
+    ends = [c async for c in quiet]  # a close ends every watch with its cursor
+    assert len(ends) == 1 and isinstance(ends[0], End) and ends[0].reason == "shutdown"
 
 
 async def other_versions(path: Path, key: str) -> bytes:
@@ -229,12 +258,16 @@ async def test_a_quiet_watch_sends_heartbeats_and_a_gone_client_is_let_go(
     try:
         async with TestClient(TestServer(create_app(storage))) as c:
             stream = await c.get("/v1/watch")
-            assert await asyncio.wait_for(stream.content.readline(), 5) == b"\n"  # nothing changed: a heartbeat
+            start = json.loads(await asyncio.wait_for(stream.content.readline(), 5))
+            # Nothing changed: a heartbeat, a progress line with the (same) cursor.
+            assert json.loads(await asyncio.wait_for(stream.content.readline(), 5)) == start
             await c.put("/v1/kv/k", data=b"v")
-            line = b"\n"
-            while line == b"\n":
-                line = await asyncio.wait_for(stream.content.readline(), 5)
-            assert json.loads(line)["key"] == "k"
+            line = start
+            while list(line) == ["cursor"]:
+                line = json.loads(await asyncio.wait_for(stream.content.readline(), 5))
+            assert line["key"] == "k"
+            # Progress lines after it carry the cursor after the change.
+            assert json.loads(await asyncio.wait_for(stream.content.readline(), 5)) == {"cursor": line["cursor"]}
             assert len(storage.watches) == 1
             stream.close()  # the client goes away: its watch is released
             for _ in range(200):

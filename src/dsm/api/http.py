@@ -6,11 +6,15 @@
                              several concurrent values (siblings) are held
     DELETE /v1/kv/{key}
     GET    /v1/kv?prefix=&limit=&after=    keys holding a value, in order
-    GET    /v1/watch?prefix=  a stream (NDJSON, one line per committed change, local or replicated) of
-                             {"key", "timestamp", "writer", "deleted", "local"}, from the moment the
-                             response headers arrive; a reader more than `limit` changes behind gets a
-                             last {"error": {"code": "watch_overflow", ...}} line; an empty line after
-                             15 s without a change (a heartbeat)
+    GET    /v1/watch?prefix=&since=&values=  a stream (NDJSON) of committed changes, local or replicated:
+                             a first {"cursor"} line, then per change {"key", "timestamp", "writer",
+                             "deleted", "expired", "local", "digest", "cursor"[, "value" (base64)]}, the
+                             key's current state; from the moment the response headers arrive, or after
+                             `since` (a cursor, of any node: replayed on its node, else a resync in the
+                             stream: {"resync": "begin"}, every key under the prefix, {"resync": "end",
+                             "cursor"}); a {"cursor"} progress line after 15 s without a change; a last
+                             {"end": "overflow"|"shutdown", "cursor"} line when the node ends the stream
+                             (a reader more than `limit` changes behind, the node stopping)
     GET    /v1/members  /v1/topology  /health (= /health/live)  /health/ready  /metrics  /openapi.json
     DELETE /v1/members/{id}  an operator removes a member for good (recorded and spread as its leave: it
                              no longer counts for consistency levels); 404 unknown, 400 this node

@@ -322,16 +322,31 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/watch": {
             "get": {
-                "summary": "A stream of committed changes (local and replicated) of keys under a prefix",
+                "summary": "A stream of committed changes (local and replicated) of keys under a prefix, "
+                "resumable on any node from a cursor",
                 "parameters": [
                     {"name": "prefix", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "description": "a cursor of an earlier watch (any node): deliver every change after it",
+                        "schema": {"type": "string", "maxLength": 512},
+                    },
+                    {
+                        "name": "values",
+                        "in": "query",
+                        "description": "1: events carry the value (base64)",
+                        "schema": {"type": "string", "enum": ["0", "1", "false", "true"]},
+                    },
                 ],
                 "responses": {
                     "200": {
-                        "description": "NDJSON lines {key, timestamp, writer, deleted, local}; an empty line "
-                        "after 15 s without a change; a last {error: {code: watch_overflow}} line for a reader "
-                        "too far behind",
+                        "description": "NDJSON lines: first {cursor}; events {key, timestamp, writer, deleted, "
+                        "expired, local, digest, cursor[, value]}, each the key's current state; with `since` on "
+                        "another node, {resync: begin}, every key's state, {resync: end, cursor}; a progress "
+                        "line {cursor} after 15 s without an event; a last {end: overflow|shutdown, cursor} "
+                        "line when the node ends the stream (resume from its cursor)",
                         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                     },
                     **_GUARDED,

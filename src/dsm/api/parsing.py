@@ -26,7 +26,7 @@ KEY_PARAMS = frozenset({"consistency"})
 #: A `PUT` (and, to refuse it with a clear message, a `DELETE`) also takes `ttl_ms`.
 WRITE_PARAMS = KEY_PARAMS | {"ttl_ms"}
 LIST_PARAMS = frozenset({"prefix", "after", "limit"})
-WATCH_PARAMS = frozenset({"prefix", "limit"})
+WATCH_PARAMS = frozenset({"prefix", "limit", "since", "values"})
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -146,6 +146,18 @@ def ttl(request: web.Request) -> int | None:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(400, "invalid_input", f"ttl_ms must be a number of milliseconds, not {raw[:40]!r}")
     return int(raw)
+
+
+def flag(given: Mapping[str, str], name: str) -> bool:
+    """A yes/no parameter: `1` or `true` for yes, `0` or `false` (or absent) for no.
+
+    Raises:
+        ApiError: (400 invalid_input) any other value.
+    """
+    raw = given.get(name, "0")
+    if raw not in ("0", "1", "false", "true"):
+        raise ApiError(400, "invalid_input", f"{name} must be 1 or 0 (true or false), not {raw[:40]!r}")
+    return raw in ("1", "true")
 
 
 def limit(given: Mapping[str, str], default: int, most: int) -> int:

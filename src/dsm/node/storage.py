@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Protocol
 
 from dsm.config import StorageConfig
+from dsm.core import watch_cursor
 from dsm.core.cas_ops import IfAbsent, IfMatch, Put
 from dsm.core.consistency import Level
 from dsm.core.encoding import DecodeError, decode_versions
@@ -119,7 +120,7 @@ class EpidemicStorage:
         self._default_levels = tuple(checks.check_level(level) for level in config.levels())
         #: The features this node publishes, and the check that the whole cluster has one (`features.py`).
         self.features = FeatureGate(self.commits, network)
-        self.watches = Watches()
+        self.watches = Watches(store, self.replica, self.commits.wall_ms, config.tombstone_grace_ms)
         self.commits.subscribe(self.watches.on_commit)
         self.sweeper = Sweeper(self.commits)
         #: In 'siblings' mode, a read that finds several values passes them to this function and writes
@@ -178,6 +179,7 @@ class EpidemicStorage:
         if self._state != "new":
             return
         await self.commits.open(networked)
+        await self.watches.start()
         self._state = "running"
         self.sweeper.start()
         log.info("node %s started on %s", self.node_id, self.store.url)
@@ -449,25 +451,35 @@ class EpidemicStorage:
             start = page[-1][0] + "\x00"
         return keys, True
 
-    def watch(self, prefix: str = "", limit: int = 10_000) -> Watch:
+    def watch(self, prefix: str = "", limit: int = 10_000, since: str | None = None, values: bool = False) -> Watch:
         """Follows the committed changes (local writes and replicated ones) of the keys under `prefix`.
 
         Args:
             prefix: only keys starting with it ("" for all).
-            limit: how many changes may wait for the reader before the watch ends with
-                `WatchOverflowError`.
+            limit: how many changes may wait for the reader before the watch ends with `End("overflow")`.
+            since: a cursor of an earlier watch (of this node or any other): the watch first delivers every
+                change after it (on this node: the keys changed since, replayed; elsewhere: a resync of
+                every key under the prefix), then goes live. None: from now on.
+            values: events carry the key's readable value.
 
         Returns:
-            a `Watch`: `async for change in watch: ...`; `watch.close()` ends it. It also ends (without
-            error) when the node closes.
+            a `Watch`: `async for item in watch: ...` gives `Event`s (each with its `cursor`), `Resync` bounds
+            and, when the node ends the watch (overflow, shutdown), a last `End` with the cursor to resume
+            from; `watch.cursor` is where the reader stands; `watch.close()` stops it.
 
         Raises:
             ClosedError: the node is not running.
-            InvalidInputError: prefix not a string or limit not a positive int.
+            InvalidInputError: prefix not a string, limit not a positive int, or `since` not a cursor.
         """
         self._check_open()
         checks.check_watch(prefix, limit)
-        return self.watches.open(prefix, limit)
+        cursor = None
+        if since is not None:
+            try:
+                cursor = watch_cursor.decode(since)
+            except watch_cursor.CursorError as exc:
+                raise InvalidInputError(f"since: {exc}") from None
+        return self.watches.open(prefix, limit, cursor, bool(values))
 
     async def count(self) -> int:
         """The number of keys stored on this node, tombstones included."""

@@ -1,9 +1,26 @@
-"""Watches: the committed changes of the keys under a prefix, in commit order, for readers that follow them.
+"""Watches: the committed changes of the keys under a prefix, in commit order, for readers that follow them;
+each event with the cursor to resume from (`dsm.core.watch_cursor`), on this node or any other.
 
 `Watches` subscribes to the node's commits (`Commits.subscribe`) and offers each committed change of a
 client key (`Commit.changes`: local writes and replicated ones alike) to every open watch whose prefix it
-matches. A watch's queue is bounded: a reader that falls `limit` changes behind is not allowed to hold the
-node's memory; its watch ends with `WatchOverflowError`.
+matches, with the commit's stamp. An event is the key's state in that commit (`Event`), and its cursor
+says the watch is complete up to that commit (one below its stamp while more keys of the same commit follow).
+
+A watch opened with a cursor (`since`) first catches up, then goes live without a gap: it subscribes when
+it is opened, so every later commit is queued, and then
+- on the cursor's own node and store epoch (`Plan.SAME_NODE`), replays the rows changed after the cursor's
+  stamp (`BackingStore.changed_since`, paged in (seq, key) order: each key once, in its current state),
+  and then delivers the queued commits stamped above the last row it replayed (those at or below it are
+  already in the replayed rows: commits are stored one at a time, in stamp order);
+- anywhere else (`Plan.RESYNC`), sends `Resync(begin)`, the current state of every key under the prefix
+  (tombstones included; paged by key), then `Resync(end)` with a cursor of this node at the last commit
+  before the watch was opened, and delivers every queued commit.
+
+Bounds and ends: a watch's live queue holds at most `limit` changes. A reader that falls further behind is
+not allowed to hold the node's memory: its watch delivers what is queued, then ends with `End("overflow")`
+carrying the cursor after the last queued change; a resume from it replays the rest, coalesced per key.
+When the node closes, every watch ends the same way with `End("shutdown")`. `close()` (the reader went away)
+just stops it.
 """
 
 from __future__ import annotations
@@ -11,94 +28,333 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from dsm.core.replica import Change, Commit
-from dsm.errors import WatchOverflowError
+from dsm.core import watch_cursor
+from dsm.core.encoding import DecodeError, decode_versions, digest
+from dsm.core.replica import USER_KEYS_START, Commit, Replica
+from dsm.core.versions import VersionSet
+from dsm.core.watch_cursor import Cursor, Plan
+from dsm.node import startup
+from dsm.node.checks import prefix_end
+from dsm.storage.base import BackingStore
+
+#: Rows read per page while a watch replays or resyncs.
+PAGE_ROWS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A key's state, as a watch delivers it.
+
+    Attributes:
+        key: the key.
+        timestamp: the hybrid-logical-clock timestamp of its newest version.
+        writer: the node that accepted that version.
+        deleted: no value is readable (the newest version is a delete, or every value expired).
+        expired: values are held, but every one has expired.
+        digest: the stored row's digest (equal on two nodes holding the same versions).
+        local: written through this node.
+        cursor: where the watch stands after this event (resume from it).
+        value: the newest readable value, when the watch asked for values and there is one.
+    """
+
+    key: str
+    timestamp: int
+    writer: str
+    deleted: bool
+    expired: bool
+    digest: int
+    local: bool
+    cursor: str
+    value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The bounds of a resync: `begin`, then the current state of every key under the prefix, then the end,
+    with the cursor after it. A key the reader holds that the resync did not list is gone."""
+
+    begin: bool
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The node ended the watch (`reason`: 'overflow' or 'shutdown'); resume from `cursor`."""
+
+    reason: str
+    cursor: str
+
+
+Item = Event | Resync | End
+
+
+def state_of(
+    versions: VersionSet, node_id: str, now_ms: int, values: bool
+) -> tuple[int, str, bool, bool, bool, bytes | None]:
+    """(timestamp, writer, deleted, expired, local, value) of a key holding `versions`, read at `now_ms`."""
+    newest = max(versions.versions, key=lambda v: v.dot.timestamp)
+    readable = versions.live_at(now_ms)
+    deleted = not readable
+    expired = deleted and bool(versions.live)
+    value = None
+    if values and readable:
+        value = max(readable, key=lambda v: v.dot.timestamp).value
+    return newest.dot.timestamp, newest.dot.node, deleted, expired, newest.dot.node == node_id, value
 
 
 class Watch:
-    """The committed changes of the keys under a prefix, in commit order, from the moment of `watch()`.
+    """The changes of the keys under a prefix (see the module docstring): an async iterator of `Event`s,
+    `Resync` bounds and a last `End`. `cursor` is where the reader stands; `close()` stops the watch.
 
-    An async iterator of `Change`s. Its queue is bounded (`limit`): a reader that falls that far behind is
-    not allowed to hold the node's memory, its watch ends with `WatchOverflowError` (start a new one and
-    re-read what it needs). `close()` ends it; iteration then stops.
+    Cancelling a wait for the next item (a reader's timeout) loses nothing: the catch-up changes its state
+    only once a page has been read, and the live queue only when an item is handed out.
     """
 
-    def __init__(self, prefix: str, limit: int, on_end: Callable[[Watch], None]) -> None:
+    def __init__(
+        self, hub: Watches, prefix: str, limit: int, since: Cursor | None, values: bool, on_end: Callable[[Watch], None]
+    ) -> None:
         self.prefix = prefix
+        self.values = values
+        self._hub = hub
         self._limit = limit
         self._on_end = on_end
-        self._queue: deque[Change] = deque()
+        self._lo = max(prefix, USER_KEYS_START)
+        self._hi = prefix_end(prefix)
+        # Live changes, in commit order: (stamp, position after it, event).
+        self._queue: deque[tuple[int, int, Event]] = deque()
+        # Items of the catch-up read but not handed out yet: (position after it, item).
+        self._pending: deque[tuple[int, Item]] = deque()
         self._wake: asyncio.Future[None] | None = None
-        self._end: BaseException | None = None
+        self._end: str | None = None
         self.closed = False
+        #: The stamp of the last commit offered (or before the watch opened), and the stamp up to which the
+        #: reader has been given everything.
+        self._opened_at = self._seen = self._position = hub.last_stamp
+        self._expiry_ms = 0
+        self._since_text: str | None = None
+        #: How the watch catches up (None: it is live).
+        self.plan: Plan | None = None
+        self._caught_up = False
+        # The catch-up's next page: after (stamp, key) for a replay, from a key for a resync.
+        self._page_stamp, self._page_from = 0, self._lo
+        self._page_after: str | None = None
+        self._skip_through = 0
+        if since is not None:
+            self.plan = watch_cursor.plan(since, hub.node_id, hub.epoch, hub.wall_ms(), hub.grace_ms)
+            if self.plan is Plan.SAME_NODE:
+                self._position = self._page_stamp = since.stamp
+                self._expiry_ms = since.expiry_ms
+            else:
+                self._since_text = watch_cursor.encode(since)
+                self._pending.append((self._position, Resync(True)))
 
-    def offer(self, change: Change) -> None:
-        """Queues a change for the reader (ends the watch if the reader is `limit` behind)."""
+    # --- what the node's commits offer
+
+    def offer(self, stamp: int, events: list[tuple[int, Event]]) -> None:
+        """Queues a commit's events (position after each, event) for the reader (ends the watch if the
+        reader is `limit` behind)."""
         if self.closed:
             return
-        if len(self._queue) >= self._limit:
-            self.finish(WatchOverflowError(f"watch of {self.prefix!r} fell {self._limit} changes behind"))
-            return
-        self._queue.append(change)
-        self._notify()
+        if events:
+            if len(self._queue) + len(events) > self._limit:
+                self.finish("overflow")
+                return
+            self._queue.extend((stamp, pos, event) for pos, event in events)
+            self._notify()
+        self._seen = stamp
+
+    def make_cursor(self, stamp: int) -> str:
+        return watch_cursor.encode(Cursor(self._hub.node_id, self._hub.epoch, stamp, self._expiry_ms))
+
+    @property
+    def cursor(self) -> str:
+        """Where the reader stands now: resuming from it misses nothing it has not been given."""
+        if self.plan is Plan.RESYNC:
+            assert self._since_text is not None
+            return self._since_text  # mid-resync: a resume resyncs again
+        if self.plan is None and not self._queue and self._end is None:
+            return self.make_cursor(max(self._position, self._seen))
+        return self.make_cursor(self._position)
 
     def _notify(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def finish(self, end: BaseException | None) -> None:
-        """Ends the watch: the reader gets what is queued, then `end` (None: the iteration stops)."""
+    def finish(self, reason: str | None) -> None:
+        """Ends the watch: the reader gets what is queued, then `End(reason)` with its cursor (None: the
+        iteration just stops)."""
         if not self.closed:
             self.closed = True
-            self._end = end
+            self._end = reason
             self._on_end(self)
             self._notify()
 
     def close(self) -> None:
-        """Ends the watch; changes already queued are dropped."""
+        """Stops the watch (its reader went away); changes already queued are dropped."""
         self._queue.clear()
+        self._pending.clear()
         self.finish(None)
+
+    # --- what the reader gets
 
     def __aiter__(self) -> Watch:
         return self
 
-    async def __anext__(self) -> Change:
-        while not self._queue:
+    async def __anext__(self) -> Item:
+        while self.plan is not None:
             if self.closed:
-                if self._end is not None:
-                    end, self._end = self._end, None
-                    raise end
-                raise StopAsyncIteration
+                return self._ending()  # the catch-up stops; a resume from the cursor continues it
+            if self._pending:
+                position, item = self._pending.popleft()
+                self._position = position
+                return item
+            if self._caught_up:
+                # Live from here; the queued commits the catch-up already covered are skipped.
+                self.plan = None
+            elif self.plan is Plan.SAME_NODE:
+                await self._replay_page()
+            else:
+                await self._resync_page()
+        queue = self._queue
+        while True:
+            while queue:
+                stamp, position, event = queue.popleft()
+                if stamp <= self._skip_through:
+                    continue  # the catch-up gave this key in this state or a later one
+                self._position = position
+                return event
+            if self.closed:
+                return self._ending()
             self._wake = asyncio.get_running_loop().create_future()
-            await self._wake
-            self._wake = None
-        return self._queue.popleft()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+
+    def _ending(self) -> End:
+        """The last item of a watch the node ended (then the iteration stops)."""
+        if self._end is None:
+            raise StopAsyncIteration
+        end = End(self._end, self.cursor)
+        self._end = None
+        return end
+
+    async def _replay_page(self) -> None:
+        """Reads the next page of the rows under the prefix changed after the cursor's stamp, each in its
+        current state."""
+        hub = self._hub
+        page = await hub.store.changed_since(self._page_stamp, self._lo, self._hi, self._page_after, PAGE_ROWS)
+        now_ms = hub.wall_ms()
+        full = len(page) == PAGE_ROWS
+        for i, (key, encoded, seq) in enumerate(page):
+            more = page[i + 1][2] == seq if i + 1 < len(page) else full
+            position = watch_cursor.position(seq, more)
+            event = hub.event_of(key, encoded, now_ms, self, self.make_cursor(position))
+            if event is not None:
+                self._pending.append((position, event))
+        if page:
+            self._page_stamp, self._page_after = page[-1][2], page[-1][0]
+        if not full:
+            self._caught_up = True
+            self._skip_through = self._page_stamp
+            if not self._pending:  # an empty last page: the reader has everything up to the last row
+                self._position = max(self._position, self._page_stamp)
+
+    async def _resync_page(self) -> None:
+        """Reads the next page of every key under the prefix, in its current state."""
+        hub = self._hub
+        page = await hub.store.scan(self._page_from, self._hi, PAGE_ROWS)
+        found = await hub.store.read_many([key for key, _ in page])
+        now_ms = hub.wall_ms()
+        assert self._since_text is not None
+        for key, _ in page:
+            encoded = found.get(key)
+            event = None if encoded is None else hub.event_of(key, encoded, now_ms, self, self._since_text)
+            if event is not None:
+                self._pending.append((self._position, event))
+        if page:
+            self._page_from = page[-1][0] + "\x00"
+        if len(page) < PAGE_ROWS:
+            # Every commit after the last one before the watch opened is queued, whatever the resync read.
+            self._caught_up = True
+            self._skip_through = self._opened_at
+            self._pending.append((self._opened_at, Resync(False, self.make_cursor(self._opened_at))))
 
 
 class Watches:
-    """The open watches of one node (see the module docstring)."""
+    """The open watches of one node (see the module docstring).
 
-    def __init__(self) -> None:
+    Args:
+        store: the node's store (replays and resyncs read it).
+        replica: the node's replica (its clock gives the position of a watch opened before any commit).
+        wall_ms: the wall clock, Unix ms.
+        grace_ms: the tombstone grace period (an older cursor is resynced, see `watch_cursor.plan`).
+    """
+
+    def __init__(self, store: BackingStore, replica: Replica, wall_ms: Callable[[], int], grace_ms: int) -> None:
+        self.store = store
+        self.replica = replica
+        self.node_id = replica.node_id
+        self.wall_ms = wall_ms
+        self.grace_ms = grace_ms
         self._open: set[Watch] = set()
+        #: The store's epoch (read by `start`).
+        self.epoch = 0
+        #: The stamp of the last commit published, or a clock reading above every earlier stamp.
+        self.last_stamp = 0
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def open(self, prefix: str, limit: int) -> Watch:
-        watch = Watch(prefix, limit, self._open.discard)
+    async def start(self) -> None:
+        """Reads the store's epoch, once the store is open; a watch opened before any commit stands at a
+        clock reading: every earlier commit is below it, every later one above."""
+        self.epoch = await startup.store_epoch(self.store)
+        self.last_stamp = max(self.last_stamp, self.replica.clock.now(self.wall_ms()))
+
+    def open(self, prefix: str, limit: int, since: Cursor | None = None, values: bool = False) -> Watch:
+        watch = Watch(self, prefix, limit, since, values, self._open.discard)
         self._open.add(watch)
         return watch
 
+    def event_of(self, key: str, encoded: bytes, now_ms: int, watch: Watch, cursor: str) -> Event | None:
+        """The event of a stored row, with `cursor` (None: unreadable, left for an operator; reads report it)."""
+        try:
+            versions = decode_versions(encoded)
+        except DecodeError:
+            return None
+        if not versions.versions:
+            return None
+        ts, writer, deleted, expired, local, value = state_of(versions, self.node_id, now_ms, watch.values)
+        return Event(key, ts, writer, deleted, expired, digest(key, encoded), local, cursor, value)
+
     def on_commit(self, commit: Commit) -> None:
         """Offers a commit's changes to the watches they concern (a `Commits` listener)."""
-        if not self._open or not commit.rows:
+        if not commit.rows:
             return
-        for change in commit.changes():
-            for watch in [w for w in self._open if change.key.startswith(w.prefix)]:
-                watch.offer(change)
-
-    def end_all(self) -> None:
-        """Ends every watch (the node closed): their readers stop without error."""
+        stamp = commit.stamp
+        self.last_stamp = max(self.last_stamp, stamp)
+        if not self._open:
+            return
+        changes = commit.changes()
+        now_ms = self.wall_ms()
         for watch in list(self._open):
-            watch.finish(None)
+            matching = [c for c in changes if c.key.startswith(watch.prefix)]
+            events: list[tuple[int, Event]] = []
+            for i, change in enumerate(matching):
+                position = watch_cursor.position(stamp, i + 1 < len(matching))
+                versions = commit.states[change.key]
+                _, _, deleted, expired, _, value = state_of(versions, self.node_id, now_ms, watch.values)
+                event = Event(
+                    change.key, change.timestamp, change.writer, deleted, expired, change.digest, change.local,
+                    watch.make_cursor(position), value,
+                )  # fmt: skip
+                events.append((position, event))
+            watch.offer(stamp, events)
+
+    def end_all(self, reason: str = "shutdown") -> None:
+        """Ends every watch (the node closed): each reader gets what is queued, then `End(reason)`."""
+        for watch in list(self._open):
+            watch.finish(reason)

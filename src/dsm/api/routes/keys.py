@@ -6,8 +6,10 @@ document.
 Bounds kept here: a `PUT` body must arrive within the HTTP body timeout (408 `body_timeout` otherwise) and
 is refused on its declared length above `max_value_bytes` (413) before any of it is read; a watch stream's
 every write must be taken by the client within the same timeout (else it ends and its connection is
-closed, counted as `send_timeout`); a quiet watch sends an empty line every `heartbeat_s`. Every watch is
-ended when the app shuts down (`end_watches`), so a graceful stop does not wait for the streams.
+closed, counted as `send_timeout`); a quiet watch sends a progress line (`{"cursor": ...}`) every
+`heartbeat_s`. Every watch is ended when the app shuts down (`end_watches`), with a final
+`{"end": "shutdown", "cursor": ...}` line, so a graceful stop does not wait for the streams and the readers
+know where to resume.
 """
 
 from __future__ import annotations
@@ -23,15 +25,37 @@ from dsm.api import parsing
 from dsm.api.connections import ConnectionPool
 from dsm.api.errors import ApiError
 from dsm.api.openapi import CONTEXT_HEADER, TIMESTAMP_HEADER, WRITER_HEADER
-from dsm.errors import WatchOverflowError
 from dsm.node import EpidemicStorage, Watch
+from dsm.node.watches import End, Event, Item, Resync
 
 #: Most keys one listing returns.
 LIST_MAX = 1000
-#: Most changes a watch stream holds for a slow reader before it ends with a watch_overflow line.
+#: Most changes a watch stream holds for a slow reader before it ends with an {"end": "overflow"} line.
 WATCH_QUEUE = 10_000
-#: Seconds without a change after which a watch stream sends an empty line (a heartbeat).
+#: Seconds without a change after which a watch stream sends a progress line (a heartbeat with the cursor).
 WATCH_HEARTBEAT_S = 15.0
+
+
+def watch_line(item: Item) -> dict[str, object]:
+    """The NDJSON line of a watch item (the formats are in `dsm.api.http`'s docstring)."""
+    if isinstance(item, Event):
+        line: dict[str, object] = {
+            "key": item.key,
+            "timestamp": item.timestamp,
+            "writer": item.writer,
+            "deleted": item.deleted,
+            "expired": item.expired,
+            "local": item.local,
+            "digest": item.digest,
+            "cursor": item.cursor,
+        }
+        if item.value is not None:
+            line["value"] = base64.b64encode(item.value).decode("ascii")
+        return line
+    if isinstance(item, Resync):
+        return {"resync": "begin"} if item.begin else {"resync": "end", "cursor": item.cursor}
+    assert isinstance(item, End)
+    return {"end": item.reason, "cursor": item.cursor}
 
 
 class KeyRoutes:
@@ -119,7 +143,8 @@ class KeyRoutes:
     async def watch(self, request: web.Request) -> web.StreamResponse:
         given = parsing.params(request, parsing.WATCH_PARAMS)
         limit = parsing.limit(given, WATCH_QUEUE, WATCH_QUEUE)
-        changes = self.storage.watch(given.get("prefix", ""), limit)
+        values = parsing.flag(given, "values")
+        changes = self.storage.watch(given.get("prefix", ""), limit, since=given.get("since"), values=values)
         self.watches.add(changes)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
 
@@ -142,35 +167,26 @@ class KeyRoutes:
         return response
 
     async def _stream(self, changes: Watch, send: Callable[[bytes], Awaitable[None]]) -> None:
-        """Sends one JSON line per change, an empty line after `heartbeat_s` without one, and a last
-        watch_overflow line if the reader fell too far behind."""
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.heartbeat_s):  # no task per change, unlike wait_for
-                        change = await anext(changes)
-                except TimeoutError:
-                    # An empty line now and then: a client whose machine vanished (no FIN ever comes) is
-                    # noticed by a failing write even when nothing changes, and a client can tell a quiet
-                    # node from a dead one.
-                    await send(b"\n")
-                    continue
-                except StopAsyncIteration:
-                    break
-                line = {
-                    "key": change.key,
-                    "timestamp": change.timestamp,
-                    "writer": change.writer,
-                    "deleted": change.deleted,
-                    "local": change.local,
-                }
-                await send(json.dumps(line).encode() + b"\n")
-        except WatchOverflowError as exc:
-            end = {"error": {"code": "watch_overflow", "message": str(exc)}}
-            await send(json.dumps(end).encode() + b"\n")
+        """Sends a first progress line (the cursor of the watch's start), one JSON line per event and resync
+        bound, a progress line after `heartbeat_s` without one, and the final {"end", "cursor"} line when the
+        node ends the watch (a reader too far behind, the node closing)."""
+        await send(json.dumps({"cursor": changes.cursor}).encode() + b"\n")
+        while True:
+            try:
+                async with asyncio.timeout(self.heartbeat_s):  # no task per change, unlike wait_for
+                    item = await anext(changes)
+            except TimeoutError:
+                # A progress line now and then: a client whose machine vanished (no FIN ever comes) is
+                # noticed by a failing write even when nothing changes, a client can tell a quiet node from
+                # a dead one, and a quiet watch's cursor stays fresh (a resume replays less).
+                await send(json.dumps({"cursor": changes.cursor}).encode() + b"\n")
+                continue
+            except StopAsyncIteration:
+                break
+            await send(json.dumps(watch_line(item)).encode() + b"\n")
 
     async def end_watches(self, app: web.Application) -> None:
         """Ends every open watch (on the app's shutdown): streams would otherwise hold a graceful stop for
-        aiohttp's whole shutdown timeout."""
+        aiohttp's whole shutdown timeout; each gets its final line with the cursor."""
         for changes in list(self.watches):
-            changes.close()
+            changes.finish("shutdown")

@@ -1,0 +1,196 @@
+"""Watches that resume, against real `dsm node run` processes on loopback, through the public `AsyncClient`:
+a cursor resumed on another node after 30 writes (a resync in the stream), a watch that outlives a restart of
+its node (SIGTERM, a final line, then a same-node replay), a watch whose node was SIGKILLed (failover to
+another node), and a consumer too slow for its stream (a final line with its cursor, then a resume). In
+each, every key's final state is what the caller ends up with."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsm.client import AsyncClient, WatchStream
+from procs import Proc, eventually, procs_fixture  # noqa: F401 (the `procs` fixture)
+
+pytestmark = [pytest.mark.usefixtures("loopback_hosts"), pytest.mark.slow]
+
+#: What the caller wrote: key -> value (None: deleted).
+Expected = dict[str, bytes | None]
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cluster(procs: list[Proc], tmp_path: Path, n: int = 3, http_ports: Iterable[int] = ()) -> list[Proc]:
+    ports = list(http_ports)
+    first = Proc("n1", "127.0.0.1", tmp_path, [], extra=["--http", f"127.0.0.1:{ports[0]}"] if ports else None)
+    procs.append(first)
+    for i in range(2, n + 1):
+        procs.append(Proc(f"n{i}", f"127.0.0.{i}", tmp_path, [first.listen]))
+    eventually(lambda: all(len([m for m in p.client.members() if m["state"] == "alive"]) == n for p in procs))
+    return list(procs)
+
+
+def held(p: Proc, expected: Expected) -> bool:
+    """Whether node `p` reads every key as `expected` says."""
+    for key, value in expected.items():
+        got = p.client.get(key)
+        if (got.value if got is not None else None) != value:
+            return False
+    return True
+
+
+def state(seen: dict[str, dict[str, Any]]) -> Expected:
+    """The final state a watch's caller holds: key -> value (None: deleted)."""
+    return {k: None if e["deleted"] else base64.b64decode(e["value"]) for k, e in seen.items()}
+
+
+async def follow(stream: WatchStream, seen: dict[str, dict[str, Any]], done: Any, timeout_s: float = 60) -> list[Any]:
+    """Reads `stream` into `seen` (key -> last event) until `done(seen)`; returns every item read."""
+    items: list[Any] = []
+    async with asyncio.timeout(timeout_s):
+        while not done(seen):
+            item = await anext(stream)
+            items.append(item)
+            if "key" in item:
+                seen[item["key"]] = item
+    return items
+
+
+def writes(targets: list[Proc], count: int, expected: Expected, prefix: str = "w/") -> None:
+    """`count` writes through `targets` in turn: overwrites of 12 keys, every fifth one a delete."""
+    for i in range(count):
+        p, key = targets[i % len(targets)], f"{prefix}{i % 12:02}"
+        if i % 5 == 4:
+            p.client.delete(key)
+            expected[key] = None
+        else:
+            value = f"{i}".encode()
+            p.client.put(key, value)
+            expected[key] = value
+
+
+async def test_a_cursor_resumes_on_another_node_after_30_writes(procs: list[Proc], tmp_path: Path) -> None:
+    n1, n2, n3 = cluster(procs, tmp_path)
+    expected: Expected = {}
+    seen: dict[str, dict[str, Any]] = {}
+    async with AsyncClient(n1.url) as c1:
+        stream = c1.watch("w/", values=True)
+        await stream.start()
+        n1.client.put("w/start", b"0")
+        expected["w/start"] = b"0"
+        await follow(stream, seen, lambda s: "w/start" in s)
+        cursor = stream.cursor
+        await stream.aclose()
+    assert cursor is not None
+    writes([n1, n3], 30, expected)
+    n1.client.put("other", b"not under the prefix")
+    eventually(lambda: held(n2, expected))
+    async with AsyncClient(n2.url) as c2:
+        resumed = c2.watch("w/", since=cursor, values=True)
+        items = await follow(resumed, seen, lambda s: state(s) == expected)
+        # Another node cannot replay n1's history: it resyncs in the stream, and the caller is whole.
+        assert items[0] == {"resync": "begin"} and {"resync": "begin"} not in items[1:]
+        assert state(seen) == expected and "other" not in seen
+        assert resumed.serving == n2.url
+        # Live from there: a later write arrives once.
+        n3.client.put("w/late", b"late")
+        await follow(resumed, seen, lambda s: "w/late" in s)
+        await resumed.aclose()
+
+
+async def test_a_watch_outlives_a_restart_of_its_node(procs: list[Proc], tmp_path: Path) -> None:
+    port = free_port("127.0.0.1")
+    n1, n2 = cluster(procs, tmp_path, n=2, http_ports=[port])
+    expected: Expected = {}
+    seen: dict[str, dict[str, Any]] = {}
+    async with AsyncClient(n1.url) as client:
+        stream = client.watch("w/", values=True, retry_s=120)
+        await stream.start()
+        writes([n1], 10, expected)
+        await follow(stream, seen, lambda s: state(s) == expected)
+        assert await asyncio.to_thread(n1.stop, signal.SIGTERM) == 0
+        # The node said goodbye with its cursor (a final line), then the client kept trying.
+        with pytest.raises(TimeoutError):
+            await follow(stream, seen, lambda s: False, timeout_s=1.0)
+        assert stream.ends == {"shutdown": 1}
+        writes([n2], 20, expected)  # while n1 is down
+        restarted = await asyncio.to_thread(
+            Proc, "n1", "127.0.0.1", tmp_path, [n2.listen], extra=["--http", f"127.0.0.1:{port}"]
+        )
+        procs[0] = restarted
+        items = await follow(stream, seen, lambda s: state(s) == expected)
+        # The cursor was n1's own and its store is the same: a replay, no resync.
+        assert not any("resync" in item for item in items)
+        assert stream.resumes >= 1 and stream.serving == restarted.url
+        await stream.aclose()
+
+
+async def test_a_watch_fails_over_when_its_node_was_sigkilled(procs: list[Proc], tmp_path: Path) -> None:
+    n1, n2, n3 = cluster(procs, tmp_path)
+    expected: Expected = {}
+    seen: dict[str, dict[str, Any]] = {}
+    async with AsyncClient(n1.url) as client:
+        stream = client.watch("w/", values=True, endpoints=[n2.url, n3.url])
+        await stream.start()
+        writes([n1], 8, expected)
+        await follow(stream, seen, lambda s: state(s) == expected)
+        assert await asyncio.to_thread(n1.stop, signal.SIGKILL) == -signal.SIGKILL  # no final line
+        writes([n2, n3], 30, expected)
+        items = await follow(stream, seen, lambda s: state(s) == expected)
+        assert {"resync": "begin"} in items and stream.serving in (n2.url, n3.url)
+        assert state(seen) == expected and not stream.ends
+        await stream.aclose()
+
+
+async def test_a_consumer_too_slow_gets_a_final_cursor_and_resumes_from_it(procs: list[Proc], tmp_path: Path) -> None:
+    (node,) = cluster(procs, tmp_path, n=1)
+    host, port = node.http.rsplit(":", 1)
+    # A reader with a tiny receive buffer that does not read while the writes go on.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    slow = http.client.HTTPConnection(host, int(port), timeout=60)
+    slow.sock = sock
+    slow.request("GET", "/v1/watch?prefix=s/&values=1&limit=20")
+    response = slow.getresponse()
+    assert response.status == 200
+    start = json.loads(response.readline())
+    assert list(start) == ["cursor"]
+    expected: Expected = {}
+    value = b"x" * 32_768
+    for i in range(400):  # ~18 MB of lines with their values: more than every buffer on the way holds
+        key = f"s/{i % 50:02}"
+        node.client.put(key, value + str(i).encode())
+        expected[key] = value + str(i).encode()
+    lines = []
+    deadline = time.monotonic() + 60
+    while not lines or "end" not in lines[-1]:
+        assert time.monotonic() < deadline
+        lines.append(json.loads(response.readline()))
+    slow.close()
+    end = lines[-1]
+    assert end["end"] == "overflow" and end["cursor"]
+    events = [line for line in lines if "key" in line]
+    assert 0 < len(events) < 400 and end["cursor"] == events[-1]["cursor"]
+    seen = {e["key"]: e for e in events}
+    async with AsyncClient(node.url) as client:
+        resumed = client.watch("s/", since=end["cursor"], values=True)
+        items = await follow(resumed, seen, lambda s: state(s) == expected)
+        # The resume replays each key changed since, once (coalesced), not every write it missed.
+        assert not any("resync" in item for item in items) and len(items) <= 50
+        await resumed.aclose()
+    assert state(seen) == expected
