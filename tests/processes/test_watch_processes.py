@@ -10,8 +10,12 @@ import asyncio
 import base64
 import http.client
 import json
+import os
+import select
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -194,3 +198,35 @@ async def test_a_consumer_too_slow_gets_a_final_cursor_and_resumes_from_it(procs
         assert not any("resync" in item for item in items) and len(items) <= 50
         await resumed.aclose()
     assert state(seen) == expected
+
+
+def test_dsm_watch_prints_events_and_its_last_cursor_and_resumes_from_it(procs: list[Proc], tmp_path: Path) -> None:
+    (node,) = cluster(procs, tmp_path, n=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | {"DSM_NODE_URL": node.url}
+    command = [sys.executable, "-m", "dsm.cli", "watch", "c/"]
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert watcher.stdout is not None
+        lines: list[dict[str, Any]] = []
+        for i in range(100):  # until the watch is open and has seen a write
+            node.client.put("c/a", str(i).encode())
+            ready, _, _ = select.select([watcher.stdout], [], [], 0.1)
+            if ready:
+                lines.append(json.loads(watcher.stdout.readline()))
+                break
+        assert lines and lines[0]["key"] == "c/a"
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        _, stderr = watcher.communicate(timeout=15)
+    assert watcher.returncode == 0
+    cursor = stderr.strip().rsplit("cursor=", 1)[1]
+    node.client.put("c/b", b"after")
+    resumed = subprocess.Popen([*command, "--since", cursor], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert resumed.stdout is not None
+        keys = set()
+        while "c/b" not in keys:
+            keys.add(json.loads(resumed.stdout.readline())["key"])
+    finally:
+        resumed.send_signal(signal.SIGTERM)
+        resumed.communicate(timeout=15)
