@@ -1,7 +1,8 @@
 """Watches that resume, against real `dsm node run` processes on loopback, through the public `AsyncClient`:
 a cursor resumed on another node after 30 writes (a resync in the stream), a watch that outlives a restart of
 its node (SIGTERM, a final line, then a same-node replay), a watch whose node was SIGKILLed (failover to
-another node), and a consumer too slow for its stream (a final line with its cursor, then a resume). In
+another node), a consumer too slow for its stream (a final line with its cursor, then a resume), a cursor
+taken during a partition (a relay cuts one node off) resumed on both sides once healed, and `dsm watch`. In
 each, every key's final state is what the caller ends up with."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 
 from dsm.client import AsyncClient, WatchStream
 from procs import Proc, eventually, procs_fixture  # noqa: F401 (the `procs` fixture)
+from relay import Relay
 
 pytestmark = [pytest.mark.usefixtures("loopback_hosts"), pytest.mark.slow]
 
@@ -230,3 +232,56 @@ def test_dsm_watch_prints_events_and_its_last_cursor_and_resumes_from_it(procs: 
     finally:
         resumed.send_signal(signal.SIGTERM)
         resumed.communicate(timeout=15)
+
+
+async def test_a_cursor_resumes_across_a_healed_partition_on_either_side(procs: list[Proc], tmp_path: Path) -> None:
+    """Three nodes that reach each other only through a relay; c is cut off from a and b while both sides
+    take writes. A cursor c gave during the partition resumes, once healed, on a (a resync) and on c itself
+    (a replay of what anti-entropy brought), each ending with every key's final state."""
+    relay = Relay("127.0.0.9")
+    try:
+        hosts = {"a": "127.0.0.1", "b": "127.0.0.2", "c": "127.0.0.3"}
+        nodes: dict[str, Proc] = {}
+        for name, host in hosts.items():
+            port = free_port(host)
+            relay.routes[name] = f"{host}:{port}"
+            env = {"DSM_ADVERTISE_ADDR": relay.listen(name)}
+            nodes[name] = Proc(name, host, tmp_path, [relay.addrs["a"]] if nodes else [], port=port, env=env)
+            procs.append(nodes[name])
+        a, b, c = nodes["a"], nodes["b"], nodes["c"]
+
+        def alive(p: Proc) -> set[str]:
+            return {m["id"] for m in p.client.members() if m["state"] == "alive"}
+
+        eventually(lambda: all(alive(p) == set(hosts) for p in nodes.values()), 30)
+        expected: Expected = {}
+        seen: dict[str, dict[str, Any]] = {}
+        async with AsyncClient(c.url) as client:
+            stream = client.watch("w/", values=True)
+            await stream.start()
+            writes([a], 6, expected)
+            await follow(stream, seen, lambda s: state(s) == expected)
+            # The partition: nothing passes between c and the others.
+            relay.drop_from, relay.drop_to = {hosts["c"]}, {"c"}
+            relay.cut()
+            side_a: Expected = {}
+            writes([a, b], 20, side_a)
+            side_c: Expected = {}
+            writes([c], 7, side_c, prefix="w/c")
+            await follow(stream, seen, lambda s: all(s.get(k, {}).get("timestamp") for k in side_c))
+            cursor = stream.cursor
+            await stream.aclose()
+        assert cursor is not None and not held(c, side_a)  # c did not see side a's writes
+        relay.drop_from, relay.drop_to = set(), set()
+        relay.cut()
+        expected |= side_a | side_c
+        eventually(lambda: held(a, expected) and held(c, expected), 30)
+        for node, resync in ((a, True), (c, False)):
+            mirror = dict(seen)
+            async with AsyncClient(node.url) as client:
+                resumed = client.watch("w/", since=cursor, values=True)
+                items = await follow(resumed, mirror, lambda s: state(s) == expected)
+                assert ({"resync": "begin"} in items) is resync
+                await resumed.aclose()
+    finally:
+        relay.close()
