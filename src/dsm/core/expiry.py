@@ -12,8 +12,9 @@ its cursor, `watch_cursor.Cursor.expiry_ms`). At `now`:
   expired event (`take`, page by page; the mark moves to `now` once the last page is taken, or to just
   below the last moment a full page reached, so a page never splits one millisecond's keys between two
   marks);
-- then the watch sleeps until the next expiry under its prefix (`next_due`), but at most
-  `EXPIRY_POLL_MAX_MS`, since a write meanwhile can bring an earlier one (`wake_at`).
+- then the watch sleeps until the next expiry under its prefix (`next_due`), at most `EXPIRY_POLL_MAX_MS`
+  (`wake_at`); a commit meanwhile that stores a key under the prefix with an earlier expiry wakes it
+  sooner (the node's `Watches.on_commit`).
 
 The reading node's clock decides, as for reads: a key is absent from `expires_ms` on (`VersionSet.live_at`),
 and a watch on a node whose clock runs ahead reports it early by as much. A row renewed before the query no
@@ -27,9 +28,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-#: Longest sleep of a watch between two looks for expired keys, ms: a write with a TTL shorter than the
-#: current wait is reported at most this late.
-EXPIRY_POLL_MAX_MS = 1_000
+#: Longest sleep of a watch between two looks for expired keys, ms (commits that bring an earlier expiry wake
+#: it sooner; this bounds what a missed wake-up or a clock step can delay).
+EXPIRY_POLL_MAX_MS = 5_000
 #: Most rows of one millisecond's expiries a page may grow to before `take` reports them anyway.
 TAKE_MAX_ROWS = 100_000
 

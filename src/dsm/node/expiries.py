@@ -11,7 +11,7 @@ costs one small query per poll, whatever the store's size.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from dsm.core import expiry
 from dsm.storage.base import BackingStore, ExpiringRow
@@ -34,7 +34,7 @@ class Expiries:
         self.wall_ms = wall_ms
         self.page_rows = page_rows
 
-    async def pages(self, lo: str, hi: str | None, mark_ms: int) -> AsyncIterator[tuple[list[ExpiringRow], int]]:
+    async def pages(self, lo: str, hi: str | None, mark_ms: int) -> AsyncGenerator[tuple[list[ExpiringRow], int], None]:
         """The rows under [lo, hi) that expired after `mark_ms` and up to now (the wall clock when called),
         a page at a time, each with the mark that holds after it. The last page (empty when none expired)
         carries the mark `now`; nothing is yielded when the clock is not past `mark_ms`."""
