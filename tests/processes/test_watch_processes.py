@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,11 @@ def cluster(procs: list[Proc], tmp_path: Path, n: int = 3, http_ports: Iterable[
         procs.append(Proc(f"n{i}", f"127.0.0.{i}", tmp_path, [first.listen]))
     eventually(lambda: all(len([m for m in p.client.members() if m["state"] == "alive"]) == n for p in procs))
     return list(procs)
+
+
+def metrics(p: Proc) -> str:
+    with urllib.request.urlopen(p.url + "/metrics", timeout=10) as response:
+        return str(response.read().decode())
 
 
 def held(p: Proc, expected: Expected) -> bool:
@@ -112,6 +118,7 @@ async def test_a_cursor_resumes_on_another_node_after_30_writes(procs: list[Proc
         assert items[0] == {"resync": "begin"} and {"resync": "begin"} not in items[1:]
         assert state(seen) == expected and "other" not in seen
         assert resumed.serving == n2.url
+        assert 'dsm_watch_resumes_total{plan="resync"} 1.0' in metrics(n2)
         # Live from there: a later write arrives once.
         n3.client.put("w/late", b"late")
         await follow(resumed, seen, lambda s: "w/late" in s)
@@ -200,6 +207,9 @@ async def test_a_consumer_too_slow_gets_a_final_cursor_and_resumes_from_it(procs
         assert not any("resync" in item for item in items) and len(items) <= 50
         await resumed.aclose()
     assert state(seen) == expected
+    counters = metrics(node)
+    assert "dsm_watch_overflows_total 1.0" in counters
+    assert 'dsm_watch_resumes_total{plan="same_node"} 1.0' in counters
 
 
 def test_dsm_watch_prints_events_and_its_last_cursor_and_resumes_from_it(procs: list[Proc], tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ class NodeCollector(Collector):
         yield from merge_metrics(status.store)
         yield from http_metrics(self.pool)
         yield from level_metrics(status.store)
+        yield from watch_metrics(status.store)
         network = status.network
         if network is not None:
             yield from transport_metrics(network)
@@ -150,6 +151,25 @@ def level_metrics(store: StoreStatus) -> Iterator[Metric]:
         "dsm_read_repairs",
         "Members (this node included) a read above the local level found stale and sent the merge to",
         value=store.read_repairs,
+    )
+
+
+def watch_metrics(store: StoreStatus) -> Iterator[Metric]:
+    """Open watches, watches resumed from a cursor (by how they caught up), and those a reader let overflow."""
+    yield GaugeMetricFamily("dsm_watches_open", "Open watch streams", value=store.watches_open)
+    resumes = CounterMetricFamily(
+        "dsm_watch_resumes",
+        "Watches opened with a cursor, by how they caught up: same_node (a replay of the rows changed since), "
+        "resync (every key under the prefix: another node's cursor, another epoch, or older than the grace)",
+        labels=["plan"],
+    )
+    for plan, count in store.watch_resumes:
+        resumes.add_metric([plan], count)
+    yield resumes
+    yield CounterMetricFamily(
+        "dsm_watch_overflows",
+        "Watches ended with a final cursor because their reader fell the queue's limit behind",
+        value=store.watch_overflows,
     )
 
 

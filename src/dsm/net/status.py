@@ -174,6 +174,10 @@ class StoreStatus:
     tombstones_purged: int
     level_requests: tuple[tuple[tuple[str, str, str], int], ...]
     read_repairs: int
+    #: Open watches; watches opened with a cursor by how they caught up (sorted); watches a reader let overflow.
+    watches_open: int = 0
+    watch_resumes: tuple[tuple[str, int], ...] = ()
+    watch_overflows: int = 0
 
 
 #: The join status of a node without a runtime: alone, it has nothing to join.
@@ -247,6 +251,9 @@ def _store(storage: EpidemicStorage) -> StoreStatus:
         tombstones_purged=storage.tombstones_purged,
         level_requests=tuple(sorted(storage.level_stats.items())),
         read_repairs=storage.read_repairs,
+        watches_open=len(storage.watches),
+        watch_resumes=tuple(sorted(storage.watches.resumes.items())),
+        watch_overflows=storage.watches.overflows,
     )
 
 

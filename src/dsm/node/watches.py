@@ -128,6 +128,8 @@ class Watch:
         self._pending: deque[tuple[int, Item]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._end: str | None = None
+        #: Why the node ended the watch (None: it did not, or not yet).
+        self.end_reason: str | None = None
         self.closed = False
         #: The stamp of the last commit offered (or before the watch opened), and the stamp up to which the
         #: reader has been given everything.
@@ -187,7 +189,7 @@ class Watch:
         iteration just stops)."""
         if not self.closed:
             self.closed = True
-            self._end = reason
+            self._end = self.end_reason = reason
             self._on_end(self)
             self._notify()
 
@@ -300,6 +302,10 @@ class Watches:
         self.wall_ms = wall_ms
         self.grace_ms = grace_ms
         self._open: set[Watch] = set()
+        #: Watches opened with a cursor, by how they caught up ('same_node', 'resync'); watches ended because
+        #: their reader fell `limit` behind.
+        self.resumes: dict[str, int] = {plan.value: 0 for plan in Plan}
+        self.overflows = 0
         #: The store's epoch (read by `start`).
         self.epoch = 0
         #: The stamp of the last commit published, or a clock reading above every earlier stamp.
@@ -315,9 +321,16 @@ class Watches:
         self.last_stamp = max(self.last_stamp, self.replica.clock.now(self.wall_ms()))
 
     def open(self, prefix: str, limit: int, since: Cursor | None = None, values: bool = False) -> Watch:
-        watch = Watch(self, prefix, limit, since, values, self._open.discard)
+        watch = Watch(self, prefix, limit, since, values, self._ended)
         self._open.add(watch)
+        if watch.plan is not None:
+            self.resumes[watch.plan.value] += 1
         return watch
+
+    def _ended(self, watch: Watch) -> None:
+        self._open.discard(watch)
+        if watch.end_reason == "overflow":
+            self.overflows += 1
 
     def event_of(self, key: str, encoded: bytes, now_ms: int, watch: Watch, cursor: str) -> Event | None:
         """The event of a stored row, with `cursor` (None: unreadable, left for an operator; reads report it)."""
