@@ -177,6 +177,11 @@ async def test_a_cursor_of_another_node_or_epoch_is_resynced_in_the_stream(node:
     assert all(e.cursor == foreign for e in listed)
     end_cursor = items[-1].cursor
     assert end_cursor is not None and watch_cursor.decode(end_cursor).node == "n1"
+    # Once a resync's end is handed out, the cursor is this node's (a progress line then resumes here).
+    other = node.watch("p/", since=foreign)
+    while not isinstance(item := await anext(other), Resync) or item.begin:
+        pass
+    assert other.cursor == item.cursor and watch_cursor.decode(other.cursor).node == "n1"
     await node.put("p/a", b"2")
     live = events(await drain(watch))
     assert [(e.key, e.value) for e in live] == [("p/a", b"2")]

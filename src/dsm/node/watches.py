@@ -211,6 +211,8 @@ class Watch:
             if self._pending:
                 position, item = self._pending.popleft()
                 self._position = position
+                if self._caught_up and not self._pending:
+                    self.plan = None  # live from here: `cursor` is this node's (a resync's end was handed out)
                 return item
             if self._caught_up:
                 # Live from here; the queued commits the catch-up already covered are skipped.
