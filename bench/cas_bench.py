@@ -52,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -353,7 +354,9 @@ class Generator:
         ops: int = 0,
         key: str = "",
         during: Callable[[], Any] | None = None,
+        metrics_urls: list[str] | None = None,
     ) -> dict[str, Any]:
+        sent_before = messages_sent(metrics_urls or [])
         start_at = time.time() + 1.0  # time to connect (and create the keys) before the clock starts
         used = []
         for g, pipe in enumerate(self.pipes):
@@ -368,6 +371,7 @@ class Generator:
         extra = during() if during is not None else None
         parts = [pipe.recv() for pipe in used]
         cpu = window.stop()
+        sent = messages_sent(metrics_urls or []) - sent_before
         if extra is not None:
             extra.wait()
         lat, read_lat = array("d"), array("d")
@@ -394,11 +398,16 @@ class Generator:
             "wall_s": wall,
             "node_cores": {k: round(v, 3) for k, v in cpu["per_process_cores"].items()},
             "nodes_cores": cpu["processes_cores"],
+            "node_us_per_op": cpu["processes_cores"] * wall / max(1, len(samples)) * 1e6,
             "generator_cores": sum(p["cpu_s"] for p in parts) / wall,
             "machine_busy_cores": cpu["machine_busy_cores"],
             "mismatched": [m for p in parts for m in p["mismatched"]],
             "errors": [e for p in parts for e in p["errors"]],
         }
+        if metrics_urls:
+            # Peer messages every node sent during the phase (key creation included), per operation done.
+            row["messages_per_op"] = sum(sent.values()) / max(1, len(samples))
+            row["messages_per_op_by_type"] = {k: round(n / max(1, len(samples)), 2) for k, n in sent.most_common(8)}
         if workload == "contended":
             won = [wins.get(c, 0) for c in range(clients)]
             row["wins"] = won
@@ -412,6 +421,19 @@ class Generator:
 
 
 # ---------------------------------------------------------------------------------------------- checks
+
+
+def messages_sent(urls: list[str]) -> Counter[str]:
+    """Peer messages sent so far by type, summed over the nodes (their `dsm_messages_sent_total`)."""
+    sent: Counter[str] = Counter()
+    prefix = 'dsm_messages_sent_total{type="'
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(prefix):
+                    kind, _, count = line[len(prefix) :].partition('"} ')
+                    sent[kind] += int(float(count))
+    return sent
 
 
 def final_value(system: str, target: Address, key: str) -> int | None:
@@ -434,7 +456,16 @@ def final_value(system: str, target: Address, key: str) -> int | None:
 
 LATENCY = ("cas", "read", "put")
 THROUGHPUT = ("cas", "put")
-MEDIAN_KEYS = ("per_s", "p50_ms", "p99_ms", "nodes_cores", "generator_cores", "machine_busy_cores")
+MEDIAN_KEYS = (
+    "per_s",
+    "p50_ms",
+    "p99_ms",
+    "nodes_cores",
+    "generator_cores",
+    "machine_busy_cores",
+    "node_us_per_op",
+    "messages_per_op",
+)
 
 
 def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -451,7 +482,7 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "reps": len(runs),
         "outcomes": dict(outcomes),
         "mismatched": sum(len(r["mismatched"]) for r in runs),
-        **{k: med(r[k] for r in runs) for k in MEDIAN_KEYS if all(r[k] is not None for r in runs)},
+        **{k: med(r[k] for r in runs) for k in MEDIAN_KEYS if all(r.get(k) is not None for r in runs)},
     }
     if first["workload"] == "contended":
         row["jain"] = med(r["jain"] for r in runs)
@@ -469,7 +500,10 @@ def describe(r: dict[str, Any]) -> str:
     bad = {k: v for k, v in r["outcomes"].items() if k not in ("ok", "read ok")}
     text = f"{r['system']:4s} {r['phase']:10s} {r['workload']:9s} {r['per_s']:8,.0f}/s"
     text += f"  p50 {r.get('p50_ms') or 0:6.2f} ms  p99 {r.get('p99_ms') or 0:6.2f} ms"
-    text += f"  nodes {r['nodes_cores']:.2f} cores, generator {r['generator_cores']:.2f}"
+    text += f"  nodes {r['nodes_cores']:.2f} cores ({r['node_us_per_op']:.0f} us/op)"
+    text += f", generator {r['generator_cores']:.2f}"
+    if r.get("messages_per_op") is not None:
+        text += f"  {r['messages_per_op']:.1f} msgs/op"
     if "jain" in r:
         text += f"  Jain {r['jain'] or 0:.3f}  attempts/win {r['attempts_per_win']:.2f}"
     if "lost_updates" in r:
@@ -512,12 +546,14 @@ def main() -> None:
     gen = Generator(a.generators)
     workdir = tempfile.mkdtemp(prefix="dsm-cas-bench-")
     systems: dict[str, tuple[list[Address], dict[str, int]]] = {}
+    urls: dict[str, list[str]] = {}  # whose peer messages to count (DSM's nodes)
     try:
         with contextlib.ExitStack() as stack:
             if not a.skip_dsm:
                 cluster = stack.enter_context(dsm_cluster(3, workdir))
                 targets = [(n.http.rsplit(":", 1)[0], int(n.http.rsplit(":", 1)[1])) for n in cluster.nodes]
                 systems["dsm"] = (targets, {n.node_id: n.pid for n in cluster.nodes})
+                urls["dsm"] = [n.url for n in cluster.nodes]
             if not a.skip_etcd:
                 members = stack.enter_context(etcd_cluster(workdir))
                 systems["etcd"] = ([addr for _, addr in members], {f"e{i}": pid for i, (pid, _) in enumerate(members)})
@@ -532,12 +568,21 @@ def main() -> None:
                 order = list(systems) if rep % 2 == 0 else list(reversed(systems))
                 for name in order:  # 1. latency, one client
                     for workload in LATENCY:
-                        got = gen.phase(name, workload, *systems[name], clients=1, tag=f"l{rep}", ops=a.latency_ops)
+                        got = gen.phase(
+                            name, workload, *systems[name], clients=1, tag=f"l{rep}", ops=a.latency_ops,
+                            metrics_urls=urls.get(name),
+                        )  # fmt: skip
                         record(got, "latency", rep)
                 for name in order:  # 2. uncontended throughput
                     for workload in THROUGHPUT:
                         got = gen.phase(
-                            name, workload, *systems[name], clients=a.clients, tag=f"t{rep}", duration=a.duration
+                            name,
+                            workload,
+                            *systems[name],
+                            clients=a.clients,
+                            tag=f"t{rep}",
+                            duration=a.duration,
+                            metrics_urls=urls.get(name),
                         )
                         record(got, "throughput", rep)
                 for name in order:  # 3. contention on one key
@@ -554,7 +599,7 @@ def main() -> None:
                     assert asyncio.run(create(targets[0])) == "ok"
                     got = gen.phase(
                         name, "contended", targets, pids, clients=a.contenders, tag=f"c{rep}", duration=a.duration,
-                        key=key,
+                        key=key, metrics_urls=urls.get(name),
                     )  # fmt: skip
                     final = final_value(name, targets[1], key)
                     unknown = got["outcomes"].get("status 503", 0)

@@ -332,7 +332,7 @@ def shorten(frame: str) -> str:
 
 def print_profile(name: str, spots: dict[str, Any]) -> None:
     print(
-        f"\npy-spy, {name}: {spots['samples']} busy samples of node n1 (shares of those; "
+        f"\npy-spy, {name}: {spots['samples']} busy samples (shares of those; "
         f"{spots['idle_thread_pool_samples']} samples of idle thread-pool threads left out)"
     )
     print("  by area (innermost frame):")
