@@ -261,3 +261,33 @@ async def test_a_resume_while_writers_run_misses_nothing(
     items, _ = await asyncio.gather(drain(resumed, 0.5), writers())
     items += await drain(resumed)
     assert final_states(items) == await store_states(node, "k")
+
+
+async def test_a_cursor_given_before_any_commit_survives_a_restart_with_a_clock_gone_back(tmp_path: Path) -> None:
+    """A quiet watch's cursor must not be a clock reading the store never recorded: a restart whose wall
+    clock is behind restarts the clock from what is stored, and the next commits could be stamped below it."""
+    clock = Clock(1_800_000_000_000)
+    node = make(tmp_path, clock)
+    await node.start()
+    cursor = node.watch("").cursor
+    await node.close()
+    clock.ms -= 5_000
+    again = make(tmp_path, clock)
+    await again.start()
+    try:
+        await again.put("k", b"v")
+        # (A cursor of a new store, before its first commit, is its beginning: resynced or replayed, the same.)
+        assert [e.key for e in events(await drain(again.watch("", since=cursor)))] == ["k"]
+        # The same after a commit, then a restart with the clock further back: replayed from the rows.
+        cursor = again.watch("").cursor
+    finally:
+        await again.close()
+    clock.ms -= 5_000
+    third = make(tmp_path, clock)
+    await third.start()
+    try:
+        await third.put("j", b"v")
+        resumed = third.watch("", since=cursor)
+        assert resumed.plan is Plan.SAME_NODE and [e.key for e in events(await drain(resumed))] == ["j"]
+    finally:
+        await third.close()

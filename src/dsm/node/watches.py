@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from dsm.core import watch_cursor
 from dsm.core.encoding import DecodeError, decode_versions, digest
+from dsm.core.hlc import pack
 from dsm.core.replica import USER_KEYS_START, Commit, Replica
 from dsm.core.versions import VersionSet
 from dsm.core.watch_cursor import Cursor, Plan
@@ -317,10 +318,16 @@ class Watches:
         return len(self._open)
 
     async def start(self) -> None:
-        """Reads the store's epoch, once the store is open; a watch opened before any commit stands at a
-        clock reading: every earlier commit is below it, every later one above."""
+        """Reads the store's epoch, once the store is open, and where a watch opened before any commit
+        stands: at or above every stamp this store has given, below every stamp to come. Never a clock
+        reading of its own, which the store does not record: a restart with a wall clock behind restarts the
+        clock from what is stored, and could stamp later commits below such a reading."""
         self.epoch = await startup.store_epoch(self.store)
-        self.last_stamp = max(self.last_stamp, self.replica.clock.now(self.wall_ms()))
+        replica = self.replica
+        # Every stamp given is below the clock floor (`replica._reserve`); when the wall clock is past the
+        # floor, every stamp to come is above it; otherwise the clock was started above every stored stamp.
+        bound = pack(replica.reserved_ms) if replica.reserved_ms < self.wall_ms() else replica.clock.last
+        self.last_stamp = max(self.last_stamp, bound)
 
     def open(self, prefix: str, limit: int, since: Cursor | None = None, values: bool = False) -> Watch:
         watch = Watch(self, prefix, limit, since, values, self._ended)
