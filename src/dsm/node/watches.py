@@ -16,6 +16,13 @@ it is opened, so every later commit is queued, and then
   (tombstones included; paged by key), then `Resync(end)` with a cursor of this node at the last commit
   before the watch was opened, and delivers every queued commit.
 
+Expiries: a key that becomes absent by expiry is reported too, though nothing is committed then. A live
+watch keeps an expiry mark (in its cursors): it asks the store for the keys under its prefix that expired
+after the mark (`dsm.node.expiries`, by the node's wall clock), hands each out as an event with `expired`
+and `deleted` set, before the queued commits, and sleeps until the next expiry under its prefix; a commit
+that stores a key with an earlier expiry wakes it sooner. A new watch reports the expiries from its opening
+on, a resumed one from its cursor's mark.
+
 Bounds and ends: a watch's live queue holds at most `limit` changes. A reader that falls further behind is
 not allowed to hold the node's memory: its watch delivers what is queued, then ends with `End("overflow")`
 carrying the cursor after the last queued change; a resume from it replays the rest, coalesced per key.
@@ -26,11 +33,12 @@ just stops it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dsm.core import watch_cursor
+from dsm.core import expiry, watch_cursor
 from dsm.core.encoding import DecodeError, decode_versions, digest
 from dsm.core.hlc import pack
 from dsm.core.replica import USER_KEYS_START, Commit, Replica
@@ -38,6 +46,7 @@ from dsm.core.versions import VersionSet
 from dsm.core.watch_cursor import Cursor, Plan
 from dsm.node import startup
 from dsm.node.checks import prefix_end
+from dsm.node.expiries import Expiries
 from dsm.storage.base import BackingStore
 
 #: Rows read per page while a watch replays or resyncs.
@@ -128,6 +137,9 @@ class Watch:
         # Items of the catch-up read but not handed out yet: (position after it, item).
         self._pending: deque[tuple[int, Item]] = deque()
         self._wake: asyncio.Future[None] | None = None
+        # Expiry events ready to hand out: (expiry mark after it, event); and when to look for more (Unix ms).
+        self._expired: deque[tuple[int, Event]] = deque()
+        self._expiry_due_ms = 0
         self._end: str | None = None
         #: Why the node ended the watch (None: it did not, or not yet).
         self.end_reason: str | None = None
@@ -135,7 +147,9 @@ class Watch:
         #: The stamp of the last commit offered (or before the watch opened), and the stamp up to which the
         #: reader has been given everything.
         self._opened_at = self._seen = self._position = hub.last_stamp
-        self._expiry_ms = 0
+        #: The expiry mark: every key under the prefix that expired up to it has been handed out (a new watch
+        #: reports the expiries from its opening on; a resumed one from its cursor's mark).
+        self._expiry_ms = hub.wall_ms()
         self._since_text: str | None = None
         #: How the watch catches up (None: it is live).
         self.plan: Plan | None = None
@@ -198,6 +212,7 @@ class Watch:
         """Stops the watch (its reader went away); changes already queued are dropped."""
         self._queue.clear()
         self._pending.clear()
+        self._expired.clear()
         self.finish(None)
 
     # --- what the reader gets
@@ -224,6 +239,11 @@ class Watch:
                 await self._resync_page()
         queue = self._queue
         while True:
+            if self._expired and not self.closed:
+                # Before the queued commits: their cursors carry the mark of when they were queued, which
+                # must not pass an expiry not handed out yet (a resume from them would miss it).
+                self._expiry_ms, event = self._expired.popleft()
+                return event
             while queue:
                 stamp, position, event = queue.popleft()
                 if stamp <= self._skip_through:
@@ -232,11 +252,48 @@ class Watch:
                 return event
             if self.closed:
                 return self._ending()
+            wait_ms = self._expiry_due_ms - self._hub.wall_ms()
+            if wait_ms <= 0:
+                await self._expiry_page()
+                continue
             self._wake = asyncio.get_running_loop().create_future()
             try:
-                await self._wake
+                async with asyncio.timeout(wait_ms / 1000):
+                    await self._wake
+            except TimeoutError:
+                pass  # time to look for expired keys
             finally:
                 self._wake = None
+
+    async def _expiry_page(self) -> None:
+        """Looks for the keys under the prefix that expired since the mark (`dsm.node.expiries`): queues a page
+        of expired events, each with the mark after it in its cursor, and sets when to look again."""
+        hub, mark = self._hub, self._expiry_ms
+        async with contextlib.aclosing(hub.expiries.pages(self._lo, self._hi, mark)) as pages:
+            async for rows, page_mark in pages:
+                if not rows:
+                    # Nothing expired up to now. The mark stays where it is: a quiet watch's cursor does not
+                    # change (looking again from it costs an empty index range).
+                    break
+                now_ms = hub.wall_ms()
+                marks = expiry.marks_after([row[2] for row in rows], mark, page_mark)
+                for (key, encoded, _), after in zip(rows, marks, strict=True):
+                    cursor = watch_cursor.encode(Cursor(hub.node_id, hub.epoch, self._position, after))
+                    event = hub.event_of(key, encoded, now_ms, self, cursor)
+                    if event is not None:
+                        self._expired.append((after, event))
+                if not self._expired:  # only unreadable rows: nothing to hand out, the mark moves past them
+                    self._expiry_ms = page_mark
+                self._expiry_due_ms = 0  # a page at a time: look again once it is handed out
+                return
+        self._expiry_due_ms = await hub.expiries.wake_at(self._lo, self._hi, hub.wall_ms())
+
+    def expiry_at(self, expires_ms: int) -> None:
+        """A commit stored a key under the prefix that becomes absent at `expires_ms`: the watch looks for
+        expired keys then at the latest (it may be sooner than the wake-up it had planned)."""
+        if expires_ms < self._expiry_due_ms:
+            self._expiry_due_ms = expires_ms
+            self._notify()
 
     def _ending(self) -> End:
         """The last item of a watch the node ended (then the iteration stops)."""
@@ -309,6 +366,8 @@ class Watches:
         #: their reader fell `limit` behind.
         self.resumes: dict[str, int] = {plan.value: 0 for plan in Plan}
         self.overflows = 0
+        #: The keys that expired, for the watches' expiry events.
+        self.expiries = Expiries(store, wall_ms)
         #: The store's epoch (read by `start`).
         self.epoch = 0
         #: The stamp of the last commit published, or a clock reading above every earlier stamp.
@@ -375,6 +434,9 @@ class Watches:
                 )  # fmt: skip
                 events.append((position, event))
             watch.offer(stamp, events)
+            for row in commit.rows:
+                if row.expires_ms is not None and row.key.startswith(watch.prefix):
+                    watch.expiry_at(row.expires_ms)
 
     def end_all(self, reason: str = "shutdown") -> None:
         """Ends every watch (the node closed): each reader gets what is queued, then `End(reason)`."""
