@@ -1,9 +1,11 @@
 """Keys that expire over the HTTP API and the Python client: `PUT /v1/kv/{key}?ttl_ms=N` (the node's wall clock
 is the test's), then 404 and left out of listings; `ttl_ms` checked (a number from 1 to max_ttl_ms, never on
-a DELETE or a GET); `AsyncClient.put(..., ttl_ms=)`."""
+a DELETE or a GET); `AsyncClient.put(..., ttl_ms=)`; a watch stream's `"expired": true` line."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from dsm import EpidemicStorage, NodeInfo, StorageConfig
 from dsm.api.http import create_app
 from dsm.client import AsyncClient, ClientError
+from dsm.core.hlc import physical_ms
 from dsm.storage.sqlite import SQLiteStore
 
 START = 1_800_000_000_000
@@ -85,3 +88,19 @@ async def test_the_async_client_puts_with_a_ttl(served: tuple[TestClient, Clock]
         assert refused.value.status == 400 and refused.value.code == "invalid_input"
         clock.ms += 5_001
         assert await c.get("lease") is None
+
+
+async def test_a_watch_stream_reports_an_expiry_as_an_expired_line(served: tuple[TestClient, Clock]) -> None:  # type: ignore[type-arg]
+    client, clock = served
+    stream = await client.get("/v1/watch?prefix=s/")
+    assert list(json.loads(await asyncio.wait_for(stream.content.readline(), 10))) == ["cursor"]
+    r = await client.put("/v1/kv/s/1?ttl_ms=1000", data=b"v")
+    timestamp = (await r.json())["timestamp"]
+    written = json.loads(await asyncio.wait_for(stream.content.readline(), 10))
+    assert (written["key"], written["expired"]) == ("s/1", False)
+    clock.ms = physical_ms(timestamp) + 1_000
+    await client.put("/v1/kv/s/2", data=b"kick")  # a commit wakes the watch at once
+    lines = [json.loads(await asyncio.wait_for(stream.content.readline(), 10)) for _ in range(2)]
+    expired = next(line for line in lines if line["key"] == "s/1")
+    assert expired["expired"] is True and expired["deleted"] is True and expired["timestamp"] == timestamp
+    stream.close()
