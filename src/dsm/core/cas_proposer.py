@@ -90,6 +90,8 @@ class _Op:
     accept_sent: bool = False
     #: The dot its write got in a round whose accept was sent but not confirmed (see `_decide`).
     dot: Dot | None = None
+    #: The state right after its write in that round (what it is answered with once found chosen).
+    after: VersionSet | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +108,8 @@ class _Round:
     value: bytes = b""
     state: VersionSet | None = None
     outcomes: list[Outcome] = field(default_factory=list)
+    #: Each operation's answer: the state right after it (its own write, or its place in the batch).
+    states: list[VersionSet] = field(default_factory=list)
     #: The timer of the current phase (a later phase arms another).
     phase_timer: int = 0
     #: Times the accept was sent again to members that had not answered (lost messages).
@@ -266,9 +270,11 @@ class CasProposer:
         except DecodeError:
             return self._abandon(round_, CasOutcome.REFUSED)  # an acceptor answered garbage: not this round
         state = absorb(start, rows, self.resolution)
+        prepared = state.context()
         out: list[CasEffect] = []
         live: list[_Op] = []
         outcomes: list[Outcome] = []
+        states: list[VersionSet] = []
         for op in round_.ops:
             if op.request not in self._ops:
                 continue  # expired meanwhile
@@ -281,9 +287,11 @@ class CasProposer:
                 # in a state some round evaluated: this round, built on that state, chooses it too. An
                 # uncovered dot was not chosen and never will be (every acceptor of this quorum now refuses
                 # its ballot): the operation is evaluated again.
-                if state.context().covers(op.dot.timestamp, op.dot.node):
+                if prepared.covers(op.dot.timestamp, op.dot.node):
                     live.append(op)
                     outcomes.append(Outcome.APPLIED)
+                    assert op.after is not None
+                    states.append(op.after)
                     continue
                 op.dot = None
             state, outcome = apply(
@@ -291,12 +299,14 @@ class CasProposer:
             )
             if outcome is Outcome.APPLIED:
                 op.dot = Dot(state.max_timestamp, self.writer)
+                op.after = state
             live.append(op)
             outcomes.append(outcome)
+            states.append(state)
         if not live:
             self._end_round(round_)
             return out + self._start(now, wall_ms, round_.key)
-        round_.ops, round_.state, round_.outcomes = live, state, outcomes
+        round_.ops, round_.state, round_.outcomes, round_.states = live, state, outcomes, states
         round_.value = encode_versions(round_.state)
         round_.refusals.clear()  # the accept phase counts its own
         self._arm_phase(now, round_)
@@ -310,9 +320,9 @@ class CasProposer:
         self._attempts.pop(round_.key, None)
         assert round_.state is not None
         out: list[CasEffect] = []
-        for op, outcome in zip(round_.ops, round_.outcomes, strict=True):
+        for op, outcome, after in zip(round_.ops, round_.outcomes, round_.states, strict=True):
             if self._ops.pop(op.request, None) is not None:
-                out.append(CasDone(op.request, _OF[outcome], round_.state))
+                out.append(CasDone(op.request, _OF[outcome], after))
         # A state a write of this round changed is spread like a local write (the node core publishes items
         # with an id); a read's or a failed condition's identity state is stored here only.
         changed = Outcome.APPLIED in round_.outcomes
