@@ -149,7 +149,7 @@ class CasProposer:
         batch_max: int = 64,
         backoff_base_ms: int = 10,
         backoff_max_ms: int = 100,
-        phase_timeout_ms: int = 100,
+        phase_timeout_ms: int | Callable[[], int] = 100,
     ) -> None:
         self.node_id = node_id
         #: The writer of the versions its conditional writes make (`writer_id`).
@@ -164,6 +164,7 @@ class CasProposer:
         self.batch_max = batch_max
         self.backoff_base_ms = backoff_base_ms
         self.backoff_max_ms = backoff_max_ms
+        #: How long a phase waits for a majority before it resends or fails (ms; a callable is asked each time).
         self.phase_timeout_ms = phase_timeout_ms
         self._queues: dict[str, deque[_Op]] = {}
         self._rounds: dict[str, _Round] = {}  # by key: the round in flight
@@ -382,7 +383,9 @@ class CasProposer:
 
     def _arm_phase(self, now: int, round_: _Round) -> None:
         round_.phase_timer = self._next_seq()
-        self._arm(now + self.phase_timeout_ms, CasTimer.PHASE, round_.key, round_.phase_timer)
+        timeout = self.phase_timeout_ms
+        wait = timeout if isinstance(timeout, int) else timeout()
+        self._arm(now + wait, CasTimer.PHASE, round_.key, round_.phase_timer)
 
     def _arm(self, when: int, kind: CasTimer, key: str, request: int) -> None:
         heapq.heappush(self._timers, (when, self._next_seq(), kind, key, request))

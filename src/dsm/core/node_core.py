@@ -51,6 +51,9 @@ from dsm.core.versions import Resolution
 
 CoreEffect = Effect | LevelDone | ReconcileStep | CasDone
 
+#: The shortest wait of a conditional write's phase for a majority; it waits twice the level requests' hedge
+#: (six smoothed round trips) when that is longer, so a round across regions is not given up too early.
+PHASE_TIMEOUT_MIN_MS = 100
 #: The longest a home runs an operation another node forwarded (a request asking for more gets this).
 MAX_FORWARDED_TIMEOUT_MS = 60_000
 
@@ -108,6 +111,7 @@ class NodeCore:
             self.proposer = CasProposer(
                 peer.id, conditional.clock, conditional.run, peer.rng,
                 lambda key: cas_group(directory, table, key), self._address_of, resolution, conditional.max_siblings,
+                phase_timeout_ms=lambda: max(PHASE_TIMEOUT_MIN_MS, 2 * peer.level_hedge_ms()),
             )  # fmt: skip
         # The peer's shared context and timer heap, read after every event (`next_deadline`).
         self._context = peer.context
