@@ -54,6 +54,7 @@ from dsm.errors import DSMError, InvalidKeyError
 CONTEXT_HEADER = "X-DSM-Context"
 TIMESTAMP_HEADER = "X-DSM-Timestamp"
 WRITER_HEADER = "X-DSM-Writer"
+EXPIRES_HEADER = "X-DSM-Expires"
 
 
 class ClientError(DSMError):
@@ -112,6 +113,8 @@ class Sibling:
     value: bytes
     timestamp: int
     writer: str
+    #: Unix ms from which the value reads as absent (0: it never expires).
+    expires_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,12 +204,14 @@ def _value(key: str, status: int, body: bytes, headers: Mapping[str, str]) -> Va
     if status == 300:
         doc = json.loads(body)
         siblings = tuple(
-            Sibling(base64.b64decode(s["value"]), int(s["timestamp"]), str(s["writer"])) for s in doc["siblings"]
+            Sibling(base64.b64decode(s["value"]), int(s["timestamp"]), str(s["writer"]), int(s.get("expires_ms", 0)))
+            for s in doc["siblings"]
         )
         return Value(key, siblings, context)
     if status != 200:
         _raise(status, body)
-    sibling = Sibling(body, int(headers.get(TIMESTAMP_HEADER, "0")), headers.get(WRITER_HEADER, ""))
+    expires_ms = int(headers.get(EXPIRES_HEADER, "0"))
+    sibling = Sibling(body, int(headers.get(TIMESTAMP_HEADER, "0")), headers.get(WRITER_HEADER, ""), expires_ms)
     return Value(key, (sibling,), context)
 
 

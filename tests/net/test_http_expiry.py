@@ -83,6 +83,10 @@ async def test_the_async_client_puts_with_a_ttl(served: tuple[TestClient, Clock]
         ack = await c.put("lease", b"v", ttl_ms=5_000)
         got = await c.get("lease")
         assert got is not None and got.value == b"v" and got.context == ack.context
+        assert got.siblings[0].expires_ms == physical_ms(ack.timestamp) + 5_000  # the X-DSM-Expires header
+        await c.put("plain", b"p")
+        plain = await c.get("plain")
+        assert plain is not None and plain.siblings[0].expires_ms == 0
         with pytest.raises(ClientError) as refused:
             await c.put("lease", b"v", ttl_ms=0)
         assert refused.value.status == 400 and refused.value.code == "invalid_input"
@@ -104,3 +108,23 @@ async def test_a_watch_stream_reports_an_expiry_as_an_expired_line(served: tuple
     expired = next(line for line in lines if line["key"] == "s/1")
     assert expired["expired"] is True and expired["deleted"] is True and expired["timestamp"] == timestamp
     stream.close()
+
+
+async def test_siblings_carry_their_expiry(tmp_path: Path) -> None:
+    clock = Clock(START)
+    config = StorageConfig(node_id="h2", listen_addr="", conflict_resolution="siblings")
+    storage = EpidemicStorage(config, NodeInfo(), SQLiteStore(tmp_path / "h2.db"), wall_ms=clock)
+    await storage.start()
+    try:
+        async with TestClient(TestServer(create_app(storage))) as client:
+            ack = await (await client.put("/v1/kv/k?ttl_ms=1000", data=b"short")).json()
+            await client.put("/v1/kv/k", data=b"forever")  # blind: a sibling
+            r = await client.get("/v1/kv/k")
+            assert r.status == 300
+            siblings = {s["writer"] + ":" + str(s.get("expires_ms")) for s in (await r.json())["siblings"]}
+            assert siblings == {f"h2:{physical_ms(ack['timestamp']) + 1_000}", "h2:None"}
+            clock.ms += 1_000  # the expired sibling is hidden: one value left
+            r = await client.get("/v1/kv/k")
+            assert r.status == 200 and await r.read() == b"forever" and "X-DSM-Expires" not in r.headers
+    finally:
+        await storage.close()

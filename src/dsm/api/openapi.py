@@ -18,6 +18,7 @@ from dsm.core.consistency import LEVEL_NAMES
 CONTEXT_HEADER = "X-DSM-Context"
 TIMESTAMP_HEADER = "X-DSM-Timestamp"
 WRITER_HEADER = "X-DSM-Writer"
+EXPIRES_HEADER = "X-DSM-Expires"
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -168,6 +169,10 @@ OPENAPI: dict[str, Any] = {
             },
             "Timestamp": {"description": "the value's HLC timestamp", "schema": {"type": "string"}},
             "Writer": {"description": "the node that accepted the value", "schema": {"type": "string"}},
+            "Expires": {
+                "description": "Unix ms from which the value reads as absent (only for a value written with ttl_ms)",
+                "schema": {"type": "string"},
+            },
             "RetryAfter": {"description": "seconds to wait before retrying", "schema": {"type": "string"}},
         },
         "responses": {
@@ -220,6 +225,7 @@ OPENAPI: dict[str, Any] = {
                                 "value": {"type": "string", "format": "byte"},
                                 "timestamp": {"type": "integer"},
                                 "writer": {"type": "string"},
+                                "expires_ms": {"type": "integer", "description": "only for a value that expires"},
                             },
                         },
                     },
@@ -289,6 +295,7 @@ OPENAPI: dict[str, Any] = {
                             **_CONTEXT_OUT,
                             TIMESTAMP_HEADER: _ref("headers", "Timestamp"),
                             WRITER_HEADER: _ref("headers", "Writer"),
+                            EXPIRES_HEADER: _ref("headers", "Expires"),
                         },
                         "content": _OPAQUE,
                     },

@@ -24,7 +24,7 @@ from aiohttp import web
 from dsm.api import parsing
 from dsm.api.connections import ConnectionPool
 from dsm.api.errors import ApiError
-from dsm.api.openapi import CONTEXT_HEADER, TIMESTAMP_HEADER, WRITER_HEADER
+from dsm.api.openapi import CONTEXT_HEADER, EXPIRES_HEADER, TIMESTAMP_HEADER, WRITER_HEADER
 from dsm.node import EpidemicStorage, Watch
 from dsm.node.watches import End, Event, Item, Resync
 
@@ -115,12 +115,17 @@ class KeyRoutes:
                 WRITER_HEADER: newest.writer,
                 "Content-Type": "application/octet-stream",
             }
+            if newest.expires_ms:
+                headers[EXPIRES_HEADER] = str(newest.expires_ms)
             return web.Response(body=newest.value, headers=headers)
         headers = {CONTEXT_HEADER: result.context}
-        siblings = [
-            {"value": base64.b64encode(s.value).decode(), "timestamp": s.timestamp, "writer": s.writer}
-            for s in result.siblings
-        ]
+        siblings: list[dict[str, object]] = []
+        for s in result.siblings:
+            sibling: dict[str, object] = {"value": base64.b64encode(s.value).decode(), "timestamp": s.timestamp}
+            sibling["writer"] = s.writer
+            if s.expires_ms:
+                sibling["expires_ms"] = s.expires_ms
+            siblings.append(sibling)
         body = {"key": key, "context": result.context, "siblings": siblings}
         return web.json_response(body, status=300, headers=headers)
 
