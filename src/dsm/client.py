@@ -263,7 +263,14 @@ class Client:
             headers[CONTEXT_HEADER] = context
         if conditions:
             headers.update(conditions)
-        for attempt in (0, 1):  # a kept-alive connection the node closed is retried once on a new one
+        # A kept-alive connection the node closed is retried once on a new one; a conditional write is never
+        # sent twice (the first may have been applied, and its retry would then fail its condition): it goes
+        # on a new connection, once, and a broken one is `UnreachableError` (outcome unknown).
+        attempts: tuple[int, ...] = (0, 1)
+        if conditions:
+            self.close()
+            attempts = (1,)
+        for attempt in attempts:
             if self._conn is None:
                 if self._ssl is not None:
                     self._conn = http.client.HTTPSConnection(
@@ -370,11 +377,27 @@ class AsyncClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._once: aiohttp.ClientSession | None = None
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _connector(self) -> aiohttp.TCPConnector | None:
+        return aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+
+    def _open(self, once: bool = False) -> aiohttp.ClientSession:
+        if once:
+            # Conditional writes: aiohttp sends a PUT or DELETE again when the connection breaks before the
+            # answer (RFC 9112 lets it: they are idempotent), but a conditional write is not: its first copy
+            # may have been applied and the second would fail its condition. aiohttp 3.x has no public switch
+            # for that retry; this session turns it off (tests/net/test_client.py checks it stays off).
+            if self._once is None:
+                self._once = aiohttp.ClientSession(
+                    timeout=self._timeout, headers=self._headers, connector=self._connector()
+                )
+                self._once._retry_connection = False
+            return self._once
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers, connector=connector)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers=self._headers, connector=self._connector()
+            )
         return self._session
 
     async def _request(
@@ -385,7 +408,7 @@ class AsyncClient:
         context: str | None = None,
         conditions: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        session = self._open()
+        session = self._open(once=bool(conditions))
         headers = {CONTEXT_HEADER: context} if context else None
         if conditions:
             headers = {**(headers or {}), **conditions}
@@ -485,6 +508,9 @@ class AsyncClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._once is not None:
+            await self._once.close()
+            self._once = None
 
     async def __aenter__(self) -> AsyncClient:
         return self

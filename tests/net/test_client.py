@@ -137,3 +137,55 @@ async def test_a_key_the_node_cannot_take_is_refused_before_sending(async_url: s
     async with AsyncClient(async_url) as ac:
         with pytest.raises(InvalidKeyError):
             await ac.get("")
+
+
+class _Hangup:
+    """A TCP server that reads each request's head and closes without answering, counting the requests."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.requests = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                if data:
+                    self.requests += 1
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_a_conditional_write_is_never_sent_twice(conditional: bool) -> None:
+    """A plain write whose connection breaks before the answer is sent again once (it is idempotent); a
+    conditional one is not (its first copy may have been applied, and the second would fail its
+    condition): the caller gets UnreachableError, an unknown outcome."""
+    server = _Hangup()
+    with Client(server.url, timeout=5) as client, pytest.raises(UnreachableError):
+        client.put("k", b"v", if_absent=conditional)
+    assert server.requests == (1 if conditional else 2)
+
+    async def run() -> None:
+        async with AsyncClient(server.url, timeout=5) as client:
+            with pytest.raises(UnreachableError):
+                await client.put("k", b"v", if_absent=conditional)
+
+    server.requests = 0
+    asyncio.run(run())
+    if conditional:
+        assert server.requests == 1
+    server.sock.close()
