@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
-from dsm.core.cas_group import cas_group
+from dsm.core.cas_group import GROUP_SIZE, cas_group
 from dsm.core.cas_ops import Operation, cas_request, request_operation
 from dsm.core.cas_proposer import CasDone, CasEffect, CasOutcome, CasProposer
 from dsm.core.coordinator import Coordinator, LevelDone
@@ -191,7 +191,11 @@ class NodeCore:
                 continue
             out.append(effect)
             if type(effect) is Store and effect.path == "cas" and effect.items[0].id:
-                out.extend(self.peer.publish(now, effect.items))
+                # Every member outside the key's group needs it; when there is none (a cluster no larger than
+                # a group), the round's commit to the group has already delivered it everywhere.
+                reach = cas_group(self.peer.directory, self.peer.table, effect.items[0].key, GROUP_SIZE + 1)
+                if len(reach) > GROUP_SIZE:
+                    out.extend(self.peer.publish(now, effect.items))
         return out
 
     def _next_session(self) -> int:
