@@ -55,7 +55,7 @@ SAMPLES: list[typing.Any] = [
     m.ReadReply(10, "b", (("k1", b"v"),), True),
     m.CasPrepare(11, "a", "k", (5, "a", 1)),
     m.CasPromise(11, "b", True, (5, "a", 1), (0, "", 0), b"", b"row"),
-    m.CasAccept(11, "a", "k", (5, "a", 1), b"state"),
+    m.CasAccept(11, "a", "k", (5, "a", 1), b"state", (6, "a", 1)),
     m.CasAccepted(11, "b", False, (7, "c", 2)),
     m.CasCommit("a", "k", (5, "a", 1), b"state"),
     m.CasRequest(7, "a", "k", 1, True, b"v", "context-token", 2000, 30_000),

@@ -68,14 +68,18 @@ def prepare(
 
 
 def accept(
-    state: AcceptorState, ballot: Ballot, value: bytes, wall_ms: int, max_offset_ms: int
+    state: AcceptorState, ballot: Ballot, value: bytes, wall_ms: int, max_offset_ms: int, then: Ballot = ZERO
 ) -> tuple[AcceptorState | None, Vote]:
-    """The answer to an accept of `value` at `ballot`, and the new state to make durable first."""
+    """The answer to an accept of `value` at `ballot`, and the new state to make durable first. With `then` (a
+    ballot above `ballot`, not skewed) the acceptor also promises it: an accept is then the prepare of the
+    proposer's next round too, whose state is the one accepted here (nothing else can be accepted in between:
+    every ballot below `then` is refused from now on)."""
     if _skewed(ballot, wall_ms, max_offset_ms):
         return None, Vote(False, state.promised, reason=REFUSED_SKEW)
     if ballot < state.promised:
         return None, Vote(False, state.promised, reason=REFUSED_BALLOT)
-    return AcceptorState(ballot, ballot, value, state.committed), Vote(True, ballot)
+    promised = then if then > ballot and not _skewed(then, wall_ms, max_offset_ms) else ballot
+    return AcceptorState(promised, ballot, value, state.committed), Vote(True, promised)
 
 
 def commit(state: AcceptorState, ballot: Ballot) -> AcceptorState | None:
@@ -153,7 +157,7 @@ def serve(
         )
         return Served(new, reply)
     if isinstance(message, CasAccept):
-        new, vote = accept(state, Ballot(*message.ballot), message.value, wall_ms, max_offset_ms)
+        new, vote = accept(state, Ballot(*message.ballot), message.value, wall_ms, max_offset_ms, Ballot(*message.then))
         return Served(new, CasAccepted(message.seq, node_id, vote.ok, vote.promised))
     return Served(commit(state, Ballot(*message.ballot)), None, message.value)
 

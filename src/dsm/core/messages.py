@@ -338,13 +338,15 @@ class CasPromise(NamedTuple):
 
 
 class CasAccept(NamedTuple):
-    """Accept `value` (an encoded version set) for `key` at `ballot`."""
+    """Accept `value` (an encoded version set) for `key` at `ballot`, and promise `then` (a higher ballot, or
+    the zero ballot for none) with it: the proposer's next round on the key may skip its prepare."""
 
     seq: int
     source: str
     key: str
     ballot: tuple[int, str, int]
     value: bytes
+    then: tuple[int, str, int]
 
 
 class CasAccepted(NamedTuple):

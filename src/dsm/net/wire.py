@@ -337,7 +337,7 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.READ_REPLY: (m.ReadReply, (_int, _id, _tuple_of(_entry), _bool)),
     MessageType.CAS_PREPARE: (m.CasPrepare, (_int, _id, _str, _ballot)),
     MessageType.CAS_PROMISE: (m.CasPromise, (_int, _id, _bool, _ballot, _ballot, _bytes, _bytes)),
-    MessageType.CAS_ACCEPT: (m.CasAccept, (_int, _id, _str, _ballot, _bytes)),
+    MessageType.CAS_ACCEPT: (m.CasAccept, (_int, _id, _str, _ballot, _bytes, _ballot)),
     MessageType.CAS_ACCEPTED: (m.CasAccepted, (_int, _id, _bool, _ballot)),
     MessageType.CAS_COMMIT: (m.CasCommit, (_id, _str, _ballot, _bytes)),
     MessageType.CAS_REQUEST: (m.CasRequest, (_int, _id, _str, _int, _bool, _bytes, _str, _int, _int)),
