@@ -2,7 +2,8 @@
 is taken once each holds the other's features record, refused with `FeatureUnavailableError` naming the
 member whose record lacks `ttl` (here: withdrawn, as a node of an older build never has one), taken again
 when it publishes, and when the blocking member has left; writes without a TTL never wait. Over HTTP the
-refusal is a 409 `feature_unavailable` with the members."""
+refusal is a 409 `feature_unavailable` with the members. And on the same two nodes: a key that expired reads
+as absent at every level (the merged reads of `quorum` and `all` too) on both, with no row rewritten."""
 
 from __future__ import annotations
 
@@ -95,3 +96,24 @@ async def test_ttl_writes_wait_until_every_member_that_has_not_left_supports_the
     await eventually(refused)
     await b.leave()  # a member that left does not block
     await eventually(lambda: ttl_put_taken(a))
+
+
+async def test_an_expired_key_reads_absent_at_every_level_on_every_node(nodes: list[EpidemicStorage]) -> None:
+    a, b = nodes
+    await eventually(lambda: ttl_put_taken(a))
+    await a.put("short", b"v", ttl_ms=2_000, consistency="all")  # on both nodes when it returns
+
+    assert await b.store.read("short") is not None
+
+    async def absent_everywhere() -> bool:
+        for node in nodes:
+            for level in ("local", "quorum", "all"):
+                if await node.get("short", consistency=level) is not None:
+                    return False
+            if "short" in (await node.list_keys())[0]:
+                return False
+        return True
+
+    await eventually(absent_everywhere, timeout=15)
+    for node in nodes:  # nothing was rewritten at expiry: both still hold the same row
+        assert await node.store.read("short") == await a.store.read("short") is not None
