@@ -100,6 +100,14 @@ async def test_ttl_writes_wait_until_every_member_that_has_not_left_supports_the
 
 async def test_an_expired_key_reads_absent_at_every_level_on_every_node(nodes: list[EpidemicStorage]) -> None:
     a, b = nodes
+
+    async def both_alive() -> bool:
+        return all(
+            (peer := runtime_of(node).peer) is not None and peer.member_state(f"g{1 - i}") == State.ALIVE
+            for i, node in enumerate(nodes)
+        )
+
+    await eventually(both_alive)
     await eventually(lambda: ttl_put_taken(a))
     await a.put("short", b"v", ttl_ms=2_000, consistency="all")  # on both nodes when it returns
 

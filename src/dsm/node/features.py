@@ -7,7 +7,10 @@ factory publishes it once the node has joined. `FeatureGate.require(feature)` lo
 members that have not left (alive, suspect and dead ones: a dead member may come back with its old build) and
 raises `FeatureUnavailableError` naming those whose record is missing or lacks the feature. A member whose
 record has not arrived yet blocks too, so just after a join a gated request may be refused for the moment
-the record takes to spread (one gossip round).
+the record takes to spread (one gossip round). The limit: the gate sees the members this node knows of; a
+node of an older build that joins while a gated write is made, before this node has heard of it, is not
+counted (it then refuses that key's versions as corrupt, and keeps its older state of the key, until it is
+upgraded).
 
 Why: a version with an expiry is encoded with a 5th field that a node built before expiries existed refuses
 as corrupt; it would keep the old value and anti-entropy would resend the key every round. So `ttl` writes
