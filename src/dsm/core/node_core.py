@@ -134,18 +134,27 @@ class NodeCore:
         members proposing themselves brings that to 2.3 %, with 27 % more operations done.)"""
         assert self.proposer is not None, "conditional writes are not enabled on this core"
         home = self._home(key)
-        if home == self.peer.id or self.peer.id in cas_group(self.peer.directory, self.peer.table, key):
+        if home == self.peer.id:
             return self._proposed(now, self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))
         self._forwarded[request] = home
         heapq.heappush(self._forward_timers, (now + timeout_ms + timeout_ms // 4 + 1, request))
         return [Send(home, self._address_of(home), cas_request(request, self.peer.id, key, operation, timeout_ms))]
 
     def _home(self, key: str) -> str:
-        me = self.peer.id
-        for member in cas_group(self.peer.directory, self.peer.table, key):
-            if member == me or self.peer.member_state(member) is State.ALIVE:
+        """The member of the key's group an operation goes to: the first alive in this node's region (its
+        rounds then cross regions only when the group's majority does), else the first alive; this node
+        itself when it is in the group or sees none of it alive."""
+        me, peer = self.peer.id, self.peer
+        directory = peer.directory
+        region = peer.info.region
+        alive = [m for m in cas_group(directory, peer.table, key) if m == me or peer.member_state(m) is State.ALIVE]
+        if not alive or me in alive:
+            return me
+        for member in alive:
+            slot = directory.slot(member)
+            if slot is not None and directory.infos[slot].region == region:
                 return member
-        return me
+        return alive[0]
 
     def _serve_request(self, now: int, source: str, message: CasRequest) -> list[CoreEffect]:
         """Runs an operation another node forwarded here (this node is the key's home, as it sees it)."""
