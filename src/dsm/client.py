@@ -91,6 +91,21 @@ class OutcomeUnknownError(ConsistencyUnmetError):
     """A conditional write may or may not have taken effect (HTTP 503, code `outcome_unknown`)."""
 
 
+class _BrokenBeforeAnswer(aiohttp.ClientConnectionError):
+    """A request's connection broke before its answer (not an error aiohttp resends after)."""
+
+
+async def _not_resent(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """Client middleware: the connection errors after which aiohttp would send the request again become
+    `_BrokenBeforeAnswer`, which it does not resend (the caller sees `UnreachableError`: an unknown outcome)."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise  # not connected: nothing was sent (and aiohttp does not resend these)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise _BrokenBeforeAnswer(str(exc)) from exc
+
+
 class UnreachableError(DSMError):
     """The node could not be reached (connection refused, timed out, reset)."""
 
@@ -382,17 +397,18 @@ class AsyncClient:
     def _connector(self) -> aiohttp.TCPConnector | None:
         return aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
 
-    def _open(self, once: bool = False) -> aiohttp.ClientSession:
+    def session(self, once: bool = False) -> aiohttp.ClientSession:
+        """The client's aiohttp session (made on first use); `once`: the one for requests never sent twice."""
         if once:
             # Conditional writes: aiohttp sends a PUT or DELETE again when the connection breaks before the
             # answer (RFC 9112 lets it: they are idempotent), but a conditional write is not: its first copy
-            # may have been applied and the second would fail its condition. aiohttp 3.x has no public switch
-            # for that retry; this session turns it off (tests/net/test_client.py checks it stays off).
+            # may have been applied and the second would fail its condition. aiohttp resends only after the
+            # two errors `_not_resent` turns into another (tests/net/test_client.py checks it).
             if self._once is None:
                 self._once = aiohttp.ClientSession(
-                    timeout=self._timeout, headers=self._headers, connector=self._connector()
-                )
-                self._once._retry_connection = False
+                    timeout=self._timeout, headers=self._headers, connector=self._connector(),
+                    middlewares=(_not_resent,),
+                )  # fmt: skip
             return self._once
         if self._session is None:
             self._session = aiohttp.ClientSession(
@@ -408,7 +424,7 @@ class AsyncClient:
         context: str | None = None,
         conditions: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        session = self._open(once=bool(conditions))
+        session = self.session(once=bool(conditions))
         headers = {CONTEXT_HEADER: context} if context else None
         if conditions:
             headers = {**(headers or {}), **conditions}
@@ -670,7 +686,7 @@ class WatchStream:
 
     async def _stream(self, url: str) -> AsyncIterator[dict[str, Any] | _Progress]:
         """One stream from the node at `url`, until it breaks (`UnreachableError`) or the node ends it."""
-        session = self._client._open()
+        session = self._client.session()
         query = _query(prefix=self.prefix, since=self._resume_from, values=1 if self.values else None)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._idle_timeout_s)
         try:
