@@ -14,10 +14,9 @@ transport receives (with the member the connection authenticated), and carries o
   SQL stores); its reply is sent and the entries it brought are merged. At most MAX_ANSWERS answers run at
   once; more are dropped (counted; the peer's next exchange tries again);
 - `Deliver` / `RouteFailure`: routed payloads, handed to `on_deliver` / `on_route_failure` if set.
-Members asked to store or read for another's level (`Replicate`, `ReadRequest`) are served here, from the
-replica (bounded: MAX_SERVING at once); what they answer is the core's (`coordinator.stored_reply`,
-`read_reply`). Writes committed locally are published at once (the runtime listens to the node's commits,
-`Commits.subscribe`, and hands them to `Peer.publish`).
+Other members' requests to the store (a level's `Replicate` and `ReadRequest`, a conditional write's acceptor
+messages) are served by `dsm.net.serving.Serving`, bounded. Writes committed locally are published at once
+(the runtime listens to the node's commits, `Commits.subscribe`, and hands them to `Peer.publish`).
 
 Identity across restarts: the node's incarnation is kept in the store's metadata and raised by one at
 every start, so a restarted node (after a clean stop or `kill -9`) rejoins under its id above anything
@@ -46,7 +45,7 @@ from dsm.core.anti_entropy import ReconcileStep, run_step
 from dsm.core.cas_ops import Operation as CasOperation
 from dsm.core.cas_proposer import CasDone
 from dsm.core.consistency import Level
-from dsm.core.coordinator import LevelDone, LevelEffect, read_reply, stored_reply
+from dsm.core.coordinator import LevelDone, LevelEffect
 from dsm.core.messages import (
     CasAccept,
     CasCommit,
@@ -54,11 +53,9 @@ from dsm.core.messages import (
     DataItem,
     Deliver,
     Join,
-    ReadReply,
     ReadRequest,
     Reconcile,
     Replicate,
-    Replicated,
     RouteFailure,
     Send,
     Store,
@@ -73,6 +70,7 @@ from dsm.net import chunks
 from dsm.net.looplag import LoopLag
 from dsm.net.quietlog import QuietLog
 from dsm.net.security import Keyring
+from dsm.net.serving import Serving
 from dsm.net.tls import contexts
 from dsm.net.transport import PeerLimits, Transport
 from dsm.node import Commits
@@ -88,11 +86,6 @@ MEMBERS_SAVE_S = 1.0
 JOIN_WARNING_S = 30.0
 #: Most anti-entropy answers computed at once (each may scan the store).
 MAX_ANSWERS = 4
-#: Most keys one ReadRequest may ask for (a longer one is answered as failed).
-MAX_READ_KEYS = 1024
-#: Most Replicate / ReadRequest messages served at once; more are answered as failed (the coordinator
-#: counts them as not stored, and the write still spreads by the other paths).
-MAX_SERVING = 1024
 
 
 class Runtime:
@@ -156,8 +149,8 @@ class Runtime:
         self.core: NodeCore | None = None
         self._levels: dict[int, asyncio.Future[LevelDone]] = {}
         self._cas: dict[int, asyncio.Future[CasDone]] = {}
-        self._serving = 0
-        self.level_refused = 0
+        #: Other members' requests to this node's store (levels, acceptor messages), served off the loop.
+        self.serving = Serving(commits, self._send_to, self._answer_self, self._background)
         #: Start a new cluster even if the store saved the members of one (`StorageConfig.new_cluster`).
         self.new_cluster = new_cluster
         #: Set once the node has joined (a member answered, or it started a new cluster).
@@ -374,11 +367,11 @@ class Runtime:
             self._stranger(source)
         kind = type(message)
         if kind is Replicate:
-            self._on_replicate(source, message)
+            self.serving.replicate(source, message)
         elif kind is CasPrepare or kind is CasAccept or kind is CasCommit:
-            self._on_acceptor(source, message)
+            self.serving.acceptor(source, message)
         elif kind is ReadRequest:
-            self._on_read_request(source, message)
+            self.serving.read(source, message)
         elif kind is Reconcile and self._answering >= MAX_ANSWERS:
             self.anti_entropy_dropped += 1  # the peer's next exchange tries again
         else:
@@ -511,75 +504,15 @@ class Runtime:
         finally:
             del self._cas[request]
 
-    def _on_acceptor(self, source: str, message: CasPrepare | CasAccept | CasCommit) -> None:
-        if message.source != source:
-            return  # only the member the connection authenticated may ask for its own rounds
-        if self._serving >= MAX_SERVING:
-            self.level_refused += 1  # no answer: the proposer counts this acceptor as down for the phase
-            return
-        self._serving += 1
-        self._background(self._serve_acceptor(source, message))
-
-    async def _serve_acceptor(self, source: str, message: CasPrepare | CasAccept | CasCommit) -> None:
-        reply = None
-        try:
-            reply = await self.commits.serve_acceptor(message)
-        except Exception as exc:  # closed or the store failed: no answer (never one that is not durable)
-            log.warning("serving a conditional write's %s for %s failed: %s", type(message).__name__, source, exc)
-        finally:
-            self._serving -= 1
-        if reply is None:
-            return
-        if source == self.node_id:
-            assert self.core is not None
-            self._apply(self.core.handle(self.now(), source, reply))
-        else:
-            self.transport.send(source, self._addr_of(source), reply)
-
-    def _on_replicate(self, source: str, message: Replicate) -> None:
-        if self._serving >= MAX_SERVING:
-            self.level_refused += 1
-            self._reply(source, stored_reply(message, self.node_id, False))
-            return
-        self._serving += 1
-        self._background(self._serve_replicate(source, message))
-
-    async def _serve_replicate(self, source: str, message: Replicate) -> None:
-        stored = False
-        try:
-            stored = await self.commits.store_replicated(message.items)
-        except Exception as exc:  # closed or the store failed: not stored, and the coordinator is told so
-            self.merge_failures += 1
-            log.warning("storing %d items for %s failed: %s", len(message.items), source, exc)
-        finally:
-            self._serving -= 1
-        self._reply(source, stored_reply(message, self.node_id, stored))
-
-    def _on_read_request(self, source: str, message: ReadRequest) -> None:
-        if self._serving >= MAX_SERVING or len(message.keys) > MAX_READ_KEYS:
-            self.level_refused += 1
-            self._reply(source, read_reply(message, self.node_id, (), False))
-            return
-        self._serving += 1
-        self._background(self._serve_read(source, message))
-
-    async def _serve_read(self, source: str, message: ReadRequest) -> None:
-        entries: tuple[tuple[str, bytes], ...] = ()
-        ok = False
-        try:
-            entries = tuple((await self.commits.read_raw(message.keys)).items())
-            ok = True
-        except Exception as exc:
-            log.warning("reading %d keys for %s failed: %s", len(message.keys), source, exc)
-        finally:
-            self._serving -= 1
-        self._reply(source, read_reply(message, self.node_id, entries, ok))
-
-    def _reply(self, target: str, message: Replicated | ReadReply | None) -> None:
-        if message is not None:
-            self.transport.send(target, self._addr_of(target), message)
-
     # ------------------------------------------------------------------ anti-entropy
+
+    def _send_to(self, node_id: str, message: Any) -> None:
+        self.transport.send(node_id, self._addr_of(node_id), message)
+
+    def _answer_self(self, message: Any) -> None:
+        """An answer this node's store work gives its own core (an acceptor answering its own proposer)."""
+        if self.core is not None:
+            self._apply(self.core.handle(self.now(), self.node_id, message))
 
     def _addr_of(self, node_id: str) -> str:
         assert self.peer is not None
