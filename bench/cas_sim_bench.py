@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=0, help="default 200 (5 with --two-region)")
     parser.add_argument("--json", default="")
     parser.add_argument("--two-region", action="store_true", help="latency on a two-region cluster instead")
+    parser.add_argument("--joins", type=int, default=0, help="nodes joining during each run (not safe yet)")
+    parser.add_argument("--leaves", type=int, default=0, help="members leaving during each run (not safe yet)")
     args = parser.parse_args()
     if args.two_region:
         started = time.perf_counter()
@@ -112,7 +114,7 @@ def main() -> None:
     latencies: list[float] = []
     operations = 0
     for seed in range(1, args.seeds + 1):
-        run = run_cas_workload(CasParams(seed))
+        run = run_cas_workload(CasParams(seed, joins=args.joins, leaves=args.leaves))
         verdict = run.check()
         if verdict.violation is not None:
             violations.append(seed)
@@ -125,6 +127,8 @@ def main() -> None:
         operations += len(run.history)
     report = {
         "seeds": args.seeds,
+        "joins": args.joins,
+        "leaves": args.leaves,
         "violations": violations,
         "checker_unknown": unknown,
         "operations_checked": operations,

@@ -60,6 +60,7 @@ SAMPLES: list[typing.Any] = [
     m.CasCommit("a", "k", (5, "a", 1), b"state"),
     m.CasRequest(7, "a", "k", 1, True, b"v", "context-token", 2000, 30_000),
     m.CasResult(7, "b", "applied", b"state"),
+    m.CasCommits("a", (m.CommitEntry("k", (5, "a", 1), b"state"), m.CommitEntry("j", (6, "a", 1), b""))),
 ]
 
 

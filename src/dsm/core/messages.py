@@ -367,6 +367,22 @@ class CasCommit(NamedTuple):
     value: bytes
 
 
+class CommitEntry(NamedTuple):
+    """One chosen state in a `CasCommits`."""
+
+    key: str
+    ballot: tuple[int, str, int]
+    value: bytes
+
+
+class CasCommits(NamedTuple):
+    """Several `CasCommit`s to one acceptor in one message (a proposer gathers its commits to each member for
+    a moment: they are not on any operation's critical path)."""
+
+    source: str
+    entries: tuple[CommitEntry, ...]
+
+
 class CasRequest(NamedTuple):
     """Run a conditional operation on `key` as its home (the first live member of its acceptor group), for the
     node that took it (`source`), within `timeout_ms`. `kind`: 0 if-absent, 1 if-match (`context`: the
@@ -428,6 +444,7 @@ Message = (
     | CasAccept
     | CasAccepted
     | CasCommit
+    | CasCommits
     | CasRequest
     | CasResult
     | ReadRequest

@@ -34,9 +34,12 @@ from dsm.core.encoding import DecodeError, decode_versions, encode_versions
 from dsm.core.hlc import HybridLogicalClock
 from dsm.core.messages import (
     CasAccepted,
+    CasCommit,
+    CasCommits,
     CasPromise,
     CasRequest,
     CasResult,
+    CommitEntry,
     Effect,
     Message,
     ReadReply,
@@ -51,6 +54,10 @@ from dsm.core.versions import Resolution
 
 CoreEffect = Effect | LevelDone | ReconcileStep | CasDone
 
+#: How long a proposer gathers its commits to a member before sending them in one message, and the most
+#: bytes of them it holds for one member.
+COMMIT_GATHER_MS = 2
+COMMIT_GATHER_BYTES = 256 << 10
 #: The shortest wait of a conditional write's phase for a majority; it waits twice the level requests' hedge
 #: (six smoothed round trips) when that is longer, so a round across regions is not given up too early.
 PHASE_TIMEOUT_MIN_MS = 100
@@ -104,6 +111,10 @@ class NodeCore:
         self._forwarded: dict[int, str] = {}
         self._forward_timers: list[tuple[int, int]] = []
         self._serving_for: dict[int, tuple[str, int]] = {}
+        # Commits of chosen states gathered per member (`_gather_commit`), and when they go.
+        self._commits: dict[str, list[CommitEntry]] = {}
+        self._commit_bytes: dict[str, int] = {}
+        self._commits_due: int | None = None
         self._wall_ms: Callable[[], int] = lambda: now
         if conditional is not None:
             directory, table = peer.directory, peer.table
@@ -139,6 +150,27 @@ class NodeCore:
         self._forwarded[request] = home
         heapq.heappush(self._forward_timers, (now + timeout_ms + timeout_ms // 4 + 1, request))
         return [Send(home, self._address_of(home), cas_request(request, self.peer.id, key, operation, timeout_ms))]
+
+    def _gather_commit(self, now: int, member: str, commit: CasCommit) -> list[CoreEffect]:
+        """Holds a round's commit to `member` for COMMIT_GATHER_MS, to send with the others made meanwhile
+        (one message instead of one per round); sends at once what reached COMMIT_GATHER_BYTES."""
+        entries = self._commits.setdefault(member, [])
+        entries.append(CommitEntry(commit.key, commit.ballot, commit.value))
+        self._commit_bytes[member] = self._commit_bytes.get(member, 0) + len(commit.value) + len(commit.key)
+        if self._commit_bytes[member] >= COMMIT_GATHER_BYTES:
+            return [self._commits_to(member)]
+        if self._commits_due is None:
+            self._commits_due = now + COMMIT_GATHER_MS
+        return []
+
+    def _commits_to(self, member: str) -> Send:
+        entries = self._commits.pop(member)
+        del self._commit_bytes[member]
+        return Send(member, self._address_of(member), CasCommits(self.peer.id, tuple(entries)))
+
+    def _flush_commits(self) -> list[CoreEffect]:
+        self._commits_due = None
+        return [self._commits_to(member) for member in list(self._commits)]
 
     def _home(self, key: str) -> str:
         """The member of the key's group an operation goes to: the first alive in this node's region (its
@@ -192,6 +224,9 @@ class NodeCore:
         broadcast tree like a local write, so every replica has it as soon as any write would."""
         out: list[CoreEffect] = []
         for effect in effects:
+            if type(effect) is Send and type(effect.message) is CasCommit:
+                out.extend(self._gather_commit(now, effect.node_id, effect.message))
+                continue
             if type(effect) is CasDone and effect.request in self._serving_for:
                 source, request = self._serving_for.pop(effect.request)
                 state = b"" if effect.state is None else encode_versions(effect.state)
@@ -237,10 +272,10 @@ class NodeCore:
         proposer = self.proposer
         if proposer is not None:
             due = proposer.next_deadline()
-            if self._forward_timers and (due is None or self._forward_timers[0][0] < due):
-                due = self._forward_timers[0][0]
             if due is not None and due <= now:
                 out.extend(self._proposed(now, proposer.tick(now, self._wall_ms())))
+            if self._commits_due is not None and self._commits_due <= now:
+                out.extend(self._flush_commits())
             forward = self._forward_timers
             while forward and forward[0][0] <= now:
                 _, request = heapq.heappop(forward)
@@ -269,6 +304,9 @@ class NodeCore:
                 other = self._forward_timers[0][0]
                 if deadline is None or other < deadline:
                     deadline = other
+            other_due = self._commits_due
+            if other_due is not None and (deadline is None or other_due < deadline):
+                deadline = other_due
         anti_entropy = self.anti_entropy
         if anti_entropy is not None and not self._context.left:
             due = anti_entropy.due

@@ -49,6 +49,7 @@ from dsm.core.coordinator import LevelDone, LevelEffect
 from dsm.core.messages import (
     CasAccept,
     CasCommit,
+    CasCommits,
     CasPrepare,
     DataItem,
     Deliver,
@@ -370,6 +371,9 @@ class Runtime:
             self.serving.replicate(source, message)
         elif kind is CasPrepare or kind is CasAccept or kind is CasCommit:
             self.serving.acceptor(source, message)
+        elif kind is CasCommits:
+            for entry in message.entries:
+                self.serving.acceptor(source, CasCommit(message.source, entry.key, entry.ballot, entry.value))
         elif kind is ReadRequest:
             self.serving.read(source, message)
         elif kind is Reconcile and self._answering >= MAX_ANSWERS:

@@ -39,6 +39,10 @@ class CasParams:
     loss: float = 0.02
     skew_max_ms: int = 300
     timeout_ms: int = 1_000
+    #: Nodes that join during the run (at 5 s, 9 s, ...) and members that leave (at 15 s, 16 s, ...).
+    #: Conditional writes are not safe across these yet (docs/consistency.md): this measures it.
+    joins: int = 0
+    leaves: int = 0
 
 
 @dataclass
@@ -150,6 +154,22 @@ def run_cas_workload(params: CasParams) -> CasRun:
     run.faults += [f"partition {sorted(cut)} 4-8 s", f"crash {victim.info.node_id} 10-13 s"]
     sim.at(start + 10_000, lambda: sim.crash(victim))
     sim.at(start + 13_000, lambda: sim.restart(victim, [n for n in sim.nodes if n is not victim and n.up][:1]))
+
+    def joiner() -> None:
+        node = sim.add_node()
+        sim.join(node, [n for n in sim.nodes if n.up][:1])
+
+    def leaver(index: int) -> None:
+        if sim.nodes[index].up:
+            sim.leave(sim.nodes[index])
+
+    for i in range(params.joins):
+        sim.at(start + 5_000 + 4_000 * i, joiner)
+    for i in range(params.leaves):
+        leaving = (victim.index + 1 + i) % params.nodes
+        sim.at(start + 15_000 + 1_000 * i, lambda index=leaving: leaver(index))  # type: ignore[misc]
+    if params.joins or params.leaves:
+        run.faults += [f"{params.joins} joins from 5 s", f"{params.leaves} leaves from 15 s"]
     sim.run_until(stop + 5_000)
     unknown = CasDone(0, CasOutcome.UNKNOWN)
     for (name, _), (operation, key, invoked, expected) in open_ops.items():  # never answered: pending

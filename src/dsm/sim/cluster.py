@@ -37,6 +37,7 @@ from dsm.core.messages import (
     OVERLAY_MESSAGES,
     CasAccept,
     CasCommit,
+    CasCommits,
     CasPrepare,
     DataItem,
     Deliver,
@@ -562,6 +563,10 @@ class Simulation:
                     continue
                 if kind_of is CasPrepare or kind_of is CasAccept or kind_of is CasCommit:
                     self._serve_cas(node, payload)
+                    continue
+                if kind_of is CasCommits:
+                    for entry in payload.entries:
+                        self._serve_cas(node, CasCommit(payload.source, entry.key, entry.ballot, entry.value))
                     continue
                 assert node.core is not None
                 effects = node.core.handle(now, payload.source, payload)
