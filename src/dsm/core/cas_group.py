@@ -9,6 +9,8 @@ then conditional writes are safe only while membership does not change.
 
 from __future__ import annotations
 
+import hashlib
+
 from dsm.core.ring import RING, Directory, MemberTable, State, position
 
 #: Members of a key's acceptor group (a majority of them must answer each phase).
@@ -25,3 +27,13 @@ def cas_group(directory: Directory, table: MemberTable, key: str, size: int = GR
     ]
     members.sort()
     return tuple(node_id for _, node_id in members[:size])
+
+
+def group_digest(group: tuple[str, ...]) -> int:
+    """A 63-bit digest of a group (its members in order), carried by prepares and accepts so that an acceptor
+    whose own view gives the key another group refuses: every phase that succeeds then has a majority of the
+    group it used agreeing on that group at that moment. This refuses proposers whose view of the members is
+    incomplete or behind while a membership change spreads; it does not by itself move acceptor state to a
+    new group (the handover of docs/design/conditional-writes.md, section 2.5)."""
+    raw = hashlib.blake2b("\x00".join(group).encode(), digest_size=8).digest()
+    return int.from_bytes(raw, "big") >> 1

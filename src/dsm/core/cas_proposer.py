@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from dsm.core.ballot import ZERO, Ballot, next_ballot
+from dsm.core.cas_group import group_digest
 from dsm.core.cas_ops import Operation, Outcome, absorb, apply
 from dsm.core.dissemination import update_id
 from dsm.core.encoding import DecodeError, decode_versions, encode_versions
@@ -293,7 +294,7 @@ class CasProposer:
         self._rounds[key] = round_
         self._by_seq[round_.seq] = round_
         self._arm_phase(now, round_)
-        message = CasPrepare(round_.seq, self.node_id, key, round_.ballot)
+        message = CasPrepare(round_.seq, self.node_id, key, round_.ballot, group_digest(group))
         return [self._send(member, message) for member in group]
 
     def _decide(self, now: int, wall_ms: int, round_: _Round) -> list[CasEffect]:
@@ -355,7 +356,8 @@ class CasProposer:
         return out + [self._send(member, self._accept(round_)) for member in round_.group]
 
     def _accept(self, round_: _Round) -> CasAccept:
-        return CasAccept(round_.seq, self.node_id, round_.key, round_.ballot, round_.value, round_.then)
+        digest = group_digest(round_.group)
+        return CasAccept(round_.seq, self.node_id, round_.key, round_.ballot, round_.value, round_.then, digest)
 
     def _chosen(self, now: int, wall_ms: int, round_: _Round) -> list[CasEffect]:
         self._end_round(round_)

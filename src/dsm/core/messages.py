@@ -316,12 +316,15 @@ class ReadReply(NamedTuple):
 
 
 class CasPrepare(NamedTuple):
-    """Promise `ballot` for `key` and say what you accepted last (and the key's data row)."""
+    """Promise `ballot` for `key` and say what you accepted last (and the key's data row). `group`: the digest
+    of the acceptor group the proposer uses (`cas_group.group_digest`); an acceptor that sees another group for
+    the key refuses."""
 
     seq: int
     source: str
     key: str
     ballot: tuple[int, str, int]
+    group: int
 
 
 class CasPromise(NamedTuple):
@@ -347,6 +350,7 @@ class CasAccept(NamedTuple):
     ballot: tuple[int, str, int]
     value: bytes
     then: tuple[int, str, int]
+    group: int
 
 
 class CasAccepted(NamedTuple):

@@ -370,7 +370,13 @@ class Runtime:
         if kind is Replicate:
             self.serving.replicate(source, message)
         elif kind is CasPrepare or kind is CasAccept or kind is CasCommit:
-            self.serving.acceptor(source, message)
+            refusal = self.core.misrouted(message) if self.core is not None else None
+            if refusal is None:
+                self.serving.acceptor(source, message)
+            elif source == self.node_id:
+                self._answer_self(refusal)
+            else:
+                self._send_to(source, refusal)
         elif kind is CasCommits:
             for entry in message.entries:
                 self.serving.acceptor(source, CasCommit(message.source, entry.key, entry.ballot, entry.value))

@@ -562,7 +562,12 @@ class Simulation:
                     self._serve_level(node, payload)
                     continue
                 if kind_of is CasPrepare or kind_of is CasAccept or kind_of is CasCommit:
-                    self._serve_cas(node, payload)
+                    assert node.core is not None
+                    refusal = node.core.misrouted(payload)
+                    if refusal is None:
+                        self._serve_cas(node, payload)
+                    else:
+                        self._apply_effects(node, [Send(payload.source, "", refusal)])
                     continue
                 if kind_of is CasCommits:
                     for entry in payload.entries:
