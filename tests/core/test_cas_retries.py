@@ -215,3 +215,45 @@ def test_the_next_round_skips_its_prepare_until_another_proposer_prepares() -> N
     s.submit("n2", 20, Read())
     s.round_trip("n2")
     assert s.values(20) == [b"v2"]
+
+
+def test_a_write_only_its_own_acceptor_took_is_recognised_when_another_proposer_completes_it() -> None:
+    """Found by the simulator with churn: a value a minority accepted can be taken up by a later round of
+    another proposer even after this proposer's next prepare did not see it. Its operation, evaluated again
+    meanwhile (a second write), must be answered applied with the first write's state once that one shows
+    up chosen, not failed because the state now holds its own first write."""
+    s = Script()
+    s.submit("n0", 1, IfAbsent(b"v0"))
+    s.round_trip("n0")
+    ctx0 = s.done[1].state.context()  # type: ignore[union-attr]
+    s.now += 1
+    s.submit("n0", 2, IfMatch(ctx0, b"y"))  # R1: only n0's own acceptor takes y (dot d1)
+    for target in NODES:
+        s.deliver("n0", target, CasPrepare)
+    s.deliver("n0", "n0", CasAccept)
+    s.submit("n1", 10, Read())  # a higher prepare on n1 and n2 makes R1's other accepts fail
+    s.deliver("n1", "n1", CasPrepare)
+    s.deliver("n1", "n2", CasPrepare)
+    s.drop("n1")
+    s.deliver("n0", "n1", CasAccept)
+    s.deliver("n0", "n2", CasAccept)
+    assert 2 not in s.done
+    s.tick("n0", 10)  # R2 prepares on n1 and n2, which never took y: the operation writes again (dot d2)
+    s.deliver("n0", "n1", CasPrepare)
+    s.deliver("n0", "n2", CasPrepare)
+    # n2 prepares higher on n0 and n2: n0's y (R1's ballot) is the highest accepted there, so n2's read
+    # completes it: y is chosen.
+    s.now += 1
+    s.submit("n2", 20, Read())
+    s.deliver("n2", "n0", CasPrepare)
+    s.deliver("n2", "n2", CasPrepare)
+    s.deliver("n2", "n0", CasAccept)
+    s.deliver("n2", "n2", CasAccept)
+    assert s.outcome(20) is CasOutcome.READ and s.values(20) == [b"y"]
+    # R2's accepts: n1 takes it, n0 and n2 refuse (they promised n2's ballot): R2 fails; R3 finds y chosen.
+    for target in NODES:
+        s.deliver("n0", target, CasAccept)
+    s.drop("n0")
+    s.tick("n0", 10)
+    s.round_trip("n0")
+    assert s.outcome(2) is CasOutcome.APPLIED and s.values(2) == [b"y"]

@@ -16,7 +16,7 @@ A refusal fast-forwards the clock past the ballot that won; a failed phase (refu
 retries after a random backoff (full jitter up to `backoff_max_ms`, doubling from `backoff_base_ms`) until
 the operations' deadlines. Once an accept was sent, the round's state may already be chosen (or be chosen
 later, by a round that finds it as the highest accepted state), so an operation whose write went out is not
-simply evaluated again: the next round looks for its write in the state it prepared (`_decide`). An
+simply evaluated again: each round looks for its writes in the state it prepared (`_chosen_write`). An
 operation that reaches its deadline ends as `UNKNOWN` if an accept of it was ever sent (never as a definite
 failure), else as `REFUSED`.
 The group is fixed here; keeping quorums intersecting while membership changes is a later step (see the
@@ -39,6 +39,7 @@ from dsm.core.encoding import DecodeError, decode_versions, encode_versions
 from dsm.core.hlc import HybridLogicalClock
 from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, DataItem, Send, Store
 from dsm.core.overlay import RandomSource
+from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, VersionSet
 
 #: What a node's conditional writes add to its id as the writer of their versions: a character no node id
@@ -89,10 +90,10 @@ class _Op:
     operation: Operation
     deadline: int
     accept_sent: bool = False
-    #: The dot its write got in a round whose accept was sent but not confirmed (see `_decide`).
-    dot: Dot | None = None
-    #: The state right after its write in that round (what it is answered with once found chosen).
-    after: VersionSet | None = None
+    #: The writes it made in rounds whose accept was sent but not confirmed, oldest first: each one's dot and
+    #: the state right after it (what the operation is answered with if that write turns out chosen). See
+    #: `_propose`.
+    writes: list[tuple[Dot, VersionSet]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -317,28 +318,17 @@ class CasProposer:
         for op in round_.ops:
             if op.request not in self._ops:
                 continue  # expired meanwhile
-            if op.dot is not None:
-                # Its write went out in an earlier round that was not confirmed. If that round's state was
-                # chosen, this prepare (whose quorum meets that accept quorum) sees it or a state descending
-                # from it, whose context covers its dot (a later write superseded it). Only this proposer
-                # writes with its writer id (`writer_id`: plain writes of this node use the node id), and its
-                # later dots of the key come from rounds after this one was decided, so a covered dot was
-                # in a state some round evaluated: this round, built on that state, chooses it too. An
-                # uncovered dot was not chosen and never will be (every acceptor of this quorum now refuses
-                # its ballot): the operation is evaluated again.
-                if prepared.covers(op.dot.timestamp, op.dot.node):
-                    live.append(op)
-                    outcomes.append(Outcome.APPLIED)
-                    assert op.after is not None
-                    states.append(op.after)
-                    continue
-                op.dot = None
+            found = _chosen_write(op, prepared)
+            if found is not None:
+                live.append(op)
+                outcomes.append(Outcome.APPLIED)
+                states.append(found)
+                continue
             state, outcome = apply(
                 state, op.operation, self.clock, wall_ms, self.writer, self.resolution, self.max_siblings
             )
             if outcome is Outcome.APPLIED:
-                op.dot = Dot(state.max_timestamp, self.writer)
-                op.after = state
+                op.writes.append((Dot(state.max_timestamp, self.writer), state))
             live.append(op)
             outcomes.append(outcome)
             states.append(state)
@@ -393,7 +383,7 @@ class CasProposer:
     def _refused(self, now: int, round_: _Round) -> list[CasEffect]:
         """A phase failed (refused by too many, or too few answers): the round's operations go back to the
         front of the key's queue for a new round after a backoff, until their deadlines. Those whose accept
-        was sent keep the dot their write got, which the next round looks for (see `_decide`)."""
+        was sent keep the writes they made, which the next round looks for (see `_chosen_write`)."""
         self._end_round(round_)
         self._prepared.pop(round_.key, None)
         queue = self._queues.setdefault(round_.key, deque())
@@ -438,6 +428,27 @@ class CasProposer:
 
     def _send(self, member: str, message: CasPrepare | CasAccept | CasCommit) -> Send:
         return Send(member, self.address_of(member), message)
+
+
+def _chosen_write(op: _Op, prepared: VersionVector) -> VersionSet | None:
+    """The state after the write of `op` that a round chose, if the prepared state (`prepared`, its context)
+    shows one; None: none of its writes was chosen so far, and it is evaluated again.
+
+    An operation whose round was not confirmed may still have its write chosen later: a value a minority
+    accepted can be taken up by any later round that finds it as the highest accepted value in its prepare
+    quorum (so a prepare that does not see it proves nothing for good). What holds: at most one of the
+    operation's writes is ever chosen (each later one was made by a round that prepared a higher ballot
+    without it; if that round is chosen, nothing below its ballot is taken up again, and if the earlier write
+    is chosen first, the later round cannot be), and a chosen one is covered by the context of every state
+    prepared after it. Only this proposer writes with its writer id (`writer_id`), and its dots only grow, so
+    the newest of the operation's writes that the context covers is the one chosen: a write made after
+    the chosen one (by a round that failed) has a larger dot than anything the chosen state holds of this
+    writer. An operation evaluated again and then answered in a chosen round therefore happened exactly once.
+    """
+    for dot, after in reversed(op.writes):
+        if prepared.covers(dot.timestamp, dot.node):
+            return after
+    return None
 
 
 def _majority(group: Sequence[str]) -> int:
