@@ -26,11 +26,12 @@ def test_the_checker_catches_a_proposer_that_takes_one_answer_for_a_majority(mon
     assert not run_cas_workload(CasParams(1)).check().ok
 
 
-@pytest.mark.parametrize("seed", [3, 4, 6])
+@pytest.mark.parametrize("seed", [1, 3, 4, 6, 98])
 def test_nodes_joining_and_leaving_during_the_run_break_nothing(seed: int) -> None:
-    """Two nodes join and one member leaves while the clients run. These seeds violated linearizability
+    """Two nodes join and one member leaves while the clients run. Seeds 3, 4 and 6 violated linearizability
     before joiners refused conditional writes until they had joined (with a view of itself alone, a joiner
-    chose states on a group of one)."""
+    chose states on a group of one); 98 and 1 before a proposer kept, then resolved, the writes of its failed
+    rounds (a value only a minority accepted was taken up later by another proposer)."""
     run = run_cas_workload(CasParams(seed, joins=2, leaves=1))
     result = run.check()
     assert result.ok, f"seed {seed}: {result.summary()}"

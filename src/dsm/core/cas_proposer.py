@@ -122,6 +122,10 @@ class _Round:
     promised_then: set[str] = field(default_factory=set)
     #: Rounds in a row that skipped their prepare, this one included.
     fast: int = 0
+    #: A resolving round (see `_propose`): it accepts the prepared state unchanged, and `waiting` holds the
+    #: operations it did not evaluate, which go back to the queue after it.
+    resolving: bool = False
+    waiting: list[_Op] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -315,26 +319,41 @@ class CasProposer:
         live: list[_Op] = []
         outcomes: list[Outcome] = []
         states: list[VersionSet] = []
-        for op in round_.ops:
-            if op.request not in self._ops:
-                continue  # expired meanwhile
-            found = _chosen_write(op, prepared)
-            if found is not None:
+        ops = [op for op in round_.ops if op.request in self._ops]  # some may have expired meanwhile
+        found = {op.request: _chosen_write(op, prepared) for op in ops if op.writes}
+        if any(after is None for after in found.values()):
+            # A write of an earlier round that failed is not in the prepared state, but may still be chosen
+            # (see `_chosen_write`). Until it is found or proven lost, this proposer writes nothing on the
+            # key (a newer write of its writer would make the coverage test ambiguous): the round accepts
+            # the prepared state unchanged; once chosen, no lower ballot's value can be taken up any more.
+            round_.resolving = True
+            for op in ops:
+                after = found.get(op.request)
+                if after is not None:
+                    live.append(op)
+                    outcomes.append(Outcome.APPLIED)
+                    states.append(after)
+                else:
+                    round_.waiting.append(op)
+        else:
+            for op in ops:
+                after = found.get(op.request)
+                if after is not None:
+                    live.append(op)
+                    outcomes.append(Outcome.APPLIED)
+                    states.append(after)
+                    continue
+                state, outcome = apply(
+                    state, op.operation, self.clock, wall_ms, self.writer, self.resolution, self.max_siblings
+                )
+                if outcome is Outcome.APPLIED:
+                    op.writes.append((Dot(state.max_timestamp, self.writer), state))
                 live.append(op)
-                outcomes.append(Outcome.APPLIED)
-                states.append(found)
-                continue
-            state, outcome = apply(
-                state, op.operation, self.clock, wall_ms, self.writer, self.resolution, self.max_siblings
-            )
-            if outcome is Outcome.APPLIED:
-                op.writes.append((Dot(state.max_timestamp, self.writer), state))
-            live.append(op)
-            outcomes.append(outcome)
-            states.append(state)
-        if not live:
-            self._end_round(round_)
-            return out + self._start(now, wall_ms, round_.key)
+                outcomes.append(outcome)
+                states.append(state)
+            if not live:
+                self._end_round(round_)
+                return out + self._start(now, wall_ms, round_.key)
         round_.ops, round_.state, round_.outcomes, round_.states = live, state, outcomes, states
         round_.value = encode_versions(round_.state)
         round_.refusals.clear()  # the accept phase counts its own
@@ -357,6 +376,12 @@ class CasProposer:
         for op, outcome, after in zip(round_.ops, round_.outcomes, round_.states, strict=True):
             if self._ops.pop(op.request, None) is not None:
                 out.append(CasDone(op.request, _OF[outcome], after))
+        if round_.waiting:
+            # A resolving round was chosen on a state without those writes: they are lost for good, and
+            # their operations are evaluated again by the next round.
+            for op in round_.waiting:
+                op.writes.clear()
+            self._queues.setdefault(round_.key, deque()).extendleft(reversed(round_.waiting))
         # A state a write of this round changed is spread like a local write (the node core publishes items
         # with an id); a read's or a failed condition's identity state is stored here only.
         changed = Outcome.APPLIED in round_.outcomes
@@ -387,7 +412,7 @@ class CasProposer:
         self._end_round(round_)
         self._prepared.pop(round_.key, None)
         queue = self._queues.setdefault(round_.key, deque())
-        queue.extendleft(reversed(round_.ops))  # back to the front, in order
+        queue.extendleft(reversed(round_.ops + round_.waiting))  # back to the front
         attempt = self._attempts.get(round_.key, 0)
         self._attempts[round_.key] = attempt + 1
         ceiling = min(self.backoff_max_ms, self.backoff_base_ms << min(attempt, 20))
@@ -400,7 +425,7 @@ class CasProposer:
         self._end_round(round_)
         return [
             CasDone(op.request, CasOutcome.UNKNOWN if op.accept_sent else outcome)
-            for op in round_.ops
+            for op in round_.ops + round_.waiting
             if self._ops.pop(op.request, None)
         ]
 
@@ -432,18 +457,18 @@ class CasProposer:
 
 def _chosen_write(op: _Op, prepared: VersionVector) -> VersionSet | None:
     """The state after the write of `op` that a round chose, if the prepared state (`prepared`, its context)
-    shows one; None: none of its writes was chosen so far, and it is evaluated again.
+    shows it; None: not (yet).
 
-    An operation whose round was not confirmed may still have its write chosen later: a value a minority
-    accepted can be taken up by any later round that finds it as the highest accepted value in its prepare
-    quorum (so a prepare that does not see it proves nothing for good). What holds: at most one of the
-    operation's writes is ever chosen (each later one was made by a round that prepared a higher ballot
-    without it; if that round is chosen, nothing below its ballot is taken up again, and if the earlier write
-    is chosen first, the later round cannot be), and a chosen one is covered by the context of every state
-    prepared after it. Only this proposer writes with its writer id (`writer_id`), and its dots only grow, so
-    the newest of the operation's writes that the context covers is the one chosen: a write made after
-    the chosen one (by a round that failed) has a larger dot than anything the chosen state holds of this
-    writer. An operation evaluated again and then answered in a chosen round therefore happened exactly once.
+    A write of a round that was not confirmed may still be chosen later: a value a minority accepted can be
+    taken up by any later round that finds it as the highest accepted value in its prepare quorum, so a
+    prepare that does not show it proves nothing by itself. Two rules make the answer exact:
+    - coverage: only this proposer writes with its writer id (`writer_id`) and its dots only grow. Until the
+      fate of its writes from a failed round is known, it makes no other write on the key (`_propose` runs
+      resolving rounds, which accept the prepared state unchanged), so a context that covers one of them
+      covers it because the value holding it was taken up (with every write of that round);
+    - loss: once a resolving round whose prepared state did not cover them is chosen, no value below its
+      ballot can be taken up again: those writes are lost for good, and the operations are evaluated again.
+    So an operation answered applied had exactly one of its writes chosen, and one evaluated again had none.
     """
     for dot, after in reversed(op.writes):
         if prepared.covers(dot.timestamp, dot.node):
