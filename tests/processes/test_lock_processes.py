@@ -29,9 +29,10 @@ def test_a_paused_holder_cannot_overwrite_a_later_holders_write(procs: list[Proc
         procs.append(Proc(f"l{i}", host, tmp_path, [a.listen]))
     eventually(lambda: all(len([m for m in p.client.members() if m["state"] == "alive"]) == 3 for p in procs))
 
-    def ttl_writes_allowed() -> bool:  # the rolling-upgrade gate opens once every member's features arrived
-        try:
-            procs[2].client.put("probe", b"x", if_absent=False, ttl_ms=1000)
+    def ttl_writes_allowed() -> bool:  # the rolling-upgrade gate opens on a node once every member's record
+        try:  # of its features has reached it: on every node the test writes through
+            for proc in procs:
+                proc.client.put("probe", b"x", ttl_ms=1000)
             return True
         except Exception:
             return False
