@@ -51,6 +51,9 @@ from dsm.storage.sqlview import RANGE_SUMS, SqlRangeView
 T = TypeVar("T")
 
 _LOCK_ID = 0x44534D5F4B560001  # 'DSM_KV' + 1: the advisory lock (per database) of the dsm_kv table set
+#: Tries of the advisory lock at open, LOCK_RETRY_S apart, before the store counts as in use by another node.
+LOCK_RETRIES = 10
+LOCK_RETRY_S = 0.05
 _SCHEMA = (
     'CREATE TABLE IF NOT EXISTS dsm_kv (key TEXT COLLATE "C" PRIMARY KEY, versions BYTEA NOT NULL,'
     " digest BIGINT NOT NULL, ts BIGINT NOT NULL, seq BIGINT NOT NULL DEFAULT 0, expires_ms BIGINT)",
@@ -200,6 +203,11 @@ class PostgresStore:
     async def _prepare_writer(self, con: Any) -> None:
         try:
             locked = await (await con.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,))).fetchone()
+            for _ in range(LOCK_RETRIES):  # a previous session's end (a killed node) reaches the server late
+                if locked[0]:
+                    break
+                await asyncio.sleep(LOCK_RETRY_S)
+                locked = await (await con.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,))).fetchone()
             if not locked[0]:
                 raise StorageLockedError(
                     f"PostgreSQL {self.url} is in use by another DSM node (advisory lock held); "
@@ -227,6 +235,12 @@ class PostgresStore:
 
     async def close(self) -> None:
         self._opened = False
+        if self._w is not None and not self._w.closed and not self._w.broken:
+            # Released here, not when the server notices the session is gone: a store opened right after this
+            # one closed (a restart) would otherwise find the lock still held for a moment.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._w.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
         for con in (self._r, self._w):
             await self._discard(con)
         self._r = self._w = None
