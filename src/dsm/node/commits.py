@@ -31,7 +31,7 @@ from typing import Any
 
 from dsm.config import StorageConfig
 from dsm.core.cas_acceptor import AcceptorMessage, ServedBatch, serve_all
-from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, DataItem
+from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPromise, DataItem
 from dsm.core.replica import Commit, MergeOp, Replica, ReplicaSettings, WriteOp
 from dsm.core.vclock import VersionVector
 from dsm.errors import ClosedError, DSMError, StorageError
@@ -294,11 +294,17 @@ class Commits:
         wanted = replica.reads(ops)
         served = None
         if acceptor:
-            served = await self._serve(acceptor, wanted)
+            # One read for both: the rows the replica needs, and those of the acceptor messages' keys (a promise
+            # carries the key's row; a commit's chosen state merges into it).
+            keys = list(dict.fromkeys(op.message.key for op in acceptor))
+            rows = await self.store.read_many(list(dict.fromkeys([*wanted, *keys])))
+            served = await self._serve(acceptor, keys, rows)
             if served.chosen:  # states the rounds chose, merged like any replicated write
                 ops.append(MergeOp(tuple(DataItem(0, key, value) for key, value in served.chosen)))
                 wanted = replica.reads(ops)
-        found = await self.store.read_many(wanted) if wanted else {}
+            found = {key: rows[key] for key in wanted if key in rows}
+        else:
+            found = await self.store.read_many(wanted) if wanted else {}
         commit = replica.apply(ops, found, self.wall_ms())
         for key, reason in commit.refusals:
             log.warning("refusing remote versions of %r: %s", key, reason)
@@ -315,13 +321,10 @@ class Commits:
             except Exception:  # the commit is durable; a failing listener must not fail it
                 log.exception("a commit listener failed")
 
-    async def _serve(self, acceptor: list[AcceptorOp], wanted: list[str]) -> ServedBatch:
+    async def _serve(self, acceptor: list[AcceptorOp], keys: list[str], rows: dict[str, bytes]) -> ServedBatch:
         """The acceptor's answers to a batch's messages, from their keys' stored states and data rows (a
         promise carries the key's row, for the proposer to absorb plain writes)."""
-        keys = list(dict.fromkeys(op.message.key for op in acceptor))
         states = await self.store.read_paxos([paxos_key(key) for key in keys])
-        prepared = [op.message.key for op in acceptor if isinstance(op.message, CasPrepare)]
-        rows = await self.store.read_many(list(dict.fromkeys(prepared))) if prepared else {}
         return serve_all(
             [op.message for op in acceptor],
             {key: states[paxos_key(key)] for key in keys if paxos_key(key) in states},
