@@ -40,7 +40,8 @@ __all__ = ["AsyncLock", "FencedError", "Lock", "LockLostError", "LockTimeoutErro
 LOCK_PREFIX = "lock/"
 #: A fenced value: an 8-byte big-endian token, then the value's bytes.
 _TOKEN = struct.Struct(">Q")
-#: Longest wait between two attempts to acquire a held lock (s).
+#: First and longest wait between two attempts to acquire a held lock (s; doubling).
+RETRY_MIN_S = 0.02
 RETRY_MAX_S = 0.5
 
 
@@ -70,7 +71,40 @@ class _Held:
     context: str
 
 
-class Lock:
+class _LockState:
+    """What `Lock` and `AsyncLock` share: the key, the hold, and every decision but the I/O."""
+
+    def __init__(self, name: str, holder: str, ttl_ms: int) -> None:
+        self.key, self.holder, self.ttl_ms = LOCK_PREFIX + name, holder, ttl_ms
+        self.value = holder.encode()
+        self._held: _Held | None = None
+
+    @property
+    def token(self) -> int:
+        """The fencing token of the current hold (`LockLostError` if none)."""
+        return self._must_hold().token
+
+    def _must_hold(self) -> _Held:
+        if self._held is None:
+            raise LockLostError(f"{self.key} is not held")
+        return self._held
+
+    def _taken(self, timestamp: int, context: str) -> int:
+        self._held = _Held(timestamp, context)
+        return timestamp
+
+    def _wait(self, wait: float, deadline: float, timeout_s: float) -> float:
+        """How long to wait before the next attempt to acquire (`LockTimeoutError` past the deadline)."""
+        if time.monotonic() + wait > deadline:
+            raise LockTimeoutError(f"{self.key} stayed held for {timeout_s:g} s") from None
+        return wait
+
+    def _lost(self) -> LockLostError:
+        self._held = None
+        return LockLostError(f"{self.key} was lost (expired and taken, or released)")
+
+
+class Lock(_LockState):
     """A lock over a blocking client (see the module docstring).
 
         with Lock(client, "jobs", holder="worker-1", ttl_ms=10_000) as lock:
@@ -84,41 +118,27 @@ class Lock:
     """
 
     def __init__(self, client: Client, name: str, holder: str, ttl_ms: int) -> None:
-        self.client, self.key, self.holder, self.ttl_ms = client, LOCK_PREFIX + name, holder, ttl_ms
-        self._held: _Held | None = None
-
-    @property
-    def token(self) -> int:
-        """The fencing token of the current hold."""
-        if self._held is None:
-            raise LockLostError(f"{self.key} is not held")
-        return self._held.token
+        super().__init__(name, holder, ttl_ms)
+        self.client = client
 
     def acquire(self, timeout_s: float = 10.0) -> int:
         """Takes the lock, waiting up to `timeout_s` while another holds it; returns the fencing token."""
-        deadline = time.monotonic() + timeout_s
-        wait = 0.02
+        deadline, wait = time.monotonic() + timeout_s, RETRY_MIN_S
         while True:
             try:
-                ack = self.client.put(self.key, self.holder.encode(), if_absent=True, ttl_ms=self.ttl_ms)
+                ack = self.client.put(self.key, self.value, if_absent=True, ttl_ms=self.ttl_ms)
+                return self._taken(ack.timestamp, ack.context)
             except ConditionFailedError:
-                if time.monotonic() + wait > deadline:
-                    raise LockTimeoutError(f"{self.key} stayed held for {timeout_s:g} s") from None
-                time.sleep(wait)
+                time.sleep(self._wait(wait, deadline, timeout_s))
                 wait = min(RETRY_MAX_S, wait * 2)
-                continue
-            self._held = _Held(ack.timestamp, ack.context)
-            return ack.timestamp
 
     def renew(self) -> None:
         """Extends the hold by `ttl_ms` from now (`LockLostError` if it was lost)."""
         held = self._must_hold()
         try:
-            ack = self.client.put(self.key, self.holder.encode(), if_match=held.context, ttl_ms=self.ttl_ms)
+            held.context = self.client.put(self.key, self.value, if_match=held.context, ttl_ms=self.ttl_ms).context
         except ConditionFailedError:
-            self._held = None
-            raise LockLostError(f"{self.key} was lost (expired and taken, or released)") from None
-        held.context = ack.context
+            raise self._lost() from None
 
     def release(self) -> None:
         """Gives the lock up (nothing happens if it was already lost)."""
@@ -126,11 +146,6 @@ class Lock:
         if held is not None:
             with contextlib.suppress(ConditionFailedError):  # expired and taken meanwhile: nothing of ours
                 self.client.delete(self.key, if_match=held.context)
-
-    def _must_hold(self) -> _Held:
-        if self._held is None:
-            raise LockLostError(f"{self.key} is not held")
-        return self._held
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -140,43 +155,29 @@ class Lock:
         self.release()
 
 
-class AsyncLock:
+class AsyncLock(_LockState):
     """A lock over an `AsyncClient`: as `Lock`, with coroutines (`async with AsyncLock(...) as lock`)."""
 
     def __init__(self, client: AsyncClient, name: str, holder: str, ttl_ms: int) -> None:
-        self.client, self.key, self.holder, self.ttl_ms = client, LOCK_PREFIX + name, holder, ttl_ms
-        self._held: _Held | None = None
-
-    @property
-    def token(self) -> int:
-        if self._held is None:
-            raise LockLostError(f"{self.key} is not held")
-        return self._held.token
+        super().__init__(name, holder, ttl_ms)
+        self.client = client
 
     async def acquire(self, timeout_s: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout_s
-        wait = 0.02
+        deadline, wait = time.monotonic() + timeout_s, RETRY_MIN_S
         while True:
             try:
-                ack = await self.client.put(self.key, self.holder.encode(), if_absent=True, ttl_ms=self.ttl_ms)
+                ack = await self.client.put(self.key, self.value, if_absent=True, ttl_ms=self.ttl_ms)
+                return self._taken(ack.timestamp, ack.context)
             except ConditionFailedError:
-                if time.monotonic() + wait > deadline:
-                    raise LockTimeoutError(f"{self.key} stayed held for {timeout_s:g} s") from None
-                await asyncio.sleep(wait)
+                await asyncio.sleep(self._wait(wait, deadline, timeout_s))
                 wait = min(RETRY_MAX_S, wait * 2)
-                continue
-            self._held = _Held(ack.timestamp, ack.context)
-            return ack.timestamp
 
     async def renew(self) -> None:
-        if self._held is None:
-            raise LockLostError(f"{self.key} is not held")
-        held = self._held
+        held = self._must_hold()
         try:
-            ack = await self.client.put(self.key, self.holder.encode(), if_match=held.context, ttl_ms=self.ttl_ms)
+            ack = await self.client.put(self.key, self.value, if_match=held.context, ttl_ms=self.ttl_ms)
         except ConditionFailedError:
-            self._held = None
-            raise LockLostError(f"{self.key} was lost (expired and taken, or released)") from None
+            raise self._lost() from None
         held.context = ack.context
 
     async def release(self) -> None:
