@@ -140,14 +140,15 @@ class NodeCore:
 
         A member of the key's acceptor group proposes itself (its rounds cost one round trip to its fellow
         acceptors per phase; rounds of several members on one key may duel, which costs retries, not answers).
-        Another node forwards the operation to the key's home, the first member of the group it sees alive,
-        rather than talk to the whole group itself; it proposes itself only when it sees none of the group
-        alive. A forwarded operation whose answer does not come within its timeout (and a grace for the way
-        back) ends `UNKNOWN`: the home may have run it. (Measured on the simulator's lossy network, 40 seeds:
-        forwarding every operation to the home gave 4.4 % unknown outcomes, all forwarded answers lost;
-        members proposing themselves brings that to 2.3 %, with 27 % more operations done.)"""
+        Another node forwards the operation to the key's home (`_home`) rather than talk to the whole group
+        itself; it proposes itself only when it sees none of the group alive. A forwarded operation whose
+        answer does not come within its timeout (and a grace for the way back) ends `UNKNOWN`: the home may
+        have run it. (Measured on the simulator's lossy network, 40 seeds: forwarding every operation to the
+        home gave 4.4 % unknown outcomes, all forwarded answers lost; members proposing themselves brings
+        that to 2.3 %, with 27 % more operations done.) A node that has not joined refuses: its view is
+        itself alone."""
         assert self.proposer is not None, "conditional writes are not enabled on this core"
-        if not self.peer.joined:  # its view is itself alone (or a saved one): no group can be trusted
+        if not self.peer.joined:
             return [CasDone(request, CasOutcome.REFUSED)]
         home = self._home(key)
         if home == self.peer.id:

@@ -93,16 +93,13 @@ class Conditionals:
         else:
             done = await self._standalone(key, operation)
         self.stats[(kind, done.outcome.value)] += 1
+        doing = "read" if kind == "read" else "write"
         if done.outcome is CasOutcome.REFUSED:
-            raise ConsistencyError(
-                LINEARIZABLE, "read" if kind == "read" else "write", 0, 0, {},
-                "a majority of the key's acceptor group did not answer in time; nothing was written",
-            )  # fmt: skip
+            reason = "a majority of the key's acceptor group did not answer in time; nothing was written"
+            raise ConsistencyError(LINEARIZABLE, doing, 0, 0, {}, reason)
         if done.outcome is CasOutcome.UNKNOWN:
-            raise OutcomeUnknownError(
-                LINEARIZABLE, "read" if kind == "read" else "write", 0, 0, {},
-                "the key's acceptor group did not confirm in time: the operation may or may not have taken effect",
-            )  # fmt: skip
+            reason = "the key's acceptor group did not confirm in time: the operation may or may not have taken effect"
+            raise OutcomeUnknownError(LINEARIZABLE, doing, 0, 0, {}, reason)
         assert done.state is not None
         if self.network is not None and done.state.versions:
             # Durable here before the caller hears of it: a `local` read on this node sees the chosen state.
