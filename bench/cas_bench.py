@@ -45,7 +45,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -65,6 +64,7 @@ from common import (
     CpuWindow,
     HttpConnection,
     Profiler,
+    Workers,
     dsm_cluster,
     etcd_cluster,
     hot_spots,
@@ -318,28 +318,11 @@ def worker_main(pipe: Connection) -> None:
         pipe.send(uvloop.run(run_share(spec)))
 
 
-class Generator:
+class Generator(Workers):
     """G generator processes; client i runs in process i mod G."""
 
     def __init__(self, processes: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
-        for _ in range(processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child,), daemon=True)
-            proc.start()
-            self.pipes.append(parent)
-            self.procs.append(proc)
-
-    def close(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(OSError):
-                pipe.send(None)
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+        super().__init__(processes, worker_main)
 
     def phase(
         self,

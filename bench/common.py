@@ -559,17 +559,17 @@ def worker_main(pipe: Connection) -> None:
         pipe.send(uvloop.run(run_clients(spec)))
 
 
-class Generator:
-    """G generator processes sharing `concurrency` clients (client i in process i mod G)."""
+class Workers:
+    """`processes` spawned generator processes, each running `target(pipe)` (it answers a phase per message
+    until it receives None); `close` ends them."""
 
-    def __init__(self, processes: int, concurrency: int, client: str) -> None:
+    def __init__(self, processes: int, target: Callable[[Connection], None]) -> None:
         ctx = mp.get_context("spawn")
-        self.concurrency, self.client = concurrency, client
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
         for _ in range(processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child,), daemon=True)
+            proc = ctx.Process(target=target, args=(child,), daemon=True)
             proc.start()
             self.pipes.append(parent)
             self.procs.append(proc)
@@ -582,6 +582,14 @@ class Generator:
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
+
+
+class Generator(Workers):
+    """G generator processes sharing `concurrency` clients (client i in process i mod G)."""
+
+    def __init__(self, processes: int, concurrency: int, client: str) -> None:
+        super().__init__(processes, worker_main)
+        self.concurrency, self.client = concurrency, client
 
     def phase(
         self,
