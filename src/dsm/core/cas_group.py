@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import hashlib
 
-from dsm.core.ring import RING, Directory, MemberTable, State, position
+from dsm.core.ring import Directory, MemberTable, State, position
 
 #: Members of a key's acceptor group (a majority of them must answer each phase).
 GROUP_SIZE = 3
 
 
 def cas_group(directory: Directory, table: MemberTable, key: str, size: int = GROUP_SIZE) -> tuple[str, ...]:
-    """The node ids of `key`'s acceptor group, nearest first (fewer when fewer members are known)."""
-    start = position(key)
-    members = [
-        ((directory.positions[slot] - start) % RING, directory.infos[slot].node_id)
-        for slot in range(len(directory.infos))
-        if table.raw_state(slot) not in (State.UNKNOWN, State.LEFT)
-    ]
-    members.sort()
-    return tuple(node_id for _, node_id in members[:size])
+    """The node ids of `key`'s acceptor group, nearest first (fewer when fewer members are known): a walk
+    clockwise round the ring from the key's position (a member at that very position first), O(log n +
+    the members skipped) rather than a sort of every member."""
+    members: list[str] = []
+    for slot in directory.walk(position(key) - 1, 1):
+        if table.raw_state(slot) not in (State.UNKNOWN, State.LEFT):
+            members.append(directory.infos[slot].node_id)
+            if len(members) == size:
+                break
+    return tuple(members)
 
 
 def group_digest(group: tuple[str, ...]) -> int:
