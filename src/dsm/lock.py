@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -120,6 +121,9 @@ class Lock(_LockState):
     def __init__(self, client: Client, name: str, holder: str, ttl_ms: int) -> None:
         super().__init__(name, holder, ttl_ms)
         self.client = client
+        # Renewals and the release go one at a time: each writes with the context the one before left (a
+        # renewal thread and a release would otherwise send the same stale context, and one of them fail).
+        self._io = threading.Lock()
 
     def acquire(self, timeout_s: float = 10.0) -> int:
         """Takes the lock, waiting up to `timeout_s` while another holds it; returns the fencing token."""
@@ -133,19 +137,22 @@ class Lock(_LockState):
                 wait = min(RETRY_MAX_S, wait * 2)
 
     def renew(self) -> None:
-        """Extends the hold by `ttl_ms` from now (`LockLostError` if it was lost)."""
-        held = self._must_hold()
-        try:
-            held.context = self.client.put(self.key, self.value, if_match=held.context, ttl_ms=self.ttl_ms).context
-        except ConditionFailedError:
-            raise self._lost() from None
+        """Extends the hold by `ttl_ms` from now (`LockLostError` if it was lost or released)."""
+        with self._io:
+            held = self._must_hold()
+            try:
+                context = self.client.put(self.key, self.value, if_match=held.context, ttl_ms=self.ttl_ms).context
+            except ConditionFailedError:
+                raise self._lost() from None
+            held.context = context
 
     def release(self) -> None:
         """Gives the lock up (nothing happens if it was already lost)."""
-        held, self._held = self._held, None
-        if held is not None:
-            with contextlib.suppress(ConditionFailedError):  # expired and taken meanwhile: nothing of ours
-                self.client.delete(self.key, if_match=held.context)
+        with self._io:
+            held, self._held = self._held, None
+            if held is not None:
+                with contextlib.suppress(ConditionFailedError):  # expired and taken meanwhile: nothing of ours
+                    self.client.delete(self.key, if_match=held.context)
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -161,6 +168,7 @@ class AsyncLock(_LockState):
     def __init__(self, client: AsyncClient, name: str, holder: str, ttl_ms: int) -> None:
         super().__init__(name, holder, ttl_ms)
         self.client = client
+        self._io = asyncio.Lock()  # as `Lock`: renewals and the release one at a time
 
     async def acquire(self, timeout_s: float = 10.0) -> int:
         deadline, wait = time.monotonic() + timeout_s, RETRY_MIN_S
@@ -173,18 +181,20 @@ class AsyncLock(_LockState):
                 wait = min(RETRY_MAX_S, wait * 2)
 
     async def renew(self) -> None:
-        held = self._must_hold()
-        try:
-            ack = await self.client.put(self.key, self.value, if_match=held.context, ttl_ms=self.ttl_ms)
-        except ConditionFailedError:
-            raise self._lost() from None
-        held.context = ack.context
+        async with self._io:
+            held = self._must_hold()
+            try:
+                ack = await self.client.put(self.key, self.value, if_match=held.context, ttl_ms=self.ttl_ms)
+            except ConditionFailedError:
+                raise self._lost() from None
+            held.context = ack.context
 
     async def release(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            with contextlib.suppress(ConditionFailedError):  # expired and taken meanwhile: nothing of ours
-                await self.client.delete(self.key, if_match=held.context)
+        async with self._io:
+            held, self._held = self._held, None
+            if held is not None:
+                with contextlib.suppress(ConditionFailedError):  # expired and taken meanwhile: nothing of ours
+                    await self.client.delete(self.key, if_match=held.context)
 
     async def __aenter__(self) -> AsyncLock:
         await self.acquire()

@@ -57,7 +57,9 @@ class Client:
 class World:
     """Three nodes, a lossy network, clients; the acceptor side is the driver's store work."""
 
-    def __init__(self, seed: int, loss: float = 0.05, skew_ms: int = 200) -> None:
+    def __init__(
+        self, seed: int, loss: float = 0.05, skew_ms: int = 200, waves: bool = False, hedge_ms: int = 10
+    ) -> None:
         self.rng = random.Random(seed)
         self.now = 0
         self.events: list[tuple[int, int, Callable[[], None]]] = []
@@ -65,9 +67,12 @@ class World:
         self.nodes: dict[str, Node] = {}
         for name in NODES:
             clock = HybridLogicalClock(OFFSET)
+            # With waves, an accept asks its own acceptor and the next member first (as NodeCore orders them).
+            me = NODES.index(name)
+            order = (lambda group, me=me: group[me:] + group[:me]) if waves else None
             proposer = CasProposer(
                 name, clock, 1, random.Random(self.rng.getrandbits(32)), lambda key: NODES, lambda member: member,
-                SIBLINGS, 16, backoff_base_ms=5, backoff_max_ms=50,
+                SIBLINGS, 16, backoff_base_ms=5, backoff_max_ms=50, accept_order=order, hedge_ms=hedge_ms,
             )  # fmt: skip
             self.nodes[name] = Node(name, self.rng.randint(-skew_ms, skew_ms), proposer)
         self.loss = loss
@@ -76,6 +81,8 @@ class World:
         self.request = 0
         self.outcomes: dict[CasOutcome, int] = dict.fromkeys(CasOutcome, 0)
         self.stopped = False
+        self.sent: list[tuple[str, str, object]] = []  # (source, target, message) of every send
+        self.silent: set[str] = set()  # nodes that receive nothing
 
     def wall(self, node: Node) -> int:
         return START + self.now + node.skew
@@ -113,7 +120,10 @@ class World:
         self.wake(node)
 
     def send(self, source: str, target: str, message: object) -> None:
+        self.sent.append((source, target, message))
         copies = 0 if self.rng.random() < self.loss else 2 if self.rng.random() < 0.05 else 1
+        if target in self.silent:
+            copies = 0
         for _ in range(copies):
             delay = 1 + int(self.rng.expovariate(1 / 3))
             self.at(self.now + delay, lambda m=message, t=target, s=source: self.deliver(s, t, m))  # type: ignore[misc]
@@ -204,9 +214,10 @@ def run_world(seed: int, **kwargs: Any) -> World:
     return world
 
 
+@pytest.mark.parametrize("waves", [False, True], ids=["whole-group", "waves"])
 @pytest.mark.parametrize("seed", range(1, 13))
-def test_racing_conditional_operations_are_linearizable(seed: int) -> None:
-    world = run_world(seed)
+def test_racing_conditional_operations_are_linearizable(seed: int, waves: bool) -> None:
+    world = run_world(seed, waves=waves)
     result = check(world.history)
     assert result.ok, f"seed {seed}: {result.summary()}"
     applied = world.outcomes[CasOutcome.APPLIED]
@@ -216,3 +227,27 @@ def test_racing_conditional_operations_are_linearizable(seed: int) -> None:
 def test_the_checker_sees_it_when_a_round_counts_one_answer_as_a_majority(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cas_proposer, "_majority", lambda group: 1)
     assert any(not check(run_world(seed).history).ok for seed in range(1, 13)), "a broken quorum went unnoticed"
+
+
+def _one_write(world: World) -> CasDone:
+    """One IfAbsent through n0, run to its end; its answer."""
+    answers: list[CasDone] = []
+    world.done = answers.append  # type: ignore[method-assign]
+    node = world.nodes["n0"]
+    world.apply(node, node.proposer.submit(world.now, world.wall(node), 1, KEY, IfAbsent(b"v"), 1_000))
+    world.run(2_000)
+    assert len(answers) == 1
+    return answers[0]
+
+
+def test_an_accept_asks_a_majority_first_and_the_rest_only_when_that_wave_is_silent() -> None:
+    world = World(1, loss=0.0, waves=True, hedge_ms=50)
+    assert _one_write(world).outcome is CasOutcome.APPLIED
+    accepts = sorted(target for _, target, m in world.sent if isinstance(m, CasAccept))
+    assert accepts == ["n0", "n1"]  # its own acceptor and the next member; n2 only gets the commit
+    assert sorted(target for _, target, m in world.sent if isinstance(m, CasCommit)) == ["n1", "n2"]
+
+    world = World(1, loss=0.0, waves=True, hedge_ms=50)
+    world.silent.add("n1")  # the first wave cannot reach a majority: after the hedge delay n2 is asked
+    assert _one_write(world).outcome is CasOutcome.APPLIED
+    assert sorted(target for _, target, m in world.sent if isinstance(m, CasAccept)) == ["n0", "n1", "n2"]

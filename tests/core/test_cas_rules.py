@@ -81,9 +81,25 @@ def test_an_acceptor_refuses_a_ballot_from_a_clock_too_far_ahead() -> None:
 
 def test_commit_only_moves_forward() -> None:
     b1, b2 = Ballot(1, "a", 1), Ballot(2, "a", 1)
-    state = acceptor.commit(AcceptorState(), b2)
+    state = acceptor.commit(AcceptorState(), b2, b"v2")
     assert state is not None and state.committed == b2
-    assert acceptor.commit(state, b1) is None and acceptor.commit(state, b2) is None
+    assert acceptor.commit(state, b1, b"v1") is None and acceptor.commit(state, b2, b"v2") is None
+
+
+def test_a_commit_is_taken_as_the_accept_the_acceptor_missed_unless_it_promised_higher() -> None:
+    b1, b2, b3 = Ballot(1, "a", 1), Ballot(2, "a", 1), Ballot(3, "b", 1)
+    behind = AcceptorState(b1, b1, b"v1")  # left out of b2's accept (or its accept was lost)
+    state = acceptor.commit(behind, b2, b"v2")
+    assert state == AcceptorState(b2, b2, b"v2", b2)  # what the accept at b2 would have left, and chosen
+    # A later prepare sees the chosen state, as from any acceptor that accepted it.
+    _, vote = acceptor.prepare(state, b3, WALL, OFFSET)
+    assert vote.ok and vote.accepted == b2 and vote.value == b"v2"
+    # Promised above the commit's ballot: an accept at b2 would be refused, so the accepted state stays.
+    promised = AcceptorState(b3, b1, b"v1")
+    assert acceptor.commit(promised, b2, b"v2") == AcceptorState(b3, b1, b"v1", b2)
+    # Already accepted at or above it: only the chosen ballot is noted.
+    ahead = AcceptorState(b3, b3, b"v3")
+    assert acceptor.commit(ahead, b2, b"v2") == AcceptorState(b3, b3, b"v3", b2)
 
 
 def test_the_state_codec_round_trips_and_refuses_garbage() -> None:

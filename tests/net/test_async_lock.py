@@ -128,6 +128,18 @@ async def test_acquire_renew_release_and_async_with(clients: list[AsyncClient]) 
     assert await _holder_of(clients[0], "jobs") is None
 
 
+async def test_renewals_and_a_release_from_several_tasks_take_turns(clients: list[AsyncClient]) -> None:
+    # A renewal task and the holder share one lock object: each write must carry the context the previous
+    # one left, or one of two concurrent renewals fails (and the lock is wrongly reported lost while it is
+    # still held), or a release sends a stale context and leaves the lock held until its TTL runs out.
+    lock = AsyncLock(clients[0], "shared", holder="w1", ttl_ms=LONG_TTL_MS)
+    token = await lock.acquire(timeout_s=5)
+    await asyncio.gather(lock.renew(), lock.renew(), lock.renew())
+    assert lock.token == token
+    await asyncio.gather(lock.renew(), lock.release())
+    assert await _holder_of(clients[1], "shared") is None  # released, whichever ran first
+
+
 async def test_a_second_holder_acquires_only_after_the_first_releases(clients: list[AsyncClient]) -> None:
     first = AsyncLock(clients[0], "jobs", holder="first", ttl_ms=LONG_TTL_MS)
     second = AsyncLock(clients[1], "jobs", holder="second", ttl_ms=LONG_TTL_MS)

@@ -158,6 +158,21 @@ async def test_unreachable_group_is_refused_not_answered(tmp_path: Path) -> None
         await nodes[0].close()
 
 
+async def test_a_node_that_has_not_joined_says_so_when_it_refuses(tmp_path: Path) -> None:
+    # Its bootstrap member does not answer: its view is itself alone, so it refuses conditional operations
+    # (a group of itself would be a "majority" of one) and says why, not that the group was silent.
+    config = StorageConfig(data_dir=str(tmp_path / "lone"), listen_addr="127.0.0.1:0", **FAST)  # type: ignore[arg-type]
+    factory = StorageFactory(config)
+    node = await factory.create_epidemic_storage("lone", NodeInfo(), ["127.0.0.9:9"], factory.create_sql_storage())
+    try:
+        with pytest.raises(ConsistencyError, match="has not joined"):
+            await node.put("k", b"v", if_absent=True)
+        with pytest.raises(ConsistencyError, match="has not joined"):
+            await node.get("k", consistency="linearizable")
+    finally:
+        await node.close()
+
+
 async def test_a_standalone_node_runs_conditional_writes(tmp_path: Path) -> None:
     factory = StorageFactory(StorageConfig(data_dir=str(tmp_path)))
     async with await factory.create_epidemic_storage("solo", backing_storage=factory.create_sql_storage()) as node:

@@ -6,8 +6,9 @@ pure function per message, state in and state out:
 - prepare(b): promise `b` if it is above every ballot promised so far (and so above the accepted one), and
   answer with the accepted ballot and state; otherwise refuse with the ballot promised;
 - accept(b, v): accept `v` at `b` if `b` is at least the ballot promised; otherwise refuse;
-- commit(b): remember that `b` was chosen (garbage collection and diagnostics only; the chosen state itself
-  goes into the data store as an ordinary version set).
+- commit(b, v): remember that `b` was chosen, and take `v` as accepted at `b` when an accept at `b` would
+  still have been taken (so the member an accept left out catches up); the chosen state itself also goes
+  into the data store as an ordinary version set.
 What it keeps true: `promised` never goes down, `accepted <= promised`, and a reply that depends on a new
 state is sent only after that state is durable (the driver writes it first: these functions only decide).
 A ballot whose clock reading is more than `max_clock_offset_ms` ahead of this node's wall clock is refused:
@@ -82,8 +83,14 @@ def accept(
     return AcceptorState(promised, ballot, value, state.committed), Vote(True, promised)
 
 
-def commit(state: AcceptorState, ballot: Ballot) -> AcceptorState | None:
-    """Records that `ballot` was chosen (None: nothing new)."""
+def commit(state: AcceptorState, ballot: Ballot, value: bytes) -> AcceptorState | None:
+    """Records that `value` was chosen at `ballot` (None: nothing new). An acceptor that has neither accepted
+    anything at or above `ballot` nor promised above it also takes `value` as accepted at `ballot`: exactly
+    what the round's accept would have done had it been asked or had its accept arrived (an accept is
+    allowed to arrive late), so the member an accept's first wave left out (`cas_proposer`) or whose accept
+    was lost holds the key's latest state as an acceptor too, not only in its data row."""
+    if ballot > state.accepted and ballot >= state.promised:
+        return AcceptorState(ballot, ballot, value, max(state.committed, ballot))
     if ballot <= state.committed:
         return None
     return replace(state, committed=ballot)
@@ -159,7 +166,7 @@ def serve(
     if isinstance(message, CasAccept):
         new, vote = accept(state, Ballot(*message.ballot), message.value, wall_ms, max_offset_ms, Ballot(*message.then))
         return Served(new, CasAccepted(message.seq, node_id, vote.ok, vote.promised))
-    return Served(commit(state, Ballot(*message.ballot)), None, message.value)
+    return Served(commit(state, Ballot(*message.ballot), message.value), None, message.value)
 
 
 AcceptorMessage = CasPrepare | CasAccept | CasCommit

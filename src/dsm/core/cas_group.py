@@ -9,6 +9,7 @@ then conditional writes are safe only while membership does not change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from dsm.core.ring import Directory, MemberTable, State, position
@@ -30,6 +31,7 @@ def cas_group(directory: Directory, table: MemberTable, key: str, size: int = GR
     return tuple(members)
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def group_digest(group: tuple[str, ...]) -> int:
     """A 63-bit digest of a group (its members in order), carried by prepares and accepts so that an acceptor
     whose own view gives the key another group refuses: every phase that succeeds then has a majority of the

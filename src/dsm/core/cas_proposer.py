@@ -7,7 +7,11 @@ time per key, for a batch of them (up to `batch_max`, evaluated in queue order):
    joined with the plain writes the answering acceptors hold (`cas_ops.absorb`), then the batch evaluated on
    it (`cas_ops.evaluate`): the new state, and each operation's outcome;
 3. accept: the new state at the ballot, to the group, even when nothing changed (a failed condition and a
-   read are chosen identity states, so their answers are linearizable: the lesson of CASSANDRA-12126);
+   read are chosen identity states, so their answers are linearizable: the lesson of CASSANDRA-12126). The
+   accept goes first to a majority only (`accept_order`: this node's own acceptor, then the members most
+   likely to answer), and to the rest if that wave has not answered after `hedge_ms` or one of it refused:
+   a third acceptor that is not needed costs a message, an answer and a durable write per round. Safety does
+   not depend on whom a phase asks, only on counting a majority of the group;
 4. on accepts from a majority the state is chosen: every operation of the batch is answered (`CasDone`),
    the state is stored here (`Store`, path "cas"; its item has an update id when a write changed it, and the
    node core then publishes it like a local write) and sent to the group (`CasCommit`), and the next batch
@@ -72,6 +76,9 @@ class CasDone:
     request: int
     outcome: CasOutcome
     state: VersionSet | None = None
+    #: Why a `REFUSED` operation was refused, when it is not the usual (too few acceptors answered in time):
+    #: "not_joined" (this node's view is not yet a member's).
+    reason: str = ""
 
 
 class CasTimer(Enum):
@@ -81,6 +88,7 @@ class CasTimer(Enum):
     RETRY = 0
     DEADLINE = 1
     PHASE = 2
+    HEDGE = 3  # the accept's second wave (see `_propose`)
 
 
 @dataclass(slots=True)
@@ -105,6 +113,8 @@ class _Round:
     ops: list[_Op]
     promises: dict[str, CasPromise] = field(default_factory=dict)
     accepted: set[str] = field(default_factory=set)
+    #: The members the current accept was sent to (its first wave, then everyone).
+    asked: set[str] = field(default_factory=set)
     #: Members that refused the current phase (it fails once a majority can no longer answer).
     refusals: set[str] = field(default_factory=set)
     value: bytes = b""
@@ -163,6 +173,10 @@ class CasProposer:
         group_of: the acceptor group of a key (node ids).
         address_of: a member's address ("" if unknown).
         resolution, max_siblings: the conflict rule and sibling bound writes are made with.
+        accept_order: the group's members in the order an accept asks them (the first majority of it is the
+            first wave); None: the whole group at once.
+        hedge_ms: how long the first wave of an accept has before the rest are asked (ms, or a callable
+            asked each time).
     """
 
     def __init__(
@@ -180,6 +194,8 @@ class CasProposer:
         backoff_base_ms: int = 10,
         backoff_max_ms: int = 100,
         phase_timeout_ms: int | Callable[[], int] = 100,
+        accept_order: Callable[[Sequence[str]], Sequence[str]] | None = None,
+        hedge_ms: int | Callable[[], int] = 20,
     ) -> None:
         self.node_id = node_id
         #: The writer of the versions its conditional writes make (`writer_id`).
@@ -196,6 +212,8 @@ class CasProposer:
         self.backoff_max_ms = backoff_max_ms
         #: How long a phase waits for a majority before it resends or fails (ms; a callable is asked each time).
         self.phase_timeout_ms = phase_timeout_ms
+        self.accept_order = accept_order
+        self.hedge_ms = hedge_ms
         self._queues: dict[str, deque[_Op]] = {}
         self._rounds: dict[str, _Round] = {}  # by key: the round in flight
         self._by_seq: dict[int, _Round] = {}
@@ -240,7 +258,7 @@ class CasProposer:
             self.clock.advance_to(message.promised[0])  # the next ballot is above the one that won
             round_.refusals.add(source)
             if len(round_.refusals) <= len(round_.group) - _majority(round_.group):
-                return []  # a majority may still answer
+                return self._ask_rest(round_)  # a majority may still answer
             return self._refused(now, round_)
         if isinstance(message, CasPromise):
             if round_.state is not None or source in round_.promises:
@@ -267,10 +285,10 @@ class CasProposer:
                 self._retrying.discard(key)
                 if key not in self._rounds and self._queues.get(key):
                     out.extend(self._start(now, wall_ms, key))
-            elif kind is CasTimer.PHASE:
+            elif kind is CasTimer.PHASE or kind is CasTimer.HEDGE:
                 round_ = self._rounds.get(key)
                 if round_ is not None and round_.phase_timer == request:
-                    out.extend(self._phase_timed_out(now, round_))
+                    out.extend(self._phase_timed_out(now, round_) if kind is CasTimer.PHASE else self._ask_rest(round_))
             else:
                 out.extend(self._expire(request))
         return out
@@ -362,7 +380,25 @@ class CasProposer:
             op.accept_sent = True
         if round_.fast < FAST_ROUNDS:
             round_.then = next_ballot(self.clock, wall_ms, self.node_id, self.run)
-        return out + [self._send(member, self._accept(round_)) for member in round_.group]
+        first = round_.group
+        if self.accept_order is not None:
+            first = tuple(self.accept_order(round_.group))[: _majority(round_.group)]
+            if len(first) < len(round_.group):
+                hedge = self.hedge_ms if isinstance(self.hedge_ms, int) else self.hedge_ms()
+                self._arm(now + hedge, CasTimer.HEDGE, round_.key, round_.phase_timer)
+        round_.asked = set(first)
+        message = self._accept(round_)
+        return out + [self._send(member, message) for member in first]
+
+    def _ask_rest(self, round_: _Round) -> list[CasEffect]:
+        """The accept's second wave: the members its first wave left out (none in the prepare phase, which
+        asks everyone)."""
+        if round_.state is None or len(round_.asked) == len(round_.group):
+            return []
+        rest = [m for m in round_.group if m not in round_.asked]
+        round_.asked.update(rest)
+        message = self._accept(round_)
+        return [self._send(member, message) for member in rest]
 
     def _accept(self, round_: _Round) -> CasAccept:
         digest = group_digest(round_.group)
@@ -402,6 +438,7 @@ class CasProposer:
             return self._refused(now, round_)
         round_.resends += 1
         self._arm_phase(now, round_)
+        round_.asked = set(round_.group)
         message = self._accept(round_)
         return [self._send(m, message) for m in round_.group if m not in round_.accepted and m not in round_.refusals]
 

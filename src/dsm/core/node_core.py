@@ -22,7 +22,7 @@ read for a level (`Replicate`, `ReadRequest`) are served by the driver's store w
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
 from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
@@ -126,10 +126,30 @@ class NodeCore:
                 peer.id, conditional.clock, conditional.run, peer.rng,
                 lambda key: cas_group(directory, table, key), self._address_of, resolution, conditional.max_siblings,
                 phase_timeout_ms=lambda: max(PHASE_TIMEOUT_MIN_MS, 2 * peer.level_hedge_ms()),
+                accept_order=self._accept_order, hedge_ms=peer.level_hedge_ms,
             )  # fmt: skip
         # The peer's shared context and timer heap, read after every event (`next_deadline`).
         self._context = peer.context
         self._timers = peer.context.timers
+
+    def _accept_order(self, group: Sequence[str]) -> list[str]:
+        """The order in which an accept asks a key's group (`CasProposer`: its first majority is the first
+        wave): this node's own acceptor, then alive before suspect before dead members, linked (an open
+        connection) before others, then the members after this one in the group's ring order, so that the
+        nodes of a small cluster, each proposing for its own clients, load each other evenly."""
+        me = group.index(self.peer.id) if self.peer.id in group else 0
+        directory, overlay = self.peer.directory, self.peer.overlay
+
+        def rank(i: int) -> tuple[int, int, int]:
+            node = group[i]
+            if node == self.peer.id:
+                return (-1, 0, 0)
+            state = self.peer.member_state(node)
+            slot = directory.slot(node)
+            liveness = 0 if state == State.ALIVE else 2 if state == State.DEAD else 1
+            return (liveness, 0 if slot is not None and overlay.linked(slot) else 1, (i - me) % len(group))
+
+        return [group[i] for i in sorted(range(len(group)), key=rank)]
 
     def _address_of(self, node_id: str) -> str:
         slot = self.peer.directory.slot(node_id)
@@ -149,7 +169,7 @@ class NodeCore:
         itself alone."""
         assert self.proposer is not None, "conditional writes are not enabled on this core"
         if not self.peer.joined:
-            return [CasDone(request, CasOutcome.REFUSED)]
+            return [CasDone(request, CasOutcome.REFUSED, reason="not_joined")]
         home = self._home(key)
         if home == self.peer.id:
             return self._proposed(now, self.proposer.submit(now, self._wall_ms(), request, key, operation, timeout_ms))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable, Sequence
@@ -126,7 +127,9 @@ class Runtime:
             reassembly_max_bytes=reassembly_max_bytes,
         )
         self._rng = random.Random(seed)
-        self._ids = random.SystemRandom()
+        # Request ids: unique, not secret (peers are authenticated), so a generator seeded once from the OS
+        # rather than a system call per id.
+        self._ids = random.Random(os.urandom(16))
         self.peer: Peer | None = None
         self.on_deliver: Callable[[Deliver], None] | None = None
         self.on_route_failure: Callable[[RouteFailure], None] | None = None

@@ -88,6 +88,8 @@ class TransportStats:
 HANDSHAKE_READ_LIMIT = 1024
 #: Read buffer of an authenticated connection (reading pauses at twice this).
 READ_LIMIT = 1 << 16
+#: Most bytes of small frames joined into one write (`Transport._pump`).
+COALESCE_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,11 @@ class Transport:
 
     async def _pump(self, out: _Outbound, writer: asyncio.StreamWriter, channel: Channel) -> None:
         stats = self.stats
+        # Small frames queued together go out in one write (one system call, one segment, where each frame
+        # on its own would cost one): they are joined here until the queue is empty, a large message comes,
+        # or COALESCE_BYTES are waiting.
+        pending: list[bytes] = []
+        pending_bytes = 0
         while True:
             while out.queue:
                 if writer.transport.is_closing():  # the peer reset the connection: reconnect, keep the queue
@@ -368,9 +375,23 @@ class Transport:
                 type_id, body = wire.encode_body(message)
                 if len(body) <= chunks.PART_BYTES:
                     frame = channel.encode(wire.Encoded(type_id, body))  # packed once, not again
-                    writer.write(frame)
-                    sent = len(frame)
-                elif len(body) > self.max_message_bytes:
+                    pending.append(frame)
+                    pending_bytes += len(frame)
+                    stats.frames_out[kind] += 1
+                    stats.bytes_out[kind] += len(frame)
+                    if out.queue and pending_bytes < COALESCE_BYTES:
+                        continue
+                    writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                    pending.clear()
+                    pending_bytes = 0
+                    if writer.transport.get_write_buffer_size() > self.write_buffer:
+                        await writer.drain()  # backpressure: the peer reads slower than we write
+                    continue
+                if pending:
+                    writer.write(b"".join(pending))
+                    pending.clear()
+                    pending_bytes = 0
+                if len(body) > self.max_message_bytes:
                     stats.dropped["too_large"] += 1
                     limit = self.max_message_bytes
                     log.warning("not sending a %s of %d bytes to %s (limit %d)", kind, len(body), out.addr, limit)

@@ -95,7 +95,11 @@ class Conditionals:
         self.stats[(kind, done.outcome.value)] += 1
         doing = "read" if kind == "read" else "write"
         if done.outcome is CasOutcome.REFUSED:
-            reason = "a majority of the key's acceptor group did not answer in time; nothing was written"
+            reason = (
+                "this node has not joined its cluster yet; nothing was written"
+                if done.reason == "not_joined"
+                else "a majority of the key's acceptor group did not answer in time; nothing was written"
+            )
             raise ConsistencyError(LINEARIZABLE, doing, 0, 0, {}, reason)
         if done.outcome is CasOutcome.UNKNOWN:
             reason = "the key's acceptor group did not confirm in time: the operation may or may not have taken effect"
