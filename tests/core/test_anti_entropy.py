@@ -128,7 +128,7 @@ def test_a_node_that_left_runs_no_rounds() -> None:
 
 def test_an_incoming_reconcile_is_answered_to_the_authenticated_source_not_the_claimed_one() -> None:
     core = node(members=[0, 1, 2])
-    message = Reconcile(7, "n2", (), ())  # claims to come from n2
+    message = Reconcile(7, "n2", (), (("k", b"v"),))  # claims to come from n2
     assert core.handle(5, "n1", message) == [ReconcileStep("n1", 7, message)]
     assert node(members=[0, 1, 2], anti_entropy=False).handle(5, "n1", message) == []
 
@@ -194,7 +194,7 @@ def test_two_cores_wired_together_bring_their_replicas_to_the_merge(merger: str)
     messages = 0
     while queue:
         at, step = queue.popleft()
-        reply, items = run_step(step, at, views[at], MAX_BYTES)
+        reply, items, _ = run_step(step, at, views[at], MAX_BYTES)
         assert reply is None or reply.source == at
         if items:
             merges[at](views[at], items)

@@ -314,5 +314,5 @@ def test_a_malformed_anti_entropy_message_is_refused_and_the_core_keeps_serving(
         run_step(step, "a", store, 1 << 20)  # type: ignore[arg-type]
     good = opening(2, "b", SortedReplica({"k": b"w"}))
     (step,) = core.handle(2, "b", good)
-    reply, _ = run_step(step, "a", store, 1 << 20)  # type: ignore[arg-type]
+    reply, _, _ = run_step(step, "a", store, 1 << 20)  # type: ignore[arg-type]
     assert reply is not None and reply.session == 2  # answered: the node still works

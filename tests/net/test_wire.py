@@ -61,6 +61,7 @@ SAMPLES: list[typing.Any] = [
     m.CasRequest(7, "a", "k", 1, True, b"v", "context-token", 2000, 30_000),
     m.CasResult(7, "b", "applied", b"state"),
     m.CasCommits("a", (m.CommitEntry("k", (5, "a", 1), b"state"), m.CommitEntry("j", (6, "a", 1), b""))),
+    m.SyncPoint(8, "a", (1 << 64) - 1, 1 << 40),
 ]
 
 
@@ -84,6 +85,7 @@ def test_message_type_values_are_append_only() -> None:
     assert [(t.name, t.value) for t in wire.MessageType][:4] == [("PING", 1), ("PING_REQ", 2), ("ACK", 3), ("NACK", 4)]
     assert wire.MessageType.RECONCILE == 26
     assert (wire.MessageType.REPLICATE, wire.MessageType.READ_REPLY) == (27, 30)
+    assert (wire.MessageType.CAS_COMMITS, wire.MessageType.SYNC_POINT) == (38, 39)
     # 64 and 65 were protocol 1's Hello and Auth: retired, never reused, undecodable.
     assert (wire.MessageType.HELLO_V1, wire.MessageType.AUTH_V1, wire.MessageType.HANDSHAKE) == (64, 65, 66)
     assert (wire.MessageType.HANDSHAKE_REPLY, wire.MessageType.CONFIRM, wire.MessageType.REFUSE) == (67, 68, 69)

@@ -1,9 +1,10 @@
 """Watches that resume, against real `dsm node run` processes on loopback, through the public `AsyncClient`:
-a cursor resumed on another node after 30 writes (a resync in the stream), a watch that outlives a restart of
-its node (SIGTERM, a final line, then a same-node replay), a watch whose node was SIGKILLed (failover to
-another node), a consumer too slow for its stream (a final line with its cursor, then a resume), a cursor
-taken during a partition (a relay cuts one node off) resumed on both sides once healed, and `dsm watch`. In
-each, every key's final state is what the caller ends up with."""
+a cursor resumed on another node after 30 writes (through a sync point anti-entropy left, or a resync in the
+stream), a watch that outlives a restart of its node (SIGTERM, a final line, then a same-node replay), a
+watch whose node was SIGKILLed (failover to a member holding a sync point of it: a replay, no resync; to one
+that joined after it died: a resync), a consumer too slow for its stream (a final line with its cursor, then
+a resume), a cursor taken during a partition (a relay cuts one node off) resumed on both sides once healed,
+and `dsm watch`. In each, every key's final state is what the caller ends up with."""
 
 from __future__ import annotations
 
@@ -41,12 +42,15 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def cluster(procs: list[Proc], tmp_path: Path, n: int = 3, http_ports: Iterable[int] = ()) -> list[Proc]:
+def cluster(
+    procs: list[Proc], tmp_path: Path, n: int = 3, http_ports: Iterable[int] = (), env: dict[str, str] | None = None
+) -> list[Proc]:
     ports = list(http_ports)
-    first = Proc("n1", "127.0.0.1", tmp_path, [], extra=["--http", f"127.0.0.1:{ports[0]}"] if ports else None)
+    extra = ["--http", f"127.0.0.1:{ports[0]}"] if ports else None
+    first = Proc("n1", "127.0.0.1", tmp_path, [], env=env, extra=extra)
     procs.append(first)
     for i in range(2, n + 1):
-        procs.append(Proc(f"n{i}", f"127.0.0.{i}", tmp_path, [first.listen]))
+        procs.append(Proc(f"n{i}", f"127.0.0.{i}", tmp_path, [first.listen], env=env))
     eventually(lambda: all(len([m for m in p.client.members() if m["state"] == "alive"]) == n for p in procs))
     return list(procs)
 
@@ -54,6 +58,14 @@ def cluster(procs: list[Proc], tmp_path: Path, n: int = 3, http_ports: Iterable[
 def metrics(p: Proc) -> str:
     with urllib.request.urlopen(p.url + "/metrics", timeout=10) as response:
         return str(response.read().decode())
+
+
+def sync_point_peers(p: Proc) -> int:
+    """The members `p` keeps anti-entropy sync points of."""
+    for line in metrics(p).splitlines():
+        if line.startswith("dsm_anti_entropy_sync_point_peers "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no dsm_anti_entropy_sync_point_peers metric")
 
 
 def held(p: Proc, expected: Expected) -> bool:
@@ -114,11 +126,16 @@ async def test_a_cursor_resumes_on_another_node_after_30_writes(procs: list[Proc
     async with AsyncClient(n2.url) as c2:
         resumed = c2.watch("w/", since=cursor, values=True)
         items = await follow(resumed, seen, lambda s: state(s) == expected)
-        # Another node cannot replay n1's history: it resyncs in the stream, and the caller is whole.
-        assert items[0] == {"resync": "begin"} and {"resync": "begin"} not in items[1:]
+        # Another node cannot replay n1's history. It replays its own changes since a sync point of n1 that
+        # covers the cursor (anti-entropy ran between them from the start), or else resyncs in the stream;
+        # either way the caller is whole.
+        if 'dsm_watch_resumes_total{plan="sync_point"} 1.0' in metrics(n2):
+            assert not any("resync" in item for item in items)
+        else:
+            assert 'dsm_watch_resumes_total{plan="resync"} 1.0' in metrics(n2)
+            assert items[0] == {"resync": "begin"} and {"resync": "begin"} not in items[1:]
         assert state(seen) == expected and "other" not in seen
         assert resumed.serving == n2.url
-        assert 'dsm_watch_resumes_total{plan="resync"} 1.0' in metrics(n2)
         # Live from there: a later write arrives once.
         n3.client.put("w/late", b"late")
         await follow(resumed, seen, lambda s: "w/late" in s)
@@ -152,20 +169,44 @@ async def test_a_watch_outlives_a_restart_of_its_node(procs: list[Proc], tmp_pat
         await stream.aclose()
 
 
-async def test_a_watch_fails_over_when_its_node_was_sigkilled(procs: list[Proc], tmp_path: Path) -> None:
-    n1, n2, n3 = cluster(procs, tmp_path)
+@pytest.mark.parametrize("failover", ["reconciled", "joined_after"])
+async def test_a_watch_fails_over_when_its_node_was_sigkilled(procs: list[Proc], tmp_path: Path, failover: str) -> None:
+    """The stream's node dies without a word. A member that ran anti-entropy with it (every 300 ms here)
+    keeps a sync point of it and resumes the cursor by replaying its own changes since (no resync); a member
+    that joined after it died has none, and resyncs the prefix in the stream."""
+    fast = {"DSM_ANTI_ENTROPY_INTERVAL_MS": "300"}
+    n1, n2, n3 = cluster(procs, tmp_path, env=fast)
     expected: Expected = {}
     seen: dict[str, dict[str, Any]] = {}
+    late_port = free_port("127.0.0.4")
+    late_url = f"http://127.0.0.4:{late_port}"
+    endpoints = [late_url] if failover == "joined_after" else [n2.url, n3.url]
     async with AsyncClient(n1.url) as client:
-        stream = client.watch("w/", values=True, endpoints=[n2.url, n3.url])
+        stream = client.watch("w/", values=True, endpoints=endpoints, retry_s=120)
         await stream.start()
         writes([n1], 8, expected)
         await follow(stream, seen, lambda s: state(s) == expected)
+        # The others hold sync points of n1 (and of each other); n1 changed nothing since the caller's cursor,
+        # so every one of them covers it.
+        eventually(lambda: sync_point_peers(n2) == 2 and sync_point_peers(n3) == 2)
         assert await asyncio.to_thread(n1.stop, signal.SIGKILL) == -signal.SIGKILL  # no final line
+        serving = [n2, n3]
+        if failover == "joined_after":
+            late = await asyncio.to_thread(
+                Proc, "n4", "127.0.0.4", tmp_path, [n2.listen], env=fast, extra=["--http", f"127.0.0.4:{late_port}"]
+            )
+            procs.append(late)
+            serving = [late]
         writes([n2, n3], 30, expected)
         items = await follow(stream, seen, lambda s: state(s) == expected)
-        assert {"resync": "begin"} in items and stream.serving in (n2.url, n3.url)
         assert state(seen) == expected and not stream.ends
+        (node,) = [p for p in serving if p.url == stream.serving]
+        if failover == "reconciled":
+            assert not any("resync" in item for item in items)
+            assert 'dsm_watch_resumes_total{plan="sync_point"} 1.0' in metrics(node)
+        else:
+            assert {"resync": "begin"} in items
+            assert 'dsm_watch_resumes_total{plan="resync"} 1.0' in metrics(node)
         await stream.aclose()
 
 
@@ -246,8 +287,9 @@ def test_dsm_watch_prints_events_and_its_last_cursor_and_resumes_from_it(procs: 
 
 async def test_a_cursor_resumes_across_a_healed_partition_on_either_side(procs: list[Proc], tmp_path: Path) -> None:
     """Three nodes that reach each other only through a relay; c is cut off from a and b while both sides
-    take writes. A cursor c gave during the partition resumes, once healed, on a (a resync) and on c itself
-    (a replay of what anti-entropy brought), each ending with every key's final state."""
+    take writes. A cursor c gave during the partition resumes, once healed, on a (a replay of a's changes
+    since a sync point of c from before the partition) and on c itself (a replay of what anti-entropy
+    brought), each ending with every key's final state, neither with a resync."""
     relay = Relay("127.0.0.9")
     try:
         hosts = {"a": "127.0.0.1", "b": "127.0.0.2", "c": "127.0.0.3"}
@@ -271,6 +313,7 @@ async def test_a_cursor_resumes_across_a_healed_partition_on_either_side(procs: 
             await stream.start()
             writes([a], 6, expected)
             await follow(stream, seen, lambda s: state(s) == expected)
+            eventually(lambda: sync_point_peers(a) == 2)  # a keeps sync points of b and c
             # The partition: nothing passes between c and the others.
             relay.drop_from, relay.drop_to = {hosts["c"]}, {"c"}
             relay.cut()
@@ -286,12 +329,13 @@ async def test_a_cursor_resumes_across_a_healed_partition_on_either_side(procs: 
         relay.cut()
         expected |= side_a | side_c
         eventually(lambda: held(a, expected) and held(c, expected), 30)
-        for node, resync in ((a, True), (c, False)):
+        for node, plan in ((a, "sync_point"), (c, "same_node")):
             mirror = dict(seen)
             async with AsyncClient(node.url) as client:
                 resumed = client.watch("w/", since=cursor, values=True)
                 items = await follow(resumed, mirror, lambda s: state(s) == expected)
-                assert ({"resync": "begin"} in items) is resync
+                assert not any("resync" in item for item in items)
+                assert f'dsm_watch_resumes_total{{plan="{plan}"}} 1.0' in metrics(node)
                 await resumed.aclose()
     finally:
         relay.close()

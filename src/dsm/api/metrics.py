@@ -221,6 +221,12 @@ def network_metrics(network: NetworkStatus) -> Iterator[Metric]:
         "Keys anti-entropy changed here: writes the direct pushes and gossip had not delivered",
         value=network.anti_entropy_repaired,
     )
+    yield GaugeMetricFamily(
+        "dsm_anti_entropy_sync_point_peers",
+        "Members this node keeps anti-entropy sync points of (watches resumed here from their cursors replay "
+        "this node's changes since one, not the whole prefix)",
+        value=network.sync_point_peers,
+    )
     lag = network.loop_lag
     cumulative = list(itertools.accumulate(lag.counts))
     yield HistogramMetricFamily(

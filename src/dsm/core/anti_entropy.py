@@ -10,22 +10,35 @@ event loop) and then carries out the step's outcome: send the reply, merge the e
   `anti_entropy_interval_ms`, from a random phase, so nodes started together do not reconcile in step.
 - With whom: one live linked member, at random (a connection is already open to it).
 - Which step: a round opens an exchange (`reconcile.opening`, a new session); an incoming `Reconcile` is
-  answered (`reconcile.answer`). Each step is one `ReconcileStep` effect.
+  answered (`reconcile.answer_step`); an answer that would be empty is sent as the explicit end
+  (`reconcile.end`), which is never answered. Each step is one `ReconcileStep` effect.
+- Sync points (`Exchanges`, when the driver gives `SyncPorts`): per exchange, this side's commit stamp at its
+  first step, whether its every step answered in full, whether every entry it received was merged without a
+  refusal, and whether the exchange ended. Once it ended and every such merge is done and clean, this side
+  sends the peer `SyncPoint` (its epoch, its last commit stamp); a `SyncPoint` received is kept
+  (`HeldSyncPoint` effect, `dsm.core.watch_cursor.SyncPoints`) when this side's own record of that exchange
+  says it answered every step in full. The argument is in `reconcile.py`, "Sync points". The driver reports
+  what only it sees: the outcome of each step (`stepped`, before it sends the reply), of each merge of
+  received entries (`merged`) and a step it could not run (`failed`).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from dsm.core.messages import DataItem, DataItems, Reconcile
+from dsm.core.messages import DataItem, DataItems, Reconcile, Send, SyncPoint
 from dsm.core.overlay import RandomSource
-from dsm.core.reconcile import RangeView, answer, opening
+from dsm.core.reconcile import FINGERPRINT, RangeView, answer_step, end, is_end, opening
 from dsm.core.ring import State
+from dsm.core.watch_cursor import HeldSyncPoint
 
 #: How often a starting node looks for its first live link, to reconcile with it at once, ms.
 CATCH_UP_POLL_MS = 50
+#: Exchanges whose record a node keeps for sync points (the oldest is forgotten first: no sync point then).
+MAX_EXCHANGES = 64
 
 
 class LinkView(Protocol):
@@ -42,24 +55,156 @@ class LinkView(Protocol):
 @dataclass(frozen=True, slots=True)
 class ReconcileStep:
     """Run one reconciliation step against the store (`run_step`), then send its reply to `node_id` and
-    merge the entries it returns. `message` None: open a new exchange (`session`); else answer it."""
+    merge the entries it returns. `message` None: open a new exchange (`session`); else answer it. `stamp`:
+    the node's last stored commit stamp when the step was decided (its read snapshot, taken later, holds
+    every commit up to it; 0 without sync points)."""
 
     node_id: str
     session: int
     message: Reconcile | None = None
+    stamp: int = 0
 
 
-def run_step(step: ReconcileStep, node_id: str, view: RangeView, max_bytes: int) -> tuple[Reconcile | None, DataItems]:
-    """Runs `step` on this node's store `view`: the message to send (None: the exchange ended) and the
-    entries received to merge.
+class StepResult(NamedTuple):
+    """What a step gives: the message to send (None: nothing, the step answered an end), the entries received
+    to merge, and whether the reply answered everything asked (`reconcile.Answer.complete`)."""
+
+    reply: Reconcile | None
+    items: DataItems
+    complete: bool = True
+
+
+def run_step(step: ReconcileStep, node_id: str, view: RangeView, max_bytes: int) -> StepResult:
+    """Runs `step` on this node's store `view` (an answer that would be empty becomes the explicit end).
 
     Raises:
         ValueError: the incoming message is malformed (the sender's fault).
     """
-    if step.message is None:
-        return opening(step.session, node_id, view), ()
-    reply, entries = answer(step.message, node_id, view, max_bytes)
-    return reply, tuple(DataItem(0, key, versions) for key, versions in entries)
+    message = step.message
+    if message is None:
+        return StepResult(opening(step.session, node_id, view), ())
+    reply, entries, complete = answer_step(message, node_id, view, max_bytes)
+    if reply is None and not is_end(message):
+        reply = end(step.session, node_id)
+    return StepResult(reply, tuple(DataItem(0, key, versions) for key, versions in entries), complete)
+
+
+def is_opening(message: Reconcile) -> bool:
+    """Whether `message` has the shape of an exchange's first message (`reconcile.opening`)."""
+    if message.entries or len(message.runs) != 1:
+        return False
+    lo, hi, mode, shared, suffixes, packed = message.runs[0]
+    return lo == "" and hi is None and mode == FINGERPRINT and not shared and not suffixes and len(packed) == 8
+
+
+class SyncPorts(NamedTuple):
+    """What sync points need of a driver: the node's store epoch, and its last stored commit stamp (every
+    commit stamped up to it is in the store)."""
+
+    epoch: int
+    last_stamp: Callable[[], int]
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """This side's record of one exchange (see `Exchanges`)."""
+
+    first_stamp: int
+    answered_in_full: bool = True
+    merged_in_full: bool = True
+    merging: int = 0
+    ended: bool = False
+    sent: bool = False
+
+
+class Exchanges:
+    """The records of this node's recent exchanges, for sync points (see the module docstring). At most
+    MAX_EXCHANGES, keyed by (peer, session); the least recently used is forgotten first.
+
+    A record is made at this side's first step only (the opening, or the answer to a message shaped like
+    one), so its stamp is never later than any of this side's steps: a step of an exchange whose record was
+    forgotten makes none, and that exchange leaves no sync point. Two exchanges under one key (both sides
+    opened the same session number, or a restarted peer reuses one) share a record: the earlier stamp and
+    every step's outcome, which only makes the claims weaker, never wrong.
+
+    Args:
+        node_id: this node.
+        ports: the driver's epoch and last stored stamp.
+        address_of: a member's address, for the `SyncPoint` sent to it.
+    """
+
+    def __init__(self, node_id: str, ports: SyncPorts, address_of: Callable[[str], str]) -> None:
+        self.node_id = node_id
+        self.ports = ports
+        self.address_of = address_of
+        self._records: OrderedDict[tuple[str, int], _Exchange] = OrderedDict()
+        #: Sync points sent, and those received that were kept or refused.
+        self.sent = 0
+        self.kept = 0
+        self.refused = 0
+
+    def _record(self, peer: str, session: int) -> _Exchange | None:
+        record = self._records.get((peer, session))
+        if record is not None:
+            self._records.move_to_end((peer, session))
+        return record
+
+    def stepped(self, step: ReconcileStep, result: StepResult) -> list[Send]:
+        """A step ran: `result` is what it gives (call before its reply is sent)."""
+        record = self._record(step.node_id, step.session)
+        if record is None:
+            if step.message is not None and not is_opening(step.message):
+                return []  # not this side's first step (or its record was forgotten): no sync point
+            record = self._records[(step.node_id, step.session)] = _Exchange(step.stamp)
+            if len(self._records) > MAX_EXCHANGES:
+                self._records.popitem(last=False)
+        record.first_stamp = min(record.first_stamp, step.stamp)
+        record.answered_in_full &= result.complete
+        if result.items:
+            record.merging += 1
+        if result.reply is not None and is_end(result.reply):
+            record.ended = True
+        return self._ready(step.node_id, step.session, record)
+
+    def merged(self, step: ReconcileStep, took_all: bool) -> list[Send]:
+        """The entries `step` received were merged (`took_all`: durably, with no refusal)."""
+        record = self._record(step.node_id, step.session)
+        if record is None:
+            return []
+        record.merging -= 1
+        record.merged_in_full &= took_all
+        return self._ready(step.node_id, step.session, record)
+
+    def failed(self, node_id: str, session: int) -> None:
+        """A message of the exchange could not be answered (malformed, dropped, the store failed)."""
+        record = self._record(node_id, session)
+        if record is not None:
+            record.answered_in_full = record.merged_in_full = False
+
+    def ended(self, node_id: str, session: int) -> list[Send]:
+        """The peer sent the exchange's end."""
+        record = self._record(node_id, session)
+        if record is None:
+            return []
+        record.ended = True
+        return self._ready(node_id, session, record)
+
+    def _ready(self, peer: str, session: int, record: _Exchange) -> list[Send]:
+        if not record.ended or record.merging or not record.merged_in_full or record.sent:
+            return []
+        record.sent = True
+        self.sent += 1
+        ports = self.ports
+        return [Send(peer, self.address_of(peer), SyncPoint(session, self.node_id, ports.epoch, ports.last_stamp()))]
+
+    def keep(self, source: str, message: SyncPoint) -> list[HeldSyncPoint]:
+        """A peer's sync point: kept if this side's record of the exchange says it answered in full."""
+        record = self._record(source, message.session)
+        if record is None or not record.answered_in_full:
+            self.refused += 1
+            return []
+        self.kept += 1
+        return [HeldSyncPoint(source, message.epoch, message.stamp, record.first_stamp)]
 
 
 class AntiEntropy:
@@ -74,9 +219,17 @@ class AntiEntropy:
     """
 
     def __init__(
-        self, view: LinkView, rng: RandomSource, interval_ms: int, now: int, next_session: Callable[[], int]
+        self,
+        view: LinkView,
+        rng: RandomSource,
+        interval_ms: int,
+        now: int,
+        next_session: Callable[[], int],
+        exchanges: Exchanges | None = None,
     ) -> None:
         self.view = view
+        #: The records that sync points rest on (None: this driver keeps none).
+        self.exchanges = exchanges
         self.rng = rng
         self.interval_ms = interval_ms
         self.next_session = next_session
@@ -107,12 +260,34 @@ class AntiEntropy:
         if target is None:
             return []
         self.sessions += 1
-        return [ReconcileStep(target, self.next_session())]
+        return [ReconcileStep(target, self.next_session(), None, self._stamp())]
 
-    def handle(self, source: str, message: Reconcile) -> list[ReconcileStep]:
+    def _stamp(self) -> int:
+        return 0 if self.exchanges is None else self.exchanges.ports.last_stamp()
+
+    def handle(self, source: str, message: Reconcile) -> list[ReconcileStep | Send]:
         """An exchange step from the member `source` (for a network driver: the one the connection
-        authenticated, whatever the message claims): answer it, to that member."""
-        return [ReconcileStep(source, message.session, message)]
+        authenticated, whatever the message claims): answer it, to that member; its end is not answered."""
+        if is_end(message):
+            return [] if self.exchanges is None else list(self.exchanges.ended(source, message.session))
+        return [ReconcileStep(source, message.session, message, self._stamp())]
+
+    def stepped(self, step: ReconcileStep, result: StepResult) -> list[Send]:
+        """The driver ran `step` (call before sending its reply); see `Exchanges.stepped`."""
+        return [] if self.exchanges is None else self.exchanges.stepped(step, result)
+
+    def merged(self, step: ReconcileStep, took_all: bool) -> list[Send]:
+        """The driver merged the entries `step` received; see `Exchanges.merged`."""
+        return [] if self.exchanges is None else self.exchanges.merged(step, took_all)
+
+    def failed(self, node_id: str, session: int) -> None:
+        """The driver could not run a step of that exchange (or dropped its message)."""
+        if self.exchanges is not None:
+            self.exchanges.failed(node_id, session)
+
+    def keep(self, source: str, message: SyncPoint) -> list[HeldSyncPoint]:
+        """A peer's `SyncPoint`; see `Exchanges.keep`."""
+        return [] if self.exchanges is None else self.exchanges.keep(source, message)
 
     def _target(self) -> str | None:
         view = self.view

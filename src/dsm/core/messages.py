@@ -275,6 +275,18 @@ class Reconcile(NamedTuple):
     entries: tuple[tuple[str, bytes], ...]
 
 
+class SyncPoint(NamedTuple):
+    """Sent at the end of an anti-entropy exchange (`session`) by a side that merged every entry the receiver
+    sent in it: "`source`, at `stamp` of its store `epoch`, holds or dominates every version the receiver held
+    at its first step of the exchange" (`reconcile.py`, "Sync points"). The receiver checks the claim against
+    its own record of the exchange and keeps it for resuming watches (`dsm.core.watch_cursor`)."""
+
+    session: int
+    source: str
+    epoch: int
+    stamp: int
+
+
 class Replicate(NamedTuple):
     """Store these writes durably (a merge, as for any replicated write) and answer with `Replicated`: a
     write at a consistency level above `local` (consistency.py). `seq` 0: read repair, no answer wanted."""
@@ -441,6 +453,7 @@ Message = (
     | GossipReply
     | GossipItems
     | Reconcile
+    | SyncPoint
     | Replicate
     | Replicated
     | CasPrepare

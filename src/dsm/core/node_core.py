@@ -13,7 +13,8 @@ It is a thin dispatcher over the core's parts:
     effects = core.tick(now)                      # at core.next_deadline() (or later)
 
 The effects are the peer's (`Send`, `Store`, `Deliver`, `RouteFailure`), the coordinator's (`LevelDone`),
-anti-entropy's (`ReconcileStep`) and the proposer's (`CasDone`). What needs the store stays with the driver:
+anti-entropy's (`ReconcileStep`; `HeldSyncPoint`: keep a peer's sync point for resuming watches) and the
+proposer's (`CasDone`). What needs the store stays with the driver:
 the write and merge rule runs in `replica.py` on the driver's commit path, and members asked to store or
 read for a level (`Replicate`, `ReadRequest`) are served by the driver's store work
 (`coordinator.stored_reply` / `read_reply` say what to answer).
@@ -25,7 +26,7 @@ import heapq
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
-from dsm.core.anti_entropy import AntiEntropy, ReconcileStep
+from dsm.core.anti_entropy import AntiEntropy, Exchanges, ReconcileStep, SyncPorts
 from dsm.core.ballot import ZERO
 from dsm.core.cas_group import GROUP_SIZE, cas_group, group_digest
 from dsm.core.cas_ops import Operation, cas_request, request_operation
@@ -50,12 +51,14 @@ from dsm.core.messages import (
     Replicated,
     Send,
     Store,
+    SyncPoint,
 )
 from dsm.core.peer import Peer
 from dsm.core.ring import State
 from dsm.core.versions import Resolution
+from dsm.core.watch_cursor import HeldSyncPoint
 
-CoreEffect = Effect | LevelDone | ReconcileStep | CasDone
+CoreEffect = Effect | LevelDone | ReconcileStep | CasDone | HeldSyncPoint
 
 #: How long a proposer gathers its commits to a member before sending them in one message, and the most
 #: bytes of them it holds for one member.
@@ -88,6 +91,8 @@ class NodeCore:
         now: the time the core starts at.
         anti_entropy: whether this node reconciles its whole store (every driver with a store does).
         conditional: enables conditional writes (`cas`): what their proposer needs of the driver.
+        sync_points: enables anti-entropy's sync points (`anti_entropy.Exchanges`): the driver's store epoch
+            and last stored commit stamp.
     """
 
     def __init__(
@@ -98,11 +103,13 @@ class NodeCore:
         now: int,
         anti_entropy: bool = True,
         conditional: Conditional | None = None,
+        sync_points: SyncPorts | None = None,
     ) -> None:
         self.peer = peer
         self.coordinator = Coordinator(peer.id, peer, peer.directory, resolution, new_id)
+        exchanges = None if sync_points is None else Exchanges(peer.id, sync_points, self._address_of)
         self.anti_entropy = (
-            AntiEntropy(peer, peer.rng, peer.settings.anti_entropy_interval_ms, now, self._next_session)
+            AntiEntropy(peer, peer.rng, peer.settings.anti_entropy_interval_ms, now, self._next_session, exchanges)
             if anti_entropy
             else None
         )
@@ -303,6 +310,8 @@ class NodeCore:
             return self._result(source, cast(CasResult, message))
         if kind is Reconcile:
             return list(self.anti_entropy.handle(source, cast(Reconcile, message))) if self.anti_entropy else []
+        if kind is SyncPoint:
+            return list(self.anti_entropy.keep(source, cast(SyncPoint, message))) if self.anti_entropy else []
         return list(self.peer.handle(now, message))
 
     def tick(self, now: int) -> list[CoreEffect]:

@@ -28,14 +28,42 @@ Entries travel in the same message (key, encoded version set) and are merged by 
 other write; differing versions of one key are sent both ways, so both sides end with the merge.
 
 The exchange is stateless: each message is answered from the receiver's store alone, and an exchange
-ends when an answer would be empty. One whole-store fingerprint when nothing differs; a sketch of 96
-cells (1.3 KB) then the entries for a few differences; larger sketches, each sized from the last, for
-more; range splitting (about PARTS fingerprints per level and differing range, then digest lists) for
-small ranges and for replicas that differ almost everywhere. A message holds at most
+ends when an answer would be empty: that answer is sent as an explicit end (`end`: an empty message, which
+is never answered), so both sides know the exchange ended. One whole-store fingerprint when nothing
+differs; a sketch of 96 cells (1.3 KB) then the entries for a few differences; larger sketches, each sized
+from the last, for more; range splitting (about PARTS fingerprints per level and differing range, then
+digest lists) for small ranges and for replicas that differ almost everywhere. A message holds at most
 `max_entries_bytes` of entries; the rest of a step waits for the next exchange.
 
 On the wire a run is compact: its bounds are prefix-compressed (each shares a prefix with the one before)
 and its summaries (8 bytes) or digests (4 bytes) are one packed string (`encode_run`).
+
+Sync points (what a watch resumed on another node rests on, `dsm.core.watch_cursor`). Each side records,
+per exchange, its own commit stamp at the start of its first step (`anti_entropy.Exchanges`: the last commit
+stored before the step's read snapshot, so the snapshot holds the state B@b of every commit up to stamp b,
+and a row changed later carries a higher seq). When A has seen the end, merged every entry B sent in the
+exchange with no refusal, and B answered every step in full (`Answer.complete`: no entries left over for
+`max_entries_bytes`, no WANT left unanswered), A sends B `SyncPoint(A's epoch, a)`, a being A's last commit
+stamp after those merges, and B keeps `(A, epoch, a, b)`. The lemma: **for every key k that B held at b,
+either A at a holds or dominates B's versions of k at b, or B's row of k changed after b (its seq > b)**.
+Why: B's snapshots in the exchange all hold B@b (a node's rows only grow: every merge keeps or dominates
+what it held; purged tombstones aside, see below). The exchange starts with the whole key space in
+question, and every range in question is, at some step, either (1) found equal: A's snapshot then held
+exactly B's rows of a snapshot S ⊒ B@b there, (2) answered with B's entries of S, which A merged without
+refusal, or (3) handed on as smaller ranges, sketches or digest lists that the next step answers; an exchange
+that ended left no range in question, and a step that answered less (a cut, an unanswered WANT) marks
+it incomplete. In (1) and (2) A got k's row of S, so A holds or dominates it, and k's row of S either is its
+row at b or changed after b. The one way B can leave out a key it was asked for in full is that its digest
+changed since B listed it (a WANT or FETCH finds rows by digest), and then the row changed after b. A's
+state only grows after the step, up to a. Two failure modes are probabilistic, as anti-entropy already is:
+4-byte `short` digests colliding (about 2^-32 per pair of keys per exchange) and a sketch peeling wrongly.
+Hence a watch cursor (A, epoch, s) with a <= s resumes on B by replaying B's rows with seq > b: a version B
+holds now that A did not hold at s reached B after b (it was not in B@b, whose every key A held or dominated
+at a <= s, or its row changed after b), so its row has seq > b; the replay's extra rows (B's changes between
+b and s that the cursor already covered) are duplicates of the same writer and timestamp. A tombstone B
+purged after b (its death older than the grace period) was either held by A at s, and the reader saw the
+delete, or reached A after s, which a replay on A itself would miss too: the cursor's own age is what
+`watch_cursor.choose` bounds by the grace period, as on one node.
 
 The algorithm reads the store through `RangeView`, a small synchronous interface: `SortedReplica` (here,
 in memory: the simulator and tests) and `SqlRangeView` (SQLite and PostgreSQL, `dsm.storage.sqlview`).
@@ -48,7 +76,7 @@ from __future__ import annotations
 import bisect
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -211,6 +239,28 @@ def opening(session: int, source: str, view: RangeView) -> Reconcile:
 ENTRY_CHUNK = 512
 
 
+def is_end(message: Reconcile) -> bool:
+    """Whether `message` is an exchange's explicit end: no runs, no entries (nothing left to say)."""
+    return not message.runs and not message.entries
+
+
+def end(session: int, source: str) -> Reconcile:
+    """The explicit end of an exchange: sent instead of an empty answer, so both sides know it ended (a node
+    built before sync points answers it with nothing, as any message that asks nothing)."""
+    return Reconcile(session, source, (), ())
+
+
+class Answer(NamedTuple):
+    """What answering a message gives: the reply (None: nothing left to say), the entries the message
+    carried (for the caller to merge), and whether the reply says everything the message asked for
+    (`complete`: False when entries were left for the next exchange by `max_entries_bytes`, or a WANT over a
+    range grown too large was not answered; then no sync point may rest on this exchange)."""
+
+    reply: Reconcile | None
+    entries: tuple[tuple[str, bytes], ...]
+    complete: bool
+
+
 def answer(
     message: Reconcile, source: str, view: RangeView, max_entries_bytes: int = 1 << 20
 ) -> tuple[Reconcile | None, tuple[tuple[str, bytes], ...]]:
@@ -218,6 +268,12 @@ def answer(
     the caller merges into its store. Call this before merging those entries (the reply describes the
     store as it was when the message was answered; the peer learns the rest in the next exchange).
     Raises ValueError on a malformed message."""
+    reply, entries, _ = answer_step(message, source, view, max_entries_bytes)
+    return reply, entries
+
+
+def answer_step(message: Reconcile, source: str, view: RangeView, max_entries_bytes: int = 1 << 20) -> Answer:
+    """`answer`, and whether the reply is complete (`Answer`). Raises ValueError on a malformed message."""
     session = message.session
     if not isinstance(session, int) or not isinstance(message.runs, tuple | list) or len(message.runs) > MAX_RUNS:
         raise ValueError("malformed anti-entropy message")
@@ -236,11 +292,14 @@ def answer(
                 start = upper
         elif mode == IDLIST:
             _on_idlist(view, lo, hi, values, out)
-        elif mode == WANT and view.fingerprint(lo, hi)[0] <= ENTRIES_MAX:
+        elif mode == WANT:
             # Only ranges small enough to have been listed in full are answered (a larger one is not what
-            # this side sent, and would make it read a whole range).
-            wanted = set(values)
-            out.send.extend(k for k, d in view.digests(lo, hi) if short(d, session) in wanted)
+            # this side sent, and would make it read a whole range); the exchange is then incomplete.
+            if view.fingerprint(lo, hi)[0] <= ENTRIES_MAX:
+                wanted = set(values)
+                out.send.extend(k for k, d in view.digests(lo, hi) if short(d, session) in wanted)
+            else:
+                out.complete = False
         elif mode == FETCH:
             out.send.extend(view.keys_of(lo, hi, values))
     out_runs, send_keys = out.runs, out.send
@@ -251,19 +310,23 @@ def answer(
         for key, versions in view.entries(send_keys[first : first + ENTRY_CHUNK]):
             size += len(key) + len(versions) + 8
             if size > max_entries_bytes and entries:
+                out.complete = False
                 break
             entries.append((key, versions))
         if size > max_entries_bytes:
+            if first + ENTRY_CHUNK < len(send_keys):
+                out.complete = False
             break
     if not out_runs and not entries:
-        return None, message.entries
-    return Reconcile(message.session, source, tuple(out_runs), tuple(entries)), message.entries
+        return Answer(None, message.entries, out.complete)
+    return Answer(Reconcile(message.session, source, tuple(out_runs), tuple(entries)), message.entries, out.complete)
 
 
 class _Reply:
-    """What an answer collects: runs, keys whose entries to send, and room left for sketches."""
+    """What an answer collects: runs, keys whose entries to send, room left for sketches, and whether
+    everything asked was answered."""
 
-    __slots__ = ("room", "runs", "salt", "send", "session")
+    __slots__ = ("complete", "room", "runs", "salt", "send", "session")
 
     def __init__(self, session: int) -> None:
         self.session = session
@@ -271,6 +334,7 @@ class _Reply:
         self.runs: list[Run] = []
         self.send: list[str] = []
         self.room = MAX_SKETCH_BYTES
+        self.complete = True
 
 
 def _on_fingerprint(view: RangeView, lo: str, hi: str | None, value: int, out: _Reply) -> None:

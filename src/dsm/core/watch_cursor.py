@@ -13,19 +13,36 @@ A cursor names a position in one node's history of commits: `(node id, store epo
 Text form: base64url without padding of `msgpack([FORMAT, node, epoch, stamp, expiry_ms])`; at most
 `CURSOR_MAX_CHARS` characters (a node id is at most 128 bytes, so about 200 in practice).
 
-How a node resumes (`plan`): on the cursor's own node and epoch, and no older than the tombstone grace period
-(a purged tombstone is gone from the rows, so an older cursor could miss a delete), `SAME_NODE`: replay the
-rows changed after the stamp. Anywhere else, `RESYNC`: the current state of every key under the prefix,
-between `{"resync": "begin"}` and `{"resync": "end"}` lines, in the same stream: always correct, O(prefix).
-Sync points left by anti-entropy (resuming on another node from its own rows) are a later step.
+How a node resumes (`choose`), never from a cursor older than the tombstone grace period (a purged tombstone
+is gone from the rows, so an older cursor could miss a delete):
+- on the cursor's own node and epoch, `SAME_NODE`: replay the rows changed after the stamp;
+- on another node B, `SYNC_POINT`, when B holds a sync point `(A, epoch, a, b)` of the cursor's node A and
+  epoch with `a <= stamp`: replay B's own rows changed after b. A sync
+  point, left by an anti-entropy exchange between A and B (`dsm.core.reconcile`, "Sync points"), says that
+  for every key B held at its stamp b, A at its stamp a held or dominated B's versions, or B's row changed
+  after b; so every version B holds that A did not hold at the cursor's stamp is in a row B changed after b.
+  Of several, the one with the largest b (the fewest duplicates: B's changes between b and the cursor's
+  point, which the reader already has, come again with the same writer and timestamp);
+- otherwise `RESYNC`: the current state of every key under the prefix, between `{"resync": "begin"}` and
+  `{"resync": "end"}` lines, in the same stream: always correct, O(prefix).
+
+`SyncPoints` holds a node's sync points: at most `SYNC_POINTS_PER_PEER` of each of at most `SYNC_POINT_PEERS`
+peers, for its own store epoch; `encode`/`decode` give the bytes the node keeps them in (its store's metadata,
+so they survive a restart). Per peer it keeps the first and the newest, and thins those between so they
+stay spread out (a new one pushes out the one whose neighbours are closest): a recent cursor resumes from a
+recent point (few duplicates), and an old one still finds a point at or before it, however many exchanges
+ran since, rather than a resync.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import msgpack
 
@@ -89,21 +106,123 @@ def decode(text: str) -> Cursor:
 
 
 class Plan(Enum):
-    """How a node resumes a watch from a cursor (`plan`)."""
+    """How a node resumes a watch from a cursor (`choose`)."""
 
     #: Replay this node's rows changed after the cursor's stamp, then go live.
     SAME_NODE = "same_node"
+    #: Replay this node's rows changed after a sync point's stamp of its own, then go live.
+    SYNC_POINT = "sync_point"
     #: The current state of every key under the prefix (marked begin and end), then live.
     RESYNC = "resync"
 
 
-def plan(cursor: Cursor, node_id: str, epoch: int, wall_ms: int, tombstone_grace_ms: int) -> Plan:
-    """How the node `node_id` (store `epoch`) resumes from `cursor` at wall time `wall_ms`."""
-    if cursor.node != node_id or cursor.epoch != epoch:
-        return Plan.RESYNC
+class HeldSyncPoint(NamedTuple):
+    """A sync point a node keeps: `peer` at `peer_stamp` of its store `peer_epoch` held or dominated every
+    version this node held at `own_stamp`, but for rows this node changed after `own_stamp`."""
+
+    peer: str
+    peer_epoch: int
+    peer_stamp: int
+    own_stamp: int
+
+
+class Resume(NamedTuple):
+    """How to resume: the plan, and for a replay the stamp of this node's rows to replay after."""
+
+    plan: Plan
+    after: int = 0
+
+
+def choose(
+    cursor: Cursor,
+    node_id: str,
+    epoch: int,
+    wall_ms: int,
+    tombstone_grace_ms: int,
+    sync_points: Iterable[HeldSyncPoint] = (),
+) -> Resume:
+    """How the node `node_id` (store `epoch`, holding `sync_points`) resumes from `cursor` at wall time
+    `wall_ms` (see the module docstring)."""
     if physical_ms(cursor.stamp) < wall_ms - tombstone_grace_ms:
-        return Plan.RESYNC  # tombstones purged since may be missing from the rows
-    return Plan.SAME_NODE
+        return Resume(Plan.RESYNC)  # tombstones purged since may be missing from the rows
+    if cursor.node == node_id:
+        return Resume(Plan.SAME_NODE, cursor.stamp) if cursor.epoch == epoch else Resume(Plan.RESYNC)
+    # How old b is does not matter: a tombstone B purged after b was either held by A at the cursor's point
+    # (the reader saw the delete, and B no longer holds the key either) or reached A after it, which is the
+    # limit a same-node replay has too (docs/consistency.md, "Watches").
+    usable = [
+        p.own_stamp
+        for p in sync_points
+        if p.peer == cursor.node and p.peer_epoch == cursor.epoch and p.peer_stamp <= cursor.stamp
+    ]
+    return Resume(Plan.SYNC_POINT, max(usable)) if usable else Resume(Plan.RESYNC)
+
+
+def plan(cursor: Cursor, node_id: str, epoch: int, wall_ms: int, tombstone_grace_ms: int) -> Plan:
+    """How the node `node_id` (store `epoch`, no sync points) resumes from `cursor` at wall time `wall_ms`."""
+    return choose(cursor, node_id, epoch, wall_ms, tombstone_grace_ms).plan
+
+
+#: Sync points kept per peer (spread out, see the module docstring), and peers kept (the most recently heard
+#: from).
+SYNC_POINTS_PER_PEER = 6
+SYNC_POINT_PEERS = 64
+#: The first field of `SyncPoints.encode`.
+SYNC_POINTS_FORMAT = 1
+
+
+class SyncPoints:
+    """A node's sync points (see the module docstring), for its store `epoch`."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._by_peer: OrderedDict[str, list[HeldSyncPoint]] = OrderedDict()
+
+    def add(self, point: HeldSyncPoint) -> None:
+        """Keeps `point` (beyond the bounds, the point of its peer whose neighbours are closest, and the least
+        recent peer, are forgotten; so are the points of another epoch of its peer)."""
+        held = self._by_peer.pop(point.peer, [])
+        held = [p for p in held if p.peer_epoch == point.peer_epoch and p != point]
+        held.append(point)
+        held.sort(key=lambda p: (p.peer_stamp, p.own_stamp))
+        while len(held) > SYNC_POINTS_PER_PEER:
+            closest = min(range(1, len(held) - 1), key=lambda i: held[i + 1].peer_stamp - held[i - 1].peer_stamp)
+            del held[closest]
+        self._by_peer[point.peer] = held
+        while len(self._by_peer) > SYNC_POINT_PEERS:
+            self._by_peer.popitem(last=False)
+
+    def of(self, peer: str) -> list[HeldSyncPoint]:
+        """The sync points kept for `peer`, in stamp order."""
+        return list(self._by_peer.get(peer, ()))
+
+    def __len__(self) -> int:
+        """The peers with a sync point kept."""
+        return len(self._by_peer)
+
+    def encode(self) -> bytes:
+        """The bytes the node keeps them in."""
+        points = [[p.peer, p.peer_epoch, p.peer_stamp, p.own_stamp] for held in self._by_peer.values() for p in held]
+        return bytes(msgpack.packb([SYNC_POINTS_FORMAT, self.epoch, points]))
+
+    @classmethod
+    def decode(cls, raw: bytes | None, epoch: int) -> SyncPoints:
+        """The sync points `encode` kept for the store `epoch` (none if `raw` is None, unreadable, or of another
+        epoch: a store emptied since has another history of stamps)."""
+        points = cls(epoch)
+        if not raw:
+            return points
+        try:
+            fields = msgpack.unpackb(raw, use_list=True, strict_map_key=True)
+            version, kept_epoch, rows = fields
+            if version != SYNC_POINTS_FORMAT or kept_epoch != epoch or not isinstance(rows, list):
+                return points
+            for peer, peer_epoch, peer_stamp, own_stamp in rows:
+                if isinstance(peer, str) and all(type(v) is int for v in (peer_epoch, peer_stamp, own_stamp)):
+                    points.add(HeldSyncPoint(peer, peer_epoch, peer_stamp, own_stamp))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return cls(epoch)
+        return points
 
 
 def position(stamp: int, more_at_stamp: bool) -> int:

@@ -12,7 +12,11 @@ transport receives (with the member the connection authenticated), and carries o
 - `ReconcileStep`: an anti-entropy step the core decided on (when, with whom, open or answer) runs against
   the store's consistent view off the event loop (`BackingStore.with_range_view`: a worker thread for the
   SQL stores); its reply is sent and the entries it brought are merged. At most MAX_ANSWERS answers run at
-  once; more are dropped (counted; the peer's next exchange tries again);
+  once; more are dropped (counted; the peer's next exchange tries again; an exchange's end, which asks
+  nothing, is never dropped). The step's outcome and that of the merge of its entries go back to the core,
+  which decides the exchange's sync point (`SyncPoint`);
+- `HeldSyncPoint`: a peer's sync point the core accepted is kept (`dsm.node.sync_points`, in the store's
+  metadata), for watches resumed from that peer's cursors;
 - `Deliver` / `RouteFailure`: routed payloads, handed to `on_deliver` / `on_route_failure` if set.
 Other members' requests to the store (a level's `Replicate` and `ReadRequest`, a conditional write's acceptor
 messages) are served by `dsm.net.serving.Serving`, bounded. Writes committed locally are published at once
@@ -64,9 +68,10 @@ from dsm.core.messages import (
 )
 from dsm.core.node_core import Conditional, NodeCore
 from dsm.core.peer import Peer, PeerSettings
-from dsm.core.replica import Commit
+from dsm.core.replica import Commit, MergeOp
 from dsm.core.ring import MemberInfo, State
 from dsm.core.versions import VersionSet
+from dsm.core.watch_cursor import HeldSyncPoint
 from dsm.errors import StorageCorruptError
 from dsm.net import chunks
 from dsm.net.looplag import LoopLag
@@ -76,6 +81,7 @@ from dsm.net.serving import Serving
 from dsm.net.tls import contexts
 from dsm.net.transport import PeerLimits, Transport
 from dsm.node import Commits
+from dsm.node.sync_points import SyncPointBook
 
 log = logging.getLogger("dsm.net")
 
@@ -146,6 +152,8 @@ class Runtime:
         self.anti_entropy_entries = 0
         self.anti_entropy_repaired = 0
         self._answering = 0
+        #: The sync points anti-entropy leaves here, for watches resumed from other nodes' cursors.
+        self.sync_points = SyncPointBook(commits, self._background)
         #: Event-loop stalls, measured while the node runs (exported as metrics).
         self.loop_lag = LoopLag()
         #: The node's whole core (peer, coordinator, anti-entropy; made at start), the futures of the callers
@@ -223,9 +231,11 @@ class Runtime:
         replica = self.commits.replica
         settings = replica.settings
         conditional = Conditional(replica.clock, self.commits.cas_run, self.commits.wall_ms, settings.max_siblings)
+        ports = await self.sync_points.open()
         self.core = NodeCore(
-            self.peer, replica.resolution, lambda: self._ids.getrandbits(63), self.now(), conditional=conditional
-        )
+            self.peer, replica.resolution, lambda: self._ids.getrandbits(63), self.now(), conditional=conditional,
+            sync_points=ports,
+        )  # fmt: skip
         saved = None if self.new_cluster else await store.read_meta(META_MEMBERS)
         if saved is not None:
             self._restoring = True
@@ -349,6 +359,7 @@ class Runtime:
             except Exception as exc:
                 log.warning("saving the member table failed: %s", exc)
         self.commits.unsubscribe(self._on_commit)
+        self.sync_points.close()
         if self.core is not None:  # callers waiting for a level hear that it was not met
             self._apply(self.core.coordinator.abandon())
         if leave and self.peer is not None and not self.peer.left:
@@ -385,8 +396,10 @@ class Runtime:
                 self.serving.acceptor(source, CasCommit(message.source, entry.key, entry.ballot, entry.value))
         elif kind is ReadRequest:
             self.serving.read(source, message)
-        elif kind is Reconcile and self._answering >= MAX_ANSWERS:
+        elif kind is Reconcile and self._answering >= MAX_ANSWERS and (message.runs or message.entries):
             self.anti_entropy_dropped += 1  # the peer's next exchange tries again
+            if self.core is not None and self.core.anti_entropy is not None:
+                self.core.anti_entropy.failed(source, message.session)
         else:
             assert self.core is not None
             self._apply(self.core.handle(self.now(), source, message))
@@ -423,6 +436,8 @@ class Runtime:
                 if effect.message is not None:
                     self._answering += 1
                 self._background(self._reconcile(effect))
+            elif isinstance(effect, HeldSyncPoint):
+                self.sync_points.keep(effect)
             elif isinstance(effect, Deliver):
                 if self.on_deliver is not None:
                     self.on_deliver(effect)
@@ -454,14 +469,14 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _merge(self, items: Sequence[DataItem], source: str) -> int:
-        """Merges replicated items into the store; returns how many keys changed (0 when it failed)."""
+    async def _merge(self, items: Sequence[DataItem], source: str) -> MergeOp | None:
+        """Merges replicated items into the store; returns the merge with its outcome (None when it failed)."""
         try:
-            return (await self.commits.merge(items)).changed
+            return await self.commits.merge(items)
         except Exception as exc:  # the store failed or closed: the write comes again by gossip or anti-entropy
             self.merge_failures += 1
             log.warning("merging %d items from %s failed: %s", len(items), source, exc)
-            return 0
+            return None
 
     def remove_member(self, node_id: str) -> None:
         """Removes a member for good (`Peer.remove`); ValueError for an unknown member or this node."""
@@ -541,22 +556,28 @@ class Runtime:
         """Runs an anti-entropy step the core decided on, against the store's consistent view off the event
         loop; sends its reply and merges the entries it brought."""
         limit = self.settings.anti_entropy_max_bytes
+        assert self.core is not None and self.core.anti_entropy is not None
+        anti_entropy = self.core.anti_entropy
         try:
-            reply, items = await self.commits.store.with_range_view(
-                lambda view: run_step(step, self.node_id, view, limit)
-            )
+            result = await self.commits.store.with_range_view(lambda view: run_step(step, self.node_id, view, limit))
             if step.message is not None:
                 self.anti_entropy_answers += 1
-            if reply is not None:
-                self.transport.send(step.node_id, self._addr_of(step.node_id), reply)
-            if items:
+            ended = anti_entropy.stepped(step, result)  # before the reply goes: the peer may answer at once
+            if result.reply is not None:
+                self.transport.send(step.node_id, self._addr_of(step.node_id), result.reply)
+            self._apply(ended)
+            if items := result.items:
                 self.anti_entropy_entries += len(items)
-                self.anti_entropy_repaired += await self._merge(items, step.node_id)
+                merge = await self._merge(items, step.node_id)
+                self.anti_entropy_repaired += 0 if merge is None else merge.changed
+                self._apply(anti_entropy.merged(step, merge is not None and merge.refused == 0))
         except ValueError as exc:  # a malformed exchange: the sender's fault
             self.anti_entropy_failures += 1
+            anti_entropy.failed(step.node_id, step.session)
             log.warning("malformed anti-entropy message from %s: %s", step.node_id, exc)
         except Exception as exc:  # the store failed: the next round tries again
             self.anti_entropy_failures += 1
+            anti_entropy.failed(step.node_id, step.session)
             log.warning("anti-entropy step with %s failed: %s", step.node_id, exc)
         finally:
             if step.message is not None:

@@ -30,6 +30,7 @@ from dsm.core.ring import State
 from dsm.net.looplag import LoopLag
 from dsm.net.transport import Transport
 from dsm.node import EpidemicStorage
+from dsm.node.sync_points import SyncPointBook
 
 __all__ = [
     "STANDALONE",
@@ -78,6 +79,9 @@ class NetworkSource(Protocol):
 
     @property
     def anti_entropy_repaired(self) -> int: ...
+
+    @property
+    def sync_points(self) -> SyncPointBook: ...
 
     def join_status(self) -> dict[str, Any]: ...
 
@@ -157,6 +161,9 @@ class NetworkStatus:
     anti_entropy_answers: int
     anti_entropy_entries: int
     anti_entropy_repaired: int
+    #: Members this node keeps anti-entropy sync points of (a watch resumed here from their cursors replays
+    #: this node's rows after one, rather than resyncing the prefix).
+    sync_point_peers: int
     transport: TransportStatus
     loop_lag: LoopLagStatus
 
@@ -272,6 +279,7 @@ def _network(runtime: NetworkSource, peer: Peer, members: bool) -> NetworkStatus
         anti_entropy_answers=runtime.anti_entropy_answers,
         anti_entropy_entries=runtime.anti_entropy_entries,
         anti_entropy_repaired=runtime.anti_entropy_repaired,
+        sync_point_peers=len(runtime.sync_points.points),
         transport=_transport(runtime.transport),
         loop_lag=LoopLagStatus(counts=tuple(lag.counts), total_s=lag.total_s, max_s=lag.max_s),
     )

@@ -92,6 +92,7 @@ class MessageType(enum.IntEnum):
     CAS_REQUEST = 36
     CAS_RESULT = 37
     CAS_COMMITS = 38
+    SYNC_POINT = 39
     # Connection control (dsm.net.security), not core messages: 64-71. A frame of one of these types on an
     # established connection is refused.
     HELLO_V1 = 64  # protocol 1 only (retired; never reuse)
@@ -344,6 +345,7 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.CAS_REQUEST: (m.CasRequest, (_int, _id, _str, _int, _bool, _bytes, _str, _int, _int)),
     MessageType.CAS_RESULT: (m.CasResult, (_int, _id, _text, _bytes)),
     MessageType.CAS_COMMITS: (m.CasCommits, (_id, _tuple_of(_record(m.CommitEntry, (_str, _ballot, _bytes))))),
+    MessageType.SYNC_POINT: (m.SyncPoint, (_int, _id, _int, _int)),
     MessageType.HANDSHAKE: (Handshake, (_id, _opt_id, _bytes, _bytes)),
     MessageType.HANDSHAKE_REPLY: (HandshakeReply, (_id, _bytes)),
     MessageType.CONFIRM: (Confirm, (_bytes,)),

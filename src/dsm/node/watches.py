@@ -12,7 +12,11 @@ it is opened, so every later commit is queued, and then
   stamp (`BackingStore.changed_since`, paged in (seq, key) order: each key once, in its current state),
   and then delivers the queued commits stamped above the last row it replayed (those at or below it are
   already in the replayed rows: commits are stored one at a time, in stamp order);
-- anywhere else (`Plan.RESYNC`), sends `Resync(begin)`, the current state of every key under the prefix
+- on another node, when it keeps a sync point of the cursor's node that covers the cursor (`Plan.SYNC_POINT`,
+  `watch_cursor.choose`; the sync points anti-entropy left are read from the store's metadata,
+  `dsm.node.sync_points`, when the watch starts), replays its own rows changed after the sync point's stamp
+  of its own, exactly as above; its cursors are then this node's;
+- otherwise (`Plan.RESYNC`), sends `Resync(begin)`, the current state of every key under the prefix
   (tombstones included; paged by key), then `Resync(end)` with a cursor of this node at the last commit
   before the watch was opened, and delivers every queued commit.
 
@@ -40,11 +44,10 @@ from dataclasses import dataclass
 
 from dsm.core import expiry, watch_cursor
 from dsm.core.encoding import DecodeError, decode_versions, digest
-from dsm.core.hlc import pack
 from dsm.core.replica import USER_KEYS_START, Commit, Replica
 from dsm.core.versions import VersionSet
 from dsm.core.watch_cursor import Cursor, Plan
-from dsm.node import startup
+from dsm.node import startup, sync_points
 from dsm.node.checks import prefix_end
 from dsm.node.expiries import Expiries
 from dsm.storage.base import BackingStore
@@ -158,14 +161,35 @@ class Watch:
         self._page_stamp, self._page_from = 0, self._lo
         self._page_after: str | None = None
         self._skip_through = 0
+        #: The cursor of another node, while the watch has not yet read the sync points it keeps.
+        self.deciding: Cursor | None = None
         if since is not None:
-            self.plan = watch_cursor.plan(since, hub.node_id, hub.epoch, hub.wall_ms(), hub.grace_ms)
-            if self.plan is Plan.SAME_NODE:
-                self._position = self._page_stamp = since.stamp
-                self._expiry_ms = since.expiry_ms
-            else:
+            resume = watch_cursor.choose(since, hub.node_id, hub.epoch, hub.wall_ms(), hub.grace_ms)
+            if resume.plan is Plan.RESYNC and since.node != hub.node_id:
+                self.deciding = since  # a sync point may cover it (`_decide`); until then, as a resync
+                self.plan = Plan.RESYNC
                 self._since_text = watch_cursor.encode(since)
-                self._pending.append((self._position, Resync(True)))
+            else:
+                self._start(since, resume)
+
+    def _start(self, since: Cursor, resume: watch_cursor.Resume) -> None:
+        """Sets the catch-up going: a replay of this node's rows after `resume.after`, or a resync."""
+        self.plan = resume.plan
+        if resume.plan is Plan.RESYNC:
+            self._since_text = watch_cursor.encode(since)
+            self._pending.append((self._position, Resync(True)))
+        else:
+            self._position = self._page_stamp = resume.after
+            self._expiry_ms = since.expiry_ms
+
+    async def _decide(self, since: Cursor) -> None:
+        """Chooses how to resume from another node's cursor, with the sync points this node keeps."""
+        hub = self._hub
+        held = await sync_points.read(hub.store, hub.epoch)
+        resume = watch_cursor.choose(since, hub.node_id, hub.epoch, hub.wall_ms(), hub.grace_ms, held.of(since.node))
+        self.deciding = None
+        self._start(since, resume)
+        hub.resumes[resume.plan.value] += 1
 
     # --- what the node's commits offer
 
@@ -187,7 +211,8 @@ class Watch:
 
     @property
     def cursor(self) -> str:
-        """Where the reader stands now: resuming from it misses nothing it has not been given."""
+        """Where the reader stands now: resuming from it misses nothing it has not been given (after a sync
+        point's replay started, this node's cursor at its stamp: see `dsm.core.reconcile`, "Sync points")."""
         if self.plan is Plan.RESYNC:
             assert self._since_text is not None
             return self._since_text  # mid-resync: a resume resyncs again
@@ -230,10 +255,12 @@ class Watch:
                 if self._caught_up and not self._pending:
                     self.plan = None  # live from here: `cursor` is this node's (a resync's end was handed out)
                 return item
-            if self._caught_up:
+            if self.deciding is not None:
+                await self._decide(self.deciding)
+            elif self._caught_up:
                 # Live from here; the queued commits the catch-up already covered are skipped.
                 self.plan = None
-            elif self.plan is Plan.SAME_NODE:
+            elif self.plan is not Plan.RESYNC:
                 await self._replay_page()
             else:
                 await self._resync_page()
@@ -362,8 +389,8 @@ class Watches:
         self.wall_ms = wall_ms
         self.grace_ms = grace_ms
         self._open: set[Watch] = set()
-        #: Watches opened with a cursor, by how they caught up ('same_node', 'resync'); watches ended because
-        #: their reader fell `limit` behind.
+        #: Watches opened with a cursor, by how they caught up ('same_node', 'sync_point', 'resync'); watches
+        #: ended because their reader fell `limit` behind.
         self.resumes: dict[str, int] = {plan.value: 0 for plan in Plan}
         self.overflows = 0
         #: The keys that expired, for the watches' expiry events.
@@ -382,16 +409,12 @@ class Watches:
         reading of its own, which the store does not record: a restart with a wall clock behind restarts the
         clock from what is stored, and could stamp later commits below such a reading."""
         self.epoch = await startup.store_epoch(self.store)
-        replica = self.replica
-        # Every stamp given is below the clock floor (`replica._reserve`); when the wall clock is past the
-        # floor, every stamp to come is above it; otherwise the clock was started above every stored stamp.
-        bound = pack(replica.reserved_ms) if replica.reserved_ms < self.wall_ms() else replica.clock.last
-        self.last_stamp = max(self.last_stamp, bound)
+        self.last_stamp = max(self.last_stamp, sync_points.stamp_bound(self.replica, self.wall_ms()))
 
     def open(self, prefix: str, limit: int, since: Cursor | None = None, values: bool = False) -> Watch:
         watch = Watch(self, prefix, limit, since, values, self._ended)
         self._open.add(watch)
-        if watch.plan is not None:
+        if watch.plan is not None and watch.deciding is None:  # else counted once decided
             self.resumes[watch.plan.value] += 1
         return watch
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsm.core import member_record
-from dsm.core.anti_entropy import ReconcileStep, run_step
+from dsm.core.anti_entropy import ReconcileStep, SyncPorts, run_step
 from dsm.core.cas_acceptor import serve_all
 from dsm.core.cas_ops import Operation as CasOperation
 from dsm.core.cas_proposer import CasDone
@@ -56,6 +56,7 @@ from dsm.core.replica import Commit, MergeOp, Op, Replica, ReplicaSettings, Writ
 from dsm.core.ring import Directory, MemberInfo, MemberTable, State
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Resolution, VersionSet
+from dsm.core.watch_cursor import HeldSyncPoint, SyncPoints
 from dsm.sim.network import NetworkModel
 from dsm.storage.base import paxos_key
 from dsm.storage.memory import MemoryStore
@@ -107,6 +108,11 @@ class SimNode:
     # cheap copy, encoded as the runtime's saved record only when a restart reads it back).
     saved_states: bytes = b""
     saved_incarnations: array[int] | None = None
+    #: Its store's epoch, the stamp of its last commit, and the sync points it keeps (they survive crashes, as
+    #: the runtime's do in the store's metadata).
+    epoch: int = 0
+    last_stamp: int = 0
+    sync_points: SyncPoints = field(default_factory=lambda: SyncPoints(0))
 
     @property
     def data(self) -> SortedReplica:
@@ -120,6 +126,8 @@ class SimNode:
         commit = replica.apply(ops, store.read_many_now(replica.reads(ops)), wall_ms)
         store.write_now(commit.rows, commit.meta, commit.deletes)
         replica.stored(commit)
+        if commit.stamp:
+            self.last_stamp = commit.stamp
         return commit
 
     @property
@@ -212,6 +220,8 @@ class Simulation:
         info = MemberInfo(node_id, f"sim://{node_id}", region or self.regions[index % len(self.regions)])
         settings = ReplicaSettings(self.resolution, self.max_siblings, self.max_clock_offset_ms)
         node = SimNode(index, info, MemoryStore(opened=True), Replica(node_id, settings, info.addr))
+        node.epoch = index + 1  # a fixed epoch per node (no draw from the run's random source)
+        node.sync_points = SyncPoints(node.epoch)
         if self.skew_max_ms:
             node.skew_ms = self.rng.randint(-self.skew_max_ms, self.skew_max_ms)
         self.nodes.append(node)
@@ -234,7 +244,10 @@ class Simulation:
         node.peer = peer
         node.generation += 1  # also the run number of its ballots: a restart never reuses one
         conditional = Conditional(node.replica.clock, node.generation, lambda: self._peer_now(node), self.max_siblings)
-        node.core = NodeCore(peer, self.resolution, self._next_level_id, self._peer_now(node), conditional=conditional)
+        ports = SyncPorts(node.epoch, lambda: node.last_stamp)
+        node.core = NodeCore(
+            peer, self.resolution, self._next_level_id, self._peer_now(node), conditional=conditional, sync_points=ports
+        )
         node.up = True
         node.wake = math.inf
         return peer
@@ -415,18 +428,21 @@ class Simulation:
 
     def _reconcile(self, node: SimNode, step: ReconcileStep) -> None:
         """Runs an anti-entropy step its core decided on against the node's store, as the runtime does."""
-        assert node.peer is not None
+        assert node.peer is not None and node.core is not None and node.core.anti_entropy is not None
+        anti_entropy = node.core.anti_entropy
         try:
-            reply, items = run_step(
-                step, node.info.node_id, node.store.view(), node.peer.settings.anti_entropy_max_bytes
-            )
+            result = run_step(step, node.info.node_id, node.store.view(), node.peer.settings.anti_entropy_max_bytes)
         except ValueError:  # a malformed exchange: the sender's fault, dropped (as the runtime does)
             node.peer.stats.bad_messages += 1
+            anti_entropy.failed(step.node_id, step.session)
             return
-        if items:
-            self._store(node, Store(items, step.node_id, "anti-entropy", 0))
-        if reply is not None:
-            self._apply_effects(node, [Send(step.node_id, "", reply)])
+        effects: list[CoreEffect] = list(anti_entropy.stepped(step, result))
+        if result.items:
+            took_all = self._store(node, Store(result.items, step.node_id, "anti-entropy", 0))
+            effects.extend(anti_entropy.merged(step, took_all))
+        if result.reply is not None:
+            effects.insert(0, Send(step.node_id, "", result.reply))
+        self._apply_effects(node, effects)
 
     def cas_at(
         self,
@@ -627,6 +643,8 @@ class Simulation:
                 self._cas_done(node, effect)
             elif type(effect) is ReconcileStep:
                 self._reconcile(node, effect)
+            elif type(effect) is HeldSyncPoint:
+                node.sync_points.add(effect)
             elif type(effect) is RouteFailure:
                 outcome = self.routes.get((node.index, effect.route_id))
                 if outcome is not None and outcome.delivered is None:
