@@ -90,7 +90,9 @@ def run_step(step: ReconcileStep, node_id: str, view: RangeView, max_bytes: int)
 
 
 def is_opening(message: Reconcile) -> bool:
-    """Whether `message` has the shape of an exchange's first message (`reconcile.opening`)."""
+    """Whether `message` has the shape of an exchange's first message (`reconcile.opening`: one summary of the
+    whole key space). No later step makes one: a whole-space range is split only when the answering side
+    holds more than `IDLIST_MAX` keys, into at least two parts."""
     if message.entries or len(message.runs) != 1:
         return False
     lo, hi, mode, shared, suffixes, packed = message.runs[0]
@@ -123,9 +125,12 @@ class Exchanges:
 
     A record is made at this side's first step only (the opening, or the answer to a message shaped like
     one), so its stamp is never later than any of this side's steps: a step of an exchange whose record was
-    forgotten makes none, and that exchange leaves no sync point. Two exchanges under one key (both sides
-    opened the same session number, or a restarted peer reuses one) share a record: the earlier stamp and
-    every step's outcome, which only makes the claims weaker, never wrong.
+    forgotten (or made before this node restarted) makes none, and that exchange leaves no sync point. (The
+    one gap: a duplicate of an exchange's first message arriving after its record was forgotten, 64
+    exchanges later, starts a new record; TCP does not duplicate, the simulator's network can.) Two
+    exchanges under one key (both sides opened the same session number, or a restarted peer reuses one)
+    share a record: the earlier stamp and every step's outcome, which only makes the claims weaker, never
+    wrong.
 
     Args:
         node_id: this node.
