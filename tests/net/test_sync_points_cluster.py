@@ -36,8 +36,7 @@ async def test_a_watch_resumes_on_another_node_through_a_sync_point(cluster: Clu
     a = await cluster.start("n0", "127.0.0.1", [], settings=QUICK)
     b = await cluster.start("n1", "127.0.0.2", [a.addr], settings=QUICK)
     store_a, store_b = cluster.nodes["n0"][1], cluster.nodes["n1"][1]
-    for i in range(5):
-        await store_a.put(f"w/{i}", b"1")
+    await asyncio.gather(*(store_a.put(f"w/{i:03}", b"1") for i in range(300)))
 
     def held(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         async def run() -> bool:
@@ -45,11 +44,20 @@ async def test_a_watch_resumes_on_another_node_through_a_sync_point(cluster: Clu
 
         return run
 
+    async def b_has_all() -> bool:
+        return await store_b.count() >= 300
+
+    await eventually(b_has_all)
+    had_all = b.sync_points.last_stamp  # n1's stamp once it held all 300
     first = store_a.watch("w/")
     cursor = watch_cursor.decode(first.cursor)  # the reader holds every change on n0 up to here
     first.close()
-    # Anti-entropy keeps running: n1 soon keeps a sync point of n0 covering the cursor.
-    await eventually(held(lambda: any(p.peer_stamp <= cursor.stamp for p in b.sync_points.points.of("n0"))))
+    # Anti-entropy keeps running: n1 soon keeps a sync point of n0 covering the cursor, from after it held all.
+    await eventually(
+        held(
+            lambda: any(p.peer_stamp <= cursor.stamp and p.own_stamp >= had_all for p in b.sync_points.points.of("n0"))
+        )
+    )
     assert a.sync_points.points.of("n1"), "and n0 one of n1"
     await store_a.put("w/late", b"2")  # after the cursor's point
 
@@ -60,6 +68,7 @@ async def test_a_watch_resumes_on_another_node_through_a_sync_point(cluster: Clu
     resumed = store_b.watch("w/", since=watch_cursor.encode(cursor))
     items = await next_items(resumed, has("w/late"))
     assert not any(isinstance(i, Resync) for i in items)  # no resync of the prefix
+    assert len(items) < 10  # what changed since the sync point (w/late), not the 301 keys under the prefix
     assert store_b.watches.resumes["sync_point"] == 1 and store_b.watches.resumes["resync"] == 0
     # The events' cursors are n1's own: a later resume there is a same-node replay.
     assert all(watch_cursor.decode(i.cursor).node == "n1" for i in items if isinstance(i, Event))
