@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from dsm.core.coordinator import read_reply, stored_reply
-from dsm.core.messages import CasAccept, CasCommit, CasPrepare, ReadRequest, Replicate
+from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, ReadRequest, Replicate
 from dsm.node import Commits
 
 log = logging.getLogger("dsm.net")
@@ -104,17 +104,41 @@ class Serving:
     def acceptor(self, source: str, message: CasPrepare | CasAccept | CasCommit) -> None:
         if message.source != source:
             return  # only the member the connection authenticated may ask for its own rounds
-        if self._admit():
-            self.background(self._acceptor(source, message))
+        if not self._admit():
+            return
+
+        def done(reply: CasPromise | CasAccepted | None, error: BaseException | None) -> None:
+            self.active -= 1
+            self._acceptor_done(source, message, reply, error)
+
+        try:
+            if self.commits.serve_acceptor_soon(message, done):
+                return  # the common case: queued at once, answered from the commit's callback
+        except Exception as exc:  # closed
+            done(None, exc)
+            return
+        self.background(self._acceptor(source, message))  # the queue is full: wait for a place
 
     async def _acceptor(self, source: str, message: CasPrepare | CasAccept | CasCommit) -> None:
-        reply = None
+        reply, error = None, None
         try:
             reply = await self.commits.serve_acceptor(message)
-        except Exception as exc:  # closed or the store failed: no answer (never one that is not durable)
-            log.warning("serving a conditional write's %s for %s failed: %s", type(message).__name__, source, exc)
+        except Exception as exc:
+            error = exc
         finally:
             self.active -= 1
+        self._acceptor_done(source, message, reply, error)
+
+    def _acceptor_done(
+        self,
+        source: str,
+        message: CasPrepare | CasAccept | CasCommit,
+        reply: CasPromise | CasAccepted | None,
+        error: BaseException | None,
+    ) -> None:
+        if error is not None:  # closed or the store failed: no answer (never one that is not durable)
+            log.warning("serving a conditional write's %s for %s failed: %s", type(message).__name__, source, error)
+            return
         if reply is None:
             return
         if source == self.node_id:

@@ -188,6 +188,31 @@ class Commits:
         await item.future
         return op.reply
 
+    def serve_acceptor_soon(
+        self, message: AcceptorMessage, done: Callable[[CasPromise | CasAccepted | None, BaseException | None], None]
+    ) -> bool:
+        """As `serve_acceptor`, without a task of its own: `done(reply, error)` is called once the state is
+        durable (or the commit failed). False, and nothing queued, when the queue is full: the caller then
+        waits for a place with `serve_acceptor`. (Every acceptor message of a conditional write came through
+        a task before: its cost showed in profiles of the conditional-write benchmark.)
+
+        Raises:
+            ClosedError: the replica is closed."""
+        if self._queued >= self.config.write_queue_max:
+            return False
+        self._queued += 1
+        op = AcceptorOp(message)
+        size = len(message.value) if isinstance(message, (CasAccept, CasCommit)) else 0
+        item = _Queued(op, asyncio.get_running_loop().create_future(), size)
+        self._admit(item)
+
+        def settled(future: asyncio.Future[Any]) -> None:
+            error = None if future.cancelled() else future.exception()
+            done(op.reply if error is None and not future.cancelled() else None, error)
+
+        item.future.add_done_callback(settled)
+        return True
+
     async def enqueue(self, op: MergeOp) -> MergeOp:
         """Queues a merge (or a purge) and waits for its commit."""
         await self._take_place()
