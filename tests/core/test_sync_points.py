@@ -181,7 +181,7 @@ def test_a_sync_point_resting_on_a_step_cut_by_max_bytes_is_refused() -> None:
             break
         exchange(sides, "n0")
     exchange(sides, "n1")
-    assert holds(b.rows(), before_a) and [p.peer for p in a.kept] == ["n1"]
+    assert holds(b.rows(), before_a) and a.kept and {p.peer for p in a.kept} == {"n1"}
 
 
 def test_a_want_over_a_range_grown_too_large_is_an_incomplete_answer() -> None:
@@ -195,11 +195,14 @@ def test_a_sync_point_for_an_unknown_exchange_or_from_another_member_is_refused(
     sides = pair(*contents())
     exchange(sides, "n0")
     b = sides["n1"]
-    session = 1  # n0's first exchange
+    assert b.core.anti_entropy is not None and b.core.anti_entropy.exchanges is not None
+    [session] = [s for peer, s in b.core.anti_entropy.exchanges._records if peer == "n0"]  # n0's exchange
+    assert len(b.kept) == 1  # n0's own sync point of it, kept
     assert b.core.handle(1, "n0", SyncPoint(session + 5, "n0", 100, 7)) == []  # no such exchange
     assert b.core.handle(1, "n2", SyncPoint(session, "n2", 100, 7)) == []  # not its peer in it
-    kept = HeldSyncPoint("n0", 100, 7, b.kept[0].own_stamp)
-    assert b.core.handle(1, "n0", SyncPoint(session, "n0", 100, 7)) == [kept]
+    assert b.core.handle(1, "n0", SyncPoint(session, "n2", 100, 7)) == []  # naming another member
+    assert b.core.handle(1, "n0", SyncPoint(session, "n0", 100, -1)) == []  # a stamp no commit has
+    assert b.core.handle(1, "n0", SyncPoint(session, "n0", 100, 7)) == []  # one per exchange: taken already
 
 
 def test_exchange_records_are_bounded() -> None:

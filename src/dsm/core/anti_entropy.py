@@ -117,6 +117,8 @@ class _Exchange:
     merging: int = 0
     ended: bool = False
     sent: bool = False
+    #: The peer's sync point of this exchange was taken (one per exchange).
+    kept: bool = False
 
 
 class Exchanges:
@@ -127,10 +129,12 @@ class Exchanges:
     one), so its stamp is never later than any of this side's steps: a step of an exchange whose record was
     forgotten (or made before this node restarted) makes none, and that exchange leaves no sync point. (The
     one gap: a duplicate of an exchange's first message arriving after its record was forgotten, 64
-    exchanges later, starts a new record; TCP does not duplicate, the simulator's network can.) Two
-    exchanges under one key (both sides opened the same session number, or a restarted peer reuses one)
-    share a record: the earlier stamp and every step's outcome, which only makes the claims weaker, never
-    wrong.
+    exchanges later, starts a new record; TCP does not duplicate, the simulator's network can.) Session
+    numbers are random 63-bit numbers (`NodeCore._next_session`), so two exchanges never share a record in
+    practice: with numbers counted from 1 by every node, a node restarted (or the peer, counting its own the
+    same way) reused the number of an exchange the other side still held, and a sync point sent at the end
+    of the old exchange was kept for the new one (review of the first version, tests in
+    tests/core/test_sync_points_review.py).
 
     Args:
         node_id: this node.
@@ -203,11 +207,20 @@ class Exchanges:
         return [Send(peer, self.address_of(peer), SyncPoint(session, self.node_id, ports.epoch, ports.last_stamp()))]
 
     def keep(self, source: str, message: SyncPoint) -> list[HeldSyncPoint]:
-        """A peer's sync point: kept if this side's record of the exchange says it answered in full."""
+        """A peer's sync point: kept if this side's record of the exchange says it answered in full, once per
+        exchange, from the member the connection authenticated, with a stamp that can be one."""
         record = self._record(source, message.session)
-        if record is None or not record.answered_in_full:
+        if (
+            record is None
+            or not record.answered_in_full
+            or record.kept
+            or message.source != source
+            or message.stamp < 0
+            or message.epoch < 0
+        ):
             self.refused += 1
             return []
+        record.kept = True
         self.kept += 1
         return [HeldSyncPoint(source, message.epoch, message.stamp, record.first_stamp)]
 

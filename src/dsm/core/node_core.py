@@ -291,8 +291,12 @@ class NodeCore:
         return out
 
     def _next_session(self) -> int:
+        """A new anti-entropy session number: random (63 bits), not a count, so that a restarted node (whose
+        count would start again) or the peer (which counts its own the same way) never opens one under the
+        number of an exchange whose record the other side still holds; sync points rest on those records
+        (`anti_entropy.Exchanges`)."""
         self._sessions += 1
-        return self._sessions
+        return self.peer.rng.randrange(1, 1 << 63)
 
     def handle(self, now: int, source: str, message: Message | Any) -> list[CoreEffect]:
         """Processes a message from `source` (for a network driver: the member the connection authenticated)."""

@@ -81,8 +81,11 @@ class SyncPointBook:
         self.last_stamp = max(self.last_stamp, commit.stamp)
 
     def keep(self, point: HeldSyncPoint) -> None:
-        """Adds a sync point the core accepted, and writes the set to the store."""
+        """Adds a sync point the core accepted, and writes the set to the store (unless it changed nothing)."""
+        before = self.points.of(point.peer)
         self.points.add(point)
+        if self.points.of(point.peer) == before:
+            return
         self._dirty = True
         if not self._saving:
             self._saving = True
