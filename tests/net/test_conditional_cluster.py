@@ -108,6 +108,19 @@ async def test_counter_increments_are_not_lost(cluster: list[EpidemicStorage]) -
     await eventually(everywhere)
 
 
+async def test_the_answering_node_holds_the_chosen_state_before_it_answers(cluster: list[EpidemicStorage]) -> None:
+    # Read at `local` right after each answer, on the node that gave it: no waiting for replication.
+    ack = await cluster[0].put("here", b"0", if_absent=True)
+    for i in range(1, 31):
+        node = cluster[i % 3]
+        ack = await node.put("here", str(i).encode(), if_match=ack.context)
+        got = await node.get("here", consistency="local")
+        assert got is not None and got.value == str(i).encode() and got.context == ack.context
+        read = await node.get("here", consistency="linearizable")
+        local = await node.get("here", consistency="local")
+        assert read is not None and local is not None and local.siblings == read.siblings
+
+
 async def test_a_failed_condition_says_the_current_context(cluster: list[EpidemicStorage]) -> None:
     first = await cluster[0].put("k", b"v1", if_absent=True)
     second = await cluster[1].put("k", b"v2", if_match=first.context)

@@ -160,7 +160,8 @@ class Runtime:
         #: of requests at consistency levels, and the count of requests from other coordinators being served.
         self.core: NodeCore | None = None
         self._levels: dict[int, asyncio.Future[LevelDone]] = {}
-        self._cas: dict[int, asyncio.Future[CasDone]] = {}
+        # Conditional operations waiting for their end: request -> (waiter, key).
+        self._cas: dict[int, tuple[asyncio.Future[tuple[CasDone, asyncio.Task[Any] | None]], str]] = {}
         #: Other members' requests to this node's store (levels, acceptor messages), served off the loop.
         self.serving = Serving(commits, self._send_to, self._answer_self, self._background)
         #: Start a new cluster even if the store saved the members of one (`StorageConfig.new_cluster`).
@@ -416,6 +417,8 @@ class Runtime:
             self._apply(self.core.tick(self.now()))
 
     def _apply(self, effects: Sequence[Any]) -> None:
+        ended: list[CasDone] = []  # conditional operations of this node that ended
+        chosen: dict[str, asyncio.Task[Any]] = {}  # the merge of each key's chosen state stored here
         for effect in effects:
             if isinstance(effect, Send):
                 if effect.node_id == self.node_id:  # to itself (an acceptor of its own key): no connection
@@ -423,15 +426,15 @@ class Runtime:
                 else:
                     self.transport.send(effect.node_id, effect.addr, effect.message)
             elif isinstance(effect, Store):
-                self._background(self._merge(effect.items, effect.source))
+                task = self._spawn(self._merge(effect.items, effect.source))
+                if effect.path == "cas":
+                    chosen[effect.items[0].key] = task
             elif isinstance(effect, LevelDone):
                 future = self._levels.get(effect.request)
                 if future is not None and not future.done():
                     future.set_result(effect)
             elif isinstance(effect, CasDone):
-                waiter = self._cas.get(effect.request)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(effect)
+                ended.append(effect)
             elif isinstance(effect, ReconcileStep):
                 if effect.message is not None:
                     self._answering += 1
@@ -443,6 +446,12 @@ class Runtime:
                     self.on_deliver(effect)
             elif self.on_route_failure is not None:
                 self.on_route_failure(effect)
+        for done in ended:
+            # With the merge of the state the round chose here (the round's whole state, which holds the
+            # operation's), if the same step stored one: its waiter need not merge the state again.
+            entry = self._cas.get(done.request)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result((done, chosen.get(entry[1])))
         peer = self.peer
         if peer is not None and peer.joined and not self.joined.is_set():
             self.joined.set()
@@ -465,9 +474,13 @@ class Runtime:
         self._timer = self._loop.call_at(deadline / 1000, self._tick)
 
     def _background(self, work: Any) -> None:
+        self._spawn(work)
+
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _merge(self, items: Sequence[DataItem], source: str) -> MergeOp | None:
         """Merges replicated items into the store; returns the merge with its outcome (None when it failed)."""
@@ -519,18 +532,24 @@ class Runtime:
 
     # ------------------------------------------------------------------ conditional writes
 
-    async def cas(self, key: str, operation: CasOperation, timeout_ms: int) -> CasDone:
-        """Runs a conditional operation on `key` (this node proposes; see `dsm.core.cas_proposer`) and waits
-        for its end: applied, failed or read with the chosen state, or refused or unknown."""
+    async def cas(self, key: str, operation: CasOperation, timeout_ms: int) -> tuple[CasDone, bool]:
+        """Runs a conditional operation on `key` (this node proposes, or its key's home; see
+        `dsm.core.node_core`) and waits for its end: applied, failed or read with the chosen state, or refused
+        or unknown. Also says whether the chosen state is durable in this node's store already (when this node
+        proposed the round, its merge of the round's state is awaited here; else the caller merges it)."""
         assert self.core is not None
         request = self._ids.getrandbits(63)
-        future: asyncio.Future[CasDone] = asyncio.get_running_loop().create_future()
-        self._cas[request] = future
+        future: asyncio.Future[tuple[CasDone, asyncio.Task[Any] | None]] = asyncio.get_running_loop().create_future()
+        self._cas[request] = (future, key)
         try:
             self._apply(self.core.cas(self.now(), request, key, operation, timeout_ms))
-            return await future
+            done, stored = await future
         finally:
             del self._cas[request]
+        if stored is None or done.state is None:
+            return done, False
+        merge = await asyncio.shield(stored)
+        return done, merge is not None and merge.refused == 0
 
     # ------------------------------------------------------------------ anti-entropy
 

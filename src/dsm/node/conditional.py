@@ -38,8 +38,9 @@ _ENDED = {Outcome.APPLIED: CasOutcome.APPLIED, Outcome.FAILED: CasOutcome.FAILED
 class CasNetwork(Protocol):
     """What conditional operations need of the network runtime (`dsm.net.runtime.Runtime.cas`)."""
 
-    async def cas(self, key: str, operation: Operation, timeout_ms: int) -> CasDone:
-        """Runs `operation` on `key` through this node's proposer; its end."""
+    async def cas(self, key: str, operation: Operation, timeout_ms: int) -> tuple[CasDone, bool]:
+        """Runs `operation` on `key` (its key's home proposes); its end, and whether the chosen state is
+        durable in this node's store already."""
         ...
 
 
@@ -88,8 +89,9 @@ class Conditionals:
 
     async def _run(self, key: str, operation: Operation) -> CasDone:
         kind = type(operation).__name__.lower()
+        durable = True  # a standalone node's operation ran on its own replica
         if self.network is not None:
-            done = await self.network.cas(key, operation, self.timeout_ms)
+            done, durable = await self.network.cas(key, operation, self.timeout_ms)
         else:
             done = await self._standalone(key, operation)
         self.stats[(kind, done.outcome.value)] += 1
@@ -105,8 +107,9 @@ class Conditionals:
             reason = "the key's acceptor group did not confirm in time: the operation may or may not have taken effect"
             raise OutcomeUnknownError(LINEARIZABLE, doing, 0, 0, {}, reason)
         assert done.state is not None
-        if self.network is not None and done.state.versions:
-            # Durable here before the caller hears of it: a `local` read on this node sees the chosen state.
+        if not durable and done.state.versions:
+            # Durable here before the caller hears of it: a `local` read on this node sees the chosen state
+            # (already so when this node proposed the round: the runtime awaited its merge of the round's state).
             await self.commits.merge([DataItem(0, key, encode_versions(done.state))])
         return done
 
