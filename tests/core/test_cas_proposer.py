@@ -69,10 +69,10 @@ class World:
             clock = HybridLogicalClock(OFFSET)
             # With waves, an accept asks its own acceptor and the next member first (as NodeCore orders them).
             me = NODES.index(name)
-            order = (lambda group, me=me: group[me:] + group[:me]) if waves else None
+            order = (lambda group, me=me: (group[me:] + group[:me])[:2]) if waves else None
             proposer = CasProposer(
                 name, clock, 1, random.Random(self.rng.getrandbits(32)), lambda key: NODES, lambda member: member,
-                SIBLINGS, 16, backoff_base_ms=5, backoff_max_ms=50, accept_order=order, hedge_ms=hedge_ms,
+                SIBLINGS, 16, backoff_base_ms=5, backoff_max_ms=50, accept_wave=order, hedge_ms=hedge_ms,
             )  # fmt: skip
             self.nodes[name] = Node(name, self.rng.randint(-skew_ms, skew_ms), proposer)
         self.loss = loss

@@ -8,8 +8,9 @@ time per key, for a batch of them (up to `batch_max`, evaluated in queue order):
    it (`cas_ops.evaluate`): the new state, and each operation's outcome;
 3. accept: the new state at the ballot, to the group, even when nothing changed (a failed condition and a
    read are chosen identity states, so their answers are linearizable: the lesson of CASSANDRA-12126). The
-   accept goes first to a majority only (`accept_order`: this node's own acceptor, then the members most
-   likely to answer), and to the rest if that wave has not answered after `hedge_ms` or one of it refused:
+   accept goes first to a wave of the group (`accept_wave`: a majority, this node's own acceptor and the
+   members most likely to answer soon), and to the rest if that wave has not answered after `hedge_ms` or
+   one of it refused:
    a third acceptor that is not needed costs a message, an answer and a durable write per round. Safety does
    not depend on whom a phase asks, only on counting a majority of the group;
 4. on accepts from a majority the state is chosen: every operation of the batch is answered (`CasDone`),
@@ -173,8 +174,8 @@ class CasProposer:
         group_of: the acceptor group of a key (node ids).
         address_of: a member's address ("" if unknown).
         resolution, max_siblings: the conflict rule and sibling bound writes are made with.
-        accept_order: the group's members in the order an accept asks them (the first majority of it is the
-            first wave); None: the whole group at once.
+        accept_wave: the members of a group an accept asks first (at least a majority of it; the rest are
+            asked after `hedge_ms`); None: the whole group at once.
         hedge_ms: how long the first wave of an accept has before the rest are asked (ms, or a callable
             asked each time).
     """
@@ -194,7 +195,7 @@ class CasProposer:
         backoff_base_ms: int = 10,
         backoff_max_ms: int = 100,
         phase_timeout_ms: int | Callable[[], int] = 100,
-        accept_order: Callable[[Sequence[str]], Sequence[str]] | None = None,
+        accept_wave: Callable[[Sequence[str]], Sequence[str]] | None = None,
         hedge_ms: int | Callable[[], int] = 20,
     ) -> None:
         self.node_id = node_id
@@ -212,7 +213,7 @@ class CasProposer:
         self.backoff_max_ms = backoff_max_ms
         #: How long a phase waits for a majority before it resends or fails (ms; a callable is asked each time).
         self.phase_timeout_ms = phase_timeout_ms
-        self.accept_order = accept_order
+        self.accept_wave = accept_wave
         self.hedge_ms = hedge_ms
         self._queues: dict[str, deque[_Op]] = {}
         self._rounds: dict[str, _Round] = {}  # by key: the round in flight
@@ -381,8 +382,9 @@ class CasProposer:
         if round_.fast < FAST_ROUNDS:
             round_.then = next_ballot(self.clock, wall_ms, self.node_id, self.run)
         first = round_.group
-        if self.accept_order is not None:
-            first = tuple(self.accept_order(round_.group))[: _majority(round_.group)]
+        if self.accept_wave is not None:
+            wave = tuple(self.accept_wave(round_.group))
+            first = wave if len(set(wave) & set(round_.group)) >= _majority(round_.group) else round_.group
             if len(first) < len(round_.group):
                 hedge = self.hedge_ms if isinstance(self.hedge_ms, int) else self.hedge_ms()
                 self._arm(now + hedge, CasTimer.HEDGE, round_.key, round_.phase_timer)

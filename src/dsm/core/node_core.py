@@ -133,30 +133,40 @@ class NodeCore:
                 peer.id, conditional.clock, conditional.run, peer.rng,
                 lambda key: cas_group(directory, table, key), self._address_of, resolution, conditional.max_siblings,
                 phase_timeout_ms=lambda: max(PHASE_TIMEOUT_MIN_MS, 2 * peer.level_hedge_ms()),
-                accept_order=self._accept_order, hedge_ms=peer.level_hedge_ms,
+                accept_wave=self._accept_wave, hedge_ms=peer.level_hedge_ms,
             )  # fmt: skip
         # The peer's shared context and timer heap, read after every event (`next_deadline`).
         self._context = peer.context
         self._timers = peer.context.timers
 
-    def _accept_order(self, group: Sequence[str]) -> list[str]:
-        """The order in which an accept asks a key's group (`CasProposer`: its first majority is the first
-        wave): this node's own acceptor, then alive before suspect before dead members, linked (an open
-        connection) before others, then the members after this one in the group's ring order, so that the
-        nodes of a small cluster, each proposing for its own clients, load each other evenly."""
+    def _accept_wave(self, group: Sequence[str]) -> list[str]:
+        """The members of a key's group an accept asks first (`CasProposer`; the rest after the hedge delay):
+        a majority, in this order: this node's own acceptor, then alive before suspect before dead members,
+        this node's region before others, linked (an open connection) before others, then the members after
+        this one in the group's ring order, so that the nodes of a small cluster, each proposing for its own
+        clients, load each other evenly. When that majority needs a member that is not alive or not in this
+        node's region, the whole group at once: across regions the first of two distant answers comes much
+        sooner than a chosen one (measured on the simulated two-region cluster), and a message is cheap
+        beside a cross-region wait."""
         me = group.index(self.peer.id) if self.peer.id in group else 0
-        directory, overlay = self.peer.directory, self.peer.overlay
+        directory, overlay, region = self.peer.directory, self.peer.overlay, self.peer.info.region
 
-        def rank(i: int) -> tuple[int, int, int]:
+        def rank(i: int) -> tuple[int, int, int, int]:
             node = group[i]
             if node == self.peer.id:
-                return (-1, 0, 0)
+                return (-1, 0, 0, 0)
             state = self.peer.member_state(node)
             slot = directory.slot(node)
             liveness = 0 if state == State.ALIVE else 2 if state == State.DEAD else 1
-            return (liveness, 0 if slot is not None and overlay.linked(slot) else 1, (i - me) % len(group))
+            elsewhere = 0 if slot is not None and directory.infos[slot].region == region else 1
+            linked = 0 if slot is not None and overlay.linked(slot) else 1
+            return (liveness, elsewhere, linked, (i - me) % len(group))
 
-        return [group[i] for i in sorted(range(len(group)), key=rank)]
+        ranks = sorted((rank(i), i) for i in range(len(group)))
+        first = ranks[: len(group) // 2 + 1]
+        if any(r[0] > 0 or r[1] > 0 for r, _ in first):
+            return list(group)
+        return [group[i] for _, i in first]
 
     def _address_of(self, node_id: str) -> str:
         slot = self.peer.directory.slot(node_id)
