@@ -5,7 +5,8 @@ as the fields), environment variables (`DSM_` + the field name in upper case, e.
 `DSM_GOSSIP_INTERVAL_MS=2000`) and keyword arguments (what the command line's flags become).
 `StorageConfig.load` applies that precedence; constructing `StorageConfig(...)` directly uses the defaults,
 the profile and the keywords. An invalid value raises `ConfigError` naming the field, the value and what is
-allowed, at construction time.
+allowed, at construction time; so does an unknown setting, from any source, with the closest known names
+("did you mean 'gossip_interval_ms'?").
 
 Profiles (after memberlist's `DefaultLANConfig` / `DefaultWANConfig`): `profile` names a set of protocol
 settings in `PROFILES`, each listing only what differs from the defaults (`lan` lists nothing). A setting
@@ -22,6 +23,7 @@ config holds the member, which compares equal to its string.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import json
 import os
@@ -171,6 +173,7 @@ class _Profiled(type):
     explicit setting always wins (`dataclasses.replace` passes every field, and so keeps every value)."""
 
     def __call__(cls, *args: Any, **given: Any) -> Any:
+        _check_known(given)  # a misspelt keyword is a ConfigError with a suggestion, not a bare TypeError
         name = given.get("profile", Profile.LAN)
         try:
             profile = Profile(name)
@@ -935,9 +938,24 @@ _FALSE = ("0", "false", "no", "off", "")
 
 
 def _check_known(values: Mapping[str, Any]) -> None:
+    """Refuses a setting that is not a field, suggesting the closest names (a typo is the usual cause).
+
+    Raises:
+        ConfigError: naming the unknown setting and what it may have meant (else every known setting).
+    """
     for name, value in values.items():
-        if name not in _TYPES:
-            raise ConfigError(name, value, "an unknown setting; known: " + ", ".join(_TYPES))
+        if name in _TYPES:
+            continue
+        close = difflib.get_close_matches(str(name), list(_TYPES), n=3, cutoff=0.6)
+        # A misspelt secret must not show its value: hidden when it reads like a hidden field.
+        shown = "<hidden>" if any(match in _HIDDEN for match in close) else value
+        if close:
+            names = [repr(match) for match in close]
+            spelled = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+            allowed = f"an unknown setting; did you mean {spelled}?"
+        else:
+            allowed = "an unknown setting; known: " + ", ".join(_TYPES)
+        raise ConfigError(str(name), shown, allowed)
 
 
 def _from_text(name: str, raw: str) -> Any:
