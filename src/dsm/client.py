@@ -17,7 +17,9 @@ Any key the node accepts works: it is sent percent-encoded as UTF-8 (every byte 
 `-._~`, a `/` included), and a key that is not a non-empty str raises `InvalidKeyError` before anything
 is sent. A failed request raises `ClientError` (status, code and message from the node's JSON error); a
 node that cannot be reached raises `UnreachableError`, and `TLSError` (one of those) when the TLS
-handshake fails.
+handshake fails. An answer no DSM node gives (an error without DSM's JSON error body, such as another
+server's 404 page, or a read without its `X-DSM-Context`) raises `NotDSMError` (a `ClientError`, code
+`not_dsm`): another HTTP server listens at that address, and its 404 is not taken for an absent key.
 `consistency=` is passed through as `?consistency=` (default: the node's for its region); a level the node
 could not meet in time raises `ConsistencyUnmetError` (a `ClientError` with `level`, `acknowledged` and
 `required`): a write is then durable where it landed and keeps spreading, and retrying it is safe.
@@ -43,7 +45,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
@@ -63,6 +65,17 @@ class ClientError(DSMError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+
+
+class NotDSMError(ClientError):
+    """The server at the node's address answered, but not as any DSM node does (an error without DSM's JSON
+    error body, a read without its headers): another HTTP server listens there (code `not_dsm`)."""
+
+    def __init__(self, where: str, status: int, why: str) -> None:
+        message = f"the server at {where} is not a DSM node: {why}; check the node's HTTP address"
+        super().__init__(status, "not_dsm", message)
+        self.args = (message,)
+        self.where = where
 
 
 class ConsistencyUnmetError(ClientError):
@@ -191,56 +204,107 @@ def _query(**params: Any) -> str:
     return "?" + urlencode(given) if given else ""
 
 
-def _raise(status: int, body: bytes) -> None:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A node's answer to one request, and the address it came from (for the messages of errors)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+    where: str
+
+
+def _error_of(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of a DSM error body (`{"error": {"code": str, "message": str, ...}}`), or None when
+    the body is not one: every error a DSM node answers carries it (`dsm.api.errors`)."""
     try:
-        error = json.loads(body)["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = "http_error", body[:200].decode("utf-8", "replace")
-    else:
-        if code == "precondition_failed":
-            raise ConditionFailedError(status, message, error)
-        if code in ("consistency_unmet", "outcome_unknown"):
-            kind = OutcomeUnknownError if code == "outcome_unknown" else ConsistencyUnmetError
-            try:
-                failure = kind(status, message, error)
-            except (ValueError, TypeError):
-                pass  # malformed fields: a plain ClientError below
-            else:
-                failure.code = code
-                raise failure
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if (
+        not isinstance(error, dict)
+        or not isinstance(error.get("code"), str)
+        or not isinstance(error.get("message"), str)
+    ):
+        return None
+    return error
+
+
+def _foreign(answer: _Answer, what: str) -> NotDSMError:
+    """The error of an answer no DSM node gives: the server at that address is another one."""
+    kind = answer.headers.get("Content-Type") or answer.headers.get("content-type") or "no Content-Type"
+    return NotDSMError(answer.where, answer.status, f"it answered HTTP {answer.status} ({kind}) {what}")
+
+
+def _raise(answer: _Answer) -> NoReturn:
+    error = _error_of(answer.body)
+    if error is None:
+        raise _foreign(answer, "without the JSON error body every DSM node sends")
+    status, code, message = answer.status, str(error["code"]), str(error["message"])
+    if code == "precondition_failed":
+        raise ConditionFailedError(status, message, error)
+    if code in ("consistency_unmet", "outcome_unknown"):
+        kind = OutcomeUnknownError if code == "outcome_unknown" else ConsistencyUnmetError
+        try:
+            failure = kind(status, message, error)
+        except (ValueError, TypeError):
+            pass  # malformed fields: a plain ClientError below
+        else:
+            failure.code = code
+            raise failure
     raise ClientError(status, code, message)
 
 
-def _value(key: str, status: int, body: bytes, headers: Mapping[str, str]) -> Value | None:
-    context = headers.get(CONTEXT_HEADER, "")
+def _value(key: str, answer: _Answer) -> Value | None:
+    status, body, headers = answer.status, answer.body, answer.headers
     if status == 404:
-        return None
+        # Absent only when a DSM node says so: another server's 404 (any path is one there) is not an answer.
+        error = _error_of(body)
+        if error is not None and error["code"] == "not_found":
+            return None
+        _raise(answer)
+    context = headers.get(CONTEXT_HEADER)
     if status == 300:
-        doc = json.loads(body)
-        siblings = tuple(
-            Sibling(base64.b64decode(s["value"]), int(s["timestamp"]), str(s["writer"]), int(s.get("expires_ms", 0)))
-            for s in doc["siblings"]
-        )
-        return Value(key, siblings, context)
+        try:
+            doc = json.loads(body)
+            siblings = tuple(
+                Sibling(
+                    base64.b64decode(s["value"]), int(s["timestamp"]), str(s["writer"]), int(s.get("expires_ms", 0))
+                )
+                for s in doc["siblings"]
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise _foreign(answer, "that is not DSM's list of siblings") from None
+        return Value(key, siblings, context or str(doc.get("context", "")))
     if status != 200:
-        _raise(status, body)
+        _raise(answer)
+    if context is None:  # a DSM node's read always carries its context
+        raise _foreign(answer, f"without the {CONTEXT_HEADER} header of a DSM read")
     expires_ms = int(headers.get(EXPIRES_HEADER, "0"))
     sibling = Sibling(body, int(headers.get(TIMESTAMP_HEADER, "0")), headers.get(WRITER_HEADER, ""), expires_ms)
     return Value(key, (sibling,), context)
 
 
-def _ack(status: int, body: bytes, headers: Mapping[str, str]) -> Ack:
-    if status != 200:
-        _raise(status, body)
-    doc = json.loads(body)
-    return Ack(doc["key"], int(doc["timestamp"]), headers.get(CONTEXT_HEADER, ""))
+def _ack(answer: _Answer) -> Ack:
+    doc = _json(answer, "key", "timestamp")
+    try:
+        return Ack(str(doc["key"]), int(doc["timestamp"]), answer.headers.get(CONTEXT_HEADER, ""))
+    except (ValueError, TypeError):
+        raise _foreign(answer, "that is not DSM's acknowledgement of a write") from None
 
 
-def _json(status: int, body: bytes) -> Any:
-    if status != 200:
-        _raise(status, body)
-    return json.loads(body)
+def _json(answer: _Answer, *fields: str, ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
+    """The JSON object of an answer whose status is one of `ok`, holding `fields`; else the error raised."""
+    if answer.status not in ok:
+        _raise(answer)
+    try:
+        doc = json.loads(answer.body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or any(name not in doc for name in fields):
+        raise _foreign(answer, "that is not the JSON a DSM node answers there")
+    return doc
 
 
 class Client:
@@ -261,6 +325,7 @@ class Client:
         self._https = parts.scheme == "https"
         self._ssl = (ssl_context or client_ssl_context(ca_file)) if self._https else None
         self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
+        self._where = url.rstrip("/")
         self._timeout = timeout
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._conn: http.client.HTTPConnection | None = None
@@ -272,7 +337,7 @@ class Client:
         body: bytes | None = None,
         context: str | None = None,
         conditions: Mapping[str, str] | None = None,
-    ) -> tuple[int, bytes, Mapping[str, str]]:
+    ) -> _Answer:
         headers = dict(self._headers)
         if context:
             headers[CONTEXT_HEADER] = context
@@ -297,7 +362,7 @@ class Client:
                 self._conn.request(method, path, body=body, headers=headers)
                 response = self._conn.getresponse()
                 data = response.read()
-                return response.status, data, {k: v for k, v in response.getheaders()}
+                return _Answer(response.status, data, {k: v for k, v in response.getheaders()}, self._where)
             except (
                 http.client.RemoteDisconnected,
                 BrokenPipeError,
@@ -331,34 +396,33 @@ class Client:
         `ConditionFailedError` when the condition is false)."""
         query = _query(consistency=consistency, ttl_ms=ttl_ms)
         conditions = _conditions(if_absent, if_match)
-        return _ack(*self._request("PUT", _path(key) + query, bytes(value), context, conditions))
+        return _ack(self._request("PUT", _path(key) + query, bytes(value), context, conditions))
 
     def get(self, key: str, *, consistency: str | None = None) -> Value | None:
-        return _value(key, *self._request("GET", _path(key) + _query(consistency=consistency)))
+        return _value(key, self._request("GET", _path(key) + _query(consistency=consistency)))
 
     def delete(
         self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
     ) -> Ack:
         path = _path(key) + _query(consistency=consistency)
-        return _ack(*self._request("DELETE", path, None, context, _conditions(False, if_match)))
+        return _ack(self._request("DELETE", path, None, context, _conditions(False, if_match)))
 
     def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
-        doc = _json(*self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after))[:2])
+        doc = _json(self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after)), "keys", "next")
         return Page(doc["keys"], doc["next"])
 
     def members(self) -> builtins.list[dict[str, Any]]:
-        return list(_json(*self._request("GET", "/v1/members")[:2])["members"])
+        return list(_json(self._request("GET", "/v1/members"), "members")["members"])
 
     def remove_member(self, node_id: str) -> dict[str, Any]:
         """Removes a member for good (it stops counting for consistency levels; see docs/consistency.md)."""
-        return dict(_json(*self._request("DELETE", "/v1/members/" + quote(node_id, safe=""))[:2]))
+        return _json(self._request("DELETE", "/v1/members/" + quote(node_id, safe="")))
 
     def topology(self) -> dict[str, Any]:
-        return dict(_json(*self._request("GET", "/v1/topology")[:2]))
+        return _json(self._request("GET", "/v1/topology"))
 
     def health(self) -> dict[str, Any]:
-        status, body, _ = self._request("GET", "/health")
-        return dict(json.loads(body)) if status in (200, 503) else _json(status, body)
+        return _json(self._request("GET", "/health"), ok=(200, 503))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -423,7 +487,7 @@ class AsyncClient:
         body: bytes | None = None,
         context: str | None = None,
         conditions: Mapping[str, str] | None = None,
-    ) -> tuple[int, bytes, Mapping[str, str]]:
+    ) -> _Answer:
         session = self.session(once=bool(conditions))
         headers = {CONTEXT_HEADER: context} if context else None
         if conditions:
@@ -432,7 +496,7 @@ class AsyncClient:
             # encoded=True: the path is sent as quoted here, not re-quoted (or its escapes decoded) by yarl.
             url = URL(self._url + path, encoded=True)
             async with session.request(method, url, data=body, headers=headers) as response:
-                return response.status, await response.read(), response.headers
+                return _Answer(response.status, await response.read(), response.headers, self._url)
         except aiohttp.ClientSSLError as exc:
             raise TLSError(f"{self._url}: TLS handshake failed: {exc}") from None
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
@@ -452,30 +516,29 @@ class AsyncClient:
         """As `Client.put`."""
         query = _query(consistency=consistency, ttl_ms=ttl_ms)
         conditions = _conditions(if_absent, if_match)
-        return _ack(*await self._request("PUT", _path(key) + query, bytes(value), context, conditions))
+        return _ack(await self._request("PUT", _path(key) + query, bytes(value), context, conditions))
 
     async def get(self, key: str, *, consistency: str | None = None) -> Value | None:
-        return _value(key, *await self._request("GET", _path(key) + _query(consistency=consistency)))
+        return _value(key, await self._request("GET", _path(key) + _query(consistency=consistency)))
 
     async def delete(
         self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
     ) -> Ack:
         path = _path(key) + _query(consistency=consistency)
-        return _ack(*await self._request("DELETE", path, None, context, _conditions(False, if_match)))
+        return _ack(await self._request("DELETE", path, None, context, _conditions(False, if_match)))
 
     async def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
-        status, body, _ = await self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after))
-        doc = _json(status, body)
+        doc = _json(
+            await self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after)), "keys", "next"
+        )
         return Page(doc["keys"], doc["next"])
 
     async def members(self) -> builtins.list[dict[str, Any]]:
-        status, body, _ = await self._request("GET", "/v1/members")
-        return list(_json(status, body)["members"])
+        return list(_json(await self._request("GET", "/v1/members"), "members")["members"])
 
     async def remove_member(self, node_id: str) -> dict[str, Any]:
         """Removes a member for good (it stops counting for consistency levels; see docs/consistency.md)."""
-        status, body, _ = await self._request("DELETE", "/v1/members/" + quote(node_id, safe=""))
-        return dict(_json(status, body))
+        return _json(await self._request("DELETE", "/v1/members/" + quote(node_id, safe="")))
 
     def watch(
         self,
@@ -517,8 +580,7 @@ class AsyncClient:
         return WatchStream(self, prefix, since, bool(values), urls, retry_s, idle_timeout_s)
 
     async def health(self) -> dict[str, Any]:
-        status, body, _ = await self._request("GET", "/health")
-        return dict(json.loads(body)) if status in (200, 503) else _json(status, body)
+        return _json(await self._request("GET", "/health"), ok=(200, 503))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -695,7 +757,7 @@ class WatchStream:
                     body = await response.read()
                     if response.status in (408, 429) or response.status >= 500:
                         raise UnreachableError(f"{url}: watch answered {response.status}")
-                    _raise(response.status, body)
+                    _raise(_Answer(response.status, body, response.headers, url))
                 self.serving = url
                 async for line in response.content:
                     if not line.strip():
