@@ -28,6 +28,12 @@ its TLS handshake (when TLS is on) and its node handshake must both end within `
 accept; its frames may not announce more than `wire.HANDSHAKE_FRAME_MAX` bytes (checked on the length field,
 before the body is read); its reader stops reading from the socket once 2 KiB wait unread. Only an
 authenticated connection reads frames up to `wire.MAX_FRAME`, with a 64 KiB read buffer.
+
+An HTTP client sent to the peer port by mistake (a `curl` or a browser given the wrong port) would see only a
+closed connection. A first length field that is too large for a handshake frame anyway and spells the start
+of an HTTP request line (`GET `, `POST ` ...: at most 4 more bytes read to tell) is answered with a plain
+`HTTP/1.1 400 Bad Request` naming the node's HTTP address (`PeerLimits.http_addr`), then closed (counted in
+`rejected` as `http_request`), within the same deadline and read buffer as any handshake.
 """
 
 from __future__ import annotations
@@ -107,6 +113,10 @@ class PeerLimits:
     incoming_max: int = 1024
     #: Whether a peer's TLS certificate must name a node id (`dsm.net.tls.NODE_ID_URI_PREFIX`).
     tls_require_node_id: bool = True
+    #: The node's HTTP API (host:port, "" when unknown), named in the answer to an HTTP request that reached
+    #: the peer port; `http_tls` says whether it is HTTPS.
+    http_addr: str = ""
+    http_tls: bool = False
 
     @classmethod
     def from_config(cls, config: StorageConfig) -> PeerLimits:
@@ -115,6 +125,8 @@ class PeerLimits:
             handshakes_max=config.peer_handshakes_max,
             handshakes_per_host_max=config.peer_handshakes_per_host_max,
             tls_require_node_id=config.tls_require_node_id,
+            http_addr=config.http_addr,
+            http_tls=config.http_uses_tls,
         )
 
 
@@ -153,6 +165,55 @@ def split_addr(addr: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"not a host:port address: {addr!r}")
     return host.strip("[]"), int(port)
+
+
+#: The request methods whose request line (method and space) an HTTP client opens a connection with: each
+#: spells a length far above `wire.HANDSHAKE_FRAME_MAX`, so no handshake begins with one.
+HTTP_METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ")
+
+
+class HttpOnPeerPort(Exception):
+    """The first bytes of an incoming connection are an HTTP request line, not a handshake frame."""
+
+
+def http_hint(http_addr: str, https: bool) -> bytes:
+    """The answer to an HTTP request on the peer port: a 400 whose one-line text names the HTTP API."""
+    try:
+        host, port = split_addr(http_addr)
+    except ValueError:
+        host, port = "", 0
+    scheme = "https" if https else "http"
+    if not port:  # not configured, or chosen by the system at start: not known here
+        where = "the node's --http address (http_addr)"
+    elif host in ("", "0.0.0.0", "::"):
+        where = f"port {port} of this host ({scheme}://<this host>:{port})"
+    else:
+        where = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+    text = f"this is a DSM peer port (node-to-node traffic); the HTTP API is on {where}\n".encode()
+    head = (
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + text
+
+
+async def read_first_frame(reader: asyncio.StreamReader) -> bytes:
+    """The first handshake frame of an incoming connection (`read_frame` with the handshake bound).
+
+    Raises:
+        HttpOnPeerPort: the connection opened with an HTTP request line (at most 4 bytes more read to tell).
+        FrameError: a length field out of bounds (anything else that is not a handshake).
+    """
+    prefix = await reader.readexactly(wire.LENGTH.size)
+    try:
+        length = wire.frame_length(prefix, wire.HANDSHAKE_FRAME_MAX)
+    except FrameError:
+        # Only a length refused anyway is looked at again: a handshake never reaches this.
+        method = next((m for m in HTTP_METHODS if m.startswith(prefix)), None)
+        if method is not None and await reader.readexactly(len(method) - len(prefix)) == method[len(prefix) :]:
+            raise HttpOnPeerPort(method.decode().strip()) from None
+        raise
+    return await reader.readexactly(length)
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int = wire.MAX_FRAME) -> bytes:
@@ -215,6 +276,8 @@ class Transport:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.limits = limits if limits is not None else PeerLimits()
+        #: The answer to an HTTP request that reached the peer port.
+        self._http_hint = http_hint(self.limits.http_addr, self.limits.http_tls)
         self.write_buffer = write_buffer
         self.on_connect_failure = on_connect_failure
         #: Largest message (packed body) sent or accepted; one above `chunks.PART_BYTES` travels in chunks.
@@ -555,6 +618,12 @@ class Transport:
                 self._release(slot)
             reader.set_limit(READ_LIMIT)
             await self._read_loop(responder.peer_id, reader, channel)
+        except HttpOnPeerPort as exc:
+            # INFO: a person with the wrong port, not a member misbehaving.
+            self._refused(
+                "http_request", logging.INFO, "an HTTP %s request from %s on the peer port", exc, _peername(writer)
+            )
+            await self._answer_http(reader, writer, slot.deadline)
         except FrameError as exc:
             # The claimed id is escaped although the wire checked it: it is the other side's word.
             peer = escape(responder.peer_id or "?")
@@ -583,6 +652,21 @@ class Transport:
             with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
 
+    async def _answer_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deadline: float) -> None:
+        """Writes the HTTP hint and ends the connection gracefully: our side closed after the answer, then what
+        the client still sends discarded (at most the handshake read buffer, until the handshake deadline) so
+        that closing does not reset the connection before the client read the answer."""
+        # CancelledError: close() cancels the connection's task; it ends here, as in `_serve`.
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
+            writer.write(self._http_hint)
+            if writer.can_write_eof():
+                writer.write_eof()
+            budget = 2 * HANDSHAKE_READ_LIMIT
+            async with asyncio.timeout_at(deadline):
+                await writer.drain()
+                while budget > 0 and (chunk := await reader.read(budget)):
+                    budget -= len(chunk)
+
     def _refused(self, reason: str, level: int, message: str, *args: object) -> None:
         """Counts an incoming connection closed for `reason`; logs it unless one of its kind was just logged."""
         self.stats.rejected[reason] += 1
@@ -593,7 +677,7 @@ class Transport:
     ) -> Channel:
         """The responder's side of the handshake (`dsm.net.security`); a refused one is told why."""
         try:
-            responder.receive(await read_frame(reader, wire.HANDSHAKE_FRAME_MAX))
+            responder.receive(await read_first_frame(reader))
             # Under mutual TLS, the client certificate must name the node the initiator claims to be.
             tls.check_certificate(writer.get_extra_info("peercert"), responder.peer_id, self.limits.tls_require_node_id)
         except FrameError as exc:
