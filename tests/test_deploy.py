@@ -3,8 +3,8 @@
 - the systemd unit passes `systemd-analyze verify` with no warning at all (an unknown key or a bad value is
   only a warning there) and `systemd-analyze security` rates its exposure at most 2.0; it is checked with its
   program paths pointed at this virtualenv and the example environment file (verify wants them to exist);
-- its readiness step (`wait-ready.py`, the ExecStartPost) waits for a real node's `/health/ready` and fails
-  on one that cannot join;
+- its readiness step (`wait-ready.py`, the ExecStartPost) waits for a real node's `/health/ready` (over
+  HTTPS, checking the certificate, when the node has TLS) and fails on one that cannot join;
 - `MemoryDenyWriteExecute=yes` is tolerated: two real nodes, with a cluster secret, join and replicate while
   the kernel refuses them writable executable memory (PR_SET_MDWE, what systemd applies);
 - the example environment file names only real settings and loads into a `StorageConfig`;
@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from dsm.config import StorageConfig
+from dsm.net.certs import ClusterCA
 from procs import Proc, eventually, holds, procs_fixture  # noqa: F401  (the `procs` fixture)
 from support import skip_or_fail
 
@@ -143,6 +144,19 @@ def test_the_readiness_step_waits_for_a_joined_node(procs: list[Proc], tmp_path:
     assert wait_ready({"DSM_HTTP_ADDR": f"0.0.0.0:{port}", "READY_TIMEOUT_S": "30"}).returncode == 0
 
 
+def test_the_readiness_step_speaks_https_to_a_tls_node(procs: list[Proc], tmp_path: Path) -> None:
+    files = ClusterCA(tmp_path / "ca").node("t1", "127.0.0.1")
+    tls = {"DSM_TLS_CERT_FILE": files.cert, "DSM_TLS_KEY_FILE": files.key, "DSM_TLS_CA_FILE": files.ca}
+    node = Proc("t1", "127.0.0.1", tmp_path, [], env=tls)
+    procs.append(node)
+    assert node.event["scheme"] == "https"
+    env = {"DSM_HTTP_ADDR": node.http, "READY_TIMEOUT_S": "30"} | tls
+    assert wait_ready(env).returncode == 0
+    # It checks the node's certificate: without the cluster CA (the system's CAs) it never gets an answer.
+    untrusted = wait_ready(env | {"DSM_TLS_CA_FILE": "", "READY_TIMEOUT_S": "1"})
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr, untrusted.stderr
+
+
 # A wrapper that turns on PR_SET_MDWE (refuse memory that is writable and executable, or becomes executable,
 # as systemd's MemoryDenyWriteExecute=yes) and then runs the rest of its arguments; exit 3 if the kernel
 # cannot. With "--probe" it checks the refusal itself: exit 0 only if a W+X mapping is refused.
@@ -175,27 +189,37 @@ def test_nodes_run_under_memory_deny_write_execute(procs: list[Proc], tmp_path: 
     assert a.proc.poll() is None and b.proc.poll() is None
 
 
-def env_file(path: Path) -> tuple[dict[str, str], set[str]]:
-    """The variables a systemd EnvironmentFile sets, and every DSM_ name it mentions (commented ones too)."""
+def env_file(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The variables a systemd EnvironmentFile sets, and the `DSM_*` ones it shows commented out; a value in
+    single quotes is taken literally, as systemd does."""
     active: dict[str, str] = {}
-    mentioned: set[str] = set()
+    commented: dict[str, str] = {}
     for line in path.read_text().splitlines():
-        if found := re.match(r"#?(DSM_[A-Z0-9_]+)=", line):
-            mentioned.add(found.group(1))
-        if line and not line.startswith("#"):
-            key, sep, value = line.partition("=")
-            assert sep, line
-            active[key] = value
-    return active, mentioned
+        found = re.fullmatch(r"(#?)([A-Z][A-Z0-9_]*)=(.*)", line)
+        if found is None:
+            assert not line or line.startswith("#"), line
+            continue
+        value = found.group(3)
+        if len(value) >= 2 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        else:
+            assert '"' not in value and "'" not in value, f"systemd would read these quotes as quoting: {line}"
+        (commented if found.group(1) else active)[found.group(2)] = value
+    return active, {k: v for k, v in commented.items() if k.startswith("DSM_")}
 
 
 def test_the_environment_file_example_loads() -> None:
-    active, mentioned = env_file(ENV_EXAMPLE)
+    active, commented = env_file(ENV_EXAMPLE)
+    mentioned = {k for k in active if k.startswith("DSM_")} | set(commented)
     unknown = {name for name in mentioned if name[len("DSM_") :].lower() not in FIELDS}
     assert not unknown, f"not settings of StorageConfig: {sorted(unknown)}"
     config = StorageConfig.load(env={k: v for k, v in active.items() if k.startswith("DSM_")})
     assert config.node_id == "dsm-a" and config.listen_addr == "0.0.0.0:7400"
     assert config.advertise_addr in config.bootstrap.split(",")
+    # The optional settings shown commented out are valid too (but the TLS files, which do not exist here).
+    optional = {k: v for k, v in commented.items() if not k.endswith("_FILE")}
+    assert optional, "the example shows optional settings"
+    StorageConfig.load(env={k: v for k, v in active.items() if k.startswith("DSM_")} | optional)
 
 
 # ------------------------------------------------------------------------------------------ Kubernetes
