@@ -83,6 +83,7 @@ class World:
         self.stopped = False
         self.sent: list[tuple[str, str, object]] = []  # (source, target, message) of every send
         self.silent: set[str] = set()  # nodes that receive nothing
+        self.fixed_delay: int | None = None  # every message's one-way delay (ms), instead of random ones
 
     def wall(self, node: Node) -> int:
         return START + self.now + node.skew
@@ -125,7 +126,7 @@ class World:
         if target in self.silent:
             copies = 0
         for _ in range(copies):
-            delay = 1 + int(self.rng.expovariate(1 / 3))
+            delay = self.fixed_delay or 1 + int(self.rng.expovariate(1 / 3))
             self.at(self.now + delay, lambda m=message, t=target, s=source: self.deliver(s, t, m))  # type: ignore[misc]
 
     def deliver(self, source: str, target: str, message: object) -> None:
@@ -251,3 +252,19 @@ def test_an_accept_asks_a_majority_first_and_the_rest_only_when_that_wave_is_sil
     world.silent.add("n1")  # the first wave cannot reach a majority: after the hedge delay n2 is asked
     assert _one_write(world).outcome is CasOutcome.APPLIED
     assert sorted(target for _, target, m in world.sent if isinstance(m, CasAccept)) == ["n0", "n1", "n2"]
+
+
+def test_a_phase_timeout_grows_with_the_phase_durations_measured_on_its_group() -> None:
+    # Round trips of 90 ms fit the 100 ms phase timeout; then they grow to 140 ms (a group whose majority
+    # is across regions, or a slower network). The timeout follows what the group's phases took (4 x their
+    # smoothed duration), so the slower rounds still complete; with the fixed 100 ms every phase timed out
+    # and every operation ended refused or unknown.
+    world = World(1, loss=0.0, skew_ms=0)
+    answers: list[CasDone] = []
+    world.done = answers.append  # type: ignore[method-assign]
+    node = world.nodes["n0"]
+    for i, delay in enumerate([45] * 10 + [70] * 10):
+        world.fixed_delay = delay
+        world.apply(node, node.proposer.submit(world.now, world.wall(node), i, KEY, Read(), 3_000))
+        world.run(world.now + 3_500)
+    assert [a.outcome for a in answers] == [CasOutcome.READ] * 20

@@ -123,8 +123,9 @@ class _Round:
     outcomes: list[Outcome] = field(default_factory=list)
     #: Each operation's answer: the state right after it (its own write, or its place in the batch).
     states: list[VersionSet] = field(default_factory=list)
-    #: The timer of the current phase (a later phase arms another).
+    #: The timer of the current phase (a later phase arms another), and when the phase began.
     phase_timer: int = 0
+    phase_at: int = 0
     #: Times the accept was sent again to members that had not answered (lost messages).
     resends: int = 0
     #: The ballot the accept asks the acceptors to promise for the next round (see `_Prepared`), and the
@@ -161,6 +162,9 @@ ACCEPT_RESENDS = 2
 #: `_Prepared`): CASPaxos's one-round-trip optimisation (the paper's 2.2.1), one prepare saved per round.
 FAST_IDLE_MS = 1_000
 FAST_ROUNDS = 32
+#: The longest phase timeout measured phase durations may set, and the groups whose durations are kept.
+PHASE_TIMEOUT_MAX_MS = 2_000
+PHASE_GROUPS_MAX = 1_024
 
 
 class CasProposer:
@@ -222,6 +226,7 @@ class CasProposer:
         self._attempts: dict[str, int] = {}
         self._retrying: set[str] = set()
         self._prepared: dict[str, _Prepared] = {}
+        self._phase_ms: dict[tuple[str, ...], float] = {}  # group -> smoothed duration of its phases
         self._timers: list[tuple[int, int, CasTimer, str, int]] = []
         self._seq = 0
 
@@ -322,6 +327,7 @@ class CasProposer:
         return [self._send(member, message) for member in group]
 
     def _decide(self, now: int, wall_ms: int, round_: _Round) -> list[CasEffect]:
+        self._measured(now, round_)
         best = max(round_.promises.values(), key=lambda p: Ballot(*p.accepted))
         try:
             start = decode_versions(best.value) if best.value else VersionSet()
@@ -407,6 +413,7 @@ class CasProposer:
         return CasAccept(round_.seq, self.node_id, round_.key, round_.ballot, round_.value, round_.then, digest)
 
     def _chosen(self, now: int, wall_ms: int, round_: _Round) -> list[CasEffect]:
+        self._measured(now, round_)
         self._end_round(round_)
         self._attempts.pop(round_.key, None)
         assert round_.state is not None
@@ -482,10 +489,27 @@ class CasProposer:
         self._by_seq.pop(round_.seq, None)
 
     def _arm_phase(self, now: int, round_: _Round) -> None:
+        """Arms the phase's timeout: `phase_timeout_ms`, or four times the smoothed duration of the phases
+        that succeeded on the same group when that is longer (a group whose majority is across regions
+        answers in a cross-region round trip, longer than the node's own round trips say), at most
+        PHASE_TIMEOUT_MAX_MS."""
         round_.phase_timer = self._next_seq()
+        round_.phase_at = now
         timeout = self.phase_timeout_ms
         wait = timeout if isinstance(timeout, int) else timeout()
+        measured = self._phase_ms.get(round_.group)
+        if measured is not None:
+            wait = max(wait, min(PHASE_TIMEOUT_MAX_MS, int(4 * measured)))
         self._arm(now + wait, CasTimer.PHASE, round_.key, round_.phase_timer)
+
+    def _measured(self, now: int, round_: _Round) -> None:
+        """A phase met its majority: its duration goes into the group's smoothed phase duration."""
+        took = float(now - round_.phase_at)
+        phase_ms = self._phase_ms
+        before = phase_ms.pop(round_.group, None)  # re-inserted last: the dict is least recently used first
+        phase_ms[round_.group] = took if before is None else 0.875 * before + 0.125 * took
+        if len(phase_ms) > PHASE_GROUPS_MAX:
+            del phase_ms[next(iter(phase_ms))]
 
     def _arm(self, when: int, kind: CasTimer, key: str, request: int) -> None:
         heapq.heappush(self._timers, (when, self._next_seq(), kind, key, request))
