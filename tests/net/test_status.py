@@ -158,3 +158,25 @@ async def test_a_node_not_joined_says_why(nodes: list[EpidemicStorage], tmp_path
 
 async def _alive_everywhere(nodes: list[EpidemicStorage], ids: set[str]) -> bool:
     return all(alive(snapshot(node, runtime_of(node))) == ids for node in nodes)
+
+
+async def test_each_member_says_when_it_was_last_heard_from(nodes: list[EpidemicStorage], tmp_path: Path) -> None:
+    nodes.append(await start(tmp_path, "a", []))
+    nodes.append(await start(tmp_path, "b", [runtime_of(nodes[0]).addr]))
+    runtime = runtime_of(nodes[0])
+
+    def heard() -> dict[str, int | None]:
+        status = snapshot(nodes[0], runtime)
+        assert status.network is not None and status.network.members is not None
+        return {m.node_id: m.heard_ms_ago for m in status.network.members}
+
+    async def recently() -> bool:  # b talks to a (probes, gossip)
+        return heard().get("b") is not None and heard()["b"] < 2_000  # type: ignore[operator]
+
+    async def silent() -> bool:
+        return (heard()["b"] or 0) > 1_500
+
+    await eventually(recently)
+    assert heard()["a"] is None  # itself
+    await nodes.pop().close()  # b stops: nothing more comes from it
+    await eventually(silent)

@@ -254,6 +254,12 @@ OPENAPI: dict[str, Any] = {
                                 "region": {"type": "string"},
                                 "state": {"type": "string", "enum": ["alive", "suspect", "dead", "left"]},
                                 "incarnation": {"type": "integer"},
+                                "heard_ms_ago": {
+                                    "type": "integer",
+                                    "nullable": True,
+                                    "description": "ms since this node last received a message from the "
+                                    "member; null: not since it started (and for itself)",
+                                },
                                 "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                             },
                         },
@@ -362,7 +368,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/members": {
             "get": {
-                "summary": "Every member: id, addr, region, state, incarnation, metadata",
+                "summary": "Every member: id, addr, region, state, incarnation, when last heard from, metadata",
                 "responses": {
                     "200": {
                         "description": "members",

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from functools import partial
 from typing import Any
@@ -246,6 +246,11 @@ class Peer:
         self.context.advance(now)
         self.joining.join(bootstrap)
         return self.context.flush()
+
+    @property
+    def last_heard(self) -> Mapping[int, int]:
+        """When each member (by slot) last sent this node a message, in this node's time (ms)."""
+        return self._heard
 
     def join_targets(self) -> list[tuple[str, str]]:
         """Whom an unjoined node tries to join through ((node_id or "", addr)); empty once joined."""

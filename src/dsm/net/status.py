@@ -83,6 +83,8 @@ class NetworkSource(Protocol):
     @property
     def sync_points(self) -> SyncPointBook: ...
 
+    def now(self) -> int: ...
+
     def join_status(self) -> dict[str, Any]: ...
 
 
@@ -95,6 +97,9 @@ class Member(NamedTuple):
     region: str
     state: State
     incarnation: int
+    #: How long ago (ms) this node last received a message from the member; None: never since it started
+    #: (and for the node itself).
+    heard_ms_ago: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +274,7 @@ def _network(runtime: NetworkSource, peer: Peer, members: bool) -> NetworkStatus
     lag = runtime.loop_lag
     return NetworkStatus(
         node_id=peer.id,
-        members=_members(peer) if members else None,
+        members=_members(peer, runtime.now()) if members else None,
         member_counts=tuple((state, counts[int(state)]) for state in STATES_COUNTED),
         members_alive=peer.live_count(),
         links=_links(peer),
@@ -289,15 +294,19 @@ def _network(runtime: NetworkSource, peer: Peer, members: bool) -> NetworkStatus
 _STATES = tuple(State)
 
 
-def _members(peer: Peer) -> tuple[Member, ...]:
+def _members(peer: Peer, now: int) -> tuple[Member, ...]:
     table, infos = peer.table, peer.directory.infos
     incarnations = table.incarnations
+    heard = peer.last_heard
     found = [
-        Member(info.node_id, info.addr, info.region, _STATES[raw], incarnations[slot])
+        Member(
+            info.node_id, info.addr, info.region, _STATES[raw], incarnations[slot],
+            None if at is None else max(0, now - at),
+        )
         for slot, raw in enumerate(table.states)
         if raw
-        for info in (infos[slot],)
-    ]
+        for info, at in ((infos[slot], heard.get(slot)),)
+    ]  # fmt: skip
     found.sort()
     return tuple(found)
 

@@ -32,6 +32,7 @@ def member_json(member: Member) -> dict[str, Any]:
         "region": member.region,
         "state": STATE_NAMES[member.state],
         "incarnation": member.incarnation,
+        "heard_ms_ago": member.heard_ms_ago,
     }
 
 
