@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from dsm.api.connections import BAD_REQUESTS, CLOSE_REASONS, ConnectionPool
 from dsm.net.looplag import BUCKETS_S
 from dsm.net.status import NetworkStatus, StatusReader, StoreStatus
+from dsm.node.lag import BUCKETS_S as DELAY_BUCKETS_S
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,6 +82,7 @@ class NodeCollector(Collector):
         yield from http_metrics(self.pool)
         yield from level_metrics(status.store)
         yield from watch_metrics(status.store)
+        yield from replication_metrics(status.store)
         network = status.network
         if network is not None:
             yield from transport_metrics(network)
@@ -151,6 +153,23 @@ def level_metrics(store: StoreStatus) -> Iterator[Metric]:
         "dsm_read_repairs",
         "Members (this node included) a read above the local level found stale and sent the merge to",
         value=store.read_repairs,
+    )
+
+
+def replication_metrics(store: StoreStatus) -> Iterator[Metric]:
+    """How long after their write replicated versions became durable on this node (`dsm.node.lag`)."""
+    if not store.replication_delay_counts:
+        return
+    buckets, running = [], 0
+    for bound, count in zip((*DELAY_BUCKETS_S, float("inf")), store.replication_delay_counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    yield HistogramMetricFamily(
+        "dsm_replication_delay_seconds",
+        "From a write (the writer's clock) to its durability on this node, for versions that arrived from "
+        "other replicas (pushes, level requests, anti-entropy, conditional writes' commits)",
+        buckets=buckets,
+        sum_value=store.replication_delay_sum_s,
     )
 
 

@@ -190,6 +190,11 @@ class StoreStatus:
     watches_open: int = 0
     watch_resumes: tuple[tuple[str, int], ...] = ()
     watch_overflows: int = 0
+    #: Replication delays (`dsm.node.lag`): per bucket of `lag.BUCKETS_S` and +Inf, the readings in it (not
+    #: cumulative); their sum (s); and the median's bucket bound (s; None before any reading).
+    replication_delay_counts: tuple[int, ...] = ()
+    replication_delay_sum_s: float = 0.0
+    replication_delay_p50_s: float | None = None
 
 
 #: The join status of a node without a runtime: alone, it has nothing to join.
@@ -266,6 +271,9 @@ def _store(storage: EpidemicStorage) -> StoreStatus:
         watches_open=len(storage.watches),
         watch_resumes=tuple(sorted(storage.watches.resumes.items())),
         watch_overflows=storage.watches.overflows,
+        replication_delay_counts=tuple(storage.replication_delay.counts),
+        replication_delay_sum_s=storage.replication_delay.sum_s,
+        replication_delay_p50_s=storage.replication_delay.quantile(0.5),
     )
 
 

@@ -41,6 +41,7 @@ from dsm.node import checks
 from dsm.node.commits import Commits
 from dsm.node.conditional import LINEARIZABLE, CasNetwork, Conditionals
 from dsm.node.features import FeatureGate, Members
+from dsm.node.lag import ReplicationDelay
 from dsm.node.levels import LevelRequests, Levels
 from dsm.node.startup import META_LAST_SEEN
 from dsm.node.sweeps import Sweeper
@@ -122,6 +123,9 @@ class EpidemicStorage:
         self.features = FeatureGate(self.commits, network)
         self.watches = Watches(store, self.replica, self.commits.wall_ms, config.tombstone_grace_ms)
         self.commits.subscribe(self.watches.on_commit)
+        #: How long after their write replicated versions became durable here (`dsm.node.lag`).
+        self.replication_delay = ReplicationDelay(self.commits.wall_ms)
+        self.commits.subscribe(self.replication_delay.on_commit)
         self.sweeper = Sweeper(self.commits)
         #: In 'siblings' mode, a read that finds several values passes them to this function and writes
         #: back what it returns, with the read's context: the siblings are resolved for every later reader
