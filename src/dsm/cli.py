@@ -589,22 +589,74 @@ def _cluster_table(c: Any) -> Table:
     is_flag=True,
     help="Mutual TLS between the nodes and HTTPS for the API, from a cluster CA made in <dir>/tls.",
 )
+@click.option(
+    "--recreate",
+    is_flag=True,
+    help="Delete the cluster recorded in --dir (its nodes' data and logs, its CA) and start a new one.",
+)
+@click.pass_context
 def cluster_up(
-    count: int, directory: str, host: str, peer_port: int, http_port: int, secret: str | None, tls: bool
+    ctx: click.Context,
+    count: int,
+    directory: str,
+    host: str,
+    peer_port: int,
+    http_port: int,
+    secret: str | None,
+    tls: bool,
+    recreate: bool,
 ) -> None:
-    """Starts N nodes n1..nN (node i on port + i - 1; port 0: the system picks) and waits until all serve."""
-    import secrets
+    """Starts N nodes n1..nN (node i on port + i - 1; port 0: the system picks) and waits until all serve.
 
-    from dsm.localcluster import LocalCluster
+    On a directory that already holds a cluster, starts its stopped nodes again as recorded (same nodes,
+    addresses, secret and TLS); a flag given here that disagrees with the recorded cluster is refused, unless
+    --recreate, which deletes that cluster (data included) and starts a new one."""
+    import secrets
+    from pathlib import Path
+
+    from dsm.localcluster import STATE_FILE, LocalCluster
 
     if peer_port and http_port and peer_port < http_port < peer_port + count:
         raise click.ClickException(f"--peer-port {peer_port} + {count} nodes overlaps --http-port {http_port}")
-    c = LocalCluster(directory, env={"DSM_CLUSTER_SECRET": secret or secrets.token_hex(16)}, tls=tls)
     try:
+        if (Path(directory) / STATE_FILE).exists():
+            if recreate:
+                LocalCluster.load(directory).remove()
+            else:
+                _cluster_up_again(ctx, directory)
+                return
+        c = LocalCluster(directory, env={"DSM_CLUSTER_SECRET": secret or secrets.token_hex(16)}, tls=tls)
         c.up(count, host=host, peer_port=peer_port, http_port=http_port)
     except DSMError as exc:
         raise click.ClickException(str(exc)) from exc
     Console().print(_cluster_table(c))
+    ca = f" --ca-file {c.ca_file}" if c.ca_file else ""
+    click.echo(f"try: DSM_NODE_URL={c.nodes[0].url} dsm status{ca}      stop: dsm cluster down --dir {directory}")
+
+
+def _cluster_up_again(ctx: click.Context, directory: str) -> None:
+    """`cluster up` on a directory that holds a cluster: its stopped nodes started again as recorded, or a
+    refusal naming the flags given that disagree with it."""
+    from click.core import ParameterSource
+
+    from dsm.localcluster import LocalCluster
+
+    c = LocalCluster.load(directory)
+    given = {
+        name: ctx.params[name]
+        for name in ("count", "host", "peer_port", "http_port", "secret", "tls")
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+    }
+    differ = c.differences(**given)
+    if differ:
+        raise click.ClickException(
+            f"{c.directory} already holds a cluster ({c.summary()}) and {'; '.join(differ)} disagrees: "
+            f"`dsm cluster up --dir {directory}` starts it again as it was, --recreate deletes it (data "
+            "included) and starts a new one, or choose another --dir"
+        )
+    started = c.start_all()
+    Console().print(_cluster_table(c))
+    click.echo(f"started again as recorded in {c.directory / 'cluster.json'} ({c.summary()}): {', '.join(started)}")
     ca = f" --ca-file {c.ca_file}" if c.ca_file else ""
     click.echo(f"try: DSM_NODE_URL={c.nodes[0].url} dsm status{ca}      stop: dsm cluster down --dir {directory}")
 

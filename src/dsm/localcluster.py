@@ -14,6 +14,12 @@ through the first ones already started.
 Processes are started in their own session, so they outlive the command that started them; `down` ends
 exactly the processes listed in cluster.json (SIGTERM, then SIGKILL after a grace period), after checking
 that each pid is still a `dsm node run` of that node (a pid reused by another program is left alone).
+
+A directory holds one cluster: `up` refuses a directory that already has a cluster.json (it would otherwise
+replace its secret, TLS and ports while the stores remember the old cluster). `start_all` starts a recorded
+cluster again exactly as it was (`dsm cluster up` on such a directory), `differences` says which requested
+settings disagree with the recorded ones, and `remove` deletes a stopped cluster's data, logs and CA for a
+new one (`dsm cluster up --recreate`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,18 +133,26 @@ class LocalCluster:
         """Starts `count` nodes n1..nN and waits until each serves.
 
         Raises:
-            ClusterError: a cluster is already running in the directory, or a node did not start (its
-                log's last lines are in the message); the nodes already started are stopped again.
+            ClusterError: the directory already holds a cluster (running or not: see `start_all` and
+                `remove`), or a node did not start (its log's last lines are in the message); the nodes
+                already started are stopped again.
         """
         if count < 1:
             raise ClusterError("a cluster needs at least one node")
         self.directory.mkdir(parents=True, exist_ok=True)
-        running: list[str] = []
         if (self.directory / STATE_FILE).exists():
-            with contextlib.suppress(ClusterError):
-                running = [n.node_id for n in LocalCluster.load(self.directory).running()]
-        if running:
-            raise ClusterError(f"{self.directory} already runs {', '.join(running)}: `dsm cluster down` first")
+            try:
+                recorded = LocalCluster.load(self.directory)
+            except ClusterError as exc:
+                raise ClusterError(f"{exc}: remove the directory to start a new cluster there") from None
+            running = [n.node_id for n in recorded.running()]
+            if running:
+                raise ClusterError(f"{self.directory} already runs {', '.join(running)}: `dsm cluster down` first")
+            raise ClusterError(
+                f"{self.directory} already holds a cluster ({recorded.summary()}): `dsm cluster up --dir "
+                f"{self.directory}` starts it again as it was, `--recreate` deletes it (data included) and starts "
+                "a new one; or choose another directory"
+            )
         self.nodes = []
         for i in range(count):
             node_id = f"n{i + 1}"
@@ -151,9 +166,27 @@ class LocalCluster:
                     log=str(data / "node.log"),
                 )
             )
+        self._start_nodes(self.nodes)
+
+    def start_all(self) -> list[str]:
+        """Starts again every recorded node that is not running, with its id, addresses, data, secret and
+        TLS as recorded; returns the ids started.
+
+        Raises:
+            ClusterError: every node already runs, or one did not start (those started here are stopped).
+        """
+        stopped = [n for n in self.nodes if not self.alive(n)]
+        if not stopped:
+            running = ", ".join(n.node_id for n in self.nodes)
+            raise ClusterError(f"{self.directory} already runs {running}: nothing to start")
+        self._start_nodes(stopped)
+        return [n.node_id for n in stopped]
+
+    def _start_nodes(self, nodes: list[LocalNode]) -> None:
+        """Starts `nodes` in order and waits until each has joined; on failure stops the ones started."""
         try:
             waiting = []
-            for n in self.nodes:
+            for n in nodes:
                 offset = self._log_size(n)
                 if self.start(n.node_id).waiting:
                     waiting.append((n, offset))
@@ -164,8 +197,65 @@ class LocalCluster:
                 n.waiting = False
             self.save()
         except BaseException:
-            self.down()
+            self._stop(nodes)
             raise
+
+    def summary(self) -> str:
+        """The recorded cluster in a few words: nodes, TLS, host and first ports."""
+        if not self.nodes:
+            return "no nodes"
+        first = self.nodes[0]
+        tls = "TLS on" if self.tls else "TLS off"
+        return f"{len(self.nodes)} nodes n1..n{len(self.nodes)}, {tls}, n1 on peer {first.listen} and HTTP {first.http}"
+
+    def differences(
+        self,
+        count: int | None = None,
+        host: str | None = None,
+        peer_port: int | None = None,
+        http_port: int | None = None,
+        secret: str | None = None,
+        tls: bool | None = None,
+    ) -> list[str]:
+        """The requested settings (None: not requested; a port 0: any) that disagree with the recorded
+        cluster, each as `--flag value` against what is recorded (a secret is not shown)."""
+        out = []
+        first_host, first_peer, first_http = "", 0, 0
+        if self.nodes:
+            first_host, _, peer = self.nodes[0].listen.rpartition(":")
+            first_http = int(self.nodes[0].http.rpartition(":")[2] or 0)
+            first_peer = int(peer or 0)
+        if count is not None and count != len(self.nodes):
+            out.append(f"--nodes {count} (recorded: {len(self.nodes)})")
+        if host is not None and host != first_host.strip("[]"):
+            out.append(f"--host {host} (recorded: {first_host})")
+        if peer_port and peer_port != first_peer:
+            out.append(f"--peer-port {peer_port} (recorded: n1 on {first_peer})")
+        if http_port and http_port != first_http:
+            out.append(f"--http-port {http_port} (recorded: n1 on {first_http})")
+        if secret is not None and secret != self.env.get("DSM_CLUSTER_SECRET"):
+            out.append("--secret (not the recorded one)")
+        if tls is not None and tls != self.tls:
+            out.append(f"--tls {'on' if tls else 'off'} (recorded: {'on' if self.tls else 'off'})")
+        return out
+
+    def remove(self) -> None:
+        """Deletes the recorded cluster: its nodes' data directories (stores and logs) inside the cluster's
+        directory, its CA and cluster.json. Nothing outside the directory is touched.
+
+        Raises:
+            ClusterError: a node still runs.
+        """
+        running = [n.node_id for n in self.running()]
+        if running:
+            raise ClusterError(f"{self.directory} still runs {', '.join(running)}: `dsm cluster down` first")
+        for path in [Path(n.data_dir) for n in self.nodes] + [self.ca_dir]:
+            resolved = path.resolve()
+            if resolved.is_relative_to(self.directory) and resolved != self.directory and resolved.is_dir():
+                shutil.rmtree(resolved)
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / STATE_FILE).unlink()
+        self.nodes = []
 
     def start(self, node_id: str) -> LocalNode:
         """Starts (or restarts) one node with its recorded id, addresses and data; returns once it serves."""
@@ -258,7 +348,10 @@ class LocalCluster:
     def down(self, timeout: float = 15.0) -> list[str]:
         """Stops every running node of the cluster gracefully (SIGTERM; SIGKILL after `timeout`); returns
         the ids stopped."""
-        running = self.running()
+        return self._stop(self.nodes, timeout)
+
+    def _stop(self, nodes: list[LocalNode], timeout: float = 15.0) -> list[str]:
+        running = [n for n in nodes if self.alive(n)]
         for n in running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(n.pid, signal.SIGTERM)
