@@ -72,7 +72,7 @@ class NotDSMError(ClientError):
     error body, a read without its headers): another HTTP server listens there (code `not_dsm`)."""
 
     def __init__(self, where: str, status: int, why: str) -> None:
-        message = f"the server at {where} is not a DSM node: {why}; check the node's HTTP address"
+        message = f"the server at {where} is not a DSM node's HTTP API: {why}; check the node's HTTP address"
         super().__init__(status, "not_dsm", message)
         self.args = (message,)
         self.where = where
@@ -214,6 +214,10 @@ class _Answer:
     where: str
 
 
+#: Longest plain-text answer of a server that is not a DSM node's API quoted in `NotDSMError`.
+NOTE_MAX_BYTES = 300
+
+
 def _error_of(body: bytes) -> dict[str, Any] | None:
     """The `error` object of a DSM error body (`{"error": {"code": str, "message": str, ...}}`), or None when
     the body is not one: every error a DSM node answers carries it (`dsm.api.errors`)."""
@@ -234,7 +238,13 @@ def _error_of(body: bytes) -> dict[str, Any] | None:
 def _foreign(answer: _Answer, what: str) -> NotDSMError:
     """The error of an answer no DSM node gives: the server at that address is another one."""
     kind = answer.headers.get("Content-Type") or answer.headers.get("content-type") or "no Content-Type"
-    return NotDSMError(answer.where, answer.status, f"it answered HTTP {answer.status} ({kind}) {what}")
+    why = f"it answered HTTP {answer.status} ({kind}) {what}"
+    if kind.startswith("text/plain") and len(answer.body) <= NOTE_MAX_BYTES:
+        # A short plain-text note is meant for a person (a DSM peer port says where the HTTP API is).
+        note = answer.body.decode("utf-8", "replace").strip().splitlines()
+        if note:
+            why += f', saying "{note[0]}"'
+    return NotDSMError(answer.where, answer.status, why)
 
 
 def _raise(answer: _Answer) -> NoReturn:

@@ -80,22 +80,24 @@ def test_dsm_get_against_another_server_says_it_is_not_a_dsm_node(site: str) -> 
     got = dsm("get", "k", "--node", site)
     assert got.returncode == 1 and "Traceback" not in got.stderr, got.stderr
     assert "not found" not in got.stderr
-    assert f"the server at {site} is not a DSM node" in got.stderr and "HTTP 404" in got.stderr
+    assert f"the server at {site} is not a DSM node's HTTP API" in got.stderr and "HTTP 404" in got.stderr
 
 
 @pytest.mark.parametrize("command", [["put", "k", "v"], ["delete", "k"], ["list"], ["members"], ["status"]])
 def test_every_client_command_says_it(site: str, command: list[str]) -> None:
     result = dsm(*command, "--node", site)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"the server at {site} is not a DSM node" in result.stderr
+    assert f"the server at {site} is not a DSM node's HTTP API" in result.stderr
 
 
 def test_a_page_is_not_read_as_a_value(portal: str) -> None:
     got = dsm("get", "k", "--node", portal)
     assert got.returncode == 1 and "<html>" not in got.stdout, got.stdout
-    assert f"the server at {portal} is not a DSM node" in got.stderr and "X-DSM-Context" in got.stderr
+    assert f"the server at {portal} is not a DSM node's HTTP API" in got.stderr and "X-DSM-Context" in got.stderr
     listed = dsm("list", "--node", portal)
-    assert listed.returncode == 1 and "is not a DSM node" in listed.stderr and "Traceback" not in listed.stderr
+    assert (
+        listed.returncode == 1 and "is not a DSM node's HTTP API" in listed.stderr and "Traceback" not in listed.stderr
+    )
 
 
 def test_the_clients_raise_not_dsm(site: str, portal: str) -> None:

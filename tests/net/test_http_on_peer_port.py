@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -44,8 +46,14 @@ def test_a_browser_on_a_nodes_peer_port_is_told_where_the_api_is(tmp_path: Path,
         body = response.read()
         assert method == "HEAD" or b"DSM peer port" in body, (method, body)
         conn.close()
+    # `dsm get` given the peer port instead of the HTTP one shows the hint.
+    got = subprocess.run(
+        [sys.executable, "-m", "dsm.cli", "get", "k", "--node", node.listen], capture_output=True, text=True, timeout=60
+    )
+    assert got.returncode == 1 and "Traceback" not in got.stderr, got.stderr
+    assert "is not a DSM node's HTTP API" in got.stderr and "this is a DSM peer port" in got.stderr
     metrics = urllib.request.urlopen(node.url + "/metrics", timeout=10).read().decode()
-    assert 'dsm_connections_rejected_total{reason="http_request"} 8.0' in metrics
+    assert 'dsm_connections_rejected_total{reason="http_request"} 9.0' in metrics
 
 
 async def test_the_hint_names_the_http_address_when_known() -> None:
