@@ -66,12 +66,14 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
         # Not aiohttp's TCPSite: a site whose connections have header and idle deadlines and a cap.
         await BoundedSite(runner, host, port, pool=app[CONNECTIONS], ssl_context=tls.http_server).start()
         http_port = runner.addresses[0][1]
+        scheme = "https" if tls.http_server is not None else "http"
+        await storage.advertise_http(f"{scheme}://{join_addr(advertised_host(host, runtime.addr), http_port)}")
         ready = {
             "event": "ready",
             "node_id": config.node_id,
             "listen": runtime.addr,
             "http": f"{host}:{http_port}",
-            "scheme": "https" if tls.http_server is not None else "http",
+            "scheme": scheme,
             "pid": os.getpid(),
         }
         # Everything allocated so far (modules, the app, the node) lives as long as the process: moved out of
@@ -99,6 +101,18 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
         # leave_on_terminate, when it first leaves for good.
         await (storage.leave() if config.leave_on_terminate else storage.close())
         print(json.dumps({"event": "stopped", "node_id": config.node_id}), flush=True)
+
+
+def advertised_host(http_host: str, peer_addr: str) -> str:
+    """The host other nodes reach the HTTP API at: its listening host, or the peer address's host when it
+    listens on every interface."""
+    if http_host in ("", "0.0.0.0", "::"):
+        return split_addr(peer_addr)[0]
+    return http_host
+
+
+def join_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def raise_open_files_limit() -> tuple[int, int]:

@@ -15,7 +15,9 @@
                              "cursor"}); a {"cursor"} progress line after 15 s without a change; a last
                              {"end": "overflow"|"shutdown", "cursor"} line when the node ends the stream
                              (a reader more than `limit` changes behind, the node stopping)
-    GET    /v1/members  /v1/topology  /health (= /health/live)  /health/ready  /metrics  /openapi.json
+    GET    /v1/members  /v1/topology  /v1/overlay  /health (= /health/live)  /health/ready  /metrics
+           /openapi.json
+    GET    /ui               the dashboard (its page, script and style: open, like the health routes)
     DELETE /v1/members/{id}  an operator removes a member for good (recorded and spread as its leave: it
                              no longer counts for consistency levels); 404 unknown, 400 this node
 
@@ -71,6 +73,7 @@ from dsm.api.openapi import CONTEXT_HEADER, OPENAPI, TIMESTAMP_HEADER, WRITER_HE
 from dsm.api.routes.cluster import ClusterRoutes
 from dsm.api.routes.health import HealthRoutes
 from dsm.api.routes.keys import WATCH_HEARTBEAT_S, KeyRoutes
+from dsm.api.routes.ui import ASSETS, UiRoutes
 from dsm.errors import DSMError
 from dsm.net.runtime import Runtime
 from dsm.net.status import reader
@@ -88,7 +91,7 @@ __all__ = [
 ]
 
 #: Paths open without the bearer token (probes).
-OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", *ASSETS})
 #: The app's connection bounds and counters (`dsm.api.connections.BoundedSite` serves with them).
 CONNECTIONS = web.AppKey("dsm_connections", ConnectionPool)
 
@@ -120,6 +123,7 @@ def create_app(
     keys = KeyRoutes(storage, pool, heartbeat_s=WATCH_HEARTBEAT_S)
     cluster = ClusterRoutes(storage, status, runtime.remove_member if runtime is not None else None)
     health = HealthRoutes(status)
+    ui = UiRoutes()
     timed = metrics.timed
     # [\s\S]: a key may hold any character, a newline included ('.' would stop at one and answer 404).
     table: dict[str, dict[str, Handler]] = {
@@ -133,6 +137,8 @@ def create_app(
         "/v1/members": {"GET": strict(cluster.members)},
         r"/v1/members/{node_id:[\s\S]*}": {"DELETE": strict(cluster.remove_member)},
         "/v1/topology": {"GET": strict(cluster.topology)},
+        "/v1/overlay": {"GET": strict(cluster.overlay)},
+        **{path: {"GET": strict(ui.serve)} for path in ASSETS},
         "/health": {"GET": strict(health.live)},
         "/health/live": {"GET": strict(health.live)},
         "/health/ready": {"GET": strict(health.ready)},

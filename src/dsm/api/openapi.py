@@ -395,6 +395,14 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "links", "content": _JSON_OBJECT}, **_GUARDED},
             }
         },
+        "/v1/overlay": {
+            "get": {
+                "summary": "The overlay: this node's links and every alive member's, asked of each member at the "
+                "HTTP address it advertises (metadata `http`) with the caller's token: {nodes: [{id, region, "
+                "state, position (0-1 on the ring), near, long_out}], unreachable: [ids]}",
+                "responses": {"200": {"description": "the overlay", "content": _JSON_OBJECT}, **_GUARDED},
+            }
+        },
         "/health": _health("Liveness", ready=False),
         "/health/live": _health("Liveness (the same as /health)", ready=False),
         "/health/ready": _health(

@@ -19,6 +19,7 @@ member's free metadata (`NodeInfo.metadata`, JSON), so every member can show eve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -53,6 +54,8 @@ log = logging.getLogger("dsm.node")
 
 #: Internal records: a member's metadata, under this prefix and its node id.
 MEMBER_KEY_PREFIX = "\x00member/"
+#: The metadata entry a node advertises its HTTP API under (`advertise_http`).
+HTTP_METADATA = "http"
 _EMPTY = VersionSet()
 
 #: A conflict resolver (siblings mode): given a key and its concurrent values (newest first, at least two),
@@ -526,6 +529,16 @@ class EpidemicStorage:
         if not self.node_info.metadata and not live:
             return
         await self.commits.submit(key, value, current.context())
+
+    async def advertise_http(self, url: str) -> None:
+        """Adds this node's HTTP API (`url`, scheme://host:port) to its metadata as `http` and publishes it,
+        so that a member's dashboard can reach every node (`GET /v1/overlay`); a `http` tag the operator set
+        stays."""
+        if HTTP_METADATA in self.node_info.metadata:
+            return
+        metadata = {**self.node_info.metadata, HTTP_METADATA: url}
+        self.node_info = dataclasses.replace(self.node_info, metadata=metadata)
+        await self.publish_metadata()
 
     async def member_metadata(self, node_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The metadata of those members whose record this node holds (the newest record wins)."""
