@@ -37,6 +37,16 @@ still exchanged and checked (a misdirected connection is noticed), but nothing i
 A refusal (`Refuse`) is plain and unauthenticated: it tells the initiator why (`RefusedError.code`), which
 is only a diagnosis; an attacker who could forge one could as well drop the connection.
 
+Versions: a node speaks the protocol versions `wire.MIN_PROTOCOL_VERSION` to `wire.PROTOCOL_VERSION`. The
+initiator proposes its newest, as the version of its Handshake frame and in the prologue (so the transcript
+binds it); a responder that speaks it answers in it, and the connection's every frame carries it (`Channel`).
+A responder that does not refuses (`VersionError`, code "version") saying which versions it speaks, in the
+version proposed so that the initiator can read it; the initiator then connects again proposing the newest
+version both speak, or gives up with both ranges logged. A node of v0.1.0 spoke exactly 2 and refused any
+other with "protocol version N (this node speaks 2)", which the initiator reads the same way (`spoken`).
+An on-path attacker can forge a refusal (it is plain) and so make two nodes speak an older version they both
+speak, never one outside their ranges: every version in a range must be safe to speak.
+
 Rotating the secret without downtime (`Keyring(current, accepted)`: a node connects with `current` and
 accepts it and every `accepted` one; the initiator names its secret by key id, so the responder picks it):
   1. add the new secret to the accepted ones on every node (rolling restart);
@@ -49,6 +59,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,7 +81,7 @@ KEY_ID_BYTES = 8
 MIN_SECRET_BYTES = 16
 #: Why a responder refuses a handshake (`Refuse.code`); each is also a reason of
 #: `dsm.net.transport.CONNECT_FAILURES`.
-REFUSAL_CODES = ("wrong_secret", "wrong_node", "tls", "handshake")
+REFUSAL_CODES = ("wrong_secret", "wrong_node", "tls", "version", "handshake")
 #: Longest explanation a refusal carries (characters).
 REFUSAL_DETAIL_MAX = 200
 
@@ -111,6 +122,15 @@ class CertificateNodeError(HandshakeError):
 
     def __init__(self, detail: str) -> None:
         super().__init__("tls_node_id", detail)
+
+
+class VersionError(HandshakeError):
+    """The two sides speak no protocol version in common (see "Versions" in the module docstring)."""
+
+    code = "version"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("bad_version", detail)
 
 
 class RefusedError(HandshakeError):
@@ -188,6 +208,15 @@ def _as_bytes(secret: str | bytes | None) -> bytes:
     raise TypeError("a cluster secret is a str or bytes")
 
 
+def spoken(detail: str) -> tuple[int, int] | None:
+    """The versions a refusal says its node speaks (`wire.speaks`: "speaks 2-3", or v0.1.0's "speaks 2")."""
+    found = re.search(r"speaks (\d+)(?:-(\d+))?", detail)
+    if found is None:
+        return None
+    low = int(found.group(1))
+    return low, int(found.group(2) or low)
+
+
 def prologue(initiator_id: str, dialled_id: str, key: bytes, version: int = PROTOCOL_VERSION) -> bytes:
     """What both sides hash into the transcript first (never sent as such; see the module docstring)."""
     parts = [initiator_id.encode(), dialled_id.encode(), key]
@@ -200,26 +229,30 @@ def prologue(initiator_id: str, dialled_id: str, key: bytes, version: int = PROT
 class Channel:
     """One connection's framing after the handshake: plain, or sealed with per-direction ciphers."""
 
-    __slots__ = ("_open", "_seal", "sealed")
+    __slots__ = ("_open", "_seal", "sealed", "version")
 
-    def __init__(self, seal: CipherState | None = None, open_: CipherState | None = None) -> None:
+    def __init__(
+        self, seal: CipherState | None = None, open_: CipherState | None = None, version: int = PROTOCOL_VERSION
+    ) -> None:
         self.sealed = seal is not None
         self._seal = seal
         self._open = open_
+        #: The protocol version the handshake settled on: every frame carries it.
+        self.version = version
 
     def encode(self, message: Any) -> bytes:
         """The frame carrying `message` (length field included). FrameError if it is too large."""
         if self._seal is None:
-            return wire.encode_frame(message)
+            return wire.encode_frame(message, self.version)
         type_id, body = wire.encode_body(message)
         # The size is checked before sealing: a refused frame must not use up a counter value.
-        prefix = wire.header(type_id, FLAG_SEALED, HEADER.size + len(body) + TAG_BYTES)
+        prefix = wire.header(type_id, FLAG_SEALED, HEADER.size + len(body) + TAG_BYTES, self.version)
         return prefix + self._seal.encrypt_with_ad(prefix[wire.LENGTH.size :], body)
 
     def decode(self, frame: bytes, *, control: bool = False) -> Any:
         """The message in `frame` (its bytes after the length field). Raises FrameError: AuthError for a frame
         that is not sealed as it must be or does not open; a connection-control frame unless `control`."""
-        flags, type_id = wire.parse_header(frame)
+        flags, type_id = wire.parse_header(frame, (self.version, self.version))
         if type_id in wire.CONTROL_TYPES and not control:
             raise FrameError("handshake", "a handshake frame after the handshake")
         if self._open is None:
@@ -235,16 +268,17 @@ class Channel:
         return wire.decode_body(type_id, body)
 
 
-def refusal(exc: FrameError) -> bytes:
-    """The Refuse frame a responder sends before closing a connection whose handshake failed with `exc`."""
+def refusal(exc: FrameError, version: int = PROTOCOL_VERSION) -> bytes:
+    """The Refuse frame a responder sends before closing a connection whose handshake failed with `exc`, in
+    the version the initiator spoke (`Responder.answer_version`), so that it can read why."""
     detail = exc.detail if isinstance(exc, HandshakeError) else str(exc)
-    return wire.encode_frame(Refuse(failure_code(exc), detail[:REFUSAL_DETAIL_MAX]))
+    return wire.encode_frame(Refuse(failure_code(exc), detail[:REFUSAL_DETAIL_MAX]), version)
 
 
-def _plain_message(frame: bytes) -> Any:
+def _plain_message(frame: bytes, versions: tuple[int, int] = wire.ANY_VERSION) -> Any:
     if len(frame) > wire.HANDSHAKE_FRAME_MAX:
         raise FrameError("too_large", f"a handshake frame of {len(frame)} bytes")
-    flags, type_id = wire.parse_header(frame)
+    flags, type_id = wire.parse_header(frame, versions)
     if flags & FLAG_SEALED:
         raise FrameError("handshake", "a sealed frame before the handshake (does the peer use a secret?)")
     return wire.decode_body(type_id, frame[HEADER.size :])
@@ -260,12 +294,14 @@ class Initiator:
             (a bootstrap address): then any node holding the secret may answer, and `peer_id` says which.
     """
 
-    def __init__(self, keyring: Keyring, node_id: str, dialled_id: str) -> None:
+    def __init__(self, keyring: Keyring, node_id: str, dialled_id: str, version: int = PROTOCOL_VERSION) -> None:
         self.node_id = node_id
         self.dialled_id = dialled_id
+        #: The protocol version it proposes (bound into the transcript; the reply must be in it).
+        self.version = version
         key = keyring.current_id()
         psk = keyring.current_psk()
-        self._noise = NNpsk0(True, psk, prologue(node_id, dialled_id, key)) if psk is not None else None
+        self._noise = NNpsk0(True, psk, prologue(node_id, dialled_id, key, version)) if psk is not None else None
         noise1 = self._noise.write_message() if self._noise is not None else b""
         self._first = Handshake(node_id, dialled_id, key, noise1)
         #: The responder's node id, once its reply is read.
@@ -273,7 +309,7 @@ class Initiator:
 
     def first_frame(self) -> bytes:
         """The Handshake frame to send first."""
-        return wire.encode_frame(self._first)
+        return wire.encode_frame(self._first, self.version)
 
     def finish(self, frame: bytes) -> tuple[Channel, bytes]:
         """Reads the responder's answer (a frame, after its length field): the connection's channel and the
@@ -285,9 +321,11 @@ class Initiator:
             AuthError: its answer does not decrypt: it does not hold our secret, or the answer was altered.
             FrameError: a malformed answer.
         """
-        message = _plain_message(frame)
+        message = _plain_message(frame)  # a refusal is read in whichever version it came
         if isinstance(message, Refuse):
             raise RefusedError(message.code, message.detail)
+        if wire.frame_version(frame) != self.version:
+            raise VersionError(f"a reply in protocol version {wire.frame_version(frame)} to {self.version}")
         if not isinstance(message, HandshakeReply):
             raise FrameError("handshake", f"expected a HandshakeReply, got {type(message).__name__}")
         responder = message.responder_id
@@ -299,7 +337,7 @@ class Initiator:
         if self._noise is None:
             if message.noise:
                 raise AuthError("the peer uses a cluster secret and this node has none")
-            return Channel(), b""
+            return Channel(version=self.version), b""
         try:
             payload = self._noise.read_message(message.noise)
         except NoiseError as exc:
@@ -307,7 +345,7 @@ class Initiator:
         if payload != responder.encode():
             raise FrameError("handshake", "the reply's sealed node id differs from its plain one")
         seal, open_ = self._noise.split()
-        channel = Channel(seal, open_)
+        channel = Channel(seal, open_, self.version)
         return channel, channel.encode(Confirm(self._noise.handshake_hash))
 
 
@@ -315,9 +353,18 @@ class Responder:
     """The accepting side of one handshake: `receive` the Handshake frame, then send `reply()`, then (with a
     secret) `confirm` the initiator's Confirm frame to get the channel."""
 
-    def __init__(self, keyring: Keyring, node_id: str) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        node_id: str,
+        versions: tuple[int, int] = (wire.MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+    ) -> None:
         self.keyring = keyring
         self.node_id = node_id
+        #: The protocol versions it speaks; the one the initiator proposed, once read (the connection's if
+        #: it is within them), in which a refusal is sent.
+        self.versions = versions
+        self.version = versions[1]
         #: The initiator's node id (bound by the handshake once it is confirmed).
         self.peer_id = ""
         self._noise: NNpsk0 | None = None
@@ -331,6 +378,11 @@ class Responder:
             AuthError: it does not use a secret this node accepts, or its message does not decrypt.
             FrameError: anything else (send `refusal(exc)`, then close).
         """
+        proposed = wire.frame_version(frame)
+        self.version = proposed if wire.ANY_VERSION[0] <= proposed else self.versions[1]
+        low, high = self.versions
+        if not low <= proposed <= high:
+            raise VersionError(f"protocol version {proposed} proposed ({wire.speaks(low, high)})")
         message = _plain_message(frame)
         if not isinstance(message, Handshake):
             raise FrameError("handshake", f"expected a Handshake first, got {type(message).__name__}")
@@ -343,9 +395,11 @@ class Responder:
         if psk is None:
             if message.noise:
                 raise FrameError("handshake", "a Noise message without a key id")
-            self._channel = Channel()
+            self._channel = Channel(version=self.version)
             return
-        self._noise = NNpsk0(False, psk, prologue(message.initiator_id, message.dialled_id, message.key_id))
+        self._noise = NNpsk0(
+            False, psk, prologue(message.initiator_id, message.dialled_id, message.key_id, self.version)
+        )
         try:
             self._noise.read_message(message.noise)
         except NoiseError as exc:
@@ -354,11 +408,11 @@ class Responder:
     def reply(self) -> bytes:
         """The HandshakeReply frame to send."""
         if self._noise is None:
-            return wire.encode_frame(HandshakeReply(self.node_id, b""))
+            return wire.encode_frame(HandshakeReply(self.node_id, b""), self.version)
         noise2 = self._noise.write_message(self.node_id.encode())
         seal, open_ = self._noise.split()
-        self._channel = Channel(seal, open_)
-        return wire.encode_frame(HandshakeReply(self.node_id, noise2))
+        self._channel = Channel(seal, open_, self.version)
+        return wire.encode_frame(HandshakeReply(self.node_id, noise2), self.version)
 
     @property
     def needs_confirm(self) -> bool:

@@ -65,9 +65,9 @@ OnConnectFailure = Callable[[str, str, str], None]
 #: Why an outgoing connection failed: the TCP connection could not be made ("refused": refused, or no
 #: route); no answer in time ("timeout"); the peer does not hold our cluster secret ("wrong_secret"); the
 #: peer is not the member dialled ("wrong_node"); the TLS handshake or certificate check failed ("tls");
-#: the peer closed the connection during the handshake without saying why ("closed"); anything else wrong
-#: in the handshake ("handshake").
-CONNECT_FAILURES = ("refused", "timeout", "wrong_secret", "wrong_node", "tls", "closed", "handshake")
+#: the two nodes speak no protocol version in common ("version"); the peer closed the connection during the
+#: handshake without saying why ("closed"); anything else wrong in the handshake ("handshake").
+CONNECT_FAILURES = ("refused", "timeout", "wrong_secret", "wrong_node", "tls", "version", "closed", "handshake")
 
 
 @dataclass
@@ -262,8 +262,14 @@ class Transport:
         max_message_bytes: int = chunks.MESSAGE_MAX_BYTES,
         reassembly_max_bytes: int = chunks.REASSEMBLY_MAX_BYTES,
         chunk_timeout: float = 30.0,
+        versions: tuple[int, int] = (wire.MIN_PROTOCOL_VERSION, wire.PROTOCOL_VERSION),
     ) -> None:
         self.node_id = node_id
+        #: The protocol versions this node speaks (oldest, newest): it proposes the newest and answers in
+        #: whichever of them the peer proposes (`dsm.net.security`, "Versions"); the version each peer
+        #: address was last spoken to in (outgoing connections).
+        self.versions = versions
+        self.spoken: dict[str, int] = {}
         self.listen = listen
         self.on_message = on_message
         self.keyring = keyring if keyring is not None else Keyring()
@@ -511,11 +517,33 @@ class Transport:
             certificate = writer.get_extra_info("peercert") if self.client_ssl is not None else None
             if dialled:  # the certificate must name the member dialled (before we say anything to it)
                 tls.check_certificate(certificate, dialled, required)
-            initiator = security.Initiator(self.keyring, self.node_id, dialled)
-            writer.write(initiator.first_frame())
-            async with asyncio.timeout(self.limits.handshake_timeout_s):
-                frame = await read_frame(reader, wire.HANDSHAKE_FRAME_MAX)
-            channel, confirm = initiator.finish(frame)
+            version = self.versions[1]
+            while True:
+                initiator = security.Initiator(self.keyring, self.node_id, dialled, version)
+                writer.write(initiator.first_frame())
+                async with asyncio.timeout(self.limits.handshake_timeout_s):
+                    frame = await read_frame(reader, wire.HANDSHAKE_FRAME_MAX)
+                try:
+                    channel, confirm = initiator.finish(frame)
+                    self.spoken[addr] = version
+                    break
+                except security.RefusedError as exc:
+                    lower = self._lower_version(exc, version, addr)
+                    if lower is None:
+                        raise
+                # The peer speaks only older versions this node also speaks: a new connection proposes the
+                # newest of them (the responder closed this one after its refusal).
+                writer.close()
+                version = lower
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=self._source(host)
+                    ),
+                    self.connect_timeout,
+                )
+                certificate = writer.get_extra_info("peercert") if self.client_ssl is not None else None
+                if dialled:
+                    tls.check_certificate(certificate, dialled, required)
             if not dialled:  # a bootstrap address: the certificate must name whoever answered
                 tls.check_certificate(certificate, initiator.peer_id, required)
             writer.write(confirm)
@@ -526,6 +554,23 @@ class Transport:
         # This side only writes from here on (the responder sends nothing more), so its reader stays at the
         # small handshake bound: a peer that sent more would only pause our reading of it.
         return writer, channel
+
+    def _lower_version(self, exc: security.RefusedError, proposed: int, addr: str) -> int | None:
+        """The version to propose again after a refusal of `proposed`: the newest the peer says it speaks, if
+        this node speaks it too and it is older; None (give up) otherwise, logged with both ranges."""
+        spoken = security.spoken(exc.detail) if "protocol version" in exc.detail else None
+        if spoken is None:
+            return None
+        low, high = self.versions
+        common = min(high, spoken[1])
+        if common < proposed and common >= max(low, spoken[0]):
+            log.info("peer %s speaks protocol versions %d-%d: speaking %d", addr, spoken[0], spoken[1], common)
+            return common
+        log.warning(
+            "peer %s speaks protocol versions %d-%d, this node %d-%d: no version in common; upgrade one of them",
+            addr, spoken[0], spoken[1], low, high,
+        )  # fmt: skip
+        return None
 
     # ------------------------------------------------------------------ receiving
 
@@ -609,7 +654,7 @@ class Transport:
         task = asyncio.current_task()
         assert task is not None and isinstance(reader, _Reader)
         self._incoming.add(task)
-        responder = security.Responder(self.keyring, self.node_id)
+        responder = security.Responder(self.keyring, self.node_id, self.versions)
         try:
             try:
                 async with asyncio.timeout_at(slot.deadline):
@@ -681,7 +726,7 @@ class Transport:
             # Under mutual TLS, the client certificate must name the node the initiator claims to be.
             tls.check_certificate(writer.get_extra_info("peercert"), responder.peer_id, self.limits.tls_require_node_id)
         except FrameError as exc:
-            writer.write(security.refusal(exc))
+            writer.write(security.refusal(exc, responder.version))
             raise
         writer.write(responder.reply())
         await writer.drain()

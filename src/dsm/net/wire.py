@@ -3,7 +3,8 @@
 Frame (big-endian):
 
     u32 length      bytes that follow this field (header + body [+ tag]); at most MAX_FRAME
-    u8  version     PROTOCOL_VERSION; a frame of another version is refused
+    u8  version     the protocol version the connection speaks (negotiated by the handshake within
+                    MIN_PROTOCOL_VERSION..PROTOCOL_VERSION; a frame of another version is refused)
     u8  flags       FLAG_SEALED: the body is encrypted and authenticated (see `dsm.net.security`)
     u16 type        a `MessageType` value (append-only: values are never reused or renumbered)
     body            msgpack array of the message's fields, in declaration order
@@ -33,9 +34,14 @@ import msgpack
 from dsm.core import messages as m
 from dsm.types import NODE_ID_RULE, is_node_id
 
-#: 2: the Noise handshake of `dsm.net.security` (1 was the handshake of Hello/Auth, retired: a node of
-#: protocol 1 and one of protocol 2 refuse each other's frames, so a cluster upgrades with a full restart).
+#: The newest protocol version this build speaks, and the oldest. 2: the Noise handshake of
+#: `dsm.net.security` (1 was the handshake of Hello/Auth, retired). Two nodes speak the highest version both
+#: speak (`dsm.net.security`, "Versions"); a build that changes what a frame means raises PROTOCOL_VERSION
+#: and keeps speaking the older ones it can, so a cluster upgrades one node at a time.
 PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 2
+#: The versions a frame header can name at all (before a connection has settled on one).
+ANY_VERSION = (1, 255)
 #: Largest frame accepted or sent (everything after the length field). Anti-entropy answers are capped
 #: at 1 MiB of entries (anti_entropy_max_bytes), membership answers at 1,024 entries; 8 MiB leaves room.
 MAX_FRAME = 8 << 20
@@ -370,17 +376,17 @@ def encode_body(message: Any) -> tuple[MessageType, bytes]:
     return type_id, msgpack.packb(message, use_bin_type=True)
 
 
-def header(type_id: int, flags: int, length: int) -> bytes:
+def header(type_id: int, flags: int, length: int, version: int = PROTOCOL_VERSION) -> bytes:
     """The length field and header of a frame whose header + body (+ tag) take `length` bytes."""
     if length > MAX_FRAME:
         raise FrameError("too_large", f"frame of {length} bytes (limit {MAX_FRAME})")
-    return LENGTH.pack(length) + HEADER.pack(PROTOCOL_VERSION, flags, type_id)
+    return LENGTH.pack(length) + HEADER.pack(version, flags, type_id)
 
 
-def encode_frame(message: Any) -> bytes:
-    """A plain (unsealed) frame carrying `message`."""
+def encode_frame(message: Any, version: int = PROTOCOL_VERSION) -> bytes:
+    """A plain (unsealed) frame carrying `message`, in protocol `version`."""
     type_id, body = encode_body(message)
-    return header(type_id, 0, HEADER.size + len(body)) + body
+    return header(type_id, 0, HEADER.size + len(body), version) + body
 
 
 # --- decoding ---
@@ -397,14 +403,28 @@ def frame_length(prefix: bytes, limit: int = MAX_FRAME) -> int:
     return length
 
 
-def parse_header(frame: bytes) -> tuple[int, int]:
-    """(flags, type) of a frame (its bytes after the length field); checks the version and flags."""
+def parse_header(frame: bytes, versions: tuple[int, int] = (PROTOCOL_VERSION, PROTOCOL_VERSION)) -> tuple[int, int]:
+    """(flags, type) of a frame (its bytes after the length field); checks the flags, and that its version
+    is within `versions` (inclusive: a connection's own version once settled)."""
     version, flags, type_id = HEADER.unpack_from(frame)
-    if version != PROTOCOL_VERSION:
-        raise FrameError("bad_version", f"protocol version {version} (this node speaks {PROTOCOL_VERSION})")
+    low, high = versions
+    if not low <= version <= high:
+        raise FrameError("bad_version", f"protocol version {version} ({speaks(low, high)})")
     if flags & ~_KNOWN_FLAGS:
         raise FrameError("bad_flags", f"unknown flags {flags:#x}")
     return flags, type_id
+
+
+def frame_version(frame: bytes) -> int:
+    """The protocol version a frame's header names."""
+    version: int = HEADER.unpack_from(frame)[0]
+    return version
+
+
+def speaks(low: int, high: int) -> str:
+    """How a refusal says which versions this node speaks (`dsm.net.security.spoken` reads it back; a node of
+    v0.1.0 wrote "this node speaks 2")."""
+    return f"this node speaks {low}" if low == high else f"this node speaks {low}-{high}"
 
 
 def decode_body(type_id: int, body: bytes | bytearray) -> Any:
