@@ -13,6 +13,9 @@ each other up to date with an epidemic protocol over a small-world overlay. The 
     await storage.close()
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from dsm.config import StorageConfig
 from dsm.errors import (
     ClockSkewError,
@@ -36,10 +39,33 @@ from dsm.errors import (
     StorageUnavailableError,
     WatchOverflowError,
 )
-from dsm.factory import StorageFactory
-from dsm.node import Change, EpidemicStorage, Resolver, Watch
-from dsm.storage import BackingStore
 from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
+
+if TYPE_CHECKING:
+    from dsm.factory import StorageFactory
+    from dsm.node import Change, EpidemicStorage, Resolver, Watch
+    from dsm.storage import BackingStore
+
+# The node's parts (the factory, the store, the network runtime, numpy) are imported on first use, so that
+# `import dsm` and the client commands (`dsm get`) stay light: PEP 562's module __getattr__.
+_LAZY = {
+    "StorageFactory": "dsm.factory",
+    "Change": "dsm.node",
+    "EpidemicStorage": "dsm.node",
+    "Resolver": "dsm.node",
+    "Watch": "dsm.node",
+    "BackingStore": "dsm.storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dsm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -27,6 +27,7 @@ from dsm import __version__
 from dsm.config import FIELD_DOCS, PROFILES, HttpTls, Profile, StorageConfig, markdown_reference
 from dsm.core.consistency import LEVEL_NAMES
 from dsm.errors import DSMError
+from dsm.snapshot_cli import snapshot
 
 
 def run_async(coro: object) -> None:
@@ -331,12 +332,91 @@ class Duration(click.ParamType[int]):
         return int(number) * self.UNITS_MS[unit]
 
 
-def _client(url: str, token: str, ca_file: str | None) -> Any:
-    from dsm.client import Client
+_ENDPOINTS = click.option(
+    "--endpoints",
+    envvar="DSM_ENDPOINTS",
+    default=None,
+    help="Comma-separated HTTP addresses of nodes, tried in order: a node that cannot be reached is passed over "
+    "for the next (failover). Overrides --node (env DSM_ENDPOINTS).",
+)
+_OUTPUT = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "raw"]),
+    default="table",
+    show_default=True,
+    help="table: for people; json: one JSON document; raw: bare values for scripts (see the README).",
+)
 
-    if "://" not in url:
-        url = ("https://" if ca_file else "http://") + url
-    return Client(url, token=token, ca_file=ca_file or "")
+
+def _full_url(address: str, ca_file: str | None) -> str:
+    """An address as a URL: host:port means https with a CA file, else http."""
+    address = address.strip()
+    return address if "://" in address else ("https://" if ca_file else "http://") + address
+
+
+def _urls(url: str, endpoints: str | None, ca_file: str | None) -> list[str]:
+    """The nodes to ask, in order: --endpoints (or DSM_ENDPOINTS) when given, else --node."""
+    listed = [e for e in (endpoints or "").split(",") if e.strip()]
+    return [_full_url(address, ca_file) for address in (listed or [url])]
+
+
+class Failover:
+    """The client calls of the commands over several endpoints, in order: a call that finds its node
+    unreachable is made again on the next one, and the first that answers is kept for the following calls.
+    A conditional write (if_absent, if_match, linearizable) moves on only when its node refused the
+    connection: after a broken one its outcome is unknown, and the error is the caller's to see.
+
+    Args:
+        urls: the nodes' URLs, in the order to try them (at least one).
+        token: the bearer token; ca_file: the CA bundle for https nodes.
+    """
+
+    def __init__(self, urls: list[str], token: str, ca_file: str | None) -> None:
+        from dsm.client import Client
+
+        assert urls
+        self.clients = [Client(u, token=token, ca_file=ca_file or "") for u in urls]
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from dsm.client import UnreachableError
+
+            conditional = bool(kwargs.get("if_absent")) or kwargs.get("if_match") is not None
+            conditional = conditional or kwargs.get("consistency") == "linearizable"
+            failures = []
+            for index, client in enumerate(self.clients):
+                try:
+                    answer = getattr(client, name)(*args, **kwargs)
+                except UnreachableError as exc:
+                    failures.append(str(exc))
+                    if conditional and "refused" not in str(exc).lower():
+                        raise
+                    continue
+                if index:  # the node that answered goes first for the next calls
+                    self.clients.insert(0, self.clients.pop(index))
+                return answer
+            raise UnreachableError("no endpoint could be reached: " + "; ".join(failures))
+
+        return call
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> Failover:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _client(url: str, token: str, ca_file: str | None, endpoints: str | None = None) -> Any:
+    return Failover(_urls(url, endpoints, ca_file), token, ca_file)
+
+
+def _json_out(doc: object) -> None:
+    click.echo(json.dumps(doc, indent=None, sort_keys=False))
 
 
 def _client_errors(fn: Any) -> Any:
@@ -355,6 +435,32 @@ def _client_errors(fn: Any) -> Any:
     return run
 
 
+def _value_of(value: str) -> bytes:
+    """A value argument's bytes: `-` reads standard input, `@PATH` the file at PATH, `@@...` is the literal
+    text after the first `@`, anything else is the text itself (UTF-8)."""
+    if value == "-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@@"):
+        return value[1:].encode()
+    if value.startswith("@"):
+        try:
+            with open(value[1:], "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]!r}: {exc.strerror}", param_hint="VALUE") from None
+    return value.encode()
+
+
+def _ack_out(output: str, verb: str, ack: Any) -> None:
+    """A write's acknowledgement: table `<verb> KEY timestamp=... context=...`, json the object, raw the context."""
+    if output == "json":
+        _json_out({"key": ack.key, "timestamp": ack.timestamp, "context": ack.context})
+    elif output == "raw":
+        click.echo(ack.context, nl=False)
+    else:
+        click.echo(f"{verb} {ack.key} timestamp={ack.timestamp} context={ack.context}")
+
+
 @main.command()
 @click.argument("key")
 @click.argument("value")
@@ -368,7 +474,9 @@ def _client_errors(fn: Any) -> Any:
 @click.option("--if-absent", is_flag=True, help="Write only if KEY holds no value (exit status 1 if it does).")
 @click.option("--if-match", default=None, help="Write only if KEY is still what the read with this context returned.")
 @_CONSISTENCY
+@_OUTPUT
 @_NODE_URL
+@_ENDPOINTS
 @_TOKEN
 @_CA_FILE
 @_client_errors
@@ -380,35 +488,77 @@ def put(
     if_absent: bool,
     if_match: str | None,
     consistency: str | None,
+    output: str,
     url: str,
+    endpoints: str | None,
     token: str,
     ca_file: str | None,
 ) -> None:
-    """Writes VALUE (text; '-' reads bytes from standard input) under KEY."""
-    data = sys.stdin.buffer.read() if value == "-" else value.encode()
+    """Writes VALUE under KEY: text; '-' reads the bytes from standard input; '@FILE' the bytes of FILE
+    ('@@text' is the literal '@text').
+
+    Prints `ok KEY timestamp=... context=...`; -o json the same as an object, -o raw the context alone."""
     if if_absent and if_match is not None:
         raise click.UsageError("--if-absent and --if-match cannot be combined")
-    with _client(url, token, ca_file) as c:
+    data = _value_of(value)
+    with _client(url, token, ca_file, endpoints) as c:
         ack = c.put(
             key, data, context=context, consistency=consistency, ttl_ms=ttl, if_absent=if_absent, if_match=if_match
         )
-    click.echo(f"ok {ack.key} timestamp={ack.timestamp} context={ack.context}")
+    _ack_out(output, "ok", ack)
+
+
+#: Exit status of `dsm get -o raw` on a key with several siblings (not one value to print).
+EXIT_SIBLINGS = 3
 
 
 @main.command()
 @click.argument("key")
 @_CONSISTENCY
+@_OUTPUT
 @_NODE_URL
+@_ENDPOINTS
 @_TOKEN
 @_CA_FILE
 @_client_errors
-def get(key: str, consistency: str | None, url: str, token: str, ca_file: str | None) -> None:
-    """Reads KEY: its value, or every sibling, with the context to write back."""
-    with _client(url, token, ca_file) as c:
+def get(
+    key: str, consistency: str | None, output: str, url: str, endpoints: str | None, token: str, ca_file: str | None
+) -> None:
+    """Reads KEY: its value, or every sibling, with the context to write back (on stderr as context=...).
+
+    -o raw prints exactly the stored bytes, nothing added; a key with several siblings is then an error
+    (exit status 3, nothing on stdout: read it with -o json). -o json prints the key, the context and every
+    sibling (value in base64, timestamp, writer, expires_ms), the newest first. An absent key: exit status 1."""
+    with _client(url, token, ca_file, endpoints) as c:
         got = c.get(key, consistency=consistency)
     if got is None:
         raise click.ClickException(f"{key}: not found")
+    if output == "json":
+        import base64
+
+        siblings = [
+            {
+                "value": base64.b64encode(s.value).decode("ascii"),
+                "timestamp": s.timestamp,
+                "writer": s.writer,
+                "expires_ms": s.expires_ms,
+            }
+            for s in got.siblings
+        ]
+        newest = siblings[0]
+        _json_out({"key": got.key, "context": got.context, **newest, "siblings": siblings})
+        return
     out = sys.stdout.buffer
+    if output == "raw":
+        if len(got.siblings) != 1:
+            click.echo(
+                f"{key}: {len(got.siblings)} concurrent values (siblings): -o raw prints one; read them with -o json",
+                err=True,
+            )
+            raise SystemExit(EXIT_SIBLINGS)
+        out.write(got.value)
+        out.flush()
+        return
     if len(got.siblings) == 1:
         out.write(got.value + b"\n")
     else:
@@ -467,89 +617,210 @@ def watch(
 
 
 @main.command()
-@click.argument("key")
+@click.argument("key", required=False)
+@click.option("--prefix", default=None, help="Delete every key starting with this (not empty), page by page.")
 @click.option("--context", default=None, help="Context of an earlier read.")
 @click.option("--if-match", default=None, help="Delete only if KEY is still what the read with this context returned.")
 @_CONSISTENCY
+@_OUTPUT
 @_NODE_URL
+@_ENDPOINTS
 @_TOKEN
 @_CA_FILE
 @_client_errors
 def delete(
-    key: str,
+    key: str | None,
+    prefix: str | None,
     context: str | None,
     if_match: str | None,
     consistency: str | None,
+    output: str,
     url: str,
+    endpoints: str | None,
     token: str,
     ca_file: str | None,
 ) -> None:
-    """Deletes KEY (writes a tombstone)."""
-    with _client(url, token, ca_file) as c:
+    """Deletes KEY (writes a tombstone), or with --prefix P every key under P that holds a value.
+
+    --prefix asks the node to delete a bounded page at a time (DELETE /v1/kv?prefix=P) until none remains and
+    prints how many were deleted (-o json: {"prefix", "deleted"}; -o raw: the number)."""
+    if (key is None) == (prefix is None):
+        raise click.UsageError("give either KEY or --prefix P")
+    if prefix is not None:
+        if not prefix:
+            raise click.UsageError("--prefix cannot be empty (that would delete every key)")
+        if context is not None or if_match is not None:
+            raise click.UsageError("--prefix deletes take no --context or --if-match")
+        from dsm.cli_ops import delete_prefix
+
+        deleted = delete_prefix(_urls(url, endpoints, ca_file), token, ca_file, prefix, consistency)
+        if output == "json":
+            _json_out({"prefix": prefix, "deleted": deleted})
+        elif output == "raw":
+            click.echo(str(deleted), nl=False)
+        else:
+            click.echo(f"deleted {deleted} keys under {prefix!r}")
+        return
+    with _client(url, token, ca_file, endpoints) as c:
         ack = c.delete(key, context=context, consistency=consistency, if_match=if_match)
-    click.echo(f"deleted {ack.key} timestamp={ack.timestamp}")
+    _ack_out(output, "deleted", ack)
 
 
 @main.command("list")
 @click.option("--prefix", default="", help="Only keys starting with this.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--after", default="", help="Only keys sorting after this one (the next page of a listing).")
+@click.option("--all", "every", is_flag=True, help="Every key: the listing page after page, to the end.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Keys per page.")
+@_OUTPUT
 @_NODE_URL
+@_ENDPOINTS
 @_TOKEN
 @_CA_FILE
 @_client_errors
-def list_keys(prefix: str, limit: int, url: str, token: str, ca_file: str | None) -> None:
-    """Lists keys holding a value."""
-    with _client(url, token, ca_file) as c:
-        page = c.list(prefix, limit=limit)
-    for key in page.keys:
-        click.echo(key)
-    if page.next:
+def list_keys(
+    prefix: str,
+    after: str,
+    every: bool,
+    limit: int,
+    output: str,
+    url: str,
+    endpoints: str | None,
+    token: str,
+    ca_file: str | None,
+) -> None:
+    """Lists keys holding a value, in order, one per line (table and raw); -o json prints {"keys", "next"}.
+
+    One page of --limit keys, after --after; when more follow, `(more after K)` goes to stderr (pass K to
+    --after). --all goes on page after page to the end ("next" is then null)."""
+    keys: list[str] = []
+    with _client(url, token, ca_file, endpoints) as c:
+        while True:
+            page = c.list(prefix, limit=limit, after=after)
+            keys.extend(page.keys)
+            if output != "json":
+                for key in page.keys:
+                    click.echo(key)
+            if not (every and page.next):
+                break
+            after = page.next
+    if output == "json":
+        _json_out({"keys": keys, "next": page.next})
+    elif page.next:
         click.echo(f"(more after {page.next})", err=True)
 
 
 @main.command("remove-member")
 @click.argument("node_id")
+@_OUTPUT
 @_NODE_URL
+@_ENDPOINTS
 @_TOKEN
 @_CA_FILE
 @_client_errors
-def remove_member(node_id: str, url: str, token: str, ca_file: str | None) -> None:
+def remove_member(node_id: str, output: str, url: str, endpoints: str | None, token: str, ca_file: str | None) -> None:
     """Remove a member for good (like serf force-leave): recorded and spread as its leave, so it stops
     counting for consistency levels. A member that is in fact running comes back."""
-    with _client(url, token, ca_file) as c:
-        c.remove_member(node_id)
-    click.echo(f"{node_id}: removed (left)")
+    with _client(url, token, ca_file, endpoints) as c:
+        answer = c.remove_member(node_id)
+    if output == "json":
+        _json_out(answer)
+    elif output == "raw":
+        click.echo(node_id, nl=False)
+    else:
+        click.echo(f"{node_id}: removed (left)")
 
 
 @main.command()
+@_OUTPUT
 @_NODE_URL
+@_ENDPOINTS
 @_TOKEN
 @_CA_FILE
 @_client_errors
-def members(url: str, token: str, ca_file: str | None) -> None:
-    """Every member as the node sees it (JSON lines)."""
-    import json
-
-    with _client(url, token, ca_file) as c:
-        for member in c.members():
+def members(output: str, url: str, endpoints: str | None, token: str, ca_file: str | None) -> None:
+    """Every member as the node sees it: a table; -o json the list; -o raw one JSON object per line."""
+    with _client(url, token, ca_file, endpoints) as c:
+        found = c.members()
+    if output == "json":
+        _json_out(found)
+    elif output == "raw":
+        for member in found:
             click.echo(json.dumps(member))
+    else:
+        table = Table("node", "address", "region", "state", "incarnation", "heard (ms ago)", "tags")
+        for m in found:
+            tags = ", ".join(f"{k}={v}" for k, v in sorted(m.get("metadata", {}).items()))
+            heard = m.get("heard_ms_ago")
+            table.add_row(
+                m["id"],
+                m["addr"],
+                m["region"],
+                m["state"],
+                str(m["incarnation"]),
+                "" if heard is None else str(heard),
+                tags,
+            )
+        Console().print(table)
 
 
 @main.command()
+@_OUTPUT
 @_NODE_URL
+@_ENDPOINTS
 @_TOKEN
 @_CA_FILE
 @_client_errors
-def status(url: str, token: str, ca_file: str | None) -> None:
-    """The cluster as one node sees it, a table like `nodetool status` / `serf members`."""
-    with _client(url, token, ca_file) as c:
+def status(output: str, url: str, endpoints: str | None, token: str, ca_file: str | None) -> None:
+    """The cluster as one node sees it, a table like `nodetool status` / `serf members`: per member its
+    state, tags, key count, store size, gossip period and replication delay (median), each asked of the
+    member itself at the HTTP address it advertises (blank for a member that does not answer).
+    -o json: {"node_id", "members": [...]}; -o raw: one JSON object per member and line."""
+    from dsm.cli_ops import member_rows
+
+    with _client(url, token, ca_file, endpoints) as c:
         health = c.health()
         found = c.members()
-    table = Table("node", "address", "region", "state", "incarnation", title=f"seen by {health.get('node_id')}")
-    for m in found:
+    rows = member_rows(found, token, ca_file)
+    if output == "json":
+        _json_out({"node_id": health.get("node_id"), "members": rows})
+        return
+    if output == "raw":
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    table = Table(
+        "node", "address", "region", "state", "inc", "tags", "keys", "store", "gossip", "repl. delay p50",
+        title=f"seen by {health.get('node_id')}",
+    )  # fmt: skip
+    for m in rows:
         style = {"alive": "green", "suspect": "yellow", "dead": "red"}.get(m["state"], "dim")
-        table.add_row(m["id"], m["addr"], m["region"], f"[{style}]{m['state']}[/]", str(m["incarnation"]))
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(m["tags"].items()))
+        table.add_row(
+            m["id"], m["addr"], m["region"], f"[{style}]{m['state']}[/]", str(m["incarnation"]), tags,
+            _blank(m["keys"]), _size(m["store_bytes"]), _seconds(m["gossip_interval_s"]),
+            _seconds(m["replication_delay_p50_s"]),
+        )  # fmt: skip
     Console().print(table)
+
+
+def _blank(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size = size / 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value * 1000:.0f} ms" if value < 10 else f"{value:.1f} s"
 
 
 @main.group()
@@ -723,6 +994,8 @@ def version() -> None:
     """Prints the version."""
     click.echo(__version__)
 
+
+main.add_command(snapshot)
 
 if __name__ == "__main__":
     main()

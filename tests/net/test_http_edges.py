@@ -173,7 +173,7 @@ def test_401_405_and_503_carry_their_headers(tmp_path: Path, procs: list[Proc]) 
     assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"]
     for method, target, allow in (
         ("POST", "/v1/kv/k", "DELETE, GET, HEAD, PUT"),
-        ("PUT", "/v1/kv", "GET, HEAD"),
+        ("PUT", "/v1/kv", "DELETE, GET, HEAD"),
         ("GET", "/v1/members/n2", "DELETE"),
         ("DELETE", "/health", "GET, HEAD"),
     ):

@@ -331,6 +331,44 @@ OPENAPI: dict[str, Any] = {
                     },
                     **_GUARDED,
                 },
+            },
+            "delete": {
+                "summary": "Delete the keys under a prefix that hold a value, a bounded page per request (each an "
+                "ordinary delete: a tombstone); continue with after=next while more is true",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {**_LEVEL, "schema": {"type": "string", "enum": list(LEVEL_NAMES)}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "deleted: how many keys this request deleted; more: whether keys may remain; "
+                        "next: the key to pass as `after` to continue",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["prefix", "deleted", "more", "next"],
+                                    "properties": {
+                                        "prefix": {"type": "string"},
+                                        "deleted": {"type": "integer", "minimum": 0},
+                                        "more": {"type": "boolean"},
+                                        "next": {"type": "string", "nullable": True},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_GUARDED,
+                },
+            },
+        },
+        "/v1/store": {
+            "get": {
+                "summary": "This node's store: {node_id, keys (stored, tombstones included), store_bytes (on disk; "
+                "null for a store that is not a local file)}",
+                "responses": {"200": {"description": "the store's numbers", "content": _JSON_OBJECT}, **_GUARDED},
             }
         },
         "/v1/watch": {

@@ -1,7 +1,10 @@
 """The key routes: `PUT`, `GET` and `DELETE /v1/kv/{key}`, `GET /v1/kv` (listing) and `GET /v1/watch` (a stream
 of committed changes). They call the store's public operations (`EpidemicStorage.put`, `get`, `delete`,
 `list_keys`, `watch`) and render the answers; the formats are in `dsm.api.http`'s docstring and the OpenAPI
-document.
+document. `DELETE /v1/kv?prefix=P` deletes the keys under P that hold a value, at most `limit` (up to
+PREFIX_DELETE_MAX) per request, each an ordinary delete (a tombstone through the write path, at the level
+asked for), and answers how many, whether more remain and the `next` key to pass as `after` to continue.
+`GET /v1/store` is this node's own numbers for `dsm status`: keys stored and the store's size on disk.
 
 Bounds kept here: a `PUT` body must arrive within the HTTP body timeout (408 `body_timeout` otherwise) and
 is refused on its declared length above `max_value_bytes` (413) before any of it is read; a watch stream's
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -26,10 +31,16 @@ from dsm.api.connections import ConnectionPool
 from dsm.api.errors import ApiError
 from dsm.api.openapi import CONTEXT_HEADER, EXPIRES_HEADER, TIMESTAMP_HEADER, WRITER_HEADER
 from dsm.node import EpidemicStorage, Watch
+from dsm.node.conditional import LINEARIZABLE
 from dsm.node.watches import End, Event, Item, Resync
 
 #: Most keys one listing returns.
 LIST_MAX = 1000
+#: Most keys one prefix delete deletes per request (and how many without a `limit`).
+PREFIX_DELETE_MAX = 1000
+PREFIX_DELETE_DEFAULT = 100
+#: The query parameters of a prefix delete.
+PREFIX_DELETE_PARAMS = frozenset({"prefix", "after", "limit", "consistency"})
 #: Most changes a watch stream holds for a slow reader before it ends with an {"end": "overflow"} line.
 WATCH_QUEUE = 10_000
 #: Seconds without a change after which a watch stream sends a progress line (a heartbeat with the cursor).
@@ -56,6 +67,19 @@ def watch_line(item: Item) -> dict[str, object]:
         return {"resync": "begin"} if item.begin else {"resync": "end", "cursor": item.cursor}
     assert isinstance(item, End)
     return {"end": item.reason, "cursor": item.cursor}
+
+
+def store_bytes(storage: EpidemicStorage) -> int | None:
+    """The size on disk of a SQLite store (the database, its WAL and shared-memory files); None for another."""
+    url = storage.config.resolved_storage_url()
+    if not url.startswith("sqlite:"):
+        return None
+    path = url[len("sqlite://") :] if url.startswith("sqlite://") else url[len("sqlite:") :]
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):  # no WAL (yet): nothing to count
+            total += os.stat(path + suffix).st_size
+    return total
 
 
 class KeyRoutes:
@@ -146,6 +170,38 @@ class KeyRoutes:
         limit = parsing.limit(given, 100, LIST_MAX)
         keys, more = await self.storage.list_keys(given.get("prefix", ""), given.get("after", ""), limit)
         return web.json_response({"keys": keys, "next": keys[-1] if more and keys else None})
+
+    async def delete_prefix(self, request: web.Request) -> web.Response:
+        """`DELETE /v1/kv?prefix=P[&after=K][&limit=N][&consistency=L]`: one bounded page of a prefix delete."""
+        given = parsing.params(request, PREFIX_DELETE_PARAMS)
+        prefix = given.get("prefix", "")
+        if not prefix:
+            raise ApiError(400, "invalid_input", "a prefix delete needs a non-empty prefix: DELETE /v1/kv?prefix=P")
+        limit = parsing.limit(given, PREFIX_DELETE_DEFAULT, PREFIX_DELETE_MAX)
+        consistency = parsing.level(request, PREFIX_DELETE_PARAMS)
+        if consistency == LINEARIZABLE:
+            raise ApiError(400, "bad_consistency", "a prefix delete is not conditional: linearizable is refused")
+        keys, more = await self.storage.list_keys(prefix, given.get("after", ""), limit)
+        async with asyncio.TaskGroup() as group:  # at most `limit` deletes at once: the page is the bound
+            for key in keys:
+                group.create_task(self._delete_read(key, consistency))
+        more = more and bool(keys)
+        body = {"prefix": prefix, "deleted": len(keys), "more": more, "next": keys[-1] if more else None}
+        return web.json_response(body)
+
+    async def _delete_read(self, key: str, consistency: str | None) -> None:
+        """Deletes what this node holds of `key`: the delete carries the context of a local read, so that it
+        supersedes every version read (a blind delete would stand beside them as a sibling)."""
+        found = await self.storage.get(key, consistency="local")
+        if found is not None:
+            await self.storage.delete(key, context=found.context, consistency=consistency)
+
+    async def store(self, request: web.Request) -> web.Response:
+        """`GET /v1/store`: this node's id, keys stored (tombstones included) and the store's size on disk
+        in bytes (the SQLite database with its WAL; null for a store that is not a local file)."""
+        keys = await self.storage.count()
+        body = {"node_id": self.storage.node_id, "keys": keys, "store_bytes": store_bytes(self.storage)}
+        return web.json_response(body)
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         given = parsing.params(request, parsing.WATCH_PARAMS)
