@@ -1,34 +1,40 @@
 """Three `dsm node run` processes as three hosts on one LAN, the way a cluster of machines runs: each node in
-its own network namespace with its own address on its own interface (`eth0`, 10.251.N.1-3/24) and a default
-route, the interfaces joined by veth pairs on a bridge that lives in a fourth namespace (the switch). The
-test itself is a client on the same LAN (a veth from its namespace to the bridge, 10.251.N.254), so it talks
-to the nodes through the public client over the LAN; nothing goes over loopback.
+its own network namespace with its own address on its own interface (`eth0`, 10.251.N.x/24) and a default
+route, the interfaces joined by veth pairs on a bridge that lives in a fourth namespace (the switch), and
+names in each host's /etc/hosts (`ip netns exec` mounts /etc/netns/<ns>/hosts). The test itself is a client
+on the same LAN (a veth from its namespace to the bridge, .254), so it talks to the nodes through the public
+client over the LAN; nothing goes over loopback. Every node starts with the same bootstrap list, all at
+once, as in deploy/.
 
-- join: every node is started with the same bootstrap list (the three LAN addresses, as in deploy/), at once;
-  all become ready and see the others alive at their LAN addresses;
-- replicate: a write on one host is read on the others;
-- partition with nftables (each host's own firewall drops the other side's addresses, both ways) and heal:
-  writes on both sides are on every node afterwards;
-- a node moved to a new address: stopped, its namespace given a new IP (and its route again), restarted with
-  the same data directory and id at the new address and no bootstrap (it rejoins through the members it
-  saved): the others learn the new address (they list it), it catches up with a write made while it was
-  away, and writes flow both ways again.
+- join, replicate, partition with nftables (each host's own firewall drops the other side's addresses, both
+  ways) and heal: writes on both sides are on every node afterwards;
+- a node moved to a new address (after a network blip it refuted): stopped, its host renumbered, restarted
+  with the same data directory and id and no bootstrap (it rejoins through the members it saved): the
+  others learn the new address (they list it, and read from it at consistency `all`, which needs their own
+  connections to it) and it catches up. A known bug makes this fail when the restart's incarnation equals
+  the one the cluster knew: then, and only then, the test is an expected failure (see the comment there);
+- a node rescheduled under its name (deploy/kubernetes' pattern: advertised and bootstrap addresses are
+  host names): its machine fails, it comes back on another IP under the same name. Expected to fail (strict)
+  until the transport drops connections to a vanished host (see the mark).
 
 Needs root and the `ip` and `nft` commands (`apt-get install iproute2 nftables`); skipped without them, a
-failure under DSM_TEST_STRICT=1. Every namespace and link the fixture made is removed, even on failure."""
+failure under DSM_TEST_STRICT=1. Every namespace, link and /etc/netns entry the fixture made is removed, even
+on failure."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from dsm.errors import DSMError
 from procs import Proc, eventually, holds
 from support import skip_or_fail
 
@@ -49,17 +55,34 @@ class Lan:
     hosts: list[str]
     subnet: str
     client_link: str
+    #: Host i's current last octet (its address is `subnet`.octet).
+    octets: list[int] = field(default_factory=list)
 
     def addr(self, octet: int) -> str:
         return f"{self.subnet}.{octet}"
 
-    def set_address(self, host: int, octet: int, old: int | None = None) -> None:
-        """Gives host `host`'s eth0 the address .`octet` (removing .`old`) and its default route."""
+    def set_address(self, host: int, octet: int) -> None:
+        """Gives host `host`'s eth0 the address .`octet` (instead of its old one), brings it up with its default
+        route, and points its name (`name(host)`) there in every host's /etc/hosts."""
         ns = self.hosts[host]
-        if old is not None:
-            run("ip", "-n", ns, "addr", "del", f"{self.addr(old)}/24", "dev", "eth0")
+        if host < len(self.octets):
+            run("ip", "-n", ns, "addr", "del", f"{self.addr(self.octets[host])}/24", "dev", "eth0")
+            self.octets[host] = octet
+        else:
+            self.octets.append(octet)
         run("ip", "-n", ns, "addr", "add", f"{self.addr(octet)}/24", "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")  # (a test may have pulled the cable)
         run("ip", "-n", ns, "route", "replace", "default", "via", self.addr(254), "dev", "eth0")
+        lines = ["127.0.0.1 localhost", *(f"{self.addr(o)} {self.name(i)}" for i, o in enumerate(self.octets))]
+        for each in self.hosts:
+            # `ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts; rewritten in place (same inode),
+            # running processes see the change at their next lookup, as after a DNS update.
+            with open(Path("/etc/netns") / each / "hosts", "w") as hosts:
+                hosts.write("\n".join(lines) + "\n")
+
+    @staticmethod
+    def name(host: int) -> str:
+        return f"h{host}.lan"
 
 
 @pytest.fixture
@@ -82,6 +105,7 @@ def lan() -> Iterator[Lan]:
                 skip_or_fail(f"cannot create a network namespace: {added.stderr.strip()}")
             made.append(ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
+            (Path("/etc/netns") / ns).mkdir(parents=True, exist_ok=True)
         run("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", switch, "link", "set", "br0", "up")
         for i, ns in enumerate(hosts):
@@ -100,13 +124,18 @@ def lan() -> Iterator[Lan]:
         run("ip", "link", "del", client_link, check=False)
         for ns in made:
             run("ip", "netns", "del", ns, check=False)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path("/etc/netns").rmdir()  # only if empty (nothing else uses it)
 
 
-def start(lan: Lan, i: int, octet: int, data: Path, bootstrap: list[str]) -> Proc:
-    """Node `n<i>` on host `i`, listening (peers and HTTP) on the host's LAN address .`octet`; returns once
-    it printed its first line (`waiting` while it reaches no member, or `ready`)."""
+def start(lan: Lan, i: int, data: Path, bootstrap: list[str], advertise: str | None = None) -> Proc:
+    """Node `n<i>` on host `i`, listening (peers and HTTP) on the host's LAN address, advertising `advertise`
+    if given; returns once it printed its first line (`waiting` while it reaches no member, or `ready`)."""
     wrapper = ["ip", "netns", "exec", lan.hosts[i]]
-    return Proc(f"n{i}", lan.addr(octet), data, bootstrap, port=PORT, wrapper=wrapper, until="any")
+    extra = ["--advertise", advertise] if advertise else []
+    host = lan.addr(lan.octets[i])
+    return Proc(f"n{i}", host, data, bootstrap, port=PORT, wrapper=wrapper, until="any", extra=extra)
 
 
 def members(p: Proc) -> dict[str, tuple[str, str]]:
@@ -114,10 +143,20 @@ def members(p: Proc) -> dict[str, tuple[str, str]]:
     return {m["id"]: (m["addr"], m["state"]) for m in p.client.members()}
 
 
+def read_all(p: Proc, key: str, value: bytes) -> bool:
+    """Whether `p` reads `value` at consistency `all`: every member answered `p`'s request, which `p` sent on
+    its own connection to each (connections carry frames one way), dialled at the address it knows."""
+    try:
+        got = p.client.get(key, consistency="all")
+    except DSMError:
+        return False
+    return got is not None and got.value == value
+
+
 def partition(lan: Lan, left: list[int], right: list[int]) -> None:
     """Each host's own firewall drops every packet to and from the other side's hosts (the client stays)."""
     for side, other in ((left, right), (right, left)):
-        addrs = ", ".join(lan.addr(i + 1) for i in other)
+        addrs = ", ".join(lan.addr(lan.octets[i]) for i in other)
         for i in side:
             nft = ["ip", "netns", "exec", lan.hosts[i], "nft"]
             run(*nft, "add", "table", "inet", "dsmpart")
@@ -132,55 +171,124 @@ def heal(lan: Lan, hosts: list[int]) -> None:
         run("ip", "netns", "exec", lan.hosts[i], "nft", "delete", "table", "inet", "dsmpart")
 
 
+def join(lan: Lan, tmp_path: Path, nodes: list[Proc], by_name: bool = False) -> dict[str, tuple[str, str]]:
+    """Starts the three nodes with one bootstrap list (their LAN addresses, or their names), each before any
+    is ready, as a cluster of machines starts; returns the member view every node reaches (id -> (address,
+    state))."""
+    addrs = [f"{lan.name(i) if by_name else lan.addr(lan.octets[i])}:{PORT}" for i in range(NODES)]
+    for i in range(NODES):
+        nodes.append(start(lan, i, tmp_path, addrs, advertise=addrs[i] if by_name else None))
+    for i, p in enumerate(nodes):
+        p.wait_ready()
+        assert p.listen == addrs[i] and p.http.startswith(lan.addr(lan.octets[i]) + ":")
+    everyone = {f"n{i}": (addrs[i], "alive") for i in range(NODES)}
+    eventually(lambda: all(members(p) == everyone for p in nodes), timeout=20)
+    nodes[0].client.put("first", b"1")
+    eventually(lambda: all(holds(p, "first", b"1") for p in nodes), timeout=20)
+    return everyone
+
+
+def incarnation(seen_by: Proc, node_id: str) -> int:
+    return int(next(m["incarnation"] for m in seen_by.client.members() if m["id"] == node_id))
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_three_hosts_on_a_lan(lan: Lan, tmp_path: Path) -> None:
-    addrs = [f"{lan.addr(i + 1)}:{PORT}" for i in range(NODES)]
-    nodes: list[Proc] = []
+def test_join_replicate_partition_heal(lan: Lan, tmp_path: Path, nodes: list[Proc]) -> None:
+    everyone = join(lan, tmp_path, nodes)
+    n0, n1, n2 = nodes
+    # Partition {n0, n1} | {n2}: both sides keep taking writes; n2 stops hearing from the others.
+    partition(lan, [0, 1], [2])
     try:
-        # Join: the same bootstrap list everywhere, every node started before any is ready.
-        for i in range(NODES):
-            nodes.append(start(lan, i, i + 1, tmp_path, addrs))
-        for i, p in enumerate(nodes):
-            p.wait_ready()
-            assert p.listen == addrs[i] and p.http.startswith(lan.addr(i + 1) + ":")
-        everyone = {f"n{i}": (addrs[i], "alive") for i in range(NODES)}
-        eventually(lambda: all(members(p) == everyone for p in nodes), timeout=20)
-
-        # Replicate.
-        n0, n1, n2 = nodes
-        n0.client.put("first", b"1")
-        eventually(lambda: all(holds(p, "first", b"1") for p in nodes), timeout=20)
-
-        # Partition {n0, n1} | {n2}: both sides keep taking writes; n2 stops hearing from the others.
-        partition(lan, [0, 1], [2])
-        try:
-            n0.client.put("left", b"L")
-            n2.client.put("right", b"R")
-            eventually(lambda: members(n2)["n0"][1] != "alive" and members(n0)["n2"][1] != "alive", timeout=30)
-            assert n2.client.get("left") is None and n0.client.get("right") is None
-            assert holds(n1, "left", b"L")  # within a side, replication goes on
-        finally:
-            heal(lan, [0, 1, 2])
-        eventually(lambda: all(holds(p, "left", b"L") and holds(p, "right", b"R") for p in nodes), timeout=40)
-        eventually(lambda: all(members(p) == everyone for p in nodes), timeout=30)
-
-        # Move n2 to a new address: stop it, renumber its host, restart it with its data and id, no bootstrap.
-        assert n2.stop(signal.SIGTERM) == 0
-        n0.client.put("while-away", b"W")
-        lan.set_address(2, 13, old=3)
-        moved = f"{lan.addr(13)}:{PORT}"
-        n2 = start(lan, 2, 13, tmp_path, [])
-        nodes[2] = n2
-        n2.wait_ready()
-        assert n2.listen == moved
-        eventually(lambda: holds(n2, "while-away", b"W"), timeout=30)
-        everyone["n2"] = (moved, "alive")
-        eventually(lambda: all(members(p) == everyone for p in nodes), timeout=30)
-        n2.client.put("from-new-address", b"N")
-        n1.client.put("to-new-address", b"T")
-        eventually(lambda: holds(n0, "from-new-address", b"N") and holds(n1, "from-new-address", b"N"), 30)
-        eventually(lambda: holds(n2, "to-new-address", b"T"), timeout=30)
+        n0.client.put("left", b"L")
+        n2.client.put("right", b"R")
+        eventually(lambda: members(n2)["n0"][1] != "alive" and members(n0)["n2"][1] != "alive", timeout=30)
+        assert n2.client.get("left") is None and n0.client.get("right") is None
+        assert holds(n1, "left", b"L")  # within a side, replication goes on
     finally:
-        for p in nodes:
-            if p.proc.poll() is None:
-                p.stop(signal.SIGKILL)
+        heal(lan, [0, 1, 2])
+    eventually(lambda: all(holds(p, "left", b"L") and holds(p, "right", b"R") for p in nodes), timeout=40)
+    eventually(lambda: all(members(p) == everyone for p in nodes), timeout=30)
+
+
+@pytest.mark.slow
+def test_a_node_moved_to_a_new_address(lan: Lan, tmp_path: Path, nodes: list[Proc]) -> None:
+    everyone = join(lan, tmp_path, nodes)
+    n0, n1, n2 = nodes
+    # A life with a network blip: cut off, n2 is declared not alive and refutes it after the heal (a higher
+    # incarnation, in memory only).
+    partition(lan, [0, 1], [2])
+    try:
+        eventually(lambda: members(n0)["n2"][1] != "alive", timeout=30)
+    finally:
+        heal(lan, [0, 1, 2])
+    eventually(lambda: all(members(p) == everyone for p in nodes), timeout=30)
+    known = incarnation(n0, "n2")  # what the cluster remembers of n2's life
+    # Stop n2, renumber its host, restart it with its data and id and no bootstrap (its saved members).
+    assert n2.stop(signal.SIGTERM) == 0
+    n0.client.put("while-away", b"W")
+    lan.set_address(2, 13)
+    moved = f"{lan.addr(13)}:{PORT}"
+    n2 = start(lan, 2, tmp_path, [])
+    nodes[2] = n2
+    n2.wait_ready()
+    assert n2.listen == moved
+    restarted = incarnation(n2, "n2")
+    everyone["n2"] = (moved, "alive")
+    try:
+        eventually(lambda: holds(n2, "while-away", b"W"), timeout=20)
+        eventually(lambda: all(members(p) == everyone for p in nodes), timeout=20)
+    except AssertionError:
+        if restarted == known:
+            # Known bug, reported with this test (issue 20): a node restarts at incarnation "saved + 1", and
+            # refutations in its previous life (never saved) can have raised that life to the same number.
+            # The others then ignore its "alive at the new address" (not newer than what they have), keep
+            # dialling the old address and declare it dead, and it declares them dead (their answers go to the
+            # old address): a split that does not heal. Fix: Membership._about_me refutes an "alive" about
+            # this node at its own incarnation that names another address or region.
+            pytest.xfail(f"n2 restarted at the incarnation the cluster knew ({known}): see the comment")
+        raise
+    # The others dial it at its new address: a read at `all` needs each one's own connection to it.
+    n2.client.put("from-new-address", b"N")
+    n1.client.put("to-new-address", b"T")
+    eventually(lambda: read_all(n0, "from-new-address", b"N") and read_all(n1, "from-new-address", b"N"), 30)
+    eventually(lambda: holds(n2, "to-new-address", b"T"), timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, reported with this test (issue 20): an outgoing peer connection whose remote host "
+    "vanished without a reset (the name now points at another IP) stays open and swallows every frame until "
+    "the kernel gives up retransmitting (about 15 min, tcp_retries2): what the others send the rescheduled "
+    "node is lost, so it does not catch up. Fix in dsm.net.transport: TCP_USER_TIMEOUT on peer sockets, or "
+    "close a member's connection when it is suspected. strict: this test starts failing the day it passes, "
+    "to drop the mark.",
+)
+def test_a_node_rescheduled_under_its_name(lan: Lan, tmp_path: Path, nodes: list[Proc]) -> None:
+    """deploy/kubernetes' pattern: each node advertises a stable host name (h<i>.lan, in every host's
+    /etc/hosts, as a headless Service's pod names are in DNS) and bootstraps from the list of names. n2's
+    machine fails (cable pulled, process killed) and n2 comes back with its data on another IP under the same
+    name, as a rescheduled pod does."""
+    everyone = join(lan, tmp_path, nodes, by_name=True)
+    n0, n1, n2 = nodes
+    run("ip", "-n", lan.hosts[2], "link", "set", "eth0", "down")
+    n2.stop(signal.SIGKILL)
+    n0.client.put("while-away", b"W")
+    lan.set_address(2, 23)  # the cable back in; the name h2.lan now points at .23, and .3 is nowhere
+    n2 = start(lan, 2, tmp_path, [], advertise=everyone["n2"][0])
+    nodes[2] = n2
+    n2.wait_ready(timeout=20)
+    assert n2.http.startswith(lan.addr(23) + ":")
+    eventually(lambda: holds(n2, "while-away", b"W"), timeout=20)
+    eventually(lambda: all(members(p) == everyone for p in nodes), timeout=20)
+    n2.client.put("from-rescheduled", b"F")
+    eventually(lambda: read_all(n0, "from-rescheduled", b"F") and read_all(n1, "from-rescheduled", b"F"), 20)
