@@ -28,6 +28,7 @@ from dsm.config import FIELD_DOCS, PROFILES, HttpTls, Profile, StorageConfig, ma
 from dsm.core.consistency import LEVEL_NAMES
 from dsm.errors import DSMError
 from dsm.snapshot_cli import snapshot
+from dsm.snapshot_cli import snapshot
 
 
 def run_async(coro: object) -> None:
@@ -994,6 +995,8 @@ def version() -> None:
     """Prints the version."""
     click.echo(__version__)
 
+
+main.add_command(snapshot)
 
 main.add_command(snapshot)
 

@@ -18,6 +18,7 @@
     GET    /v1/members  /v1/topology  /v1/overlay  /health (= /health/live)  /health/ready  /metrics
            /openapi.json
     GET    /ui               the dashboard (its page, script and style: open, like the health routes)
+    GET    /v1/snapshot      a consistent snapshot of the store (`dsm.node.snapshot`), streamed
     DELETE /v1/members/{id}  an operator removes a member for good (recorded and spread as its leave: it
                              no longer counts for consistency levels); 404 unknown, 400 this node
 
@@ -73,6 +74,7 @@ from dsm.api.openapi import CONTEXT_HEADER, OPENAPI, TIMESTAMP_HEADER, WRITER_HE
 from dsm.api.routes.cluster import ClusterRoutes
 from dsm.api.routes.health import HealthRoutes
 from dsm.api.routes.keys import WATCH_HEARTBEAT_S, KeyRoutes
+from dsm.api.routes.snapshot import SnapshotRoutes
 from dsm.api.routes.ui import ASSETS, UiRoutes
 from dsm.errors import DSMError
 from dsm.net.runtime import Runtime
@@ -124,6 +126,7 @@ def create_app(
     cluster = ClusterRoutes(storage, status, runtime.remove_member if runtime is not None else None)
     health = HealthRoutes(status)
     ui = UiRoutes()
+    snapshots = SnapshotRoutes(storage, pool.limits.body_timeout_s)
     timed = metrics.timed
     # [\s\S]: a key may hold any character, a newline included ('.' would stop at one and answer 404).
     table: dict[str, dict[str, Handler]] = {
@@ -139,6 +142,7 @@ def create_app(
         r"/v1/members/{node_id:[\s\S]*}": {"DELETE": strict(cluster.remove_member)},
         "/v1/topology": {"GET": strict(cluster.topology)},
         "/v1/overlay": {"GET": strict(cluster.overlay)},
+        "/v1/snapshot": {"GET": strict(snapshots.get)},
         **{path: {"GET": strict(ui.serve)} for path in ASSETS},
         "/health": {"GET": strict(health.live)},
         "/health/live": {"GET": strict(health.live)},

@@ -441,6 +441,19 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "the overlay", "content": _JSON_OBJECT}, **_GUARDED},
             }
         },
+        "/v1/snapshot": {
+            "get": {
+                "summary": "An online, consistent snapshot of this node's store (dsm.node.snapshot: magic, JSON "
+                "header, msgpack rows, BLAKE2b-256 checksum), for `dsm snapshot restore`",
+                "responses": {
+                    "200": {
+                        "description": "the snapshot file",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **_GUARDED,
+                },
+            }
+        },
         "/health": _health("Liveness", ready=False),
         "/health/live": _health("Liveness (the same as /health)", ready=False),
         "/health/ready": _health(

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from dsm.core.ballot import ZERO
 from dsm.core.coordinator import read_reply, stored_reply
 from dsm.core.messages import CasAccept, CasAccepted, CasCommit, CasPrepare, CasPromise, ReadRequest, Replicate
 from dsm.node import Commits
@@ -104,6 +105,16 @@ class Serving:
     def acceptor(self, source: str, message: CasPrepare | CasAccept | CasCommit) -> None:
         if message.source != source:
             return  # only the member the connection authenticated may ask for its own rounds
+        if self.commits.acceptor_restored and not isinstance(message, CasCommit):
+            # Restored from a snapshot: the promises made after it are forgotten, so this node refuses to act
+            # as an acceptor (it counts as a member that refused; `dsm.node.snapshot`).
+            refusal: CasPromise | CasAccepted = (
+                CasPromise(message.seq, self.node_id, False, ZERO, ZERO, b"", b"")
+                if isinstance(message, CasPrepare)
+                else CasAccepted(message.seq, self.node_id, False, ZERO)
+            )
+            self._acceptor_done(source, message, refusal, None)
+            return
         if not self._admit():
             return
 

@@ -95,6 +95,7 @@ class Commits:
         self._open = False
         #: This start's run number (conditional writes' ballots), counted when the store opens.
         self.cas_run = 0
+        self.acceptor_restored = False
 
     def subscribe(self, listener: Listener) -> None:
         """Calls `listener` with every later `Commit`, once durable (it must not raise; it is logged if it does)."""
@@ -125,6 +126,8 @@ class Commits:
                 self.store, self.config, self.wall_ms(), networked
             )
             self.cas_run = await startup.next_run(self.store)
+            #: A store restored from a snapshot: no acceptor state, so no acceptor answers (`dsm.net.serving`).
+            self.acceptor_restored = await self.store.read_meta(startup.META_ACCEPTOR_RESTORED) is not None
         except BaseException:
             await self.store.close()
             raise

@@ -39,6 +39,9 @@ META_NODE_ID = "node_id"
 META_EPOCH = "store_epoch"
 #: This store's start count: the `run` of the ballots its conditional writes propose (`dsm.core.ballot`).
 META_CAS_RUN = "cas_run"
+#: Set by a snapshot's restore (`dsm.node.snapshot`): the store holds no acceptor state of conditional
+#: writes, so its node must not answer as an acceptor (it would have forgotten its promises).
+META_ACCEPTOR_RESTORED = "acceptor_restored_ms"
 
 
 async def check_owner(store: BackingStore, config: StorageConfig) -> str | None:
