@@ -1,7 +1,8 @@
-"""Python clients of a node's HTTP API (`dsm.api.http`): `Client` (blocking, stdlib `http.client`) and
-`AsyncClient` (asyncio, aiohttp). Both speak the same calls:
+"""Python clients of a node's HTTP API (`dsm.api.http`): `Client` (blocking) and `AsyncClient` (asyncio), one
+stack on httpx. Both speak the same calls:
 
     client = Client("http://127.0.0.1:7480")          # token="..." if the node requires one
+    client = Client(["http://n1:7480", "http://n2:7480"])   # endpoints: fails over from one to the next
     ack = client.put("k", b"v")                       # -> Ack(key, timestamp, context)
     got = client.get("k")                             # -> Value(key, siblings, context) or None
     client.put("k", b"v2", context=got.context)       # supersedes what that read returned
@@ -12,6 +13,23 @@
     client.remove_member("n7")                        # an operator removes a member for good
     async for change in async_client.watch("user/"): ...   # AsyncClient: committed changes, as they come
     watch = async_client.watch("user/", since=cursor, endpoints=[...])  # resumes by itself; watch.cursor
+
+What is sent and how answers are read lives once, without I/O, in `dsm.clientcore`; the two classes here only
+move its requests over httpx (`httpx.Client`, `httpx.AsyncClient`, each with its pool of keep-alive
+connections) and sleep between its rounds. `Value` and `Ack` carry what `dsm.types.ReadResult` and
+`WriteResult` carry (`Value.siblings` are `dsm.types.Sibling`s).
+
+**Endpoints, retries, failover** (`dsm.clientcore` has the rules): the client takes one URL or several. An
+attempt that gets no answer, or an answer that the node cannot serve now (closing, at its connection cap, not
+yet joined), moves on to the next endpoint; after a round over all of them the next starts after an
+exponential backoff with full jitter (`retries` rounds after the first, `backoff_s` doubling up to
+`backoff_max_s`). Reads, plain writes and plain deletes may be sent twice (a plain write sent again
+supersedes the same versions with the same value: what one write at the retry's moment would do).
+Conditional writes (`if_absent`, `if_match`) and `consistency="linearizable"` writes are never sent twice:
+they move on only when nothing was sent, and a connection that breaks once the request may have gone raises
+`AnswerLostError` (an `OutcomeUnknownError` and an `UnreachableError`): read the key linearizably before
+retrying. `extra_attempts` counts the attempts made after a failed one. Proxies from the environment are not
+used.
 
 Any key the node accepts works: it is sent percent-encoded as UTF-8 (every byte but letters, digits and
 `-._~`, a `/` included), and a key that is not a non-empty str raises `InvalidKeyError` before anything
@@ -33,99 +51,86 @@ that with your own `ssl.SSLContext`. Both are ignored for `http://` URLs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
-import http.client
 import json
 import random
 import ssl
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn
-from urllib.parse import quote, urlencode, urlsplit
+from typing import Any, TypeVar
 
-import aiohttp
-from yarl import URL
+import httpx
 
-from dsm.errors import DSMError, InvalidKeyError
+from dsm.clientcore import (
+    CONTEXT_HEADER,
+    EXPIRES_HEADER,
+    TIMESTAMP_HEADER,
+    WRITER_HEADER,
+    Ack,
+    Answer,
+    AnswerLostError,
+    Call,
+    ClientError,
+    ConditionFailedError,
+    ConsistencyUnmetError,
+    Failure,
+    NotDSMError,
+    Outcome,
+    OutcomeUnknownError,
+    Page,
+    RetryPolicy,
+    Send,
+    Sibling,
+    Step,
+    TLSError,
+    UnreachableError,
+    Value,
+    Wait,
+    delete_call,
+    endpoint_url,
+    exchange,
+    get_call,
+    health_call,
+    list_call,
+    members_call,
+    put_call,
+    query,
+    raise_error,
+    remove_member_call,
+    topology_call,
+)
 
-CONTEXT_HEADER = "X-DSM-Context"
-TIMESTAMP_HEADER = "X-DSM-Timestamp"
-WRITER_HEADER = "X-DSM-Writer"
-EXPIRES_HEADER = "X-DSM-Expires"
+__all__ = [
+    "CONTEXT_HEADER",
+    "EXPIRES_HEADER",
+    "TIMESTAMP_HEADER",
+    "WRITER_HEADER",
+    "Ack",
+    "AnswerLostError",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "ConditionFailedError",
+    "ConsistencyUnmetError",
+    "NotDSMError",
+    "OutcomeUnknownError",
+    "Page",
+    "RetryPolicy",
+    "Sibling",
+    "TLSError",
+    "UnreachableError",
+    "Value",
+    "WatchStream",
+    "client_ssl_context",
+]
 
+T = TypeVar("T")
 
-class ClientError(DSMError):
-    """The node answered with an error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
-
-
-class NotDSMError(ClientError):
-    """The server at the node's address answered, but not as any DSM node does (an error without DSM's JSON
-    error body, a read without its headers): another HTTP server listens there (code `not_dsm`)."""
-
-    def __init__(self, where: str, status: int, why: str) -> None:
-        message = f"the server at {where} is not a DSM node's HTTP API: {why}; check the node's HTTP address"
-        super().__init__(status, "not_dsm", message)
-        self.args = (message,)
-        self.where = where
-
-
-class ConsistencyUnmetError(ClientError):
-    """The node could not meet the consistency level in time (HTTP 503, code `consistency_unmet`)."""
-
-    def __init__(self, status: int, message: str, error: Mapping[str, Any]) -> None:
-        super().__init__(status, "consistency_unmet", message)
-        self.level = str(error.get("level", ""))
-        self.operation = str(error.get("operation", ""))
-        self.acknowledged = int(error.get("acknowledged", 0))
-        self.required = int(error.get("required", 0))
-
-
-class ConditionFailedError(ClientError):
-    """A conditional write's condition was false (HTTP 412, code `precondition_failed`); nothing was written.
-    `context` is the key's current context (None when it holds nothing), to retry with as `if_match`."""
-
-    def __init__(self, status: int, message: str, error: Mapping[str, Any]) -> None:
-        super().__init__(status, "precondition_failed", message)
-        context = error.get("context")
-        self.context: str | None = context if isinstance(context, str) else None
-        self.exists = bool(error.get("exists", False))
-
-
-class OutcomeUnknownError(ConsistencyUnmetError):
-    """A conditional write may or may not have taken effect (HTTP 503, code `outcome_unknown`)."""
-
-
-class _BrokenBeforeAnswer(aiohttp.ClientConnectionError):
-    """A request's connection broke before its answer (not an error aiohttp resends after)."""
-
-
-async def _not_resent(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-    """Client middleware: the connection errors after which aiohttp would send the request again become
-    `_BrokenBeforeAnswer`, which it does not resend (the caller sees `UnreachableError`: an unknown outcome)."""
-    try:
-        return await handler(request)
-    except aiohttp.ClientConnectorError:
-        raise  # not connected: nothing was sent (and aiohttp does not resend these)
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise _BrokenBeforeAnswer(str(exc)) from exc
-
-
-class UnreachableError(DSMError):
-    """The node could not be reached (connection refused, timed out, reset)."""
-
-
-class TLSError(UnreachableError):
-    """The TLS handshake with the node failed: its certificate did not verify against the CA (or its host
-    name did not match), or it does not speak TLS."""
+DEFAULT_URL = "http://127.0.0.1:7480"
 
 
 def client_ssl_context(ca_file: str = "") -> ssl.SSLContext:
@@ -136,260 +141,148 @@ def client_ssl_context(ca_file: str = "") -> ssl.SSLContext:
     return context
 
 
-@dataclass(frozen=True)
-class Sibling:
-    value: bytes
-    timestamp: int
-    writer: str
-    #: Unix ms from which the value reads as absent (0: it never expires).
-    expires_ms: int = 0
-
-
-@dataclass(frozen=True)
-class Value:
-    """A read: the concurrent values (one, unless the node keeps siblings), newest first."""
-
-    key: str
-    siblings: tuple[Sibling, ...]
-    context: str
-
-    @property
-    def value(self) -> bytes:
-        """The newest value (the last-writer-wins choice)."""
-        return self.siblings[0].value
-
-
-@dataclass(frozen=True)
-class Ack:
-    key: str
-    timestamp: int
-    context: str
-
-
-@dataclass(frozen=True)
-class Page:
-    keys: list[str]
-    next: str | None
-
-
-def _path(key: str) -> str:
-    """The key's path: every byte of its UTF-8 but letters, digits and `-._~` percent-encoded, `/` too (so
-    that no client or proxy on the way merges `//` or resolves `..`), and a key of dots spelled as escapes.
-
-    Raises:
-        InvalidKeyError: the key is not a non-empty str (the node checks the rest: NUL, size).
-    """
-    if not isinstance(key, str) or not key:
-        raise InvalidKeyError(f"a key is a non-empty str, not {key!r}")
-    try:
-        quoted = quote(key, safe="")
-    except UnicodeEncodeError:
-        raise InvalidKeyError("a key must be valid Unicode (no lone surrogates)") from None
-    if quoted in (".", ".."):
-        quoted = quoted.replace(".", "%2E")  # a path segment '.' or '..' would be resolved away
-    return "/v1/kv/" + quoted
-
-
-def _conditions(if_absent: bool, if_match: str | None) -> dict[str, str]:
-    """The headers of a conditional write (`If-None-Match: *`, `If-Match: <context>`)."""
-    if if_absent and if_match is not None:
-        raise ValueError("if_absent and if_match cannot be combined")
-    if if_absent:
-        return {"If-None-Match": "*"}
-    return {"If-Match": if_match} if if_match is not None else {}
-
-
-def _query(**params: Any) -> str:
-    given = {k: v for k, v in params.items() if v not in (None, "")}
-    return "?" + urlencode(given) if given else ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """A node's answer to one request, and the address it came from (for the messages of errors)."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
-    where: str
-
-
-#: Longest plain-text answer of a server that is not a DSM node's API quoted in `NotDSMError`.
-NOTE_MAX_BYTES = 300
-
-
-def _error_of(body: bytes) -> dict[str, Any] | None:
-    """The `error` object of a DSM error body (`{"error": {"code": str, "message": str, ...}}`), or None when
-    the body is not one: every error a DSM node answers carries it (`dsm.api.errors`)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    error = doc.get("error") if isinstance(doc, dict) else None
-    if (
-        not isinstance(error, dict)
-        or not isinstance(error.get("code"), str)
-        or not isinstance(error.get("message"), str)
-    ):
-        return None
-    return error
-
-
-def _foreign(answer: _Answer, what: str) -> NotDSMError:
-    """The error of an answer no DSM node gives: the server at that address is another one."""
-    kind = answer.headers.get("Content-Type") or answer.headers.get("content-type") or "no Content-Type"
-    why = f"it answered HTTP {answer.status} ({kind}) {what}"
-    if kind.startswith("text/plain") and len(answer.body) <= NOTE_MAX_BYTES:
-        # A short plain-text note is meant for a person (a DSM peer port says where the HTTP API is).
-        note = answer.body.decode("utf-8", "replace").strip().splitlines()
-        if note:
-            why += f', saying "{note[0]}"'
-    return NotDSMError(answer.where, answer.status, why)
-
-
-def _raise(answer: _Answer) -> NoReturn:
-    error = _error_of(answer.body)
-    if error is None:
-        raise _foreign(answer, "without the JSON error body every DSM node sends")
-    status, code, message = answer.status, str(error["code"]), str(error["message"])
-    if code == "precondition_failed":
-        raise ConditionFailedError(status, message, error)
-    if code in ("consistency_unmet", "outcome_unknown"):
-        kind = OutcomeUnknownError if code == "outcome_unknown" else ConsistencyUnmetError
-        try:
-            failure = kind(status, message, error)
-        except (ValueError, TypeError):
-            pass  # malformed fields: a plain ClientError below
-        else:
-            failure.code = code
-            raise failure
-    raise ClientError(status, code, message)
-
-
-def _value(key: str, answer: _Answer) -> Value | None:
-    status, body, headers = answer.status, answer.body, answer.headers
-    if status == 404:
-        # Absent only when a DSM node says so: another server's 404 (any path is one there) is not an answer.
-        error = _error_of(body)
-        if error is not None and error["code"] == "not_found":
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The `ssl.SSLError` under an httpx error, if any (httpx wraps httpcore's, which wraps the socket's)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
             return None
-        _raise(answer)
-    context = headers.get(CONTEXT_HEADER)
-    if status == 300:
-        try:
-            doc = json.loads(body)
-            siblings = tuple(
-                Sibling(
-                    base64.b64decode(s["value"]), int(s["timestamp"]), str(s["writer"]), int(s.get("expires_ms", 0))
-                )
-                for s in doc["siblings"]
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise _foreign(answer, "that is not DSM's list of siblings") from None
-        return Value(key, siblings, context or str(doc.get("context", "")))
-    if status != 200:
-        _raise(answer)
-    if context is None:  # a DSM node's read always carries its context
-        raise _foreign(answer, f"without the {CONTEXT_HEADER} header of a DSM read")
-    expires_ms = int(headers.get(EXPIRES_HEADER, "0"))
-    sibling = Sibling(body, int(headers.get(TIMESTAMP_HEADER, "0")), headers.get(WRITER_HEADER, ""), expires_ms)
-    return Value(key, (sibling,), context)
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
-def _ack(answer: _Answer) -> Ack:
-    doc = _json(answer, "key", "timestamp")
-    try:
-        return Ack(str(doc["key"]), int(doc["timestamp"]), answer.headers.get(CONTEXT_HEADER, ""))
-    except (ValueError, TypeError):
-        raise _foreign(answer, "that is not DSM's acknowledgement of a write") from None
+def _failure(where: str, exc: httpx.RequestError) -> Failure:
+    """What an httpx error says about an attempt: was the request possibly sent, was it TLS's handshake."""
+    connecting = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    cause = _ssl_cause(exc) if connecting else None
+    if cause is not None:
+        return Failure(where, str(cause), sent=False, tls=True)
+    return Failure(where, str(exc) or type(exc).__name__, sent=not connecting)
 
 
-def _json(answer: _Answer, *fields: str, ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
-    """The JSON object of an answer whose status is one of `ok`, holding `fields`; else the error raised."""
-    if answer.status not in ok:
-        _raise(answer)
-    try:
-        doc = json.loads(answer.body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or any(name not in doc for name in fields):
-        raise _foreign(answer, "that is not the JSON a DSM node answers there")
-    return doc
-
-
-class Client:
-    """Blocking client; one keep-alive connection, not thread-safe (use one per thread)."""
+class _Setup:
+    """What both clients hold: the endpoints, the headers, TLS, the timeout and the retry policy, and which
+    endpoint the next call starts at (the one that answered last)."""
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:7480",
+        url: str | Sequence[str],
+        token: str,
+        timeout: float,
+        ca_file: str,
+        ssl_context: ssl.SSLContext | None,
+        retries: int,
+        backoff_s: float,
+        backoff_max_s: float,
+        rng: random.Random | None,
+    ) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("a client needs at least one endpoint URL")
+        endpoints: list[str] = []
+        for each in urls:
+            checked = endpoint_url(each)
+            if checked not in endpoints:
+                endpoints.append(checked)
+        #: The endpoints' base URLs, in the order they are tried.
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self.policy = RetryPolicy(retries, backoff_s, backoff_max_s)
+        #: Attempts made after a failed one (another endpoint, or another round), over the client's life.
+        self.extra_attempts = 0
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        https = any(e.startswith("https:") for e in endpoints)
+        # Without an https endpoint no TLS is ever made (redirects are not followed): a context that trusts
+        # nothing spares loading the system's CAs (about 70 ms of CPU, a large part of `dsm get`).
+        self._verify = (
+            (ssl_context or client_ssl_context(ca_file)) if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        )
+        self._timeout = httpx.Timeout(timeout)
+        self._rng = rng or random.Random()
+        self._current = 0
+
+    @property
+    def url(self) -> str:
+        """The endpoint the next call is sent to first."""
+        return self.endpoints[self._current]
+
+    def _steps(self, call: Call[T]) -> tuple[Generator[Step, Outcome, T], list[int]]:
+        """The steps of one call, from the current endpoint, and its count of attempts (for `_sending`)."""
+        return exchange(call, len(self.endpoints), self._current, self.policy, self._rng), [0]
+
+    def _sending(self, step: Send, sent: list[int]) -> str:
+        """Bookkeeping before an attempt: the endpoint's URL."""
+        if sent[0]:
+            self.extra_attempts += 1
+        sent[0] += 1
+        self._current = step.index
+        return self.endpoints[step.index]
+
+    @staticmethod
+    def _answer(url: str, response: httpx.Response) -> Answer:
+        return Answer(response.status_code, response.content, response.headers, url)
+
+
+class Client(_Setup):
+    """Blocking client over an `httpx.Client` (a pool of keep-alive connections).
+
+    Args:
+        url: an endpoint's URL (`http://host:port` or `https://...`), or several, tried in order.
+        token: the node's API token (sent as `Authorization: Bearer`).
+        timeout: seconds for connecting, and between two reads or writes of an answer.
+        ca_file, ssl_context: TLS settings for https endpoints (see the module docstring).
+        retries: rounds over the endpoints after the first (see the module docstring).
+        backoff_s, backoff_max_s: the first pause between rounds (doubling) and the longest.
+        rng: the randomness of the jitter (default: a new `random.Random`).
+
+    Raises:
+        ValueError: a URL is not an http(s) URL, or none is given.
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str] = DEFAULT_URL,
         token: str = "",
         timeout: float = 10.0,
         *,
         ca_file: str = "",
         ssl_context: ssl.SSLContext | None = None,
+        retries: int = 2,
+        backoff_s: float = 0.1,
+        backoff_max_s: float = 2.0,
+        rng: random.Random | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        self._https = parts.scheme == "https"
-        self._ssl = (ssl_context or client_ssl_context(ca_file)) if self._https else None
-        self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
-        self._where = url.rstrip("/")
-        self._timeout = timeout
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._conn: http.client.HTTPConnection | None = None
+        super().__init__(url, token, timeout, ca_file, ssl_context, retries, backoff_s, backoff_max_s, rng)
+        self._client: httpx.Client | None = None
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        context: str | None = None,
-        conditions: Mapping[str, str] | None = None,
-    ) -> _Answer:
-        headers = dict(self._headers)
-        if context:
-            headers[CONTEXT_HEADER] = context
-        if conditions:
-            headers.update(conditions)
-        # A kept-alive connection the node closed is retried once on a new one; a conditional write is never
-        # sent twice (the first may have been applied, and its retry would then fail its condition): it goes
-        # on a new connection, once, and a broken one is `UnreachableError` (outcome unknown).
-        attempts: tuple[int, ...] = (0, 1)
-        if conditions:
-            self.close()
-            attempts = (1,)
-        for attempt in attempts:
-            if self._conn is None:
-                if self._ssl is not None:
-                    self._conn = http.client.HTTPSConnection(
-                        self._host, self._port, timeout=self._timeout, context=self._ssl
-                    )
-                else:
-                    self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                headers=self._headers, timeout=self._timeout, verify=self._verify, trust_env=False
+            )
+        return self._client
+
+    def _run(self, call: Call[T]) -> T:
+        steps, sent = self._steps(call)
+        outcome: Outcome = None
+        while True:
             try:
-                self._conn.request(method, path, body=body, headers=headers)
-                response = self._conn.getresponse()
-                data = response.read()
-                return _Answer(response.status, data, {k: v for k, v in response.getheaders()}, self._where)
-            except (
-                http.client.RemoteDisconnected,
-                BrokenPipeError,
-                ConnectionResetError,
-                ssl.SSLEOFError,  # a TLS connection closed without its closing message
-                ssl.SSLZeroReturnError,
-            ) as exc:
-                self.close()
-                if attempt:
-                    raise UnreachableError(f"{self._host}:{self._port}: {exc}") from None
-            except ssl.SSLError as exc:  # before OSError, which it is
-                self.close()
-                raise TLSError(f"{self._host}:{self._port}: TLS handshake failed: {exc}") from None
-            except (TimeoutError, OSError, http.client.HTTPException) as exc:
-                self.close()
-                raise UnreachableError(f"{self._host}:{self._port}: {exc}") from None
-        raise AssertionError("unreachable")
+                step = steps.send(outcome)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            if isinstance(step, Wait):
+                time.sleep(step.seconds)
+                outcome = None
+                continue
+            url = self._sending(step, sent)
+            try:
+                response = self._http().request(call.method, url + call.path, content=call.body, headers=call.headers)
+            except httpx.RequestError as exc:
+                outcome = _failure(url, exc)
+            else:
+                outcome = self._answer(url, response)
 
     def put(
         self,
@@ -403,41 +296,45 @@ class Client:
         if_match: str | None = None,
     ) -> Ack:
         """Writes a value; `if_absent` / `if_match` (a read's context) make it conditional (linearizable;
-        `ConditionFailedError` when the condition is false)."""
-        query = _query(consistency=consistency, ttl_ms=ttl_ms)
-        conditions = _conditions(if_absent, if_match)
-        return _ack(self._request("PUT", _path(key) + query, bytes(value), context, conditions))
+        `ConditionFailedError` when the condition is false; never sent twice)."""
+        return self._run(
+            put_call(
+                key, value, context=context, consistency=consistency, ttl_ms=ttl_ms, if_absent=if_absent,
+                if_match=if_match,
+            )
+        )  # fmt: skip
 
     def get(self, key: str, *, consistency: str | None = None) -> Value | None:
-        return _value(key, self._request("GET", _path(key) + _query(consistency=consistency)))
+        """Reads a key: its `Value`, or None when it holds none."""
+        return self._run(get_call(key, consistency=consistency))
 
     def delete(
         self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
     ) -> Ack:
-        path = _path(key) + _query(consistency=consistency)
-        return _ack(self._request("DELETE", path, None, context, _conditions(False, if_match)))
+        """Deletes a key (a tombstone superseding `context`); `if_match` makes it conditional."""
+        return self._run(delete_call(key, context=context, consistency=consistency, if_match=if_match))
 
     def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
-        doc = _json(self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after)), "keys", "next")
-        return Page(doc["keys"], doc["next"])
+        """A page of the keys under `prefix`, after `after`."""
+        return self._run(list_call(prefix, limit=limit, after=after))
 
     def members(self) -> builtins.list[dict[str, Any]]:
-        return list(_json(self._request("GET", "/v1/members"), "members")["members"])
+        return self._run(members_call())
 
     def remove_member(self, node_id: str) -> dict[str, Any]:
         """Removes a member for good (it stops counting for consistency levels; see docs/consistency.md)."""
-        return _json(self._request("DELETE", "/v1/members/" + quote(node_id, safe="")))
+        return self._run(remove_member_call(node_id))
 
     def topology(self) -> dict[str, Any]:
-        return _json(self._request("GET", "/v1/topology"))
+        return self._run(topology_call())
 
     def health(self) -> dict[str, Any]:
-        return _json(self._request("GET", "/health"), ok=(200, 503))
+        return self._run(health_call())
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def __enter__(self) -> Client:
         return self
@@ -446,71 +343,56 @@ class Client:
         self.close()
 
 
-class AsyncClient:
-    """asyncio client over one aiohttp session (connection pool); safe for concurrent tasks."""
+class AsyncClient(_Setup):
+    """asyncio client over an `httpx.AsyncClient` (a connection pool); safe for concurrent tasks. Takes the
+    arguments of `Client`."""
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:7480",
+        url: str | Sequence[str] = DEFAULT_URL,
         token: str = "",
         timeout: float = 10.0,
         *,
         ca_file: str = "",
         ssl_context: ssl.SSLContext | None = None,
+        retries: int = 2,
+        backoff_s: float = 0.1,
+        backoff_max_s: float = 2.0,
+        rng: random.Random | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        self._ssl = (ssl_context or client_ssl_context(ca_file)) if parts.scheme == "https" else None
-        self._url = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._once: aiohttp.ClientSession | None = None
+        super().__init__(url, token, timeout, ca_file, ssl_context, retries, backoff_s, backoff_max_s, rng)
+        self._client: httpx.AsyncClient | None = None
 
-    def _connector(self) -> aiohttp.TCPConnector | None:
-        return aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                headers=self._headers, timeout=self._timeout, verify=self._verify, trust_env=False,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            )  # fmt: skip
+        return self._client
 
-    def session(self, once: bool = False) -> aiohttp.ClientSession:
-        """The client's aiohttp session (made on first use); `once`: the one for requests never sent twice."""
-        if once:
-            # Conditional writes: aiohttp sends a PUT or DELETE again when the connection breaks before the
-            # answer (RFC 9112 lets it: they are idempotent), but a conditional write is not: its first copy
-            # may have been applied and the second would fail its condition. aiohttp resends only after the
-            # two errors `_not_resent` turns into another (tests/net/test_client.py checks it).
-            if self._once is None:
-                self._once = aiohttp.ClientSession(
-                    timeout=self._timeout, headers=self._headers, connector=self._connector(),
-                    middlewares=(_not_resent,),
-                )  # fmt: skip
-            return self._once
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers=self._headers, connector=self._connector()
-            )
-        return self._session
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        context: str | None = None,
-        conditions: Mapping[str, str] | None = None,
-    ) -> _Answer:
-        session = self.session(once=bool(conditions))
-        headers = {CONTEXT_HEADER: context} if context else None
-        if conditions:
-            headers = {**(headers or {}), **conditions}
-        try:
-            # encoded=True: the path is sent as quoted here, not re-quoted (or its escapes decoded) by yarl.
-            url = URL(self._url + path, encoded=True)
-            async with session.request(method, url, data=body, headers=headers) as response:
-                return _Answer(response.status, await response.read(), response.headers, self._url)
-        except aiohttp.ClientSSLError as exc:
-            raise TLSError(f"{self._url}: TLS handshake failed: {exc}") from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UnreachableError(f"{self._url}: {exc}") from None
+    async def _run(self, call: Call[T]) -> T:
+        steps, sent = self._steps(call)
+        outcome: Outcome = None
+        while True:
+            try:
+                step = steps.send(outcome)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            if isinstance(step, Wait):
+                await asyncio.sleep(step.seconds)
+                outcome = None
+                continue
+            url = self._sending(step, sent)
+            try:
+                response = await self._http().request(
+                    call.method, url + call.path, content=call.body, headers=call.headers
+                )
+            except httpx.RequestError as exc:
+                outcome = _failure(url, exc)
+            else:
+                outcome = self._answer(url, response)
 
     async def put(
         self,
@@ -524,31 +406,33 @@ class AsyncClient:
         if_match: str | None = None,
     ) -> Ack:
         """As `Client.put`."""
-        query = _query(consistency=consistency, ttl_ms=ttl_ms)
-        conditions = _conditions(if_absent, if_match)
-        return _ack(await self._request("PUT", _path(key) + query, bytes(value), context, conditions))
+        return await self._run(
+            put_call(
+                key, value, context=context, consistency=consistency, ttl_ms=ttl_ms, if_absent=if_absent,
+                if_match=if_match,
+            )
+        )  # fmt: skip
 
     async def get(self, key: str, *, consistency: str | None = None) -> Value | None:
-        return _value(key, await self._request("GET", _path(key) + _query(consistency=consistency)))
+        return await self._run(get_call(key, consistency=consistency))
 
     async def delete(
         self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
     ) -> Ack:
-        path = _path(key) + _query(consistency=consistency)
-        return _ack(await self._request("DELETE", path, None, context, _conditions(False, if_match)))
+        return await self._run(delete_call(key, context=context, consistency=consistency, if_match=if_match))
 
     async def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:
-        doc = _json(
-            await self._request("GET", "/v1/kv" + _query(prefix=prefix, limit=limit, after=after)), "keys", "next"
-        )
-        return Page(doc["keys"], doc["next"])
+        return await self._run(list_call(prefix, limit=limit, after=after))
 
     async def members(self) -> builtins.list[dict[str, Any]]:
-        return list(_json(await self._request("GET", "/v1/members"), "members")["members"])
+        return await self._run(members_call())
 
     async def remove_member(self, node_id: str) -> dict[str, Any]:
         """Removes a member for good (it stops counting for consistency levels; see docs/consistency.md)."""
-        return _json(await self._request("DELETE", "/v1/members/" + quote(node_id, safe="")))
+        return await self._run(remove_member_call(node_id))
+
+    async def topology(self) -> dict[str, Any]:
+        return await self._run(topology_call())
 
     def watch(
         self,
@@ -570,14 +454,15 @@ class AsyncClient:
 
         When the stream breaks or the node ends it (`{"end": ..., "cursor"}`: a reader too far behind, the
         node stopping), the watch resumes from its last cursor, after a backoff (with jitter, up to 5 s),
-        first on the node that served it, then on the others of `endpoints` (this client's URL first).
-        Exact repeats of a key's state (same writer, timestamp and deletion, which a resume may bring) are
-        dropped. The returned `WatchStream`'s `cursor` is always where the caller stands.
+        first on the node that served it, then on the client's other endpoints and on `endpoints` (this
+        client's current endpoint first). Exact repeats of a key's state (same writer, timestamp and
+        deletion, which a resume may bring) are dropped. The returned `WatchStream`'s `cursor` is always
+        where the caller stands.
 
         Args:
             since: a cursor to resume from.
             values: events carry the key's value.
-            endpoints: other nodes' URLs to fail over to (same token and TLS settings).
+            endpoints: more nodes' URLs to fail over to (same token and TLS settings).
             retry_s: how long without any node accepting the watch before `UnreachableError` (None: forever).
             idle_timeout_s: a stream silent this long is taken as broken (nodes send a progress line every
                 15 s).
@@ -586,19 +471,19 @@ class AsyncClient:
             ClientError: a node refused the watch (a bad prefix or cursor).
             UnreachableError: no node accepted it for `retry_s`.
         """
-        urls = [self._url, *(u.rstrip("/") for u in endpoints if u.rstrip("/") != self._url)]
+        urls = [self.url]
+        for each in [*self.endpoints, *(endpoint_url(u) for u in endpoints)]:
+            if each not in urls:
+                urls.append(each)
         return WatchStream(self, prefix, since, bool(values), urls, retry_s, idle_timeout_s)
 
     async def health(self) -> dict[str, Any]:
-        return _json(await self._request("GET", "/health"), ok=(200, 503))
+        return await self._run(health_call())
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._once is not None:
-            await self._once.close()
-            self._once = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -750,7 +635,9 @@ class WatchStream:
                     failures += 1
                 self.resumes += 1
                 # Full jitter: resuming clients spread out instead of arriving together.
-                await asyncio.sleep(random.uniform(0, min(WATCH_BACKOFF_MAX_S, 0.05 * 2 ** min(failures, 10))))
+                await asyncio.sleep(
+                    self._client._rng.uniform(0, min(WATCH_BACKOFF_MAX_S, 0.05 * 2 ** min(failures, 10)))
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # handed to the caller: a refused watch, or no node for retry_s
@@ -758,18 +645,19 @@ class WatchStream:
 
     async def _stream(self, url: str) -> AsyncIterator[dict[str, Any] | _Progress]:
         """One stream from the node at `url`, until it breaks (`UnreachableError`) or the node ends it."""
-        session = self._client.session()
-        query = _query(prefix=self.prefix, since=self._resume_from, values=1 if self.values else None)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._idle_timeout_s)
+        http = self._client._http()
+        path = "/v1/watch" + query(prefix=self.prefix, since=self._resume_from, values=1 if self.values else None)
+        # No total deadline: a stream lives as long as it is read; only a silence that long ends it.
+        timeout = httpx.Timeout(10.0, read=self._idle_timeout_s)
         try:
-            async with session.get(URL(url + "/v1/watch" + query, encoded=True), timeout=timeout) as response:
-                if response.status != 200:
-                    body = await response.read()
-                    if response.status in (408, 429) or response.status >= 500:
-                        raise UnreachableError(f"{url}: watch answered {response.status}")
-                    _raise(_Answer(response.status, body, response.headers, url))
+            async with http.stream("GET", url + path, timeout=timeout) as response:
+                if response.status_code != 200:
+                    body = await response.aread()
+                    if response.status_code in (408, 429) or response.status_code >= 500:
+                        raise UnreachableError(f"{url}: watch answered {response.status_code}")
+                    raise_error(Answer(response.status_code, body, response.headers, url))
                 self.serving = url
-                async for line in response.content:
+                async for line in response.aiter_lines():
                     if not line.strip():
                         continue
                     try:
@@ -794,7 +682,8 @@ class WatchStream:
                     elif isinstance(cursor, str):
                         yield _Progress(cursor)  # a repeat: dropped, but the caller's position moves
                 raise UnreachableError(f"{url}: the watch stream ended without a final line")
-        except aiohttp.ClientSSLError as exc:
-            raise TLSError(f"{url}: TLS handshake failed: {exc}") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise UnreachableError(f"{url}: {exc}") from None
+        except httpx.RequestError as exc:
+            failure = _failure(url, exc)
+            if failure.tls:
+                raise TLSError(f"{url}: TLS handshake failed: {failure.message}") from None
+            raise UnreachableError(f"{url}: {failure.message}") from None

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from dsm import StorageConfig, StorageFactory
 from dsm.api.http import create_app
-from dsm.client import AsyncClient, Client, ClientError, UnreachableError
+from dsm.client import AnswerLostError, AsyncClient, Client, ClientError, OutcomeUnknownError, UnreachableError
 from dsm.storage.sqlite import SQLiteStore
 
 
@@ -171,21 +171,24 @@ class _Hangup:
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_a_conditional_write_is_never_sent_twice(conditional: bool) -> None:
-    """A plain write whose connection breaks before the answer is sent again once (it is idempotent); a
-    conditional one is not (its first copy may have been applied, and the second would fail its
-    condition): the caller gets UnreachableError, an unknown outcome."""
+    """A plain write whose connection breaks before the answer is sent again (it is idempotent: see
+    dsm.clientcore), once per retry round; a conditional one is not (its first copy may have been applied,
+    and the second would fail its condition): the caller gets AnswerLostError, an unknown outcome (both an
+    OutcomeUnknownError and an UnreachableError)."""
     server = _Hangup()
-    with Client(server.url, timeout=5) as client, pytest.raises(UnreachableError):
+    expected = UnreachableError if not conditional else OutcomeUnknownError
+    with Client(server.url, timeout=5, retries=2, backoff_s=0.01) as client, pytest.raises(expected) as caught:
         client.put("k", b"v", if_absent=conditional)
-    assert server.requests == (1 if conditional else 2)
+    assert server.requests == (1 if conditional else 3)
+    assert isinstance(caught.value, UnreachableError)
+    assert isinstance(caught.value, AnswerLostError) == conditional
 
     async def run() -> None:
-        async with AsyncClient(server.url, timeout=5) as client:
-            with pytest.raises(UnreachableError):
+        async with AsyncClient(server.url, timeout=5, retries=2, backoff_s=0.01) as client:
+            with pytest.raises(expected):
                 await client.put("k", b"v", if_absent=conditional)
 
     server.requests = 0
     asyncio.run(run())
-    if conditional:
-        assert server.requests == 1
+    assert server.requests == (1 if conditional else 3)
     server.sock.close()
