@@ -94,6 +94,20 @@ def test_suspicion_about_itself_is_refuted_with_a_higher_incarnation() -> None:
         assert states_by_id(p)["n1"] == (ALIVE, 1), p.id
 
 
+def test_alive_at_its_own_incarnation_with_another_address_is_refuted() -> None:
+    # A node restarted at a new address takes the incarnation after the one it saved; refutations of its
+    # previous life were not saved, so the cluster may hold that very incarnation with the old address.
+    w = Wire(seed=3)
+    w.formed(6)
+    x = w.peers["n1"]
+    old_address = upd(ALIVE, "n1", 0, "n2")._replace(addr="10.9.9.9:7400")
+    w.apply("n1", x.handle(w.now, Ping(1, "n2", "n1", (old_address,))))
+    assert x.incarnation == 1  # refuted: its own address goes out at a higher incarnation
+    same = upd(ALIVE, "n1", 1, "n2")
+    w.apply("n1", x.handle(w.now, Ping(2, "n2", "n1", (same,))))
+    assert x.incarnation == 1  # the truth about itself is not refuted
+
+
 def test_join_through_bootstrap_learns_table_and_tells_neighbors() -> None:
     w = Wire(seed=4)
     peers = w.formed(20)

@@ -188,7 +188,8 @@ def test_an_operator_removes_a_dead_member_from_the_command_line(procs: list[Pro
     r2 = start(procs, tmp_path, "r2", "127.0.0.3", "a", [r0.listen])
     eventually(lambda: alive_everywhere(procs, 3))
     # Tags (free metadata) reach every member.
-    eventually(lambda: {m["id"]: m["metadata"] for m in r0.client.members()}["r1"] == {"rack": "r7"})
+    # Its tags, and the HTTP address every node advertises (for the dashboard's overlay).
+    eventually(lambda: {m["id"]: m["metadata"] for m in r0.client.members()}["r1"] == {"rack": "r7", "http": r1.url})
     assert r2.stop(signal.SIGKILL) == -signal.SIGKILL
     procs.remove(r2)
     with pytest.raises(ConsistencyUnmetError):  # gone, but not removed: it still counts

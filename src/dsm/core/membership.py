@@ -210,9 +210,16 @@ class Membership:
             self.broadcasts.put(slot, update)
 
     def _about_me(self, update: Update) -> None:
-        """Someone says something about this node: refute anything but alive at an older incarnation."""
-        if update.state == _ALIVE and update.incarnation <= self.incarnation:
+        """Someone says something about this node: refute anything but alive at an older incarnation, or at
+        this one with this node's own address and region. (A node restarted at a new address takes the
+        incarnation after the one it saved, but refutations of its previous life were not saved: the cluster
+        may already hold that very incarnation with the old address, and would never take the new one.)"""
+        if update.state == _ALIVE and update.incarnation < self.incarnation:
             return
+        if update.state == _ALIVE and update.incarnation == self.incarnation:
+            me = self.context.directory.infos[self.context.me]
+            if (update.addr, update.region) == (me.addr, me.region):
+                return
         if update.state == _LEFT and self.context.left:
             return
         # Suspect, dead or left at >= our incarnation, or alive at a higher one (a previous life of this

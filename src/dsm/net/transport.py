@@ -44,6 +44,7 @@ import functools
 import ipaddress
 import logging
 import random
+import socket
 import ssl
 from collections import Counter, deque
 from collections.abc import Callable
@@ -96,6 +97,21 @@ HANDSHAKE_READ_LIMIT = 1024
 READ_LIMIT = 1 << 16
 #: Most bytes of small frames joined into one write (`Transport._pump`).
 COALESCE_BYTES = 1 << 16
+#: How long sent bytes may stay unacknowledged before the kernel drops a peer connection (TCP_USER_TIMEOUT,
+#: Linux). Without it a connection to a host that vanished without a reset (a pulled cable, a pod moved to
+#: another IP under the same name) swallows every frame until the kernel gives up retransmitting, about
+#: 15 minutes; with it the writer sees the connection fail and dials again (found by
+#: tests/processes/test_hosts_netns.py). Well above any round trip and pause a live peer has.
+TCP_USER_TIMEOUT_MS = 10_000
+
+
+def bound_unacknowledged(writer: asyncio.StreamWriter) -> None:
+    """Sets TCP_USER_TIMEOUT_MS on a peer connection's socket, where the platform has it."""
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, TCP_USER_TIMEOUT_MS)
 
 
 @dataclass(frozen=True)
@@ -511,6 +527,7 @@ class Transport:
             host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=self._source(host)
         )
         reader, writer = await asyncio.wait_for(connect, self.connect_timeout)
+        bound_unacknowledged(writer)
         self.stats.connects += 1
         try:
             required = self.limits.tls_require_node_id
@@ -541,6 +558,7 @@ class Transport:
                     ),
                     self.connect_timeout,
                 )
+                bound_unacknowledged(writer)
                 certificate = writer.get_extra_info("peercert") if self.client_ssl is not None else None
                 if dialled:
                     tls.check_certificate(certificate, dialled, required)
