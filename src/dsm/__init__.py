@@ -16,7 +16,6 @@ each other up to date with an epidemic protocol over a small-world overlay. The 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from dsm.config import StorageConfig
 from dsm.errors import (
     ClockSkewError,
     ClosedError,
@@ -39,16 +38,23 @@ from dsm.errors import (
     StorageUnavailableError,
     WatchOverflowError,
 )
-from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
 
 if TYPE_CHECKING:
+    from dsm.config import StorageConfig
     from dsm.factory import StorageFactory
     from dsm.node import Change, EpidemicStorage, Resolver, Watch
     from dsm.storage import BackingStore
+    from dsm.types import NodeInfo, ReadResult, Sibling, WriteResult
 
-# The node's parts (the factory, the store, the network runtime, numpy) are imported on first use, so that
-# `import dsm` and the client commands (`dsm get`) stay light: PEP 562's module __getattr__.
+# The configuration, the types and the node's parts (the factory, the store, the network runtime, numpy) are
+# imported on first use, so that `import dsm` and the client commands (`dsm get`) stay light: PEP 562's
+# module __getattr__.
 _LAZY = {
+    "StorageConfig": "dsm.config",
+    "NodeInfo": "dsm.types",
+    "ReadResult": "dsm.types",
+    "Sibling": "dsm.types",
+    "WriteResult": "dsm.types",
     "StorageFactory": "dsm.factory",
     "Change": "dsm.node",
     "EpidemicStorage": "dsm.node",

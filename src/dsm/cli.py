@@ -13,26 +13,45 @@ dsm version
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import sys
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from dsm import __version__
-from dsm.config import FIELD_DOCS, PROFILES, HttpTls, Profile, StorageConfig, markdown_reference
-from dsm.core.consistency import LEVEL_NAMES
 from dsm.errors import DSMError
 from dsm.snapshot_cli import snapshot
-from dsm.snapshot_cli import snapshot
+
+if TYPE_CHECKING:
+    from rich.console import Console as RichConsole
+    from rich.table import Table as RichTable
+
+# The client commands (`dsm get`) import only what they use: the configuration, rich, asyncio and the node's
+# parts are imported in the commands that need them (tests/processes/test_cli_conventions.py checks that
+# numpy is not imported, bench/cli_bench.py measures the CPU). So the choices of a few options are spelled
+# here; a test checks them against the enums of dsm.config and dsm.core.consistency.
+PROFILE_NAMES = ("lan", "wan", "sim")
+HTTP_TLS_MODES = ("auto", "on", "off")
+LEVEL_NAMES = ("local", "region_quorum", "quorum", "each_region_quorum", "all")
+
+
+def Console() -> RichConsole:  # rich's class, imported on first use
+    from rich.console import Console as RichConsole
+
+    return RichConsole()
+
+
+def Table(*columns: str, **options: Any) -> RichTable:  # rich's class, imported on first use
+    from rich.table import Table as RichTable
+
+    return RichTable(*columns, **options)
 
 
 def run_async(coro: object) -> None:
     """Runs a coroutine on uvloop when it is installed (faster), else on asyncio's default loop."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -68,7 +87,7 @@ def demo(data_dir: str | None, keep: bool, single: bool) -> None:
 
 _PROFILE = click.option(
     "--profile",
-    type=click.Choice([p.value for p in Profile]),
+    type=click.Choice(PROFILE_NAMES),
     default=None,
     help="Protocol settings to start from (profile; default lan); explicit settings win over it.",
 )
@@ -81,6 +100,10 @@ _PROFILE = click.option(
 def show_config(toml_path: str | None, profile: str | None, markdown: bool) -> None:
     """Shows the effective configuration (defaults < profile < TOML file < DSM_* environment; --profile picks
     the profile) with documentation; a value the profile set is marked with the profile's name."""
+    import dataclasses
+
+    from dsm.config import FIELD_DOCS, PROFILES, StorageConfig, markdown_reference
+
     if markdown:
         click.echo(markdown_reference(), nl=False)
         return
@@ -199,7 +222,7 @@ def node() -> None:
 @click.option("--tls-ca", default=None, help="Cluster CA bundle: mutual TLS between nodes (tls_ca_file).")
 @click.option(
     "--http-tls",
-    type=click.Choice([mode.value for mode in HttpTls]),
+    type=click.Choice(HTTP_TLS_MODES),
     default=None,
     help="HTTPS for the HTTP API (http_tls; default auto: with --tls-cert).",
 )
@@ -243,6 +266,7 @@ def node_run(
     log_level: str,
 ) -> None:
     """Runs one node until SIGTERM or Ctrl-C (settings: flags > DSM_* environment > TOML file > defaults)."""
+    from dsm.config import StorageConfig
     from dsm.server import configure_logging, serve
 
     try:
@@ -362,58 +386,11 @@ def _urls(url: str, endpoints: str | None, ca_file: str | None) -> list[str]:
     return [_full_url(address, ca_file) for address in (listed or [url])]
 
 
-class Failover:
-    """The client calls of the commands over several endpoints, in order: a call that finds its node
-    unreachable is made again on the next one, and the first that answers is kept for the following calls.
-    A conditional write (if_absent, if_match, linearizable) moves on only when its node refused the
-    connection: after a broken one its outcome is unknown, and the error is the caller's to see.
-
-    Args:
-        urls: the nodes' URLs, in the order to try them (at least one).
-        token: the bearer token; ca_file: the CA bundle for https nodes.
-    """
-
-    def __init__(self, urls: list[str], token: str, ca_file: str | None) -> None:
-        from dsm.client import Client
-
-        assert urls
-        self.clients = [Client(u, token=token, ca_file=ca_file or "") for u in urls]
-
-    def __getattr__(self, name: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            from dsm.client import UnreachableError
-
-            conditional = bool(kwargs.get("if_absent")) or kwargs.get("if_match") is not None
-            conditional = conditional or kwargs.get("consistency") == "linearizable"
-            failures = []
-            for index, client in enumerate(self.clients):
-                try:
-                    answer = getattr(client, name)(*args, **kwargs)
-                except UnreachableError as exc:
-                    failures.append(str(exc))
-                    if conditional and "refused" not in str(exc).lower():
-                        raise
-                    continue
-                if index:  # the node that answered goes first for the next calls
-                    self.clients.insert(0, self.clients.pop(index))
-                return answer
-            raise UnreachableError("no endpoint could be reached: " + "; ".join(failures))
-
-        return call
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-
-    def __enter__(self) -> Failover:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def _client(url: str, token: str, ca_file: str | None, endpoints: str | None = None) -> Any:
-    return Failover(_urls(url, endpoints, ca_file), token, ca_file)
+    """The client of a command: over the --endpoints (in order, with failover and retries) or --node."""
+    from dsm.client import Client
+
+    return Client(_urls(url, endpoints, ca_file), token=token, ca_file=ca_file or "")
 
 
 def _json_out(doc: object) -> None:
@@ -584,6 +561,7 @@ def watch(
     """Follows every change of the keys under PREFIX: one JSON line per event (and per resync bound) on
     stdout, resuming by itself when the stream breaks (on the other --endpoint nodes too). On exit (Ctrl-C,
     SIGTERM) prints the last cursor to stderr as cursor=...: pass it to --since to continue from there."""
+    import asyncio
     import signal
 
     from dsm.client import AsyncClient
@@ -839,7 +817,7 @@ _CLUSTER_DIR = click.option(
 )
 
 
-def _cluster_table(c: Any) -> Table:
+def _cluster_table(c: Any) -> RichTable:
     from dsm.localcluster import LocalCluster
 
     table = Table("node", "pid", "peer address", "HTTP", "running", title=f"{c.directory}/<node>/ (data and log)")
@@ -995,8 +973,6 @@ def version() -> None:
     """Prints the version."""
     click.echo(__version__)
 
-
-main.add_command(snapshot)
 
 main.add_command(snapshot)
 

@@ -10,7 +10,8 @@
   `MEMBER_TIMEOUT_S`. The bearer token goes only to an address on the member's own peer host, as the
   node's `/v1/overlay` does, so a member's metadata cannot send it elsewhere.
 
-Both use aiohttp (a dependency of the client already), on one event loop per command.
+Both use httpx, the client's HTTP stack (`dsm.client`): the prefix delete a blocking `httpx.Client`, the
+status an `httpx.AsyncClient` on one event loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
+import httpx
 
 from dsm.client import ClientError, UnreachableError, client_ssl_context
 
@@ -34,10 +35,10 @@ MEMBER_BODY_MAX = 1 << 20
 PAGE_TIMEOUT_S = 60.0
 
 
-def _session(token: str, ca_file: str | None, timeout_s: float) -> aiohttp.ClientSession:
+def _options(token: str, ca_file: str | None, timeout_s: float) -> dict[str, Any]:
+    """The settings of an httpx client of these commands: the token, the CA, the timeout."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    connector = aiohttp.TCPConnector(ssl=client_ssl_context(ca_file or ""))
-    return aiohttp.ClientSession(headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
+    return {"headers": headers, "verify": client_ssl_context(ca_file or ""), "timeout": timeout_s}
 
 
 def _error(status: int, body: bytes, where: str) -> ClientError:
@@ -55,35 +56,32 @@ def delete_prefix(urls: Sequence[str], token: str, ca_file: str | None, prefix: 
         ClientError: a node refused (its error); UnreachableError: no endpoint could be reached.
     """
 
-    async def run() -> int:
-        deleted, after = 0, ""
-        order = list(urls)
-        async with _session(token, ca_file, PAGE_TIMEOUT_S) as session:
-            while True:
-                params = {"prefix": prefix, **({"after": after} if after else {})}
-                if consistency:
-                    params["consistency"] = consistency
-                failures: list[str] = []
-                for url in list(order):
-                    try:
-                        async with session.delete(url.rstrip("/") + "/v1/kv", params=params) as response:
-                            body = await response.read()
-                            if response.status != 200:
-                                raise _error(response.status, body, url)
-                            page = json.loads(body)
-                        break
-                    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                        failures.append(f"{url}: {exc or type(exc).__name__}")
-                        order.remove(url)
-                        order.append(url)  # tried last from now on
-                else:
-                    raise UnreachableError("no endpoint could be reached: " + "; ".join(failures))
-                deleted += int(page["deleted"])
-                if not page["more"]:
-                    return deleted
-                after = str(page["next"])
-
-    return asyncio.run(run())
+    deleted, after = 0, ""
+    order = list(urls)
+    with httpx.Client(**_options(token, ca_file, PAGE_TIMEOUT_S)) as http:
+        while True:
+            params = {"prefix": prefix, **({"after": after} if after else {})}
+            if consistency:
+                params["consistency"] = consistency
+            failures: list[str] = []
+            for url in list(order):
+                try:
+                    response = http.delete(url.rstrip("/") + "/v1/kv", params=params)
+                except httpx.TransportError as exc:
+                    failures.append(f"{url}: {exc or type(exc).__name__}")
+                    order.remove(url)
+                    order.append(url)  # tried last from now on
+                    continue
+                if response.status_code != 200:
+                    raise _error(response.status_code, response.content, url)
+                page = response.json()
+                break
+            else:
+                raise UnreachableError("no endpoint could be reached: " + "; ".join(failures))
+            deleted += int(page["deleted"])
+            if not page["more"]:
+                return deleted
+            after = str(page["next"])
 
 
 def member_rows(members: Sequence[Mapping[str, Any]], token: str, ca_file: str | None) -> list[dict[str, Any]]:
@@ -112,25 +110,25 @@ def member_rows(members: Sequence[Mapping[str, Any]], token: str, ca_file: str |
 
     async def run() -> None:
         gate = asyncio.Semaphore(MEMBER_CONCURRENCY)
-        async with _session(token, ca_file, MEMBER_TIMEOUT_S) as session:
-            await asyncio.gather(*(_fill(session, gate, row) for row in rows if row["state"] == "alive"))
+        async with httpx.AsyncClient(**_options(token, ca_file, MEMBER_TIMEOUT_S)) as http:
+            await asyncio.gather(*(_fill(http, gate, row) for row in rows if row["state"] == "alive"))
 
     asyncio.run(run())
     return rows
 
 
-async def _fill(session: aiohttp.ClientSession, gate: asyncio.Semaphore, row: dict[str, Any]) -> None:
+async def _fill(http: httpx.AsyncClient, gate: asyncio.Semaphore, row: dict[str, Any]) -> None:
     url = row["http"]
     if not isinstance(url, str) or not _on_host(url, row["addr"]):
         return
     base = url.rstrip("/")
     try:
         async with gate:
-            async with session.get(base + "/v1/store") as response:
-                store = json.loads(await response.content.read(MEMBER_BODY_MAX)) if response.status == 200 else {}
-            async with session.get(base + "/metrics") as response:
-                metrics = (await response.content.read(MEMBER_BODY_MAX)).decode() if response.status == 200 else ""
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+            answer = await http.get(base + "/v1/store")
+            store = answer.json() if answer.status_code == 200 and len(answer.content) <= MEMBER_BODY_MAX else {}
+            answer = await http.get(base + "/metrics")
+            metrics = answer.text if answer.status_code == 200 and len(answer.content) <= MEMBER_BODY_MAX else ""
+    except (httpx.HTTPError, ValueError):
         return
     if isinstance(store, dict):
         row["keys"] = store.get("keys")

@@ -183,13 +183,32 @@ class LocalCluster:
         return [n.node_id for n in stopped]
 
     def _start_nodes(self, nodes: list[LocalNode]) -> None:
-        """Starts `nodes` in order and waits until each has joined; on failure stops the ones started."""
+        """Starts `nodes` and waits until each has joined; on failure stops the ones started.
+
+        The first is started alone when no node of the cluster runs (the others need an address to join
+        through: with port 0 it is known only from its ready line); then all the others at once, each
+        joining through the nodes already running, and their ready lines are awaited together."""
+        zygote = _Zygote() if len(nodes) > 2 else None  # it imports while the first node starts
         try:
-            waiting = []
-            for n in nodes:
-                offset = self._log_size(n)
-                if self.start(n.node_id).waiting:
-                    waiting.append((n, offset))
+            waiting: list[tuple[LocalNode, int]] = []
+            rest = list(nodes)
+            if not any(self.alive(m) for m in self.nodes if m not in nodes):
+                first = rest.pop(0)
+                offset = self._log_size(first)
+                if self.start(first.node_id).waiting:
+                    waiting.append((first, offset))
+            seeds = [m.listen for m in self.nodes if m not in rest and self.alive(m)]
+            offsets = [self._log_size(n) for n in rest]
+            if len(rest) > 1:
+                # Forked from one process that imported the node's code once: most of a node's start-up CPU
+                # is that import, and the cores are shared by all the nodes starting at once.
+                assert zygote is not None
+                zygote.spawn([(n, *self._command(n, seeds)) for n in rest])
+                procs: list[subprocess.Popen[bytes] | None] = [None] * len(rest)
+            else:
+                procs = [self._spawn(n, seeds) for n in rest]
+            for n, offset, proc in zip(rest, offsets, procs, strict=True):
+                self._record_ready(n, self._wait_ready(n, proc, offset))
             # A node restarted on a store that saved its cluster waits for a member to answer (the first one
             # started has nobody to join until the next one is up): every node must be ready at the end.
             for n, offset in waiting:
@@ -199,6 +218,9 @@ class LocalCluster:
         except BaseException:
             self._stop(nodes)
             raise
+        finally:
+            if zygote is not None:
+                zygote.close()
 
     def summary(self) -> str:
         """The recorded cluster in a few words: nodes, TLS, host and first ports."""
@@ -262,31 +284,49 @@ class LocalCluster:
         n = self.node(node_id)
         if self.alive(n):
             raise ClusterError(f"{node_id} already runs (pid {n.pid})")
-        Path(n.data_dir).mkdir(parents=True, exist_ok=True)
         others = [m.listen for m in self.nodes if m is not n and self.alive(m)]
-        args = [sys.executable, "-m", "dsm.cli", "node", "run", "--node-id", n.node_id, "--listen", n.listen]
+        offset = self._log_size(n)
+        proc = self._spawn(n, others)
+        # With no other node running, a node whose store saved its cluster cannot join yet: its `waiting`
+        # line is enough (it serves local reads and writes and joins when the others start).
+        self._record_ready(n, self._wait_ready(n, proc, offset, accept_waiting=not others))
+        return n
+
+    def _command(self, n: LocalNode, seeds: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The `dsm node run` arguments of node `n`, joining through (up to three of) `seeds`, and its
+        environment (the caller's without its DSM_* variables, the cluster's, the node's TLS files)."""
+        Path(n.data_dir).mkdir(parents=True, exist_ok=True)
+        args = ["node", "run", "--node-id", n.node_id, "--listen", n.listen]
         args += ["--http", n.http, "--data-dir", n.data_dir, "--log-level", "WARNING"]
-        for addr in others[:3]:
+        for addr in seeds[:3]:
             args += ["--bootstrap", addr]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | self.env
         if self.tls:
             files = ClusterCA(self.ca_dir).node(n.node_id, n.listen.rpartition(":")[0].strip("[]"))
             env |= {"DSM_TLS_CERT_FILE": files.cert, "DSM_TLS_KEY_FILE": files.key, "DSM_TLS_CA_FILE": files.ca}
             n.https = True
-        log_path = Path(n.log)
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        with log_path.open("ab") as log:
+        return args, env
+
+    def _spawn(self, n: LocalNode, seeds: list[str]) -> subprocess.Popen[bytes]:
+        """Starts node `n`'s process, joining through (up to three of) `seeds`; its output goes to its log."""
+        args, env = self._command(n, seeds)
+        with Path(n.log).open("ab") as log:
             proc = subprocess.Popen(
-                args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+                [sys.executable, "-m", "dsm.cli", *args],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         n.pid = proc.pid
-        # With no other node running, a node whose store saved its cluster cannot join yet: its `waiting`
-        # line is enough (it serves local reads and writes and joins when the others start).
-        ready = self._wait_ready(n, proc, offset, accept_waiting=not others)
+        return proc
+
+    def _record_ready(self, n: LocalNode, ready: Mapping[str, object]) -> None:
+        """Keeps what a node's ready (or waiting) line says: its addresses (chosen by the system for port 0)."""
         n.listen, n.http = str(ready["listen"]), str(ready["http"])
         n.waiting = ready["event"] == "waiting"
         self.save()
-        return n
 
     @staticmethod
     def _log_size(n: LocalNode) -> int:
@@ -383,6 +423,8 @@ class LocalCluster:
             return True
         try:
             args = cmdline.read_bytes().split(b"\0")
+            if b"dsm.localcluster" in args and ZYGOTE_ARG.encode() in args:  # forked by a zygote (its stdout: the log)
+                return os.readlink(f"/proc/{n.pid}/fd/1") == str(Path(n.log).resolve())
         except OSError:
             return False
         return b"node" in args and n.node_id.encode() in args
@@ -405,3 +447,99 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
+
+
+#: The argument of `python -m dsm.localcluster` that runs a zygote.
+ZYGOTE_ARG = "zygote"
+
+
+class _Zygote:
+    """A process that imports the node's code once and forks every node of a batch from it
+    (`python -m dsm.localcluster zygote`): given one JSON line per node (its `dsm` arguments, environment and
+    log), it forks a child per line, which starts a session of its own, takes the log as its standard output
+    and error and runs `dsm node run` in-process; the zygote answers each child's pid once the child has
+    its log as standard output (so `LocalCluster.alive` recognizes it at once) and exits at the end of its
+    input. The children are then no one's children but init's, like the nodes `_spawn` starts."""
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dsm.localcluster", ZYGOTE_ARG],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+
+    def spawn(self, nodes: list[tuple[LocalNode, list[str], dict[str, str]]]) -> None:
+        """Forks a node per (node, arguments, environment); sets each node's pid."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        for n, args, env in nodes:
+            spec = {"args": args, "env": env, "log": str(Path(n.log).resolve())}
+            self.proc.stdin.write(json.dumps(spec).encode() + b"\n")
+        self.proc.stdin.close()
+        for n, _, _ in nodes:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise ClusterError(
+                    f"the zygote that starts the nodes exited before {n.node_id} (status {self.proc.wait()})"
+                )
+            n.pid = int(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def _zygote_main() -> None:
+    """The zygote's loop (see `_Zygote`)."""
+    import traceback
+
+    import dsm.server  # noqa: F401  (the node's code, imported once for every node forked below)
+    from dsm.cli import main
+
+    for line in sys.stdin:
+        spec = json.loads(line)
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(ready_r)
+                os.setsid()
+                log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.close(log)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.close(devnull)
+                os.close(ready_w)  # the zygote answers the pid now: the log is our standard output
+                os.environ.clear()
+                os.environ.update(spec["env"])
+                try:
+                    main(args=spec["args"], prog_name="dsm")
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        os.close(ready_w)
+        os.read(ready_r, 1)  # b"" once the child closed its end (or exited)
+        os.close(ready_r)
+        sys.stdout.write(f"{pid}\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__" and sys.argv[1:] == [ZYGOTE_ARG]:
+    _zygote_main()
