@@ -97,7 +97,15 @@ _PROFILE = click.option(
 @click.option("--file", "toml_path", type=click.Path(dir_okay=False), default=None, help="A TOML config file.")
 @_PROFILE
 @click.option("--markdown", is_flag=True, help="Print the reference table of every setting (docs/configuration.md).")
-def show_config(toml_path: str | None, profile: str | None, markdown: bool) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "raw"]),
+    default="table",
+    show_default=True,
+    help="table: with documentation; json: {setting: value}; raw: DSM_<SETTING>=value lines (secrets redacted).",
+)
+def show_config(toml_path: str | None, profile: str | None, markdown: bool, output: str) -> None:
     """Shows the effective configuration (defaults < profile < TOML file < DSM_* environment; --profile picks
     the profile) with documentation; a value the profile set is marked with the profile's name."""
     import dataclasses
@@ -111,6 +119,18 @@ def show_config(toml_path: str | None, profile: str | None, markdown: bool) -> N
         config = StorageConfig.load(toml_path, profile=profile)
     except DSMError as exc:
         raise click.ClickException(str(exc)) from exc
+    if output != "table":
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            values[f.name] = value if f.repr or not value else "<redacted>"
+        if output == "json":
+            click.echo(json.dumps(values, default=str))
+        else:
+            for name, value in values.items():
+                text = value if isinstance(value, str) else json.dumps(value, default=str)
+                click.echo(f"DSM_{name.upper()}={text}")
+        return
     table = Table("setting", "value", "meaning", show_lines=True)
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -926,15 +946,37 @@ def cluster_down(directory: str) -> None:
 
 @cluster.command("show")
 @_CLUSTER_DIR
-def cluster_show(directory: str) -> None:
-    """The cluster's nodes: pid, addresses, data directory, whether the process runs."""
+@_OUTPUT
+def cluster_show(directory: str, output: str) -> None:
+    """The cluster's nodes: pid, addresses, data directory, whether the process runs (-o json: a list of
+    {node_id, pid, listen, http, url, data_dir, log, running}; -o raw: one such object per line)."""
     from dsm.localcluster import LocalCluster
 
     try:
         c = LocalCluster.load(directory)
     except DSMError as exc:
         raise click.ClickException(str(exc)) from exc
-    Console().print(_cluster_table(c))
+    if output == "table":
+        Console().print(_cluster_table(c))
+        return
+    nodes = [
+        {
+            "node_id": n.node_id,
+            "pid": n.pid,
+            "listen": n.listen,
+            "http": n.http,
+            "url": n.url,
+            "data_dir": n.data_dir,
+            "log": n.log,
+            "running": LocalCluster.alive(n),
+        }
+        for n in c.nodes
+    ]
+    if output == "json":
+        _json_out(nodes)
+    else:
+        for node in nodes:
+            click.echo(json.dumps(node))
 
 
 @cluster.command("kill")

@@ -215,3 +215,12 @@ def test_the_choices_spelled_in_the_cli_match_the_enums() -> None:
     assert tuple(p.value for p in Profile) == cli.PROFILE_NAMES
     assert tuple(m.value for m in HttpTls) == cli.HTTP_TLS_MODES
     assert cli.LEVEL_NAMES == LEVEL_NAMES
+
+
+def test_config_as_json_and_as_environment_lines() -> None:
+    env = {"DSM_GOSSIP_FANOUT": "7", "DSM_HTTP_TOKEN": "a-secret-token-0123456789", "DSM_TAGS": '{"rack": "r1"}'}
+    doc = json.loads(cli("config", "-o", "json", env=env).stdout)
+    assert doc["gossip_fanout"] == 7 and doc["tags"] == {"rack": "r1"} and doc["http_token"] == "<redacted>"
+    lines = cli("config", "-o", "raw", env=env).stdout.splitlines()
+    assert "DSM_GOSSIP_FANOUT=7" in lines and 'DSM_TAGS={"rack": "r1"}' in lines
+    assert "DSM_HTTP_TOKEN=<redacted>" in lines and "a-secret" not in "".join(lines)

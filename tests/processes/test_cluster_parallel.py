@@ -6,11 +6,14 @@ take is measured in bench/cli_bench.py, not here."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from dsm.cli import main
 from dsm.client import Client
 from dsm.localcluster import LocalCluster
 from procs import eventually
@@ -41,12 +44,19 @@ def test_nodes_started_at_once_join_and_are_managed_like_any(tmp_path: Path) -> 
             c.put("k", b"v")
         with Client(cluster.nodes[0].url) as c:
             eventually(lambda: (c.get("k") or None) is not None)
+        shown = CliRunner().invoke(main, ["cluster", "show", "--dir", str(tmp_path / "c"), "-o", "json"])
+        listed = json.loads(shown.stdout)
+        assert [n["node_id"] for n in listed] == [n.node_id for n in cluster.nodes]
+        assert all(n["running"] for n in listed) and listed[0]["url"] == cluster.nodes[0].url
         # A pid that is no longer the node's (the node killed) is not taken for it; restart, stop, restart all.
         victim = cluster.node("n5")
         cluster.kill("n5")
         assert not LocalCluster.alive(victim)
         cluster.start("n5")
         eventually(lambda: alive_seen_by(cluster.nodes[0].url) == COUNT)
+        shown = CliRunner().invoke(main, ["cluster", "show", "--dir", str(tmp_path / "c"), "-o", "raw"])
+        row = json.loads(shown.stdout.splitlines()[4])  # one object per line: n5 restarted, its new pid
+        assert row["node_id"] == "n5" and row["pid"] == victim.pid != listed[4]["pid"] and row["running"]
         stopped = LocalCluster.load(tmp_path / "c").down()
         assert sorted(stopped) == sorted(n.node_id for n in cluster.nodes)
         assert not any(LocalCluster.alive(n) for n in cluster.nodes)
