@@ -572,15 +572,30 @@ def get(
 @click.option("--values", is_flag=True, help="Events carry the key's value (base64).")
 @click.option("--endpoint", "endpoints", multiple=True, help="Another node to fail over to (repeatable).")
 @_NODE_URL
+@click.option(
+    "--endpoints",
+    "endpoint_list",
+    envvar="DSM_ENDPOINTS",
+    default=None,
+    help="Comma-separated HTTP addresses of nodes, the first watched, the others failed over to (overrides "
+    "--node; env DSM_ENDPOINTS).",
+)
 @_TOKEN
 @_CA_FILE
 @_client_errors
 def watch(
-    prefix: str, since: str | None, values: bool, endpoints: tuple[str, ...], url: str, token: str, ca_file: str | None
+    prefix: str,
+    since: str | None,
+    values: bool,
+    endpoints: tuple[str, ...],
+    url: str,
+    endpoint_list: str | None,
+    token: str,
+    ca_file: str | None,
 ) -> None:
     """Follows every change of the keys under PREFIX: one JSON line per event (and per resync bound) on
-    stdout, resuming by itself when the stream breaks (on the other --endpoint nodes too). On exit (Ctrl-C,
-    SIGTERM) prints the last cursor to stderr as cursor=...: pass it to --since to continue from there."""
+    stdout, resuming by itself when the stream breaks (on the other --endpoints / --endpoint nodes too). On
+    exit (Ctrl-C, SIGTERM) prints the last cursor to stderr as cursor=...: pass it to --since to continue."""
     import asyncio
     import signal
 
@@ -596,8 +611,9 @@ def watch(
         task = asyncio.current_task()
         assert task is not None
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        async with AsyncClient(full(url), token=token, ca_file=ca_file or "") as client:
-            stream = client.watch(prefix, since=since, values=values, endpoints=[full(e) for e in endpoints])
+        urls = _urls(url, endpoint_list, ca_file) + [full(e) for e in endpoints]
+        async with AsyncClient(urls[0], token=token, ca_file=ca_file or "") as client:
+            stream = client.watch(prefix, since=since, values=values, endpoints=urls[1:])
             try:
                 async for item in stream:
                     state["cursor"] = stream.cursor

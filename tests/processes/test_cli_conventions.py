@@ -224,3 +224,24 @@ def test_config_as_json_and_as_environment_lines() -> None:
     lines = cli("config", "-o", "raw", env=env).stdout.splitlines()
     assert "DSM_GOSSIP_FANOUT=7" in lines and 'DSM_TAGS={"rack": "r1"}' in lines
     assert "DSM_HTTP_TOKEN=<redacted>" in lines and "a-secret" not in "".join(lines)
+
+
+def test_watch_takes_the_endpoints_and_fails_over_to_the_next(node: Proc) -> None:
+    import select
+    import signal
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")}
+    environ["DSM_ENDPOINTS"] = f"127.0.0.1:9,{node.http}"  # nothing listens on the first
+    watcher = subprocess.Popen([*DSM, "watch", "w/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ)
+    try:
+        assert watcher.stdout is not None
+        line = b""
+        for i in range(300):  # until the watch is open on the second endpoint and has seen a write
+            node.client.put("w/a", str(i).encode())
+            if select.select([watcher.stdout], [], [], 0.1)[0]:
+                line = watcher.stdout.readline()
+                break
+        assert json.loads(line)["key"] == "w/a"
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        watcher.communicate(timeout=15)
