@@ -2,7 +2,12 @@
 serves and has joined, and until the first node sees all N alive; and the CPU one `dsm get` costs (user +
 system of the whole process, from its start to its exit, measured with getrusage of the children).
 
-    .venv/bin/python bench/cli_bench.py [--nodes 50] [--gets 20]
+    .venv/bin/python bench/cli_bench.py [--nodes 50] [--gets 20] [--get-python PATH]
+
+`--get-python` runs the `dsm get`s with another interpreter: a user's install has no dev extra, whose
+selenium brings trio, which httpcore imports when it is there (about 40 ms here). Measure it with a fresh
+virtualenv: `python3 -m venv /tmp/uservenv && /tmp/uservenv/bin/pip install -e . && .venv/bin/python
+bench/cli_bench.py --get-python /tmp/uservenv/bin/python`.
 
 Writes bench/results/cli.json. The cluster is started in a temporary directory on ports the system picks
 and stopped (`dsm cluster down`) at the end, whatever happens."""
@@ -39,9 +44,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--gets", type=int, default=20)
+    parser.add_argument("--get-python", default=sys.executable, help="the interpreter the dsm gets run with")
     args = parser.parse_args()
+    get = [args.get_python, "-m", "dsm.cli", "get"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")}
-    report: dict[str, object] = {"nodes": args.nodes, "cpus": os.cpu_count()}
+    report: dict[str, object] = {"nodes": args.nodes, "cpus": os.cpu_count(), "get_python": args.get_python}
     with tempfile.TemporaryDirectory() as tmp:
         directory = str(Path(tmp) / "cluster")
         start = time.monotonic()
@@ -82,7 +89,7 @@ def main() -> None:
             cpu, wall = [], []
             for _ in range(args.gets):
                 before, t0 = children_cpu_s(), time.monotonic()
-                got = subprocess.run([*DSM, "get", "k", "--node", url, "-o", "raw"], capture_output=True, env=env)
+                got = subprocess.run([*get, "k", "--node", url, "-o", "raw"], capture_output=True, env=env)
                 wall.append(time.monotonic() - t0)
                 cpu.append(children_cpu_s() - before)
                 assert got.returncode == 0 and got.stdout == b"v", got.stderr

@@ -50,7 +50,6 @@ that with your own `ssl.SSLContext`. Both are ignored for `http://` URLs.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import json
@@ -61,7 +60,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -103,6 +102,9 @@ from dsm.clientcore import (
     remove_member_call,
     topology_call,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "CONTEXT_HEADER",
@@ -372,6 +374,8 @@ class AsyncClient(_Setup):
         return self._client
 
     async def _run(self, call: Call[T]) -> T:
+        import asyncio  # here, not at the top: `dsm get` and the blocking client never load it
+
         steps, sent = self._steps(call)
         outcome: Outcome = None
         while True:
@@ -546,6 +550,8 @@ class WatchStream:
         self._idle_timeout_s = idle_timeout_s
         self._resume_from = since  # the reader's position: where a new stream starts
         self._seen: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        import asyncio  # here, not at the top: `dsm get` and the blocking client never load it
+
         self._queue: asyncio.Queue[dict[str, Any] | _Progress | _Failure] = asyncio.Queue(WATCH_BUFFER)
         self._held: deque[dict[str, Any]] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -564,6 +570,8 @@ class WatchStream:
 
     async def _next(self) -> dict[str, Any] | _Progress:
         """The reader's next item or position, taken in order (the caller's cursor follows it)."""
+        import asyncio  # here, not at the top: `dsm get` and the blocking client never load it
+
         if self._failure is not None:
             raise self._failure
         if self._task is None:
@@ -590,6 +598,8 @@ class WatchStream:
 
     async def aclose(self) -> None:
         """Stops reading (idempotent)."""
+        import asyncio  # here, not at the top: `dsm get` and the blocking client never load it
+
         task, self._task = self._task, None
         self._failure = self._failure or StopAsyncIteration()
         if task is not None:
@@ -615,6 +625,8 @@ class WatchStream:
 
     async def _pump(self) -> None:
         """Reads streams, resuming and failing over, into the queue, until stopped or out of retries."""
+        import asyncio  # here, not at the top: `dsm get` and the blocking client never load it
+
         failures = 0
         unreachable_since: float | None = None
         order = list(self.urls)

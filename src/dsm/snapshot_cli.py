@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import ssl
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import click
 
-from dsm.errors import DSMError
+# Everything else is imported by the commands themselves: `dsm` loads this module for every command, and
+# `dsm get` must stay light (issue 20).
 
 CHUNK = 1 << 20
 
@@ -44,6 +39,11 @@ def snapshot() -> None:
 def save(url: str, token: str, ca_file: str | None, file: Path) -> None:  # fmt: skip
     """Saves an online, consistent snapshot of the node's store to FILE (written as FILE.partial, checked,
     then renamed: an interrupted save leaves no FILE)."""
+    import os
+    import ssl
+    import urllib.error
+    import urllib.request
+
     from dsm.node.snapshot import SnapshotError, read_header
 
     full = url if "://" in url else ("https://" if ca_file else "http://") + url
@@ -102,7 +102,11 @@ def restore(file: Path, data_dir: Path, storage_url: str | None, discard_stale_d
             config_path: str | None) -> None:  # fmt: skip
     """Restores FILE into a new store; start the node on it with the snapshot's node id and it rejoins and
     catches up (it takes no part as an acceptor of conditional writes: see the README)."""
+    import asyncio
+    import time
+
     from dsm.config import StorageConfig
+    from dsm.errors import DSMError
     from dsm.node.snapshot import SnapshotError
     from dsm.node.snapshot import restore as restore_file
 
