@@ -98,7 +98,7 @@ def test_a_partition_between_regions(netns: str, nodes: list[Proc]) -> None:
     a0, a1, a2, b0, b1 = nodes
 
     def alive(node: Proc) -> int:
-        out = dsm(netns, node, "members").stdout.splitlines()
+        out = dsm(netns, node, "members", "-o", "raw").stdout.splitlines()  # one JSON object per line
         return sum(1 for line in out if json.loads(line)["state"] == "alive")
 
     eventually(lambda: all(alive(n) == 5 for n in (a0, b1)), timeout=30)

@@ -80,7 +80,7 @@ def test_the_command_line_client(procs: list[Proc], tmp_path: Path) -> None:
     assert bad.returncode == 2 and b"nonsense" in bad.stderr and b"region_quorum" in bad.stderr
     status = dsm("status")
     assert status.returncode == 0 and b"solo" in status.stdout and b"alive" in status.stdout
-    members = [json.loads(line) for line in dsm("members").stdout.splitlines()]
+    members = [json.loads(line) for line in dsm("members", "-o", "raw").stdout.splitlines()]
     assert [m["id"] for m in members] == ["solo"]
     down = subprocess.run(
         [sys.executable, "-m", "dsm.cli", "get", "k", "--node", "http://127.0.0.1:9"], capture_output=True, timeout=30
