@@ -20,11 +20,11 @@ import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from dsm.client import ClientError, UnreachableError, client_ssl_context
+from dsm.urls import url_on_host
 
 #: Seconds each member has to answer `dsm status`'s two requests.
 MEMBER_TIMEOUT_S = 3.0
@@ -119,7 +119,7 @@ def member_rows(members: Sequence[Mapping[str, Any]], token: str, ca_file: str |
 
 async def _fill(http: httpx.AsyncClient, gate: asyncio.Semaphore, row: dict[str, Any]) -> None:
     url = row["http"]
-    if not isinstance(url, str) or not _on_host(url, row["addr"]):
+    if not isinstance(url, str) or not url_on_host(url, row["addr"]):
         return
     base = url.rstrip("/")
     try:
@@ -136,16 +136,6 @@ async def _fill(http: httpx.AsyncClient, gate: asyncio.Semaphore, row: dict[str,
     samples = parse_metrics(metrics)
     row["gossip_interval_s"] = samples.get(("dsm_gossip_interval_seconds", ""))
     row["replication_delay_p50_s"] = histogram_median(samples, "dsm_replication_delay_seconds")
-
-
-def _on_host(url: str, peer_addr: str) -> bool:
-    """Whether `url` is an http(s) address on the host of the member's peer address `peer_addr`."""
-    try:
-        parts = urlsplit(url)
-        host = peer_addr.rsplit(":", 1)[0].strip("[]")
-        return parts.scheme in ("http", "https") and parts.hostname == host
-    except ValueError:
-        return False
 
 
 def parse_metrics(text: str) -> dict[tuple[str, str], float]:

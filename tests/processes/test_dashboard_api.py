@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dsm.api.routes.cluster import _on_host
+from dsm.urls import url_on_host
 from procs import Proc, eventually, procs_fixture  # noqa: F401 (the `procs` fixture)
 
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
@@ -80,9 +80,9 @@ def test_the_dashboard_files_and_the_overlay_it_draws(procs: list[Proc], tmp_pat
 
 
 def test_the_token_goes_only_to_a_members_own_host() -> None:
-    assert _on_host("http://127.0.0.2:8080", "127.0.0.2:7946")
-    assert _on_host("https://[::1]:8080/", "[::1]:7946")
-    assert not _on_host("http://attacker.example:80", "127.0.0.2:7946")
-    assert not _on_host("http://127.0.0.3:8080", "127.0.0.2:7946")
-    assert not _on_host("file:///etc/passwd", "127.0.0.2:7946")
-    assert not _on_host("not a url", "127.0.0.2:7946")
+    assert url_on_host("http://127.0.0.2:8080", "127.0.0.2:7946")
+    assert url_on_host("https://[::1]:8080/", "[::1]:7946")
+    assert not url_on_host("http://attacker.example:80", "127.0.0.2:7946")
+    assert not url_on_host("http://127.0.0.3:8080", "127.0.0.2:7946")
+    assert not url_on_host("file:///etc/passwd", "127.0.0.2:7946")
+    assert not url_on_host("not a url", "127.0.0.2:7946")

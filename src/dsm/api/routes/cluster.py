@@ -18,15 +18,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from dsm.api import parsing
 from dsm.api.errors import ApiError
 from dsm.core.ring import RING, State, position
 from dsm.net.status import Member, StatusReader
-from dsm.net.transport import split_addr
 from dsm.node import EpidemicStorage
 from dsm.node.storage import HTTP_METADATA
+from dsm.urls import url_on_host
 
 #: Each state as `/v1/members` names it.
 STATE_NAMES = {state: state.name.lower() for state in State}
@@ -115,7 +114,7 @@ class ClusterRoutes:
         timeout = aiohttp.ClientTimeout(total=OVERLAY_TIMEOUT_S)
 
         async def fetch(session: aiohttp.ClientSession, member: Member, url: str) -> None:
-            if not _on_host(url, member.addr):
+            if not url_on_host(url, member.addr):
                 unreachable.append(member.node_id)
                 return
             try:
@@ -151,15 +150,6 @@ OVERLAY_MEMBERS_MAX = 256
 OVERLAY_CONCURRENCY = 16
 OVERLAY_TIMEOUT_S = 2.0
 OVERLAY_BODY_MAX = 1 << 20
-
-
-def _on_host(url: str, peer_addr: str) -> bool:
-    """Whether `url` is an http(s) address on the host of `peer_addr`."""
-    try:
-        parts = URL(url)
-        return parts.scheme in ("http", "https") and parts.host == split_addr(peer_addr)[0]
-    except ValueError:
-        return False
 
 
 def _overlay_node(member: Member | None, node_id: str, near: Sequence[str], long_out: Sequence[str]) -> dict[str, Any]:
