@@ -340,34 +340,25 @@ class CasProposer:
         """Evaluates the round's operations on the state its prepare found (or the one a promise of its
         ballot came with) and sends the accept."""
         prepared = state.context()
-        out: list[CasEffect] = []
         live: list[_Op] = []
         outcomes: list[Outcome] = []
         states: list[VersionSet] = []
         ops = [op for op in round_.ops if op.request in self._ops]  # some may have expired meanwhile
         found = {op.request: _chosen_write(op, prepared) for op in ops if op.writes}
-        if any(after is None for after in found.values()):
-            # A write of an earlier round that failed is not in the prepared state, but may still be chosen
-            # (see `_chosen_write`). Until it is found or proven lost, this proposer writes nothing on the
-            # key (a newer write of its writer would make the coverage test ambiguous): the round accepts
-            # the prepared state unchanged; once chosen, no lower ballot's value can be taken up any more.
-            round_.resolving = True
-            for op in ops:
-                after = found.get(op.request)
-                if after is not None:
-                    live.append(op)
-                    outcomes.append(Outcome.APPLIED)
-                    states.append(after)
-                else:
-                    round_.waiting.append(op)
-        else:
-            for op in ops:
-                after = found.get(op.request)
-                if after is not None:
-                    live.append(op)
-                    outcomes.append(Outcome.APPLIED)
-                    states.append(after)
-                    continue
+        # A write of an earlier round that failed is not in the prepared state, but may still be chosen (see
+        # `_chosen_write`). Until it is found or proven lost, this proposer writes nothing on the key (a newer
+        # write of its writer would make the coverage test ambiguous): the round accepts the prepared state
+        # unchanged (a resolving round); once chosen, no lower ballot's value can be taken up any more.
+        round_.resolving = any(after is None for after in found.values())
+        for op in ops:
+            after = found.get(op.request)
+            if after is not None:  # its write is in the prepared state: applied, with the state after it
+                live.append(op)
+                outcomes.append(Outcome.APPLIED)
+                states.append(after)
+            elif round_.resolving:
+                round_.waiting.append(op)
+            else:
                 state, outcome = apply(
                     state, op.operation, self.clock, wall_ms, self.writer, self.resolution, self.max_siblings
                 )
@@ -376,9 +367,9 @@ class CasProposer:
                 live.append(op)
                 outcomes.append(outcome)
                 states.append(state)
-            if not live:
-                self._end_round(round_)
-                return out + self._start(now, wall_ms, round_.key)
+        if not live and not round_.resolving:
+            self._end_round(round_)
+            return self._start(now, wall_ms, round_.key)
         round_.ops, round_.state, round_.outcomes, round_.states = live, state, outcomes, states
         round_.value = encode_versions(round_.state)
         round_.refusals.clear()  # the accept phase counts its own
@@ -396,7 +387,7 @@ class CasProposer:
                 self._arm(now + hedge, CasTimer.HEDGE, round_.key, round_.phase_timer)
         round_.asked = set(first)
         message = self._accept(round_)
-        return out + [self._send(member, message) for member in first]
+        return [self._send(member, message) for member in first]
 
     def _ask_rest(self, round_: _Round) -> list[CasEffect]:
         """The accept's second wave: the members its first wave left out (none in the prepare phase, which
