@@ -254,6 +254,58 @@ class _Outbound:
         self.idle = False
 
 
+def source_address(listen: str, remote_host: str) -> tuple[str, int] | None:
+    """The local address a connection to `remote_host` leaves from: the listening host (of `listen`), when it
+    is a specific address of the same kind as the remote one, so that a node shows one address to its peers
+    (on a multi-homed host, or to firewall rules that cut a partition); else the system's choice (None)."""
+    try:
+        local = ipaddress.ip_address(split_addr(listen)[0])
+        remote = ipaddress.ip_address(remote_host)
+    except ValueError:
+        return None
+    if local.is_unspecified or local.version != remote.version or local.is_loopback != remote.is_loopback:
+        return None
+    return (str(local), 0)
+
+
+def version_after_refusal(
+    exc: security.RefusedError, proposed: int, versions: tuple[int, int], addr: str
+) -> int | None:
+    """The version to propose again after the peer at `addr` refused `proposed`: the newest the refusal says
+    the peer speaks, if this node (`versions`) speaks it too and it is older; None (give up) otherwise,
+    logged with both ranges."""
+    spoken = security.spoken(exc.detail) if "protocol version" in exc.detail else None
+    if spoken is None:
+        return None
+    low, high = versions
+    common = min(high, spoken[1])
+    if common < proposed and common >= max(low, spoken[0]):
+        log.info("peer %s speaks protocol versions %d-%d: speaking %d", addr, spoken[0], spoken[1], common)
+        return common
+    log.warning(
+        "peer %s speaks protocol versions %d-%d, this node %d-%d: no version in common; upgrade one of them",
+        addr, spoken[0], spoken[1], low, high,
+    )  # fmt: skip
+    return None
+
+
+async def answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hint: bytes, deadline: float) -> None:
+    """Writes the HTTP `hint` to a client that reached the peer port and ends the connection gracefully: our
+    side closed after the answer, then what the client still sends discarded (at most the handshake read
+    buffer, until the handshake deadline) so that closing does not reset the connection before the client
+    read the answer."""
+    # CancelledError: close() cancels the connection's task; it ends here, as in `Transport._serve`.
+    with contextlib.suppress(OSError, RuntimeError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
+        writer.write(hint)
+        if writer.can_write_eof():
+            writer.write_eof()
+        budget = 2 * HANDSHAKE_READ_LIMIT
+        async with asyncio.timeout_at(deadline):
+            await writer.drain()
+            while budget > 0 and (chunk := await reader.read(budget)):
+                budget -= len(chunk)
+
+
 class Transport:
     """Sends the core's messages to peers and hands it theirs. See the module docstring."""
 
@@ -281,9 +333,8 @@ class Transport:
         versions: tuple[int, int] = (wire.MIN_PROTOCOL_VERSION, wire.PROTOCOL_VERSION),
     ) -> None:
         self.node_id = node_id
-        #: The protocol versions this node speaks (oldest, newest): it proposes the newest and answers in
-        #: whichever of them the peer proposes (`dsm.net.security`, "Versions"); the version each peer
-        #: address was last spoken to in (outgoing connections).
+        #: The protocol versions it speaks (oldest, newest; `dsm.net.security`, "Versions"), and the version
+        #: each peer address was last spoken to in (outgoing connections).
         self.versions = versions
         self.spoken: dict[str, int] = {}
         self.listen = listen
@@ -508,23 +559,24 @@ class Transport:
                 out.idle = True
                 return
 
-    def _source(self, remote_host: str) -> tuple[str, int] | None:
-        """The local address outgoing connections leave from: the listening host, when it is a specific
-        address of the same kind as the remote one, so that a node shows one address to its peers (on a
-        multi-homed host, or to firewall rules that cut a partition); else the system's choice."""
-        try:
-            local = ipaddress.ip_address(split_addr(self.listen)[0])
-            remote = ipaddress.ip_address(remote_host)
-        except ValueError:
-            return None
-        if local.is_unspecified or local.version != remote.version or local.is_loopback != remote.is_loopback:
-            return None
-        return (str(local), 0)
-
     async def _connect(self, addr: str, dialled: str) -> tuple[asyncio.StreamWriter, Channel]:
+        """A connection to `addr`, its handshake done in the newest protocol version both ends speak: ours
+        first; after a refusal that names older versions this node also speaks, a new connection proposes the
+        newest of them (the responder closed the first after its refusal)."""
+        version = self.versions[1]
+        while True:
+            try:
+                return await self._handshake(addr, dialled, version)
+            except security.RefusedError as exc:
+                lower = version_after_refusal(exc, version, self.versions, addr)
+                if lower is None:
+                    raise
+                version = lower
+
+    async def _handshake(self, addr: str, dialled: str, version: int) -> tuple[asyncio.StreamWriter, Channel]:
         host, port = split_addr(addr)
         connect = asyncio.open_connection(
-            host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=self._source(host)
+            host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=source_address(self.listen, host)
         )
         reader, writer = await asyncio.wait_for(connect, self.connect_timeout)
         bound_unacknowledged(writer)
@@ -534,34 +586,11 @@ class Transport:
             certificate = writer.get_extra_info("peercert") if self.client_ssl is not None else None
             if dialled:  # the certificate must name the member dialled (before we say anything to it)
                 tls.check_certificate(certificate, dialled, required)
-            version = self.versions[1]
-            while True:
-                initiator = security.Initiator(self.keyring, self.node_id, dialled, version)
-                writer.write(initiator.first_frame())
-                async with asyncio.timeout(self.limits.handshake_timeout_s):
-                    frame = await read_frame(reader, wire.HANDSHAKE_FRAME_MAX)
-                try:
-                    channel, confirm = initiator.finish(frame)
-                    self.spoken[addr] = version
-                    break
-                except security.RefusedError as exc:
-                    lower = self._lower_version(exc, version, addr)
-                    if lower is None:
-                        raise
-                # The peer speaks only older versions this node also speaks: a new connection proposes the
-                # newest of them (the responder closed this one after its refusal).
-                writer.close()
-                version = lower
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=self._source(host)
-                    ),
-                    self.connect_timeout,
-                )
-                bound_unacknowledged(writer)
-                certificate = writer.get_extra_info("peercert") if self.client_ssl is not None else None
-                if dialled:
-                    tls.check_certificate(certificate, dialled, required)
+            initiator = security.Initiator(self.keyring, self.node_id, dialled, version)
+            writer.write(initiator.first_frame())
+            async with asyncio.timeout(self.limits.handshake_timeout_s):
+                frame = await read_frame(reader, wire.HANDSHAKE_FRAME_MAX)
+            channel, confirm = initiator.finish(frame)
             if not dialled:  # a bootstrap address: the certificate must name whoever answered
                 tls.check_certificate(certificate, initiator.peer_id, required)
             writer.write(confirm)
@@ -569,26 +598,10 @@ class Transport:
         except BaseException:
             writer.close()
             raise
+        self.spoken[addr] = version
         # This side only writes from here on (the responder sends nothing more), so its reader stays at the
         # small handshake bound: a peer that sent more would only pause our reading of it.
         return writer, channel
-
-    def _lower_version(self, exc: security.RefusedError, proposed: int, addr: str) -> int | None:
-        """The version to propose again after a refusal of `proposed`: the newest the peer says it speaks, if
-        this node speaks it too and it is older; None (give up) otherwise, logged with both ranges."""
-        spoken = security.spoken(exc.detail) if "protocol version" in exc.detail else None
-        if spoken is None:
-            return None
-        low, high = self.versions
-        common = min(high, spoken[1])
-        if common < proposed and common >= max(low, spoken[0]):
-            log.info("peer %s speaks protocol versions %d-%d: speaking %d", addr, spoken[0], spoken[1], common)
-            return common
-        log.warning(
-            "peer %s speaks protocol versions %d-%d, this node %d-%d: no version in common; upgrade one of them",
-            addr, spoken[0], spoken[1], low, high,
-        )  # fmt: skip
-        return None
 
     # ------------------------------------------------------------------ receiving
 
@@ -686,7 +699,7 @@ class Transport:
             self._refused(
                 "http_request", logging.INFO, "an HTTP %s request from %s on the peer port", exc, _peername(writer)
             )
-            await self._answer_http(reader, writer, slot.deadline)
+            await answer_http(reader, writer, self._http_hint, slot.deadline)
         except FrameError as exc:
             # The claimed id is escaped although the wire checked it: it is the other side's word.
             peer = escape(responder.peer_id or "?")
@@ -714,21 +727,6 @@ class Transport:
             writer.close()
             with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
-
-    async def _answer_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deadline: float) -> None:
-        """Writes the HTTP hint and ends the connection gracefully: our side closed after the answer, then what
-        the client still sends discarded (at most the handshake read buffer, until the handshake deadline) so
-        that closing does not reset the connection before the client read the answer."""
-        # CancelledError: close() cancels the connection's task; it ends here, as in `_serve`.
-        with contextlib.suppress(OSError, RuntimeError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
-            writer.write(self._http_hint)
-            if writer.can_write_eof():
-                writer.write_eof()
-            budget = 2 * HANDSHAKE_READ_LIMIT
-            async with asyncio.timeout_at(deadline):
-                await writer.drain()
-                while budget > 0 and (chunk := await reader.read(budget)):
-                    budget -= len(chunk)
 
     def _refused(self, reason: str, level: int, message: str, *args: object) -> None:
         """Counts an incoming connection closed for `reason`; logs it unless one of its kind was just logged."""
