@@ -423,7 +423,7 @@ class LocalCluster:
             return True
         try:
             args = cmdline.read_bytes().split(b"\0")
-            if b"dsm.localcluster" in args and ZYGOTE_ARG.encode() in args:  # forked by a zygote (its stdout: the log)
+            if ZYGOTE_MODULE.encode() in args:  # forked by a zygote (its stdout: the log)
                 return os.readlink(f"/proc/{n.pid}/fd/1") == str(Path(n.log).resolve())
         except OSError:
             return False
@@ -449,13 +449,13 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         time.sleep(0.02)
 
 
-#: The argument of `python -m dsm.localcluster` that runs a zygote.
-ZYGOTE_ARG = "zygote"
+#: The module a zygote runs as (`python -m dsm.zygote`); the nodes it forks keep its command line.
+ZYGOTE_MODULE = "dsm.zygote"
 
 
 class _Zygote:
     """A process that imports the node's code once and forks every node of a batch from it
-    (`python -m dsm.localcluster zygote`): given one JSON line per node (its `dsm` arguments, environment and
+    (`python -m dsm.zygote`, `dsm.zygote`): given one JSON line per node (its `dsm` arguments, environment and
     log), it forks a child per line, which starts a session of its own, takes the log as its standard output
     and error and runs `dsm node run` in-process; the zygote answers each child's pid once the child has
     its log as standard output (so `LocalCluster.alive` recognizes it at once) and exits at the end of its
@@ -464,7 +464,7 @@ class _Zygote:
     def __init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm.localcluster", ZYGOTE_ARG],
+            [sys.executable, "-m", ZYGOTE_MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -493,53 +493,3 @@ class _Zygote:
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
-
-
-def _zygote_main() -> None:
-    """The zygote's loop (see `_Zygote`)."""
-    import traceback
-
-    import dsm.server  # noqa: F401  (the node's code, imported once for every node forked below)
-    from dsm.cli import main
-
-    for line in sys.stdin:
-        spec = json.loads(line)
-        ready_r, ready_w = os.pipe()
-        sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(ready_r)
-                os.setsid()
-                log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                os.dup2(log, 1)
-                os.dup2(log, 2)
-                os.close(log)
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                os.close(devnull)
-                os.close(ready_w)  # the zygote answers the pid now: the log is our standard output
-                os.environ.clear()
-                os.environ.update(spec["env"])
-                try:
-                    main(args=spec["args"], prog_name="dsm")
-                    code = 0
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        os.close(ready_w)
-        os.read(ready_r, 1)  # b"" once the child closed its end (or exited)
-        os.close(ready_r)
-        sys.stdout.write(f"{pid}\n")
-        sys.stdout.flush()
-
-
-if __name__ == "__main__" and sys.argv[1:] == [ZYGOTE_ARG]:
-    _zygote_main()
