@@ -426,7 +426,7 @@ class Runtime:
                 else:
                     self.transport.send(effect.node_id, effect.addr, effect.message)
             elif isinstance(effect, Store):
-                task = self._spawn(self._merge(effect.items, effect.source))
+                task = self._background(self._merge(effect.items, effect.source))
                 if effect.path == "cas":
                     chosen[effect.items[0].key] = task
             elif isinstance(effect, LevelDone):
@@ -473,10 +473,7 @@ class Runtime:
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline / 1000, self._tick)
 
-    def _background(self, work: Any) -> None:
-        self._spawn(work)
-
-    def _spawn(self, work: Any) -> asyncio.Task[Any]:
+    def _background(self, work: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -45,7 +45,7 @@ class Serving:
         commits: Commits,
         send: Callable[[str, Any], None],
         to_self: Callable[[Any], None],
-        background: Callable[[Coroutine[Any, Any, None]], None],
+        background: Callable[[Coroutine[Any, Any, None]], object],
     ) -> None:
         self.commits = commits
         self.node_id = commits.node_id

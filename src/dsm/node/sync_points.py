@@ -55,7 +55,7 @@ class SyncPointBook:
         background: runs a coroutine as a task the runtime awaits at close.
     """
 
-    def __init__(self, commits: Commits, background: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    def __init__(self, commits: Commits, background: Callable[[Coroutine[Any, Any, None]], object]) -> None:
         self.commits = commits
         self.background = background
         self.points = SyncPoints(0)
