@@ -6,8 +6,9 @@ acknowledged write may fail or come back stale at any moment (0 lost, 0 failed).
 one protocol version (the frames and message types are append-only: an old node skips a message type it does
 not know), and the store's schema is read forward by the new code.
 
-Needs a git checkout holding the tag (a fresh clone of the repository has it); skipped without one, a failure
-under DSM_TEST_STRICT=1."""
+Needs a git checkout holding the release's commit: the tag, or else the commit it names (an ancestor of main,
+so a clone that did not fetch tags still has it; a shallow clone is deepened from its origin). Skipped without
+one, a failure under DSM_TEST_STRICT=1."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from support import skip_or_fail
 pytestmark = pytest.mark.usefixtures("loopback_hosts")
 
 PREVIOUS = "v0.1.0"
+PREVIOUS_COMMIT = "24670f1ba3e472172d9fdaaf373816c2b2b634af"  # what the tag names; main descends from it
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -37,17 +39,34 @@ def previous_release(tmp_path: Path) -> Iterator[Path]:
     """The source tree of the previous release, checked out next to the test's data."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         skip_or_fail("the rolling-upgrade test needs a git checkout of the repository")
-    tagged = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{PREVIOUS}^{{commit}}"])
-    if tagged.returncode != 0:
-        skip_or_fail(f"the tag {PREVIOUS} is not in this checkout (git fetch --tags)")
+    release = _release_commit()
+    if release is None:
+        skip_or_fail(f"neither the tag {PREVIOUS} nor its commit {PREVIOUS_COMMIT} is in this checkout (git fetch --tags)")
     tree = tmp_path / "previous"
     subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), PREVIOUS], check=True, capture_output=True
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), release], check=True, capture_output=True
     )
     try:
         yield tree / "src"
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=120)
+
+
+def _release_commit() -> str | None:
+    """The previous release's commit: by its tag, else by the commit the tag names (a clone made without tags
+    still holds it as an ancestor of main), after deepening a shallow clone from its origin."""
+    for ref in (f"{PREVIOUS}^{{commit}}", f"{PREVIOUS_COMMIT}^{{commit}}"):
+        if _git("rev-parse", "--verify", "--quiet", ref).returncode == 0:
+            return ref.split("^")[0]
+    if _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+        _git("fetch", "--quiet", "--unshallow")
+        if _git("rev-parse", "--verify", "--quiet", f"{PREVIOUS_COMMIT}^{{commit}}").returncode == 0:
+            return PREVIOUS_COMMIT
+    return None
 
 
 class Load:
