@@ -3,8 +3,8 @@ stack on httpx. Both speak the same calls:
 
     client = Client("http://127.0.0.1:7480")          # token="..." if the node requires one
     client = Client(["http://n1:7480", "http://n2:7480"])   # endpoints: fails over from one to the next
-    ack = client.put("k", b"v")                       # -> Ack(key, timestamp, context)
-    got = client.get("k")                             # -> Value(key, siblings, context) or None
+    ack = client.put("k", b"v")                       # -> WriteResult (.key, .timestamp, .context)
+    got = client.get("k")                             # -> ReadResult (.value, .siblings, .context) or None
     client.put("k", b"v2", context=got.context)       # supersedes what that read returned
     client.put("session/1", b"v", ttl_ms=30_000)      # reads as absent 30 s after the write
     client.delete("k", context=got.context)
@@ -16,8 +16,8 @@ stack on httpx. Both speak the same calls:
 
 What is sent and how answers are read lives once, without I/O, in `dsm.clientcore`; the two classes here only
 move its requests over httpx (`httpx.Client`, `httpx.AsyncClient`, each with its pool of keep-alive
-connections) and sleep between its rounds. `Value` and `Ack` carry what `dsm.types.ReadResult` and
-`WriteResult` carry (`Value.siblings` are `dsm.types.Sibling`s).
+connections) and sleep between its rounds. Results are the library's own `dsm.types.ReadResult` and
+`WriteResult`, as `EpidemicStorage` returns them (`Value` and `Ack`, their names in v0.1.0, still work).
 
 **Endpoints, retries, failover** (`dsm.clientcore` has the rules): the client takes one URL or several. An
 attempt that gets no answer, or an answer that the node cannot serve now (closing, at its connection cap, not
@@ -81,6 +81,7 @@ from dsm.clientcore import (
     Outcome,
     OutcomeUnknownError,
     Page,
+    ReadResult,
     RetryPolicy,
     Send,
     Sibling,
@@ -89,6 +90,7 @@ from dsm.clientcore import (
     UnreachableError,
     Value,
     Wait,
+    WriteResult,
     delete_call,
     endpoint_url,
     exchange,
@@ -121,12 +123,14 @@ __all__ = [
     "NotDSMError",
     "OutcomeUnknownError",
     "Page",
+    "ReadResult",
     "RetryPolicy",
     "Sibling",
     "TLSError",
     "UnreachableError",
     "Value",
     "WatchStream",
+    "WriteResult",
     "client_ssl_context",
 ]
 
@@ -296,7 +300,7 @@ class Client(_Setup):
         ttl_ms: int | None = None,
         if_absent: bool = False,
         if_match: str | None = None,
-    ) -> Ack:
+    ) -> WriteResult:
         """Writes a value; `if_absent` / `if_match` (a read's context) make it conditional (linearizable;
         `ConditionFailedError` when the condition is false; never sent twice)."""
         return self._run(
@@ -306,13 +310,13 @@ class Client(_Setup):
             )
         )  # fmt: skip
 
-    def get(self, key: str, *, consistency: str | None = None) -> Value | None:
-        """Reads a key: its `Value`, or None when it holds none."""
+    def get(self, key: str, *, consistency: str | None = None) -> ReadResult | None:
+        """Reads a key: its `ReadResult`, or None when it holds none."""
         return self._run(get_call(key, consistency=consistency))
 
     def delete(
         self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
-    ) -> Ack:
+    ) -> WriteResult:
         """Deletes a key (a tombstone superseding `context`); `if_match` makes it conditional."""
         return self._run(delete_call(key, context=context, consistency=consistency, if_match=if_match))
 
@@ -408,7 +412,7 @@ class AsyncClient(_Setup):
         ttl_ms: int | None = None,
         if_absent: bool = False,
         if_match: str | None = None,
-    ) -> Ack:
+    ) -> WriteResult:
         """As `Client.put`."""
         return await self._run(
             put_call(
@@ -417,12 +421,12 @@ class AsyncClient(_Setup):
             )
         )  # fmt: skip
 
-    async def get(self, key: str, *, consistency: str | None = None) -> Value | None:
+    async def get(self, key: str, *, consistency: str | None = None) -> ReadResult | None:
         return await self._run(get_call(key, consistency=consistency))
 
     async def delete(
         self, key: str, *, context: str | None = None, consistency: str | None = None, if_match: str | None = None
-    ) -> Ack:
+    ) -> WriteResult:
         return await self._run(delete_call(key, context=context, consistency=consistency, if_match=if_match))
 
     async def list(self, prefix: str = "", *, limit: int = 100, after: str = "") -> Page:

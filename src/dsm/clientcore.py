@@ -1,5 +1,6 @@
 """The client's protocol, without I/O: what each call of `dsm.client.Client` and `AsyncClient` sends, how a
-node's answer becomes the library's types or errors, and when a failed attempt is tried again and where.
+node's answer becomes the library's types (`dsm.types.ReadResult`, `WriteResult`) or errors, and when a
+failed attempt is tried again and where.
 
 How it works: a call is a `Call` (the request's method, path, body and headers, whether it may be sent
 twice, and the function that decodes the answer). `exchange` drives one call over a list of endpoints as a
@@ -42,7 +43,7 @@ from typing import Any, Generic, NoReturn, Protocol, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from dsm.errors import DSMError, InvalidKeyError
-from dsm.types import Sibling
+from dsm.types import ReadResult, Sibling, WriteResult
 
 __all__ = [
     "CONTEXT_HEADER",
@@ -60,6 +61,7 @@ __all__ = [
     "NotDSMError",
     "OutcomeUnknownError",
     "Page",
+    "ReadResult",
     "RetryPolicy",
     "Send",
     "Sibling",
@@ -67,6 +69,7 @@ __all__ = [
     "UnreachableError",
     "Value",
     "Wait",
+    "WriteResult",
     "exchange",
 ]
 
@@ -156,38 +159,9 @@ class AnswerLostError(OutcomeUnknownError, UnreachableError):
 # -- results --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Value:
-    """A read: the concurrent values (one, unless the node keeps siblings), newest first. The client's
-    `dsm.types.ReadResult`: the same `key`, `siblings`, `value`, `newest`, `conflict` and `context`."""
-
-    key: str
-    siblings: tuple[Sibling, ...]
-    context: str
-
-    @property
-    def value(self) -> bytes:
-        """The newest value (the last-writer-wins choice)."""
-        return self.siblings[0].value
-
-    @property
-    def newest(self) -> Sibling:
-        """The newest value with its writer and timestamp."""
-        return self.siblings[0]
-
-    @property
-    def conflict(self) -> bool:
-        """True when several concurrent values are held (siblings mode)."""
-        return len(self.siblings) > 1
-
-
-@dataclass(frozen=True)
-class Ack:
-    """A write's acknowledgement (the client's `dsm.types.WriteResult`): durable on the node that answered."""
-
-    key: str
-    timestamp: int
-    context: str
+#: The names the results had in v0.1.0's client, kept: they are the library's own types now.
+Value = ReadResult
+Ack = WriteResult
 
 
 @dataclass(frozen=True)
@@ -282,7 +256,7 @@ def put_call(
     ttl_ms: int | None,
     if_absent: bool,
     if_match: str | None,
-) -> Call[Ack]:
+) -> Call[WriteResult]:
     headers = _conditions(if_absent, if_match)
     if context:
         headers[CONTEXT_HEADER] = context
@@ -291,12 +265,12 @@ def put_call(
     return Call("PUT", path, _ack, bytes(value), headers, resend=not once)
 
 
-def get_call(key: str, *, consistency: str | None) -> Call[Value | None]:
+def get_call(key: str, *, consistency: str | None) -> Call[ReadResult | None]:
     path = key_path(key)
     return Call("GET", path + query(consistency=consistency), lambda answer: _value(key, answer))
 
 
-def delete_call(key: str, *, context: str | None, consistency: str | None, if_match: str | None) -> Call[Ack]:
+def delete_call(key: str, *, context: str | None, consistency: str | None, if_match: str | None) -> Call[WriteResult]:
     headers = _conditions(False, if_match)
     if context:
         headers[CONTEXT_HEADER] = context
@@ -377,7 +351,7 @@ def raise_error(answer: Answer) -> NoReturn:
     raise ClientError(status, code, message)
 
 
-def _value(key: str, answer: Answer) -> Value | None:
+def _value(key: str, answer: Answer) -> ReadResult | None:
     status, body, headers = answer.status, answer.body, answer.headers
     if status == 404:
         # Absent only when a DSM node says so: another server's 404 (any path is one there) is not an answer.
@@ -397,7 +371,9 @@ def _value(key: str, answer: Answer) -> Value | None:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise foreign(answer, "that is not DSM's list of siblings") from None
-        return Value(key, siblings, context or str(doc.get("context", "")))
+        if not siblings:
+            raise foreign(answer, "with an empty list of siblings")
+        return ReadResult.received(key, siblings, context or str(doc.get("context", "")))
     if status != 200:
         raise_error(answer)
     if context is None:  # a DSM node's read always carries its context
@@ -407,13 +383,13 @@ def _value(key: str, answer: Answer) -> Value | None:
         sibling = Sibling(body, int(headers.get(TIMESTAMP_HEADER, "0")), headers.get(WRITER_HEADER, ""), expires_ms)
     except ValueError:
         raise foreign(answer, "whose X-DSM-* headers are not numbers") from None
-    return Value(key, (sibling,), context)
+    return ReadResult.received(key, (sibling,), context)
 
 
-def _ack(answer: Answer) -> Ack:
+def _ack(answer: Answer) -> WriteResult:
     doc = _json(answer, "key", "timestamp")
     try:
-        return Ack(str(doc["key"]), int(doc["timestamp"]), answer.headers.get(CONTEXT_HEADER, ""))
+        return WriteResult.received(str(doc["key"]), int(doc["timestamp"]), answer.headers.get(CONTEXT_HEADER, ""))
     except (ValueError, TypeError):
         raise foreign(answer, "that is not DSM's acknowledgement of a write") from None
 

@@ -62,7 +62,8 @@ class Sibling:
 
 
 class ReadResult:
-    """The result of a `get` of a key that holds a value.
+    """The result of a `get` of a key that holds a value: from the library (`EpidemicStorage.get`) and from the
+    HTTP clients (`dsm.client`, built by `ReadResult.received` from what the node sent).
 
     Attributes:
         key: the key read.
@@ -72,15 +73,34 @@ class ReadResult:
             a write with it supersedes them too.
     """
 
-    __slots__ = ("_now_ms", "_siblings", "_versions", "key")
+    __slots__ = ("_context", "_now_ms", "_siblings", "_versions", "key")
 
     def __init__(self, key: str, versions: VersionSet, now_ms: int = 0) -> None:
         # The caller (`EpidemicStorage.get`) has checked that a live value exists; this stays O(1) per read.
         assert versions.versions, "a ReadResult needs at least one live value"
         self.key = key
-        self._versions = versions
+        self._versions: VersionSet | None = versions
         self._now_ms = now_ms
         self._siblings: tuple[Sibling, ...] | None = None
+        self._context: str | None = None
+
+    @classmethod
+    def received(cls, key: str, siblings: tuple[Sibling, ...], context: str) -> ReadResult:
+        """A read as a client receives it over HTTP: the live values (newest first) and the encoded context;
+        the version set itself does not travel."""
+        if not siblings:
+            raise ValueError("a ReadResult needs at least one live value")
+        result = cls.__new__(cls)
+        result.key = key
+        result._versions = None
+        result._now_ms = 0
+        result._siblings = siblings
+        result._context = context
+        return result
+
+    def _held(self) -> VersionSet:
+        assert self._versions is not None, "built from a VersionSet or from its siblings and context"
+        return self._versions
 
     @property
     def siblings(self) -> tuple[Sibling, ...]:
@@ -88,7 +108,7 @@ class ReadResult:
         if self._siblings is None:
             self._siblings = tuple(
                 Sibling(v.value, v.dot.timestamp, v.dot.node, v.expires_ms)
-                for v in self._versions.live_at(self._now_ms)
+                for v in self._held().live_at(self._now_ms)
                 if v.value is not None
             )
         return self._siblings
@@ -96,7 +116,9 @@ class ReadResult:
     @property
     def value(self) -> bytes:
         """The newest value: the winner by (timestamp, writer), the same on every node."""
-        for version in self._versions.versions:
+        if self._siblings is not None:
+            return self._siblings[0].value
+        for version in self._held().versions:
             if version.value is not None and version.alive_at(self._now_ms):
                 return version.value
         raise AssertionError("unreachable: checked in __init__")
@@ -107,7 +129,7 @@ class ReadResult:
         others."""
         if self._siblings is not None:
             return self._siblings[0]
-        for version in self._versions.versions:
+        for version in self._held().versions:
             if version.value is not None and version.alive_at(self._now_ms):
                 return Sibling(version.value, version.dot.timestamp, version.dot.node, version.expires_ms)
         raise AssertionError("unreachable: checked in __init__")
@@ -118,7 +140,7 @@ class ReadResult:
         if self._siblings is not None:
             return len(self._siblings) > 1
         live = 0
-        for version in self._versions.versions:
+        for version in self._held().versions:
             if version.value is not None and version.alive_at(self._now_ms):
                 live += 1
                 if live > 1:
@@ -128,36 +150,58 @@ class ReadResult:
     @property
     def context(self) -> str:
         """The opaque version context of this read. Pass it to `put`/`delete` to supersede what was read."""
-        return encode_context(self._versions.context(), self.key)
+        if self._context is None:
+            self._context = encode_context(self._held().context(), self.key)
+        return self._context
 
     def __repr__(self) -> str:
         return f"ReadResult(key={self.key!r}, siblings={self.siblings!r})"
 
 
 class WriteResult:
-    """The acknowledgement of a `put` or `delete`: durable on this node when returned.
+    """The acknowledgement of a `put` or `delete`: durable on this node when returned. The HTTP clients build
+    theirs with `WriteResult.received` (key, timestamp and the context the node sent).
 
     Attributes:
         key: the key written.
         timestamp: the new version's hybrid-logical-clock timestamp.
     """
 
-    __slots__ = ("_versions", "key", "timestamp")
+    __slots__ = ("_context", "_versions", "key", "timestamp")
 
     def __init__(self, key: str, timestamp: int, versions: VersionSet) -> None:
         self.key = key
         self.timestamp = timestamp
-        self._versions = versions
+        self._versions: VersionSet | None = versions
+        self._context: str | None = None
+
+    @classmethod
+    def received(cls, key: str, timestamp: int, context: str) -> WriteResult:
+        """An acknowledgement as a client receives it over HTTP: the version set does not travel."""
+        result = cls.__new__(cls)
+        result.key = key
+        result.timestamp = timestamp
+        result._versions = None
+        result._context = context
+        return result
 
     @property
     def versions(self) -> VersionSet:
-        """The key's version set right after this write (what replicas exchange)."""
+        """The key's version set right after this write (what replicas exchange).
+
+        Raises:
+            LookupError: the result came over HTTP (`received`), where only the context travels.
+        """
+        if self._versions is None:
+            raise LookupError("a write acknowledged over HTTP carries its context, not its version set")
         return self._versions
 
     @property
     def context(self) -> str:
         """The version context right after this write; pass it to the next write of the key to supersede it."""
-        return encode_context(self._versions.context(), self.key)
+        if self._context is None:
+            self._context = encode_context(self.versions.context(), self.key)
+        return self._context
 
     def __repr__(self) -> str:
         return f"WriteResult(key={self.key!r}, timestamp={self.timestamp})"

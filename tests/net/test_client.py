@@ -14,6 +14,7 @@ from dsm import StorageConfig, StorageFactory
 from dsm.api.http import create_app
 from dsm.client import AnswerLostError, AsyncClient, Client, ClientError, OutcomeUnknownError, UnreachableError
 from dsm.storage.sqlite import SQLiteStore
+from dsm.types import ReadResult, WriteResult
 
 
 async def _serve(tmp_path: Path, ready: threading.Event, stop: asyncio.Event, box: dict[str, object]) -> None:
@@ -53,6 +54,10 @@ def test_blocking_client_round_trip(server_url: str) -> None:
         c.put("user/ä 1", b"v2")  # blind: a sibling
         both = c.get("user/ä 1")
         assert both is not None and sorted(s.value for s in both.siblings) == [b"v1", b"v2"]
+        assert isinstance(both, ReadResult) and isinstance(ack, WriteResult)  # the library's own types
+        assert both.conflict and both.newest == both.siblings[0] and both.value == both.siblings[0].value
+        with pytest.raises(LookupError):
+            ack.versions  # noqa: B018 (the version set does not travel over HTTP)
         c.put("user/ä 1", b"v3", context=both.context)
         resolved = c.get("user/ä 1")
         assert resolved is not None and [s.value for s in resolved.siblings] == [b"v3"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dsm.client import AnswerLostError, AsyncClient, Client, OutcomeUnknownError, UnreachableError, Value
+from dsm.client import AnswerLostError, AsyncClient, Client, OutcomeUnknownError, ReadResult, UnreachableError
 from procs import Proc, eventually, procs_fixture  # noqa: F401 (the `procs` fixture)
 
 
@@ -97,7 +97,7 @@ def test_an_idempotent_read_is_retried_across_a_node_restart(tmp_path: Path, pro
     http = first.http
     assert first.stop() == 0
     client = Client(f"http://{http}", retries=100_000, backoff_s=0.01, backoff_max_s=0.1)
-    got: list[Value | BaseException | None] = []
+    got: list[ReadResult | BaseException | None] = []
 
     def read() -> None:
         try:
@@ -116,7 +116,7 @@ def test_an_idempotent_read_is_retried_across_a_node_restart(tmp_path: Path, pro
     finally:
         reader.join(60)
     client.close()
-    assert len(got) == 1 and isinstance(got[0], Value) and got[0].value == b"kept", got
+    assert len(got) == 1 and isinstance(got[0], ReadResult) and got[0].value == b"kept", got
 
 
 def test_a_conditional_write_is_sent_once_when_its_connection_drops(node: Proc) -> None:

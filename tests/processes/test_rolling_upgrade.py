@@ -41,7 +41,7 @@ def previous_release(tmp_path: Path) -> Iterator[Path]:
         skip_or_fail("the rolling-upgrade test needs a git checkout of the repository")
     release = _release_commit()
     if release is None:
-        skip_or_fail(f"neither the tag {PREVIOUS} nor its commit {PREVIOUS_COMMIT} is in this checkout (git fetch --tags)")
+        skip_or_fail(f"neither the tag {PREVIOUS} nor its commit {PREVIOUS_COMMIT} is in this checkout")
     tree = tmp_path / "previous"
     subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), release], check=True, capture_output=True
