@@ -60,6 +60,21 @@ def run_async(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def _httpx_without_its_command_line() -> None:
+    """Lets httpx skip importing its own command line tool (`httpx._main`, which pulls in rich, pygments and
+    click: about 40 ms of the 140 ms of CPU a `dsm get` costs). httpx imports it under `try/except
+    ImportError` and keeps a stub `httpx.main` without it; a None in `sys.modules` makes that import fail.
+    Only this process's `dsm` command does this, never the library; should a later httpx import it without
+    the fallback, the entry is taken back and httpx imported whole."""
+    if "httpx" in sys.modules or "httpx._main" in sys.modules:
+        return
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        del sys.modules["httpx._main"]
+
+
 @click.group()
 @click.version_option(__version__, prog_name="dsm")
 def main() -> None:
@@ -408,6 +423,7 @@ def _urls(url: str, endpoints: str | None, ca_file: str | None) -> list[str]:
 
 def _client(url: str, token: str, ca_file: str | None, endpoints: str | None = None) -> Any:
     """The client of a command: over the --endpoints (in order, with failover and retries) or --node."""
+    _httpx_without_its_command_line()
     from dsm.client import Client
 
     return Client(_urls(url, endpoints, ca_file), token=token, ca_file=ca_file or "")
@@ -599,6 +615,7 @@ def watch(
     import asyncio
     import signal
 
+    _httpx_without_its_command_line()
     from dsm.client import AsyncClient
 
     def full(address: str) -> str:

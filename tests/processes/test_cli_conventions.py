@@ -190,13 +190,13 @@ def test_shell_completion_scripts() -> None:
     assert "--output" in result.stdout
 
 
-def test_client_commands_import_neither_numpy_nor_matplotlib(node: Proc) -> None:
+def test_client_commands_import_neither_numpy_nor_matplotlib_nor_rich(node: Proc) -> None:
     node.client.put("k", b"v")
     probe = (
         "import sys; from dsm.cli import main\n"
         "try:\n    main(['get', 'k', '--node', sys.argv[1], '-o', 'raw'])\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "heavy = ('numpy', 'matplotlib', 'dsm.net.runtime', 'dsm.config')\n"
+        "heavy = ('numpy', 'matplotlib', 'dsm.net.runtime', 'dsm.config', 'rich', 'pygments')\n"
         "print(' '.join(m for m in heavy if m in sys.modules), file=sys.stderr)"
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")}
