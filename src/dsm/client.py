@@ -57,7 +57,7 @@ import random
 import ssl
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -483,7 +483,7 @@ class AsyncClient(_Setup):
         for each in [*self.endpoints, *(endpoint_url(u) for u in endpoints)]:
             if each not in urls:
                 urls.append(each)
-        return WatchStream(self, prefix, since, bool(values), urls, retry_s, idle_timeout_s)
+        return WatchStream(self._http, self._rng.uniform, prefix, since, bool(values), urls, retry_s, idle_timeout_s)
 
     async def health(self) -> dict[str, Any]:
         return await self._run(health_call())
@@ -534,7 +534,8 @@ class WatchStream:
 
     def __init__(
         self,
-        client: AsyncClient,
+        http: Callable[[], httpx.AsyncClient],
+        uniform: Callable[[float, float], float],
         prefix: str,
         since: str | None,
         values: bool,
@@ -549,7 +550,8 @@ class WatchStream:
         self.resumes = 0
         self.ends: dict[str, int] = {}
         self.serving = urls[0]
-        self._client = client
+        self._http = http  # the client's pool of connections (made on first use)
+        self._uniform = uniform  # the client's random source, for the jitter of resumes
         self._retry_s = retry_s
         self._idle_timeout_s = idle_timeout_s
         self._resume_from = since  # the reader's position: where a new stream starts
@@ -651,9 +653,7 @@ class WatchStream:
                     failures += 1
                 self.resumes += 1
                 # Full jitter: resuming clients spread out instead of arriving together.
-                await asyncio.sleep(
-                    self._client._rng.uniform(0, min(WATCH_BACKOFF_MAX_S, 0.05 * 2 ** min(failures, 10)))
-                )
+                await asyncio.sleep(self._uniform(0, min(WATCH_BACKOFF_MAX_S, 0.05 * 2 ** min(failures, 10))))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # handed to the caller: a refused watch, or no node for retry_s
@@ -661,7 +661,7 @@ class WatchStream:
 
     async def _stream(self, url: str) -> AsyncIterator[dict[str, Any] | _Progress]:
         """One stream from the node at `url`, until it breaks (`UnreachableError`) or the node ends it."""
-        http = self._client._http()
+        http = self._http()
         path = "/v1/watch" + query(prefix=self.prefix, since=self._resume_from, values=1 if self.values else None)
         # No total deadline: a stream lives as long as it is read; only a silence that long ends it.
         timeout = httpx.Timeout(10.0, read=self._idle_timeout_s)

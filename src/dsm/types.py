@@ -75,14 +75,23 @@ class ReadResult:
 
     __slots__ = ("_context", "_now_ms", "_siblings", "_versions", "key")
 
-    def __init__(self, key: str, versions: VersionSet, now_ms: int = 0) -> None:
-        # The caller (`EpidemicStorage.get`) has checked that a live value exists; this stays O(1) per read.
-        assert versions.versions, "a ReadResult needs at least one live value"
+    def __init__(
+        self,
+        key: str,
+        versions: VersionSet | None = None,
+        now_ms: int = 0,
+        *,
+        siblings: tuple[Sibling, ...] | None = None,
+        context: str | None = None,
+    ) -> None:
+        # From the node: `versions` (the caller, `EpidemicStorage.get`, has checked that a live value exists;
+        # this stays O(1) per read). From a client: the `siblings` and `context` the node sent (`received`).
+        assert (versions is not None and versions.versions) or siblings, "a ReadResult needs a live value"
         self.key = key
-        self._versions: VersionSet | None = versions
+        self._versions = versions
         self._now_ms = now_ms
-        self._siblings: tuple[Sibling, ...] | None = None
-        self._context: str | None = None
+        self._siblings = siblings
+        self._context = context
 
     @classmethod
     def received(cls, key: str, siblings: tuple[Sibling, ...], context: str) -> ReadResult:
@@ -90,13 +99,7 @@ class ReadResult:
         the version set itself does not travel."""
         if not siblings:
             raise ValueError("a ReadResult needs at least one live value")
-        result = cls.__new__(cls)
-        result.key = key
-        result._versions = None
-        result._now_ms = 0
-        result._siblings = siblings
-        result._context = context
-        return result
+        return cls(key, siblings=siblings, context=context)
 
     def _held(self) -> VersionSet:
         assert self._versions is not None, "built from a VersionSet or from its siblings and context"
@@ -169,21 +172,16 @@ class WriteResult:
 
     __slots__ = ("_context", "_versions", "key", "timestamp")
 
-    def __init__(self, key: str, timestamp: int, versions: VersionSet) -> None:
+    def __init__(self, key: str, timestamp: int, versions: VersionSet | None, context: str | None = None) -> None:
         self.key = key
         self.timestamp = timestamp
-        self._versions: VersionSet | None = versions
-        self._context: str | None = None
+        self._versions = versions
+        self._context = context
 
     @classmethod
     def received(cls, key: str, timestamp: int, context: str) -> WriteResult:
         """An acknowledgement as a client receives it over HTTP: the version set does not travel."""
-        result = cls.__new__(cls)
-        result.key = key
-        result.timestamp = timestamp
-        result._versions = None
-        result._context = context
-        return result
+        return cls(key, timestamp, None, context)
 
     @property
     def versions(self) -> VersionSet:

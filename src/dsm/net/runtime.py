@@ -96,6 +96,19 @@ JOIN_WARNING_S = 30.0
 MAX_ANSWERS = 4
 
 
+def log_member_change(member: str, old: int, new: int, incarnation: int, own: bool) -> None:
+    """The log line of another member's change of state (`own`: this node suspected it)."""
+    if new == State.ALIVE:
+        what = "joined" if old in (State.UNKNOWN, State.LEFT) else "alive again (refuted)"
+        log.info("member %s %s (incarnation %d)", member, what, incarnation)
+    elif new == State.SUSPECT:
+        log.warning("member %s suspect (incarnation %d)%s", member, incarnation, " by this node" if own else "")
+    elif new == State.DEAD:
+        log.warning("member %s dead (incarnation %d)", member, incarnation)
+    elif new == State.LEFT:
+        log.warning("member %s left (incarnation %d)", member, incarnation)
+
+
 class Runtime:
     """One networked node: a `Peer` driven over a `Transport`, replicating into an `EpidemicStorage`."""
 
@@ -306,18 +319,8 @@ class Runtime:
         )  # fmt: skip
 
     def _member_changed(self, peer: Peer, slot: int, old: int, new: int, incarnation: int, own: bool) -> None:
-        if self._restoring or slot == peer.me:
-            return
-        member = peer.directory.infos[slot].node_id
-        if new == State.ALIVE:
-            what = "joined" if old in (State.UNKNOWN, State.LEFT) else "alive again (refuted)"
-            log.info("member %s %s (incarnation %d)", member, what, incarnation)
-        elif new == State.SUSPECT:
-            log.warning("member %s suspect (incarnation %d)%s", member, incarnation, " by this node" if own else "")
-        elif new == State.DEAD:
-            log.warning("member %s dead (incarnation %d)", member, incarnation)
-        elif new == State.LEFT:
-            log.warning("member %s left (incarnation %d)", member, incarnation)
+        if not self._restoring and slot != peer.me:
+            log_member_change(peer.directory.infos[slot].node_id, old, new, incarnation, own)
 
     async def _save_loop(self) -> None:
         """Saves the member table within MEMBERS_SAVE_S of every change (see the module docstring)."""
@@ -580,7 +583,7 @@ class Runtime:
                 self.anti_entropy_answers += 1
             ended = anti_entropy.stepped(step, result)  # before the reply goes: the peer may answer at once
             if result.reply is not None:
-                self.transport.send(step.node_id, self._addr_of(step.node_id), result.reply)
+                self._send_to(step.node_id, result.reply)
             self._apply(ended)
             if items := result.items:
                 self.anti_entropy_entries += len(items)
