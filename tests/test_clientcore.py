@@ -36,8 +36,8 @@ LINEARIZABLE = put_call(
 )
 
 
-def _error(status: int, code: str, message: str) -> Answer:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+def _error(status: int, code: str, message: str, **fields: Any) -> Answer:
+    body = json.dumps({"error": {"code": code, "message": message, **fields}}).encode()
     return Answer(status, body, {"Content-Type": "application/json"}, "http://n")
 
 
@@ -89,19 +89,22 @@ def test_a_call_never_sent_twice_moves_on_only_when_nothing_was_sent(call: Any) 
 
 def test_unavailable_answers_move_on_and_the_last_one_is_raised() -> None:
     closed = _error(503, "closed", "the node is stopping")
-    not_joined = _error(503, "consistency_unmet", "this node has not joined its cluster yet; nothing was written")
+    not_joined = _error(503, "consistency_unmet", "the node refused", cause="not_joined")
+    old_not_joined = _error(503, "consistency_unmet", "this node has not joined its cluster yet; nothing was written")
+    too_few = _error(503, "consistency_unmet", "write at consistency 'quorum' not met", cause="")
     busy = _error(503, "too_many_connections", "retry later")
     steps, result = _drive(exchange(READ, 2, 0, RetryPolicy(retries=0), random.Random(1)), lambda i, n: closed)
     assert len(steps) == 2 and isinstance(result, ClientError) and result.code == "closed"
     # A conditional write moves on from a refusal that says nothing was done, not from a closing node.
-    for answer, moves in ((not_joined, True), (busy, True), (closed, False)):
+    # The cause says the node did nothing (a v0.1.0 node says it in its message); too few answers is no refusal.
+    for answer, moves in ((not_joined, True), (old_not_joined, True), (busy, True), (closed, False), (too_few, False)):
         steps, result = _drive(
             exchange(CONDITIONAL, 2, 0, RetryPolicy(retries=0), random.Random(1)),
             lambda i, n, answer=answer: ACK if i else answer,
         )
         assert len(steps) == (2 if moves else 1)
     steps, result = _drive(exchange(PLAIN, 1, 0, RetryPolicy(retries=1), random.Random(1)), lambda i, n: not_joined)
-    assert len(steps) == 3 and isinstance(result, ConsistencyUnmetError)
+    assert len(steps) == 3 and isinstance(result, ConsistencyUnmetError) and result.cause == "not_joined"
     # Other errors are answers: not retried.
     steps, result = _drive(
         exchange(READ, 2, 0, RetryPolicy(), random.Random(1)), lambda i, n: _error(400, "bad_consistency", "no")

@@ -115,6 +115,9 @@ class ConsistencyUnmetError(ClientError):
         self.operation = str(error.get("operation", ""))
         self.acknowledged = int(error.get("acknowledged", 0))
         self.required = int(error.get("required", 0))
+        #: "not_joined": the node refused because it has not joined its cluster (nothing done); "": too few
+        #: members answered in time.
+        self.cause = str(error.get("cause", ""))
 
 
 class ConditionFailedError(ClientError):
@@ -423,8 +426,10 @@ def unavailable(answer: Answer, resend: bool) -> bool:
     code, message = error["code"], str(error["message"])
     if code == "too_many_connections":
         return True  # refused before the request was read
-    if code == "consistency_unmet" and "not joined" in message:
-        return True  # the node refuses every level until it joined (a conditional one: "nothing was written")
+    if code == "consistency_unmet" and (error.get("cause") == "not_joined" or "not joined" in message):
+        # The node refuses every level until it joined (a conditional one: "nothing was written"); a v0.1.0
+        # node says so in its message only.
+        return True
     return resend and code == "closed"
 
 

@@ -104,6 +104,9 @@ class ConsistencyError(DSMError):
         received: members that answered in time (the coordinator included).
         required: the fewest answers that meet the level.
         shortfall: per group not met (a region, or "all"): (answers, needed).
+        cause: why, for programs: "not_joined" when the node refused because it has not joined its cluster
+            yet (nothing was asked of other members; a conditional operation wrote nothing), "" when too few
+            members answered in time.
     """
 
     def __init__(
@@ -114,8 +117,11 @@ class ConsistencyError(DSMError):
         required: int,
         shortfall: dict[str, tuple[int, int]],
         reason: str = "",
+        *,
+        cause: str = "",
     ) -> None:
         self.level = level
+        self.cause = cause
         self.operation = operation
         self.received = received
         self.required = required

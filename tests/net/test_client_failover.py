@@ -171,7 +171,7 @@ def test_a_node_that_has_not_joined_hands_the_request_to_the_next_endpoint(
     procs.append(waiting)
     with Client(waiting.url, retries=0) as alone, pytest.raises(Exception, match="not joined") as caught:
         alone.put("q", b"v", consistency="quorum")
-    assert getattr(caught.value, "status", None) == 503
+    assert getattr(caught.value, "status", None) == 503 and getattr(caught.value, "cause", None) == "not_joined"
     with Client([waiting.url, node.url], retries=0) as client:
         assert client.put("q", b"v", consistency="quorum").key == "q"
         assert client.url == node.url and client.extra_attempts == 1

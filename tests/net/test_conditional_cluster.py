@@ -178,10 +178,12 @@ async def test_a_node_that_has_not_joined_says_so_when_it_refuses(tmp_path: Path
     factory = StorageFactory(config)
     node = await factory.create_epidemic_storage("lone", NodeInfo(), ["127.0.0.9:9"], factory.create_sql_storage())
     try:
-        with pytest.raises(ConsistencyError, match="has not joined"):
+        with pytest.raises(ConsistencyError, match="has not joined") as caught:
             await node.put("k", b"v", if_absent=True)
-        with pytest.raises(ConsistencyError, match="has not joined"):
+        assert caught.value.cause == "not_joined"
+        with pytest.raises(ConsistencyError, match="has not joined") as caught:
             await node.get("k", consistency="linearizable")
+        assert caught.value.cause == "not_joined"
     finally:
         await node.close()
 

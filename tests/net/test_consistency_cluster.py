@@ -204,8 +204,9 @@ async def test_a_node_that_has_not_joined_refuses_levels_above_local(tmp_path: P
     factory = StorageFactory(config)
     node = await factory.create_epidemic_storage("lone", NodeInfo(), ["127.0.0.9:9"], factory.create_sql_storage())
     try:
-        with pytest.raises(ConsistencyError, match="not joined"):
+        with pytest.raises(ConsistencyError, match="not joined") as caught:
             await node.put("k", b"v", consistency="quorum")
+        assert caught.value.cause == "not_joined"
         with pytest.raises(ConsistencyError, match="not joined"):
             await node.get("k", consistency="region_quorum")
         await node.put("k", b"v", consistency="local")

@@ -11,7 +11,7 @@ class's name without `Error`: `InvalidKeyError` -> `invalid_key`), and every 503
     PreconditionFailedError    412 precondition_failed, with the key's current context (also as X-DSM-Context)
                                and whether it holds a value (`exists`)
     OutcomeUnknownError        503 outcome_unknown (a conditional write that may or may not have happened)
-    ConsistencyError           503 consistency_unmet, with level, operation, acknowledged, required, shortfall
+    ConsistencyError           503 consistency_unmet, with level, operation, acknowledged, required, shortfall, cause
     StorageError               503 (the store failed: the client may retry)
     any other DSMError         400
     RequestPayloadError        400 bad_body (a body aiohttp cannot decode: bad chunking, gzip, ...)
@@ -153,6 +153,7 @@ def _store_error(exc: DSMError) -> web.Response:
                 "acknowledged": exc.received,
                 "required": exc.required,
                 "shortfall": {name: list(pair) for name, pair in exc.shortfall.items()},
+                "cause": exc.cause,
             }
         }
         return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})

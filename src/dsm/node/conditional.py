@@ -102,7 +102,8 @@ class Conditionals:
                 if done.reason == "not_joined"
                 else "a majority of the key's acceptor group did not answer in time; nothing was written"
             )
-            raise ConsistencyError(LINEARIZABLE, doing, 0, 0, {}, reason)
+            cause = "not_joined" if done.reason == "not_joined" else ""
+            raise ConsistencyError(LINEARIZABLE, doing, 0, 0, {}, reason, cause=cause)
         if done.outcome is CasOutcome.UNKNOWN:
             reason = "the key's acceptor group did not confirm in time: the operation may or may not have taken effect"
             raise OutcomeUnknownError(LINEARIZABLE, doing, 0, 0, {}, reason)

@@ -87,8 +87,9 @@ class LevelRequests:
         # Until a member answered its join, this node's view is a new node's (itself only) or the one it saved
         # before a restart, and nobody may hear its requests: the coordinator refuses rather than meet a level
         # on a view that may be its own alone. The counts say what the level would need.
-        detail = f"this node has not joined its cluster yet ({tally.required} members needed)"
+        joining = done.reason == "not_joined"
+        detail = f"this node has not joined its cluster yet ({tally.required} members needed)" if joining else ""
         return ConsistencyError(
-            tally.level.value, operation, tally.received, tally.required, tally.shortfall(),
-            detail if done.reason == "not_joined" else "",
+            tally.level.value, operation, tally.received, tally.required, tally.shortfall(), detail,
+            cause="not_joined" if joining else "",
         )  # fmt: skip
