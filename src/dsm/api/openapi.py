@@ -366,8 +366,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/store": {
             "get": {
-                "summary": "This node's store: {node_id, keys (stored, tombstones included), store_bytes (on disk; "
-                "null for a store that is not a local file)}",
+                "summary": "This node's store: {node_id, keys (client keys stored, tombstones included), "
+                "store_bytes (on disk; null for a store that is not a local file)}",
                 "responses": {"200": {"description": "the store's numbers", "content": _JSON_OBJECT}, **_GUARDED},
             }
         },

@@ -489,9 +489,10 @@ class EpidemicStorage:
         return self.watches.open(prefix, limit, cursor, bool(values))
 
     async def count(self) -> int:
-        """The number of keys stored on this node, tombstones included."""
+        """The number of client keys stored on this node, tombstones included (the internal records below
+        USER_KEYS_START, the members' metadata, are not counted)."""
         self._check_open()
-        return await self.store.count()
+        return (await self.store.range_digest(USER_KEYS_START)).count
 
     def _decode(self, key: str, encoded: bytes | None) -> VersionSet:
         return _EMPTY if encoded is None else self.replica.decode(key, encoded)

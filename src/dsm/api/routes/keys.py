@@ -197,7 +197,7 @@ class KeyRoutes:
             await self.storage.delete(key, context=found.context, consistency=consistency)
 
     async def store(self, request: web.Request) -> web.Response:
-        """`GET /v1/store`: this node's id, keys stored (tombstones included) and the store's size on disk
+        """`GET /v1/store`: this node's id, client keys stored (tombstones included) and the store's size on disk
         in bytes (the SQLite database with its WAL; null for a store that is not a local file)."""
         keys = await self.storage.count()
         body = {"node_id": self.storage.node_id, "keys": keys, "store_bytes": store_bytes(self.storage)}
