@@ -13,6 +13,7 @@ dsm version
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -250,6 +251,9 @@ def node() -> None:
 @click.option("--listen", default=None, help="host:port for other nodes (listen_addr).")
 @click.option("--advertise", default=None, help="host:port other nodes should use (advertise_addr).")
 @click.option("--http", "http_addr", default=None, help="host:port of the HTTP API (http_addr).")
+@click.option(
+    "--resp", "resp_addr", default=None, help="host:port of a Redis-protocol front door (resp_addr; default: none)."
+)
 @click.option("--data-dir", default=None, help="Directory of the node's SQLite store.")
 @click.option("--bootstrap", multiple=True, help="host:port of a member to join through (repeatable).")
 @click.option("--tls-cert", default=None, help="PEM certificate chain of this node: TLS on (tls_cert_file).")
@@ -287,6 +291,7 @@ def node_run(
     listen: str | None,
     advertise: str | None,
     http_addr: str | None,
+    resp_addr: str | None,
     data_dir: str | None,
     bootstrap: tuple[str, ...],
     tls_cert: str | None,
@@ -313,6 +318,7 @@ def node_run(
             listen_addr=listen,
             advertise_addr=advertise,
             http_addr=http_addr,
+            resp_addr=resp_addr,
             data_dir=data_dir,
             bootstrap=",".join(bootstrap) if bootstrap else None,
             tls_cert_file=tls_cert,
@@ -873,10 +879,14 @@ _CLUSTER_DIR = click.option(
 def _cluster_table(c: Any) -> RichTable:
     from dsm.localcluster import LocalCluster
 
-    table = Table("node", "pid", "peer address", "HTTP", "running", title=f"{c.directory}/<node>/ (data and log)")
+    resp = any(n.resp for n in c.nodes)
+    columns = ("node", "pid", "peer address", "HTTP", *(("Redis protocol",) if resp else ()), "running")
+    table = Table(*columns, title=f"{c.directory}/<node>/ (data and log)")
     for n in c.nodes:
         up = LocalCluster.alive(n)
-        table.add_row(n.node_id, str(n.pid), n.listen, n.url, "[green]yes" if up else "[red]no")
+        table.add_row(
+            n.node_id, str(n.pid), n.listen, n.url, *((n.resp,) if resp else ()), "[green]yes" if up else "[red]no"
+        )
     return table
 
 
@@ -886,6 +896,12 @@ def _cluster_table(c: Any) -> RichTable:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address of every node.")
 @click.option("--peer-port", type=click.IntRange(0, 65535), default=7400, show_default=True, help="n1's peer port.")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=7480, show_default=True, help="n1's HTTP port.")
+@click.option(
+    "--resp-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="n1's Redis-protocol port: every node gets a front door (node i on port + i - 1; 0: the system picks).",
+)
 @click.option("--secret", default=None, help="Cluster secret (default: a random one, kept in cluster.json).")
 @click.option(
     "--tls",
@@ -905,6 +921,7 @@ def cluster_up(
     host: str,
     peer_port: int,
     http_port: int,
+    resp_port: int | None,
     secret: str | None,
     tls: bool,
     recreate: bool,
@@ -919,8 +936,12 @@ def cluster_up(
 
     from dsm.localcluster import STATE_FILE, LocalCluster
 
-    if peer_port and http_port and peer_port < http_port < peer_port + count:
-        raise click.ClickException(f"--peer-port {peer_port} + {count} nodes overlaps --http-port {http_port}")
+    ranges = {"--peer-port": peer_port, "--http-port": http_port, "--resp-port": resp_port or 0}
+    for (a, start_a), (b, start_b) in itertools.combinations([(k, v) for k, v in ranges.items() if v], 2):
+        if start_a < start_b + count and start_b < start_a + count:
+            raise click.ClickException(
+                f"{a} {start_a} and {b} {start_b}: the ports of {count} nodes: one overlaps the other"
+            )
     try:
         if (Path(directory) / STATE_FILE).exists():
             if recreate:
@@ -929,7 +950,7 @@ def cluster_up(
                 _cluster_up_again(ctx, directory)
                 return
         c = LocalCluster(directory, env={"DSM_CLUSTER_SECRET": secret or secrets.token_hex(16)}, tls=tls)
-        c.up(count, host=host, peer_port=peer_port, http_port=http_port)
+        c.up(count, host=host, peer_port=peer_port, http_port=http_port, resp_port=resp_port)
     except DSMError as exc:
         raise click.ClickException(str(exc)) from exc
     Console().print(_cluster_table(c))

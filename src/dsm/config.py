@@ -468,6 +468,32 @@ class StorageConfig(metaclass=_Profiled):
         default="127.0.0.1:7480",
         metadata=_doc("host:port of the client HTTP API."),
     )
+    resp_addr: str = field(
+        default="",
+        metadata=_doc(
+            "host:port of the Redis-protocol front door (RESP2 and RESP3: GET, SET, DEL, SCAN, ...; see "
+            "docs/resp.md); empty: off. It asks for the http_token (AUTH) and speaks TLS when the HTTP API does."
+        ),
+    )
+    resp_max_connections: int = field(
+        default=1024,
+        metadata=_int(
+            "Most concurrent connections of the Redis-protocol front door (at most half the open-files limit "
+            "is used); a connection beyond it is answered an error and closed.",
+            1,
+            1_000_000,
+        ),
+    )
+    resp_idle_timeout_ms: int = field(
+        default=300000,
+        metadata=_int(
+            "How long a Redis-protocol connection may wait for its next command, ms; then it is closed (pooled "
+            "clients reconnect). A command that has begun must arrive within http_body_timeout_ms, and a "
+            "client must take its replies within it.",
+            100,
+            _DAY,
+        ),
+    )
     bootstrap: str = field(
         default="",
         metadata=_doc(
@@ -1029,6 +1055,7 @@ _TEXT_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
     "listen_addr": (lambda v: _address(v, empty_ok=True), "host:port with a port from 0 to 65535"),
     "advertise_addr": (lambda v: _address(v, empty_ok=True), "host:port with a port from 0 to 65535"),
     "http_addr": (_address, "host:port with a port from 0 to 65535"),
+    "resp_addr": (lambda v: _address(v, empty_ok=True), "empty, or host:port with a port from 0 to 65535"),
     "bootstrap": (
         lambda v: all(_address(a.strip(), port_low=1) for a in v.split(",") if a.strip()),
         "comma-separated host:port addresses",

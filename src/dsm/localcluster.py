@@ -60,6 +60,8 @@ class LocalNode:
     https: bool = False
     #: Started but not joined yet (its `waiting` line was read, not yet its `ready` line).
     waiting: bool = False
+    #: host:port of its Redis-protocol front door ("" when it has none).
+    resp: str = ""
 
     @property
     def url(self) -> str:
@@ -129,8 +131,16 @@ class LocalCluster:
         """The CA a client needs to check the nodes' HTTPS (None without TLS)."""
         return str(self.ca_dir / "ca.pem") if self.tls else None
 
-    def up(self, count: int, host: str = "127.0.0.1", peer_port: int = 7400, http_port: int = 7480) -> None:
-        """Starts `count` nodes n1..nN and waits until each serves.
+    def up(
+        self,
+        count: int,
+        host: str = "127.0.0.1",
+        peer_port: int = 7400,
+        http_port: int = 7480,
+        resp_port: int | None = None,
+    ) -> None:
+        """Starts `count` nodes n1..nN and waits until each serves (with a Redis-protocol front door each on
+        `resp_port` + i - 1 when it is given; 0: ports the system picks).
 
         Raises:
             ClusterError: the directory already holds a cluster (running or not: see `start_all` and
@@ -164,6 +174,7 @@ class LocalCluster:
                     http=f"{host}:{http_port + i if http_port else 0}",
                     data_dir=str(data),
                     log=str(data / "node.log"),
+                    resp="" if resp_port is None else f"{host}:{resp_port + i if resp_port else 0}",
                 )
             )
         self._start_nodes(self.nodes)
@@ -298,6 +309,8 @@ class LocalCluster:
         Path(n.data_dir).mkdir(parents=True, exist_ok=True)
         args = ["node", "run", "--node-id", n.node_id, "--listen", n.listen]
         args += ["--http", n.http, "--data-dir", n.data_dir, "--log-level", "WARNING"]
+        if n.resp:
+            args += ["--resp", n.resp]
         for addr in seeds[:3]:
             args += ["--bootstrap", addr]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")} | self.env
@@ -325,6 +338,8 @@ class LocalCluster:
     def _record_ready(self, n: LocalNode, ready: Mapping[str, object]) -> None:
         """Keeps what a node's ready (or waiting) line says: its addresses (chosen by the system for port 0)."""
         n.listen, n.http = str(ready["listen"]), str(ready["http"])
+        if "resp" in ready:
+            n.resp = str(ready["resp"])
         n.waiting = ready["event"] == "waiting"
         self.save()
 

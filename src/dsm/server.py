@@ -2,7 +2,8 @@
 
 Start-up prints one JSON line on standard output once the node serves and has joined its cluster, e.g.
 `{"event": "ready", "node_id": "n1", "listen": "127.0.0.1:7401", "http": "127.0.0.1:7481", "pid": 123}`
-(ports chosen by the system when 0 was asked), which `dsm cluster up` and the tests wait for. A node that
+(ports chosen by the system when 0 was asked; with `resp_addr`, also `"resp": host:port`, the
+Redis-protocol front door), which `dsm cluster up` and the tests wait for. A node that
 serves but has not reached any member of its cluster yet (saved members or bootstrap addresses, none
 answering) first prints a `waiting` line with the same fields plus `reason` and `targets` (the addresses it
 tries), then the `ready` line once it joins; meanwhile it serves `local` reads and writes, refuses higher
@@ -30,7 +31,9 @@ import sys
 from aiohttp import web
 
 from dsm.api.connections import BoundedSite
-from dsm.api.http import CONNECTIONS, create_app
+from dsm.api.http import CONNECTIONS, METRICS, create_app
+from dsm.api.resp import RespServer
+from dsm.api.resp_commands import start_resp
 from dsm.config import StorageConfig
 from dsm.errors import ConfigError
 from dsm.factory import StorageFactory
@@ -58,6 +61,7 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
     runtime = storage.network
     assert isinstance(runtime, Runtime)
     runner: web.AppRunner | None = None
+    resp: RespServer | None = None
     try:
         app = create_app(storage, runtime, token=config.http_token)
         runner = web.AppRunner(app, access_log=None)
@@ -76,6 +80,13 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
             "scheme": scheme,
             "pid": os.getpid(),
         }
+        if config.resp_addr:  # the Redis-protocol front door: the same token, TLS when the HTTP API has it
+            resp_host, resp_port = split_addr(config.resp_addr)
+            resp, resp_port = await start_resp(
+                storage, resp_host, resp_port, token=config.http_token, ssl_context=tls.http_server
+            )
+            app[METRICS].attach_resp(resp)
+            ready["resp"] = join_addr(resp_host, resp_port)
         # Everything allocated so far (modules, the app, the node) lives as long as the process: moved out of
         # the collector's sight, a full collection no longer walks it (on this project's machine 18 ms of
         # event-loop stall per collection, more on a busy one; about 0.1 ms after).
@@ -95,6 +106,8 @@ async def serve(config: StorageConfig, stop: asyncio.Event | None = None) -> Non
             await stop.wait()
         log.info("node %s stopping", config.node_id)
     finally:
+        if resp is not None:
+            await resp.close()
         if runner is not None:
             await runner.cleanup()
         # Commits what is queued and closes the store; the node stays a member (it will be back) unless

@@ -84,6 +84,7 @@ from dsm.node import EpidemicStorage
 __all__ = [
     "CONNECTIONS",
     "CONTEXT_HEADER",
+    "METRICS",
     "OPENAPI",
     "TIMESTAMP_HEADER",
     "WATCH_HEARTBEAT_S",
@@ -96,6 +97,8 @@ __all__ = [
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", *ASSETS})
 #: The app's connection bounds and counters (`dsm.api.connections.BoundedSite` serves with them).
 CONNECTIONS = web.AppKey("dsm_connections", ConnectionPool)
+#: The app's metrics (`dsm node run` attaches the Redis-protocol front door's counters to them).
+METRICS = web.AppKey("dsm_metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
@@ -153,6 +156,7 @@ def create_app(
     body_max = max(1, storage.config.max_value_bytes)
     app = web.Application(middlewares=[guard(token)], client_max_size=body_max)
     app[CONNECTIONS] = pool
+    app[METRICS] = metrics
     app.add_routes(routes(table, expect_handler(body_max, pool)))
     app.on_shutdown.append(keys.end_watches)
     return app

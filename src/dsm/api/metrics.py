@@ -6,7 +6,8 @@ Two sources, both read at scrape time, so nothing is counted twice:
   drops, rejections, connect failures and connections, the members by state, whether the node joined, the
   gossip period and rounds, anti-entropy's work and the event loop's stalls;
 - the HTTP server's own counters: unparseable requests by kind (`BAD_REQUESTS`) and the connections by
-  phase and closed by a bound (`ConnectionPool`).
+  phase and closed by a bound (`ConnectionPool`); and the Redis-protocol front door's, when it runs
+  (`attach_resp`): connections, closes by bound, commands by name, errors by code.
 Besides, the latency of the key operations is a histogram observed as each request ends (`timed`).
 
 The names, labels and help texts are a contract with dashboards: README's metrics table lists them.
@@ -24,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from dsm.api.connections import BAD_REQUESTS, CLOSE_REASONS, ConnectionPool
+from dsm.api.resp import RESP_CLOSE_REASONS, RespServer
 from dsm.net.looplag import BUCKETS_S
 from dsm.net.status import NetworkStatus, StatusReader, StoreStatus
 from dsm.node.lag import BUCKETS_S as DELAY_BUCKETS_S
@@ -49,7 +51,12 @@ class Metrics:
             "dsm_operation_seconds", "Latency of client operations", ["op"], registry=self.registry,
             buckets=OPERATION_BUCKETS_S,
         )  # fmt: skip
-        self.registry.register(NodeCollector(status, pool))
+        self.collector = NodeCollector(status, pool)
+        self.registry.register(self.collector)
+
+    def attach_resp(self, server: RespServer) -> None:
+        """Exports the Redis-protocol front door's counters too."""
+        self.collector.resp = server
 
     def timed(self, op: str, handler: Handler) -> Handler:
         """`handler`, its latency observed as `dsm_operation_seconds{op=op}`."""
@@ -75,6 +82,7 @@ class NodeCollector(Collector):
 
     def __init__(self, status: StatusReader, pool: ConnectionPool) -> None:
         self.status, self.pool = status, pool
+        self.resp: RespServer | None = None
 
     def collect(self) -> Iterator[Metric]:
         status = self.status(members=False)
@@ -91,6 +99,33 @@ class NodeCollector(Collector):
                 value=1 if status.join.joined else 0,
             )  # fmt: skip
             yield from network_metrics(network)
+        if self.resp is not None:
+            yield from resp_metrics(self.resp)
+
+
+def resp_metrics(server: RespServer) -> Iterator[Metric]:
+    """The Redis-protocol front door's counters."""
+    yield GaugeMetricFamily("dsm_resp_connections", "Open Redis-protocol connections", value=len(server.connections))
+    closed = CounterMetricFamily(
+        "dsm_resp_connections_closed",
+        "Redis-protocol connections closed by a bound: max_connections (refused at resp_max_connections), "
+        "request_timeout (a command not complete in time), send_timeout (a client not taking its replies), "
+        "idle_timeout, protocol_error (not RESP, or a request over the size bound), internal_error",
+        labels=["reason"],
+    )
+    for reason in RESP_CLOSE_REASONS:
+        closed.add_metric([reason], server.closed[reason])
+    yield closed
+    commands = CounterMetricFamily("dsm_resp_commands", "Redis-protocol commands run, by name", labels=["command"])
+    for name, count in sorted(server.commands.items()):
+        commands.add_metric([name.lower()], count)
+    yield commands
+    errors = CounterMetricFamily(
+        "dsm_resp_errors", "Redis-protocol error replies, by code (ERR, NOAUTH, TRYAGAIN, ...)", labels=["code"]
+    )
+    for code, count in sorted(server.errors.items()):
+        errors.add_metric([code], count)
+    yield errors
 
 
 def http_metrics(pool: ConnectionPool) -> Iterator[Metric]:
