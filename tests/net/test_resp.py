@@ -19,6 +19,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 from dsm import StorageConfig, StorageFactory
 from dsm.api.resp import PIPELINE_MAX, RespLimits, RespServer
 from dsm.api.resp_commands import Commands, decode_cursor, encode_cursor, match_prefix, start_resp
+from dsm.net.certs import ClusterCA
+from dsm.net.tls import contexts
 from dsm.node import EpidemicStorage
 from support import skip_or_fail
 
@@ -304,3 +306,21 @@ async def test_a_client_that_does_not_read_its_replies_is_let_go(node: EpidemicS
         writer.close()
     finally:
         await server.close()
+
+
+async def test_tls_with_the_http_apis_certificate(tmp_path: Path) -> None:
+    files = ClusterCA(tmp_path / "ca").node("t1", "127.0.0.1")
+    config = StorageConfig(
+        node_id="t1", listen_addr="", data_dir=str(tmp_path / "d"), tls_cert_file=files.cert,
+        tls_key_file=files.key, tls_ca_file=files.ca,
+    )  # fmt: skip
+    node = await StorageFactory(config).create_epidemic_storage()
+    server, port = await start_resp(node, "127.0.0.1", 0, ssl_context=contexts(config).http_server)
+    try:
+        r = aioredis.Redis(port=port, ssl=True, ssl_ca_certs=files.ca)
+        assert await r.set("secret", b"s") is True and await r.get("secret") == b"s"
+        await r.aclose()
+        assert await raw(port, b"*1\r\n$4\r\nPING\r\n") == b""  # plaintext: no reply, the handshake fails
+    finally:
+        await server.close()
+        await node.close()
