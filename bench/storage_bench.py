@@ -80,8 +80,9 @@ async def dsm_node(
     writers: int,
     per_writer: int,
     commits: str = "default",
+    listen: str = "",
 ) -> dict[str, float]:
-    config = StorageConfig(listen_addr="", data_dir=os.path.join(workdir, "dsm"), durability=durability)
+    config = StorageConfig(listen_addr=listen, data_dir=os.path.join(workdir, "dsm"), durability=durability)
     factory = StorageFactory(config)
     backing = factory.create_sql_storage()
     if commits != "default":
@@ -210,6 +211,12 @@ def main() -> None:
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--json", default="", help="write the results here as JSON")
     ap.add_argument(
+        "--listen",
+        default="",
+        help="the node's listen_addr: empty (default) runs it standalone; 127.0.0.1:0 is a networked node as "
+        "the default configuration makes it (alone in its cluster)",
+    )
+    ap.add_argument(
         "--commits",
         choices=["default", "inline", "thread"],
         default="default",
@@ -238,7 +245,17 @@ def main() -> None:
                 raw_runs.append(raw_sqlite(workdir, durability, keys, read_keys, a.keyspace))
                 dsm_runs.append(
                     runner(
-                        dsm_node(workdir, durability, keys, read_keys, a.keyspace, a.writers, a.per_writer, a.commits)
+                        dsm_node(
+                            workdir,
+                            durability,
+                            keys,
+                            read_keys,
+                            a.keyspace,
+                            a.writers,
+                            a.per_writer,
+                            a.commits,
+                            a.listen,
+                        )
                     )
                 )
             finally:

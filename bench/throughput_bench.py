@@ -26,8 +26,16 @@ With --profile, two extra phases (not in the table: py-spy slows the node it sam
 then reads while `py-spy record --format raw --function` samples node n1; the hot spots (self and
 inclusive share of samples, by function) go to the output and the JSON, the raw stacks to /tmp.
 
+With --wrk, every repetition also runs each system's phases under wrk (Debian's, an independent load
+generator in C): one wrk process per node or member (`-t 1`, its share of the C connections), Lua scripts
+that write random keys of a 10,000-key space (DSM: PUT with the same 100-byte body; etcd: POST /v3/kv/put
+with the key and value base64-encoded) and read them (DSM: GET; etcd: serializable range). Its rows are
+labelled `wrk`; their p50 is the processes' p50s weighted by requests and their p99 the largest of their
+p99s (wrk keeps a histogram per process: an upper bound of the merged p99). A DSM GET of a key no write has
+reached yet answers 404 and counts as failed (etcd answers such a range with 200 and no value).
+
 Reproduce: .venv/bin/python bench/throughput_bench.py --duration 10 --reps 3 --concurrency 64 --profile
-Options: --ops N (operations per phase instead of --duration), --generators G, --skip-etcd, --skip-dsm,
+Options: --ops N (operations per phase instead of --duration), --generators G, --skip-etcd, --skip-dsm, --wrk,
          --client raw|aiohttp, --profile-s 15, --json bench/results/throughput.json,
          --consistency LEVEL (the DSM requests' ?consistency=, default local; the nodes all sit in the default
          region, so region_quorum and quorum both mean 2 of 3, each_region_quorum too, all 3 of 3)
@@ -36,11 +44,14 @@ Options: --ops N (operations per phase instead of --duration), --generators G, -
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +63,7 @@ from typing import Any
 from common import (
     RESULTS,
     VALUE,
+    CpuWindow,
     Generator,
     Profiler,
     dsm_cluster,
@@ -63,6 +75,109 @@ from common import (
 )
 
 TARGETS = {"dsm write": 5000, "dsm read": 10000}
+#: Keys the wrk phases write and read.
+WRK_KEYS = 10_000
+
+# wrk's Lua (LuaJIT): a request per call; `done` prints the process's figures as one JSON line.
+WRK_COMMON = r"""
+local b64chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function b64(data)
+  return ((data:gsub('.', function(x)
+    local r, b = '', x:byte()
+    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and '1' or '0') end
+    return r
+  end) .. '0000'):gsub('%d%d%d?%d?%d?%d?', function(x)
+    if #x < 6 then return '' end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == '1' and 2 ^ (6 - i) or 0) end
+    return b64chars:sub(c + 1, c + 1)
+  end) .. ({ '', '==', '=' })[#data % 3 + 1])
+end
+local function key() return string.format('wrk%06d', math.random(0, KEYS - 1)) end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "duration_us": %d, "status": %d, "socket": %d, "p50_us": %d, '
+    .. '"p99_us": %d, "max_us": %d}\n', summary.requests, summary.duration, e.status,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+WRK_REQUESTS = {
+    ("dsm", "write"): 'request = function() return wrk.format("PUT", "/v1/kv/" .. key() .. "?consistency=LEVEL", '
+    "nil, BODY) end",
+    ("dsm", "read"): 'request = function() return wrk.format("GET", "/v1/kv/" .. key() .. "?consistency=LEVEL") end',
+    ("etcd", "write"): 'request = function() return wrk.format("POST", "/v3/kv/put", nil, '
+    '\'{"key": "\' .. b64(key()) .. \'", "value": "VALUE64"}\') end',
+    ("etcd", "read"): 'request = function() return wrk.format("POST", "/v3/kv/range", nil, '
+    '\'{"key": "\' .. b64(key()) .. \'", "serializable": true}\') end',
+}
+
+
+def wrk_phase(
+    system: str,
+    op: str,
+    targets: list[tuple[str, int]],
+    pids: dict[str, int],
+    duration: float,
+    concurrency: int,
+    consistency: str,
+    workdir: str,
+) -> dict[str, Any]:
+    """One phase under wrk: a wrk process per target with its share of `concurrency` connections."""
+    script = Path(workdir) / f"wrk-{system}-{op}.lua"
+    body = WRK_REQUESTS[(system, op)].replace("LEVEL", consistency).replace("BODY", repr(VALUE.decode()))
+    body = body.replace("VALUE64", base64.b64encode(VALUE).decode())
+    script.write_text(WRK_COMMON.replace("KEYS", str(WRK_KEYS)) + body + "\n")
+    shares = [len(range(i, concurrency, len(targets))) for i in range(len(targets))]
+    window = CpuWindow(pids)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    window.start()
+    procs = [
+        subprocess.Popen(
+            ["wrk", "-t", "1", "-c", str(c), "-d", f"{duration:.0f}s", "-s", str(script), f"http://{host}:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for (host, port), c in zip(targets, shares, strict=True)
+        if c
+    ]
+    outs = [p.communicate(timeout=duration + 60) for p in procs]
+    cpu = window.stop()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    parts = []
+    for out, err in outs:
+        line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no figures: {out[-500:]} {err[-500:]}")
+        parts.append(json.loads(line))
+    wall = max(p["duration_us"] for p in parts) / 1e6
+    done = sum(p["requests"] for p in parts)
+    failed = sum(p["status"] + p["socket"] for p in parts)
+    gen_s = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    node_cores = cpu["processes_cores"]
+    return {
+        "system": system,
+        "op": op + " wrk",
+        "consistency": consistency if system == "dsm" else None,
+        "ops": done,
+        "ok": done - failed,
+        "outcomes": {"ok": done - failed, "non-2xx or socket error": failed} if failed else {"ok": done},
+        "errors": [],
+        "wall_s": wall,
+        "ok_per_s": (done - failed) / wall,
+        "ops_per_s": done / wall,
+        "p50_ms": sum(p["p50_us"] * p["requests"] for p in parts) / max(1, done) / 1e3,
+        "p99_ms": max(p["p99_us"] for p in parts) / 1e3,
+        "max_ms": max(p["max_us"] for p in parts) / 1e3,
+        "generator_cores": gen_s / wall,
+        "generator_cores_per_process": [gen_s / wall],
+        "generator_us_per_op": gen_s / max(1, done) * 1e6,
+        "node_cores": node_cores,
+        "node_us_per_op": node_cores * wall / max(1, done) * 1e6,
+        "cpu": cpu,
+        "other_cores": cpu["machine_busy_cores"] - node_cores - gen_s / wall,
+        "written": {},
+    }
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -113,10 +228,11 @@ def print_table(results: list[dict[str, Any]], concurrency: int, generators: int
         if name in by:
             got = by[name]["ok_per_s"]
             print(f"target {name}: >= {target:,}/s, measured {got:,.0f}/s: {'met' if got >= target else 'NOT met'}")
-    for op in ("write", "read"):
+    for op in ("write", "read", "write wrk", "read wrk"):
         if f"dsm {op}" in by and f"etcd {op}" in by:
-            ratio = by[f"dsm {op}"]["ok_per_s"] / max(1e-9, by[f"etcd {op}"]["ok_per_s"])
-            print(f"DSM / etcd {op}: {ratio:.2f}x")
+            dsm, etcd = by[f"dsm {op}"], by[f"etcd {op}"]
+            ratio = dsm["ok_per_s"] / max(1e-9, etcd["ok_per_s"])
+            print(f"DSM / etcd {op}: {ratio:.2f}x, p99 {dsm['p99_ms'] or 0:.1f} vs {etcd['p99_ms'] or 0:.1f} ms")
     busiest = max((c for r in results for c in r["generator_cores_per_process"]), default=0.0)
     print(
         f"busiest generator process: {busiest:.2f} cores"
@@ -179,6 +295,7 @@ def main() -> None:
         "--node-env", action="append", default=[], metavar="DSM_X=V", help="a setting for the DSM nodes (repeatable)"
     )
     ap.add_argument("--skip-dsm", action="store_true")
+    ap.add_argument("--wrk", action="store_true", help="also run every phase under wrk (see above)")
     ap.add_argument("--profile", action="store_true", help="extra DSM phases under py-spy (node n1)")
     ap.add_argument("--profile-s", type=float, default=15.0)
     ap.add_argument("--json", default=str(RESULTS / "throughput.json"))
@@ -237,6 +354,13 @@ def main() -> None:
                         )
                         runs.append(r)
                         print(f"rep {rep + 1}: {row(r)}", flush=True)
+                if a.wrk:
+                    for op in ("write", "read"):
+                        for name in order:
+                            level = a.consistency if name == "dsm" else "local"
+                            w = wrk_phase(name, op, *systems[name], a.duration, a.concurrency, level, workdir)
+                            runs.append(w)
+                            print(f"rep {rep + 1}: {row(w)}", flush=True)
             for name, (_, pids) in systems.items():
                 meta[f"{name}_rss_kib_after"] = {node: proc_rss_kib(pid) for node, pid in pids.items()}
             if "dsm" in systems:
