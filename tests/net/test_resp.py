@@ -234,9 +234,13 @@ async def test_garbage_and_oversized_requests_get_an_error_and_the_connection_is
         assert got.startswith(b"-ERR Protocol error: a request is a non-empty array of bulk strings")
         got = await raw(port, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$50000\r\n" + b"x" * 20_000)
         assert got.startswith(b"-ERR Protocol error: a request larger than 10000 bytes")
+        # The requests before a bad one are run and answered first, in order; then the error and the close.
+        got = await raw(port, b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\nGARBAGE\r\n")
+        assert got.startswith(b"+PONG\r\n+OK\r\n-ERR Protocol error")
+        assert (await node.get("a")).value == b"1"  # type: ignore[union-attr]
         # A complete request of a legal size works on the same server afterwards.
         assert await raw(port, b"*1\r\n$4\r\nPING\r\n", read_until_closed=False) == b"+PONG\r\n"
-        assert server.closed["protocol_error"] == 3
+        assert server.closed["protocol_error"] == 4
         # A value over max_value_bytes is refused by the store with a clear error, the connection kept.
         big = b"v" * (node.config.max_value_bytes + 1)
         server2, port2 = await started(node, RespLimits())
@@ -321,6 +325,30 @@ async def test_tls_with_the_http_apis_certificate(tmp_path: Path) -> None:
         assert await r.set("secret", b"s") is True and await r.get("secret") == b"s"
         await r.aclose()
         assert await raw(port, b"*1\r\n$4\r\nPING\r\n") == b""  # plaintext: no reply, the handshake fails
+    finally:
+        await server.close()
+        await node.close()
+
+
+async def test_pipelined_plain_writes_run_together_and_keep_their_order(tmp_path: Path) -> None:
+    # In 'lww' mode consecutive plain SETs of a pipeline run at once: a key written several times must keep
+    # the last value, and a read after them must see it.
+    config = StorageConfig(node_id="w1", listen_addr="", data_dir=str(tmp_path))
+    node = await StorageFactory(config).create_epidemic_storage()
+    server, port = await start_resp(node, "127.0.0.1", 0)
+    try:
+        n = 2 * PIPELINE_MAX + 5
+        sets = b"".join(b"*3\r\n$3\r\nSET\r\n$4\r\nsame\r\n$%d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(n))
+        mixed = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        mixed += b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nb\r\n*3\r\n$3\r\nSET\r\n$1\r\nj\r\n$1\r\nc\r\n"
+        mixed += b"*3\r\n$4\r\nMGET\r\n$1\r\nk\r\n$1\r\nj\r\n"
+        got = await raw(port, sets + b"*2\r\n$3\r\nGET\r\n$4\r\nsame\r\n" + mixed + b"*1\r\n$4\r\nQUIT\r\n", timeout=60)
+        last = b"%d" % (n - 1)
+        expected = b"+OK\r\n" * n + b"$%d\r\n%s\r\n" % (len(last), last)
+        expected += b"+OK\r\n$1\r\na\r\n+OK\r\n+OK\r\n*2\r\n$1\r\nb\r\n$1\r\nc\r\n+OK\r\n"
+        assert got == expected
+        found = await node.get("same")
+        assert found is not None and found.value == last
     finally:
         await server.close()
         await node.close()

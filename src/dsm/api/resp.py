@@ -8,7 +8,10 @@ array of bulk strings, as redis-cli, redis-benchmark and the client libraries se
 here, in the version the connection chose with `HELLO` (RESP2 until then).
 
 A connection runs its commands one after the other, in the order they arrived, each reply written in that
-order (a pipeline is answered as Redis answers it). Bounds on what a client can hold:
+order (a pipeline is answered as Redis answers it); only consecutive requests the commands call independent
+(`together`: plain writes) run at once, still queued for their commits and answered in their order.
+
+Bounds on what a client can hold:
 
 - **connections**: at most `resp_max_connections` (held to half the open-files limit); one more is answered
   `-ERR max number of clients reached` and closed;
@@ -31,7 +34,7 @@ import asyncio
 import logging
 import ssl
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -146,16 +149,25 @@ class Session:
 
 
 #: Runs one command (its arguments, the name first) for a session; returns the encoded reply.
-Dispatch = Callable[[Session, list[bytes]], Awaitable[bytes]]
+Dispatch = Callable[[Session, list[bytes]], Coroutine[Any, Any, bytes]]
 
 
 class RespServer:
     """Listens for Redis-protocol connections and runs their commands through `dispatch`."""
 
     def __init__(
-        self, dispatch: Dispatch, limits: RespLimits, *, token: str = "", ssl_context: ssl.SSLContext | None = None
+        self,
+        dispatch: Dispatch,
+        limits: RespLimits,
+        *,
+        token: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+        together: Callable[[list[bytes]], bool] | None = None,
     ) -> None:
         self.dispatch = dispatch
+        #: Whether a request may run together with the requests around it that may too (pipelined plain
+        #: writes); None: every request runs alone.
+        self.together = together
         self.limits = limits
         self.token = token
         self.ssl_context = ssl_context
@@ -221,6 +233,7 @@ class RespConnection(asyncio.Protocol):
         self.writable: asyncio.Event | None = None  # set while the socket's buffer takes more
         self.closing = False
         self.eof = False
+        self.failure: str | None = None  # a bad request: answered (after those before it), then closed
         self.loop = asyncio.get_running_loop()
         self.timer: asyncio.TimerHandle | None = None
 
@@ -240,29 +253,34 @@ class RespConnection(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.failure is not None:
             return
         self.reader.feed(data)
         self.pending_bytes += len(data)
-        while True:
+        while self.failure is None:
             try:
                 request = self.reader.gets()
             except hiredis.ProtocolError as exc:
-                self._fail(f"Protocol error: {exc} (requests are arrays of bulk strings)")
-                return
+                self._failed(f"Protocol error: {exc} (requests are arrays of bulk strings)")
+                break
             if request is False:
                 break
             self.pending_bytes = 0
             self.request_deadline = None
             if not isinstance(request, list) or not request or not all(isinstance(a, bytes) for a in request):
-                self._fail("Protocol error: a request is a non-empty array of bulk strings")
-                return
-            if len(request) > ARGS_MAX:
-                self._fail(f"Protocol error: more than {ARGS_MAX} arguments")
-                return
-            self.queue.append(request)
-        if self.pending_bytes > self.limits.request_max_bytes:
-            self._fail(f"Protocol error: a request larger than {self.limits.request_max_bytes} bytes")
+                self._failed("Protocol error: a request is a non-empty array of bulk strings")
+            elif len(request) > ARGS_MAX:
+                self._failed(f"Protocol error: more than {ARGS_MAX} arguments")
+            else:
+                self.queue.append(request)
+        if self.failure is None and self.pending_bytes > self.limits.request_max_bytes:
+            self._failed(f"Protocol error: a request larger than {self.limits.request_max_bytes} bytes")
+        if self.failure is not None:
+            # The commands before the bad request are run and answered first; then the error, and the close.
+            if self.task is None and not self.queue:
+                self._fail(self.failure)
+            elif self.task is None:
+                self.task = self.loop.create_task(self._run())
             return
         if self.pending_bytes and self.request_deadline is None:
             self.request_deadline = self.loop.time() + self.limits.request_timeout_s
@@ -304,28 +322,30 @@ class RespConnection(asyncio.Protocol):
     async def _run(self) -> None:
         session = self.session
         assert session is not None and self.transport is not None and self.writable is not None
+        together = self.server.together
         try:
             while self.queue and not self.closing:
                 request = self.queue.popleft()
-                reply = await self.server.dispatch(session, request)
-                if self.closing:
-                    return
-                if not self.writable.is_set():
+                if together is not None and self.queue and together(request) and together(self.queue[0]):
+                    # Plain writes one after the other: run together (each is queued for its commit in the
+                    # order it came, so a key written twice keeps the later value), answered in order.
+                    batch = [request]
+                    while self.queue and len(batch) < PIPELINE_MAX and together(self.queue[0]):
+                        batch.append(self.queue.popleft())
+                    running = [self.loop.create_task(self.server.dispatch(session, r)) for r in batch]
                     try:
-                        async with asyncio.timeout(self.limits.request_timeout_s):
-                            await self.writable.wait()
-                    except TimeoutError:
-                        self.close("send_timeout")
-                        return
-                    if self.closing:
-                        return
-                self.transport.write(reply)
+                        for task in running:
+                            if not await self._send(await task):
+                                return
+                    finally:
+                        if any(not t.done() for t in running):
+                            await asyncio.gather(*running, return_exceptions=True)
+                    continue
+                if not await self._send(await self.server.dispatch(session, request)):
+                    return
                 if session.close_after:
                     self.close("quit")
                     return
-                if self.paused and len(self.queue) < PIPELINE_MAX // 2:
-                    self.paused = False
-                    self.transport.resume_reading()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a command's bug: the client hears of it, the node goes on
@@ -335,10 +355,33 @@ class RespConnection(asyncio.Protocol):
             return
         finally:
             self.task = None
-        if self.eof:  # the client sent all it will: its replies are written, close
+        if self.failure is not None:
+            self._fail(self.failure)
+        elif self.eof:  # the client sent all it will: its replies are written, close
             self.close("eof")
         else:
             self._arm()
+
+    async def _send(self, reply: bytes) -> bool:
+        """Writes a reply once the socket takes more; False when the connection is gone or the client took
+        nothing for `request_timeout_s` (then closed)."""
+        assert self.transport is not None and self.writable is not None
+        if self.closing:
+            return False
+        if not self.writable.is_set():
+            try:
+                async with asyncio.timeout(self.limits.request_timeout_s):
+                    await self.writable.wait()
+            except TimeoutError:
+                self.close("send_timeout")
+                return False
+            if self.closing:
+                return False
+        self.transport.write(reply)
+        if self.paused and len(self.queue) < PIPELINE_MAX // 2:
+            self.paused = False
+            self.transport.resume_reading()
+        return True
 
     # -- deadlines and closing
 
@@ -354,6 +397,13 @@ class RespConnection(asyncio.Protocol):
             self.timer = self.loop.call_at(self.request_deadline, self.close, "request_timeout")
         else:
             self.timer = self.loop.call_later(self.limits.idle_timeout_s, self.close, "idle_timeout")
+
+    def _failed(self, why: str) -> None:
+        """A request that cannot be served: nothing more is read from the connection."""
+        self.failure = why
+        self.request_deadline = None
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def _fail(self, why: str) -> None:
         self.server.protocol_error(self.peer, why)

@@ -134,6 +134,14 @@ class Commands:
             b"QUIT": (self.quit, -1),
         }
 
+    def together(self, args: list[bytes]) -> bool:
+        """Whether a request is a plain write that may run at once with its pipelined neighbours: a `SET`
+        without condition, in 'lww' mode (in 'siblings' mode a `SET` first reads what the node holds, which a
+        write still on its way to its commit is not yet)."""
+        if self.siblings or args[0].upper() != b"SET":
+            return False
+        return len(args) == 3 or (len(args) == 5 and args[3].upper() in (b"EX", b"PX"))
+
     async def dispatch(self, session: Session, args: list[bytes]) -> bytes:
         name = args[0].upper()
         entry = self.table.get(name)
@@ -559,6 +567,7 @@ async def start_resp(
 ) -> tuple[RespServer, int]:
     """Starts the front door of `storage` on host:port; returns it and its port."""
     commands = Commands(storage, token)
-    server = RespServer(commands.dispatch, RespLimits.from_config(storage.config), token=token, ssl_context=ssl_context)
+    limits = RespLimits.from_config(storage.config)
+    server = RespServer(commands.dispatch, limits, token=token, ssl_context=ssl_context, together=commands.together)
     commands.server = server
     return server, await server.start(host, port)
