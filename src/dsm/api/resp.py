@@ -3,9 +3,11 @@ other Redis client (`resp_addr`; the commands and their meaning are in `dsm.api.
 docs/resp.md).
 
 This module is the protocol and its bounds; the commands call the store's public operations as the HTTP
-routes do. Requests are parsed by hiredis (the C parser of Redis's own client library): every request is an
-array of bulk strings, as redis-cli, redis-benchmark and the client libraries send them. Replies are encoded
-here, in the version the connection chose with `HELLO` (RESP2 until then).
+routes do. Every request is an array of bulk strings, as redis-cli, redis-benchmark and the client libraries
+send them; `RequestReader` parses them here, checking each length as its header arrives (hiredis, the C
+parser of Redis's client library, was used first: it allocates an array's slots from its header before any
+argument arrives, so 14 bytes could make the node reserve gigabytes, and it has no bound to set). Replies are
+encoded here, in the version the connection chose with `HELLO` (RESP2 until then).
 
 A connection runs its commands one after the other, in the order they arrived, each reply written in that
 order (a pipeline is answered as Redis answers it); only consecutive requests the commands call independent
@@ -15,13 +17,16 @@ Bounds on what a client can hold:
 
 - **connections**: at most `resp_max_connections` (held to half the open-files limit); one more is answered
   `-ERR max number of clients reached` and closed;
-- **a request**: one command may hold at most `request_max_bytes` (twice `max_value_bytes`, plus 64 KiB for
-  keys and framing) before it is complete, else `-ERR Protocol error: ...` and the connection closes; a
-  command that has begun must be complete within `http_body_timeout_ms` (trickling does not extend it);
-- **a pipeline**: at most PIPELINE_MAX parsed commands wait their turn: beyond that the connection stops
-  reading (TCP's window pushes back on the client) until they are answered;
+- **a request**: at most ARGS_MAX arguments and `request_max_bytes` (twice `max_value_bytes`, plus 64 KiB for
+  keys and framing), each refused as soon as a header announces more (`-ERR Protocol error: ...`, and the
+  connection closes after answering the requests before it); a command that has begun must be complete
+  within `http_body_timeout_ms` (trickling does not extend it);
+- **a pipeline**: parsed commands waiting their turn hold at most PIPELINE_MAX commands or twice
+  `request_max_bytes`: beyond that the connection stops reading (TCP's window pushes back on the client)
+  until they are answered;
 - **replies**: a client that does not take its replies stops the connection's commands once the socket's
-  buffer is full, and is closed if it takes none for `http_body_timeout_ms`;
+  buffer is full, and is closed when it has taken nothing more for `http_body_timeout_ms`; one reply holds
+  at most REPLY_MAX_BYTES (an `MGET` that would build more is refused);
 - **idle**: a connection with nothing to do for `resp_idle_timeout_ms` is closed.
 
 Before `AUTH` (or `HELLO ... AUTH`) with the node's `http_token`, when one is set, a connection may only
@@ -38,8 +43,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-import hiredis
-
 from dsm.api.connections import open_files_soft_limit
 from dsm.net.quietlog import QuietLog
 
@@ -52,6 +55,13 @@ log = logging.getLogger("dsm.api.resp")
 PIPELINE_MAX = 1024
 #: Most arguments of one command (a command name and its keys and values).
 ARGS_MAX = 1 << 16
+#: Most bytes of one reply built for a client.
+REPLY_MAX_BYTES = 64 << 20
+#: Longest header line (`*<n>` or `$<n>`) before its CRLF.
+HEADER_MAX = 24
+#: After answering a bad request, how long the node still reads (and drops) what the client sends before it
+#: closes (see `RespConnection._fail`).
+LINGER_S = 1.0
 #: Why connections are closed by a bound (the labels of dsm_resp_connections_closed_total).
 RESP_CLOSE_REASONS = (
     "max_connections", "request_timeout", "send_timeout", "idle_timeout", "protocol_error", "internal_error",
@@ -129,6 +139,103 @@ class Reply:
 def _line(text: str) -> str:
     """A simple string or error's text: one line (CR and LF would end it early)."""
     return text.replace("\r", " ").replace("\n", " ")
+
+
+# -- requests -----------------------------------------------------------------------------------------------
+
+
+class RespProtocolError(Exception):
+    """Bytes that are not a request this front door takes: answered `-ERR Protocol error: ...`, then closed."""
+
+
+def _count(header: bytes | bytearray) -> int | None:
+    """A header's number: ASCII digits only (no sign, space or underscore), or None."""
+    return int(header) if header.isdigit() and len(header) <= HEADER_MAX else None
+
+
+class RequestReader:
+    """Parses requests, arrays of bulk strings (`*<n>\\r\\n` then n times `$<len>\\r\\n<bytes>\\r\\n`), out of the
+    bytes a client sends, incrementally (an argument is looked at once however the bytes are split). Every
+    count is checked as its header arrives: at most `max_args` arguments, none longer than `max_bytes`.
+
+    Raises `RespProtocolError` from `gets` at the first byte that breaks the grammar."""
+
+    __slots__ = ("args", "buf", "max_args", "max_bytes", "need", "pos", "start")
+
+    def __init__(self, max_args: int, max_bytes: int) -> None:
+        self.max_args, self.max_bytes = max_args, max_bytes
+        self.buf = bytearray()
+        self.pos = 0  # where parsing goes on
+        self.start = 0  # where the request being parsed began
+        self.need = 0  # its arguments still to come (0: a request header is next)
+        self.args: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        if self.start and self.start == len(self.buf):
+            self.buf.clear()  # every request taken: start afresh rather than grow
+            self.pos = self.start = 0
+        self.buf += data
+
+    def pending(self) -> int:
+        """Bytes received of requests not complete yet."""
+        return len(self.buf) - self.start
+
+    def _line(self, kind: int, what: str) -> int | None:
+        """The number on the header line at `pos` (starting with `kind`), moving past it; None until its CRLF
+        has arrived."""
+        buf, pos = self.buf, self.pos
+        if buf[pos] != kind:
+            raise RespProtocolError(f"expected '{chr(kind)}', got {bytes(buf[pos : pos + 1])!r}")
+        end = buf.find(b"\r\n", pos, pos + HEADER_MAX + 3)
+        if end < 0:
+            if len(buf) - pos > HEADER_MAX + 2:
+                raise RespProtocolError(f"invalid {what}")
+            return None
+        n = _count(buf[pos + 1 : end])
+        if n is None:
+            raise RespProtocolError(f"invalid {what}")
+        self.pos = end + 2
+        return n
+
+    def gets(self) -> list[bytes] | None:
+        """The next complete request, or None until more bytes arrive."""
+        buf = self.buf
+        if self.need == 0:
+            if self.pos >= len(buf):
+                return None
+            self.start = self.pos
+            n = self._line(0x2A, "multibulk length")  # *
+            if n is None:
+                return None
+            if n < 1:
+                raise RespProtocolError("a request is a non-empty array of bulk strings")
+            if n > self.max_args:
+                raise RespProtocolError(f"more than {self.max_args} arguments")
+            self.need, self.args = n, []
+        while self.need:
+            if self.pos >= len(buf):
+                return None
+            mark = self.pos
+            length = self._line(0x24, "bulk length")  # $
+            if length is None:
+                return None
+            if length > self.max_bytes:
+                raise RespProtocolError(f"a request larger than {self.max_bytes} bytes")
+            end = self.pos + length
+            if len(buf) < end + 2:
+                self.pos = mark  # its header again once the rest has come
+                return None
+            if buf[end : end + 2] != b"\r\n":
+                raise RespProtocolError("a bulk string not ended by CRLF")
+            self.args.append(bytes(buf[self.pos : end]))
+            self.pos = end + 2
+            self.need -= 1
+        request, self.args = self.args, []
+        self.start = self.pos
+        if self.pos > (1 << 16) and self.pos * 2 > len(buf):
+            del buf[: self.pos]  # what was parsed goes, once it is most of the buffer
+            self.pos = self.start = 0
+        return request
 
 
 # -- connections --------------------------------------------------------------------------------------------
@@ -224,9 +331,9 @@ class RespConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.peer = ""
         self.transport: asyncio.Transport | None = None
-        self.reader = hiredis.Reader()
+        self.reader = RequestReader(ARGS_MAX, self.limits.request_max_bytes)
         self.queue: deque[list[bytes]] = deque()
-        self.pending_bytes = 0  # fed since the last complete request: bounds the request being received
+        self.queued_bytes = 0  # of the requests in `queue`
         self.request_deadline: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.paused = False
@@ -255,36 +362,35 @@ class RespConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.failure is not None:
             return
-        self.reader.feed(data)
-        self.pending_bytes += len(data)
-        while self.failure is None:
+        reader = self.reader
+        reader.feed(data)
+        while True:
             try:
-                request = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self._failed(f"Protocol error: {exc} (requests are arrays of bulk strings)")
+                request = reader.gets()
+            except RespProtocolError as exc:
+                self._failed(f"Protocol error: {exc}")
                 break
-            if request is False:
+            if request is None:
                 break
-            self.pending_bytes = 0
-            self.request_deadline = None
-            if not isinstance(request, list) or not request or not all(isinstance(a, bytes) for a in request):
-                self._failed("Protocol error: a request is a non-empty array of bulk strings")
-            elif len(request) > ARGS_MAX:
-                self._failed(f"Protocol error: more than {ARGS_MAX} arguments")
-            else:
-                self.queue.append(request)
-        if self.failure is None and self.pending_bytes > self.limits.request_max_bytes:
+            self.queue.append(request)
+            self.queued_bytes += sum(map(len, request))
+        if self.failure is None and reader.pending() > self.limits.request_max_bytes:
             self._failed(f"Protocol error: a request larger than {self.limits.request_max_bytes} bytes")
         if self.failure is not None:
             # The commands before the bad request are run and answered first; then the error, and the close.
+            self.request_deadline = None
             if self.task is None and not self.queue:
                 self._fail(self.failure)
             elif self.task is None:
                 self.task = self.loop.create_task(self._run())
             return
-        if self.pending_bytes and self.request_deadline is None:
+        if not reader.pending():
+            self.request_deadline = None
+        elif self.request_deadline is None:  # a request has begun: it has this long to arrive whole
             self.request_deadline = self.loop.time() + self.limits.request_timeout_s
-        if len(self.queue) >= PIPELINE_MAX and not self.paused:
+        if not self.paused and (
+            len(self.queue) >= PIPELINE_MAX or self.queued_bytes >= 2 * self.limits.request_max_bytes
+        ):
             self.paused = True
             assert self.transport is not None
             self.transport.pause_reading()
@@ -296,7 +402,10 @@ class RespConnection(asyncio.Protocol):
         # The client sent everything it will (a pipe into redis-cli): answer what it sent, then close.
         self.eof = True
         if self.task is None:
-            self.close("eof")
+            if self.closing and self.transport is not None:
+                self.transport.close()  # a lingering close (`_fail`): the client has read the error and gone
+            else:
+                self.close("eof")
         return True  # keep the transport open for the replies
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -325,13 +434,13 @@ class RespConnection(asyncio.Protocol):
         together = self.server.together
         try:
             while self.queue and not self.closing:
-                request = self.queue.popleft()
+                request = self._next()
                 if together is not None and self.queue and together(request) and together(self.queue[0]):
                     # Plain writes one after the other: run together (each is queued for its commit in the
                     # order it came, so a key written twice keeps the later value), answered in order.
                     batch = [request]
                     while self.queue and len(batch) < PIPELINE_MAX and together(self.queue[0]):
-                        batch.append(self.queue.popleft())
+                        batch.append(self._next())
                     running = [self.loop.create_task(self.server.dispatch(session, r)) for r in batch]
                     try:
                         for task in running:
@@ -362,25 +471,41 @@ class RespConnection(asyncio.Protocol):
         else:
             self._arm()
 
-    async def _send(self, reply: bytes) -> bool:
-        """Writes a reply once the socket takes more; False when the connection is gone or the client took
-        nothing for `request_timeout_s` (then closed)."""
-        assert self.transport is not None and self.writable is not None
-        if self.closing:
-            return False
-        if not self.writable.is_set():
-            try:
-                async with asyncio.timeout(self.limits.request_timeout_s):
-                    await self.writable.wait()
-            except TimeoutError:
-                self.close("send_timeout")
-                return False
-            if self.closing:
-                return False
-        self.transport.write(reply)
-        if self.paused and len(self.queue) < PIPELINE_MAX // 2:
+    def _next(self) -> list[bytes]:
+        request = self.queue.popleft()
+        self.queued_bytes -= sum(map(len, request))
+        if (
+            self.paused
+            and self.failure is None
+            and len(self.queue) < PIPELINE_MAX // 2
+            and self.queued_bytes < self.limits.request_max_bytes
+        ):
+            assert self.transport is not None
             self.paused = False
             self.transport.resume_reading()
+        return request
+
+    async def _send(self, reply: bytes) -> bool:
+        """Writes a reply once the socket takes more; False when the connection is gone or the client took
+        nothing of what it was sent for `request_timeout_s` (then closed)."""
+        transport, writable = self.transport, self.writable
+        assert transport is not None and writable is not None
+        if self.closing:
+            return False
+        held = transport.get_write_buffer_size()
+        while not writable.is_set():
+            try:
+                async with asyncio.timeout(self.limits.request_timeout_s):
+                    await writable.wait()
+            except TimeoutError:
+                now = transport.get_write_buffer_size()
+                if now >= held:  # nothing taken for the whole while
+                    self.close("send_timeout")
+                    return False
+                held = now  # a slow reader, still reading: it may go on
+            if self.closing:
+                return False
+        transport.write(reply)
         return True
 
     # -- deadlines and closing
@@ -406,10 +531,26 @@ class RespConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _fail(self, why: str) -> None:
+        """Answers a bad request and closes. Over TCP the close lingers: the error is followed by the end of
+        the stream (shutdown for writing), and what the client still sends is read and dropped for up to
+        LINGER_S, since closing a socket with unread bytes resets it, and a reset can destroy the error
+        before the client reads it."""
         self.server.protocol_error(self.peer, why)
-        if self.transport is not None:
-            self.transport.write(Reply.error(f"ERR {why}"))
-        self.close("protocol_error")
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.close("protocol_error")
+            return
+        transport.write(Reply.error(f"ERR {why}"))
+        if not transport.can_write_eof():  # TLS: no half-close
+            self.close("protocol_error")
+            return
+        self.server.closed["protocol_error"] += 1
+        self.closing = True  # from now on data_received drops what comes
+        if self.timer is not None:
+            self.timer.cancel()
+        transport.write_eof()
+        transport.resume_reading()
+        self.timer = self.loop.call_later(LINGER_S, transport.close)
 
     def close(self, reason: str) -> None:
         """Closes the connection once what was written is sent; counted under `reason` (a bound) if given."""

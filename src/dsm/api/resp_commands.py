@@ -39,11 +39,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from dsm import __version__
-from dsm.api.resp import Reply, RespLimits, RespServer, Session
+from dsm.api.resp import REPLY_MAX_BYTES, Reply, RespLimits, RespServer, Session
 from dsm.config import ConflictResolution
 from dsm.errors import (
     ClosedError,
@@ -53,6 +55,7 @@ from dsm.errors import (
     PreconditionFailedError,
     StorageError,
 )
+from dsm.node import checks
 from dsm.node.conditional import LINEARIZABLE
 
 if TYPE_CHECKING:
@@ -67,6 +70,11 @@ REDIS_COMPATIBLE = "7.0.0"
 SCAN_MAX = 1000
 #: Rounds of a conditional write (SET XX, EXPIRE) against a key that keeps changing under it.
 CAS_ROUNDS = 8
+#: Keys a multi-key command handles between two yields to the event loop (its reads do not suspend).
+YIELD_EVERY = 256
+#: Keys whose SCAN cursor would be a number of more digits than Python converts (its 4,300-digit limit,
+#: which clients share) get a cursor from this node's table of at most this many.
+LONG_CURSORS = 4096
 
 Handler = Callable[[Session, list[bytes]], Awaitable[bytes]]
 
@@ -83,10 +91,14 @@ def _key(raw: bytes) -> str:
 
 
 def _int(raw: bytes, what: str = "value is not an integer or out of range") -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise CommandError(f"ERR {what}") from None
+    """An integer argument as Redis reads one: an optional '-' and ASCII digits, nothing else, 64-bit."""
+    digits = raw[1:] if raw[:1] == b"-" else raw
+    if not digits.isdigit() or len(raw) > 20:
+        raise CommandError(f"ERR {what}")
+    n = int(raw)
+    if not -(1 << 63) <= n < (1 << 63):
+        raise CommandError(f"ERR {what}")
+    return n
 
 
 def error_text(exc: DSMError) -> str:
@@ -109,6 +121,7 @@ class Commands:
         self.token = token
         self.siblings = storage.config.conflict_resolution is ConflictResolution.SIBLINGS
         self.server: RespServer | None = None
+        self.cursors = Cursors()
         #: name -> (handler, arity as Redis counts it: n exactly, -n at least n, the name included).
         self.table: dict[bytes, tuple[Handler, int]] = {
             b"GET": (self.get, 2),
@@ -135,12 +148,16 @@ class Commands:
         }
 
     def together(self, args: list[bytes]) -> bool:
-        """Whether a request is a plain write that may run at once with its pipelined neighbours: a `SET`
-        without condition, in 'lww' mode (in 'siblings' mode a `SET` first reads what the node holds, which a
-        write still on its way to its commit is not yet)."""
-        if self.siblings or args[0].upper() != b"SET":
-            return False
-        return len(args) == 3 or (len(args) == 5 and args[3].upper() in (b"EX", b"PX"))
+        """Whether a request is a plain write that may run at once with its pipelined neighbours: a `SET k v`
+        without options in 'lww' mode, whose write is queued for its commit before it first waits, so writes
+        started in order commit in order. Not with an expiry (it may first wait for the members' support of
+        expiry, letting a later write overtake it), nor in 'siblings' mode (a `SET` first reads what the node
+        holds, which a write still on its way to its commit is not yet)."""
+        return not self.siblings and len(args) == 3 and args[0].upper() == b"SET"
+
+    def _keys(self, raws: Sequence[bytes]) -> list[str]:
+        """The keys of a multi-key write, all checked before any is written (so a bad one writes nothing)."""
+        return [checks.check_key(_key(raw), self.storage.config) for raw in raws]
 
     async def dispatch(self, session: Session, args: list[bytes]) -> bytes:
         name = args[0].upper()
@@ -246,38 +263,49 @@ class Commands:
 
     async def delete(self, session: Session, args: list[bytes]) -> bytes:
         deleted = 0
-        for raw in args[1:]:
-            key = _key(raw)
+        for i, key in enumerate(dict.fromkeys(self._keys(args[1:]))):  # a key named twice is deleted once
             found = await self.storage.get(key, consistency="local")
             await self.storage.delete(key, context=None if found is None else found.context)
             deleted += found is not None
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
         return Reply.integer(deleted)
 
     async def exists(self, session: Session, args: list[bytes]) -> bytes:
         count = 0
-        for raw in args[1:]:
+        for i, raw in enumerate(args[1:]):
             count += await self.storage.get(_key(raw)) is not None
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
         return Reply.integer(count)
 
     async def mget(self, session: Session, args: list[bytes]) -> bytes:
         values = []
-        for raw in args[1:]:
+        size = 0
+        for i, raw in enumerate(args[1:]):
             found = await self.storage.get(_key(raw))
             values.append(session.reply.value(None if found is None else found.value))
+            size += len(values[-1])
+            if size > REPLY_MAX_BYTES:
+                raise CommandError(f"ERR the reply would exceed {REPLY_MAX_BYTES} bytes: ask for fewer keys")
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
         return Reply.array(values)
 
     async def mset(self, session: Session, args: list[bytes]) -> bytes:
         if len(args) % 2 != 1:
             raise CommandError("ERR wrong number of arguments for 'mset' command")
-        pairs = [(_key(args[i]), args[i + 1]) for i in range(1, len(args), 2)]
-        writes = [self.storage.put(key, value, context=await self._overwriting(key)) for key, value in pairs]
+        keys = self._keys(args[1::2])
+        pairs = dict(zip(keys, args[2::2], strict=True))  # a key named twice: its last value, as in Redis
+        contexts = [await self._overwriting(key) for key in pairs]  # before any write starts
+        writes = [self.storage.put(k, v, context=c) for (k, v), c in zip(pairs.items(), contexts, strict=True)]
         for result in await asyncio.gather(*writes, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
         return Reply.OK
 
     async def scan(self, session: Session, args: list[bytes]) -> bytes:
-        after = decode_cursor(args[1])
+        after = self.cursors.decode(args[1])
         prefix, exact, limit, only_strings = "", None, 10, True
         i = 2
         while i < len(args):
@@ -301,7 +329,7 @@ class Commands:
             found = not after and await self.storage.get(exact) is not None
             return Reply.array([Reply.bulk(b"0"), Reply.array([Reply.bulk(exact)] if found else [])])
         keys, more = await self.storage.list_keys(prefix, after, min(limit, SCAN_MAX))
-        cursor = encode_cursor(keys[-1]) if more and keys else b"0"
+        cursor = self.cursors.encode(keys[-1]) if more and keys else b"0"
         return Reply.array([Reply.bulk(cursor), Reply.array([Reply.bulk(k) for k in keys])])
 
     async def ttl(self, session: Session, args: list[bytes]) -> bytes:
@@ -327,7 +355,9 @@ class Commands:
     async def _expire(self, args: list[bytes], unit_ms: int, command: str) -> bytes:
         key, ttl_ms = _key(args[1]), _int(args[2]) * unit_ms
         flags = {a.upper() for a in args[3:]}
-        if not flags <= {b"NX", b"XX", b"GT", b"LT"} or len(flags) != len(args) - 3 or len(flags) > 1:
+        if not flags <= {b"NX", b"XX", b"GT", b"LT"}:
+            raise CommandError(f"ERR Unsupported option {_text(next(iter(flags - {b'NX', b'XX', b'GT', b'LT'})))}")
+        if len(flags) != len(args) - 3 or len(flags) > 1:
             raise CommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
         for _ in range(CAS_ROUNDS):
             found = await self.storage.get(key, consistency=LINEARIZABLE)
@@ -521,11 +551,55 @@ class Commands:
         return Reply.bulk("\r\n".join(lines))
 
 
+def _text(raw: bytes) -> str:
+    """An argument quoted in an error reply: text, at most 40 characters."""
+    return raw.decode("utf-8", "replace")[:40]
+
+
 def _client_name(raw: bytes) -> str:
-    name = raw.decode("utf-8", "replace")
-    if any(c.isspace() for c in name) or len(name) > 256:
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError("ERR Client names are UTF-8 text") from None
+    if any(c.isspace() or not c.isprintable() for c in name) or len(name) > 256:
         raise CommandError("ERR Client names cannot contain spaces, newlines or special characters.")
     return name
+
+
+class Cursors:
+    """SCAN cursors: the last key returned, as a number any node turns back into the key (`encode_cursor`);
+    for a key too long for that (a number of over 4,000 digits, which neither Python nor its clients convert),
+    an entry in this node's table instead, under a number tagged 2, the table holding the latest LONG_CURSORS
+    (such a scan continues on the node that began it, else `-ERR unknown cursor`)."""
+
+    def __init__(self) -> None:
+        self.long: OrderedDict[int, str] = OrderedDict()
+
+    def encode(self, key: str) -> bytes:
+        if len(key.encode()) <= 1600:
+            return encode_cursor(key)
+        token = int.from_bytes(b"\x02" + secrets.token_bytes(8), "big")
+        self.long[token] = key
+        while len(self.long) > LONG_CURSORS:
+            self.long.popitem(last=False)
+        return str(token).encode()
+
+    def decode(self, raw: bytes) -> str:
+        if len(raw) > 4000:
+            raise CommandError("ERR invalid cursor")
+        n = _big(raw)
+        if n >> 64 == 2 and n < 3 << 64:  # a tagged table entry (9 bytes starting with 2)
+            key = self.long.get(n)
+            if key is None:
+                raise CommandError("ERR unknown cursor: it was given by another node, or too long ago")
+            return key
+        return decode_cursor(raw)
+
+
+def _big(raw: bytes) -> int:
+    if not raw.isdigit():
+        raise CommandError("ERR invalid cursor")
+    return int(raw)
 
 
 def encode_cursor(key: str) -> bytes:
