@@ -123,6 +123,26 @@ def test_a_client_that_does_not_read_its_answer_is_let_go(tmp_path: Path, procs:
     assert node.stop() == 0 and "Traceback" not in node.stderr, node.stderr
 
 
+def test_small_answers_a_client_leaves_unread_are_bounded_too(tmp_path: Path, procs: list[Proc]) -> None:
+    # Small answers go out without a send timer while the socket's buffer is empty; a client that pipelines
+    # requests and reads none fills it, and from then on the same bound applies.
+    node = Proc("b7", "127.0.0.1", tmp_path, [], env=FAST)
+    procs.append(node)
+    with Client(node.url) as c:
+        c.put("small", b"s" * 8000)
+    host, port = node.http.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(WAIT_S)
+    sock.connect((host, int(port)))
+    sock.sendall(b"GET /v1/kv/small HTTP/1.1\r\nHost: n\r\n\r\n" * 2000)  # 16 MB of answers, none read
+    time.sleep(2)
+    received = len(closed_by_node(sock))
+    assert received < 2000 * 8000, received
+    assert closes(node, "send_timeout") == 1
+    assert node.stop() == 0 and "Traceback" not in node.stderr, node.stderr
+
+
 @pytest.fixture
 def capped(tmp_path: Path, procs: list[Proc]) -> Iterator[Proc]:
     """A node that serves at most 4 HTTP connections, with deadlines long enough to hold them."""
