@@ -53,12 +53,14 @@ class Wire:
         self.down.discard(node_id)
         return p
 
-    def formed(self, count: int, prefix: str = "n") -> list[Peer]:
+    def formed(self, count: int, prefix: str = "n", regions: tuple[str, ...] = ("default",)) -> list[Peer]:
+        """`count` peers that all know each other; peer i in region `regions[i % len(regions)]`."""
         ids = [f"{prefix}{i}" for i in range(count)]
-        members = [(info(i), 0) for i in ids]
+        region = {node_id: regions[i % len(regions)] for i, node_id in enumerate(ids)}
+        members = [(info(i, region[i]), 0) for i in ids]
         peers = []
         for node_id in ids:
-            p = self.peer(node_id)
+            p = self.peer(node_id, region=region[node_id])
             p.install(members)
             peers.append(p)
         return peers

@@ -81,6 +81,54 @@ def test_prune_makes_the_link_lazy_but_keeps_one_eager_link() -> None:
     assert len(grafted) == 1 and grafted[0].message.ids == ()
 
 
+def two_region_node(w: Wire) -> tuple[Peer, list[str], list[str]]:
+    """A node of region a of a formed two-region cluster with links into both regions: it, and its linked
+    members of its own region and of the other."""
+    w.formed(16, regions=("a", "b"))
+    w.advance(3000)
+    for a in w.peers.values():
+        region = a.info.region
+        same = [i for i in a.link_ids() if w.peers[i].info.region == region]
+        other = [i for i in a.link_ids() if w.peers[i].info.region != region]
+        if len(same) >= 2 and len(other) >= 2:
+            return a, same, other
+    raise AssertionError("no node links into both regions")
+
+
+def test_a_node_keeps_one_eager_link_into_each_other_region() -> None:
+    w = Wire(seed=3)
+    a, same, other = two_region_node(w)
+    for node_id in other:  # every link into the other region says Prune
+        a.handle(w.now, Prune(node_id))
+    eager = {a.directory.infos[s].node_id for s in a.data.eager}
+    assert len(eager & set(other)) == 1  # the bridge stays eager
+    # A duplicate on the bridge leaves it eager too; within the region the plain rule prunes at Prune.
+    bridge = next(iter(eager & set(other)))
+    it = item("k", node=a.id)
+    a.handle(w.now, Push(bridge, 1, (it,)))
+    effects = a.handle(w.now, Push(bridge, 1, (it,)))
+    assert not sends(effects, Prune) and slot(a, bridge) in a.data.eager
+    a.handle(w.now, Prune(same[0]))
+    assert slot(a, same[0]) in a.data.lazy
+
+
+def test_a_link_within_the_region_is_pruned_at_its_third_duplicate_in_a_row() -> None:
+    w = Wire(seed=4)
+    a, same, _ = two_region_node(w)
+    peer = same[0]
+    assert slot(a, peer) in a.data.eager
+    first, second = item("k1", node=peer), item("k2", node=peer)
+    a.handle(w.now, Push(peer, 1, (first,)))
+    for _ in range(2):  # two duplicates: still eager
+        assert not sends(a.handle(w.now, Push(peer, 1, (first,))), Prune)
+    a.handle(w.now, Push(peer, 1, (second,)))  # a write it delivers first starts the count again
+    for _ in range(2):
+        assert not sends(a.handle(w.now, Push(peer, 1, (second,))), Prune)
+    assert slot(a, peer) in a.data.eager
+    pruned = sends(a.handle(w.now, Push(peer, 1, (second,))), Prune)
+    assert [e.node_id for e in pruned] == [peer] and slot(a, peer) in a.data.lazy
+
+
 def test_announced_write_is_grafted_after_the_timeout_from_the_next_announcer_if_needed() -> None:
     w = Wire(seed=3)
     w.formed(12)

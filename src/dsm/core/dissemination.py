@@ -12,6 +12,14 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
   (except the one it came from), and announces its id (`IHave`) to `lazy_fanout` lazy links at random.
 - A node that receives a write it already has makes that link lazy and tells the sender (`Prune`). The
   eager links thereby thin out to a spanning tree, and each node receives each payload about once.
+- Across regions the tree is region-aware (for a node with links into another region). A link into another
+  region is pruned at its first duplicate, except the node's last eager link into that region (its
+  bridge), which a duplicate or a `Prune` leaves eager; a link within the region only after
+  INTRA_REGION_DUPLICATES duplicates in a row (a write it delivers first starts the count again). With
+  writers all over a region, the first arrival comes by a different path for each writer, and pruning
+  at the first duplicate kept pruning and grafting the same links again: at 50 writes/s the writes reached
+  the other region after 300-450 ms (p50) instead of one wide-area hop (measured in the simulated two-region
+  cluster, BENCHMARKS "Issue 21, part 4").
 - A node that hears an announcement of a write it lacks waits for the tree to deliver it: 3 smoothed
   round-trip times of its gossip exchanges (a few network hops), at least graft_min_ms and at most
   graft_timeout_ms (also the wait before any round trip was measured). If the write does not come, it
@@ -76,6 +84,9 @@ from dsm.core.overlay import Overlay
 
 #: Measured loss rate of gossip exchanges above which the broadcast tree is not trusted to deliver alone.
 LOSSY = 0.1
+
+#: Duplicates in a row after which a link within the node's region is pruned, in a cluster of several regions.
+INTRA_REGION_DUPLICATES = 3
 
 #: Most ids of one announcement considered, and most writes one Graft is answered with.
 MAX_IDS = 4096
@@ -150,6 +161,8 @@ class Dissemination:
         self.settings = s
         self.eager: set[int] = set()
         self.lazy: set[int] = set()
+        # Duplicates in a row each eager link within the region delivered (region-aware tree only).
+        self.duplicate_runs: dict[int, int] = {}
         # Ids of writes seen (any path), oldest first, bounded: what makes a push a duplicate. OrderedDicts:
         # evicting the oldest of a plain dict (`del d[next(iter(d))]`) walks over the slots freed before it,
         # which grew to tens of microseconds per write once the bound was reached.
@@ -179,6 +192,7 @@ class Dissemination:
         else:
             self.eager.discard(slot)
             self.lazy.discard(slot)
+            self.duplicate_runs.pop(slot, None)
             self._keep_one_eager()
 
     def publish(self, items: DataItems, urgent: bool = True) -> None:
@@ -224,6 +238,7 @@ class Dissemination:
     def _make_lazy(self, slot: int) -> None:
         self.eager.discard(slot)
         self.lazy.add(slot)
+        self.duplicate_runs.pop(slot, None)
 
     def _sample(self, slots: set[int], count: int, exclude: int) -> list[int]:
         pool = [s for s in slots if s != exclude]
@@ -322,12 +337,14 @@ class Dissemination:
         new = self._accept(message.items, message.source, "push", hops)
         if not new:
             self.stats.duplicates += 1
-            if slot is not None and slot in self.eager:
+            if slot is not None and slot in self.eager and self._prunable(slot, duplicate=True):
                 self._make_lazy(slot)
                 self.stats.prunes += 1
                 self.context.send_to_slot(slot, Prune(self.context.id))
                 self._keep_one_eager()
             return
+        if slot is not None and slot in self.duplicate_runs:
+            self.duplicate_runs[slot] = 0  # it delivered first: its run of duplicates starts again
         if slot is not None and slot in self.lazy:
             self._make_eager(slot)
         if self.settings.direct_updates:
@@ -335,9 +352,27 @@ class Dissemination:
 
     def on_prune(self, message: Prune) -> None:
         slot = self._link_slot(message.source)
-        if slot is not None and slot in self.eager:
+        if slot is not None and slot in self.eager and self._prunable(slot, duplicate=False):
             self._make_lazy(slot)
             self._keep_one_eager()
+
+    def _prunable(self, slot: int, duplicate: bool) -> bool:
+        """Whether an eager link that delivered a duplicate (or whose far end sent `Prune`) goes lazy: always
+        in a node whose links are all in its own region; in one with links into other regions, a link into
+        another region unless it is the last eager one into it (the bridge), and a link within the region at
+        its INTRA_REGION_DUPLICATES-th duplicate in a row (see the module docstring)."""
+        infos = self.context.directory.infos
+        mine = infos[self.context.me].region
+        region = infos[slot].region
+        if region != mine:
+            return any(other != slot and infos[other].region == region for other in self.eager)
+        if all(infos[other].region == mine for other in itertools.chain(self.eager, self.lazy)):
+            return True  # one region: the plain tree
+        if not duplicate:
+            return True
+        runs = self.duplicate_runs
+        runs[slot] = runs.get(slot, 0) + 1
+        return runs[slot] >= INTRA_REGION_DUPLICATES
 
     def _keep_one_eager(self) -> None:
         """A node whose links have all become lazy is cut off from the tree until an announcement reaches
