@@ -391,19 +391,3 @@ def test_period_stays_within_its_bounds_on_a_slow_network() -> None:
     assert p.data.period == settings.gossip_interval_max_ms
     p.tick(p.data._next_round)
     assert p.data.period == settings.gossip_interval_max_ms
-
-
-def test_a_node_alone_keeps_nothing_to_spread() -> None:
-    # Nobody to push or gossip to: nothing is kept (whoever joins later gets the write by anti-entropy).
-    w = Wire(seed=5)
-    alone = w.peer("solo")
-    alone.install([])
-    assert alone.alone()
-    effects = alone.publish(w.now, (item("k", node="solo"),))
-    assert not sends(effects, Push) and not alone.data.recent
-    w.formed(4)
-    w.advance(3000)
-    member = w.peers["n0"]
-    assert not member.alone()
-    member.publish(w.now, (item("k2", node="n0"),))
-    assert len(member.data.recent) == 1

@@ -313,17 +313,11 @@ class Peer:
 
     def publish(self, now: int, items: DataItems, urgent: bool = True) -> list[Effect]:
         """Spreads writes this node coordinated (already in its replica): pushed at once along the
-        broadcast tree, or with `urgent=False` only by gossip rounds (see dissemination.py). A node alone
-        has nobody to spread them to: nothing is kept for the tree or gossip (whoever joins later gets them
-        by anti-entropy, as every write from before it joined)."""
+        broadcast tree, or with `urgent=False` only by gossip rounds (see dissemination.py)."""
         self.context.advance(now)
-        if not self.context.left and not self.alone():
+        if not self.context.left:
             self.data.publish(items, urgent)
         return self.context.flush()
-
-    def alone(self) -> bool:
-        """Whether no other member is believed up (alive or suspect)."""
-        return self.table.live_count() <= 1
 
     # ------------------------------------------------------------------ state of the parts
 

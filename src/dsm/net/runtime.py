@@ -409,11 +409,9 @@ class Runtime:
             self._apply(self.core.handle(self.now(), source, message))
 
     def _on_commit(self, commit: Commit) -> None:
-        """Publishes the local writes a commit made durable (not made into data items at all while the node
-        is alone: `Peer.publish` would drop them)."""
-        peer = self.peer
-        if commit.written and peer is not None and not peer.left and not peer.alone():
-            self._apply(peer.publish(self.now(), tuple(commit.published)))
+        """Publishes the local writes a commit made durable."""
+        if commit.published and self.peer is not None and not self.peer.left:
+            self._apply(self.peer.publish(self.now(), tuple(commit.published)))
 
     def _tick(self) -> None:
         self._timer = None
