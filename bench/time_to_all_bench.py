@@ -9,7 +9,11 @@ intervals: gossip 5 s, anti-entropy 60 s, a cluster secret). The benchmark holds
 (`GET /v1/watch`) open on every node, so each node reports the moment it commits a change, and writes one
 key at a time through the HTTP API of a different node each time, `--gap` seconds apart. Time to all of
 a write = (the last node's report) - (the writer's acknowledgement), all read on this process's monotonic
-clock; a stream's delivery over loopback adds well under a millisecond. After the writes, every node's
+clock; a stream's delivery over loopback adds well under a millisecond. The nodes' CPU (/proc, all node
+processes summed) and the machine's are read over an idle window as long as the writes (streams open, no
+writes) and over the writes: the difference per write and per node is what spreading one write costs a node,
+and the machine's busy cores during the writes show how much of the time to all is waiting for a core (2 here).
+After the writes, every node's
 `dsm_anti_entropy_repaired_keys` is read: any key anti-entropy had to bring means a write that direct
 pushes and gossip missed (the target is none in a fault-free run).
 
@@ -36,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from common import machine_cpu, proc_cpu_s
 from dsm.localcluster import LocalCluster
 
 HERE = Path(__file__).resolve().parent
@@ -98,6 +103,10 @@ async def run_dsm(nodes: int, writes: int, gap: float) -> dict[str, Any]:
                 ]
                 for ready in readies:
                     await ready.wait()
+                pids = [n.pid for n in cluster.nodes]
+                window = writes * gap
+                idle = await cpu_over(pids, window)
+                cpu0, machine0, t0 = sum(proc_cpu_s(p) for p in pids), machine_cpu(), time.monotonic()
                 acks: dict[str, tuple[float, int]] = {}
                 for i in range(writes):
                     key, source = f"tta-{i:04d}", (i * 7) % nodes
@@ -105,6 +114,13 @@ async def run_dsm(nodes: int, writes: int, gap: float) -> dict[str, Any]:
                         assert r.status == 200, (r.status, await r.text())
                     acks[key] = (time.monotonic(), source)
                     await asyncio.sleep(gap)
+                wall = time.monotonic() - t0
+                machine1 = machine_cpu()
+                writing = {
+                    "node_cores": (sum(proc_cpu_s(p) for p in pids) - cpu0) / wall,
+                    "machine_busy_cores": (machine1[0] - machine0[0]) / wall,
+                    "machine_cores": round((machine1[1] - machine0[1]) / wall),
+                }
                 await asyncio.sleep(2)
                 for task in streams:
                     task.cancel()
@@ -128,11 +144,29 @@ async def run_dsm(nodes: int, writes: int, gap: float) -> dict[str, Any]:
             "writes_not_everywhere_after_2s": missing,
             "anti_entropy_repaired_keys": sum(repaired),
             "anti_entropy_sessions": sum(sessions),
+            "idle": idle,
+            "writing": writing,
+            # What spreading one write costs one node, above its idle work (probes, gossip, anti-entropy).
+            "cpu_ms_per_write_per_node": round(
+                (writing["node_cores"] - idle["node_cores"]) * writes * gap / writes / nodes * 1000, 3
+            ),
             "wall_s": round(time.monotonic() - started, 1),
         }
     finally:
         cluster.down()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def cpu_over(pids: list[int], seconds: float) -> dict[str, float]:
+    """The nodes' CPU (all processes, in cores) and the machine's busy cores over `seconds` of waiting."""
+    cpu0, machine0, t0 = sum(proc_cpu_s(p) for p in pids), machine_cpu(), time.monotonic()
+    await asyncio.sleep(seconds)
+    wall = time.monotonic() - t0
+    machine1 = machine_cpu()
+    return {
+        "node_cores": (sum(proc_cpu_s(p) for p in pids) - cpu0) / wall,
+        "machine_busy_cores": (machine1[0] - machine0[0]) / wall,
+    }
 
 
 def run_serf(nodes: int, events: int) -> dict[str, Any]:
@@ -183,7 +217,12 @@ def main() -> None:
         count = r.get("writes", r.get("events", 0))
         if r["system"] == "dsm":
             missed, repaired = r["writes_not_everywhere_after_2s"], r["anti_entropy_repaired_keys"]
-            notes = f"not everywhere: {missed}, AE repairs: {repaired:.0f}"
+            notes = (
+                f"not everywhere: {missed}, AE repairs: {repaired:.0f}; CPU per write per node "
+                f"{r['cpu_ms_per_write_per_node']} ms; nodes {r['idle']['node_cores']:.2f} cores idle, "
+                f"{r['writing']['node_cores']:.2f} writing; machine busy {r['writing']['machine_busy_cores']:.2f} "
+                f"of {r['writing']['machine_cores']}"
+            )
         else:
             notes = r.get("skipped") or f"not everywhere: {r['events_not_everywhere']}"
         print(
