@@ -17,11 +17,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
 
 from dsm import StorageConfig, StorageFactory
-from dsm.api.resp import PIPELINE_MAX, RespLimits, RespServer
-from dsm.api.resp_commands import Commands, decode_cursor, encode_cursor, match_prefix, start_resp
+from dsm.api.resp import PIPELINE_MAX, RespLimits
+from dsm.api.resp_commands import decode_cursor, encode_cursor, match_prefix, start_resp
 from dsm.net.certs import ClusterCA
 from dsm.net.tls import contexts
 from dsm.node import EpidemicStorage
+from resp_support import raw, started
 from support import skip_or_fail
 
 TOKEN = "resp-token-0123456789"
@@ -42,13 +43,6 @@ async def port(node: EpidemicStorage) -> AsyncIterator[int]:
     server, bound = await start_resp(node, "127.0.0.1", 0)
     yield bound
     await server.close()
-
-
-async def started(node: EpidemicStorage, limits: RespLimits, token: str = "") -> tuple[RespServer, int]:
-    commands = Commands(node, token)
-    server = RespServer(commands.dispatch, limits, token=token)
-    commands.server = server
-    return server, await server.start("127.0.0.1", 0)
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -206,25 +200,6 @@ async def test_redis_cli_against_the_front_door(node: EpidemicStorage) -> None:
         await server.close()
 
 
-async def raw(port: int, data: bytes, read_until_closed: bool = True, timeout: float = 10.0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    got = b""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                got += chunk
-                if not read_until_closed:
-                    break
-    finally:
-        writer.close()
-    return got
-
-
 async def test_garbage_and_oversized_requests_get_an_error_and_the_connection_is_closed(node: EpidemicStorage) -> None:
     server, port = await started(node, RespLimits(request_max_bytes=10_000))
     try:
@@ -239,7 +214,7 @@ async def test_garbage_and_oversized_requests_get_an_error_and_the_connection_is
         assert got.startswith(b"+PONG\r\n+OK\r\n-ERR Protocol error")
         assert (await node.get("a")).value == b"1"  # type: ignore[union-attr]
         # A complete request of a legal size works on the same server afterwards.
-        assert await raw(port, b"*1\r\n$4\r\nPING\r\n", read_until_closed=False) == b"+PONG\r\n"
+        assert await raw(port, b"*1\r\n$4\r\nPING\r\n", until_closed=False) == b"+PONG\r\n"
         assert server.closed["protocol_error"] == 4
         # A value over max_value_bytes is refused by the store with a clear error, the connection kept.
         big = b"v" * (node.config.max_value_bytes + 1)
@@ -273,7 +248,7 @@ async def test_a_connection_over_the_cap_is_refused_with_an_error(node: Epidemic
         for _, writer in held:
             writer.close()
         await asyncio.sleep(0.05)
-        assert await raw(port, b"*1\r\n$4\r\nPING\r\n", read_until_closed=False) == b"+PONG\r\n"
+        assert await raw(port, b"*1\r\n$4\r\nPING\r\n", until_closed=False) == b"+PONG\r\n"
         assert server.closed["max_connections"] == 1
     finally:
         await server.close()

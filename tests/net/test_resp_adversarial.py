@@ -34,11 +34,12 @@ import redis.asyncio as aioredis
 
 from dsm import NodeInfo, StorageConfig, StorageFactory
 from dsm.api.resp import ARGS_MAX, RespConnection, RespLimits, RespServer
-from dsm.api.resp_commands import Commands, encode_cursor, start_resp
+from dsm.api.resp_commands import encode_cursor, start_resp
 from dsm.core.ring import State
 from dsm.core.vclock import VersionVector
 from dsm.node import EpidemicStorage
 from dsm.node.features import FEATURES_KEY_PREFIX
+from resp_support import raw, started
 from support import eventually, runtime_of
 
 TOKEN = "resp-token-0123456789"
@@ -85,23 +86,6 @@ class Err:
         return f"Err({self.prefix!r})"
 
 
-async def raw(port: int, data: bytes, *, until_closed: bool = True, timeout: float = WAIT_S) -> bytes:
-    """Sends `data` on a new connection; what the node answers until it closes (or the first chunk)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    got = b""
-    try:
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                got += chunk
-                if not until_closed:
-                    break
-    finally:
-        writer.close()
-    return got
-
-
 async def alive(port: int) -> bool:
     return await raw(port, cmd("PING", "still-there") + cmd("QUIT")) == b"$11\r\nstill-there\r\n+OK\r\n"
 
@@ -132,13 +116,6 @@ async def lww(tmp_path: Path) -> AsyncIterator[EpidemicStorage]:
     storage = await make_node(tmp_path / "lww", "lww")
     yield storage
     await storage.close()
-
-
-async def started(node: EpidemicStorage, limits: RespLimits | None = None, token: str = "") -> tuple[RespServer, int]:
-    commands = Commands(node, token)
-    server = RespServer(commands.dispatch, limits or RespLimits(), token=token)
-    commands.server = server
-    return server, await server.start("127.0.0.1", 0)
 
 
 @pytest.fixture
