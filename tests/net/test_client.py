@@ -15,6 +15,7 @@ from dsm.api.http import create_app
 from dsm.client import AnswerLostError, AsyncClient, Client, ClientError, OutcomeUnknownError, UnreachableError
 from dsm.storage.sqlite import SQLiteStore
 from dsm.types import ReadResult, WriteResult
+from support import Hangup
 
 
 async def _serve(tmp_path: Path, ready: threading.Event, stop: asyncio.Event, box: dict[str, object]) -> None:
@@ -144,43 +145,13 @@ async def test_a_key_the_node_cannot_take_is_refused_before_sending(async_url: s
             await ac.get("")
 
 
-class _Hangup:
-    """A TCP server that reads each request's head and closes without answering, counting the requests."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.requests = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                if data:
-                    self.requests += 1
-
-
 @pytest.mark.parametrize("conditional", [False, True])
 def test_a_conditional_write_is_never_sent_twice(conditional: bool) -> None:
     """A plain write whose connection breaks before the answer is sent again (it is idempotent: see
     dsm.clientcore), once per retry round; a conditional one is not (its first copy may have been applied,
     and the second would fail its condition): the caller gets AnswerLostError, an unknown outcome (both an
     OutcomeUnknownError and an UnreachableError)."""
-    server = _Hangup()
+    server = Hangup()
     expected = UnreachableError if not conditional else OutcomeUnknownError
     with Client(server.url, timeout=5, retries=2, backoff_s=0.01) as client, pytest.raises(expected) as caught:
         client.put("k", b"v", if_absent=conditional)
@@ -196,4 +167,4 @@ def test_a_conditional_write_is_never_sent_twice(conditional: bool) -> None:
     server.requests = 0
     asyncio.run(run())
     assert server.requests == (1 if conditional else 3)
-    server.sock.close()
+    server.close()

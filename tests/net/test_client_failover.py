@@ -14,6 +14,7 @@ import pytest
 
 from dsm.client import AnswerLostError, AsyncClient, Client, OutcomeUnknownError, ReadResult, UnreachableError
 from procs import Proc, eventually, procs_fixture  # noqa: F401 (the `procs` fixture)
+from support import Hangup
 
 
 def _dead_url() -> str:
@@ -21,39 +22,6 @@ def _dead_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-class _Hangup:
-    """A TCP server that reads each request's head and closes without answering, counting the requests."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                if data:
-                    self.requests += 1  # counted before the close the client sees
-
-    def close(self) -> None:
-        self.sock.close()
-        self._thread.join(10)
 
 
 @pytest.fixture
@@ -120,7 +88,7 @@ def test_an_idempotent_read_is_retried_across_a_node_restart(tmp_path: Path, pro
 
 
 def test_a_conditional_write_is_sent_once_when_its_connection_drops(node: Proc) -> None:
-    hangup = _Hangup()
+    hangup = Hangup()
     try:
         with Client([hangup.url, node.url], retries=0) as client:
             # A read and a plain write whose answers were lost are sent again, to the next endpoint.
