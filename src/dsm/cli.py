@@ -16,7 +16,8 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
@@ -109,18 +110,26 @@ _PROFILE = click.option(
 )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_option(help_text: str) -> Callable[[F], F]:
+    """The `-o/--output table|json|raw` option of every command that prints data (table by default)."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json", "raw"]),
+        default="table",
+        show_default=True,
+        help=help_text,
+    )
+
+
 @main.command("config")
 @click.option("--file", "toml_path", type=click.Path(dir_okay=False), default=None, help="A TOML config file.")
 @_PROFILE
 @click.option("--markdown", is_flag=True, help="Print the reference table of every setting (docs/configuration.md).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json", "raw"]),
-    default="table",
-    show_default=True,
-    help="table: with documentation; json: {setting: value}; raw: DSM_<SETTING>=value lines (secrets redacted).",
-)
+@output_option("table: with documentation; json: {setting: value}; raw: DSM_<SETTING>=value lines (secrets redacted).")
 def show_config(toml_path: str | None, profile: str | None, markdown: bool, output: str) -> None:
     """Shows the effective configuration (defaults < profile < TOML file < DSM_* environment; --profile picks
     the profile) with documentation; a value the profile set is marked with the profile's name."""
@@ -405,14 +414,7 @@ _ENDPOINTS = click.option(
     help="Comma-separated HTTP addresses of nodes, tried in order: a node that cannot be reached is passed over "
     "for the next (failover). Overrides --node (env DSM_ENDPOINTS).",
 )
-_OUTPUT = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json", "raw"]),
-    default="table",
-    show_default=True,
-    help="table: for people; json: one JSON document; raw: bare values for scripts (see the README).",
-)
+_OUTPUT = output_option("table: for people; json: one JSON document; raw: bare values for scripts (see the README).")
 
 
 def _full_url(address: str, ca_file: str | None) -> str:
