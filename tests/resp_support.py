@@ -1,16 +1,25 @@
-"""Helpers shared by the Redis-protocol front door's tests: a front door over a node with chosen bounds, and a
-raw connection that sends bytes and collects what the node answers."""
+"""Helpers shared by the Redis-protocol front door's tests: a standalone node (`make_node`), a front door over
+it with chosen bounds (`started`), and a raw connection that sends bytes and collects what the node answers."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
+from dsm import StorageConfig, StorageFactory
 from dsm.api.resp import RespLimits, RespServer
 from dsm.api.resp_commands import Commands
 from dsm.node import EpidemicStorage
 
 #: Liveness bound of a raw exchange, seconds (never a timing threshold: what should happen happens sooner).
 WAIT_S = 20.0
+
+
+async def make_node(path: Path, mode: str = "siblings", **extra: Any) -> EpidemicStorage:
+    """A standalone node on SQLite in `path`, resolving conflicts by `mode` ('siblings' or 'lww')."""
+    config = StorageConfig(node_id="a1", listen_addr="", data_dir=str(path), conflict_resolution=mode, **extra)
+    return await StorageFactory(config).create_epidemic_storage()
 
 
 async def started(node: EpidemicStorage, limits: RespLimits | None = None, token: str = "") -> tuple[RespServer, int]:

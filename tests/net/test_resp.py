@@ -22,7 +22,7 @@ from dsm.api.resp_commands import decode_cursor, encode_cursor, match_prefix, st
 from dsm.net.certs import ClusterCA
 from dsm.net.tls import contexts
 from dsm.node import EpidemicStorage
-from resp_support import raw, started
+from resp_support import make_node, raw, started
 from support import skip_or_fail
 
 TOKEN = "resp-token-0123456789"
@@ -30,10 +30,7 @@ TOKEN = "resp-token-0123456789"
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[EpidemicStorage]:
-    factory = StorageFactory(
-        StorageConfig(node_id="r1", listen_addr="", data_dir=str(tmp_path), conflict_resolution="siblings")
-    )
-    storage = await factory.create_epidemic_storage()
+    storage = await make_node(tmp_path)
     yield storage
     await storage.close()
 
@@ -308,8 +305,7 @@ async def test_tls_with_the_http_apis_certificate(tmp_path: Path) -> None:
 async def test_pipelined_plain_writes_run_together_and_keep_their_order(tmp_path: Path) -> None:
     # In 'lww' mode consecutive plain SETs of a pipeline run at once: a key written several times must keep
     # the last value, and a read after them must see it.
-    config = StorageConfig(node_id="w1", listen_addr="", data_dir=str(tmp_path))
-    node = await StorageFactory(config).create_epidemic_storage()
+    node = await make_node(tmp_path, "lww")
     server, port = await start_resp(node, "127.0.0.1", 0)
     try:
         n = 2 * PIPELINE_MAX + 5

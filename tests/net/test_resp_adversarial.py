@@ -39,7 +39,7 @@ from dsm.core.ring import State
 from dsm.core.vclock import VersionVector
 from dsm.node import EpidemicStorage
 from dsm.node.features import FEATURES_KEY_PREFIX
-from resp_support import raw, started
+from resp_support import make_node, raw, started
 from support import eventually, runtime_of
 
 TOKEN = "resp-token-0123456789"
@@ -48,6 +48,20 @@ WAIT_S = 20.0
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[EpidemicStorage]:
+    storage = await make_node(tmp_path)
+    yield storage
+    await storage.close()
+
+
+@pytest.fixture
+async def port(node: EpidemicStorage) -> AsyncIterator[int]:
+    server, bound = await start_resp(node, "127.0.0.1", 0)
+    yield bound
+    await server.close()
 
 
 def cmd(*args: bytes | str | int) -> bytes:
@@ -99,30 +113,11 @@ def crashes(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-async def make_node(path: Path, mode: str = "siblings", **extra: Any) -> EpidemicStorage:
-    config = StorageConfig(node_id="a1", listen_addr="", data_dir=str(path), conflict_resolution=mode, **extra)
-    return await StorageFactory(config).create_epidemic_storage()
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[EpidemicStorage]:
-    storage = await make_node(tmp_path)
-    yield storage
-    await storage.close()
-
-
 @pytest.fixture
 async def lww(tmp_path: Path) -> AsyncIterator[EpidemicStorage]:
     storage = await make_node(tmp_path / "lww", "lww")
     yield storage
     await storage.close()
-
-
-@pytest.fixture
-async def port(node: EpidemicStorage) -> AsyncIterator[int]:
-    server, bound = await start_resp(node, "127.0.0.1", 0)
-    yield bound
-    await server.close()
 
 
 async def value(node: EpidemicStorage, key: str) -> bytes | None:
