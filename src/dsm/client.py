@@ -81,6 +81,7 @@ from dsm.clientcore import (
     Outcome,
     OutcomeUnknownError,
     Page,
+    Random,
     ReadResult,
     RetryPolicy,
     Send,
@@ -483,7 +484,7 @@ class AsyncClient(_Setup):
         for each in [*self.endpoints, *(endpoint_url(u) for u in endpoints)]:
             if each not in urls:
                 urls.append(each)
-        return WatchStream(self._http, self._rng.uniform, prefix, since, bool(values), urls, retry_s, idle_timeout_s)
+        return WatchStream(self._http, self._rng, prefix, since, bool(values), urls, retry_s, idle_timeout_s)
 
     async def health(self) -> dict[str, Any]:
         return await self._run(health_call())
@@ -504,6 +505,9 @@ class AsyncClient(_Setup):
 WATCH_SEEN_MAX = 100_000
 #: Longest pause between two attempts of a `WatchStream` to resume, s.
 WATCH_BACKOFF_MAX_S = 5.0
+#: The pause before a watch resumes after its `failures`-th failure in a row: full jitter up to 50 ms, doubling
+#: up to WATCH_BACKOFF_MAX_S (the calls' own rule, `RetryPolicy.pause_s`).
+WATCH_BACKOFF = RetryPolicy(retries=0, backoff_s=0.05, backoff_max_s=WATCH_BACKOFF_MAX_S)
 #: Most items a `WatchStream` reads ahead of its caller (then it stops reading: the node's queue fills).
 WATCH_BUFFER = 1000
 
@@ -535,7 +539,7 @@ class WatchStream:
     def __init__(
         self,
         http: Callable[[], httpx.AsyncClient],
-        uniform: Callable[[float, float], float],
+        rng: Random,
         prefix: str,
         since: str | None,
         values: bool,
@@ -551,7 +555,7 @@ class WatchStream:
         self.ends: dict[str, int] = {}
         self.serving = urls[0]
         self._http = http  # the client's pool of connections (made on first use)
-        self._uniform = uniform  # the client's random source, for the jitter of resumes
+        self._rng = rng  # the client's random source, for the jitter of resumes
         self._retry_s = retry_s
         self._idle_timeout_s = idle_timeout_s
         self._resume_from = since  # the reader's position: where a new stream starts
@@ -653,7 +657,7 @@ class WatchStream:
                     failures += 1
                 self.resumes += 1
                 # Full jitter: resuming clients spread out instead of arriving together.
-                await asyncio.sleep(self._uniform(0, min(WATCH_BACKOFF_MAX_S, 0.05 * 2 ** min(failures, 10))))
+                await asyncio.sleep(WATCH_BACKOFF.pause_s(failures + 1, self._rng))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # handed to the caller: a refused watch, or no node for retry_s
