@@ -564,16 +564,3 @@ class RespConnection(asyncio.Protocol):
             self.timer = None
         if self.transport is not None:
             self.transport.close()
-
-
-def resp_stats(server: RespServer | None) -> dict[str, Any]:
-    """The front door's numbers for the metrics (empty when it is off)."""
-    if server is None:
-        return {}
-    return {
-        "connections": len(server.connections),
-        "accepted": server.accepted,
-        "closed": dict(server.closed),
-        "commands": dict(server.commands),
-        "errors": dict(server.errors),
-    }
