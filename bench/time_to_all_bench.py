@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 
-from common import machine_cpu, proc_cpu_s
+from common import Profiler, hot_spots, machine_cpu, print_profile, proc_cpu_s
 from dsm.localcluster import LocalCluster
 
 HERE = Path(__file__).resolve().parent
@@ -84,9 +84,11 @@ async def scrape(session: aiohttp.ClientSession, url: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-async def run_dsm(nodes: int, writes: int, gap: float) -> dict[str, Any]:
+async def run_dsm(
+    nodes: int, writes: int, gap: float, profile: bool = False, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="dsm-tta-"))
-    cluster = LocalCluster(workdir, env={"DSM_CLUSTER_SECRET": os.urandom(16).hex()})
+    cluster = LocalCluster(workdir, env={"DSM_CLUSTER_SECRET": os.urandom(16).hex(), **(env or {})})
     started = time.monotonic()
     try:
         cluster.up(nodes, peer_port=0, http_port=0)
@@ -105,7 +107,14 @@ async def run_dsm(nodes: int, writes: int, gap: float) -> dict[str, Any]:
                     await ready.wait()
                 pids = [n.pid for n in cluster.nodes]
                 window = writes * gap
+                # With --profile: the last node (written through only when 7i = n-1 mod n) sampled while idle
+                # and while the others write; py-spy slows the node it samples, so read its figures apart.
+                sampled = pids[-1]
+                spy = Profiler(sampled, window, str(workdir / "idle.raw"))() if profile else None
                 idle = await cpu_over(pids, window)
+                if spy is not None:
+                    spy.wait()
+                    spy = Profiler(sampled, window, str(workdir / "writing.raw"))()
                 cpu0, machine0, t0 = sum(proc_cpu_s(p) for p in pids), machine_cpu(), time.monotonic()
                 acks: dict[str, tuple[float, int]] = {}
                 for i in range(writes):
@@ -121,6 +130,10 @@ async def run_dsm(nodes: int, writes: int, gap: float) -> dict[str, Any]:
                     "machine_busy_cores": (machine1[0] - machine0[0]) / wall,
                     "machine_cores": round((machine1[1] - machine0[1]) / wall),
                 }
+                if spy is not None:
+                    spy.wait()
+                    for phase in ("idle", "writing"):
+                        print_profile(f"node {nodes} of {nodes}, {phase}", hot_spots(str(workdir / f"{phase}.raw")))
                 await asyncio.sleep(2)
                 for task in streams:
                     task.cancel()
@@ -201,12 +214,15 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=40, help="writes per cluster size (and Serf events)")
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between writes")
     parser.add_argument("--skip-serf", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="py-spy the last node, idle then while writing")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every node (DSM_* settings)")
     parser.add_argument("--json", default=str(HERE / "results" / "time_to_all.json"))
     a = parser.parse_args()
     results = []
     for n in a.nodes:
         print(f"DSM, {n} nodes ...", file=sys.stderr, flush=True)
-        results.append(asyncio.run(run_dsm(n, a.writes, a.gap)))
+        env = dict(item.split("=", 1) for item in a.env)
+        results.append(asyncio.run(run_dsm(n, a.writes, a.gap, a.profile, env)))
         print(json.dumps(results[-1]), flush=True)
         if not a.skip_serf:
             print(f"Serf, {n} agents ...", file=sys.stderr, flush=True)

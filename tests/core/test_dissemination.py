@@ -391,3 +391,54 @@ def test_period_stays_within_its_bounds_on_a_slow_network() -> None:
     assert p.data.period == settings.gossip_interval_max_ms
     p.tick(p.data._next_round)
     assert p.data.period == settings.gossip_interval_max_ms
+
+
+def test_the_trees_copy_of_a_write_gossip_brought_first_is_passed_on_not_pruned() -> None:
+    w = Wire(seed=15)
+    w.formed(12)
+    w.advance(3000)
+    a, b = linked_pair(w)
+    partner = next(i for i in a.link_ids() if i != b.id)
+    it = item("k", node=partner)
+    # Gossip brings the write first (a reply to this node's digest): it is stored, not pushed on.
+    pulled = a.handle(w.now, GossipReply(5, partner, (), (it,)))
+    assert [e for e in pulled if isinstance(e, Store)] and not sends(pulled, Push)
+    hold = a.data._hold()
+    # Then the tree's copy: the link stays eager and the write goes on down the tree from here.
+    assert slot(a, b.id) in a.data.eager
+    effects = a.handle(w.now + 1, Push(b.id, 1, (it,)))
+    assert not sends(effects, Prune) and slot(a, b.id) in a.data.eager
+    onward = {e.node_id for e in sends(effects, Push)}
+    assert onward == {a.directory.infos[s].node_id for s in a.data.eager} - {b.id} and onward
+    assert all(e.message.hops == 2 for e in sends(effects, Push))
+    assert a.data.stats.raced == 1 and a.data._hold() > hold  # gossip runs ahead of the tree: hold longer
+    # A second pushed copy is a plain duplicate again: that link is pruned.
+    other = next(a.directory.infos[s].node_id for s in a.data.eager if a.directory.infos[s].node_id != b.id)
+    again = a.handle(w.now + 2, Push(other, 1, (it,)))
+    assert [e.node_id for e in sends(again, Prune)] == [other]
+
+
+def test_writes_sent_unasked_or_grafted_do_not_bring_gossip_to_its_minimum_period() -> None:
+    settings = dataclasses.replace(
+        SMALL, gossip_interval_ms=1000, gossip_interval_min_ms=100, gossip_interval_max_ms=8000
+    )
+    w = Wire(seed=16, settings=settings)
+    peers = w.formed(10)
+    w.advance(60_000, step=50)
+    a, b = linked_pair(w)
+    # b holds a write a does not list (a had it and let it out of its list, say): b sends it unasked, which
+    # does not make b's round useful: only a, if the write is new there, counts it.
+    old = item("old", node=b.id)
+    b.publish(w.now, (old,), urgent=False)
+    b.data._useful = False
+    reply = sends(b.handle(w.now + 1000, GossipDigest(9, a.id, (), ())), GossipReply)[0].message
+    assert reply.items == (old,) and not b.data._useful
+    # A write announced, missing and then grafted came by the tree's repair: the base period, not the minimum.
+    c = peers[-1]
+    assert c.data.period == settings.gossip_interval_max_ms
+    announcer = c.link_ids()[0]
+    late = item("late", node=announcer)
+    c.handle(w.now, IHave(announcer, 1, (late.id,)))
+    c.tick(w.now + settings.graft_timeout_ms)
+    c.handle(w.now + settings.graft_timeout_ms + 1, Push(announcer, 1, (late,)))
+    assert c.data.period == settings.gossip_interval_ms

@@ -259,6 +259,15 @@ def network_metrics(network: NetworkStatus) -> Iterator[Metric]:
         "dsm_gossip_interval_seconds", "The current gossip period", value=network.gossip_interval_ms / 1000
     )
     yield CounterMetricFamily("dsm_gossip_rounds", "Gossip rounds run", value=network.gossip_rounds)
+    tree = CounterMetricFamily(
+        "dsm_dissemination_events",
+        "Broadcast tree and gossip events: pushed duplicates, prunes, grafts, raced (pushed copies of writes "
+        "gossip brought first), writes pulled by gossip",
+        labels=["event"],
+    )
+    for event, count in network.dissemination:
+        tree.add_metric([event], count)
+    yield tree
     yield CounterMetricFamily(
         "dsm_anti_entropy_sessions", "Anti-entropy exchanges opened", value=network.anti_entropy_sessions
     )

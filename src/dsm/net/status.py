@@ -162,6 +162,9 @@ class NetworkStatus:
     links: Links
     gossip_interval_ms: int
     gossip_rounds: int
+    #: The broadcast tree's and gossip's events so far (`DisseminationStats`), by name: duplicates, prunes,
+    #: grafts, raced (pushed copies of writes gossip brought first), gossip_pulled.
+    dissemination: tuple[tuple[str, int], ...]
     anti_entropy_sessions: int
     anti_entropy_answers: int
     anti_entropy_entries: int
@@ -288,6 +291,10 @@ def _network(runtime: NetworkSource, peer: Peer, members: bool) -> NetworkStatus
         links=_links(peer),
         gossip_interval_ms=peer.data.period,
         gossip_rounds=peer.data.stats.gossip_rounds,
+        dissemination=tuple(
+            (name, getattr(peer.data.stats, name))
+            for name in ("duplicates", "prunes", "grafts", "raced", "gossip_pulled")
+        ),
         anti_entropy_sessions=runtime.anti_entropy_sessions,
         anti_entropy_answers=runtime.anti_entropy_answers,
         anti_entropy_entries=runtime.anti_entropy_entries,
