@@ -164,11 +164,9 @@ class Joining:
         membership = self.membership
         membership.apply(Update(_ALIVE, message.source, message.incarnation, message.addr, message.region, ""))
         infos = self.context.directory.infos
-        table = self.context.table
         members = tuple(
-            Update(state, infos[slot].node_id, table.incarnations[slot], infos[slot].addr, infos[slot].region, "")
-            for slot, state in enumerate(table.states)
-            if state
+            Update(state, infos[slot].node_id, incarnation, infos[slot].addr, infos[slot].region, "")
+            for slot, state, incarnation in self.context.table.entries()
         )
         self.context.send_to_id(message.source, JoinReply(self.context.id, members), message.addr)
 

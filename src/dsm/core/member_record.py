@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from dsm.core.ring import MAX_INCARNATION, MemberInfo, State
+from dsm.core.ring import MAX_INCARNATION, MemberInfo, MemberTable, State
 
 RECORD_VERSION = 1
 #: Most members a record holds (the simulator's largest clusters, with room).
@@ -45,12 +45,10 @@ def encode(members: Iterable[StoredMember]) -> bytes:
     return packed
 
 
-def of_table(infos: Sequence[MemberInfo], states: bytes | bytearray, incarnations: Sequence[int]) -> bytes:
-    """The record of a member table given as per-slot arrays (`MemberTable.states` / `.incarnations` over
-    its directory's `infos`): what `Peer.member_record` saves and the simulator's crashed nodes keep."""
-    return encode(
-        StoredMember(infos[slot], incarnations[slot], State(state)) for slot, state in enumerate(states) if state
-    )
+def of_table(infos: Sequence[MemberInfo], table: MemberTable) -> bytes:
+    """The record of a member table over its directory's `infos`: what `Peer.member_record` saves and the
+    simulator's crashed nodes keep."""
+    return encode(StoredMember(infos[slot], incarnation, State(state)) for slot, state, incarnation in table.entries())
 
 
 def decode(data: bytes) -> list[StoredMember]:

@@ -91,13 +91,12 @@ class MemberSync:
 
     def _random_slot_in(self, state: int) -> int | None:
         table = self.context.table
-        states = table.states
-        if not states or not table.counts[state]:
+        if not table.size or not table.counts[state]:
             return None
-        start = self.context.rng.randrange(len(states))
-        found = states.find(state, start)
+        start = self.context.rng.randrange(table.size)
+        found = table.find(state, start)
         if found < 0:
-            found = states.find(state, 0, start)
+            found = table.find(state)
         return found if found >= 0 else None
 
     @staticmethod
@@ -118,11 +117,11 @@ class MemberSync:
 
     def _updates(self, slots: Sequence[int]) -> tuple[Update, ...]:
         infos = self.context.directory.infos
-        states, incarnations = self.context.table.states, self.context.table.incarnations
+        raw_state, incarnation = self.context.table.raw_state, self.context.table.incarnation
         out: list[Update] = []
         for slot in slots:
             info = infos[slot]
-            out.append(Update(states[slot], info.node_id, incarnations[slot], info.addr, info.region, ""))
+            out.append(Update(raw_state(slot), info.node_id, incarnation(slot), info.addr, info.region, ""))
         return tuple(out)
 
     # ------------------------------------------------------------------ the four steps

@@ -112,7 +112,7 @@ class Membership:
     def set_state(self, slot: int, state: int, incarnation: int, own: bool = False) -> None:
         """Sets a member's state; `own` tells observers that this node's own detector decided it."""
         table = self.context.table
-        old = table.states[slot] if slot < len(table.states) else _UNKNOWN
+        old = table.raw_state(slot)
         table.set(slot, state, incarnation)
         if old == state:
             return
@@ -140,11 +140,11 @@ class Membership:
             self._accept(slot, update, rebroadcast, own)
             return
         table = context.table
-        current = table.states[slot] if slot < len(table.states) else _UNKNOWN
+        current = table.raw_state(slot)
         if current == _UNKNOWN:
             self._accept(slot, update, rebroadcast, own)
         else:
-            self._merge(slot, current, table.incarnations[slot], update, rebroadcast, own)
+            self._merge(slot, current, table.incarnation(slot), update, rebroadcast, own)
 
     def apply_all(self, updates: tuple[Update, ...]) -> None:
         """Merges piggybacked updates (`apply` for each, with the known ones skipped first)."""
@@ -154,25 +154,28 @@ class Membership:
         context = self.context
         slot_of = context.directory.slot_of
         table = context.table
-        states = table.states
-        incarnations = table.incarnations
-        size = len(states)
+        raw_state = table.raw_state
+        incarnation_of = table.incarnation
+        size = table.size
         suspicions = self.suspicions
         me = context.me
         max_incarnation, alive, suspect, left = MAX_INCARNATION, _ALIVE, _SUSPECT, _LEFT
         for update in updates:
             slot = slot_of.get(update.node_id)
-            if slot is None or slot >= size or slot == me or not states[slot]:
+            if slot is None or slot >= size or slot == me:
+                self.apply(update)
+                continue
+            current = raw_state(slot)
+            if not current:
                 self.apply(update)
                 continue
             state, incarnation = update.state, update.incarnation
             if not (0 <= incarnation < max_incarnation and alive <= state <= left):
                 self.apply(update)  # counted there
                 continue
-            known_inc = incarnations[slot]
+            known_inc = incarnation_of(slot)
             if incarnation < known_inc:
                 continue
-            current = states[slot]
             # Known entries win over older or equal updates (after a mass failure most of what arrives
             # is suspicions of members already known dead).
             if incarnation == known_inc and (

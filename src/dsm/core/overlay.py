@@ -118,13 +118,12 @@ class Overlay:
         wanted = self.near_max // 2
         found: list[int] = []
         alive = 0
-        states = self.table.states
-        size = len(states)
+        raw_state = self.table.raw_state
         me = self.me
         for slot in self.directory.walk(self.position, step):
-            if slot == me or slot >= size:
+            if slot == me:
                 continue
-            state = states[slot]
+            state = raw_state(slot)
             if state == _ALIVE:
                 found.append(slot)
                 alive += 1
@@ -178,16 +177,14 @@ class Overlay:
         x = math.exp(math.log(low) + self.rng.random() * (math.log(0.5) - math.log(low)))
         offset = int(x * RING)
         point = (self.position + offset) % RING if self.rng.random() < 0.5 else (self.position - offset) % RING
-        states = self.table.states
-        size = len(states)
+        raw_state = self.table.raw_state
         near = self.near
         for checked, slot in enumerate(self.directory.nearest(point)):
             if checked >= 64:
                 return None
             if (
                 slot != self.me
-                and slot < size
-                and states[slot] == _ALIVE
+                and raw_state(slot) == _ALIVE
                 and slot not in self.long_out
                 and slot not in exclude
                 and slot not in near
@@ -241,7 +238,7 @@ class Overlay:
         """The linked member closest to `target_position`, if closer than this node. Alive members not in
         `avoid` come first; suspect or avoided ones only when nothing else gets closer; `exclude` never."""
         positions = self.directory.positions
-        states = self.table.states
+        raw_state = self.table.raw_state
         best = None
         best_d = distance(self.position, target_position)
         fallback = None
@@ -250,7 +247,7 @@ class Overlay:
             if slot in exclude:
                 continue
             d = distance(positions[slot], target_position)
-            if states[slot] == _ALIVE and slot not in avoid:
+            if raw_state(slot) == _ALIVE and slot not in avoid:
                 if d < best_d:
                     best, best_d = slot, d
             elif d < fallback_d:

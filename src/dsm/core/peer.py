@@ -258,7 +258,7 @@ class Peer:
 
     def member_record(self) -> bytes:
         """The member table as the runtime saves it (see `member_record.py`)."""
-        return member_record.of_table(self.directory.infos, self.table.states, self.table.incarnations)
+        return member_record.of_table(self.directory.infos, self.table)
 
     def restore(self, record: bytes, exclude: Sequence[str] = ()) -> int:
         """Reads back a saved member table before `join` (a restarted node): the members become known with
@@ -358,9 +358,7 @@ class Peer:
         """The groups a request at consistency `level` coordinated here must satisfy (consistency.py), from
         this node's view: every member it knows of counts unless it left."""
         infos = self.directory.infos
-        members = (
-            (infos[slot].node_id, infos[slot].region, raw != _LEFT) for slot, raw in enumerate(self.table.states) if raw
-        )
+        members = ((infos[slot].node_id, infos[slot].region, raw != _LEFT) for slot, raw, _ in self.table.entries())
         return groups(level, self.id, self.info.region, members)
 
     def level_hedge_ms(self) -> int:

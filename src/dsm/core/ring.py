@@ -6,8 +6,9 @@ positions are uniform, stable across restarts and computed the same way by every
 `Directory` holds what never changes for a node id (position) and what changes rarely (addresses, region),
 under a dense integer *slot*, plus the slots sorted by ring position. The per-node, fast-changing state
 (incarnation, alive/suspect/dead/left) lives in `MemberTable` as two flat arrays indexed by slot: one byte
-and four bytes per member, instead of a dict of objects. That is what lets a simulator hold 10,000 nodes
-that each know 10,000 members (10^8 entries) in about half a gigabyte.
+and four bytes per member, instead of a dict of objects. Tables filled from one formed cluster share those
+arrays copy-on-write and keep only their own changes: that is what lets a simulator run 100,000 nodes that
+each know 100,000 members (10^10 entries) in a few gigabytes.
 
 A directory may be shared by many cores in one process (the simulator does that): it only says "if you know
 of this id, here is its slot and position"; a core knows of a member only when its own table has a state for
@@ -227,50 +228,109 @@ def entry_hashes(positions: np.ndarray, states: np.ndarray, incarnations: np.nda
 
 
 class MemberTable:
-    """One node's view of every member: state and incarnation per slot, in two flat arrays.
+    """One node's view of every member: state and incarnation per slot.
 
     Counts per state are kept up to date so the cluster size (for log n timeouts and quorums) costs O(1),
     and so are the digests used by membership anti-entropy: per arc (`digests`) and per sub-arc (`subs`,
-    SUB_ARCS per arc, 8 KiB per table). Both are XORs of entry hashes, updated in O(1) per change: computing
-    sub-arc digests on demand cost O(n) per anti-entropy exchange and dominated 10,000-node runs.
+    SUB_ARCS per arc). Both are XORs of entry hashes, updated in O(1) per change: computing sub-arc digests
+    on demand cost O(n) per anti-entropy exchange and dominated 10,000-node runs.
+
+    Two layouts, one behaviour (tests/core/test_ring.py compares them on random histories):
+    - *private*: two flat arrays indexed by slot (one byte of state, four of incarnation) and the 1,024
+      sub-arc digests (8 KiB), written in place. A table starts so, and a runtime's table stays so.
+    - *shared*: `fill` given a `template` shares the template's arrays and digests, copy-on-write, instead
+      of copying them: the table then holds only its own changes since (`_own`, slot -> incarnation << 3 |
+      state) and the XOR of their hashes per sub-arc (`_sub_delta`). A simulator whose 100,000 cores start
+      from one formed cluster keeps one copy of it, not 100,000 (5 * 10^10 bytes); the cores stay what they
+      are. Once a table's own changes outgrow a 32nd of the shared arrays (a dict entry costs about 26
+      times an array slot), it folds them into arrays of its own and becomes private.
+    The shared arrays are never written; a table tells which layout it has only through memory use.
+
+    `size` is the number of slots the table covers: it grows geometrically past the highest slot set
+    (members are learned one by one while a cluster forms) and is the same in both layouts.
     """
 
-    __slots__ = ("changes", "counts", "digests", "directory", "incarnations", "states", "subs")
+    __slots__ = (
+        "_digests",
+        "_incarnations",
+        "_own",
+        "_shared",
+        "_states",
+        "_sub_delta",
+        "_subs",
+        "changes",
+        "counts",
+        "directory",
+        "size",
+    )
 
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
-        self.states = bytearray()
-        self.incarnations = array("I")
+        self._states = bytearray()
+        self._incarnations = array("I")
+        self._digests = [0] * SYNC_BUCKETS
+        self._subs = array("Q", bytes(8 * SYNC_SUB_BUCKETS))
+        #: The arrays above are shared with other tables (never written); changes go to `_own`.
+        self._shared = False
+        self._own: dict[int, int] = {}
+        self._sub_delta: dict[int, int] = {}
+        self.size = 0
         self.counts = [0] * len(State)
-        self.digests = [0] * SYNC_BUCKETS
-        self.subs = array("Q", bytes(8 * SYNC_SUB_BUCKETS))
         self.changes = 0  # entries changed so far (callers compare it before and after a merge)
 
-    def _grow(self, slot: int) -> None:
-        missing = slot + 1 - len(self.states)
-        if missing > 0:
-            # Grow geometrically: members are learned one by one while a cluster forms.
-            missing = max(missing, len(self.states) // 2, 16)
-            self.states.extend(bytes(missing))
-            self.incarnations.frombytes(bytes(self.incarnations.itemsize * missing))
+    # ------------------------------------------------------------------ reading one entry
 
     def state(self, slot: int) -> State:
-        return State(self.states[slot]) if slot < len(self.states) else State.UNKNOWN
+        return State(self.raw_state(slot))
 
     def raw_state(self, slot: int) -> int:
         """The state as a plain int (hot paths: no enum construction)."""
-        return self.states[slot] if slot < len(self.states) else 0
+        own = self._own
+        if own:
+            packed = own.get(slot)
+            if packed is not None:
+                return packed & 7
+        states = self._states
+        return states[slot] if slot < len(states) else 0
 
     def incarnation(self, slot: int) -> int:
-        return self.incarnations[slot] if slot < len(self.incarnations) else 0
+        own = self._own
+        if own:
+            packed = own.get(slot)
+            if packed is not None:
+                return packed >> 3
+        incarnations = self._incarnations
+        return incarnations[slot] if slot < len(incarnations) else 0
+
+    # ------------------------------------------------------------------ changing it
+
+    def _grow(self, slot: int) -> None:
+        missing = slot + 1 - self.size
+        if missing > 0:
+            # Grow geometrically: members are learned one by one while a cluster forms.
+            missing = max(missing, self.size // 2, 16)
+            self.size += missing
+            if not self._shared:
+                self._states.extend(bytes(missing))
+                self._incarnations.frombytes(bytes(self._incarnations.itemsize * missing))
 
     def set(self, slot: int, state: State | int, incarnation: int) -> None:
         if not 0 <= incarnation <= MAX_INCARNATION:
             raise ValueError(f"incarnation {incarnation} outside 0..{MAX_INCARNATION}")
-        if slot >= len(self.states):
+        if slot >= self.size:
             self._grow(slot)
-        old = self.states[slot]
-        old_incarnation = self.incarnations[slot]
+        shared = self._shared
+        if shared:
+            packed = self._own.get(slot)
+            if packed is None:
+                base = self._states
+                old = base[slot] if slot < len(base) else 0
+                old_incarnation = self._incarnations[slot] if slot < len(base) else 0
+            else:
+                old, old_incarnation = packed & 7, packed >> 3
+        else:
+            old = self._states[slot]
+            old_incarnation = self._incarnations[slot]
         if old == state and old_incarnation == incarnation:
             return
         pos = self.directory.positions[slot]
@@ -286,44 +346,185 @@ class MemberTable:
             x = ((x ^ (x >> 33)) * _H1) & _MASK64
             x = ((x ^ (x >> 33)) * _H2) & _MASK64
             change ^= x ^ (x >> 33)
-        self.digests[pos >> _BUCKET_SHIFT] ^= change
-        self.subs[pos >> _SUB_SHIFT] ^= change
         self.changes += 1
         if old != state:
             self.counts[old] -= 1
             self.counts[state] += 1
-            self.states[slot] = state
-        self.incarnations[slot] = incarnation
+        if shared:
+            self._set_own(slot, int(state), incarnation, pos >> _SUB_SHIFT, change)
+            return
+        self._digests[pos >> _BUCKET_SHIFT] ^= change
+        self._subs[pos >> _SUB_SHIFT] ^= change
+        if old != state:
+            self._states[slot] = state
+        self._incarnations[slot] = incarnation
+
+    def _set_own(self, slot: int, state: int, incarnation: int, sub: int, change: int) -> None:
+        """A change of a shared table: kept in its own entries (dropped when it equals the shared one)."""
+        base = self._states
+        inside = slot < len(base)
+        if (base[slot], self._incarnations[slot]) == (state, incarnation) if inside else not (state or incarnation):
+            self._own.pop(slot, None)
+        else:
+            self._own[slot] = (incarnation << 3) | state
+        delta = self._sub_delta.get(sub, 0) ^ change
+        if delta:
+            self._sub_delta[sub] = delta
+        else:
+            self._sub_delta.pop(sub, None)
+        if len(self._own) > max(64, len(base) >> 5):
+            self._unshare()
+
+    def _unshare(self) -> None:
+        """Becomes private: the shared arrays and digests copied with this table's own changes applied."""
+        states = bytearray(self._states)
+        states.extend(bytes(self.size - len(states)))
+        incarnations = array("I", self._incarnations)
+        incarnations.frombytes(bytes(incarnations.itemsize * (self.size - len(incarnations))))
+        for slot, packed in self._own.items():
+            states[slot] = packed & 7
+            incarnations[slot] = packed >> 3
+        subs = array("Q", self._subs)
+        digests = list(self._digests)
+        for sub, delta in self._sub_delta.items():
+            subs[sub] ^= delta
+            digests[sub // SUB_ARCS] ^= delta
+        self._states, self._incarnations, self._subs, self._digests = states, incarnations, subs, digests
+        self._own, self._sub_delta, self._shared = {}, {}, False
 
     def fill(self, states: bytes, incarnations: array[int], template: MemberTable | None = None) -> None:
         """Replaces the whole table with these per-slot states and incarnations (a formed cluster).
-        `template`, a table already holding exactly these entries, lends its digests instead of computing
-        them again (many equal tables)."""
+        `template`, a table already holding these entries, lends its digests instead of computing them
+        again (many equal tables); when it holds exactly these arrays (as many slots, the same incarnations
+        of unknown slots too), this table shares them copy-on-write (see the class docstring)."""
         assert len(states) == len(incarnations)
-        self.states = bytearray(states)
-        self.incarnations = array("I", incarnations)
+        self._own, self._sub_delta = {}, {}
+        if template is not None and template._own:
+            template._unshare()
+        if template is not None and template._states == states and template._incarnations == incarnations:
+            # From now on neither table writes these arrays: both keep their changes as their own.
+            template._shared = self._shared = True
+            self._states, self._incarnations = template._states, template._incarnations
+            self._subs, self._digests = template._subs, template._digests
+            self.size = len(states)
+            self.counts = list(template.counts)
+            return
+        self._shared = False
+        self._states = bytearray(states)
+        self._incarnations = array("I", incarnations)
+        self.size = len(states)
         self.counts = [0] * len(State)
         for state in State:
             if state:
-                self.counts[state] = self.states.count(int(state))
+                self.counts[state] = self._states.count(int(state))
         if template is not None:
-            self.digests = list(template.digests)
-            self.subs = array("Q", template.subs)
-        else:
-            self.subs = self.compute_sub_digests()
-            self.digests = [0] * SYNC_BUCKETS
-            for sub, digest in enumerate(self.subs):
-                self.digests[sub // SUB_ARCS] ^= digest
+            self._subs, self._digests = template.subs, template.digests
+            return
+        self._subs = self.compute_sub_digests()
+        self._digests = [0] * SYNC_BUCKETS
+        for sub, digest in enumerate(self._subs):
+            self._digests[sub // SUB_ARCS] ^= digest
+
+    # ------------------------------------------------------------------ whole-table views
+
+    def entries(self) -> Iterator[tuple[int, int, int]]:
+        """(slot, state, incarnation) of every slot holding a state, in slot order."""
+        states, incarnations, own = self._states, self._incarnations, self._own
+        if not own:
+            for slot, state in enumerate(states):
+                if state:
+                    yield slot, state, incarnations[slot]
+            return
+        get = own.get
+        for slot, state in enumerate(states):
+            packed = get(slot)
+            if packed is not None:
+                if packed & 7:
+                    yield slot, packed & 7, packed >> 3
+            elif state:
+                yield slot, state, incarnations[slot]
+        for slot in sorted(s for s in own if s >= len(states)):
+            packed = own[slot]
+            if packed & 7:
+                yield slot, packed & 7, packed >> 3
+
+    @property
+    def states(self) -> bytes:
+        """Every slot's state, as a copy (O(n): for the edge and tests; the core reads `raw_state`)."""
+        return bytes(self._state_array())
+
+    @property
+    def incarnations(self) -> array[int]:
+        """Every slot's incarnation, as a copy (O(n), as `states`)."""
+        return array("I", self._incarnation_array().astype(np.uint32).tobytes())
+
+    @property
+    def digests(self) -> list[int]:
+        """The arcs' digests (a copy)."""
+        digests = list(self._digests)
+        for sub, delta in self._sub_delta.items():
+            digests[sub // SUB_ARCS] ^= delta
+        return digests
+
+    @property
+    def subs(self) -> array[int]:
+        """The sub-arcs' digests (a copy)."""
+        subs = array("Q", self._subs)
+        for sub, delta in self._sub_delta.items():
+            subs[sub] ^= delta
+        return subs
+
+    def find(self, state: int, start: int = 0) -> int:
+        """The first slot at or after `start` holding `state` (a known state, not UNKNOWN), or -1."""
+        assert state
+        base, own = self._states, self._own
+        found = base.find(state, start)
+        while found >= 0 and found in own:
+            found = base.find(state, found + 1)
+        for slot, packed in own.items():
+            if packed & 7 == state and slot >= start and (found < 0 or slot < found):
+                found = slot
+        return found
+
+    def _own_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """This table's own entries as (sorted slots, packed entries) arrays."""
+        own = self._own
+        slots = np.fromiter(own, dtype=np.intp, count=len(own))
+        packed = np.fromiter(own.values(), dtype=np.int64, count=len(own))
+        order = np.argsort(slots)
+        return slots[order], packed[order]
+
+    def _state_array(self) -> np.ndarray:
+        """Every slot's state as a uint8 array of `size` (a view of the private array when there is one)."""
+        base = np.frombuffer(self._states, dtype=np.uint8)
+        if not self._shared:
+            return base
+        out = np.zeros(self.size, dtype=np.uint8)
+        out[: len(base)] = base
+        if self._own:
+            slots, packed = self._own_arrays()
+            out[slots] = packed & 7
+        return out
+
+    def _incarnation_array(self) -> np.ndarray:
+        """Every slot's incarnation as an array of `size` (as `_state_array`)."""
+        base = np.frombuffer(self._incarnations, dtype=np.uint32)
+        if not self._shared:
+            return base
+        out = np.zeros(self.size, dtype=np.int64)
+        out[: len(base)] = base
+        if self._own:
+            slots, packed = self._own_arrays()
+            out[slots] = packed >> 3
+        return out
 
     def compute_sub_digests(self) -> array[int]:
         """The sub-arcs' digests computed from scratch (O(n)); `subs` is kept equal to this."""
         subs = array("Q", bytes(8 * SYNC_SUB_BUCKETS))
         positions = self.directory.positions
-        incarnations = self.incarnations
-        for slot, state in enumerate(self.states):
-            if state:
-                pos = positions[slot]
-                subs[pos >> _SUB_SHIFT] ^= entry_hash(pos, state, incarnations[slot])
+        for slot, state, incarnation in self.entries():
+            pos = positions[slot]
+            subs[pos >> _SUB_SHIFT] ^= entry_hash(pos, state, incarnation)
         return subs
 
     def compute_digests(self) -> list[int]:
@@ -335,22 +536,42 @@ class MemberTable:
 
     def sub_digests(self, bucket: int) -> list[int]:
         """The digests of the SUB_ARCS sub-arcs of arc `bucket`."""
-        return self.subs[bucket * SUB_ARCS : (bucket + 1) * SUB_ARCS].tolist()
+        first = bucket * SUB_ARCS
+        subs: list[int] = self._subs[first : first + SUB_ARCS].tolist()
+        delta = self._sub_delta
+        if delta:
+            for k in range(SUB_ARCS):
+                subs[k] ^= delta.get(first + k, 0)
+        return subs
 
     def hashes_at(self, slots: np.ndarray) -> np.ndarray:
         """The entry hashes (`entry_hash`) of these slots (an index array; each must hold a state)."""
         positions = self.directory.position_array()[slots]
-        states = np.frombuffer(self.states, dtype=np.uint8)[slots].astype(np.uint64)
-        incarnations = np.frombuffer(self.incarnations, dtype=np.uint32)[slots].astype(np.uint64)
-        return entry_hashes(positions, states, incarnations)
+        if not self._shared:
+            states = np.frombuffer(self._states, dtype=np.uint8)[slots].astype(np.uint64)
+            incarnations = np.frombuffer(self._incarnations, dtype=np.uint32)[slots].astype(np.uint64)
+            return entry_hashes(positions, states, incarnations)
+        # Shared: the shared arrays where they reach, then this table's own entries over them.
+        inside = slots < len(self._states)
+        packed = np.zeros(len(slots), dtype=np.uint64)
+        base_states = np.frombuffer(self._states, dtype=np.uint8)[slots[inside]].astype(np.uint64)
+        base_incarnations = np.frombuffer(self._incarnations, dtype=np.uint32)[slots[inside]].astype(np.uint64)
+        packed[inside] = (base_incarnations << np.uint64(3)) | base_states
+        if self._own:
+            own_slots, own_packed = self._own_arrays()
+            at = np.minimum(own_slots.searchsorted(slots), len(own_slots) - 1)
+            hit = own_slots[at] == slots
+            packed[hit] = own_packed[at[hit]].astype(np.uint64)
+        return entry_hashes(positions, packed & np.uint64(7), packed >> np.uint64(3))
 
     def _known_sub_arcs(self) -> tuple[np.ndarray, np.ndarray]:
         """(sub-arc of every slot of this table, whether the table holds a state for it)."""
         sub_of = self.directory.sub_arc_array()
-        # The state array may be longer than the directory (it grows in steps) or, with a shared
-        # directory, shorter; slots past either end hold no state here.
-        size = min(len(sub_of), len(self.states))
-        known = np.frombuffer(self.states, dtype=np.uint8)[:size] != 0
+        states = self._state_array()
+        # The table may cover more slots than the directory (it grows in steps) or, with a shared
+        # directory, fewer; slots past either end hold no state here.
+        size = min(len(sub_of), len(states))
+        known = states[:size] != 0
         return sub_of[:size], known
 
     def sub_arc_counts(self) -> np.ndarray:
@@ -371,21 +592,19 @@ class MemberTable:
 
     def slots_in_sub_bucket(self, sub: int) -> list[int]:
         """Slots with a state whose position falls in sub-arc `sub`, in ring order."""
-        directory = self.directory
-        lo = bisect.bisect_left(directory.ring_positions, sub << _SUB_SHIFT)
-        hi = bisect.bisect_left(directory.ring_positions, (sub + 1) << _SUB_SHIFT)
-        states = self.states
-        size = len(states)
-        return [s for s in directory.ring_slots[lo:hi] if s < size and states[s]]
+        return self._slots_between(sub << _SUB_SHIFT, (sub + 1) << _SUB_SHIFT)
 
     def slots_in_bucket(self, bucket: int) -> list[int]:
         """Slots with a state whose position falls in arc `bucket`, in ring order."""
+        return self._slots_between(bucket << _BUCKET_SHIFT, (bucket + 1) << _BUCKET_SHIFT)
+
+    def _slots_between(self, low: int, high: int) -> list[int]:
+        """Slots with a state whose position is in [low, high), in ring order."""
         directory = self.directory
-        lo = bisect.bisect_left(directory.ring_positions, bucket << _BUCKET_SHIFT)
-        hi = bisect.bisect_left(directory.ring_positions, (bucket + 1) << _BUCKET_SHIFT)
-        states = self.states
-        size = len(states)
-        return [s for s in directory.ring_slots[lo:hi] if s < size and states[s]]
+        lo = bisect.bisect_left(directory.ring_positions, low)
+        hi = bisect.bisect_left(directory.ring_positions, high)
+        raw_state = self.raw_state
+        return [s for s in directory.ring_slots[lo:hi] if raw_state(s)]
 
     def live_count(self) -> int:
         """Members believed up (alive or suspect), this node included when it is in its own table."""
@@ -398,4 +617,4 @@ class MemberTable:
 
     def slots_in(self, *states: State) -> list[int]:
         wanted = {int(s) for s in states}
-        return [slot for slot, s in enumerate(self.states) if s in wanted]
+        return [slot for slot, state, _ in self.entries() if state in wanted]

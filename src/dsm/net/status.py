@@ -310,16 +310,14 @@ _STATES = tuple(State)
 
 
 def _members(peer: Peer, now: int) -> tuple[Member, ...]:
-    table, infos = peer.table, peer.directory.infos
-    incarnations = table.incarnations
+    infos = peer.directory.infos
     heard = peer.last_heard
     found = [
         Member(
-            info.node_id, info.addr, info.region, _STATES[raw], incarnations[slot],
+            info.node_id, info.addr, info.region, _STATES[raw], incarnation,
             None if at is None else max(0, now - at),
         )
-        for slot, raw in enumerate(table.states)
-        if raw
+        for slot, raw, incarnation in peer.table.entries()
         for info, at in ((infos[slot], heard.get(slot)),)
     ]  # fmt: skip
     found.sort()

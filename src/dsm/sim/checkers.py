@@ -123,10 +123,10 @@ class Checkers:
                 truth.add(f"n{ring[(i + k) % len(ring)][1]}")
                 truth.add(f"n{ring[(i - k) % len(ring)][1]}")
             infos = sim.directory.infos
-            states = peer.table.states
+            raw_state = peer.table.raw_state
             # Suspect members may stay linked as extras while they are being checked; the alive ones must
             # be exactly the true nearest live members.
-            got = {infos[s].node_id for s in peer.overlay.near if states[s] == _ALIVE}
+            got = {infos[s].node_id for s in peer.overlay.near if raw_state(s) == _ALIVE}
             if got != truth:
                 wrong.append(f"n{node.index} near links {sorted(got - truth)} instead of {sorted(truth - got)}")
         return wrong

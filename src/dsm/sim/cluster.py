@@ -104,10 +104,9 @@ class SimNode:
     wake: float = math.inf
     crashed_at: float | None = None
     left: bool = False
-    # The member table the node had saved when it crashed (states and incarnations by directory slot: a
-    # cheap copy, encoded as the runtime's saved record only when a restart reads it back).
-    saved_states: bytes = b""
-    saved_incarnations: array[int] | None = None
+    #: The member table the node had saved when it crashed: its lost core's own table, which nothing
+    #: writes any more (encoded as the runtime's saved record only when a restart reads it back).
+    saved_table: MemberTable | None = None
     #: Its store's epoch, the stamp of its last commit, and the sync points it keeps (they survive crashes, as
     #: the runtime's do in the store's metadata).
     epoch: int = 0
@@ -137,10 +136,9 @@ class SimNode:
 
     def saved_members(self, directory: Directory) -> bytes:
         """The member table this node saved, as the runtime saves it (`Peer.member_record`)."""
-        incarnations = self.saved_incarnations
-        if incarnations is None:
+        if self.saved_table is None:
             return b""
-        return member_record.of_table(directory.infos, self.saved_states, incarnations)
+        return member_record.of_table(directory.infos, self.saved_table)
 
 
 @dataclass
@@ -282,8 +280,8 @@ class Simulation:
         """Stops the node at once, without a word; its in-flight messages are lost."""
         assert node.up and node.peer is not None
         node.stored_incarnation = max(node.stored_incarnation, node.peer.incarnation)
-        table = node.peer.table
-        node.saved_states, node.saved_incarnations = bytes(table.states), array("I", table.incarnations)
+        # Kept, not copied: the core it belonged to is dropped here and never runs again.
+        node.saved_table = node.peer.table
         node.peer = None
         self._drop_coordinator(node)
         node.up = False
