@@ -19,6 +19,7 @@ import argparse
 import json
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,20 @@ def measure_level(sim: Simulation, level: Level, ops: int, rng: random.Random, g
                     staleness.append(max(0.0, sim.now - watch[0]))
                     del pending[tuple(version.dot)]  # type: ignore[arg-type]
 
+    # Payload copies of the measured writes, by message: every message carrying one (a level's `Replicate`,
+    # a tree `Push`, gossip), and those of one write that went from one node to the same member twice.
+    copies: Counter[str] = Counter()
+    pairs: Counter[tuple[int, int, str]] = Counter()
+    measured: set[str] = set()
+
+    def on_send(source: int, target: int, message: Any) -> None:
+        for item in getattr(message, "items", ()):
+            if isinstance(item, DataItem) and item.key in measured:
+                copies[type(message).__name__] += 1
+                pairs[(source, target, item.key)] += 1
+
     sim.store_hooks.append(on_store)
+    sim.send_hooks.append(on_send)
     keys: list[str] = []
     for i in range(ops):
         node = rng.choice(region_a)
@@ -85,6 +99,7 @@ def measure_level(sim: Simulation, level: Level, ops: int, rng: random.Random, g
         def done(outcome: str, request: LevelRequest, box: dict[str, Any] = box) -> None:
             box["outcome"], box["at"] = outcome, sim.now
 
+        measured.add(key)
         request = sim.write_at(node, key, b"v" * 100, level, done)
         assert request.item is not None
         dot = tuple(decode_versions(request.item.versions).versions[0].dot)
@@ -120,6 +135,8 @@ def measure_level(sim: Simulation, level: Level, ops: int, rng: random.Random, g
         sim.run_until(sim.now + 20)
     sim.run_until(sim.now + 10_000)  # the last writes reach region b
     sim.store_hooks.remove(on_store)
+    sim.send_hooks.remove(on_send)
+    written = max(1, len(measured))
 
     def dist(samples: list[float]) -> dict[str, float | None]:
         if not samples:
@@ -133,6 +150,8 @@ def measure_level(sim: Simulation, level: Level, ops: int, rng: random.Random, g
         "failed": failed,
         "staleness_to_region_b_ms": dist(staleness),
         "never_reached_b": len(pending),
+        "payload_copies_per_write": {kind: round(n / written, 2) for kind, n in sorted(copies.items())},
+        "payload_twice_to_one_member_per_write": round(sum(1 for n in pairs.values() if n > 1) / written, 2),
     }
 
 
@@ -153,13 +172,18 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| level | write p50 / p99 ms | read p50 / p99 ms | failed | region b holds the write, p50 / p99 ms |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| level | write p50 / p99 ms | read p50 / p99 ms | failed | region b holds the write, p50 / p99 ms "
+        "| payload copies per write (by message) | sent twice to one member, per write |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         w, rd, s = r["write_ms"], r["read_ms"], r["staleness_to_region_b_ms"]
+        copies = ", ".join(f"{kind} {n}" for kind, n in r["payload_copies_per_write"].items())
         print(
             f"| {r['level']} | {w['p50']} / {w['p99']} | {rd['p50']} / {rd['p99']} | "
-            f"{r['failed']['write'] + r['failed']['read']} | {s['p50']} / {s['p99']} |"
+            f"{r['failed']['write'] + r['failed']['read']} | {s['p50']} / {s['p99']} | {copies} | "
+            f"{r['payload_twice_to_one_member_per_write']} |"
         )
     out = {"command": " ".join(sys.argv), "args": vars(args), "rows": rows}
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

@@ -8,9 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 
+from dsm.core.consistency import Level
 from dsm.core.dissemination import update_id
-from dsm.core.messages import DataItem, GossipDigest, GossipItems, GossipReply, Graft, IHave, Prune, Push, Send, Store
+from dsm.core.messages import (
+    DataItem,
+    GossipDigest,
+    GossipItems,
+    GossipReply,
+    Graft,
+    IHave,
+    Prune,
+    Push,
+    Replicate,
+    Send,
+    Store,
+)
+from dsm.core.node_core import NodeCore
 from dsm.core.peer import Peer
+from dsm.core.versions import Resolution
 from wire import SMALL, Wire
 
 
@@ -442,3 +457,45 @@ def test_writes_sent_unasked_or_grafted_do_not_bring_gossip_to_its_minimum_perio
     c.tick(w.now + settings.graft_timeout_ms)
     c.handle(w.now + settings.graft_timeout_ms + 1, Push(announcer, 1, (late,)))
     assert c.data.period == settings.gossip_interval_ms
+
+
+def test_a_level_write_sends_its_payload_once_to_each_member_its_replicate_reaches() -> None:
+    w = Wire(seed=17)
+    w.formed(12)
+    w.advance(3000)
+    ids = iter(range(1, 1000))
+    cores = {pid: NodeCore(p, Resolution.LWW, ids.__next__, w.now) for pid, p in w.peers.items()}
+    a = w.peers["n0"]
+    it = item("k", node=a.id)
+    _, effects = cores[a.id].write_at(w.now, Level.ALL, (it,), 1000, (it,))
+    replicated = {e.node_id for e in sends(effects, Replicate)}
+    pushed = {e.node_id for e in sends(effects, Push)}
+    eager = {a.directory.infos[s].node_id for s in a.data.eager}
+    assert replicated and eager & replicated
+    assert not pushed & replicated and pushed == eager - replicated
+    # A member whose eager link the coordinator is passes the write on down the tree, as if pushed (the
+    # driver stores it: no Store effect from the core), and holds it out of gossip.
+    b = next(w.peers[i] for i in sorted(eager & replicated) if slot(w.peers[i], a.id) in w.peers[i].data.eager)
+    message = next(e.message for e in sends(effects, Replicate) if e.node_id == b.id)
+    onward = cores[b.id].replicated(w.now, a.id, message)
+    assert not [e for e in onward if isinstance(e, Store)]
+    assert {e.node_id for e in sends(onward, Push)} == {b.directory.infos[s].node_id for s in b.data.eager} - {a.id}
+    # A read repair's Replicate (seq 0), or one whose claimed source is not the sender, is not spread.
+    assert cores[b.id].replicated(w.now, a.id, Replicate(0, a.id, (item("r", node=a.id),))) == []
+    assert cores[b.id].replicated(w.now, b.id, Replicate(5, a.id, (item("s", node=a.id),))) == []
+
+
+def test_a_replicated_write_from_a_lazy_link_is_not_forwarded_and_its_tree_copy_is_not_pruned() -> None:
+    w = Wire(seed=18)
+    w.formed(12)
+    w.advance(3000)
+    b, a = linked_pair(w)
+    b.handle(w.now, Prune(a.id))  # a is a lazy link of b: a's tree push would not have reached b
+    assert slot(b, a.id) in b.data.lazy
+    it = item("k", node=a.id)
+    core = NodeCore(b, Resolution.LWW, iter(range(1, 9)).__next__, w.now)
+    assert not sends(core.replicated(w.now, a.id, Replicate(7, a.id, (it,))), Push)
+    parent = next(b.directory.infos[s].node_id for s in b.data.eager)
+    effects = b.handle(w.now + 1, Push(parent, 1, (it,)))
+    assert not sends(effects, Prune) and slot(b, parent) in b.data.eager
+    assert {e.node_id for e in sends(effects, Push)} == {b.directory.infos[s].node_id for s in b.data.eager} - {parent}

@@ -16,6 +16,7 @@ from dsm import EpidemicStorage, NodeInfo, StorageConfig, StorageFactory
 from dsm.core.consistency import Level
 from dsm.core.encoding import digest
 from dsm.core.replica import StoredKey
+from dsm.core.vclock import VersionVector
 from dsm.core.ring import State
 from dsm.errors import ConsistencyError, InvalidInputError
 from support import eventually, runtime_of
@@ -254,3 +255,21 @@ async def test_a_member_that_refuses_the_write_does_not_count_towards_the_level(
     assert n4.merge_stats.refused_corrupt >= 1
     # Without the refusing member the level is met as usual.
     await n0.put("accepted", b"v1", consistency="all")
+
+
+async def test_a_write_at_a_level_reaches_every_node_even_when_its_level_request_never_comes(
+    cluster: list[EpidemicStorage],
+) -> None:
+    """A write above `local` is published by its level request (whose tree push skips the members its
+    `Replicate` reaches); one committed for a level request that never comes (its caller cancelled in
+    between) is published by the runtime a moment later, so it still reaches every node without anti-entropy
+    (which is out of the way here)."""
+    await cluster[0].put("levelled", b"v", consistency="region_quorum")
+    await eventually(lambda: all_hold(cluster, "levelled", b"v"))
+    result = await cluster[3].commits.submit("orphan", b"o", VersionVector(), 0, deferred=True)
+    assert result.key == "orphan"
+    await eventually(lambda: all_hold(cluster, "orphan", b"o"))
+
+
+async def all_hold(nodes: list[EpidemicStorage], key: str, value: bytes) -> bool:
+    return all([await held(node, key) == value for node in nodes])

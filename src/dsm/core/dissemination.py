@@ -147,6 +147,9 @@ class _Recent:
     hops: int
     since: int
     tree: bool  # the broadcast tree carries it (pushed, or published urgent with direct updates on)
+    #: It came off the tree (by gossip, or by a level request from a member whose tree push would not have
+    #: reached this node): the tree's own copy, when it follows, is passed on rather than pruned (`_raced`).
+    off_tree: bool = False
 
 
 class DisseminationStats:
@@ -211,8 +214,10 @@ class Dissemination:
             self.duplicate_runs.pop(slot, None)
             self._keep_one_eager()
 
-    def publish(self, items: DataItems, urgent: bool = True) -> None:
-        """This node coordinated these writes (already in its replica): spread them."""
+    def publish(self, items: DataItems, urgent: bool = True, skip: frozenset[int] = frozenset()) -> None:
+        """This node coordinated these writes (already in its replica): spread them. The tree's push leaves
+        out the eager links in `skip` (slots): members a level request's `Replicate` carries the writes to,
+        which pass them on down the tree themselves (`on_replicate`)."""
         retain = self._retain()
         tree = urgent and self.settings.direct_updates
         for item in items:
@@ -221,7 +226,31 @@ class Dissemination:
         self._trim_recent()
         self._became_busy(tree)
         if tree:
-            self._push_out(items, 0, -1)
+            self._push_out(items, 0, -1, skip)
+
+    def on_replicate(self, items: DataItems, source: str) -> None:
+        """A level request's `Replicate` brought `source`'s writes (the driver stores them and answers). When
+        `source` is an eager link, its tree push left this node out (`publish`'s `skip`): the writes go on
+        down the tree from here as if pushed, so the payload crosses that link once. Otherwise they are
+        only remembered: the tree's copy that follows is passed on, not pruned (`_raced`). Either way they
+        stay out of gossip for the hold, as pushed writes do."""
+        seen = self.seen
+        new = tuple(item for item in items if item.id and item.id not in seen)
+        if not new:
+            return
+        slot = self._link_slot(source)
+        tree = slot is not None and slot in self.eager
+        retain = self._retain()
+        for item in new:
+            self._remember(item.id)
+            # Held out of gossip either way (the level request is delivering it to others as well).
+            self.recent[item.id] = _Recent(item, retain, 1, self.context.now, True, not tree)
+            self.missing.pop(item.id, None)
+        self._trim_recent()
+        self._became_busy(True)
+        if tree and self.settings.direct_updates:
+            assert slot is not None
+            self._push_out(new, 1, slot)
 
     def on_timer(self, kind: DisseminationTimer, arg: int) -> None:
         if kind is DisseminationTimer.GOSSIP:
@@ -266,13 +295,13 @@ class Dissemination:
             pool[i], pool[j] = pool[j], pool[i]
         return pool[:count]
 
-    def _push_out(self, items: DataItems, hops: int, exclude: int) -> None:
+    def _push_out(self, items: DataItems, hops: int, exclude: int, skip: frozenset[int] = frozenset()) -> None:
         context = self.context
         send = context.send_to_slot
         for batch in batches(items):
             push = Push(context.id, hops, batch)
             for slot in self.eager:
-                if slot != exclude:
+                if slot != exclude and slot not in skip:
                     send(slot, push)
         if self.settings.lazy_fanout and self.lazy:
             announce = IHave(context.id, hops, tuple(item.id for item in items))
@@ -291,7 +320,7 @@ class Dissemination:
         missing = self.missing
         for item in new:
             self._remember(item.id)
-            recent[item.id] = _Recent(item, retain, hops, self.context.now, path == "push")
+            recent[item.id] = _Recent(item, retain, hops, self.context.now, path == "push", path != "push")
             missing.pop(item.id, None)
         self._trim_recent()
         self.context.emit(Store(new, source, path, hops))
@@ -373,20 +402,23 @@ class Dissemination:
             self._push_out(new, hops, -1 if slot is None else slot)
 
     def _raced(self, items: DataItems) -> bool:
-        """Whether a pushed duplicate is the tree's first copy of writes gossip brought here before it: the
-        link is then not pruned (it is the tree working, later than gossip; pruning it would cut this node
-        off the tree and cost a graft at the next write), the writes go on down the tree from here, and the
-        writes this node offers to gossip are held longer (`hold_factor`), since gossip runs ahead of the
-        tree here."""
+        """Whether a pushed duplicate is the tree's first copy of writes gossip (or a level request, see
+        `on_replicate`) brought here before it: the link is then not pruned (it is the tree working, later
+        than gossip; pruning it would cut this node off the tree and cost a graft at the next write), the
+        writes go on down the tree from here, and, after gossip, the writes this node offers to gossip are
+        held longer (`hold_factor`), since gossip runs ahead of the tree here."""
         recent = self.recent
         entries = [recent.get(item.id) for item in items]
-        if not entries or any(e is None or e.tree for e in entries):
+        if not entries or any(e is None or not e.off_tree for e in entries):
             return False
+        gossip = False
         for entry in entries:
             assert entry is not None
-            entry.tree = True  # a second pushed copy is a plain duplicate
+            gossip = gossip or not entry.tree
+            entry.tree, entry.off_tree = True, False  # a second pushed copy is a plain duplicate
         self.stats.raced += 1
-        self.hold_factor = min(HOLD_FACTOR_MAX, self.hold_factor * 1.5)
+        if gossip:
+            self.hold_factor = min(HOLD_FACTOR_MAX, self.hold_factor * 1.5)
         return True
 
     def on_prune(self, message: Prune) -> None:

@@ -31,6 +31,7 @@ from dsm.core.ballot import ZERO
 from dsm.core.cas_group import GROUP_SIZE, cas_group, group_digest
 from dsm.core.cas_ops import Operation, cas_request, request_operation
 from dsm.core.cas_proposer import CasDone, CasEffect, CasOutcome, CasProposer
+from dsm.core.consistency import Level
 from dsm.core.coordinator import Coordinator, LevelDone
 from dsm.core.encoding import DecodeError, decode_versions, encode_versions
 from dsm.core.hlc import HybridLogicalClock
@@ -44,10 +45,12 @@ from dsm.core.messages import (
     CasRequest,
     CasResult,
     CommitEntry,
+    DataItem,
     Effect,
     Message,
     ReadReply,
     Reconcile,
+    Replicate,
     Replicated,
     Send,
     Store,
@@ -307,6 +310,28 @@ class NodeCore:
         (`anti_entropy.Exchanges`)."""
         self._sessions += 1
         return self.peer.rng.randrange(1, 1 << 63)
+
+    def write_at(
+        self, now: int, level: Level, items: Sequence[DataItem], timeout_ms: int, publish: Sequence[DataItem] = ()
+    ) -> tuple[int, list[CoreEffect]]:
+        """Starts a write at `level` of `items` (durable here already; `Coordinator.write`) and publishes
+        `publish` (the commit's items held for it, `WriteOp.deferred`) along the broadcast tree, except to the
+        members the coordinator's `Replicate` carries them to: they pass them on down the tree themselves
+        (`replicated`), so a write at a level crosses each of those links once, not in both messages."""
+        request, effects = self.coordinator.write(now, level, items, timeout_ms)
+        out: list[CoreEffect] = list(effects)
+        if publish:
+            targets = [e.node_id for e in effects if type(e) is Send and type(e.message) is Replicate]
+            out.extend(self.peer.publish(now, tuple(publish), True, targets))
+        return request, out
+
+    def replicated(self, now: int, source: str, message: Replicate) -> list[CoreEffect]:
+        """A member's level request asks this node to store writes (the driver stores them and answers,
+        `coordinator.stored_reply`): the broadcast tree takes them on from here (`Peer.replicated`). A read
+        repair's `Replicate` (seq 0) is not a write being spread."""
+        if message.seq == 0 or message.source != source:
+            return []
+        return list(self.peer.replicated(now, source, message.items))
 
     def handle(self, now: int, source: str, message: Message | Any) -> list[CoreEffect]:
         """Processes a message from `source` (for a network driver: the member the connection authenticated)."""

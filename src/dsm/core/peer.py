@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from enum import Enum
 from functools import partial
 from typing import Any
@@ -311,12 +311,22 @@ class Peer:
         route_id = self.routing.route(target, payload)
         return route_id, self.context.flush()
 
-    def publish(self, now: int, items: DataItems, urgent: bool = True) -> list[Effect]:
+    def publish(self, now: int, items: DataItems, urgent: bool = True, skip: Collection[str] = ()) -> list[Effect]:
         """Spreads writes this node coordinated (already in its replica): pushed at once along the
-        broadcast tree, or with `urgent=False` only by gossip rounds (see dissemination.py)."""
+        broadcast tree, or with `urgent=False` only by gossip rounds (see dissemination.py). The push leaves
+        out the members in `skip` (ids), to which a level request's `Replicate` carries the writes."""
         self.context.advance(now)
         if not self.context.left:
-            self.data.publish(items, urgent)
+            slots = frozenset(s for s in map(self.directory.slot, skip) if s is not None)
+            self.data.publish(items, urgent, slots)
+        return self.context.flush()
+
+    def replicated(self, now: int, source: str, items: DataItems) -> list[Effect]:
+        """A level request of `source` brought these writes (`Replicate`; the driver stores them): the
+        broadcast tree takes them from here (`Dissemination.on_replicate`)."""
+        self.context.advance(now)
+        if not self.context.left:
+            self.data.on_replicate(items, source)
         return self.context.flush()
 
     # ------------------------------------------------------------------ state of the parts

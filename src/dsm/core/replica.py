@@ -155,6 +155,9 @@ class WriteOp:
     context: VersionVector
     #: The value expires this long after the write's own timestamp, ms (0: never; a delete never expires).
     ttl_ms: int = 0
+    #: Published by the request at a consistency level that follows the commit (`NodeCore.write_at`: its
+    #: tree push then skips the members its `Replicate` carries the write to), not with the commit.
+    deferred: bool = False
     #: The key's version set right after this write (its context is the write's result).
     after: VersionSet = EMPTY
     timestamp: int = 0
@@ -190,6 +193,9 @@ class Commit:
     #: The keys local writes changed (key -> the timestamp of the write), and their writer (this node).
     written: dict[str, int] = field(default_factory=dict)
     writer: str = ""
+    #: Keys of `written` whose last write in the batch is `WriteOp.deferred`: their items are published by the
+    #: level request that follows, not with the commit.
+    deferred: set[str] = field(default_factory=set)
     #: Remote items refused, with the reason (for the log; expired ones are not logged), and the keys of
     #: every refused item.
     refusals: list[tuple[str, str]] = field(default_factory=list)
@@ -343,6 +349,10 @@ class Replica:
                 self._write(op, states, wall_ms)
                 dirty[op.key] = None
                 published[op.key] = last_dot = op.timestamp
+                if op.deferred:
+                    commit.deferred.add(op.key)
+                else:
+                    commit.deferred.discard(op.key)
         for key, purge in purged.items():
             if key in dirty:  # written again later in this batch: the new row stands, nothing is purged
                 purge.changed -= 1

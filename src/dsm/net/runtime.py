@@ -42,7 +42,7 @@ import logging
 import os
 import random
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dsm.config import StorageConfig
@@ -94,6 +94,43 @@ MEMBERS_SAVE_S = 1.0
 JOIN_WARNING_S = 30.0
 #: Most anti-entropy answers computed at once (each may scan the store).
 MAX_ANSWERS = 4
+#: Seconds a write at a level above `local` is held for its level request before it is published anyway.
+DEFERRED_S = 0.05
+
+
+class HeldWrites:
+    """The committed writes at a level above `local` (`Commit.deferred`), held until their level request
+    publishes them (`NodeCore.write_at`, which spares the members its `Replicate` reaches the tree's push),
+    and published by `publish` after DEFERRED_S if the request never comes (its caller was cancelled between
+    the commit and the request)."""
+
+    def __init__(self, publish: Callable[[list[DataItem]], None]) -> None:
+        self.publish = publish
+        self.items: dict[int, DataItem] = {}
+
+    def hold(self, commit: Commit) -> list[DataItem]:
+        """Holds the commit's deferred items; returns the others (to publish now)."""
+        now_items: list[DataItem] = []
+        held: list[int] = []
+        for item in commit.published:
+            if item.key in commit.deferred:
+                self.items[item.id] = item
+                held.append(item.id)
+            else:
+                now_items.append(item)
+        if held:
+            asyncio.get_running_loop().call_later(DEFERRED_S, self._unclaimed, held)
+        return now_items
+
+    def claim(self, ids: Iterable[int]) -> list[DataItem]:
+        """The held items of these ids, no longer held."""
+        items = self.items
+        return [items.pop(i) for i in ids if i in items]
+
+    def _unclaimed(self, ids: list[int]) -> None:
+        items = self.claim(ids)
+        if items:
+            self.publish(items)
 
 
 def log_member_change(member: str, old: int, new: int, incarnation: int, own: bool) -> None:
@@ -173,6 +210,8 @@ class Runtime:
         #: of requests at consistency levels, and the count of requests from other coordinators being served.
         self.core: NodeCore | None = None
         self._levels: dict[int, asyncio.Future[LevelDone]] = {}
+        #: Items of committed writes at a level, held for their level request (`_on_commit`).
+        self.held = HeldWrites(self._publish)
         # Conditional operations waiting for their end: request -> (waiter, key).
         self._cas: dict[int, tuple[asyncio.Future[tuple[CasDone, asyncio.Task[Any] | None]], str]] = {}
         #: Other members' requests to this node's store (levels, acceptor messages), served off the loop.
@@ -386,6 +425,7 @@ class Runtime:
             self._stranger(source)
         kind = type(message)
         if kind is Replicate:
+            self._apply(self.core.replicated(self.now(), source, message) if self.core is not None else ())
             self.serving.replicate(source, message)
         elif kind is CasPrepare or kind is CasAccept or kind is CasCommit:
             refusal = self.core.misrouted(message) if self.core is not None else None
@@ -409,9 +449,13 @@ class Runtime:
             self._apply(self.core.handle(self.now(), source, message))
 
     def _on_commit(self, commit: Commit) -> None:
-        """Publishes the local writes a commit made durable."""
-        if commit.published and self.peer is not None and not self.peer.left:
-            self._apply(self.peer.publish(self.now(), tuple(commit.published)))
+        """Publishes the local writes a commit made durable, but for those held for a level request."""
+        if commit.published:
+            self._publish(self.held.hold(commit))
+
+    def _publish(self, items: Sequence[DataItem]) -> None:
+        if items and self.peer is not None and not self.peer.left:
+            self._apply(self.peer.publish(self.now(), tuple(items)))
 
     def _tick(self) -> None:
         self._timer = None
@@ -513,14 +557,15 @@ class Runtime:
     async def write_at(self, level: Level, items: Sequence[DataItem], timeout_ms: int) -> LevelDone:
         """Waits until enough members stored `items` (durable here already) for `level`, or `timeout_ms`."""
         assert self.core is not None
-        return await self._level(self.core.coordinator.write(self.now(), level, items, timeout_ms))
+        held = self.held.claim(item.id for item in items)
+        return await self._level(self.core.write_at(self.now(), level, items, timeout_ms, held))
 
     async def read_at(self, level: Level, key: str, own: VersionSet, timeout_ms: int) -> LevelDone:
         """Reads `key` at `level` (this node's `own` version set first); read repair is sent on."""
         assert self.core is not None
         return await self._level(self.core.coordinator.read(self.now(), level, key, own, timeout_ms))
 
-    async def _level(self, started: tuple[int, list[LevelEffect]]) -> LevelDone:
+    async def _level(self, started: tuple[int, Sequence[LevelEffect | Any]]) -> LevelDone:
         request, effects = started
         future: asyncio.Future[LevelDone] = asyncio.get_running_loop().create_future()
         self._levels[request] = future

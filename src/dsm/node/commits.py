@@ -164,11 +164,13 @@ class Commits:
 
     # --- queueing
 
-    async def submit(self, key: str, value: bytes | None, context: VersionVector, ttl_ms: int = 0) -> WriteResult:
+    async def submit(
+        self, key: str, value: bytes | None, context: VersionVector, ttl_ms: int = 0, deferred: bool = False
+    ) -> WriteResult:
         """Commits a local write (expiring `ttl_ms` after its timestamp; 0: never); returns its result once
-        durable."""
+        durable. `deferred`: published by the level request that follows (`WriteOp.deferred`)."""
         await self._take_place()
-        op = WriteOp(key, value, context, ttl_ms)
+        op = WriteOp(key, value, context, ttl_ms, deferred)
         item = _Queued(op, asyncio.get_running_loop().create_future(), len(value or b""))
         self._admit(item)
         # The place is given back by the writer when the item leaves the queue (committed, failed or

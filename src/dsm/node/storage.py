@@ -423,7 +423,10 @@ class EpidemicStorage:
     async def _write(
         self, level: Level, key: str, value: bytes | None, context: VersionVector, ttl_ms: int = 0
     ) -> WriteResult:
-        result = await self.commits.submit(key, value, context, ttl_ms)
+        # Above `local`, the level request publishes the write (its tree push then skips the members its
+        # `Replicate` reaches), unless the runtime publishes it first because that request never came.
+        levelled = level is not Level.LOCAL and self.levels.network is not None
+        result = await self.commits.submit(key, value, context, ttl_ms, levelled)
         if level is not Level.LOCAL:
             await self.levels.write(level, result)
         return result

@@ -31,7 +31,7 @@ from dsm.core.cas_acceptor import serve_all
 from dsm.core.cas_ops import Operation as CasOperation
 from dsm.core.cas_proposer import CasDone
 from dsm.core.consistency import Level, Tally
-from dsm.core.coordinator import Coordinator, LevelDone, LevelEffect, read_reply, stored_reply
+from dsm.core.coordinator import Coordinator, LevelDone, read_reply, stored_reply
 from dsm.core.encoding import decode_versions, encode_versions
 from dsm.core.messages import (
     OVERLAY_MESSAGES,
@@ -369,9 +369,13 @@ class Simulation:
         """`node` coordinates a write at `level`: committed and published (`write`), then its coordinator asks
         the level's members to store it; `done("ok", request)` runs once enough members stored it,
         `done("fail", ...)` after `timeout_ms`. A write that fails its level stays where it landed and spreads."""
-        item = self.write(node, key, value, context=context)
-        assert node.coordinator is not None
-        rid, effects = node.coordinator.write(self._peer_now(node), level, (item,), int(timeout_ms))
+        assert node.up and node.peer is not None and node.core is not None
+        now = self._peer_now(node)
+        commit = node.commit([WriteOp(key, value, context, deferred=True)], now)
+        (item,) = commit.published
+        for hook in self.store_hooks:
+            hook(node.index, item, "write", 0)
+        rid, effects = node.core.write_at(now, level, (item,), int(timeout_ms), (item,))
         return self._level_started(node, key, done, timeout_ms, rid, effects, item)
 
     def read_at(
@@ -397,7 +401,7 @@ class Simulation:
         done: Callable[[str, LevelRequest], None],
         timeout_ms: float,
         rid: int,
-        effects: list[LevelEffect],
+        effects: Sequence[CoreEffect],
         item: DataItem | None,
     ) -> LevelRequest:
         request = LevelRequest(node.index, node.generation, key, self.now, done, item, seq=rid)
@@ -490,6 +494,8 @@ class Simulation:
         me = node.info.node_id
         reply: Replicated | ReadReply | None
         if isinstance(message, Replicate):
+            assert node.core is not None
+            self._apply_effects(node, node.core.replicated(self._peer_now(node), message.source, message))
             stored = self._store(node, Store(message.items, message.source, "level", 0))
             reply = stored_reply(message, me, stored)
         else:
