@@ -3,13 +3,19 @@ side by side with HashiCorp Serf's user-event propagation at the same node count
 
     .venv/bin/python bench/time_to_all_bench.py --nodes 10 30 --writes 40
     .venv/bin/python bench/time_to_all_bench.py --nodes 10 --skip-serf
+    .venv/bin/python bench/time_to_all_bench.py --nodes 30 --skip-serf --profile --env DSM_LAZY_FANOUT=1
+    (--profile: py-spy on the last node, idle then writing; --env: settings for every node)
 
 DSM: `--nodes` real `dsm node run` processes (SQLite stores in a temporary directory, production default
 intervals: gossip 5 s, anti-entropy 60 s, a cluster secret). The benchmark holds a watch stream
 (`GET /v1/watch`) open on every node, so each node reports the moment it commits a change, and writes one
 key at a time through the HTTP API of a different node each time, `--gap` seconds apart. Time to all of
 a write = (the last node's report) - (the writer's acknowledgement), all read on this process's monotonic
-clock; a stream's delivery over loopback adds well under a millisecond. The nodes' CPU (/proc, all node
+clock; a stream's delivery over loopback adds well under a millisecond on an idle machine, but on a busy one
+this process waits for a core too. So the same is also read from the nodes' own commit stamps (each event's
+cursor holds the stamp of the commit that applied it; its physical part is the node's wall clock in ms, the
+same clock for every node here): "committed everywhere" = the last node's commit - the acknowledgement's
+wall-clock time. The nodes' CPU (/proc, all node
 processes summed) and the machine's are read over an idle window as long as the writes (streams open, no
 writes) and over the writes: the difference per write and per node is what spreading one write costs a node,
 and the machine's busy cores during the writes show how much of the time to all is waiting for a core (2 here).
@@ -41,6 +47,8 @@ from typing import Any
 import aiohttp
 
 from common import Profiler, hot_spots, machine_cpu, print_profile, proc_cpu_s
+from dsm.core import watch_cursor
+from dsm.core.hlc import physical_ms
 from dsm.localcluster import LocalCluster
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +74,9 @@ async def all_alive(session: aiohttp.ClientSession, urls: list[str], count: int,
     raise RuntimeError(f"the cluster did not see {count} alive members in {timeout} s")
 
 
-async def follow(session: aiohttp.ClientSession, url: str, seen: dict[str, float], ready: asyncio.Event) -> None:
+async def follow(
+    session: aiohttp.ClientSession, url: str, seen: dict[str, float], committed: dict[str, float], ready: asyncio.Event
+) -> None:
     async with session.get(url + "/v1/watch", params={"prefix": "tta-"}, timeout=aiohttp.ClientTimeout()) as r:
         ready.set()
         async for line in r.content:
@@ -75,6 +85,10 @@ async def follow(session: aiohttp.ClientSession, url: str, seen: dict[str, float
             change = json.loads(line)
             if "key" in change:
                 seen.setdefault(change["key"], time.monotonic())
+                # When the node committed it: the physical part of its commit stamp (wall-clock ms; every node
+                # reads the same clock on this machine), free of the stream's and this process's delays.
+                stamp = watch_cursor.decode(change["cursor"]).stamp
+                committed.setdefault(change["key"], float(physical_ms(stamp)))
 
 
 async def scrape(session: aiohttp.ClientSession, url: str, name: str) -> float:
@@ -97,11 +111,12 @@ async def run_dsm(
             join_s = await all_alive(session, urls, nodes)
             await asyncio.sleep(2)  # let the overlay settle after the last join
             seen: list[dict[str, float]] = [{} for _ in urls]
+            committed: list[dict[str, float]] = [{} for _ in urls]
             readies = [asyncio.Event() for _ in urls]
             async with asyncio.TaskGroup() as group:
                 streams = [
-                    group.create_task(follow(session, url, times, ready))
-                    for url, times, ready in zip(urls, seen, readies, strict=True)
+                    group.create_task(follow(session, url, times, stamps, ready))
+                    for url, times, stamps, ready in zip(urls, seen, committed, readies, strict=True)
                 ]
                 for ready in readies:
                     await ready.wait()
@@ -117,11 +132,13 @@ async def run_dsm(
                     spy = Profiler(sampled, window, str(workdir / "writing.raw"))()
                 cpu0, machine0, t0 = sum(proc_cpu_s(p) for p in pids), machine_cpu(), time.monotonic()
                 acks: dict[str, tuple[float, int]] = {}
+                acks_wall: dict[str, float] = {}
                 for i in range(writes):
                     key, source = f"tta-{i:04d}", (i * 7) % nodes
                     async with session.put(f"{urls[source]}/v1/kv/{key}", data=os.urandom(100)) as r:
                         assert r.status == 200, (r.status, await r.text())
                     acks[key] = (time.monotonic(), source)
+                    acks_wall[key] = time.time() * 1000
                     await asyncio.sleep(gap)
                 wall = time.monotonic() - t0
                 machine1 = machine_cpu()
@@ -139,13 +156,14 @@ async def run_dsm(
                     task.cancel()
             repaired = [await scrape(session, u, "dsm_anti_entropy_repaired_keys") for u in urls]
             sessions = [await scrape(session, u, "dsm_anti_entropy_sessions") for u in urls]
-        to_all, missing = [], 0
+        to_all, missing, by_stamp = [], 0, []
         for key, (acked, _) in acks.items():
             times = [s.get(key) for s in seen]
             if any(t is None for t in times):
                 missing += 1
                 continue
             to_all.append((max(t for t in times if t is not None) - acked) * 1000)
+            by_stamp.append(max(c[key] for c in committed) - acks_wall[key])
         return {
             "system": "dsm",
             "nodes": nodes,
@@ -154,6 +172,9 @@ async def run_dsm(
             "time_to_all_ms_p50": round(pct(to_all, 50), 1) if to_all else None,
             "time_to_all_ms_p99": round(pct(to_all, 99), 1) if to_all else None,
             "time_to_all_ms_max": round(max(to_all), 1) if to_all else None,
+            # The same from the nodes' commit stamps (ms resolution): the last node's commit of the write.
+            "committed_everywhere_ms_p50": round(pct(by_stamp, 50), 1) if by_stamp else None,
+            "committed_everywhere_ms_p99": round(pct(by_stamp, 99), 1) if by_stamp else None,
             "writes_not_everywhere_after_2s": missing,
             "anti_entropy_repaired_keys": sum(repaired),
             "anti_entropy_sessions": sum(sessions),
@@ -234,6 +255,8 @@ def main() -> None:
         if r["system"] == "dsm":
             missed, repaired = r["writes_not_everywhere_after_2s"], r["anti_entropy_repaired_keys"]
             notes = (
+                f"committed everywhere p50 / p99 {r['committed_everywhere_ms_p50']} / "
+                f"{r['committed_everywhere_ms_p99']} ms; "
                 f"not everywhere: {missed}, AE repairs: {repaired:.0f}; CPU per write per node "
                 f"{r['cpu_ms_per_write_per_node']} ms; nodes {r['idle']['node_cores']:.2f} cores idle, "
                 f"{r['writing']['node_cores']:.2f} writing; machine busy {r['writing']['machine_busy_cores']:.2f} "
