@@ -300,13 +300,21 @@ def test_direct_updates_form_a_tree_that_delivers_each_payload_about_once() -> N
     assert counts[-1] == 39  # the tree carries later writes once per node
 
 
-def test_idle_rounds_stretch_the_period_and_a_write_brings_it_back() -> None:
-    settings = dataclasses.replace(
-        SMALL, gossip_interval_ms=1000, gossip_interval_min_ms=100, gossip_interval_max_ms=8000
-    )
-    w = Wire(seed=10, settings=settings)
+#: Gossip periods for the adaptive-period tests: base 1 s, between 100 ms and 8 s.
+ADAPTIVE = dataclasses.replace(SMALL, gossip_interval_ms=1000, gossip_interval_min_ms=100, gossip_interval_max_ms=8000)
+
+
+def idle_cluster(seed: int) -> tuple[Wire, list[Peer]]:
+    """10 peers with the ADAPTIVE periods, idle long enough for every period to reach its maximum."""
+    w = Wire(seed=seed, settings=ADAPTIVE)
     peers = w.formed(10)
     w.advance(60_000, step=50)
+    return w, peers
+
+
+def test_idle_rounds_stretch_the_period_and_a_write_brings_it_back() -> None:
+    settings = ADAPTIVE
+    w, peers = idle_cluster(10)
     assert all(p.data.period == settings.gossip_interval_max_ms for p in peers)
     p = peers[0]
     p.publish(w.now, (item("k"),), urgent=False)
@@ -434,12 +442,8 @@ def test_the_trees_copy_of_a_write_gossip_brought_first_is_passed_on_not_pruned(
 
 
 def test_writes_sent_unasked_or_grafted_do_not_bring_gossip_to_its_minimum_period() -> None:
-    settings = dataclasses.replace(
-        SMALL, gossip_interval_ms=1000, gossip_interval_min_ms=100, gossip_interval_max_ms=8000
-    )
-    w = Wire(seed=16, settings=settings)
-    peers = w.formed(10)
-    w.advance(60_000, step=50)
+    settings = ADAPTIVE
+    w, peers = idle_cluster(16)
     a, b = linked_pair(w)
     # b holds a write a does not list (a had it and let it out of its list, say): b sends it unasked, which
     # does not make b's round useful: only a, if the write is new there, counts it.

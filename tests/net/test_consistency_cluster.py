@@ -16,8 +16,8 @@ from dsm import EpidemicStorage, NodeInfo, StorageConfig, StorageFactory
 from dsm.core.consistency import Level
 from dsm.core.encoding import digest
 from dsm.core.replica import StoredKey
-from dsm.core.vclock import VersionVector
 from dsm.core.ring import State
+from dsm.core.vclock import VersionVector
 from dsm.errors import ConsistencyError, InvalidInputError
 from support import eventually, runtime_of
 

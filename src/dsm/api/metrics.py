@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -211,15 +211,13 @@ def replication_metrics(store: StoreStatus) -> Iterator[Metric]:
 def watch_metrics(store: StoreStatus) -> Iterator[Metric]:
     """Open watches, watches resumed from a cursor (by how they caught up), and those a reader let overflow."""
     yield GaugeMetricFamily("dsm_watches_open", "Open watch streams", value=store.watches_open)
-    resumes = CounterMetricFamily(
+    yield labelled_counter(
         "dsm_watch_resumes",
         "Watches opened with a cursor, by how they caught up: same_node (a replay of the rows changed since), "
         "resync (every key under the prefix: another node's cursor, another epoch, or older than the grace)",
-        labels=["plan"],
+        "plan",
+        store.watch_resumes,
     )
-    for plan, count in store.watch_resumes:
-        resumes.add_metric([plan], count)
-    yield resumes
     yield CounterMetricFamily(
         "dsm_watch_overflows",
         "Watches ended with a final cursor because their reader fell the queue's limit behind",
@@ -243,10 +241,15 @@ def transport_metrics(network: NetworkStatus) -> Iterator[Metric]:
             transport.connect_failures,
         ),
     ):
-        family = CounterMetricFamily(name, doc, labels=["type" if "reason" not in doc else "reason"])
-        for label, value in counts:
-            family.add_metric([label], value)
-        yield family
+        yield labelled_counter(name, doc, "type" if "reason" not in doc else "reason", counts)
+
+
+def labelled_counter(name: str, doc: str, label: str, counts: Iterable[tuple[str, float]]) -> Metric:
+    """A counter family of one label, a sample per (label value, count)."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, count in counts:
+        family.add_metric([value], count)
+    return family
 
 
 def network_metrics(network: NetworkStatus) -> Iterator[Metric]:
@@ -259,15 +262,13 @@ def network_metrics(network: NetworkStatus) -> Iterator[Metric]:
         "dsm_gossip_interval_seconds", "The current gossip period", value=network.gossip_interval_ms / 1000
     )
     yield CounterMetricFamily("dsm_gossip_rounds", "Gossip rounds run", value=network.gossip_rounds)
-    tree = CounterMetricFamily(
+    yield labelled_counter(
         "dsm_dissemination_events",
         "Broadcast tree and gossip events: pushed duplicates, prunes, grafts, raced (pushed copies of writes "
         "gossip brought first), writes pulled by gossip",
-        labels=["event"],
+        "event",
+        network.dissemination,
     )
-    for event, count in network.dissemination:
-        tree.add_metric([event], count)
-    yield tree
     yield CounterMetricFamily(
         "dsm_anti_entropy_sessions", "Anti-entropy exchanges opened", value=network.anti_entropy_sessions
     )
