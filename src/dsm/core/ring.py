@@ -451,12 +451,12 @@ class MemberTable:
     @property
     def states(self) -> bytes:
         """Every slot's state, as a copy (O(n): for the edge and tests; the core reads `raw_state`)."""
-        return bytes(self._state_array())
+        return bytes(self._column())
 
     @property
     def incarnations(self) -> array[int]:
         """Every slot's incarnation, as a copy (O(n), as `states`)."""
-        return array("I", self._incarnation_array().astype(np.uint32).tobytes())
+        return array("I", self._column(incarnations=True).tobytes())
 
     @property
     def digests(self) -> list[int]:
@@ -494,28 +494,20 @@ class MemberTable:
         order = np.argsort(slots)
         return slots[order], packed[order]
 
-    def _state_array(self) -> np.ndarray:
-        """Every slot's state as a uint8 array of `size` (a view of the private array when there is one)."""
-        base = np.frombuffer(self._states, dtype=np.uint8)
+    def _column(self, incarnations: bool = False) -> np.ndarray:
+        """Every slot's state (uint8), or incarnation (uint32), as an array of `size`: a view of the private
+        array when the table has one."""
+        if incarnations:
+            base = np.frombuffer(self._incarnations, dtype=np.uint32)
+        else:
+            base = np.frombuffer(self._states, dtype=np.uint8)
         if not self._shared:
             return base
-        out = np.zeros(self.size, dtype=np.uint8)
+        out = np.zeros(self.size, dtype=base.dtype)
         out[: len(base)] = base
         if self._own:
             slots, packed = self._own_arrays()
-            out[slots] = packed & 7
-        return out
-
-    def _incarnation_array(self) -> np.ndarray:
-        """Every slot's incarnation as an array of `size` (as `_state_array`)."""
-        base = np.frombuffer(self._incarnations, dtype=np.uint32)
-        if not self._shared:
-            return base
-        out = np.zeros(self.size, dtype=np.int64)
-        out[: len(base)] = base
-        if self._own:
-            slots, packed = self._own_arrays()
-            out[slots] = packed >> 3
+            out[slots] = packed >> 3 if incarnations else packed & 7
         return out
 
     def compute_sub_digests(self) -> array[int]:
@@ -567,7 +559,7 @@ class MemberTable:
     def _known_sub_arcs(self) -> tuple[np.ndarray, np.ndarray]:
         """(sub-arc of every slot of this table, whether the table holds a state for it)."""
         sub_of = self.directory.sub_arc_array()
-        states = self._state_array()
+        states = self._column()
         # The table may cover more slots than the directory (it grows in steps) or, with a shared
         # directory, fewer; slots past either end hold no state here.
         size = min(len(sub_of), len(states))
