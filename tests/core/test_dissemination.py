@@ -471,8 +471,10 @@ def test_a_level_write_sends_its_payload_once_to_each_member_its_replicate_reach
     cores = {pid: NodeCore(p, Resolution.LWW, ids.__next__, w.now) for pid, p in w.peers.items()}
     a = w.peers["n0"]
     it = item("k", node=a.id)
-    _, effects = cores[a.id].write_at(w.now, Level.ALL, (it,), 1000, (it,))
+    _, started, targets = cores[a.id].write_at(w.now, Level.ALL, (it,), 1000)
+    effects = started + cores[a.id].publish_levelled(w.now, [(it, targets)])
     replicated = {e.node_id for e in sends(effects, Replicate)}
+    assert set(targets) == replicated
     pushed = {e.node_id for e in sends(effects, Push)}
     eager = {a.directory.infos[s].node_id for s in a.data.eager}
     assert replicated and eager & replicated
@@ -482,7 +484,10 @@ def test_a_level_write_sends_its_payload_once_to_each_member_its_replicate_reach
     b = next(w.peers[i] for i in sorted(eager & replicated) if slot(w.peers[i], a.id) in w.peers[i].data.eager)
     message = next(e.message for e in sends(effects, Replicate) if e.node_id == b.id)
     onward = cores[b.id].replicated(w.now, a.id, message)
-    assert not [e for e in onward if isinstance(e, Store)]
+    assert not [e for e in onward if isinstance(e, Store)] and not sends(onward, Push)
+    # ... at the timer due at once (with every write level requests brought in the same moment).
+    assert cores[b.id].next_deadline() == w.now
+    onward = cores[b.id].tick(w.now)
     assert {e.node_id for e in sends(onward, Push)} == {b.directory.infos[s].node_id for s in b.data.eager} - {a.id}
     # A read repair's Replicate (seq 0), or one whose claimed source is not the sender, is not spread.
     assert cores[b.id].replicated(w.now, a.id, Replicate(0, a.id, (item("r", node=a.id),))) == []
@@ -498,8 +503,28 @@ def test_a_replicated_write_from_a_lazy_link_is_not_forwarded_and_its_tree_copy_
     assert slot(b, a.id) in b.data.lazy
     it = item("k", node=a.id)
     core = NodeCore(b, Resolution.LWW, iter(range(1, 9)).__next__, w.now)
-    assert not sends(core.replicated(w.now, a.id, Replicate(7, a.id, (it,))), Push)
+    assert not sends(core.replicated(w.now, a.id, Replicate(7, a.id, (it,))) + core.tick(w.now), Push)
     parent = next(b.directory.infos[s].node_id for s in b.data.eager)
     effects = b.handle(w.now + 1, Push(parent, 1, (it,)))
     assert not sends(effects, Prune) and slot(b, parent) in b.data.eager
     assert {e.node_id for e in sends(effects, Push)} == {b.directory.infos[s].node_id for s in b.data.eager} - {parent}
+
+
+def test_writes_published_together_go_in_one_push_per_link_each_without_its_replicate_targets() -> None:
+    w = Wire(seed=19)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    core = NodeCore(a, Resolution.LWW, iter(range(1, 9)).__next__, w.now)
+    eager = sorted(a.directory.infos[s].node_id for s in a.data.eager)
+    assert len(eager) >= 2
+    first, second, third = item("x", node=a.id), item("y", node=a.id), item("z", node=a.id)
+    # x went to eager[0] in its Replicate, y to eager[1], z was written at `local` (nobody to spare).
+    effects = core.publish_levelled(w.now, [(first, (eager[0],)), (second, (eager[1],)), (third, ())])
+    by_link: dict[str, list[DataItem]] = {}
+    for sent in sends(effects, Push):
+        by_link.setdefault(sent.node_id, []).extend(sent.message.items)
+    assert len(sends(effects, Push)) == len(by_link) == len(eager)  # one message per eager link
+    assert by_link[eager[0]] == [second, third]
+    assert by_link[eager[1]] == [first, third]
+    assert all(items == [first, second, third] for node, items in by_link.items() if node not in eager[:2])

@@ -72,7 +72,7 @@ import hashlib
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from dsm.core.context import Context
@@ -114,6 +114,8 @@ class DisseminationTimer(enum.Enum):
     GOSSIP = enum.auto()
     #: An announced write is still missing (arg: the write's id).
     GRAFT = enum.auto()
+    #: The writes level requests brought since the last one go on down the tree (arg: unused).
+    FORWARD = enum.auto()
 
 
 def update_id(key: str, timestamp: int, node: str) -> int:
@@ -193,6 +195,8 @@ class Dissemination:
         self.stats = DisseminationStats()
         self._exchanges: dict[int, tuple[int, int]] = {}
         self._useful = False
+        # Writes level requests brought, to pass on down the tree (`on_replicate`): source slot -> writes.
+        self._forwards: dict[int, list[DataItem]] = {}
         # Graft waits a write received by the tree stays out of gossip (`_hold`): HOLD_FACTOR, raised while
         # gossip brings writes ahead of the tree (`_raced`), eased back by each round.
         self.hold_factor = float(HOLD_FACTOR)
@@ -214,10 +218,10 @@ class Dissemination:
             self.duplicate_runs.pop(slot, None)
             self._keep_one_eager()
 
-    def publish(self, items: DataItems, urgent: bool = True, skip: frozenset[int] = frozenset()) -> None:
-        """This node coordinated these writes (already in its replica): spread them. The tree's push leaves
-        out the eager links in `skip` (slots): members a level request's `Replicate` carries the writes to,
-        which pass them on down the tree themselves (`on_replicate`)."""
+    def publish(self, items: DataItems, urgent: bool = True, skips: Sequence[frozenset[int]] | None = None) -> None:
+        """This node coordinated these writes (already in its replica): spread them. With `skips` (one set
+        of slots per item), the tree's push of each item leaves out those eager links: members a level
+        request's `Replicate` carries it to, which pass it on down the tree themselves (`on_replicate`)."""
         retain = self._retain()
         tree = urgent and self.settings.direct_updates
         for item in items:
@@ -226,7 +230,7 @@ class Dissemination:
         self._trim_recent()
         self._became_busy(tree)
         if tree:
-            self._push_out(items, 0, -1, skip)
+            self._push_out(items, 0, -1, skips)
 
     def on_replicate(self, items: DataItems, source: str) -> None:
         """A level request's `Replicate` brought `source`'s writes (the driver stores them and answers). When
@@ -250,12 +254,22 @@ class Dissemination:
         self._became_busy(True)
         if tree and self.settings.direct_updates:
             assert slot is not None
-            self._push_out(new, 1, slot)
+            # Passed on together with the others that arrive in the same moment (a timer due now fires once
+            # the messages at hand are handled): a coordinator under load sends a `Replicate` per write, and
+            # one push per write down the tree would cost a message per write where its own push carried many.
+            forwards = self._forwards
+            if not forwards:
+                self.context.arm(self.context.now, DisseminationTimer.FORWARD, 0)
+            forwards.setdefault(slot, []).extend(new)
 
     def on_timer(self, kind: DisseminationTimer, arg: int) -> None:
         if kind is DisseminationTimer.GOSSIP:
             if arg == self._generation:
                 self._gossip_round()
+        elif kind is DisseminationTimer.FORWARD:
+            forwards, self._forwards = self._forwards, {}
+            for source, items in forwards.items():
+                self._push_out(tuple(items), 1, source)
         else:
             self._graft_due(arg)
 
@@ -295,14 +309,23 @@ class Dissemination:
             pool[i], pool[j] = pool[j], pool[i]
         return pool[:count]
 
-    def _push_out(self, items: DataItems, hops: int, exclude: int, skip: frozenset[int] = frozenset()) -> None:
+    def _push_out(
+        self, items: DataItems, hops: int, exclude: int, skips: Sequence[frozenset[int]] | None = None
+    ) -> None:
         context = self.context
         send = context.send_to_slot
-        for batch in batches(items):
-            push = Push(context.id, hops, batch)
+        if skips is None:
+            for batch in batches(items):
+                push = Push(context.id, hops, batch)
+                for slot in self.eager:
+                    if slot != exclude:
+                        send(slot, push)
+        else:
             for slot in self.eager:
-                if slot != exclude and slot not in skip:
-                    send(slot, push)
+                if slot != exclude:
+                    mine = tuple(item for item, skip in zip(items, skips, strict=True) if slot not in skip)
+                    for batch in batches(mine):
+                        send(slot, Push(context.id, hops, batch))
         if self.settings.lazy_fanout and self.lazy:
             announce = IHave(context.id, hops, tuple(item.id for item in items))
             for slot in self._sample(self.lazy, self.settings.lazy_fanout, exclude):

@@ -312,18 +312,23 @@ class NodeCore:
         return self.peer.rng.randrange(1, 1 << 63)
 
     def write_at(
-        self, now: int, level: Level, items: Sequence[DataItem], timeout_ms: int, publish: Sequence[DataItem] = ()
-    ) -> tuple[int, list[CoreEffect]]:
-        """Starts a write at `level` of `items` (durable here already; `Coordinator.write`) and publishes
-        `publish` (the commit's items held for it, `WriteOp.deferred`) along the broadcast tree, except to the
-        members the coordinator's `Replicate` carries them to: they pass them on down the tree themselves
-        (`replicated`), so a write at a level crosses each of those links once, not in both messages."""
+        self, now: int, level: Level, items: Sequence[DataItem], timeout_ms: int
+    ) -> tuple[int, list[CoreEffect], tuple[str, ...]]:
+        """Starts a write at `level` of `items` (durable here already; `Coordinator.write`); returns the
+        request, its effects and the members its `Replicate` goes to, which the tree's push of the write
+        leaves out (`publish_levelled`): they pass it on down the tree themselves (`replicated`), so a write
+        at a level crosses each of those links once, not in both messages."""
         request, effects = self.coordinator.write(now, level, items, timeout_ms)
-        out: list[CoreEffect] = list(effects)
-        if publish:
-            targets = [e.node_id for e in effects if type(e) is Send and type(e.message) is Replicate]
-            out.extend(self.peer.publish(now, tuple(publish), True, targets))
-        return request, out
+        targets = tuple(e.node_id for e in effects if type(e) is Send and type(e.message) is Replicate)
+        return request, list(effects), targets
+
+    def publish_levelled(self, now: int, entries: Sequence[tuple[DataItem, Sequence[str]]]) -> list[CoreEffect]:
+        """Publishes writes, each with the members a level request's `Replicate` carried it to (`write_at`;
+        none for a write at `local`): one push per eager link for all of them, as a commit's writes are
+        published together."""
+        items = tuple(item for item, _ in entries)
+        skips = [targets for _, targets in entries]
+        return list(self.peer.publish(now, items, True, skips if any(skips) else None))
 
     def replicated(self, now: int, source: str, message: Replicate) -> list[CoreEffect]:
         """A member's level request asks this node to store writes (the driver stores them and answers,

@@ -311,13 +311,19 @@ class Peer:
         route_id = self.routing.route(target, payload)
         return route_id, self.context.flush()
 
-    def publish(self, now: int, items: DataItems, urgent: bool = True, skip: Collection[str] = ()) -> list[Effect]:
+    def publish(
+        self, now: int, items: DataItems, urgent: bool = True, skips: Sequence[Collection[str]] | None = None
+    ) -> list[Effect]:
         """Spreads writes this node coordinated (already in its replica): pushed at once along the
-        broadcast tree, or with `urgent=False` only by gossip rounds (see dissemination.py). The push leaves
-        out the members in `skip` (ids), to which a level request's `Replicate` carries the writes."""
+        broadcast tree, or with `urgent=False` only by gossip rounds (see dissemination.py). With `skips`
+        (member ids, one collection per item), an item's push leaves out the members a level request's
+        `Replicate` carries it to."""
         self.context.advance(now)
         if not self.context.left:
-            slots = frozenset(s for s in map(self.directory.slot, skip) if s is not None)
+            slot_of = self.directory.slot
+            slots = None
+            if skips is not None:
+                slots = [frozenset(s for s in map(slot_of, ids) if s is not None) for ids in skips]
             self.data.publish(items, urgent, slots)
         return self.context.flush()
 

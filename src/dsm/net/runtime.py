@@ -100,24 +100,26 @@ DEFERRED_S = 0.05
 
 class HeldWrites:
     """The committed writes at a level above `local` (`Commit.deferred`), held until their level request
-    publishes them (`NodeCore.write_at`, which spares the members its `Replicate` reaches the tree's push),
-    and published by `publish` after DEFERRED_S if the request never comes (its caller was cancelled between
-    the commit and the request)."""
+    starts (`claim`), then published together at the end of the event loop's turn with the members each one's
+    `Replicate` went to (`levelled`; `NodeCore.publish_levelled` spares those members the tree's push), as
+    the writes of one commit are; published plainly after DEFERRED_S if the request never comes (its caller
+    was cancelled between the commit and the request)."""
 
-    def __init__(self, publish: Callable[[list[DataItem]], None]) -> None:
+    def __init__(self, publish: Callable[[list[tuple[DataItem, Sequence[str]]]], None]) -> None:
         self.publish = publish
         self.items: dict[int, DataItem] = {}
+        self.started: list[tuple[DataItem, Sequence[str]]] = []
 
-    def hold(self, commit: Commit) -> list[DataItem]:
-        """Holds the commit's deferred items; returns the others (to publish now)."""
-        now_items: list[DataItem] = []
+    def hold(self, commit: Commit) -> list[tuple[DataItem, Sequence[str]]]:
+        """Holds the commit's deferred items; returns the others (to publish now, sparing nobody)."""
+        now_items: list[tuple[DataItem, Sequence[str]]] = []
         held: list[int] = []
         for item in commit.published:
             if item.key in commit.deferred:
                 self.items[item.id] = item
                 held.append(item.id)
             else:
-                now_items.append(item)
+                now_items.append((item, ()))
         if held:
             asyncio.get_running_loop().call_later(DEFERRED_S, self._unclaimed, held)
         return now_items
@@ -127,10 +129,20 @@ class HeldWrites:
         items = self.items
         return [items.pop(i) for i in ids if i in items]
 
+    def levelled(self, items: Sequence[DataItem], targets: Sequence[str]) -> None:
+        """Publishes these (claimed) items at the end of this turn, sparing `targets` the tree's push."""
+        if not items:
+            return
+        if not self.started:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.started.extend((item, targets) for item in items)
+
+    def _flush(self) -> None:
+        started, self.started = self.started, []
+        self.publish(started)
+
     def _unclaimed(self, ids: list[int]) -> None:
-        items = self.claim(ids)
-        if items:
-            self.publish(items)
+        self.publish([(item, ()) for item in self.claim(ids)])
 
 
 def log_member_change(member: str, old: int, new: int, incarnation: int, own: bool) -> None:
@@ -450,12 +462,11 @@ class Runtime:
 
     def _on_commit(self, commit: Commit) -> None:
         """Publishes the local writes a commit made durable, but for those held for a level request."""
-        if commit.published:
-            self._publish(self.held.hold(commit))
+        self._publish(self.held.hold(commit))
 
-    def _publish(self, items: Sequence[DataItem]) -> None:
-        if items and self.peer is not None and not self.peer.left:
-            self._apply(self.peer.publish(self.now(), tuple(items)))
+    def _publish(self, entries: list[tuple[DataItem, Sequence[str]]]) -> None:
+        if entries and self.core is not None and not self.core.peer.left:
+            self._apply(self.core.publish_levelled(self.now(), entries))
 
     def _tick(self) -> None:
         self._timer = None
@@ -557,8 +568,9 @@ class Runtime:
     async def write_at(self, level: Level, items: Sequence[DataItem], timeout_ms: int) -> LevelDone:
         """Waits until enough members stored `items` (durable here already) for `level`, or `timeout_ms`."""
         assert self.core is not None
-        held = self.held.claim(item.id for item in items)
-        return await self._level(self.core.write_at(self.now(), level, items, timeout_ms, held))
+        request, effects, targets = self.core.write_at(self.now(), level, items, timeout_ms)
+        self.held.levelled(self.held.claim(item.id for item in items), targets)
+        return await self._level((request, effects))
 
     async def read_at(self, level: Level, key: str, own: VersionSet, timeout_ms: int) -> LevelDone:
         """Reads `key` at `level` (this node's `own` version set first); read repair is sent on."""

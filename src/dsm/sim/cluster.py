@@ -366,16 +366,16 @@ class Simulation:
         context: VersionVector = _BLIND,
         timeout_ms: float = 2000.0,
     ) -> LevelRequest:
-        """`node` coordinates a write at `level`: committed and published (`write`), then its coordinator asks
-        the level's members to store it; `done("ok", request)` runs once enough members stored it,
+        """`node` coordinates a write at `level`: committed, then its coordinator asks the level's members to
+        store it and the tree takes it to the others; `done("ok", request)` runs once enough members stored it,
         `done("fail", ...)` after `timeout_ms`. A write that fails its level stays where it landed and spreads."""
         assert node.up and node.peer is not None and node.core is not None
         now = self._peer_now(node)
-        commit = node.commit([WriteOp(key, value, context, deferred=True)], now)
-        (item,) = commit.published
+        (item,) = node.commit([WriteOp(key, value, context, deferred=True)], now).published
         for hook in self.store_hooks:
             hook(node.index, item, "write", 0)
-        rid, effects = node.core.write_at(now, level, (item,), int(timeout_ms), (item,))
+        rid, effects, targets = node.core.write_at(now, level, (item,), int(timeout_ms))
+        effects += node.core.publish_levelled(now, [(item, targets)])  # as the runtime does at the turn's end
         return self._level_started(node, key, done, timeout_ms, rid, effects, item)
 
     def read_at(
@@ -496,8 +496,8 @@ class Simulation:
         if isinstance(message, Replicate):
             assert node.core is not None
             self._apply_effects(node, node.core.replicated(self._peer_now(node), message.source, message))
-            stored = self._store(node, Store(message.items, message.source, "level", 0))
-            reply = stored_reply(message, me, stored)
+            self._reschedule(node)  # the tree takes the writes on at its next tick
+            reply = stored_reply(message, me, self._store(node, Store(message.items, message.source, "level", 0)))
         else:
             reply = read_reply(message, me, list(node.store.read_many_now(message.keys).items()), True)
         if reply is not None:
