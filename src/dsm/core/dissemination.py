@@ -148,7 +148,9 @@ class _Recent:
     rounds_left: int
     hops: int
     since: int
-    tree: bool  # the broadcast tree carries it (pushed, or published urgent with direct updates on)
+    #: Held out of gossip while fresh (`_held`): the broadcast tree carries it (pushed, or published urgent with
+    #: direct updates on), or a level request is delivering it (`on_replicate`).
+    tree: bool
     #: It came off the tree (by gossip, or by a level request from a member whose tree push would not have
     #: reached this node): the tree's own copy, when it follows, is passed on rather than pruned (`_raced`).
     off_tree: bool = False
@@ -234,7 +236,7 @@ class Dissemination:
 
     def on_replicate(self, items: DataItems, source: str) -> None:
         """A level request's `Replicate` brought `source`'s writes (the driver stores them and answers). When
-        `source` is an eager link, its tree push left this node out (`publish`'s `skip`): the writes go on
+        `source` is an eager link, its tree push left this node out (`publish`'s `skips`): the writes go on
         down the tree from here as if pushed, so the payload crosses that link once. Otherwise they are
         only remembered: the tree's copy that follows is passed on, not pruned (`_raced`). Either way they
         stay out of gossip for the hold, as pushed writes do."""
@@ -586,8 +588,9 @@ class Dissemination:
         return entry.tree and now - entry.since < hold
 
     def _hold(self) -> int:
-        """How long a write just received stays out of gossip, so the broadcast tree delivers it first
-        (two graft waits; 0 without direct updates)."""
+        """How long a write just received stays out of gossip, so the broadcast tree delivers it first:
+        `hold_factor` graft waits (2 at rest, up to HOLD_FACTOR_MAX while gossip races the tree), at most 4
+        graft timeouts; 0 without direct updates."""
         if not self.settings.direct_updates:
             return 0
         return min(self.settings.graft_timeout_ms * HOLD_FACTOR_MAX // 4, int(self.hold_factor * self._graft_wait()))
