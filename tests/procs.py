@@ -59,7 +59,12 @@ class Proc:
         self.node_id = node_id
         self._lines: queue.Queue[str] | None = None
         self.event: dict[str, Any] = {}
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, text=True)
+        # Its log goes to a file beside its data (appended across restarts), not a pipe nobody reads while it
+        # runs: a full pipe would block the node at its next log line.
+        self.log_path = data / f"{node_id}.stderr.log"
+        self._log_start = len(self.log_path.read_text(errors="replace")) if self.log_path.exists() else 0
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=environ, text=True)
         try:
             ready = self._line()
             if until == "ready" and ready["event"] == "waiting":
@@ -87,8 +92,7 @@ class Proc:
             raise AssertionError(f"{self.node_id} printed nothing within {timeout} s") from None
         if not line:
             self.proc.wait(15)
-            stderr = self.proc.stderr.read() if self.proc.stderr else ""
-            raise AssertionError(f"{self.node_id} did not start: {stderr}")
+            raise AssertionError(f"{self.node_id} did not start: {self.log()}")
         event: dict[str, Any] = json.loads(line)
         self.event = event
         return event
@@ -98,18 +102,21 @@ class Proc:
         if self.event["event"] != "ready":
             assert self._line(timeout)["event"] == "ready", self.event
 
+    def log(self) -> str:
+        """What the node (in all its lives with this data directory) wrote on stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Sends `sig` and waits for the exit status; what the process wrote on stderr is kept in `stderr`."""
+        """Sends `sig` and waits for the exit status; what this life wrote on stderr is kept in `stderr`."""
         self.client.close()
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(15)
         finally:
-            if self.proc.poll() is not None and self.proc.stderr is not None:
-                self.stderr = self.proc.stderr.read()
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
+            if self.proc.poll() is not None:
+                self.stderr = self.log()[self._log_start :]
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
 
 def _pump_lines(stream: Any, lines: queue.Queue[str]) -> None:

@@ -164,6 +164,58 @@ async def test_unreachable_peer_drops_its_queue_after_retries_and_a_restarted_pe
         await a.close()
 
 
+async def test_a_member_that_dials_again_over_a_silent_connection_is_dialled_again_too() -> None:
+    """A pod rescheduled under its name: its new life dials b while b's connection from its old life has gone
+    silent; b closes that one and its own connections to the member (they would reach the old life, or
+    nothing), and its writer dials again, keeping its queue. A second connection beside a live one is not
+    taken for a new life."""
+    a, ia = await make("a", "127.0.0.1", SECRET)
+    b, ib = await make("b", "127.0.0.2", SECRET)
+    b.superseded_after_s = 0.3
+    others: list[Transport] = []
+    try:
+        a.send("b", b.addr, Ping(1, "a", "b", ()))
+        b.send("a", a.addr, Ack(1, "b", ()))
+        await ib.wait_for(1)
+        await ia.wait_for(1)
+        assert b.stats.connects == 1
+
+        # Beside a connection that is talking: not a new life.
+        async def chatter() -> None:
+            for seq in range(100, 120):
+                a.send("b", b.addr, Ping(seq, "a", "b", ()))
+                await asyncio.sleep(0.02)
+
+        talking = asyncio.ensure_future(chatter())
+        await asyncio.sleep(0.05)
+        twin, _ = await make("a", "127.0.0.4", SECRET)
+        others.append(twin)
+        twin.send("b", b.addr, Ping(2, "a", "b", ()))
+        await talking
+        await ib.wait_for(22)
+        assert b.stats.redials == 0
+
+        # The member's connections go silent (its old life), then a new life dials b.
+        await asyncio.sleep(0.5)
+        reborn, _ = await make("a", "127.0.0.3", SECRET)
+        others.append(reborn)
+        reborn.send("b", b.addr, Ping(3, "a", "b", ()))
+        await ib.wait_for(23)
+        assert b.stats.redials == 1
+        b.send("a", a.addr, Ack(2, "b", ()))  # b's writer dials again (here, the old life still answers)
+        await ia.wait_for(2)
+        assert b.stats.connects == 2 and ia.got[-1] == ("b", Ack(2, "b", ()))
+        # b closed the member's silent connections (the first one's and the twin's): only the new life's is open.
+        for _ in range(100):
+            if b.connections()[1] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert b.connections()[1] == 1
+    finally:
+        for t in (a, b, *others):
+            await t.close()
+
+
 async def test_a_full_queue_drops_its_oldest_messages() -> None:
     a, _ = await make("a", "127.0.0.1", queue_max=10, connect_timeout=5)
     try:

@@ -188,6 +188,15 @@ def join(lan: Lan, tmp_path: Path, nodes: list[Proc], by_name: bool = False) -> 
     return everyone
 
 
+def caught_up(nodes: list[Proc], p: Proc, key: str, value: bytes, timeout: float) -> None:
+    """Waits until `p` holds `key` = `value`; on a timeout the failure shows each node's members and log."""
+    try:
+        eventually(lambda: holds(p, key, value), timeout=timeout)
+    except AssertionError:
+        seen = "\n".join(f"{q.node_id}: {members(q)}\n{q.log()[-3000:]}" for q in nodes)
+        raise AssertionError(f"{p.node_id} lacks {key!r} after {timeout} s; members and logs:\n{seen}") from None
+
+
 def incarnation(seen_by: Proc, node_id: str) -> int:
     return int(next(m["incarnation"] for m in seen_by.client.members() if m["id"] == node_id))
 
@@ -245,7 +254,7 @@ def test_a_node_moved_to_a_new_address(lan: Lan, tmp_path: Path, nodes: list[Pro
     # saved): it still refutes the old address (Membership._about_me; this test found that, 2 of 5 runs).
     # The others' connections to the old address die by TCP_USER_TIMEOUT (10 s) before they dial the name
     # again; under a loaded CI machine that, and the anti-entropy round after it, took over 20 s once.
-    eventually(lambda: holds(n2, "while-away", b"W"), timeout=45)
+    caught_up(nodes, n2, "while-away", b"W", timeout=45)
     eventually(lambda: all(members(p) == everyone for p in nodes), timeout=20)
     # The others dial it at its new address: a read at `all` needs each one's own connection to it.
     n2.client.put("from-new-address", b"N")
@@ -266,13 +275,17 @@ def test_a_node_rescheduled_under_its_name(lan: Lan, tmp_path: Path, nodes: list
     n2.stop(signal.SIGKILL)
     n0.client.put("while-away", b"W")
     lan.set_address(2, 23)  # the cable back in; the name h2.lan now points at .23, and .3 is nowhere
-    n2 = start(lan, 2, tmp_path, [], advertise=everyone["n2"][0])
+    # Restarted as the StatefulSet restarts a pod: the same bootstrap names (the members it saved may predate
+    # its join when it was killed a moment after it: it then rejoins through the names).
+    names = [everyone[f"n{i}"][0] for i in range(NODES)]
+    n2 = start(lan, 2, tmp_path, names, advertise=everyone["n2"][0])
     nodes[2] = n2
     n2.wait_ready(timeout=20)
     assert n2.http.startswith(lan.addr(23) + ":")
-    # The others' connections to the old address die by TCP_USER_TIMEOUT (10 s) before they dial the name
-    # again; under a loaded CI machine that, and the anti-entropy round after it, took over 20 s once.
-    eventually(lambda: holds(n2, "while-away", b"W"), timeout=45)
+    # The others' connections to the old address swallow frames; n2 dialling them over their silent connections
+    # from it makes them dial its name again (`transport.SUPERSEDED_AFTER_S`), else TCP_USER_TIMEOUT (10 s)
+    # ends them. 45 s: a loaded CI machine.
+    caught_up(nodes, n2, "while-away", b"W", timeout=45)
     eventually(lambda: all(members(p) == everyone for p in nodes), timeout=20)
     n2.client.put("from-rescheduled", b"F")
     eventually(lambda: read_all(n0, "from-rescheduled", b"F") and read_all(n1, "from-rescheduled", b"F"), 20)

@@ -242,6 +242,12 @@ def transport_metrics(network: NetworkStatus) -> Iterator[Metric]:
         ),
     ):
         yield labelled_counter(name, doc, "type" if "reason" not in doc else "reason", counts)
+    yield CounterMetricFamily(
+        "dsm_peer_redials",
+        "Members that dialled this node again over a connection silent for a second (a restart, a move), "
+        "which this node then dialled again too",
+        value=transport.redials,
+    )
 
 
 def labelled_counter(name: str, doc: str, label: str, counts: Iterable[tuple[str, float]]) -> Metric:

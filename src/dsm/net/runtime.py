@@ -38,6 +38,7 @@ addresses (or `new_cluster`) starts a new cluster. Membership changes are logged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -237,6 +238,7 @@ class Runtime:
         # WARNINGs about join targets and strangers: at most one per JOIN_WARNING_S per target and reason.
         self._warnings = QuietLog(log, JOIN_WARNING_S)
         self._members_saved = -1
+        self._save_now = asyncio.Event()
         self._saver: asyncio.Task[None] | None = None
         self._closed = False
         self._restoring = False
@@ -376,7 +378,9 @@ class Runtime:
     async def _save_loop(self) -> None:
         """Saves the member table within MEMBERS_SAVE_S of every change (see the module docstring)."""
         while True:
-            await asyncio.sleep(MEMBERS_SAVE_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._save_now.wait(), MEMBERS_SAVE_S)
+            self._save_now.clear()
             try:
                 await self.save_members()
             except Exception as exc:  # the store failed: the next round tries again
@@ -513,6 +517,8 @@ class Runtime:
         peer = self.peer
         if peer is not None and peer.joined and not self.joined.is_set():
             self.joined.set()
+            # The members it joined are saved at once: a node killed a moment after it joined rejoins them.
+            self._save_now.set()
             self.join_failures.clear()
             log.info("node %s joined the cluster (%d members alive)", self.node_id, peer.live_count())
         self._rearm()

@@ -136,6 +136,8 @@ class TransportStatus:
     connect_failures: Counts
     connections_out: int
     connections_in: int
+    #: Times a member dialled again over a silent connection and this node dialled it again too.
+    redials: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,4 +352,5 @@ def _transport(transport: Transport) -> TransportStatus:
         connect_failures=counts(stats.connect_failure_reasons),
         connections_out=outgoing,
         connections_in=incoming,
+        redials=stats.redials,
     )

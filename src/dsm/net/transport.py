@@ -88,6 +88,8 @@ class TransportStats:
     connect_failures: int = 0
     #: Failed outgoing connection attempts by reason (CONNECT_FAILURES).
     connect_failure_reasons: Counter[str] = field(default_factory=Counter)
+    #: Times a member dialled again over a silent connection, and ours to it were dialled again too.
+    redials: int = 0
 
 
 #: Read buffer of a connection before it is authenticated: the reader stops reading from the socket once
@@ -103,6 +105,12 @@ COALESCE_BYTES = 1 << 16
 #: 15 minutes; with it the writer sees the connection fail and dials again (found by
 #: tests/processes/test_hosts_netns.py). Well above any round trip and pause a live peer has.
 TCP_USER_TIMEOUT_MS = 10_000
+#: A member that dials this node again while its earlier connection here has carried nothing for this long
+#: lost that connection (it restarted, or its host came back on another address): our connections to it
+#: likely went the same way and are dialled again at once, instead of after TCP_USER_TIMEOUT_MS
+#: (`Transport._dialled_again`). Several of a live member's probe periods; a member's second connection of
+#: the moment (its bootstrap address's and its member address's, while it joins) is not silent that long.
+SUPERSEDED_AFTER_S = 1.0
 
 
 def bound_unacknowledged(writer: asyncio.StreamWriter) -> None:
@@ -242,7 +250,7 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = wire.MAX_FRAME) 
 class _Outbound:
     """The queue and writer task for one member at one address (the member "" when it is not known yet)."""
 
-    __slots__ = ("addr", "failures", "idle", "node_id", "queue", "task", "wake")
+    __slots__ = ("addr", "failures", "idle", "node_id", "queue", "task", "wake", "writer")
 
     def __init__(self, addr: str, node_id: str) -> None:
         self.addr = addr
@@ -252,6 +260,18 @@ class _Outbound:
         self.task: asyncio.Task[None] | None = None
         self.failures = 0
         self.idle = False
+        #: The connection it writes on, while it has one.
+        self.writer: asyncio.StreamWriter | None = None
+
+
+class _Incoming:
+    """An authenticated incoming connection: its writer (to close it) and when its last frame came."""
+
+    __slots__ = ("heard", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter, heard: float) -> None:
+        self.writer = writer
+        self.heard = heard
 
 
 def source_address(listen: str, remote_host: str) -> tuple[str, int] | None:
@@ -366,6 +386,9 @@ class Transport:
         #: Tasks serving incoming connections (and upgrading them to TLS).
         self._incoming: set[asyncio.Task[None]] = set()
         self._incoming_count = 0
+        #: Authenticated incoming connections by the member that opened them.
+        self._incoming_from: dict[str, set[_Incoming]] = {}
+        self.superseded_after_s = SUPERSEDED_AFTER_S
         self._handshaking = 0
         self._handshaking_from: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
@@ -470,6 +493,7 @@ class Transport:
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
                 continue
             out.failures = 0
+            out.writer = writer
             self._connected += 1
             try:
                 await self._pump(out, writer, channel)
@@ -478,6 +502,7 @@ class Transport:
                 log.debug("connection to %s lost: %s", out.addr, exc)
             finally:
                 self._connected -= 1
+                out.writer = None
                 writer.close()
                 with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
                     await writer.wait_closed()
@@ -693,7 +718,17 @@ class Transport:
             finally:
                 self._release(slot)
             reader.set_limit(READ_LIMIT)
-            await self._read_loop(responder.peer_id, reader, channel)
+            loop = asyncio.get_running_loop()
+            conn = _Incoming(writer, loop.time())
+            self._dialled_again(responder.peer_id, conn)
+            try:
+                await self._read_loop(responder.peer_id, reader, channel, conn)
+            finally:
+                peers = self._incoming_from.get(responder.peer_id)
+                if peers is not None:
+                    peers.discard(conn)
+                    if not peers:
+                        del self._incoming_from[responder.peer_id]
         except HttpOnPeerPort as exc:
             # INFO: a person with the wrong port, not a member misbehaving.
             self._refused(
@@ -728,6 +763,27 @@ class Transport:
             with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
 
+    def _dialled_again(self, peer: str, conn: _Incoming) -> None:
+        """Registers `peer`'s new connection. Its earlier ones that have been silent for `superseded_after_s`
+        are closed (it will not write on them again), and so are this node's connections to `peer` (each
+        writer dials again and keeps its queue): a member that dials again over a silent connection has lost
+        it, most likely in a restart or a move to another address under the same name, and our connections to
+        its old life would swallow frames until TCP_USER_TIMEOUT_MS."""
+        older = self._incoming_from.setdefault(peer, set())
+        stale = [c for c in older if conn.heard - c.heard >= self.superseded_after_s]
+        older.add(conn)
+        if not stale:
+            return
+        self.stats.redials += 1
+        for c in stale:
+            older.discard(c)
+            c.writer.transport.abort()
+        for out in self._out.values():
+            if out.node_id == peer and out.writer is not None:
+                out.writer.transport.abort()
+                out.wake.set()  # a writer waiting for messages sees its connection closed and dials again
+        log.info("member %s dialled again over a silent connection: dialling it again too", escape(peer))
+
     def _refused(self, reason: str, level: int, message: str, *args: object) -> None:
         """Counts an incoming connection closed for `reason`; logs it unless one of its kind was just logged."""
         self.stats.rejected[reason] += 1
@@ -750,8 +806,9 @@ class Transport:
             return responder.channel
         return responder.confirm(await read_frame(reader, wire.HANDSHAKE_FRAME_MAX))
 
-    async def _read_loop(self, peer: str, reader: asyncio.StreamReader, channel: Channel) -> None:
+    async def _read_loop(self, peer: str, reader: asyncio.StreamReader, channel: Channel, conn: _Incoming) -> None:
         stats = self.stats
+        clock = asyncio.get_running_loop().time
         incoming = chunks.Reassembly(self.max_message_bytes)
         held = 0  # bytes of the node's reassembly budget this connection holds
         chunked = 0  # wire bytes of the chunked message in reassembly
@@ -766,6 +823,7 @@ class Transport:
                         raise chunks.ChunkError("chunk_timeout", f"no chunk within {self.chunk_timeout:g} s") from None
                 else:
                     frame = await read_frame(reader)
+                conn.heard = clock()
                 try:
                     message = channel.decode(frame)
                 except UnknownType:
