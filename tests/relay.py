@@ -50,14 +50,22 @@ class _Half:
         self.shaken = False  #: its handshake frames were forwarded
         self.inbox: list[bytes] = []  #: the partner's frames for it, until then
         self.held: list[bytes] = []  #: its own frames, until it has a partner
+        self.foreign = False  #: it carried at least one of the partner's frames to the node
+
+    def closed(self) -> bool:
+        return self.upstream.transport.is_closing()
 
     def take(self, frame: bytes) -> int:
-        """Sends one of the partner's frames on this connection (or keeps it until the handshake went)."""
+        """Sends one of the partner's frames on this connection (or keeps it until the handshake went);
+        1 when this is the first foreign frame the connection carried to the node."""
         if not self.shaken:
             self.inbox.append(frame)
             return 0
+        if self.closed():
+            return 0
         self.upstream.write(frame)
-        return 1
+        first, self.foreign = not self.foreign, True
+        return int(first)
 
 
 class Relay:
@@ -71,7 +79,7 @@ class Relay:
         self.splice_to: set[str] = set()
         self.reorder_to: set[str] = set()
         self.recorded: list[Recorded] = []
-        self.spliced = 0  #: frames sent into another connection than their own
+        self.spliced = 0  #: connections that carried at least one frame of another connection to the node
         self.reordered = 0
         self._lonely: dict[str, _Half] = {}
         self._writers: set[asyncio.StreamWriter] = set()
@@ -181,6 +189,18 @@ class Relay:
                 writer.write(data)
                 await writer.drain()
 
+    def _pair(self, name: str, half: _Half) -> None:
+        """Splices `half` with the connection for `name` waiting for a partner, or leaves it waiting."""
+        other = self._lonely.pop(name, None)
+        if other is not None and other is not half and not other.closed():
+            half.partner, other.partner = other, half
+            for mine, theirs in ((half, other), (other, half)):
+                for frame in theirs.held:
+                    self.spliced += mine.take(frame)
+                theirs.held.clear()
+        else:
+            self._lonely[name] = half
+
     async def _frames(
         self, name: str, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter, record: Recorded
     ) -> None:
@@ -188,14 +208,7 @@ class Relay:
         half = _Half(upstream)
         splice = name in self.splice_to
         if splice:
-            other = self._lonely.pop(name, None)
-            if other is not None and not other.upstream.transport.is_closing():
-                half.partner, other.partner = other, half
-                for frame in other.held:
-                    self.spliced += half.take(frame)
-                other.held.clear()
-            else:
-                self._lonely[name] = half
+            self._pair(name, half)
         count = 0
         swapped: bytes | None = None
         with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -212,6 +225,11 @@ class Relay:
                             self.spliced += half.take(foreign)
                         half.inbox.clear()
                 elif splice:
+                    if half.partner is not None and half.partner.closed():
+                        # The node hung up on the partner (it refused a foreign frame): this connection
+                        # waits for the next one to splice with, instead of sending its frames nowhere.
+                        half.partner = None
+                        self._pair(name, half)
                     if half.partner is None:
                         half.held.append(frame)
                     else:
