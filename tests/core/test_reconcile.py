@@ -202,10 +202,17 @@ def test_runs_round_trip_with_prefix_compressed_bounds() -> None:
     assert decode_run(("", "b", WANT, b"", (), b"\x00\x00\x00\x07"))[4] == (7,)
 
 
+#: Keys as a store holds them: client keys (non-empty, no NUL: `dsm.node.checks.check_key`) and the node's own
+#: records (a NUL, then a name without one). Outside that domain the digest's key/versions separator is ambiguous
+#: (CI once drew {"": b"\x00"} against {"\x00": b""}: one digest, so the replicas looked alike).
+_client_keys = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=4)
+stored_keys = st.one_of(_client_keys, _client_keys.map(lambda k: "\x00" + k))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
-    st.dictionaries(st.text(max_size=4), st.binary(max_size=3), max_size=60),
-    st.dictionaries(st.text(max_size=4), st.binary(max_size=3), max_size=60),
+    st.dictionaries(stored_keys, st.binary(min_size=1, max_size=3), max_size=60),
+    st.dictionaries(stored_keys, st.binary(min_size=1, max_size=3), max_size=60),
 )
 def test_any_two_replicas_converge_to_their_merge(left: dict[str, bytes], right: dict[str, bytes]) -> None:
     a, b = SortedReplica(left), SortedReplica(right)

@@ -130,7 +130,9 @@ def decode_versions(data: bytes) -> VersionSet:
 
 
 def digest(key: str, encoded_versions: bytes) -> int:
-    """A signed 64-bit digest of one stored key and its encoded version set (for anti-entropy)."""
+    """A signed 64-bit digest of one stored key and its encoded version set (for anti-entropy). The NUL between
+    them is unambiguous for the keys a store holds: client keys have no NUL (`dsm.node.checks.check_key`), the
+    node's own records one, first; a key with a NUL inside could share a digest with another entry."""
     h = hashlib.blake2b(key.encode(), digest_size=8, person=b"dsm-key")
     h.update(b"\x00")
     h.update(encoded_versions)
