@@ -165,6 +165,33 @@ def test_announced_write_is_grafted_after_the_timeout_from_the_next_announcer_if
     assert not sends(a.tick(w.now + 4 * SMALL.graft_timeout_ms), Graft)
 
 
+def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> None:
+    w = Wire(seed=4)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    links = a.link_ids()
+    pusher, others = links[0], links[1:]
+    for other in others[:-1]:
+        a.handle(w.now, Prune(other))  # lazy links, one eager left beside the pusher
+    lazy = {a.directory.infos[s].node_id for s in a.data.lazy}
+    assert lazy and slot(a, pusher) in a.data.eager
+    # Unannounced, a pushed write is announced to lazy links.
+    assert sends(a.handle(w.now, Push(pusher, 0, (item("k1"),))), IHave)
+    # Announced here by some lazy links first: they hold it, and are not told again; the rest may be.
+    it = item("k2")
+    holders = sorted(lazy)[: len(lazy) // 2 or 1]
+    for holder in holders:
+        a.handle(w.now, IHave(holder, 1, (it.id,)))
+    told = {e.node_id for e in sends(a.handle(w.now, Push(pusher, 0, (it,))), IHave)}
+    assert not told & set(holders)
+    # Announced by every lazy link: no announcement at all.
+    last = item("k3")
+    for holder in lazy:
+        a.handle(w.now, IHave(holder, 1, (last.id,)))
+    assert not sends(a.handle(w.now, Push(pusher, 0, (last,))), IHave)
+
+
 def test_write_received_before_the_timeout_is_not_grafted() -> None:
     w = Wire(seed=4)
     w.formed(12)

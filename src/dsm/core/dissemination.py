@@ -312,8 +312,16 @@ class Dissemination:
         return pool[:count]
 
     def _push_out(
-        self, items: DataItems, hops: int, exclude: int, skips: Sequence[frozenset[int]] | None = None
+        self,
+        items: DataItems,
+        hops: int,
+        exclude: int,
+        skips: Sequence[frozenset[int]] | None = None,
+        holders: frozenset[int] = frozenset(),
     ) -> None:
+        """Pushes `items` on every eager link but `exclude`'s (leaving out, per item, the slots of `skips`),
+        and announces them to `lazy_fanout` lazy links, not to `holders` (lazy links that announced them
+        here: they have them)."""
         context = self.context
         send = context.send_to_slot
         if skips is None:
@@ -330,7 +338,8 @@ class Dissemination:
                         send(slot, Push(context.id, hops, batch))
         if self.settings.lazy_fanout and self.lazy:
             announce = IHave(context.id, hops, tuple(item.id for item in items))
-            for slot in self._sample(self.lazy, self.settings.lazy_fanout, exclude):
+            lazy = self.lazy - holders if holders else self.lazy
+            for slot in self._sample(lazy, self.settings.lazy_fanout, exclude):
                 send(slot, announce)
 
     def _accept(self, items: DataItems, source: str, path: str, hops: int) -> DataItems:
@@ -404,6 +413,7 @@ class Dissemination:
     def on_push(self, message: Push) -> None:
         slot = self._link_slot(message.source)
         hops = message.hops + 1
+        holders = self._holders(message.items) if self.missing else frozenset()
         new = self._accept(message.items, message.source, "push", hops)
         if not new:
             self.stats.duplicates += 1
@@ -424,7 +434,18 @@ class Dissemination:
         if slot is not None and slot in self.lazy:
             self._make_eager(slot)
         if self.settings.direct_updates:
-            self._push_out(new, hops, -1 if slot is None else slot)
+            self._push_out(new, hops, -1 if slot is None else slot, holders=holders)
+
+    def _holders(self, items: DataItems) -> frozenset[int]:
+        """The links that announced every one of `items` here before they arrived (they hold them)."""
+        missing = self.missing
+        holders: set[int] | None = None
+        for item in items:
+            announcers = {slot for slot, _ in missing.get(item.id, ())}
+            holders = announcers if holders is None else holders & announcers
+            if not holders:
+                return frozenset()
+        return frozenset(holders or ())
 
     def _raced(self, items: DataItems) -> bool:
         """Whether a pushed duplicate is the tree's first copy of writes gossip (or a level request, see
