@@ -195,22 +195,30 @@ async def test_a_member_that_dials_again_over_a_silent_connection_is_dialled_aga
         await ib.wait_for(22)
         assert b.stats.redials == 0
 
-        # The member's connections go silent (its old life), then a new life dials b.
+        # The member's connections go silent (its old life). A connection from it to b's address as a bootstrap
+        # address (b's id unknown to it: a member joining) is not a new life of the ones it dialled by id.
         await asyncio.sleep(0.5)
+        joining, _ = await make("a", "127.0.0.5", SECRET)
+        others.append(joining)
+        joining.send("", b.addr, Ping(5, "a", "b", ()))
+        await ib.wait_for(23)
+        assert b.stats.redials == 0
+        # Then a new life dials b by its id.
         reborn, _ = await make("a", "127.0.0.3", SECRET)
         others.append(reborn)
         reborn.send("b", b.addr, Ping(3, "a", "b", ()))
-        await ib.wait_for(23)
+        await ib.wait_for(24)
         assert b.stats.redials == 1
         b.send("a", a.addr, Ack(2, "b", ()))  # b's writer dials again (here, the old life still answers)
         await ia.wait_for(2)
         assert b.stats.connects == 2 and ia.got[-1] == ("b", Ack(2, "b", ()))
-        # b closed the member's silent connections (the first one's and the twin's): only the new life's is open.
+        # b closed the member's silent connections by id (the first one's and the twin's): the new life's and
+        # the joining one's are open.
         for _ in range(100):
-            if b.connections()[1] == 1:
+            if b.connections()[1] == 2:
                 break
             await asyncio.sleep(0.02)
-        assert b.connections()[1] == 1
+        assert b.connections()[1] == 2
     finally:
         for t in (a, b, *others):
             await t.close()

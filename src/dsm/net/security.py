@@ -367,6 +367,8 @@ class Responder:
         self.version = versions[1]
         #: The initiator's node id (bound by the handshake once it is confirmed).
         self.peer_id = ""
+        #: Whether the initiator dialled this node by its id (else an address whose member it did not know).
+        self.by_id = False
         self._noise: NNpsk0 | None = None
         self._channel: Channel | None = None
 
@@ -391,6 +393,7 @@ class Responder:
         if not message.initiator_id or message.initiator_id == self.node_id:
             raise WrongNodeError(f"a connection that claims to come from {message.initiator_id!r}")
         self.peer_id = message.initiator_id
+        self.by_id = bool(message.dialled_id)
         psk = self.keyring.psk_for(message.key_id)
         if psk is None:
             if message.noise:

@@ -386,8 +386,10 @@ class Transport:
         #: Tasks serving incoming connections (and upgrading them to TLS).
         self._incoming: set[asyncio.Task[None]] = set()
         self._incoming_count = 0
-        #: Authenticated incoming connections by the member that opened them.
-        self._incoming_from: dict[str, set[_Incoming]] = {}
+        #: Authenticated incoming connections by the member that opened them and whether it dialled this node
+        #: by id (a joining member's connection to a bootstrap address and its later one by id are not a
+        #: new life of the member).
+        self._incoming_from: dict[tuple[str, bool], set[_Incoming]] = {}
         self.superseded_after_s = SUPERSEDED_AFTER_S
         self._handshaking = 0
         self._handshaking_from: Counter[str] = Counter()
@@ -720,15 +722,16 @@ class Transport:
             reader.set_limit(READ_LIMIT)
             loop = asyncio.get_running_loop()
             conn = _Incoming(writer, loop.time())
-            self._dialled_again(responder.peer_id, conn)
+            group = (responder.peer_id, responder.by_id)
+            self._dialled_again(group, conn)
             try:
                 await self._read_loop(responder.peer_id, reader, channel, conn)
             finally:
-                peers = self._incoming_from.get(responder.peer_id)
+                peers = self._incoming_from.get(group)
                 if peers is not None:
                     peers.discard(conn)
                     if not peers:
-                        del self._incoming_from[responder.peer_id]
+                        del self._incoming_from[group]
         except HttpOnPeerPort as exc:
             # INFO: a person with the wrong port, not a member misbehaving.
             self._refused(
@@ -763,13 +766,15 @@ class Transport:
             with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    def _dialled_again(self, peer: str, conn: _Incoming) -> None:
-        """Registers `peer`'s new connection. Its earlier ones that have been silent for `superseded_after_s`
-        are closed (it will not write on them again), and so are this node's connections to `peer` (each
-        writer dials again and keeps its queue): a member that dials again over a silent connection has lost
-        it, most likely in a restart or a move to another address under the same name, and our connections to
-        its old life would swallow frames until TCP_USER_TIMEOUT_MS."""
-        older = self._incoming_from.setdefault(peer, set())
+    def _dialled_again(self, group: tuple[str, bool], conn: _Incoming) -> None:
+        """Registers a member's new connection (`group`: its id, and whether it dialled this node by id). Its
+        earlier ones of the same group that have been silent for `superseded_after_s` are closed (it will not
+        write on them again), and so are this node's connections to it (each writer dials again and keeps its
+        queue): a member that dials again over a silent connection has lost it, most likely in a restart or a
+        move to another address under the same name, and our connections to its old life would swallow frames
+        until TCP_USER_TIMEOUT_MS."""
+        peer = group[0]
+        older = self._incoming_from.setdefault(group, set())
         stale = [c for c in older if conn.heard - c.heard >= self.superseded_after_s]
         older.add(conn)
         if not stale:
