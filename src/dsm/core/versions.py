@@ -9,7 +9,10 @@ Rules:
   read `v`. The merge of two sets is the union (identified by dot) without the dominated versions.
 - Contexts are *causally closed*: a context that covers a version also covers everything that version's
   context covers. Contexts handed to clients are joins of whole read results (`VersionSet.context`), and
-  `write` only ever adds whole closures, so dominance is transitive. Then the merge keeps the maximal
+  `write` only ever adds whole closures and closes the new version's context over every version the replica
+  holds that it covers (`closed`: an entry added for an expired or superseded sibling also covers its node's
+  older versions held beside it; without their contexts, merges in different orders kept or dropped what
+  those had superseded), so dominance is transitive. Then the merge keeps the maximal
   elements of the union under a strict partial order, which makes it commutative, associative and
   idempotent (a join-semilattice): replicas that have seen the same versions hold the same set, whatever
   the order of arrival. (Cutting contexts to a size bound breaks closure, and with it associativity and
@@ -249,10 +252,7 @@ def write(
         # is closed over the versions it covers: a read of an LWW winner lists only the winner, whose node's
         # entry can cover an older version of that node that this replica still holds, and that version's
         # own context must then be covered too (a causally closed context).
-        for version in current.versions:
-            if context.covers(version.dot.timestamp, version.dot.node):
-                context = context.merge(version.context)
-        return VersionSet((Version(dot, context, value, expires_ms),))
+        return VersionSet((Version(dot, closed(context, current.versions), value, expires_ms),))
     survivors = sorted(
         (v for v in current.versions if not context.covers(v.dot.timestamp, v.dot.node)), key=lambda v: v.dot
     )
@@ -281,9 +281,26 @@ def write(
         # context) joins the new version's context, which keeps contexts causally closed.
         for oldest in survivors[:excess]:
             context = context.merge(oldest.context).merge(VersionVector.of([(oldest.dot.node, oldest.dot.timestamp)]))
-    new = Version(dot, context, value, expires_ms)
+    # Closed over every held version the context now covers: an expired or cut version's node entry (a
+    # timestamp) also covers that node's older versions held here, whose contexts the new version must then
+    # carry, or a merge that drops them by it would forget what they had superseded, and merges in another
+    # order would keep it (found by tests/core/test_expiry.py's merge laws).
+    new = Version(dot, closed(context, current.versions), value, expires_ms)
     assert not new.context.covers(dot.timestamp, dot.node), "a version cannot cover itself"
     return VersionSet.of((*current.versions, new), resolution)
+
+
+def closed(context: VersionVector, versions: Iterable[Version]) -> VersionVector:
+    """`context` with the contexts of the `versions` it covers folded in, until it covers no more of them whose
+    context it lacks (causally closed over them)."""
+    pending = list(versions)
+    while True:
+        covered = [v for v in pending if context.covers(v.dot.timestamp, v.dot.node)]
+        if not covered:
+            return context
+        for version in covered:
+            context = context.merge(version.context)
+        pending = [v for v in pending if not context.covers(v.dot.timestamp, v.dot.node)]
 
 
 def death(version: Version) -> int:
