@@ -165,10 +165,11 @@ async def test_unreachable_peer_drops_its_queue_after_retries_and_a_restarted_pe
 
 
 async def test_a_member_that_dials_again_over_a_silent_connection_is_dialled_again_too() -> None:
-    """A pod rescheduled under its name: its new life dials b while b's connection from its old life has gone
-    silent; b closes that one and its own connections to the member (they would reach the old life, or
-    nothing), and its writer dials again, keeping its queue. A second connection beside a live one is not
-    taken for a new life."""
+    """A pod rescheduled under its name: its new life dials b (here through b's address as a bootstrap address,
+    as a restarted node joins) while b's connection from its old life, dialled by b's id, has gone silent; b
+    closes that one and its own connections to the member (they would reach the old life, or nothing), and its
+    writer dials again, keeping its queue. Neither a second connection beside a live one nor a joining member's
+    connection by id after its silent one to a bootstrap address is taken for a new life."""
     a, ia = await make("a", "127.0.0.1", SECRET)
     b, ib = await make("b", "127.0.0.2", SECRET)
     b.superseded_after_s = 0.3
@@ -195,30 +196,32 @@ async def test_a_member_that_dials_again_over_a_silent_connection_is_dialled_aga
         await ib.wait_for(22)
         assert b.stats.redials == 0
 
-        # The member's connections go silent (its old life). A connection from it to b's address as a bootstrap
-        # address (b's id unknown to it: a member joining) is not a new life of the ones it dialled by id.
-        await asyncio.sleep(0.5)
-        joining, _ = await make("a", "127.0.0.5", SECRET)
+        # A member joining: its connection to b's address as a bootstrap address goes silent, then it dials b by
+        # id. Not a new life.
+        joining, _ = await make("c", "127.0.0.5", SECRET)
         others.append(joining)
-        joining.send("", b.addr, Ping(5, "a", "b", ()))
+        joining.send("", b.addr, Ping(5, "c", "b", ()))
         await ib.wait_for(23)
+        await asyncio.sleep(0.5)
+        joining.send("b", b.addr, Ping(6, "c", "b", ()))
+        await ib.wait_for(24)
         assert b.stats.redials == 0
-        # Then a new life dials b by its id.
+
+        # a's connections are silent by now (its old life); its new life dials b through a bootstrap address.
         reborn, _ = await make("a", "127.0.0.3", SECRET)
         others.append(reborn)
-        reborn.send("b", b.addr, Ping(3, "a", "b", ()))
-        await ib.wait_for(24)
+        reborn.send("", b.addr, Ping(3, "a", "b", ()))
+        await ib.wait_for(25)
         assert b.stats.redials == 1
         b.send("a", a.addr, Ack(2, "b", ()))  # b's writer dials again (here, the old life still answers)
         await ia.wait_for(2)
         assert b.stats.connects == 2 and ia.got[-1] == ("b", Ack(2, "b", ()))
-        # b closed the member's silent connections by id (the first one's and the twin's): the new life's and
-        # the joining one's are open.
+        # b closed a's silent connections (the first one's and the twin's): the new life's and c's two are open.
         for _ in range(100):
-            if b.connections()[1] == 2:
+            if b.connections()[1] == 3:
                 break
             await asyncio.sleep(0.02)
-        assert b.connections()[1] == 2
+        assert b.connections()[1] == 3
     finally:
         for t in (a, b, *others):
             await t.close()

@@ -280,7 +280,8 @@ def test_a_node_rescheduled_under_its_name(lan: Lan, tmp_path: Path, nodes: list
     names = [everyone[f"n{i}"][0] for i in range(NODES)]
     n2 = start(lan, 2, tmp_path, names, advertise=everyone["n2"][0])
     nodes[2] = n2
-    n2.wait_ready(timeout=20)
+    # Its join's answers come on the others' connections to it: dialled again when n2 dials them, as below.
+    n2.wait_ready(timeout=45)
     assert n2.http.startswith(lan.addr(23) + ":")
     # The others' connections to the old address swallow frames; n2 dialling them over their silent connections
     # from it makes them dial its name again (`transport.SUPERSEDED_AFTER_S`), else TCP_USER_TIMEOUT (10 s)

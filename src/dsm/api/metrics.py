@@ -244,7 +244,7 @@ def transport_metrics(network: NetworkStatus) -> Iterator[Metric]:
         yield labelled_counter(name, doc, "type" if "reason" not in doc else "reason", counts)
     yield CounterMetricFamily(
         "dsm_peer_redials",
-        "Members that dialled this node again over a connection silent for a second (a restart, a move), "
+        "Members that dialled this node again over a silent connection (a restart, a move), "
         "which this node then dialled again too",
         value=transport.redials,
     )

@@ -105,12 +105,14 @@ COALESCE_BYTES = 1 << 16
 #: 15 minutes; with it the writer sees the connection fail and dials again (found by
 #: tests/processes/test_hosts_netns.py). Well above any round trip and pause a live peer has.
 TCP_USER_TIMEOUT_MS = 10_000
-#: A member that dials this node again while its earlier connection here has carried nothing for this long
-#: lost that connection (it restarted, or its host came back on another address): our connections to it
-#: likely went the same way and are dialled again at once, instead of after TCP_USER_TIMEOUT_MS
-#: (`Transport._dialled_again`). Several of a live member's probe periods; a member's second connection of
-#: the moment (its bootstrap address's and its member address's, while it joins) is not silent that long.
-SUPERSEDED_AFTER_S = 1.0
+#: A member that dials this node again while its earlier connection here (dialled by this node's id) has
+#: carried nothing for this long lost that connection (it restarted, or its host came back on another
+#: address): our connections to it likely went the same way and are dialled again at once, instead of after
+#: TCP_USER_TIMEOUT_MS (`Transport._dialled_again`). A member keeps one connection per address of this node
+#: and dials again only once it lost one, so the wait only tells a connection it abandoned from one it is
+#: still writing on (two processes under one id; two addresses of this node at one moment): short, since a
+#: restarted node dials out within a second (0.5 s after its cable was pulled in the netns test).
+SUPERSEDED_AFTER_S = 0.2
 
 
 def bound_unacknowledged(writer: asyncio.StreamWriter) -> None:
@@ -265,13 +267,15 @@ class _Outbound:
 
 
 class _Incoming:
-    """An authenticated incoming connection: its writer (to close it) and when its last frame came."""
+    """An authenticated incoming connection: its writer (to close it), when its last frame came, and whether its
+    member dialled this node by id (else an address whose member it did not know: a bootstrap address)."""
 
-    __slots__ = ("heard", "writer")
+    __slots__ = ("by_id", "heard", "writer")
 
-    def __init__(self, writer: asyncio.StreamWriter, heard: float) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, heard: float, by_id: bool) -> None:
         self.writer = writer
         self.heard = heard
+        self.by_id = by_id
 
 
 def source_address(listen: str, remote_host: str) -> tuple[str, int] | None:
@@ -386,10 +390,8 @@ class Transport:
         #: Tasks serving incoming connections (and upgrading them to TLS).
         self._incoming: set[asyncio.Task[None]] = set()
         self._incoming_count = 0
-        #: Authenticated incoming connections by the member that opened them and whether it dialled this node
-        #: by id (a joining member's connection to a bootstrap address and its later one by id are not a
-        #: new life of the member).
-        self._incoming_from: dict[tuple[str, bool], set[_Incoming]] = {}
+        #: Authenticated incoming connections by the member that opened them.
+        self._incoming_from: dict[str, set[_Incoming]] = {}
         self.superseded_after_s = SUPERSEDED_AFTER_S
         self._handshaking = 0
         self._handshaking_from: Counter[str] = Counter()
@@ -721,17 +723,16 @@ class Transport:
                 self._release(slot)
             reader.set_limit(READ_LIMIT)
             loop = asyncio.get_running_loop()
-            conn = _Incoming(writer, loop.time())
-            group = (responder.peer_id, responder.by_id)
-            self._dialled_again(group, conn)
+            conn = _Incoming(writer, loop.time(), responder.by_id)
+            self._dialled_again(responder.peer_id, conn)
             try:
                 await self._read_loop(responder.peer_id, reader, channel, conn)
             finally:
-                peers = self._incoming_from.get(group)
+                peers = self._incoming_from.get(responder.peer_id)
                 if peers is not None:
                     peers.discard(conn)
                     if not peers:
-                        del self._incoming_from[group]
+                        del self._incoming_from[responder.peer_id]
         except HttpOnPeerPort as exc:
             # INFO: a person with the wrong port, not a member misbehaving.
             self._refused(
@@ -766,16 +767,16 @@ class Transport:
             with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    def _dialled_again(self, group: tuple[str, bool], conn: _Incoming) -> None:
-        """Registers a member's new connection (`group`: its id, and whether it dialled this node by id). Its
-        earlier ones of the same group that have been silent for `superseded_after_s` are closed (it will not
-        write on them again), and so are this node's connections to it (each writer dials again and keeps its
-        queue): a member that dials again over a silent connection has lost it, most likely in a restart or a
-        move to another address under the same name, and our connections to its old life would swallow frames
-        until TCP_USER_TIMEOUT_MS."""
-        peer = group[0]
-        older = self._incoming_from.setdefault(group, set())
-        stale = [c for c in older if conn.heard - c.heard >= self.superseded_after_s]
+    def _dialled_again(self, peer: str, conn: _Incoming) -> None:
+        """Registers `peer`'s new connection. Its earlier ones dialled by this node's id that have been silent
+        for `superseded_after_s` are closed (it will not write on them again), and so are this node's
+        connections to `peer` (each writer dials again and keeps its queue): a member that dials again, by id
+        or through a bootstrap address, over such a connection has lost it, most likely in a restart or a move
+        to another address under the same name, and our connections to its old life would swallow frames until
+        TCP_USER_TIMEOUT_MS. A silent connection to a bootstrap address is not one: a joining member opens it
+        before it knows this node's id, and its connection by id follows."""
+        older = self._incoming_from.setdefault(peer, set())
+        stale = [c for c in older if c.by_id and conn.heard - c.heard >= self.superseded_after_s]
         older.add(conn)
         if not stale:
             return
