@@ -192,6 +192,18 @@ def test_a_siblings_write_supersedes_the_siblings_expired_at_its_wall_clock() ->
     assert [v.value for v in kept.versions] == [b"blind", b"here", b"gone"]
 
 
+def test_an_expired_sibling_is_not_superseded_when_its_node_entry_would_take_a_live_older_one_with_it() -> None:
+    # n1 coordinated two concurrent writes of the key: a value, then (blind) one that expires.
+    live = one("n1", WALL, b"older, alive")
+    held = write(live, Dot(pack(WALL + 1), "n1"), NOTHING, b"newer, expiring", SIBLINGS, 16, expires_ms=WALL + 10)
+    assert len(held) == 2
+    # A blind write at WALL + 20: superseding the expired one would add the entry (n1, WALL + 1), which also
+    # covers (n1, WALL), a value nobody read. The expired one stays (reads skip it); the live one stays too.
+    after = write(held, Dot(pack(WALL + 20), "n3"), NOTHING, b"blind", SIBLINGS, 16, now_ms=WALL + 20)
+    assert [v.value for v in after.live_at(WALL + 20)] == [b"blind", b"older, alive"]
+    assert [v.value for v in after.versions] == [b"blind", b"newer, expiring", b"older, alive"]
+
+
 # --- death and purge -----------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,8 @@ Rules:
   the cut ignore it, so replicas that read a key at slightly different moments never differ in what they
   store. An expired value is dead like a tombstone: `purgeable` counts its death from `expires_ms`. In
   SIBLINGS mode a local write supersedes the versions already expired at its wall clock (`write`), so dead
-  siblings do not use up the sibling bounds.
+  siblings do not use up the sibling bounds, unless its writer's entry would also cover a live older version
+  of that writer held beside it (a vector entry covers all of a node's older writes).
 - Size bound: a context holds at most one entry per node that ever coordinated a write of the key (clients
   never appear in it), so it is bounded by the cluster's size, as with Dynamo-style vector clocks.
 - Because a writer advances its clock past every timestamp in the context it writes with, a version always
@@ -258,12 +259,18 @@ def write(
     )
     if now_ms and any(0 < v.expires_ms <= now_ms for v in survivors):
         # An expired version is semantically absent: it is superseded like a version the client had read
-        # (its whole closure joins the context, which stays causally closed).
-        for version in survivors:
-            if 0 < version.expires_ms <= now_ms:
-                closure = VersionVector.of([(version.dot.node, version.dot.timestamp)])
-                context = context.merge(version.context).merge(closure)
-        survivors = [v for v in survivors if not 0 < v.expires_ms <= now_ms]
+        # (its whole closure joins the context, which stays causally closed). Not when its node has an older
+        # version here that is still alive: the node's entry would cover that one too, and a value nobody read
+        # would go; the expired one then stays (reads skip it) until a read supersedes it or it is purged.
+        def costless(expired: Version) -> bool:
+            node, timestamp = expired.dot.node, expired.dot.timestamp
+            return not any(v.dot.node == node and v.dot.timestamp < timestamp and v.alive_at(now_ms) for v in survivors)
+
+        superseded = [v for v in survivors if 0 < v.expires_ms <= now_ms and costless(v)]
+        for version in superseded:
+            closure = VersionVector.of([(version.dot.node, version.dot.timestamp)])
+            context = context.merge(version.context).merge(closure)
+        survivors = [v for v in survivors if not context.covers(v.dot.timestamp, v.dot.node)]
     excess = len(survivors) + 1 - max_siblings
     if max_bytes is not None:
         # Also supersede the oldest while the values held would exceed the byte bound (a key's whole
