@@ -158,6 +158,14 @@ def test_a_write_that_supersedes_an_expired_sibling_stays_closed_over_what_that_
                     assert closed(version.context, [held]) == version.context
 
 
+def test_closed_folds_in_what_the_folded_contexts_cover_in_turn() -> None:
+    first = Version(Dot(10, "a"), VersionVector.of([("b", 5)]), b"x")
+    second = Version(Dot(5, "b"), VersionVector.of([("x", 3)]), b"y")  # covered only once first is folded in
+    unrelated = Version(Dot(7, "c"), VersionVector.of([("z", 1)]), b"z")
+    got = closed(VersionVector.of([("a", 10)]), [unrelated, second, first])
+    assert got == VersionVector.of([("a", 10), ("b", 5), ("x", 3)])
+
+
 @SETTINGS
 @given(seed=st.integers(0, 2**32), now=st.integers(0, 40))
 def test_live_at_hides_exactly_the_expired_values(seed: int, now: int) -> None:

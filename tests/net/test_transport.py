@@ -227,6 +227,31 @@ async def test_a_member_that_dials_again_over_a_silent_connection_is_dialled_aga
             await t.close()
 
 
+async def test_a_message_after_the_peer_closed_cleanly_goes_on_a_new_connection() -> None:
+    """The peer stopped cleanly (its FIN arrived; plain TCP keeps our half of the connection open) and its next
+    life listens at the same address: the next message is not written into the old connection (where it would
+    be lost), the writer dials again first."""
+    a, _ = await make("a", "127.0.0.1", SECRET)
+    b, ib = await make("b", "127.0.0.2", SECRET)
+    addr = b.addr
+    try:
+        a.send("b", addr, Ping(1, "a", "b", ()))
+        await ib.wait_for(1)
+        await b.close()
+        inbox = Inbox()
+        b2 = Transport("b", addr, inbox, Keyring(SECRET))
+        await b2.start()
+        try:
+            await asyncio.sleep(0.2)  # b's FIN reaches a
+            a.send("b", addr, Ping(2, "a", "b", ()))
+            await inbox.wait_for(1, timeout=3)
+            assert inbox.got == [("a", Ping(2, "a", "b", ()))] and a.stats.connects == 2
+        finally:
+            await b2.close()
+    finally:
+        await a.close()
+
+
 async def test_a_full_queue_drops_its_oldest_messages() -> None:
     a, _ = await make("a", "127.0.0.1", queue_max=10, connect_timeout=5)
     try:

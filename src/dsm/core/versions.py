@@ -307,7 +307,8 @@ def closed(context: VersionVector, versions: Iterable[Version]) -> VersionVector
             return context
         for version in covered:
             context = context.merge(version.context)
-        pending = [v for v in pending if not context.covers(v.dot.timestamp, v.dot.node)]
+        # Only the versions folded in leave: one the merged contexts now cover is folded in the next pass.
+        pending = [v for v in pending if not any(v is c for c in covered)]
 
 
 def death(version: Version) -> int:

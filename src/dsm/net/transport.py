@@ -480,7 +480,7 @@ class Transport:
     async def _writer(self, out: _Outbound) -> None:
         while out.queue and not (self._closed and out.failures):
             try:
-                writer, channel = await self._connect(out.addr, out.node_id)
+                reader, writer, channel = await self._connect(out.addr, out.node_id)
             # ValueError: a bad address, or a FrameError in the handshake.
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 out.failures += 1
@@ -500,7 +500,7 @@ class Transport:
             out.writer = writer
             self._connected += 1
             try:
-                await self._pump(out, writer, channel)
+                await self._pump(out, reader, writer, channel)
             # RuntimeError: uvloop's way of refusing a write to a transport that closed meanwhile.
             except (OSError, ConnectionError, ssl.SSLError, RuntimeError) as exc:
                 log.debug("connection to %s lost: %s", out.addr, exc)
@@ -524,7 +524,9 @@ class Transport:
             except Exception:  # a bug above must not stop the writer
                 log.exception("on_connect_failure(%s, %s, %s) failed", out.addr, out.node_id, reason)
 
-    async def _pump(self, out: _Outbound, writer: asyncio.StreamWriter, channel: Channel) -> None:
+    async def _pump(
+        self, out: _Outbound, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, channel: Channel
+    ) -> None:
         stats = self.stats
         # Small frames queued together go out in one write (one system call, one segment, where each frame
         # on its own would cost one): they are joined here until the queue is empty, a large message comes,
@@ -533,7 +535,10 @@ class Transport:
         pending_bytes = 0
         while True:
             while out.queue:
-                if writer.transport.is_closing():  # the peer reset the connection: reconnect, keep the queue
+                # The peer reset the connection, or closed it (it never writes after the handshake, so the end of
+                # what it sends is a close, as at a clean stop; plain TCP keeps our half open): reconnect, keep
+                # the queue, rather than write into a connection whose far end is gone.
+                if writer.transport.is_closing() or reader.at_eof():
                     raise ConnectionResetError(f"connection to {out.addr} closed")
                 message = out.queue.popleft()
                 kind = type(message).__name__
@@ -588,7 +593,7 @@ class Transport:
                 out.idle = True
                 return
 
-    async def _connect(self, addr: str, dialled: str) -> tuple[asyncio.StreamWriter, Channel]:
+    async def _connect(self, addr: str, dialled: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Channel]:
         """A connection to `addr`, its handshake done in the newest protocol version both ends speak: ours
         first; after a refusal that names older versions this node also speaks, a new connection proposes the
         newest of them (the responder closed the first after its refusal)."""
@@ -602,7 +607,9 @@ class Transport:
                     raise
                 version = lower
 
-    async def _handshake(self, addr: str, dialled: str, version: int) -> tuple[asyncio.StreamWriter, Channel]:
+    async def _handshake(
+        self, addr: str, dialled: str, version: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Channel]:
         host, port = split_addr(addr)
         connect = asyncio.open_connection(
             host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=source_address(self.listen, host)
@@ -630,7 +637,7 @@ class Transport:
         self.spoken[addr] = version
         # This side only writes from here on (the responder sends nothing more), so its reader stays at the
         # small handshake bound: a peer that sent more would only pause our reading of it.
-        return writer, channel
+        return reader, writer, channel
 
     # ------------------------------------------------------------------ receiving
 
