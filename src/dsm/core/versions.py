@@ -7,8 +7,11 @@ tombstone (a delete). A `VersionSet` is what a replica stores for a key.
 Rules:
 - Version `v` is *dominated* by `w` when `w`'s context covers `v`'s dot: `w` was written by someone who had
   read `v`. The merge of two sets is the union (identified by dot) without the dominated versions.
-- Contexts are *causally closed*: a context that covers a version also covers everything that version's
-  context covers. Contexts handed to clients are joins of whole read results (`VersionSet.context`), and
+- Contexts are *causally closed* within what a replica holds: a set's context (`VersionSet.context`) that covers
+  a version also covers everything that version's context covers. (A single version's context may cover, by a
+  node's entry, an older version of that node no longer held anywhere beside it without that version's context:
+  what the merge compares is held versions, and against those it is closed.) Contexts handed to clients are
+  joins of whole read results (`VersionSet.context`), and
   `write` only ever adds whole closures and closes the new version's context over every version the replica
   holds that it covers (`closed`: an entry added for an expired or superseded sibling also covers its node's
   older versions held beside it; without their contexts, merges in different orders kept or dropped what
