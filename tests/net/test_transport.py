@@ -171,8 +171,7 @@ async def test_a_member_that_dials_again_over_a_silent_connection_is_dialled_aga
     writer dials again, keeping its queue. Neither a second connection beside a live one nor a joining member's
     connection by id after its silent one to a bootstrap address is taken for a new life."""
     a, ia = await make("a", "127.0.0.1", SECRET)
-    b, ib = await make("b", "127.0.0.2", SECRET)
-    b.superseded_after_s = 0.3
+    b, ib = await make("b", "127.0.0.2", SECRET, superseded_after_s=0.3)
     others: list[Transport] = []
     try:
         a.send("b", b.addr, Ping(1, "a", "b", ()))

@@ -83,6 +83,7 @@ from dsm.net.tls import contexts
 from dsm.net.transport import PeerLimits, Transport
 from dsm.node import Commits
 from dsm.node.sync_points import SyncPointBook
+from dsm.storage.base import BackingStore
 
 log = logging.getLogger("dsm.net")
 
@@ -144,6 +145,37 @@ class HeldWrites:
 
     def _unclaimed(self, ids: list[int]) -> None:
         self.publish([(item, ()) for item in self.claim(ids)])
+
+
+class MemberSaver:
+    """Saves a node's member table in its store's metadata within MEMBERS_SAVE_S of every change, and at once
+    when `now` is set (the node joined: killed a moment later, it rejoins the members it joined)."""
+
+    def __init__(self, store: BackingStore, peer: Callable[[], Peer | None]) -> None:
+        self.store, self.peer = store, peer
+        self.now = asyncio.Event()
+        self._saved = -1
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.now.wait(), MEMBERS_SAVE_S)
+            self.now.clear()
+            try:
+                await self.save()
+            except Exception as exc:  # the store failed: the next round tries again
+                log.warning("saving the member table failed: %s", exc)
+
+    async def save(self) -> None:
+        """Saves the member table now if it changed since it was last saved."""
+        peer = self.peer()
+        if peer is None:
+            return
+        changes = peer.table.changes
+        if changes == self._saved:
+            return
+        await self.store.write([], {META_MEMBERS: peer.member_record()})
+        self._saved = changes
 
 
 def log_member_change(member: str, old: int, new: int, incarnation: int, own: bool) -> None:
@@ -237,8 +269,7 @@ class Runtime:
         self.join_failures: dict[str, str] = {}
         # WARNINGs about join targets and strangers: at most one per JOIN_WARNING_S per target and reason.
         self._warnings = QuietLog(log, JOIN_WARNING_S)
-        self._members_saved = -1
-        self._save_now = asyncio.Event()
+        self.members = MemberSaver(self.commits.store, lambda: self.peer)
         self._saver: asyncio.Task[None] | None = None
         self._closed = False
         self._restoring = False
@@ -316,7 +347,7 @@ class Runtime:
             log.info("node %s: %d members read back from the store", self.node_id, restored)
         self.commits.subscribe(self._on_commit)
         self._apply(self.peer.join(self.now(), [("", addr) for addr in bootstrap if addr != self.addr]))
-        self._saver = self._loop.create_task(self._save_loop(), name=f"dsm-members-{self.node_id}")
+        self._saver = self._loop.create_task(self.members.run(), name=f"dsm-members-{self.node_id}")
         if self.peer.joined:
             log.info("node %s listening on %s (incarnation %d): a new cluster", self.node_id, self.addr, incarnation)
         else:
@@ -375,28 +406,6 @@ class Runtime:
         if not self._restoring and slot != peer.me:
             log_member_change(peer.directory.infos[slot].node_id, old, new, incarnation, own)
 
-    async def _save_loop(self) -> None:
-        """Saves the member table within MEMBERS_SAVE_S of every change (see the module docstring)."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._save_now.wait(), MEMBERS_SAVE_S)
-            self._save_now.clear()
-            try:
-                await self.save_members()
-            except Exception as exc:  # the store failed: the next round tries again
-                log.warning("saving the member table failed: %s", exc)
-
-    async def save_members(self) -> None:
-        """Saves the member table now if it changed since it was last saved."""
-        peer = self.peer
-        if peer is None:
-            return
-        changes = peer.table.changes
-        if changes == self._members_saved:
-            return
-        await self.commits.store.write([], {META_MEMBERS: peer.member_record()})
-        self._members_saved = changes
-
     async def close(self, flush_timeout: float = 1.0, leave: bool = False) -> None:
         """Graceful stop: saves the member table, flushes, closes the transport; with `leave`, first
         announces a leave for good to the linked members (see `EpidemicStorage.leave`). Without it the node
@@ -414,7 +423,7 @@ class Runtime:
             await asyncio.gather(self._saver, return_exceptions=True)
         if self.peer is not None and not self.peer.left:
             try:
-                await self.save_members()  # before any leave: a restart rejoins through these members
+                await self.members.save()  # before any leave: a restart rejoins through these members
             except Exception as exc:
                 log.warning("saving the member table failed: %s", exc)
         self.commits.unsubscribe(self._on_commit)
@@ -518,7 +527,7 @@ class Runtime:
         if peer is not None and peer.joined and not self.joined.is_set():
             self.joined.set()
             # The members it joined are saved at once: a node killed a moment after it joined rejoins them.
-            self._save_now.set()
+            self.members.now.set()
             self.join_failures.clear()
             log.info("node %s joined the cluster (%d members alive)", self.node_id, peer.live_count())
         self._rearm()

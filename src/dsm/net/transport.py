@@ -278,6 +278,32 @@ class _Incoming:
         self.by_id = by_id
 
 
+class _Lives:
+    """The authenticated incoming connections by the member that opened them (`Transport._dialled_again`)."""
+
+    def __init__(self, superseded_after_s: float) -> None:
+        self.superseded_after_s = superseded_after_s
+        self.by_member: dict[str, set[_Incoming]] = {}
+
+    def opened(self, peer: str, conn: _Incoming) -> bool:
+        """Registers `peer`'s new connection; closes and forgets its earlier ones dialled by this node's id that
+        have been silent for `superseded_after_s`, and says whether there were any."""
+        older = self.by_member.setdefault(peer, set())
+        stale = [c for c in older if c.by_id and conn.heard - c.heard >= self.superseded_after_s]
+        older.add(conn)
+        for c in stale:
+            older.discard(c)
+            c.writer.transport.abort()
+        return bool(stale)
+
+    def closed(self, peer: str, conn: _Incoming) -> None:
+        peers = self.by_member.get(peer)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self.by_member[peer]
+
+
 def source_address(listen: str, remote_host: str) -> tuple[str, int] | None:
     """The local address a connection to `remote_host` leaves from: the listening host (of `listen`), when it
     is a specific address of the same kind as the remote one, so that a node shows one address to its peers
@@ -355,6 +381,7 @@ class Transport:
         reassembly_max_bytes: int = chunks.REASSEMBLY_MAX_BYTES,
         chunk_timeout: float = 30.0,
         versions: tuple[int, int] = (wire.MIN_PROTOCOL_VERSION, wire.PROTOCOL_VERSION),
+        superseded_after_s: float = SUPERSEDED_AFTER_S,
     ) -> None:
         self.node_id = node_id
         #: The protocol versions it speaks (oldest, newest; `dsm.net.security`, "Versions"), and the version
@@ -390,9 +417,7 @@ class Transport:
         #: Tasks serving incoming connections (and upgrading them to TLS).
         self._incoming: set[asyncio.Task[None]] = set()
         self._incoming_count = 0
-        #: Authenticated incoming connections by the member that opened them.
-        self._incoming_from: dict[str, set[_Incoming]] = {}
-        self.superseded_after_s = SUPERSEDED_AFTER_S
+        self._lives = _Lives(superseded_after_s)
         self._handshaking = 0
         self._handshaking_from: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
@@ -480,7 +505,7 @@ class Transport:
     async def _writer(self, out: _Outbound) -> None:
         while out.queue and not (self._closed and out.failures):
             try:
-                reader, writer, channel = await self._connect(out.addr, out.node_id)
+                reader, writer, channel = await dial(self, out.addr, out.node_id)
             # ValueError: a bad address, or a FrameError in the handshake.
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 out.failures += 1
@@ -593,52 +618,6 @@ class Transport:
                 out.idle = True
                 return
 
-    async def _connect(self, addr: str, dialled: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Channel]:
-        """A connection to `addr`, its handshake done in the newest protocol version both ends speak: ours
-        first; after a refusal that names older versions this node also speaks, a new connection proposes the
-        newest of them (the responder closed the first after its refusal)."""
-        version = self.versions[1]
-        while True:
-            try:
-                return await self._handshake(addr, dialled, version)
-            except security.RefusedError as exc:
-                lower = version_after_refusal(exc, version, self.versions, addr)
-                if lower is None:
-                    raise
-                version = lower
-
-    async def _handshake(
-        self, addr: str, dialled: str, version: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Channel]:
-        host, port = split_addr(addr)
-        connect = asyncio.open_connection(
-            host, port, ssl=self.client_ssl, limit=HANDSHAKE_READ_LIMIT, local_addr=source_address(self.listen, host)
-        )
-        reader, writer = await asyncio.wait_for(connect, self.connect_timeout)
-        bound_unacknowledged(writer)
-        self.stats.connects += 1
-        try:
-            required = self.limits.tls_require_node_id
-            certificate = writer.get_extra_info("peercert") if self.client_ssl is not None else None
-            if dialled:  # the certificate must name the member dialled (before we say anything to it)
-                tls.check_certificate(certificate, dialled, required)
-            initiator = security.Initiator(self.keyring, self.node_id, dialled, version)
-            writer.write(initiator.first_frame())
-            async with asyncio.timeout(self.limits.handshake_timeout_s):
-                frame = await read_frame(reader, wire.HANDSHAKE_FRAME_MAX)
-            channel, confirm = initiator.finish(frame)
-            if not dialled:  # a bootstrap address: the certificate must name whoever answered
-                tls.check_certificate(certificate, initiator.peer_id, required)
-            writer.write(confirm)
-            await writer.drain()
-        except BaseException:
-            writer.close()
-            raise
-        self.spoken[addr] = version
-        # This side only writes from here on (the responder sends nothing more), so its reader stays at the
-        # small handshake bound: a peer that sent more would only pause our reading of it.
-        return reader, writer, channel
-
     # ------------------------------------------------------------------ receiving
 
     def _admit(self, raw: asyncio.Transport) -> None:
@@ -735,11 +714,7 @@ class Transport:
             try:
                 await self._read_loop(responder.peer_id, reader, channel, conn)
             finally:
-                peers = self._incoming_from.get(responder.peer_id)
-                if peers is not None:
-                    peers.discard(conn)
-                    if not peers:
-                        del self._incoming_from[responder.peer_id]
+                self._lives.closed(responder.peer_id, conn)
         except HttpOnPeerPort as exc:
             # INFO: a person with the wrong port, not a member misbehaving.
             self._refused(
@@ -776,21 +751,15 @@ class Transport:
 
     def _dialled_again(self, peer: str, conn: _Incoming) -> None:
         """Registers `peer`'s new connection. Its earlier ones dialled by this node's id that have been silent
-        for `superseded_after_s` are closed (it will not write on them again), and so are this node's
+        for `superseded_after_s` (`_Lives`) are closed (it will not write on them again), and so are this node's
         connections to `peer` (each writer dials again and keeps its queue): a member that dials again, by id
         or through a bootstrap address, over such a connection has lost it, most likely in a restart or a move
         to another address under the same name, and our connections to its old life would swallow frames until
         TCP_USER_TIMEOUT_MS. A silent connection to a bootstrap address is not one: a joining member opens it
         before it knows this node's id, and its connection by id follows."""
-        older = self._incoming_from.setdefault(peer, set())
-        stale = [c for c in older if c.by_id and conn.heard - c.heard >= self.superseded_after_s]
-        older.add(conn)
-        if not stale:
+        if not self._lives.opened(peer, conn):
             return
         self.stats.redials += 1
-        for c in stale:
-            older.discard(c)
-            c.writer.transport.abort()
         for out in self._out.values():
             if out.node_id == peer and out.writer is not None:
                 out.writer.transport.abort()
@@ -897,3 +866,58 @@ def connect_failure_reason(exc: BaseException) -> str:
 def _peername(writer: asyncio.StreamWriter) -> str:
     name = writer.get_extra_info("peername")
     return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "?"
+
+
+async def dial(
+    transport: Transport, addr: str, dialled: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Channel]:
+    """A connection to `addr`, its handshake done in the newest protocol version both ends speak: ours
+    first; after a refusal that names older versions this node also speaks, a new connection proposes the
+    newest of them (the responder closed the first after its refusal)."""
+    version = transport.versions[1]
+    while True:
+        try:
+            return await _handshake(transport, addr, dialled, version)
+        except security.RefusedError as exc:
+            lower = version_after_refusal(exc, version, transport.versions, addr)
+            if lower is None:
+                raise
+            version = lower
+
+
+async def _handshake(
+    transport: Transport, addr: str, dialled: str, version: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Channel]:
+    """One connection to `addr` and the initiator's side of its handshake in `version` (`dsm.net.security`)."""
+    host, port = split_addr(addr)
+    connect = asyncio.open_connection(
+        host,
+        port,
+        ssl=transport.client_ssl,
+        limit=HANDSHAKE_READ_LIMIT,
+        local_addr=source_address(transport.listen, host),
+    )
+    reader, writer = await asyncio.wait_for(connect, transport.connect_timeout)
+    bound_unacknowledged(writer)
+    transport.stats.connects += 1
+    try:
+        required = transport.limits.tls_require_node_id
+        certificate = writer.get_extra_info("peercert") if transport.client_ssl is not None else None
+        if dialled:  # the certificate must name the member dialled (before we say anything to it)
+            tls.check_certificate(certificate, dialled, required)
+        initiator = security.Initiator(transport.keyring, transport.node_id, dialled, version)
+        writer.write(initiator.first_frame())
+        async with asyncio.timeout(transport.limits.handshake_timeout_s):
+            frame = await read_frame(reader, wire.HANDSHAKE_FRAME_MAX)
+        channel, confirm = initiator.finish(frame)
+        if not dialled:  # a bootstrap address: the certificate must name whoever answered
+            tls.check_certificate(certificate, initiator.peer_id, required)
+        writer.write(confirm)
+        await writer.drain()
+    except BaseException:
+        writer.close()
+        raise
+    transport.spoken[addr] = version
+    # This side only writes from here on (the responder sends nothing more), so its reader stays at the
+    # small handshake bound: a peer that sent more would only pause our reading of it.
+    return reader, writer, channel
