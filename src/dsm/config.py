@@ -267,6 +267,16 @@ class StorageConfig(metaclass=_Profiled):
             32,
         ),
     )
+    announce_delay_ms: int = field(
+        default=100,
+        metadata=_int(
+            "How long a node holds its announcements (IHave) before sending them, ms: those to one link within "
+            "that time go in one message, after the write's wave of pushes has passed (a node that lacks a "
+            "write hears of it that much later). 0 announces each write at once.",
+            0,
+            60 * _SECOND,
+        ),
+    )
     graft_timeout_ms: int = field(
         default=250,
         metadata=_int(

@@ -43,6 +43,11 @@ def slot(p: Peer, node_id: str) -> int:
     return s
 
 
+def announced(p: Peer, w: Wire, effects: list) -> list[Send]:
+    """The announcements `effects` sent, and those `p` held for `announce_delay_ms` and sends then."""
+    return sends(effects, IHave) + sends(p.tick(w.now + SMALL.announce_delay_ms), IHave)
+
+
 def linked_pair(w: Wire) -> tuple[Peer, Peer]:
     """Two peers of a formed cluster that are linked to each other."""
     a = w.peers["n0"]
@@ -70,14 +75,14 @@ def test_new_push_is_stored_and_forwarded_on_eager_links_only() -> None:
     eager_ids = {a.directory.infos[s].node_id for s in a.data.eager}
     assert pushed == eager_ids - {b.id} and pushed
     assert all(e.message.hops == 3 for e in sends(effects, Push))
-    announced = sends(effects, IHave)
-    assert len(announced) <= SMALL.lazy_fanout
+    told = sends(effects, IHave)
     # The same write again is a duplicate: nothing stored or forwarded, the link is pruned.
     again = a.handle(w.now, Push(b.id, 1, (it,)))
     assert not [e for e in again if isinstance(e, Store)]
     assert [e.node_id for e in sends(again, Prune)] == [b.id]
     assert slot(a, b.id) in a.data.lazy and slot(a, b.id) not in a.data.eager
     assert a.data.stats.duplicates == 1
+    assert len(told + sends(a.tick(w.now + SMALL.announce_delay_ms), IHave)) <= SMALL.lazy_fanout
 
 
 def test_prune_makes_the_link_lazy_but_keeps_one_eager_link() -> None:
@@ -176,20 +181,71 @@ def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> 
         a.handle(w.now, Prune(other))  # lazy links, one eager left beside the pusher
     lazy = {a.directory.infos[s].node_id for s in a.data.lazy}
     assert lazy and slot(a, pusher) in a.data.eager
-    # Unannounced, a pushed write is announced to lazy links.
-    assert sends(a.handle(w.now, Push(pusher, 0, (item("k1"),))), IHave)
+    # Unannounced, a pushed write is announced to lazy links, after announce_delay_ms.
+    effects = a.handle(w.now, Push(pusher, 0, (item("k1"),)))
+    assert not sends(effects, IHave)
+    assert announced(a, w, effects)
+    w.advance(SMALL.announce_delay_ms)
     # Announced here by some lazy links first: they hold it, and are not told again; the rest may be.
     it = item("k2")
     holders = sorted(lazy)[: len(lazy) // 2 or 1]
     for holder in holders:
         a.handle(w.now, IHave(holder, 1, (it.id,)))
-    told = {e.node_id for e in sends(a.handle(w.now, Push(pusher, 0, (it,))), IHave)}
+    told = {e.node_id for e in announced(a, w, a.handle(w.now, Push(pusher, 0, (it,))))}
     assert not told & set(holders)
+    w.advance(SMALL.announce_delay_ms)
     # Announced by every lazy link: no announcement at all.
     last = item("k3")
     for holder in lazy:
         a.handle(w.now, IHave(holder, 1, (last.id,)))
-    assert not sends(a.handle(w.now, Push(pusher, 0, (last,))), IHave)
+    assert not announced(a, w, a.handle(w.now, Push(pusher, 0, (last,))))
+    w.advance(SMALL.announce_delay_ms)
+    # Announced by a lazy link while this node held its own announcement to it: that one is not sent.
+    late = item("k4")
+    effects = a.handle(w.now, Push(pusher, 0, (late,)))
+    for holder in lazy:
+        a.handle(w.now + 1, IHave(holder, 1, (late.id,)))
+    assert not announced(a, w, effects)
+
+
+def test_announcements_within_the_delay_go_to_a_link_in_one_message() -> None:
+    w = Wire(seed=3, settings=dataclasses.replace(SMALL, lazy_fanout=32))
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    links = a.link_ids()
+    pusher, others = links[0], links[1:]
+    for other in others:
+        a.handle(w.now, Prune(other))
+    lazy = {a.directory.infos[s].node_id for s in a.data.lazy}
+    assert len(lazy) > SMALL.lazy_fanout  # (with a fanout of 32, every lazy link is told of every write)
+    writes = [item(f"b{i}") for i in range(5)]
+    for i, write in enumerate(writes):
+        assert not sends(a.handle(w.now + i, Push(pusher, 0, (write,))), IHave)
+    before = sends(a.tick(w.now + SMALL.announce_delay_ms - 1), IHave)
+    assert not before  # held for the delay since the first
+    out = sends(a.tick(w.now + SMALL.announce_delay_ms), IHave)
+    assert sorted(e.node_id for e in out) == sorted(lazy)
+    assert all(e.message.ids == tuple(x.id for x in writes) for e in out)
+    # A link that went away meanwhile is not told.
+    gone = sorted(lazy)[0]
+    effects = a.handle(w.now + 200, Push(pusher, 0, (item("c"),)))
+    a.data.link_changed(slot(a, gone), -1)
+    out = sends(effects, IHave) + sends(a.tick(w.now + 200 + SMALL.announce_delay_ms), IHave)
+    assert gone not in {e.node_id for e in out}
+
+
+def test_announcements_go_at_once_without_a_delay() -> None:
+    w = Wire(seed=3, settings=dataclasses.replace(SMALL, announce_delay_ms=0))
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    pusher, others = a.link_ids()[0], a.link_ids()[1:]
+    for other in others:
+        a.handle(w.now, Prune(other))
+    told = sends(a.handle(w.now, Push(pusher, 0, (item("now"),))), IHave)
+    lazy = {a.directory.infos[s].node_id for s in a.data.lazy}
+    assert len(told) == SMALL.lazy_fanout < len(lazy) and {e.node_id for e in told} <= lazy
 
 
 def test_write_received_before_the_timeout_is_not_grafted() -> None:
