@@ -6,9 +6,11 @@ For each repetition and each durability setting it measures, interleaved so both
   dsm   single-writer `await storage.put` /s, `await storage.get` /s (random present keys), and the
         total put/s of 64 concurrent writer tasks (group commit), each put returning only once committed.
 Reports medians over repetitions, per-operation p50/p99 latencies, and the ratios the targets are set on.
+With --memory-floor, each repetition also runs DSM's front door over the in-memory store (no SQLite, no
+disk): what the node's own Python costs per put, the floor under any SQLite work.
 
 Usage: python bench/storage_bench.py [--reps 5] [--single 5000] [--reads 50000] [--loop asyncio|uvloop]
-       [--durability process,fsync] [--json FILE]
+       [--durability process,fsync] [--listen 127.0.0.1:0] [--memory-floor] [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from common import pct, summary
 from dsm import StorageConfig, StorageFactory
+from dsm.storage.memory import MemoryStore
 from dsm.storage.sqlite import SQLiteStore
 
 SYNC = {"process": "NORMAL", "fsync": "FULL"}
@@ -85,7 +88,9 @@ async def dsm_node(
     config = StorageConfig(listen_addr=listen, data_dir=os.path.join(workdir, "dsm"), durability=durability)
     factory = StorageFactory(config)
     backing = factory.create_sql_storage()
-    if commits != "default":
+    if commits == "memory":
+        backing = MemoryStore()
+    elif commits != "default":
         backing = SQLiteStore(os.path.join(workdir, "dsm", "dsm.sqlite3"), durability, commits == "thread")
     storage = await factory.create_epidemic_storage("bench-node", backing_storage=backing)
     stalls: list[float] = []
@@ -218,9 +223,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--commits",
-        choices=["default", "inline", "thread"],
+        choices=["default", "inline", "thread", "memory"],
         default="default",
-        help="where SQLite commits run (default: inline for process, a writer thread for fsync)",
+        help="where SQLite commits run (default: inline for process, a writer thread for fsync; memory: no SQLite)",
+    )
+    ap.add_argument(
+        "--memory-floor",
+        action="store_true",
+        help="also run DSM over the in-memory store in each repetition (the node's own cost per put)",
     )
     a = ap.parse_args()
     runner: Callable[[Any], Any] = asyncio.run
@@ -236,7 +246,7 @@ def main() -> None:
     )
     for durability in a.durability.split(","):
         single = a.single if durability == "process" else max(500, a.single // 5)
-        raw_runs, dsm_runs = [], []
+        raw_runs, dsm_runs, floor_runs = [], [], []
         for _rep in range(a.reps):
             workdir = tempfile.mkdtemp(prefix="dsm-bench-")
             try:
@@ -258,6 +268,15 @@ def main() -> None:
                         )
                     )
                 )
+                if a.memory_floor:
+                    floor_runs.append(
+                        runner(
+                            dsm_node(
+                                workdir, durability, keys, read_keys, a.keyspace, a.writers, a.per_writer,
+                                "memory", a.listen,
+                            )
+                        )
+                    )  # fmt: skip
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         raw, dsm = median_of(raw_runs), median_of(dsm_runs)
@@ -274,6 +293,15 @@ def main() -> None:
             "dsm_runs": dsm_runs,
         }
         report(durability, raw, dsm, ratios, a.writers)
+        if floor_runs:
+            floor = median_of(floor_runs)
+            results["modes"][durability].update(floor=floor, floor_runs=floor_runs)
+            print(
+                f"\nDSM over the in-memory store (no SQLite), same run: single-writer put {floor['put_per_s']:,.0f}/s"
+                f" (p50 {floor['put_p50_us']:.0f} us; {floor['put_per_s'] / raw['put_per_s']:.0%} of raw),"
+                f" {a.writers} writers {floor['concurrent_put_per_s']:,.0f}/s"
+                f" ({floor['concurrent_put_per_s'] / raw['put_per_s']:.0%} of raw single-commit)."
+            )
     if a.json:
         with open(a.json, "w") as handle:
             json.dump(results, handle, indent=1)
