@@ -10,11 +10,12 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
 - Every overlay link is *eager* (carries payloads) or *lazy* (carries ids). New links start eager.
 - A node that receives a write for the first time stores it and pushes it at once to its eager links
   (except the one it came from), and announces its id (`IHave`) to `lazy_fanout` lazy links at random.
-  Announcements wait `announce_delay_ms` (Plumtree leaves the lazy push policy open; riak_core's broadcast
-  sends them on a 1 s tick): those to one link within that time go in one message, one the link announced
-  here meanwhile is left out, and they no longer compete with the wave of pushes for the CPU (on 100 real
-  processes on 2 cores a write's announcements were 6 of a node's ~8 messages, sent while the pushes still
-  travelled). A node that lacks a write hears of it that much later, so the tree repairs that much later.
+  Announcements are held, for at most `announce_delay_ms`, until the end of a window that the first held one
+  opens (Plumtree leaves the lazy push policy open; riak_core's broadcast sends them on a 1 s tick): those to
+  one link in a window go in one message, one the link announced or pushed here meanwhile is left out (a
+  link owed MAX_IDS is told at once), and they no longer compete with the wave of pushes for the CPU (on 100
+  real processes on 2 cores a write's announcements were 6 of a node's ~8 messages, sent while the pushes
+  still travelled). A node that lacks a write hears of it up to that much later, so the tree repairs later.
 - A node that receives a write it already has makes that link lazy and tells the sender (`Prune`). The
   eager links thereby thin out to a spanning tree, and each node receives each payload about once.
 - Across regions the tree is region-aware (for a node with links into another region). A link into another
@@ -208,6 +209,7 @@ class Dissemination:
         self._forwards: dict[int, list[DataItem]] = {}
         # Announcements held for `announce_delay_ms` (`_announce`): lazy slot -> {write id: hops}.
         self._announcing: dict[int, dict[int, int]] = {}
+        self._announce_armed = False
         # Graft waits a write received by the tree stays out of gossip (`_hold`): HOLD_FACTOR, raised while
         # gossip brings writes ahead of the tree (`_raced`), eased back by each round.
         self.hold_factor = float(HOLD_FACTOR)
@@ -353,9 +355,10 @@ class Dissemination:
             self._announce(self._sample(lazy, self.settings.lazy_fanout, exclude), items, hops)
 
     def _announce(self, slots: list[int], items: DataItems, hops: int) -> None:
-        """Tells `slots` (lazy links) the ids of `items`: at once with `announce_delay_ms` 0, otherwise
-        together with the other announcements to the same links within that delay (see the module
-        docstring), leaving out those a link announced here in the meantime."""
+        """Tells `slots` (lazy links) the ids of `items`: at once with `announce_delay_ms` 0, otherwise at the
+        end of the current window (at most that delay from now), together with the other announcements to the
+        same links, leaving out those a link announced or pushed here in the meantime. A link owed MAX_IDS ids
+        is told at once (what is held stays bounded)."""
         if not slots:
             return
         delay = self.settings.announce_delay_ms
@@ -365,7 +368,8 @@ class Dissemination:
                 self.context.send_to_slot(slot, announce)
             return
         held = self._announcing
-        if not held:
+        if not self._announce_armed:
+            self._announce_armed = True
             self.context.arm(self.context.now + delay, DisseminationTimer.ANNOUNCE, 0)
         for slot in slots:
             ids = held.get(slot)
@@ -373,17 +377,23 @@ class Dissemination:
                 ids = held[slot] = {}
             for item in items:
                 ids.setdefault(item.id, hops)
+            if len(ids) >= MAX_IDS:
+                del held[slot]
+                self._tell(slot, ids)
 
     def _announce_held(self) -> None:
         held, self._announcing = self._announcing, {}
-        me = self.context.id
+        self._announce_armed = False
         for slot, ids in held.items():
-            if not ids or not self.overlay.linked(slot):
-                continue
-            order = list(ids)
-            for start in range(0, len(order), MAX_IDS):
-                part = tuple(order[start : start + MAX_IDS])
-                self.context.send_to_slot(slot, IHave(me, min(ids[i] for i in part), part))
+            if ids and self.overlay.linked(slot):
+                self._tell(slot, ids)
+
+    def _tell(self, slot: int, ids: dict[int, int]) -> None:
+        """One `IHave` per MAX_IDS of `ids` (write id -> hops) to `slot` (its hops: the least of its writes')."""
+        order = list(ids)
+        for start in range(0, len(order), MAX_IDS):
+            part = tuple(order[start : start + MAX_IDS])
+            self.context.send_to_slot(slot, IHave(self.context.id, min(ids[i] for i in part), part))
 
     def _accept(self, items: DataItems, source: str, path: str, hops: int) -> DataItems:
         """Remembers the writes among `items` not seen before, asks the runtime to store them and returns
@@ -460,6 +470,8 @@ class Dissemination:
         new = self._accept(message.items, message.source, "push", hops)
         if not new:
             self.stats.duplicates += 1
+            if slot is not None:
+                self._drop_held(slot, [item.id for item in message.items])  # it has them
             if self._raced(message.items):
                 # Gossip brought them first, and a write gossip brings is not pushed on: the tree's copy
                 # goes on now, to this node's eager links, as it would have had it come first.
@@ -478,6 +490,13 @@ class Dissemination:
             self._make_eager(slot)
         if self.settings.direct_updates:
             self._push_out(new, hops, -1 if slot is None else slot, holders=holders)
+
+    def _drop_held(self, slot: int, ids: Sequence[int]) -> None:
+        """Leaves `ids` out of the announcements held for `slot`, which has those writes."""
+        held = self._announcing.get(slot)
+        if held:
+            for item_id in ids:
+                held.pop(item_id, None)
 
     def _holders(self, items: DataItems) -> frozenset[int]:
         """The links that announced every one of `items` here before they arrived (they hold them)."""
@@ -549,10 +568,7 @@ class Dissemination:
             slot = self.context.directory.slot(message.source)
             if slot is None:
                 return
-        held = self._announcing.get(slot)
-        if held:
-            for item_id in message.ids[:MAX_IDS]:
-                held.pop(item_id, None)  # it has them: announcing them to it would tell it nothing
+        self._drop_held(slot, message.ids[:MAX_IDS])  # it has them
         seen = self.seen
         missing = self.missing
         due = self.context.now + self._graft_wait()
