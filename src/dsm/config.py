@@ -270,10 +270,9 @@ class StorageConfig(metaclass=_Profiled):
     announce_delay_ms: int = field(
         default=100,
         metadata=_int(
-            "How long a node holds its announcements (IHave), ms: they go out at the end of a window on a "
-            "grid of this period, 0.5-1.5 periods after the first; those to one link in a window go in one "
-            "message, after the write's wave of pushes (a node that lacks a write hears of it that much "
-            "later). 0 announces each write at once.",
+            "Longest a node holds an announcement (IHave) before sending it, ms: those to one link within "
+            "that window go in one message, after the write's wave of pushes has passed (a node that lacks a "
+            "write hears of it up to that much later). 0 announces each write at once.",
             0,
             60 * _SECOND,
         ),

@@ -44,9 +44,8 @@ def slot(p: Peer, node_id: str) -> int:
 
 
 def announced(p: Peer, w: Wire, effects: list) -> list[Send]:
-    """The announcements `effects` sent, and those `p` held and sends at the end of the window (0.5-1.5 times
-    `announce_delay_ms` later)."""
-    return sends(effects, IHave) + sends(p.tick(w.now + SMALL.announce_delay_ms * 3 // 2), IHave)
+    """The announcements `effects` sent, and those `p` held for `announce_delay_ms` and sends then."""
+    return sends(effects, IHave) + sends(p.tick(w.now + SMALL.announce_delay_ms), IHave)
 
 
 def linked_pair(w: Wire) -> tuple[Peer, Peer]:
@@ -83,7 +82,7 @@ def test_new_push_is_stored_and_forwarded_on_eager_links_only() -> None:
     assert [e.node_id for e in sends(again, Prune)] == [b.id]
     assert slot(a, b.id) in a.data.lazy and slot(a, b.id) not in a.data.eager
     assert a.data.stats.duplicates == 1
-    assert len(told + sends(a.tick(w.now + SMALL.announce_delay_ms * 3 // 2), IHave)) <= SMALL.lazy_fanout
+    assert len(told + sends(a.tick(w.now + SMALL.announce_delay_ms), IHave)) <= SMALL.lazy_fanout
 
 
 def test_prune_makes_the_link_lazy_but_keeps_one_eager_link() -> None:
@@ -186,7 +185,7 @@ def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> 
     effects = a.handle(w.now, Push(pusher, 0, (item("k1"),)))
     assert not sends(effects, IHave)
     assert announced(a, w, effects)
-    w.now += 2 * SMALL.announce_delay_ms  # past the tick `announced` made (w.advance would tick a behind it)
+    w.advance(SMALL.announce_delay_ms)
     # Announced here by some lazy links first: they hold it, and are not told again; the rest are.
     it = item("k2")
     holders = sorted(lazy)[: len(lazy) // 2 or 1]
@@ -194,13 +193,13 @@ def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> 
         a.handle(w.now, IHave(holder, 1, (it.id,)))
     told = {e.node_id for e in announced(a, w, a.handle(w.now, Push(pusher, 0, (it,))))}
     assert told == lazy - set(holders)
-    w.now += 2 * SMALL.announce_delay_ms  # past the tick `announced` made (w.advance would tick a behind it)
+    w.advance(SMALL.announce_delay_ms)
     # Announced by every lazy link: no announcement at all.
     last = item("k3")
     for holder in lazy:
         a.handle(w.now, IHave(holder, 1, (last.id,)))
     assert not announced(a, w, a.handle(w.now, Push(pusher, 0, (last,))))
-    w.now += 2 * SMALL.announce_delay_ms  # past the tick `announced` made (w.advance would tick a behind it)
+    w.advance(SMALL.announce_delay_ms)
     # Announced by a lazy link, or pushed by it, while this node held its own announcement to it: that one is
     # not sent; the others still are.
     late = item("k4")
@@ -226,17 +225,16 @@ def test_announcements_within_the_delay_go_to_a_link_in_one_message() -> None:
     writes = [item(f"b{i}") for i in range(5)]
     for i, write in enumerate(writes):
         assert not sends(a.handle(w.now + i, Push(pusher, 0, (write,))), IHave)
-    delay = SMALL.announce_delay_ms
-    before = sends(a.tick(w.now + delay // 2 - 1), IHave)
-    assert not before  # held for at least half the delay since the first
-    out = sends(a.tick(w.now + delay * 3 // 2), IHave)  # and sent at a multiple of it, at most 1.5 of it later
+    before = sends(a.tick(w.now + SMALL.announce_delay_ms - 1), IHave)
+    assert not before  # held for the delay since the first
+    out = sends(a.tick(w.now + SMALL.announce_delay_ms), IHave)
     assert sorted(e.node_id for e in out) == sorted(lazy)
     assert all(e.message.ids == tuple(x.id for x in writes) for e in out)
     # A link that went away meanwhile is not told.
     gone = sorted(lazy)[0]
-    effects = a.handle(w.now + 2 * delay, Push(pusher, 0, (item("c"),)))
+    effects = a.handle(w.now + 200, Push(pusher, 0, (item("c"),)))
     a.data.link_changed(slot(a, gone), -1)
-    out = sends(effects, IHave) + sends(a.tick(w.now + 2 * delay + delay * 3 // 2), IHave)
+    out = sends(effects, IHave) + sends(a.tick(w.now + 200 + SMALL.announce_delay_ms), IHave)
     assert {e.node_id for e in out} == lazy - {gone}  # a second window goes out like the first
 
 
@@ -252,7 +250,7 @@ def test_a_link_owed_max_ids_announcements_is_told_at_once() -> None:
     told = sends(a.handle(w.now, Push(pusher, 0, many)), IHave)
     assert len(told) == SMALL.lazy_fanout  # what is held stays bounded: not kept for the window
     assert all(e.message.ids == tuple(x.id for x in many) for e in told)
-    assert not sends(a.tick(w.now + SMALL.announce_delay_ms * 3 // 2), IHave)
+    assert not sends(a.tick(w.now + SMALL.announce_delay_ms), IHave)
 
 
 def test_announcements_go_at_once_without_a_delay() -> None:

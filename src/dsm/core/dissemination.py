@@ -10,9 +10,8 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
 - Every overlay link is *eager* (carries payloads) or *lazy* (carries ids). New links start eager.
 - A node that receives a write for the first time stores it and pushes it at once to its eager links
   (except the one it came from), and announces its id (`IHave`) to `lazy_fanout` lazy links at random.
-  Announcements are held until the end of a window, which ends on a grid of `announce_delay_ms` of the
-  node's clock at least half that period after the first held one (so 0.5-1.5 periods; Plumtree leaves the
-  lazy push policy open, riak_core's broadcast sends them on a 1 s tick): those to
+  Announcements are held, for at most `announce_delay_ms`, until the end of a window that the first held one
+  opens (Plumtree leaves the lazy push policy open; riak_core's broadcast sends them on a 1 s tick): those to
   one link in a window go in one message, one the link announced or pushed here meanwhile is left out (a
   link owed MAX_IDS is told at once), and they no longer compete with the wave of pushes for the CPU (on 100
   real processes on 2 cores a write's announcements were 6 of a node's ~8 messages, sent while the pushes
@@ -357,9 +356,9 @@ class Dissemination:
 
     def _announce(self, slots: list[int], items: DataItems, hops: int) -> None:
         """Tells `slots` (lazy links) the ids of `items`: at once with `announce_delay_ms` 0, otherwise at the
-        end of the current window (at most 1.5 times that delay from now), together with the other
-        announcements to the same links, leaving out those a link announced or pushed here in the meantime. A
-        link owed MAX_IDS ids is told at once (what is held stays bounded)."""
+        end of the current window (at most that delay from now), together with the other announcements to the
+        same links, leaving out those a link announced or pushed here in the meantime. A link owed MAX_IDS ids
+        is told at once (what is held stays bounded)."""
         if not slots:
             return
         delay = self.settings.announce_delay_ms
@@ -371,11 +370,7 @@ class Dissemination:
         held = self._announcing
         if not self._announce_armed:
             self._announce_armed = True
-            # The window ends on a grid of `delay` of the node's clock, at least delay/2 away: nodes sharing a
-            # clock (on one host) then send theirs at the same moments, and each receives its announcements
-            # together rather than in as many wake-ups (10 real processes: -25-30 % CPU per write per node).
-            due = -(-(self.context.now + delay // 2) // delay) * delay
-            self.context.arm(due, DisseminationTimer.ANNOUNCE, 0)
+            self.context.arm(self.context.now + delay, DisseminationTimer.ANNOUNCE, 0)
         for slot in slots:
             ids = held.get(slot)
             if ids is None:
