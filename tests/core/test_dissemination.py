@@ -28,6 +28,9 @@ from dsm.core.peer import Peer
 from dsm.core.versions import Resolution
 from wire import SMALL, Wire
 
+#: Announcements held for 100 ms (`announce_delay_ms`; the default, 0, sends them at once).
+HELD = dataclasses.replace(SMALL, announce_delay_ms=100)
+
 
 def item(key: str, ts: int = 1, node: str = "n0") -> DataItem:
     return DataItem(update_id(key, ts, node), key, f"{key}@{ts}".encode())
@@ -45,7 +48,7 @@ def slot(p: Peer, node_id: str) -> int:
 
 def announced(p: Peer, w: Wire, effects: list) -> list[Send]:
     """The announcements `effects` sent, and those `p` held for `announce_delay_ms` and sends then."""
-    return sends(effects, IHave) + sends(p.tick(w.now + SMALL.announce_delay_ms), IHave)
+    return sends(effects, IHave) + sends(p.tick(w.now + HELD.announce_delay_ms), IHave)
 
 
 def linked_pair(w: Wire) -> tuple[Peer, Peer]:
@@ -171,7 +174,7 @@ def test_announced_write_is_grafted_after_the_timeout_from_the_next_announcer_if
 
 
 def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> None:
-    w = Wire(seed=4, settings=dataclasses.replace(SMALL, lazy_fanout=32))  # every other lazy link is told
+    w = Wire(seed=4, settings=dataclasses.replace(HELD, lazy_fanout=32))  # every other lazy link is told
     w.formed(12)
     w.advance(3000)
     a = w.peers["n0"]
@@ -181,11 +184,11 @@ def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> 
         a.handle(w.now, Prune(other))  # lazy links, one eager left beside the pusher
     lazy = {a.directory.infos[s].node_id for s in a.data.lazy}
     assert len(lazy) >= 2 and slot(a, pusher) in a.data.eager
-    # Unannounced, a pushed write is announced to lazy links, after announce_delay_ms.
+    # Unannounced, a pushed write is announced to lazy links, after announce_delay_ms (held here).
     effects = a.handle(w.now, Push(pusher, 0, (item("k1"),)))
     assert not sends(effects, IHave)
     assert announced(a, w, effects)
-    w.advance(SMALL.announce_delay_ms)
+    w.advance(HELD.announce_delay_ms)
     # Announced here by some lazy links first: they hold it, and are not told again; the rest are.
     it = item("k2")
     holders = sorted(lazy)[: len(lazy) // 2 or 1]
@@ -193,13 +196,13 @@ def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> 
         a.handle(w.now, IHave(holder, 1, (it.id,)))
     told = {e.node_id for e in announced(a, w, a.handle(w.now, Push(pusher, 0, (it,))))}
     assert told == lazy - set(holders)
-    w.advance(SMALL.announce_delay_ms)
+    w.advance(HELD.announce_delay_ms)
     # Announced by every lazy link: no announcement at all.
     last = item("k3")
     for holder in lazy:
         a.handle(w.now, IHave(holder, 1, (last.id,)))
     assert not announced(a, w, a.handle(w.now, Push(pusher, 0, (last,))))
-    w.advance(SMALL.announce_delay_ms)
+    w.advance(HELD.announce_delay_ms)
     # Announced by a lazy link, or pushed by it, while this node held its own announcement to it: that one is
     # not sent; the others still are.
     late = item("k4")
@@ -212,7 +215,7 @@ def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> 
 
 
 def test_announcements_within_the_delay_go_to_a_link_in_one_message() -> None:
-    w = Wire(seed=3, settings=dataclasses.replace(SMALL, lazy_fanout=32))
+    w = Wire(seed=3, settings=dataclasses.replace(HELD, lazy_fanout=32))
     w.formed(12)
     w.advance(3000)
     a = w.peers["n0"]
@@ -225,21 +228,21 @@ def test_announcements_within_the_delay_go_to_a_link_in_one_message() -> None:
     writes = [item(f"b{i}") for i in range(5)]
     for i, write in enumerate(writes):
         assert not sends(a.handle(w.now + i, Push(pusher, 0, (write,))), IHave)
-    before = sends(a.tick(w.now + SMALL.announce_delay_ms - 1), IHave)
+    before = sends(a.tick(w.now + HELD.announce_delay_ms - 1), IHave)
     assert not before  # held for the delay since the first
-    out = sends(a.tick(w.now + SMALL.announce_delay_ms), IHave)
+    out = sends(a.tick(w.now + HELD.announce_delay_ms), IHave)
     assert sorted(e.node_id for e in out) == sorted(lazy)
     assert all(e.message.ids == tuple(x.id for x in writes) for e in out)
     # A link that went away meanwhile is not told.
     gone = sorted(lazy)[0]
     effects = a.handle(w.now + 200, Push(pusher, 0, (item("c"),)))
     a.data.link_changed(slot(a, gone), -1)
-    out = sends(effects, IHave) + sends(a.tick(w.now + 200 + SMALL.announce_delay_ms), IHave)
+    out = sends(effects, IHave) + sends(a.tick(w.now + 200 + HELD.announce_delay_ms), IHave)
     assert {e.node_id for e in out} == lazy - {gone}  # a second window goes out like the first
 
 
 def test_a_link_owed_max_ids_announcements_is_told_at_once() -> None:
-    w = Wire(seed=3)
+    w = Wire(seed=3, settings=HELD)
     w.formed(12)
     w.advance(3000)
     a = w.peers["n0"]
@@ -250,7 +253,7 @@ def test_a_link_owed_max_ids_announcements_is_told_at_once() -> None:
     told = sends(a.handle(w.now, Push(pusher, 0, many)), IHave)
     assert len(told) == SMALL.lazy_fanout  # what is held stays bounded: not kept for the window
     assert all(e.message.ids == tuple(x.id for x in many) for e in told)
-    assert not sends(a.tick(w.now + SMALL.announce_delay_ms), IHave)
+    assert not sends(a.tick(w.now + HELD.announce_delay_ms), IHave)
 
 
 def test_announcements_go_at_once_without_a_delay() -> None:

@@ -10,12 +10,13 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
 - Every overlay link is *eager* (carries payloads) or *lazy* (carries ids). New links start eager.
 - A node that receives a write for the first time stores it and pushes it at once to its eager links
   (except the one it came from), and announces its id (`IHave`) to `lazy_fanout` lazy links at random.
-  Announcements are held, for at most `announce_delay_ms`, until the end of a window that the first held one
-  opens (Plumtree leaves the lazy push policy open; riak_core's broadcast sends them on a 1 s tick): those to
-  one link in a window go in one message, one the link announced or pushed here meanwhile is left out (a
-  link owed MAX_IDS is told at once), and they no longer compete with the wave of pushes for the CPU (on 100
-  real processes on 2 cores a write's announcements were 6 of a node's ~8 messages, sent while the pushes
-  still travelled). A node that lacks a write hears of it up to that much later, so the tree repairs later.
+  With `announce_delay_ms` above 0 (default 0: at once), announcements are held, for at most that long,
+  until the end of a window that the first held one opens (Plumtree leaves the lazy push policy open;
+  riak_core's broadcast sends them on a 1 s tick): those to one link in a window go in one message, one the
+  link announced or pushed here meanwhile is left out (a link owed MAX_IDS is told at once), and they no
+  longer compete with the wave of pushes for the CPU. A node that lacks a write hears of it up to that much
+  later, so the tree repairs later; and announcements that arrive apart from the pushes cost their receivers
+  wake-ups of their own (BENCHMARKS "Issue 21, part 6" has both sides).
 - A node that receives a write it already has makes that link lazy and tells the sender (`Prune`). The
   eager links thereby thin out to a spanning tree, and each node receives each payload about once.
 - Across regions the tree is region-aware (for a node with links into another region). A link into another
@@ -94,7 +95,7 @@ from dsm.core.messages import (
     Push,
     Store,
 )
-from dsm.core.overlay import Overlay
+from dsm.core.overlay import Overlay, RandomSource
 
 #: Measured loss rate of gossip exchanges above which the broadcast tree is not trusted to deliver alone.
 LOSSY = 0.1
@@ -150,6 +151,17 @@ def batches(items: DataItems, max_bytes: int = ITEMS_MAX_BYTES) -> Iterator[Data
         yield items[start:]
 
 
+def sample(rng: RandomSource, slots: set[int], count: int, exclude: int) -> list[int]:
+    """`count` of `slots` but `exclude` at random (all of them when there are no more)."""
+    pool = [s for s in slots if s != exclude]
+    if len(pool) <= count:
+        return pool
+    for i in range(count):
+        j = rng.randrange(i, len(pool))
+        pool[i], pool[j] = pool[j], pool[i]
+    return pool[:count]
+
+
 @dataclass(slots=True)
 class _Recent:
     item: DataItem
@@ -177,6 +189,69 @@ class DisseminationStats:
         self.gossip_rounds = 0
         self.gossip_pulled = 0
         self.lost_exchanges = 0
+
+
+class Announcements:
+    """The announcements (`IHave`) a node owes its lazy links: sent at once with `announce_delay_ms` 0 (the
+    default), otherwise held to the end of a window the first held one opens, one message per link for all it
+    is owed, leaving out those the link announced or pushed here meanwhile (see the module docstring)."""
+
+    def __init__(self, context: Context, overlay: Overlay) -> None:
+        self.context = context
+        self.overlay = overlay
+        # lazy slot -> {write id: hops}, until the window ends.
+        self.held: dict[int, dict[int, int]] = {}
+        self.armed = False
+
+    def announce(self, slots: list[int], items: DataItems, hops: int) -> None:
+        """Tells `slots` the ids of `items`, at once or at the end of the window (at most `announce_delay_ms`
+        from now). A link owed MAX_IDS ids is told at once (what is held stays bounded)."""
+        if not slots:
+            return
+        context = self.context
+        delay = context.settings.announce_delay_ms
+        if delay <= 0:
+            announce = IHave(context.id, hops, tuple(item.id for item in items))
+            for slot in slots:
+                context.send_to_slot(slot, announce)
+            return
+        held = self.held
+        if not self.armed:
+            self.armed = True
+            context.arm(context.now + delay, DisseminationTimer.ANNOUNCE, 0)
+        for slot in slots:
+            ids = held.get(slot)
+            if ids is None:
+                ids = held[slot] = {}
+            for item in items:
+                ids.setdefault(item.id, hops)
+            if len(ids) >= MAX_IDS:
+                del held[slot]
+                self._tell(slot, ids)
+
+    def window_ended(self) -> None:
+        held, self.held = self.held, {}
+        self.armed = False
+        for slot, ids in held.items():
+            if ids and self.overlay.linked(slot):
+                self._tell(slot, ids)
+
+    def has(self, slot: int, ids: Sequence[int]) -> None:
+        """`slot` has the writes `ids` (it announced or pushed them here): they are not announced to it."""
+        held = self.held.get(slot)
+        if held:
+            for item_id in ids:
+                held.pop(item_id, None)
+
+    def unlinked(self, slot: int) -> None:
+        self.held.pop(slot, None)
+
+    def _tell(self, slot: int, ids: dict[int, int]) -> None:
+        """One `IHave` per MAX_IDS of `ids` (write id -> hops) to `slot` (its hops: the least of its writes')."""
+        order = list(ids)
+        for start in range(0, len(order), MAX_IDS):
+            part = tuple(order[start : start + MAX_IDS])
+            self.context.send_to_slot(slot, IHave(self.context.id, min(ids[i] for i in part), part))
 
 
 class Dissemination:
@@ -207,9 +282,7 @@ class Dissemination:
         self._useful = False
         # Writes level requests brought, to pass on down the tree (`on_replicate`): source slot -> writes.
         self._forwards: dict[int, list[DataItem]] = {}
-        # Announcements held for `announce_delay_ms` (`_announce`): lazy slot -> {write id: hops}.
-        self._announcing: dict[int, dict[int, int]] = {}
-        self._announce_armed = False
+        self.announcements = Announcements(context, overlay)
         # Graft waits a write received by the tree stays out of gossip (`_hold`): HOLD_FACTOR, raised while
         # gossip brings writes ahead of the tree (`_raced`), eased back by each round.
         self.hold_factor = float(HOLD_FACTOR)
@@ -229,7 +302,7 @@ class Dissemination:
             self.eager.discard(slot)
             self.lazy.discard(slot)
             self.duplicate_runs.pop(slot, None)
-            self._announcing.pop(slot, None)
+            self.announcements.unlinked(slot)
             self._keep_one_eager()
 
     def publish(self, items: DataItems, urgent: bool = True, skips: Sequence[frozenset[int]] | None = None) -> None:
@@ -285,7 +358,7 @@ class Dissemination:
             for source, items in forwards.items():
                 self._push_out(tuple(items), 1, source)
         elif kind is DisseminationTimer.ANNOUNCE:
-            self._announce_held()
+            self.announcements.window_ended()
         else:
             self._graft_due(arg)
 
@@ -315,16 +388,6 @@ class Dissemination:
         self.lazy.add(slot)
         self.duplicate_runs.pop(slot, None)
 
-    def _sample(self, slots: set[int], count: int, exclude: int) -> list[int]:
-        pool = [s for s in slots if s != exclude]
-        if len(pool) <= count:
-            return pool
-        rng = self.context.rng
-        for i in range(count):
-            j = rng.randrange(i, len(pool))
-            pool[i], pool[j] = pool[j], pool[i]
-        return pool[:count]
-
     def _push_out(
         self,
         items: DataItems,
@@ -352,48 +415,7 @@ class Dissemination:
                         send(slot, Push(context.id, hops, batch))
         if self.settings.lazy_fanout and self.lazy:
             lazy = self.lazy - holders if holders else self.lazy
-            self._announce(self._sample(lazy, self.settings.lazy_fanout, exclude), items, hops)
-
-    def _announce(self, slots: list[int], items: DataItems, hops: int) -> None:
-        """Tells `slots` (lazy links) the ids of `items`: at once with `announce_delay_ms` 0, otherwise at the
-        end of the current window (at most that delay from now), together with the other announcements to the
-        same links, leaving out those a link announced or pushed here in the meantime. A link owed MAX_IDS ids
-        is told at once (what is held stays bounded)."""
-        if not slots:
-            return
-        delay = self.settings.announce_delay_ms
-        if delay <= 0:
-            announce = IHave(self.context.id, hops, tuple(item.id for item in items))
-            for slot in slots:
-                self.context.send_to_slot(slot, announce)
-            return
-        held = self._announcing
-        if not self._announce_armed:
-            self._announce_armed = True
-            self.context.arm(self.context.now + delay, DisseminationTimer.ANNOUNCE, 0)
-        for slot in slots:
-            ids = held.get(slot)
-            if ids is None:
-                ids = held[slot] = {}
-            for item in items:
-                ids.setdefault(item.id, hops)
-            if len(ids) >= MAX_IDS:
-                del held[slot]
-                self._tell(slot, ids)
-
-    def _announce_held(self) -> None:
-        held, self._announcing = self._announcing, {}
-        self._announce_armed = False
-        for slot, ids in held.items():
-            if ids and self.overlay.linked(slot):
-                self._tell(slot, ids)
-
-    def _tell(self, slot: int, ids: dict[int, int]) -> None:
-        """One `IHave` per MAX_IDS of `ids` (write id -> hops) to `slot` (its hops: the least of its writes')."""
-        order = list(ids)
-        for start in range(0, len(order), MAX_IDS):
-            part = tuple(order[start : start + MAX_IDS])
-            self.context.send_to_slot(slot, IHave(self.context.id, min(ids[i] for i in part), part))
+            self.announcements.announce(sample(self.context.rng, lazy, self.settings.lazy_fanout, exclude), items, hops)
 
     def _accept(self, items: DataItems, source: str, path: str, hops: int) -> DataItems:
         """Remembers the writes among `items` not seen before, asks the runtime to store them and returns
@@ -471,7 +493,7 @@ class Dissemination:
         if not new:
             self.stats.duplicates += 1
             if slot is not None:
-                self._drop_held(slot, [item.id for item in message.items])  # it has them
+                self.announcements.has(slot, [item.id for item in message.items])
             if self._raced(message.items):
                 # Gossip brought them first, and a write gossip brings is not pushed on: the tree's copy
                 # goes on now, to this node's eager links, as it would have had it come first.
@@ -490,13 +512,6 @@ class Dissemination:
             self._make_eager(slot)
         if self.settings.direct_updates:
             self._push_out(new, hops, -1 if slot is None else slot, holders=holders)
-
-    def _drop_held(self, slot: int, ids: Sequence[int]) -> None:
-        """Leaves `ids` out of the announcements held for `slot`, which has those writes."""
-        held = self._announcing.get(slot)
-        if held:
-            for item_id in ids:
-                held.pop(item_id, None)
 
     def _holders(self, items: DataItems) -> frozenset[int]:
         """The links that announced every one of `items` here before they arrived (they hold them)."""
@@ -558,7 +573,7 @@ class Dissemination:
         it: it grafts one lazy link at once instead."""
         if self.eager or not self.lazy:
             return
-        slot = self._sample(self.lazy, 1, -1)[0]
+        slot = sample(self.context.rng, self.lazy, 1, -1)[0]
         self._make_eager(slot)
         self.context.send_to_slot(slot, Graft(self.context.id, ()))
 
@@ -568,7 +583,7 @@ class Dissemination:
             slot = self.context.directory.slot(message.source)
             if slot is None:
                 return
-        self._drop_held(slot, message.ids[:MAX_IDS])  # it has them
+        self.announcements.has(slot, message.ids[:MAX_IDS])
         seen = self.seen
         missing = self.missing
         due = self.context.now + self._graft_wait()
@@ -639,7 +654,7 @@ class Dissemination:
         links = self.overlay.links()
         if not links:
             return
-        targets = self._sample(set(links), fanout, -1)
+        targets = sample(self.context.rng, set(links), fanout, -1)
         recent = self.recent
         listed = tuple(itertools.islice(reversed(recent), s.max_digest_ids)) if recent else ()
         hold = self._hold()
