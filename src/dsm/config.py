@@ -273,7 +273,7 @@ class StorageConfig(metaclass=_Profiled):
             "Longest a node holds an announcement (IHave) before sending it, ms: those to one link within "
             "that window go in one message, after the write's wave of pushes has passed; a node that lacks a "
             "write hears of it up to that much later. 0 (default) announces each write at once. 100 helps "
-            "where many nodes share few cores (100 on 2: time to all -13-33 %) at +20-30 % CPU per write.",
+            "where many nodes share few cores (100 on 2: time to all -13-33 %) at +15-30 % CPU per write.",
             0,
             60 * _SECOND,
         ),
