@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -230,6 +231,9 @@ def run_serf(nodes: int, events: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    # A SIGTERM (a `kill` of this process) ends it through its `finally` blocks, which stop the cluster: its nodes
+    # are forked by `dsm.zygote` and would otherwise outlive this process and load the next run's machine.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--writes", type=int, default=40, help="writes per cluster size (and Serf events)")
