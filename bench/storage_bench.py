@@ -82,7 +82,7 @@ async def dsm_node(
     fill: int,
     writers: int,
     per_writer: int,
-    commits: str = "default",
+    commits: str = "default",  # or "inline", "thread"; "memory": the in-memory store instead (--memory-floor)
     listen: str = "",
 ) -> dict[str, float]:
     config = StorageConfig(listen_addr=listen, data_dir=os.path.join(workdir, "dsm"), durability=durability)
@@ -223,9 +223,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--commits",
-        choices=["default", "inline", "thread", "memory"],
+        choices=["default", "inline", "thread"],
         default="default",
-        help="where SQLite commits run (default: inline for process, a writer thread for fsync; memory: no SQLite)",
+        help="where SQLite commits run (default: inline for process, a writer thread for fsync)",
     )
     ap.add_argument(
         "--memory-floor",

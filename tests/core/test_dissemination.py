@@ -24,7 +24,7 @@ from dsm.core.messages import (
     Store,
 )
 from dsm.core.node_core import NodeCore
-from dsm.core.peer import Peer
+from dsm.core.peer import Peer, PeerSettings
 from dsm.core.versions import Resolution
 from wire import SMALL, Wire
 
@@ -49,6 +49,19 @@ def slot(p: Peer, node_id: str) -> int:
 def announced(p: Peer, w: Wire, effects: list) -> list[Send]:
     """The announcements `effects` sent, and those `p` held for `announce_delay_ms` and sends then."""
     return sends(effects, IHave) + sends(p.tick(w.now + HELD.announce_delay_ms), IHave)
+
+
+def pushed_by_one(settings: PeerSettings) -> tuple[Wire, Peer, str, set[str]]:
+    """A formed 12-node cluster whose n0 has pruned every link but one (the pusher); with n0, the pusher and
+    n0's lazy links."""
+    w = Wire(seed=3, settings=settings)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    pusher, others = a.link_ids()[0], a.link_ids()[1:]
+    for other in others:
+        a.handle(w.now, Prune(other))
+    return w, a, pusher, {a.directory.infos[s].node_id for s in a.data.lazy}
 
 
 def linked_pair(w: Wire) -> tuple[Peer, Peer]:
@@ -215,15 +228,7 @@ def test_a_write_is_not_announced_to_the_lazy_links_that_announced_it_here() -> 
 
 
 def test_announcements_within_the_delay_go_to_a_link_in_one_message() -> None:
-    w = Wire(seed=3, settings=dataclasses.replace(HELD, lazy_fanout=32))
-    w.formed(12)
-    w.advance(3000)
-    a = w.peers["n0"]
-    links = a.link_ids()
-    pusher, others = links[0], links[1:]
-    for other in others:
-        a.handle(w.now, Prune(other))
-    lazy = {a.directory.infos[s].node_id for s in a.data.lazy}
+    w, a, pusher, lazy = pushed_by_one(dataclasses.replace(HELD, lazy_fanout=32))
     assert len(lazy) > SMALL.lazy_fanout  # (with a fanout of 32, every lazy link is told of every write)
     writes = [item(f"b{i}") for i in range(5)]
     for i, write in enumerate(writes):
@@ -242,13 +247,7 @@ def test_announcements_within_the_delay_go_to_a_link_in_one_message() -> None:
 
 
 def test_a_link_owed_max_ids_announcements_is_told_at_once() -> None:
-    w = Wire(seed=3, settings=HELD)
-    w.formed(12)
-    w.advance(3000)
-    a = w.peers["n0"]
-    pusher, others = a.link_ids()[0], a.link_ids()[1:]
-    for other in others:
-        a.handle(w.now, Prune(other))
+    w, a, pusher, _ = pushed_by_one(HELD)
     many = tuple(item(f"m{i}") for i in range(MAX_IDS))
     told = sends(a.handle(w.now, Push(pusher, 0, many)), IHave)
     assert len(told) == SMALL.lazy_fanout  # what is held stays bounded: not kept for the window
@@ -257,15 +256,8 @@ def test_a_link_owed_max_ids_announcements_is_told_at_once() -> None:
 
 
 def test_announcements_go_at_once_without_a_delay() -> None:
-    w = Wire(seed=3, settings=dataclasses.replace(SMALL, announce_delay_ms=0))
-    w.formed(12)
-    w.advance(3000)
-    a = w.peers["n0"]
-    pusher, others = a.link_ids()[0], a.link_ids()[1:]
-    for other in others:
-        a.handle(w.now, Prune(other))
+    w, a, pusher, lazy = pushed_by_one(dataclasses.replace(SMALL, announce_delay_ms=0))
     told = sends(a.handle(w.now, Push(pusher, 0, (item("now"),))), IHave)
-    lazy = {a.directory.infos[s].node_id for s in a.data.lazy}
     assert len(told) == SMALL.lazy_fanout < len(lazy) and {e.node_id for e in told} <= lazy
 
 

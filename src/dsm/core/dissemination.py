@@ -79,7 +79,7 @@ import hashlib
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dsm.core.context import Context
@@ -236,8 +236,9 @@ class Announcements:
             if ids and self.overlay.linked(slot):
                 self._tell(slot, ids)
 
-    def has(self, slot: int, ids: Sequence[int]) -> None:
-        """`slot` has the writes `ids` (it announced or pushed them here): they are not announced to it."""
+    def has(self, slot: int, ids: Iterable[int]) -> None:
+        """`slot` has the writes `ids` (it announced or pushed them here): they are not announced to it. (`ids`
+        is only read when announcements to `slot` are held.)"""
         held = self.held.get(slot)
         if held:
             for item_id in ids:
@@ -415,7 +416,7 @@ class Dissemination:
                         send(slot, Push(context.id, hops, batch))
         if self.settings.lazy_fanout and self.lazy:
             lazy = self.lazy - holders if holders else self.lazy
-            self.announcements.announce(sample(self.context.rng, lazy, self.settings.lazy_fanout, exclude), items, hops)
+            self.announcements.announce(sample(context.rng, lazy, self.settings.lazy_fanout, exclude), items, hops)
 
     def _accept(self, items: DataItems, source: str, path: str, hops: int) -> DataItems:
         """Remembers the writes among `items` not seen before, asks the runtime to store them and returns
@@ -493,7 +494,7 @@ class Dissemination:
         if not new:
             self.stats.duplicates += 1
             if slot is not None:
-                self.announcements.has(slot, [item.id for item in message.items])
+                self.announcements.has(slot, (item.id for item in message.items))
             if self._raced(message.items):
                 # Gossip brought them first, and a write gossip brings is not pushed on: the tree's copy
                 # goes on now, to this node's eager links, as it would have had it come first.
@@ -583,7 +584,7 @@ class Dissemination:
             slot = self.context.directory.slot(message.source)
             if slot is None:
                 return
-        self.announcements.has(slot, message.ids[:MAX_IDS])
+        self.announcements.has(slot, itertools.islice(message.ids, MAX_IDS))
         seen = self.seen
         missing = self.missing
         due = self.context.now + self._graft_wait()
