@@ -22,6 +22,10 @@ Every phase reports the CPU of the generator processes, of the nodes (/proc/<pid
 the whole machine (/proc/stat), in cores (1.0 = one core busy for the whole phase), so a generator-bound run
 shows itself: on this 2-core machine the nodes and the generator share two cores.
 
+After every DSM write phase a line gives what the nodes re-sent and repaired during it, summed over the nodes
+(pushes sent, the broadcast tree's grafts and prunes, entries anti-entropy brought, replicated items that changed
+nothing on arrival) and each node's worst event-loop stall in it; they are also in the JSON's runs.
+
 With --profile, two extra phases (not in the table: py-spy slows the node it samples) run DSM writes and
 then reads while `py-spy record --format raw --function` samples node n1; the hot spots (self and
 inclusive share of samples, by function) go to the output and the JSON, the raw stacks to /tmp.
@@ -57,6 +61,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +220,50 @@ def metric(url: str, name: str) -> float:
     raise ValueError(f"{name} not in {url}/metrics")
 
 
+#: What each DSM phase also reports, summed over the nodes (the growth of these samples over the phase): the
+#: broadcast tree's repairs and copies, anti-entropy's entries, and replicated items that changed nothing.
+REPAIR_SAMPLES = {
+    'dsm_messages_sent_total{type="Push"}': "pushes",
+    'dsm_dissemination_events_total{event="grafts"}': "grafts",
+    'dsm_dissemination_events_total{event="prunes"}': "prunes",
+    "dsm_anti_entropy_entries_total": "anti-entropy entries",
+    'dsm_merge_items_total{outcome="unchanged"}': "merged unchanged",
+}
+
+
+def repair_samples(urls: list[str]) -> dict[str, float]:
+    """`REPAIR_SAMPLES` summed over the nodes at `urls`."""
+    total = dict.fromkeys(REPAIR_SAMPLES.values(), 0.0)
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                name, _, value = line.rpartition(" ")
+                if name in REPAIR_SAMPLES:
+                    total[REPAIR_SAMPLES[name]] += float(value)
+    return total
+
+
+@contextlib.contextmanager
+def repairs_during(urls: list[str], into: dict[str, Any]) -> Iterator[None]:
+    """Records in `into` what the nodes at `urls` repaired and re-sent during the block, and their worst
+    event-loop stall in it: write phases where the tree grafts or anti-entropy re-sends writes still on their
+    way cost more CPU per write and have the worst tails (BENCHMARKS "Issue 21, part 1")."""
+    before = repair_samples(urls)
+    lags = [lag_buckets(url) for url in urls]
+    yield
+    after = repair_samples(urls)
+    into["repairs"] = {k: round(after[k] - before[k]) for k in after}
+    into["worst_stall"] = [worst_bucket(b, lag_buckets(url)) for b, url in zip(lags, urls, strict=True)]
+
+
+def repairs_line(r: dict[str, Any]) -> str:
+    per_op = r["repairs"]["pushes"] / max(1, r["ok"])
+    return (
+        f"    {r['op']}: {', '.join(f'{k} {v:,}' for k, v in r['repairs'].items())} ({per_op:.2f} pushes per op); "
+        f"worst stall per node {', '.join(r['worst_stall'])}"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -358,6 +407,7 @@ def main() -> None:
                 members = stack.enter_context(etcd_cluster(workdir))
                 systems["etcd"] = ([addr for _, addr in members], {f"e{i}": pid for i, (pid, _) in enumerate(members)})
             time.sleep(2)
+            urls = [n.url for n in cluster.nodes] if "dsm" in systems else []
             lags_before = {n.node_id: lag_buckets(n.url) for n in cluster.nodes} if "dsm" in systems else {}
             reads = {"dsm": ["read"], "etcd": ["read", "read_linearizable"]}
             for rep in range(a.reps):
@@ -365,10 +415,15 @@ def main() -> None:
                 written: dict[str, dict[int, int]] = {}
                 for name in order:
                     level = a.consistency if name == "dsm" else "local"
-                    w = gen.phase(name, "write", *systems[name], tag=f"w{rep}", consistency=level, **common)
+                    seen: dict[str, Any] = {}
+                    with repairs_during(urls, seen) if name == "dsm" else contextlib.nullcontext():
+                        w = gen.phase(name, "write", *systems[name], tag=f"w{rep}", consistency=level, **common)
+                    w.update(seen)
                     written[name] = w["written"]
                     runs.append(w)
                     print(f"rep {rep + 1}: {row(w)}", flush=True)
+                    if seen:
+                        print(repairs_line(w), flush=True)
                 time.sleep(1)  # the last direct updates land
                 for name in order:
                     for op in reads[name]:
@@ -382,9 +437,14 @@ def main() -> None:
                     for op in ("write", "read"):
                         for name in order:
                             level = a.consistency if name == "dsm" else "local"
-                            w = wrk_phase(name, op, *systems[name], a.duration, a.concurrency, level, workdir)
+                            seen = {}
+                            with repairs_during(urls, seen) if name == "dsm" else contextlib.nullcontext():
+                                w = wrk_phase(name, op, *systems[name], a.duration, a.concurrency, level, workdir)
+                            w.update(seen)
                             runs.append(w)
                             print(f"rep {rep + 1}: {row(w)}", flush=True)
+                            if seen and op == "write":
+                                print(repairs_line(w), flush=True)
             for name, (_, pids) in systems.items():
                 meta[f"{name}_rss_kib_after"] = {node: proc_rss_kib(pid) for node, pid in pids.items()}
             if "dsm" in systems:
