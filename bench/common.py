@@ -15,9 +15,11 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from array import array
@@ -178,9 +180,19 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def stop_on_sigterm() -> None:
+    """Makes a SIGTERM (a `kill` of the bench) end the bench through its `finally` blocks, which stop what it
+    started: DSM nodes are forked by `dsm.zygote` and etcd members are plain children, and without this both
+    outlive a killed bench and load the next run's machine. Only from the main thread, and only over the default
+    handler (a bench that set its own keeps it)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @contextlib.contextmanager
 def dsm_cluster(nodes: int, workdir: str, extra_env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
     """`nodes` real `dsm node run` processes on loopback, every one seeing every other alive."""
+    stop_on_sigterm()
     env = {"DSM_CLUSTER_SECRET": secrets.token_hex(16)} | (extra_env or {})
     cluster = LocalCluster(os.path.join(workdir, "dsm"), env=env)
     try:
@@ -203,6 +215,7 @@ def dsm_cluster(nodes: int, workdir: str, extra_env: dict[str, str] | None = Non
 @contextlib.contextmanager
 def etcd_cluster(workdir: str) -> Iterator[list[tuple[int, tuple[str, int]]]]:
     """A 3-member etcd cluster on free loopback ports; yields (pid, (host, client port)) per member."""
+    stop_on_sigterm()
     ports = free_ports(6)
     client, peer = ports[:3], ports[3:]
     initial = ",".join(f"e{i}=http://127.0.0.1:{peer[i]}" for i in range(3))

@@ -84,6 +84,7 @@ from common import (
     pct,
     proc_rss_kib,
     requests_for,
+    stop_on_sigterm,
     wait_until,
 )
 from dsm.localcluster import LocalCluster, LocalNode
@@ -108,6 +109,7 @@ def metrics_text(url: str) -> str:
 @contextlib.contextmanager
 def region_cluster(workdir: str, layout: dict[str, str]) -> Iterator[LocalCluster]:
     """The nodes of `layout` (id -> region), node i on 127.0.0.i, each started with its DSM_REGION."""
+    stop_on_sigterm()
     secret = secrets.token_hex(16)
     cluster = LocalCluster(os.path.join(workdir, "dsm"), env={"DSM_CLUSTER_SECRET": secret})
     cluster.directory.mkdir(parents=True, exist_ok=True)

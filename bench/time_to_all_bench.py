@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from typing import Any
 
 import aiohttp
 
-from common import Profiler, hot_spots, machine_cpu, print_profile, proc_cpu_s
+from common import Profiler, hot_spots, machine_cpu, print_profile, proc_cpu_s, stop_on_sigterm
 from dsm.core import watch_cursor
 from dsm.core.hlc import physical_ms
 from dsm.localcluster import LocalCluster
@@ -231,9 +230,7 @@ def run_serf(nodes: int, events: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    # A SIGTERM (a `kill` of this process) ends it through its `finally` blocks, which stop the cluster: its nodes
-    # are forked by `dsm.zygote` and would otherwise outlive this process and load the next run's machine.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_on_sigterm()  # a `kill` of this bench stops its cluster on the way out
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--writes", type=int, default=40, help="writes per cluster size (and Serf events)")
