@@ -186,7 +186,12 @@ def stop_on_sigterm() -> None:
     outlive a killed bench and load the next run's machine. Only from the main thread, and only over the default
     handler (a bench that set its own keeps it)."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(*_: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
+    sys.exit(143)
 
 
 @contextlib.contextmanager

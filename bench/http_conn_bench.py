@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import pct
+from common import pct, stop_on_sigterm
 
 RESULTS = Path(__file__).parent / "results"
 SEE_CLOSE_S = 0.5  # time allowed for the client to see a close the node made at its deadline
@@ -239,6 +239,7 @@ async def idle(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    stop_on_sigterm()  # a `kill` of this bench stops its node on the way out
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--held", type=int, default=1100, help="half-sent requests held (a)")
     parser.add_argument("--hold", type=float, default=0.0, help="seconds to hold them (default: header timeout + 5)")

@@ -43,6 +43,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from common import stop_on_sigterm
+
 RESULTS = Path(__file__).parent / "results"
 HANDSHAKE_FRAME_MAX = 512
 MAX_FRAME = 8 << 20
@@ -196,6 +198,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    stop_on_sigterm()  # a `kill` of this bench stops its nodes on the way out
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--hosts", type=int, default=40, help="source addresses 127.0.0.10 and up")

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import RESULTS, free_ports, proc_cpu_s, stop_processes, wait_until
+from common import RESULTS, free_ports, proc_cpu_s, stop_on_sigterm, stop_processes, wait_until
 
 CLIENTS = 50
 KEYSPACE = 100_000
@@ -93,6 +93,7 @@ def measure(pid: int | None, run: Callable[[], dict[str, float]]) -> dict[str, f
 
 
 def main() -> None:
+    stop_on_sigterm()  # a `kill` of this bench stops its node and redis-server on the way out
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200_000, help="per redis-benchmark run")

@@ -22,9 +22,10 @@ Every phase reports the CPU of the generator processes, of the nodes (/proc/<pid
 the whole machine (/proc/stat), in cores (1.0 = one core busy for the whole phase), so a generator-bound run
 shows itself: on this 2-core machine the nodes and the generator share two cores.
 
-After every DSM write phase a line gives what the nodes re-sent and repaired during it, summed over the nodes
-(pushes sent, the broadcast tree's grafts and prunes, entries anti-entropy brought, replicated items that changed
-nothing on arrival) and each node's worst event-loop stall in it; they are also in the JSON's runs.
+After every DSM write phase a line gives the nodes' replication traffic and repairs during it, summed over the
+nodes (push messages sent, the broadcast tree's grafts and prunes, entries anti-entropy brought, replicated items
+that changed nothing on arrival) and each node's worst event-loop stall in it; they are also in the JSON's runs.
+bench/write_tail_probe.py repeats wrk write phases on one cluster with the same figures.
 
 With --profile, two extra phases (not in the table: py-spy slows the node it samples) run DSM writes and
 then reads while `py-spy record --format raw --function` samples node n1; the hot spots (self and
@@ -61,7 +62,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +221,10 @@ def metric(url: str, name: str) -> float:
     raise ValueError(f"{name} not in {url}/metrics")
 
 
-#: What each DSM phase also reports, summed over the nodes (the growth of these samples over the phase): the
-#: broadcast tree's repairs and copies, anti-entropy's entries, and replicated items that changed nothing.
+#: What each DSM write phase also reports, summed over the nodes (the growth of these samples over the phase):
+#: push messages sent (the tree's normal traffic; one message carries a batch of writes), the tree's repairs
+#: (grafts, prunes), entries anti-entropy brought, and replicated items that changed nothing on arrival
+#: (duplicates that got as far as a merge: pushed twice, grafted, or brought by anti-entropy or gossip).
 REPAIR_SAMPLES = {
     'dsm_messages_sent_total{type="Push"}': "pushes",
     'dsm_dissemination_events_total{event="grafts"}': "grafts",
@@ -231,7 +234,7 @@ REPAIR_SAMPLES = {
 }
 
 
-def repair_samples(urls: list[str]) -> dict[str, float]:
+def repair_samples(urls: Iterable[str]) -> dict[str, float]:
     """`REPAIR_SAMPLES` summed over the nodes at `urls`."""
     total = dict.fromkeys(REPAIR_SAMPLES.values(), 0.0)
     for url in urls:
@@ -244,23 +247,24 @@ def repair_samples(urls: list[str]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def repairs_during(urls: list[str], into: dict[str, Any]) -> Iterator[None]:
-    """Records in `into` what the nodes at `urls` repaired and re-sent during the block, and their worst
-    event-loop stall in it: write phases where the tree grafts or anti-entropy re-sends writes still on their
-    way cost more CPU per write and have the worst tails (BENCHMARKS "Issue 21, part 1")."""
-    before = repair_samples(urls)
-    lags = [lag_buckets(url) for url in urls]
+def repairs_during(urls: dict[str, str], into: dict[str, Any]) -> Iterator[None]:
+    """Records in `into` the growth of `REPAIR_SAMPLES` over the block, summed over the nodes (`urls`: node id ->
+    URL), and each node's worst event-loop stall in it: to see whether the tree's repairs or anti-entropy go with
+    a phase's CPU per write or its tail (BENCHMARKS "Issue 21, part 1": some phases, not the worst ones)."""
+    before = repair_samples(urls.values())
+    lags = {node: lag_buckets(url) for node, url in urls.items()}
     yield
-    after = repair_samples(urls)
+    after = repair_samples(urls.values())
     into["repairs"] = {k: round(after[k] - before[k]) for k in after}
-    into["worst_stall"] = [worst_bucket(b, lag_buckets(url)) for b, url in zip(lags, urls, strict=True)]
+    into["worst_stall"] = {node: worst_bucket(lags[node], lag_buckets(url)) for node, url in urls.items()}
 
 
 def repairs_line(r: dict[str, Any]) -> str:
     per_op = r["repairs"]["pushes"] / max(1, r["ok"])
+    stalls = ", ".join(f"{node} {bucket}" for node, bucket in r["worst_stall"].items())
     return (
-        f"    {r['op']}: {', '.join(f'{k} {v:,}' for k, v in r['repairs'].items())} ({per_op:.2f} pushes per op); "
-        f"worst stall per node {', '.join(r['worst_stall'])}"
+        f"    {r['op']}: {', '.join(f'{k} {v:,}' for k, v in r['repairs'].items())} ({per_op:.2f} push messages "
+        f"per write); worst stall {stalls}"
     )
 
 
@@ -407,7 +411,7 @@ def main() -> None:
                 members = stack.enter_context(etcd_cluster(workdir))
                 systems["etcd"] = ([addr for _, addr in members], {f"e{i}": pid for i, (pid, _) in enumerate(members)})
             time.sleep(2)
-            urls = [n.url for n in cluster.nodes] if "dsm" in systems else []
+            urls = {n.node_id: n.url for n in cluster.nodes} if "dsm" in systems else {}
             lags_before = {n.node_id: lag_buckets(n.url) for n in cluster.nodes} if "dsm" in systems else {}
             reads = {"dsm": ["read"], "etcd": ["read", "read_linearizable"]}
             for rep in range(a.reps):
@@ -438,12 +442,13 @@ def main() -> None:
                         for name in order:
                             level = a.consistency if name == "dsm" else "local"
                             seen = {}
-                            with repairs_during(urls, seen) if name == "dsm" else contextlib.nullcontext():
+                            measured = name == "dsm" and op == "write"
+                            with repairs_during(urls, seen) if measured else contextlib.nullcontext():
                                 w = wrk_phase(name, op, *systems[name], a.duration, a.concurrency, level, workdir)
                             w.update(seen)
                             runs.append(w)
                             print(f"rep {rep + 1}: {row(w)}", flush=True)
-                            if seen and op == "write":
+                            if seen:
                                 print(repairs_line(w), flush=True)
             for name, (_, pids) in systems.items():
                 meta[f"{name}_rss_kib_after"] = {node: proc_rss_kib(pid) for node, pid in pids.items()}

@@ -1,0 +1,93 @@
+"""Where a 3-node cluster's write tail comes from: repeated wrk write phases on one cluster, per phase.
+
+BENCHMARKS "Issue 21, part 1" found DSM's write p99 under wrk spread from etcd's 30 ms to over 200 ms between
+10 s phases of the same load on the same cluster. This probe repeats that on purpose: for each of --clusters
+fresh 3-node clusters (`dsm_cluster`, the default SQLite store, settings from --node-env), optionally one write
+phase of the built-in generator first (--preload: ~70,000 new keys, as throughput_bench's phases leave behind),
+then --phases wrk write phases (`throughput_bench.wrk_phase`: 64 connections, random keys of a 10,000-key space,
+100-byte values). Each phase prints its rate, p50 / p99, the nodes' CPU per write, what the nodes sent and
+repaired in it, summed over the three (`throughput_bench.repair_samples`: pushes, the tree's grafts and prunes,
+entries anti-entropy brought, replicated items that changed nothing), and each node's worst event-loop stall.
+Clusters with different --node-env can be compared by running the probe once per setting, alternating.
+
+Reproduce: .venv/bin/python bench/write_tail_probe.py --clusters 2 --phases 3 --preload
+           .venv/bin/python bench/write_tail_probe.py --clusters 2 --phases 3 --preload \\
+               --node-env DSM_GRAFT_MIN_MS=1000 --node-env DSM_GRAFT_TIMEOUT_MS=1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import Generator, dsm_cluster
+from throughput_bench import repairs_during, wrk_phase
+
+
+def one_cluster(index: int, a: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
+    phases: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="dsm-tail-") as workdir, dsm_cluster(3, workdir, env) as cluster:
+        targets = [(n.http.rsplit(":", 1)[0], int(n.http.rsplit(":", 1)[1])) for n in cluster.nodes]
+        pids = {n.node_id: n.pid for n in cluster.nodes}
+        urls = {n.node_id: n.url for n in cluster.nodes}
+        time.sleep(2)
+        if a.preload:
+            gen = Generator(2, 64, "raw")
+            try:
+                w = gen.phase("dsm", "write", targets, pids, tag="pre", consistency="local", duration=10, ops=0)
+            finally:
+                gen.close()
+            print(f"cluster {index}: built-in write {w['ok_per_s']:,.0f}/s, p99 {w['p99_ms']:.1f} ms", flush=True)
+            time.sleep(1)
+        for phase in range(a.phases):
+            seen: dict[str, Any] = {}
+            with repairs_during(urls, seen):
+                w = wrk_phase("dsm", "write", targets, pids, a.duration, 64, "local", workdir)
+            row = {
+                "cluster": index,
+                "phase": phase + 1,
+                "ok_per_s": w["ok_per_s"],
+                "p50_ms": w["p50_ms"],
+                "p99_ms": w["p99_ms"],
+                "max_ms": w["max_ms"],
+                "node_us_per_op": w["node_us_per_op"],
+                **seen,
+            }
+            phases.append(row)
+            repairs = ", ".join(f"{k} {v:,}" for k, v in seen["repairs"].items())
+            stalls = ", ".join(f"{k} {v}" for k, v in seen["worst_stall"].items())
+            print(
+                f"cluster {index} phase {phase + 1}: {w['ok_per_s']:,.0f}/s, p50 {w['p50_ms']:.1f} / p99 "
+                f"{w['p99_ms']:.1f} ms, {w['node_us_per_op']:.0f} us of node CPU per write; {repairs}; "
+                f"worst stall {stalls}",
+                flush=True,
+            )
+    return phases
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clusters", type=int, default=2)
+    ap.add_argument("--phases", type=int, default=3, help="wrk write phases per cluster")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    ap.add_argument("--preload", action="store_true", help="a built-in generator write phase first")
+    ap.add_argument("--node-env", action="append", default=[], metavar="DSM_X=V", help="a node setting (repeatable)")
+    ap.add_argument("--json", default="", help="write the phases here too")
+    a = ap.parse_args()
+    env = dict(e.split("=", 1) for e in a.node_env)
+    phases = [p for i in range(a.clusters) for p in one_cluster(i + 1, a, env)]
+    p99 = sorted(p["p99_ms"] for p in phases)
+    print(f"settings {env or 'default'}: {len(phases)} phases, p99 from {p99[0]:.1f} to {p99[-1]:.1f} ms")
+    if a.json:
+        with contextlib.suppress(FileExistsError):
+            Path(a.json).parent.mkdir(parents=True)
+        Path(a.json).write_text(json.dumps({"settings": env, "args": vars(a), "phases": phases}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
