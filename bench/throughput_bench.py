@@ -25,7 +25,7 @@ shows itself: on this 2-core machine the nodes and the generator share two cores
 After every DSM write phase a line gives the nodes' replication traffic and repairs during it, summed over the
 nodes (push messages sent, the broadcast tree's grafts and prunes, entries anti-entropy brought, replicated items
 that changed nothing on arrival) and each node's worst event-loop stall in it; they are also in the JSON's runs.
-bench/write_tail_probe.py repeats wrk write phases on one cluster with the same figures.
+bench/write_tail_probe.py repeats wrk write phases on fresh clusters with the same figures.
 
 With --profile, two extra phases (not in the table: py-spy slows the node it samples) run DSM writes and
 then reads while `py-spy record --format raw --function` samples node n1; the hot spots (self and
@@ -250,7 +250,8 @@ def repair_samples(urls: Iterable[str]) -> dict[str, float]:
 def repairs_during(urls: dict[str, str], into: dict[str, Any]) -> Iterator[None]:
     """Records in `into` the growth of `REPAIR_SAMPLES` over the block, summed over the nodes (`urls`: node id ->
     URL), and each node's worst event-loop stall in it: to see whether the tree's repairs or anti-entropy go with
-    a phase's CPU per write or its tail (BENCHMARKS "Issue 21, part 1": some phases, not the worst ones)."""
+    a phase's CPU per write or its tail (BENCHMARKS "Issue 21, part 1": on write_tail_probe's clusters they went
+    with nearly every bad phase; in a longer run of this bench the worst phases had none)."""
     before = repair_samples(urls.values())
     lags = {node: lag_buckets(url) for node, url in urls.items()}
     yield

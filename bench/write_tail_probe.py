@@ -1,18 +1,23 @@
-"""Where a 3-node cluster's write tail comes from: repeated wrk write phases on one cluster, per phase.
+"""Where a 3-node cluster's write tail comes from: repeated wrk write phases on fresh clusters, per phase.
 
-BENCHMARKS "Issue 21, part 1" found DSM's write p99 under wrk spread from etcd's 30 ms to over 200 ms between
-10 s phases of the same load on the same cluster. This probe repeats that on purpose: for each of --clusters
-fresh 3-node clusters (`dsm_cluster`, the default SQLite store, settings from --node-env), optionally one write
-phase of the built-in generator first (--preload: ~70,000 new keys, as throughput_bench's phases leave behind),
-then --phases wrk write phases (`throughput_bench.wrk_phase`: 64 connections, random keys of a 10,000-key space,
-100-byte values). Each phase prints its rate, p50 / p99, the nodes' CPU per write, what the nodes sent and
-repaired in it, summed over the three (`throughput_bench.repair_samples`: pushes, the tree's grafts and prunes,
-entries anti-entropy brought, replicated items that changed nothing), and each node's worst event-loop stall.
-Clusters with different --node-env can be compared by running the probe once per setting, alternating.
+BENCHMARKS "Issue 21, part 1" found DSM's write p99 under wrk spread from about etcd's (30-40 ms) to over 200 ms
+between 10 s phases of the same load on the same cluster. This probe repeats that on purpose: for each of
+--clusters fresh 3-node clusters (`dsm_cluster`, the default SQLite store, settings from --node-env), optionally
+one write phase of the built-in generator first (--preload: ~70,000 new keys, as throughput_bench's phases leave
+behind), then --phases wrk write phases (`throughput_bench.wrk_phase`: 64 connections, random keys of a
+10,000-key space, 100-byte values). Each phase prints its rate, p50 / p99, the nodes' CPU per write, what the
+nodes sent and repaired in it, summed over the three (`throughput_bench.repair_samples`: push messages, the
+tree's grafts and prunes, entries anti-entropy brought, replicated items that changed nothing), and each node's
+worst event-loop stall. Settings are compared by running one cluster per run, the settings in turn.
 
-Reproduce: .venv/bin/python bench/write_tail_probe.py --clusters 2 --phases 3 --preload
-           .venv/bin/python bench/write_tail_probe.py --clusters 2 --phases 3 --preload \\
-               --node-env DSM_GRAFT_MIN_MS=1000 --node-env DSM_GRAFT_TIMEOUT_MS=1000
+Reproduce (bench/results/write_tail/, one cluster per file, run in this order, then again with -2):
+  .venv/bin/python bench/write_tail_probe.py --clusters 1 --phases 3 --preload \\
+      --json bench/results/write_tail/default-1.json
+  .venv/bin/python bench/write_tail_probe.py --clusters 1 --phases 3 --preload --node-env DSM_GRAFT_MIN_MS=1000 \\
+      --node-env DSM_GRAFT_TIMEOUT_MS=1000 --json bench/results/write_tail/graft1000-1.json
+  .venv/bin/python bench/write_tail_probe.py --clusters 1 --phases 3 --preload --node-env DSM_WRITE_BATCH_MAX=64 \\
+      --json bench/results/write_tail/batch64-1.json
+and (ae600s-1, ae600s-2) --node-env DSM_ANTI_ENTROPY_INTERVAL_MS=600000.
 """
 
 from __future__ import annotations
