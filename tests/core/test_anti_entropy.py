@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dsm.core.anti_entropy import CATCH_UP_POLL_MS, SETTLE_GRAFT_TIMEOUTS, AntiEntropy, ReconcileStep, run_step
+from dsm.core.anti_entropy import CATCH_UP_POLL_MS, AntiEntropy, ReconcileStep, run_step
 from dsm.core.encoding import decode_versions, digest, encode_versions
 from dsm.core.hlc import pack
 from dsm.core.messages import DataItems, Ping, Reconcile, Update
@@ -131,22 +131,6 @@ def test_an_incoming_reconcile_is_answered_to_the_authenticated_source_not_the_c
     message = Reconcile(7, "n2", (), (("k", b"v"),))  # claims to come from n2
     assert core.handle(5, "n1", message) == [ReconcileStep("n1", 7, message)]
     assert node(members=[0, 1, 2], anti_entropy=False).handle(5, "n1", message) == []
-
-
-def test_an_answer_is_told_to_leave_out_writes_newer_than_a_few_graft_timeouts_by_the_wall_clock() -> None:
-    wall = [WALL]
-    schedule = AntiEntropy(
-        node(members=[0, 1, 2]).peer, random.Random(1), INTERVAL, 0, iter(range(1, 99)).__next__,
-        wall_ms=lambda: wall[0], settle_ms=SETTLE_GRAFT_TIMEOUTS * PeerSettings().graft_timeout_ms,
-    )  # fmt: skip
-    message = Reconcile(7, "n1", (), (("k", b"v"),))  # a step with entries (an empty one is an exchange's end)
-    (step,) = schedule.handle("n1", message)
-    assert isinstance(step, ReconcileStep) and step.settled_before == pack(WALL - 1000)  # 4 x 250 ms
-    wall[0] += 5000
-    (later,) = schedule.handle("n1", message)
-    assert isinstance(later, ReconcileStep) and later.settled_before == pack(WALL + 4000)
-    # Without a wall clock nothing is left out (a driver that gives none).
-    assert node(members=[0, 1, 2]).handle(5, "n1", message) == [ReconcileStep("n1", 7, message)]
 
 
 # --- two cores wired together

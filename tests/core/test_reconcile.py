@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsm.core import hlc
-from dsm.core.encoding import digest, encode_versions, newest_timestamp
+from dsm.core.encoding import digest
 from dsm.core.messages import Reconcile, Run
 from dsm.core.reconcile import (
     ENTRY_CHUNK,
@@ -26,7 +25,6 @@ from dsm.core.reconcile import (
     RangeView,
     SortedReplica,
     answer,
-    answer_step,
     decode_run,
     encode_run,
     opening,
@@ -34,8 +32,6 @@ from dsm.core.reconcile import (
     summary,
 )
 from dsm.core.sketch import Sketch, salt_of
-from dsm.core.vclock import VersionVector
-from dsm.core.versions import Dot, Version, VersionSet
 from dsm.storage.base import RangeDigest, StoredKey
 
 
@@ -327,34 +323,3 @@ def test_a_malformed_anti_entropy_message_is_refused_and_the_core_keeps_serving(
     (step,) = core.handle(2, "b", good)
     reply, _, _ = run_step(step, "a", store, 1 << 20)  # type: ignore[arg-type]
     assert reply is not None and reply.session == 2  # answered: the node still works
-
-
-def _written_at(physical_ms: int, node: str = "w") -> bytes:
-    """An encoded version set whose newest version was written at `physical_ms` (and an older one before it)."""
-    newer = Version(Dot(hlc.pack(physical_ms), node), VersionVector(), b"new")
-    older = Version(Dot(hlc.pack(physical_ms - 5000), "a" + node), VersionVector(), b"old")
-    return encode_versions(VersionSet((newer, older)))
-
-
-def test_newest_timestamp_reads_the_first_version() -> None:
-    assert newest_timestamp(_written_at(1_000_000)) == hlc.pack(1_000_000)
-    assert newest_timestamp(b"not msgpack \xc1") == 0 and newest_timestamp(msgpack.packb([1, []])) == 0
-
-
-def test_an_answer_leaves_out_writes_still_on_their_way_and_says_it_is_incomplete() -> None:
-    now = 10_000_000
-    rows = {f"old{i}": _written_at(now - 60_000 + i) for i in range(5)}
-    rows |= {f"new{i}": _written_at(now - 200 + i) for i in range(5)}
-    view = SortedReplica(rows)
-    wanted = [d & ((1 << 64) - 1) for _, d in view.digests("", None)]
-    message = Reconcile(1, "other", (encode_run("", None, FETCH, (), wanted),), ())
-    # Without a bound every entry goes, and the answer is complete.
-    full = answer_step(message, "me", view)
-    assert full.reply is not None and len(full.reply.entries) == 10 and full.complete
-    # Settled before 1 s ago: the five written 200 ms ago stay (the tree and gossip are delivering them).
-    cut = answer_step(message, "me", view, settled_before=hlc.pack(now - 1000))
-    assert cut.reply is not None and sorted(k for k, _ in cut.reply.entries) == [f"old{i}" for i in range(5)]
-    assert not cut.complete  # no sync point may rest on an exchange that left entries out
-    # Once they are older than the bound they go too.
-    later = answer_step(message, "me", view, settled_before=hlc.pack(now + 1000))
-    assert later.reply is not None and len(later.reply.entries) == 10 and later.complete

@@ -26,11 +26,7 @@ from dsm.sim.network import Latency, NetworkModel, Partition
 NODES = 5
 KEYS = 40
 GRACE_MS = 7 * 24 * 3_600_000
-# Answers leave out writes newer than a few graft timeouts (`reconcile`, "Writes still on their way"); with the
-# default 250 ms that window (1 s) swallows most of the clock skew below, and anti-entropy would carry almost no
-# version a receiver refuses. A 50 ms graft timeout (a 200 ms window) keeps such refusals in the runs, so the
-# sync-point rule's "merged without refusal" condition stays exercised (`test_the_check_catches_each_...`).
-SETTINGS = PeerSettings(anti_entropy_interval_ms=2000, anti_entropy_max_bytes=3000, graft_timeout_ms=50)
+SETTINGS = PeerSettings(anti_entropy_interval_ms=2000, anti_entropy_max_bytes=3000)
 
 
 @dataclass

@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from dsm.core import hlc
 from dsm.core.messages import DataItem, DataItems, Reconcile, Send, SyncPoint
 from dsm.core.overlay import RandomSource
 from dsm.core.reconcile import FINGERPRINT, RangeView, answer_step, end, is_end, opening
@@ -40,9 +39,6 @@ from dsm.core.watch_cursor import HeldSyncPoint
 CATCH_UP_POLL_MS = 50
 #: Exchanges whose record a node keeps for sync points (the oldest is forgotten first: no sync point then).
 MAX_EXCHANGES = 64
-#: An answer leaves out entries written less than this many graft timeouts ago (by the answering node's wall
-#: clock): writes the tree and gossip are still delivering (`reconcile`, "Writes still on their way").
-SETTLE_GRAFT_TIMEOUTS = 4
 
 
 class LinkView(Protocol):
@@ -67,8 +63,6 @@ class ReconcileStep:
     session: int
     message: Reconcile | None = None
     stamp: int = 0
-    #: Entries newer than this HLC timestamp are left out of the answer (0: none are; `reconcile.answer_step`).
-    settled_before: int = 0
 
 
 class StepResult(NamedTuple):
@@ -89,7 +83,7 @@ def run_step(step: ReconcileStep, node_id: str, view: RangeView, max_bytes: int)
     message = step.message
     if message is None:
         return StepResult(opening(step.session, node_id, view), ())
-    reply, entries, complete = answer_step(message, node_id, view, max_bytes, step.settled_before)
+    reply, entries, complete = answer_step(message, node_id, view, max_bytes)
     if reply is None and not is_end(message):
         reply = end(step.session, node_id)
     return StepResult(reply, tuple(DataItem(0, key, versions) for key, versions in entries), complete)
@@ -240,8 +234,6 @@ class AntiEntropy:
         interval_ms: `anti_entropy_interval_ms`.
         now: the time it starts at.
         next_session: issues session numbers.
-        wall_ms: the wall clock (Unix ms), and settle_ms how long before it a write counts as still on its way
-            (`SETTLE_GRAFT_TIMEOUTS` graft timeouts); without a wall clock, answers leave nothing out.
     """
 
     def __init__(
@@ -252,12 +244,8 @@ class AntiEntropy:
         now: int,
         next_session: Callable[[], int],
         exchanges: Exchanges | None = None,
-        wall_ms: Callable[[], int] | None = None,
-        settle_ms: int = 0,
     ) -> None:
         self.view = view
-        self.wall_ms = wall_ms
-        self.settle_ms = settle_ms
         #: The records that sync points rest on (None: this driver keeps none).
         self.exchanges = exchanges
         self.rng = rng
@@ -300,10 +288,7 @@ class AntiEntropy:
         authenticated, whatever the message claims): answer it, to that member; its end is not answered."""
         if is_end(message):
             return [] if self.exchanges is None else list(self.exchanges.ended(source, message.session))
-        settled = 0
-        if self.wall_ms is not None and self.settle_ms > 0:
-            settled = hlc.pack(max(0, self.wall_ms() - self.settle_ms))
-        return [ReconcileStep(source, message.session, message, self._stamp(), settled)]
+        return [ReconcileStep(source, message.session, message, self._stamp())]
 
     def stepped(self, step: ReconcileStep, result: StepResult) -> list[Send]:
         """The driver ran `step` (call before sending its reply); see `Exchanges.stepped`."""

@@ -129,17 +129,6 @@ def decode_versions(data: bytes) -> VersionSet:
     return VersionSet(tuple(versions))
 
 
-def newest_timestamp(data: bytes) -> int:
-    """The largest dot timestamp of an encoded version set (its first version's: canonical sets list them in
-    descending dot order), without checking the rest; 0 if `data` is not one."""
-    try:
-        doc = msgpack.unpackb(data)
-        timestamp = doc[1][0][0]
-    except (ValueError, TypeError, IndexError, KeyError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        return 0
-    return timestamp if type(timestamp) is int else 0
-
-
 def digest(key: str, encoded_versions: bytes) -> int:
     """A signed 64-bit digest of one stored key and its encoded version set (for anti-entropy). The NUL between
     them is unambiguous for the keys a store holds: client keys have no NUL (`dsm.node.checks.check_key`), the

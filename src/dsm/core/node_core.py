@@ -26,7 +26,7 @@ import heapq
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
-from dsm.core.anti_entropy import SETTLE_GRAFT_TIMEOUTS, AntiEntropy, Exchanges, ReconcileStep, SyncPorts
+from dsm.core.anti_entropy import AntiEntropy, Exchanges, ReconcileStep, SyncPorts
 from dsm.core.ballot import ZERO
 from dsm.core.cas_group import GROUP_SIZE, cas_group, group_digest
 from dsm.core.cas_ops import Operation, cas_request, request_operation
@@ -111,14 +111,11 @@ class NodeCore:
         self.peer = peer
         self.coordinator = Coordinator(peer.id, peer, peer.directory, resolution, new_id)
         exchanges = None if sync_points is None else Exchanges(peer.id, sync_points, self._address_of)
-        # Answers leave out writes still on their way (`reconcile`), by the wall clock conditional writes use.
-        self.anti_entropy: AntiEntropy | None = None
-        if anti_entropy:
-            self.anti_entropy = AntiEntropy(
-                peer, peer.rng, peer.settings.anti_entropy_interval_ms, now, self._next_session, exchanges,
-                wall_ms=None if conditional is None else conditional.wall_ms,
-                settle_ms=SETTLE_GRAFT_TIMEOUTS * peer.settings.graft_timeout_ms,
-            )  # fmt: skip
+        self.anti_entropy = (
+            AntiEntropy(peer, peer.rng, peer.settings.anti_entropy_interval_ms, now, self._next_session, exchanges)
+            if anti_entropy
+            else None
+        )
         self._sessions = 0
         self.proposer: CasProposer | None = None
         self._new_id = new_id

@@ -38,18 +38,6 @@ digest lists) for small ranges and for replicas that differ almost everywhere. A
 On the wire a run is compact: its bounds are prefix-compressed (each shares a prefix with the one before)
 and its summaries (8 bytes) or digests (4 bytes) are one packed string (`encode_run`).
 
-Writes still on their way (`settled_before`). While writes flow, two replicas differ mostly by writes the
-broadcast tree and gossip are delivering at that moment; anti-entropy that ships them sends each a second time,
-to be merged unchanged (measured on 3 nodes under ~7,000 writes/s over 10,000 keys: 4,600-7,400 entries per
-exchange, and every 10 s phase with such an exchange had a write p99 of 92 ms or more, BENCHMARKS "Issue 21,
-part 1"). An answer therefore leaves out an entry whose newest version is later than `settled_before` (the
-answering node's wall clock less a few graft timeouts, `anti_entropy.SETTLE_GRAFT_TIMEOUTS`; a writer's clock
-ahead of this node's only keeps its writes out longer). Such an answer is incomplete, so no sync point rests on
-the exchange; what it left out is found by the next exchange if the tree and gossip did not deliver it (gossip
-lists a node's recent writes for several rounds, which is also how a node back from an absence gets the writes
-of its last moments). A key rewritten without pause is repaired once its writes pause: convergence, here as
-everywhere in this module, is once writes stop.
-
 Sync points (what a watch resumed on another node rests on, `dsm.core.watch_cursor`). Each side records,
 per exchange, its own commit stamp at the start of its first step (`anti_entropy.Exchanges`: the last commit
 stored before the step's read snapshot, so the snapshot holds the state B@b of every commit up to stamp b,
@@ -93,7 +81,6 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from dsm.core.encoding import digest as entry_digest
-from dsm.core.encoding import newest_timestamp
 from dsm.core.messages import Reconcile, Run
 from dsm.core.sketch import CELL_BYTES, GOLDEN, MASK64, MAX_CELLS, Sketch, cells_for, estimate, salt_of, signed64
 
@@ -285,13 +272,8 @@ def answer(
     return reply, entries
 
 
-def answer_step(
-    message: Reconcile, source: str, view: RangeView, max_entries_bytes: int = 1 << 20, settled_before: int = 0
-) -> Answer:
-    """`answer`, and whether the reply is complete (`Answer`). Raises ValueError on a malformed message.
-
-    `settled_before` (an HLC timestamp; 0: none): an entry whose newest version is later is left out, and the
-    reply is then incomplete (see "Writes still on their way" in the module docstring)."""
+def answer_step(message: Reconcile, source: str, view: RangeView, max_entries_bytes: int = 1 << 20) -> Answer:
+    """`answer`, and whether the reply is complete (`Answer`). Raises ValueError on a malformed message."""
     session = message.session
     if not isinstance(session, int) or not isinstance(message.runs, tuple | list) or len(message.runs) > MAX_RUNS:
         raise ValueError("malformed anti-entropy message")
@@ -326,9 +308,6 @@ def answer_step(
     # Read in chunks and stop at the byte cap: what does not fit is found again in the next exchange.
     for first in range(0, len(send_keys), ENTRY_CHUNK):
         for key, versions in view.entries(send_keys[first : first + ENTRY_CHUNK]):
-            if settled_before and newest_timestamp(versions) > settled_before:
-                out.complete = False  # still on its way through the tree and gossip
-                continue
             size += len(key) + len(versions) + 8
             if size > max_entries_bytes and entries:
                 out.complete = False
