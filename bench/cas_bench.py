@@ -68,6 +68,7 @@ from common import (
     dsm_cluster,
     etcd_cluster,
     hot_spots,
+    http_targets,
     parse_response,
     pct,
     print_profile,
@@ -534,7 +535,7 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             if not a.skip_dsm:
                 cluster = stack.enter_context(dsm_cluster(3, workdir))
-                targets = [(n.http.rsplit(":", 1)[0], int(n.http.rsplit(":", 1)[1])) for n in cluster.nodes]
+                targets = http_targets(cluster)
                 systems["dsm"] = (targets, {n.node_id: n.pid for n in cluster.nodes})
                 urls["dsm"] = [n.url for n in cluster.nodes]
             if not a.skip_etcd:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dsm.localcluster import LocalCluster
+from dsm.net.transport import split_addr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIM_RESULTS = RESULTS / "sim"
@@ -192,6 +193,11 @@ def stop_on_sigterm() -> None:
 def _exit_on_sigterm(*_: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
     sys.exit(143)
+
+
+def http_targets(cluster: LocalCluster) -> list[tuple[str, int]]:
+    """(host, port) of each node's HTTP API, in the cluster's order."""
+    return [split_addr(n.http) for n in cluster.nodes]
 
 
 @contextlib.contextmanager

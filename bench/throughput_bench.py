@@ -62,7 +62,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ from common import (
     dsm_cluster,
     etcd_cluster,
     hot_spots,
+    http_targets,
     print_profile,
     proc_rss_kib,
     py_spy,
@@ -189,14 +190,21 @@ def wrk_phase(
 # ---------------------------------------------------------------------------------------------- processes
 
 
-def lag_buckets(url: str) -> dict[float, float]:
-    """A node's event-loop stall histogram: cumulative samples per upper bound (seconds)."""
-    out: dict[float, float] = {}
+def scrape(url: str) -> str:
+    """A node's Prometheus metrics, as text."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith('dsm_event_loop_lag_seconds_bucket{le="'):
-                bound = line.split('"')[1]
-                out[float("inf") if bound == "+Inf" else float(bound)] = float(line.split()[1])
+        text: str = r.read().decode()
+    return text
+
+
+def lag_buckets(url: str, text: str | None = None) -> dict[float, float]:
+    """A node's event-loop stall histogram: cumulative samples per upper bound (seconds); from `text` when
+    given (its metrics, already scraped)."""
+    out: dict[float, float] = {}
+    for line in (scrape(url) if text is None else text).splitlines():
+        if line.startswith('dsm_event_loop_lag_seconds_bucket{le="'):
+            bound = line.split('"')[1]
+            out[float("inf") if bound == "+Inf" else float(bound)] = float(line.split()[1])
     return out
 
 
@@ -234,15 +242,14 @@ REPAIR_SAMPLES = {
 }
 
 
-def repair_samples(urls: Iterable[str]) -> dict[str, float]:
-    """`REPAIR_SAMPLES` summed over the nodes at `urls`."""
+def repair_samples(texts: Iterable[str]) -> dict[str, float]:
+    """`REPAIR_SAMPLES` summed over the nodes whose scraped metrics are `texts`."""
     total = dict.fromkeys(REPAIR_SAMPLES.values(), 0.0)
-    for url in urls:
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                name, _, value = line.rpartition(" ")
-                if name in REPAIR_SAMPLES:
-                    total[REPAIR_SAMPLES[name]] += float(value)
+    for text in texts:
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in REPAIR_SAMPLES:
+                total[REPAIR_SAMPLES[name]] += float(value)
     return total
 
 
@@ -252,12 +259,24 @@ def repairs_during(urls: dict[str, str], into: dict[str, Any]) -> Iterator[None]
     URL), and each node's worst event-loop stall in it: to see whether the tree's repairs or anti-entropy go with
     a phase's CPU per write or its tail (BENCHMARKS "Issue 21, part 1": on write_tail_probe's clusters they went
     with nearly every bad phase; in a longer run of this bench the worst phases had none)."""
-    before = repair_samples(urls.values())
-    lags = {node: lag_buckets(url) for node, url in urls.items()}
+    first = {node: scrape(url) for node, url in urls.items()}
     yield
-    after = repair_samples(urls.values())
+    last = {node: scrape(url) for node, url in urls.items()}
+    before, after = repair_samples(first.values()), repair_samples(last.values())
     into["repairs"] = {k: round(after[k] - before[k]) for k in after}
-    into["worst_stall"] = {node: worst_bucket(lags[node], lag_buckets(url)) for node, url in urls.items()}
+    into["worst_stall"] = {
+        node: worst_bucket(lag_buckets(url, first[node]), lag_buckets(url, last[node])) for node, url in urls.items()
+    }
+
+
+def repairs_if(
+    measured: bool, urls: dict[str, str], run: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """The phase `run(*args, **kwargs)` gives, with `repairs_during`'s figures added to it when `measured`."""
+    seen: dict[str, Any] = {}
+    with repairs_during(urls, seen) if measured else contextlib.nullcontext():
+        phase = run(*args, **kwargs)
+    return phase | seen
 
 
 def repairs_line(r: dict[str, Any]) -> str:
@@ -406,7 +425,7 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             if not a.skip_dsm:
                 cluster = stack.enter_context(dsm_cluster(a.nodes, workdir, dict(e.split("=", 1) for e in a.node_env)))
-                targets = [(n.http.rsplit(":", 1)[0], int(n.http.rsplit(":", 1)[1])) for n in cluster.nodes]
+                targets = http_targets(cluster)
                 systems["dsm"] = (targets, {n.node_id: n.pid for n in cluster.nodes})
             if not a.skip_etcd:
                 members = stack.enter_context(etcd_cluster(workdir))
@@ -420,14 +439,14 @@ def main() -> None:
                 written: dict[str, dict[int, int]] = {}
                 for name in order:
                     level = a.consistency if name == "dsm" else "local"
-                    seen: dict[str, Any] = {}
-                    with repairs_during(urls, seen) if name == "dsm" else contextlib.nullcontext():
-                        w = gen.phase(name, "write", *systems[name], tag=f"w{rep}", consistency=level, **common)
-                    w.update(seen)
+                    w = repairs_if(
+                        name == "dsm", urls, gen.phase, name, "write", *systems[name], tag=f"w{rep}", consistency=level,
+                        **common,
+                    )  # fmt: skip
                     written[name] = w["written"]
                     runs.append(w)
                     print(f"rep {rep + 1}: {row(w)}", flush=True)
-                    if seen:
+                    if "repairs" in w:
                         print(repairs_line(w), flush=True)
                 time.sleep(1)  # the last direct updates land
                 for name in order:
@@ -442,14 +461,13 @@ def main() -> None:
                     for op in ("write", "read"):
                         for name in order:
                             level = a.consistency if name == "dsm" else "local"
-                            seen = {}
-                            measured = name == "dsm" and op == "write"
-                            with repairs_during(urls, seen) if measured else contextlib.nullcontext():
-                                w = wrk_phase(name, op, *systems[name], a.duration, a.concurrency, level, workdir)
-                            w.update(seen)
+                            w = repairs_if(
+                                name == "dsm" and op == "write", urls,
+                                wrk_phase, name, op, *systems[name], a.duration, a.concurrency, level, workdir,
+                            )  # fmt: skip
                             runs.append(w)
                             print(f"rep {rep + 1}: {row(w)}", flush=True)
-                            if seen:
+                            if "repairs" in w:
                                 print(repairs_line(w), flush=True)
             for name, (_, pids) in systems.items():
                 meta[f"{name}_rss_kib_after"] = {node: proc_rss_kib(pid) for node, pid in pids.items()}

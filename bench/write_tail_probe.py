@@ -23,21 +23,20 @@ and (ae600s-1, ae600s-2) --node-env DSM_ANTI_ENTROPY_INTERVAL_MS=600000.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import Generator, dsm_cluster
-from throughput_bench import repairs_during, wrk_phase
+from common import Generator, dsm_cluster, http_targets
+from throughput_bench import repairs_if, repairs_line, wrk_phase
 
 
 def one_cluster(index: int, a: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
     phases: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dsm-tail-") as workdir, dsm_cluster(3, workdir, env) as cluster:
-        targets = [(n.http.rsplit(":", 1)[0], int(n.http.rsplit(":", 1)[1])) for n in cluster.nodes]
+        targets = http_targets(cluster)
         pids = {n.node_id: n.pid for n in cluster.nodes}
         urls = {n.node_id: n.url for n in cluster.nodes}
         time.sleep(2)
@@ -50,9 +49,7 @@ def one_cluster(index: int, a: argparse.Namespace, env: dict[str, str]) -> list[
             print(f"cluster {index}: built-in write {w['ok_per_s']:,.0f}/s, p99 {w['p99_ms']:.1f} ms", flush=True)
             time.sleep(1)
         for phase in range(a.phases):
-            seen: dict[str, Any] = {}
-            with repairs_during(urls, seen):
-                w = wrk_phase("dsm", "write", targets, pids, a.duration, 64, "local", workdir)
+            w = repairs_if(True, urls, wrk_phase, "dsm", "write", targets, pids, a.duration, 64, "local", workdir)
             row = {
                 "cluster": index,
                 "phase": phase + 1,
@@ -61,15 +58,13 @@ def one_cluster(index: int, a: argparse.Namespace, env: dict[str, str]) -> list[
                 "p99_ms": w["p99_ms"],
                 "max_ms": w["max_ms"],
                 "node_us_per_op": w["node_us_per_op"],
-                **seen,
+                "repairs": w["repairs"],
+                "worst_stall": w["worst_stall"],
             }
             phases.append(row)
-            repairs = ", ".join(f"{k} {v:,}" for k, v in seen["repairs"].items())
-            stalls = ", ".join(f"{k} {v}" for k, v in seen["worst_stall"].items())
             print(
                 f"cluster {index} phase {phase + 1}: {w['ok_per_s']:,.0f}/s, p50 {w['p50_ms']:.1f} / p99 "
-                f"{w['p99_ms']:.1f} ms, {w['node_us_per_op']:.0f} us of node CPU per write; {repairs}; "
-                f"worst stall {stalls}",
+                f"{w['p99_ms']:.1f} ms, {w['node_us_per_op']:.0f} us of node CPU per write\n{repairs_line(w)}",
                 flush=True,
             )
     return phases
@@ -89,8 +84,7 @@ def main() -> None:
     p99 = sorted(p["p99_ms"] for p in phases)
     print(f"settings {env or 'default'}: {len(phases)} phases, p99 from {p99[0]:.1f} to {p99[-1]:.1f} ms")
     if a.json:
-        with contextlib.suppress(FileExistsError):
-            Path(a.json).parent.mkdir(parents=True)
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"settings": env, "args": vars(a), "phases": phases}, indent=2) + "\n")
 
 
