@@ -230,11 +230,13 @@ def metric(url: str, name: str) -> float:
 
 
 #: What each DSM write phase also reports, summed over the nodes (the growth of these samples over the phase):
-#: push messages sent (the tree's normal traffic; one message carries a batch of writes), the tree's repairs
+#: push messages sent (the tree's normal traffic, and direct pushes in a small cluster; one message carries a
+#: batch of writes), the tree's repairs
 #: (grafts, prunes), entries anti-entropy brought, and replicated items that changed nothing on arrival
 #: (duplicates that got as far as a merge: pushed twice, grafted, or brought by anti-entropy or gossip).
 REPAIR_SAMPLES = {
     'dsm_messages_sent_total{type="Push"}': "pushes",
+    'dsm_messages_sent_total{type="DirectPush"}': "direct pushes",
     'dsm_dissemination_events_total{event="grafts"}': "grafts",
     'dsm_dissemination_events_total{event="prunes"}': "prunes",
     "dsm_anti_entropy_entries_total": "anti-entropy entries",
@@ -280,7 +282,7 @@ def repairs_if(
 
 
 def repairs_line(r: dict[str, Any]) -> str:
-    per_op = r["repairs"]["pushes"] / max(1, r["ok"])
+    per_op = (r["repairs"]["pushes"] + r["repairs"].get("direct pushes", 0)) / max(1, r["ok"])
     stalls = ", ".join(f"{node} {bucket}" for node, bucket in r["worst_stall"].items())
     return (
         f"    {r['op']}: {', '.join(f'{k} {v:,}' for k, v in r['repairs'].items())} ({per_op:.2f} push messages "

@@ -267,6 +267,17 @@ class StorageConfig(metaclass=_Profiled):
             32,
         ),
     )
+    direct_push_max: int = field(
+        default=8,
+        metadata=_int(
+            "Largest cluster (members up) in which a node linked to every other member pushes its writes to "
+            "all of them itself, in one hop, and they pass nothing on: no broadcast tree to prune or repair, "
+            "whichever node writes. Above it, or while not every member is linked, writes go down the tree. "
+            "0: always the tree.",
+            0,
+            64,
+        ),
+    )
     announce_delay_ms: int = field(
         default=0,
         metadata=_int(

@@ -12,6 +12,7 @@ from dsm.core.consistency import Level
 from dsm.core.dissemination import MAX_IDS, update_id
 from dsm.core.messages import (
     DataItem,
+    DirectPush,
     GossipDigest,
     GossipItems,
     GossipReply,
@@ -624,3 +625,85 @@ def test_writes_published_together_go_in_one_push_per_link_each_without_its_repl
     assert by_link[eager[0]] == [second, third]
     assert by_link[eager[1]] == [first, third]
     assert all(items == [first, second, third] for node, items in by_link.items() if node not in eager[:2])
+
+
+# ------------------------------------------------------------------ direct pushes (`direct_push_max`)
+
+
+def fully_linked(count: int, settings: PeerSettings = SMALL, seed: int = 21) -> Wire:
+    """A formed cluster of `count` peers (SMALL: 7 links each, so up to 8 are all linked to each other)."""
+    w = Wire(seed=seed, settings=settings)
+    w.formed(count)
+    w.advance(3000)
+    for p in w.peers.values():
+        assert set(p.link_ids()) == set(w.peers) - {p.id}
+    return w
+
+
+def test_in_a_small_fully_linked_cluster_every_writer_pushes_to_every_member_and_nothing_is_passed_on() -> None:
+    w = fully_linked(5)
+    w.log = []
+    for writer in w.peers.values():
+        it = item(f"k-{writer.id}", node=writer.id)
+        effects = writer.publish(w.now, (it,))
+        assert {e.node_id for e in sends(effects, DirectPush)} == set(w.peers) - {writer.id}
+        assert not sends(effects, Push) and not sends(effects, IHave)
+        w.apply(writer.id, effects)
+        w.flush()
+        for other in set(w.peers) - {writer.id}:
+            assert [(s.items, s.source, s.path, s.hops) for s in w.stored[other] if it in s.items] == [
+                ((it,), writer.id, "push", 1)
+            ]
+    # Each write crossed each link once, from its writer: no forwarded copy, announcement, graft or prune.
+    kinds = {type(message).__name__ for _, _, message in w.log}
+    assert kinds == {"DirectPush"} and len(w.log) == 5 * 4
+    w.advance(5000)  # gossip rounds later: nobody lacked anything, so nothing was pulled or repaired
+    assert all(p.data.stats.grafts == p.data.stats.prunes == p.data.stats.gossip_pulled == 0 for p in w.peers.values())
+
+
+def test_a_direct_push_that_arrives_twice_is_a_duplicate_that_prunes_nothing() -> None:
+    w = fully_linked(3)
+    a, b = w.peers["n0"], w.peers["n1"]
+    it = item("k", node=b.id)
+    assert [type(e).__name__ for e in a.handle(w.now, DirectPush(b.id, (it,)))] == ["Store"]
+    assert a.handle(w.now, DirectPush(b.id, (it,))) == []
+    assert a.data.stats.duplicates == 1 and slot(a, b.id) in a.data.eager
+
+
+def test_above_direct_push_max_or_not_linked_to_every_member_a_node_uses_the_tree() -> None:
+    w = fully_linked(4, dataclasses.replace(SMALL, direct_push_max=3))
+    a = w.peers["n0"]
+    effects = a.publish(w.now, (item("k", node=a.id),))
+    assert sends(effects, Push) and not sends(effects, DirectPush)
+    # 12 members on 7 links each: nobody links to all of them.
+    w = Wire(seed=4)
+    w.formed(12)
+    w.advance(3000)
+    a = w.peers["n0"]
+    assert len(a.link_ids()) < 11
+    effects = a.publish(w.now, (item("k", node=a.id),))
+    assert sends(effects, Push) and not sends(effects, DirectPush)
+    # 0 turns direct pushes off.
+    w = fully_linked(3, dataclasses.replace(SMALL, direct_push_max=0))
+    a = w.peers["n0"]
+    assert not sends(a.publish(w.now, (item("k", node=a.id),)), DirectPush)
+
+
+def test_a_level_write_of_a_direct_pusher_sends_its_payload_once_and_its_replicate_targets_pass_nothing_on() -> None:
+    w = fully_linked(4)
+    cores = {pid: NodeCore(p, Resolution.LWW, iter(range(1, 99)).__next__, w.now) for pid, p in w.peers.items()}
+    a = w.peers["n0"]
+    # An earlier write of a's, pushed directly: its members know a pushes directly.
+    w.apply(a.id, a.publish(w.now, (item("before", node=a.id),)))
+    w.flush()
+    it = item("k", node=a.id)
+    _, started, targets = cores[a.id].write_at(w.now, Level.ALL, (it,), 1000)
+    effects = started + cores[a.id].publish_levelled(w.now, [(it, targets)])
+    replicated = {e.node_id for e in sends(effects, Replicate)}
+    assert replicated == set(targets) and replicated
+    pushed = {e.node_id for e in sends(effects, DirectPush)}
+    assert not pushed & replicated and pushed | replicated == set(w.peers) - {a.id}
+    for target in replicated:
+        message = next(e.message for e in sends(effects, Replicate) if e.node_id == target)
+        onward = cores[target].replicated(w.now, a.id, message) + cores[target].tick(w.now)
+        assert not sends(onward, Push) and not sends(onward, DirectPush)

@@ -4,6 +4,7 @@ carries writes is larger than one key's set (batches are split by size)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -12,11 +13,11 @@ from dsm.config import StorageConfig, message_max_bytes
 from dsm.core import versions
 from dsm.core.dissemination import ITEMS_MAX_BYTES, batches, update_id
 from dsm.core.encoding import encode_versions
-from dsm.core.messages import DataItem, GossipDigest, GossipItems, GossipReply, Graft, Push, Send
+from dsm.core.messages import DataItem, DirectPush, GossipDigest, GossipItems, GossipReply, Graft, Push, Send
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import SIBLINGS_MAX_BYTES, Dot, Resolution, Version, VersionSet, write
 from dsm.errors import ConfigError
-from wire import Wire
+from wire import SMALL, Wire
 
 SIBLINGS = Resolution.SIBLINGS
 MIB = 1024 * 1024
@@ -146,17 +147,18 @@ def sent(effects: list[object], kind: type) -> list[object]:
     return [e.message for e in effects if isinstance(e, Send) and type(e.message) is kind]
 
 
-def test_pushes_grafts_and_gossip_answers_are_split_by_size() -> None:
-    w = Wire(seed=3)
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "tree"])
+def test_pushes_grafts_and_gossip_answers_are_split_by_size(direct: bool) -> None:
+    # 8 fully linked nodes push their writes directly by default (`direct_push_max`); 0 keeps the tree.
+    w = Wire(seed=3, settings=SMALL if direct else dataclasses.replace(SMALL, direct_push_max=0))
     w.formed(8)
     w.advance(3000)
     a = w.peers["n0"]
     b_id = a.link_ids()[0]
     items = tuple(big_item(f"k{i}", 400_000) for i in range(6))  # 2.4 MiB of writes at once
-    pushes = sent(a.publish(w.now, items), Push)
+    pushes = sent(a.publish(w.now, items), DirectPush if direct else Push)
     assert pushes and all(sum(len(i.versions) for i in p.items) <= ITEMS_MAX_BYTES for p in pushes)  # type: ignore[attr-defined]
-    per_link = len(pushes) // len(a.data.eager)
-    assert per_link == 3
+    assert len(pushes) == 3 * len(a.link_ids() if direct else a.data.eager)
     grafted = sent(a.handle(w.now, Graft(b_id, tuple(i.id for i in items))), Push)
     assert [len(p.items) for p in grafted] == [2, 2, 2]  # type: ignore[attr-defined]
     # A digest listing none of them: the reply carries what fits, the rest follows as GossipItems.

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dsm.core.messages import Ping
+from dsm.core.messages import DataItem, DirectPush, Ping, Push
 from dsm.net import security
 from dsm.net.security import Keyring
 from dsm.net.transport import Transport
@@ -76,6 +76,29 @@ async def test_without_a_version_in_common_the_connection_fails_and_says_why(cap
         assert b.stats.rejected["bad_version"] >= 1
         assert any("no version in common" in r.getMessage() and "2-2" in r.getMessage() for r in caplog.records)
         assert any("protocol version 3 proposed (this node speaks 2)" in r.getMessage() for r in caplog.records)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize(("b_versions", "expected"), [((2, 3), "direct"), ((2, 2), "push")])
+async def test_a_direct_push_reaches_a_node_of_protocol_2_as_the_push_it_knows(
+    b_versions: tuple[int, int], expected: str
+) -> None:
+    """`DirectPush` is new in protocol 3; on a connection that speaks 2 it goes as a `Push` from its coordinator
+    (hops 0), which a node of 2 keeps and passes on down its tree as before."""
+    items = (DataItem(7, "k", b"versions"),)
+    a, _ = await node("a", "127.0.0.1", (2, 3))
+    b, got_b = await node("b", "127.0.0.2", b_versions)
+    try:
+        a.send("b", b.addr, DirectPush("a", items))
+        for _ in range(500):
+            if got_b:
+                break
+            await asyncio.sleep(0.01)
+        assert got_b == [DirectPush("a", items) if expected == "direct" else Push("a", 0, items)]
+        assert a.spoken[b.addr] == b_versions[1]
+        assert a.stats.frames_out["DirectPush" if expected == "direct" else "Push"] == 1
     finally:
         await a.close()
         await b.close()

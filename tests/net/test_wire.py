@@ -36,6 +36,7 @@ SAMPLES: list[typing.Any] = [
     m.RoutedAck(6, "a", "h"),
     m.RouteFailed(6, "a", "t", 3, "no route"),
     m.Push("a", 1, (ITEM, ITEM)),
+    m.DirectPush("a", (ITEM,)),
     m.IHave("a", 2, (1, 2, 3)),
     m.Graft("a", (1,)),
     m.Prune("a"),
@@ -63,6 +64,14 @@ SAMPLES: list[typing.Any] = [
     m.CasCommits("a", (m.CommitEntry("k", (5, "a", 1), b"state"), m.CommitEntry("j", (6, "a", 1), b""))),
     m.SyncPoint(8, "a", (1 << 64) - 1, 1 << 40),
 ]
+
+
+def test_a_direct_push_is_sent_to_a_node_of_protocol_2_as_a_push_from_its_coordinator() -> None:
+    direct = m.DirectPush("a", (ITEM,))
+    assert wire.for_version(direct, 3) is direct
+    assert wire.for_version(direct, 2) == m.Push("a", 0, (ITEM,))
+    push = m.Push("a", 1, (ITEM,))
+    assert wire.for_version(push, 2) is push
 
 
 def test_every_core_message_has_a_wire_type_and_round_trips() -> None:

@@ -208,6 +208,14 @@ class Push(NamedTuple):
     items: DataItems
 
 
+class DirectPush(NamedTuple):
+    """Writes pushed by their coordinator to every member it knows, all of them overlay links (a small, fully
+    linked cluster: `Dissemination` "Direct pushes"): its receivers keep them and pass nothing on."""
+
+    source: str
+    items: DataItems
+
+
 class IHave(NamedTuple):
     """Lazy announcement: the source holds these writes (ids only). A receiver that does not get them
     by eager push soon asks for them with a Graft."""
@@ -446,6 +454,7 @@ Message = (
     | RoutedAck
     | RouteFailed
     | Push
+    | DirectPush
     | IHave
     | Graft
     | Prune
@@ -474,7 +483,7 @@ OVERLAY_MESSAGES = (Join, JoinReply, Neighbor, Link, LinkReply, Unlink, Leave)
 #: Membership anti-entropy (periodic, not caused by any one join).
 SYNC_MESSAGES = (SyncDigest, SyncSubDigests, SyncLeaves, SyncEntries)
 #: Messages of write dissemination (direct updates and gossip).
-DATA_MESSAGES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems)
+DATA_MESSAGES = (Push, DirectPush, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems)
 #: Messages of consistency levels and read repair (a coordinator and the members it asks).
 LEVEL_MESSAGES = (Replicate, Replicated, ReadRequest, ReadReply)
 

@@ -52,6 +52,7 @@ from dsm.core.membership import Membership
 from dsm.core.messages import (
     Ack,
     DataItems,
+    DirectPush,
     Effect,
     GossipDigest,
     GossipItems,
@@ -193,6 +194,7 @@ class Peer:
             RoutedAck: routing.on_routed_ack,
             RouteFailed: routing.on_route_failed,
             Push: data.on_push,
+            DirectPush: data.on_direct_push,
             IHave: data.on_ihave,
             Graft: data.on_graft,
             Prune: data.on_prune,

@@ -42,6 +42,7 @@ class PeerSettings:
     gossip_retain_mult: int = 3
     direct_updates: bool = True
     lazy_fanout: int = 3
+    direct_push_max: int = 8
     announce_delay_ms: int = 0
     graft_timeout_ms: int = 250
     graft_min_ms: int = 20

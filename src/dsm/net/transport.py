@@ -565,7 +565,7 @@ class Transport:
                 # the queue, rather than write into a connection whose far end is gone.
                 if writer.transport.is_closing() or reader.at_eof():
                     raise ConnectionResetError(f"connection to {out.addr} closed")
-                message = out.queue.popleft()
+                message = wire.for_version(out.queue.popleft(), channel.version)
                 kind = type(message).__name__
                 type_id, body = wire.encode_body(message)
                 if len(body) <= chunks.PART_BYTES:

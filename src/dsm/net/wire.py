@@ -37,8 +37,9 @@ from dsm.types import NODE_ID_RULE, is_node_id
 #: The newest protocol version this build speaks, and the oldest. 2: the Noise handshake of
 #: `dsm.net.security` (1 was the handshake of Hello/Auth, retired). Two nodes speak the highest version both
 #: speak (`dsm.net.security`, "Versions"); a build that changes what a frame means raises PROTOCOL_VERSION
-#: and keeps speaking the older ones it can, so a cluster upgrades one node at a time.
-PROTOCOL_VERSION = 2
+#: and keeps speaking the older ones it can, so a cluster upgrades one node at a time. 3: `DirectPush`, which
+#: goes to a node of 2 as the `Push` it knows (`for_version`).
+PROTOCOL_VERSION = 3
 MIN_PROTOCOL_VERSION = 2
 #: The versions a frame header can name at all (before a connection has settled on one).
 ANY_VERSION = (1, 255)
@@ -99,6 +100,7 @@ class MessageType(enum.IntEnum):
     CAS_RESULT = 37
     CAS_COMMITS = 38
     SYNC_POINT = 39
+    DIRECT_PUSH = 40  # protocol 3 on
     # Connection control (dsm.net.security), not core messages: 64-71. A frame of one of these types on an
     # established connection is refused.
     HELLO_V1 = 64  # protocol 1 only (retired; never reuse)
@@ -332,6 +334,7 @@ SCHEMAS: dict[MessageType, tuple[type[Any], tuple[Check, ...]]] = {
     MessageType.ROUTED_ACK: (m.RoutedAck, (_int, _id, _id)),
     MessageType.ROUTE_FAILED: (m.RouteFailed, (_int, _id, _id, _int, _text)),
     MessageType.PUSH: (m.Push, (_id, _int, _items)),
+    MessageType.DIRECT_PUSH: (m.DirectPush, (_id, _items)),
     MessageType.IHAVE: (m.IHave, (_id, _int, _ints)),
     MessageType.GRAFT: (m.Graft, (_id, _ints)),
     MessageType.PRUNE: (m.Prune, (_id,)),
@@ -374,6 +377,15 @@ def encode_body(message: Any) -> tuple[MessageType, bytes]:
     if type_id is None:
         raise TypeError(f"no wire type for {type(message).__name__}")
     return type_id, msgpack.packb(message, use_bin_type=True)
+
+
+def for_version(message: Any, version: int) -> Any:
+    """`message` as a connection of protocol `version` carries it: a `DirectPush` (protocol 3) goes to a node
+    of 2 as a `Push` from its coordinator, which that node passes on down its tree as it always did (its
+    other members then get the write twice, and prune; nothing is lost)."""
+    if version < 3 and type(message) is m.DirectPush:
+        return m.Push(message.source, 0, message.items)
+    return message
 
 
 def header(type_id: int, flags: int, length: int, version: int = PROTOCOL_VERSION) -> bytes:

@@ -2,7 +2,7 @@
 
 `WriteTracker` hangs off a `Simulation`'s store and send hooks. For every tracked write it records when
 (and by which path, after how many hops) each node stored it, and charges it the data messages that carry
-it: payload copies (the write's bytes sent in a `Push`, `GossipReply`, `GossipItems` or anti-entropy
+it: payload copies (the write's bytes sent in a `Push`, `DirectPush`, `GossipReply`, `GossipItems` or anti-entropy
 `Reconcile`), messages and bytes (a message carrying k writes charges each tracked one 1/k of itself;
 bytes are the msgpack encoding plus a 4-byte frame header, what the wire codec will send). While
 `counting` is set, all data messages are also counted (the idle and after-burst windows).
@@ -17,6 +17,7 @@ import msgpack
 
 from dsm.core.messages import (
     DataItem,
+    DirectPush,
     GossipDigest,
     GossipItems,
     GossipReply,
@@ -29,7 +30,7 @@ from dsm.core.messages import (
 from dsm.sim.cluster import Simulation
 
 FRAME_HEADER = 4
-DATA_TYPES = (Push, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems, Reconcile)
+DATA_TYPES = (Push, DirectPush, IHave, Graft, Prune, GossipDigest, GossipReply, GossipItems, Reconcile)
 
 
 def wire_size(message: Any) -> int:
@@ -116,7 +117,7 @@ class WriteTracker:
                     track.messages += 1 / len(active)
                     track.bytes += size / len(active)
             return
-        if kind is Push or kind is GossipItems:
+        if kind is Push or kind is DirectPush or kind is GossipItems:
             ids = [item.id for item in message.items]
         elif kind is GossipReply:
             ids = [*message.want, *(item.id for item in message.items)]
