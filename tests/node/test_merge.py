@@ -15,6 +15,7 @@ from dsm.core.hlc import pack
 from dsm.core.messages import DataItem
 from dsm.core.vclock import VersionVector
 from dsm.core.versions import Dot, Resolution, VersionSet, write
+from dsm.node.commits import MERGE_PART
 from dsm.storage import BackingStore, MemoryStore
 from dsm.storage.sqlite import SQLiteStore
 
@@ -117,3 +118,25 @@ async def test_bad_remote_items_are_refused_and_counted_and_the_rest_merge(repli
     assert fine is not None and fine.value == b"ok"
     later = await b.put("fine", b"later")  # the clock was not dragged into the future
     assert later.timestamp < future
+
+
+async def test_a_large_merge_commits_in_parts_and_writes_queued_meanwhile_go_between_them(replicas: Maker) -> None:
+    a, out_a = await replicas("a")
+    b, _ = await replicas("b")
+    for i in range(3 * MERGE_PART):
+        await a.put(f"k{i:04}", b"v")
+    items = [*out_a, DataItem(9, "garbage", b"\xff\x00not versions")]  # refused, in the last part
+    commits: list[set[str]] = []
+    b.commits.subscribe(lambda commit: commits.append({row.key for row in commit.rows}))
+    merging = asyncio.ensure_future(b.commits.merge(items))
+    await asyncio.sleep(0)  # the merge's first part is queued
+    put = asyncio.ensure_future(b.put("local", b"mine"))
+    await asyncio.gather(merging, put)
+    merge = merging.result()
+    assert merge.changed == 3 * MERGE_PART and merge.refused == 1
+    # 3 * MERGE_PART + 1 items: 4 parts, 4 commits (the last stores nothing: its one item was refused).
+    assert len(commits) == 4 and max(len(c - {"local"}) for c in commits) == MERGE_PART and commits[-1] == set()
+    # The local write did not wait for the whole merge: it committed with one of its first parts.
+    assert "local" in set().union(*commits[:3])
+    for i in (0, MERGE_PART, 3 * MERGE_PART - 1):
+        assert await b.get(f"k{i:04}") is not None

@@ -5,6 +5,8 @@ Group commit: writes (`submit`) and merges (`merge`) queue and wait; one writer 
 item (up to `write_batch_max`, and `write_batch_max_bytes` of values), asks the replica what the batch
 stores (`Replica.apply`, on the rows it needs) and commits that in one store transaction, then wakes the
 callers. A single writer therefore pays one commit per write, and many concurrent writers share one commit.
+A merge of many items (an anti-entropy answer) is queued in parts, one after the other, so it never holds
+the writes queued behind it for longer than one part's commit.
 A call returns only after its commit: an acknowledged write is durable to the configured level. At most
 `write_queue_max` items wait at once; further callers wait for room (backpressure). A merge and a local
 write of one key never interleave (a write computed on a row a merge is rewriting would be lost).
@@ -42,6 +44,9 @@ from dsm.types import WriteResult
 log = logging.getLogger("dsm.node")
 
 Listener = Callable[[Commit], None]
+
+#: Most remote items one queued merge holds (`Commits.merge` queues a larger one in parts).
+MERGE_PART = 256
 
 
 @dataclass(slots=True)
@@ -179,8 +184,20 @@ class Commits:
         return result
 
     async def merge(self, items: Sequence[DataItem]) -> MergeOp:
-        """Merges remote version sets; returns the op with its outcome once durable."""
-        return await self.enqueue(MergeOp(items))
+        """Merges remote version sets; returns the op with its outcome (summed over its parts) once durable.
+
+        More than MERGE_PART items are queued in parts of that many, each after the one before has committed,
+        so writes queued meanwhile commit between them: an anti-entropy answer of thousands of entries in one
+        queued item took one commit of hundreds of milliseconds, which every write queued behind it waited
+        out (BENCHMARKS "Issue 21, part 1")."""
+        if len(items) <= MERGE_PART:
+            return await self.enqueue(MergeOp(items))
+        total = MergeOp(items)
+        for start in range(0, len(items), MERGE_PART):
+            part = await self.enqueue(MergeOp(items[start : start + MERGE_PART]))
+            total.changed += part.changed
+            total.refused += part.refused
+        return total
 
     async def serve_acceptor(self, message: AcceptorMessage) -> CasPromise | CasAccepted | None:
         """Serves an acceptor message (prepare, accept, commit of a conditional write's round): its new state
