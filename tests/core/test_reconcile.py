@@ -5,7 +5,8 @@ exactly as the in-memory one."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -33,6 +34,7 @@ from dsm.core.reconcile import (
 )
 from dsm.core.sketch import Sketch, salt_of
 from dsm.storage.base import RangeDigest, StoredKey
+from dsm.storage.sqlview import SqlRangeView
 
 
 def merge_max(view: SortedReplica, entries: tuple[tuple[str, bytes], ...]) -> None:
@@ -250,7 +252,9 @@ async def test_sql_views_answer_like_the_memory_view(make_store: Callable[[], An
                 out += [view.fingerprint(lo, hi), view.split(lo, hi, 16), view.digests(lo, hi)]
             out.append(view.entries([keys[5], "missing", keys[7]]))
             out.append(view.sketch("", None, 96, salt_of(5)).to_bytes())
+            out.append(view.sketch("", None, 384, salt_of(5)).to_bytes())  # the SQL view's digests kept from the last
             out.append(view.sketch(keys[10], keys[20], 30, salt_of(6)).to_bytes())
+            out.append(view.sketch("", None, 96, salt_of(7)).to_bytes())
             wanted = [*[d for _, d in view.digests("", None)][::300], 12345]
             out.append(sorted(view.keys_of("", None, wanted)))
             out.append(sorted(view.keys_of(keys[0], keys[1000], wanted)))
@@ -323,3 +327,22 @@ def test_a_malformed_anti_entropy_message_is_refused_and_the_core_keeps_serving(
     (step,) = core.handle(2, "b", good)
     reply, _, _ = run_step(step, "a", store, 1 << 20)  # type: ignore[arg-type]
     assert reply is not None and reply.session == 2  # answered: the node still works
+
+
+def test_a_sql_view_scans_a_range_once_for_two_sketches_of_it_in_a_row() -> None:
+    """A step whose first sketch of a range does not peel answers with a larger one of the same range: the
+    view (one step, one read transaction) builds it from the digests it read for the first."""
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE dsm_kv (key TEXT PRIMARY KEY, versions BLOB, digest INTEGER)")
+    rows = {f"k{i:04}": bytes([i % 256]) for i in range(500)}
+    con.executemany("INSERT INTO dsm_kv VALUES (?, ?, ?)", [(k, v, digest(k, v)) for k, v in rows.items()])
+    scans: list[str] = []
+
+    def fetch(sql: str, args: Sequence[Any]) -> list[Any]:
+        scans.append(sql)
+        return con.execute(sql, args).fetchall()
+
+    view, memory = SqlRangeView(fetch, "?"), SortedReplica(rows)
+    for lo, hi, cells in [("", None, 96), ("", None, 960), ("k0100", "k0200", 30), ("", None, 96)]:
+        assert view.sketch(lo, hi, cells, salt_of(1)).to_bytes() == memory.sketch(lo, hi, cells, salt_of(1)).to_bytes()
+    assert len(scans) == 3  # the second sketch of ("", None) came from the first's digests

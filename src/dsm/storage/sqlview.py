@@ -32,6 +32,10 @@ class SqlRangeView:
     def __init__(self, fetch: Fetch, mark: str) -> None:
         self.fetch = fetch
         self.mark = mark
+        # The digests of the last range a sketch was built of: a step that finds its first sketch of a range
+        # does not peel answers with a larger one of the same range (`reconcile._on_sketch`), and the view
+        # lives for one step's read transaction, so the second comes from here instead of another scan.
+        self._last: tuple[str, str | None, np.ndarray] | None = None
 
     def _where(self, hi: str | None) -> str:
         m = self.mark
@@ -75,8 +79,13 @@ class SqlRangeView:
         return [(k, found[k]) for k in keys if k in found]
 
     def sketch(self, lo: str, hi: str | None, cells: int, salt: int) -> Sketch:
+        last = self._last
+        if last is not None and last[0] == lo and last[1] == hi:
+            return Sketch.build(last[2], cells, salt)
         rows = self.fetch(f"SELECT digest FROM dsm_kv WHERE {self._where(hi)}", self._args(lo, hi))
-        return Sketch.build(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), cells, salt)
+        digests = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._last = (lo, hi, digests)
+        return Sketch.build(digests, cells, salt)
 
     def keys_of(self, lo: str, hi: str | None, digests: Sequence[int]) -> list[str]:
         signed = [signed64(d) for d in digests]
