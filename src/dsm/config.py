@@ -271,9 +271,10 @@ class StorageConfig(metaclass=_Profiled):
         default=8,
         metadata=_int(
             "Largest cluster (members up) in which a node linked to every other member pushes its writes to "
-            "all of them itself, in one hop, and they pass nothing on: no broadcast tree to prune or repair, "
-            "whichever node writes. Above it, or while not every member is linked, writes go down the tree. "
-            "0: always the tree.",
+            "all of them itself, in one hop, and they pass nothing on (they announce them, so a lost copy is "
+            "grafted): no broadcast tree to prune or repair, whichever node writes. Across regions each member "
+            "there gets its own copy over the wide-area link. Above it, or while not every member is linked, "
+            "writes go down the tree. 0: always the tree.",
             0,
             64,
         ),

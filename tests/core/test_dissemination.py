@@ -7,6 +7,7 @@ exactly the message it reacts to and checking the effects it answers with.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 from dsm.core.consistency import Level
 from dsm.core.dissemination import MAX_IDS, update_id
@@ -640,7 +641,7 @@ def fully_linked(count: int, settings: PeerSettings = SMALL, seed: int = 21) -> 
     return w
 
 
-def test_in_a_small_fully_linked_cluster_every_writer_pushes_to_every_member_and_nothing_is_passed_on() -> None:
+def test_in_a_small_fully_linked_cluster_every_writer_pushes_directly_to_every_member_who_pass_nothing_on() -> None:
     w = fully_linked(5)
     w.log = []
     for writer in w.peers.values():
@@ -654,9 +655,10 @@ def test_in_a_small_fully_linked_cluster_every_writer_pushes_to_every_member_and
             assert [(s.items, s.source, s.path, s.hops) for s in w.stored[other] if it in s.items] == [
                 ((it,), writer.id, "push", 1)
             ]
-    # Each write crossed each link once, from its writer: no forwarded copy, announcement, graft or prune.
-    kinds = {type(message).__name__ for _, _, message in w.log}
-    assert kinds == {"DirectPush"} and len(w.log) == 5 * 4
+    # Each write crossed each link once, from its writer: no forwarded copy, graft or prune. Each receiver
+    # announced it to lazy_fanout of the 3 other receivers (all of them), so a lost copy would be grafted.
+    kinds = Counter(type(message).__name__ for _, _, message in w.log)
+    assert kinds == {"DirectPush": 5 * 4, "IHave": 5 * 4 * 3}
     w.advance(5000)  # gossip rounds later: nobody lacked anything, so nothing was pulled or repaired
     assert all(p.data.stats.grafts == p.data.stats.prunes == p.data.stats.gossip_pulled == 0 for p in w.peers.values())
 
@@ -665,7 +667,9 @@ def test_a_direct_push_that_arrives_twice_is_a_duplicate_that_prunes_nothing() -
     w = fully_linked(3)
     a, b = w.peers["n0"], w.peers["n1"]
     it = item("k", node=b.id)
-    assert [type(e).__name__ for e in a.handle(w.now, DirectPush(b.id, (it,)))] == ["Store"]
+    first = a.handle(w.now, DirectPush(b.id, (it,)))
+    assert [e for e in first if isinstance(e, Store)] == [Store((it,), b.id, "push", 1)]
+    assert [e.node_id for e in sends(first, IHave)] == ["n2"] and len(first) == 2  # announced, not pushed on
     assert a.handle(w.now, DirectPush(b.id, (it,))) == []
     assert a.data.stats.duplicates == 1 and slot(a, b.id) in a.data.eager
 
@@ -707,3 +711,16 @@ def test_a_level_write_of_a_direct_pusher_sends_its_payload_once_and_its_replica
         message = next(e.message for e in sends(effects, Replicate) if e.node_id == target)
         onward = cores[target].replicated(w.now, a.id, message) + cores[target].tick(w.now)
         assert not sends(onward, Push) and not sends(onward, DirectPush)
+
+
+def test_a_direct_push_that_is_lost_is_grafted_from_a_member_that_announced_it() -> None:
+    w = fully_linked(4)
+    writer, lost = w.peers["n0"], w.peers["n3"]
+    w.cut.add(frozenset((writer.id, lost.id)))  # the copy to n3 is lost (a connection that broke)
+    it = item("k", node=writer.id)
+    w.apply(writer.id, writer.publish(w.now, (it,)))
+    w.flush()
+    assert it.id in lost.data.missing and not w.stored.get(lost.id)
+    w.advance(SMALL.graft_timeout_ms + 50)
+    assert [(s.items, s.path) for s in w.stored[lost.id]] == [((it,), "push")]
+    assert lost.data.stats.grafts == 1

@@ -34,11 +34,12 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
   followed by the next one. This is how the tree repairs itself after crashes and when links change.
 - Direct pushes (`direct_push_max`, default 8): in a small cluster whose members this node all links to,
   it pushes its own writes to every one of them itself (`DirectPush`), and they keep them without passing
-  them on or announcing them. A single tree is shaped by whichever writers pushed first: with writers on
-  every node some writer's copies take two hops, and on a saturated machine the second hop lost to the
-  announcement's graft wait, over and over (on 3 real processes under wrk, up to 15,000 grafts in 10 s and
-  a write p99 of 385 ms; BENCHMARKS "Issue 21, part 1"). A member the writer does not know of yet (a join)
-  is reached by gossip or anti-entropy, as a node the tree misses is. The receiver of a level request's
+  them on (they announce them, as any first receipt, so a lost copy is grafted). A single tree is shaped by
+  whichever writers pushed first: with writers on every node some writer's copies take two hops, and on a
+  saturated machine the second hop lost to the announcement's graft wait, over and over (on 3 real
+  processes under wrk, up to 15,000 grafts in 10 s and a write p99 of 385 ms; BENCHMARKS "Issue 21, part
+  1"). A member the writer does not know of yet (a join) is reached by gossip or anti-entropy, as a node
+  the tree misses is. The receiver of a level request's
   `Replicate` from such a writer does not pass it on either (`on_replicate`). A node not linked to every
   member it knows, or in a larger cluster, uses the tree; the two mix (a node's eager and lazy links are
   shaped by the tree's pushes only).
@@ -567,15 +568,26 @@ class Dissemination:
             self._push_out(new, hops, -1 if slot is None else slot, holders=holders)
 
     def on_direct_push(self, message: DirectPush) -> None:
-        """Writes their coordinator pushed to every member itself (`publish`): kept here, neither passed on nor
-        announced; a duplicate (gossip or a level request brought them first) prunes nothing."""
+        """Writes their coordinator pushed to every member itself (`publish`): kept here and announced to
+        `lazy_fanout` other links, not passed on; a duplicate (gossip or a level request brought them first)
+        prunes nothing."""
         slot = self._link_slot(message.source)
         if slot is not None:
             self.direct_sources.add(slot)
-        if not self._accept(message.items, message.source, "push", 1):
+        new = self._accept(message.items, message.source, "push", 1)
+        if not new:
             self.stats.duplicates += 1
             if slot is not None:
                 self.announcements.has(slot, (item.id for item in message.items))
+            return
+        if self.settings.lazy_fanout:
+            # Announced on, as a first receipt down the tree is: a member whose copy was lost (a connection that
+            # broke) grafts it from here rather than wait for gossip (simulator, 6 nodes, 5 % of messages lost:
+            # time to all p99 48 ms with the announcements, 749 ms without).
+            others = set(self.overlay.links())
+            self.announcements.announce(
+                sample(self.context.rng, others, self.settings.lazy_fanout, -1 if slot is None else slot), new, 1
+            )
 
     def _holders(self, items: DataItems) -> frozenset[int]:
         """The links that announced every one of `items` here before they arrived (they hold them)."""

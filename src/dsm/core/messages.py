@@ -210,7 +210,7 @@ class Push(NamedTuple):
 
 class DirectPush(NamedTuple):
     """Writes pushed by their coordinator to every member it knows, all of them overlay links (a small, fully
-    linked cluster: `Dissemination` "Direct pushes"): its receivers keep them and pass nothing on."""
+    linked cluster: `Dissemination` "Direct pushes"): its receivers keep and announce them, and pass nothing on."""
 
     source: str
     items: DataItems

@@ -1,0 +1,64 @@
+"""Direct pushes against the broadcast tree in small simulated clusters (BENCHMARKS "Issue 21, part 1").
+
+`direct_push_max` (default 8) lets a node linked to every member of a cluster of at most that many push its own
+writes to all of them itself; 0 keeps the broadcast tree. This runs the simulator's standard run (`dsm sim`'s
+phases: `dsm.sim.run.StandardRun`, production-default settings, virtual time) with each setting on the same
+seeds and prints, per configuration, time to all (p50 / p99 ms), payload copies per write (in units of n - 1)
+and messages per write, with the run's safety and liveness checks. Latencies are the simulator's (1-5 ms
+within a region, 50-150 ms across), not this machine's.
+
+Reproduce: .venv/bin/python bench/direct_push_sim.py   (about a minute; bench/results/direct_push_sim.json)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dsm.core.settings import PeerSettings
+from dsm.sim.run import StandardRun
+from dsm.sim.stage import SimParams
+
+CONFIGS: list[dict[str, Any]] = [
+    {"nodes": 3, "writes": 300, "joins": 0, "seed": 1},
+    {"nodes": 6, "writes": 200, "joins": 2, "seed": 1},
+    {"nodes": 6, "writes": 200, "joins": 2, "loss": 0.05, "seed": 2},
+    {"nodes": 8, "writes": 200, "joins": 0, "crash": 0.25, "seed": 3},
+    {"nodes": 5, "writes": 100, "joins": 0, "regions": 2, "seed": 4},
+]
+
+
+def main() -> int:
+    rows = []
+    print("| configuration | direct_push_max | time to all p50 / p99 ms | payload copies | messages per write | checks")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for config in CONFIGS:
+        for limit in (PeerSettings.direct_push_max, 0):
+            report = StandardRun(SimParams(pairs=100, settings=PeerSettings(direct_push_max=limit), **config)).run()
+            tta = report["time_to_all_ms"]
+            row = {
+                "config": config,
+                "direct_push_max": limit,
+                "time_to_all_ms": {"p50": tta["p50"], "p99": tta["p99"]},
+                "payload_copies_per_update": report["payload_copies_per_update"]["mean"],
+                "messages_per_update": report["messages_per_update"]["mean"],
+                "checks": report["checks"],
+            }
+            rows.append(row)
+            label = ", ".join(f"{k} {v}" for k, v in config.items())
+            passed = "passed" if report["checks"]["passed"] else f"FAILED: {report['checks']['failure']}"
+            print(
+                f"| {label} | {limit} | {tta['p50']:.1f} / {tta['p99']:.1f} | {row['payload_copies_per_update']:.2f} "
+                f"| {row['messages_per_update']:.1f} | {passed} |",
+                flush=True,
+            )
+    out = Path(__file__).parent / "results" / "direct_push_sim.json"
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0 if all(r["checks"]["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
