@@ -39,10 +39,9 @@ Direct updates (an epidemic broadcast tree, after Plumtree, Leitão et al. 2007)
   saturated machine the second hop lost to the announcement's graft wait, over and over (on 3 real
   processes under wrk, up to 15,000 grafts in 10 s and a write p99 of 385 ms; BENCHMARKS "Issue 21, part
   1"). A member the writer does not know of yet (a join) is reached by gossip or anti-entropy, as a node
-  the tree misses is. The receiver of a level request's
-  `Replicate` from such a writer does not pass it on either (`on_replicate`). A node not linked to every
-  member it knows, or in a larger cluster, uses the tree; the two mix (a node's eager and lazy links are
-  shaped by the tree's pushes only).
+  the tree misses is. The receiver of a level request's `Replicate` from such a writer does not pass it on
+  either (`on_replicate`). A node not linked to every member it knows, or in a larger cluster, uses the
+  tree; the two mix (a node's eager and lazy links are shaped by the tree's pushes only).
 - Gossip leaves a write alone for two graft waits after a node received it (it is listed as `fresh`:
   neither pulled nor sent back), so the tree delivers it first and gossip does not race it. Where gossip
   still brings a write before the tree (a loaded machine, a slow hop), the tree's copy that follows is not
@@ -426,7 +425,7 @@ class Dissemination:
 
     def _push_direct(self, items: DataItems, skips: Sequence[frozenset[int]] | None) -> None:
         """Pushes `items` to every link (leaving out, per item, the slots of `skips`), to be kept there and not
-        passed on (`on_direct_push`); nothing is announced."""
+        passed on (`on_direct_push`); this node announces nothing (its receivers do)."""
         context = self.context
         send = context.send_to_slot
         shared = None if skips is not None else [DirectPush(context.id, batch) for batch in batches(items)]
