@@ -188,6 +188,85 @@ class _Recent:
     off_tree: bool = False
 
 
+def _held(entry: _Recent, now: int, hold: int) -> bool:
+    """Whether a recent write is still held out of gossip (the tree carries it, and it is younger than `hold`)."""
+    return entry.tree and now - entry.since < hold
+
+
+def _split_listed(
+    recent: dict[int, _Recent], listed: tuple[int, ...], now: int, hold: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ids of a digest: (settled, fresh), the fresh ones held out of gossip for the tree (`_held`)."""
+    if not hold:
+        return listed, ()
+    settled: list[int] = []
+    fresh: list[int] = []
+    for i in listed:
+        (fresh if _held(recent[i], now, hold) else settled).append(i)
+    return tuple(settled), tuple(fresh)
+
+
+def _age_recent(recent: dict[int, _Recent], now: int, hold: int) -> None:
+    """One gossip round older: each write stays a bounded number of rounds (counted whether or not it fitted in
+    the digest; not while it is held for the tree), and those whose rounds are over leave `recent`."""
+    expired = []
+    for item_id, entry in recent.items():
+        if hold and _held(entry, now, hold):
+            continue
+        entry.rounds_left -= 1
+        if entry.rounds_left <= 0:
+            expired.append(item_id)
+    for item_id in expired:
+        del recent[item_id]
+
+
+def _holders_of(missing: dict[int, list[tuple[int, int]]], items: DataItems) -> frozenset[int]:
+    """The links that announced every one of `items` here before they arrived (they hold them)."""
+    holders: set[int] | None = None
+    for item in items:
+        announcers = {slot for slot, _ in missing.get(item.id, ())}
+        holders = announcers if holders is None else holders & announcers
+        if not holders:
+            return frozenset()
+    return frozenset(holders or ())
+
+
+class DirectPushes:
+    """Direct pushes in a small, fully linked cluster (module docstring, "Direct pushes"): whether this node
+    pushes its own writes to every member itself, those pushes, and the links that push theirs so."""
+
+    def __init__(self, context: Context, overlay: Overlay) -> None:
+        self.context = context
+        self.overlay = overlay
+        #: Links whose latest pushes of their own writes were direct (`Dissemination.on_direct_push`): their
+        #: level requests' writes are not passed on from here either (`Dissemination.on_replicate`).
+        self.sources: set[int] = set()
+
+    def active(self) -> bool:
+        """Whether at most `direct_push_max` members are up and this node links to every one of them."""
+        table = self.context.table
+        live = table.live_count()
+        if live > self.context.settings.direct_push_max or live < 2:
+            return False
+        up = (State.ALIVE, State.SUSPECT)
+        others = live - (table.state(self.context.me) in up)
+        return sum(table.state(slot) in up for slot in self.overlay.links()) >= others
+
+    def push(self, items: DataItems, skips: Sequence[frozenset[int]] | None) -> None:
+        """Pushes `items` to every link (leaving out, per item, the slots of `skips`), to be kept there and not
+        passed on; this node announces nothing (its receivers do)."""
+        context = self.context
+        shared = None if skips is not None else [DirectPush(context.id, batch) for batch in batches(items)]
+        for slot in self.overlay.links():
+            messages = shared
+            if messages is None:
+                assert skips is not None
+                mine = tuple(item for item, skip in zip(items, skips, strict=True) if slot not in skip)
+                messages = [DirectPush(context.id, batch) for batch in batches(mine)]
+            for message in messages:
+                context.send_to_slot(slot, message)
+
+
 class DisseminationStats:
     """Counters of one node's dissemination work (the simulator sums them)."""
 
@@ -295,9 +374,7 @@ class Dissemination:
         self._useful = False
         # Writes level requests brought, to pass on down the tree (`on_replicate`): source slot -> writes.
         self._forwards: dict[int, list[DataItem]] = {}
-        # Links whose latest pushes of their own writes were direct (`on_direct_push`): their level requests'
-        # writes are not passed on from here either (`on_replicate`).
-        self.direct_sources: set[int] = set()
+        self.direct = DirectPushes(context, overlay)
         self.announcements = Announcements(context, overlay)
         # Graft waits a write received by the tree stays out of gossip (`_hold`): HOLD_FACTOR, raised while
         # gossip brings writes ahead of the tree (`_raced`), eased back by each round.
@@ -318,7 +395,7 @@ class Dissemination:
             self.eager.discard(slot)
             self.lazy.discard(slot)
             self.duplicate_runs.pop(slot, None)
-            self.direct_sources.discard(slot)
+            self.direct.sources.discard(slot)
             self.announcements.unlinked(slot)
             self._keep_one_eager()
 
@@ -336,8 +413,8 @@ class Dissemination:
         self._trim_recent()
         self._became_busy(tree)
         if tree:
-            if self._links_all():
-                self._push_direct(items, skips)
+            if self.direct.active():
+                self.direct.push(items, skips)
             else:
                 self._push_out(items, 0, -1, skips)
 
@@ -353,7 +430,7 @@ class Dissemination:
         if not new:
             return
         slot = self._link_slot(source)
-        direct = slot is not None and slot in self.direct_sources
+        direct = slot is not None and slot in self.direct.sources
         tree = slot is not None and slot in self.eager and not direct
         retain = self._retain()
         for item in new:
@@ -411,33 +488,6 @@ class Dissemination:
         self.eager.discard(slot)
         self.lazy.add(slot)
         self.duplicate_runs.pop(slot, None)
-
-    def _links_all(self) -> bool:
-        """Whether this node pushes its writes to every member itself: at most `direct_push_max` members are
-        up, and it links to every one of them (see the module docstring)."""
-        table = self.context.table
-        live = table.live_count()
-        if live > self.settings.direct_push_max or live < 2:
-            return False
-        up = (State.ALIVE, State.SUSPECT)
-        others = live - (table.state(self.context.me) in up)
-        return sum(table.state(slot) in up for slot in self.overlay.links()) >= others
-
-    def _push_direct(self, items: DataItems, skips: Sequence[frozenset[int]] | None) -> None:
-        """Pushes `items` to every link (leaving out, per item, the slots of `skips`), to be kept there and not
-        passed on (`on_direct_push`); this node announces nothing (its receivers do)."""
-        context = self.context
-        send = context.send_to_slot
-        shared = None if skips is not None else [DirectPush(context.id, batch) for batch in batches(items)]
-        for slot in self.overlay.links():
-            if shared is None:
-                assert skips is not None
-                mine = tuple(item for item, skip in zip(items, skips, strict=True) if slot not in skip)
-                messages = [DirectPush(context.id, batch) for batch in batches(mine)]
-            else:
-                messages = shared
-            for message in messages:
-                send(slot, message)
 
     def _push_out(
         self,
@@ -540,8 +590,8 @@ class Dissemination:
         slot = self._link_slot(message.source)
         hops = message.hops + 1
         if message.hops == 0 and slot is not None:
-            self.direct_sources.discard(slot)  # its own writes come down the tree now
-        holders = self._holders(message.items) if self.missing else frozenset()
+            self.direct.sources.discard(slot)  # its own writes come down the tree now
+        holders = _holders_of(self.missing, message.items) if self.missing else frozenset()
         new = self._accept(message.items, message.source, "push", hops)
         if not new:
             self.stats.duplicates += 1
@@ -572,7 +622,7 @@ class Dissemination:
         prunes nothing."""
         slot = self._link_slot(message.source)
         if slot is not None:
-            self.direct_sources.add(slot)
+            self.direct.sources.add(slot)
         new = self._accept(message.items, message.source, "push", 1)
         if not new:
             self.stats.duplicates += 1
@@ -587,17 +637,6 @@ class Dissemination:
             self.announcements.announce(
                 sample(self.context.rng, others, self.settings.lazy_fanout, -1 if slot is None else slot), new, 1
             )
-
-    def _holders(self, items: DataItems) -> frozenset[int]:
-        """The links that announced every one of `items` here before they arrived (they hold them)."""
-        missing = self.missing
-        holders: set[int] | None = None
-        for item in items:
-            announcers = {slot for slot, _ in missing.get(item.id, ())}
-            holders = announcers if holders is None else holders & announcers
-            if not holders:
-                return frozenset()
-        return frozenset(holders or ())
 
     def _raced(self, items: DataItems) -> bool:
         """Whether a pushed duplicate is the tree's first copy of writes gossip (or a level request, see
@@ -733,33 +772,12 @@ class Dissemination:
         recent = self.recent
         listed = tuple(itertools.islice(reversed(recent), s.max_digest_ids)) if recent else ()
         hold = self._hold()
-        ids: tuple[int, ...] = listed
-        fresh: tuple[int, ...] = ()
-        if hold:
-            settled: list[int] = []
-            held: list[int] = []
-            for i in listed:
-                (held if self._held(recent[i], now, hold) else settled).append(i)
-            ids, fresh = tuple(settled), tuple(held)
+        ids, fresh = _split_listed(recent, listed, now, hold)
         for slot in targets:
             seq = context.next_seq()
             self._exchanges[seq] = (slot, now)
             context.send_to_slot(slot, GossipDigest(seq, context.id, ids, fresh))
-        # Each write stays a bounded number of rounds (counted whether or not it fitted in the digest;
-        # not while it is held for the tree).
-        expired = []
-        for item_id, entry in recent.items():
-            if hold and self._held(entry, now, hold):
-                continue
-            entry.rounds_left -= 1
-            if entry.rounds_left <= 0:
-                expired.append(item_id)
-        for item_id in expired:
-            del recent[item_id]
-
-    @staticmethod
-    def _held(entry: _Recent, now: int, hold: int) -> bool:
-        return entry.tree and now - entry.since < hold
+        _age_recent(recent, now, hold)
 
     def _hold(self) -> int:
         """How long a write just received stays out of gossip, so the broadcast tree delivers it first:
@@ -786,7 +804,7 @@ class Dissemination:
         items = tuple(
             entry.item
             for entry in (recent[i] for i in itertools.islice(reversed(recent), self.settings.max_digest_ids))
-            if entry.item.id not in listed and entry.rounds_left > half and not self._held(entry, now, hold)
+            if entry.item.id not in listed and entry.rounds_left > half and not _held(entry, now, hold)
         )
         if want:
             # This node lacked writes. Sending the partner writes it did not list is not counted here: most
