@@ -89,7 +89,7 @@ import hashlib
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dsm.core.context import Context
@@ -102,6 +102,7 @@ from dsm.core.messages import (
     GossipReply,
     Graft,
     IHave,
+    Message,
     Prune,
     Push,
     Store,
@@ -172,6 +173,28 @@ def sample(rng: RandomSource, slots: set[int], count: int, exclude: int) -> list
         j = rng.randrange(i, len(pool))
         pool[i], pool[j] = pool[j], pool[i]
     return pool[:count]
+
+
+def send_items(
+    context: Context,
+    slots: Sequence[int],
+    items: DataItems,
+    skips: Sequence[frozenset[int]] | None,
+    message: Callable[[DataItems], Message],
+) -> None:
+    """Sends `items` to each of `slots` in messages `message(batch)` of `batches` of them: the same messages to
+    all without `skips`, otherwise each slot its own, leaving out per item the slots of `skips`."""
+    send = context.send_to_slot
+    if skips is None:
+        for batch in batches(items):
+            one = message(batch)
+            for slot in slots:
+                send(slot, one)
+        return
+    for slot in slots:
+        mine = tuple(item for item, skip in zip(items, skips, strict=True) if slot not in skip)
+        for batch in batches(mine):
+            send(slot, message(batch))
 
 
 @dataclass(slots=True)
@@ -255,16 +278,8 @@ class DirectPushes:
     def push(self, items: DataItems, skips: Sequence[frozenset[int]] | None) -> None:
         """Pushes `items` to every link (leaving out, per item, the slots of `skips`), to be kept there and not
         passed on; this node announces nothing (its receivers do)."""
-        context = self.context
-        shared = None if skips is not None else [DirectPush(context.id, batch) for batch in batches(items)]
-        for slot in self.overlay.links():
-            messages = shared
-            if messages is None:
-                assert skips is not None
-                mine = tuple(item for item, skip in zip(items, skips, strict=True) if slot not in skip)
-                messages = [DirectPush(context.id, batch) for batch in batches(mine)]
-            for message in messages:
-                context.send_to_slot(slot, message)
+        source = self.context.id
+        send_items(self.context, self.overlay.links(), items, skips, lambda batch: DirectPush(source, batch))
 
 
 class DisseminationStats:
@@ -501,19 +516,9 @@ class Dissemination:
         and announces them to `lazy_fanout` lazy links, not to `holders` (lazy links that announced them
         here: they have them)."""
         context = self.context
-        send = context.send_to_slot
-        if skips is None:
-            for batch in batches(items):
-                push = Push(context.id, hops, batch)
-                for slot in self.eager:
-                    if slot != exclude:
-                        send(slot, push)
-        else:
-            for slot in self.eager:
-                if slot != exclude:
-                    mine = tuple(item for item, skip in zip(items, skips, strict=True) if slot not in skip)
-                    for batch in batches(mine):
-                        send(slot, Push(context.id, hops, batch))
+        source = context.id
+        slots = [slot for slot in self.eager if slot != exclude]
+        send_items(context, slots, items, skips, lambda batch: Push(source, hops, batch))
         if self.settings.lazy_fanout and self.lazy:
             lazy = self.lazy - holders if holders else self.lazy
             self.announcements.announce(sample(context.rng, lazy, self.settings.lazy_fanout, exclude), items, hops)
