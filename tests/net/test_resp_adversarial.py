@@ -674,9 +674,14 @@ async def test_trickling_one_byte_at_a_time_hits_the_request_timeout(node: Epide
                     break
                 sent += 1
                 await asyncio.sleep(0.01)
-            got = await reading
+            try:
+                got: bytes | None = await reading
+            except ConnectionResetError:
+                # The node closed while a byte of ours was still unread on its side: TCP then resets the
+                # connection instead of ending the stream (seen once in CI); a close all the same.
+                got = None
         writer.close()
-        assert got == b"" and sent < len(request)
+        assert got in (b"", None) and sent < len(request)  # closed without a reply
         assert server.closed["request_timeout"] == 1 and server.closed["idle_timeout"] == 0
         assert await value(node, "slow") is None
         assert await alive(port)
