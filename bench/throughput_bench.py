@@ -232,13 +232,16 @@ def metric(url: str, name: str) -> float:
 #: What each DSM write phase also reports, summed over the nodes (the growth of these samples over the phase):
 #: push messages sent (the tree's normal traffic, and direct pushes in a small cluster; one message carries a
 #: batch of writes), the tree's repairs
-#: (grafts, prunes), entries anti-entropy brought, and replicated items that changed nothing on arrival
+#: (grafts, prunes), anti-entropy exchanges opened and rounds held back by heavy writes
+#: (`anti_entropy_busy_writes`), entries anti-entropy brought, and replicated items that changed nothing on arrival
 #: (duplicates that got as far as a merge: pushed twice, grafted, or brought by anti-entropy or gossip).
 REPAIR_SAMPLES = {
     'dsm_messages_sent_total{type="Push"}': "pushes",
     'dsm_messages_sent_total{type="DirectPush"}': "direct pushes",
     'dsm_dissemination_events_total{event="grafts"}': "grafts",
     'dsm_dissemination_events_total{event="prunes"}': "prunes",
+    "dsm_anti_entropy_sessions_total": "anti-entropy sessions",
+    "dsm_anti_entropy_held_total": "anti-entropy held",
     "dsm_anti_entropy_entries_total": "anti-entropy entries",
     'dsm_merge_items_total{outcome="unchanged"}': "merged unchanged",
 }

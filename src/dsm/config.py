@@ -354,6 +354,16 @@ class StorageConfig(metaclass=_Profiled):
             2 * MIB,
         ),
     )
+    anti_entropy_busy_writes: int = field(
+        default=1000,
+        metadata=_int(
+            "Writes per second a node sees (its own and the others') above which a due anti-entropy round "
+            "waits for them to ease, for at most one more anti_entropy_interval_ms: under heavy writes an "
+            "exchange mostly ships writes still on their way and competes with them for CPU. 0: never waits.",
+            0,
+            1 << 30,
+        ),
+    )
     max_immediate_neighbors: int = field(
         default=16,
         metadata=_int(

@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 import pytest
 
-from dsm.core.anti_entropy import CATCH_UP_POLL_MS, AntiEntropy, ReconcileStep, run_step
+from dsm.core.anti_entropy import BUSY_RECHECK_MS, CATCH_UP_POLL_MS, AntiEntropy, ReconcileStep, run_step
+from dsm.core.dissemination import DataItem, WriteRate, update_id
 from dsm.core.encoding import decode_versions, digest, encode_versions
 from dsm.core.hlc import pack
-from dsm.core.messages import DataItems, Ping, Reconcile, Update
+from dsm.core.messages import DataItems, DirectPush, Ping, Reconcile, Update
 from dsm.core.node_core import NodeCore
 from dsm.core.peer import Peer, PeerSettings
 from dsm.core.reconcile import SortedReplica
@@ -28,10 +29,16 @@ INFOS = [MemberInfo(f"n{i}", f"mem://n{i}", "r") for i in range(3)]
 WALL = 1_700_000_000_000
 
 
-def node(me: int = 0, members: list[int] | None = None, seed: int = 1, anti_entropy: bool = True) -> NodeCore:
+def node(
+    me: int = 0,
+    members: list[int] | None = None,
+    seed: int = 1,
+    anti_entropy: bool = True,
+    settings: PeerSettings | None = None,
+) -> NodeCore:
     """A node's core; `members`: the cluster it starts in (`Peer.install`: known, alive, linked), None: not
     joined."""
-    peer = Peer(INFOS[me], PeerSettings(), random.Random(seed), 0, directory=Directory())
+    peer = Peer(INFOS[me], settings or PeerSettings(), random.Random(seed), 0, directory=Directory())
     if members is not None:
         peer.install([(INFOS[i], 0) for i in members])
     return NodeCore(peer, Resolution.SIBLINGS, iter(range(1, 1_000_000)).__next__, 0, anti_entropy)
@@ -115,6 +122,83 @@ def test_only_live_linked_members_are_chosen_and_without_one_a_round_sends_nothi
     sessions, due = ae.sessions, ae.next_deadline()
     assert ae.tick(due) == [] and ae.sessions == sessions
     assert ae.next_deadline() == due + INTERVAL  # no catching up again: the next regular round
+
+
+#: No probes (the members these tests' nodes link to never answer one): they stay alive for minutes.
+UNPROBED = PeerSettings(probe_interval_ms=1 << 40)
+
+
+def writes_from(core: NodeCore, source: str, start: int, until: int, per_ms: int = 2) -> None:
+    """`source` pushes `per_ms` writes a millisecond to `core` from `start` up to `until` (direct pushes,
+    one message per millisecond), through the core's own dispatcher."""
+    for now in range(start, until):
+        items = tuple(DataItem(update_id(f"k{now}-{i}", now, source), f"k{now}-{i}", b"v") for i in range(per_ms))
+        core.handle(now, source, DirectPush(source, items))
+
+
+def test_the_write_rate_counts_each_new_write_once_over_the_last_whole_second() -> None:
+    rate = WriteRate(0)
+    rate.note(0, 500)
+    assert rate.per_second(999) == 0  # no window has ended yet
+    rate.note(999, 1500)
+    assert rate.per_second(1000) == 2000
+    assert rate.per_second(1500) == 2000  # the last whole window, until the next one ends
+    assert rate.per_second(3000) == 0  # quiet since
+    core = node(members=[0, 1, 2])
+    writes_from(core, "n1", 0, 1000)
+    assert core.peer.data.rate.per_second(1000) == 2000
+    duplicate = DataItem(update_id("k1-0", 1, "n1"), "k1-0", b"v")
+    core.handle(1000, "n1", DirectPush("n1", (duplicate,)))  # a duplicate counts nothing
+    assert core.peer.data.rate.per_second(2000) == 0
+
+
+def test_a_round_due_under_heavy_writes_waits_until_they_ease() -> None:
+    core = node(members=[0, 1, 2], settings=UNPROBED)
+    ae = schedule(core)
+    assert len(ae.tick(0)) == 1  # catching up: at once
+    due = ae.next_deadline()
+    writes_from(core, "n2", due - 1500, due)  # 2,000 writes a second when the round is due
+    assert steps(core.tick(due)) == [] and ae.held == 1
+    assert ae.next_deadline() == due + BUSY_RECHECK_MS
+    writes_from(core, "n2", due, due + BUSY_RECHECK_MS)
+    assert steps(core.tick(due + BUSY_RECHECK_MS)) == [] and ae.held == 1  # the same round, still waiting
+    writes_from(core, "n2", due + BUSY_RECHECK_MS, due + 2500)
+    quiet = due + 4 * BUSY_RECHECK_MS  # a whole quiet second after the writes stopped
+    (step,) = steps(core.tick(quiet))
+    assert step.message is None and ae.sessions == 2 and ae.held == 1
+    assert ae.next_deadline() == quiet + INTERVAL
+
+
+def test_under_steady_heavy_writes_a_round_waits_at_most_one_interval() -> None:
+    core = node(members=[0, 1, 2], settings=UNPROBED)
+    ae = schedule(core)
+    assert len(ae.tick(0)) == 1
+    due = ae.next_deadline()
+    now = due - 1000
+    ran_at = None
+    while ran_at is None and now < due + 3 * INTERVAL:
+        writes_from(core, "n1", now, now + BUSY_RECHECK_MS)
+        now += BUSY_RECHECK_MS
+        if now >= ae.next_deadline() and steps(core.tick(now)):
+            ran_at = now
+    assert ran_at is not None and due + INTERVAL - BUSY_RECHECK_MS <= ran_at <= due + INTERVAL + BUSY_RECHECK_MS
+    assert ae.held == 1 and ae.sessions == 2
+
+
+def test_light_writes_and_catching_up_never_wait() -> None:
+    core = node(members=[0, 1, 2], settings=UNPROBED)
+    ae = schedule(core)
+    writes_from(core, "n1", 0, 2000)  # 2,000 writes a second while catching up
+    assert len(ae.tick(2000)) == 1 and ae.held == 0
+    due = ae.next_deadline()
+    writes_from(core, "n1", 2000, due, per_ms=1)  # 1,000 a second: not above the default bound
+    assert len(steps(core.tick(due))) == 1 and ae.held == 0
+    never = node(members=[0, 1, 2], settings=PeerSettings(probe_interval_ms=1 << 40, anti_entropy_busy_writes=0))
+    ae = schedule(never)
+    assert len(ae.tick(0)) == 1
+    due = ae.next_deadline()
+    writes_from(never, "n1", max(1, due - 1500), due)
+    assert len(steps(never.tick(due))) == 1 and ae.held == 0
 
 
 def test_a_node_that_left_runs_no_rounds() -> None:

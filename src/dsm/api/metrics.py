@@ -279,6 +279,11 @@ def network_metrics(network: NetworkStatus) -> Iterator[Metric]:
         "dsm_anti_entropy_sessions", "Anti-entropy exchanges opened", value=network.anti_entropy_sessions
     )
     yield CounterMetricFamily(
+        "dsm_anti_entropy_held",
+        "Anti-entropy rounds held back while the node saw more than anti_entropy_busy_writes writes a second",
+        value=network.anti_entropy_held,
+    )
+    yield CounterMetricFamily(
         "dsm_anti_entropy_answers", "Anti-entropy steps answered", value=network.anti_entropy_answers
     )
     yield CounterMetricFamily(

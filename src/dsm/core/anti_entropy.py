@@ -8,6 +8,13 @@ event loop) and then carries out the step's outcome: send the reply, merge the e
   is joined and has a live link (checked every CATCH_UP_POLL_MS, for at most one interval), rather than
   after up to a whole period of missing what was written while it was away; then every
   `anti_entropy_interval_ms`, from a random phase, so nodes started together do not reconcile in step.
+  A round due while the node sees more than `anti_entropy_busy_writes` writes a second (its own and the
+  others', `dissemination.WriteRate`) waits, looking again every BUSY_RECHECK_MS, for at most one more
+  interval, then runs whatever the load (as Riak holds its exchanges while a vnode's mailbox is long). Under
+  heavy writes an exchange mostly finds, and ships, writes still on their way (each step reads a newer snapshot
+  than the one before), and its scans and merges compete for the CPU those writes need: on the 3-node
+  loopback cluster its phases had the write tail (BENCHMARKS, issue 21 part 1). What dissemination misses
+  is repaired at most one interval later for it. Catching up at start never waits.
 - With whom: one live linked member, at random (a connection is already open to it).
 - Which step: a round opens an exchange (`reconcile.opening`, a new session); an incoming `Reconcile` is
   answered (`reconcile.answer_step`); an answer that would be empty is sent as the explicit end
@@ -39,6 +46,8 @@ from dsm.core.watch_cursor import HeldSyncPoint
 CATCH_UP_POLL_MS = 50
 #: Exchanges whose record a node keeps for sync points (the oldest is forgotten first: no sync point then).
 MAX_EXCHANGES = 64
+#: How often a round held back by heavy writes looks again at the write rate, ms.
+BUSY_RECHECK_MS = 1000
 
 
 class LinkView(Protocol):
@@ -234,6 +243,9 @@ class AntiEntropy:
         interval_ms: `anti_entropy_interval_ms`.
         now: the time it starts at.
         next_session: issues session numbers.
+        exchanges: the records sync points rest on (None: this driver keeps none).
+        write_rate: the writes per second the node sees at a time (`dissemination.WriteRate.per_second`).
+        busy_writes: `anti_entropy_busy_writes`: above this rate a due round waits (0: never).
     """
 
     def __init__(
@@ -244,6 +256,8 @@ class AntiEntropy:
         now: int,
         next_session: Callable[[], int],
         exchanges: Exchanges | None = None,
+        write_rate: Callable[[int], int] | None = None,
+        busy_writes: int = 0,
     ) -> None:
         self.view = view
         #: The records that sync points rest on (None: this driver keeps none).
@@ -252,6 +266,12 @@ class AntiEntropy:
         self.interval_ms = interval_ms
         self.next_session = next_session
         self.sessions = 0
+        self.write_rate = write_rate
+        self.busy_writes = busy_writes
+        #: Rounds held back by heavy writes (each counted once, however long it waited).
+        self.held = 0
+        # When the round now waiting was due (None: none waits).
+        self._waiting_since: int | None = None
         # Catching up until this time (the first round runs at the first live link before it).
         self._catch_up_until = now + interval_ms
         #: When the next round is due (ms).
@@ -273,12 +293,31 @@ class AntiEntropy:
             # Caught up (or gave up waiting): from now on every interval, from a random phase.
             self._catch_up_until = 0
             self.due = now + self.rng.randrange(max(1, self.interval_ms))
+        elif target is not None and self._busy(now):
+            self.due = now + BUSY_RECHECK_MS
+            return []
         else:
             self.due = now + self.interval_ms
         if target is None:
             return []
         self.sessions += 1
         return [ReconcileStep(target, self.next_session(), None, self._stamp())]
+
+    def _busy(self, now: int) -> bool:
+        """Whether the round due now waits for the writes to ease (see the module docstring)."""
+        rate = self.write_rate
+        if rate is None or self.busy_writes <= 0:
+            return False
+        since = self._waiting_since
+        if since is None:
+            since = now
+        if now - since >= self.interval_ms or rate(now) <= self.busy_writes:
+            self._waiting_since = None
+            return False
+        if self._waiting_since is None:
+            self._waiting_since = now
+            self.held += 1
+        return True
 
     def _stamp(self) -> int:
         return 0 if self.exchanges is None else self.exchanges.ports.last_stamp()

@@ -282,6 +282,35 @@ class DirectPushes:
         send_items(self.context, self.overlay.links(), items, skips, lambda batch: DirectPush(source, batch))
 
 
+class WriteRate:
+    """The writes a node sees per second (its own and the others', each once, by any path), over the last
+    whole second or so: the count of the current window of at least a second, rolled over at the first note
+    or look after it ends. What anti-entropy holds its rounds back by (`anti_entropy_busy_writes`)."""
+
+    __slots__ = ("_count", "_last", "_start")
+
+    def __init__(self, now: int) -> None:
+        self._start = now
+        self._count = 0
+        self._last = 0
+
+    def note(self, now: int, n: int) -> None:
+        if now - self._start >= 1000:
+            self._roll(now)
+        self._count += n
+
+    def per_second(self, now: int) -> int:
+        """The rate of the last window that ended (0 before one has)."""
+        if now - self._start >= 1000:
+            self._roll(now)
+        return self._last
+
+    def _roll(self, now: int) -> None:
+        self._last = self._count * 1000 // (now - self._start)
+        self._start = now
+        self._count = 0
+
+
 class DisseminationStats:
     """Counters of one node's dissemination work (the simulator sums them)."""
 
@@ -385,6 +414,7 @@ class Dissemination:
         self.srtt = 0.0
         self.loss = 0.0
         self.stats = DisseminationStats()
+        self.rate = WriteRate(context.now)
         self._exchanges: dict[int, tuple[int, int]] = {}
         self._useful = False
         # Writes level requests brought, to pass on down the tree (`on_replicate`): source slot -> writes.
@@ -422,6 +452,7 @@ class Dissemination:
         pushes, see the module docstring)."""
         retain = self._retain()
         tree = urgent and self.settings.direct_updates
+        self.rate.note(self.context.now, len(items))
         for item in items:
             self._remember(item.id)
             self.recent[item.id] = _Recent(item, retain, 0, self.context.now, tree)
@@ -448,6 +479,7 @@ class Dissemination:
         direct = slot is not None and slot in self.direct.sources
         tree = slot is not None and slot in self.eager and not direct
         retain = self._retain()
+        self.rate.note(self.context.now, len(new))
         for item in new:
             self._remember(item.id)
             # Held out of gossip either way (the level request is delivering it to others as well).
@@ -533,6 +565,7 @@ class Dissemination:
         retain = self._retain()
         recent = self.recent
         missing = self.missing
+        self.rate.note(self.context.now, len(new))
         for item in new:
             self._remember(item.id)
             recent[item.id] = _Recent(item, retain, hops, self.context.now, path == "push", path != "push")
@@ -848,4 +881,4 @@ class Dissemination:
         self.stats.gossip_pulled += len(new)
 
 
-__all__ = ["DataItem", "Dissemination", "DisseminationTimer", "update_id"]
+__all__ = ["DataItem", "Dissemination", "DisseminationTimer", "WriteRate", "update_id"]

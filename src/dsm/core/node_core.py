@@ -112,7 +112,16 @@ class NodeCore:
         self.coordinator = Coordinator(peer.id, peer, peer.directory, resolution, new_id)
         exchanges = None if sync_points is None else Exchanges(peer.id, sync_points, self._address_of)
         self.anti_entropy = (
-            AntiEntropy(peer, peer.rng, peer.settings.anti_entropy_interval_ms, now, self._next_session, exchanges)
+            AntiEntropy(
+                peer,
+                peer.rng,
+                peer.settings.anti_entropy_interval_ms,
+                now,
+                self._next_session,
+                exchanges,
+                peer.data.rate.per_second,
+                peer.settings.anti_entropy_busy_writes,
+            )
             if anti_entropy
             else None
         )

@@ -51,6 +51,7 @@ class PeerSettings:
     seen_max: int = 65536
     anti_entropy_interval_ms: int = 60000
     anti_entropy_max_bytes: int = 1 << 20
+    anti_entropy_busy_writes: int = 1000
 
     @classmethod
     def from_config(cls, config: Any) -> PeerSettings:

@@ -643,6 +643,11 @@ class Runtime:
         """Exchanges this node opened."""
         return 0 if self.core is None or self.core.anti_entropy is None else self.core.anti_entropy.sessions
 
+    @property
+    def anti_entropy_held(self) -> int:
+        """Anti-entropy rounds held back by heavy writes (`anti_entropy_busy_writes`)."""
+        return 0 if self.core is None or self.core.anti_entropy is None else self.core.anti_entropy.held
+
     async def _reconcile(self, step: ReconcileStep) -> None:
         """Runs an anti-entropy step the core decided on, against the store's consistent view off the event
         loop; sends its reply and merges the entries it brought."""

@@ -72,6 +72,9 @@ class NetworkSource(Protocol):
     def anti_entropy_sessions(self) -> int: ...
 
     @property
+    def anti_entropy_held(self) -> int: ...
+
+    @property
     def anti_entropy_answers(self) -> int: ...
 
     @property
@@ -168,6 +171,8 @@ class NetworkStatus:
     #: grafts, raced (pushed copies of writes gossip brought first), gossip_pulled.
     dissemination: tuple[tuple[str, int], ...]
     anti_entropy_sessions: int
+    #: Rounds held back by heavy writes (`anti_entropy_busy_writes`).
+    anti_entropy_held: int
     anti_entropy_answers: int
     anti_entropy_entries: int
     anti_entropy_repaired: int
@@ -298,6 +303,7 @@ def _network(runtime: NetworkSource, peer: Peer, members: bool) -> NetworkStatus
             for name in ("duplicates", "prunes", "grafts", "raced", "gossip_pulled")
         ),
         anti_entropy_sessions=runtime.anti_entropy_sessions,
+        anti_entropy_held=runtime.anti_entropy_held,
         anti_entropy_answers=runtime.anti_entropy_answers,
         anti_entropy_entries=runtime.anti_entropy_entries,
         anti_entropy_repaired=runtime.anti_entropy_repaired,
