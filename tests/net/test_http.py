@@ -148,6 +148,7 @@ async def test_members_topology_metrics_and_openapi(client: TestClient) -> None:
     assert "dsm_gossip_interval_seconds" in text and "dsm_connections" in text
     assert 'dsm_event_loop_lag_seconds_bucket{le="+Inf"}' in text and "dsm_event_loop_lag_max_seconds" in text
     assert "dsm_anti_entropy_repaired_keys" in text and "dsm_anti_entropy_entries" in text
+    assert "dsm_anti_entropy_held_total 0.0" in text
     spec = await (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.") and "/v1/kv/{key}" in spec["paths"]
 

@@ -158,3 +158,32 @@ async def test_anti_entropy_brings_writes_that_were_never_published(cluster: Clu
     assert got is not None and got.value == b"v299"
     runtimes = [r for r, _ in cluster.nodes.values()]
     assert sum(r.anti_entropy_sessions for r in runtimes) >= 1 and sum(r.anti_entropy_answers for r in runtimes) >= 1
+
+
+async def test_anti_entropy_rounds_wait_while_writes_flow_and_run_once_they_ease(cluster: Cluster) -> None:
+    # An exchange every 300 ms, held while a node sees more than 20 writes a second (`anti_entropy_busy_writes`).
+    busy = PeerSettings(
+        probe_interval_ms=200,
+        probe_timeout_ms=100,
+        membership_sync_interval_ms=1000,
+        anti_entropy_interval_ms=300,
+        anti_entropy_busy_writes=20,
+    )
+    seed = await cluster.start("n0", "127.0.0.1", [], settings=busy)
+    await cluster.start("n1", "127.0.0.2", [seed.addr], settings=busy)
+    await eventually(alive_everywhere(cluster, ["n0", "n1"]))
+    runtimes = [r for r, _ in cluster.nodes.values()]
+    writer = cluster.nodes["n0"][1]
+    await asyncio.sleep(0.7)  # past the catch-up exchanges, which never wait
+    sessions = [r.anti_entropy_sessions for r in runtimes]
+    for i in range(160):  # ~80 writes a second for 2 s: every round due meanwhile waits (at most 300 ms more)
+        await writer.put(f"w{i}", b"v")
+        await asyncio.sleep(0.0125)
+    assert sum(r.anti_entropy_held for r in runtimes) >= 2
+    assert sum(r.anti_entropy_sessions for r in runtimes) > sum(sessions)  # the bound: held rounds still ran
+    await asyncio.sleep(1.5)  # the write rate's last busy window has rolled over
+    held = [r.anti_entropy_held for r in runtimes]
+    opened = sum(r.anti_entropy_sessions for r in runtimes)
+    await asyncio.sleep(1.5)  # quiet: rounds every interval again, none held
+    assert sum(r.anti_entropy_sessions for r in runtimes) >= opened + 4
+    assert [r.anti_entropy_held for r in runtimes] == held
