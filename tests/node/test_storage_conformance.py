@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from dsm.core.encoding import digest
+from dsm.core.reconcile import SortedReplica
 from dsm.core.ring import position
+from dsm.core.sketch import salt_of
 from dsm.errors import StorageCorruptError, StorageError, StorageLockedError
 from dsm.storage import BackingStore, RangeDigest, StoredKey
 from dsm.storage.base import META_SCHEMA, SCHEMA_VERSION, paxos_bound, paxos_key
@@ -289,6 +291,21 @@ async def test_paxos_keyspace_is_invisible_to_rows_and_anti_entropy(store: Backi
     # And rows are invisible to the paxos keyspace.
     assert [h for h, _ in await store.scan_paxos()] == sorted(h for h, _ in paxos)
     assert await store.read_paxos(["k04"]) == {}
+
+
+async def test_a_range_view_sketches_as_the_in_memory_replica_does(store: BackingStore) -> None:
+    """Every store's view builds the same difference sketches as `SortedReplica` over the same rows: digests
+    of either sign (the SQL stores read them packed as hex), whole space, sub-ranges, an empty range."""
+    rows = [row(f"k{i:03}", f"v{i}".encode()) for i in range(300)]
+    await store.write(rows)
+    assert any(r.digest < 0 for r in rows) and any(r.digest > 0 for r in rows)
+    memory = SortedReplica({r.key: r.versions for r in rows})
+    ranges = [("", None, 96), ("k050", "k120", 30), ("k2", None, 201), ("x", None, 30), ("k100", "k100", 30)]
+
+    def sketches(view: Any) -> list[bytes]:
+        return [view.sketch(lo, hi, cells, salt_of(7)).to_bytes() for lo, hi, cells in ranges]
+
+    assert await store.with_range_view(sketches) == sketches(memory)
 
 
 async def test_malformed_paxos_entry_refuses_the_whole_batch(store: BackingStore) -> None:
