@@ -17,7 +17,7 @@ from dsm.core.hlc import pack
 from dsm.core.messages import DataItems, DirectPush, Ping, Reconcile, Update
 from dsm.core.node_core import NodeCore
 from dsm.core.peer import Peer, PeerSettings
-from dsm.core.reconcile import SortedReplica
+from dsm.core.reconcile import SortedReplica, opening
 from dsm.core.replica import MergeOp, Replica, ReplicaSettings
 from dsm.core.ring import Directory, MemberInfo, State
 from dsm.core.vclock import VersionVector
@@ -183,6 +183,68 @@ def test_under_steady_heavy_writes_a_round_waits_at_most_one_interval() -> None:
             ran_at = now
     assert ran_at is not None and due + INTERVAL - BUSY_RECHECK_MS <= ran_at <= due + INTERVAL + BUSY_RECHECK_MS
     assert ae.held == 1 and ae.sessions == 2
+
+
+def answer_to(step: ReconcileStep, peer: str) -> Reconcile:
+    """A message of `peer` in `step`'s exchange that asks for more (a summary of a store of one key)."""
+    return opening(step.session, peer, SortedReplica({"x": b"v"}))
+
+
+def test_an_exchange_opened_in_a_lull_gives_way_when_the_writes_come_back() -> None:
+    core = node(members=[0, 1, 2], settings=UNPROBED)
+    ae = schedule(core)
+    assert len(ae.tick(0)) == 1
+    due = ae.next_deadline()
+    writes_from(core, "n1", due - 1500, due)
+    assert steps(core.tick(due)) == [] and ae.held == 1  # held
+    # A quiet second: the round runs, in a lull.
+    (step,) = steps(core.tick(due + 2 * BUSY_RECHECK_MS))
+    writes_from(core, "n1", due + 2 * BUSY_RECHECK_MS, due + 3 * BUSY_RECHECK_MS + 1)  # and the writes are back
+    now = due + 3 * BUSY_RECHECK_MS + 1
+    assert core.handle(now, step.node_id, answer_to(step, step.node_id)) == []  # dropped, not answered
+    assert ae.held == 2 and ae.next_deadline() == now + BUSY_RECHECK_MS
+    # Steps of other exchanges (opened by the peer) are answered as ever.
+    assert len(steps(core.handle(now, "n2", opening(99, "n2", SortedReplica({"y": b"v"}))))) == 1
+    # The round waits again within its first bound (from `due`): it runs by due + INTERVAL, writes or not.
+    t = now
+    while not (ran := steps(core.tick(t)) if t >= ae.next_deadline() else []):
+        writes_from(core, "n1", t, t + 100)
+        t += 100
+        assert t <= due + INTERVAL + BUSY_RECHECK_MS
+    (forced,) = ran
+    assert t >= due + INTERVAL - BUSY_RECHECK_MS
+    # A round forced by its bound does not give way: its answers are answered under heavy writes too.
+    writes_from(core, "n1", t, t + 500)
+    assert len(steps(core.handle(t + 500, forced.node_id, answer_to(forced, forced.node_id)))) == 1
+    # Nor does one opened in a lull just before its bound, once the bound has passed.
+    due = ae.next_deadline()
+    writes_from(core, "n1", t + 500, due)
+    assert steps(core.tick(due)) == []  # held
+    t = due + INTERVAL - 2 * BUSY_RECHECK_MS
+    (late,) = steps(core.tick(t))  # a lull, 2 s before its bound
+    writes_from(core, "n1", t, due + INTERVAL + 1)
+    assert len(steps(core.handle(due + INTERVAL + 1, late.node_id, answer_to(late, late.node_id)))) == 1
+
+
+def test_catching_up_never_gives_way_a_regular_round_does_and_nothing_does_with_the_bound_off() -> None:
+    core = node(members=[0, 1, 2], settings=UNPROBED)
+    ae = schedule(core)
+    (catch_up,) = ae.tick(0)
+    writes_from(core, "n1", 1, 2000)
+    assert len(steps(core.handle(2000, catch_up.node_id, answer_to(catch_up, catch_up.node_id)))) == 1
+    due = ae.next_deadline()
+    (step,) = steps(core.tick(due))  # quiet when due: runs at once
+    writes_from(core, "n1", due, due + 1500)
+    now = due + 1500
+    # A round that ran at once ran in a lull too (the writes were light): it gives way as well.
+    assert core.handle(now, step.node_id, answer_to(step, step.node_id)) == []
+    never = node(members=[0, 1, 2], settings=PeerSettings(probe_interval_ms=1 << 40, anti_entropy_busy_writes=0))
+    ae = schedule(never)
+    assert len(ae.tick(0)) == 1
+    due = ae.next_deadline()
+    (step,) = steps(never.tick(due))
+    writes_from(never, "n1", due, due + 1500)
+    assert len(steps(never.handle(due + 1500, step.node_id, answer_to(step, step.node_id)))) == 1
 
 
 def test_light_writes_and_catching_up_never_wait() -> None:

@@ -10,7 +10,9 @@ event loop) and then carries out the step's outcome: send the reply, merge the e
   `anti_entropy_interval_ms`, from a random phase, so nodes started together do not reconcile in step.
   A round due while the node sees more than `anti_entropy_busy_writes` writes a second (its own and the
   others', `dissemination.WriteRate`) waits, looking again every BUSY_RECHECK_MS, for at most one more
-  interval, then runs whatever the load (as Riak holds its exchanges while a vnode's mailbox is long). Under
+  interval, then runs whatever the load (as Riak holds its exchanges while a vnode's mailbox is long); a
+  round that ran in a lull gives way if the writes come back before its exchange ends (the next answer is
+  dropped, as a lost message would be, and the round waits again within the same bound). Under
   heavy writes an exchange mostly finds, and ships, writes still on their way (each step reads a newer snapshot
   than the one before), and its scans and merges compete for the CPU those writes need: on the 3-node
   loopback cluster its phases had the write tail (BENCHMARKS, issue 21 part 1). What dissemination misses
@@ -272,6 +274,10 @@ class AntiEntropy:
         self.held = 0
         # When the round now waiting was due (None: none waits).
         self._waiting_since: int | None = None
+        # When the round running now first fell due, if it ran in a lull before its bound (`_busy`).
+        self._lull: int | None = None
+        # The exchange opened in a lull: (peer, session, when its round first fell due).
+        self._open: tuple[str, int, int] | None = None
         # Catching up until this time (the first round runs at the first live link before it).
         self._catch_up_until = now + interval_ms
         #: When the next round is due (ms).
@@ -301,32 +307,64 @@ class AntiEntropy:
         if target is None:
             return []
         self.sessions += 1
-        return [ReconcileStep(target, self.next_session(), None, self._stamp())]
+        session = self.next_session()
+        lull = self._lull
+        self._open = None if catching_up or lull is None else (target, session, lull)
+        return [ReconcileStep(target, session, None, self._stamp())]
 
     def _busy(self, now: int) -> bool:
-        """Whether the round due now waits for the writes to ease (see the module docstring)."""
+        """Whether the round due now waits for the writes to ease (see the module docstring). A round that
+        runs before its bound, the writes light, keeps in `_lull` when it first fell due: it gives way if
+        they come back before it ends (`_gives_way`)."""
+        self._lull = None
         rate = self.write_rate
         if rate is None or self.busy_writes <= 0:
             return False
-        since = self._waiting_since
-        if since is None:
-            since = now
-        if now - since >= self.interval_ms or rate(now) <= self.busy_writes:
+        since = now if self._waiting_since is None else self._waiting_since
+        if now - since >= self.interval_ms:
+            self._waiting_since = None  # waited its interval: runs whatever the load
+            return False
+        if rate(now) <= self.busy_writes:
             self._waiting_since = None
+            self._lull = since
             return False
         if self._waiting_since is None:
             self._waiting_since = now
             self.held += 1
         return True
 
+    def _gives_way(self, now: int, source: str, message: Reconcile) -> bool:
+        """Whether `message`, the peer's answer in the exchange this node opened in a lull, finds the writes
+        back: the exchange is dropped there (as if the message were lost: no sync point rests on it) and the
+        round waits again, its bound counted from when it first fell due."""
+        open_ = self._open
+        if open_ is None or open_[1] != message.session or open_[0] != source:
+            return False
+        rate = self.write_rate
+        assert rate is not None
+        if now - open_[2] >= self.interval_ms or rate(now) <= self.busy_writes:
+            return False
+        self._open = None
+        self._waiting_since = open_[2]
+        self.due = now + BUSY_RECHECK_MS
+        self.held += 1
+        if self.exchanges is not None:
+            self.exchanges.failed(source, message.session)
+        return True
+
     def _stamp(self) -> int:
         return 0 if self.exchanges is None else self.exchanges.ports.last_stamp()
 
-    def handle(self, source: str, message: Reconcile) -> list[ReconcileStep | Send]:
+    def handle(self, source: str, message: Reconcile, now: int = 0) -> list[ReconcileStep | Send]:
         """An exchange step from the member `source` (for a network driver: the one the connection
-        authenticated, whatever the message claims): answer it, to that member; its end is not answered."""
+        authenticated, whatever the message claims): answer it, to that member; its end is not answered;
+        neither is an answer in an exchange this node opened in a lull that finds heavy writes back."""
         if is_end(message):
+            if self._open is not None and self._open[1] == message.session:
+                self._open = None
             return [] if self.exchanges is None else list(self.exchanges.ended(source, message.session))
+        if self._open is not None and self._gives_way(now, source, message):
+            return []
         return [ReconcileStep(source, message.session, message, self._stamp())]
 
     def stepped(self, step: ReconcileStep, result: StepResult) -> list[Send]:

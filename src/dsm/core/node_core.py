@@ -362,7 +362,7 @@ class NodeCore:
         if kind is CasResult:
             return self._result(source, cast(CasResult, message))
         if kind is Reconcile:
-            return list(self.anti_entropy.handle(source, cast(Reconcile, message))) if self.anti_entropy else []
+            return list(self.anti_entropy.handle(source, cast(Reconcile, message), now)) if self.anti_entropy else []
         if kind is SyncPoint:
             return list(self.anti_entropy.keep(source, cast(SyncPoint, message))) if self.anti_entropy else []
         return list(self.peer.handle(now, message))
