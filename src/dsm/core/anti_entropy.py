@@ -355,7 +355,7 @@ class AntiEntropy:
     def _stamp(self) -> int:
         return 0 if self.exchanges is None else self.exchanges.ports.last_stamp()
 
-    def handle(self, source: str, message: Reconcile, now: int = 0) -> list[ReconcileStep | Send]:
+    def handle(self, source: str, message: Reconcile, now: int) -> list[ReconcileStep | Send]:
         """An exchange step from the member `source` (for a network driver: the one the connection
         authenticated, whatever the message claims): answer it, to that member; its end is not answered;
         neither is an answer in an exchange this node opened in a lull that finds heavy writes back."""
