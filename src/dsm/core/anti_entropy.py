@@ -270,7 +270,7 @@ class AntiEntropy:
         self.sessions = 0
         self.write_rate = write_rate
         self.busy_writes = busy_writes
-        #: Rounds held back by heavy writes (each counted once, however long it waited).
+        #: Rounds held back by heavy writes: once per wait, however long, and again when one gives way.
         self.held = 0
         # When the round now waiting was due (None: none waits).
         self._waiting_since: int | None = None
