@@ -274,8 +274,6 @@ class AntiEntropy:
         self.held = 0
         # When the round now waiting was due (None: none waits).
         self._waiting_since: int | None = None
-        # When the round running now first fell due, if it ran in a lull before its bound (`_busy`).
-        self._lull: int | None = None
         # The exchange opened in a lull: (peer, session, when its round first fell due).
         self._open: tuple[str, int, int] | None = None
         # Catching up until this time (the first round runs at the first live link before it).
@@ -295,43 +293,42 @@ class AntiEntropy:
         if catching_up and target is None and now < self._catch_up_until:
             self.due = now + CATCH_UP_POLL_MS
             return []
+        lull = None
         if catching_up:
             # Caught up (or gave up waiting): from now on every interval, from a random phase.
             self._catch_up_until = 0
             self.due = now + self.rng.randrange(max(1, self.interval_ms))
-        elif target is not None and self._busy(now):
-            self.due = now + BUSY_RECHECK_MS
-            return []
         else:
+            wait, lull = self._busy(now) if target is not None else (False, None)
+            if wait:
+                self.due = now + BUSY_RECHECK_MS
+                return []
             self.due = now + self.interval_ms
         if target is None:
             return []
         self.sessions += 1
         session = self.next_session()
-        lull = self._lull
-        self._open = None if catching_up or lull is None else (target, session, lull)
+        self._open = None if lull is None else (target, session, lull)
         return [ReconcileStep(target, session, None, self._stamp())]
 
-    def _busy(self, now: int) -> bool:
-        """Whether the round due now waits for the writes to ease (see the module docstring). A round that
-        runs before its bound, the writes light, keeps in `_lull` when it first fell due: it gives way if
-        they come back before it ends (`_gives_way`)."""
-        self._lull = None
+    def _busy(self, now: int) -> tuple[bool, int | None]:
+        """Whether the round due now waits for the writes to ease (see the module docstring), and, for a round
+        that runs before its bound with the writes light, when it first fell due (else None): it gives way if
+        they come back before its exchange ends (`_gives_way`)."""
         rate = self.write_rate
         if rate is None or self.busy_writes <= 0:
-            return False
+            return False, None
         since = now if self._waiting_since is None else self._waiting_since
         if now - since >= self.interval_ms:
             self._waiting_since = None  # waited its interval: runs whatever the load
-            return False
+            return False, None
         if rate(now) <= self.busy_writes:
             self._waiting_since = None
-            self._lull = since
-            return False
+            return False, since
         if self._waiting_since is None:
             self._waiting_since = now
             self.held += 1
-        return True
+        return True, None
 
     def _gives_way(self, now: int, source: str, message: Reconcile) -> bool:
         """Whether `message`, the peer's answer in the exchange this node opened in a lull, finds the writes
@@ -363,7 +360,7 @@ class AntiEntropy:
             if self._open is not None and self._open[1] == message.session:
                 self._open = None
             return [] if self.exchanges is None else list(self.exchanges.ended(source, message.session))
-        if self._open is not None and self._gives_way(now, source, message):
+        if self._gives_way(now, source, message):
             return []
         return [ReconcileStep(source, message.session, message, self._stamp())]
 

@@ -95,7 +95,7 @@ class SqlRangeView:
             return Sketch.build(last[2], cells, salt)
         sql = f"SELECT {HEX_DIGESTS[self.mark]} FROM dsm_kv WHERE {self._where(hi)}"
         packed = self.fetch(sql, self._args(lo, hi))[0][0]
-        digests = np.frombuffer(bytes.fromhex(packed or ""), dtype=">u8").astype(np.uint64).view(np.int64)
+        digests = np.frombuffer(bytes.fromhex(packed or ""), dtype=">i8").astype(np.int64)
         self._last = (lo, hi, digests)
         return Sketch.build(digests, cells, salt)
 
